@@ -1,0 +1,1 @@
+"""Stateful model workers for ``map_batches`` and the local tiny model zoo."""

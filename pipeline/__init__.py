@@ -1,0 +1,1 @@
+"""semdistill pipeline: Ray Data stages, config and CLI."""

@@ -1,0 +1,265 @@
+"""One typed configuration for every stage, loaded from YAML with dotted overrides.
+
+Names mirror the papers (``ipc``, ``tau``, ``k_image``, ``gamma``, ``start_step`` ...).
+Every choice that METHODS.md marks "(inferred)" is a field here, so a user or a
+Tune sweep can change it without editing code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipeline.errors import ConfigError
+
+
+class Section(BaseModel):
+    """Base for config sections: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Section):
+    root: str | None = None  # real training set, ImageFolder layout
+    val_root: str | None = None  # real validation set (evaluation)
+    class_names: str | None = None  # id -> words table (json, or "wnid words" lines)
+    image_size: int = Field(32, gt=0)  # resolution of the distilled set
+    extensions: list[str] = [".jpg", ".jpeg", ".png", ".webp"]
+    classes: list[str] | None = None  # optional class subset (ids)
+    max_per_class: int | None = Field(None, gt=0)  # optional per-class cap (smoke runs)
+    follow_symlinks: bool = True
+    max_skipped_fraction: float = Field(0.05, ge=0.0, le=1.0)  # fail when more images are bad
+
+
+class ModelsConfig(Section):
+    """Model id or local path per role; ``zoo:<role>`` means the local tiny model zoo."""
+
+    vlm: str = "llava-hf/llava-1.5-7b-hf"
+    clip: str = "openai/clip-vit-large-patch14"
+    vae: str = "stabilityai/sd-vae-ft-mse"
+    dit: str = "facebook/DiT-XL-2-256"
+    sd: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    llm: str = "Qwen/Qwen2.5-7B-Instruct"
+    llm_backend: Literal["transformers", "vllm", "openai"] = "transformers"
+    llm_url: str | None = None  # OpenAI-compatible endpoint for llm_backend=openai
+    vlm_backend: Literal["transformers", "vllm"] = "transformers"
+    zoo_dir: str | None = None  # where ``zoo:`` models live (default: user cache dir)
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"  # auto: fp16 on GPU
+
+
+class FinetuneConfig(Section):
+    enabled: bool = False
+    learning_rate: float = 1e-5
+    epochs: int = 8
+    batch_size: int = 4
+    gradient_accumulation_steps: int = 1
+    ema_decay: float = 0.9999
+    mixed_precision: Literal["no", "fp16", "bf16"] = "fp16"
+    resolution: int = 512
+    num_workers: int = 1
+    use_gpu: bool = True
+    max_steps: int | None = None
+    output: str | None = None  # default: <output.dir>/finetuned_sd
+
+
+class EditsConfig(Section):
+    ipc: int = Field(10, gt=0)
+    seed: int = 42
+    caption_prompt: str | None = None  # None: our built-in instruction
+    caption_max_tokens: int = Field(77, gt=0)
+    feature_normalize: bool = True
+    feature_image_size: int = 224
+    tau: float = Field(0.01, gt=0)
+    fusion: Literal["sum", "concat"] = "sum"  # GSQ variant (inferred)
+    contamination: float = Field(0.0, ge=0.0, lt=0.5)  # LocalOutlierFactor, 0 = off
+    small_class_policy: Literal["error", "shrink"] = "error"
+    kmeans_niter: int = Field(20, gt=0)
+    kmeans_nredo: int = Field(10, gt=0)  # the reference used sklearn n_init=10
+    k_image: int = Field(5, gt=0)
+    k_text: int = Field(5, gt=0)
+    summary_prompt: str | None = None
+    max_tokens: int = Field(77, gt=0)
+    vae_resolution: int = 512
+    strength: float = Field(0.7, gt=0.0, le=1.0)
+    guidance_scale: float = Field(10.0, ge=0.0)
+    negative_prompt: str = "cartoon, anime, painting"
+    num_inference_steps: int = Field(50, gt=0)
+    scheduler: Literal["ddim"] = "ddim"
+    finetune: FinetuneConfig = FinetuneConfig()
+
+
+class DMConfig(Section):
+    """Built-in classical stage-1 distiller (distribution matching)."""
+
+    ipc: int = Field(10, gt=0)
+    iterations: int = Field(1000, gt=0)
+    lr_img: float = 1.0
+    batch_real: int = Field(256, gt=0)
+    init: Literal["real", "noise"] = "real"
+    net_depth: int = 3
+    net_width: int = 128
+    dsa: bool = True
+    seed: int = 0
+
+
+class DiverConfig(Section):
+    input: str | None = None  # distilled set: ImageFolder, .pt, or images_best.pt folder
+    input_format: Literal["auto", "imagefolder", "pt", "mtt"] = "auto"
+    input_mean: list[float] | None = None  # normalisation of the input set, undone before the VAE
+    input_std: list[float] | None = None
+    stage1: DMConfig | None = None  # run the built-in DM first when set
+    seed: int = 42
+    resolution: int = 256
+    num_inference_steps: int = Field(50, gt=0)
+    start_step: int = Field(25, ge=0)  # DDIM step index the inherited latent is noised to
+    inheritance: Literal["noise", "ddim_inversion"] = "noise"
+    gamma: float = Field(0.1, ge=0.0)
+    guidance_target: Literal["x0", "zt"] = "x0"
+    fusion_window: tuple[int, int] = (40, 25)
+    cfg_scale: float = Field(4.0, ge=1.0)
+    null_class: int | None = None  # None: the DiT's num_embeds_ada_norm (1000 for DiT-XL/2)
+    class_map: str | None = None  # json: input class id -> DiT class index
+    batch_size: int = Field(8, gt=0)
+
+    @model_validator(mode="after")
+    def _check_steps(self) -> DiverConfig:
+        hi, lo = self.fusion_window
+        if hi < lo:
+            raise ValueError(f"fusion_window must be [high, low] with high >= low, got {list(self.fusion_window)}")
+        if self.start_step >= self.num_inference_steps:
+            raise ValueError(
+                f"start_step ({self.start_step}) must be below num_inference_steps ({self.num_inference_steps})"
+            )
+        return self
+
+
+class EvalConfig(Section):
+    students: list[str] = ["convnet", "resnet18"]
+    protocol: Literal["hard", "soft"] = "hard"
+    preset: str | None = None
+    epochs: int = Field(300, gt=0)
+    batch_size: int = Field(64, gt=0)
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: Literal["cosine", "step"] = "cosine"
+    augment: Literal["dsa", "cutmix", "none"] = "dsa"
+    repeats: int = Field(3, gt=0)
+    temperature: float = 4.0
+    teacher_epochs: int = 30
+    use_gpu: bool = False
+    num_workers: int = 1
+    seed: int = 0
+
+
+class RayConfig(Section):
+    address: str | None = None  # None: RAY_ADDRESS or a new local instance
+    num_cpus: int | None = None
+    object_store_memory_mb: int | None = 1024  # local only
+    actor_num_cpus: float = Field(0.5, gt=0)
+    actor_num_gpus: float = Field(0.0, ge=0)
+    pool_sizes: dict[str, int] = {"caption": 1, "embed": 1, "vae": 1, "llm": 1, "generate": 1, "recover": 1}
+    batch_sizes: dict[str, int] = {"caption": 8, "embed": 32, "vae": 8, "llm": 8, "generate": 4, "recover": 8}
+    max_restarts: int = 2
+    max_task_retries: int = 2
+    max_errored_blocks: int = 0
+
+
+class OutputConfig(Section):
+    dir: str = "runs/default"
+    image_format: Literal["png", "jpg"] = "png"
+    overwrite: bool = False
+
+
+class DebugConfig(Section):
+    fail_every_n_batches: int | None = None  # deterministic fault injection (tests)
+
+
+class Config(Section):
+    method: Literal["edits", "diver", "none"] = "none"
+    name: str = "run"
+    data: DataConfig = DataConfig()
+    models: ModelsConfig = ModelsConfig()
+    edits: EditsConfig = EditsConfig()
+    diver: DiverConfig = DiverConfig()
+    eval: EvalConfig | None = None
+    ray: RayConfig = RayConfig()
+    output: OutputConfig = OutputConfig()
+    debug: DebugConfig = DebugConfig()
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_simple(cls, v: str) -> str:
+        if not v or "/" in v or "\\" in v or v.startswith("."):
+            raise ValueError("name must be a plain word (no slashes, no leading dot)")
+        return v
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``a.b.c=value`` into its key path and a YAML-parsed value."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not of the form key=value (e.g. edits.ipc=10)")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {text!r} has an empty key")
+    return key.split("."), yaml.safe_load(raw) if raw.strip() else ""
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of ``raw`` with each dotted ``key=value`` set (sub-dicts created)."""
+    out = yaml.safe_load(yaml.safe_dump(raw)) or {}
+    for item in overrides:
+        path, value = parse_override(item)
+        node = out
+        for part in path[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {} if node.get(part) is None else node[part]
+                if not isinstance(node[part], dict):
+                    raise ConfigError(f"override {item!r}: {part!r} is not a section")
+            node = node[part]
+        node[path[-1]] = value
+    return out
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = [f"invalid config {source}:"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<top>"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key (check the spelling; see README 'Config reference')")
+        else:
+            lines.append(f"  {key}: {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> Config:
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, source)) from None
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config (or defaults when ``path`` is None) and apply dotted overrides."""
+    raw: dict[str, Any] = {}
+    source = "<defaults>"
+    if path is not None:
+        p = Path(path)
+        source = str(p)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config {p} is not valid YAML: {err}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config {p} must be a mapping of sections, got {type(raw).__name__}")
+    return config_from_dict(apply_overrides(raw, overrides or []), source)
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

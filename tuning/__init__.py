@@ -1,0 +1,1 @@
+"""Student networks, evaluation protocols (Ray Train) and sweeps (Ray Tune)."""
