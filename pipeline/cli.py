@@ -1,0 +1,169 @@
+"""``semdistill``: the command line. Each subcommand lives in its own module, imported lazily."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Callable
+
+from pipeline.errors import SemdistillError
+
+EPILOG = """examples:
+  semdistill demo --out runs/demo                 # everything, offline, on a laptop
+  semdistill data demo --out data/digits          # the embedded real dataset (sklearn digits)
+  semdistill zoo build                            # tiny local models for every role
+  semdistill run configs/demo_diver.yaml output.dir=runs/d1 diver.gamma=0.05
+  semdistill run configs/edits_imagewoof.yaml edits.ipc=10 --from-stage cluster
+  semdistill submit configs/diver_imagenet1k.yaml --address http://head:8265
+
+Configs are YAML; any key can be overridden as dotted key=value after the config path.
+Model roles accept a hub id (loaded with from_pretrained on the cluster), a local folder,
+or zoo:<role> for the tiny local zoo. See README.md, 'Config reference'.
+"""
+
+
+def _handler(target: str, issue: str) -> Callable[[argparse.Namespace], int | None]:
+    """Late-bound ``module:function`` so ``--help`` stays fast and stages stay in their modules."""
+
+    def call(args: argparse.Namespace) -> int | None:
+        module_name, func = target.split(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as err:
+            if err.name != module_name:
+                raise
+            print(f"semdistill: this command is not available yet ({issue}).", file=sys.stderr)
+            return 2
+        return getattr(module, func)(args)
+
+    return call
+
+
+def _add_overrides(p: argparse.ArgumentParser) -> None:
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="dotted config overrides, e.g. output.dir=runs/x edits.ipc=10")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="semdistill",
+        description="Distil image datasets into a few synthetic images per class with EDITS and DIVER on Ray.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version="semdistill 0.1.0")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    # data
+    data = sub.add_parser("data", help="prepare or check datasets (demo digits, data check)")
+    dsub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    d = dsub.add_parser("demo", help="write the embedded demo dataset (sklearn digits, 32x32 RGB ImageFolder)")
+    d.add_argument("--out", required=True, help="output folder (gets train/, val/, class_names.json)")
+    d.add_argument("--size", type=int, default=32, help="image size in px (default 32)")
+    d.add_argument("--val-fraction", type=float, default=0.2, help="share of each class kept for val (default 0.2)")
+    d.add_argument("--seed", type=int, default=0, help="seed of the train/val split (default 0)")
+    d.set_defaults(func=_handler("pipeline.demo_cmd:data_demo", "foundation"))
+    c = dsub.add_parser("check", help="scan a dataset without models: list files it would skip, per-class counts")
+    c.add_argument("root", help="ImageFolder root")
+    c.add_argument("--ipc", type=int, default=1, help="fail when a class has fewer usable images (default 1)")
+    c.add_argument("--json", dest="as_json", action="store_true", help="print the report as JSON")
+    c.set_defaults(func=_handler("pipeline.data_check:main", "issue #6, reliability"))
+
+    # zoo
+    zoo = sub.add_parser("zoo", help="the tiny local model zoo (random-init models saved with save_pretrained)")
+    zsub = zoo.add_subparsers(dest="zoo_command", metavar="ACTION", required=True)
+    zb = zsub.add_parser("build", help="build every zoo role that is missing (a second build is a no-op)")
+    zb.add_argument("--dir", default=None, help="zoo folder (default $SEMDISTILL_ZOO_DIR or the user cache dir)")
+    zb.add_argument("--force", action="store_true", help="rebuild even when present")
+    zb.add_argument("--roles", nargs="*", default=None, help="only these roles")
+    zb.set_defaults(func=_handler("pipeline.demo_cmd:zoo_build", "foundation"))
+    zl = zsub.add_parser("list", help="list the zoo roles and whether each is built")
+    zl.add_argument("--dir", default=None)
+    zl.set_defaults(func=_handler("pipeline.demo_cmd:zoo_list", "foundation"))
+    zt = zsub.add_parser("train-demo-dit", help="train the tiny class-conditional DiT (+VAE) on the demo digits")
+    zt.add_argument("--data", default=None, help="demo dataset root (default: written to the zoo folder)")
+    zt.add_argument("--dir", default=None, help="zoo folder")
+    zt.add_argument("--steps", type=int, default=None, help="training steps (default: the recipe's)")
+    zt.add_argument("--force", action="store_true", help="retrain even when present")
+    zt.set_defaults(func=_handler("actors.demo_dit:main", "issue #3, DIVER"))
+
+    # run
+    r = sub.add_parser("run", help="run a config end to end (method: edits | diver)")
+    r.add_argument("config", help="YAML config, e.g. configs/demo_diver.yaml")
+    _add_overrides(r)
+    r.add_argument("--from-stage", default=None, help="re-run from this stage, reusing earlier artefacts")
+    r.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    r.set_defaults(func=_handler("pipeline.run:main", "foundation"))
+
+    # distill (classical stage-1)
+    dist = sub.add_parser("distill", help="classical stage-1 distillers (DM) that DIVER recovers")
+    dist_sub = dist.add_subparsers(dest="distill_command", metavar="METHOD", required=True)
+    dm = dist_sub.add_parser("dm", help="distribution matching (Zhao & Bilen) with random ConvNets")
+    dm.add_argument("--data", required=True, help="real ImageFolder root")
+    dm.add_argument("--ipc", type=int, default=10)
+    dm.add_argument("--out", required=True, help="output folder (ImageFolder + manifest + images.pt)")
+    dm.add_argument("--iterations", type=int, default=None)
+    dm.add_argument("--seed", type=int, default=0)
+    dm.set_defaults(func=_handler("pipeline.dm:main", "issue #3, DIVER"))
+
+    # demo
+    dm_ = sub.add_parser("demo", help="the whole thing offline on a laptop: data, zoo, methods, evaluation, report")
+    dm_.add_argument("--out", required=True, help="output folder")
+    dm_.add_argument("--quick", action="store_true", help="smaller settings for a smoke run")
+    dm_.set_defaults(func=_handler("pipeline.demo_cmd:demo", "foundation"))
+
+    # eval
+    e = sub.add_parser("eval", help="train students on a distilled set, test on the real val set")
+    e.add_argument("--distilled", required=True, help="distilled ImageFolder (with manifest.json)")
+    e.add_argument("--real", required=True, help="real validation ImageFolder")
+    e.add_argument("--train", default=None, help="real train ImageFolder (teacher for soft labels)")
+    e.add_argument("--students", nargs="+", default=["convnet", "resnet18"])
+    e.add_argument("--config", default=None, help="YAML config whose eval section to use")
+    e.add_argument("--out", default=None, help="where results.json/.md go (default: the distilled folder)")
+    _add_overrides(e)
+    e.set_defaults(func=_handler("tuning.eval_cmd:main", "issue #4, evaluation"))
+
+    # sweep
+    s = sub.add_parser("sweep", help="Ray Tune sweep over method settings (gamma, guidance_scale, ...)")
+    s.add_argument("config", help="YAML config with a sweep section")
+    _add_overrides(s)
+    s.set_defaults(func=_handler("tuning.sweep:main", "issue #4, Tune"))
+
+    # submit / plan
+    sb = sub.add_parser("submit", help="submit a config to a Ray cluster with `ray job submit`")
+    sb.add_argument("config")
+    _add_overrides(sb)
+    sb.add_argument("--address", default=None, help="Ray dashboard address (default $RAY_ADDRESS)")
+    sb.add_argument("--no-wait", action="store_true", help="return after submitting")
+    sb.set_defaults(func=_handler("cluster.submit:main", "issue #5, cluster"))
+    pl = sub.add_parser("plan", help="estimate wall time and GPU hours of a config on N GPUs")
+    pl.add_argument("config")
+    pl.add_argument("--gpus", type=int, default=8)
+    _add_overrides(pl)
+    pl.set_defaults(func=_handler("cluster.plan:main", "issue #5, cluster"))
+
+    # verify
+    v = sub.add_parser("verify", help="check a distilled set against its manifest.json")
+    v.add_argument("dir")
+    v.set_defaults(func=_handler("pipeline.verify:main", "issue #6, reliability"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        rc = args.func(args)
+    except SemdistillError as err:
+        print(f"semdistill: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("semdistill: interrupted; finished outputs are kept, re-run to resume", file=sys.stderr)
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,38 @@
+"""``semdistill run CONFIG``: resolve the config and hand it to its method's runner."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import Config, dump_config, load_config
+from pipeline.errors import ConfigError
+
+RUNNERS = {
+    "edits": "pipeline.edits:run_edits",
+    "diver": "pipeline.diver:run_diver",
+}
+
+
+def run_config(cfg: Config, from_stage: str | None = None) -> dict[str, Any]:
+    """Run ``cfg.method`` and return its summary (paths, counts, timings)."""
+    if cfg.method not in RUNNERS:
+        raise ConfigError(f"method must be one of {sorted(RUNNERS)} to run, got {cfg.method!r}")
+    module_name, func = RUNNERS[cfg.method].split(":")
+    runner = getattr(importlib.import_module(module_name), func)
+    return runner(cfg, from_stage=from_stage)
+
+
+def main(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.overrides)
+    if args.print_config:
+        print(dump_config(cfg), end="")
+        return 0
+    out = Path(cfg.output.dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(dump_config(cfg))
+    summary = run_config(cfg, from_stage=args.from_stage)
+    print(f"done: {summary.get('output', out)}")
+    return 0
