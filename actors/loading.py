@@ -72,4 +72,5 @@ def load_pretrained(role: str, ref: str, loader: Callable[..., T], zoo_dir: str 
     except (OSError, ValueError, EnvironmentError) as err:
         hint = (" HF_HUB_OFFLINE is set, so only the local cache was searched; on a cluster node unset it "
                 "or point the role at a local folder." if offline() else "")
-        raise ModelLoadError(f"models.{role}: could not load {ref!r} ({resolved}): {err}.{hint}") from None
+        reason = " ".join(str(err).split()).rstrip(".")
+        raise ModelLoadError(f"models.{role}: could not load {ref!r} ({resolved}): {reason}.{hint}") from None
