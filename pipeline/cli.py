@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("root", help="ImageFolder root")
     c.add_argument("--ipc", type=int, default=1, help="fail when a class has fewer usable images (default 1)")
     c.add_argument("--json", dest="as_json", action="store_true", help="print the report as JSON")
+    c.add_argument("--class-names", default=None, help="id -> name table, to warn about duplicate class names")
+    c.add_argument("--workers", type=int, default=1, help="decode with this many processes (default 1)")
+    c.add_argument("--no-decode", action="store_true", help="only list files, do not decode them (fast)")
     c.set_defaults(func=_handler("pipeline.data_check:main", "issue #6, reliability"))
 
     # zoo
@@ -146,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     # verify
     v = sub.add_parser("verify", help="check a distilled set against its manifest.json")
     v.add_argument("dir")
+    v.add_argument("--ipc", type=int, default=None, help="also require exactly this many images per class")
+    v.add_argument("--json", dest="as_json", action="store_true", help="print the report as JSON")
+    v.add_argument("--no-decode", action="store_true", help="check files and checksums without decoding")
     v.set_defaults(func=_handler("pipeline.verify:main", "issue #6, reliability"))
     return parser
 

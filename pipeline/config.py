@@ -175,7 +175,9 @@ class OutputConfig(Section):
 
 
 class DebugConfig(Section):
-    fail_every_n_batches: int | None = None  # deterministic fault injection (tests)
+    fail_every_n_batches: int | None = Field(None, gt=0)  # deterministic fault injection (tests)
+    fault_mode: Literal["raise", "exit"] = "raise"  # raise an exception, or kill the actor mid-batch
+    fault_dir: str | None = None  # markers of injected faults (default <output.dir>/.faults)
 
 
 class Config(Section):

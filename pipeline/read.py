@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
-from pipeline.errors import DataError
+from pipeline.errors import ConfigError, DataError
 
 DEFAULT_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 Image.MAX_IMAGE_PIXELS = 200_000_000  # 10,000 x 10,000 photos are legitimate; bombs are not
@@ -74,6 +74,9 @@ def scan_image_folder(
     exts = tuple(e.lower() for e in extensions)
     found = sorted(p.name for p in root_p.iterdir() if p.is_dir() and not p.name.startswith("."))
     if classes is not None:
+        dups = sorted({c for c in classes if classes.count(c) > 1})
+        if dups:
+            raise ConfigError(f"data.classes lists these class ids more than once: {dups[:10]}")
         missing = [c for c in classes if c not in found]
         if missing:
             raise DataError(f"classes not found under {root_p}: {missing[:10]}")
@@ -86,7 +89,14 @@ def scan_image_folder(
     for cls in found:
         cls_dir = root_p / cls
         files: list[str] = []
+        seen_dirs: set[str] = set()
         for dirpath, dirnames, filenames in os.walk(cls_dir, followlinks=follow_symlinks):
+            real = os.path.realpath(dirpath)
+            if real in seen_dirs:  # a symlink loop or a second link to the same folder
+                skipped.append({"path": dirpath, "reason": "folder already scanned (symlink loop or duplicate link)"})
+                dirnames[:] = []
+                continue
+            seen_dirs.add(real)
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             for name in sorted(filenames):
                 full = os.path.join(dirpath, name)
@@ -143,6 +153,39 @@ def load_class_names(path: str | os.PathLike | None, class_ids: list[str]) -> di
     return names
 
 
+def duplicate_class_names(names: dict[str, str]) -> dict[str, list[str]]:
+    """Names used by more than one class id (case and spacing ignored), e.g. ImageNet's two "crane"s."""
+    by_name: dict[str, list[str]] = {}
+    for cid, name in names.items():
+        by_name.setdefault(" ".join(name.lower().split()), []).append(cid)
+    return {n: sorted(ids) for n, ids in by_name.items() if len(ids) > 1}
+
+
+def disambiguate_class_names(names: dict[str, str]) -> dict[str, str]:
+    """Make every name unique by appending its class id to each duplicated one: ``crane (n03126707)``.
+
+    Prompts and captions name the class; two classes with one name would get the same text.
+    """
+    dups = {cid for ids in duplicate_class_names(names).values() for cid in ids}
+    return {cid: (f"{name} ({cid})" if cid in dups else name) for cid, name in names.items()}
+
+
+def index_fingerprint(index: ImageIndex) -> str:
+    """A short hash of what a scan found (class ids and root-relative file paths, in order).
+
+    Caches keyed by image (captions, features) store it and refuse to be reused for
+    another dataset, another class subset, or a folder whose files changed names.
+    """
+    import hashlib
+
+    h = hashlib.sha256()
+    h.update(json.dumps(index.classes).encode())
+    for r in index.records:
+        h.update(b"\0" + os.path.relpath(r.path, index.root).encode("utf-8", "surrogateescape") + b"\1"
+                 + r.class_id.encode("utf-8", "surrogateescape"))
+    return h.hexdigest()[:16]
+
+
 class BadImageError(ValueError):
     """A file that cannot be used as an image; the message is the reason."""
 
@@ -159,8 +202,14 @@ def load_rgb(path: str, size: int | None = None) -> np.ndarray:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as im:
+                if size is not None and im.format == "JPEG":
+                    im.draft("RGB", (size, size))  # DCT-domain downscale: huge JPEGs decode fast
                 im.load()
                 im = ImageOps.exif_transpose(im)
+                if size is not None and im.mode in ("L", "RGB", "RGBA", "LA", "CMYK"):
+                    k = min(im.size) // (4 * size)
+                    if k >= 2:  # huge image: box-reduce to >= 4x the target first (fast), then bicubic
+                        im = im.reduce(k)
                 im = to_rgb(im)
     except BadImageError:
         raise
@@ -179,11 +228,18 @@ def load_rgb(path: str, size: int | None = None) -> np.ndarray:
 
 def to_rgb(im: Image.Image) -> Image.Image:
     """Convert grayscale, palette, CMYK, 16-bit and alpha images to 8-bit RGB."""
-    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+    if im.mode.startswith("I;16"):  # 16-bit grayscale (PNG): full range is 0..65535
         arr = np.asarray(im, dtype=np.float64)
-        hi = arr.max() if arr.size else 1.0
-        scale = 255.0 / (65535.0 if hi > 255 else 255.0)
-        im = Image.fromarray(np.clip(arr * scale, 0, 255).astype(np.uint8), "L")
+        im = Image.fromarray(np.clip(np.round(arr / 257.0), 0, 255).astype(np.uint8), "L")
+    elif im.mode == "I":  # 32-bit int: 16-bit data in older Pillow, else already 8-bit range
+        arr = np.asarray(im, dtype=np.float64)
+        hi = arr.max() if arr.size else 0.0
+        arr = arr / 257.0 if hi > 255 else arr
+        im = Image.fromarray(np.clip(np.round(arr), 0, 255).astype(np.uint8), "L")
+    elif im.mode == "F":  # float: [0, 1] or [0, 255]
+        arr = np.nan_to_num(np.asarray(im, dtype=np.float64))
+        arr = arr * 255.0 if arr.size and arr.max() <= 1.0 else arr
+        im = Image.fromarray(np.clip(np.round(arr), 0, 255).astype(np.uint8), "L")
     if im.mode in ("RGBA", "LA", "P", "PA"):
         im = im.convert("RGBA")
         bg = Image.new("RGBA", im.size, (255, 255, 255, 255))

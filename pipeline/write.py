@@ -7,6 +7,7 @@ crash leaves at most an orphan ``.tmp`` file, never a half-written image or mani
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -17,6 +18,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from pipeline.errors import DataError
+
 MANIFEST = "manifest.json"
 _SAFE = re.compile(r"[^A-Za-z0-9._+-]")
 
@@ -25,6 +28,30 @@ def safe_name(text: str) -> str:
     """A file-system-safe name for a class id or file stem; never escapes its folder."""
     name = _SAFE.sub("_", str(text)).strip("._")
     return name or "_"
+
+
+def plain_component(text: str) -> bool:
+    """True when ``text`` can be used verbatim as one path component inside a folder.
+
+    Unicode and spaces are fine (real class folders have them); separators, ``.``/``..``,
+    a leading dot, control characters and over-long names are not.
+    """
+    text = str(text)
+    return (
+        bool(text) and text not in (".", "..") and not text.startswith(".")
+        and not any(c in text for c in "/\\") and not any(ord(c) < 32 or ord(c) == 127 for c in text)
+        and len(text.encode("utf-8", "surrogateescape")) <= 200 and text == text.strip()
+    )
+
+
+def component_name(text: str) -> str:
+    """A path component for a class id or key: the text itself when plain, else
+    ``safe_name(text)`` plus a short hash, so distinct ids never share a folder and none escapes."""
+    text = str(text)
+    if plain_component(text):
+        return text
+    digest = hashlib.sha1(text.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    return f"{safe_name(text)[:100]}-{digest}"
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -48,15 +75,20 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_bytes(path, json.dumps(obj, indent=2, sort_keys=False, default=str).encode())
 
 
-def atomic_save_image(path: str | os.PathLike, image: np.ndarray | Image.Image) -> None:
-    """Save an image (uint8 HxWx3 array or PIL) atomically; the format follows the suffix."""
+def atomic_save_image(path: str | os.PathLike, image: np.ndarray | Image.Image) -> str:
+    """Save an image (uint8 HxWx3 array or PIL) atomically; the format follows the suffix.
+
+    Returns the sha256 of the bytes written (the manifest keeps it to detect corruption).
+    """
     import io
 
     im = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image, dtype=np.uint8))
     buf = io.BytesIO()
     fmt = "JPEG" if str(path).lower().endswith((".jpg", ".jpeg")) else "PNG"
     im.save(buf, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
-    atomic_write_bytes(path, buf.getvalue())
+    data = buf.getvalue()
+    atomic_write_bytes(path, data)
+    return hashlib.sha256(data).hexdigest()
 
 
 class DistilledSetWriter:
@@ -72,17 +104,32 @@ class DistilledSetWriter:
         self.image_format = image_format
         self.manifest_path = self.out_dir / MANIFEST
         if self.manifest_path.exists():
-            self.manifest = json.loads(self.manifest_path.read_text())
+            self.manifest = read_manifest(self.out_dir)
             if self.manifest.get("method") != method:
-                from pipeline.errors import DataError
-
-                raise DataError(
+                    raise DataError(
                     f"{self.manifest_path} belongs to method {self.manifest.get('method')!r}, not {method!r}; "
                     "choose another output.dir"
                 )
         else:
             self.manifest = {"method": method, "settings": settings or {}, "images": []}
+        # an entry whose file vanished is not done: drop it so a re-run writes it again
+        self.dropped = [e for e in self.manifest["images"] if not (self.out_dir / e["file"]).is_file()]
+        if self.dropped:
+            self.manifest["images"] = [e for e in self.manifest["images"] if e not in self.dropped]
         self._done = {e["key"] for e in self.manifest["images"]}
+        self._files = {e["file"]: e["key"] for e in self.manifest["images"]}
+
+    def set_expected(self, counts: dict[str, int]) -> None:
+        """Record how many images each class should end with (``semdistill verify`` checks it)."""
+        self.manifest["expected_counts"] = {str(k): int(v) for k, v in counts.items()}
+        self.flush()
+
+    def finish(self, summary: dict[str, Any] | None = None) -> None:
+        """Mark the set complete (optionally with a run summary) and flush."""
+        self.manifest["complete"] = True
+        if summary is not None:
+            self.manifest["summary"] = summary
+        self.flush()
 
     def done(self, key: str) -> bool:
         return key in self._done
@@ -96,12 +143,15 @@ class DistilledSetWriter:
         """Write one image and its manifest entry; returns its path, or None if already done."""
         if key in self._done:
             return None
-        rel = Path(safe_name(class_id)) / f"{safe_name(key)}.{self.image_format}"
-        atomic_save_image(self.out_dir / rel, image)
-        entry = {"key": key, "file": rel.as_posix(), "class_id": class_id, "label": int(label)}
+        rel = Path(component_name(class_id)) / f"{component_name(key)}.{self.image_format}"
+        if self._files.get(rel.as_posix(), key) != key:
+            raise DataError(f"keys {self._files[rel.as_posix()]!r} and {key!r} map to the same file {rel}")
+        digest = atomic_save_image(self.out_dir / rel, image)
+        entry = {"key": key, "file": rel.as_posix(), "class_id": class_id, "label": int(label), "sha256": digest}
         entry.update(meta or {})
         self.manifest["images"].append(entry)
         self._done.add(key)
+        self._files[rel.as_posix()] = key
         if flush:
             self.flush()
         return self.out_dir / rel
@@ -114,7 +164,12 @@ class DistilledSetWriter:
 def read_manifest(out_dir: str | os.PathLike) -> dict[str, Any]:
     path = Path(out_dir) / MANIFEST
     if not path.is_file():
-        from pipeline.errors import DataError
-
         raise DataError(f"no {MANIFEST} in {out_dir}: not a semdistill output folder")
-    return json.loads(path.read_text())
+    try:
+        man = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DataError(f"{path} is not valid JSON ({err}); the set cannot be trusted, re-run into a new folder") \
+            from None
+    if not isinstance(man, dict) or not isinstance(man.get("images"), list):
+        raise DataError(f"{path} has no 'images' list: not a semdistill manifest")
+    return man
