@@ -155,6 +155,19 @@ class EvalConfig(Section):
     seed: int = 0
 
 
+class JobConfig(Section):
+    """How ``semdistill submit`` packs a run for ``ray job submit`` (see cluster/runtime_env.py)."""
+
+    working_dir: str | None = None  # None: the project root (the folder holding pyproject.toml)
+    excludes: list[str] = []  # added to the built-in excludes (.venv, .git, .cache, runs, data, ...)
+    pip_extras: list[str] = []  # project extras installed per job, e.g. [gpu]; the nodes' setup installs the rest
+    pip: list[str] = []  # further pip requirements for the job's runtime env
+    env_vars: dict[str, str] = {}  # e.g. {HF_HOME: /mnt/shared/hf}
+    hf_home: str | None = None  # shared model cache on the nodes (sets HF_HOME)
+    entrypoint_num_cpus: float = Field(0.0, ge=0)  # the driver only schedules; it needs no reserved CPU
+    entrypoint_num_gpus: float = Field(0.0, ge=0)
+
+
 class RayConfig(Section):
     address: str | None = None  # None: RAY_ADDRESS or a new local instance
     num_cpus: int | None = None
@@ -166,6 +179,7 @@ class RayConfig(Section):
     max_restarts: int = 2
     max_task_retries: int = 2
     max_errored_blocks: int = 0
+    job: JobConfig = JobConfig()  # `semdistill submit` only
 
 
 class OutputConfig(Section):
