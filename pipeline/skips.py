@@ -149,6 +149,41 @@ def check_errored_blocks(n_errored: int, max_errored_blocks: int, stage: str = "
         )
 
 
+def drop_bad_rows(batch: dict[str, Any], skip_dir: str, stage: str = "decode",
+                  error_col: str = "error") -> dict[str, Any]:
+    """Ray ``map_batches`` function: drop rows with an ``error``, recording them on the side.
+
+    Bad rows go to ``skip_dir/<batch id>.jsonl`` (atomic, named by the batch's paths, so a
+    retried batch rewrites the same file); ``collect_skips`` merges them into a ``SkipLog``
+    after the stage. Streams: nothing is materialised. ``skip_dir`` must be visible to the
+    driver (the output folder; on a cluster, shared storage).
+    """
+    from pipeline.faults import batch_id
+    from pipeline.write import atomic_write_bytes
+
+    n = len(batch["path"])
+    errors = np.asarray(batch.get(error_col, np.array([""] * n)), dtype=object)
+    good = np.array([not e for e in errors], dtype=bool)
+    if not good.all():
+        paths = [str(p) for p in np.asarray(batch["path"])]
+        lines = "".join(json.dumps({"path": p, "reason": str(e), "stage": stage}, ensure_ascii=False) + "\n"
+                        for p, e, ok in zip(paths, errors, good) if not ok)
+        atomic_write_bytes(Path(skip_dir) / f"{stage}-{batch_id(paths)}.jsonl", lines.encode("utf-8"))
+    return {k: np.asarray(v)[good] for k, v in batch.items() if k != error_col}
+
+
+def collect_skips(skip_dir: str | os.PathLike, log: SkipLog) -> int:
+    """Merge the ``drop_bad_rows`` side files into ``log``; returns how many entries were read."""
+    n = 0
+    for f in sorted(Path(skip_dir).glob("*.jsonl")):
+        for line in f.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                e = json.loads(line)
+                log.add(e["path"], e["reason"], e.get("stage", ""))
+                n += 1
+    return n
+
+
 def missing_keys(expected: list[str] | set[str], got: list[str] | set[str]) -> list[str]:
     """Keys that should have come out of a stage but did not (rows lost in errored blocks)."""
     got_set = set(got)

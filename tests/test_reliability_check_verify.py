@@ -13,7 +13,15 @@ from PIL import Image
 from pipeline.cli import main
 from pipeline.data_check import check_dataset
 from pipeline.errors import DataError
-from pipeline.skips import SkipLog, check_errored_blocks, check_skipped_fraction, missing_keys, reason_kind
+from pipeline.skips import (
+    SkipLog,
+    check_errored_blocks,
+    check_skipped_fraction,
+    collect_skips,
+    drop_bad_rows,
+    missing_keys,
+    reason_kind,
+)
 from pipeline.verify import verify_set
 from pipeline.write import DistilledSetWriter, read_manifest
 
@@ -206,3 +214,25 @@ def test_verify_without_manifest_is_an_error(tmp_path, capsys):
     (tmp_path / "x").mkdir()
     assert main(["verify", str(tmp_path / "x")]) == 2
     assert "no manifest.json" in capsys.readouterr().err
+
+
+def test_streaming_skip_and_report_through_ray(messy, tmp_path, ray_local):
+    """Decode in Ray, drop bad rows on the way (side files), merge into skipped.jsonl, apply the threshold."""
+    from pipeline.read import image_dataset, scan_image_folder
+
+    idx = scan_image_folder(messy, allow_empty_classes=True)
+    side = tmp_path / "skips"
+    ds = image_dataset(idx, size=8, batch_size=2).map_batches(
+        drop_bad_rows, fn_kwargs={"skip_dir": str(side)}, batch_size=2)
+    good = sorted(os.path.relpath(r["path"], messy) for r in ds.take_all())
+    assert good == ["good/0.png", "good/1.png", "good/2.png", "short/ok.PNG"]
+    log = SkipLog(tmp_path / "run" / "skipped.jsonl")
+    log.extend(idx.skipped, stage="scan")
+    assert collect_skips(side, log) == 2
+    log.write()
+    got = {(e["stage"], os.path.relpath(e["path"], messy)) for e in log.entries}
+    assert got == {("decode", "bad/zero.png"), ("decode", "short/broken.jpg"), ("scan", "empty"),
+                   ("scan", "short/notes.txt")}
+    with pytest.raises(DataError, match="2 of 6 images"):
+        log.check(total=len(idx.records), max_fraction=0.3, stage="decode")
+    log.check(total=len(idx.records), max_fraction=0.34, stage="decode")
