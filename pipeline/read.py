@@ -138,18 +138,27 @@ def load_class_names(path: str | os.PathLike | None, class_ids: list[str]) -> di
     p = Path(path)
     if not p.is_file():
         raise DataError(f"class-name table not found: {p}")
-    text = p.read_text(encoding="utf-8")
+    try:
+        text = p.read_text(encoding="utf-8")
+        table = json.loads(text) if p.suffix == ".json" else None
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DataError(f"class-name table {p} cannot be read: {err}") from None
     if p.suffix == ".json":
-        table = json.loads(text)
         if isinstance(table, list):  # ImageNet-style [[wnid, name], ...] or list aligned with ids
             table = dict(table) if table and isinstance(table[0], list) else dict(zip(class_ids, table))
+        elif (isinstance(table, dict) and table and not any(k in names for k in table)
+              and all(isinstance(v, list) and len(v) == 2 for v in table.values())):
+            table = {str(v[0]): v[1] for v in table.values()}  # imagenet_class_index.json {"0": [wnid, name]}
+        if not isinstance(table, dict):
+            raise DataError(f"class-name table {p} must be a JSON object {{id: name}} or a list")
     else:
         table = {}
         for line in text.splitlines():
             parts = line.strip().split(maxsplit=1)
             if len(parts) == 2:
                 table[parts[0]] = parts[1]
-    names.update({k: str(v) for k, v in table.items() if k in names})
+    names.update({k: (", ".join(map(str, v)) if isinstance(v, list) else str(v)) for k, v in table.items()
+                  if k in names})
     return names
 
 

@@ -336,6 +336,14 @@ def test_data_root_and_class_names_faults(tmp_path):
         load_class_names(tmp_path / "names.json", ["a"])
     (tmp_path / "names.json").write_text(json.dumps({"a": "apple", "zz": "not in the data"}))
     assert load_class_names(tmp_path / "names.json", ["a", "b"]) == {"a": "apple", "b": "b"}
+    (tmp_path / "idx.json").write_text(json.dumps({"0": ["n01", "tench"], "1": ["n02", ["goldfish", "Carassius"]]}))
+    assert load_class_names(tmp_path / "idx.json", ["n01", "n02"]) == {"n01": "tench", "n02": "goldfish, Carassius"}
+    (tmp_path / "torn.json").write_text('{"a": "app')
+    with pytest.raises(DataError, match="torn.json cannot be read"):
+        load_class_names(tmp_path / "torn.json", ["a"])
+    (tmp_path / "num.json").write_text("42")
+    with pytest.raises(DataError, match="must be a JSON object"):
+        load_class_names(tmp_path / "num.json", ["a"])
 
 
 def test_jpeg_with_trailing_garbage_decodes(tmp_path):
