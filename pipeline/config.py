@@ -176,6 +176,9 @@ class RayConfig(Section):
     actor_num_gpus: float = Field(0.0, ge=0)
     pool_sizes: dict[str, int] = {"caption": 1, "embed": 1, "vae": 1, "llm": 1, "generate": 1, "recover": 1}
     batch_sizes: dict[str, int] = {"caption": 8, "embed": 32, "vae": 8, "llm": 8, "generate": 4, "recover": 8}
+    # model batch inside an actor (pipeline/fixed_batches.py): fixed, so outputs are byte-identical
+    # whatever batch_sizes / pool_sizes are; a role missing here runs its whole Ray batch at once
+    micro_batch_sizes: dict[str, int] = {"caption": 8, "embed": 32, "vae": 8, "llm": 8, "generate": 4, "recover": 8}
     max_restarts: int = 2
     max_task_retries: int = 2
     max_errored_blocks: int = 0
