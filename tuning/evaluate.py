@@ -1,0 +1,402 @@
+"""Cross-architecture evaluation on Ray Train: every (set, student, seed) is one TorchTrainer job.
+
+``evaluate_sets({name: distilled_dir}, val_root, eval_cfg, out_dir)`` loads each distilled
+set and the real validation set once (into the object store), launches one
+``TorchTrainer`` per (set, student, seed) with ``ScalingConfig(num_workers, use_gpu,
+resources_per_worker={"CPU": cpus_per_job})`` (DDP when ``num_workers > 1``), keeps at
+most ``max_concurrent`` jobs in flight, and gathers the runs into one table of
+dataset x method x IPC x student rows (``top1_mean``/``top1_std`` over the seeds = final
+accuracy; ``best_*`` = best test accuracy seen while training). ``write_results`` writes
+``results.json``, ``results.csv`` and ``results.md``, merging with rows already there.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline.config import EvalConfig, RayConfig
+from pipeline.errors import DataError
+from pipeline.read import BadImageError, load_rgb, scan_image_folder
+from pipeline.write import MANIFEST, atomic_write_bytes, atomic_write_json
+from tuning.protocols import TrainSpec, resolve_preset, train_student, train_teacher
+from tuning.students import build_student, check_students
+
+ROW_KEY = ("dataset", "method", "ipc", "student", "protocol")
+
+
+# ----------------------------------------------------------------------------- data
+def load_real(root: str | os.PathLike, size: int, classes: list[str] | None = None
+              ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """A real ImageFolder as ``uint8 [N, H, W, 3]``, labels, and the class ids (label order)."""
+    index = scan_image_folder(root, classes=classes)
+    xs, ys = [], []
+    for rec in index.records:
+        try:
+            xs.append(load_rgb(rec.path, size))
+        except BadImageError:
+            continue  # `semdistill data check` lists these; evaluation just leaves them out
+        ys.append(rec.label)
+    if not xs:
+        raise DataError(f"no readable images under {root}")
+    return np.stack(xs), np.asarray(ys, dtype=np.int64), index.classes
+
+
+def load_distilled(root: str | os.PathLike, classes: list[str], size: int | None = None
+                   ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """A distilled set (manifest entries, or a plain ImageFolder) labelled in the real set's class order.
+
+    Returns images, labels and ``{"method", "ipc"}`` read from the manifest (ipc = most
+    common per-class count). A class id the real set lacks is a ``DataError``.
+    """
+    root = Path(root)
+    label_of = {c: i for i, c in enumerate(classes)}
+    man_path = root / MANIFEST
+    if man_path.is_file():
+        man = json.loads(man_path.read_text())
+        items = [(root / e["file"], str(e["class_id"])) for e in man.get("images", [])]
+        method = man.get("method") or root.name
+    else:
+        index = scan_image_folder(root)
+        items = [(Path(r.path), r.class_id) for r in index.records]
+        method = root.name
+    if not items:
+        raise DataError(f"distilled set {root} has no images")
+    unknown = sorted({c for _, c in items if c not in label_of})
+    if unknown:
+        raise DataError(f"distilled set {root} has classes the real set lacks: {unknown[:10]}")
+    if size is None:
+        size = min(load_rgb(str(items[0][0])).shape[:2])
+    xs = [load_rgb(str(p), size) for p, _ in items]
+    ys = np.asarray([label_of[c] for _, c in items], dtype=np.int64)
+    ipc = Counter(ys.tolist()).most_common(1)[0][1]
+    return np.stack(xs), ys, {"method": method, "ipc": int(ipc), "image_size": int(size)}
+
+
+def to_tensor(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> torch.Tensor:
+    """uint8 ``[N, H, W, C]`` -> normalised float ``[N, C, H, W]``."""
+    t = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).float().div_(255.0)
+    return (t - torch.as_tensor(mean).view(1, -1, 1, 1)) / torch.as_tensor(std).view(1, -1, 1, 1)
+
+
+def channel_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean/std (of [0, 1] pixels) of the training images; std floored at 1e-3."""
+    f = x.reshape(-1, x.shape[-1]).astype(np.float64) / 255.0
+    return f.mean(0).astype(np.float32), np.maximum(f.std(0), 1e-3).astype(np.float32)
+
+
+def dataset_name(val_root: str | os.PathLike) -> str:
+    p = Path(val_root).resolve()
+    return p.parent.name if p.name.lower() in ("val", "valid", "validation", "test", "train") else p.name
+
+
+# ----------------------------------------------------------------------------- one job
+def _job_payload(data: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    mean, std = data["mean"], data["std"]
+    return {"train_x": to_tensor(data["train_x"], mean, std), "train_y": torch.from_numpy(data["train_y"]),
+            "val_x": to_tensor(data["val_x"], mean, std), "val_y": torch.from_numpy(data["val_y"])}
+
+
+def _teacher_from(state: dict[str, Any] | None, device: Any) -> torch.nn.Module | None:
+    if not state:
+        return None
+    t = build_student(state["arch"], state["channels"], state["num_classes"], state["im_size"])
+    t.load_state_dict(state["weights"])
+    return t.to(device).eval()
+
+
+def run_local_job(job: dict[str, Any], data: dict[str, np.ndarray], teacher_state: dict[str, Any] | None = None,
+                  device: str = "cpu") -> dict[str, Any]:
+    """One (set, student, seed) run in this process (``eval.backend=local``)."""
+    d = _job_payload(data)
+    res = train_student(job["spec"], d["train_x"], d["train_y"], d["val_x"], d["val_y"], int(data["num_classes"]),
+                        teacher=_teacher_from(teacher_state, device), device=device)
+    return {**{k: v for k, v in job.items() if k != "spec"}, **res}
+
+
+def _train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train worker: train one student, report its metrics with a small checkpoint (result.json)."""
+    import ray
+    import ray.train
+    import ray.train.torch
+
+    data = ray.get(config["data"][0])
+    teacher_state = ray.get(config["teacher"][0]) if config.get("teacher") else None
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device() if config["use_gpu"] else torch.device("cpu")
+    d = _job_payload(data)
+    wrap = ray.train.torch.prepare_model if world > 1 else None
+    res = train_student(config["spec"], d["train_x"], d["train_y"], d["val_x"], d["val_y"], int(data["num_classes"]),
+                        teacher=_teacher_from(teacher_state, device), device=device, rank=rank, world_size=world,
+                        wrap_model=wrap)
+    metrics = {k: res[k] for k in ("final", "best", "best_epoch", "train_loss", "seconds", "epochs")}
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = None
+        if rank == 0:
+            Path(tmp, "result.json").write_text(json.dumps(res))
+            ckpt = ray.train.Checkpoint.from_directory(tmp)
+        ray.train.report(metrics, checkpoint=ckpt)
+
+
+def _fit_job(job: dict[str, Any], refs: list[Any], cfg: dict[str, Any], storage: str) -> dict[str, Any]:
+    """Driver side of one job (runs as a Ray task): build the TorchTrainer, fit, read result.json."""
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    trainer = TorchTrainer(
+        _train_loop_per_worker,
+        train_loop_config={"spec": job["spec"], "data": refs[:1], "teacher": refs[1:],
+                           "use_gpu": cfg["use_gpu"]},
+        scaling_config=ScalingConfig(num_workers=cfg["num_workers"], use_gpu=cfg["use_gpu"],
+                                     resources_per_worker={"CPU": cfg["cpus_per_job"]}),
+        run_config=RunConfig(storage_path=storage, name=job["name"],
+                             failure_config=FailureConfig(max_failures=cfg["max_failures"])),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"evaluation job {job['name']} finished without a result ({result.error})")
+    with result.checkpoint.as_directory() as d:
+        res = json.loads(Path(d, "result.json").read_text())
+    return {**{k: v for k, v in job.items() if k != "spec"}, **res, "storage": result.path}
+
+
+def run_ray_jobs(jobs: list[dict[str, Any]], data_refs: dict[str, Any], cfg: EvalConfig, storage: Path,
+                 teacher_ref: Any = None, max_failures: int = 0, log=print) -> list[dict[str, Any]]:
+    """Run ``jobs`` as TorchTrainer fits, at most ``max_concurrent`` at a time; results in job order."""
+    import ray
+
+    fit = ray.remote(num_cpus=0, max_retries=0)(_fit_job)
+    total_cpus = float(ray.cluster_resources().get("CPU", 1.0))
+    limit = cfg.max_concurrent or max(1, int(total_cpus // (cfg.cpus_per_job * cfg.num_workers)))
+    common = {"use_gpu": cfg.use_gpu, "num_workers": cfg.num_workers, "cpus_per_job": cfg.cpus_per_job,
+              "max_failures": max_failures}
+    storage.mkdir(parents=True, exist_ok=True)
+    pending: dict[Any, int] = {}
+    results: list[dict[str, Any] | None] = [None] * len(jobs)
+    nxt = 0
+    while nxt < len(jobs) or pending:
+        while nxt < len(jobs) and len(pending) < limit:
+            job = jobs[nxt]
+            refs = [data_refs[job["set"]]] + ([teacher_ref] if teacher_ref is not None else [])
+            pending[fit.remote(job, refs, common, str(storage.resolve()))] = nxt
+            nxt += 1
+        done, _ = ray.wait(list(pending), num_returns=1)
+        i = pending.pop(done[0])
+        results[i] = ray.get(done[0])
+        r = results[i]
+        log(f"  eval {r['name']}: top-1 {r['final']:.2f}% (best {r['best']:.2f}%) in {r['seconds']:.0f}s")
+    return [r for r in results if r is not None]
+
+
+# ----------------------------------------------------------------------------- many sets
+def make_jobs(sets: dict[str, dict[str, Any]], cfg: EvalConfig) -> list[dict[str, Any]]:
+    """One job per (set, student, seed); seeds are ``cfg.seed + r`` for r < repeats."""
+    jobs = []
+    for set_name in sets:
+        for student in cfg.students:
+            for r in range(cfg.repeats):
+                seed = cfg.seed + r
+                spec = TrainSpec.from_config(cfg, student, seed).to_dict()
+                jobs.append({"set": set_name, "student": student, "seed": seed,
+                             "name": f"{set_name}-{student}-s{seed}", "spec": spec})
+    return jobs
+
+
+def aggregate(runs: list[dict[str, Any]], sets: dict[str, dict[str, Any]], cfg: EvalConfig,
+              dataset: str) -> list[dict[str, Any]]:
+    """Per (set, student): mean and std over seeds (population std, as DC/MTT report)."""
+    rows = []
+    for set_name, info in sets.items():
+        for student in cfg.students:
+            mine = sorted((r for r in runs if r["set"] == set_name and r["student"] == student),
+                          key=lambda r: r["seed"])
+            if not mine:
+                continue
+            final = np.asarray([r["final"] for r in mine])
+            best = np.asarray([r["best"] for r in mine])
+            rows.append({
+                "dataset": dataset, "method": info["method"], "ipc": info["ipc"], "student": student,
+                "student_kwargs": dict(cfg.student_kwargs.get(student, {})),
+                "protocol": cfg.protocol, "top1_mean": round(float(final.mean()), 2),
+                "top1_std": round(float(final.std()), 2), "repeats": len(mine),
+                "best_mean": round(float(best.mean()), 2), "best_std": round(float(best.std()), 2),
+                "final_mean": round(float(final.mean()), 2), "final_std": round(float(final.std()), 2),
+                "epochs": cfg.epochs, "preset": cfg.preset, "images": info["n_images"],
+                "distilled": info["dir"], "seconds": round(float(sum(r["seconds"] for r in mine)), 1),
+                "runs": [{"seed": r["seed"], "final": round(r["final"], 2), "best": round(r["best"], 2),
+                          "best_epoch": r["best_epoch"]} for r in mine],
+            })
+    return rows
+
+
+def evaluate_sets(sets: dict[str, str | os.PathLike], val_root: str | os.PathLike, cfg: EvalConfig,
+                  out_dir: str | os.PathLike, train_root: str | os.PathLike | None = None,
+                  ray_cfg: RayConfig | None = None, methods: dict[str, str] | None = None,
+                  write: bool = True, classes: list[str] | None = None, log=print) -> list[dict[str, Any]]:
+    """Evaluate every distilled set in ``sets`` (name -> folder) with every student; return rows.
+
+    ``methods`` optionally renames a set's method in the table (default: the manifest's);
+    ``classes`` restricts the real val set to a class subset (sweeps on a few classes).
+    Results are written (merged) to ``out_dir/results.{json,csv,md}`` when ``write``.
+    """
+    cfg = resolve_preset(cfg)
+    check_students(cfg.students)
+    out = Path(out_dir)
+    t0 = time.time()
+    # the real val set first: its classes define the labels; its size follows the first set
+    first = next(iter(sets.values()))
+    size = cfg.image_size or load_distilled_size(first)
+    val_x, val_y, classes = load_real(val_root, size, classes=classes)
+    loaded: dict[str, dict[str, Any]] = {}
+    arrays: dict[str, dict[str, Any]] = {}
+    for name, d in sets.items():
+        x, y, meta = load_distilled(d, classes, size)
+        mean, std = channel_stats(x)
+        method = (methods or {}).get(name, meta["method"])
+        loaded[name] = {"method": method, "ipc": meta["ipc"], "dir": str(d), "n_images": int(len(y))}
+        arrays[name] = {"train_x": x, "train_y": y, "val_x": val_x, "val_y": val_y, "mean": mean, "std": std,
+                        "num_classes": len(classes)}
+        log(f"eval set {name}: {len(y)} images ({method}, IPC {meta['ipc']}) from {d}")
+    dataset = cfg.dataset or dataset_name(val_root)
+    teacher_state = None
+    if cfg.protocol == "soft":
+        if train_root is None:
+            raise DataError("eval.protocol=soft needs the real training set for the teacher (--train / data.root)")
+        teacher_state = fit_teacher(train_root, classes, size, cfg, (val_x, val_y), log=log)
+    jobs = make_jobs(loaded, cfg)
+    log(f"evaluating {len(loaded)} set(s) x {len(cfg.students)} student(s) x {cfg.repeats} seed(s) = "
+        f"{len(jobs)} job(s) on {cfg.backend}")
+    if cfg.backend == "local":
+        runs = [run_local_job(j, _teacher_normalised(arrays[j["set"]], teacher_state), teacher_state)
+                for j in jobs]
+    else:
+        from pipeline.ray_setup import ray_session
+
+        with ray_session(ray_cfg):
+            import ray
+
+            refs = {n: ray.put(_teacher_normalised(a, teacher_state)) for n, a in arrays.items()}
+            teacher_ref = ray.put(teacher_state) if teacher_state else None
+            runs = run_ray_jobs(jobs, refs, cfg, out / "ray_train", teacher_ref,
+                                max_failures=(ray_cfg.max_restarts if ray_cfg else 0), log=log)
+    rows = aggregate(runs, loaded, cfg, dataset)
+    log(f"evaluation took {time.time() - t0:.0f}s")
+    if write:
+        write_results(rows, out)
+    return rows
+
+
+def load_distilled_size(root: str | os.PathLike) -> int:
+    root = Path(root)
+    man = root / MANIFEST
+    if man.is_file():
+        entries = json.loads(man.read_text()).get("images", [])
+        if entries:
+            return int(min(load_rgb(str(root / entries[0]["file"])).shape[:2]))
+    index = scan_image_folder(root)
+    return int(min(load_rgb(index.records[0].path).shape[:2]))
+
+
+def _teacher_normalised(arrays: dict[str, Any], teacher_state: dict[str, Any] | None) -> dict[str, Any]:
+    """With a teacher, inputs use the teacher's normalisation (it labels the student's inputs)."""
+    if not teacher_state:
+        return arrays
+    return {**arrays, "mean": teacher_state["mean"], "std": teacher_state["std"]}
+
+
+def fit_teacher(train_root: str | os.PathLike, classes: list[str], size: int, cfg: EvalConfig,
+                val: tuple[np.ndarray, np.ndarray], log=print) -> dict[str, Any]:
+    """Train the soft-label teacher on the real training set (in this process); return its state."""
+    x, y, real_classes = load_real(train_root, size, classes=classes)
+    mean, std = channel_stats(x)
+    tx = to_tensor(x, mean, std)
+    vx = to_tensor(val[0], mean, std)
+    model, info = train_teacher(cfg.teacher, tx, torch.from_numpy(y), len(classes), cfg.teacher_epochs,
+                                seed=cfg.seed, val=(vx, torch.from_numpy(val[1])),
+                                threads=max(1, int(cfg.cpus_per_job)))
+    log(f"teacher {cfg.teacher}: {info['final']:.2f}% on real val after {cfg.teacher_epochs} epochs")
+    return {"arch": cfg.teacher, "channels": int(tx.shape[1]), "num_classes": len(classes), "im_size": size,
+            "weights": {k: v.cpu() for k, v in model.state_dict().items()}, "mean": mean, "std": std,
+            "top1": info["final"]}
+
+
+# ----------------------------------------------------------------------------- results files
+def _key(row: dict[str, Any]) -> tuple:
+    return tuple(row.get(k) for k in ROW_KEY) + (json.dumps(row.get("student_kwargs") or {}, sort_keys=True),)
+
+
+def merge_rows(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows of ``new`` replace rows of ``old`` with the same dataset/method/ipc/student/protocol."""
+    keys = {_key(r) for r in new}
+    return [r for r in old if _key(r) not in keys] + list(new)
+
+
+def student_label(row: dict[str, Any]) -> str:
+    """``resnet18`` or, with non-default constructor arguments, ``resnet18 (width=16)``."""
+    kw = row.get("student_kwargs") or {}
+    return row["student"] + (" (" + ", ".join(f"{k}={v}" for k, v in sorted(kw.items())) + ")" if kw else "")
+
+
+def results_markdown(rows: list[dict[str, Any]]) -> str:
+    """A markdown table (one row per dataset/method/IPC/student) plus a method x student pivot."""
+    if not rows:
+        return "_no results_\n"
+    lines = ["| dataset | method | IPC | student | protocol | top-1 (%) | best (%) | repeats |",
+             "|---|---|---:|---|---|---:|---:|---:|"]
+    for r in sorted(rows, key=lambda r: (r["dataset"], r["ipc"], r["method"], r["student"])):
+        lines.append(f"| {r['dataset']} | {r['method']} | {r['ipc']} | {student_label(r)} | {r.get('protocol', '')} | "
+                     f"{r['top1_mean']:.2f} ± {r['top1_std']:.2f} | {r.get('best_mean', float('nan')):.2f} | "
+                     f"{r['repeats']} |")
+    students = sorted({student_label(r) for r in rows})
+    pivot = ["", "Final top-1 (%), mean ± std over seeds; last column: mean over students.", "",
+             "| dataset | IPC | method | " + " | ".join(students) + " | mean |",
+             "|---|---:|---|" + "---:|" * (len(students) + 1)]
+    groups: dict[tuple, dict[str, dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["dataset"], r["ipc"], r["method"]), {})[student_label(r)] = r
+    for (ds, ipc, method), by in sorted(groups.items()):
+        cells = [f"{by[s]['top1_mean']:.2f} ± {by[s]['top1_std']:.2f}" if s in by else "-" for s in students]
+        mean = np.mean([by[s]["top1_mean"] for s in by])
+        pivot.append(f"| {ds} | {ipc} | {method} | " + " | ".join(cells) + f" | {mean:.2f} |")
+    return "\n".join(lines + pivot) + "\n"
+
+
+CSV_FIELDS = ["dataset", "method", "ipc", "student", "protocol", "top1_mean", "top1_std", "repeats",
+              "best_mean", "best_std", "final_mean", "final_std", "epochs", "preset", "images", "distilled"]
+
+
+def write_results(rows: list[dict[str, Any]], out_dir: str | os.PathLike, merge: bool = True) -> list[dict[str, Any]]:
+    """Write ``results.json`` (list of rows), ``results.csv`` and ``results.md``; return all rows."""
+    out = Path(out_dir)
+    path = out / "results.json"
+    if merge and path.is_file():
+        try:
+            rows = merge_rows(json.loads(path.read_text()), rows)
+        except (json.JSONDecodeError, TypeError):
+            pass  # a broken old file is replaced
+    atomic_write_json(path, rows)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore")
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_bytes(out / "results.csv", buf.getvalue().encode())
+    atomic_write_bytes(out / "results.md", ("# Results\n\n" + results_markdown(rows)).encode())
+    return rows
+
+
+def mean_top1(rows: list[dict[str, Any]]) -> float:
+    """Mean final top-1 over rows (the sweep's cross-architecture metric)."""
+    vals = [r["top1_mean"] for r in rows]
+    return float(np.mean(vals)) if vals else math.nan
