@@ -137,21 +137,35 @@ class DiverConfig(Section):
 
 
 class EvalConfig(Section):
+    """Students trained on the distilled set, tested on the real val set (tuning/protocols.py presets)."""
+
     students: list[str] = ["convnet", "resnet18"]
+    student_kwargs: dict[str, dict[str, Any]] = {}  # per student, e.g. {resnet18: {width: 32}}
     protocol: Literal["hard", "soft"] = "hard"
-    preset: str | None = None
+    preset: str | None = None  # edits | diver | mtt | sre2l | rded | demo; explicit fields win
     epochs: int = Field(300, gt=0)
     batch_size: int = Field(64, gt=0)
-    lr: float = 0.01
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(0.01, ge=0.0)
     momentum: float = 0.9
     weight_decay: float = 5e-4
     schedule: Literal["cosine", "step"] = "cosine"
-    augment: Literal["dsa", "cutmix", "none"] = "dsa"
+    augment: Literal["dsa", "mixup", "cutmix", "dsa+mixup", "dsa+cutmix", "none"] = "dsa"
+    dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
+    mix_alpha: float = Field(1.0, ge=0.0)  # Beta(alpha, alpha) for mixup / CutMix
+    ema_decay: float | None = Field(None, gt=0.0, lt=1.0)
+    eval_every: int = Field(0, ge=0)  # 0: test only after the last epoch ("best" = "final")
     repeats: int = Field(3, gt=0)
-    temperature: float = 4.0
-    teacher_epochs: int = 30
+    temperature: float = Field(4.0, gt=0.0)
+    teacher: str = "convnet"  # soft labels: the teacher's architecture, trained on the real set
+    teacher_epochs: int = Field(30, gt=0)
+    image_size: int | None = Field(None, gt=0)  # None: the distilled images' size
+    dataset: str | None = None  # name in the results table (None: from the real folder's name)
+    backend: Literal["ray_train", "local"] = "ray_train"  # local: in-process, sequential (debugging)
+    cpus_per_job: float = Field(0.5, gt=0)  # CPUs per Ray Train worker (fractional on laptops)
+    max_concurrent: int | None = Field(None, gt=0)  # jobs in flight (None: cluster CPUs / cpus_per_job)
     use_gpu: bool = False
-    num_workers: int = 1
+    num_workers: int = Field(1, gt=0)  # Ray Train workers per job (DDP when > 1)
     seed: int = 0
 
 
@@ -197,6 +211,26 @@ class DebugConfig(Section):
     fault_dir: str | None = None  # markers of injected faults (default <output.dir>/.faults)
 
 
+class SweepConfig(Section):
+    """``semdistill sweep``: a Ray Tune search over method settings (tuning/sweep.py)."""
+
+    # dotted config key -> a list (grid values / random choices) or {uniform|loguniform|randint: [lo, hi]}
+    params: dict[str, Any] = {}
+    search: Literal["grid", "random"] = "grid"
+    num_samples: int = Field(1, gt=0)  # grid: passes over the grid; random: number of trials
+    scheduler: Literal["none", "asha"] = "none"  # asha: stop weak trials after their first student
+    metric: Literal["mean_top1"] = "mean_top1"  # mean top-1 over the students (cross-architecture)
+    classes: list[str] | None = None  # generate and evaluate on this class subset (None: data.classes)
+    students: list[str] | None = None  # None: eval.students
+    repeats: int = Field(1, gt=0)  # student seeds per trial
+    max_concurrent_trials: int | None = Field(None, gt=0)
+    trial_cpus: float = Field(1.0, gt=0)
+    trial_gpus: float = Field(0.0, ge=0)
+    plot_param: str | None = None  # x axis of the plot (None: the first param)
+    baseline_ipc: int = Field(10, gt=0)  # method none: each trial evaluates IPC random real images
+    seed: int = 0
+
+
 class Config(Section):
     method: Literal["edits", "diver", "none"] = "none"
     name: str = "run"
@@ -205,6 +239,7 @@ class Config(Section):
     edits: EditsConfig = EditsConfig()
     diver: DiverConfig = DiverConfig()
     eval: EvalConfig | None = None
+    sweep: SweepConfig | None = None
     ray: RayConfig = RayConfig()
     output: OutputConfig = OutputConfig()
     debug: DebugConfig = DebugConfig()
