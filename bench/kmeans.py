@@ -25,6 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
 
 def class_features(class_index: int, n: int, dim: int, k: int, seed: int, spread: float = 0.35) -> np.ndarray:
     """``n`` unit vectors around ``k`` random centres (float32), reproducible per class."""
@@ -44,6 +48,13 @@ def inertia(x: np.ndarray, centroids: np.ndarray) -> float:
 
 
 def faiss_kmeans(x: np.ndarray, k: int, niter: int, nredo: int, seed: int, gpu: bool) -> np.ndarray:
+    """The pipeline's own k-means (``pipeline.cluster.kmeans``: FAISS on all points)."""
+    try:
+        from pipeline.cluster import kmeans as project_kmeans
+    except ImportError:  # pragma: no cover - standalone copy of the script
+        project_kmeans = None
+    if project_kmeans is not None:
+        return project_kmeans(x, k, niter=niter, nredo=nredo, seed=seed, gpu=gpu)[0]
     import faiss
 
     km = faiss.Kmeans(x.shape[1], k, niter=niter, nredo=nredo, seed=seed, gpu=gpu, verbose=False,
