@@ -1,0 +1,165 @@
+"""VLM captioner (EDITS step 1): one caption per real image, naming the exact class.
+
+Backends:
+- ``transformers`` (default): any ``AutoModelForImageTextToText`` model with an
+  ``AutoProcessor`` (LLaVA-1.5, BLIP, ...). ``caption_style`` ``instruct`` sends our
+  instruction through the processor's chat template (decoder-only VLMs: the prompt tokens
+  are cut from the output); ``prefix`` lets a captioning model (BLIP) continue
+  ``a photo of <class name>,``; ``auto`` picks instruct when a chat template exists.
+- ``vllm``: the same messages through ``ray.data.llm`` (``build_processor`` with a
+  ``vLLMEngineProcessorConfig`` and the prepare-multimodal stage); see ``vllm_caption_dataset``.
+
+Captions are cleaned to one line under ``max_tokens`` tokens of the CLIP tokenizer that
+will embed them, and get the class name prepended when the model dropped it
+(``edits.require_class_name``).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from actors.loading import load_pretrained, pick_device, pick_dtype
+from pipeline import prompts
+from pipeline.faults import FaultInjector
+
+
+def load_count_tokenizer(ref: str | None, zoo_dir: str | None = None, subfolder: str | None = None,
+                         role: str = "clip") -> Any:
+    """The tokenizer used to count a text's tokens (CLIP's: 77 incl. BOS/EOS); None when ``ref`` is None."""
+    if not ref:
+        return None
+    from transformers import AutoTokenizer
+
+    kw = {"subfolder": subfolder} if subfolder else {}
+    tok = load_pretrained(role, ref, AutoTokenizer.from_pretrained, zoo_dir, **kw)
+    tok.model_max_length = 1_000_000  # only counts tokens: no "sequence longer than 77" warnings
+    return tok
+
+
+def resolve_style(style: str, processor: Any) -> str:
+    if style != "auto":
+        return style
+    tmpl = getattr(processor, "chat_template", None) or getattr(getattr(processor, "tokenizer", None),
+                                                                 "chat_template", None)
+    return "instruct" if tmpl else "prefix"
+
+
+class Captioner:
+    """Ray Data actor: ``path, class_id, image, error`` -> ``path, class_id, caption, error``."""
+
+    def __init__(self, model_ref: str, class_names: dict[str, str], zoo_dir: str | None = None,
+                 dtype: str = "auto", style: str = "auto", max_tokens: int = 77,
+                 instruction: str | None = None, prefix: str = prompts.CAPTION_PREFIX,
+                 require_class_name: bool = True, count_tokenizer_ref: str | None = None,
+                 faults: dict | None = None, device: str | None = None) -> None:
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        self.device = pick_device(device)
+        self.dtype = pick_dtype(dtype, self.device)
+        self.processor = load_pretrained("vlm", model_ref, AutoProcessor.from_pretrained, zoo_dir)
+        self.model = load_pretrained("vlm", model_ref, AutoModelForImageTextToText.from_pretrained, zoo_dir,
+                                     dtype=self.dtype).to(self.device).eval()
+        self.style = resolve_style(style, self.processor)
+        tok = getattr(self.processor, "tokenizer", None)
+        if self.style == "instruct" and tok is not None:
+            tok.padding_side = "left"  # decoder-only generation continues from the right edge
+        self.names = dict(class_names)
+        self.max_tokens = max_tokens
+        self.instruction = instruction
+        self.prefix = prefix
+        self.require_class_name = require_class_name
+        self.count_tok = load_count_tokenizer(count_tokenizer_ref, zoo_dir)
+        self.faults = FaultInjector.from_kwargs(faults)
+
+    def _prompts(self, names: list[str]) -> list[str]:
+        if self.style == "prefix":
+            return [prompts.caption_prefix(n, self.prefix) for n in names]
+        out = []
+        for n in names:
+            text = prompts.caption_instruction(n, self.max_tokens, self.instruction)
+            msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
+            out.append(self.processor.apply_chat_template(msgs, add_generation_prompt=True))
+        return out
+
+    @torch.no_grad()
+    def caption_images(self, images: list[Image.Image], names: list[str]) -> list[str]:
+        """Raw captions (before cleaning) for PIL images of the named classes."""
+        texts = self._prompts(names)
+        inputs = self.processor(images=images, text=texts, return_tensors="pt", padding=True)
+        inputs = {k: (v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device))
+                  for k, v in inputs.items()}
+        out = self.model.generate(**inputs, max_new_tokens=self.max_tokens, do_sample=False)
+        if self.style == "instruct":
+            n_in = inputs["input_ids"].shape[1]
+            if out.shape[1] > n_in and torch.equal(out[:, :n_in].cpu(), inputs["input_ids"].cpu()):
+                out = out[:, n_in:]  # decoder-only: the prompt is echoed
+            return self.processor.batch_decode(out, skip_special_tokens=True)
+        decoded = self.processor.batch_decode(out, skip_special_tokens=True)
+        return [d if d.lower().startswith(t.lower()[: max(1, len(t) - 1)]) else f"{t} {d}"
+                for d, t in zip(decoded, texts)]
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        errors = np.asarray(batch.get("error", [""] * len(batch["path"])), dtype=object)
+        ok = [i for i, e in enumerate(errors) if not e]
+        captions = np.array([""] * len(errors), dtype=object)
+        if ok:
+            images = [Image.fromarray(np.asarray(batch["image"][i], dtype=np.uint8)) for i in ok]
+            names = [self.names.get(str(batch["class_id"][i]), str(batch["class_id"][i])) for i in ok]
+            raw = self.caption_images(images, names)
+            for i, r, n in zip(ok, raw, names):
+                captions[i] = prompts.clean_generated(r, n, self.max_tokens, self.count_tok,
+                                                      fallback=n, require_class_name=self.require_class_name)
+        self.faults.maybe_fail(batch["path"])
+        return {"path": np.asarray(batch["path"], dtype=object), "class_id": np.asarray(batch["class_id"], dtype=object),
+                "caption": captions, "error": errors}
+
+
+def image_data_url(image: np.ndarray) -> str:
+    """A PNG data URL of a uint8 RGB image (how images travel to vLLM's chat parser)."""
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(image, dtype=np.uint8)).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def vllm_caption_dataset(ds: Any, model_ref: str, class_names: dict[str, str], max_tokens: int = 77,
+                         instruction: str | None = None, batch_size: int = 16, concurrency: int = 1,
+                         engine_kwargs: dict | None = None) -> Any:
+    """Caption a decoded-image dataset with vLLM through ``ray.data.llm`` (needs the ``vllm`` extra).
+
+    Output rows: ``path, class_id, caption (raw), error``; the caller cleans captions.
+    """
+    try:
+        import vllm  # noqa: F401
+        from ray.data.llm import build_processor, vLLMEngineProcessorConfig
+    except ImportError as err:
+        from pipeline.errors import ConfigError
+
+        raise ConfigError(f"models.vlm_backend=vllm needs vLLM installed (pip install 'semdistill[vllm]'): {err}") \
+            from None
+    config = vLLMEngineProcessorConfig(
+        model_source=model_ref, batch_size=batch_size, concurrency=concurrency,
+        engine_kwargs={"max_model_len": 4096, **(engine_kwargs or {})},
+        prepare_multimodal_stage={"enabled": True}, chat_template_stage=True,
+    )
+
+    def pre(row: dict[str, Any]) -> dict[str, Any]:
+        name = class_names.get(str(row["class_id"]), str(row["class_id"]))
+        text = prompts.caption_instruction(name, max_tokens, instruction)
+        content = [{"type": "image_url", "image_url": {"url": image_data_url(row["image"])}},
+                   {"type": "text", "text": text}]
+        return {"path": row["path"], "class_id": row["class_id"], "error": row["error"],
+                "messages": [{"role": "user", "content": content}],
+                "sampling_params": {"temperature": 0.0, "max_tokens": max_tokens}}
+
+    def post(row: dict[str, Any]) -> dict[str, Any]:
+        return {"path": row["path"], "class_id": row["class_id"], "error": row["error"],
+                "caption": row.get("generated_text", "")}
+
+    processor = build_processor(config, preprocess=pre, postprocess=post)
+    return processor(ds.filter(lambda r: not r["error"]))

@@ -1,0 +1,71 @@
+"""CLIP image and caption features (EDITS step 2), raw (the cluster stage L2-normalises).
+
+In transformers 5 ``get_image_features`` / ``get_text_features`` return a model output
+whose ``pooler_output`` is the projected embedding; older versions return the tensor.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from actors.loading import load_pretrained, pick_device, pick_dtype
+from pipeline.faults import FaultInjector
+
+
+def as_features(out: Any) -> torch.Tensor:
+    """The projected embedding from a ``get_*_features`` result (``.pooler_output`` when present)."""
+    if isinstance(out, torch.Tensor):
+        return out
+    pooled = getattr(out, "pooler_output", None)
+    if pooled is not None:
+        return pooled
+    if isinstance(out, (tuple, list)):
+        return out[0]
+    raise TypeError(f"cannot find features in {type(out).__name__}")
+
+
+class ClipEmbedder:
+    """Ray Data actor: adds ``img_feat`` and ``txt_feat`` (float32 ``[B, D]``) and drops ``image``."""
+
+    def __init__(self, model_ref: str, zoo_dir: str | None = None, dtype: str = "auto",
+                 faults: dict | None = None, device: str | None = None) -> None:
+        from transformers import AutoProcessor, CLIPModel
+
+        self.device = pick_device(device)
+        self.dtype = pick_dtype(dtype, self.device)
+        self.processor = load_pretrained("clip", model_ref, AutoProcessor.from_pretrained, zoo_dir)
+        self.model = load_pretrained("clip", model_ref, CLIPModel.from_pretrained, zoo_dir,
+                                     dtype=self.dtype).to(self.device).eval()
+        self.faults = FaultInjector.from_kwargs(faults)
+
+    @torch.no_grad()
+    def image_features(self, images: list[Image.Image]) -> np.ndarray:
+        px = self.processor(images=images, return_tensors="pt")["pixel_values"].to(self.device, self.dtype)
+        return as_features(self.model.get_image_features(pixel_values=px)).float().cpu().numpy()
+
+    @torch.no_grad()
+    def text_features(self, texts: list[str]) -> np.ndarray:
+        tok = self.processor.tokenizer(list(texts), padding=True, truncation=True,
+                                       max_length=min(77, self.model.config.text_config.max_position_embeddings),
+                                       return_tensors="pt")
+        tok = {k: v.to(self.device) for k, v in tok.items()}
+        return as_features(self.model.get_text_features(**tok)).float().cpu().numpy()
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        errors = np.asarray(batch.get("error", [""] * len(batch["path"])), dtype=object)
+        ok = np.array([not e for e in errors], dtype=bool)
+        dim = int(self.model.config.projection_dim)
+        img = np.zeros((len(errors), dim), dtype=np.float32)
+        txt = np.zeros((len(errors), dim), dtype=np.float32)
+        if ok.any():
+            idx = np.flatnonzero(ok)
+            img[idx] = self.image_features([Image.fromarray(np.asarray(batch["image"][i], np.uint8)) for i in idx])
+            txt[idx] = self.text_features([str(batch["caption"][i]) for i in idx])
+        self.faults.maybe_fail(batch["path"])
+        out = {k: v for k, v in batch.items() if k != "image"}
+        out.update({"img_feat": img, "txt_feat": txt, "error": errors})
+        return out

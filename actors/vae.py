@@ -1,0 +1,56 @@
+"""VAE encoder for image prototypes (EDITS step 6): ``latent_dist.mode() * scaling_factor``.
+
+``subfolder="vae"`` loads the VAE of a diffusers pipeline folder (``edits.vae_source=sd``:
+the generator's own VAE, so prototype latents live in the space its UNet was trained on).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from actors.loading import load_pretrained, pick_device, pick_dtype
+from pipeline.faults import FaultInjector
+
+
+def to_vae_input(images: np.ndarray) -> torch.Tensor:
+    """uint8 ``[B, H, W, 3]`` -> float ``[B, 3, H, W]`` in [-1, 1]."""
+    x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.uint8)).permute(0, 3, 1, 2).float()
+    return x / 127.5 - 1.0
+
+
+class VaeEncoder:
+    """Ray Data actor: ``image`` -> ``latent`` (float32 ``[B, C, h, w]``, scaled), image dropped."""
+
+    def __init__(self, model_ref: str, zoo_dir: str | None = None, subfolder: str | None = None,
+                 dtype: str = "auto", faults: dict | None = None, device: str | None = None) -> None:
+        from diffusers import AutoencoderKL
+
+        self.device = pick_device(device)
+        self.dtype = pick_dtype(dtype, self.device)
+        kw = {"subfolder": subfolder} if subfolder else {}
+        self.vae = load_pretrained("vae", model_ref, AutoencoderKL.from_pretrained, zoo_dir,
+                                   dtype=self.dtype, **kw).to(self.device).eval()
+        self.scaling = float(self.vae.config.scaling_factor)
+        self.faults = FaultInjector.from_kwargs(faults)
+
+    @torch.no_grad()
+    def encode(self, images: np.ndarray) -> np.ndarray:
+        x = to_vae_input(images).to(self.device, self.dtype)
+        return (self.vae.encode(x).latent_dist.mode() * self.scaling).float().cpu().numpy()
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        errors = np.asarray(batch.get("error", [""] * len(batch["path"])), dtype=object)
+        ok = np.flatnonzero([not e for e in errors])
+        lat = None
+        if len(ok):
+            enc = self.encode(np.asarray(batch["image"])[ok])
+            lat = np.zeros((len(errors), *enc.shape[1:]), dtype=np.float32)
+            lat[ok] = enc
+        else:
+            lat = np.zeros((len(errors), 1), dtype=np.float32)
+        self.faults.maybe_fail(batch["path"])
+        out = {k: v for k, v in batch.items() if k != "image"}
+        out["latent"] = lat
+        out["error"] = errors
+        return out

@@ -1,0 +1,350 @@
+"""Stage ``finetune`` (EDITS, METHODS.md step 9): text-to-image fine-tune of SD on the real set.
+
+A Ray Train ``TorchTrainer`` runs the diffusers text-to-image objective: VAE-encode the
+image (frozen), add DDPM noise at a random timestep, and regress the UNet's prediction on
+the noise (or the velocity, per the scheduler's ``prediction_type``) with MSE, conditioned
+on the frozen CLIP text encoder's embedding of the image's VLM caption. AdamW at
+``learning_rate``, gradient accumulation, EMA of the UNet weights, autocast (fp16 / bf16)
+and a gradient scaler on GPU, DDP across workers (``ray.train.torch.prepare_model``).
+
+Checkpoints go through Ray Train every ``checkpoint_every_steps`` steps (UNet, EMA,
+optimizer, step); a re-run of the same output resumes from the latest one. The driver
+turns the final checkpoint's EMA UNet plus the base pipeline's other parts into a
+diffusers folder (``edits.finetune.output``, default ``<output.dir>/finetuned_sd``) that the
+generate stage loads.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+COMPLETE = ".complete"
+
+
+def _to_pixels(images: np.ndarray):
+    import torch
+
+    x = torch.from_numpy(np.array(images, dtype=np.uint8, copy=True)).permute(0, 3, 1, 2).float()
+    return x / 127.5 - 1.0
+
+
+def _autoencoder_module(vae: Any) -> Any:
+    """``vae`` wrapped so ``forward`` runs encode + sample + decode (DDP syncs gradients of ``forward``)."""
+    import torch
+
+    class Autoencode(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.vae = vae
+
+        def forward(self, x: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            post = self.vae.encode(x).latent_dist
+            rec = self.vae.decode(post.mean + post.std * eps).sample
+            return rec, post.kl().mean()
+
+    return Autoencode()
+
+
+def train_vae_phase(vae: Any, shard: Any, config: dict[str, Any], device: Any, world: int) -> float:
+    """Reconstruction (+ small KL) training of a random-init VAE; returns the new scaling factor.
+
+    Only for tiny demo models: SD's VAE is already trained and ``vae_steps`` is 0 there.
+    The scaling factor is 1 / std of the training latents (averaged over workers).
+    """
+    import ray.train.torch
+    import torch
+    import torch.nn.functional as F
+
+    vae.requires_grad_(True)
+    vae.train()
+    module = _autoencoder_module(vae)
+    model = ray.train.torch.prepare_model(module, move_to_device=False) if world > 1 else module
+    opt = torch.optim.Adam(vae.parameters(), lr=float(config["vae_learning_rate"]))
+    gen = torch.Generator().manual_seed(int(config["seed"]) + 17)
+    steps, bs, step = int(config["vae_steps"]), int(config["batch_size"]), 0
+    while step < steps:
+        for batch in shard.iter_batches(batch_size=bs, batch_format="numpy"):
+            x = _to_pixels(batch["image"]).to(device)
+            eps = torch.randn((x.shape[0], vae.config.latent_channels, *_latent_hw(vae, x)), generator=gen).to(device)
+            rec, kl = model(x, eps)
+            loss = F.mse_loss(rec, x) + float(config["vae_kl_weight"]) * kl
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            if step >= steps:
+                break
+    vae.eval()
+    vae.requires_grad_(False)
+    stds = []
+    with torch.no_grad():
+        for i, batch in enumerate(shard.iter_batches(batch_size=256, batch_format="numpy")):
+            stds.append(vae.encode(_to_pixels(batch["image"]).to(device)).latent_dist.mode().float().std())
+            if i >= 3:
+                break
+    std = torch.stack(stds).mean().to(device)
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(std)
+        std = std / world
+    scale = float(1.0 / std.clamp_min(1e-6))
+    vae.register_to_config(scaling_factor=scale)
+    return scale
+
+
+def _latent_hw(vae: Any, x: Any) -> tuple[int, int]:
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    return x.shape[-2] // factor, x.shape[-1] // factor
+
+
+def train_loop(config: dict[str, Any]) -> None:
+    """One Ray Train worker: the text-to-image loop (see the module docstring)."""
+    import ray.train
+    import ray.train.torch
+    import torch
+    import torch.nn.functional as F
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from diffusers.training_utils import EMAModel
+    from transformers import AutoTokenizer, CLIPTextModel
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.manual_seed(int(config["seed"]) + rank)
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, int(config.get("threads", 1))))
+    mp = config["mixed_precision"] if device.type == "cuda" else "no"
+    amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mp)
+    frozen_dtype = amp_dtype or torch.float32
+    ref = config["model"]
+    kw = {"local_files_only": True} if config.get("offline") else {}
+    tokenizer = AutoTokenizer.from_pretrained(ref, subfolder="tokenizer", **kw)
+    text_encoder = CLIPTextModel.from_pretrained(ref, subfolder="text_encoder", **kw).to(device, frozen_dtype).eval()
+    vae = AutoencoderKL.from_pretrained(ref, subfolder="vae", **kw).to(device).eval()
+    noise_sched = DDPMScheduler.from_pretrained(ref, subfolder="scheduler", **kw)
+    unet = UNet2DConditionModel.from_pretrained(ref, subfolder="unet", **kw).to(device)
+    text_encoder.requires_grad_(False)
+    vae.requires_grad_(False)
+    unet.train()
+    ema = EMAModel(unet.parameters(), decay=float(config["ema_decay"]))
+    opt = torch.optim.AdamW(unet.parameters(), lr=float(config["learning_rate"]))
+    step, vae_done = 0, int(config.get("vae_steps", 0)) == 0
+    shard = ray.train.get_dataset_shard("train")
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            state = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=False)
+            unet.load_state_dict(state["unet"])
+            opt.load_state_dict(state["opt"])
+            ema.load_state_dict(state["ema"])
+            step = int(state["step"])
+            if state.get("vae") is not None:
+                vae.load_state_dict(state["vae"])
+                vae.register_to_config(scaling_factor=float(state["vae_scaling"]))
+                vae_done = True
+    if not vae_done:  # demo only: the zoo's VAE is random-init
+        train_vae_phase(vae, shard, config, device, world)
+    vae_trained = int(config.get("vae_steps", 0)) > 0
+    vae_was_trained_now = not vae_done
+    vae.to(device, frozen_dtype)
+    ema.to(device)
+    model = ray.train.torch.prepare_model(unet, move_to_device=False) if world > 1 else unet
+    scaler = torch.amp.GradScaler("cuda") if mp == "fp16" else None
+    accum = int(config["gradient_accumulation_steps"])
+    total = int(config["total_steps"])
+    bs = int(config["batch_size"])
+    sf = float(vae.config.scaling_factor)
+    gen = torch.Generator(device="cpu").manual_seed(int(config["seed"]) * 1000 + rank + step)
+    micro, losses = 0, []
+
+    def save(final: bool) -> None:
+        metrics = {"step": step, "loss": float(np.mean(losses)) if losses else float("nan"), "final": final}
+        if rank != 0:
+            ray.train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as d:
+            torch.save({"unet": unet.state_dict(), "opt": opt.state_dict(), "ema": ema.state_dict(), "step": step,
+                        "vae": vae.state_dict() if vae_trained else None,
+                        "vae_scaling": float(vae.config.scaling_factor)}, Path(d) / "state.pt")
+            if final:  # the EMA weights as a diffusers UNet folder, for the driver to assemble the pipeline
+                ema_unet = UNet2DConditionModel.from_config(unet.config)
+                ema.copy_to(ema_unet.parameters())
+                ema_unet.save_pretrained(Path(d) / "unet")
+                if vae_trained:
+                    vae.to(torch.float32).save_pretrained(Path(d) / "vae")
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+
+    if vae_was_trained_now:
+        save(final=False)  # the trained VAE survives a crash of the UNet phase
+
+    def encode(images: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            post = vae.encode(_to_pixels(images).to(device, frozen_dtype)).latent_dist
+        return post.mean.float(), post.std.float()
+
+    cache = None
+    if config.get("cache_latents"):  # small sets: encode once, sample the posterior per step
+        means, stds, caps_all = [], [], []
+        for batch in shard.iter_batches(batch_size=256, batch_format="numpy"):
+            m, sd = encode(batch["image"])
+            means.append(m.cpu())
+            stds.append(sd.cpu())
+            caps_all += [str(c) for c in batch["caption"]]
+        cache = (torch.cat(means), torch.cat(stds), caps_all)
+
+    def batches():
+        """(posterior mean, std, captions) batches: from the latent cache, else streamed from the shard."""
+        if cache is not None:
+            order = torch.randperm(len(cache[2]), generator=gen)
+            for i in range(0, len(order), bs):
+                idx = order[i:i + bs]
+                yield cache[0][idx].to(device), cache[1][idx].to(device), [cache[2][j] for j in idx.tolist()]
+        else:
+            for batch in shard.iter_batches(batch_size=bs, batch_format="numpy", drop_last=False):
+                m, sd = encode(batch["image"])
+                yield m, sd, [str(c) for c in batch["caption"]]
+
+    while step < total:
+        for mean, std, caps in batches():
+            if config["caption_dropout"] > 0:
+                drop = torch.rand(len(caps), generator=gen) < float(config["caption_dropout"])
+                caps = ["" if d else c for c, d in zip(caps, drop.tolist())]
+            ids = tokenizer(caps, padding="max_length", truncation=True, max_length=tokenizer.model_max_length,
+                            return_tensors="pt").input_ids.to(device)
+            with torch.no_grad():
+                cond = text_encoder(ids)[0]
+            latents = (mean + std * torch.randn(mean.shape, generator=gen).to(device)) * sf
+            noise = torch.randn(latents.shape, generator=gen).to(device)
+            t = torch.randint(0, noise_sched.config.num_train_timesteps, (len(latents),), generator=gen).to(device)
+            noisy = noise_sched.add_noise(latents, noise, t)
+            if noise_sched.config.prediction_type == "v_prediction":
+                target = noise_sched.get_velocity(latents, noise, t)
+            else:
+                target = noise
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                pred = model(noisy, t, cond.to(noisy.dtype) if amp_dtype is None else cond).sample
+            loss = F.mse_loss(pred.float(), target.float()) / accum
+            (scaler.scale(loss) if scaler else loss).backward()
+            losses.append(float(loss.detach()) * accum)
+            micro += 1
+            if micro % accum:
+                continue
+            if scaler:
+                scaler.step(opt)
+                scaler.update()
+            else:
+                opt.step()
+            opt.zero_grad(set_to_none=True)
+            ema.step(unet.parameters())
+            step += 1
+            if step >= total:
+                break
+            if step % int(config["checkpoint_every_steps"]) == 0:
+                save(final=False)
+                losses = []
+    save(final=True)
+
+
+def total_steps(n_images: int, ft: Any) -> int:
+    """Optimizer steps: ``epochs`` passes over the captioned set, capped by ``max_steps``."""
+    per_epoch = max(1, math.ceil(n_images / (ft.batch_size * max(1, ft.num_workers))) // ft.gradient_accumulation_steps)
+    steps = per_epoch * ft.epochs
+    return min(steps, ft.max_steps) if ft.max_steps else steps
+
+
+def assemble_pipeline(base_ref: str, unet_dir: str | os.PathLike, out: str | os.PathLike, zoo_dir: str | None = None,
+                      vae_dir: str | os.PathLike | None = None) -> Path:
+    """Base SD pipeline with the fine-tuned UNet (and VAE, if trained), saved atomically as a diffusers folder."""
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+
+    from actors.loading import load_pretrained
+
+    out = Path(out)
+    pipe = load_pretrained("sd", base_ref, StableDiffusionPipeline.from_pretrained, zoo_dir, safety_checker=None,
+                           requires_safety_checker=False)
+    pipe.unet = UNet2DConditionModel.from_pretrained(unet_dir)
+    if vae_dir is not None:
+        pipe.vae = AutoencoderKL.from_pretrained(vae_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    try:
+        pipe.save_pretrained(tmp)
+        (tmp / COMPLETE).write_text("finetuned\n")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def run_stage(run: Any, state: Any, force: bool) -> dict[str, Any]:
+    """Fine-tune ``models.sd`` on the captioned real images; writes the diffusers folder."""
+    import time
+
+    import ray.data
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from actors.loading import offline, resolve_ref
+    from pipeline.caption import load_captions
+    from pipeline.edits import remove, stage_keys
+    from pipeline.read import decode_batch
+
+    cfg, ft = run.cfg, run.cfg.edits.finetune
+    out = run.paths.finetuned(cfg)
+    storage = (run.paths.art / "ray_train").resolve()
+    state.begin(lambda: remove(out, storage), force)
+    if (out / COMPLETE).exists():
+        return {"output": str(out), "resumed": "already complete"}
+    captions = load_captions(run, stage_keys(run)["caption"])
+    rows = [{"path": r.path, "caption": captions[r.path]} for r in run.index.records if r.path in captions]
+    steps = total_steps(len(rows), ft)
+    use_gpu = bool(ft.use_gpu and ray.cluster_resources().get("GPU", 0) > 0)
+    run.log(f"[edits] finetune: {len(rows)} images, {steps} steps, {ft.num_workers} worker(s), gpu={use_gpu}")
+    ds = ray.data.from_items(rows, override_num_blocks=max(1, min(200, len(rows) // 256)))
+    ds = ds.map_batches(decode_batch, fn_kwargs={"size": ft.resolution}, batch_size=64, num_cpus=0.5)
+    ds = ds.filter(lambda r: not r["error"]).select_columns(["image", "caption"])
+    base = resolve_ref("sd", cfg.models.sd, run.zoo_dir)
+    loop_cfg = {"model": base, "offline": offline(), "seed": ft.seed, "learning_rate": ft.learning_rate,
+                "ema_decay": ft.ema_decay, "mixed_precision": ft.mixed_precision,
+                "gradient_accumulation_steps": ft.gradient_accumulation_steps, "batch_size": ft.batch_size,
+                "total_steps": steps, "checkpoint_every_steps": ft.checkpoint_every_steps,
+                "caption_dropout": ft.caption_dropout, "threads": ft.num_cpus_per_worker, "vae_steps": ft.vae_steps,
+                "vae_learning_rate": ft.vae_learning_rate, "vae_kl_weight": ft.vae_kl_weight,
+                "cache_latents": ft.cache_latents}
+    trainer = TorchTrainer(
+        train_loop, train_loop_config=loop_cfg, datasets={"train": ds},
+        scaling_config=ScalingConfig(num_workers=ft.num_workers, use_gpu=use_gpu,
+                                     resources_per_worker={"CPU": ft.num_cpus_per_worker,
+                                                           **({"GPU": 1} if use_gpu else {})}),
+        run_config=RunConfig(name="finetune", storage_path=str(storage),
+                             failure_config=FailureConfig(max_failures=cfg.ray.max_restarts),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+    )
+    t0 = time.perf_counter()
+    result = trainer.fit()
+    train_s = time.perf_counter() - t0
+    if result.checkpoint is None:
+        from pipeline.errors import SemdistillError
+
+        raise SemdistillError(f"finetune: Ray Train finished without a checkpoint ({result.error})")
+    with result.checkpoint.as_directory() as d:
+        if not (Path(d) / "unet").is_dir():
+            from pipeline.errors import SemdistillError
+
+            raise SemdistillError(f"finetune: the last checkpoint {d} has no final UNet; re-run to resume")
+        vae_dir = Path(d) / "vae"
+        assemble_pipeline(cfg.models.sd, Path(d) / "unet", out, run.zoo_dir, vae_dir if vae_dir.is_dir() else None)
+    metrics = dict(result.metrics or {})
+    return {"output": str(out), "steps": int(metrics.get("step", steps)), "final_loss": metrics.get("loss"),
+            "images": len(rows), "train_s": round(train_s, 1), "gpu": use_gpu}
