@@ -63,6 +63,14 @@ class FinetuneConfig(Section):
     use_gpu: bool = True
     max_steps: int | None = None
     output: str | None = None  # default: <output.dir>/finetuned_sd
+    seed: int = 0
+    checkpoint_every_steps: int = Field(500, gt=0)  # Ray Train checkpoint (and resume) interval
+    num_cpus_per_worker: float = Field(1.0, gt=0)
+    caption_dropout: float = Field(0.0, ge=0.0, le=1.0)  # share of empty prompts (keeps CFG working)
+    vae_steps: int = Field(0, ge=0)  # >0: first train the VAE (demo zoo: it is random-init; SD 1.5's is not)
+    vae_learning_rate: float = Field(2e-3, gt=0)
+    vae_kl_weight: float = Field(1e-6, ge=0)
+    cache_latents: bool = False  # encode the set once per worker (small sets only: latents held in memory)
 
 
 class EditsConfig(Section):
@@ -89,6 +97,18 @@ class EditsConfig(Section):
     num_inference_steps: int = Field(50, gt=0)
     scheduler: Literal["ddim"] = "ddim"
     finetune: FinetuneConfig = FinetuneConfig()
+    # --- inferred choices of our implementation (issue #2) ---
+    caption_style: Literal["auto", "instruct", "prefix"] = "auto"  # auto: instruct when the VLM has a chat template
+    caption_prefix: str = "a photo of {class_name},"  # prefix-style captioners (BLIP) continue this text
+    require_class_name: bool = True  # prepend the class name to a caption / text prototype that lacks it
+    lof_neighbors: int = Field(20, gt=0)
+    vae_source: Literal["vae", "sd"] = "vae"  # sd: encode prototypes with the generator's own VAE
+    llm_temperature: float = Field(0.0, ge=0.0)  # 0 = greedy
+    llm_api_key_env: str = "OPENAI_API_KEY"  # env var read by llm_backend=openai (unset: no auth header)
+    llm_timeout_s: float = Field(120.0, gt=0)
+    caption_image_size: int = Field(336, gt=0)  # decode size sent to the VLM (LLaVA-1.5: 336)
+    caption_flush_rows: int = Field(512, gt=0)  # caption cache is appended every this many rows
+    contact_sheet: bool = True
 
 
 class DMConfig(Section):
