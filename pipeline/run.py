@@ -35,4 +35,9 @@ def main(args: argparse.Namespace) -> int:
     (out / "config.yaml").write_text(dump_config(cfg))
     summary = run_config(cfg, from_stage=args.from_stage)
     print(f"done: {summary.get('output', out)}")
+    if cfg.eval is not None:  # the last stage: cross-architecture evaluation (tuning/evaluate.py)
+        from tuning.evaluate import evaluate_run
+
+        evaluate_run(cfg, summary)
+        print(f"evaluation: {out / 'results.md'}")
     return 0

@@ -400,3 +400,33 @@ def mean_top1(rows: list[dict[str, Any]]) -> float:
     """Mean final top-1 over rows (the sweep's cross-architecture metric)."""
     vals = [r["top1_mean"] for r in rows]
     return float(np.mean(vals)) if vals else math.nan
+
+
+def sets_from_summary(summary: dict[str, Any]) -> tuple[dict[str, str], dict[str, str]]:
+    """The distilled sets a ``run`` produced (EDITS: one; DIVER: stage-1 input and recovered, per IPC),
+    as ``{set name: folder}`` and ``{set name: method name}``."""
+    sets: dict[str, str] = {}
+    methods: dict[str, str] = {}
+    if summary.get("method") == "diver" and summary.get("sets"):
+        for name, entry in summary["sets"].items():
+            stage1 = Path(entry.get("stage1", ""))
+            if (stage1 / MANIFEST).is_file():  # DM (or any ImageFolder input): the baseline row
+                method = json.loads((stage1 / MANIFEST).read_text()).get("method") or "stage1"
+                sets[f"{method}_{name}"], methods[f"{method}_{name}"] = str(stage1), method
+            sets[f"diver_{name}"], methods[f"diver_{name}"] = entry["recovered"], "diver"
+    else:
+        name = str(summary.get("method") or "distilled")
+        sets[name], methods[name] = str(summary["output"]), name
+    return sets, methods
+
+
+def evaluate_run(cfg: Any, summary: dict[str, Any], log=print) -> list[dict[str, Any]]:
+    """``semdistill run`` with an ``eval`` section: evaluate what the run wrote, results in output.dir."""
+    from pipeline.errors import ConfigError
+
+    if not cfg.data.val_root:
+        raise ConfigError("the eval section needs data.val_root (the real validation set)")
+    sets, methods = sets_from_summary(summary)
+    ev = cfg.eval if cfg.eval.image_size else cfg.eval.model_copy(update={"image_size": cfg.data.image_size})
+    return evaluate_sets(sets, cfg.data.val_root, ev, cfg.output.dir, train_root=cfg.data.root, ray_cfg=cfg.ray,
+                         methods=methods, classes=cfg.data.classes, log=log)
