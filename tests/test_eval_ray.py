@@ -86,3 +86,12 @@ def test_results_merge_and_markdown(tmp_path):
     md = results_markdown(rows)
     assert "| d | 10 | a | 30.00 ± 1.00 | 40.00 ± 1.00 | 35.00 |" in md  # pivot row, mean over students
     assert "| d | 10 | b | 20.00 ± 1.00 | - | 20.00 |" in md
+
+
+@pytest.mark.slow
+def test_ddp_two_workers_per_job(rr_set, demo_root, ray_local, tmp_path):
+    """num_workers=2: one TorchTrainer job trains with DDP (gloo on CPU), each rank on half of every epoch."""
+    cfg = EvalConfig(students=["convnet"], epochs=6, repeats=1, num_workers=2, cpus_per_job=0.5,
+                     student_kwargs={"convnet": {"width": 32}})
+    rows = evaluate_sets({"rr": rr_set}, demo_root / "val", cfg, tmp_path)
+    assert rows[0]["repeats"] == 1 and rows[0]["top1_mean"] > 40.0
