@@ -95,3 +95,35 @@ def test_ddp_two_workers_per_job(rr_set, demo_root, ray_local, tmp_path):
                      student_kwargs={"convnet": {"width": 32}})
     rows = evaluate_sets({"rr": rr_set}, demo_root / "val", cfg, tmp_path)
     assert rows[0]["repeats"] == 1 and rows[0]["top1_mean"] > 40.0
+
+
+def test_sets_from_run_summaries(tmp_path):
+    from tuning.evaluate import sets_from_summary
+
+    stage1 = tmp_path / "ipc10" / "stage1"
+    stage1.mkdir(parents=True)
+    (stage1 / "manifest.json").write_text(json.dumps({"method": "dm", "images": []}))
+    diver = {"method": "diver", "output": str(tmp_path),
+             "sets": {"ipc10": {"stage1": str(stage1), "recovered": str(tmp_path / "ipc10" / "diver")},
+                      "input": {"stage1": str(tmp_path / "external.pt"), "recovered": str(tmp_path / "diver")}}}
+    sets, methods = sets_from_summary(diver)
+    assert sets == {"dm_ipc10": str(stage1), "diver_ipc10": str(tmp_path / "ipc10" / "diver"),
+                    "diver_input": str(tmp_path / "diver")}
+    assert methods == {"dm_ipc10": "dm", "diver_ipc10": "diver", "diver_input": "diver"}
+    assert sets_from_summary({"method": "edits", "output": "x/distilled"}) == ({"edits": "x/distilled"},
+                                                                              {"edits": "edits"})
+
+
+def test_run_ends_with_evaluation(rr_set, demo_root, tmp_path, monkeypatch):
+    """`semdistill run` with an eval section evaluates what the method wrote, into output.dir."""
+    import pipeline.run as run_mod
+
+    monkeypatch.setattr(run_mod, "run_config", lambda cfg, from_stage=None: {"method": "edits",
+                                                                              "output": str(rr_set)})
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"method: edits\ndata:\n  root: {demo_root / 'train'}\n  val_root: {demo_root / 'val'}\n"
+                   f"output:\n  dir: {tmp_path / 'out'}\neval:\n  students: [convnet]\n  epochs: 2\n  repeats: 1\n"
+                   "  backend: local\n  student_kwargs: {convnet: {width: 8}}\n")
+    assert main(["run", str(cfg)]) == 0
+    rows = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert [(r["method"], r["student"], r["ipc"]) for r in rows] == [("edits", "convnet", 10)]
