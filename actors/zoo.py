@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 ZOO_VERSION = "v1"
-ROLES = ("tokenizer", "clip", "vlm", "llm", "vae", "dit", "sd", "smollm2")
+ROLES = ("tokenizer", "clip", "vlm", "llm", "vae", "dit", "sd", "smollm2", "demo_dit")
 MARKER = ".complete"
 
 # Words the tiny tokenizers know: enough for prompts, captions and class names of the demo.
@@ -248,6 +248,7 @@ def _build_smollm2(out: Path) -> None:
 BUILDERS: dict[str, Callable[[Path], None]] = {
     "tokenizer": _build_tokenizer, "clip": _build_clip, "vlm": _build_vlm, "llm": _build_llm,
     "vae": _build_vae, "dit": _build_dit, "sd": _build_sd, "smollm2": _build_smollm2,
+    "demo_dit": lambda out: __import__("actors.demo_dit", fromlist=["build"]).build(out),  # trained, minutes
 }
 
 

@@ -123,6 +123,8 @@ class DMConfig(Section):
     net_width: int = 128
     dsa: bool = True
     seed: int = 0
+    ipcs: list[int] | None = None  # DIVER: distil (and recover) each of these IPCs; None: [ipc]
+    max_per_class: int | None = Field(None, gt=0)  # cap on the real images read per class
 
 
 class DiverConfig(Section):
@@ -141,8 +143,13 @@ class DiverConfig(Section):
     fusion_window: tuple[int, int] = (40, 25)
     cfg_scale: float = Field(4.0, ge=1.0)
     null_class: int | None = None  # None: the DiT's num_embeds_ada_norm (1000 for DiT-XL/2)
-    class_map: str | None = None  # json: input class id -> DiT class index
-    batch_size: int = Field(8, gt=0)
+    class_map: str | dict[str, int] | None = None  # json file or inline: input class id -> DiT class index
+    batch_size: int = Field(8, gt=0)  # used when ray.batch_sizes has no "recover" entry
+    # --- inferred choices of our implementation (issue #3) ---
+    inversion_cfg_scale: float = Field(1.0, ge=1.0)  # CFG of the DDIM inversion (inheritance=ddim_inversion)
+    latent_mode: Literal["mode", "sample"] = "mode"  # z_d = the VAE posterior's mode (deterministic) or a sample
+    torch_threads: int | None = Field(None, gt=0)  # intra-op threads per recovery actor (None: Ray's default)
+    side_by_side: bool = True  # write <set>/side_by_side.png (input | recovered, one row per class)
 
     @model_validator(mode="after")
     def _check_steps(self) -> DiverConfig:

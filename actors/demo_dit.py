@@ -1,0 +1,318 @@
+"""``semdistill zoo train-demo-dit``: a tiny class-conditional DiT (+ its tiny VAE) that knows digits.
+
+Recipe (all on the CPU, a few minutes on 2 cores):
+1. the demo train split (sklearn digits, 32 px RGB) -> train the factor-2 tiny ``AutoencoderKL``
+   (MSE + a small KL), then set its ``scaling_factor`` to 1 / std of the train latents;
+2. train a ``DiTTransformer2DModel`` (16x16x4 latents, patch 2, learned-sigma output like
+   DiT-XL/2, 1000 class slots + null 1000 so diffusers' ``DiTPipeline`` works) with the
+   epsilon loss on a linear-beta DDPM schedule, 10% label dropout for CFG, EMA weights;
+3. save a diffusers ``DiTPipeline`` folder (+ ``demo_dit.json`` with the recipe and the check);
+4. check: a ConvNet trained on the real train split classifies plain DiT samples (DDIM,
+   CFG) and the share recognised as their conditioning class is recorded as ``sample_accuracy``.
+
+The zoo role ``demo_dit`` builds with this recipe, so ``zoo:demo_dit`` trains on first use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class DemoDiTRecipe:
+    seed: int = 0
+    vae_steps: int = 300
+    vae_batch: int = 32
+    vae_lr: float = 2e-3
+    vae_channels: tuple[int, int] = (16, 32)
+    kl_weight: float = 1e-6
+    dit_steps: int = 3000
+    dit_batch: int = 128
+    dit_lr: float = 1e-3
+    dit_warmup: int = 200
+    ema_decay: float = 0.999
+    label_dropout: float = 0.1
+    hidden_heads: int = 4
+    head_dim: int = 32
+    layers: int = 6
+    num_classes: int = 1000  # class slots (DiT-XL/2 layout); the digits use 0..9, null is 1000
+    # the check
+    check_per_class: int = 20
+    check_steps: int = 50
+    check_cfg_scale: float = 4.0
+    classifier_epochs: int = 6
+
+
+def load_split(root: str | Path, size: int = 32) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """uint8 images ``[N, size, size, 3]``, labels and class ids of an ImageFolder."""
+    from pipeline.read import load_rgb, scan_image_folder
+
+    index = scan_image_folder(root)
+    images = np.stack([load_rgb(r.path, size) for r in index.records])
+    labels = np.array([r.label for r in index.records], dtype=np.int64)
+    return images, labels, index.classes
+
+
+def _to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 NHWC -> float NCHW in [-1, 1]."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def _lr_at(step: int, base: float, warmup: int, total: int) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def make_vae(channels: tuple[int, int] = (16, 32)):
+    """AutoencoderKL with a downsampling factor of 2 and 4 latent channels (32 px -> 16x16x4)."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=tuple(channels), layers_per_block=1, norm_num_groups=8, sample_size=32,
+    )
+
+
+def train_vae(x: torch.Tensor, recipe: DemoDiTRecipe, log: Callable[[str], None]):
+    torch.manual_seed(recipe.seed)
+    vae = make_vae(recipe.vae_channels)
+    opt = torch.optim.Adam(vae.parameters(), lr=recipe.vae_lr)
+    gen = torch.Generator().manual_seed(recipe.seed)
+    vae.train()
+    t0 = time.time()
+    for step in range(recipe.vae_steps):
+        for g in opt.param_groups:
+            g["lr"] = _lr_at(step, recipe.vae_lr, 50, recipe.vae_steps)
+        idx = torch.randint(len(x), (recipe.vae_batch,), generator=gen)
+        batch = x[idx]
+        post = vae.encode(batch).latent_dist
+        z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)
+        rec = vae.decode(z).sample
+        mse = F.mse_loss(rec, batch)
+        loss = mse + recipe.kl_weight * post.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % 100 == 0 or step == recipe.vae_steps - 1:
+            log(f"  vae step {step:5d}  mse {mse.item():.4f}  ({time.time() - t0:.0f}s)")
+    vae.eval()
+    with torch.no_grad():
+        lat = torch.cat([vae.encode(x[i:i + 256]).latent_dist.mode() for i in range(0, len(x), 256)])
+        rec_mse = float(torch.cat([F.mse_loss(vae.decode(lat[i:i + 256]).sample, x[i:i + 256], reduction="none")
+                                   .mean(dim=(1, 2, 3)) for i in range(0, len(x), 256)]).mean())
+    scale = float(1.0 / lat.std())
+    vae.register_to_config(scaling_factor=scale)
+    log(f"  vae done: reconstruction mse {rec_mse:.4f}, latent std {lat.std():.3f} -> scaling_factor {scale:.4f}")
+    return vae, lat * scale, rec_mse
+
+
+def make_transformer(recipe: DemoDiTRecipe, sample_size: int = 16):
+    from diffusers import DiTTransformer2DModel
+
+    torch.manual_seed(recipe.seed + 1)
+    return DiTTransformer2DModel(
+        num_attention_heads=recipe.hidden_heads, attention_head_dim=recipe.head_dim, in_channels=4,
+        out_channels=8, num_layers=recipe.layers, sample_size=sample_size, patch_size=2,
+        num_embeds_ada_norm=recipe.num_classes, norm_type="ada_norm_zero",
+    )
+
+
+def make_scheduler():
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=0.0001, beta_end=0.02,
+                         clip_sample=False)
+
+
+def train_dit(latents: torch.Tensor, labels: torch.Tensor, recipe: DemoDiTRecipe, log: Callable[[str], None]):
+    """Epsilon-prediction training with label dropout; returns the EMA transformer."""
+    model = make_transformer(recipe, latents.shape[-1])
+    ema = copy.deepcopy(model).requires_grad_(False)
+    sched = make_scheduler()
+    ab = sched.alphas_cumprod.float()
+    opt = torch.optim.AdamW(model.parameters(), lr=recipe.dit_lr, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(recipe.seed + 2)
+    null = recipe.num_classes
+    model.train()
+    t0 = time.time()
+    running = None
+    for step in range(recipe.dit_steps):
+        for g in opt.param_groups:
+            g["lr"] = _lr_at(step, recipe.dit_lr, recipe.dit_warmup, recipe.dit_steps)
+        idx = torch.randint(len(latents), (recipe.dit_batch,), generator=gen)
+        z0, y = latents[idx], labels[idx].clone()
+        drop = torch.rand(len(y), generator=gen) < recipe.label_dropout
+        y[drop] = null
+        t = torch.randint(0, 1000, (len(y),), generator=gen)
+        noise = torch.randn(z0.shape, generator=gen)
+        a = ab[t].view(-1, 1, 1, 1)
+        zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
+        out = model(zt, timestep=t, class_labels=y).sample
+        loss = F.mse_loss(out[:, : z0.shape[1]], noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        decay = min(recipe.ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for pe, pm in zip(ema.parameters(), model.parameters()):
+                pe.lerp_(pm, 1 - decay)
+        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        if step % 250 == 0 or step == recipe.dit_steps - 1:
+            log(f"  dit step {step:5d}  loss {running:.4f}  ({time.time() - t0:.0f}s)")
+    return ema.eval()
+
+
+def train_classifier(images: np.ndarray, labels: np.ndarray, epochs: int, seed: int = 0):
+    """A small ConvNet on real digits (the judge of generated samples)."""
+    from tuning.convnet import ConvNet
+
+    torch.manual_seed(seed)
+    net = ConvNet(3, int(labels.max()) + 1, width=32, depth=3, im_size=images.shape[1])
+    x, y = _to_tensor(images), torch.from_numpy(labels)
+    opt = torch.optim.Adam(net.parameters(), lr=2e-3)
+    gen = torch.Generator().manual_seed(seed)
+    net.train()
+    for _ in range(epochs):
+        perm = torch.randperm(len(x), generator=gen)
+        for i in range(0, len(x), 64):
+            b = perm[i:i + 64]
+            loss = F.cross_entropy(net(x[b]), y[b])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    return net.eval()
+
+
+@torch.no_grad()
+def classify(net, images01: torch.Tensor) -> torch.Tensor:
+    """Predicted labels for images ``[B, 3, H, W]`` in [0, 1]."""
+    return torch.cat([net(images01[i:i + 256] * 2 - 1).argmax(1) for i in range(0, len(images01), 256)])
+
+
+@torch.no_grad()
+def sample_check(transformer, vae, classes: list[int], per_class: int, steps: int, cfg_scale: float,
+                 seed: int = 1234) -> tuple[torch.Tensor, torch.Tensor]:
+    """Plain DiT samples (DDIM, CFG) for each class: images in [0, 1] and their conditioning labels."""
+    from actors.dit import RecoverSettings, decode_latents, image_noise, image_seed, plain_dit_latents
+
+    settings = RecoverSettings(num_inference_steps=steps, cfg_scale=cfg_scale, gamma=0.0, start_step=0)
+    labels = torch.tensor([c for c in classes for _ in range(per_class)])
+    seeds = [image_seed(seed, str(c), i) for c in classes for i in range(per_class)]
+    size = transformer.config.sample_size
+    noise = image_noise(seeds, (transformer.config.in_channels, size, size))
+    z = torch.cat([plain_dit_latents(transformer, make_scheduler(), noise[i:i + 100], labels[i:i + 100], settings)
+                   for i in range(0, len(labels), 100)])
+    return decode_latents(vae, z), labels
+
+
+def save_pipeline(out: Path, transformer, vae, class_names: list[str]) -> None:
+    from diffusers import DiTPipeline
+
+    id2label = {i: f"class {i}" for i in range(transformer.config.num_embeds_ada_norm)}
+    for i, name in enumerate(class_names):
+        id2label[i] = name
+    DiTPipeline(transformer=transformer, vae=vae, scheduler=make_scheduler(), id2label=id2label).save_pretrained(out)
+
+
+def train_demo_dit(out: str | Path, data: str | Path | None = None, recipe: DemoDiTRecipe | None = None,
+                   log: Callable[[str], None] = print) -> dict:
+    """Train the demo VAE + DiT on the demo train split, save a DiTPipeline to ``out``, run the check."""
+    recipe = recipe or DemoDiTRecipe()
+    out = Path(out)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    t_start = time.time()
+    with tempfile.TemporaryDirectory() as tmp:
+        if data is None:
+            from pipeline.demo_data import write_demo_dataset
+
+            write_demo_dataset(tmp)
+            data = tmp
+        root = Path(data)
+        train_root = root / "train" if (root / "train").is_dir() else root
+        images, labels, classes = load_split(train_root)
+        val = load_split(root / "val") if (root / "val").is_dir() else None
+    log(f"demo DiT: {len(images)} train images, {len(classes)} classes, from {train_root}")
+    x = _to_tensor(images)
+    vae, latents, rec_mse = train_vae(x, recipe, log)
+    vae.requires_grad_(False)
+    t_vae = time.time() - t_start
+    transformer = train_dit(latents, torch.from_numpy(labels), recipe, log)
+    t_train = time.time() - t_start
+    from pipeline.demo_data import DIGIT_NAMES
+
+    names = [f"handwritten digit {DIGIT_NAMES[int(c)]}" if c.isdigit() and int(c) < 10 else c for c in classes]
+    out.mkdir(parents=True, exist_ok=True)
+    save_pipeline(out, transformer, vae, names)
+    log("  checking: classifier on the real train split vs plain DiT samples")
+    net = train_classifier(images, labels, recipe.classifier_epochs, recipe.seed)
+    val_acc = None
+    if val is not None:
+        val_acc = float((classify(net, torch.from_numpy(val[0]).permute(0, 3, 1, 2).float() / 255)
+                         == torch.from_numpy(val[1])).float().mean())
+    samples, cond = sample_check(transformer, vae, list(range(len(classes))), recipe.check_per_class,
+                                 recipe.check_steps, recipe.check_cfg_scale)
+    pred = classify(net, samples)
+    acc = float((pred == cond).float().mean())
+    per_class = {classes[c]: float((pred[cond == c] == c).float().mean()) for c in range(len(classes))}
+    report = {
+        "recipe": asdict(recipe), "train_images": int(len(images)), "classes": classes,
+        "vae_reconstruction_mse": rec_mse, "scaling_factor": float(vae.config.scaling_factor),
+        "classifier_val_accuracy": val_acc, "sample_accuracy": acc, "sample_accuracy_per_class": per_class,
+        "samples_checked": int(len(cond)), "seconds_vae": round(t_vae, 1), "seconds_train": round(t_train, 1),
+        "seconds_total": round(time.time() - t_start, 1),
+    }
+    (out / "demo_dit.json").write_text(json.dumps(report, indent=2))
+    log(f"  classifier val accuracy {val_acc}; plain DiT samples recognised as their class: {acc:.1%} "
+        f"({len(cond)} samples); {report['seconds_total']:.0f}s in all")
+    return report
+
+
+def build(out: Path) -> None:
+    """Zoo builder for the ``demo_dit`` role (default recipe, demo digits written to a temp folder)."""
+    train_demo_dit(out)
+
+
+def main(args: argparse.Namespace) -> int:
+    from actors import zoo
+
+    recipe = DemoDiTRecipe()
+    if args.steps is not None:
+        recipe.dit_steps = int(args.steps)
+    target = zoo.zoo_path("demo_dit", args.dir)
+    if zoo.is_built("demo_dit", args.dir) and not args.force:
+        print(f"demo DiT already trained: {target} (use --force to retrain)")
+        return 0
+    target.parent.mkdir(parents=True, exist_ok=True)
+    import os
+    import shutil
+
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".demo_dit."))
+    try:
+        report = train_demo_dit(tmp, args.data, recipe)
+        (tmp / zoo.MARKER).write_text(zoo.ZOO_VERSION)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    print(f"saved the demo DiT to {target}: {report['sample_accuracy']:.1%} of plain DiT samples recognised "
+          f"as their class (classifier trained on the real train split)")
+    return 0
