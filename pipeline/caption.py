@@ -110,6 +110,7 @@ def run_stage(run: EditsRun, state: StageState, force: bool) -> dict[str, Any]:
         from actors.captioner import load_count_tokenizer
 
         count_tok = load_count_tokenizer(cfg.models.clip, run.zoo_dir)
+    made = 0
     if todo:
         ds = _caption_dataset(run, todo)
         since_flush = 0
@@ -125,6 +126,7 @@ def run_stage(run: EditsRun, state: StageState, force: bool) -> dict[str, Any]:
                                                   require_class_name=e.require_class_name)
                 cache.put(str(p), keys[str(c)], cap)
                 since_flush += 1
+                made += 1
             if since_flush >= e.caption_flush_rows:
                 cache.flush()
                 run.skips.write()
@@ -139,6 +141,6 @@ def run_stage(run: EditsRun, state: StageState, force: bool) -> dict[str, Any]:
     run.skips.check(len(run.index.records), cfg.data.max_skipped_fraction)
     check_class_counts(counts, e.ipc, e.small_class_policy)
     lengths = [len(c.split()) for c in captions.values()]
-    return {"images": len(run.index.records), "captioned": len(captions), "captioned_now": len(todo),
+    return {"images": len(run.index.records), "captioned": len(captions), "captioned_now": made,
             "cached": cached, "skipped": len(run.index.records) - len(captions),
             "mean_words": float(np.mean(lengths)) if lengths else 0.0, "per_class": counts}

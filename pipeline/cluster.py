@@ -203,22 +203,19 @@ def run_stage(run: Any, state: Any, force: bool) -> dict[str, Any]:
     task = ray.remote(_process_remote).options(**opts)
     max_in_flight = max(2, int(ray.cluster_resources().get("CPU", 2) / max(cfg.ray.actor_num_cpus, 0.01)))
     in_flight: dict[Any, dict[str, np.ndarray]] = {}
-    warnings_out = []
 
-    def drain(block: bool) -> None:
-        ready, _ = ray.wait(list(in_flight), num_returns=1 if block else len(in_flight), timeout=None if block else 0)
+    def drain() -> None:
+        ready, _ = ray.wait(list(in_flight), num_returns=1)
         for ref in ready:
-            info = _save_class(run, in_flight.pop(ref), ray.get(ref))
-            if info["warning"]:
-                warnings_out.append(info["warning"])
+            _save_class(run, in_flight.pop(ref), ray.get(ref))
 
     for c in todo:
         feats = load_features(run, c)
         in_flight[task.remote(c, feats["img"], feats["txt"], settings)] = feats
         while len(in_flight) >= max_in_flight:
-            drain(block=True)
+            drain()
     while in_flight:
-        drain(block=True)
+        drain()
     merged = {}
     for c in run.index.classes:
         merged[c] = json.loads(_class_files(run, c)[1].read_text())
@@ -227,4 +224,4 @@ def run_stage(run: Any, state: Any, force: bool) -> dict[str, Any]:
     return {"classes": len(merged), "clusters": n_clusters, "clustered_now": len(todo),
             "outliers_removed": sum(v["n_images"] - v["n_kept"] for v in merged.values()),
             "empty_clusters": sum(1 for v in merged.values() for cl in v["clusters"] if cl["empty"]),
-            "warnings": warnings_out}
+            "warnings": [v["warning"] for v in merged.values() if v["warning"]]}
