@@ -226,7 +226,7 @@ def load_rgb(path: str, size: int | None = None) -> np.ndarray:
         raise BadImageError("file not found (broken symlink?)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise BadImageError(f"too large: {err}") from None
-    except Exception as err:  # PIL raises many types for corrupt data
+    except Exception as err:  # noqa: BLE001  (PIL raises many types for corrupt data)
         raise BadImageError(f"cannot decode: {type(err).__name__}: {err}") from None
     if im.width < 2 or im.height < 2:
         raise BadImageError(f"too small ({im.width}x{im.height})")

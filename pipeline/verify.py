@@ -157,4 +157,4 @@ def main(args: argparse.Namespace) -> int:
     return 0 if rep["ok"] else 1
 
 
-__all__ = ["MANIFEST", "verify_set", "format_report", "main"]
+__all__ = ["MANIFEST", "format_report", "main", "verify_set"]

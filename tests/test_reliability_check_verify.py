@@ -64,7 +64,8 @@ def test_data_check_cli_exit_codes_and_json(messy, tmp_path, capsys):
     assert main(["data", "check", str(messy), "--ipc", "2"]) == 1
     out = capsys.readouterr().out
     assert "short/broken.jpg: cannot decode" in out and "FAILED: 3 problem(s)" in out
-    assert re.search(r"^  bad +0  EMPTY$", out, re.M) and re.search(r"^  short +1  BELOW IPC$", out, re.M)
+    assert re.search(r"^  bad +0  EMPTY$", out, re.MULTILINE)
+    assert re.search(r"^  short +1  BELOW IPC$", out, re.MULTILINE)
     assert main(["data", "check", str(messy), "--ipc", "1", "--json"]) == 1
     rep = json.loads(capsys.readouterr().out)
     assert rep["counts"]["good"] == 3 and len(rep["skipped"]) == 4
