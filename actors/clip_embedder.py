@@ -32,8 +32,10 @@ class ClipEmbedder:
     """Ray Data actor: adds ``img_feat`` and ``txt_feat`` (float32 ``[B, D]``) and drops ``image``."""
 
     def __init__(self, model_ref: str, zoo_dir: str | None = None, dtype: str = "auto",
-                 faults: dict | None = None, device: str | None = None) -> None:
+                 faults: dict | None = None, device: str | None = None, micro_batch: int | None = None) -> None:
         from transformers import AutoProcessor, CLIPModel
+
+        self.micro_batch = micro_batch  # fixed model batch: features do not depend on the Ray batch
 
         self.device = pick_device(device)
         self.dtype = pick_dtype(dtype, self.device)
@@ -49,7 +51,7 @@ class ClipEmbedder:
 
     @torch.no_grad()
     def text_features(self, texts: list[str]) -> np.ndarray:
-        tok = self.processor.tokenizer(list(texts), padding=True, truncation=True,
+        tok = self.processor.tokenizer(list(texts), padding="max_length", truncation=True,  # row-independent
                                        max_length=min(77, self.model.config.text_config.max_position_embeddings),
                                        return_tensors="pt")
         tok = {k: v.to(self.device) for k, v in tok.items()}
@@ -63,8 +65,12 @@ class ClipEmbedder:
         txt = np.zeros((len(errors), dim), dtype=np.float32)
         if ok.any():
             idx = np.flatnonzero(ok)
-            img[idx] = self.image_features([Image.fromarray(np.asarray(batch["image"][i], np.uint8)) for i in idx])
-            txt[idx] = self.text_features([str(batch["caption"][i]) for i in idx])
+            from pipeline.fixed_batches import run_fixed
+
+            img[idx] = run_fixed(self.image_features,
+                                 [[Image.fromarray(np.asarray(batch["image"][i], np.uint8)) for i in idx]],
+                                 self.micro_batch)
+            txt[idx] = run_fixed(self.text_features, [[str(batch["caption"][i]) for i in idx]], self.micro_batch)
         self.faults.maybe_fail(batch["path"])
         out = {k: v for k, v in batch.items() if k != "image"}
         out.update({"img_feat": img, "txt_feat": txt, "error": errors})

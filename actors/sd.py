@@ -75,14 +75,19 @@ class SDGenerator:
 
     def __init__(self, model_ref: str, settings: dict[str, Any], zoo_dir: str | None = None,
                  dtype: str = "auto", faults: dict | None = None, pipe: Any | None = None,
-                 device: str | None = None) -> None:
+                 device: str | None = None, micro_batch: int | None = None) -> None:
+        self.micro_batch = micro_batch  # fixed model batch: images do not depend on the Ray batch
         self.pipe = pipe if pipe is not None else load_img2img_pipeline(model_ref, zoo_dir, dtype, device)
         self.settings = GenerateSettings(**settings)
         self.faults = FaultInjector.from_kwargs(faults)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         latents = torch.stack([load_latent(str(p)) for p in batch["latent_path"]])
-        images = img2img(self.pipe, latents, [str(p) for p in batch["prompt"]], [int(s) for s in batch["seed"]],
-                         self.settings)
+        from pipeline.fixed_batches import run_fixed
+
+        images = run_fixed(lambda lat, prompts, seeds: img2img(self.pipe, lat, list(prompts), list(seeds),
+                                                               self.settings),
+                           [latents, [str(p) for p in batch["prompt"]], [int(s) for s in batch["seed"]]],
+                           self.micro_batch)
         self.faults.maybe_fail(batch["key"])
         return {"key": np.asarray(batch["key"], dtype=object), "image": np.stack(images)}

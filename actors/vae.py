@@ -23,8 +23,11 @@ class VaeEncoder:
     """Ray Data actor: ``image`` -> ``latent`` (float32 ``[B, C, h, w]``, scaled), image dropped."""
 
     def __init__(self, model_ref: str, zoo_dir: str | None = None, subfolder: str | None = None,
-                 dtype: str = "auto", faults: dict | None = None, device: str | None = None) -> None:
+                 dtype: str = "auto", faults: dict | None = None, device: str | None = None,
+                 micro_batch: int | None = None) -> None:
         from diffusers import AutoencoderKL
+
+        self.micro_batch = micro_batch  # fixed model batch: latents do not depend on the Ray batch
 
         self.device = pick_device(device)
         self.dtype = pick_dtype(dtype, self.device)
@@ -44,7 +47,9 @@ class VaeEncoder:
         ok = np.flatnonzero([not e for e in errors])
         lat = None
         if len(ok):
-            enc = self.encode(np.asarray(batch["image"])[ok])
+            from pipeline.fixed_batches import run_fixed
+
+            enc = run_fixed(self.encode, [np.asarray(batch["image"])[ok]], self.micro_batch)
             lat = np.zeros((len(errors), *enc.shape[1:]), dtype=np.float32)
             lat[ok] = enc
         else:

@@ -63,7 +63,8 @@ def run_stage(run: EditsRun, state: StageState, force: bool) -> dict[str, Any]:
                             num_cpus=0.5)
         ds = ds.map_batches(ClipEmbedder, batch_format="numpy", **pool_kwargs(cfg, "embed"),
                             fn_constructor_kwargs={"model_ref": cfg.models.clip, "zoo_dir": run.zoo_dir,
-                                                   "dtype": cfg.models.dtype, "faults": run.faults()})
+                                                   "dtype": cfg.models.dtype, "faults": run.faults(),
+                                                   "micro_batch": cfg.ray.micro_batch_sizes.get("embed")})
         pending: dict[str, list[dict[str, Any]]] = {}
         seen: dict[str, int] = {}
         for b in ds.iter_batches(batch_size=None, batch_format="numpy"):

@@ -96,7 +96,8 @@ def run_stage(run: EditsRun, state: StageState, force: bool) -> dict[str, Any]:
         ds = ds.map_batches(SDGenerator, batch_format="numpy", **pool_kwargs(cfg, "generate"),
                             fn_constructor_kwargs={"model_ref": model, "settings": generate_settings(run),
                                                    "zoo_dir": run.zoo_dir, "dtype": cfg.models.dtype,
-                                                   "faults": run.faults()})
+                                                   "faults": run.faults(),
+                                                   "micro_batch": cfg.ray.micro_batch_sizes.get("generate")})
         row_of = {r["key"]: r for r in rows}
         for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
             for key, image in zip(b["key"], b["image"]):

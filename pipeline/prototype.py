@@ -76,7 +76,8 @@ def image_prototypes(run: EditsRun, clusters: list[dict[str, Any]]) -> int:
     ds = ds.map_batches(decode_batch, fn_kwargs={"size": cfg.edits.vae_resolution}, batch_size=bs, num_cpus=0.5)
     ds = ds.map_batches(VaeEncoder, batch_format="numpy", **pool_kwargs(cfg, "vae"),
                         fn_constructor_kwargs={"model_ref": ref, "zoo_dir": run.zoo_dir, "subfolder": sub,
-                                               "dtype": cfg.models.dtype, "faults": run.faults()})
+                                               "dtype": cfg.models.dtype, "faults": run.faults(),
+                                               "micro_batch": cfg.ray.micro_batch_sizes.get("vae")})
     sums: dict[str, np.ndarray] = {}
     used: dict[str, list[str]] = {}
     seen: dict[str, int] = {}
