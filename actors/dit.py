@@ -258,7 +258,6 @@ class DiTRecoverActor:
                  torch_threads: int | None = None, faults: dict | None = None) -> None:
         from pipeline.faults import FaultInjector
 
-        torch.set_grad_enabled(False)
         self.faults = FaultInjector.from_kwargs(faults)  # debug.fail_every_n_batches (tests)
         if torch_threads:
             torch.set_num_threads(int(torch_threads))
@@ -269,6 +268,7 @@ class DiTRecoverActor:
         n = getattr(self.transformer.config, "num_embeds_ada_norm", None)
         self.num_classes = int(n) if n is not None else None
 
+    @torch.no_grad()
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         img = np.asarray(batch["image"])
         x = torch.from_numpy(img.astype(np.float32) / (255.0 if img.dtype == np.uint8 else 1.0)).permute(0, 3, 1, 2)
