@@ -89,3 +89,13 @@ def test_gpu_check_cpu_smoke(tmp_path, capsys):
     assert all(v > 0 for v in res["costs"].values())
     assert res["smoke"] is True and res["diver"]["best"]["s_per_image"] == min(
         r["s_per_image"] for r in res["diver"]["rows"])
+
+
+@pytest.mark.slow
+def test_pipeline_throughput_bench_small(capsys):
+    import pipeline_throughput
+
+    assert pipeline_throughput.main(["--images", "20", "--recover-images", "4", "--batch", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "EDITS caption + embed" in out and "DIVER recovery" in out
+    assert _ratio(out) > 0
