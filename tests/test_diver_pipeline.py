@@ -68,8 +68,9 @@ def test_pt_input_is_denormalised_before_the_vae_and_class_map_applies(zoo_dir, 
     x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     y = torch.tensor([0, 1, 0, 1])
     save_pt(tmp_path / "set.pt", x, y, ["n07753275", "n07753592"], mean, std)
+    # start at the last step (t = 0): the output is then sensitive to the input pixels even with the zoo DiT
     cfg = _cfg(tmp_path, demo_root, input=str(tmp_path / "set.pt"), input_mean=mean, input_std=std,
-               class_map={"n07753275": 953, "n07753592": 954})
+               class_map={"n07753275": 953, "n07753592": 954}, start_step=5, fusion_window=[5, 5])
     summary = run_diver(cfg)
     out = tmp_path / "run" / "diver"
     assert summary["sets"]["input"]["recovered"] == str(out)
@@ -87,7 +88,7 @@ def test_pt_input_is_denormalised_before_the_vae_and_class_map_applies(zoo_dir, 
     wrong = recover_images(transformer, vae, scheduler, raw, [954], [e["seed"]], settings, 32)
     to_u8 = lambda t: (t[0].permute(1, 2, 0).numpy() * 255 + 0.5).clip(0, 255)  # noqa: E731
     assert np.abs(got - to_u8(direct)).max() <= 1.0
-    assert np.abs(got - to_u8(wrong)).mean() > 5.0
+    assert np.abs(got - to_u8(wrong)).mean() > 5.0  # measured ~30 levels: normalised tensors are not pixels
     # an out-of-range DiT class fails in the driver, naming the fix
     bad = _cfg(tmp_path / "b", demo_root, input=str(tmp_path / "set.pt"), input_mean=mean, input_std=std,
                class_map={"n07753275": 953, "n07753592": 5000})
