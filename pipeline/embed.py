@@ -77,9 +77,8 @@ def run_stage(run: EditsRun, state: StageState, force: bool) -> dict[str, Any]:
                     pending.setdefault(c, []).append({
                         "path": str(b["path"][i]), "label": int(b["label"][i]), "caption": str(b["caption"][i]),
                         "img": np.asarray(b["img_feat"][i]), "txt": np.asarray(b["txt_feat"][i])})
-                if seen[c] == expected[c]:  # class complete: write it and free the memory
-                    if pending.get(c):
-                        _write_class(run, c, pending.pop(c))
+                if seen[c] == expected[c] and pending.get(c):  # class complete: write it, free the memory
+                    _write_class(run, c, pending.pop(c))
         for c, rows_c in pending.items():  # rows lost in errored blocks leave a class incomplete
             if rows_c:
                 _write_class(run, c, rows_c)

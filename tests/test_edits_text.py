@@ -47,9 +47,9 @@ def test_caption_prefix_is_one_line():
 
 
 class _Handler(BaseHTTPRequestHandler):
-    requests: list[dict] = []
+    requests: list[dict] = []  # noqa: RUF012 (shared record of the test server's requests)
 
-    def do_POST(self):  # noqa: N802
+    def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         _Handler.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), **body})
         user = body["messages"][-1]["content"]
