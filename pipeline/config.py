@@ -71,6 +71,7 @@ class FinetuneConfig(Section):
     vae_learning_rate: float = Field(2e-3, gt=0)
     vae_kl_weight: float = Field(1e-6, ge=0)
     cache_latents: bool = False  # encode the set once per worker (small sets only: latents held in memory)
+    storage_path: str | None = None  # Ray Train checkpoints; multi-node: shared FS or s3:// (default: artefacts/)
 
 
 class EditsConfig(Section):
