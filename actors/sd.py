@@ -71,7 +71,7 @@ def load_img2img_pipeline(model_ref: str, zoo_dir: str | None = None, dtype: str
 
 
 class SDGenerator:
-    """Ray Data actor: ``key, latent_path, prompt, seed`` -> ``key, image`` (uint8)."""
+    """Ray Data actor: ``key, latent, prompt, seed`` -> ``key, image`` (uint8)."""
 
     def __init__(self, model_ref: str, settings: dict[str, Any], zoo_dir: str | None = None,
                  dtype: str = "auto", faults: dict | None = None, pipe: Any | None = None,
@@ -82,7 +82,7 @@ class SDGenerator:
         self.faults = FaultInjector.from_kwargs(faults)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        latents = torch.stack([load_latent(str(p)) for p in batch["latent_path"]])
+        latents = torch.stack([torch.as_tensor(np.asarray(x, dtype=np.float32)) for x in batch["latent"]])
         from pipeline.fixed_batches import run_fixed
 
         images = run_fixed(lambda lat, prompts, seeds: img2img(self.pipe, lat, list(prompts), list(seeds),

@@ -1,6 +1,7 @@
 """Stage ``generate`` (EDITS step 8): Dual Prototype Guidance with an SD img2img actor pool.
 
-One row per cluster: its prototype latent (file path), its text prototype (prompt) and its
+One row per cluster: its prototype latent (the array itself, so generation needs no shared
+file system between nodes), its text prototype (prompt) and its
 own seed (``image_seed(edits.seed, class_id, cluster)``). Images come back to the driver
 and go through ``DistilledSetWriter`` (idempotent per key: a re-run generates only what is
 missing). Each manifest entry names its cluster, the members behind the image prototype,
@@ -32,14 +33,15 @@ def generate_settings(run: EditsRun) -> dict[str, Any]:
 
 
 def build_rows(run: EditsRun, clusters: list[dict[str, Any]], texts: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """The generation request of every cluster: key, class, latent file, prompt, seed."""
+    """The generation request of every cluster: key, class, prototype latent, prompt, seed."""
+    from actors.sd import load_latent
     from pipeline.prototype import latent_file
     from pipeline.seeds import image_seed
 
     rows = []
     for cl in clusters:
         rows.append({"key": cl["key"], "class_id": cl["class_id"], "label": int(cl["label"]),
-                     "cluster": int(cl["cluster"]), "latent_path": str(latent_file(run, cl["key"]).resolve()),
+                     "cluster": int(cl["cluster"]), "latent": load_latent(str(latent_file(run, cl["key"]))).numpy(),
                      "prompt": texts[cl["key"]]["text"],
                      "seed": image_seed(run.cfg.edits.seed, cl["class_id"], int(cl["cluster"]))})
     return rows

@@ -105,7 +105,8 @@ def test_sd_stage_receives_each_clusters_latent_and_prompt(tmp_path):
     pipe = _RecordingPipe()
     gen = SDGenerator("unused", {"strength": 0.6, "guidance_scale": 7.5, "negative_prompt": "cartoon",
                                  "num_inference_steps": 9, "image_size": 24}, pipe=pipe)
-    batch = {k: np.array([r[k] for r in rows], dtype=object) for k in ("key", "latent_path", "prompt")}
+    batch = {k: np.array([r[k] for r in rows], dtype=object) for k in ("key", "prompt")}
+    batch["latent"] = np.stack([r["latent"] for r in rows])
     batch["seed"] = np.array([r["seed"] for r in rows])
     out = gen(batch)
     (call,) = pipe.calls

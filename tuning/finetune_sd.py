@@ -302,8 +302,17 @@ def run_stage(run: Any, state: Any, force: bool) -> dict[str, Any]:
 
     cfg, ft = run.cfg, run.cfg.edits.finetune
     out = run.paths.finetuned(cfg)
-    storage = (run.paths.art / "ray_train").resolve()
-    state.begin(lambda: remove(out, storage), force)
+    local_storage = (run.paths.art / "ray_train").resolve()
+    storage = ft.storage_path or str(local_storage)  # multi-node: a shared path or s3:// URI
+
+    run_name = f"finetune-{state.hash}"  # same settings resume the same Ray Train run
+
+    def clear() -> None:
+        remove(out, local_storage)
+        if ft.storage_path and "://" not in ft.storage_path:
+            remove(Path(ft.storage_path) / run_name)
+
+    state.begin(clear, force)
     if (out / COMPLETE).exists():
         return {"output": str(out), "resumed": "already complete"}
     captions = load_captions(run, stage_keys(run)["caption"])
@@ -327,7 +336,7 @@ def run_stage(run: Any, state: Any, force: bool) -> dict[str, Any]:
         scaling_config=ScalingConfig(num_workers=ft.num_workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": ft.num_cpus_per_worker,
                                                            **({"GPU": 1} if use_gpu else {})}),
-        run_config=RunConfig(name="finetune", storage_path=str(storage),
+        run_config=RunConfig(name=run_name, storage_path=storage,
                              failure_config=FailureConfig(max_failures=cfg.ray.max_restarts),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
     )
