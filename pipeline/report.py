@@ -120,8 +120,8 @@ def write_report(out_dir: str | os.PathLike, rows: list[dict[str, Any]] | None =
         rows = json.loads(path.read_text()) if path.is_file() else []
     notes = list(notes or [])
     md = [f"# {title}", ""] + [f"- {n}" for n in notes] + ([""] if notes else []) + [results_markdown(rows)]
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-             f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>"]
+    parts = [(f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+              f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>")]
     if notes:
         parts.append("<ul class='note'>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")
     parts.append("<h2>Cross-architecture top-1 on the real validation set (%)</h2>")

@@ -27,12 +27,15 @@ def test_random_real_baseline(rr_set, demo_root, tmp_path):
         counts[e["class_id"]] = counts.get(e["class_id"], 0) + 1
     assert counts == {str(c): 10 for c in range(10)}
     again = random_real(demo_root / "train", tmp_path / "again", ipc=10, seed=0)
-    other = random_real(demo_root / "train", tmp_path / "other", ipc=10, seed=1)
-    src = lambda d: sorted(e["source"] for e in json.loads((d / "manifest.json").read_text())["images"])  # noqa: E731
+    random_real(demo_root / "train", tmp_path / "other", ipc=10, seed=1)
+
+    def src(d):
+        return sorted(e["source"] for e in json.loads((d / "manifest.json").read_text())["images"])
+
     assert src(rr_set) == src(tmp_path / "again") and src(rr_set) != src(tmp_path / "other")
     assert again["images"] == 100
     x, y, meta = load_distilled(rr_set, [str(c) for c in range(10)])
-    assert x.shape == (100, 32, 32, 3) and meta == {"method": "random_real", "ipc": 10, "image_size": 32}
+    assert x.shape == (100, 32, 32, 3) and sorted(set(y.tolist())) == list(range(10)) and meta == {"method": "random_real", "ipc": 10, "image_size": 32}
     with pytest.raises(DataError, match="classes the real set lacks"):
         load_distilled(rr_set, [str(c) for c in range(5)])
 

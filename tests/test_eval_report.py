@@ -1,6 +1,7 @@
 """Report: results.md and a self-contained report.html with the table, image grids and the sweep plot."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -39,10 +40,10 @@ def test_report_html_and_markdown(tmp_path):
     (sweep / "sweep.md").write_text("# Sweep\n\n| trial | diver.gamma |\n")
     paths = write_report(tmp_path, rows, sets={"random_real": _set(tmp_path / "a"), "diver": _set(tmp_path / "b")},
                          sweep_dir=sweep, notes=["a note"])
-    html = open(paths["report_html"]).read()
+    html = Path(paths["report_html"]).read_text()
     assert html.count("data:image/png;base64,") == 3  # two grids + the sweep plot
     assert "80.00 ± 0.50" in html and "resnet18 (width=16)" in html and "diver.gamma" in html
     assert "<td>75.00</td>" in html  # random_real: mean over its two students
-    md = open(paths["results_md"]).read()
+    md = Path(paths["results_md"]).read_text()
     assert "- a note" in md and "| digits | 10 | diver | 60.00 ± 0.50 | - | 60.00 |" in md and "## Sweep" in md
     assert (tmp_path / "report_files" / "grid_diver.png").is_file()

@@ -265,7 +265,7 @@ def evaluate_sets(sets: dict[str, str | os.PathLike], val_root: str | os.PathLik
         x, y, meta = load_distilled(d, classes, size)
         mean, std = channel_stats(x)
         method = (methods or {}).get(name, meta["method"])
-        loaded[name] = {"method": method, "ipc": meta["ipc"], "dir": str(d), "n_images": int(len(y))}
+        loaded[name] = {"method": method, "ipc": meta["ipc"], "dir": str(d), "n_images": len(y)}
         arrays[name] = {"train_x": x, "train_y": y, "val_x": val_x, "val_y": val_y, "mean": mean, "std": std,
                         "num_classes": len(classes)}
         log(f"eval set {name}: {len(y)} images ({method}, IPC {meta['ipc']}) from {d}")
@@ -319,7 +319,7 @@ def _teacher_normalised(arrays: dict[str, Any], teacher_state: dict[str, Any] | 
 def fit_teacher(train_root: str | os.PathLike, classes: list[str], size: int, cfg: EvalConfig,
                 val: tuple[np.ndarray, np.ndarray], log=print) -> dict[str, Any]:
     """Train the soft-label teacher on the real training set (in this process); return its state."""
-    x, y, real_classes = load_real(train_root, size, classes=classes)
+    x, y, _ = load_real(train_root, size, classes=classes)
     mean, std = channel_stats(x)
     tx = to_tensor(x, mean, std)
     vx = to_tensor(val[0], mean, std)

@@ -96,7 +96,7 @@ class TrainSpec:
                    mix_alpha=cfg.mix_alpha, ema_decay=cfg.ema_decay, protocol=cfg.protocol,
                    temperature=cfg.temperature, eval_every=cfg.eval_every,
                    student_kwargs=dict(cfg.student_kwargs.get(student, {})),
-                   threads=max(1, int(math.floor(cfg.cpus_per_job))))
+                   threads=max(1, math.floor(cfg.cpus_per_job)))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

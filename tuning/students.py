@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -42,7 +43,7 @@ def _reductions(im_size: int, available: int) -> int:
 
     32 px -> 3, 64 -> 4, 128 and above -> 5 (the ImageNet layout), capped by ``available``.
     """
-    k = int(math.floor(math.log2(max(im_size, 8) / 4)))
+    k = math.floor(math.log2(max(im_size, 8) / 4))
     return max(1, min(available, k, 5))
 
 
@@ -139,7 +140,7 @@ def _make_divisible(v: float, divisor: int = 8) -> int:
 
 class MobileNetV2(nn.Module):
     # expansion t, channels c, repeats n, ImageNet stride s
-    SETTINGS = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
+    SETTINGS: ClassVar[list[tuple[int, int, int, int]]] = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
                 (6, 320, 1, 1)]
 
     def __init__(self, channels: int, num_classes: int, im_size: int, width_mult: float = 1.0,

@@ -189,7 +189,7 @@ def run_sweep(cfg: Config, log=print) -> dict[str, Any]:
     if sweep.classes is not None:
         base = apply_params(cfg, {"data.classes": sweep.classes})
     # fail on a misspelt key or an invalid value before any trial starts
-    apply_params(base, {n: (v[0] if isinstance(v, list) else list(v.values())[0][0]) for n, v in sweep.params.items()})
+    apply_params(base, {n: (v[0] if isinstance(v, list) else next(iter(v.values()))[0]) for n, v in sweep.params.items()})
     out = Path(cfg.output.dir).resolve() / "sweep"
     out.mkdir(parents=True, exist_ok=True)
     resources = {"cpu": sweep.trial_cpus, **({"gpu": sweep.trial_gpus} if sweep.trial_gpus else {})}
