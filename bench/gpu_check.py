@@ -31,7 +31,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from actors.dit import RecoverSettings, decode_latents, plain_dit_latents, recover_images  # noqa: E402
+from actors.dit import RecoverSettings, decode_latents, plain_dit_latents, recover_images
 
 # facebook/DiT-XL-2-256, transformer/config.json (written out: nothing is downloaded)
 DIT_XL_2_256 = dict(
@@ -192,11 +192,11 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     device = torch.device("cpu" if smoke else "cuda")
     dtype = torch.float32 if smoke else getattr(torch, args.dtype)
-    parse = lambda s: [int(x) for x in s.split(",") if x.strip()]  # noqa: E731
+    parse = lambda s: [int(x) for x in s.split(",") if x.strip()]
     batches = parse(args.batches) if args.batches else ([1, 2] if smoke else [1, 4, 16, 32, 64])
     sd_batches = parse(args.sd_batches) if args.sd_batches else ([1, 2] if smoke else [1, 4, 8, 16])
     name = "CPU (smoke)" if smoke else torch.cuda.get_device_name(device)
-    log = lambda s: print(s, flush=True)  # noqa: E731
+    log = lambda s: print(s, flush=True)
     t_start = time.perf_counter()
     log(f"device: {name}; dtype {dtype}; torch {torch.__version__}")
     from diffusers.utils import logging as dlogging

@@ -100,7 +100,7 @@ def serial_edits(rows, names, zoo_dir, batch: int) -> int:
     for b in chunks(rows, batch):
         out = cap(decode_batch(b, SIZE))
         feats = emb(decode_batch(out, SIZE))
-        done += int(len(feats["img_feat"]))
+        done += len(feats["img_feat"])
     return done
 
 
@@ -111,7 +111,7 @@ def serial_recover(rows, zoo_dir, batch: int) -> int:
     done = 0
     for b in chunks(rows, batch):
         b["image"] = np.stack(list(b["image"])).astype(np.float32)
-        done += int(len(actor(b)["recovered"]))
+        done += len(actor(b)["recovered"])
     return done
 
 
@@ -155,9 +155,9 @@ def timed(fn, *args) -> tuple[int, float]:
 def run(images: int, recover_images: int, batch: int, pool: int, actor_cpus: float, workdir: Path,
         log=print) -> dict[str, Any]:
     import ray
+    from memory_scaling import make_synthetic_dataset
 
     from actors.zoo import build_zoo
-    from memory_scaling import make_synthetic_dataset
     from pipeline.config import RayConfig
     from pipeline.ray_setup import init_ray
 

@@ -146,7 +146,6 @@ def make_plan(cfg: Config, gpus: int, images: int | None = None, classes: int | 
         if d.inheritance == "ddim_inversion":
             steps *= 2
         stages.append(_stage("recover", "recover.step", n_img * steps, table, gpus, "recover"))
-        n_cls = n_cls
     else:
         raise ConfigError(f"method must be edits or diver to plan, got {cfg.method!r}")
     return Plan(config_name, cfg.method, gpus, n_img, n_cls, src, stages, used)
@@ -174,13 +173,12 @@ def format_plan(plan: Plan) -> str:
                  f"{hms(plan.wall_seconds):>10}")
     lines += [
         "",
-        "assumptions: ideal scaling over GPUs (one actor per GPU per stage), stages one after another, each "
-        "actor loads its model once; CPU stages use "
-        f"{CPUS_PER_GPU} cores per GPU; an endpoint takes {EXTERNAL_CONCURRENCY} requests at once; a reference "
-        "device's cost is used as is for your GPU.",
-        "sources: " + ("measured rows from " + ", ".join(plan.cost_files) if plan.cost_files
-                       else "no measurements in bench/results/ yet (run bench/gpu_check.sh on a GPU node)")
-        + "; 'estimate' rows are guesses, 'paper' rows are the authors' figures (cluster/costs.py).",
+        ("assumptions: ideal scaling over GPUs (one actor per GPU per stage), stages one after another, each "
+         f"actor loads its model once; CPU stages use {CPUS_PER_GPU} cores per GPU; an endpoint takes "
+         f"{EXTERNAL_CONCURRENCY} requests at once; a reference device's cost is used as is for your GPU."),
+        ("sources: " + ("measured rows from " + ", ".join(plan.cost_files) if plan.cost_files
+                        else "no measurements in bench/results/ yet (run bench/gpu_check.sh on a GPU node)")
+         + "; 'estimate' rows are guesses, 'paper' rows are the authors' figures (cluster/costs.py)."),
     ]
     return "\n".join(lines)
 

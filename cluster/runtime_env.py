@@ -10,9 +10,13 @@ model cache, ``HF_HUB_OFFLINE``, ``SEMDISTILL_ZOO_DIR`` ...).
 from __future__ import annotations
 
 import os
-import tomllib
 from pathlib import Path
 from typing import Any
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
 
 from pipeline.config import Config, JobConfig
 from pipeline.errors import ConfigError

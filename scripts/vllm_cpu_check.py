@@ -52,8 +52,8 @@ def request_rows(max_tokens: int, seed: int = 42) -> list[dict]:
 
 def cpu_bundles_if_no_gpu() -> None:
     """Give ray.data.llm's vLLM engine a CPU bundle when the machine has no GPU."""
-    import torch
     import ray.data.llm as rdl
+    import torch
 
     if torch.cuda.is_available():
         return

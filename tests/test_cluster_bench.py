@@ -15,8 +15,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
-import gpu_check  # noqa: E402
-import kmeans  # noqa: E402
+import gpu_check
+import kmeans
 
 
 def _ratio(out: str) -> float:
@@ -70,7 +70,7 @@ def test_gpu_check_real_size_configs_build():
         dit = DiTTransformer2DModel(**gpu_check.DIT_XL_2_256)
         unet = UNet2DConditionModel(**gpu_check.SD15_UNET)
         vae = AutoencoderKL(**gpu_check.SD_VAE)
-    millions = lambda m: sum(p.numel() for p in m.parameters()) / 1e6  # noqa: E731
+    millions = lambda m: sum(p.numel() for p in m.parameters()) / 1e6
     assert 700 < millions(dit) < 800  # DiT-XL/2 (diffusers keeps an embedding per block)
     assert 855 < millions(unet) < 865  # SD 1.5 UNet: 859.5 M
     assert 83 < millions(vae) < 84.5  # SD VAE: 83.7 M

@@ -14,7 +14,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
-import memory_scaling as ms  # noqa: E402
+import memory_scaling as ms
 
 
 class Killed(RuntimeError):
@@ -53,7 +53,7 @@ def test_resume_after_kills_skips_finished_work(zoo_dir, ray_local, small_data, 
     out = tmp_path / "run"
     cfg = ms.front_half_config(small_data, out)
     art = out / "artefacts"
-    quiet = lambda _s: None  # noqa: E731
+    quiet = lambda _s: None
 
     def die_after(module, name: str, n_ok: int) -> None:
         real = getattr(module, name)

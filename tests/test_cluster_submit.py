@@ -12,7 +12,13 @@ import pytest
 import yaml
 
 from cluster import job_entry
-from cluster.runtime_env import DEFAULT_EXCLUDES, PROJECT_ROOT, build_runtime_env, pip_requirements, project_extras
+from cluster.runtime_env import (
+    DEFAULT_EXCLUDES,
+    PROJECT_ROOT,
+    build_runtime_env,
+    pip_requirements,
+    project_extras,
+)
 from cluster.submit import (
     CONFIG_ENV,
     DEFAULT_ADDRESS,

@@ -16,7 +16,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 
-import vllm_cpu_check  # noqa: E402
+import vllm_cpu_check
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
 
