@@ -238,7 +238,7 @@ def stage_keys(run: EditsRun) -> dict[str, dict[str, Any]]:
     k["cluster"] = {"embed": settings_hash(k["embed"]), **ClusterSettings.from_edits(e).as_dict()}
     ft = e.finetune.model_dump(mode="json")
     k["finetune"] = {"caption": settings_hash(k["caption"]), "sd": m.sd,
-                     **{n: v for n, v in ft.items() if n not in ("enabled", "output")}}
+                     **{n: v for n, v in ft.items() if n not in ("enabled", "output", "storage_path")}}
     generator = settings_hash(k["finetune"]) if e.finetune.enabled else m.sd
     k["prototype"] = {
         "cluster": settings_hash(k["cluster"]),
