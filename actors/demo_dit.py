@@ -3,9 +3,10 @@
 Recipe (all on the CPU, a few minutes on 2 cores):
 1. the demo train split (sklearn digits, 32 px RGB) -> train the factor-2 tiny ``AutoencoderKL``
    (MSE + a small KL), then set its ``scaling_factor`` to 1 / std of the train latents;
-2. train a ``DiTTransformer2DModel`` (16x16x4 latents, patch 2, learned-sigma output like
-   DiT-XL/2, 1000 class slots + null 1000 so diffusers' ``DiTPipeline`` works) with the
-   epsilon loss on a linear-beta DDPM schedule, 10% label dropout for CFG, EMA weights;
+2. train a ``DiTTransformer2DModel`` (16x16x4 latents, patch 2, 4 layers of width 64,
+   learned-sigma output like DiT-XL/2, 1000 class slots + null 1000 so diffusers'
+   ``DiTPipeline`` works) with the epsilon loss (Min-SNR-5 weighted) on DiT's linear-beta
+   schedule, 10% label dropout for CFG, EMA weights;
 3. save a diffusers ``DiTPipeline`` folder (+ ``demo_dit.json`` with the recipe and the check);
 4. check: a ConvNet trained on the real train split classifies plain DiT samples (DDIM,
    CFG) and the share recognised as their conditioning class is recorded as ``sample_accuracy``.
@@ -33,20 +34,21 @@ import torch.nn.functional as F
 @dataclass
 class DemoDiTRecipe:
     seed: int = 0
-    vae_steps: int = 300
+    vae_steps: int = 200
     vae_batch: int = 32
     vae_lr: float = 2e-3
     vae_channels: tuple[int, int] = (16, 32)
     kl_weight: float = 1e-6
-    dit_steps: int = 3000
-    dit_batch: int = 128
-    dit_lr: float = 1e-3
-    dit_warmup: int = 200
-    ema_decay: float = 0.999
+    dit_steps: int = 1500
+    dit_batch: int = 64
+    dit_lr: float = 2e-3
+    dit_warmup: int = 100
+    ema_decay: float = 0.995
+    min_snr_gamma: float = 5.0  # Min-SNR loss weighting (Hang et al. 2023): converges several times faster
     label_dropout: float = 0.1
     hidden_heads: int = 4
-    head_dim: int = 32
-    layers: int = 6
+    head_dim: int = 16
+    layers: int = 4
     num_classes: int = 1000  # class slots (DiT-XL/2 layout); the digits use 0..9, null is 1000
     # the check
     check_per_class: int = 20
@@ -164,7 +166,11 @@ def train_dit(latents: torch.Tensor, labels: torch.Tensor, recipe: DemoDiTRecipe
         a = ab[t].view(-1, 1, 1, 1)
         zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
         out = model(zt, timestep=t, class_labels=y).sample
-        loss = F.mse_loss(out[:, : z0.shape[1]], noise)
+        per_sample = ((out[:, : z0.shape[1]] - noise) ** 2).mean(dim=(1, 2, 3))
+        if recipe.min_snr_gamma > 0:  # epsilon loss weighted by min(SNR, gamma) / SNR
+            snr = a.view(-1) / (1 - a.view(-1))
+            per_sample = per_sample * snr.clamp(max=recipe.min_snr_gamma) / snr
+        loss = per_sample.mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

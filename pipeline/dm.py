@@ -111,7 +111,7 @@ def distill_dm(images_u8: torch.Tensor, labels: torch.Tensor, num_classes: int, 
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if it % max(1, cfg.iterations // 5) == 0 or it == cfg.iterations - 1:
             log(f"  dm ipc {ipc} iter {it:5d}  loss {float(loss):.3f}  ({time.time() - t0:.0f}s)")
     m = torch.as_tensor(mean).view(1, -1, 1, 1)
