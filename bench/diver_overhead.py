@@ -5,7 +5,7 @@ same batch and decode with the same VAE:
 - plain: pure noise at ``timesteps[start_step]`` -> class-conditional DDIM with CFG -> decode;
 - DIVER: VAE-encode the input -> inherit (noise to ``start_step``) -> the same DDIM loop with
   semantic guidance in the fusion window -> decode.
-Runs alternate (plain, DIVER, plain, ...) so machine noise hits both alike; the ratio uses
+Runs alternate (plain, DIVER, DIVER, plain, ...) so machine noise and warm caches hit both alike; the ratio uses
 the fastest run of each (the least disturbed). Peak memory: ``torch.cuda.max_memory_allocated``
 on GPU, else the peak process RSS above the pre-run level, sampled every millisecond.
 
@@ -130,9 +130,10 @@ def main(argv: list[str] | None = None) -> float:
 
     plain(), diver()  # warm-up (allocator, kernels)
     runs: dict[str, list[tuple[float, float]]] = {"plain": [], "diver": []}
-    for _ in range(args.repeats):
-        runs["plain"].append(measure(plain, device))
-        runs["diver"].append(measure(diver, device))
+    for r in range(args.repeats):  # swap which side goes first each repeat: no order bias
+        order = (("plain", plain), ("diver", diver)) if r % 2 == 0 else (("diver", diver), ("plain", plain))
+        for name, fn in order:
+            runs[name].append(measure(fn, device))
     n_steps = settings.num_inference_steps - settings.start_step
     print(f"model {args.model} on {device} ({next(transformer.parameters()).dtype}), batch {args.batch}, "
           f"{res}px -> {latent}x{latent} latents, {n_steps} DDIM steps each, {args.repeats} alternating runs")
