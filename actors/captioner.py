@@ -57,7 +57,7 @@ class Captioner:
                  dtype: str = "auto", style: str = "auto", max_tokens: int = 77,
                  instruction: str | None = None, prefix: str = prompts.CAPTION_PREFIX,
                  require_class_name: bool = True, count_tokenizer_ref: str | None = None,
-                 faults: dict | None = None, device: str | None = None) -> None:
+                 faults: dict | None = None, device: str | None = None, micro_batch: int | None = None) -> None:
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
         self.device = pick_device(device)
@@ -76,6 +76,24 @@ class Captioner:
         self.require_class_name = require_class_name
         self.count_tok = load_count_tokenizer(count_tokenizer_ref, zoo_dir)
         self.faults = FaultInjector.from_kwargs(faults)
+        # fixed model batch + fixed prompt padding: a caption does not depend on the Ray batch
+        self.micro_batch = micro_batch
+        self.pad_to = self._prompt_length_bound() if micro_batch else None
+
+    def _prompt_length_bound(self) -> int | None:
+        """Tokens of the longest prompt over all classes (image tokens included), or None without a tokenizer.
+
+        Every prompt is padded to this length, so a row's pad count depends only on the class
+        list, never on which rows share its micro-batch.
+        """
+        tok = getattr(self.processor, "tokenizer", None)
+        if tok is None:
+            return None
+        texts = self._prompts(sorted(set(self.names.values())) or ["x"])
+        text_len = max(len(ids) for ids in tok(texts)["input_ids"])
+        probe = self.processor(images=[Image.new("RGB", (32, 32))], text=texts[:1], return_tensors="pt")
+        image_extra = int(probe["input_ids"].shape[1]) - len(tok(texts[:1])["input_ids"][0])
+        return text_len + max(0, image_extra)
 
     def _prompts(self, names: list[str]) -> list[str]:
         if self.style == "prefix":
@@ -91,7 +109,8 @@ class Captioner:
     def caption_images(self, images: list[Image.Image], names: list[str]) -> list[str]:
         """Raw captions (before cleaning) for PIL images of the named classes."""
         texts = self._prompts(names)
-        inputs = self.processor(images=images, text=texts, return_tensors="pt", padding=True)
+        pad = {"padding": "max_length", "max_length": self.pad_to} if self.pad_to else {"padding": True}
+        inputs = self.processor(images=images, text=texts, return_tensors="pt", **pad)
         inputs = {k: (v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device))
                   for k, v in inputs.items()}
         out = self.model.generate(**inputs, max_new_tokens=self.max_tokens, do_sample=False)
@@ -111,7 +130,9 @@ class Captioner:
         if ok:
             images = [Image.fromarray(np.asarray(batch["image"][i], dtype=np.uint8)) for i in ok]
             names = [self.names.get(str(batch["class_id"][i]), str(batch["class_id"][i])) for i in ok]
-            raw = self.caption_images(images, names)
+            from pipeline.fixed_batches import run_fixed
+
+            raw = run_fixed(self.caption_images, [images, names], self.micro_batch)
             for i, r, n in zip(ok, raw, names):
                 captions[i] = prompts.clean_generated(r, n, self.max_tokens, self.count_tok,
                                                       fallback=n, require_class_name=self.require_class_name)

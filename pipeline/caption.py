@@ -89,7 +89,8 @@ def _caption_dataset(run: EditsRun, todo: list[Any]) -> Any:
     ctor = {"model_ref": cfg.models.vlm, "class_names": run.names, "zoo_dir": run.zoo_dir, "dtype": cfg.models.dtype,
             "style": e.caption_style, "max_tokens": e.caption_max_tokens, "instruction": e.caption_prompt,
             "prefix": e.caption_prefix, "require_class_name": e.require_class_name,
-            "count_tokenizer_ref": cfg.models.clip, "faults": run.faults()}
+            "count_tokenizer_ref": cfg.models.clip, "faults": run.faults(),
+            "micro_batch": cfg.ray.micro_batch_sizes.get("caption")}
     return ds.map_batches(Captioner, fn_constructor_kwargs=ctor, batch_format="numpy", **pool_kwargs(cfg, "caption"))
 
 

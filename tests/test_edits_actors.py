@@ -33,6 +33,23 @@ def test_captioner_names_the_class_and_respects_the_token_cap(zoo_dir):
     assert "image" not in out  # pixels never travel back to the driver
 
 
+def test_captions_do_not_depend_on_the_ray_batch(zoo_dir):
+    """Fixed micro-batches + prompts padded to the longest class prompt: one call of 7 rows == 7 calls of 1."""
+    from actors.captioner import Captioner
+
+    names = {"0": "zero", "1": "handwritten digit one with a long name"}
+    cap = Captioner("zoo:vlm", names, max_tokens=12, micro_batch=3)
+    long_len = len(cap.processor.tokenizer(cap._prompts([names["1"]]))["input_ids"][0])
+    assert cap.pad_to is not None and cap.pad_to >= long_len
+    classes = np.array(["0", "1", "0", "0", "1", "1", "0"], dtype=object)
+    batch = {"path": np.array([f"p{i}" for i in range(7)], dtype=object), "class_id": classes,
+             "image": _images(7), "error": np.array([""] * 7, dtype=object)}
+    together = cap(batch)["caption"].tolist()
+    alone = [cap({k: v[i:i + 1] for k, v in batch.items()})["caption"][0] for i in range(7)]
+    assert together == alone
+    assert all(c.startswith("a photo of " + names[k]) for c, k in zip(together, classes))
+
+
 def test_clip_embedder_returns_projected_features(zoo_dir):
     from actors.clip_embedder import ClipEmbedder, as_features
 
