@@ -173,7 +173,22 @@ def recover_sets(cfg: Config, sets: list[dict[str, Any]], redo: bool) -> dict[st
                 written[name] += 1
             for w in writers.values():
                 w.flush()
+    check_recovered(sets, writers)
     return written
+
+
+def check_recovered(sets: list[dict[str, Any]], writers: dict[str, Any]) -> None:
+    """Fail when an expected image never came back (a block dropped under ``ray.max_errored_blocks``).
+
+    What was recovered stays in the manifests, so a re-run recovers only the missing images.
+    """
+    from pipeline.skips import missing_keys
+
+    lost = [f"{s['name']}/{k}" for s in sets
+            for k in missing_keys(s["keys"], [k for k in s["keys"] if writers[s["name"]].done(k)])]
+    if lost:
+        raise DataError(f"recover: {len(lost)} images did not come back from the DiT actors (first: {lost[:5]}); "
+                        "the finished ones are kept: re-run to resume, and see the Ray logs for the failed blocks")
 
 
 def side_by_side(s: dict[str, Any], path: Path, min_px: int = 64) -> Path:

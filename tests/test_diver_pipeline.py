@@ -94,3 +94,19 @@ def test_pt_input_is_denormalised_before_the_vae_and_class_map_applies(zoo_dir, 
                class_map={"n07753275": 953, "n07753592": 5000})
     with pytest.raises(DataError, match="class_map"):
         run_diver(bad)
+
+
+def test_images_lost_in_errored_blocks_fail_the_run_and_keep_the_rest(tmp_path):
+    """With ray.max_errored_blocks > 0 Ray drops failed blocks silently: the driver must notice."""
+    from pipeline.diver import check_recovered
+    from pipeline.write import DistilledSetWriter
+
+    writer = DistilledSetWriter(tmp_path / "diver", "diver")
+    keys = ["c0_i000", "c0_i001", "c1_i000"]
+    writer.add(keys[0], "0", 0, np.zeros((8, 8, 3), np.uint8), {})
+    writer.add(keys[2], "1", 1, np.zeros((8, 8, 3), np.uint8), {})
+    with pytest.raises(DataError, match=r"1 images did not come back .*ipc1/c0_i001.*re-run to resume"):
+        check_recovered([{"name": "ipc1", "keys": keys}], {"ipc1": writer})
+    assert writer.done(keys[0]) and writer.done(keys[2])  # the finished ones stay
+    writer.add(keys[1], "0", 0, np.zeros((8, 8, 3), np.uint8), {})
+    check_recovered([{"name": "ipc1", "keys": keys}], {"ipc1": writer})  # complete: no error
