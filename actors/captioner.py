@@ -150,10 +150,11 @@ def image_data_url(image: np.ndarray) -> str:
 
 def vllm_caption_dataset(ds: Any, model_ref: str, class_names: dict[str, str], max_tokens: int = 77,
                          instruction: str | None = None, batch_size: int = 16, concurrency: int = 1,
-                         engine_kwargs: dict | None = None) -> Any:
+                         engine_kwargs: dict | None = None, processor_kwargs: dict | None = None) -> Any:
     """Caption a decoded-image dataset with vLLM through ``ray.data.llm`` (needs the ``vllm`` extra).
 
     Output rows: ``path, class_id, caption (raw), error``; the caller cleans captions.
+    ``processor_kwargs``: extra ``vLLMEngineProcessorConfig`` fields (see ``summarize_with_vllm``).
     """
     try:
         import vllm  # noqa: F401
@@ -166,7 +167,7 @@ def vllm_caption_dataset(ds: Any, model_ref: str, class_names: dict[str, str], m
     config = vLLMEngineProcessorConfig(
         model_source=model_ref, batch_size=batch_size, concurrency=concurrency,
         engine_kwargs={"max_model_len": 4096, **(engine_kwargs or {})},
-        prepare_multimodal_stage={"enabled": True}, chat_template_stage=True,
+        prepare_multimodal_stage={"enabled": True}, chat_template_stage=True, **(processor_kwargs or {}),
     )
 
     def pre(row: dict[str, Any]) -> dict[str, Any]:

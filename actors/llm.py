@@ -162,8 +162,13 @@ class LLMActor:
 
 
 def summarize_with_vllm(ds: Any, model_ref: str, max_tokens: int = 77, temperature: float = 0.0,
-                        batch_size: int = 16, concurrency: int = 1, engine_kwargs: dict | None = None) -> Any:
-    """Text prototypes with vLLM in-process through ``ray.data.llm``; adds ``raw`` (uncleaned)."""
+                        batch_size: int = 16, concurrency: int = 1, engine_kwargs: dict | None = None,
+                        processor_kwargs: dict | None = None) -> Any:
+    """Text prototypes with vLLM in-process through ``ray.data.llm``; adds ``raw`` (uncleaned).
+
+    ``processor_kwargs`` are extra ``vLLMEngineProcessorConfig`` fields, e.g.
+    ``placement_group_config={"bundles": [{"CPU": 1}]}`` for a CPU-only vLLM.
+    """
     try:
         import vllm  # noqa: F401
         from ray.data.llm import build_processor, vLLMEngineProcessorConfig
@@ -171,7 +176,8 @@ def summarize_with_vllm(ds: Any, model_ref: str, max_tokens: int = 77, temperatu
         raise ConfigError(f"models.llm_backend=vllm needs vLLM installed (pip install 'semdistill[vllm]'): {err}") \
             from None
     config = vLLMEngineProcessorConfig(model_source=model_ref, batch_size=batch_size, concurrency=concurrency,
-                                       engine_kwargs={"max_model_len": 4096, **(engine_kwargs or {})})
+                                       engine_kwargs={"max_model_len": 4096, **(engine_kwargs or {})},
+                                       **(processor_kwargs or {}))
 
     def pre(row: dict[str, Any]) -> dict[str, Any]:
         return {**row, "messages": [{"role": "system", "content": row["system"]},

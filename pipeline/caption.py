@@ -85,7 +85,9 @@ def _caption_dataset(run: EditsRun, todo: list[Any]) -> Any:
     ds = image_dataset(sub, e.caption_image_size, batch_size=bs)
     if cfg.models.vlm_backend == "vllm":
         return vllm_caption_dataset(ds, cfg.models.vlm, run.names, e.caption_max_tokens, e.caption_prompt,
-                                    batch_size=bs, concurrency=int(cfg.ray.pool_sizes.get("caption", 1)))
+                                    batch_size=bs, concurrency=int(cfg.ray.pool_sizes.get("caption", 1)),
+                                    engine_kwargs=cfg.models.vllm_engine_kwargs,
+                                    processor_kwargs=cfg.models.vllm_processor_kwargs)
     ctor = {"model_ref": cfg.models.vlm, "class_names": run.names, "zoo_dir": run.zoo_dir, "dtype": cfg.models.dtype,
             "style": e.caption_style, "max_tokens": e.caption_max_tokens, "instruction": e.caption_prompt,
             "prefix": e.caption_prefix, "require_class_name": e.require_class_name,

@@ -46,6 +46,10 @@ class ModelsConfig(Section):
     llm_backend: Literal["transformers", "vllm", "openai"] = "transformers"
     llm_url: str | None = None  # OpenAI-compatible endpoint for llm_backend=openai
     vlm_backend: Literal["transformers", "vllm"] = "transformers"
+    # vLLM through ray.data.llm: extra vLLM engine args (tensor_parallel_size, max_model_len, ...) and
+    # extra vLLMEngineProcessorConfig fields (e.g. placement_group_config: {bundles: [{CPU: 1}]} on CPU nodes)
+    vllm_engine_kwargs: dict[str, Any] = {}
+    vllm_processor_kwargs: dict[str, Any] = {}
     zoo_dir: str | None = None  # where ``zoo:`` models live (default: user cache dir)
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"  # auto: fp16 on GPU
 

@@ -147,7 +147,7 @@ def recover_sets(cfg: Config, sets: list[dict[str, Any]], redo: bool) -> dict[st
     written = {name: 0 for name in writers}
     _log(f"recover: {len(rows)} images, DiT {cfg.models.dit}, pool {pool}, batch {batch}, "
          f"steps {settings.start_step}..{settings.num_inference_steps - 1}, gamma {settings.gamma}")
-    from pipeline.faults import configure_data_context, fault_kwargs
+    from pipeline.faults import actor_remote_args, configure_data_context, fault_kwargs
 
     with ray_session(ray_cfg):
         configure_data_context(ray_cfg)  # retry injected/transient faults, ray.max_errored_blocks
@@ -160,8 +160,8 @@ def recover_sets(cfg: Config, sets: list[dict[str, Any]], redo: bool) -> dict[st
             fn_constructor_kwargs={"model_ref": model_dir, "settings": settings.as_dict(),
                                    "resolution": d.resolution, "dtype": cfg.models.dtype, "micro_batch": micro,
                                    "torch_threads": d.torch_threads, "faults": fault_kwargs(cfg)},
-            batch_size=batch, compute=ray.data.ActorPoolStrategy(size=pool),
-            max_restarts=ray_cfg.max_restarts, max_task_retries=ray_cfg.max_task_retries, **remote_args,
+            batch_size=batch, compute=ray.data.ActorPoolStrategy(size=pool), **actor_remote_args(ray_cfg),
+            **remote_args,
         )
         for out in ds.iter_batches(batch_size=None, batch_format="numpy"):
             for j in range(len(out["key"])):

@@ -126,7 +126,14 @@ def fault_kwargs(cfg: Any) -> dict[str, Any] | None:
 
 
 def actor_remote_args(ray_cfg: Any) -> dict[str, Any]:
-    """``map_batches`` kwargs that make actors restart and retry: ``max_restarts``, ``max_task_retries``."""
+    """``map_batches`` kwargs that make actors restart and retry: ``max_restarts``, ``max_task_retries``.
+
+    Ray 2.60 has no named ``map_batches`` parameter for these yet, so they travel as
+    ``**ray_remote_args``; its "ray_remote_args is deprecated" warning is silenced for them.
+    """
+    import warnings
+
+    warnings.filterwarnings("ignore", message=r"`ray_remote_args` is deprecated")
     return {"max_restarts": int(ray_cfg.max_restarts), "max_task_retries": int(ray_cfg.max_task_retries)}
 
 

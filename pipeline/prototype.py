@@ -162,7 +162,8 @@ def text_prototypes(run: EditsRun, clusters: list[dict[str, Any]]) -> int:
     count_tok = None
     if m.llm_backend == "vllm":
         ds = summarize_with_vllm(ds, m.llm, e.max_tokens, e.llm_temperature, batch_size=bs,
-                                 concurrency=int(cfg.ray.pool_sizes.get("llm", 1)))
+                                 concurrency=int(cfg.ray.pool_sizes.get("llm", 1)),
+                                 engine_kwargs=m.vllm_engine_kwargs, processor_kwargs=m.vllm_processor_kwargs)
         count_tok = load_count_tokenizer(generator_ref(run), run.zoo_dir, "tokenizer", role="sd")
     else:
         ctor = {"backend": m.llm_backend, "model_ref": m.llm, "zoo_dir": run.zoo_dir, "dtype": m.dtype,

@@ -50,21 +50,13 @@ def request_rows(max_tokens: int, seed: int = 42) -> list[dict]:
     return rows
 
 
-def cpu_bundles_if_no_gpu() -> None:
-    """Give ray.data.llm's vLLM engine a CPU bundle when the machine has no GPU."""
-    import ray.data.llm as rdl
+def cpu_processor_kwargs() -> dict:
+    """Without a GPU, ray.data.llm's vLLM engine gets a CPU placement-group bundle (its default asks for a GPU)."""
     import torch
 
     if torch.cuda.is_available():
-        return
-    base = rdl.vLLMEngineProcessorConfig
-
-    def cpu_config(**kw):  # a factory: build_processor looks the config up by its class name
-        kw.setdefault("placement_group_config", {"bundles": [{"CPU": 1}]})
-        kw.setdefault("max_concurrent_batches", 1)
-        return base(**kw)
-
-    rdl.vLLMEngineProcessorConfig = cpu_config
+        return {}
+    return {"placement_group_config": {"bundles": [{"CPU": 1}]}, "max_concurrent_batches": 1}
 
 
 def count_tokenizer(path: str | None):
@@ -82,12 +74,11 @@ def run_ray_data_llm(model: str, max_tokens: int, engine_kwargs: dict, tok=None)
     from actors.llm import summarize_with_vllm
     from pipeline import prompts
 
-    cpu_bundles_if_no_gpu()
     ray.init(address="local", num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False)
     try:
         ds = ray.data.from_items(request_rows(max_tokens))
         ds = summarize_with_vllm(ds, model, max_tokens=max_tokens, temperature=0.0, batch_size=4, concurrency=1,
-                                 engine_kwargs=engine_kwargs)
+                                 engine_kwargs=engine_kwargs, processor_kwargs=cpu_processor_kwargs())
         out = []
         for row in ds.iter_rows():
             text = prompts.clean_generated(str(row["raw"]), str(row["class_name"]), max_tokens, tok,

@@ -60,3 +60,24 @@ def test_text_prototypes_through_ray_data_llm(zoo_dir):
                                                       "max_model_len": 2048})
     assert len(out) == len(vllm_cpu_check.CLUSTERS)
     assert all(raw.strip() and text.strip() for _, text, raw in out)
+
+
+def test_vllm_engine_and_processor_kwargs_reach_ray_data_llm(monkeypatch):
+    """models.vllm_processor_kwargs (e.g. a CPU placement group) and engine kwargs go into the processor config."""
+    import types
+
+    import ray.data.llm as rdl
+
+    from actors.llm import summarize_with_vllm
+
+    seen: dict = {}
+    monkeypatch.setitem(sys.modules, "vllm", types.ModuleType("vllm"))
+    monkeypatch.setattr(rdl, "vLLMEngineProcessorConfig", lambda **kw: seen.update(kw) or kw)
+    monkeypatch.setattr(rdl, "build_processor", lambda cfg, preprocess, postprocess: (lambda ds: (cfg, preprocess)))
+    pg = {"bundles": [{"CPU": 1}]}
+    cfg, pre = summarize_with_vllm("ds", "m", max_tokens=9, engine_kwargs={"max_model_len": 2048},
+                                   processor_kwargs={"placement_group_config": pg})
+    assert seen["placement_group_config"] == pg and seen["engine_kwargs"] == {"max_model_len": 2048}
+    row = pre({"system": "s", "user": "u", "seed": 2**40 + 5})
+    assert row["sampling_params"] == {"temperature": 0.0, "max_tokens": 9, "seed": 5}
+    assert row["messages"][0] == {"role": "system", "content": "s"}
