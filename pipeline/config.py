@@ -70,6 +70,9 @@ class FinetuneConfig(Section):
     seed: int = 0
     checkpoint_every_steps: int = Field(500, gt=0)  # Ray Train checkpoint (and resume) interval
     num_cpus_per_worker: float = Field(1.0, gt=0)
+    torch_threads: int | None = Field(None, gt=0)  # CPU workers' torch threads (default: num_cpus_per_worker)
+    snr_gamma: float | None = Field(None, gt=0)  # Min-SNR loss weighting, as diffusers' --snr_gamma (5.0)
+    log_every_steps: int = Field(50, gt=0)  # the worker prints step, loss and s/step this often
     caption_dropout: float = Field(0.0, ge=0.0, le=1.0)  # share of empty prompts (keeps CFG working)
     vae_steps: int = Field(0, ge=0)  # >0: first train the VAE (demo zoo: it is random-init; SD 1.5's is not)
     vae_learning_rate: float = Field(2e-3, gt=0)

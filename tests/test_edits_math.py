@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
 import pytest
 
 from pipeline.cluster import ClusterSettings, clusters_for, kmeans, lof_filter, process_class
@@ -152,3 +153,22 @@ def test_process_class_end_to_end_on_blobs():
     with pytest.warns(UserWarning):
         small = process_class("c", x[:2], txt[:2], ClusterSettings(ipc=3, policy="shrink", k_image=1, k_text=1))
     assert small["k"] == 2 and len(small["selections"]) == 2 and "shrink" in small["warning"]
+
+
+def test_min_snr_weights_match_the_formula():
+    """Fine-tune loss weights min(SNR, gamma) / SNR from the linear-beta schedule, by hand."""
+    from diffusers import DDPMScheduler
+
+    from tuning.finetune_sd import min_snr_weights
+
+    sched = DDPMScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear")
+    betas = np.linspace(1e-4, 0.02, 1000)
+    t = torch.tensor([0, 50, 999])
+    ab = np.cumprod(1 - betas)[[0, 50, 999]]
+    snr = ab / (1 - ab)
+    expected = np.minimum(snr, 5.0) / snr
+    got = min_snr_weights(sched, t, 5.0).numpy()
+    assert np.allclose(got, expected, rtol=1e-3)  # the scheduler keeps alphas_cumprod in float32
+    assert got[0] == pytest.approx(5.0 / snr[0], rel=1e-3) and got[2] == pytest.approx(1.0)  # clipped / not clipped
+    v = DDPMScheduler(num_train_timesteps=1000, prediction_type="v_prediction")
+    assert np.allclose(min_snr_weights(v, t, 5.0).numpy(), np.minimum(snr, 5.0) / (snr + 1), rtol=1e-3)

@@ -20,6 +20,7 @@ import math
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +106,17 @@ def _latent_hw(vae: Any, x: Any) -> tuple[int, int]:
     return x.shape[-2] // factor, x.shape[-1] // factor
 
 
+def min_snr_weights(noise_sched: Any, t: Any, gamma: float) -> Any:
+    """Per-sample loss weights ``min(SNR(t), gamma) / SNR(t)`` (epsilon) or ``/ (SNR(t) + 1)`` (v-prediction)."""
+    import torch
+
+    ab = noise_sched.alphas_cumprod.to(t.device)[t].double()  # 1 - ab near t=0 needs float64
+    snr = ab / (1 - ab)
+    clipped = torch.clamp(snr, max=float(gamma))
+    w = clipped / (snr + 1) if noise_sched.config.prediction_type == "v_prediction" else clipped / snr
+    return w.float()
+
+
 def train_loop(config: dict[str, Any]) -> None:
     """One Ray Train worker: the text-to-image loop (see the module docstring)."""
     import ray.train
@@ -151,7 +163,11 @@ def train_loop(config: dict[str, Any]) -> None:
                 vae.register_to_config(scaling_factor=float(state["vae_scaling"]))
                 vae_done = True
     if not vae_done:  # demo only: the zoo's VAE is random-init
-        train_vae_phase(vae, shard, config, device, world)
+        t_vae = time.perf_counter()
+        scale = train_vae_phase(vae, shard, config, device, world)
+        if rank == 0:
+            print(f"[edits] finetune: VAE {config['vae_steps']} steps in {time.perf_counter() - t_vae:.0f} s, "
+                  f"scaling_factor {scale:.4f}", flush=True)
     vae_trained = int(config.get("vae_steps", 0)) > 0
     vae_was_trained_now = not vae_done
     vae.to(device, frozen_dtype)
@@ -164,6 +180,8 @@ def train_loop(config: dict[str, Any]) -> None:
     sf = float(vae.config.scaling_factor)
     gen = torch.Generator(device="cpu").manual_seed(int(config["seed"]) * 1000 + rank + step)
     micro, losses = 0, []
+    t_start, log_every = time.perf_counter(), int(config.get("log_every_steps", 50))
+    snr_gamma = config.get("snr_gamma")
 
     def save(final: bool) -> None:
         metrics = {"step": step, "loss": float(np.mean(losses)) if losses else float("nan"), "final": final}
@@ -231,7 +249,12 @@ def train_loop(config: dict[str, Any]) -> None:
                 target = noise
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 pred = model(noisy, t, cond.to(noisy.dtype) if amp_dtype is None else cond).sample
-            loss = F.mse_loss(pred.float(), target.float()) / accum
+            if snr_gamma:  # diffusers' --snr_gamma (Min-SNR weighting, Hang et al. 2023)
+                loss = (min_snr_weights(noise_sched, t, snr_gamma)
+                        * F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))).mean()
+            else:
+                loss = F.mse_loss(pred.float(), target.float())
+            loss = loss / accum
             (scaler.scale(loss) if scaler else loss).backward()
             losses.append(float(loss.detach()) * accum)
             micro += 1
@@ -245,6 +268,10 @@ def train_loop(config: dict[str, Any]) -> None:
             opt.zero_grad(set_to_none=True)
             ema.step(unet.parameters())
             step += 1
+            if rank == 0 and (step % log_every == 0 or step == total):
+                dt = time.perf_counter() - t_start
+                print(f"[edits] finetune: step {step}/{total}  loss {np.mean(losses[-log_every:]):.4f}  "
+                      f"({dt:.0f} s, {dt / step:.2f} s/step)", flush=True)
             if step >= total:
                 break
             if step % int(config["checkpoint_every_steps"]) == 0:
@@ -289,8 +316,6 @@ def assemble_pipeline(base_ref: str, unet_dir: str | os.PathLike, out: str | os.
 
 def run_stage(run: Any, state: Any, force: bool) -> dict[str, Any]:
     """Fine-tune ``models.sd`` on the captioned real images; writes the diffusers folder."""
-    import time
-
     import ray.data
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -328,7 +353,8 @@ def run_stage(run: Any, state: Any, force: bool) -> dict[str, Any]:
                 "ema_decay": ft.ema_decay, "mixed_precision": ft.mixed_precision,
                 "gradient_accumulation_steps": ft.gradient_accumulation_steps, "batch_size": ft.batch_size,
                 "total_steps": steps, "checkpoint_every_steps": ft.checkpoint_every_steps,
-                "caption_dropout": ft.caption_dropout, "threads": ft.num_cpus_per_worker, "vae_steps": ft.vae_steps,
+                "caption_dropout": ft.caption_dropout, "threads": ft.torch_threads or max(1, int(ft.num_cpus_per_worker)),
+                "log_every_steps": ft.log_every_steps, "snr_gamma": ft.snr_gamma, "vae_steps": ft.vae_steps,
                 "vae_learning_rate": ft.vae_learning_rate, "vae_kl_weight": ft.vae_kl_weight,
                 "cache_latents": ft.cache_latents}
     trainer = TorchTrainer(
