@@ -56,6 +56,28 @@ def set_grid(set_dir: str | os.PathLike, per_class: int = 10, cell: int = 48,
     return canvas
 
 
+def overview_image(grids: dict[str, Image.Image], rows: list[dict[str, Any]], gap: int = 12) -> Image.Image:
+    """The report at a glance: each set's grid side by side, titled with its mean top-1 over students."""
+    from PIL import ImageDraw
+
+    means: dict[str, list[float]] = {}
+    for r in rows:
+        means.setdefault(str(r.get("method")), []).append(float(r.get("top1_mean", float("nan"))))
+    title_h = 18
+    width = sum(g.width for g in grids.values()) + gap * (len(grids) + 1)
+    height = max(g.height for g in grids.values()) + title_h + 2 * gap
+    canvas = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    x = gap
+    for name, grid in grids.items():
+        acc = means.get(name)
+        label = f"{name}: {np.mean(acc):.1f}%" if acc else name
+        draw.text((x, gap // 2), label, fill=(0, 0, 0))
+        canvas.paste(grid, (x, gap // 2 + title_h))
+        x += grid.width + gap
+    return canvas
+
+
 def _png_b64(img: Image.Image) -> str:
     buf = io.BytesIO()
     img.save(buf, format="PNG")
@@ -135,15 +157,20 @@ def write_report(out_dir: str | os.PathLike, rows: list[dict[str, Any]] | None =
     if sets:
         parts.append("<h2>Distilled images (one row per class)</h2><div class='grids'>")
         grid_dir = out / "report_files"
+        grids: dict[str, Image.Image] = {}
         for name, d in sets.items():
             grid = set_grid(d, per_class=per_class)
             if grid is None:
                 continue
+            grids[name] = grid
             atomic_save_image(grid_dir / f"grid_{name}.png", np.asarray(grid))
             parts.append(f"<figure><figcaption>{html.escape(name)}</figcaption>"
                          f"<img alt='{html.escape(name)}' src='data:image/png;base64,{_png_b64(grid)}'></figure>")
         parts.append("</div>")
-        md.append("\nImage grids: " + ", ".join(f"`report_files/grid_{n}.png`" for n in sets) + "\n")
+        md.append("\nImage grids: " + ", ".join(f"`report_files/grid_{n}.png`" for n in grids) + "\n")
+        if grids:  # one picture of every set with its mean accuracy (the README shows the demo's)
+            atomic_save_image(grid_dir / "overview.png", np.asarray(overview_image(grids, rows)))
+            md.append("Overview: `report_files/overview.png`\n")
     if sweep_dir is not None and Path(sweep_dir).is_dir():
         sd = Path(sweep_dir)
         parts.append("<h2>Sweep</h2>")

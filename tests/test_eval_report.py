@@ -47,3 +47,21 @@ def test_report_html_and_markdown(tmp_path):
     md = Path(paths["results_md"]).read_text()
     assert "- a note" in md and "| digits | 10 | diver | 60.00 ± 0.50 | - | 60.00 |" in md and "## Sweep" in md
     assert (tmp_path / "report_files" / "grid_diver.png").is_file()
+    overview = Image.open(tmp_path / "report_files" / "overview.png")
+    grid_a, grid_b = (Image.open(tmp_path / "report_files" / f"grid_{n}.png") for n in ("random_real", "diver"))
+    assert overview.width == grid_a.width + grid_b.width + 3 * 12  # side by side with gaps
+    assert overview.height == max(grid_a.height, grid_b.height) + 18 + 2 * 12
+    assert "report_files/overview.png" in md
+
+
+def test_overview_titles_carry_the_mean_over_students():
+    from PIL import ImageChops
+
+    from pipeline.report import overview_image
+
+    grids = {"a": Image.new("RGB", (20, 20), (0, 0, 0))}
+    rows = [{"method": "a", "top1_mean": 70.0}, {"method": "a", "top1_mean": 80.0}]
+    with_acc, without = overview_image(grids, rows), overview_image(grids, [])
+    assert with_acc.size == without.size == (44, 62)
+    assert ImageChops.difference(with_acc, without).getbbox() is not None  # "a: 75.0%" vs "a"
+    assert np.asarray(with_acc)[6 + 18 + 5, 12 + 5].tolist() == [0, 0, 0]  # the grid sits under the title
