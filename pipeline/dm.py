@@ -113,7 +113,7 @@ def distill_dm(images_u8: torch.Tensor, labels: torch.Tensor, num_classes: int, 
         opt.step()
         losses.append(float(loss.detach()))
         if it % max(1, cfg.iterations // 5) == 0 or it == cfg.iterations - 1:
-            log(f"  dm ipc {ipc} iter {it:5d}  loss {float(loss):.3f}  ({time.time() - t0:.0f}s)")
+            log(f"  dm ipc {ipc} iter {it:5d}  loss {losses[-1]:.3f}  ({time.time() - t0:.0f}s)")
     m = torch.as_tensor(mean).view(1, -1, 1, 1)
     s_ = torch.as_tensor(std).view(1, -1, 1, 1)
     out01 = (syn.detach().cpu() * s_ + m).clamp(0, 1)
