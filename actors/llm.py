@@ -45,9 +45,10 @@ class TransformersChat:
     """Batched greedy (or seeded sampling) chat generation with a local causal LM."""
 
     def __init__(self, model_ref: str, zoo_dir: str | None = None, dtype: str = "auto",
-                 device: str | None = None) -> None:
+                 device: str | None = None, pad_to: int = 0) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        self.pad_to = pad_to  # left-pad every prompt to at least this many tokens (0: the batch's longest)
         self.device = pick_device(device)
         self.dtype = pick_dtype(dtype, self.device)
         self.tokenizer = load_pretrained("llm", model_ref, AutoTokenizer.from_pretrained, zoo_dir)
@@ -61,7 +62,11 @@ class TransformersChat:
     def generate(self, batch: list[Messages], max_new_tokens: int, temperature: float = 0.0,
                  seeds: list[int] | None = None) -> list[str]:
         texts = [render_chat(self.tokenizer, m) for m in batch]
-        enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        pad: dict[str, Any] = {"padding": True}
+        if self.pad_to:  # a fixed pad length: a row's pad count does not depend on its batch-mates
+            longest = max(len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"])
+            pad = {"padding": "max_length", "max_length": max(self.pad_to, longest)}
+        enc = self.tokenizer(texts, return_tensors="pt", add_special_tokens=False, **pad).to(self.device)
         kw: dict[str, Any] = {"max_new_tokens": max_new_tokens, "pad_token_id": self.tokenizer.pad_token_id}
         if temperature > 0:
             kw.update(do_sample=True, temperature=temperature)
@@ -119,9 +124,9 @@ class OpenAIChat:
 
 def make_backend(backend: str, model_ref: str, zoo_dir: str | None = None, dtype: str = "auto",
                  url: str | None = None, api_key_env: str = "OPENAI_API_KEY", timeout_s: float = 120.0,
-                 device: str | None = None) -> ChatBackend:
+                 device: str | None = None, pad_to: int = 0) -> ChatBackend:
     if backend == "transformers":
-        return TransformersChat(model_ref, zoo_dir, dtype, device)
+        return TransformersChat(model_ref, zoo_dir, dtype, device, pad_to)
     if backend == "openai":
         return OpenAIChat(url or "", model_ref, api_key_env, timeout_s)
     if backend == "vllm":
@@ -136,10 +141,15 @@ class LLMActor:
                  url: str | None = None, api_key_env: str = "OPENAI_API_KEY", timeout_s: float = 120.0,
                  max_tokens: int = 77, temperature: float = 0.0, require_class_name: bool = True,
                  count_tokenizer_ref: str | None = None, count_tokenizer_subfolder: str | None = None,
-                 faults: dict | None = None, chat: ChatBackend | None = None) -> None:
+                 faults: dict | None = None, chat: ChatBackend | None = None, micro_batch: int | None = None,
+                 pad_to: int = 0) -> None:
         from actors.captioner import load_count_tokenizer
 
-        self.chat = chat or make_backend(backend, model_ref, zoo_dir, dtype, url, api_key_env, timeout_s)
+        self.chat = chat or make_backend(backend, model_ref, zoo_dir, dtype, url, api_key_env, timeout_s,
+                                         pad_to=pad_to)
+        # fixed model batch (+ the transformers backend's fixed pad length): a text prototype does not depend
+        # on which clusters shared its Ray batch; seeded sampling (temperature > 0) needs micro_batch 1 for that
+        self.micro_batch = micro_batch
         self.max_tokens = max_tokens
         self.temperature = temperature
         self.require_class_name = require_class_name
@@ -149,8 +159,11 @@ class LLMActor:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         msgs = [[{"role": "system", "content": str(s)}, {"role": "user", "content": str(u)}]
                 for s, u in zip(batch["system"], batch["user"])]
-        seeds = [int(s) for s in batch["seed"]] if "seed" in batch else None
-        raw = self.chat.generate(msgs, self.max_tokens, self.temperature, seeds)
+        from pipeline.fixed_batches import run_fixed
+
+        seeds = [int(s) for s in batch["seed"]] if "seed" in batch else [0] * len(msgs)
+        raw = run_fixed(lambda m, s: self.chat.generate(list(m), self.max_tokens, self.temperature, list(s)),
+                        [msgs, seeds], self.micro_batch)
         text = [prompts.clean_generated(r, str(n), self.max_tokens, self.count_tok, fallback=str(f),
                                         require_class_name=self.require_class_name)
                 for r, n, f in zip(raw, batch["class_name"], batch["fallback"])]

@@ -170,7 +170,8 @@ def text_prototypes(run: EditsRun, clusters: list[dict[str, Any]]) -> int:
                 "url": m.llm_url, "api_key_env": e.llm_api_key_env, "timeout_s": e.llm_timeout_s,
                 "max_tokens": e.max_tokens, "temperature": e.llm_temperature,
                 "require_class_name": e.require_class_name, "count_tokenizer_ref": generator_ref(run),
-                "count_tokenizer_subfolder": "tokenizer", "faults": run.faults()}
+                "count_tokenizer_subfolder": "tokenizer", "faults": run.faults(),
+                "micro_batch": cfg.ray.micro_batch_sizes.get("llm"), "pad_to": e.llm_pad_tokens}
         kw = pool_kwargs(cfg, "llm")
         if m.llm_backend == "openai":  # HTTP client: no model in the actor, little CPU
             kw["num_cpus"] = min(kw.get("num_cpus", 0.25), 0.25)

@@ -7,6 +7,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import numpy as np
+import torch
 import pytest
 
 from pipeline import prompts
@@ -103,6 +104,35 @@ def test_transformers_backend_with_the_tiny_llm(zoo_dir):
         assert prompts.mentions(text, name)  # the class name is always in the prototype
         assert len(actor.count_tok(text)["input_ids"]) <= 8
     assert out["text"].tolist() == actor(batch)["text"].tolist()  # greedy: deterministic
+
+
+def _llm_rows(users: list[str]) -> dict[str, np.ndarray]:
+    n = len(users)
+    return {"key": np.array([f"k{i}" for i in range(n)], dtype=object), "system": np.array(["s"] * n, dtype=object),
+            "user": np.array(users, dtype=object), "class_name": np.array(["digit one"] * n, dtype=object),
+            "fallback": np.array(["x"] * n, dtype=object), "seed": np.arange(n)}
+
+
+def test_text_prototypes_do_not_depend_on_the_ray_batch(zoo_dir):
+    """Fixed micro-batches + prompts left-padded to a fixed length: one call of 7 rows == 7 calls of 1."""
+    from actors.llm import LLMActor
+
+    users = ["one", "a much longer request " * 6, "two words", "x " * 20, "digit", "describe it", "a b c d e f"]
+    batch = _llm_rows(users)
+    actor = LLMActor("transformers", "zoo:llm", max_tokens=6, micro_batch=3, pad_to=128)
+    together = actor(batch)["raw"].tolist()
+    alone = [actor({k: v[i:i + 1] for k, v in batch.items()})["raw"][0] for i in range(len(users))]
+    assert together == alone
+    # what makes it exact: the model sees a row's prompt with the same padding whatever its batch-mates
+    seen: list = []
+    generate = actor.chat.model.generate
+    actor.chat.model.generate = lambda **kw: seen.append(kw["input_ids"]) or generate(**kw)
+    msgs = [[{"role": "user", "content": u}] for u in users[:2]]
+    for pad_to, same in ((128, True), (0, False)):
+        actor.chat.pad_to, seen[:] = pad_to, []
+        actor.chat.generate(msgs[:1], 2)  # the short prompt alone
+        actor.chat.generate(msgs, 2)  # ... and beside a long one
+        assert torch.equal(seen[0][0], seen[1][0]) is same
 
 
 def test_missing_backends_fail_clearly():
