@@ -142,9 +142,11 @@ class LLMActor:
                  max_tokens: int = 77, temperature: float = 0.0, require_class_name: bool = True,
                  count_tokenizer_ref: str | None = None, count_tokenizer_subfolder: str | None = None,
                  faults: dict | None = None, chat: ChatBackend | None = None, micro_batch: int | None = None,
-                 pad_to: int = 0) -> None:
+                 pad_to: int = 0, torch_threads: int | None = None) -> None:
         from actors.captioner import load_count_tokenizer
 
+        if torch_threads:  # Ray pins a fractional-CPU actor to 1 thread; the LLM may be the only one running
+            torch.set_num_threads(int(torch_threads))
         self.chat = chat or make_backend(backend, model_ref, zoo_dir, dtype, url, api_key_env, timeout_s,
                                          pad_to=pad_to)
         # fixed model batch (+ the transformers backend's fixed pad length): a text prototype does not depend

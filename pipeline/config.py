@@ -115,6 +115,7 @@ class EditsConfig(Section):
     # transformers LLM: left-pad prompts to at least this many tokens so a text prototype does not depend on
     # which clusters share its micro-batch (prompts longer than this fall back to the batch's longest); 0: off
     llm_pad_tokens: int = Field(512, ge=0)
+    llm_torch_threads: int | None = Field(None, gt=0)  # transformers LLM on CPU: torch threads in the actor
     llm_api_key_env: str = "OPENAI_API_KEY"  # env var read by llm_backend=openai (unset: no auth header)
     llm_timeout_s: float = Field(120.0, gt=0)
     caption_image_size: int = Field(336, gt=0)  # decode size sent to the VLM (LLaVA-1.5: 336)

@@ -171,7 +171,8 @@ def text_prototypes(run: EditsRun, clusters: list[dict[str, Any]]) -> int:
                 "max_tokens": e.max_tokens, "temperature": e.llm_temperature,
                 "require_class_name": e.require_class_name, "count_tokenizer_ref": generator_ref(run),
                 "count_tokenizer_subfolder": "tokenizer", "faults": run.faults(),
-                "micro_batch": cfg.ray.micro_batch_sizes.get("llm"), "pad_to": e.llm_pad_tokens}
+                "micro_batch": cfg.ray.micro_batch_sizes.get("llm"), "pad_to": e.llm_pad_tokens,
+                "torch_threads": e.llm_torch_threads}
         kw = pool_kwargs(cfg, "llm")
         if m.llm_backend == "openai":  # HTTP client: no model in the actor, little CPU
             kw["num_cpus"] = min(kw.get("num_cpus", 0.25), 0.25)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 
 from pipeline.demo_run import DEMO_TRIM, IPC, method_config
@@ -29,3 +30,25 @@ def test_diver_gets_one_dm_set_at_ipc_10_and_quick_shrinks_further(tmp_path):
     assert quick.diver.stage1.iterations == 20
     edits_quick = method_config("edits", tmp_path / "out", tmp_path / "data", quick=True)
     assert edits_quick.edits.num_inference_steps == 10 and edits_quick.models.llm == "zoo:llm"
+
+
+@pytest.mark.slow
+def test_quick_demo_writes_results_report_and_overview(tmp_path):
+    """`semdistill demo --quick`: every method and baseline evaluated, results.json rows complete, report written."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "demo"
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "demo", "--out", str(out), "--quick"], cwd=REPO,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=3600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads((out / "results.json").read_text())
+    assert {r["method"] for r in rows} == {"random_real", "dm", "diver", "edits"}
+    assert {r["student"] for r in rows} == {"convnet", "resnet18"}
+    for r in rows:
+        assert {"dataset", "method", "ipc", "student", "top1_mean", "top1_std", "repeats"} <= set(r)
+        assert r["ipc"] == 10 and 0.0 <= r["top1_mean"] <= 100.0
+    assert (out / "results.md").is_file() and (out / "report.html").stat().st_size > 10_000
+    assert (out / "report_files" / "overview.png").is_file()
