@@ -75,7 +75,7 @@ def test_vllm_engine_and_processor_kwargs_reach_ray_data_llm(monkeypatch):
     monkeypatch.setattr(rdl, "vLLMEngineProcessorConfig", lambda **kw: seen.update(kw) or kw)
     monkeypatch.setattr(rdl, "build_processor", lambda cfg, preprocess, postprocess: (lambda ds: (cfg, preprocess)))
     pg = {"bundles": [{"CPU": 1}]}
-    cfg, pre = summarize_with_vllm("ds", "m", max_tokens=9, engine_kwargs={"max_model_len": 2048},
+    _cfg, pre = summarize_with_vllm("ds", "m", max_tokens=9, engine_kwargs={"max_model_len": 2048},
                                    processor_kwargs={"placement_group_config": pg})
     assert seen["placement_group_config"] == pg and seen["engine_kwargs"] == {"max_model_len": 2048}
     row = pre({"system": "s", "user": "u", "seed": 2**40 + 5})

@@ -42,7 +42,7 @@ def test_quick_demo_writes_results_report_and_overview(tmp_path):
 
     out = tmp_path / "demo"
     proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "demo", "--out", str(out), "--quick"], cwd=REPO,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=3600)
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=3600, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads((out / "results.json").read_text())
     assert {r["method"] for r in rows} == {"random_real", "dm", "diver", "edits"}
@@ -52,3 +52,11 @@ def test_quick_demo_writes_results_report_and_overview(tmp_path):
         assert r["ipc"] == 10 and 0.0 <= r["top1_mean"] <= 100.0
     assert (out / "results.md").is_file() and (out / "report.html").stat().st_size > 10_000
     assert (out / "report_files" / "overview.png").is_file()
+
+
+def test_batch_blocks_hold_one_ray_batch_each(tmp_path):
+    from pipeline.edits import batch_blocks
+
+    cfg = method_config("edits", tmp_path / "out", tmp_path / "data", quick=False)  # llm batch 20
+    assert batch_blocks(100, cfg, "llm") == 5 and batch_blocks(101, cfg, "llm") == 6 and batch_blocks(3, cfg, "llm") == 1
+    assert batch_blocks(10_000, cfg, "llm", cap=50) == 50 and batch_blocks(0, cfg, "llm") == 1

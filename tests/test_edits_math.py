@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
 import pytest
+import torch
 
 from pipeline.cluster import ClusterSettings, clusters_for, kmeans, lof_filter, process_class
 from pipeline.errors import DataError

@@ -7,8 +7,8 @@ import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import numpy as np
-import torch
 import pytest
+import torch
 
 from pipeline import prompts
 from pipeline.errors import ConfigError
