@@ -135,3 +135,22 @@ def test_image_dataset_reports_bad_files(tmp_path, ray_local):
     assert [r["path"].rsplit("/", 1)[1] for r in rows] == ["bad.jpg", "ok.png"]
     assert rows[0]["error"].startswith("cannot decode") and rows[1]["error"] == ""
     assert rows[1]["image"].shape == (16, 16, 3) and rows[1]["image"][0, 0].tolist() == [255, 0, 0]
+
+
+def test_atomic_writes_get_the_umask_mode_not_mkstemps_private_one(tmp_path):
+    import os
+    import stat
+
+    from pipeline.write import atomic_save_image, atomic_write_bytes
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_bytes(tmp_path / "a.json", b"{}")
+        atomic_save_image(tmp_path / "c" / "x.png", np.zeros((4, 4, 3), np.uint8))
+        os.umask(0o077)
+        atomic_write_bytes(tmp_path / "private.json", b"{}")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "c" / "x.png").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "private.json").stat().st_mode) == 0o600
