@@ -148,10 +148,11 @@ def recover_sets(cfg: Config, sets: list[dict[str, Any]], redo: bool) -> dict[st
     _log(f"recover: {len(rows)} images, DiT {cfg.models.dit}, pool {pool}, batch {batch}, "
          f"steps {settings.start_step}..{settings.num_inference_steps - 1}, gamma {settings.gamma}")
     from pipeline.faults import actor_remote_args, configure_data_context, fault_kwargs
+    from pipeline.fixed_batches import batch_blocks
 
     with ray_session(ray_cfg):
         configure_data_context(ray_cfg)  # retry injected/transient faults, ray.max_errored_blocks
-        ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // batch, 64)))
+        ds = ray.data.from_items(rows, override_num_blocks=batch_blocks(len(rows), batch, cap=64))
         remote_args: dict[str, Any] = {"num_cpus": ray_cfg.actor_num_cpus}
         if ray_cfg.actor_num_gpus:
             remote_args["num_gpus"] = ray_cfg.actor_num_gpus

@@ -63,13 +63,6 @@ def pool_kwargs(cfg: Config, role: str) -> dict[str, Any]:
             **actor_resources(cfg.ray), **actor_remote_args(cfg.ray)}
 
 
-def batch_blocks(n_rows: int, cfg: Config, role: str, cap: int = 200) -> int:
-    """Blocks of one Ray batch each for ``role``: an actor's fixed micro-batches are then full, not
-    padded out from the small batches that block edges would cut."""
-    bs = int(cfg.ray.batch_sizes.get(role, 8))
-    return max(1, min(cap, -(-n_rows // max(1, bs))))
-
-
 def write_parquet(path: str | os.PathLike, columns: dict[str, Any]) -> None:
     """Write columns atomically; 2-D float arrays become fixed-size lists (read back by ``read_parquet``)."""
     import pyarrow as pa

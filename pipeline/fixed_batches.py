@@ -30,6 +30,15 @@ def chunks(n: int, size: int) -> list[tuple[int, int]]:
     return [(i, min(i + size, n)) for i in range(0, n, size)]
 
 
+def batch_blocks(n_rows: int, batch_size: int, cap: int = 200) -> int:
+    """How many blocks to cut ``n_rows`` into so each holds one Ray batch of ``batch_size``.
+
+    Block edges cut Ray batches short, and a short batch is padded out to a full micro-batch
+    (wasted model work); blocks of one batch each keep the micro-batches full.
+    """
+    return max(1, min(cap, -(-n_rows // max(1, batch_size))))
+
+
 def pad_rows(x: Any, size: int) -> Any:
     """``x`` (tensor, array or list) extended to ``size`` rows by repeating its last row."""
     n = len(x)

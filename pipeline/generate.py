@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from pipeline.edits import EditsRun, StageState, batch_blocks, pool_kwargs, remove
+from pipeline.edits import EditsRun, StageState, pool_kwargs, remove
+from pipeline.fixed_batches import batch_blocks
 
 
 def generator_ref(run: EditsRun) -> str:
@@ -94,8 +95,9 @@ def run_stage(run: EditsRun, state: StageState, force: bool) -> dict[str, Any]:
     rows = [r for r in build_rows(run, clusters, texts) if not writer.done(r["key"])]
     run.log(f"[edits] generate: {len(clusters) - len(rows)} images done, {len(rows)} to generate with {model}")
     if rows:
-        ds = ray.data.from_items(rows, override_num_blocks=batch_blocks(len(rows), cfg, "generate"))
-        ds = ds.map_batches(SDGenerator, batch_format="numpy", **pool_kwargs(cfg, "generate"),
+        pool = pool_kwargs(cfg, "generate")
+        ds = ray.data.from_items(rows, override_num_blocks=batch_blocks(len(rows), pool["batch_size"]))
+        ds = ds.map_batches(SDGenerator, batch_format="numpy", **pool,
                             fn_constructor_kwargs={"model_ref": model, "settings": generate_settings(run),
                                                    "zoo_dir": run.zoo_dir, "dtype": cfg.models.dtype,
                                                    "faults": run.faults(),

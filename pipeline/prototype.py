@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.edits import EditsRun, StageState, batch_blocks, pool_kwargs, remove
+from pipeline.edits import EditsRun, StageState, pool_kwargs, remove
+from pipeline.fixed_batches import batch_blocks
 from pipeline.write import atomic_write_json, component_name
 
 
@@ -157,8 +158,8 @@ def text_prototypes(run: EditsRun, clusters: list[dict[str, Any]]) -> int:
         return 0
     rows = text_rows(run, todo)
     by_key = {cl["key"]: cl for cl in todo}
-    ds = ray.data.from_items(rows, override_num_blocks=batch_blocks(len(rows), cfg, "llm"))
     bs = int(cfg.ray.batch_sizes.get("llm", 8))
+    ds = ray.data.from_items(rows, override_num_blocks=batch_blocks(len(rows), bs))
     count_tok = None
     if m.llm_backend == "vllm":
         ds = summarize_with_vllm(ds, m.llm, e.max_tokens, e.llm_temperature, batch_size=bs,

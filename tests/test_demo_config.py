@@ -55,8 +55,8 @@ def test_quick_demo_writes_results_report_and_overview(tmp_path):
 
 
 def test_batch_blocks_hold_one_ray_batch_each(tmp_path):
-    from pipeline.edits import batch_blocks
+    from pipeline.fixed_batches import batch_blocks
 
-    cfg = method_config("edits", tmp_path / "out", tmp_path / "data", quick=False)  # llm batch 20
-    assert batch_blocks(100, cfg, "llm") == 5 and batch_blocks(101, cfg, "llm") == 6 and batch_blocks(3, cfg, "llm") == 1
-    assert batch_blocks(10_000, cfg, "llm", cap=50) == 50 and batch_blocks(0, cfg, "llm") == 1
+    bs = method_config("edits", tmp_path / "out", tmp_path / "data", quick=False).ray.batch_sizes["llm"]  # 20
+    assert batch_blocks(100, bs) == 5 and batch_blocks(101, bs) == 6 and batch_blocks(3, bs) == 1
+    assert batch_blocks(10_000, bs, cap=50) == 50 and batch_blocks(0, bs) == 1
