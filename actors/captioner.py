@@ -25,8 +25,8 @@ import torch
 from PIL import Image
 
 from actors.loading import load_pretrained, pick_device, pick_dtype
-from pipeline import prompts
-from pipeline.faults import FaultInjector
+from pipeline.core.faults import FaultInjector
+from pipeline.edits import prompts
 
 
 def load_count_tokenizer(ref: str | None, zoo_dir: str | None = None, subfolder: str | None = None,
@@ -130,7 +130,7 @@ class Captioner:
         if ok:
             images = [Image.fromarray(np.asarray(batch["image"][i], dtype=np.uint8)) for i in ok]
             names = [self.names.get(str(batch["class_id"][i]), str(batch["class_id"][i])) for i in ok]
-            from pipeline.fixed_batches import run_fixed
+            from pipeline.core.batching import run_fixed
 
             raw = run_fixed(self.caption_images, [images, names], self.micro_batch)
             for i, r, n in zip(ok, raw, names):

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from actors.loading import load_pretrained, pick_device, pick_dtype
-from pipeline.faults import FaultInjector
+from pipeline.core.faults import FaultInjector
 
 
 def as_features(out: Any) -> torch.Tensor:
@@ -65,7 +65,7 @@ class ClipEmbedder:
         txt = np.zeros((len(errors), dim), dtype=np.float32)
         if ok.any():
             idx = np.flatnonzero(ok)
-            from pipeline.fixed_batches import run_fixed
+            from pipeline.core.batching import run_fixed
 
             img[idx] = run_fixed(self.image_features,
                                  [[Image.fromarray(np.asarray(batch["image"][i], np.uint8)) for i in idx]],

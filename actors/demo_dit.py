@@ -59,7 +59,7 @@ class DemoDiTRecipe:
 
 def load_split(root: str | Path, size: int = 32) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """uint8 images ``[N, size, size, 3]``, labels and class ids of an ImageFolder."""
-    from pipeline.read import load_rgb, scan_image_folder
+    from pipeline.core.read import load_rgb, scan_image_folder
 
     index = scan_image_folder(root)
     images = np.stack([load_rgb(r.path, size) for r in index.records])
@@ -216,7 +216,9 @@ def classify(net, images01: torch.Tensor) -> torch.Tensor:
 def sample_check(transformer, vae, classes: list[int], per_class: int, steps: int, cfg_scale: float,
                  seed: int = 1234) -> tuple[torch.Tensor, torch.Tensor]:
     """Plain DiT samples (DDIM, CFG) for each class: images in [0, 1] and their conditioning labels."""
-    from actors.dit import RecoverSettings, decode_latents, image_noise, image_seed, plain_dit_latents
+    from actors.latents import decode_latents
+    from pipeline.core.seeds import image_seed
+    from pipeline.diver.guidance import RecoverSettings, image_noise, plain_dit_latents
 
     settings = RecoverSettings(num_inference_steps=steps, cfg_scale=cfg_scale, gamma=0.0, start_step=0)
     labels = torch.tensor([c for c in classes for _ in range(per_class)])
@@ -246,7 +248,7 @@ def train_demo_dit(out: str | Path, data: str | Path | None = None, recipe: Demo
     t_start = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         if data is None:
-            from pipeline.demo_data import write_demo_dataset
+            from pipeline.core.digits import write_demo_dataset
 
             write_demo_dataset(tmp)
             data = tmp
@@ -261,7 +263,7 @@ def train_demo_dit(out: str | Path, data: str | Path | None = None, recipe: Demo
     t_vae = time.time() - t_start
     transformer = train_dit(latents, torch.from_numpy(labels), recipe, log)
     t_train = time.time() - t_start
-    from pipeline.demo_data import DIGIT_NAMES
+    from pipeline.core.digits import DIGIT_NAMES
 
     names = [f"handwritten digit {DIGIT_NAMES[int(c)]}" if c.isdigit() and int(c) < 10 else c for c in classes]
     out.mkdir(parents=True, exist_ok=True)
@@ -296,29 +298,18 @@ def build(out: Path) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from actors import zoo
+    from actors import zoo_paths
+    from pipeline.core.write import atomic_folder
 
     recipe = DemoDiTRecipe()
     if args.steps is not None:
         recipe.dit_steps = int(args.steps)
-    target = zoo.zoo_path("demo_dit", args.dir)
-    if zoo.is_built("demo_dit", args.dir) and not args.force:
+    target = zoo_paths.zoo_path("demo_dit", args.dir)
+    if zoo_paths.is_built("demo_dit", args.dir) and not args.force:
         print(f"demo DiT already trained: {target} (use --force to retrain)")
         return 0
-    target.parent.mkdir(parents=True, exist_ok=True)
-    import os
-    import shutil
-
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".demo_dit."))
-    try:
+    with atomic_folder(target, marker=zoo_paths.MARKER, marker_text=zoo_paths.ZOO_VERSION) as tmp:
         report = train_demo_dit(tmp, args.data, recipe)
-        (tmp / zoo.MARKER).write_text(zoo.ZOO_VERSION)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     print(f"saved the demo DiT to {target}: {report['sample_accuracy']:.1%} of plain DiT samples recognised "
           f"as their class (classifier trained on the real train split)")
     return 0

@@ -22,9 +22,9 @@ import numpy as np
 import torch
 
 from actors.loading import load_pretrained, pick_device, pick_dtype
-from pipeline import prompts
+from pipeline.core.faults import FaultInjector, TransientWorkerError
+from pipeline.edits import prompts
 from pipeline.errors import ConfigError, ModelLoadError
-from pipeline.faults import FaultInjector, TransientWorkerError
 
 Messages = list[dict[str, str]]
 
@@ -161,7 +161,7 @@ class LLMActor:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         msgs = [[{"role": "system", "content": str(s)}, {"role": "user", "content": str(u)}]
                 for s, u in zip(batch["system"], batch["user"])]
-        from pipeline.fixed_batches import run_fixed
+        from pipeline.core.batching import run_fixed
 
         seeds = [int(s) for s in batch["seed"]] if "seed" in batch else [0] * len(msgs)
         raw = run_fixed(lambda m, s: self.chat.generate(list(m), self.max_tokens, self.temperature, list(s)),

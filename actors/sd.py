@@ -3,7 +3,7 @@
 The image prototype is the init latent (``StableDiffusionImg2ImgPipeline`` takes a
 4-channel tensor as latents and noises it to ``strength``), the text prototype is the
 prompt, with a negative prompt, classifier-free guidance and a DDIM scheduler. Each image
-has its own CPU ``torch.Generator`` (``pipeline.seeds.image_seed``), so a batch of 4 gives
+has its own CPU ``torch.Generator`` (``pipeline.core.seeds.image_seed``), so a batch of 4 gives
 the same images as 4 batches of 1. Outputs are resized to the dataset's image size.
 """
 
@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from actors.loading import load_pretrained, pick_device, pick_dtype
-from pipeline.faults import FaultInjector
+from pipeline.core.faults import FaultInjector
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ class SDGenerator:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         latents = torch.stack([torch.as_tensor(np.asarray(x, dtype=np.float32)) for x in batch["latent"]])
-        from pipeline.fixed_batches import run_fixed
+        from pipeline.core.batching import run_fixed
 
         images = run_fixed(lambda lat, prompts, seeds: img2img(self.pipe, lat, list(prompts), list(seeds),
                                                                self.settings),

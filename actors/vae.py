@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from actors.loading import load_pretrained, pick_device, pick_dtype
-from pipeline.faults import FaultInjector
+from pipeline.core.faults import FaultInjector
 
 
 def to_vae_input(images: np.ndarray) -> torch.Tensor:
@@ -47,7 +47,7 @@ class VaeEncoder:
         ok = np.flatnonzero([not e for e in errors])
         lat = None
         if len(ok):
-            from pipeline.fixed_batches import run_fixed
+            from pipeline.core.batching import run_fixed
 
             enc = run_fixed(self.encode, [np.asarray(batch["image"])[ok]], self.micro_batch)
             lat = np.zeros((len(errors), *enc.shape[1:]), dtype=np.float32)

@@ -11,16 +11,16 @@ In configs, ``zoo:<role>`` names a zoo model (roles: ``ROLES``).
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-ZOO_VERSION = "v1"
-ROLES = ("tokenizer", "clip", "vlm", "llm", "vae", "dit", "sd", "smollm2", "demo_dit")
-MARKER = ".complete"
+from actors.zoo_paths import MARKER, ROLES, ZOO_VERSION, default_zoo_dir, is_built, zoo_path
+from pipeline.core.write import atomic_folder
+
+__all__ = ["MARKER", "ROLES", "ZOO_VERSION", "default_zoo_dir", "is_built", "zoo_path", "build_role", "build_zoo",
+           "resolve_model_ref"]
 
 # Words the tiny tokenizers know: enough for prompts, captions and class names of the demo.
 _WORDS = """a an the of in on at with and or to is are this that photo image picture digit digits
@@ -32,26 +32,6 @@ subject setting lighting pose shape color colour texture size condition plain si
 pixels low resolution scan scanned cartoon anime painting realistic detailed sentence write
 caption summary describe describing object dog cat bird fish fruit car flower tree sky water
 grass indoor outdoor day night red green blue yellow orange purple brown pink , . : ; - '""".split()
-
-
-def default_zoo_dir() -> Path:
-    """``$SEMDISTILL_ZOO_DIR`` or the user cache dir (``~/.cache/semdistill/zoo-v1``)."""
-    env = os.environ.get("SEMDISTILL_ZOO_DIR")
-    if env:
-        return Path(env)
-    from platformdirs import user_cache_dir
-
-    return Path(user_cache_dir("semdistill")) / f"zoo-{ZOO_VERSION}"
-
-
-def zoo_path(role: str, zoo_dir: str | os.PathLike | None = None) -> Path:
-    if role not in ROLES:
-        raise KeyError(f"unknown zoo role {role!r}; known: {', '.join(ROLES)}")
-    return Path(zoo_dir or default_zoo_dir()) / role
-
-
-def is_built(role: str, zoo_dir: str | os.PathLike | None = None) -> bool:
-    return (zoo_path(role, zoo_dir) / MARKER).exists()
 
 
 def build_tokenizer(max_length: int = 77):
@@ -257,17 +237,8 @@ def build_role(role: str, zoo_dir: str | os.PathLike | None = None, force: bool 
     target = zoo_path(role, zoo_dir)
     if is_built(role, zoo_dir) and not force:
         return target, False
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{role}."))
-    try:
+    with atomic_folder(target, marker=MARKER, marker_text=ZOO_VERSION) as tmp:
         BUILDERS[role](tmp)
-        (tmp / MARKER).write_text(ZOO_VERSION)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target, True
 
 

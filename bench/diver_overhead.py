@@ -30,16 +30,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from actors.dit import (  # noqa: E402
-    RecoverSettings,
-    decode_latents,
-    encode_images,
-    image_noise,
-    image_seed,
-    load_dit,
-    recover_latents,
-    sample_latents,
-)
+from actors.dit import load_dit  # noqa: E402
+from actors.latents import decode_latents, encode_images  # noqa: E402
+from pipeline.core.seeds import image_seed  # noqa: E402
+from pipeline.diver.guidance import RecoverSettings, image_noise, recover_latents, sample_latents  # noqa: E402
 
 
 class PeakRSS:

@@ -31,7 +31,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from actors.dit import RecoverSettings, decode_latents, plain_dit_latents, recover_images
+from actors.dit import recover_images
+from actors.latents import decode_latents
+from pipeline.diver.guidance import RecoverSettings, plain_dit_latents
 
 # facebook/DiT-XL-2-256, transformer/config.json (written out: nothing is downloaded)
 DIT_XL_2_256 = dict(

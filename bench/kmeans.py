@@ -48,9 +48,9 @@ def inertia(x: np.ndarray, centroids: np.ndarray) -> float:
 
 
 def faiss_kmeans(x: np.ndarray, k: int, niter: int, nredo: int, seed: int, gpu: bool) -> np.ndarray:
-    """The pipeline's own k-means (``pipeline.cluster.kmeans``: FAISS on all points)."""
+    """The pipeline's own k-means (``pipeline.edits.buffer.kmeans``: FAISS on all points)."""
     try:
-        from pipeline.cluster import kmeans as project_kmeans
+        from pipeline.edits.buffer import kmeans as project_kmeans
     except ImportError:  # pragma: no cover - standalone copy of the script
         project_kmeans = None
     if project_kmeans is not None:

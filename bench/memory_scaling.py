@@ -41,7 +41,7 @@ def make_synthetic_dataset(root: str | Path, n_images: int, n_classes: int = 10,
     """``root/<class>/<i>.png``: digits of class ``c``, each copy shifted and noised with its own seed."""
     from PIL import Image
 
-    from pipeline.demo_data import digits_arrays
+    from pipeline.core.digits import digits_arrays
 
     images, labels = digits_arrays(size)
     root = Path(root)
@@ -84,12 +84,13 @@ def front_half_config(data_root: str | Path, out_dir: str | Path, **overrides: A
 
 def run_front_half(cfg, log=print, stages: tuple[str, ...] = FRONT_HALF) -> dict[str, Any]:
     """caption -> embed -> cluster with the EDITS stage runners, skipping stages already done."""
-    from pipeline import caption, cluster, embed
-    from pipeline.edits import StageState, prepare_run, stage_keys
-    from pipeline.faults import configure_data_context
-    from pipeline.ray_setup import ray_session
+    from pipeline.core.faults import configure_data_context
+    from pipeline.core.ray_setup import ray_session
+    from pipeline.edits import buffer, caption, embed
+    from pipeline.edits.run import prepare_run
+    from pipeline.edits.state import StageState, stage_keys
 
-    runners = {"caption": caption.run_stage, "embed": embed.run_stage, "cluster": cluster.run_stage}
+    runners = {"caption": caption.run_stage, "embed": embed.run_stage, "cluster": buffer.run_stage}
     run = prepare_run(cfg, log)
     keys = stage_keys(run)
     info: dict[str, Any] = {}

@@ -37,7 +37,7 @@ SIZE = 32  # the demo's image size (captioner, CLIP and DiT zoo models all work 
 
 
 def edits_rows(root: Path) -> tuple[list[dict[str, Any]], dict[str, str]]:
-    from pipeline.read import scan_image_folder
+    from pipeline.core.read import scan_image_folder
 
     index = scan_image_folder(root)
     names = {c: f"digit {c[-1]}" for c in index.classes}
@@ -56,8 +56,8 @@ def embedder_kwargs(zoo_dir: str | None) -> dict[str, Any]:
 
 def recover_rows(n: int, seed: int = 0) -> list[dict[str, Any]]:
     """``n`` distilled-like images: digits with noise, [0, 1] float HWC, a DiT class and a seed each."""
-    from actors.dit import image_seed
-    from pipeline.demo_data import digits_arrays
+    from pipeline.core.digits import digits_arrays
+    from pipeline.core.seeds import image_seed
 
     images, labels = digits_arrays(SIZE)
     rng = np.random.default_rng(seed)
@@ -72,8 +72,8 @@ def recover_rows(n: int, seed: int = 0) -> list[dict[str, Any]]:
 
 
 def recover_kwargs(zoo_dir: str | None) -> dict[str, Any]:
-    from actors.dit import RecoverSettings
     from actors.loading import resolve_ref
+    from pipeline.diver.guidance import RecoverSettings
 
     return {"model_ref": resolve_ref("dit", "zoo:dit", zoo_dir), "settings": RecoverSettings().as_dict(),
             "resolution": SIZE, "dtype": "float32"}
@@ -92,7 +92,7 @@ def chunks(rows: list[dict[str, Any]], n: int):
 def serial_edits(rows, names, zoo_dir, batch: int) -> int:
     from actors.captioner import Captioner
     from actors.clip_embedder import ClipEmbedder
-    from pipeline.read import decode_batch
+    from pipeline.core.read import decode_batch
 
     cap = Captioner(**captioner_kwargs(names, zoo_dir))
     emb = ClipEmbedder(**embedder_kwargs(zoo_dir))
@@ -123,7 +123,7 @@ def ray_edits(rows, names, zoo_dir, batch: int, pool: int, actor_cpus: float) ->
 
     from actors.captioner import Captioner
     from actors.clip_embedder import ClipEmbedder
-    from pipeline.read import decode_batch
+    from pipeline.core.read import decode_batch
 
     ds = ray.data.from_items(rows, override_num_blocks=max(1, len(rows) // batch))
     ds = ds.map_batches(decode_batch, fn_kwargs={"size": SIZE}, batch_size=batch, num_cpus=0.25)
@@ -159,7 +159,7 @@ def run(images: int, recover_images: int, batch: int, pool: int, actor_cpus: flo
 
     from actors.zoo import build_zoo
     from pipeline.config import RayConfig
-    from pipeline.ray_setup import init_ray
+    from pipeline.core.ray_setup import init_ray
 
     zoo_dir = os.environ.get("SEMDISTILL_ZOO_DIR")
     build_zoo(roles=("tokenizer", "clip", "vlm", "dit"), log=lambda _m: None)

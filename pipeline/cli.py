@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--size", type=int, default=32, help="image size in px (default 32)")
     d.add_argument("--val-fraction", type=float, default=0.2, help="share of each class kept for val (default 0.2)")
     d.add_argument("--seed", type=int, default=0, help="seed of the train/val split (default 0)")
-    d.set_defaults(func=_handler("pipeline.demo_cmd:data_demo", "foundation"))
+    d.set_defaults(func=_handler("pipeline.demo.commands:data_demo", "foundation"))
     c = dsub.add_parser("check", help="scan a dataset without models: list files it would skip, per-class counts")
     c.add_argument("root", help="ImageFolder root")
     c.add_argument("--ipc", type=int, default=1, help="fail when a class has fewer usable images (default 1)")
@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--class-names", default=None, help="id -> name table, to warn about duplicate class names")
     c.add_argument("--workers", type=int, default=1, help="decode with this many processes (default 1)")
     c.add_argument("--no-decode", action="store_true", help="only list files, do not decode them (fast)")
-    c.set_defaults(func=_handler("pipeline.data_check:main", "issue #6, reliability"))
+    c.set_defaults(func=_handler("pipeline.checks.data_check:main", "issue #6, reliability"))
 
     # zoo
     zoo = sub.add_parser("zoo", help="the tiny local model zoo (random-init models saved with save_pretrained)")
@@ -80,10 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     zb.add_argument("--dir", default=None, help="zoo folder (default $SEMDISTILL_ZOO_DIR or the user cache dir)")
     zb.add_argument("--force", action="store_true", help="rebuild even when present")
     zb.add_argument("--roles", nargs="*", default=None, help="only these roles")
-    zb.set_defaults(func=_handler("pipeline.demo_cmd:zoo_build", "foundation"))
+    zb.set_defaults(func=_handler("pipeline.demo.commands:zoo_build", "foundation"))
     zl = zsub.add_parser("list", help="list the zoo roles and whether each is built")
     zl.add_argument("--dir", default=None)
-    zl.set_defaults(func=_handler("pipeline.demo_cmd:zoo_list", "foundation"))
+    zl.set_defaults(func=_handler("pipeline.demo.commands:zoo_list", "foundation"))
     zt = zsub.add_parser("train-demo-dit", help="train the tiny class-conditional DiT (+VAE) on the demo digits")
     zt.add_argument("--data", default=None, help="demo dataset root (default: written to the zoo folder)")
     zt.add_argument("--dir", default=None, help="zoo folder")
@@ -108,13 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--out", required=True, help="output folder (ImageFolder + manifest + images.pt)")
     dm.add_argument("--iterations", type=int, default=None)
     dm.add_argument("--seed", type=int, default=0)
-    dm.set_defaults(func=_handler("pipeline.dm:main", "issue #3, DIVER"))
+    dm.set_defaults(func=_handler("pipeline.diver.dm:main", "issue #3, DIVER"))
 
     # demo
     dm_ = sub.add_parser("demo", help="the whole thing offline on a laptop: data, zoo, methods, evaluation, report")
     dm_.add_argument("--out", required=True, help="output folder")
     dm_.add_argument("--quick", action="store_true", help="smaller settings for a smoke run")
-    dm_.set_defaults(func=_handler("pipeline.demo_cmd:demo", "foundation"))
+    dm_.set_defaults(func=_handler("pipeline.demo.commands:demo", "foundation"))
 
     # eval
     e = sub.add_parser("eval", help="train students on a distilled set, test on the real val set")
@@ -131,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sweep", help="Ray Tune sweep over method settings (gamma, guidance_scale, ...)")
     s.add_argument("config", help="YAML config with a sweep section")
     _add_overrides(s)
-    s.set_defaults(func=_handler("tuning.sweep:main", "issue #4, Tune"))
+    s.set_defaults(func=_handler("pipeline.run:sweep_main", "issue #4, Tune"))
 
     # submit / plan
     sb = sub.add_parser("submit", help="submit a config to a Ray cluster with `ray job submit`")
@@ -158,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--ipc", type=int, default=None, help="also require exactly this many images per class")
     v.add_argument("--json", dest="as_json", action="store_true", help="print the report as JSON")
     v.add_argument("--no-decode", action="store_true", help="check files and checksums without decoding")
-    v.set_defaults(func=_handler("pipeline.verify:main", "issue #6, reliability"))
+    v.set_defaults(func=_handler("pipeline.checks.verify:main", "issue #6, reliability"))
     return parser
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from pipeline.write import MANIFEST, atomic_save_image, atomic_write_bytes
+from pipeline.core.write import MANIFEST, atomic_save_image, atomic_write_bytes
 
 
 def set_grid(set_dir: str | os.PathLike, per_class: int = 10, cell: int = 48,

@@ -11,8 +11,8 @@ from pipeline.config import Config, dump_config, load_config
 from pipeline.errors import ConfigError
 
 RUNNERS = {
-    "edits": "pipeline.edits:run_edits",
-    "diver": "pipeline.diver:run_diver",
+    "edits": "pipeline.edits.run:run_edits",
+    "diver": "pipeline.diver.run:run_diver",
 }
 
 
@@ -40,4 +40,18 @@ def main(args: argparse.Namespace) -> int:
 
         evaluate_run(cfg, summary)
         print(f"evaluation: {out / 'results.md'}")
+    return 0
+
+
+def sweep_main(args: argparse.Namespace) -> int:
+    """``semdistill sweep CONFIG``: a Ray Tune sweep whose trials distil with ``run_config``."""
+    import json
+    import os
+
+    from tuning.sweep import run_sweep
+
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
+    cfg = load_config(args.config, args.overrides)
+    summary = run_sweep(cfg, run_config)
+    print(json.dumps({"output": summary["output"], "best": summary["best"]}, indent=2, default=str))
     return 0

@@ -2,7 +2,7 @@
 """The EDITS text-prototype path on vLLM, for real, on a CPU (run by scripts/test-vllm-cpu.sh).
 
 1. ``ray.data.llm``: the project's ``actors.llm.summarize_with_vllm`` over a Ray Dataset of
-   summary requests built by ``pipeline.prompts`` (the same rows ``pipeline.prototype`` makes),
+   summary requests built by ``pipeline.edits.prompts`` (the same rows ``pipeline.edits.prototype`` makes),
    then ``prompts.clean_generated`` as in the stage. On a machine without GPUs the vLLM engine
    actor gets a CPU placement-group bundle instead of Ray Data LLM's default GPU bundle.
 2. ``--serve``: the same requests through ``actors.llm.OpenAIChat`` against a local
@@ -38,8 +38,8 @@ CLUSTERS = [  # (class name, k_text captions) as the cluster stage would hand th
 
 
 def request_rows(max_tokens: int, seed: int = 42) -> list[dict]:
-    from pipeline import prompts
-    from pipeline.seeds import stage_seed
+    from pipeline.core.seeds import stage_seed
+    from pipeline.edits import prompts
 
     rows = []
     for i, (name, caps) in enumerate(CLUSTERS):
@@ -72,7 +72,7 @@ def run_ray_data_llm(model: str, max_tokens: int, engine_kwargs: dict, tok=None)
     import ray
 
     from actors.llm import summarize_with_vllm
-    from pipeline import prompts
+    from pipeline.edits import prompts
 
     ray.init(address="local", num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False)
     try:
@@ -98,7 +98,7 @@ def free_port() -> int:
 def run_openai_server(model: str, max_tokens: int, tok=None, timeout_s: float = 900) -> list[tuple[str, str, str]]:
     """``vllm serve`` on 127.0.0.1, then the project's OpenAI-compatible client against it."""
     from actors.llm import OpenAIChat
-    from pipeline import prompts
+    from pipeline.edits import prompts
 
     port = free_port()
     # the module, not the `vllm` console script: that one reads the version of a distribution named

@@ -28,7 +28,7 @@ def zoo_dir() -> Path:
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The embedded demo digits (train/ and val/), written once per session."""
-    from pipeline.demo_data import write_demo_dataset
+    from pipeline.core.digits import write_demo_dataset
 
     root = tmp_path_factory.mktemp("digits")
     write_demo_dataset(root)
@@ -41,7 +41,7 @@ def ray_local():
     import ray
 
     from pipeline.config import RayConfig
-    from pipeline.ray_setup import init_ray
+    from pipeline.core.ray_setup import init_ray
 
     started = init_ray(RayConfig(num_cpus=2, object_store_memory_mb=512))
     yield ray

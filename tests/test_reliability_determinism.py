@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.fixed_batches import chunks, pad_rows, run_fixed
-from pipeline.seeds import image_seed
+from pipeline.core.batching import chunks, pad_rows, run_fixed
+from pipeline.core.seeds import image_seed
 
 
 def test_run_fixed_pads_trims_and_concatenates():
@@ -42,7 +42,8 @@ def dit(zoo_dir):
 def test_diver_recovery_is_batch_size_invariant(dit):
     """DIVER on the zoo DiT: 5 images as one Ray batch, as 5 batches of 1, and as 2+3 give the
     same floats (not just the same uint8) when the model runs in fixed micro-batches of 4."""
-    from actors.dit import RecoverSettings, recover_images
+    from actors.dit import recover_images
+    from pipeline.diver.guidance import RecoverSettings
 
     transformer, vae, scheduler = dit
     settings = RecoverSettings(num_inference_steps=4, start_step=1, fusion_window=(3, 1), gamma=0.1)

@@ -2,7 +2,7 @@
 and the same config and seed give byte-identical outputs whatever the pool and batch sizes.
 
 DIVER on the zoo DiT (6 tiny images, 3 reverse steps) through the real runner
-(``pipeline.diver.run_diver``): Ray Data actor pool, retries, manifest writer, verify.
+(``pipeline.diver.run.run_diver``): Ray Data actor pool, retries, manifest writer, verify.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from pipeline.checks.verify import verify_set
 from pipeline.config import config_from_dict
-from pipeline.faults import injected_faults
-from pipeline.verify import verify_set
-from pipeline.write import read_manifest
+from pipeline.core.faults import injected_faults
+from pipeline.core.write import read_manifest
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,7 @@ def stage1_pt(tmp_path_factory) -> Path:
 
 
 def _diver(stage1_pt: Path, zoo_dir: Path, out: Path, pool: int, batch: int, **debug) -> dict[str, bytes]:
-    from pipeline.diver import run_diver
+    from pipeline.diver.run import run_diver
 
     cfg = config_from_dict({
         "method": "diver",
@@ -64,7 +64,7 @@ def test_faults_pool_and_batch_size_do_not_change_diver_outputs(stage1_pt, zoo_d
 
 
 def _edits(demo_root: Path, zoo_dir: Path, out: Path, pool: int, batch: int, **debug) -> dict[str, object]:
-    from pipeline.edits import run_edits
+    from pipeline.edits.run import run_edits
 
     roles = ("caption", "embed", "vae", "llm", "generate")
     cfg = config_from_dict({

@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.core.read import BadImageError, load_rgb, scan_image_folder
+from pipeline.core.write import DistilledSetWriter
 from pipeline.errors import DataError
-from pipeline.read import BadImageError, load_rgb, scan_image_folder
-from pipeline.write import DistilledSetWriter
 
 
 def random_real(real_root: str | os.PathLike, out: str | os.PathLike, ipc: int, seed: int = 0,

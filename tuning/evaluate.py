@@ -27,9 +27,9 @@ import numpy as np
 import torch
 
 from pipeline.config import EvalConfig, RayConfig
+from pipeline.core.read import BadImageError, load_rgb, scan_image_folder
+from pipeline.core.write import MANIFEST, atomic_write_bytes, atomic_write_json
 from pipeline.errors import DataError
-from pipeline.read import BadImageError, load_rgb, scan_image_folder
-from pipeline.write import MANIFEST, atomic_write_bytes, atomic_write_json
 from tuning.protocols import TrainSpec, resolve_preset, train_student, train_teacher
 from tuning.students import build_student, check_students
 
@@ -282,7 +282,7 @@ def evaluate_sets(sets: dict[str, str | os.PathLike], val_root: str | os.PathLik
         runs = [run_local_job(j, _teacher_normalised(arrays[j["set"]], teacher_state), teacher_state)
                 for j in jobs]
     else:
-        from pipeline.ray_setup import ray_session
+        from pipeline.core.ray_setup import ray_session
 
         with ray_session(ray_cfg):
             import ray

@@ -18,16 +18,14 @@ Outputs in ``<output.dir>/sweep/``: ``sweep_results.json`` (every trial), ``swee
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import Config, EvalConfig, SweepConfig, config_from_dict, dump_config, load_config
+from pipeline.config import Config, EvalConfig, SweepConfig, config_from_dict, dump_config
+from pipeline.core.write import atomic_write_bytes, atomic_write_json
 from pipeline.errors import ConfigError
-from pipeline.write import atomic_write_bytes, atomic_write_json
 
 RANGE_KINDS = ("uniform", "loguniform", "randint", "choice")
 
@@ -81,8 +79,11 @@ def _students(cfg: Config) -> list[str]:
     return list(cfg.sweep.students or ev.students) if cfg.sweep else list(ev.students)
 
 
-def generate(cfg: Config, trial_dir: Path) -> str:
-    """The trial's distilled set: the config's method, or random real images for ``method: none``."""
+RunMethod = Callable[[Config], dict[str, Any]]
+
+
+def generate(cfg: Config, trial_dir: Path, run_method: RunMethod) -> str:
+    """The trial's distilled set: ``run_method(cfg)`` (the config's method), or random real images for ``method: none``."""
     if cfg.method == "none":
         from tuning.baselines import random_real
 
@@ -90,12 +91,11 @@ def generate(cfg: Config, trial_dir: Path) -> str:
             raise ConfigError("sweep with method none needs data.root (random real baseline)")
         return random_real(cfg.data.root, trial_dir / "set", cfg.sweep.baseline_ipc, seed=cfg.sweep.seed,
                            size=cfg.data.image_size, classes=cfg.data.classes)["output"]
-    from pipeline.run import run_config
-
-    return str(run_config(cfg)["output"])
+    return str(run_method(cfg)["output"])
 
 
-def run_trial(config: dict[str, Any], base: dict[str, Any], names: list[str], trials_dir: str) -> None:
+def run_trial(config: dict[str, Any], base: dict[str, Any], names: list[str], trials_dir: str,
+              run_method: RunMethod) -> None:
     """Tune function trainable: generate, then evaluate the students one by one, reporting as it goes."""
     from ray import tune
 
@@ -105,7 +105,7 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], names: list[str], tr
     trial_dir = Path(trials_dir) / tune.get_context().get_trial_id()
     base = config_from_dict(base, source="<sweep base>")
     cfg = apply_params(base, {**params, "output.dir": str(trial_dir)})
-    output = generate(cfg, trial_dir)
+    output = generate(cfg, trial_dir, run_method)
     ev = (cfg.eval or EvalConfig()).model_copy()
     ev_fields = {**ev.model_dump(include=ev.model_fields_set), "backend": "local",
                  "repeats": cfg.sweep.repeats, "image_size": cfg.data.image_size,
@@ -168,12 +168,16 @@ def _md(trials: list[dict[str, Any]], names: list[str], best_id: str | None) -> 
     return "\n".join(lines) + "\n"
 
 
-def run_sweep(cfg: Config, log=print) -> dict[str, Any]:
-    """Run the Tune sweep described by ``cfg.sweep``; write results; return the best trial."""
+def run_sweep(cfg: Config, run_method: RunMethod, log=print) -> dict[str, Any]:
+    """Run the Tune sweep described by ``cfg.sweep``; write results; return the best trial.
+
+    ``run_method(cfg)`` distils one trial's set (``pipeline.run.run_config``; passed in so that
+    this layer does not import the methods above it).
+    """
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    from pipeline.ray_setup import ray_session
+    from pipeline.core.ray_setup import ray_session
 
     if cfg.sweep is None:
         raise ConfigError("the config has no sweep section (see configs/demo_sweep.yaml)")
@@ -206,7 +210,8 @@ def run_sweep(cfg: Config, log=print) -> dict[str, Any]:
                                       reduction_factor=2)
         tuner = tune.Tuner(
             tune.with_resources(tune.with_parameters(run_trial, base=base.model_dump(mode="json"), names=names,
-                                                     trials_dir=str(out / "trials")), resources),
+                                                     trials_dir=str(out / "trials"),
+                                                     run_method=run_method), resources),
             param_space=space,
             tune_config=tune.TuneConfig(metric=sweep.metric, mode="max", num_samples=sweep.num_samples,
                                         scheduler=scheduler, max_concurrent_trials=limit),
@@ -239,11 +244,3 @@ def run_sweep(cfg: Config, log=print) -> dict[str, Any]:
     log(_md(trials, names, best["trial_id"]))
     log(f"best: {best['params']} -> mean top-1 {best['mean_top1']:.2f}% ; wrote {out}")
     return {"output": str(out), "best": best, "trials": trials, "plot": str(plot) if plot else None}
-
-
-def main(args: argparse.Namespace) -> int:
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
-    cfg = load_config(args.config, args.overrides)
-    summary = run_sweep(cfg)
-    print(json.dumps({"output": summary["output"], "best": summary["best"]}, indent=2, default=str))
-    return 0

@@ -1,0 +1,1 @@
+"""Checks on data and outputs: `data check` and `verify`."""

@@ -1,0 +1,1 @@
+"""Shared machinery: reading, atomic writing, Ray setup, seeds, faults, skips, batching."""

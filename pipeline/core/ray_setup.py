@@ -1,0 +1,70 @@
+"""The one place that starts (or joins) Ray, and stops only what it started."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import ray
+
+from pipeline.config import Config, RayConfig
+
+
+def init_ray(cfg: RayConfig | None = None) -> bool:
+    """Connect to Ray; return True when this call started a new local instance.
+
+    Order: an already initialised Ray is reused; ``cfg.address`` or ``RAY_ADDRESS``
+    joins a cluster (``ray job submit`` sets it); otherwise a new *local* instance
+    (``address="local"``, never an unrelated cluster found on the machine) with a
+    bounded object store, so several runs fit on a 2-core laptop.
+    """
+    cfg = cfg or RayConfig()
+    if ray.is_initialized():
+        return False
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    address = cfg.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, ignore_reinit_error=True, log_to_driver=True)
+        return False
+    kwargs: dict = {"address": "local", "include_dashboard": False, "log_to_driver": True}
+    if cfg.num_cpus is not None:
+        kwargs["num_cpus"] = cfg.num_cpus
+    if cfg.object_store_memory_mb:
+        kwargs["object_store_memory"] = cfg.object_store_memory_mb * 1024 * 1024
+    ray.init(**kwargs)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = os.environ.get("SEMDISTILL_PROGRESS", "1") != "0"
+    return True
+
+
+@contextlib.contextmanager
+def ray_session(cfg: RayConfig | None = None) -> Iterator[None]:
+    """``with ray_session(cfg):`` runs the body on Ray and shuts down only a Ray it started."""
+    started = init_ray(cfg)
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def actor_resources(cfg: RayConfig) -> dict[str, float]:
+    """Per-actor resources: fractional CPUs so read tasks never starve on 2 cores."""
+    res: dict[str, float] = {"num_cpus": cfg.actor_num_cpus}
+    if cfg.actor_num_gpus:
+        res["num_gpus"] = cfg.actor_num_gpus
+    return res
+
+
+def pool_kwargs(cfg: Config, role: str) -> dict[str, Any]:
+    """``map_batches`` kwargs for an actor pool of ``role`` (size, batch, resources, restarts)."""
+    import ray.data
+
+    from pipeline.core.faults import actor_remote_args
+
+    size = int(cfg.ray.pool_sizes.get(role, 1))
+    return {"compute": ray.data.ActorPoolStrategy(size=max(1, size)),
+            "batch_size": int(cfg.ray.batch_sizes.get(role, 8)),
+            **actor_resources(cfg.ray), **actor_remote_args(cfg.ray)}

@@ -1,0 +1,249 @@
+"""Write a distilled set: ImageFolder + ``manifest.json``, every file atomically.
+
+The manifest is the source of truth: an image counts as done only once its entry is in
+the manifest, and the manifest is replaced atomically after the image file exists. A
+crash leaves at most an orphan ``.tmp`` file, never a half-written image or manifest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from pipeline.errors import DataError
+
+MANIFEST = "manifest.json"
+_SAFE = re.compile(r"[^A-Za-z0-9._+-]")
+
+
+def safe_name(text: str) -> str:
+    """A file-system-safe name for a class id or file stem; never escapes its folder."""
+    name = _SAFE.sub("_", str(text)).strip("._")
+    return name or "_"
+
+
+def plain_component(text: str) -> bool:
+    """True when ``text`` can be used verbatim as one path component inside a folder.
+
+    Unicode and spaces are fine (real class folders have them); separators, ``.``/``..``,
+    a leading dot, control characters and over-long names are not.
+    """
+    text = str(text)
+    return (
+        bool(text) and text not in (".", "..") and not text.startswith(".")
+        and not any(c in text for c in "/\\") and not any(ord(c) < 32 or ord(c) == 127 for c in text)
+        and len(text.encode("utf-8", "surrogateescape")) <= 200 and text == text.strip()
+    )
+
+
+def component_name(text: str) -> str:
+    """A path component for a class id or key: the text itself when plain, else
+    ``safe_name(text)`` plus a short hash, so distinct ids never share a folder and none escapes."""
+    text = str(text)
+    if plain_component(text):
+        return text
+    digest = hashlib.sha1(text.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    return f"{safe_name(text)[:100]}-{digest}"
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where Linux allows (os.umask would, briefly)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temp file in the same folder and ``os.replace``.
+
+    The file gets the mode a plain ``open`` would give (0666 minus the umask), not
+    ``mkstemp``'s private 0600, so a shared output folder stays readable to the team.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_bytes(path, json.dumps(obj, indent=2, sort_keys=False, default=str).encode())
+
+
+def atomic_save_image(path: str | os.PathLike, image: np.ndarray | Image.Image) -> str:
+    """Save an image (uint8 HxWx3 array or PIL) atomically; the format follows the suffix.
+
+    Returns the sha256 of the bytes written (the manifest keeps it to detect corruption).
+    """
+    import io
+
+    im = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image, dtype=np.uint8))
+    buf = io.BytesIO()
+    fmt = "JPEG" if str(path).lower().endswith((".jpg", ".jpeg")) else "PNG"
+    im.save(buf, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+    data = buf.getvalue()
+    atomic_write_bytes(path, data)
+    return hashlib.sha256(data).hexdigest()
+
+
+class DistilledSetWriter:
+    """Writes ``out/<class_id>/<key>.png`` plus ``out/manifest.json``; resumes from the manifest.
+
+    ``key`` identifies one output image (e.g. ``c3_i07``); writing a key already in the
+    manifest is a no-op, so a re-run after a crash neither loses nor duplicates images.
+    """
+
+    def __init__(self, out_dir: str | os.PathLike, method: str, settings: dict[str, Any] | None = None,
+                 image_format: str = "png") -> None:
+        self.out_dir = Path(out_dir)
+        self.image_format = image_format
+        self.manifest_path = self.out_dir / MANIFEST
+        if self.manifest_path.exists():
+            self.manifest = read_manifest(self.out_dir)
+            if self.manifest.get("method") != method:
+                    raise DataError(
+                    f"{self.manifest_path} belongs to method {self.manifest.get('method')!r}, not {method!r}; "
+                    "choose another output.dir"
+                )
+        else:
+            self.manifest = {"method": method, "settings": settings or {}, "images": []}
+        # an entry whose file vanished is not done: drop it so a re-run writes it again
+        self.dropped = [e for e in self.manifest["images"] if not (self.out_dir / e["file"]).is_file()]
+        if self.dropped:
+            self.manifest["images"] = [e for e in self.manifest["images"] if e not in self.dropped]
+        self._done = {e["key"] for e in self.manifest["images"]}
+        self._files = {e["file"]: e["key"] for e in self.manifest["images"]}
+
+    def set_expected(self, counts: dict[str, int]) -> None:
+        """Record how many images each class should end with (``semdistill verify`` checks it)."""
+        self.manifest["expected_counts"] = {str(k): int(v) for k, v in counts.items()}
+        self.flush()
+
+    def finish(self, summary: dict[str, Any] | None = None) -> None:
+        """Mark the set complete (optionally with a run summary) and flush."""
+        self.manifest["complete"] = True
+        if summary is not None:
+            self.manifest["summary"] = summary
+        self.flush()
+
+    def done(self, key: str) -> bool:
+        return key in self._done
+
+    @property
+    def entries(self) -> list[dict[str, Any]]:
+        return self.manifest["images"]
+
+    def add(self, key: str, class_id: str, label: int, image: np.ndarray | Image.Image,
+            meta: dict[str, Any] | None = None, flush: bool = True) -> Path | None:
+        """Write one image and its manifest entry; returns its path, or None if already done."""
+        if key in self._done:
+            return None
+        rel = Path(component_name(class_id)) / f"{component_name(key)}.{self.image_format}"
+        if self._files.get(rel.as_posix(), key) != key:
+            raise DataError(f"keys {self._files[rel.as_posix()]!r} and {key!r} map to the same file {rel}")
+        digest = atomic_save_image(self.out_dir / rel, image)
+        entry = {"key": key, "file": rel.as_posix(), "class_id": class_id, "label": int(label), "sha256": digest}
+        entry.update(meta or {})
+        self.manifest["images"].append(entry)
+        self._done.add(key)
+        self._files[rel.as_posix()] = key
+        if flush:
+            self.flush()
+        return self.out_dir / rel
+
+    def flush(self) -> None:
+        self.manifest["images"].sort(key=lambda e: (e["label"], e["key"]))
+        atomic_write_json(self.manifest_path, self.manifest)
+
+
+def read_manifest(out_dir: str | os.PathLike) -> dict[str, Any]:
+    path = Path(out_dir) / MANIFEST
+    if not path.is_file():
+        raise DataError(f"no {MANIFEST} in {out_dir}: not a semdistill output folder")
+    try:
+        man = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DataError(f"{path} is not valid JSON ({err}); the set cannot be trusted, re-run into a new folder") \
+            from None
+    if not isinstance(man, dict) or not isinstance(man.get("images"), list):
+        raise DataError(f"{path} has no 'images' list: not a semdistill manifest")
+    return man
+
+
+def write_parquet(path: str | os.PathLike, columns: dict[str, Any]) -> None:
+    """Write columns atomically; 2-D float arrays become fixed-size lists (read back by ``read_parquet``)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    arrays = {}
+    for name, col in columns.items():
+        arr = np.asarray(col) if not isinstance(col, list) else col
+        if isinstance(arr, np.ndarray) and arr.ndim == 2 and arr.dtype.kind == "f":
+            flat = pa.array(np.ascontiguousarray(arr, dtype=np.float32).ravel())
+            arrays[name] = pa.FixedSizeListArray.from_arrays(flat, int(arr.shape[1]))
+        else:
+            arrays[name] = pa.array(list(arr) if isinstance(arr, np.ndarray) and arr.dtype == object else arr)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    pq.write_table(pa.table(arrays), tmp)
+    os.replace(tmp, path)
+
+
+def remove(*paths: Path) -> None:
+    """Delete files and folders (missing ones are fine)."""
+    for p in paths:
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+
+
+@contextlib.contextmanager
+def atomic_folder(target: str | os.PathLike, marker: str | None = None, marker_text: str = "") -> Iterator[Path]:
+    """Build a folder in a temporary sibling and swap it in whole when the block succeeds.
+
+    Yields the temporary folder; on success writes ``marker`` (if given) inside it, replaces
+    ``target`` and renames; on any error (or interrupt) the temporary folder is removed and
+    ``target`` is left as it was.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        yield tmp
+        if marker:
+            (tmp / marker).write_text(marker_text)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

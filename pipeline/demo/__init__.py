@@ -1,0 +1,1 @@
+"""The offline demo: the digits, the zoo commands and the end-to-end run."""

@@ -1,0 +1,1 @@
+"""DIVER: stage-1 inputs, the DM distiller, the guidance maths and the run."""

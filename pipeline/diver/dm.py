@@ -1,0 +1,166 @@
+"""DM (distribution matching, Zhao & Bilen 2023): the built-in classical stage-1 distiller.
+
+Synthetic images per class are optimised so that randomly initialised ConvNets embed them
+like the real class: each iteration draws a fresh ConvNet, augments real and synthetic
+images of a class with the same DSA seed, and minimises the squared distance between the
+mean embeddings, summed over classes (SGD on the pixels, momentum 0.5, as the reference).
+Images live in normalised space (per-channel mean/std of the real set) and are written as
+``images.pt`` (normalised, with its mean/std, the format MTT-style tools expect) plus an
+ImageFolder of PNGs and a ``manifest.json``.
+
+``semdistill distill dm --data DIR --ipc K --out OUT`` runs it from the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline.config import DMConfig
+from pipeline.diver.inputs import IMAGES_PT, normalize, save_pt
+from pipeline.errors import DataError
+
+
+def load_real(root: str | Path, image_size: int | None = None, max_per_class: int | None = None,
+              classes: list[str] | None = None) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Real ImageFolder -> uint8 ``[N, 3, S, S]``, labels, class ids. ``S`` defaults to the first image's side."""
+    from pipeline.core.read import BadImageError, load_rgb, scan_image_folder
+
+    index = scan_image_folder(root, classes=classes, max_per_class=max_per_class)
+    if image_size is None:
+        from PIL import Image
+
+        with Image.open(index.records[0].path) as im:
+            image_size = min(im.size)
+    arrays, labels = [], []
+    for r in index.records:
+        try:
+            arrays.append(load_rgb(r.path, image_size))
+            labels.append(r.label)
+        except BadImageError:
+            continue  # skip-and-continue: DM only needs class statistics
+    if not arrays:
+        raise DataError(f"no readable images under {root}")
+    x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    return x, torch.tensor(labels, dtype=torch.long), list(index.classes)
+
+
+def channel_stats(images_u8: torch.Tensor) -> tuple[list[float], list[float]]:
+    x = images_u8.float() / 255.0
+    return x.mean(dim=(0, 2, 3)).tolist(), x.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
+
+
+def distill_dm(images_u8: torch.Tensor, labels: torch.Tensor, num_classes: int, ipc: int, cfg: DMConfig,
+               mean: list[float], std: list[float], device: torch.device | None = None,
+               log: Callable[[str], None] = print) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    """Run DM; returns synthetic images in [0, 1] ``[num_classes * ipc, 3, H, W]``, their labels and stats."""
+    from tuning.augment import DSA
+    from tuning.convnet import ConvNet
+
+    device = device or torch.device("cpu")
+    gen = torch.Generator().manual_seed(cfg.seed)
+    by_class = [torch.nonzero(labels == c).flatten() for c in range(num_classes)]
+    small = [c for c, idx in enumerate(by_class) if len(idx) == 0]
+    if small:
+        raise DataError(f"DM: classes {small} have no real images")
+    real_norm = lambda idx: normalize(images_u8[idx].float() / 255.0, mean, std)  # noqa: E731
+    _, c_, h, w = images_u8.shape
+    if cfg.init == "real":
+        picks = []
+        for idx in by_class:
+            order = idx[torch.randperm(len(idx), generator=gen)]
+            picks.append(order[torch.arange(ipc) % len(order)])
+        syn = real_norm(torch.cat(picks))
+    else:
+        syn = torch.randn((num_classes * ipc, c_, h, w), generator=gen)
+    syn = syn.to(device).requires_grad_(True)
+    syn_labels = torch.arange(num_classes).repeat_interleave(ipc)
+    opt = torch.optim.SGD([syn], lr=cfg.lr_img, momentum=0.5)
+    dsa = DSA() if cfg.dsa else None
+    losses: list[float] = []
+    t0 = time.time()
+    for it in range(cfg.iterations):
+        net_seed = int(torch.randint(2**31 - 1, (1,), generator=gen))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(net_seed)
+            net = ConvNet(c_, num_classes, width=cfg.net_width, depth=cfg.net_depth, im_size=h)
+        net = net.to(device).requires_grad_(False)
+        reals, syns, sizes = [], [], []
+        for c, idx in enumerate(by_class):
+            take = idx[torch.randperm(len(idx), generator=gen)[: cfg.batch_real]]
+            r = real_norm(take).to(device)
+            s = syn[c * ipc:(c + 1) * ipc]
+            if dsa is not None:
+                seed = int(torch.randint(2**31 - 1, (1,), generator=gen))
+                r, s = dsa(r, seed), dsa(s, seed)
+            reals.append(r)
+            syns.append(s)
+            sizes.append(len(r))
+        with torch.no_grad():
+            emb_r = net.embed(torch.cat(reals))
+        emb_s = net.embed(torch.cat(syns)).reshape(num_classes, ipc, -1).mean(1)
+        mean_r = torch.stack([e.mean(0) for e in emb_r.split(sizes)])
+        loss = ((mean_r - emb_s) ** 2).sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+        if it % max(1, cfg.iterations // 5) == 0 or it == cfg.iterations - 1:
+            log(f"  dm ipc {ipc} iter {it:5d}  loss {losses[-1]:.3f}  ({time.time() - t0:.0f}s)")
+    m = torch.as_tensor(mean).view(1, -1, 1, 1)
+    s_ = torch.as_tensor(std).view(1, -1, 1, 1)
+    out01 = (syn.detach().cpu() * s_ + m).clamp(0, 1)
+    return out01, syn_labels, {"loss_first": losses[0], "loss_last": losses[-1], "seconds": time.time() - t0}
+
+
+def run_dm(data_root: str | Path, out_dir: str | Path, cfg: DMConfig, ipc: int | None = None,
+           image_size: int | None = None, max_per_class: int | None = None, classes: list[str] | None = None,
+           device: str | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """DM-distil ``data_root`` into ``out_dir`` (``images.pt`` + ImageFolder + manifest); resumes when done."""
+    from actors.loading import pick_device
+    from pipeline.core.write import DistilledSetWriter, atomic_write_json
+
+    ipc = ipc or cfg.ipc
+    out = Path(out_dir)
+    done_marker = out / "dm_done.json"
+    if done_marker.is_file() and (out / IMAGES_PT).is_file():
+        info = json.loads(done_marker.read_text())
+        if info.get("ipc") == ipc and info.get("settings") == cfg.model_dump(mode="json"):
+            log(f"  dm ipc {ipc}: reusing {out}")
+            return info
+    images, labels, class_ids = load_real(data_root, image_size, max_per_class, classes)
+    mean, std = channel_stats(images)
+    dev = pick_device(device)
+    log(f"DM: {len(images)} real images, {len(class_ids)} classes, ipc {ipc}, {cfg.iterations} iterations on {dev}")
+    syn, syn_labels, stats = distill_dm(images, labels, len(class_ids), ipc, cfg, mean, std, dev, log)
+    save_pt(out / IMAGES_PT, syn, syn_labels, class_ids, mean, std)
+    settings = {"ipc": ipc, **cfg.model_dump(mode="json"), "mean": mean, "std": std, "data": str(data_root)}
+    writer = DistilledSetWriter(out, "dm", settings)
+    arr = (syn.permute(0, 2, 3, 1).numpy() * 255 + 0.5).astype(np.uint8)
+    for i, lab in enumerate(syn_labels.tolist()):
+        k = i % ipc
+        cid = class_ids[lab]
+        writer.add(f"c{cid}_i{k:03d}", cid, lab, arr[i], {"index": k, "pt_index": i}, flush=False)
+    writer.flush()
+    info = {"ipc": ipc, "settings": cfg.model_dump(mode="json"), "output": str(out), "images": int(len(syn)),
+            "classes": class_ids, "mean": mean, "std": std, **stats}
+    atomic_write_json(done_marker, info)
+    return info
+
+
+def main(args: argparse.Namespace) -> int:
+    overrides: dict[str, Any] = {"ipc": args.ipc, "seed": args.seed}
+    if args.iterations is not None:
+        overrides["iterations"] = args.iterations
+    cfg = DMConfig(**overrides)
+    info = run_dm(args.data, args.out, cfg)
+    print(f"wrote {info['images']} DM images ({len(info['classes'])} classes x ipc {info['ipc']}) to {args.out}; "
+          f"loss {info['loss_first']:.3f} -> {info['loss_last']:.3f} in {info['seconds']:.0f}s")
+    return 0

@@ -1,0 +1,289 @@
+"""Read a classical distilled set (stage-1 input of DIVER) and undo its normalisation.
+
+Formats:
+- ``imagefolder``: ``root/<class_id>/<image>`` (pixels, so no normalisation to undo);
+- ``pt``: one ``torch.save`` file holding a dict with ``images`` ``[N, C, H, W]`` and ``labels``
+  ``[N]`` (also accepted: ``image_syn``/``label_syn``, ``x``/``y``, or a tuple ``(images, labels)``),
+  optionally ``mean``/``std`` (the normalisation it was saved with) and ``classes``;
+- ``mtt``: a folder (or the file itself) with MTT/EDF-style ``images_best.pt`` + ``labels_best.pt``.
+  Soft labels ``[N, K]`` become their argmax.
+
+``auto`` picks ``mtt`` when ``images_best.pt`` is present, ``pt`` for a ``.pt`` file or a folder
+holding ``images.pt`` (what ``semdistill distill dm`` writes), else ``imagefolder``.
+Images come back as float ``[N, 3, H, W]`` in [0, 1] (grey sets are repeated to 3 channels).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.errors import DataError
+
+IMAGES_PT = "images.pt"
+PRESETS = {  # well-known normalisations, for configs and error hints
+    "imagenet": ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+    "cifar10": ([0.4914, 0.4822, 0.4465], [0.2023, 0.1994, 0.2010]),
+    "cifar100": ([0.5071, 0.4866, 0.4409], [0.2673, 0.2564, 0.2762]),
+}
+
+
+@dataclass
+class Stage1Set:
+    """A distilled set in memory: pixels in [0, 1], labels, and where each image came from."""
+
+    images: torch.Tensor  # [N, 3, H, W] float32 in [0, 1]
+    labels: torch.Tensor  # [N] int64, index into ``classes``
+    classes: list[str]  # class ids in label order
+    sources: list[str]  # per image: file path or "<file>#<index>"
+    fmt: str = "imagefolder"
+    normalization: dict[str, list[float]] | None = field(default=None)
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def class_ids(self) -> list[str]:
+        return [self.classes[int(i)] for i in self.labels]
+
+    def index_in_class(self) -> list[int]:
+        """Position of each image among the images of its class (stable: input order)."""
+        seen: dict[int, int] = {}
+        out = []
+        for lab in self.labels.tolist():
+            out.append(seen.get(lab, 0))
+            seen[lab] = out[-1] + 1
+        return out
+
+
+def detect_format(path: str | os.PathLike) -> str:
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"distilled set not found: {p}")
+    if p.is_dir():
+        if (p / "images_best.pt").is_file():
+            return "mtt"
+        if (p / IMAGES_PT).is_file():
+            return "pt"
+        return "imagefolder"
+    if p.name == "images_best.pt":
+        return "mtt"
+    if p.suffix in (".pt", ".pth"):
+        return "pt"
+    raise DataError(f"cannot tell the format of {p}: give a folder, a .pt file or images_best.pt")
+
+
+def denormalize(images: torch.Tensor, mean: Sequence[float] | None, std: Sequence[float] | None) -> torch.Tensor:
+    """``x * std + mean`` per channel (no-op without mean/std)."""
+    if mean is None and std is None:
+        return images
+    c = images.shape[1]
+    m = torch.as_tensor(list(mean) if mean is not None else [0.0] * c, dtype=images.dtype).view(1, -1, 1, 1)
+    s = torch.as_tensor(list(std) if std is not None else [1.0] * c, dtype=images.dtype).view(1, -1, 1, 1)
+    if m.shape[1] not in (1, c) or s.shape[1] not in (1, c):
+        raise DataError(f"input_mean/input_std have {m.shape[1]}/{s.shape[1]} values for {c}-channel images")
+    return images * s + m
+
+
+def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    m = torch.as_tensor(list(mean), dtype=images.dtype).view(1, -1, 1, 1)
+    s = torch.as_tensor(list(std), dtype=images.dtype).view(1, -1, 1, 1)
+    return (images - m) / s
+
+
+def _to_pixels(images: torch.Tensor, mean, std, source: str) -> torch.Tensor:
+    """Normalised tensor -> float [0, 1] RGB; refuses to guess when the range says it is normalised."""
+    if images.ndim != 4:
+        raise DataError(f"{source}: images must be [N, C, H, W], got shape {list(images.shape)}")
+    if images.dtype == torch.uint8:
+        x = images.float() / 255.0
+    else:
+        x = images.float()
+        bad = (~torch.isfinite(x)).flatten(1).any(1).nonzero().flatten().tolist()
+        if bad:
+            raise DataError(f"{source}: pixel values are not finite (NaN/inf) in image {bad[:10]}")
+        if mean is not None or std is not None:
+            x = denormalize(x, mean, std)
+        elif x.numel() and (float(x.min()) < -0.05 or float(x.max()) > 1.05):
+            raise DataError(
+                f"{source}: values span [{float(x.min()):.2f}, {float(x.max()):.2f}], so the set looks normalised "
+                "but no mean/std was given; set diver.input_mean and diver.input_std (ImageNet subsets: "
+                f"{PRESETS['imagenet'][0]} / {PRESETS['imagenet'][1]})"
+            )
+    if x.shape[1] == 1:
+        x = x.repeat(1, 3, 1, 1)
+    if x.shape[1] != 3:
+        raise DataError(f"{source}: expected 1 or 3 channels, got {x.shape[1]}")
+    return x.clamp(0, 1).contiguous()
+
+
+def _labels_1d(labels, n: int, source: str) -> torch.Tensor:
+    y = torch.as_tensor(labels)
+    if y.ndim == 2 and y.shape[1] == 1:  # a label column [N, 1]
+        y = y[:, 0]
+    elif y.ndim == 2:  # soft labels
+        y = y.argmax(1)
+    y = y.reshape(-1).long()
+    if y.shape[0] != n:
+        raise DataError(f"{source}: {n} images but {y.shape[0]} labels")
+    return y
+
+
+def _classes_for(y: torch.Tensor, classes: Sequence[str] | None) -> tuple[torch.Tensor, list[str]]:
+    """Map raw label values to indices into the class list (default: the sorted label values)."""
+    if y.numel() and int(y.min()) < 0:
+        raise DataError(f"negative label {int(y.min())}: labels must be class indices >= 0")
+    if classes is not None:
+        classes = [str(c) for c in classes]
+        dups = sorted({c for c in classes if classes.count(c) > 1})
+        if dups:
+            raise DataError(f"the set lists these class ids more than once: {dups[:10]}")
+        if y.numel() and int(y.max()) >= len(classes):
+            raise DataError(f"label {int(y.max())} but only {len(classes)} class ids")
+        return y, classes
+    values = sorted(set(y.tolist()))
+    if values == list(range(len(values))) or not values:
+        return y, [str(v) for v in values]
+    pos = {v: i for i, v in enumerate(values)}
+    return torch.tensor([pos[v] for v in y.tolist()]), [str(v) for v in values]
+
+
+def _load(path: Path):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise DataError(f"cannot read {path}: {type(err).__name__}: {err}") from None
+
+
+def read_pt(path: str | os.PathLike, mean=None, std=None) -> Stage1Set:
+    p = Path(path)
+    if p.is_dir():
+        p = p / IMAGES_PT
+    obj = _load(p)
+    classes = None
+    if isinstance(obj, dict):
+        img_key = next((k for k in ("images", "image_syn", "x", "data") if k in obj), None)
+        lab_key = next((k for k in ("labels", "label_syn", "y", "targets") if k in obj), None)
+        if img_key is None or lab_key is None:
+            raise DataError(f"{p}: expected keys images/labels (or image_syn/label_syn), found {sorted(obj)}")
+        images, labels = obj[img_key], obj[lab_key]
+        mean = mean if mean is not None else obj.get("mean")
+        std = std if std is not None else obj.get("std")
+        classes = obj.get("classes")
+    elif isinstance(obj, (tuple, list)) and len(obj) == 2:
+        images, labels = obj
+    else:
+        raise DataError(f"{p}: expected a dict with images/labels or a tuple (images, labels)")
+    images = torch.as_tensor(images)
+    x = _to_pixels(images, _plain(mean), _plain(std), str(p))
+    y, cls = _classes_for(_labels_1d(labels, x.shape[0], str(p)), classes)
+    norm = {"mean": _plain(mean), "std": _plain(std)} if mean is not None or std is not None else None
+    return Stage1Set(x, y, cls, [f"{p}#{i}" for i in range(len(y))], "pt", norm)
+
+
+def read_mtt(path: str | os.PathLike, mean=None, std=None, classes: Sequence[str] | None = None) -> Stage1Set:
+    p = Path(path)
+    folder = p if p.is_dir() else p.parent
+    img_file, lab_file = folder / "images_best.pt", folder / "labels_best.pt"
+    for f in (img_file, lab_file):
+        if not f.is_file():
+            raise DataError(f"MTT/EDF set needs {f.name} in {folder}")
+    images = torch.as_tensor(_load(img_file))
+    x = _to_pixels(images, _plain(mean), _plain(std), str(img_file))
+    y, cls = _classes_for(_labels_1d(_load(lab_file), x.shape[0], str(lab_file)), classes)
+    norm = {"mean": _plain(mean), "std": _plain(std)} if mean is not None or std is not None else None
+    return Stage1Set(x, y, cls, [f"{img_file}#{i}" for i in range(len(y))], "mtt", norm)
+
+
+def read_imagefolder(root: str | os.PathLike, size: int | None = None) -> Stage1Set:
+    """An ImageFolder; images keep their size unless ``size`` (all must then agree)."""
+    from pipeline.core.read import load_rgb, scan_image_folder
+
+    index = scan_image_folder(root)
+    arrays = [load_rgb(r.path, size) for r in index.records]
+    shapes = {a.shape for a in arrays}
+    if len(shapes) > 1:
+        side = min(min(s[0], s[1]) for s in shapes)
+        arrays = [load_rgb(r.path, side) for r in index.records]
+    x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255.0
+    y = torch.tensor([r.label for r in index.records], dtype=torch.long)
+    return Stage1Set(x, y, list(index.classes), [r.path for r in index.records], "imagefolder")
+
+
+def _plain(v):
+    if v is None:
+        return None
+    if isinstance(v, torch.Tensor):
+        return [float(a) for a in v.reshape(-1).tolist()]
+    return [float(a) for a in v]
+
+
+def load_stage1(path: str | os.PathLike, fmt: str = "auto", mean: Sequence[float] | None = None,
+                std: Sequence[float] | None = None, classes: Sequence[str] | None = None) -> Stage1Set:
+    """Read a distilled set in any supported format; pixels in [0, 1] after de-normalisation.
+
+    ``mean``/``std`` (config ``diver.input_mean/std``) override what a ``.pt`` file carries.
+    ``classes`` names the label indices of tensor formats (default: the label values).
+    """
+    fmt = detect_format(path) if fmt == "auto" else fmt
+    if fmt == "imagefolder":
+        return read_imagefolder(path)
+    if fmt == "pt":
+        s = read_pt(path, mean, std)
+        if classes is not None:
+            s.labels, s.classes = _classes_for(s.labels, classes)
+        return s
+    if fmt == "mtt":
+        return read_mtt(path, mean, std, classes)
+    raise DataError(f"unknown input format {fmt!r} (auto | imagefolder | pt | mtt)")
+
+
+def save_pt(path: str | os.PathLike, images01: torch.Tensor, labels: torch.Tensor, classes: Sequence[str],
+            mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> None:
+    """Write a ``.pt`` distilled set; with mean/std the images are stored normalised (like MTT/DM)."""
+    x = images01.float()
+    if mean is not None and std is not None:
+        x = normalize(x, mean, std)
+    obj = {"images": x.contiguous(), "labels": labels.long(), "classes": list(classes),
+           "mean": _plain(mean), "std": _plain(std)}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(str(path) + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_class_map(spec: str | dict | None) -> dict[str, int] | None:
+    """``diver.class_map``: a JSON file or an inline mapping input class id -> DiT class index."""
+    if spec is None:
+        return None
+    if isinstance(spec, dict):
+        return {str(k): int(v) for k, v in spec.items()}
+    p = Path(spec)
+    if not p.is_file():
+        raise DataError(f"diver.class_map file not found: {p}")
+    return {str(k): int(v) for k, v in json.loads(p.read_text()).items()}
+
+
+def dit_classes(s: Stage1Set, class_map: dict[str, int] | None, num_dit_classes: int | None = None) -> list[int]:
+    """DiT class index per image: the class map; else a numeric class id itself ("953" -> 953);
+    else the label index, which is right only when the set has all the DiT's classes
+    (ImageNet-1K: sorted wnids are DiT-XL/2's class order), checked when ``num_dit_classes`` is known."""
+    if class_map is None:
+        ids = s.class_ids()
+        if all(c.isdigit() for c in ids):
+            return [int(c) for c in ids]
+        if num_dit_classes is not None and len(s.classes) != num_dit_classes:
+            raise DataError(
+                f"the input has {len(s.classes)} named classes ({s.classes[:3]}...) but the DiT has "
+                f"{num_dit_classes}: set diver.class_map (input class id -> DiT class index)"
+            )
+        return [int(v) for v in s.labels.tolist()]
+    missing = sorted({c for c in s.class_ids() if c not in class_map})
+    if missing:
+        raise DataError(f"diver.class_map has no entry for class ids {missing[:10]}")
+    return [class_map[c] for c in s.class_ids()]

@@ -1,0 +1,265 @@
+"""DIVER end to end: classical distilled set in, DiT-recovered set out.
+
+Stages (``--from-stage`` re-runs from one of them, reusing what came before):
+- ``stage1``: the built-in DM distiller when ``diver.stage1`` is set (one set per IPC in
+  ``diver.stage1.ipcs``), else the set at ``diver.input`` is used as it is;
+- ``recover``: Ray Data: rows of the distilled set (pixels de-normalised to [0, 1]) ->
+  ``DiTRecoverActor`` pool (``ActorPoolStrategy(size=ray.pool_sizes.recover)``) -> the driver
+  writes ImageFolder + ``manifest.json`` (source image, DiT class, seed, settings);
+- ``report``: ``side_by_side.png`` (input | recovered, one row per class) and ``summary.json``.
+
+Layout: with DM, ``<output.dir>/ipc<K>/{stage1,diver,side_by_side.png}``; with
+``diver.input``, ``<output.dir>/{diver,side_by_side.png}``. A re-run resumes: images whose key
+is in the manifest are not recomputed.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.config import Config
+from pipeline.errors import ConfigError, DataError
+
+STAGES = ("stage1", "recover", "report")
+
+
+def _log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def prepare_demo_inputs(cfg: Config) -> None:
+    """Demo configs (zoo models, relative data path) write the demo digits when they are missing."""
+    root = cfg.data.root
+    if root is None or Path(root).exists() or not cfg.models.dit.startswith("zoo:"):
+        return
+    if Path(root).name != "train":
+        return
+    from pipeline.core.digits import write_demo_dataset
+
+    _log(f"demo data missing: writing the demo digits to {Path(root).parent}")
+    write_demo_dataset(Path(root).parent, size=cfg.data.image_size)
+
+
+def _sets(cfg: Config, out: Path) -> list[dict[str, Any]]:
+    d = cfg.diver
+    if d.stage1 is not None:
+        if not cfg.data.root:
+            raise ConfigError("diver.stage1 (built-in DM) needs data.root, the real training set")
+        ipcs = d.stage1.ipcs or [d.stage1.ipc]
+        return [{"name": f"ipc{k}", "ipc": k, "base": out / f"ipc{k}", "input": out / f"ipc{k}" / "stage1",
+                 "format": "pt", "dm": True} for k in ipcs]
+    if not d.input:
+        raise ConfigError("set diver.input (a distilled set: ImageFolder, .pt, or images_best.pt folder) "
+                          "or diver.stage1 (run the built-in DM first)")
+    return [{"name": "input", "ipc": None, "base": out, "input": Path(d.input), "format": d.input_format,
+             "dm": False}]
+
+
+def _stage_index(from_stage: str | None) -> int | None:
+    if from_stage is None:
+        return None
+    if from_stage not in STAGES:
+        raise ConfigError(f"--from-stage must be one of {', '.join(STAGES)} for diver, got {from_stage!r}")
+    return STAGES.index(from_stage)
+
+
+def run_stage1(cfg: Config, s: dict[str, Any], redo: bool) -> None:
+    from pipeline.diver.dm import run_dm
+
+    if redo and s["input"].exists():
+        shutil.rmtree(s["input"])
+    dm = cfg.diver.stage1
+    run_dm(cfg.data.root, s["input"], dm, ipc=s["ipc"], image_size=cfg.data.image_size,
+           max_per_class=dm.max_per_class, classes=cfg.data.classes, log=_log)
+
+
+def _num_dit_classes(model_dir: str) -> int | None:
+    """``num_embeds_ada_norm`` of a local DiT folder (None for hub ids: not fetched by the driver)."""
+    cfg_file = Path(model_dir) / "transformer" / "config.json"
+    if not cfg_file.is_file():
+        return None
+    n = json.loads(cfg_file.read_text()).get("num_embeds_ada_norm")
+    return int(n) if n is not None else None
+
+
+def _check_classes(model_dir: str, classes: list[int]) -> None:
+    """Fail in the driver (not deep in Ray) when a DiT class id is out of range, for local models."""
+    n = _num_dit_classes(model_dir)
+    bad = sorted({c for c in classes if n is not None and not 0 <= c < n})
+    if bad:
+        raise DataError(f"DiT class ids {bad[:10]} outside [0, {n}) of {model_dir}; set diver.class_map")
+
+
+def recover_sets(cfg: Config, sets: list[dict[str, Any]], redo: bool) -> dict[str, int]:
+    """Recover every set through one Ray Data pipeline (one actor pool for all sets)."""
+    import ray
+
+    from actors.dit import DiTRecoverActor
+    from actors.loading import resolve_ref
+    from pipeline.core.ray_setup import ray_session
+    from pipeline.core.seeds import image_seed
+    from pipeline.core.write import DistilledSetWriter
+    from pipeline.diver.guidance import RecoverSettings
+    from pipeline.diver.inputs import dit_classes, load_class_map, load_stage1
+
+    d = cfg.diver
+    settings = RecoverSettings.from_mapping(d.model_dump(mode="python"))
+    model_dir = resolve_ref("dit", cfg.models.dit, cfg.models.zoo_dir)  # zoo models are built here, once
+    class_map = load_class_map(d.class_map)
+    manifest_settings = {**settings.as_dict(), "seed": d.seed, "resolution": d.resolution, "dit": cfg.models.dit,
+                         "dtype": cfg.models.dtype}
+    writers: dict[str, DistilledSetWriter] = {}
+    rows: list[dict[str, Any]] = []
+    for s in sets:
+        out_dir = s["base"] / "diver"
+        if redo and out_dir.exists():
+            shutil.rmtree(out_dir)
+        data = load_stage1(s["input"], s["format"], d.input_mean if not s["dm"] else None,
+                           d.input_std if not s["dm"] else None)
+        s["data"] = data
+        classes = dit_classes(data, class_map, _num_dit_classes(model_dir))
+        _check_classes(model_dir, classes)
+        writer = DistilledSetWriter(out_dir, "diver", {**manifest_settings, "input": str(s["input"]),
+                                                        "input_format": data.fmt,
+                                                        "normalization": data.normalization},
+                                    image_format=cfg.output.image_format)
+        writers[s["name"]] = writer
+        cids, idx = data.class_ids(), data.index_in_class()
+        s["keys"] = [f"c{c}_i{k:03d}" for c, k in zip(cids, idx)]
+        for i, key in enumerate(s["keys"]):
+            if writer.done(key):
+                continue
+            rows.append({"set": s["name"], "key": key, "class_id": cids[i], "label": int(data.labels[i]),
+                         "index": int(idx[i]), "source": data.sources[i], "dit_class": int(classes[i]),
+                         "seed": image_seed(d.seed, cids[i], idx[i]),
+                         "image": data.images[i].permute(1, 2, 0).numpy().astype(np.float32)})
+    if not rows:
+        _log("recover: every image is already in the manifests (resumed)")
+        return {name: 0 for name in writers}
+    ray_cfg = cfg.ray
+    pool = int(ray_cfg.pool_sizes.get("recover", 1))
+    batch = int(ray_cfg.batch_sizes.get("recover", d.batch_size))
+    micro = ray_cfg.micro_batch_sizes.get("recover") if hasattr(ray_cfg, "micro_batch_sizes") else None
+    written = {name: 0 for name in writers}
+    _log(f"recover: {len(rows)} images, DiT {cfg.models.dit}, pool {pool}, batch {batch}, "
+         f"steps {settings.start_step}..{settings.num_inference_steps - 1}, gamma {settings.gamma}")
+    from pipeline.core.batching import batch_blocks
+    from pipeline.core.faults import actor_remote_args, configure_data_context, fault_kwargs
+
+    with ray_session(ray_cfg):
+        configure_data_context(ray_cfg)  # retry injected/transient faults, ray.max_errored_blocks
+        ds = ray.data.from_items(rows, override_num_blocks=batch_blocks(len(rows), batch, cap=64))
+        remote_args: dict[str, Any] = {"num_cpus": ray_cfg.actor_num_cpus}
+        if ray_cfg.actor_num_gpus:
+            remote_args["num_gpus"] = ray_cfg.actor_num_gpus
+        ds = ds.map_batches(
+            DiTRecoverActor,
+            fn_constructor_kwargs={"model_ref": model_dir, "settings": settings.as_dict(),
+                                   "resolution": d.resolution, "dtype": cfg.models.dtype, "micro_batch": micro,
+                                   "torch_threads": d.torch_threads, "faults": fault_kwargs(cfg)},
+            batch_size=batch, compute=ray.data.ActorPoolStrategy(size=pool), **actor_remote_args(ray_cfg),
+            **remote_args,
+        )
+        for out in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            for j in range(len(out["key"])):
+                name = str(out["set"][j])
+                writers[name].add(
+                    str(out["key"][j]), str(out["class_id"][j]), int(out["label"][j]), out["recovered"][j],
+                    {"index": int(out["index"][j]), "source": str(out["source"][j]),
+                     "dit_class": int(out["dit_class"][j]), "seed": int(out["seed"][j])}, flush=False)
+                written[name] += 1
+            for w in writers.values():
+                w.flush()
+    check_recovered(sets, writers)
+    return written
+
+
+def check_recovered(sets: list[dict[str, Any]], writers: dict[str, Any]) -> None:
+    """Fail when an expected image never came back (a block dropped under ``ray.max_errored_blocks``).
+
+    What was recovered stays in the manifests, so a re-run recovers only the missing images.
+    """
+    from pipeline.core.skips import missing_keys
+
+    lost = [f"{s['name']}/{k}" for s in sets
+            for k in missing_keys(s["keys"], [k for k in s["keys"] if writers[s["name"]].done(k)])]
+    if lost:
+        raise DataError(f"recover: {len(lost)} images did not come back from the DiT actors (first: {lost[:5]}); "
+                        "the finished ones are kept: re-run to resume, and see the Ray logs for the failed blocks")
+
+
+def side_by_side(s: dict[str, Any], path: Path, min_px: int = 64) -> Path:
+    """One row per class: the class's input images, a gap, then their recovered versions."""
+    from PIL import Image
+
+    from pipeline.core.write import atomic_save_image, read_manifest
+
+    data = s["data"]
+    entries = {e["key"]: e for e in read_manifest(s["base"] / "diver")["images"]}
+    h, w = data.images.shape[-2:]
+    scale = max(1, -(-min_px // max(h, w)))
+    ch, cw = h * scale, w * scale
+    by_class: dict[int, list[int]] = {}
+    for i, lab in enumerate(data.labels.tolist()):
+        by_class.setdefault(lab, []).append(i)
+    ncol = max(len(v) for v in by_class.values())
+    pad, gap = 2, max(8, cw // 4)
+    width = 2 * ncol * (cw + pad) + gap
+    height = len(by_class) * (ch + pad)
+    canvas = Image.new("RGB", (width, height), (255, 255, 255))
+    resample = Image.NEAREST if scale > 1 else Image.BICUBIC
+    for r, lab in enumerate(sorted(by_class)):
+        for c, i in enumerate(by_class[lab]):
+            src = (data.images[i].permute(1, 2, 0).numpy() * 255 + 0.5).clip(0, 255).astype(np.uint8)
+            y = r * (ch + pad)
+            canvas.paste(Image.fromarray(src).resize((cw, ch), resample), (c * (cw + pad), y))
+            e = entries.get(s["keys"][i])
+            if e is not None:
+                with Image.open(s["base"] / "diver" / e["file"]) as im:
+                    rec = im.convert("RGB").resize((cw, ch), resample)
+                canvas.paste(rec, (ncol * (cw + pad) + gap + c * (cw + pad), y))
+    atomic_save_image(path, canvas)
+    return path
+
+
+def run_diver(cfg: Config, from_stage: str | None = None) -> dict[str, Any]:
+    """Run DIVER as configured; returns a summary (``output``, per-set paths, counts, timings)."""
+    start = _stage_index(from_stage)
+    if cfg.output.overwrite and start is None:
+        start = 0
+    out = Path(cfg.output.dir)
+    out.mkdir(parents=True, exist_ok=True)
+    prepare_demo_inputs(cfg)
+    sets = _sets(cfg, out)
+    timings: dict[str, float] = {}
+    t0 = time.time()
+    for s in sets:
+        if s["dm"]:
+            run_stage1(cfg, s, redo=start == 0)
+        elif not s["input"].exists():
+            raise DataError(f"diver.input not found: {s['input']}")
+    timings["stage1_s"] = round(time.time() - t0, 1)
+    t1 = time.time()
+    written = recover_sets(cfg, sets, redo=start is not None and start <= 1)
+    timings["recover_s"] = round(time.time() - t1, 1)
+    summary: dict[str, Any] = {"method": "diver", "output": str(out), "sets": {}, "dit": cfg.models.dit}
+    for s in sets:
+        entry: dict[str, Any] = {"stage1": str(s["input"]), "recovered": str(s["base"] / "diver"),
+                                 "images": len(s["keys"]), "recovered_now": written.get(s["name"], 0),
+                                 "ipc": s["ipc"]}
+        if cfg.diver.side_by_side:
+            entry["side_by_side"] = str(side_by_side(s, s["base"] / "side_by_side.png"))
+        summary["sets"][s["name"]] = entry
+        _log(f"diver {s['name']}: {entry['images']} images -> {entry['recovered']}")
+    timings["total_s"] = round(time.time() - t0, 1)
+    summary["timings"] = timings
+    from pipeline.core.write import atomic_write_json
+
+    atomic_write_json(out / "summary.json", summary)
+    return summary

@@ -1,0 +1,1 @@
+"""EDITS, one module per paper step (see run.py for the order)."""

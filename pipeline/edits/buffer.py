@@ -1,0 +1,225 @@
+"""Prior clustered buffer (EDITS step 4): per class, GSQ-fused features -> optional LOF -> k-means.
+
+- ``kmeans``: FAISS k-means on *all* points (no FAISS subsampling), k = IPC, fixed seed,
+  ``nredo`` restarts (the reference used sklearn ``n_init=10``), GPU when FAISS sees one.
+- ``lof_filter``: sklearn ``LocalOutlierFactor`` with ``contamination`` (0 = off). It never
+  removes so many points that fewer than k remain (the least outlying are kept back).
+- ``clusters_for``: the small-class policy. ``error`` raises naming the class; ``shrink``
+  uses one cluster per image (fewer than IPC outputs) and returns a warning.
+- ``process_class``: GSQ + LOF + k-means + LSA for one class (a Ray task in the stage).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from pipeline.edits.gsq import gsq_fuse
+from pipeline.edits.lsa import select
+from pipeline.errors import DataError
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    ipc: int = 10
+    seed: int = 42
+    tau: float = 0.01
+    fusion: str = "sum"
+    normalize: bool = True
+    contamination: float = 0.0
+    lof_neighbors: int = 20
+    policy: str = "error"
+    niter: int = 20
+    nredo: int = 10
+    k_image: int = 5
+    k_text: int = 5
+
+    @classmethod
+    def from_edits(cls, e: Any) -> ClusterSettings:
+        return cls(ipc=e.ipc, seed=e.seed, tau=e.tau, fusion=e.fusion, normalize=e.feature_normalize,
+                   contamination=e.contamination, lof_neighbors=e.lof_neighbors, policy=e.small_class_policy,
+                   niter=e.kmeans_niter, nredo=e.kmeans_nredo, k_image=e.k_image, k_text=e.k_text)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def clusters_for(n: int, ipc: int, policy: str, class_id: str = "") -> tuple[int, str | None]:
+    """(k, warning): k = ipc, or fewer under ``shrink``; ``error`` raises ``DataError``."""
+    if n <= 0:
+        raise DataError(f"class {class_id!r} has no usable images to cluster")
+    if n >= ipc:
+        return ipc, None
+    if policy == "shrink":
+        msg = f"class {class_id!r} has {n} usable images < ipc={ipc}: using {n} clusters (edits.small_class_policy=shrink)"
+        warnings.warn(msg, stacklevel=2)
+        return n, msg
+    raise DataError(
+        f"class {class_id!r} has {n} usable images, fewer than ipc={ipc}. Lower edits.ipc, add images, "
+        "or set edits.small_class_policy=shrink to distil it into fewer images"
+    )
+
+
+def lof_filter(x: np.ndarray, contamination: float, n_neighbors: int = 20, min_keep: int = 1) -> np.ndarray:
+    """Boolean inlier mask from ``LocalOutlierFactor``; all True when ``contamination`` is 0.
+
+    At least ``min_keep`` rows stay: if LOF flags more, the least outlying flagged rows are kept.
+    """
+    n = len(x)
+    keep = np.ones(n, dtype=bool)
+    if contamination <= 0 or n < 3:
+        return keep
+    from sklearn.neighbors import LocalOutlierFactor
+
+    lof = LocalOutlierFactor(n_neighbors=max(1, min(n_neighbors, n - 1)), contamination=contamination)
+    keep = lof.fit_predict(np.asarray(x, np.float32)) == 1
+    if keep.sum() < min_keep:
+        outlying = -lof.negative_outlier_factor_  # higher = more outlying
+        order = np.lexsort((np.arange(n), outlying))  # least outlying first
+        keep = np.zeros(n, dtype=bool)
+        keep[order[:min_keep]] = True
+    return keep
+
+
+def faiss_gpu_available() -> bool:
+    try:
+        import faiss
+
+        return faiss.get_num_gpus() > 0
+    except (ImportError, AttributeError, RuntimeError):  # CPU-only FAISS builds may lack the GPU API
+        return False
+
+
+def kmeans(x: np.ndarray, k: int, niter: int = 20, nredo: int = 10, seed: int = 0,
+           gpu: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """FAISS k-means on all rows of ``x``: (centroids ``[k, D]``, assignment ``[N]``)."""
+    import faiss
+
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    n, d = x.shape
+    if not 1 <= k <= n:
+        raise ValueError(f"k-means needs 1 <= k <= n points, got k={k}, n={n}")
+    use_gpu = faiss_gpu_available() if gpu is None else gpu
+    km = faiss.Kmeans(d, k, niter=niter, nredo=nredo, seed=int(seed), gpu=bool(use_gpu), verbose=False,
+                      max_points_per_centroid=n + 1, min_points_per_centroid=1)
+    km.train(x)
+    _, idx = km.index.search(x, 1)
+    return np.asarray(km.centroids, dtype=np.float32).reshape(k, d), idx.ravel().astype(np.int64)
+
+
+def process_class(class_id: str, img: np.ndarray, txt: np.ndarray, settings: ClusterSettings) -> dict[str, Any]:
+    """GSQ -> LOF -> k-means -> LSA for one class. Indices refer to the class's rows in order."""
+    from pipeline.core.seeds import stage_seed
+
+    s = settings
+    fused = gsq_fuse(img, txt, tau=s.tau, fusion=s.fusion, normalize=s.normalize)
+    k, warning = clusters_for(len(fused), s.ipc, s.policy, class_id)
+    keep = lof_filter(fused, s.contamination, s.lof_neighbors, min_keep=k)
+    kept = np.flatnonzero(keep)
+    centroids, sub_assign = kmeans(fused[kept], k, s.niter, s.nredo, seed=stage_seed(s.seed, f"kmeans:{class_id}"))
+    assign = np.full(len(fused), -1, dtype=np.int64)
+    assign[kept] = sub_assign
+    sel = select(fused, assign, centroids, s.k_image, s.k_text, candidates=kept)
+    dist = np.full(len(fused), np.nan, dtype=np.float32)
+    for c in sel:
+        for i, d in zip(c.members, c.distances):
+            dist[i] = d
+    return {"class_id": class_id, "fused": fused, "keep": keep, "assign": assign, "distance": dist,
+            "centroids": centroids, "selections": [asdict(c) for c in sel], "k": k, "warning": warning}
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def cluster_key(class_id: str, cluster: int) -> str:
+    """The id of one cluster (and of the distilled image made from it)."""
+    return f"{class_id}_{cluster:03d}"
+
+
+def _class_files(run: Any, class_id: str) -> tuple[Any, Any]:
+    from pipeline.core.write import component_name
+
+    name = component_name(class_id)
+    return run.paths.buffer / f"{name}.parquet", run.paths.clusters_dir / f"{name}.json"
+
+
+def _process_remote(class_id: str, img: np.ndarray, txt: np.ndarray, settings: ClusterSettings) -> dict[str, Any]:
+    return process_class(class_id, img, txt, settings)
+
+
+def _save_class(run: Any, feats: dict[str, np.ndarray], res: dict[str, Any]) -> dict[str, Any]:
+    from pipeline.core.write import atomic_write_json, write_parquet
+
+    c = res["class_id"]
+    buf_path, json_path = _class_files(run, c)
+    paths = [str(p) for p in feats["path"]]
+    caps = [str(x) for x in feats["caption"]]
+    write_parquet(buf_path, {"path": paths, "class_id": [c] * len(paths), "label": feats["label"].astype(np.int64),
+                             "fused": res["fused"], "caption": caps, "kept": res["keep"],
+                             "cluster": res["assign"], "distance": res["distance"]})
+    clusters = []
+    for s in res["selections"]:
+        clusters.append({
+            "cluster": s["cluster"], "key": cluster_key(c, s["cluster"]), "size": len(s["members"]),
+            "empty": s["empty"], "members": [paths[i] for i in s["members"]], "distances": s["distances"],
+            "image_members": [paths[i] for i in s["image_members"]],
+            "text_members": [paths[i] for i in s["text_members"]],
+            "text_captions": [caps[i] for i in s["text_members"]],
+        })
+    out = {"class_id": c, "label": int(feats["label"][0]), "name": run.names[c], "n_images": len(paths),
+           "n_kept": int(res["keep"].sum()), "k": res["k"], "warning": res["warning"], "clusters": clusters}
+    atomic_write_json(json_path, out)  # written last: the class counts as done once this exists
+    return out
+
+
+def load_clusters(run: Any) -> dict[str, Any]:
+    """The merged ``clusters.json``: ``{"classes": {class_id: {..., "clusters": [...]}}}``."""
+    import json
+
+    return json.loads(run.paths.clusters.read_text())
+
+
+def run_stage(run: Any, state: Any, force: bool) -> dict[str, Any]:
+    import json
+
+    import ray
+
+    from pipeline.core.write import atomic_write_json, remove
+    from pipeline.edits.embed import load_features
+
+    cfg = run.cfg
+    state.begin(lambda: remove(run.paths.buffer, run.paths.clusters_dir, run.paths.clusters), force)
+    settings = ClusterSettings.from_edits(cfg.edits)
+    todo = [c for c in run.index.classes if not _class_files(run, c)[1].exists()]
+    run.log(f"[edits] cluster: {len(run.index.classes) - len(todo)} classes cached, {len(todo)} to cluster")
+    opts: dict[str, Any] = {"num_cpus": cfg.ray.actor_num_cpus, "max_retries": cfg.ray.max_task_retries}
+    if cfg.ray.actor_num_gpus:
+        opts["num_gpus"] = cfg.ray.actor_num_gpus
+    task = ray.remote(_process_remote).options(**opts)
+    max_in_flight = max(2, int(ray.cluster_resources().get("CPU", 2) / max(cfg.ray.actor_num_cpus, 0.01)))
+    in_flight: dict[Any, dict[str, np.ndarray]] = {}
+
+    def drain() -> None:
+        ready, _ = ray.wait(list(in_flight), num_returns=1)
+        for ref in ready:
+            _save_class(run, in_flight.pop(ref), ray.get(ref))
+
+    for c in todo:
+        feats = load_features(run, c)
+        in_flight[task.remote(c, feats["img"], feats["txt"], settings)] = feats
+        while len(in_flight) >= max_in_flight:
+            drain()
+    while in_flight:
+        drain()
+    merged = {}
+    for c in run.index.classes:
+        merged[c] = json.loads(_class_files(run, c)[1].read_text())
+    atomic_write_json(run.paths.clusters, {"settings": settings.as_dict(), "classes": merged})
+    n_clusters = sum(len(v["clusters"]) for v in merged.values())
+    return {"classes": len(merged), "clusters": n_clusters, "clustered_now": len(todo),
+            "outliers_removed": sum(v["n_images"] - v["n_kept"] for v in merged.values()),
+            "empty_clusters": sum(1 for v in merged.values() for cl in v["clusters"] if cl["empty"]),
+            "warnings": [v["warning"] for v in merged.values() if v["warning"]]}

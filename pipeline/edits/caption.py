@@ -1,0 +1,153 @@
+"""Stage ``caption`` (EDITS step 1): a VLM actor pool captions every real image, once.
+
+Images stream from the read tasks into the captioner actors (``map_batches`` with an
+``ActorPoolStrategy``); only ``path, caption, error`` come back to the driver, which appends
+them to the cache every ``edits.caption_flush_rows`` rows. The cache is parquet parts keyed
+by (image path, captioner-settings hash incl. the class name), so a re-run, a crash
+restart or ``--from-stage`` never captions an image twice with the same settings.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.core.keys import settings_hash
+from pipeline.core.ray_setup import pool_kwargs
+from pipeline.core.read import read_parquet
+from pipeline.core.write import write_parquet
+from pipeline.edits.state import EditsRun, StageState
+
+
+def cache_settings_hash(key: dict[str, Any]) -> str:
+    """The captioner part of the stage key (dataset fingerprint and name table excluded)."""
+    return settings_hash({k: v for k, v in key.items() if k not in ("data", "names")})
+
+
+def row_key(settings: str, class_name: str) -> str:
+    return settings_hash([settings, class_name])
+
+
+class CaptionCache:
+    """Captions keyed by (path, key) in ``folder/part-*.parquet``; ``flush`` appends one part."""
+
+    def __init__(self, folder: str | os.PathLike) -> None:
+        self.folder = Path(folder)
+        self.rows: dict[tuple[str, str], str] = {}
+        self.pending: list[tuple[str, str, str]] = []
+        for part in sorted(self.folder.glob("part-*.parquet")):
+            cols = read_parquet(part)
+            for p, k, c in zip(cols["path"], cols["key"], cols["caption"]):
+                self.rows[(str(p), str(k))] = str(c)
+
+    def get(self, path: str, key: str) -> str | None:
+        return self.rows.get((path, key))
+
+    def put(self, path: str, key: str, caption: str) -> None:
+        self.rows[(path, key)] = caption
+        self.pending.append((path, key, caption))
+
+    def flush(self) -> int:
+        if not self.pending:
+            return 0
+        n = len(self.pending)
+        paths, keys, caps = (list(x) for x in zip(*self.pending))
+        write_parquet(self.folder / f"part-{time.time_ns()}-{os.getpid()}.parquet",
+                      {"path": paths, "key": keys, "caption": caps})
+        self.pending = []
+        return n
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def load_captions(run: EditsRun, key: dict[str, Any]) -> dict[str, str]:
+    """path -> caption for every image of the run that has one (skipped images have none)."""
+    cache = CaptionCache(run.paths.captions)
+    h = cache_settings_hash(key)
+    keys = {c: row_key(h, run.names[c]) for c in run.index.classes}
+    out = {}
+    for r in run.index.records:
+        cap = cache.get(r.path, keys[r.class_id])
+        if cap is not None:
+            out[r.path] = cap
+    return out
+
+
+def _caption_dataset(run: EditsRun, todo: list[Any]) -> Any:
+    """The Ray Dataset of captions for ``todo`` records (decode tasks -> captioner actors)."""
+    from actors.captioner import Captioner, vllm_caption_dataset
+    from pipeline.core.read import ImageIndex, image_dataset
+
+    cfg, e = run.cfg, run.cfg.edits
+    sub = ImageIndex(run.index.root, run.index.classes, todo)
+    bs = int(cfg.ray.batch_sizes.get("caption", 8))
+    ds = image_dataset(sub, e.caption_image_size, batch_size=bs)
+    if cfg.models.vlm_backend == "vllm":
+        return vllm_caption_dataset(ds, cfg.models.vlm, run.names, e.caption_max_tokens, e.caption_prompt,
+                                    batch_size=bs, concurrency=int(cfg.ray.pool_sizes.get("caption", 1)),
+                                    engine_kwargs=cfg.models.vllm_engine_kwargs,
+                                    processor_kwargs=cfg.models.vllm_processor_kwargs)
+    ctor = {"model_ref": cfg.models.vlm, "class_names": run.names, "zoo_dir": run.zoo_dir, "dtype": cfg.models.dtype,
+            "style": e.caption_style, "max_tokens": e.caption_max_tokens, "instruction": e.caption_prompt,
+            "prefix": e.caption_prefix, "require_class_name": e.require_class_name,
+            "count_tokenizer_ref": cfg.models.clip, "faults": run.faults(),
+            "micro_batch": cfg.ray.micro_batch_sizes.get("caption")}
+    return ds.map_batches(Captioner, fn_constructor_kwargs=ctor, batch_format="numpy", **pool_kwargs(cfg, "caption"))
+
+
+def run_stage(run: EditsRun, state: StageState, force: bool) -> dict[str, Any]:
+    from pipeline.core.skips import check_class_counts
+    from pipeline.edits import prompts
+
+    cfg, e = run.cfg, run.cfg.edits
+    state.begin(lambda: None, force)  # the cache is never cleared: keys make stale entries unreachable
+    cache = CaptionCache(run.paths.captions)
+    h = cache_settings_hash(state.key)
+    keys = {c: row_key(h, run.names[c]) for c in run.index.classes}
+    todo = [r for r in run.index.records if cache.get(r.path, keys[r.class_id]) is None]
+    cached = len(run.index.records) - len(todo)
+    run.log(f"[edits] caption: {cached} cached, {len(todo)} to caption")
+    count_tok = None
+    if cfg.models.vlm_backend == "vllm":
+        from actors.captioner import load_count_tokenizer
+
+        count_tok = load_count_tokenizer(cfg.models.clip, run.zoo_dir)
+    made = 0
+    if todo:
+        ds = _caption_dataset(run, todo)
+        since_flush = 0
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            for p, c, cap, err in zip(batch["path"], batch["class_id"], batch["caption"], batch["error"]):
+                if err:
+                    run.skips.add(str(p), str(err), "caption")
+                    continue
+                cap = str(cap)
+                if count_tok is not None:  # vLLM output is raw: clean it here
+                    name = run.names[str(c)]
+                    cap = prompts.clean_generated(cap, name, e.caption_max_tokens, count_tok, fallback=name,
+                                                  require_class_name=e.require_class_name)
+                cache.put(str(p), keys[str(c)], cap)
+                since_flush += 1
+                made += 1
+            if since_flush >= e.caption_flush_rows:
+                cache.flush()
+                run.skips.write()
+                since_flush = 0
+        cache.flush()
+        run.skips.write()
+    captions = load_captions(run, state.key)
+    counts = {c: 0 for c in run.index.classes}
+    for r in run.index.records:
+        if r.path in captions:
+            counts[r.class_id] += 1
+    run.skips.check(len(run.index.records), cfg.data.max_skipped_fraction)
+    check_class_counts(counts, e.ipc, e.small_class_policy)
+    lengths = [len(c.split()) for c in captions.values()]
+    return {"images": len(run.index.records), "captioned": len(captions), "captioned_now": made,
+            "cached": cached, "skipped": len(run.index.records) - len(captions),
+            "mean_words": float(np.mean(lengths)) if lengths else 0.0, "per_class": counts}

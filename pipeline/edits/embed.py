@@ -1,0 +1,93 @@
+"""Stage ``embed`` (EDITS step 2): CLIP image and caption features, one parquet file per class.
+
+Images stream through decode tasks into a CLIP actor pool; the actors drop the pixels and
+return ``path, class_id, label, caption, img_feat, txt_feat``. The driver groups rows by
+class and writes ``features/<class>.parquet`` as soon as a class is complete, so a crash
+loses at most the classes in flight and a re-run embeds only the missing classes.
+Features are stored raw; the cluster stage L2-normalises (``edits.feature_normalize``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.core.ray_setup import pool_kwargs
+from pipeline.core.read import read_parquet
+from pipeline.core.write import component_name, remove, write_parquet
+from pipeline.edits.state import EditsRun, StageState
+
+
+def features_file(run: EditsRun, class_id: str) -> Path:
+    return run.paths.features / f"{component_name(class_id)}.parquet"
+
+
+def load_features(run: EditsRun, class_id: str) -> dict[str, np.ndarray]:
+    """One class's rows: path, label, caption, img ``[N, D]``, txt ``[N, D]`` (in path order)."""
+    return read_parquet(features_file(run, class_id))
+
+
+def _write_class(run: EditsRun, class_id: str, rows: list[dict[str, Any]]) -> None:
+    rows = sorted(rows, key=lambda r: r["path"])
+    write_parquet(features_file(run, class_id), {
+        "path": [r["path"] for r in rows], "class_id": [class_id] * len(rows),
+        "label": np.array([r["label"] for r in rows], dtype=np.int64),
+        "caption": [r["caption"] for r in rows],
+        "img": np.stack([r["img"] for r in rows]).astype(np.float32),
+        "txt": np.stack([r["txt"] for r in rows]).astype(np.float32),
+    })
+
+
+def run_stage(run: EditsRun, state: StageState, force: bool) -> dict[str, Any]:
+    import ray.data
+
+    from actors.clip_embedder import ClipEmbedder
+    from pipeline.core.read import decode_batch
+    from pipeline.edits.caption import load_captions
+    from pipeline.edits.state import stage_keys
+
+    cfg = run.cfg
+    state.begin(lambda: remove(run.paths.features), force)
+    captions = load_captions(run, stage_keys(run)["caption"])
+    todo = [r for r in run.index.records if r.path in captions and not features_file(run, r.class_id).exists()]
+    expected: dict[str, int] = {}
+    for r in todo:
+        expected[r.class_id] = expected.get(r.class_id, 0) + 1
+    done_before = sum(1 for c in run.index.classes if features_file(run, c).exists())
+    run.log(f"[edits] embed: {done_before} classes cached, {len(expected)} to embed ({len(todo)} images)")
+    if todo:
+        rows = [{"path": r.path, "class_id": r.class_id, "label": r.label, "caption": captions[r.path]} for r in todo]
+        bs = int(cfg.ray.batch_sizes.get("embed", 32))
+        ds = ray.data.from_items(rows, override_num_blocks=max(1, min(200, len(rows) // 256)))
+        ds = ds.map_batches(decode_batch, fn_kwargs={"size": cfg.edits.feature_image_size}, batch_size=bs,
+                            num_cpus=0.5)
+        ds = ds.map_batches(ClipEmbedder, batch_format="numpy", **pool_kwargs(cfg, "embed"),
+                            fn_constructor_kwargs={"model_ref": cfg.models.clip, "zoo_dir": run.zoo_dir,
+                                                   "dtype": cfg.models.dtype, "faults": run.faults(),
+                                                   "micro_batch": cfg.ray.micro_batch_sizes.get("embed")})
+        pending: dict[str, list[dict[str, Any]]] = {}
+        seen: dict[str, int] = {}
+        for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            for i in range(len(b["path"])):
+                c = str(b["class_id"][i])
+                seen[c] = seen.get(c, 0) + 1
+                if b["error"][i]:
+                    run.skips.add(str(b["path"][i]), str(b["error"][i]), "embed")
+                else:
+                    pending.setdefault(c, []).append({
+                        "path": str(b["path"][i]), "label": int(b["label"][i]), "caption": str(b["caption"][i]),
+                        "img": np.asarray(b["img_feat"][i]), "txt": np.asarray(b["txt_feat"][i])})
+                if seen[c] == expected[c] and pending.get(c):  # class complete: write it, free the memory
+                    _write_class(run, c, pending.pop(c))
+        for c, rows_c in pending.items():  # rows lost in errored blocks leave a class incomplete
+            if rows_c:
+                _write_class(run, c, rows_c)
+    missing = [c for c in run.index.classes if not features_file(run, c).exists()]
+    if missing:
+        from pipeline.errors import DataError
+
+        raise DataError(f"embed: no features for classes {missing[:10]} (all their images failed)")
+    dims = read_parquet(features_file(run, run.index.classes[0]))["img"].shape[1]
+    return {"classes": len(run.index.classes), "embedded_now": len(todo), "dim": int(dims)}

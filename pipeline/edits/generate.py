@@ -1,0 +1,119 @@
+"""Stage ``generate`` (EDITS step 8): Dual Prototype Guidance with an SD img2img actor pool.
+
+One row per cluster: its prototype latent (the array itself, so generation needs no shared
+file system between nodes), its text prototype (prompt) and its
+own seed (``image_seed(edits.seed, class_id, cluster)``). Images come back to the driver
+and go through ``DistilledSetWriter`` (idempotent per key: a re-run generates only what is
+missing). Each manifest entry names its cluster, the members behind the image prototype,
+the caption ids (image paths) behind the text prototype, the prompt and the seed.
+The generator is the fine-tuned pipeline when ``edits.finetune.enabled``, else ``models.sd``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from pipeline.core.batching import batch_blocks
+from pipeline.core.ray_setup import pool_kwargs
+from pipeline.core.write import remove
+from pipeline.edits.state import EditsRun, StageState
+
+
+def generate_settings(run: EditsRun) -> dict[str, Any]:
+    e = run.cfg.edits
+    return {"strength": e.strength, "guidance_scale": e.guidance_scale, "negative_prompt": e.negative_prompt,
+            "num_inference_steps": e.num_inference_steps, "image_size": run.cfg.data.image_size}
+
+
+def build_rows(run: EditsRun, clusters: list[dict[str, Any]], texts: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The generation request of every cluster: key, class, prototype latent, prompt, seed."""
+    from actors.sd import load_latent
+    from pipeline.core.seeds import image_seed
+    from pipeline.edits.prototype import latent_file
+
+    rows = []
+    for cl in clusters:
+        rows.append({"key": cl["key"], "class_id": cl["class_id"], "label": int(cl["label"]),
+                     "cluster": int(cl["cluster"]), "latent": load_latent(str(latent_file(run, cl["key"]))).numpy(),
+                     "prompt": texts[cl["key"]]["text"],
+                     "seed": image_seed(run.cfg.edits.seed, cl["class_id"], int(cl["cluster"]))})
+    return rows
+
+
+def contact_sheet(entries: list[dict[str, Any]], root: Path, out: Path, names: dict[str, str],
+                  cell: int = 64, label_width: int = 160) -> Path:
+    """A PNG grid: one row per class (its name on the left), its images left to right."""
+    by_class: dict[str, list[dict[str, Any]]] = {}
+    for e in sorted(entries, key=lambda x: (x["label"], x["key"])):
+        by_class.setdefault(e["class_id"], []).append(e)
+    cols = max((len(v) for v in by_class.values()), default=1)
+    sheet = Image.new("RGB", (label_width + cols * (cell + 2), max(1, len(by_class)) * (cell + 2)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for r, (cid, items) in enumerate(by_class.items()):
+        y = r * (cell + 2)
+        draw.text((4, y + cell // 2 - 6), names.get(cid, cid)[:26], fill="black")
+        for c, e in enumerate(items):
+            with Image.open(root / e["file"]) as im:
+                sheet.paste(im.convert("RGB").resize((cell, cell), Image.NEAREST), (label_width + c * (cell + 2), y))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    from pipeline.core.write import atomic_save_image
+
+    atomic_save_image(out, sheet)
+    return out
+
+
+def run_stage(run: EditsRun, state: StageState, force: bool) -> dict[str, Any]:
+    import ray.data
+
+    from actors.sd import SDGenerator
+    from pipeline.core.write import DistilledSetWriter
+    from pipeline.edits.prototype import all_clusters, load_texts
+
+    cfg = run.cfg
+    state.begin(lambda: remove(run.paths.distilled, run.paths.contact_sheet), force)
+    clusters = all_clusters(run)
+    texts = load_texts(run)
+    model = run.generator_ref()
+    settings = {**generate_settings(run), "seed": cfg.edits.seed, "scheduler": cfg.edits.scheduler,
+                "ipc": cfg.edits.ipc, "tau": cfg.edits.tau, "fusion": cfg.edits.fusion, "k_image": cfg.edits.k_image,
+                "k_text": cfg.edits.k_text, "generator": model, "finetuned": cfg.edits.finetune.enabled,
+                "vlm": cfg.models.vlm, "clip": cfg.models.clip, "llm": cfg.models.llm}
+    writer = DistilledSetWriter(run.paths.distilled, "edits", settings, image_format=cfg.output.image_format)
+    counts: dict[str, int] = {}
+    for cl in clusters:
+        counts[cl["class_id"]] = counts.get(cl["class_id"], 0) + 1
+    writer.set_expected(counts)
+    by_key = {cl["key"]: cl for cl in clusters}
+    rows = [r for r in build_rows(run, clusters, texts) if not writer.done(r["key"])]
+    run.log(f"[edits] generate: {len(clusters) - len(rows)} images done, {len(rows)} to generate with {model}")
+    if rows:
+        pool = pool_kwargs(cfg, "generate")
+        ds = ray.data.from_items(rows, override_num_blocks=batch_blocks(len(rows), pool["batch_size"]))
+        ds = ds.map_batches(SDGenerator, batch_format="numpy", **pool,
+                            fn_constructor_kwargs={"model_ref": model, "settings": generate_settings(run),
+                                                   "zoo_dir": run.zoo_dir, "dtype": cfg.models.dtype,
+                                                   "faults": run.faults(),
+                                                   "micro_batch": cfg.ray.micro_batch_sizes.get("generate")})
+        row_of = {r["key"]: r for r in rows}
+        for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            for key, image in zip(b["key"], b["image"]):
+                r, cl = row_of[str(key)], by_key[str(key)]
+                writer.add(r["key"], r["class_id"], r["label"], np.asarray(image, dtype=np.uint8), meta={
+                    "cluster": r["cluster"], "cluster_size": cl["size"], "members": cl["image_members"],
+                    "caption_ids": cl["text_members"], "prototype_text": r["prompt"], "seed": r["seed"],
+                }, flush=False)
+            writer.flush()
+    missing = [cl["key"] for cl in clusters if not writer.done(cl["key"])]
+    if missing:
+        from pipeline.errors import DataError
+
+        raise DataError(f"generate: {len(missing)} images were not produced (first: {missing[:5]}); re-run to resume")
+    writer.finish({"images": len(writer.entries), "classes": len(counts)})
+    if cfg.edits.contact_sheet:
+        contact_sheet(writer.entries, run.paths.distilled, run.paths.contact_sheet, run.names)
+    return {"images": len(writer.entries), "generated_now": len(rows), "generator": model,
+            "per_class": counts}

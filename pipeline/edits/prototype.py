@@ -1,0 +1,212 @@
+"""Stage ``prototype`` (EDITS steps 6-7): an image prototype and a text prototype per cluster.
+
+- Image prototype: the ``k_image`` LSA-selected members are decoded at
+  ``edits.vae_resolution``, encoded by a VAE actor pool (``latent_dist.mode() *
+  scaling_factor``) and averaged per cluster in the driver as they stream back (a running
+  sum; a cluster's ``latents/<key>.pt`` is written when its last member arrives).
+- Text prototype: the ``k_text`` members' captions go to the LLM (actor pool for the
+  transformers / openai backends, ``ray.data.llm`` for vLLM) with our summary instruction;
+  the answer is cleaned and capped at ``edits.max_tokens`` tokens of the generator's CLIP
+  tokenizer, and falls back to the nearest caption when the LLM returns nothing usable.
+
+The two halves have their own settings hash: changing the LLM keeps the latents.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline.core.batching import batch_blocks
+from pipeline.core.ray_setup import pool_kwargs
+from pipeline.core.write import atomic_write_json, component_name, remove
+from pipeline.edits.state import EditsRun, StageState
+
+
+def average_latents(latents: list[np.ndarray] | np.ndarray) -> np.ndarray:
+    """The image prototype: the element-wise mean of the members' latents ``[C, h, w]``."""
+    arr = np.asarray(latents, dtype=np.float64)
+    if arr.ndim != 4 or len(arr) == 0:
+        raise ValueError(f"need latents [K, C, h, w] with K >= 1, got shape {arr.shape}")
+    return arr.mean(axis=0).astype(np.float32)
+
+
+def latent_file(run: EditsRun, key: str) -> Path:
+    return run.paths.latents / f"{component_name(key)}.pt"
+
+
+def all_clusters(run: EditsRun) -> list[dict[str, Any]]:
+    """Every cluster of the run, in label order, with its class id and label."""
+    from pipeline.edits.buffer import load_clusters
+
+    out = []
+    for c, info in load_clusters(run)["classes"].items():
+        for cl in info["clusters"]:
+            out.append({**cl, "class_id": c, "label": info["label"]})
+    return sorted(out, key=lambda x: (x["label"], x["cluster"]))
+
+
+def _vae_ref(run: EditsRun) -> tuple[str, str | None]:
+    """``models.vae``, or with ``vae_source=sd`` the generator's own VAE (the fine-tuned one when enabled)."""
+
+    m, e = run.cfg.models, run.cfg.edits
+    return (run.generator_ref(), "vae") if e.vae_source == "sd" else (m.vae, None)
+
+
+def image_prototypes(run: EditsRun, clusters: list[dict[str, Any]]) -> int:
+    """Write ``latents/<key>.pt`` for every cluster that lacks one; returns how many were made."""
+    import ray.data
+
+    from actors.vae import VaeEncoder
+    from pipeline.core.read import decode_batch
+
+    cfg = run.cfg
+    todo = [cl for cl in clusters if not latent_file(run, cl["key"]).exists()]
+    if not todo:
+        return 0
+    expected = {cl["key"]: len(cl["image_members"]) for cl in todo}
+    info = {cl["key"]: cl for cl in todo}
+    rows = [{"path": p, "key": cl["key"]} for cl in todo for p in cl["image_members"]]
+    ref, sub = _vae_ref(run)
+    bs = int(cfg.ray.batch_sizes.get("vae", 8))
+    ds = ray.data.from_items(rows, override_num_blocks=max(1, min(200, len(rows) // 128)))
+    ds = ds.map_batches(decode_batch, fn_kwargs={"size": cfg.edits.vae_resolution}, batch_size=bs, num_cpus=0.5)
+    ds = ds.map_batches(VaeEncoder, batch_format="numpy", **pool_kwargs(cfg, "vae"),
+                        fn_constructor_kwargs={"model_ref": ref, "zoo_dir": run.zoo_dir, "subfolder": sub,
+                                               "dtype": cfg.models.dtype, "faults": run.faults(),
+                                               "micro_batch": cfg.ray.micro_batch_sizes.get("vae")})
+    sums: dict[str, np.ndarray] = {}
+    used: dict[str, list[str]] = {}
+    seen: dict[str, int] = {}
+    made = 0
+
+    def save(key: str) -> None:
+        if key not in sums:
+            from pipeline.errors import DataError
+
+            raise DataError(f"prototype: no member image of cluster {key} could be encoded")
+        mean = (sums.pop(key) / len(used[key])).astype(np.float32)
+        cl = info[key]
+        target = latent_file(run, key)
+        tmp = target.with_suffix(".pt.tmp")
+        torch.save({"latent": torch.from_numpy(mean), "key": key, "class_id": cl["class_id"],
+                    "members": used.pop(key)}, tmp)
+        tmp.replace(target)
+
+    run.paths.latents.mkdir(parents=True, exist_ok=True)
+    for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        for i in range(len(b["path"])):
+            k = str(b["key"][i])
+            seen[k] = seen.get(k, 0) + 1
+            if b["error"][i]:
+                run.skips.add(str(b["path"][i]), str(b["error"][i]), "prototype")
+            else:
+                lat = np.asarray(b["latent"][i], dtype=np.float64)
+                sums[k] = sums[k] + lat if k in sums else lat
+                used.setdefault(k, []).append(str(b["path"][i]))
+            if seen[k] == expected[k]:
+                save(k)
+                made += 1
+    for k in list(expected):
+        if not latent_file(run, k).exists():
+            save(k)
+            made += 1
+    return made
+
+
+def load_texts(run: EditsRun) -> dict[str, dict[str, Any]]:
+    try:
+        return json.loads(run.paths.texts.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def text_rows(run: EditsRun, clusters: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One LLM request per cluster: our instruction over its ``k_text`` captions (quoted as data)."""
+    from pipeline.core.seeds import stage_seed
+    from pipeline.edits import prompts
+
+    e = run.cfg.edits
+    rows = []
+    for cl in clusters:
+        name = run.names[cl["class_id"]]
+        msgs = prompts.summary_messages(name, cl["text_captions"], e.max_tokens, e.summary_prompt)
+        rows.append({"key": cl["key"], "class_id": cl["class_id"], "class_name": name,
+                     "system": msgs[0]["content"], "user": msgs[1]["content"],
+                     "fallback": cl["text_captions"][0] if cl["text_captions"] else name,
+                     "seed": stage_seed(e.seed, f"llm:{cl['key']}")})
+    return rows
+
+
+def text_prototypes(run: EditsRun, clusters: list[dict[str, Any]]) -> int:
+    """Fill ``texts.json`` for every cluster without a text prototype; returns how many were made."""
+    import ray.data
+
+    from actors.captioner import load_count_tokenizer
+    from actors.llm import LLMActor, summarize_with_vllm
+    from pipeline.edits import prompts
+
+    cfg, e, m = run.cfg, run.cfg.edits, run.cfg.models
+    texts = load_texts(run)
+    todo = [cl for cl in clusters if cl["key"] not in texts]
+    if not todo:
+        return 0
+    rows = text_rows(run, todo)
+    by_key = {cl["key"]: cl for cl in todo}
+    bs = int(cfg.ray.batch_sizes.get("llm", 8))
+    ds = ray.data.from_items(rows, override_num_blocks=batch_blocks(len(rows), bs))
+    count_tok = None
+    if m.llm_backend == "vllm":
+        ds = summarize_with_vllm(ds, m.llm, e.max_tokens, e.llm_temperature, batch_size=bs,
+                                 concurrency=int(cfg.ray.pool_sizes.get("llm", 1)),
+                                 engine_kwargs=m.vllm_engine_kwargs, processor_kwargs=m.vllm_processor_kwargs)
+        count_tok = load_count_tokenizer(run.generator_ref(), run.zoo_dir, "tokenizer", role="sd")
+    else:
+        ctor = {"backend": m.llm_backend, "model_ref": m.llm, "zoo_dir": run.zoo_dir, "dtype": m.dtype,
+                "url": m.llm_url, "api_key_env": e.llm_api_key_env, "timeout_s": e.llm_timeout_s,
+                "max_tokens": e.max_tokens, "temperature": e.llm_temperature,
+                "require_class_name": e.require_class_name, "count_tokenizer_ref": run.generator_ref(),
+                "count_tokenizer_subfolder": "tokenizer", "faults": run.faults(),
+                "micro_batch": cfg.ray.micro_batch_sizes.get("llm"), "pad_to": e.llm_pad_tokens,
+                "torch_threads": e.llm_torch_threads}
+        kw = pool_kwargs(cfg, "llm")
+        if m.llm_backend == "openai":  # HTTP client: no model in the actor, little CPU
+            kw["num_cpus"] = min(kw.get("num_cpus", 0.25), 0.25)
+            kw.pop("num_gpus", None)
+        ds = ds.map_batches(LLMActor, batch_format="numpy", fn_constructor_kwargs=ctor, **kw)
+    made = 0
+    for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        for i in range(len(b["key"])):
+            k, raw = str(b["key"][i]), str(b["raw"][i])
+            if count_tok is not None or "text" not in b:
+                text = prompts.clean_generated(raw, str(b["class_name"][i]), e.max_tokens, count_tok,
+                                               fallback=str(b["fallback"][i]), require_class_name=e.require_class_name)
+            else:
+                text = str(b["text"][i])
+            cl = by_key[k]
+            texts[k] = {"text": text, "raw": raw, "class_id": cl["class_id"], "caption_ids": cl["text_members"],
+                        "backend": m.llm_backend, "model": m.llm}
+            made += 1
+        atomic_write_json(run.paths.texts, dict(sorted(texts.items())))
+    return made
+
+
+def run_stage(run: EditsRun, state: StageState, force: bool) -> dict[str, Any]:
+    state.begin(lambda: None, force)
+    clusters = all_clusters(run)
+    img_state = StageState(run.paths.art, "prototype.image", {"cluster": state.key["cluster"], **state.key["image"]})
+    img_state.begin(lambda: remove(run.paths.latents), force)
+    made_img = image_prototypes(run, clusters)
+    img_state.finish({"made": made_img})
+    txt_state = StageState(run.paths.art, "prototype.text", {"cluster": state.key["cluster"], **state.key["text"]})
+    txt_state.begin(lambda: remove(run.paths.texts), force)
+    made_txt = text_prototypes(run, clusters)
+    txt_state.finish({"made": made_txt})
+    texts = load_texts(run)
+    fallbacks = sum(1 for cl in clusters if texts[cl["key"]]["text"] == (cl["text_captions"] or [""])[0])
+    return {"clusters": len(clusters), "latents_now": made_img, "texts_now": made_txt,
+            "texts_equal_to_a_caption": fallbacks}

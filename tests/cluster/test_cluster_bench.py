@@ -1,0 +1,101 @@
+"""Benchmarks that must run anywhere: k-means (tiny size), the GPU check's CPU dry run and its no-CUDA error."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "bench"))
+
+import gpu_check
+import kmeans
+
+
+def _ratio(out: str) -> float:
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("ratio: "), last
+    return float(last.split()[1])
+
+
+def test_kmeans_features_are_unit_vectors_and_reproducible():
+    a = kmeans.class_features(3, 50, 16, 4, seed=1)
+    assert a.shape == (50, 16) and a.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(a, kmeans.class_features(3, 50, 16, 4, seed=1))
+    assert not np.array_equal(a, kmeans.class_features(4, 50, 16, 4, seed=1))
+
+
+def test_inertia_matches_hand_computation():
+    x = np.array([[0, 0], [1, 0], [10, 0]], np.float32)
+    c = np.array([[0.5, 0], [10, 0]], np.float32)
+    assert kmeans.inertia(x, c) == pytest.approx(0.25 + 0.25 + 0.0)
+
+
+def test_kmeans_bench_small(tmp_path, capsys):
+    out_json = tmp_path / "k.json"
+    assert kmeans.main(["--classes", "2", "--per-class", "300", "--dim", "32", "--k", "4",
+                        "--json-out", str(out_json)]) == 0
+    out = capsys.readouterr().out
+    ratio = _ratio(out)
+    res = json.loads(out_json.read_text())
+    assert ratio == pytest.approx(res["ratio"], rel=1e-2) and ratio > 0
+    assert res["seconds"]["sklearn"] > 0 and res["seconds"]["faiss-cpu"] > 0
+    # same data, both near the same optimum: the speed comparison is like for like
+    assert res["objective"]["faiss-cpu"] == pytest.approx(res["objective"]["sklearn"], rel=0.05)
+    assert res["costs"]["cluster"] > 0
+
+
+def test_gpu_check_fails_clearly_without_cuda():
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    r = subprocess.run(["bash", str(REPO / "bench" / "gpu_check.sh")], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHON": sys.executable})
+    assert r.returncode == 3
+    assert "no CUDA GPU is visible" in r.stderr and "--cpu-smoke" in r.stderr
+
+
+def test_gpu_check_real_size_configs_build():
+    """The inline configs are the real architectures (built on the meta device: no memory, no download)."""
+    from diffusers import AutoencoderKL, DiTTransformer2DModel, UNet2DConditionModel
+
+    with torch.device("meta"):
+        dit = DiTTransformer2DModel(**gpu_check.DIT_XL_2_256)
+        unet = UNet2DConditionModel(**gpu_check.SD15_UNET)
+        vae = AutoencoderKL(**gpu_check.SD_VAE)
+    millions = lambda m: sum(p.numel() for p in m.parameters()) / 1e6
+    assert 700 < millions(dit) < 800  # DiT-XL/2 (diffusers keeps an embedding per block)
+    assert 855 < millions(unet) < 865  # SD 1.5 UNet: 859.5 M
+    assert 83 < millions(vae) < 84.5  # SD VAE: 83.7 M
+    assert dit.config.sample_size * 8 == 256 and dit.config.num_embeds_ada_norm == 1000
+
+
+def test_gpu_check_cpu_smoke(tmp_path, capsys):
+    out = tmp_path / "gc.json"
+    assert gpu_check.main(["--cpu-smoke", "--batches", "1,2", "--sd-batches", "1", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert _ratio(text) > 0
+    res = json.loads(out.read_text())
+    assert [r["batch"] for r in res["diver"]["rows"]] == [1, 2]
+    assert res["sd_img2img"]["rows"][0]["batch"] == 1
+    assert set(res["costs"]) == {"recover.step", "plain_dit.step", "generate.step"}
+    assert all(v > 0 for v in res["costs"].values())
+    assert res["smoke"] is True and res["diver"]["best"]["s_per_image"] == min(
+        r["s_per_image"] for r in res["diver"]["rows"])
+
+
+@pytest.mark.slow
+def test_pipeline_throughput_bench_small(capsys):
+    import pipeline_throughput
+
+    assert pipeline_throughput.main(["--images", "20", "--recover-images", "4", "--batch", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "EDITS caption + embed" in out and "DIVER recovery" in out
+    assert _ratio(out) > 0

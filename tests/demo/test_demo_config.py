@@ -1,0 +1,62 @@
+"""`semdistill demo`: each method's settings are its demo config plus the demo's IPC and trims."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.demo.run import DEMO_TRIM, IPC, method_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_edits_gets_ipc_10_and_the_trims_merged_into_its_demo_config(tmp_path):
+    own = yaml.safe_load((REPO / "configs" / "demo_edits.yaml").read_text())
+    cfg = method_config("edits", tmp_path / "out", tmp_path / "data", quick=False)
+    assert cfg.method == "edits" and cfg.edits.ipc == IPC == 10
+    assert cfg.edits.num_inference_steps == DEMO_TRIM["edits"]["num_inference_steps"] == 25
+    assert cfg.edits.finetune.max_steps == 160 and cfg.edits.finetune.vae_steps == 100
+    assert cfg.edits.finetune.learning_rate == own["edits"]["finetune"]["learning_rate"]  # merged, not replaced
+    assert cfg.ray.batch_sizes["llm"] == 20 and cfg.ray.batch_sizes["generate"] == own["ray"]["batch_sizes"]["generate"]
+    assert cfg.data.root == str(tmp_path / "data" / "train") and cfg.output.dir == str(tmp_path / "out" / "edits")
+
+
+def test_diver_gets_one_dm_set_at_ipc_10_and_quick_shrinks_further(tmp_path):
+    cfg = method_config("diver", tmp_path / "out", tmp_path / "data", quick=False)
+    assert cfg.diver.stage1.ipc == 10 and cfg.diver.stage1.iterations == 150
+    quick = method_config("diver", tmp_path / "out", tmp_path / "data", quick=True)
+    assert quick.diver.stage1.iterations == 20
+    edits_quick = method_config("edits", tmp_path / "out", tmp_path / "data", quick=True)
+    assert edits_quick.edits.num_inference_steps == 10 and edits_quick.models.llm == "zoo:llm"
+
+
+@pytest.mark.slow
+def test_quick_demo_writes_results_report_and_overview(tmp_path):
+    """`semdistill demo --quick`: every method and baseline evaluated, results.json rows complete, report written."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "demo"
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "demo", "--out", str(out), "--quick"], cwd=REPO,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=3600, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads((out / "results.json").read_text())
+    assert {r["method"] for r in rows} == {"random_real", "dm", "diver", "edits"}
+    assert {r["student"] for r in rows} == {"convnet", "resnet18"}
+    for r in rows:
+        assert {"dataset", "method", "ipc", "student", "top1_mean", "top1_std", "repeats"} <= set(r)
+        assert r["ipc"] == 10 and 0.0 <= r["top1_mean"] <= 100.0
+    assert (out / "results.md").is_file() and (out / "report.html").stat().st_size > 10_000
+    assert (out / "report_files" / "overview.png").is_file()
+
+
+def test_batch_blocks_hold_one_ray_batch_each(tmp_path):
+    from pipeline.core.batching import batch_blocks
+
+    bs = method_config("edits", tmp_path / "out", tmp_path / "data", quick=False).ray.batch_sizes["llm"]  # 20
+    assert batch_blocks(100, bs) == 5 and batch_blocks(101, bs) == 6 and batch_blocks(3, bs) == 1
+    assert batch_blocks(10_000, bs, cap=50) == 50 and batch_blocks(0, bs) == 1
