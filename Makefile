@@ -21,6 +21,7 @@ demo: install
 	HF_HUB_OFFLINE=1 $(VENV)/bin/semdistill demo --out $(OUT)
 
 test: install
+	$(VENV)/bin/lint-imports --no-cache
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
 
