@@ -336,8 +336,55 @@ def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> Config:
         raise ConfigError(_format_errors(err, source)) from None
 
 
-def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
-    """Load a YAML config (or defaults when ``path`` is None) and apply dotted overrides."""
+# Fields that name local files or folders. ``load_config`` resolves them against the caller's working
+# directory once, before anything is dispatched: Ray Tune trials, Train workers and Ray tasks each run in
+# a working directory of their own, where a relative path means something else (or nothing).
+PATH_FIELDS = ("data.root", "data.val_root", "data.class_names", "models.zoo_dir", "edits.finetune.output",
+               "edits.finetune.storage_path", "diver.input", "diver.class_map", "output.dir", "debug.fault_dir")
+# Model roles hold a hub id, ``zoo:<role>`` or a local folder; only the last is resolved.
+MODEL_ROLES = ("vlm", "clip", "vae", "dit", "sd", "llm")
+
+
+def _absolute(value: str, base: Path) -> str:
+    path = Path(value).expanduser()
+    return str(path if path.is_absolute() else (base / path).resolve())
+
+
+def _is_uri(value: str) -> bool:
+    return "://" in value
+
+
+def resolve_paths(cfg: Config, base: str | Path | None = None) -> Config:
+    """A copy of ``cfg`` whose local paths are absolute, resolved against ``base`` (default: the cwd).
+
+    URIs (``s3://...``) stay as they are; a model role is resolved only when it is meant as a path
+    (``./``, ``../``, ``~`` or an existing folder under ``base``), never a hub id or ``zoo:<role>``.
+    """
+    base = Path(base or Path.cwd()).resolve()
+    out = cfg.model_copy(deep=True)
+    for dotted in PATH_FIELDS:
+        *parents, leaf = dotted.split(".")
+        node: Any = out
+        for part in parents:
+            node = getattr(node, part)
+        value = getattr(node, leaf)
+        if isinstance(value, str) and value and not _is_uri(value):
+            setattr(node, leaf, _absolute(value, base))
+    for role in MODEL_ROLES:
+        ref = getattr(out.models, role)
+        if ref.startswith(("./", "../", "~")) or (not ref.startswith("zoo:") and not _is_uri(ref)
+                                                 and not Path(ref).is_absolute() and (base / ref).exists()):
+            setattr(out.models, role, _absolute(ref, base))
+    return out
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None, resolve: bool = True) -> Config:
+    """Load a YAML config (or defaults when ``path`` is None) and apply dotted overrides.
+
+    With ``resolve`` (the default) local paths become absolute against the current working
+    directory (``resolve_paths``); ``semdistill submit`` passes ``resolve=False`` so that paths
+    stay relative to the job's working directory on the cluster.
+    """
     raw: dict[str, Any] = {}
     source = "<defaults>"
     if path is not None:
@@ -351,7 +398,8 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
             raise ConfigError(f"config {p} is not valid YAML: {err}") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"config {p} must be a mapping of sections, got {type(raw).__name__}")
-    return config_from_dict(apply_overrides(raw, overrides or []), source)
+    cfg = config_from_dict(apply_overrides(raw, overrides or []), source)
+    return resolve_paths(cfg) if resolve else cfg
 
 
 def dump_config(cfg: Config) -> str:

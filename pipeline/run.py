@@ -25,6 +25,22 @@ def run_config(cfg: Config, from_stage: str | None = None) -> dict[str, Any]:
     return runner(cfg, from_stage=from_stage)
 
 
+def distilled_set(summary: dict[str, Any]) -> str:
+    """The one distilled set a run wrote: EDITS's ``distilled/``, or DIVER's recovered set (not the run root)."""
+    sets = summary.get("sets")
+    if not sets:
+        return str(summary["output"])
+    if len(sets) != 1:
+        raise ConfigError(f"the run wrote {len(sets)} sets ({', '.join(sets)}); a sweep trial evaluates one: "
+                          "give diver.input, or one stage-1 IPC")
+    return str(next(iter(sets.values()))["recovered"])
+
+
+def distil_one_set(cfg: Config) -> str:
+    """Run ``cfg.method`` and return the path of the distilled set to evaluate (a sweep trial's set)."""
+    return distilled_set(run_config(cfg))
+
+
 def main(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     if args.print_config:
@@ -52,6 +68,6 @@ def sweep_main(args: argparse.Namespace) -> int:
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
     cfg = load_config(args.config, args.overrides)
-    summary = run_sweep(cfg, run_config)
+    summary = run_sweep(cfg, distil_one_set)
     print(json.dumps({"output": summary["output"], "best": summary["best"]}, indent=2, default=str))
     return 0

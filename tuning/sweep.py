@@ -79,11 +79,12 @@ def _students(cfg: Config) -> list[str]:
     return list(cfg.sweep.students or ev.students) if cfg.sweep else list(ev.students)
 
 
-RunMethod = Callable[[Config], dict[str, Any]]
+RunMethod = Callable[[Config], str]
 
 
 def generate(cfg: Config, trial_dir: Path, run_method: RunMethod) -> str:
-    """The trial's distilled set: ``run_method(cfg)`` (the config's method), or random real images for ``method: none``."""
+    """The trial's distilled set: the path ``run_method(cfg)`` returns (the config's method), or random real images
+    for ``method: none``."""
     if cfg.method == "none":
         from tuning.baselines import random_real
 
@@ -91,7 +92,7 @@ def generate(cfg: Config, trial_dir: Path, run_method: RunMethod) -> str:
             raise ConfigError("sweep with method none needs data.root (random real baseline)")
         return random_real(cfg.data.root, trial_dir / "set", cfg.sweep.baseline_ipc, seed=cfg.sweep.seed,
                            size=cfg.data.image_size, classes=cfg.data.classes)["output"]
-    return str(run_method(cfg)["output"])
+    return run_method(cfg)
 
 
 def run_trial(config: dict[str, Any], base: dict[str, Any], names: list[str], trials_dir: str,
@@ -171,7 +172,7 @@ def _md(trials: list[dict[str, Any]], names: list[str], best_id: str | None) -> 
 def run_sweep(cfg: Config, run_method: RunMethod, log=print) -> dict[str, Any]:
     """Run the Tune sweep described by ``cfg.sweep``; write results; return the best trial.
 
-    ``run_method(cfg)`` distils one trial's set (``pipeline.run.run_config``; passed in so that
+    ``run_method(cfg)`` distils one trial's set and returns its path (``pipeline.run.distil_one_set``; passed in so that
     this layer does not import the methods above it).
     """
     from ray import tune

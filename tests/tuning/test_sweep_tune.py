@@ -8,7 +8,7 @@ import yaml
 
 from pipeline.config import config_from_dict, load_config
 from pipeline.errors import ConfigError
-from pipeline.run import run_config
+from pipeline.run import distil_one_set
 from tuning.sweep import apply_params, run_sweep, search_space
 
 REPO = Path(__file__).resolve().parents[2]
@@ -25,7 +25,7 @@ def _cfg(demo_root, out, **sweep):
 
 
 def test_two_trial_sweep_picks_the_better_one(demo_root, ray_local, tmp_path):
-    summary = run_sweep(_cfg(demo_root, tmp_path), run_config, log=lambda _m: None)
+    summary = run_sweep(_cfg(demo_root, tmp_path), distil_one_set, log=lambda _m: None)
     trials = summary["trials"]
     assert len(trials) == 2 and all(t["error"] is None for t in trials)
     by_lr = {t["params"]["eval.lr"]: t["mean_top1"] for t in trials}
@@ -51,7 +51,7 @@ def test_search_space_and_param_errors(demo_root, tmp_path):
     with pytest.raises(ConfigError, match="empty"):
         search_space(_cfg(demo_root, tmp_path, params={}).sweep)
     with pytest.raises(ConfigError, match="gama"):  # misspelt key: rejected before any trial runs
-        run_sweep(_cfg(demo_root, tmp_path, params={"diver.gama": [0.1]}), run_config)
+        run_sweep(_cfg(demo_root, tmp_path, params={"diver.gama": [0.1]}), distil_one_set)
     with pytest.raises(ConfigError):
         apply_params(cfg, {"diver.start_step": 60})  # start_step must stay below num_inference_steps
 
@@ -62,3 +62,68 @@ def test_demo_sweep_config_is_valid():
     raw = yaml.safe_load((REPO / "configs" / "demo_sweep.yaml").read_text())
     assert set(raw["sweep"]["params"]) <= {"diver.gamma", "diver.start_step", "diver.fusion_window",
                                             "edits.guidance_scale", "edits.strength", "edits.tau"}
+
+
+def _stage1_folder(demo_root: Path, out: Path, per_class: int = 1) -> None:
+    """A tiny stage-1 ImageFolder: the first ``per_class`` real train digits of each class."""
+    import shutil
+
+    for cls in sorted(p for p in (demo_root / "train").iterdir() if p.is_dir()):
+        (out / cls.name).mkdir(parents=True)
+        for f in sorted(cls.iterdir())[:per_class]:
+            shutil.copy(f, out / cls.name / f.name)
+
+
+def test_diver_gamma_sweep_with_relative_paths_from_a_fresh_working_directory(demo_root, ray_local, tmp_path,
+                                                                              monkeypatch):
+    """Tune runs each trial in its own working directory: relative paths must be resolved at load time,
+    and each trial must evaluate the recovered set, not the DIVER run's root folder."""
+    import shutil
+
+    shutil.copytree(demo_root, tmp_path / "digits")
+    _stage1_folder(demo_root, tmp_path / "runs" / "stage1")
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump({
+        "method": "diver", "name": "gamma_sweep",
+        "data": {"root": "digits/train", "val_root": "digits/val", "image_size": 32},
+        "models": {"dit": "zoo:dit"},
+        "diver": {"input": "runs/stage1", "resolution": 32, "torch_threads": 1},
+        "eval": {"students": ["convnet"], "student_kwargs": {"convnet": {"width": 8}}, "epochs": 2},
+        "sweep": {"params": {"diver.gamma": [0.0, 0.1]}, "trial_cpus": 1, "max_concurrent_trials": 1,
+                  "repeats": 1},
+        "ray": {"actor_num_cpus": 0.5, "pool_sizes": {"recover": 1}, "batch_sizes": {"recover": 10}},
+        "output": {"dir": "runs/sweep_out"},
+    }))
+    monkeypatch.chdir(tmp_path)
+    summary = run_sweep(load_config("sweep.yaml"), distil_one_set, log=lambda _m: None)
+    assert [t["error"] for t in summary["trials"]] == [None, None]
+    assert summary["best"]["params"]["diver.gamma"] in (0.0, 0.1)
+    sweep_dir = tmp_path / "runs" / "sweep_out" / "sweep"
+    assert json.loads((sweep_dir / "best.json").read_text())["trial_id"] == summary["best"]["trial_id"]
+    for trial in (sweep_dir / "trials").iterdir():  # each trial recovered the ten stage-1 images
+        recovered = sorted((trial / "diver").rglob("*.png"))
+        assert len(recovered) == 10, trial
+
+
+@pytest.mark.slow
+def test_the_commands_in_demo_sweep_yaml_run_as_written(tmp_path):
+    """The two commands of configs/demo_sweep.yaml's comment, exactly as written, from a fresh working directory."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    shutil.copytree(REPO / "configs", tmp_path / "configs")
+    comment = [line[1:].strip() for line in (REPO / "configs" / "demo_sweep.yaml").read_text().splitlines()
+               if line.startswith("#")]
+    commands = [line.split("#")[0].strip() for line in comment if line.startswith("semdistill ")]
+    assert commands[:2] == ["semdistill demo --out runs/demo", "semdistill sweep configs/demo_sweep.yaml"]
+    exe = Path(sys.executable).parent / "semdistill"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    for cmd in commands[:2]:
+        proc = subprocess.run([str(exe), *cmd.split()[1:]], cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=3600)
+        assert proc.returncode == 0, f"{cmd}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    sweep_dir = tmp_path / "runs" / "demo" / "sweep"
+    best = json.loads((sweep_dir / "best.json").read_text())
+    assert best["error"] is None and best["mean_top1"] > 10
+    assert (sweep_dir / "sweep.png").stat().st_size > 1000
