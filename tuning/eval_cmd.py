@@ -24,7 +24,10 @@ def eval_config_for(args: argparse.Namespace) -> tuple[EvalConfig, object]:
 def main(args: argparse.Namespace) -> int:
     from tuning.evaluate import evaluate_sets, results_markdown
 
+    from tuning.protocols import resolve_preset
+
     ev, cfg = eval_config_for(args)
+    ev = resolve_preset(ev)  # a preset may set the protocol (rded, sre2l: soft labels), so resolve it first
     distilled = Path(args.distilled)
     out = Path(args.out) if args.out else distilled
     train = args.train or (cfg.data.root if ev.protocol == "soft" else None)
