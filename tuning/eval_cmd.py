@@ -23,7 +23,6 @@ def eval_config_for(args: argparse.Namespace) -> tuple[EvalConfig, object]:
 
 def main(args: argparse.Namespace) -> int:
     from tuning.evaluate import evaluate_sets, results_markdown
-
     from tuning.protocols import resolve_preset
 
     ev, cfg = eval_config_for(args)
