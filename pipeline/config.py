@@ -255,8 +255,10 @@ class SweepConfig(Section):
 
     # dotted config key -> a list (grid values / random choices) or {uniform|loguniform|randint: [lo, hi]}
     params: dict[str, Any] = {}
-    search: Literal["grid", "random"] = "grid"
-    num_samples: int = Field(1, gt=0)  # grid: passes over the grid; random: number of trials
+    # grid: every combination of the lists; random: num_samples draws; optuna: Bayesian (TPE) search through
+    # Ray Tune's Optuna integration, num_samples trials, lists as categorical choices
+    search: Literal["grid", "random", "optuna"] = "grid"
+    num_samples: int = Field(1, gt=0)  # grid: passes over the grid; random / optuna: number of trials
     scheduler: Literal["none", "asha"] = "none"  # asha: stop weak trials after their first student
     metric: Literal["mean_top1"] = "mean_top1"  # mean top-1 over the students (cross-architecture)
     classes: list[str] | None = None  # generate and evaluate on this class subset (None: data.classes)

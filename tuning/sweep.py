@@ -67,7 +67,8 @@ def search_space(sweep: SweepConfig) -> tuple[list[str], dict[str, Any]]:
         elif isinstance(spec, dict) and len(spec) == 1 and next(iter(spec)) in RANGE_KINDS:
             kind, args = next(iter(spec.items()))
             if sweep.search == "grid":
-                raise ConfigError(f"sweep.params.{name}: a {kind} range needs search: random (grid takes lists)")
+                raise ConfigError(f"sweep.params.{name}: a {kind} range needs search: random or optuna "
+                                  "(grid takes lists)")
             space[f"p{i}"] = tune.choice(args) if kind == "choice" else getattr(tune, kind)(*args)
         else:
             raise ConfigError(f"sweep.params.{name}: use a list of values or one of {{{', '.join(RANGE_KINDS)}: ...}}")
@@ -205,6 +206,15 @@ def run_sweep(cfg: Config, run_method: RunMethod, log=print) -> dict[str, Any]:
         if limit is None and cfg.method != "none":  # leave CPUs for the method's own Ray Data actors
             cpus = float(ray.cluster_resources().get("CPU", 1.0))
             limit = max(1, int((cpus - 1.0) // sweep.trial_cpus))
+        search_alg = None
+        if sweep.search == "optuna":  # Bayesian search (TPE) through Ray Tune's Optuna integration
+            from ray.tune.search.optuna import OptunaSearch
+
+            search_alg = OptunaSearch(metric=sweep.metric, mode="max", seed=sweep.seed)
+        elif sweep.search == "random":  # seeded draws: the same sweep config proposes the same trials
+            from ray.tune.search.basic_variant import BasicVariantGenerator
+
+            search_alg = BasicVariantGenerator(random_state=sweep.seed)
         scheduler = None
         if sweep.scheduler == "asha":
             scheduler = ASHAScheduler(time_attr="students_done", max_t=len(students), grace_period=1,
@@ -215,7 +225,8 @@ def run_sweep(cfg: Config, run_method: RunMethod, log=print) -> dict[str, Any]:
                                                      run_method=run_method), resources),
             param_space=space,
             tune_config=tune.TuneConfig(metric=sweep.metric, mode="max", num_samples=sweep.num_samples,
-                                        scheduler=scheduler, max_concurrent_trials=limit),
+                                        scheduler=scheduler, search_alg=search_alg,
+                                        max_concurrent_trials=limit),
             run_config=tune.RunConfig(storage_path=str(out / "tune"), name=cfg.name, verbose=1),
         )
         grid = tuner.fit()

@@ -127,3 +127,12 @@ def test_the_commands_in_demo_sweep_yaml_run_as_written(tmp_path):
     best = json.loads((sweep_dir / "best.json").read_text())
     assert best["error"] is None and best["mean_top1"] > 10
     assert (sweep_dir / "sweep.png").stat().st_size > 1000
+
+
+def test_optuna_search_with_asha_proposes_values_inside_the_range(demo_root, ray_local, tmp_path):
+    cfg = _cfg(demo_root, tmp_path, params={"eval.lr": {"loguniform": [0.001, 0.05]}}, search="optuna",
+               num_samples=2, scheduler="asha")
+    summary = run_sweep(cfg, distil_one_set, log=lambda _m: None)
+    lrs = [t["params"]["eval.lr"] for t in summary["trials"]]
+    assert len(lrs) == 2 and len(set(lrs)) == 2 and all(0.001 <= lr <= 0.05 for lr in lrs)
+    assert all(t["error"] is None and t["mean_top1"] > 0 for t in summary["trials"])
