@@ -269,6 +269,9 @@ class SweepConfig(Section):
     trial_gpus: float = Field(0.0, ge=0)
     plot_param: str | None = None  # x axis of the plot (None: the first param)
     baseline_ipc: int = Field(10, gt=0)  # method none: each trial evaluates IPC random real images
+    # trials distil from the rest of data.root and are scored on this seeded per-class share of it, so the
+    # settings are never chosen on data.val_root (the split the report uses); 0: score on data.val_root
+    holdout_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     seed: int = 0
 
 

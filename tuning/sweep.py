@@ -170,6 +170,26 @@ def _md(trials: list[dict[str, Any]], names: list[str], best_id: str | None) -> 
     return "\n".join(lines) + "\n"
 
 
+def tuning_split(cfg: Config, out: Path) -> tuple[Config, str]:
+    """The config the trials run with, and a sentence naming the split that scores them.
+
+    With ``sweep.holdout_fraction`` > 0 the trials distil from the rest of ``data.root`` and are scored on
+    the carved holdout (``tuning/holdout.py``); otherwise they are scored on ``data.val_root``.
+    """
+    fraction = cfg.sweep.holdout_fraction
+    if fraction <= 0:
+        return cfg, f"the validation split {cfg.data.val_root} (the split the report uses)"
+    if not cfg.data.root:
+        raise ConfigError("sweep.holdout_fraction needs data.root (the holdout is carved from the train set); "
+                          "set data.root, or sweep.holdout_fraction=0 to score trials on data.val_root")
+    from tuning.holdout import carve_holdout
+
+    train, holdout = carve_holdout(cfg.data.root, out, fraction, seed=cfg.sweep.seed, classes=cfg.data.classes)
+    trial_cfg = apply_params(cfg, {"data.root": str(train), "data.val_root": str(holdout)})
+    return trial_cfg, (f"a holdout of {fraction:.0%} of each class of {cfg.data.root} (seed {cfg.sweep.seed}), "
+                       "never the validation split the report uses")
+
+
 def run_sweep(cfg: Config, run_method: RunMethod, log=print) -> dict[str, Any]:
     """Run the Tune sweep described by ``cfg.sweep``; write results; return the best trial.
 
@@ -183,8 +203,8 @@ def run_sweep(cfg: Config, run_method: RunMethod, log=print) -> dict[str, Any]:
 
     if cfg.sweep is None:
         raise ConfigError("the config has no sweep section (see configs/demo_sweep.yaml)")
-    if not cfg.data.val_root:
-        raise ConfigError("a sweep evaluates students: set data.val_root")
+    if not cfg.data.val_root and cfg.sweep.holdout_fraction <= 0:
+        raise ConfigError("a sweep with holdout_fraction 0 scores trials on data.val_root: set it")
     from tuning.students import check_students
 
     students = _students(cfg)
@@ -198,6 +218,7 @@ def run_sweep(cfg: Config, run_method: RunMethod, log=print) -> dict[str, Any]:
     apply_params(base, {n: (v[0] if isinstance(v, list) else next(iter(v.values()))[0]) for n, v in sweep.params.items()})
     out = Path(cfg.output.dir).resolve() / "sweep"
     out.mkdir(parents=True, exist_ok=True)
+    base, selected_on = tuning_split(base, out)
     resources = {"cpu": sweep.trial_cpus, **({"gpu": sweep.trial_gpus} if sweep.trial_gpus else {})}
     with ray_session(cfg.ray):
         import ray
@@ -246,13 +267,15 @@ def run_sweep(cfg: Config, run_method: RunMethod, log=print) -> dict[str, Any]:
     # a trial ASHA stopped early has fewer students: rank complete trials first
     best = max(done, key=lambda t: (t["students_done"] == len(students), t["mean_top1"]))
     best_cfg = apply_params(cfg, best["params"]).model_copy(update={"sweep": None})
+    best = {**best, "selected_on": selected_on}
     atomic_write_json(out / "sweep_results.json", {"metric": sweep.metric, "students": students, "params": names,
-                                                   "trials": trials, "best": best})
+                                                   "trials": trials, "best": best, "selected_on": selected_on})
     atomic_write_json(out / "best.json", best)
     atomic_write_bytes(out / "best_config.yaml", dump_config(best_cfg).encode())
-    atomic_write_bytes(out / "sweep.md", _md(trials, names, best["trial_id"]).encode())
+    table = _md(trials, names, best["trial_id"]) + f"\nTrials were scored on {selected_on}.\n"
+    atomic_write_bytes(out / "sweep.md", table.encode())
     x_param = sweep.plot_param or names[0]
     plot = _plot(trials, x_param, out)
-    log(_md(trials, names, best["trial_id"]))
+    log(table)
     log(f"best: {best['params']} -> mean top-1 {best['mean_top1']:.2f}% ; wrote {out}")
     return {"output": str(out), "best": best, "trials": trials, "plot": str(plot) if plot else None}

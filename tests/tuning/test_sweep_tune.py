@@ -34,6 +34,7 @@ def test_two_trial_sweep_picks_the_better_one(demo_root, ray_local, tmp_path):
     sweep_dir = tmp_path / "sweep"
     saved = json.loads((sweep_dir / "sweep_results.json").read_text())
     assert saved["best"]["mean_top1"] == max(by_lr.values())
+    assert saved["selected_on"].startswith("a holdout of 10% of each class of") and "never the validation" in saved["selected_on"]
     best_cfg = load_config(sweep_dir / "best_config.yaml")
     assert best_cfg.eval.lr == 0.02 and best_cfg.sweep is None
     assert (sweep_dir / "sweep.png").stat().st_size > 1000
@@ -136,3 +137,25 @@ def test_optuna_search_with_asha_proposes_values_inside_the_range(demo_root, ray
     lrs = [t["params"]["eval.lr"] for t in summary["trials"]]
     assert len(lrs) == 2 and len(set(lrs)) == 2 and all(0.001 <= lr <= 0.05 for lr in lrs)
     assert all(t["error"] is None and t["mean_top1"] > 0 for t in summary["trials"])
+
+
+def test_holdout_is_seeded_disjoint_and_leaves_every_class_images_to_train_on(demo_root, tmp_path):
+    import os
+
+    from tuning.holdout import carve_holdout, holdout_count
+
+    assert [holdout_count(n, 0.1) for n in (1, 2, 9, 10, 11, 143)] == [0, 1, 1, 1, 2, 15]
+    train, held = carve_holdout(demo_root / "train", tmp_path / "a", 0.1, seed=3)
+    again, held_again = carve_holdout(demo_root / "train", tmp_path / "b", 0.1, seed=3)
+    other, held_other = carve_holdout(demo_root / "train", tmp_path / "c", 0.1, seed=4)
+
+    def files(root):
+        return {os.path.realpath(f) for f in root.rglob("*.png")}
+
+    real = {os.path.realpath(f) for f in (demo_root / "train").rglob("*.png")}
+    assert files(train) | files(held) == real and not files(train) & files(held)
+    assert files(held) == files(held_again) and files(held) != files(held_other)
+    for cls in sorted((demo_root / "train").iterdir()):
+        n = len(list(cls.glob("*.png")))
+        assert len(list((held / cls.name).glob("*.png"))) == holdout_count(n, 0.1)
+        assert len(list((train / cls.name).glob("*.png"))) == n - holdout_count(n, 0.1)
