@@ -146,8 +146,8 @@ def test_holdout_is_seeded_disjoint_and_leaves_every_class_images_to_train_on(de
 
     assert [holdout_count(n, 0.1) for n in (1, 2, 9, 10, 11, 143)] == [0, 1, 1, 1, 2, 15]
     train, held = carve_holdout(demo_root / "train", tmp_path / "a", 0.1, seed=3)
-    again, held_again = carve_holdout(demo_root / "train", tmp_path / "b", 0.1, seed=3)
-    other, held_other = carve_holdout(demo_root / "train", tmp_path / "c", 0.1, seed=4)
+    _, held_again = carve_holdout(demo_root / "train", tmp_path / "b", 0.1, seed=3)
+    _, held_other = carve_holdout(demo_root / "train", tmp_path / "c", 0.1, seed=4)
 
     def files(root):
         return {os.path.realpath(f) for f in root.rglob("*.png")}
