@@ -21,6 +21,12 @@ from pipeline.edits.gsq import gsq_fuse
 from pipeline.edits.lsa import select
 from pipeline.errors import DataError
 
+# what the clusters depend on (see pipeline/edits/state.py): ClusterSettings' fields, and the device
+# (FAISS runs on a GPU when the task is given one)
+DEPENDS_ON = ("stage:embed", "input:device", "edits.ipc", "edits.seed", "edits.tau", "edits.fusion",
+              "edits.feature_normalize", "edits.contamination", "edits.lof_neighbors", "edits.small_class_policy",
+              "edits.kmeans_niter", "edits.kmeans_nredo", "edits.k_image", "edits.k_text")
+
 
 @dataclass(frozen=True)
 class ClusterSettings:

@@ -22,10 +22,20 @@ from pipeline.core.read import read_parquet
 from pipeline.core.write import write_parquet
 from pipeline.edits.state import EditsRun, StageState
 
+# what a caption depends on (see pipeline/edits/state.py); the CLIP model only through the tokenizer that
+# caps a caption at edits.caption_max_tokens, so switching CLIP checkpoints that share one keeps the captions
+DEPENDS_ON = ("input:fingerprint", "input:data_root", "input:class_names",
+              "models.vlm", "models.vlm_backend", "input:vllm:vlm", "models.dtype", "input:device",
+              "input:model_batch:caption", "input:clip_tokenizer", "edits.caption_style", "edits.caption_prompt",
+              "edits.caption_prefix", "edits.caption_max_tokens", "edits.require_class_name",
+              "edits.caption_image_size")
+# which images there are is not part of a cached caption's key (rows are keyed by path and class name)
+NOT_IN_ROW_KEY = ("input:fingerprint", "input:data_root", "input:class_names")
+
 
 def cache_settings_hash(key: dict[str, Any]) -> str:
-    """The captioner part of the stage key (dataset fingerprint and name table excluded)."""
-    return settings_hash({k: v for k, v in key.items() if k not in ("data", "names")})
+    """The captioner part of the stage key (which images and the name table excluded: ``NOT_IN_ROW_KEY``)."""
+    return settings_hash({k: v for k, v in key.items() if k not in NOT_IN_ROW_KEY})
 
 
 def row_key(settings: str, class_name: str) -> str:

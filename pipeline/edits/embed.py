@@ -19,6 +19,10 @@ from pipeline.core.read import read_parquet
 from pipeline.core.write import component_name, remove, write_parquet
 from pipeline.edits.state import EditsRun, StageState
 
+# what the features depend on (see pipeline/edits/state.py)
+DEPENDS_ON = ("stage:caption", "models.clip", "models.dtype", "input:device", "input:model_batch:embed",
+              "edits.feature_image_size")
+
 
 def features_file(run: EditsRun, class_id: str) -> Path:
     return run.paths.features / f"{component_name(class_id)}.parquet"

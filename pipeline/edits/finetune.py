@@ -16,6 +16,15 @@ from typing import Any
 from pipeline.core.write import atomic_folder
 from tuning.finetune_sd import COMPLETE, total_steps, train_loop
 
+# what the fine-tuned model depends on (see pipeline/edits/state.py); not the logging / checkpoint
+# interval, the CPUs or threads per worker, nor where the model and checkpoints are stored
+DEPENDS_ON = ("stage:caption", "models.sd", "edits.finetune.learning_rate", "edits.finetune.epochs",
+              "edits.finetune.batch_size", "edits.finetune.gradient_accumulation_steps", "edits.finetune.ema_decay",
+              "edits.finetune.mixed_precision", "edits.finetune.resolution", "edits.finetune.num_workers",
+              "edits.finetune.use_gpu", "edits.finetune.max_steps", "edits.finetune.seed",
+              "edits.finetune.snr_gamma", "edits.finetune.caption_dropout", "edits.finetune.vae_steps",
+              "edits.finetune.vae_learning_rate", "edits.finetune.vae_kl_weight", "edits.finetune.cache_latents")
+
 
 def assemble_pipeline(base_ref: str, unet_dir: str | os.PathLike, out: str | os.PathLike, zoo_dir: str | None = None,
                       vae_dir: str | os.PathLike | None = None) -> Path:

@@ -22,6 +22,11 @@ from pipeline.core.ray_setup import pool_kwargs
 from pipeline.core.write import remove
 from pipeline.edits.state import EditsRun, StageState
 
+# what the distilled set depends on (see pipeline/edits/state.py)
+DEPENDS_ON = ("stage:prototype", "input:generator", "models.dtype", "input:device", "input:model_batch:generate",
+              "edits.strength", "edits.guidance_scale", "edits.negative_prompt", "edits.num_inference_steps",
+              "edits.scheduler", "edits.seed", "data.image_size", "output.image_format", "edits.contact_sheet")
+
 
 def generate_settings(run: EditsRun) -> dict[str, Any]:
     e = run.cfg.edits

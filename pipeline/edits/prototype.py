@@ -26,6 +26,16 @@ from pipeline.core.ray_setup import pool_kwargs
 from pipeline.core.write import atomic_write_json, component_name, remove
 from pipeline.edits.state import EditsRun, StageState
 
+# what each half depends on (see pipeline/edits/state.py); each half has its own state
+DEPENDS_ON = {
+    "image": ("stage:cluster", "input:prototype_vae", "edits.vae_source", "edits.vae_resolution", "models.dtype",
+              "input:device", "input:model_batch:vae"),
+    "text": ("stage:cluster", "input:class_names", "models.llm", "models.llm_backend", "input:llm_endpoint",
+             "input:vllm:llm", "models.dtype", "input:device", "input:model_batch:llm", "edits.llm_pad_tokens",
+             "edits.summary_prompt", "edits.max_tokens", "edits.llm_temperature", "edits.seed",
+             "edits.require_class_name", "input:sd_tokenizer"),
+}
+
 
 def average_latents(latents: list[np.ndarray] | np.ndarray) -> np.ndarray:
     """The image prototype: the element-wise mean of the members' latents ``[C, h, w]``."""
@@ -198,11 +208,11 @@ def text_prototypes(run: EditsRun, clusters: list[dict[str, Any]]) -> int:
 def run_stage(run: EditsRun, state: StageState, force: bool) -> dict[str, Any]:
     state.begin(lambda: None, force)
     clusters = all_clusters(run)
-    img_state = StageState(run.paths.art, "prototype.image", {"cluster": state.key["cluster"], **state.key["image"]})
+    img_state = StageState(run.paths.art, "prototype.image", state.key["image"])
     img_state.begin(lambda: remove(run.paths.latents), force)
     made_img = image_prototypes(run, clusters)
     img_state.finish({"made": made_img})
-    txt_state = StageState(run.paths.art, "prototype.text", {"cluster": state.key["cluster"], **state.key["text"]})
+    txt_state = StageState(run.paths.art, "prototype.text", state.key["text"])
     txt_state.begin(lambda: remove(run.paths.texts), force)
     made_txt = text_prototypes(run, clusters)
     txt_state.finish({"made": made_txt})

@@ -12,7 +12,8 @@ and returns a summary (output folder, counts, wall time per stage). Artefacts li
     prototypes/texts.json        text prototypes (LLM summaries) per cluster
     <stage>.state.json           the settings hash a stage ran with and whether it completed
 
-A stage is skipped when its state says complete with the same settings (including every
+A stage's settings are what its module declares in ``DEPENDS_ON`` (``state.stage_keys``);
+a stage is skipped when its state says complete with the same settings (including every
 upstream stage's hash); a stage with the same settings but incomplete resumes (captions,
 classes, clusters, images already done are kept); different settings clear it first.
 ``from_stage`` re-runs that stage and every later one (the caption cache is never cleared:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -132,32 +133,120 @@ class EditsRun:
         return fault_kwargs(self.cfg)
 
 
-def stage_keys(run: EditsRun) -> dict[str, dict[str, Any]]:
-    """The settings each stage depends on, chained through the upstream stages' hashes."""
-    from pipeline.edits.buffer import ClusterSettings
+# ---------------------------------------------------------------- stage keys
+#
+# Each stage module declares beside its code what its output depends on: ``DEPENDS_ON``, a tuple
+# of names (the prototype stage: a dict of two such tuples, one per half, each with its own state).
+# A name is
+#   - a dotted config path: ``"edits.tau"``; a dict entry as ``"ray.micro_batch_sizes.caption"``;
+#   - ``"stage:<name>"``: the settings hash of an upstream stage whose outputs this stage reads;
+#   - ``"input:<name>"``: a value derived from the run or from several settings (``run_input``).
+# ``stage_keys`` assembles the keys from these declarations, in ``STAGES`` order. A setting that
+# is in no declaration changes no output (tests/edits/test_edits_stage_keys.py checks both ways).
 
+
+@functools.lru_cache(maxsize=32)
+def tokenizer_id(ref: str, zoo_dir: str | None, subfolder: str | None = None, role: str = "clip") -> Any:
+    """What identifies a token-counting tokenizer: a hash of its full definition (vocabulary, merges,
+    normaliser, special tokens), so two checkpoints sharing one tokenizer share this id.
+
+    When the tokenizer cannot be loaded here (no local copy), the reference itself stands in: a
+    change of reference then counts as a change (never a stale reuse).
+    """
+    from actors.captioner import load_count_tokenizer
+    from pipeline.errors import ModelLoadError
+
+    try:
+        tok = load_count_tokenizer(ref, zoo_dir, subfolder, role=role)
+    except (ModelLoadError, OSError, ValueError):
+        return {"ref": ref, "subfolder": subfolder}
+    backend = getattr(tok, "backend_tokenizer", None)
+    if backend is None:  # a slow tokenizer: no single serialisable definition
+        return {"ref": ref, "subfolder": subfolder}
+    spec = json.loads(backend.to_str())
+    for call_time in ("truncation", "padding"):  # set per call by transformers, not part of the tokenizer
+        spec.pop(call_time, None)
+    return {"tokenizer": settings_hash(spec)}
+
+
+def config_value(cfg: Config, path: str) -> Any:
+    """The JSON-able value of a dotted config path (a missing dict entry is ``None``)."""
+    from pydantic import BaseModel
+
+    node: Any = cfg
+    for part in path.split("."):
+        if isinstance(node, BaseModel):
+            if part not in type(node).model_fields:
+                raise KeyError(f"{path!r} is not a config setting ({part!r} is not a field of "
+                               f"{type(node).__name__}); fix the stage's DEPENDS_ON")
+            node = getattr(node, part)
+        elif isinstance(node, dict):
+            node = node.get(part)
+        else:
+            raise KeyError(f"{path!r} is not a config setting ({part!r} is below a plain value); "
+                           "fix the stage's DEPENDS_ON")
+    return node.model_dump(mode="json") if isinstance(node, BaseModel) else node
+
+
+def run_input(run: EditsRun, name: str, keys: dict[str, Any]) -> Any:
+    """The value of ``input:<name>`` (``keys``: the keys of the stages computed so far)."""
     cfg, e, m = run.cfg, run.cfg.edits, run.cfg.models
-    k: dict[str, dict[str, Any]] = {}
-    k["caption"] = {"data": run.fingerprint, "names": run.names, "vlm": m.vlm, "backend": m.vlm_backend,
-                    "style": e.caption_style, "prompt": e.caption_prompt, "prefix": e.caption_prefix,
-                    "max_tokens": e.caption_max_tokens, "require_name": e.require_class_name, "clip": m.clip,
-                    "size": e.caption_image_size}
-    k["embed"] = {"caption": settings_hash(k["caption"]), "clip": m.clip, "size": e.feature_image_size}
-    k["cluster"] = {"embed": settings_hash(k["embed"]), **ClusterSettings.from_edits(e).as_dict()}
-    ft = e.finetune.model_dump(mode="json")
-    k["finetune"] = {"caption": settings_hash(k["caption"]), "sd": m.sd,
-                     **{n: v for n, v in ft.items() if n not in ("enabled", "output", "storage_path")}}
-    generator = settings_hash(k["finetune"]) if e.finetune.enabled else m.sd
-    k["prototype"] = {
-        "cluster": settings_hash(k["cluster"]),
-        "image": {"vae": generator if e.vae_source == "sd" else m.vae, "source": e.vae_source,
-                  "resolution": e.vae_resolution},
-        "text": {"llm": m.llm, "backend": m.llm_backend, "url": m.llm_url, "prompt": e.summary_prompt,
-                 "max_tokens": e.max_tokens, "temperature": e.llm_temperature, "seed": e.seed,
-                 "require_name": e.require_class_name, "sd": m.sd, "names": run.names},
-    }
-    k["generate"] = {"prototype": settings_hash(k["prototype"]), "model": generator,
-                     "strength": e.strength, "guidance": e.guidance_scale, "negative": e.negative_prompt,
-                     "steps": e.num_inference_steps, "scheduler": e.scheduler, "seed": e.seed,
-                     "size": cfg.data.image_size, "format": cfg.output.image_format}
-    return k
+    kind, _, arg = name.partition(":")
+    if kind == "fingerprint":  # which files (root-relative) of which classes
+        return run.fingerprint
+    if kind == "data_root":  # the same relative layout under another root is other images
+        return str(Path(run.index.root).resolve())
+    if kind == "class_names":
+        return run.names
+    if kind == "device":  # actors and cluster tasks run on a GPU only when given one (dtype auto: fp16)
+        return "gpu" if cfg.ray.actor_num_gpus > 0 else "cpu"
+    if kind == "model_batch":  # the model batch of a role: fixed micro-batch, else the whole Ray batch
+        micro = cfg.ray.micro_batch_sizes.get(arg)
+        return micro if micro else {"ray_batch": cfg.ray.batch_sizes.get(arg, 8)}
+    if kind == "clip_tokenizer":  # counts the caption's tokens (the CLIP image weights do not matter)
+        return tokenizer_id(m.clip, m.zoo_dir)
+    if kind == "sd_tokenizer":  # counts the text prototype's tokens (a fine-tune keeps the base's)
+        return tokenizer_id(m.sd, m.zoo_dir, "tokenizer", role="sd")
+    if kind == "generator":  # the SD pipeline generate (and vae_source=sd) loads
+        return {"finetuned": settings_hash(keys["finetune"])} if e.finetune.enabled else {"sd": m.sd}
+    if kind == "prototype_vae":
+        return run_input(run, "generator", keys) if e.vae_source == "sd" else {"vae": m.vae}
+    if kind == "llm_endpoint":  # only the openai backend talks to an endpoint
+        return m.llm_url if m.llm_backend == "openai" else None
+    if kind == "vllm":  # vLLM engine settings, only when that role runs on vLLM
+        backend = {"vlm": m.vlm_backend, "llm": m.llm_backend}[arg]
+        return [m.vllm_engine_kwargs, m.vllm_processor_kwargs] if backend == "vllm" else None
+    raise KeyError(f"unknown stage input {'input:' + name!r}; fix the stage's DEPENDS_ON")
+
+
+def _key(run: EditsRun, deps: tuple[str, ...], keys: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for dep in deps:
+        if dep.startswith("stage:"):
+            out[dep] = settings_hash(keys[dep[len("stage:"):]])
+        elif dep.startswith("input:"):
+            out[dep] = run_input(run, dep[len("input:"):], keys)
+        else:
+            out[dep] = config_value(run.cfg, dep)
+    return out
+
+
+def stage_declarations() -> dict[str, tuple[str, ...] | dict[str, tuple[str, ...]]]:
+    """Every stage's ``DEPENDS_ON``, read from its module, in ``STAGES`` order."""
+    from pipeline.edits import buffer, caption, embed, finetune, generate, prototype
+    from pipeline.edits.run import STAGES
+
+    modules = {"caption": caption, "embed": embed, "cluster": buffer, "finetune": finetune,
+               "prototype": prototype, "generate": generate}
+    return {name: modules[name].DEPENDS_ON for name in STAGES}
+
+
+def stage_keys(run: EditsRun) -> dict[str, dict[str, Any]]:
+    """The key of every stage: the values of its declared dependencies, upstream stages by hash."""
+    keys: dict[str, dict[str, Any]] = {}
+    for name, deps in stage_declarations().items():
+        if isinstance(deps, dict):
+            keys[name] = {part: _key(run, d, keys) for part, d in deps.items()}
+        else:
+            keys[name] = _key(run, deps, keys)
+    return keys

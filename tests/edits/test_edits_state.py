@@ -25,10 +25,11 @@ def test_caption_cache_appends_parts_and_reloads(tmp_path):
     assert len(list((tmp_path / "captions").glob("part-*.parquet"))) == 2
     assert again.get("/d/a.png", "k1") == "a photo of a tench" and again.get("/d/a.png", "k2").startswith("other")
     assert again.get("/d/c.png", "k1") is None and len(again) == 3
-    key = {"data": "fp1", "names": {"0": "zero"}, "vlm": "zoo:vlm", "max_tokens": 77}
-    # the cache key ignores the dataset fingerprint (captions are per image) but not the captioner
-    assert cache_settings_hash(key) == cache_settings_hash({**key, "data": "fp2"})
-    assert cache_settings_hash(key) != cache_settings_hash({**key, "vlm": "other"})
+    key = {"input:fingerprint": "fp1", "input:data_root": "/d", "input:class_names": {"0": "zero"},
+           "models.vlm": "zoo:vlm", "edits.caption_max_tokens": 77}
+    # the cache key ignores which images there are (captions are per image) but not the captioner
+    assert cache_settings_hash(key) == cache_settings_hash({**key, "input:fingerprint": "fp2", "input:data_root": "/e"})
+    assert cache_settings_hash(key) != cache_settings_hash({**key, "models.vlm": "other"})
     assert row_key("h", "tench") != row_key("h", "dingo")
 
 
@@ -76,7 +77,8 @@ def test_stage_keys_chain_downstream(tmp_path):
 
     def keys(**edits):
         cfg = config_from_dict({"method": "edits", "edits": edits})
-        return stage_keys(SimpleNamespace(cfg=cfg, fingerprint="fp", names={"0": "zero"}))
+        run = SimpleNamespace(cfg=cfg, fingerprint="fp", names={"0": "zero"}, index=SimpleNamespace(root=str(tmp_path)))
+        return stage_keys(run)
 
     base, tau, llm = keys(), keys(tau=0.5), keys(strength=0.5)
     assert base["caption"] == tau["caption"] and base["embed"] == tau["embed"]
@@ -84,4 +86,4 @@ def test_stage_keys_chain_downstream(tmp_path):
     assert settings_hash(base["generate"]) != settings_hash(tau["generate"])  # through the prototype hash
     assert base["prototype"] == llm["prototype"] and base["generate"] != llm["generate"]
     ft = keys(finetune={"enabled": True}, vae_source="sd")
-    assert ft["prototype"]["image"]["vae"] == settings_hash(ft["finetune"])  # the fine-tuned VAE encodes
+    assert ft["prototype"]["image"]["input:prototype_vae"] == {"finetuned": settings_hash(ft["finetune"])}
