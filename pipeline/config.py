@@ -79,6 +79,11 @@ class FinetuneConfig(Section):
     vae_kl_weight: float = Field(1e-6, ge=0)
     cache_latents: bool = False  # encode the set once per worker (small sets only: latents held in memory)
     storage_path: str | None = None  # Ray Train checkpoints; multi-node: shared FS or s3:// (default: artefacts/)
+    # read: diffusers' train_text_to_image.py, which the authors used (--max_grad_norm 1.0, --random_flip; its
+    # DataLoader reshuffles every epoch: here the rows are shuffled with `seed`, then each epoch with seed + epoch)
+    max_grad_norm: float | None = Field(1.0, gt=0)  # clip the UNet's gradient norm before each step; None: off
+    random_flip: bool = True  # mirror each training image left-right with probability 1/2
+    shuffle_buffer_size: int = Field(256, ge=0)  # rows of the per-epoch local shuffle buffer per worker; 0: off
 
 
 class EditsConfig(Section):

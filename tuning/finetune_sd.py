@@ -7,6 +7,12 @@ on the frozen CLIP text encoder's embedding of the image's VLM caption. AdamW at
 ``learning_rate``, gradient accumulation, EMA of the UNet weights, autocast (fp16 / bf16)
 and a gradient scaler on GPU, DDP across workers (``ray.train.torch.prepare_model``).
 
+As the authors' training script (read: diffusers' ``train_text_to_image.py``): every epoch
+sees the images in a new seeded order (the driver shuffles the rows once with
+``edits.finetune.seed``; each epoch reshuffles them in a local buffer seeded ``seed + epoch``,
+the latent cache draws a fresh permutation), each image is mirrored with probability 1/2
+(``random_flip``), and the gradient norm is clipped to ``max_grad_norm`` before each step.
+
 Checkpoints go through Ray Train every ``checkpoint_every_steps`` steps (UNet, EMA,
 optimizer, step); a re-run of the same output resumes from the latest one. The driver
 turns the final checkpoint's EMA UNet plus the base pipeline's other parts into a
@@ -19,6 +25,7 @@ from __future__ import annotations
 import math
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -115,12 +122,91 @@ def min_snr_weights(noise_sched: Any, t: Any, gamma: float) -> Any:
     return w.float()
 
 
-def train_loop(config: dict[str, Any]) -> None:
-    """One Ray Train worker: the text-to-image loop (see the module docstring)."""
+# ----------------------------------------------------------------------------- data order and augmentation
+def shuffled_rows(rows: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
+    """``rows`` in a seeded random order, so the stream the workers read is not class by class."""
+    order = np.random.default_rng(int(seed)).permutation(len(rows))
+    return [rows[i] for i in order]
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of one epoch's data order and flips (``edits.finetune.seed`` + epoch)."""
+    return int(seed) + int(epoch)
+
+
+def data_generator(seed: int, epoch: int, rank: int = 0) -> Any:
+    """The CPU generator of one epoch's permutation (latent cache) and flips on one worker."""
+    import torch
+
+    return torch.Generator().manual_seed(epoch_seed(seed, epoch) + 100_003 * int(rank))
+
+
+def epoch_batches(shard: Any, batch_size: int, seed: int, epoch: int, buffer_rows: int) -> Any:
+    """One epoch of numpy batches from a Ray Data shard, reshuffled in a local buffer seeded by the epoch."""
+    kw = {"local_shuffle_buffer_size": int(buffer_rows), "local_shuffle_seed": epoch_seed(seed, epoch)} \
+        if buffer_rows > 0 else {}
+    return shard.iter_batches(batch_size=batch_size, batch_format="numpy", drop_last=False, **kw)
+
+
+def flip_mask(n: int, gen: Any, enabled: bool) -> Any:
+    """Which of ``n`` images to mirror: each with probability 1/2 (diffusers' ``--random_flip``)."""
+    import torch
+
+    if not enabled:
+        return torch.zeros(n, dtype=torch.bool)
+    return torch.rand(n, generator=gen) < 0.5
+
+
+def apply_flip(x: Any, mask: Any) -> Any:
+    """``x`` ``[N, C, H, W]`` with the rows in ``mask`` mirrored left-right."""
+    import torch
+
+    return torch.where(mask.view(-1, 1, 1, 1).to(x.device), x.flip(-1), x)
+
+
+def clip_gradients(params: Any, opt: Any, scaler: Any, max_norm: float | None) -> float | None:
+    """Clip the gradients' global norm to ``max_norm`` (unscaled first under fp16); returns the norm before."""
+    import torch
+
+    if not max_norm:
+        return None
+    if scaler is not None:
+        scaler.unscale_(opt)
+    return float(torch.nn.utils.clip_grad_norm_(list(params), float(max_norm)))
+
+
+# ----------------------------------------------------------------------------- the UNet phase
+@dataclass
+class Worker:
+    """One Ray Train worker's models, optimizer and progress."""
+
+    config: dict[str, Any]
+    rank: int
+    world: int
+    device: Any
+    amp_dtype: Any
+    frozen_dtype: Any
+    tokenizer: Any
+    text_encoder: Any
+    vae: Any
+    noise_sched: Any
+    unet: Any
+    ema: Any
+    opt: Any
+    step: int = 0
+    vae_done: bool = False
+    losses: list[float] = field(default_factory=list)
+
+    @property
+    def vae_trained(self) -> bool:
+        return int(self.config.get("vae_steps", 0)) > 0
+
+
+def setup_worker(config: dict[str, Any]) -> Worker:
+    """Seeds, threads, precision, and the frozen text encoder / VAE plus the trainable UNet, EMA and AdamW."""
     import ray.train
     import ray.train.torch
     import torch
-    import torch.nn.functional as F
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from diffusers.training_utils import EMAModel
     from transformers import AutoTokenizer, CLIPTextModel
@@ -146,140 +232,212 @@ def train_loop(config: dict[str, Any]) -> None:
     unet.train()
     ema = EMAModel(unet.parameters(), decay=float(config["ema_decay"]))
     opt = torch.optim.AdamW(unet.parameters(), lr=float(config["learning_rate"]))
-    step, vae_done = 0, int(config.get("vae_steps", 0)) == 0
-    shard = ray.train.get_dataset_shard("train")
+    return Worker(config, rank, world, device, amp_dtype, frozen_dtype, tokenizer, text_encoder, vae, noise_sched,
+                  unet, ema, opt, vae_done=int(config.get("vae_steps", 0)) == 0)
+
+
+def restore_checkpoint(w: Worker) -> None:
+    """Resume from Ray Train's latest checkpoint, if any: UNet, optimizer, EMA, step (and a trained VAE)."""
+    import ray.train
+    import torch
+
     ckpt = ray.train.get_checkpoint()
-    if ckpt is not None:
-        with ckpt.as_directory() as d:
-            state = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=False)
-            unet.load_state_dict(state["unet"])
-            opt.load_state_dict(state["opt"])
-            ema.load_state_dict(state["ema"])
-            step = int(state["step"])
-            if state.get("vae") is not None:
-                vae.load_state_dict(state["vae"])
-                vae.register_to_config(scaling_factor=float(state["vae_scaling"]))
-                vae_done = True
-    if not vae_done:  # demo only: the zoo's VAE is random-init
-        t_vae = time.perf_counter()
-        scale = train_vae_phase(vae, shard, config, device, world)
-        if rank == 0:
-            print(f"[edits] finetune: VAE {config['vae_steps']} steps in {time.perf_counter() - t_vae:.0f} s, "
-                  f"scaling_factor {scale:.4f}", flush=True)
-    vae_trained = int(config.get("vae_steps", 0)) > 0
-    vae_was_trained_now = not vae_done
-    vae.to(device, frozen_dtype)
-    ema.to(device)
-    model = ray.train.torch.prepare_model(unet, move_to_device=False) if world > 1 else unet
-    scaler = torch.amp.GradScaler("cuda") if mp == "fp16" else None
-    accum = int(config["gradient_accumulation_steps"])
-    total = int(config["total_steps"])
-    bs = int(config["batch_size"])
-    sf = float(vae.config.scaling_factor)
-    gen = torch.Generator(device="cpu").manual_seed(int(config["seed"]) * 1000 + rank + step)
-    micro, losses = 0, []
-    t_start, log_every = time.perf_counter(), int(config.get("log_every_steps", 50))
-    snr_gamma = config.get("snr_gamma")
+    if ckpt is None:
+        return
+    with ckpt.as_directory() as d:
+        state = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=False)
+        w.unet.load_state_dict(state["unet"])
+        w.opt.load_state_dict(state["opt"])
+        w.ema.load_state_dict(state["ema"])
+        w.step = int(state["step"])
+        if state.get("vae") is not None:
+            w.vae.load_state_dict(state["vae"])
+            w.vae.register_to_config(scaling_factor=float(state["vae_scaling"]))
+            w.vae_done = True
 
-    def save(final: bool) -> None:
-        metrics = {"step": step, "loss": float(np.mean(losses)) if losses else float("nan"), "final": final}
-        if rank != 0:
-            ray.train.report(metrics)
-            return
-        with tempfile.TemporaryDirectory() as d:
-            torch.save({"unet": unet.state_dict(), "opt": opt.state_dict(), "ema": ema.state_dict(), "step": step,
-                        "vae": vae.state_dict() if vae_trained else None,
-                        "vae_scaling": float(vae.config.scaling_factor)}, Path(d) / "state.pt")
-            if final:  # the EMA weights as a diffusers UNet folder, for the driver to assemble the pipeline
-                ema_unet = UNet2DConditionModel.from_config(unet.config)
-                ema.copy_to(ema_unet.parameters())
-                ema_unet.save_pretrained(Path(d) / "unet")
-                if vae_trained:
-                    vae.to(torch.float32).save_pretrained(Path(d) / "vae")
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
 
-    if vae_was_trained_now:
-        save(final=False)  # the trained VAE survives a crash of the UNet phase
+def save_checkpoint(w: Worker, final: bool) -> None:
+    """Report the step and mean loss; rank 0 attaches the checkpoint (and, when final, the EMA UNet folder)."""
+    import ray.train
+    import torch
+    from diffusers import UNet2DConditionModel
 
-    def encode(images: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        with torch.no_grad():
-            post = vae.encode(_to_pixels(images).to(device, frozen_dtype)).latent_dist
-        return post.mean.float(), post.std.float()
+    metrics = {"step": w.step, "loss": float(np.mean(w.losses)) if w.losses else float("nan"), "final": final}
+    if w.rank != 0:
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as d:
+        torch.save({"unet": w.unet.state_dict(), "opt": w.opt.state_dict(), "ema": w.ema.state_dict(), "step": w.step,
+                    "vae": w.vae.state_dict() if w.vae_trained else None,
+                    "vae_scaling": float(w.vae.config.scaling_factor)}, Path(d) / "state.pt")
+        if final:  # the EMA weights as a diffusers UNet folder, for the driver to assemble the pipeline
+            ema_unet = UNet2DConditionModel.from_config(w.unet.config)
+            w.ema.copy_to(ema_unet.parameters())
+            ema_unet.save_pretrained(Path(d) / "unet")
+            if w.vae_trained:
+                w.vae.to(torch.float32).save_pretrained(Path(d) / "vae")
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
 
-    cache = None
-    if config.get("cache_latents"):  # small sets: encode once, sample the posterior per step
-        means, stds, caps_all = [], [], []
-        for batch in shard.iter_batches(batch_size=256, batch_format="numpy"):
-            m, sd = encode(batch["image"])
-            means.append(m.cpu())
-            stds.append(sd.cpu())
-            caps_all += [str(c) for c in batch["caption"]]
-        cache = (torch.cat(means), torch.cat(stds), caps_all)
 
-    def batches():
-        """(posterior mean, std, captions) batches: from the latent cache, else streamed from the shard."""
-        if cache is not None:
-            order = torch.randperm(len(cache[2]), generator=gen)
-            for i in range(0, len(order), bs):
-                idx = order[i:i + bs]
-                yield cache[0][idx].to(device), cache[1][idx].to(device), [cache[2][j] for j in idx.tolist()]
-        else:
-            for batch in shard.iter_batches(batch_size=bs, batch_format="numpy", drop_last=False):
-                m, sd = encode(batch["image"])
-                yield m, sd, [str(c) for c in batch["caption"]]
+def vae_phase(w: Worker, shard: Any) -> None:
+    """Demo only (the zoo's VAE is random-init): train the VAE first and checkpoint it before the UNet phase."""
+    if w.vae_done:
+        return
+    t_vae = time.perf_counter()
+    scale = train_vae_phase(w.vae, shard, w.config, w.device, w.world)
+    if w.rank == 0:
+        print(f"[edits] finetune: VAE {w.config['vae_steps']} steps in {time.perf_counter() - t_vae:.0f} s, "
+              f"scaling_factor {scale:.4f}", flush=True)
+    w.vae.to(w.device, w.frozen_dtype)
+    save_checkpoint(w, final=False)  # the trained VAE survives a crash of the UNet phase
 
-    while step < total:
-        for mean, std, caps in batches():
-            if config["caption_dropout"] > 0:
-                drop = torch.rand(len(caps), generator=gen) < float(config["caption_dropout"])
-                caps = ["" if d else c for c, d in zip(caps, drop.tolist())]
-            ids = tokenizer(caps, padding="max_length", truncation=True, max_length=tokenizer.model_max_length,
-                            return_tensors="pt").input_ids.to(device)
-            with torch.no_grad():
-                cond = text_encoder(ids)[0]
-            latents = (mean + std * torch.randn(mean.shape, generator=gen).to(device)) * sf
-            noise = torch.randn(latents.shape, generator=gen).to(device)
-            t = torch.randint(0, noise_sched.config.num_train_timesteps, (len(latents),), generator=gen).to(device)
-            noisy = noise_sched.add_noise(latents, noise, t)
-            if noise_sched.config.prediction_type == "v_prediction":
-                target = noise_sched.get_velocity(latents, noise, t)
-            else:
-                target = noise
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                pred = model(noisy, t, cond.to(noisy.dtype) if amp_dtype is None else cond).sample
-            if snr_gamma:  # diffusers' --snr_gamma (Min-SNR weighting, Hang et al. 2023)
-                loss = (min_snr_weights(noise_sched, t, snr_gamma)
-                        * F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))).mean()
-            else:
-                loss = F.mse_loss(pred.float(), target.float())
-            loss = loss / accum
+
+def _encode(w: Worker, images: np.ndarray, flip: Any = None) -> tuple[Any, Any]:
+    """The VAE posterior (mean, std) of uint8 HWC images, mirrored where ``flip`` says."""
+    import torch
+
+    x = _to_pixels(images)
+    if flip is not None:
+        x = apply_flip(x, flip)
+    with torch.no_grad():
+        post = w.vae.encode(x.to(w.device, w.frozen_dtype)).latent_dist
+    return post.mean.float(), post.std.float()
+
+
+def cache_latents(w: Worker, shard: Any) -> tuple[Any, Any, list[str]] | None:
+    """Small sets: the posteriors of every image once, ``[2, N, ...]`` (as is, mirrored when ``random_flip``)."""
+    import torch
+
+    if not w.config.get("cache_latents"):
+        return None
+    flips = [False, True] if w.config.get("random_flip") else [False]
+    means: list[list[Any]] = [[] for _ in flips]
+    stds: list[list[Any]] = [[] for _ in flips]
+    caps: list[str] = []
+    for batch in shard.iter_batches(batch_size=256, batch_format="numpy"):
+        n = len(batch["caption"])
+        for j, f in enumerate(flips):
+            m, sd = _encode(w, batch["image"], torch.full((n,), f))
+            means[j].append(m.cpu())
+            stds[j].append(sd.cpu())
+        caps += [str(c) for c in batch["caption"]]
+    return torch.stack([torch.cat(m) for m in means]), torch.stack([torch.cat(s) for s in stds]), caps
+
+
+def epoch_posteriors(w: Worker, shard: Any, cache: Any, epoch: int) -> Any:
+    """One epoch of (posterior mean, std, captions) batches in this epoch's order and flips."""
+    import torch
+
+    bs, seed = int(w.config["batch_size"]), int(w.config["seed"])
+    dgen = data_generator(seed, epoch, w.rank)
+    flip_on = bool(w.config.get("random_flip"))
+    if cache is not None:
+        means, stds, caps = cache
+        order = torch.randperm(len(caps), generator=dgen)
+        for i in range(0, len(order), bs):
+            idx = order[i:i + bs]
+            side = flip_mask(len(idx), dgen, flip_on).long()  # row 1 of the cache holds the mirrored images
+            yield means[side, idx].to(w.device), stds[side, idx].to(w.device), [caps[j] for j in idx.tolist()]
+        return
+    for batch in epoch_batches(shard, bs, seed, epoch, int(w.config.get("shuffle_buffer_size", 0))):
+        m, sd = _encode(w, batch["image"], flip_mask(len(batch["caption"]), dgen, flip_on))
+        yield m, sd, [str(c) for c in batch["caption"]]
+
+
+def unet_loss(w: Worker, model: Any, mean: Any, std: Any, caps: list[str], gen: Any) -> Any:
+    """The diffusers text-to-image loss of one micro-batch: caption dropout, posterior sample, noise, MSE."""
+    import torch
+    import torch.nn.functional as F
+
+    cfg, dev, sched = w.config, w.device, w.noise_sched
+    if cfg["caption_dropout"] > 0:
+        drop = torch.rand(len(caps), generator=gen) < float(cfg["caption_dropout"])
+        caps = ["" if d else c for c, d in zip(caps, drop.tolist())]
+    ids = w.tokenizer(caps, padding="max_length", truncation=True, max_length=w.tokenizer.model_max_length,
+                      return_tensors="pt").input_ids.to(dev)
+    with torch.no_grad():
+        cond = w.text_encoder(ids)[0]
+    latents = (mean + std * torch.randn(mean.shape, generator=gen).to(dev)) * float(w.vae.config.scaling_factor)
+    noise = torch.randn(latents.shape, generator=gen).to(dev)
+    t = torch.randint(0, sched.config.num_train_timesteps, (len(latents),), generator=gen).to(dev)
+    noisy = sched.add_noise(latents, noise, t)
+    target = sched.get_velocity(latents, noise, t) if sched.config.prediction_type == "v_prediction" else noise
+    with torch.autocast(dev.type, dtype=w.amp_dtype, enabled=w.amp_dtype is not None):
+        pred = model(noisy, t, cond.to(noisy.dtype) if w.amp_dtype is None else cond).sample
+    snr_gamma = cfg.get("snr_gamma")
+    if snr_gamma:  # diffusers' --snr_gamma (Min-SNR weighting, Hang et al. 2023)
+        per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+        return (min_snr_weights(sched, t, snr_gamma) * per_sample).mean()
+    return F.mse_loss(pred.float(), target.float())
+
+
+def optimizer_step(w: Worker, scaler: Any) -> None:
+    """Clip the gradient norm, step AdamW (through the fp16 scaler), zero the gradients, update the EMA."""
+    clip_gradients(w.unet.parameters(), w.opt, scaler, w.config.get("max_grad_norm"))
+    if scaler:
+        scaler.step(w.opt)
+        scaler.update()
+    else:
+        w.opt.step()
+    w.opt.zero_grad(set_to_none=True)
+    w.ema.step(w.unet.parameters())
+    w.step += 1
+
+
+def unet_phase(w: Worker, shard: Any) -> None:
+    """Epochs of micro-batches until ``total_steps`` optimizer steps; logs and checkpoints on the way."""
+    import ray.train.torch
+    import torch
+
+    w.ema.to(w.device)
+    model = ray.train.torch.prepare_model(w.unet, move_to_device=False) if w.world > 1 else w.unet
+    scaler = torch.amp.GradScaler("cuda") if w.amp_dtype == torch.float16 else None
+    accum, total = int(w.config["gradient_accumulation_steps"]), int(w.config["total_steps"])
+    log_every, every = int(w.config.get("log_every_steps", 50)), int(w.config["checkpoint_every_steps"])
+    gen = torch.Generator(device="cpu").manual_seed(int(w.config["seed"]) * 1000 + w.rank + w.step)
+    cache = cache_latents(w, shard)
+    epoch = w.step // max(1, int(w.config.get("steps_per_epoch", 1)))  # a resume starts a fresh epoch
+    micro, t_start = 0, time.perf_counter()
+    while w.step < total:
+        for mean, std, caps in epoch_posteriors(w, shard, cache, epoch):
+            loss = unet_loss(w, model, mean, std, caps, gen) / accum
             (scaler.scale(loss) if scaler else loss).backward()
-            losses.append(float(loss.detach()) * accum)
+            w.losses.append(float(loss.detach()) * accum)
             micro += 1
             if micro % accum:
                 continue
-            if scaler:
-                scaler.step(opt)
-                scaler.update()
-            else:
-                opt.step()
-            opt.zero_grad(set_to_none=True)
-            ema.step(unet.parameters())
-            step += 1
-            if rank == 0 and (step % log_every == 0 or step == total):
+            optimizer_step(w, scaler)
+            if w.rank == 0 and (w.step % log_every == 0 or w.step == total):
                 dt = time.perf_counter() - t_start
-                print(f"[edits] finetune: step {step}/{total}  loss {np.mean(losses[-log_every:]):.4f}  "
-                      f"({dt:.0f} s, {dt / step:.2f} s/step)", flush=True)
-            if step >= total:
+                print(f"[edits] finetune: step {w.step}/{total}  loss {np.mean(w.losses[-log_every:]):.4f}  "
+                      f"({dt:.0f} s, {dt / w.step:.2f} s/step)", flush=True)
+            if w.step >= total:
                 break
-            if step % int(config["checkpoint_every_steps"]) == 0:
-                save(final=False)
-                losses = []
-    save(final=True)
+            if w.step % every == 0:
+                save_checkpoint(w, final=False)
+                w.losses = []
+        epoch += 1
+
+
+def train_loop(config: dict[str, Any]) -> None:
+    """One Ray Train worker: the text-to-image loop (see the module docstring)."""
+    import ray.train
+
+    w = setup_worker(config)
+    restore_checkpoint(w)
+    shard = ray.train.get_dataset_shard("train")
+    vae_phase(w, shard)
+    w.vae.to(w.device, w.frozen_dtype)
+    unet_phase(w, shard)
+    save_checkpoint(w, final=True)
+
+
+def steps_per_epoch(n_images: int, ft: Any) -> int:
+    """Optimizer steps in one pass over ``n_images`` (at least 1)."""
+    return max(1, math.ceil(n_images / (ft.batch_size * max(1, ft.num_workers))) // ft.gradient_accumulation_steps)
 
 
 def total_steps(n_images: int, ft: Any) -> int:
     """Optimizer steps: ``epochs`` passes over the captioned set, capped by ``max_steps``."""
-    per_epoch = max(1, math.ceil(n_images / (ft.batch_size * max(1, ft.num_workers))) // ft.gradient_accumulation_steps)
-    steps = per_epoch * ft.epochs
+    steps = steps_per_epoch(n_images, ft) * ft.epochs
     return min(steps, ft.max_steps) if ft.max_steps else steps

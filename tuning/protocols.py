@@ -167,6 +167,81 @@ def _schedule(opt: torch.optim.Optimizer, kind: str, total_steps: int) -> torch.
     raise ConfigError(f"unknown eval.schedule {kind!r} (cosine | step)")
 
 
+def _optimizer(net: nn.Module, spec: TrainSpec) -> torch.optim.Optimizer:
+    if spec.optimizer == "sgd":
+        return torch.optim.SGD(net.parameters(), lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
+    if spec.optimizer == "adamw":
+        return torch.optim.AdamW(net.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
+    raise ConfigError(f"unknown eval.optimizer {spec.optimizer!r} (sgd | adamw)")
+
+
+@dataclass
+class _Step:
+    """What one training step needs besides the batch: the nets, optimizer, schedule, EMA and randomness."""
+
+    spec: TrainSpec
+    net: nn.Module
+    model: nn.Module
+    teacher: nn.Module | None
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    ema: Any
+    use_dsa: bool
+    mixing: str | None
+    gen: torch.Generator
+    rng: np.random.Generator
+    device: torch.device | str
+
+
+def _batch_loss(s: _Step, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+    """Augment (DSA, then mixup / cutmix) one batch and return its hard- or soft-label loss."""
+    spec = s.spec
+    if s.use_dsa:
+        xb = dsa(xb, seed=int(torch.randint(2**31 - 1, (1,), generator=s.gen)), strategy=spec.dsa_strategy,
+                 siamese=False, single=True)
+    lam, partner = 1.0, None
+    if s.mixing:
+        xb, partner, lam = mix_batch(xb, s.mixing, spec.mix_alpha, s.rng, s.gen)
+    xb, yb = xb.to(s.device), yb.to(s.device)
+    logits = s.net(xb)
+    if spec.protocol == "soft":
+        with torch.no_grad():
+            t_logits = s.teacher(xb)
+        return soft_label_loss(logits, t_logits, spec.temperature)
+    loss = F.cross_entropy(logits, yb)
+    if partner is not None and lam < 1.0:
+        loss = lam * loss + (1 - lam) * F.cross_entropy(logits, yb[partner.to(s.device)])
+    return loss
+
+
+def _train_epoch(s: _Step, train_x: torch.Tensor, train_y: torch.Tensor, bs: int, rank: int,
+                 world_size: int) -> float:
+    """One shuffled pass over this rank's shard; returns the mean training loss."""
+    s.net.train()
+    perm = torch.randperm(train_x.shape[0], generator=s.gen)[rank::world_size]
+    losses = []
+    for i in range(0, perm.numel(), bs):
+        idx = perm[i:i + bs]
+        if idx.numel() < 2 and perm.numel() >= 2:  # a batch of one breaks batch norm
+            continue
+        loss = _batch_loss(s, train_x[idx], train_y[idx])
+        s.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        s.opt.step()
+        s.sched.step()
+        if s.ema is not None:
+            s.ema.update_parameters(s.model)
+        losses.append(float(loss.detach()))
+    return float(np.mean(losses)) if losses else float("nan")
+
+
+def _check_protocol(spec: TrainSpec, teacher: nn.Module | None) -> None:
+    if spec.protocol == "soft" and teacher is None:
+        raise ConfigError("the soft-label protocol needs a teacher (eval.protocol=soft: pass --train / data.root)")
+    if spec.protocol not in ("hard", "soft"):
+        raise ConfigError(f"unknown eval.protocol {spec.protocol!r} (hard | soft)")
+
+
 def train_student(
     spec: TrainSpec | dict[str, Any],
     train_x: torch.Tensor, train_y: torch.Tensor,
@@ -186,10 +261,7 @@ def train_student(
     its shard of every shuffled epoch (DDP via ``wrap_model``).
     """
     spec = spec if isinstance(spec, TrainSpec) else TrainSpec(**spec)
-    if spec.protocol == "soft" and teacher is None:
-        raise ConfigError("the soft-label protocol needs a teacher (eval.protocol=soft: pass --train / data.root)")
-    if spec.protocol not in ("hard", "soft"):
-        raise ConfigError(f"unknown eval.protocol {spec.protocol!r} (hard | soft)")
+    _check_protocol(spec, teacher)
     use_dsa, mixing = _parse_augment(spec.augment)
     torch.set_num_threads(max(1, spec.threads))
     t0 = time.time()
@@ -204,58 +276,20 @@ def train_student(
         ema = torch.optim.swa_utils.AveragedModel(
             model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(spec.ema_decay), use_buffers=True)
     net = wrap_model(model) if wrap_model is not None else model
-    if spec.optimizer == "sgd":
-        opt: torch.optim.Optimizer = torch.optim.SGD(net.parameters(), lr=spec.lr, momentum=spec.momentum,
-                                                     weight_decay=spec.weight_decay)
-    elif spec.optimizer == "adamw":
-        opt = torch.optim.AdamW(net.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
-    else:
-        raise ConfigError(f"unknown eval.optimizer {spec.optimizer!r} (sgd | adamw)")
-    n = train_x.shape[0]
+    opt = _optimizer(net, spec)
     bs = max(1, spec.batch_size // world_size)
-    steps_per_epoch = max(1, math.ceil(math.ceil(n / world_size) / bs))
+    steps_per_epoch = max(1, math.ceil(math.ceil(train_x.shape[0] / world_size) / bs))
     sched = _schedule(opt, spec.schedule, spec.epochs * steps_per_epoch)
     if teacher is not None:
         teacher = teacher.to(device).eval()
+    step = _Step(spec, net, model, teacher, opt, sched, ema, use_dsa, mixing, gen, rng, device)
     history: list[dict[str, float]] = []
     best, best_epoch, final, loss_val = -1.0, -1, 0.0, float("nan")
     for epoch in range(spec.epochs):
-        net.train()
-        perm = torch.randperm(n, generator=gen)[rank::world_size]
-        losses = []
-        for i in range(0, perm.numel(), bs):
-            idx = perm[i:i + bs]
-            if idx.numel() < 2 and perm.numel() >= 2:  # a batch of one breaks batch norm
-                continue
-            xb, yb = train_x[idx], train_y[idx]
-            if use_dsa:
-                xb = dsa(xb, seed=int(torch.randint(2**31 - 1, (1,), generator=gen)), strategy=spec.dsa_strategy,
-                         siamese=False, single=True)
-            lam, partner = 1.0, None
-            if mixing:
-                xb, partner, lam = mix_batch(xb, mixing, spec.mix_alpha, rng, gen)
-            xb, yb = xb.to(device), yb.to(device)
-            logits = net(xb)
-            if spec.protocol == "soft":
-                with torch.no_grad():
-                    t_logits = teacher(xb)
-                loss = soft_label_loss(logits, t_logits, spec.temperature)
-            else:
-                loss = F.cross_entropy(logits, yb)
-                if partner is not None and lam < 1.0:
-                    loss = lam * loss + (1 - lam) * F.cross_entropy(logits, yb[partner.to(device)])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            if ema is not None:
-                ema.update_parameters(model)
-            losses.append(float(loss.detach()))
-        loss_val = float(np.mean(losses)) if losses else float("nan")
+        loss_val = _train_epoch(step, train_x, train_y, bs, rank, world_size)
         last = epoch == spec.epochs - 1
         if last or (spec.eval_every and (epoch + 1) % spec.eval_every == 0):
-            scored = ema.module if ema is not None else model
-            acc = accuracy(scored, val_x, val_y, device=device)
+            acc = accuracy(ema.module if ema is not None else model, val_x, val_y, device=device)
             history.append({"epoch": epoch + 1, "top1": acc, "loss": loss_val})
             if acc > best:
                 best, best_epoch = acc, epoch + 1

@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 from collections import Counter, defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,67 +32,87 @@ def _inside(root: Path, rel: str) -> bool:
     return ".." not in parts and (root / rel).resolve().is_relative_to(root.resolve())
 
 
-def verify_set(out_dir: str | os.PathLike, ipc: int | None = None, decode: bool = True) -> dict[str, Any]:
-    """The verification report: ``problems`` (mismatches), ``warnings``, per-class ``counts``, ``ok``."""
-    root = Path(out_dir)
-    man = read_manifest(root)
-    problems: list[str] = []
-    warnings: list[str] = []
+@dataclass
+class _Tally:
+    """What the manifest entries add up to."""
+
+    counts: Counter[str] = field(default_factory=Counter)
+    labels_of: dict[str, set[int]] = field(default_factory=lambda: defaultdict(set))
+    classes_of: dict[int, set[str]] = field(default_factory=lambda: defaultdict(set))
+    keys: Counter[str] = field(default_factory=Counter)
+    files: Counter[str] = field(default_factory=Counter)
+    sizes: Counter[tuple[int, int]] = field(default_factory=Counter)
+    missing: list[str] = field(default_factory=list)
+    corrupt: list[str] = field(default_factory=list)
+
+
+def _check_header(man: dict[str, Any], problems: list[str]) -> dict[str, Any]:
+    """The manifest's ``settings`` mapping (``{}`` when absent) and its ``method``."""
     settings = man.get("settings")
     if not isinstance(settings, dict):
         problems.append("manifest has no 'settings' mapping")
         settings = {}
     if not man.get("method"):
         problems.append("manifest has no 'method'")
+    return settings
 
-    counts: Counter[str] = Counter()
-    labels_of: dict[str, set[int]] = defaultdict(set)
-    classes_of: dict[int, set[str]] = defaultdict(set)
-    keys: Counter[str] = Counter()
-    files: Counter[str] = Counter()
-    sizes: Counter[tuple[int, int]] = Counter()
-    missing: list[str] = []
-    corrupt: list[str] = []
-    for i, e in enumerate(man["images"]):
+
+def _check_file(root: Path, e: dict[str, Any], rel: str, decode: bool, t: _Tally) -> None:
+    """One listed file: it exists, matches its sha256, and decodes (its size goes into the tally)."""
+    path = root / rel
+    if not path.is_file():
+        t.missing.append(rel)
+        return
+    data = path.read_bytes()
+    if e.get("sha256") and hashlib.sha256(data).hexdigest() != e["sha256"]:
+        t.corrupt.append(f"{rel}: sha256 differs from the manifest")
+        return
+    if decode:
+        try:
+            img = load_rgb(str(path))
+            t.sizes[(img.shape[1], img.shape[0])] += 1
+        except BadImageError as err:
+            t.corrupt.append(f"{rel}: {err}")
+
+
+def _check_entries(root: Path, images: list[Any], decode: bool, problems: list[str]) -> _Tally:
+    """Tally every manifest entry; entries that are malformed, outside DIR or in another folder are problems."""
+    t = _Tally()
+    for i, e in enumerate(images):
         if not isinstance(e, dict) or not all(k in e for k in ("key", "file", "class_id", "label")):
             problems.append(f"manifest entry {i} lacks key/file/class_id/label: {e!r}"[:300])
             continue
         key, rel, cid = str(e["key"]), str(e["file"]), str(e["class_id"])
-        keys[key] += 1
-        files[rel] += 1
-        counts[cid] += 1
-        labels_of[cid].add(int(e["label"]))
-        classes_of[int(e["label"])].add(cid)
+        t.keys[key] += 1
+        t.files[rel] += 1
+        t.counts[cid] += 1
+        t.labels_of[cid].add(int(e["label"]))
+        t.classes_of[int(e["label"])].add(cid)
         if not _inside(root, rel):
             problems.append(f"entry {key!r}: file {rel!r} points outside {root}")
             continue
         folder = Path(rel).parts[0] if len(Path(rel).parts) > 1 else ""
         if folder not in (cid, component_name(cid)):
             problems.append(f"entry {key!r}: file {rel!r} is not in its class folder {component_name(cid)!r}")
-        path = root / rel
-        if not path.is_file():
-            missing.append(rel)
-            continue
-        data = path.read_bytes()
-        if e.get("sha256") and hashlib.sha256(data).hexdigest() != e["sha256"]:
-            corrupt.append(f"{rel}: sha256 differs from the manifest")
-            continue
-        if decode:
-            try:
-                img = load_rgb(str(path))
-                sizes[(img.shape[1], img.shape[0])] += 1
-            except BadImageError as err:
-                corrupt.append(f"{rel}: {err}")
+        _check_file(root, e, rel, decode, t)
+    return t
 
-    problems += [f"missing file: {m}" for m in missing]
-    problems += [f"corrupt file: {c}" for c in corrupt]
-    problems += [f"key {k!r} appears {n} times" for k, n in sorted(keys.items()) if n > 1]
-    problems += [f"file {f!r} is listed {n} times" for f, n in sorted(files.items()) if n > 1]
-    problems += [f"class {c!r} has several labels {sorted(ls)}" for c, ls in sorted(labels_of.items()) if len(ls) > 1]
-    problems += [f"label {lb} is used by several classes {sorted(cs)}" for lb, cs in sorted(classes_of.items())
+
+def _tally_problems(t: _Tally) -> list[str]:
+    """Missing and corrupt files, duplicate keys/files, and class ids and labels that are not one-to-one."""
+    problems = [f"missing file: {m}" for m in t.missing]
+    problems += [f"corrupt file: {c}" for c in t.corrupt]
+    problems += [f"key {k!r} appears {n} times" for k, n in sorted(t.keys.items()) if n > 1]
+    problems += [f"file {f!r} is listed {n} times" for f, n in sorted(t.files.items()) if n > 1]
+    problems += [f"class {c!r} has several labels {sorted(ls)}" for c, ls in sorted(t.labels_of.items())
+                 if len(ls) > 1]
+    problems += [f"label {lb} is used by several classes {sorted(cs)}" for lb, cs in sorted(t.classes_of.items())
                  if len(cs) > 1]
+    return problems
 
-    listed = set(files)
+
+def _unlisted_files(root: Path, listed: set[str]) -> tuple[list[str], list[str]]:
+    """Images on disk that the manifest does not list, and leftover ``.tmp`` files."""
     extra: list[str] = []
     temps: list[str] = []
     for dirpath, dirnames, filenames in os.walk(root):
@@ -102,9 +123,12 @@ def verify_set(out_dir: str | os.PathLike, ipc: int | None = None, decode: bool 
                 temps.append(rel)
             elif name.lower().endswith(IMAGE_EXTS) and rel not in listed and not name.startswith("."):
                 extra.append(rel)
-    problems += [f"extra file not in the manifest: {x}" for x in extra]
-    warnings += [f"leftover temp file from an interrupted write: {t}" for t in temps]
+    return extra, temps
 
+
+def _check_counts(man: dict[str, Any], settings: dict[str, Any], counts: Counter[str], ipc: int | None,
+                  problems: list[str]) -> tuple[dict[str, int] | None, Any]:
+    """Per-class counts against ``expected_counts`` and the ipc; returns both (for the report)."""
     expected: dict[str, int] | None = None
     if isinstance(man.get("expected_counts"), dict):
         expected = {str(k): int(v) for k, v in man["expected_counts"].items()}
@@ -122,17 +146,35 @@ def verify_set(out_dir: str | os.PathLike, ipc: int | None = None, decode: bool 
         problems.append("the manifest lists no images")
     if man.get("complete") is False:
         problems.append("the manifest says the run did not complete")
+    return expected, want_ipc
 
+
+def _check_sizes(sizes: Counter[tuple[int, int]], settings: dict[str, Any], problems: list[str]) -> None:
+    """All images one size, and that size ``settings.image_size`` when recorded."""
     if len(sizes) > 1:
         problems.append(f"images have different sizes: {dict(sizes)}")
     size = settings.get("image_size")
     if size is not None and sizes and set(sizes) != {(int(size), int(size))}:
         problems.append(f"image size {sorted(sizes)} differs from settings.image_size={size}")
 
+
+def verify_set(out_dir: str | os.PathLike, ipc: int | None = None, decode: bool = True) -> dict[str, Any]:
+    """The verification report: ``problems`` (mismatches), ``warnings``, per-class ``counts``, ``ok``."""
+    root = Path(out_dir)
+    man = read_manifest(root)
+    problems: list[str] = []
+    settings = _check_header(man, problems)
+    t = _check_entries(root, man["images"], decode, problems)
+    problems += _tally_problems(t)
+    extra, temps = _unlisted_files(root, set(t.files))
+    problems += [f"extra file not in the manifest: {x}" for x in extra]
+    warnings = [f"leftover temp file from an interrupted write: {x}" for x in temps]
+    expected, want_ipc = _check_counts(man, settings, t.counts, ipc, problems)
+    _check_sizes(t.sizes, settings, problems)
     return {
-        "dir": str(root), "method": man.get("method"), "images": sum(counts.values()),
-        "counts": dict(sorted(counts.items())), "expected_counts": expected, "ipc": want_ipc,
-        "missing": missing, "corrupt": corrupt, "extra": extra,
+        "dir": str(root), "method": man.get("method"), "images": sum(t.counts.values()),
+        "counts": dict(sorted(t.counts.items())), "expected_counts": expected, "ipc": want_ipc,
+        "missing": t.missing, "corrupt": t.corrupt, "extra": extra,
         "problems": problems, "warnings": warnings, "ok": not problems,
     }
 

@@ -67,48 +67,14 @@ def scan_image_folder(
     ``allow_empty_classes``, which records the class as skipped instead).
     """
     root_p = Path(root)
-    if not root_p.exists():
-        raise DataError(f"dataset root not found: {root_p} (expected an ImageFolder: {root_p}/<class_id>/<image>)")
-    if not root_p.is_dir():
-        raise DataError(f"dataset root is not a folder: {root_p}")
     exts = tuple(e.lower() for e in extensions)
-    found = sorted(p.name for p in root_p.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if classes is not None:
-        dups = sorted({c for c in classes if classes.count(c) > 1})
-        if dups:
-            raise ConfigError(f"data.classes lists these class ids more than once: {dups[:10]}")
-        missing = [c for c in classes if c not in found]
-        if missing:
-            raise DataError(f"classes not found under {root_p}: {missing[:10]}")
-        found = sorted(classes)
-    if not found:
-        raise DataError(f"no class folders under {root_p} (expected {root_p}/<class_id>/<image>)")
+    found = _class_folders(root_p, classes)
     records: list[ImageRecord] = []
     skipped: list[dict[str, str]] = []
     kept_classes: list[str] = []
     for cls in found:
         cls_dir = root_p / cls
-        files: list[str] = []
-        seen_dirs: set[str] = set()
-        for dirpath, dirnames, filenames in os.walk(cls_dir, followlinks=follow_symlinks):
-            real = os.path.realpath(dirpath)
-            if real in seen_dirs:  # a symlink loop or a second link to the same folder
-                skipped.append({"path": dirpath, "reason": "folder already scanned (symlink loop or duplicate link)"})
-                dirnames[:] = []
-                continue
-            seen_dirs.add(real)
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            for name in sorted(filenames):
-                full = os.path.join(dirpath, name)
-                if name.startswith("."):
-                    continue
-                if not _is_image_name(name, exts):
-                    skipped.append({"path": full, "reason": "not an image file extension"})
-                    continue
-                if os.path.islink(full) and not (follow_symlinks and os.path.exists(full)):
-                    skipped.append({"path": full, "reason": "symlink not followed or broken"})
-                    continue
-                files.append(full)
+        files = _class_files(cls_dir, exts, follow_symlinks, skipped)
         if max_per_class is not None:
             files = files[:max_per_class]
         if not files:
@@ -125,6 +91,60 @@ def scan_image_folder(
     for r in records:
         r.label = label_of[r.class_id]
     return ImageIndex(str(root_p), kept_classes, records, skipped)
+
+
+def _class_folders(root_p: Path, classes: list[str] | None) -> list[str]:
+    """The sorted class ids to scan: every visible folder under ``root_p``, or the requested ``classes``."""
+    if not root_p.exists():
+        raise DataError(f"dataset root not found: {root_p} (expected an ImageFolder: {root_p}/<class_id>/<image>)")
+    if not root_p.is_dir():
+        raise DataError(f"dataset root is not a folder: {root_p}")
+    found = sorted(p.name for p in root_p.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if classes is not None:
+        dups = sorted({c for c in classes if classes.count(c) > 1})
+        if dups:
+            raise ConfigError(f"data.classes lists these class ids more than once: {dups[:10]}")
+        missing = [c for c in classes if c not in found]
+        if missing:
+            raise DataError(f"classes not found under {root_p}: {missing[:10]}")
+        found = sorted(classes)
+    if not found:
+        raise DataError(f"no class folders under {root_p} (expected {root_p}/<class_id>/<image>)")
+    return found
+
+
+def _class_files(cls_dir: Path, exts: tuple[str, ...], follow_symlinks: bool,
+                 skipped: list[dict[str, str]]) -> list[str]:
+    """Image files under one class folder in sorted walk order; what it passes over goes to ``skipped``."""
+    files: list[str] = []
+    seen_dirs: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(cls_dir, followlinks=follow_symlinks):
+        real = os.path.realpath(dirpath)
+        if real in seen_dirs:  # a symlink loop or a second link to the same folder
+            skipped.append({"path": dirpath, "reason": "folder already scanned (symlink loop or duplicate link)"})
+            dirnames[:] = []
+            continue
+        seen_dirs.add(real)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            full = os.path.join(dirpath, name)
+            reason = _skip_reason(full, name, exts, follow_symlinks)
+            if reason:
+                skipped.append({"path": full, "reason": reason})
+            elif reason is None:
+                files.append(full)
+    return files
+
+
+def _skip_reason(full: str, name: str, exts: tuple[str, ...], follow_symlinks: bool) -> str | None:
+    """Why a file is not an image to use: ``""`` to pass over silently (hidden), ``None`` to keep it."""
+    if name.startswith("."):
+        return ""
+    if not _is_image_name(name, exts):
+        return "not an image file extension"
+    if os.path.islink(full) and not (follow_symlinks and os.path.exists(full)):
+        return "symlink not followed or broken"
+    return None
 
 
 def load_class_names(path: str | os.PathLike | None, class_ids: list[str]) -> dict[str, str]:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core.write import atomic_folder
-from tuning.finetune_sd import COMPLETE, total_steps, train_loop
+from tuning.finetune_sd import COMPLETE, shuffled_rows, steps_per_epoch, total_steps, train_loop
 
 # what the fine-tuned model depends on (see pipeline/edits/state.py); not the logging / checkpoint
 # interval, the CPUs or threads per worker, nor where the model and checkpoints are stored
@@ -42,6 +42,15 @@ def assemble_pipeline(base_ref: str, unet_dir: str | os.PathLike, out: str | os.
     with atomic_folder(out, marker=COMPLETE, marker_text="finetuned\n") as tmp:
         pipe.save_pretrained(tmp)
     return out
+
+
+def ordered_ingest() -> Any:
+    """Ray Train's ingest options with ``preserve_order``: the workers read the shuffled rows in one fixed order."""
+    from ray.train import DataConfig
+
+    opts = DataConfig.default_ingest_options()
+    opts.preserve_order = True
+    return DataConfig(execution_options=opts)
 
 
 def run_stage(run: Any, state: Any, force: bool) -> dict[str, Any]:
@@ -73,6 +82,7 @@ def run_stage(run: Any, state: Any, force: bool) -> dict[str, Any]:
         return {"output": str(out), "resumed": "already complete"}
     captions = load_captions(run, stage_keys(run)["caption"])
     rows = [{"path": r.path, "caption": captions[r.path]} for r in run.index.records if r.path in captions]
+    rows = shuffled_rows(rows, ft.seed)  # scan order is class by class
     steps = total_steps(len(rows), ft)
     use_gpu = bool(ft.use_gpu and ray.cluster_resources().get("GPU", 0) > 0)
     run.log(f"[edits] finetune: {len(rows)} images, {steps} steps, {ft.num_workers} worker(s), gpu={use_gpu}")
@@ -87,9 +97,10 @@ def run_stage(run: Any, state: Any, force: bool) -> dict[str, Any]:
                 "caption_dropout": ft.caption_dropout, "threads": ft.torch_threads or max(1, int(ft.num_cpus_per_worker)),
                 "log_every_steps": ft.log_every_steps, "snr_gamma": ft.snr_gamma, "vae_steps": ft.vae_steps,
                 "vae_learning_rate": ft.vae_learning_rate, "vae_kl_weight": ft.vae_kl_weight,
-                "cache_latents": ft.cache_latents}
+                "cache_latents": ft.cache_latents, "max_grad_norm": ft.max_grad_norm, "random_flip": ft.random_flip,
+                "shuffle_buffer_size": ft.shuffle_buffer_size, "steps_per_epoch": steps_per_epoch(len(rows), ft)}
     trainer = TorchTrainer(
-        train_loop, train_loop_config=loop_cfg, datasets={"train": ds},
+        train_loop, train_loop_config=loop_cfg, datasets={"train": ds}, dataset_config=ordered_ingest(),
         scaling_config=ScalingConfig(num_workers=ft.num_workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": ft.num_cpus_per_worker,
                                                            **({"GPU": 1} if use_gpu else {})}),

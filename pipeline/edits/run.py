@@ -26,7 +26,8 @@ contact sheet at ``<output.dir>/contact_sheet.png``.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -65,46 +66,83 @@ def prepare_run(cfg: Config, log: Callable[[str], None] = print) -> EditsRun:
     return EditsRun(cfg, index, names, paths, skips, index_fingerprint(index), log)
 
 
+class StageRunner:
+    """Runs EDITS stages in order: reuse a stage that is up to date, else run it and record its state and time."""
+
+    def __init__(self, cfg: Config, from_stage: str | None, log: Callable[[str], None]) -> None:
+        self.start_at = check_from_stage(from_stage)
+        self.run = prepare_run(cfg, log)
+        self.keys = stage_keys(self.run)
+        self.log = log
+        self.timings: dict[str, float] = {}
+        self.results: dict[str, Any] = {}
+        self._t_all = time.perf_counter()
+
+    @contextmanager
+    def ray(self) -> Iterator[None]:
+        """The Ray session (and Ray Data context) every stage runs in."""
+        from pipeline.core.faults import configure_data_context
+        from pipeline.core.ray_setup import ray_session
+
+        with ray_session(self.run.cfg.ray):
+            configure_data_context(self.run.cfg.ray)
+            yield
+
+    def __call__(self, name: str, runner: Callable[[EditsRun, StageState, bool], dict[str, Any]],
+                 skip: str | None = None) -> None:
+        """Stage ``name``: skipped when ``skip`` says why, reused when done, else run (forced from ``from_stage`` on)."""
+        if skip:
+            self.results[name] = {"skipped": skip}
+            return
+        state = StageState(self.run.paths.art, name, self.keys[name])
+        force = self.start_at is not None and STAGES.index(name) >= self.start_at
+        if state.status() == "done" and not force:
+            self.log(f"[edits] {name}: up to date, reusing artefacts")
+            self.results[name] = (state.read() or {}).get("info", {})
+            self.timings[name] = 0.0
+            return
+        t0 = time.perf_counter()
+        self.log(f"[edits] {name}: running")
+        info = runner(self.run, state, force)
+        self.timings[name] = round(time.perf_counter() - t0, 2)
+        state.finish(info)
+        self.results[name] = info
+        self.log(f"[edits] {name}: done in {self.timings[name]:.1f} s")
+        self.run.skips.write()
+
+    def summary(self) -> dict[str, Any]:
+        """The run's summary, also written to ``artefacts/summary.json``."""
+        from pipeline.core.write import atomic_write_json
+
+        paths = self.run.paths
+        self.timings["total"] = round(time.perf_counter() - self._t_all, 2)
+        summary = {"method": "edits", "output": str(paths.distilled), "contact_sheet": str(paths.contact_sheet),
+                   "prototype_texts": str(paths.texts), "stages": self.results, "timings": self.timings,
+                   "skipped": self.run.skips.summary()}
+        atomic_write_json(paths.art / "summary.json", summary)
+        return summary
+
+
 def run_edits(cfg: Config, from_stage: str | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run EDITS as configured; returns the summary (``output``, counts, ``timings`` per stage)."""
-    from pipeline.core.faults import configure_data_context
-    from pipeline.core.ray_setup import ray_session
+    """Run EDITS as configured; returns the summary (``output``, counts, ``timings`` per stage).
+
+    The steps are METHODS.md's; a stage that holds several of them runs them in one pass.
+    """
     from pipeline.edits import buffer, caption, embed, finetune, generate, prototype
 
-    start_at = check_from_stage(from_stage)
-    run = prepare_run(cfg, log)
-    keys = stage_keys(run)
-    runners = {"caption": caption.run_stage, "embed": embed.run_stage, "cluster": buffer.run_stage,
-               "prototype": prototype.run_stage, "finetune": finetune.run_stage, "generate": generate.run_stage}
-    timings: dict[str, float] = {}
-    results: dict[str, Any] = {}
-    t_all = time.perf_counter()
-    with ray_session(cfg.ray):
-        configure_data_context(cfg.ray)
-        for i, name in enumerate(STAGES):
-            if name == "finetune" and not cfg.edits.finetune.enabled:
-                results[name] = {"skipped": "edits.finetune.enabled is false"}
-                continue
-            state = StageState(run.paths.art, name, keys[name])
-            force = start_at is not None and i >= start_at
-            if state.status() == "done" and not force:
-                log(f"[edits] {name}: up to date, reusing artefacts")
-                results[name] = (state.read() or {}).get("info", {})
-                timings[name] = 0.0
-                continue
-            t0 = time.perf_counter()
-            log(f"[edits] {name}: running")
-            info = runners[name](run, state, force)
-            timings[name] = round(time.perf_counter() - t0, 2)
-            state.finish(info)
-            results[name] = info
-            log(f"[edits] {name}: done in {timings[name]:.1f} s")
-            run.skips.write()
-    timings["total"] = round(time.perf_counter() - t_all, 2)
-    summary = {"method": "edits", "output": str(run.paths.distilled), "contact_sheet": str(run.paths.contact_sheet),
-               "prototype_texts": str(run.paths.texts), "stages": results, "timings": timings,
-               "skipped": run.skips.summary()}
-    from pipeline.core.write import atomic_write_json
-
-    atomic_write_json(run.paths.art / "summary.json", summary)
-    return summary
+    stage = StageRunner(cfg, from_stage, log)  # scans the real set, derives every stage's settings key
+    ft_off = None if cfg.edits.finetune.enabled else "edits.finetune.enabled is false"
+    with stage.ray():
+        # 1. Captioning: a VLM caption per real image
+        stage("caption", caption.run_stage)
+        # 2. Features: CLIP image embedding and caption embedding per image
+        stage("embed", embed.run_stage)
+        # 3. Global Semantic Query, 4. prior clustered buffer (LOF, k-means, k = IPC), 5. LSA: one pass per class
+        stage("cluster", buffer.run_stage)
+        # 9. (optional; the authors ran it before generating) text-to-image fine-tune of SD on the captioned set
+        stage("finetune", finetune.run_stage, skip=ft_off)
+        # 6. image prototype (mean VAE latent), 7. text prototype (LLM summary) per cluster
+        stage("prototype", prototype.run_stage)
+        # 8. Dual Prototype Guidance: SD img2img from the image prototype with the text prototype as prompt
+        stage("generate", generate.run_stage)
+    return stage.summary()
