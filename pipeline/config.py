@@ -302,19 +302,28 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), yaml.safe_load(raw) if raw.strip() else ""
 
 
+def set_dotted(raw: dict[str, Any], key: str | list[str], value: Any, what: str = "key") -> None:
+    """Set ``raw[a][b][c] = value`` for the dotted ``key`` ``a.b.c`` in place; missing or null sections are created.
+
+    A part that holds a non-section value is a ``ConfigError`` starting with ``what`` (the key's origin).
+    """
+    path = key.split(".") if isinstance(key, str) else list(key)
+    node = raw
+    for part in path[:-1]:
+        if node.get(part) is None:
+            node[part] = {}
+        if not isinstance(node[part], dict):
+            raise ConfigError(f"{what}: {part!r} is not a config section")
+        node = node[part]
+    node[path[-1]] = value
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Return a copy of ``raw`` with each dotted ``key=value`` set (sub-dicts created)."""
     out = yaml.safe_load(yaml.safe_dump(raw)) or {}
     for item in overrides:
         path, value = parse_override(item)
-        node = out
-        for part in path[:-1]:
-            if not isinstance(node.get(part), dict):
-                node[part] = {} if node.get(part) is None else node[part]
-                if not isinstance(node[part], dict):
-                    raise ConfigError(f"override {item!r}: {part!r} is not a section")
-            node = node[part]
-        node[path[-1]] = value
+        set_dotted(out, path, value, what=f"override {item!r}")
     return out
 
 

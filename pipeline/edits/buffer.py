@@ -187,6 +187,7 @@ def run_stage(run: Any, state: Any, force: bool) -> dict[str, Any]:
 
     import ray
 
+    from pipeline.core.ray_setup import task_options
     from pipeline.core.write import atomic_write_json, remove
     from pipeline.edits.embed import load_features
 
@@ -195,10 +196,7 @@ def run_stage(run: Any, state: Any, force: bool) -> dict[str, Any]:
     settings = ClusterSettings.from_edits(cfg.edits)
     todo = [c for c in run.index.classes if not _class_files(run, c)[1].exists()]
     run.log(f"[edits] cluster: {len(run.index.classes) - len(todo)} classes cached, {len(todo)} to cluster")
-    opts: dict[str, Any] = {"num_cpus": cfg.ray.actor_num_cpus, "max_retries": cfg.ray.max_task_retries}
-    if cfg.ray.actor_num_gpus:
-        opts["num_gpus"] = cfg.ray.actor_num_gpus
-    task = ray.remote(_process_remote).options(**opts)
+    task = ray.remote(_process_remote).options(**task_options(cfg.ray))
     max_in_flight = max(2, int(ray.cluster_resources().get("CPU", 2) / max(cfg.ray.actor_num_cpus, 0.01)))
     in_flight: dict[Any, dict[str, np.ndarray]] = {}
 

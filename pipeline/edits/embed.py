@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.core.ray_setup import pool_kwargs
+from pipeline.core.ray_setup import block_count, pool_kwargs
 from pipeline.core.read import read_parquet
 from pipeline.core.write import component_name, remove, write_parquet
 from pipeline.edits.state import EditsRun, StageState
@@ -60,7 +60,7 @@ def run_stage(run: EditsRun, state: StageState, force: bool) -> dict[str, Any]:
     if todo:
         rows = [{"path": r.path, "class_id": r.class_id, "label": r.label, "caption": captions[r.path]} for r in todo]
         bs = int(cfg.ray.batch_sizes.get("embed", 32))
-        ds = ray.data.from_items(rows, override_num_blocks=max(1, min(200, len(rows) // 256)))
+        ds = ray.data.from_items(rows, override_num_blocks=block_count(len(rows)))
         ds = ds.map_batches(decode_batch, fn_kwargs={"size": cfg.edits.feature_image_size}, batch_size=bs,
                             num_cpus=0.5)
         ds = ds.map_batches(ClipEmbedder, batch_format="numpy", **pool_kwargs(cfg, "embed"),

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from pipeline.core.batching import batch_blocks
-from pipeline.core.ray_setup import pool_kwargs
+from pipeline.core.ray_setup import block_count, pool_kwargs
 from pipeline.core.write import atomic_write_json, component_name, remove
 from pipeline.edits.state import EditsRun, StageState
 
@@ -73,7 +73,7 @@ def image_prototypes(run: EditsRun, clusters: list[dict[str, Any]]) -> int:
     rows = [{"path": p, "key": cl["key"]} for cl in todo for p in cl["image_members"]]
     ref, sub = _vae_ref(run)
     bs = int(cfg.ray.batch_sizes.get("vae", 8))
-    ds = ray.data.from_items(rows, override_num_blocks=max(1, min(200, len(rows) // 128)))
+    ds = ray.data.from_items(rows, override_num_blocks=block_count(len(rows), rows_per_block=128))
     ds = ds.map_batches(decode_batch, fn_kwargs={"size": cfg.edits.vae_resolution}, batch_size=bs, num_cpus=0.5)
     ds = ds.map_batches(VaeEncoder, batch_format="numpy", **pool_kwargs(cfg, "vae"),
                         fn_constructor_kwargs={"model_ref": ref, "zoo_dir": run.zoo_dir, "subfolder": sub,
