@@ -105,7 +105,7 @@ class EditsConfig(Section):
     num_inference_steps: int = Field(50, gt=0)
     scheduler: Literal["ddim"] = "ddim"
     finetune: FinetuneConfig = FinetuneConfig()
-    # --- inferred choices of our implementation (issue #2) ---
+    # --- inferred choices of our implementation (not fixed by the paper) ---
     caption_style: Literal["auto", "instruct", "prefix"] = "auto"  # auto: instruct when the VLM has a chat template
     caption_prefix: str = "a photo of {class_name},"  # prefix-style captioners (BLIP) continue this text
     require_class_name: bool = True  # prepend the class name to a caption / text prototype that lacks it
@@ -157,7 +157,7 @@ class DiverConfig(Section):
     null_class: int | None = None  # None: the DiT's num_embeds_ada_norm (1000 for DiT-XL/2)
     class_map: str | dict[str, int] | None = None  # json file or inline: input class id -> DiT class index
     batch_size: int = Field(8, gt=0)  # used when ray.batch_sizes has no "recover" entry
-    # --- inferred choices of our implementation (issue #3) ---
+    # --- inferred choices of our implementation (not fixed by the paper) ---
     inversion_cfg_scale: float = Field(1.0, ge=1.0)  # CFG of the DDIM inversion (inheritance=ddim_inversion)
     latent_mode: Literal["mode", "sample"] = "mode"  # z_d = the VAE posterior's mode (deterministic) or a sample
     torch_threads: int | None = Field(None, gt=0)  # intra-op threads per recovery actor (None: Ray's default)

@@ -24,21 +24,24 @@ from pipeline.errors import DataError
 
 @dataclass(frozen=True)
 class ClusterSettings:
-    ipc: int = 10
-    seed: int = 42
-    tau: float = 0.01
-    fusion: str = "sum"
-    normalize: bool = True
-    contamination: float = 0.0
-    lof_neighbors: int = 20
-    policy: str = "error"
-    niter: int = 20
-    nredo: int = 10
-    k_image: int = 5
-    k_text: int = 5
+    """What ``process_class`` needs from the ``edits`` section; no defaults of its own: build it with ``from_edits``."""
+
+    ipc: int
+    seed: int
+    tau: float
+    fusion: str
+    normalize: bool
+    contamination: float
+    lof_neighbors: int
+    policy: str
+    niter: int
+    nredo: int
+    k_image: int
+    k_text: int
 
     @classmethod
     def from_edits(cls, e: Any) -> ClusterSettings:
+        """The settings of ``cfg.edits`` (an ``EditsConfig``), under the names used in the stage key."""
         return cls(ipc=e.ipc, seed=e.seed, tau=e.tau, fusion=e.fusion, normalize=e.feature_normalize,
                    contamination=e.contamination, lof_neighbors=e.lof_neighbors, policy=e.small_class_policy,
                    niter=e.kmeans_niter, nredo=e.kmeans_nredo, k_image=e.k_image, k_text=e.k_text)
