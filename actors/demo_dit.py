@@ -30,6 +30,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipeline.core.pixels import u8_hwc_to_signed_chw, u8_hwc_to_unit_chw, unit_to_signed
+from pipeline.core.read import load_image_arrays
+
 
 @dataclass
 class DemoDiTRecipe:
@@ -57,21 +60,6 @@ class DemoDiTRecipe:
     classifier_epochs: int = 6
 
 
-def load_split(root: str | Path, size: int = 32) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """uint8 images ``[N, size, size, 3]``, labels and class ids of an ImageFolder."""
-    from pipeline.core.read import load_rgb, scan_image_folder
-
-    index = scan_image_folder(root)
-    images = np.stack([load_rgb(r.path, size) for r in index.records])
-    labels = np.array([r.label for r in index.records], dtype=np.int64)
-    return images, labels, index.classes
-
-
-def _to_tensor(images: np.ndarray) -> torch.Tensor:
-    """uint8 NHWC -> float NCHW in [-1, 1]."""
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-
-
 def _lr_at(step: int, base: float, warmup: int, total: int) -> float:
     if step < warmup:
         return base * (step + 1) / warmup
@@ -79,21 +67,14 @@ def _lr_at(step: int, base: float, warmup: int, total: int) -> float:
     return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def make_vae(channels: tuple[int, int] = (16, 32)):
-    """AutoencoderKL with a downsampling factor of 2 and 4 latent channels (32 px -> 16x16x4)."""
-    from diffusers import AutoencoderKL
-
-    return AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        block_out_channels=tuple(channels), layers_per_block=1, norm_num_groups=8, sample_size=32,
-    )
-
-
 def train_vae(x: torch.Tensor, recipe: DemoDiTRecipe, log: Callable[[str], None]):
+    """Train the demo's factor-2 VAE on ``x`` (``[N, 3, 32, 32]`` in [-1, 1]); scaling_factor = 1 / latent std."""
+    from actors.zoo import tiny_vae
+    from tuning.vae_loss import AutoencodeLoss, latent_noise, vae_step
+
     torch.manual_seed(recipe.seed)
-    vae = make_vae(recipe.vae_channels)
+    vae = tiny_vae(channels=recipe.vae_channels, norm_groups=8)
+    model = AutoencodeLoss(vae, recipe.kl_weight)
     opt = torch.optim.Adam(vae.parameters(), lr=recipe.vae_lr)
     gen = torch.Generator().manual_seed(recipe.seed)
     vae.train()
@@ -103,14 +84,7 @@ def train_vae(x: torch.Tensor, recipe: DemoDiTRecipe, log: Callable[[str], None]
             g["lr"] = _lr_at(step, recipe.vae_lr, 50, recipe.vae_steps)
         idx = torch.randint(len(x), (recipe.vae_batch,), generator=gen)
         batch = x[idx]
-        post = vae.encode(batch).latent_dist
-        z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)
-        rec = vae.decode(z).sample
-        mse = F.mse_loss(rec, batch)
-        loss = mse + recipe.kl_weight * post.kl().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        mse = vae_step(model, opt, batch, latent_noise(vae, batch, gen))
         if step % 100 == 0 or step == recipe.vae_steps - 1:
             log(f"  vae step {step:5d}  mse {mse.item():.4f}  ({time.time() - t0:.0f}s)")
     vae.eval()
@@ -191,7 +165,7 @@ def train_classifier(images: np.ndarray, labels: np.ndarray, epochs: int, seed: 
 
     torch.manual_seed(seed)
     net = ConvNet(3, int(labels.max()) + 1, width=32, depth=3, im_size=images.shape[1])
-    x, y = _to_tensor(images), torch.from_numpy(labels)
+    x, y = u8_hwc_to_signed_chw(images), torch.from_numpy(labels)
     opt = torch.optim.Adam(net.parameters(), lr=2e-3)
     gen = torch.Generator().manual_seed(seed)
     net.train()
@@ -209,7 +183,7 @@ def train_classifier(images: np.ndarray, labels: np.ndarray, epochs: int, seed: 
 @torch.no_grad()
 def classify(net, images01: torch.Tensor) -> torch.Tensor:
     """Predicted labels for images ``[B, 3, H, W]`` in [0, 1]."""
-    return torch.cat([net(images01[i:i + 256] * 2 - 1).argmax(1) for i in range(0, len(images01), 256)])
+    return torch.cat([net(unit_to_signed(images01[i:i + 256])).argmax(1) for i in range(0, len(images01), 256)])
 
 
 @torch.no_grad()
@@ -254,10 +228,10 @@ def train_demo_dit(out: str | Path, data: str | Path | None = None, recipe: Demo
             data = tmp
         root = Path(data)
         train_root = root / "train" if (root / "train").is_dir() else root
-        images, labels, classes = load_split(train_root)
-        val = load_split(root / "val") if (root / "val").is_dir() else None
+        images, labels, classes, _ = load_image_arrays(train_root, 32)
+        val = load_image_arrays(root / "val", 32) if (root / "val").is_dir() else None
     log(f"demo DiT: {len(images)} train images, {len(classes)} classes, from {train_root}")
-    x = _to_tensor(images)
+    x = u8_hwc_to_signed_chw(images)
     vae, latents, rec_mse = train_vae(x, recipe, log)
     vae.requires_grad_(False)
     t_vae = time.time() - t_start
@@ -272,8 +246,7 @@ def train_demo_dit(out: str | Path, data: str | Path | None = None, recipe: Demo
     net = train_classifier(images, labels, recipe.classifier_epochs, recipe.seed)
     val_acc = None
     if val is not None:
-        val_acc = float((classify(net, torch.from_numpy(val[0]).permute(0, 3, 1, 2).float() / 255)
-                         == torch.from_numpy(val[1])).float().mean())
+        val_acc = float((classify(net, u8_hwc_to_unit_chw(val.images)) == torch.from_numpy(val.labels)).float().mean())
     samples, cond = sample_check(transformer, vae, list(range(len(classes))), recipe.check_per_class,
                                  recipe.check_steps, recipe.check_cfg_scale)
     pred = classify(net, samples)

@@ -5,14 +5,16 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from pipeline.core.pixels import signed_to_unit, unit_to_signed
 
-def to_vae_input(images: torch.Tensor, resolution: int) -> torch.Tensor:
-    """``[B, 3, H, W]`` in [0, 1] -> resized to ``resolution`` and scaled to [-1, 1]."""
+
+def resized_unit_to_signed(images: torch.Tensor, resolution: int) -> torch.Tensor:
+    """Float ``[B, 3, H, W]`` in [0, 1] -> bicubic-resized to ``resolution`` (antialiased), clamped, in [-1, 1]."""
     x = images.float()
     if x.shape[-1] != resolution or x.shape[-2] != resolution:
         x = F.interpolate(x, size=(resolution, resolution), mode="bicubic", align_corners=False,
                           antialias=True)
-    return (x.clamp(0, 1) * 2 - 1)
+    return unit_to_signed(x.clamp(0, 1))
 
 
 @torch.no_grad()
@@ -20,7 +22,7 @@ def encode_images(vae, images: torch.Tensor, resolution: int, latent_mode: str =
                   generator: torch.Generator | None = None) -> torch.Tensor:
     """VAE latents ``z_d`` (scaled by the VAE's ``scaling_factor``), float32 on the VAE's device."""
     p = next(vae.parameters())
-    x = to_vae_input(images, resolution).to(device=p.device, dtype=p.dtype)
+    x = resized_unit_to_signed(images, resolution).to(device=p.device, dtype=p.dtype)
     dist = vae.encode(x).latent_dist
     z = dist.mode() if latent_mode == "mode" else dist.sample(generator)
     return z.float() * float(vae.config.scaling_factor)
@@ -31,7 +33,7 @@ def decode_latents(vae, z: torch.Tensor, size: tuple[int, int] | None = None) ->
     """Latents -> images in [0, 1], ``[B, 3, H, W]`` float32 on the CPU, resized to ``size``."""
     p = next(vae.parameters())
     x = vae.decode((z / float(vae.config.scaling_factor)).to(device=p.device, dtype=p.dtype)).sample.float()
-    x = (x / 2 + 0.5).clamp(0, 1).cpu()
+    x = signed_to_unit(x).cpu()
     if size is not None and tuple(x.shape[-2:]) != tuple(size):
         x = F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
     return x

@@ -11,12 +11,7 @@ import torch
 
 from actors.loading import load_pretrained, pick_device, pick_dtype
 from pipeline.core.faults import FaultInjector
-
-
-def to_vae_input(images: np.ndarray) -> torch.Tensor:
-    """uint8 ``[B, H, W, 3]`` -> float ``[B, 3, H, W]`` in [-1, 1]."""
-    x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.uint8)).permute(0, 3, 1, 2).float()
-    return x / 127.5 - 1.0
+from pipeline.core.pixels import u8_hwc_to_signed_chw
 
 
 class VaeEncoder:
@@ -39,7 +34,7 @@ class VaeEncoder:
 
     @torch.no_grad()
     def encode(self, images: np.ndarray) -> np.ndarray:
-        x = to_vae_input(images).to(self.device, self.dtype)
+        x = u8_hwc_to_signed_chw(images).to(self.device, self.dtype)
         return (self.vae.encode(x).latent_dist.mode() * self.scaling).float().cpu().numpy()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

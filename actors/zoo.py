@@ -68,15 +68,19 @@ def _seeded(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def tiny_vae(latent_channels: int = 4):
-    """AutoencoderKL with a downsampling factor of 2 (SD's is 8): 32 px images -> 16 px latents."""
+def tiny_vae(latent_channels: int = 4, channels: tuple[int, ...] = (32, 64), norm_groups: int = 16,
+             sample_size: int = 32):
+    """AutoencoderKL with one down block per entry of ``channels`` (two: factor 2, SD's is 8): 32 px -> 16 px.
+
+    The zoo's ``vae`` role uses the defaults; the demo DiT's VAE is ``channels=(16, 32), norm_groups=8``.
+    """
     from diffusers import AutoencoderKL
 
+    n = len(channels)
     return AutoencoderKL(
         in_channels=3, out_channels=3, latent_channels=latent_channels,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=16, sample_size=32,
+        down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
+        block_out_channels=tuple(channels), layers_per_block=1, norm_num_groups=norm_groups, sample_size=sample_size,
     )
 
 

@@ -24,19 +24,12 @@ or zoo:<role> for the tiny local zoo. See README.md, 'Config reference'.
 """
 
 
-def _handler(target: str, issue: str) -> Callable[[argparse.Namespace], int | None]:
+def _handler(target: str) -> Callable[[argparse.Namespace], int | None]:
     """Late-bound ``module:function`` so ``--help`` stays fast and stages stay in their modules."""
 
     def call(args: argparse.Namespace) -> int | None:
         module_name, func = target.split(":")
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as err:
-            if err.name != module_name:
-                raise
-            print(f"semdistill: this command is not available yet ({issue}).", file=sys.stderr)
-            return 2
-        return getattr(module, func)(args)
+        return getattr(importlib.import_module(module_name), func)(args)
 
     return call
 
@@ -63,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--size", type=int, default=32, help="image size in px (default 32)")
     d.add_argument("--val-fraction", type=float, default=0.2, help="share of each class kept for val (default 0.2)")
     d.add_argument("--seed", type=int, default=0, help="seed of the train/val split (default 0)")
-    d.set_defaults(func=_handler("pipeline.demo.commands:data_demo", "foundation"))
+    d.set_defaults(func=_handler("pipeline.demo.commands:data_demo"))
     c = dsub.add_parser("check", help="scan a dataset without models: list files it would skip, per-class counts")
     c.add_argument("root", help="ImageFolder root")
     c.add_argument("--ipc", type=int, default=1, help="fail when a class has fewer usable images (default 1)")
@@ -71,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--class-names", default=None, help="id -> name table, to warn about duplicate class names")
     c.add_argument("--workers", type=int, default=1, help="decode with this many processes (default 1)")
     c.add_argument("--no-decode", action="store_true", help="only list files, do not decode them (fast)")
-    c.set_defaults(func=_handler("pipeline.checks.data_check:main", "issue #6, reliability"))
+    c.set_defaults(func=_handler("pipeline.checks.data_check:main"))
 
     # zoo
     zoo = sub.add_parser("zoo", help="the tiny local model zoo (random-init models saved with save_pretrained)")
@@ -80,16 +73,16 @@ def build_parser() -> argparse.ArgumentParser:
     zb.add_argument("--dir", default=None, help="zoo folder (default $SEMDISTILL_ZOO_DIR or the user cache dir)")
     zb.add_argument("--force", action="store_true", help="rebuild even when present")
     zb.add_argument("--roles", nargs="*", default=None, help="only these roles")
-    zb.set_defaults(func=_handler("pipeline.demo.commands:zoo_build", "foundation"))
+    zb.set_defaults(func=_handler("pipeline.demo.commands:zoo_build"))
     zl = zsub.add_parser("list", help="list the zoo roles and whether each is built")
     zl.add_argument("--dir", default=None)
-    zl.set_defaults(func=_handler("pipeline.demo.commands:zoo_list", "foundation"))
+    zl.set_defaults(func=_handler("pipeline.demo.commands:zoo_list"))
     zt = zsub.add_parser("train-demo-dit", help="train the tiny class-conditional DiT (+VAE) on the demo digits")
     zt.add_argument("--data", default=None, help="demo dataset root (default: written to the zoo folder)")
     zt.add_argument("--dir", default=None, help="zoo folder")
     zt.add_argument("--steps", type=int, default=None, help="training steps (default: the recipe's)")
     zt.add_argument("--force", action="store_true", help="retrain even when present")
-    zt.set_defaults(func=_handler("actors.demo_dit:main", "issue #3, DIVER"))
+    zt.set_defaults(func=_handler("actors.demo_dit:main"))
 
     # run
     r = sub.add_parser("run", help="run a config end to end (method: edits | diver)")
@@ -97,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_overrides(r)
     r.add_argument("--from-stage", default=None, help="re-run from this stage, reusing earlier artefacts")
     r.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    r.set_defaults(func=_handler("pipeline.run:main", "foundation"))
+    r.set_defaults(func=_handler("pipeline.run:main"))
 
     # distill (classical stage-1)
     dist = sub.add_parser("distill", help="classical stage-1 distillers (DM) that DIVER recovers")
@@ -108,13 +101,13 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--out", required=True, help="output folder (ImageFolder + manifest + images.pt)")
     dm.add_argument("--iterations", type=int, default=None)
     dm.add_argument("--seed", type=int, default=0)
-    dm.set_defaults(func=_handler("pipeline.diver.dm:main", "issue #3, DIVER"))
+    dm.set_defaults(func=_handler("pipeline.diver.dm:main"))
 
     # demo
     dm_ = sub.add_parser("demo", help="the whole thing offline on a laptop: data, zoo, methods, evaluation, report")
     dm_.add_argument("--out", required=True, help="output folder")
     dm_.add_argument("--quick", action="store_true", help="smaller settings for a smoke run")
-    dm_.set_defaults(func=_handler("pipeline.demo.commands:demo", "foundation"))
+    dm_.set_defaults(func=_handler("pipeline.demo.commands:demo"))
 
     # eval
     e = sub.add_parser("eval", help="train students on a distilled set, test on the real val set")
@@ -125,13 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--config", default=None, help="YAML config whose eval section to use")
     e.add_argument("--out", default=None, help="where results.json/.md go (default: the distilled folder)")
     _add_overrides(e)
-    e.set_defaults(func=_handler("tuning.eval_cmd:main", "issue #4, evaluation"))
+    e.set_defaults(func=_handler("tuning.eval_cmd:main"))
 
     # sweep
     s = sub.add_parser("sweep", help="Ray Tune sweep over method settings (gamma, guidance_scale, ...)")
     s.add_argument("config", help="YAML config with a sweep section")
     _add_overrides(s)
-    s.set_defaults(func=_handler("pipeline.run:sweep_main", "issue #4, Tune"))
+    s.set_defaults(func=_handler("pipeline.run:sweep_main"))
 
     # submit / plan
     sb = sub.add_parser("submit", help="submit a config to a Ray cluster with `ray job submit`")
@@ -141,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     sb.add_argument("--no-wait", action="store_true", help="return after submitting")
     sb.add_argument("--from-stage", default=None, help="re-run from this stage on the cluster")
     sb.add_argument("--dry-run", action="store_true", help="print the equivalent `ray job submit` and exit")
-    sb.set_defaults(func=_handler("cluster.submit:main", "issue #5, cluster"))
+    sb.set_defaults(func=_handler("cluster.submit:main"))
     pl = sub.add_parser("plan", help="estimate wall time and GPU hours of a config on N GPUs")
     pl.add_argument("config")
     pl.add_argument("--gpus", type=int, default=8)
@@ -150,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--costs", default=None, help="JSON of measured per-item costs (default: bench/results/*.json)")
     pl.add_argument("--json", dest="as_json", action="store_true", help="print the plan as JSON")
     _add_overrides(pl)
-    pl.set_defaults(func=_handler("cluster.plan:main", "issue #5, cluster"))
+    pl.set_defaults(func=_handler("cluster.plan:main"))
 
     # verify
     v = sub.add_parser("verify", help="check a distilled set against its manifest.json")
@@ -158,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--ipc", type=int, default=None, help="also require exactly this many images per class")
     v.add_argument("--json", dest="as_json", action="store_true", help="print the report as JSON")
     v.add_argument("--no-decode", action="store_true", help="check files and checksums without decoding")
-    v.set_defaults(func=_handler("pipeline.checks.verify:main", "issue #6, reliability"))
+    v.set_defaults(func=_handler("pipeline.checks.verify:main"))
     return parser
 
 

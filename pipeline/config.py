@@ -110,7 +110,7 @@ class EditsConfig(Section):
     num_inference_steps: int = Field(50, gt=0)
     scheduler: Literal["ddim"] = "ddim"
     finetune: FinetuneConfig = FinetuneConfig()
-    # --- inferred choices of our implementation (issue #2) ---
+    # --- inferred choices of our implementation (not fixed by the paper) ---
     caption_style: Literal["auto", "instruct", "prefix"] = "auto"  # auto: instruct when the VLM has a chat template
     caption_prefix: str = "a photo of {class_name},"  # prefix-style captioners (BLIP) continue this text
     require_class_name: bool = True  # prepend the class name to a caption / text prototype that lacks it
@@ -162,7 +162,7 @@ class DiverConfig(Section):
     null_class: int | None = None  # None: the DiT's num_embeds_ada_norm (1000 for DiT-XL/2)
     class_map: str | dict[str, int] | None = None  # json file or inline: input class id -> DiT class index
     batch_size: int = Field(8, gt=0)  # used when ray.batch_sizes has no "recover" entry
-    # --- inferred choices of our implementation (issue #3) ---
+    # --- inferred choices of our implementation (not fixed by the paper) ---
     inversion_cfg_scale: float = Field(1.0, ge=1.0)  # CFG of the DDIM inversion (inheritance=ddim_inversion)
     latent_mode: Literal["mode", "sample"] = "mode"  # z_d = the VAE posterior's mode (deterministic) or a sample
     torch_threads: int | None = Field(None, gt=0)  # intra-op threads per recovery actor (None: Ray's default)
@@ -312,19 +312,28 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), yaml.safe_load(raw) if raw.strip() else ""
 
 
+def set_dotted(raw: dict[str, Any], key: str | list[str], value: Any, what: str = "key") -> None:
+    """Set ``raw[a][b][c] = value`` for the dotted ``key`` ``a.b.c`` in place; missing or null sections are created.
+
+    A part that holds a non-section value is a ``ConfigError`` starting with ``what`` (the key's origin).
+    """
+    path = key.split(".") if isinstance(key, str) else list(key)
+    node = raw
+    for part in path[:-1]:
+        if node.get(part) is None:
+            node[part] = {}
+        if not isinstance(node[part], dict):
+            raise ConfigError(f"{what}: {part!r} is not a config section")
+        node = node[part]
+    node[path[-1]] = value
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Return a copy of ``raw`` with each dotted ``key=value`` set (sub-dicts created)."""
     out = yaml.safe_load(yaml.safe_dump(raw)) or {}
     for item in overrides:
         path, value = parse_override(item)
-        node = out
-        for part in path[:-1]:
-            if not isinstance(node.get(part), dict):
-                node[part] = {} if node.get(part) is None else node[part]
-                if not isinstance(node[part], dict):
-                    raise ConfigError(f"override {item!r}: {part!r} is not a section")
-            node = node[part]
-        node[path[-1]] = value
+        set_dotted(out, path, value, what=f"override {item!r}")
     return out
 
 

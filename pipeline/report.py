@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from pipeline.core.grids import paint_grid
 from pipeline.core.write import MANIFEST, atomic_save_image, atomic_write_bytes
 
 
@@ -42,18 +43,7 @@ def set_grid(set_dir: str | os.PathLike, per_class: int = 10, cell: int = 48,
         if len(rows[label]) < per_class:
             rows[label].append(path)
     labels = sorted(rows)[:max_classes]
-    cols = max(len(rows[k]) for k in labels)
-    pad = 2
-    canvas = Image.new("RGB", (cols * (cell + pad) + pad, len(labels) * (cell + pad) + pad), (255, 255, 255))
-    for r, label in enumerate(labels):
-        for c, path in enumerate(rows[label]):
-            try:
-                with Image.open(path) as im:
-                    tile = im.convert("RGB").resize((cell, cell), Image.NEAREST)
-            except OSError:
-                tile = Image.new("RGB", (cell, cell), (255, 0, 0))
-            canvas.paste(tile, (pad + c * (cell + pad), pad + r * (cell + pad)))
-    return canvas
+    return paint_grid([rows[k] for k in labels], cell, margin=2, bad_tile=(255, 0, 0))  # unreadable: a red tile
 
 
 def overview_image(grids: dict[str, Image.Image], rows: list[dict[str, Any]], gap: int = 12) -> Image.Image:

@@ -88,3 +88,17 @@ def test_dump_roundtrip(tmp_path):
 @pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_configs_validate(path):
     load_config(path)
+
+
+def test_set_dotted_creates_sections_and_names_the_bad_part():
+    from pipeline.config import set_dotted
+
+    raw = {"edits": {"ipc": 1}, "diver": None}
+    set_dotted(raw, "edits.finetune.enabled", True)
+    set_dotted(raw, ["diver", "gamma"], 0.3)
+    set_dotted(raw, "name", "x")
+    assert raw == {"edits": {"ipc": 1, "finetune": {"enabled": True}}, "diver": {"gamma": 0.3}, "name": "x"}
+    with pytest.raises(ConfigError, match=r"^sweep param 'edits.ipc.x': 'ipc' is not a config section$"):
+        set_dotted(raw, "edits.ipc.x", 1, what="sweep param 'edits.ipc.x'")
+    with pytest.raises(ConfigError, match="override 'name.a=1': 'name' is not a config section"):
+        apply_overrides(raw, ["name.a=1"])

@@ -27,7 +27,8 @@ import numpy as np
 import torch
 
 from pipeline.config import EvalConfig, RayConfig
-from pipeline.core.read import BadImageError, load_rgb, scan_image_folder
+from pipeline.core.pixels import channel_stats, normalize, u8_hwc_to_unit_chw
+from pipeline.core.read import load_image_arrays, load_rgb, scan_image_folder
 from pipeline.core.write import MANIFEST, atomic_write_bytes, atomic_write_json
 from pipeline.errors import DataError
 from tuning.protocols import TrainSpec, resolve_preset, train_student, train_teacher
@@ -37,22 +38,6 @@ ROW_KEY = ("dataset", "method", "ipc", "student", "protocol")
 
 
 # ----------------------------------------------------------------------------- data
-def load_real(root: str | os.PathLike, size: int, classes: list[str] | None = None
-              ) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """A real ImageFolder as ``uint8 [N, H, W, 3]``, labels, and the class ids (label order)."""
-    index = scan_image_folder(root, classes=classes)
-    xs, ys = [], []
-    for rec in index.records:
-        try:
-            xs.append(load_rgb(rec.path, size))
-        except BadImageError:
-            continue  # `semdistill data check` lists these; evaluation just leaves them out
-        ys.append(rec.label)
-    if not xs:
-        raise DataError(f"no readable images under {root}")
-    return np.stack(xs), np.asarray(ys, dtype=np.int64), index.classes
-
-
 def load_distilled(root: str | os.PathLike, classes: list[str], size: int | None = None
                    ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """A distilled set (manifest entries, or a plain ImageFolder) labelled in the real set's class order.
@@ -86,14 +71,7 @@ def load_distilled(root: str | os.PathLike, classes: list[str], size: int | None
 
 def to_tensor(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> torch.Tensor:
     """uint8 ``[N, H, W, C]`` -> normalised float ``[N, C, H, W]``."""
-    t = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).float().div_(255.0)
-    return (t - torch.as_tensor(mean).view(1, -1, 1, 1)) / torch.as_tensor(std).view(1, -1, 1, 1)
-
-
-def channel_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean/std (of [0, 1] pixels) of the training images; std floored at 1e-3."""
-    f = x.reshape(-1, x.shape[-1]).astype(np.float64) / 255.0
-    return f.mean(0).astype(np.float32), np.maximum(f.std(0), 1e-3).astype(np.float32)
+    return normalize(u8_hwc_to_unit_chw(x), mean, std)
 
 
 def dataset_name(val_root: str | os.PathLike) -> str:
@@ -258,7 +236,7 @@ def evaluate_sets(sets: dict[str, str | os.PathLike], val_root: str | os.PathLik
     # the real val set first: its classes define the labels; its size follows the first set
     first = next(iter(sets.values()))
     size = cfg.image_size or load_distilled_size(first)
-    val_x, val_y, classes = load_real(val_root, size, classes=classes)
+    val_x, val_y, classes, _ = load_image_arrays(val_root, size, classes=classes, skip_bad=True)
     loaded: dict[str, dict[str, Any]] = {}
     arrays: dict[str, dict[str, Any]] = {}
     for name, d in sets.items():
@@ -319,7 +297,7 @@ def _teacher_normalised(arrays: dict[str, Any], teacher_state: dict[str, Any] | 
 def fit_teacher(train_root: str | os.PathLike, classes: list[str], size: int, cfg: EvalConfig,
                 val: tuple[np.ndarray, np.ndarray], log=print) -> dict[str, Any]:
     """Train the soft-label teacher on the real training set (in this process); return its state."""
-    x, y, _ = load_real(train_root, size, classes=classes)
+    x, y, _, _ = load_image_arrays(train_root, size, classes=classes, skip_bad=True)
     mean, std = channel_stats(x)
     tx = to_tensor(x, mean, std)
     vx = to_tensor(val[0], mean, std)

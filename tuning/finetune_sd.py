@@ -31,31 +31,9 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.core.pixels import u8_hwc_to_signed_chw
+
 COMPLETE = ".complete"
-
-
-def _to_pixels(images: np.ndarray):
-    import torch
-
-    x = torch.from_numpy(np.array(images, dtype=np.uint8, copy=True)).permute(0, 3, 1, 2).float()
-    return x / 127.5 - 1.0
-
-
-def _autoencoder_module(vae: Any) -> Any:
-    """``vae`` wrapped so ``forward`` runs encode + sample + decode (DDP syncs gradients of ``forward``)."""
-    import torch
-
-    class Autoencode(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.vae = vae
-
-        def forward(self, x: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            post = self.vae.encode(x).latent_dist
-            rec = self.vae.decode(post.mean + post.std * eps).sample
-            return rec, post.kl().mean()
-
-    return Autoencode()
 
 
 def train_vae_phase(vae: Any, shard: Any, config: dict[str, Any], device: Any, world: int) -> float:
@@ -66,24 +44,20 @@ def train_vae_phase(vae: Any, shard: Any, config: dict[str, Any], device: Any, w
     """
     import ray.train.torch
     import torch
-    import torch.nn.functional as F
+
+    from tuning.vae_loss import AutoencodeLoss, latent_noise, vae_step
 
     vae.requires_grad_(True)
     vae.train()
-    module = _autoencoder_module(vae)
+    module = AutoencodeLoss(vae, float(config["vae_kl_weight"]))
     model = ray.train.torch.prepare_model(module, move_to_device=False) if world > 1 else module
     opt = torch.optim.Adam(vae.parameters(), lr=float(config["vae_learning_rate"]))
     gen = torch.Generator().manual_seed(int(config["seed"]) + 17)
     steps, bs, step = int(config["vae_steps"]), int(config["batch_size"]), 0
     while step < steps:
         for batch in shard.iter_batches(batch_size=bs, batch_format="numpy"):
-            x = _to_pixels(batch["image"]).to(device)
-            eps = torch.randn((x.shape[0], vae.config.latent_channels, *_latent_hw(vae, x)), generator=gen).to(device)
-            rec, kl = model(x, eps)
-            loss = F.mse_loss(rec, x) + float(config["vae_kl_weight"]) * kl
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            x = u8_hwc_to_signed_chw(batch["image"]).to(device)
+            vae_step(model, opt, x, latent_noise(vae, x, gen).to(device))
             step += 1
             if step >= steps:
                 break
@@ -92,7 +66,7 @@ def train_vae_phase(vae: Any, shard: Any, config: dict[str, Any], device: Any, w
     stds = []
     with torch.no_grad():
         for i, batch in enumerate(shard.iter_batches(batch_size=256, batch_format="numpy")):
-            stds.append(vae.encode(_to_pixels(batch["image"]).to(device)).latent_dist.mode().float().std())
+            stds.append(vae.encode(u8_hwc_to_signed_chw(batch["image"]).to(device)).latent_dist.mode().float().std())
             if i >= 3:
                 break
     std = torch.stack(stds).mean().to(device)
@@ -104,11 +78,6 @@ def train_vae_phase(vae: Any, shard: Any, config: dict[str, Any], device: Any, w
     scale = float(1.0 / std.clamp_min(1e-6))
     vae.register_to_config(scaling_factor=scale)
     return scale
-
-
-def _latent_hw(vae: Any, x: Any) -> tuple[int, int]:
-    factor = 2 ** (len(vae.config.block_out_channels) - 1)
-    return x.shape[-2] // factor, x.shape[-1] // factor
 
 
 def min_snr_weights(noise_sched: Any, t: Any, gamma: float) -> Any:
@@ -296,7 +265,7 @@ def _encode(w: Worker, images: np.ndarray, flip: Any = None) -> tuple[Any, Any]:
     """The VAE posterior (mean, std) of uint8 HWC images, mirrored where ``flip`` says."""
     import torch
 
-    x = _to_pixels(images)
+    x = u8_hwc_to_signed_chw(images)
     if flip is not None:
         x = apply_flip(x, flip)
     with torch.no_grad():

@@ -23,30 +23,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import Config, EvalConfig, SweepConfig, config_from_dict, dump_config
+from pipeline.config import Config, EvalConfig, SweepConfig, config_from_dict, dump_config, set_dotted
 from pipeline.core.write import atomic_write_bytes, atomic_write_json
 from pipeline.errors import ConfigError
 
 RANGE_KINDS = ("uniform", "loguniform", "randint", "choice")
 
 
-def _set_key(raw: dict[str, Any], dotted: str, value: Any) -> None:
-    node = raw
-    parts = dotted.split(".")
-    for part in parts[:-1]:
-        if node.get(part) is None:
-            node[part] = {}
-        if not isinstance(node[part], dict):
-            raise ConfigError(f"sweep param {dotted!r}: {part!r} is not a config section")
-        node = node[part]
-    node[parts[-1]] = value
-
-
 def apply_params(cfg: Config, params: dict[str, Any]) -> Config:
     """A copy of ``cfg`` with each dotted key set (validated like any config)."""
     raw = cfg.model_dump(mode="json", exclude_unset=False)
     for key, value in params.items():
-        _set_key(raw, key, value)
+        set_dotted(raw, key, value, what=f"sweep param {key!r}")
     return config_from_dict(raw, source="<sweep trial>")
 
 

@@ -58,13 +58,26 @@ def actor_resources(cfg: RayConfig) -> dict[str, float]:
     return res
 
 
-def pool_kwargs(cfg: Config, role: str) -> dict[str, Any]:
-    """``map_batches`` kwargs for an actor pool of ``role`` (size, batch, resources, restarts)."""
+def block_count(n_rows: int, rows_per_block: int = 256, cap: int = 200) -> int:
+    """Ray Data blocks for ``n_rows`` items: one per ``rows_per_block`` rows, at least 1, at most ``cap``."""
+    return max(1, min(cap, n_rows // rows_per_block))
+
+
+def task_options(cfg: RayConfig) -> dict[str, Any]:
+    """``ray.remote(...).options`` of a plain task: the actors' resources plus ``max_retries``."""
+    return {**actor_resources(cfg), "max_retries": cfg.max_task_retries}
+
+
+def pool_kwargs(cfg: Config, role: str, default_batch: int = 8) -> dict[str, Any]:
+    """``map_batches`` kwargs for an actor pool of ``role`` (size, batch, resources, restarts).
+
+    The batch is ``ray.batch_sizes[role]``, else ``default_batch``; the pool size ``ray.pool_sizes[role]``, else 1.
+    """
     import ray.data
 
     from pipeline.core.faults import actor_remote_args
 
     size = int(cfg.ray.pool_sizes.get(role, 1))
     return {"compute": ray.data.ActorPoolStrategy(size=max(1, size)),
-            "batch_size": int(cfg.ray.batch_sizes.get(role, 8)),
+            "batch_size": int(cfg.ray.batch_sizes.get(role, default_batch)),
             **actor_resources(cfg.ray), **actor_remote_args(cfg.ray)}

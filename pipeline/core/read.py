@@ -11,7 +11,7 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -255,6 +255,43 @@ def load_rgb(path: str, size: int | None = None) -> np.ndarray:
     return np.asarray(im, dtype=np.uint8)
 
 
+class ImageArrays(NamedTuple):
+    """A decoded ImageFolder: uint8 ``[N, H, W, 3]`` images, int64 labels, class ids, file paths."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    classes: list[str]
+    paths: list[str]
+
+
+def load_image_arrays(root: str | os.PathLike, size: int | None = None, classes: list[str] | None = None,
+                      max_per_class: int | None = None, skip_bad: bool = False) -> ImageArrays:
+    """Decode a whole ImageFolder into memory (labels follow the sorted class ids).
+
+    ``size``: shorter-side resize + center crop to ``size`` x ``size``; ``None`` keeps the
+    images' own size when they all share it, else uses the smallest side among them.
+    ``skip_bad`` leaves unreadable files out (``semdistill data check`` lists them); without it
+    the first one raises ``DataError`` naming the file. No readable image is a ``DataError``.
+    """
+    index = scan_image_folder(root, classes=classes, max_per_class=max_per_class)
+    arrays, labels, paths = [], [], []
+    for r in index.records:
+        try:
+            arrays.append(load_rgb(r.path, size))
+        except BadImageError as err:
+            if skip_bad:
+                continue
+            raise DataError(f"cannot read {r.path}: {err} (remove the file or run `semdistill data check`)") from None
+        labels.append(r.label)
+        paths.append(r.path)
+    if not arrays:
+        raise DataError(f"no readable images under {root}")
+    if size is None and len({a.shape for a in arrays}) > 1:
+        side = min(min(a.shape[:2]) for a in arrays)
+        arrays = [load_rgb(p, side) for p in paths]
+    return ImageArrays(np.stack(arrays), np.asarray(labels, dtype=np.int64), list(index.classes), paths)
+
+
 def to_rgb(im: Image.Image) -> Image.Image:
     """Convert grayscale, palette, CMYK, 16-bit and alpha images to 8-bit RGB."""
     if im.mode.startswith("I;16"):  # 16-bit grayscale (PNG): full range is 0..65535
@@ -313,7 +350,9 @@ def image_dataset(index: ImageIndex, size: int, batch_size: int = 64, num_blocks
 
     rows = index.rows()
     if num_blocks is None:
-        num_blocks = max(1, min(200, len(rows) // 256))
+        from pipeline.core.ray_setup import block_count
+
+        num_blocks = block_count(len(rows))
     ds = ray.data.from_items(rows, override_num_blocks=num_blocks)
     return ds.map_batches(decode_batch, fn_kwargs={"size": size}, batch_size=batch_size, num_cpus=0.5)
 

@@ -63,16 +63,6 @@ def prepare_demo(out: Path) -> dict[str, Any]:
     return {"data": str(data_dir), "zoo": str(zoo.default_zoo_dir())}
 
 
-def _available(module: str) -> bool:
-    try:
-        importlib.import_module(module)
-    except ModuleNotFoundError as err:
-        if err.name == module:
-            return False
-        raise
-    return True
-
-
 def _merge(into: dict[str, Any], extra: dict[str, Any]) -> None:
     """Deep-merge ``extra`` into ``into`` (nested dicts merged, other values replaced)."""
     for k, v in extra.items():
@@ -170,11 +160,6 @@ def run_demo(out: Path, quick: bool = False) -> dict[str, Any]:
     with ray_session(base.ray):
         for method, runner in (("diver", "pipeline.diver.run:run_diver"), ("edits", "pipeline.edits.run:run_edits")):
             module, func = runner.split(":")
-            if not _available(module):
-                msg = f"{method} skipped: {module} is not available yet"
-                print(f"demo: {msg}")
-                skipped[method] = msg
-                continue
             t0 = time.time()
             try:
                 cfg = method_config(method, out, data, quick)

@@ -20,41 +20,28 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from pipeline.config import DMConfig
-from pipeline.diver.inputs import IMAGES_PT, normalize, save_pt
+from pipeline.core.pixels import channel_stats, normalize, unit_chw_to_u8_hwc
+from pipeline.core.read import load_image_arrays
+from pipeline.diver.inputs import IMAGES_PT, save_pt
 from pipeline.errors import DataError
 
 
 def load_real(root: str | Path, image_size: int | None = None, max_per_class: int | None = None,
               classes: list[str] | None = None) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """Real ImageFolder -> uint8 ``[N, 3, S, S]``, labels, class ids. ``S`` defaults to the first image's side."""
-    from pipeline.core.read import BadImageError, load_rgb, scan_image_folder
-
-    index = scan_image_folder(root, classes=classes, max_per_class=max_per_class)
-    if image_size is None:
-        from PIL import Image
-
-        with Image.open(index.records[0].path) as im:
-            image_size = min(im.size)
-    arrays, labels = [], []
-    for r in index.records:
-        try:
-            arrays.append(load_rgb(r.path, image_size))
-            labels.append(r.label)
-        except BadImageError:
-            continue  # skip-and-continue: DM only needs class statistics
-    if not arrays:
-        raise DataError(f"no readable images under {root}")
-    x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
-    return x, torch.tensor(labels, dtype=torch.long), list(index.classes)
+    """Real ImageFolder -> uint8 ``[N, 3, S, S]``, labels, class ids (unreadable files skipped: DM needs only
+    class statistics). ``S`` defaults to the images' own size (the smallest side when they differ)."""
+    real = load_image_arrays(root, image_size, classes=classes, max_per_class=max_per_class, skip_bad=True)
+    x = torch.from_numpy(real.images).permute(0, 3, 1, 2).contiguous()
+    return x, torch.from_numpy(real.labels), real.classes
 
 
-def channel_stats(images_u8: torch.Tensor) -> tuple[list[float], list[float]]:
-    x = images_u8.float() / 255.0
-    return x.mean(dim=(0, 2, 3)).tolist(), x.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
+def real_stats(images_u8: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Per-channel mean/std of uint8 ``[N, C, H, W]`` real images (``pipeline.core.pixels.channel_stats``)."""
+    mean, std = channel_stats(images_u8.permute(0, 2, 3, 1).numpy())
+    return mean.tolist(), std.tolist()
 
 
 def distill_dm(images_u8: torch.Tensor, labels: torch.Tensor, num_classes: int, ipc: int, cfg: DMConfig,
@@ -136,14 +123,14 @@ def run_dm(data_root: str | Path, out_dir: str | Path, cfg: DMConfig, ipc: int |
             log(f"  dm ipc {ipc}: reusing {out}")
             return info
     images, labels, class_ids = load_real(data_root, image_size, max_per_class, classes)
-    mean, std = channel_stats(images)
+    mean, std = real_stats(images)
     dev = pick_device(device)
     log(f"DM: {len(images)} real images, {len(class_ids)} classes, ipc {ipc}, {cfg.iterations} iterations on {dev}")
     syn, syn_labels, stats = distill_dm(images, labels, len(class_ids), ipc, cfg, mean, std, dev, log)
     save_pt(out / IMAGES_PT, syn, syn_labels, class_ids, mean, std)
     settings = {"ipc": ipc, **cfg.model_dump(mode="json"), "mean": mean, "std": std, "data": str(data_root)}
     writer = DistilledSetWriter(out, "dm", settings)
-    arr = (syn.permute(0, 2, 3, 1).numpy() * 255 + 0.5).astype(np.uint8)
+    arr = unit_chw_to_u8_hwc(syn)
     for i, lab in enumerate(syn_labels.tolist()):
         k = i % ipc
         cid = class_ids[lab]

@@ -21,9 +21,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from pipeline.core.pixels import normalize, u8_hwc_to_unit_chw
 from pipeline.errors import DataError
 
 IMAGES_PT = "images.pt"
@@ -88,12 +88,6 @@ def denormalize(images: torch.Tensor, mean: Sequence[float] | None, std: Sequenc
     if m.shape[1] not in (1, c) or s.shape[1] not in (1, c):
         raise DataError(f"input_mean/input_std have {m.shape[1]}/{s.shape[1]} values for {c}-channel images")
     return images * s + m
-
-
-def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    m = torch.as_tensor(list(mean), dtype=images.dtype).view(1, -1, 1, 1)
-    s = torch.as_tensor(list(std), dtype=images.dtype).view(1, -1, 1, 1)
-    return (images - m) / s
 
 
 def _to_pixels(images: torch.Tensor, mean, std, source: str) -> torch.Tensor:
@@ -201,18 +195,12 @@ def read_mtt(path: str | os.PathLike, mean=None, std=None, classes: Sequence[str
 
 
 def read_imagefolder(root: str | os.PathLike, size: int | None = None) -> Stage1Set:
-    """An ImageFolder; images keep their size unless ``size`` (all must then agree)."""
-    from pipeline.core.read import load_rgb, scan_image_folder
+    """An ImageFolder; images keep their size (the smallest side when they differ) unless ``size``."""
+    from pipeline.core.read import load_image_arrays
 
-    index = scan_image_folder(root)
-    arrays = [load_rgb(r.path, size) for r in index.records]
-    shapes = {a.shape for a in arrays}
-    if len(shapes) > 1:
-        side = min(min(s[0], s[1]) for s in shapes)
-        arrays = [load_rgb(r.path, side) for r in index.records]
-    x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255.0
-    y = torch.tensor([r.label for r in index.records], dtype=torch.long)
-    return Stage1Set(x, y, list(index.classes), [r.path for r in index.records], "imagefolder")
+    real = load_image_arrays(root, size)
+    return Stage1Set(u8_hwc_to_unit_chw(real.images), torch.from_numpy(real.labels), real.classes, real.paths,
+                     "imagefolder")
 
 
 def _plain(v):

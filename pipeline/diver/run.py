@@ -62,11 +62,10 @@ def _sets(cfg: Config, out: Path) -> list[dict[str, Any]]:
 
 
 def _stage_index(from_stage: str | None) -> int | None:
-    if from_stage is None:
-        return None
-    if from_stage not in STAGES:
-        raise ConfigError(f"--from-stage must be one of {', '.join(STAGES)} for diver, got {from_stage!r}")
-    return STAGES.index(from_stage)
+    """Index of ``from_stage`` among ``STAGES`` (``None`` for none); an unknown name is a ``ConfigError``."""
+    from pipeline.core.keys import stage_index
+
+    return stage_index(STAGES, from_stage)
 
 
 def run_stage1(cfg: Config, s: dict[str, Any], redo: bool) -> None:
@@ -102,7 +101,7 @@ def recover_sets(cfg: Config, sets: list[dict[str, Any]], redo: bool) -> dict[st
 
     from actors.dit import DiTRecoverActor
     from actors.loading import resolve_ref
-    from pipeline.core.ray_setup import ray_session
+    from pipeline.core.ray_setup import pool_kwargs, ray_session
     from pipeline.core.seeds import image_seed
     from pipeline.core.write import DistilledSetWriter
     from pipeline.diver.guidance import RecoverSettings
@@ -143,28 +142,24 @@ def recover_sets(cfg: Config, sets: list[dict[str, Any]], redo: bool) -> dict[st
         _log("recover: every image is already in the manifests (resumed)")
         return {name: 0 for name in writers}
     ray_cfg = cfg.ray
-    pool = int(ray_cfg.pool_sizes.get("recover", 1))
-    batch = int(ray_cfg.batch_sizes.get("recover", d.batch_size))
+    pool_kw = pool_kwargs(cfg, "recover", default_batch=d.batch_size)
+    pool, batch = pool_kw["compute"].max_size, pool_kw["batch_size"]
     micro = ray_cfg.micro_batch_sizes.get("recover") if hasattr(ray_cfg, "micro_batch_sizes") else None
     written = {name: 0 for name in writers}
     _log(f"recover: {len(rows)} images, DiT {cfg.models.dit}, pool {pool}, batch {batch}, "
          f"steps {settings.start_step}..{settings.num_inference_steps - 1}, gamma {settings.gamma}")
     from pipeline.core.batching import batch_blocks
-    from pipeline.core.faults import actor_remote_args, configure_data_context, fault_kwargs
+    from pipeline.core.faults import configure_data_context, fault_kwargs
 
     with ray_session(ray_cfg):
         configure_data_context(ray_cfg)  # retry injected/transient faults, ray.max_errored_blocks
         ds = ray.data.from_items(rows, override_num_blocks=batch_blocks(len(rows), batch, cap=64))
-        remote_args: dict[str, Any] = {"num_cpus": ray_cfg.actor_num_cpus}
-        if ray_cfg.actor_num_gpus:
-            remote_args["num_gpus"] = ray_cfg.actor_num_gpus
         ds = ds.map_batches(
             DiTRecoverActor,
             fn_constructor_kwargs={"model_ref": model_dir, "settings": settings.as_dict(),
                                    "resolution": d.resolution, "dtype": cfg.models.dtype, "micro_batch": micro,
                                    "torch_threads": d.torch_threads, "faults": fault_kwargs(cfg)},
-            batch_size=batch, compute=ray.data.ActorPoolStrategy(size=pool), **actor_remote_args(ray_cfg),
-            **remote_args,
+            **pool_kw,
         )
         for out in ds.iter_batches(batch_size=None, batch_format="numpy"):
             for j in range(len(out["key"])):
@@ -198,6 +193,8 @@ def side_by_side(s: dict[str, Any], path: Path, min_px: int = 64) -> Path:
     """One row per class: the class's input images, a gap, then their recovered versions."""
     from PIL import Image
 
+    from pipeline.core.grids import paint_grid
+    from pipeline.core.pixels import unit_chw_to_u8_hwc
     from pipeline.core.write import atomic_save_image, read_manifest
 
     data = s["data"]
@@ -209,21 +206,14 @@ def side_by_side(s: dict[str, Any], path: Path, min_px: int = 64) -> Path:
     for i, lab in enumerate(data.labels.tolist()):
         by_class.setdefault(lab, []).append(i)
     ncol = max(len(v) for v in by_class.values())
-    pad, gap = 2, max(8, cw // 4)
-    width = 2 * ncol * (cw + pad) + gap
-    height = len(by_class) * (ch + pad)
-    canvas = Image.new("RGB", (width, height), (255, 255, 255))
-    resample = Image.NEAREST if scale > 1 else Image.BICUBIC
-    for r, lab in enumerate(sorted(by_class)):
-        for c, i in enumerate(by_class[lab]):
-            src = (data.images[i].permute(1, 2, 0).numpy() * 255 + 0.5).clip(0, 255).astype(np.uint8)
-            y = r * (ch + pad)
-            canvas.paste(Image.fromarray(src).resize((cw, ch), resample), (c * (cw + pad), y))
-            e = entries.get(s["keys"][i])
-            if e is not None:
-                with Image.open(s["base"] / "diver" / e["file"]) as im:
-                    rec = im.convert("RGB").resize((cw, ch), resample)
-                canvas.paste(rec, (ncol * (cw + pad) + gap + c * (cw + pad), y))
+    rows = []
+    for lab in sorted(by_class):
+        idx = by_class[lab]
+        recovered = [entries.get(s["keys"][i]) for i in idx]
+        rows.append([unit_chw_to_u8_hwc(data.images[i]) for i in idx] + [None] * (ncol - len(idx))
+                    + [s["base"] / "diver" / e["file"] if e is not None else None for e in recovered])
+    canvas = paint_grid(rows, (cw, ch), cols=2 * ncol, split=ncol, gap=max(8, cw // 4),
+                        resample=Image.NEAREST if scale > 1 else Image.BICUBIC)
     atomic_save_image(path, canvas)
     return path
 

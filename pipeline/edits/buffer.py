@@ -30,21 +30,24 @@ DEPENDS_ON = ("stage:embed", "input:device", "edits.ipc", "edits.seed", "edits.t
 
 @dataclass(frozen=True)
 class ClusterSettings:
-    ipc: int = 10
-    seed: int = 42
-    tau: float = 0.01
-    fusion: str = "sum"
-    normalize: bool = True
-    contamination: float = 0.0
-    lof_neighbors: int = 20
-    policy: str = "error"
-    niter: int = 20
-    nredo: int = 10
-    k_image: int = 5
-    k_text: int = 5
+    """What ``process_class`` needs from the ``edits`` section; no defaults of its own: build it with ``from_edits``."""
+
+    ipc: int
+    seed: int
+    tau: float
+    fusion: str
+    normalize: bool
+    contamination: float
+    lof_neighbors: int
+    policy: str
+    niter: int
+    nredo: int
+    k_image: int
+    k_text: int
 
     @classmethod
     def from_edits(cls, e: Any) -> ClusterSettings:
+        """The settings of ``cfg.edits`` (an ``EditsConfig``), under the names used in the stage key."""
         return cls(ipc=e.ipc, seed=e.seed, tau=e.tau, fusion=e.fusion, normalize=e.feature_normalize,
                    contamination=e.contamination, lof_neighbors=e.lof_neighbors, policy=e.small_class_policy,
                    niter=e.kmeans_niter, nredo=e.kmeans_nredo, k_image=e.k_image, k_text=e.k_text)
@@ -193,6 +196,7 @@ def run_stage(run: Any, state: Any, force: bool) -> dict[str, Any]:
 
     import ray
 
+    from pipeline.core.ray_setup import task_options
     from pipeline.core.write import atomic_write_json, remove
     from pipeline.edits.embed import load_features
 
@@ -201,10 +205,7 @@ def run_stage(run: Any, state: Any, force: bool) -> dict[str, Any]:
     settings = ClusterSettings.from_edits(cfg.edits)
     todo = [c for c in run.index.classes if not _class_files(run, c)[1].exists()]
     run.log(f"[edits] cluster: {len(run.index.classes) - len(todo)} classes cached, {len(todo)} to cluster")
-    opts: dict[str, Any] = {"num_cpus": cfg.ray.actor_num_cpus, "max_retries": cfg.ray.max_task_retries}
-    if cfg.ray.actor_num_gpus:
-        opts["num_gpus"] = cfg.ray.actor_num_gpus
-    task = ray.remote(_process_remote).options(**opts)
+    task = ray.remote(_process_remote).options(**task_options(cfg.ray))
     max_in_flight = max(2, int(ray.cluster_resources().get("CPU", 2) / max(cfg.ray.actor_num_cpus, 0.01)))
     in_flight: dict[Any, dict[str, np.ndarray]] = {}
 

@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.core.ray_setup import pool_kwargs
+from pipeline.core.grouping import complete_groups
+from pipeline.core.ray_setup import block_count, pool_kwargs
 from pipeline.core.read import read_parquet
 from pipeline.core.write import component_name, remove, write_parquet
 from pipeline.edits.state import EditsRun, StageState
@@ -64,29 +65,21 @@ def run_stage(run: EditsRun, state: StageState, force: bool) -> dict[str, Any]:
     if todo:
         rows = [{"path": r.path, "class_id": r.class_id, "label": r.label, "caption": captions[r.path]} for r in todo]
         bs = int(cfg.ray.batch_sizes.get("embed", 32))
-        ds = ray.data.from_items(rows, override_num_blocks=max(1, min(200, len(rows) // 256)))
+        ds = ray.data.from_items(rows, override_num_blocks=block_count(len(rows)))
         ds = ds.map_batches(decode_batch, fn_kwargs={"size": cfg.edits.feature_image_size}, batch_size=bs,
                             num_cpus=0.5)
         ds = ds.map_batches(ClipEmbedder, batch_format="numpy", **pool_kwargs(cfg, "embed"),
                             fn_constructor_kwargs={"model_ref": cfg.models.clip, "zoo_dir": run.zoo_dir,
                                                    "dtype": cfg.models.dtype, "faults": run.faults(),
                                                    "micro_batch": cfg.ray.micro_batch_sizes.get("embed")})
-        pending: dict[str, list[dict[str, Any]]] = {}
-        seen: dict[str, int] = {}
-        for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            for i in range(len(b["path"])):
-                c = str(b["class_id"][i])
-                seen[c] = seen.get(c, 0) + 1
-                if b["error"][i]:
-                    run.skips.add(str(b["path"][i]), str(b["error"][i]), "embed")
-                else:
-                    pending.setdefault(c, []).append({
-                        "path": str(b["path"][i]), "label": int(b["label"][i]), "caption": str(b["caption"][i]),
-                        "img": np.asarray(b["img_feat"][i]), "txt": np.asarray(b["txt_feat"][i])})
-                if seen[c] == expected[c] and pending.get(c):  # class complete: write it, free the memory
-                    _write_class(run, c, pending.pop(c))
-        for c, rows_c in pending.items():  # rows lost in errored blocks leave a class incomplete
-            if rows_c:
+        def item(b: dict[str, np.ndarray], i: int) -> dict[str, Any]:
+            return {"path": str(b["path"][i]), "label": int(b["label"][i]), "caption": str(b["caption"][i]),
+                    "img": np.asarray(b["img_feat"][i]), "txt": np.asarray(b["txt_feat"][i])}
+
+        batches = ds.iter_batches(batch_size=None, batch_format="numpy")
+        for c, rows_c in complete_groups(batches, "class_id", expected, item,
+                                         lambda path, err: run.skips.add(path, err, "embed")):
+            if rows_c:  # a class complete (or short after errored blocks): write it, free the memory
                 _write_class(run, c, rows_c)
     missing = [c for c in run.index.classes if not features_file(run, c).exists()]
     if missing:

@@ -60,6 +60,7 @@ def run_stage(run: Any, state: Any, force: bool) -> dict[str, Any]:
     from ray.train.torch import TorchTrainer
 
     from actors.loading import offline, resolve_ref
+    from pipeline.core.ray_setup import block_count
     from pipeline.core.read import decode_batch
     from pipeline.core.write import remove
     from pipeline.edits.caption import load_captions
@@ -86,7 +87,7 @@ def run_stage(run: Any, state: Any, force: bool) -> dict[str, Any]:
     steps = total_steps(len(rows), ft)
     use_gpu = bool(ft.use_gpu and ray.cluster_resources().get("GPU", 0) > 0)
     run.log(f"[edits] finetune: {len(rows)} images, {steps} steps, {ft.num_workers} worker(s), gpu={use_gpu}")
-    ds = ray.data.from_items(rows, override_num_blocks=max(1, min(200, len(rows) // 256)))
+    ds = ray.data.from_items(rows, override_num_blocks=block_count(len(rows)))
     ds = ds.map_batches(decode_batch, fn_kwargs={"size": ft.resolution}, batch_size=64, num_cpus=0.5)
     ds = ds.filter(lambda r: not r["error"]).select_columns(["image", "caption"])
     base = resolve_ref("sd", cfg.models.sd, run.zoo_dir)

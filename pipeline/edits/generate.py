@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw
 
 from pipeline.core.batching import batch_blocks
+from pipeline.core.grids import paint_grid
 from pipeline.core.ray_setup import pool_kwargs
 from pipeline.core.write import remove
 from pipeline.edits.state import EditsRun, StageState
@@ -55,15 +55,8 @@ def contact_sheet(entries: list[dict[str, Any]], root: Path, out: Path, names: d
     by_class: dict[str, list[dict[str, Any]]] = {}
     for e in sorted(entries, key=lambda x: (x["label"], x["key"])):
         by_class.setdefault(e["class_id"], []).append(e)
-    cols = max((len(v) for v in by_class.values()), default=1)
-    sheet = Image.new("RGB", (label_width + cols * (cell + 2), max(1, len(by_class)) * (cell + 2)), "white")
-    draw = ImageDraw.Draw(sheet)
-    for r, (cid, items) in enumerate(by_class.items()):
-        y = r * (cell + 2)
-        draw.text((4, y + cell // 2 - 6), names.get(cid, cid)[:26], fill="black")
-        for c, e in enumerate(items):
-            with Image.open(root / e["file"]) as im:
-                sheet.paste(im.convert("RGB").resize((cell, cell), Image.NEAREST), (label_width + c * (cell + 2), y))
+    sheet = paint_grid([[root / e["file"] for e in items] for items in by_class.values()], cell,
+                       label_width=label_width, labels=[names.get(cid, cid)[:26] for cid in by_class])
     out.parent.mkdir(parents=True, exist_ok=True)
     from pipeline.core.write import atomic_save_image
 

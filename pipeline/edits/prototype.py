@@ -2,8 +2,8 @@
 
 - Image prototype: the ``k_image`` LSA-selected members are decoded at
   ``edits.vae_resolution``, encoded by a VAE actor pool (``latent_dist.mode() *
-  scaling_factor``) and averaged per cluster in the driver as they stream back (a running
-  sum; a cluster's ``latents/<key>.pt`` is written when its last member arrives).
+  scaling_factor``) and averaged per cluster in the driver (``average_latents``, step 6)
+  as they stream back; a cluster's ``latents/<key>.pt`` is written when its last member arrives.
 - Text prototype: the ``k_text`` members' captions go to the LLM (actor pool for the
   transformers / openai backends, ``ray.data.llm`` for vLLM) with our summary instruction;
   the answer is cleaned and capped at ``edits.max_tokens`` tokens of the generator's CLIP
@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from pipeline.core.batching import batch_blocks
-from pipeline.core.ray_setup import pool_kwargs
+from pipeline.core.grouping import complete_groups
+from pipeline.core.ray_setup import block_count, pool_kwargs
 from pipeline.core.write import atomic_write_json, component_name, remove
 from pipeline.edits.state import EditsRun, StageState
 
@@ -83,48 +84,28 @@ def image_prototypes(run: EditsRun, clusters: list[dict[str, Any]]) -> int:
     rows = [{"path": p, "key": cl["key"]} for cl in todo for p in cl["image_members"]]
     ref, sub = _vae_ref(run)
     bs = int(cfg.ray.batch_sizes.get("vae", 8))
-    ds = ray.data.from_items(rows, override_num_blocks=max(1, min(200, len(rows) // 128)))
+    ds = ray.data.from_items(rows, override_num_blocks=block_count(len(rows), rows_per_block=128))
     ds = ds.map_batches(decode_batch, fn_kwargs={"size": cfg.edits.vae_resolution}, batch_size=bs, num_cpus=0.5)
     ds = ds.map_batches(VaeEncoder, batch_format="numpy", **pool_kwargs(cfg, "vae"),
                         fn_constructor_kwargs={"model_ref": ref, "zoo_dir": run.zoo_dir, "subfolder": sub,
                                                "dtype": cfg.models.dtype, "faults": run.faults(),
                                                "micro_batch": cfg.ray.micro_batch_sizes.get("vae")})
-    sums: dict[str, np.ndarray] = {}
-    used: dict[str, list[str]] = {}
-    seen: dict[str, int] = {}
     made = 0
-
-    def save(key: str) -> None:
-        if key not in sums:
+    run.paths.latents.mkdir(parents=True, exist_ok=True)
+    batches = ds.iter_batches(batch_size=None, batch_format="numpy")
+    for key, members in complete_groups(batches, "key", expected,
+                                        lambda b, i: (str(b["path"][i]), np.asarray(b["latent"][i])),
+                                        lambda path, err: run.skips.add(path, err, "prototype")):
+        if not members:
             from pipeline.errors import DataError
 
             raise DataError(f"prototype: no member image of cluster {key} could be encoded")
-        mean = (sums.pop(key) / len(used[key])).astype(np.float32)
-        cl = info[key]
         target = latent_file(run, key)
         tmp = target.with_suffix(".pt.tmp")
-        torch.save({"latent": torch.from_numpy(mean), "key": key, "class_id": cl["class_id"],
-                    "members": used.pop(key)}, tmp)
+        torch.save({"latent": torch.from_numpy(average_latents([lat for _, lat in members])), "key": key,
+                    "class_id": info[key]["class_id"], "members": [p for p, _ in members]}, tmp)
         tmp.replace(target)
-
-    run.paths.latents.mkdir(parents=True, exist_ok=True)
-    for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        for i in range(len(b["path"])):
-            k = str(b["key"][i])
-            seen[k] = seen.get(k, 0) + 1
-            if b["error"][i]:
-                run.skips.add(str(b["path"][i]), str(b["error"][i]), "prototype")
-            else:
-                lat = np.asarray(b["latent"][i], dtype=np.float64)
-                sums[k] = sums[k] + lat if k in sums else lat
-                used.setdefault(k, []).append(str(b["path"][i]))
-            if seen[k] == expected[k]:
-                save(k)
-                made += 1
-    for k in list(expected):
-        if not latent_file(run, k).exists():
-            save(k)
-            made += 1
+        made += 1
     return made
 
 

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from pipeline.config import DMConfig
-from pipeline.diver.dm import channel_stats, distill_dm, load_real, run_dm
-from pipeline.diver.inputs import load_stage1, normalize
+from pipeline.core.pixels import normalize
+from pipeline.diver.dm import distill_dm, load_real, real_stats, run_dm
+from pipeline.diver.inputs import load_stage1
 from tuning.augment import dsa
 from tuning.convnet import ConvNet, depth_for_resolution
 
@@ -60,7 +61,7 @@ def _dm_objective(syn01, real_u8, real_y, ipc, mean, std, seeds=(101, 102, 103, 
 def test_dm_moves_synthetic_embeddings_toward_the_real_class(demo_root):
     images, labels, classes = load_real(demo_root / "train", max_per_class=40)
     assert images.shape[1:] == (3, 32, 32) and classes == [str(i) for i in range(10)]
-    mean, std = channel_stats(images)
+    mean, std = real_stats(images)
     cfg = DMConfig(ipc=2, iterations=40, batch_real=32, net_width=16, init="noise", lr_img=1.0, seed=0)
     start, _, _ = distill_dm(images, labels, 10, 2, cfg.model_copy(update={"iterations": 1, "lr_img": 0.0}),
                              mean, std, log=lambda _m: None)

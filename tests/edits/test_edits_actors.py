@@ -68,7 +68,8 @@ def test_clip_embedder_returns_projected_features(zoo_dir):
 
 
 def test_vae_latents_and_prototype_average(zoo_dir):
-    from actors.vae import VaeEncoder, to_vae_input
+    from actors.vae import VaeEncoder
+    from pipeline.core.pixels import u8_hwc_to_signed_chw
     from pipeline.edits.prototype import average_latents
 
     enc = VaeEncoder("zoo:sd", subfolder="vae")
@@ -77,7 +78,7 @@ def test_vae_latents_and_prototype_average(zoo_dir):
     lat = out["latent"]
     assert lat.shape == (3, 4, 16, 16)  # the zoo VAE downsamples by 2
     with torch.no_grad():
-        ref = enc.vae.encode(to_vae_input(imgs)).latent_dist.mode() * enc.vae.config.scaling_factor
+        ref = enc.vae.encode(u8_hwc_to_signed_chw(imgs)).latent_dist.mode() * enc.vae.config.scaling_factor
     np.testing.assert_allclose(lat, ref.numpy(), atol=1e-5)
     proto = average_latents(lat)
     np.testing.assert_allclose(proto, (lat[0] + lat[1] + lat[2]) / 3, atol=1e-6)

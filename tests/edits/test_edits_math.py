@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.config import EditsConfig
 from pipeline.edits.buffer import ClusterSettings, clusters_for, kmeans, lof_filter, process_class
 from pipeline.edits.gsq import gsq_fuse, l2_normalize, softmax
 from pipeline.edits.lsa import rank_by_distance, select
@@ -137,10 +138,20 @@ def test_small_class_policy():
         clusters_for(0, 10, "shrink", "n01")
 
 
+def test_cluster_settings_come_only_from_the_edits_section():
+    with pytest.raises(TypeError):
+        ClusterSettings(ipc=3)  # no defaults of its own: they would shadow the config's
+    e = EditsConfig(ipc=7, seed=1, tau=0.5, fusion="concat", feature_normalize=False, contamination=0.1,
+                    lof_neighbors=9, small_class_policy="shrink", kmeans_niter=3, kmeans_nredo=4, k_image=2, k_text=6)
+    assert ClusterSettings.from_edits(e).as_dict() == {
+        "ipc": 7, "seed": 1, "tau": 0.5, "fusion": "concat", "normalize": False, "contamination": 0.1,
+        "lof_neighbors": 9, "policy": "shrink", "niter": 3, "nredo": 4, "k_image": 2, "k_text": 6}
+
+
 def test_process_class_end_to_end_on_blobs():
     x, labels = _blobs(n=10)
     txt = x + 0.01
-    s = ClusterSettings(ipc=3, k_image=4, k_text=2, nredo=2, seed=5)
+    s = ClusterSettings.from_edits(EditsConfig(ipc=3, k_image=4, k_text=2, kmeans_nredo=2, seed=5))
     res = process_class("c", x, txt, s)
     assert res["k"] == 3 and res["fused"].shape == (30, 3) and res["keep"].all()
     sizes = sorted(len(c["members"]) for c in res["selections"])
@@ -151,7 +162,8 @@ def test_process_class_end_to_end_on_blobs():
     again = process_class("c", x, txt, s)
     assert [c["members"] for c in again["selections"]] == [c["members"] for c in res["selections"]]
     with pytest.warns(UserWarning):
-        small = process_class("c", x[:2], txt[:2], ClusterSettings(ipc=3, policy="shrink", k_image=1, k_text=1))
+        small = process_class("c", x[:2], txt[:2], ClusterSettings.from_edits(
+            EditsConfig(ipc=3, small_class_policy="shrink", k_image=1, k_text=1)))
     assert small["k"] == 2 and len(small["selections"]) == 2 and "shrink" in small["warning"]
 
 
