@@ -51,3 +51,22 @@ def test_clean_output_drops_the_preamble_and_keeps_the_description(raw):
 def test_clean_output_keeps_names_that_look_like_fillers():
     assert clean_llm_output("Great Dane lying on a sofa") == "Great Dane lying on a sofa"
     assert clean_llm_output("This is a beagle: small and tricolour") == "This is a beagle: small and tricolour"
+
+
+# ---- 18. the LLM seeds every row with its own seed -------------------------------------------------
+
+
+def test_sampled_text_depends_on_the_row_seed_not_on_the_batch(zoo_dir):
+    from actors.llm import TransformersChat
+
+    chat = TransformersChat("zoo:llm", device="cpu", pad_to=64)
+    a = [{"role": "user", "content": "Describe a tench."}]
+    b = [{"role": "user", "content": "Describe a dingo in the desert."}]
+    together = chat.generate([a, b], 12, temperature=1.0, seeds=[1, 2])
+    alone_b = chat.generate([b], 12, temperature=1.0, seeds=[2])
+    alone_a = chat.generate([a], 12, temperature=1.0, seeds=[1])
+    assert together == [alone_a[0], alone_b[0]]
+    assert chat.generate([b], 12, temperature=1.0, seeds=[3]) != alone_b  # it does sample
+    state = torch.random.get_rng_state()
+    chat.generate([a], 4, temperature=1.0, seeds=[5])
+    assert torch.equal(state, torch.random.get_rng_state())  # the caller's RNG is left alone
