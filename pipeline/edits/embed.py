@@ -29,6 +29,11 @@ def load_features(run: EditsRun, class_id: str) -> dict[str, np.ndarray]:
     return read_parquet(features_file(run, class_id))
 
 
+def decode_kwargs(e: Any) -> dict[str, Any]:
+    """How images are decoded for CLIP: ``edits.feature_image_size``, ``resize_mode``, ``feature_resample``."""
+    return {"size": e.feature_image_size, "mode": e.resize_mode, "resample": e.feature_resample}
+
+
 def _write_class(run: EditsRun, class_id: str, rows: list[dict[str, Any]]) -> None:
     rows = sorted(rows, key=lambda r: r["path"])
     write_parquet(features_file(run, class_id), {
@@ -61,11 +66,11 @@ def run_stage(run: EditsRun, state: StageState, force: bool) -> dict[str, Any]:
         rows = [{"path": r.path, "class_id": r.class_id, "label": r.label, "caption": captions[r.path]} for r in todo]
         bs = int(cfg.ray.batch_sizes.get("embed", 32))
         ds = ray.data.from_items(rows, override_num_blocks=max(1, min(200, len(rows) // 256)))
-        ds = ds.map_batches(decode_batch, fn_kwargs={"size": cfg.edits.feature_image_size}, batch_size=bs,
-                            num_cpus=0.5)
+        ds = ds.map_batches(decode_batch, fn_kwargs=decode_kwargs(cfg.edits), batch_size=bs, num_cpus=0.5)
         ds = ds.map_batches(ClipEmbedder, batch_format="numpy", **pool_kwargs(cfg, "embed"),
                             fn_constructor_kwargs={"model_ref": cfg.models.clip, "zoo_dir": run.zoo_dir,
                                                    "dtype": cfg.models.dtype, "faults": run.faults(),
+                                                   "image_feature": cfg.edits.clip_image_feature,
                                                    "micro_batch": cfg.ray.micro_batch_sizes.get("embed")})
         pending: dict[str, list[dict[str, Any]]] = {}
         seen: dict[str, int] = {}

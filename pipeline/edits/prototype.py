@@ -35,6 +35,11 @@ def average_latents(latents: list[np.ndarray] | np.ndarray) -> np.ndarray:
     return arr.mean(axis=0).astype(np.float32)
 
 
+def decode_kwargs(e: Any) -> dict[str, Any]:
+    """How member images are decoded for the VAE: ``edits.vae_resolution``, ``resize_mode``, ``vae_resample``."""
+    return {"size": e.vae_resolution, "mode": e.resize_mode, "resample": e.vae_resample}
+
+
 def latent_file(run: EditsRun, key: str) -> Path:
     return run.paths.latents / f"{component_name(key)}.pt"
 
@@ -74,7 +79,7 @@ def image_prototypes(run: EditsRun, clusters: list[dict[str, Any]]) -> int:
     ref, sub = _vae_ref(run)
     bs = int(cfg.ray.batch_sizes.get("vae", 8))
     ds = ray.data.from_items(rows, override_num_blocks=max(1, min(200, len(rows) // 128)))
-    ds = ds.map_batches(decode_batch, fn_kwargs={"size": cfg.edits.vae_resolution}, batch_size=bs, num_cpus=0.5)
+    ds = ds.map_batches(decode_batch, fn_kwargs=decode_kwargs(cfg.edits), batch_size=bs, num_cpus=0.5)
     ds = ds.map_batches(VaeEncoder, batch_format="numpy", **pool_kwargs(cfg, "vae"),
                         fn_constructor_kwargs={"model_ref": ref, "zoo_dir": run.zoo_dir, "subfolder": sub,
                                                "dtype": cfg.models.dtype, "faults": run.faults(),

@@ -142,7 +142,7 @@ def stage_keys(run: EditsRun) -> dict[str, dict[str, Any]]:
                     "style": e.caption_style, "prompt": e.caption_prompt, "prefix": e.caption_prefix,
                     "max_tokens": e.caption_max_tokens, "require_name": e.require_class_name, "clip": m.clip,
                     "size": e.caption_image_size}
-    k["embed"] = {"caption": settings_hash(k["caption"]), "clip": m.clip, "size": e.feature_image_size}
+    k["embed"] = {"caption": settings_hash(k["caption"]), "clip": m.clip, "size": e.feature_image_size, "feature": e.clip_image_feature, "resize": [e.resize_mode, e.feature_resample]}
     k["cluster"] = {"embed": settings_hash(k["embed"]), **ClusterSettings.from_edits(e).as_dict()}
     ft = e.finetune.model_dump(mode="json")
     k["finetune"] = {"caption": settings_hash(k["caption"]), "sd": m.sd,
@@ -151,7 +151,7 @@ def stage_keys(run: EditsRun) -> dict[str, dict[str, Any]]:
     k["prototype"] = {
         "cluster": settings_hash(k["cluster"]),
         "image": {"vae": generator if e.vae_source == "sd" else m.vae, "source": e.vae_source,
-                  "resolution": e.vae_resolution},
+                  "resolution": e.vae_resolution, "resize": [e.resize_mode, e.vae_resample]},
         "text": {"llm": m.llm, "backend": m.llm_backend, "url": m.llm_url, "prompt": e.summary_prompt,
                  "max_tokens": e.max_tokens, "temperature": e.llm_temperature, "seed": e.seed,
                  "require_name": e.require_class_name, "sd": m.sd, "names": run.names},

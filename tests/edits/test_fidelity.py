@@ -70,3 +70,67 @@ def test_sampled_text_depends_on_the_row_seed_not_on_the_batch(zoo_dir):
     state = torch.random.get_rng_state()
     chat.generate([a], 4, temperature=1.0, seeds=[5])
     assert torch.equal(state, torch.random.get_rng_state())  # the caller's RNG is left alone
+
+
+# ---- 14. CLIP image feature: the projected raw CLS token --------------------------------------------
+
+
+def _images(n: int, size: int = 32, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, size=(n, size, size, 3), dtype=np.uint8)
+
+
+def test_clip_image_feature_is_the_projected_raw_cls_token_by_default(zoo_dir):
+    from PIL import Image
+
+    from actors.clip_embedder import ClipEmbedder
+    from pipeline.config import Config
+
+    emb = ClipEmbedder("zoo:clip")
+    batch = {"path": np.array(["a", "b"], dtype=object), "caption": np.array(["a", "b"], dtype=object),
+             "image": _images(2), "error": np.array(["", ""], dtype=object)}
+    got = emb(batch)["img_feat"]
+    px = emb.processor(images=[Image.fromarray(i) for i in batch["image"]], return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        hidden = emb.model.vision_model(pixel_values=px).last_hidden_state[:, 0]
+        raw = emb.model.visual_projection(hidden).numpy()
+        pooled = emb.model.visual_projection(emb.model.vision_model.post_layernorm(hidden)).numpy()
+    np.testing.assert_allclose(got, raw, atol=1e-5)
+    assert np.abs(got - pooled).max() > 1e-3  # post_layernorm is not applied
+    assert Config().edits.clip_image_feature == "raw_cls"
+    np.testing.assert_allclose(ClipEmbedder("zoo:clip", image_feature="pooled")(batch)["img_feat"], pooled,
+                               atol=1e-5)
+
+
+# ---- 16. resizing: squash for CLIP (224) and the VAE (512, LANCZOS) ---------------------------------
+
+
+def _bands(path) -> np.ndarray:
+    """A 60x20 image: red, green and blue vertical bands of 20 px."""
+    from PIL import Image
+
+    arr = np.zeros((20, 60, 3), np.uint8)
+    arr[:, :20, 0] = arr[:, 20:40, 1] = arr[:, 40:, 2] = 255
+    Image.fromarray(arr).save(path)
+    return arr
+
+
+def test_clip_and_vae_inputs_are_squashed_not_cropped(tmp_path):
+    from PIL import Image
+
+    from pipeline.config import Config
+    from pipeline.core.read import decode_batch
+    from pipeline.edits.embed import decode_kwargs as clip_kwargs
+    from pipeline.edits.prototype import decode_kwargs as vae_kwargs
+
+    arr = _bands(tmp_path / "bands.png")
+    batch = {"path": np.array([str(tmp_path / "bands.png")], dtype=object)}
+    e = Config().edits
+    clip = decode_batch(batch, **clip_kwargs(e))["image"][0]
+    assert clip.shape == (224, 224, 3)
+    assert clip[112, 10].tolist() == [255, 0, 0] and clip[112, 213].tolist() == [0, 0, 255]  # all bands kept
+    expect = np.asarray(Image.fromarray(arr).resize((224, 224), Image.BICUBIC))
+    np.testing.assert_array_equal(clip, expect)
+    vae = decode_batch(batch, **vae_kwargs(e))["image"][0]
+    np.testing.assert_array_equal(vae, np.asarray(Image.fromarray(arr).resize((512, 512), Image.LANCZOS)))
+    crop = decode_batch(batch, **{**clip_kwargs(e), "mode": "crop"})["image"][0]  # the setting's other value
+    assert crop[112, 10].tolist() == [0, 255, 0] and crop[112, 213].tolist() == [0, 255, 0]
