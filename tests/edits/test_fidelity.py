@@ -134,3 +134,47 @@ def test_clip_and_vae_inputs_are_squashed_not_cropped(tmp_path):
     np.testing.assert_array_equal(vae, np.asarray(Image.fromarray(arr).resize((512, 512), Image.LANCZOS)))
     crop = decode_batch(batch, **{**clip_kwargs(e), "mode": "crop"})["image"][0]  # the setting's other value
     assert crop[112, 10].tolist() == [0, 255, 0] and crop[112, 213].tolist() == [0, 255, 0]
+
+
+# ---- 15. k-means as the authors' sklearn KMeans: k-means++, n_init 10, to convergence ----------------
+
+
+def _unit_blobs(seed: int, n: int = 300, d: int = 64, blobs: int = 10, spread: float = 0.6) -> np.ndarray:
+    """CLIP-like features: unit vectors around ``blobs`` random directions."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(blobs, d))[rng.integers(blobs, size=n)] + spread * rng.normal(size=(n, d))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _objective(x: np.ndarray, centroids: np.ndarray, assign: np.ndarray) -> float:
+    return float(((x.astype(np.float64) - np.asarray(centroids, np.float64)[assign]) ** 2).sum())
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_kmeans_objective_is_no_worse_than_sklearn(seed):
+    from sklearn.cluster import KMeans
+
+    from pipeline.config import Config
+    from pipeline.edits.buffer import ClusterSettings, kmeans
+
+    x = _unit_blobs(seed)
+    c, a = kmeans(x, 10, seed=1, gpu=False)
+    ref = KMeans(n_clusters=10, n_init=10, max_iter=300, tol=1e-4, random_state=0).fit(x)
+    ours, theirs = _objective(x, c, a), _objective(x, ref.cluster_centers_, ref.labels_)
+    assert ours <= theirs * (1 + 1e-6), (ours, theirs)  # random starts + 20 iterations: up to 20% worse here
+    np.testing.assert_array_equal(a, np.argmin(((x[:, None] - c[None]) ** 2).sum(-1), 1))  # labels = nearest
+    s = ClusterSettings.from_edits(Config().edits)  # the stage runs the same defaults
+    assert (s.init, s.nredo, s.niter, s.tol, s.lof_neighbors) == ("k-means++", 10, 300, 1e-4, 10)
+
+
+def test_kmeans_plus_plus_seeding_is_seeded_and_spreads_the_starts():
+    from pipeline.edits.buffer import kmeans, kmeans_pp_init
+
+    x = _unit_blobs(3)
+    a = kmeans_pp_init(x, 10, np.random.default_rng(5))
+    np.testing.assert_array_equal(a, kmeans_pp_init(x, 10, np.random.default_rng(5)))
+    assert len({tuple(r) for r in a}) == 10 and all(any((r == x).all(1)) for r in a)  # 10 distinct data points
+    c1, a1 = kmeans(x, 10, seed=4, gpu=False)
+    c2, a2 = kmeans(x, 10, seed=4, gpu=False)
+    np.testing.assert_array_equal(c1, c2)
+    np.testing.assert_array_equal(a1, a2)
