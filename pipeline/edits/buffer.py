@@ -151,7 +151,7 @@ def lloyd(x: np.ndarray, centroids: np.ndarray, max_iter: int, tol: float, gpu: 
     x64 = np.asarray(x, np.float64)
     assign, dist = _assign(x, c, gpu)
     obj, it = float(dist.sum()), 0
-    for it in range(1, max_iter + 1):  # noqa: B007 (the count is returned)
+    for it in range(1, max_iter + 1):
         onehot = np.zeros((len(x), k), np.float64)
         onehot[np.arange(len(x)), assign] = 1.0
         sums = onehot.T @ x64  # per-cluster sums (a matmul: np.add.at is ~15x slower here)

@@ -178,3 +178,21 @@ def test_kmeans_plus_plus_seeding_is_seeded_and_spreads_the_starts():
     c2, a2 = kmeans(x, 10, seed=4, gpu=False)
     np.testing.assert_array_equal(c1, c2)
     np.testing.assert_array_equal(a1, a2)
+
+
+# ---- 20. the ImageWoof config is the authors' ImageNet-1K subset -------------------------------------
+
+
+def test_imagewoof_config_reads_the_imagenet_1k_subset():
+    from pathlib import Path
+
+    from pipeline.config import load_config
+
+    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "edits_imagewoof.yaml")
+    assert cfg.data.root.endswith("imagenet/train") and cfg.data.val_root.endswith("imagenet/val")
+    assert cfg.data.classes == ["n02086240", "n02087394", "n02088364", "n02089973", "n02093754",
+                                "n02096294", "n02099601", "n02105641", "n02111889", "n02115641"]
+    assert cfg.data.max_per_class is None  # every train image of the 10 classes
+    e = cfg.edits
+    assert (e.kmeans_init, e.kmeans_niter, e.resize_mode, e.clip_image_feature) == ("k-means++", 300, "squash",
+                                                                                     "raw_cls")
