@@ -135,7 +135,8 @@ class Captioner:
             raw = run_fixed(self.caption_images, [images, names], self.micro_batch)
             for i, r, n in zip(ok, raw, names):
                 captions[i] = prompts.clean_generated(r, n, self.max_tokens, self.count_tok,
-                                                      fallback=n, require_class_name=self.require_class_name)
+                                                      fallback=prompts.primary_name(n),
+                                                      require_class_name=self.require_class_name)
         self.faults.maybe_fail(batch["path"])
         return {"path": np.asarray(batch["path"], dtype=object), "class_id": np.asarray(batch["class_id"], dtype=object),
                 "caption": captions, "error": errors}

@@ -1,5 +1,10 @@
 """CLIP image and caption features (EDITS step 2), raw (the cluster stage L2-normalises).
 
+Image feature (``edits.clip_image_feature``): ``raw_cls`` (default, read from the authors'
+code) projects the vision tower's CLS token as it leaves the last layer,
+``visual_projection(vision_model(px).last_hidden_state[:, 0])``; ``pooled`` is
+``get_image_features`` (the CLS token after ``post_layernorm``, then projected).
+
 In transformers 5 ``get_image_features`` / ``get_text_features`` return a model output
 whose ``pooler_output`` is the projected embedding; older versions return the tensor.
 """
@@ -28,12 +33,22 @@ def as_features(out: Any) -> torch.Tensor:
     raise TypeError(f"cannot find features in {type(out).__name__}")
 
 
+IMAGE_FEATURES = ("raw_cls", "pooled")
+
+
 class ClipEmbedder:
     """Ray Data actor: adds ``img_feat`` and ``txt_feat`` (float32 ``[B, D]``) and drops ``image``."""
 
     def __init__(self, model_ref: str, zoo_dir: str | None = None, dtype: str = "auto",
-                 faults: dict | None = None, device: str | None = None, micro_batch: int | None = None) -> None:
+                 faults: dict | None = None, device: str | None = None, micro_batch: int | None = None,
+                 image_feature: str = "raw_cls") -> None:
         from transformers import AutoProcessor, CLIPModel
+
+        if image_feature not in IMAGE_FEATURES:
+            from pipeline.errors import ConfigError
+
+            raise ConfigError(f"edits.clip_image_feature must be one of {IMAGE_FEATURES}, got {image_feature!r}")
+        self.image_feature = image_feature
 
         self.micro_batch = micro_batch  # fixed model batch: features do not depend on the Ray batch
 
@@ -47,7 +62,10 @@ class ClipEmbedder:
     @torch.no_grad()
     def image_features(self, images: list[Image.Image]) -> np.ndarray:
         px = self.processor(images=images, return_tensors="pt")["pixel_values"].to(self.device, self.dtype)
-        return as_features(self.model.get_image_features(pixel_values=px)).float().cpu().numpy()
+        if self.image_feature == "pooled":
+            return as_features(self.model.get_image_features(pixel_values=px)).float().cpu().numpy()
+        cls = self.model.vision_model(pixel_values=px).last_hidden_state[:, 0]  # no post_layernorm
+        return self.model.visual_projection(cls).float().cpu().numpy()
 
     @torch.no_grad()
     def text_features(self, texts: list[str]) -> np.ndarray:

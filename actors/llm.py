@@ -68,13 +68,23 @@ class TransformersChat:
             pad = {"padding": "max_length", "max_length": max(self.pad_to, longest)}
         enc = self.tokenizer(texts, return_tensors="pt", add_special_tokens=False, **pad).to(self.device)
         kw: dict[str, Any] = {"max_new_tokens": max_new_tokens, "pad_token_id": self.tokenizer.pad_token_id}
-        if temperature > 0:
-            kw.update(do_sample=True, temperature=temperature)
-            torch.manual_seed(int(seeds[0]) if seeds else 0)
-        else:
-            kw.update(do_sample=False)
-        out = self.model.generate(**enc, **kw)
-        return self.tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        n_in = enc["input_ids"].shape[1]
+        if temperature <= 0:
+            out = self.model.generate(**enc, do_sample=False, **kw)
+            return self.tokenizer.batch_decode(out[:, n_in:], skip_special_tokens=True)
+        # sampling draws from torch's global generator: one row at a time, each under its own seed, so a row's
+        # text depends on its seed alone, never on which rows share its batch (the batch keeps its padding)
+        seeds = list(seeds) if seeds is not None else [0] * len(texts)
+        if len(seeds) != len(texts):
+            raise ValueError(f"generate: {len(texts)} prompts but {len(seeds)} seeds")
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        rows = []
+        for i, seed in enumerate(seeds):
+            with torch.random.fork_rng(devices=devices):  # leaves the caller's RNG state untouched
+                torch.manual_seed(int(seed))
+                one = {k: v[i:i + 1] for k, v in enc.items()}
+                rows.append(self.model.generate(**one, do_sample=True, temperature=temperature, **kw)[0, n_in:])
+        return [self.tokenizer.decode(r, skip_special_tokens=True) for r in rows]
 
 
 class OpenAIChat:
@@ -150,7 +160,7 @@ class LLMActor:
         self.chat = chat or make_backend(backend, model_ref, zoo_dir, dtype, url, api_key_env, timeout_s,
                                          pad_to=pad_to)
         # fixed model batch (+ the transformers backend's fixed pad length): a text prototype does not depend
-        # on which clusters shared its Ray batch; seeded sampling (temperature > 0) needs micro_batch 1 for that
+        # on which clusters shared its Ray batch; seeded sampling (temperature > 0) is seeded per row
         self.micro_batch = micro_batch
         self.max_tokens = max_tokens
         self.temperature = temperature

@@ -93,12 +93,25 @@ class EditsConfig(Section):
     caption_max_tokens: int = Field(77, gt=0)
     feature_normalize: bool = True
     feature_image_size: int = 224
+    # CLIP image feature (read, the authors' code): the projected CLS token straight from the last layer
+    # (raw_cls), or get_image_features' pooled output, which applies post_layernorm first (pooled)
+    clip_image_feature: Literal["raw_cls", "pooled"] = "raw_cls"
+    # resizing before CLIP and the VAE (read, the authors' code): squash = resize to size x size ignoring the
+    # aspect ratio; crop = shorter side to size, then a center crop. The captioner always gets crop.
+    resize_mode: Literal["squash", "crop"] = "squash"
+    feature_resample: Literal["bicubic", "bilinear", "lanczos"] = "bicubic"  # CLIP input (inferred: CLIP's own)
+    vae_resample: Literal["bicubic", "bilinear", "lanczos"] = "lanczos"  # VAE prototypes at 512 (read: LANCZOS)
     tau: float = Field(0.01, gt=0)
     fusion: Literal["sum", "concat"] = "sum"  # GSQ variant (inferred)
     contamination: float = Field(0.0, ge=0.0, lt=0.5)  # LocalOutlierFactor, 0 = off
     small_class_policy: Literal["error", "shrink"] = "error"
-    kmeans_niter: int = Field(20, gt=0)
-    kmeans_nredo: int = Field(10, gt=0)  # the reference used sklearn n_init=10
+    # k-means per class (read: the authors' sklearn KMeans, k-means++ seeding, n_init 10, max_iter 300, tol 1e-4);
+    # we run it on FAISS: kmeans_niter is the iteration cap, each start stops when the objective's relative
+    # change falls below kmeans_tol; the best of kmeans_nredo starts is kept
+    kmeans_niter: int = Field(300, gt=0)
+    kmeans_nredo: int = Field(10, gt=0)  # sklearn n_init=10 in the reference
+    kmeans_tol: float = Field(1e-4, ge=0.0)  # 0: always run kmeans_niter iterations
+    kmeans_init: Literal["k-means++", "random"] = "k-means++"  # random: FAISS's random starts (old behaviour)
     k_image: int = Field(5, gt=0)
     k_text: int = Field(5, gt=0)
     summary_prompt: str | None = None
@@ -114,7 +127,7 @@ class EditsConfig(Section):
     caption_style: Literal["auto", "instruct", "prefix"] = "auto"  # auto: instruct when the VLM has a chat template
     caption_prefix: str = "a photo of {class_name},"  # prefix-style captioners (BLIP) continue this text
     require_class_name: bool = True  # prepend the class name to a caption / text prototype that lacks it
-    lof_neighbors: int = Field(20, gt=0)
+    lof_neighbors: int = Field(10, gt=0)  # LocalOutlierFactor n_neighbors (read: 10 in the authors' code)
     vae_source: Literal["vae", "sd"] = "vae"  # sd: encode prototypes with the generator's own VAE
     llm_temperature: float = Field(0.0, ge=0.0)  # 0 = greedy
     # transformers LLM: left-pad prompts to at least this many tokens so a text prototype does not depend on

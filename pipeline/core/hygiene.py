@@ -6,8 +6,8 @@
 - ``fill_template``: one-pass substitution of ``{name}`` placeholders with quoted values.
   It never calls ``str.format`` on text that contains user data, so braces in a caption
   are inert and ``{0.__class__}``-style lookups are impossible.
-- ``clean_llm_output``: strip template tokens, role labels, markdown and wrapping quotes,
-  keep one line, cap it by tokens (with the tokenizer that will consume it) and characters.
+- ``clean_llm_output``: strip template tokens, role labels, chatty preambles ("Here is a
+  description of the beagle:"), markdown and wrapping quotes, keep the first answer line, cap it by tokens (with the tokenizer that will consume it) and characters.
 """
 
 from __future__ import annotations
@@ -24,6 +24,12 @@ _SPECIAL = re.compile(
 )
 _ROLE = re.compile(r"^\s*(?:assistant|system|user|answer|output|description|caption|text prototype)\s*(?:[:\-]\s*|$)",
                    re.IGNORECASE)
+# a chatty lead-in before the answer: "Here is a representative description of the beagle:", "Sure! ..."
+_PREAMBLE = re.compile(
+    r"^\s*(?:(?:sure|certainly|of course|okay|ok|absolutely)(?:\s*[!,.:]+\s*|\s+(?=here\b)))*"
+    r"(?:(?:here(?:'s|\u2019s| is| are)|below is|the following is)\b[^:\n]{0,160}:)?\s*",
+    re.IGNORECASE,
+)
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _QUOTES = "\"'`\u201c\u201d\u2018\u2019\u00ab\u00bb"
 
@@ -100,7 +106,7 @@ def clean_llm_output(text: str, max_tokens: int | None = None, max_chars: int | 
     # first non-empty paragraph that is not only a role label
     lines = [ln for ln in (x.strip() for x in t.splitlines()) if ln]
     lines = [_ROLE.sub("", _ROLE.sub("", ln)).strip() for ln in lines]  # "assistant: Description: ..."
-    lines = [ln for ln in lines if ln]
+    lines = [ln for ln in (strip_preamble(ln) for ln in lines) if ln]
     t = one_line(lines[0] if lines else "")
     t = re.sub(r"(?<!\w)(\*{1,3}|_{1,3})(?!\s)([^*_]+?)(?<!\s)\1(?!\w)", r"\2", t)  # **bold**, _italic_
     t = re.sub(r"^(?:[-*#>]+|\d+[.)])\s+", "", t)  # markdown bullet / heading / numbering
@@ -113,6 +119,12 @@ def clean_llm_output(text: str, max_tokens: int | None = None, max_chars: int | 
     if max_chars is not None:
         t = truncate_words(t, max_chars)
     return t or one_line(fallback)
+
+
+def strip_preamble(line: str) -> str:
+    """``line`` without a lead-in such as "Sure! Here is a description of the beagle:" (empty if only that)."""
+    out = _PREAMBLE.sub("", line, count=1).strip()
+    return _ROLE.sub("", out).strip()
 
 
 def truncate_tokens(text: str, max_tokens: int, tokenizer: Any | None = None) -> str:

@@ -219,12 +219,20 @@ class BadImageError(ValueError):
     """A file that cannot be used as an image; the message is the reason."""
 
 
-def load_rgb(path: str, size: int | None = None) -> np.ndarray:
+RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "lanczos": Image.LANCZOS}
+RESIZE_MODES = ("crop", "squash")
+
+
+def load_rgb(path: str, size: int | None = None, mode: str = "crop", resample: str = "bicubic") -> np.ndarray:
     """Decode any PIL-readable file to uint8 RGB (EXIF rotation applied), optionally resized.
 
-    Resizing is shorter-side resize + center crop to ``size`` x ``size``.
+    Resizing to ``size`` x ``size``: ``crop`` resizes the shorter side and center-crops,
+    ``squash`` resizes both sides (the aspect ratio is not kept); ``resample`` names the filter.
     Raises ``BadImageError`` with a one-line reason for unusable files.
     """
+    if mode not in RESIZE_MODES or resample not in RESAMPLE:
+        raise ValueError(f"resize mode must be one of {RESIZE_MODES} and resample one of {sorted(RESAMPLE)}, "
+                         f"got {mode!r}, {resample!r}")
     try:
         if os.path.getsize(path) == 0:
             raise BadImageError("zero-byte file")
@@ -251,7 +259,8 @@ def load_rgb(path: str, size: int | None = None) -> np.ndarray:
     if im.width < 2 or im.height < 2:
         raise BadImageError(f"too small ({im.width}x{im.height})")
     if size is not None:
-        im = center_resize(im, size)
+        resize = center_resize if mode == "crop" else squash_resize
+        im = resize(im, size, RESAMPLE[resample])
     return np.asarray(im, dtype=np.uint8)
 
 
@@ -313,18 +322,26 @@ def to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def center_resize(im: Image.Image, size: int) -> Image.Image:
-    """Resize the shorter side to ``size`` (bicubic) and center-crop a square."""
+def squash_resize(im: Image.Image, size: int, resample: int = Image.BICUBIC) -> Image.Image:
+    """Resize to ``size`` x ``size``, ignoring the aspect ratio (nothing is cropped)."""
+    return im if im.size == (size, size) else im.resize((size, size), resample)
+
+
+def center_resize(im: Image.Image, size: int, resample: int = Image.BICUBIC) -> Image.Image:
+    """Resize the shorter side to ``size`` (bicubic by default) and center-crop a square."""
     w, h = im.size
     scale = size / min(w, h)
     nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    im = im.resize((nw, nh), Image.BICUBIC)
+    im = im.resize((nw, nh), resample)
     left, top = (nw - size) // 2, (nh - size) // 2
     return im.crop((left, top, left + size, top + size))
 
 
-def decode_batch(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
+def decode_batch(batch: dict[str, np.ndarray], size: int, mode: str = "crop",
+                 resample: str = "bicubic") -> dict[str, np.ndarray]:
     """Ray ``map_batches`` function: add ``image`` (uint8 size x size x 3) and ``error``.
+
+    ``mode`` / ``resample``: how ``load_rgb`` resizes (``crop`` or ``squash``; the filter name).
 
     A bad file keeps its row with a zero image and the reason in ``error``, so the
     caller can drop it and report it (skip-and-report) without a second read.
@@ -334,7 +351,7 @@ def decode_batch(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarra
     errors = np.empty(len(paths), dtype=object)
     for i, p in enumerate(paths):
         try:
-            images[i] = load_rgb(str(p), size)
+            images[i] = load_rgb(str(p), size, mode, resample)
             errors[i] = ""
         except BadImageError as err:
             errors[i] = str(err)

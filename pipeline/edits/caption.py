@@ -139,7 +139,8 @@ def run_stage(run: EditsRun, state: StageState, force: bool) -> dict[str, Any]:
                 cap = str(cap)
                 if count_tok is not None:  # vLLM output is raw: clean it here
                     name = run.names[str(c)]
-                    cap = prompts.clean_generated(cap, name, e.caption_max_tokens, count_tok, fallback=name,
+                    cap = prompts.clean_generated(cap, name, e.caption_max_tokens, count_tok,
+                                                  fallback=prompts.primary_name(name),
                                                   require_class_name=e.require_class_name)
                 cache.put(str(p), keys[str(c)], cap)
                 since_flush += 1

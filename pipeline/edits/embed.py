@@ -22,7 +22,7 @@ from pipeline.edits.state import EditsRun, StageState
 
 # what the features depend on (see pipeline/edits/state.py)
 DEPENDS_ON = ("stage:caption", "models.clip", "models.dtype", "input:device", "input:model_batch:embed",
-              "edits.feature_image_size")
+              "edits.feature_image_size", "edits.clip_image_feature", "edits.resize_mode", "edits.feature_resample")
 
 
 def features_file(run: EditsRun, class_id: str) -> Path:
@@ -32,6 +32,11 @@ def features_file(run: EditsRun, class_id: str) -> Path:
 def load_features(run: EditsRun, class_id: str) -> dict[str, np.ndarray]:
     """One class's rows: path, label, caption, img ``[N, D]``, txt ``[N, D]`` (in path order)."""
     return read_parquet(features_file(run, class_id))
+
+
+def decode_kwargs(e: Any) -> dict[str, Any]:
+    """How images are decoded for CLIP: ``edits.feature_image_size``, ``resize_mode``, ``feature_resample``."""
+    return {"size": e.feature_image_size, "mode": e.resize_mode, "resample": e.feature_resample}
 
 
 def _write_class(run: EditsRun, class_id: str, rows: list[dict[str, Any]]) -> None:
@@ -66,11 +71,11 @@ def run_stage(run: EditsRun, state: StageState, force: bool) -> dict[str, Any]:
         rows = [{"path": r.path, "class_id": r.class_id, "label": r.label, "caption": captions[r.path]} for r in todo]
         bs = int(cfg.ray.batch_sizes.get("embed", 32))
         ds = ray.data.from_items(rows, override_num_blocks=block_count(len(rows)))
-        ds = ds.map_batches(decode_batch, fn_kwargs={"size": cfg.edits.feature_image_size}, batch_size=bs,
-                            num_cpus=0.5)
+        ds = ds.map_batches(decode_batch, fn_kwargs=decode_kwargs(cfg.edits), batch_size=bs, num_cpus=0.5)
         ds = ds.map_batches(ClipEmbedder, batch_format="numpy", **pool_kwargs(cfg, "embed"),
                             fn_constructor_kwargs={"model_ref": cfg.models.clip, "zoo_dir": run.zoo_dir,
                                                    "dtype": cfg.models.dtype, "faults": run.faults(),
+                                                   "image_feature": cfg.edits.clip_image_feature,
                                                    "micro_batch": cfg.ray.micro_batch_sizes.get("embed")})
         def item(b: dict[str, np.ndarray], i: int) -> dict[str, Any]:
             return {"path": str(b["path"][i]), "label": int(b["label"][i]), "caption": str(b["caption"][i]),

@@ -23,7 +23,8 @@ DEPENDS_ON = ("stage:caption", "models.sd", "edits.finetune.learning_rate", "edi
               "edits.finetune.mixed_precision", "edits.finetune.resolution", "edits.finetune.num_workers",
               "edits.finetune.use_gpu", "edits.finetune.max_steps", "edits.finetune.seed",
               "edits.finetune.snr_gamma", "edits.finetune.caption_dropout", "edits.finetune.vae_steps",
-              "edits.finetune.vae_learning_rate", "edits.finetune.vae_kl_weight", "edits.finetune.cache_latents")
+              "edits.finetune.vae_learning_rate", "edits.finetune.vae_kl_weight", "edits.finetune.cache_latents",
+              "edits.finetune.max_grad_norm", "edits.finetune.random_flip", "edits.finetune.shuffle_buffer_size")
 
 
 def assemble_pipeline(base_ref: str, unet_dir: str | os.PathLike, out: str | os.PathLike, zoo_dir: str | None = None,

@@ -18,8 +18,8 @@ from pipeline.core.hygiene import clean_llm_output, fill_template, one_line, tru
 
 CAPTION_INSTRUCTION = (
     "Describe this image in one dense sentence of at most {max_words} words. "
-    "The image shows an instance of the class named below; use that exact class name in the sentence, "
-    "never a more generic word for it. Cover the main subject (its type, colour, material, texture, size "
+    "The image shows an instance of the class named below (several comma-separated names are synonyms of "
+    "the same class); use one of these exact names in the sentence, never a more generic word for it. Cover the main subject (its type, colour, material, texture, size "
     "and condition), the setting (place, lighting, time of day, surroundings) and the subject's action or "
     "pose. Reply with the sentence only.\n"
     "Class name: {class_name}"
@@ -37,7 +37,8 @@ SUMMARY_INSTRUCTION = (
     "Below are captions of several images of the class named {class_name}. Write one representative "
     "description of this class as these images show it. Keep only what is about the class itself; "
     "describe it more abstractly than any single caption, in your own words; merge the distinct details "
-    "(subject, appearance, setting, pose) into one description; keep the exact class name. "
+    "(subject, appearance, setting, pose) into one description; keep one of the exact class names (several "
+    "comma-separated names are synonyms). "
     "Use at most {max_words} words and reply with the description only.\n"
     "Captions:\n{captions}"
 )
@@ -62,12 +63,12 @@ def caption_instruction(class_name: str, max_tokens: int = 77, template: str | N
 
 
 def caption_prefix(class_name: str, template: str | None = None) -> str:
-    """The text a prefix-style captioner continues: ``a photo of <class name>,``.
+    """The text a prefix-style captioner continues: ``a photo of <first synonym>,``.
 
     The class name is inserted as plain text (one line, no template tokens, capped): the
     model continues it, it is never read as an instruction.
     """
-    name = truncate_words(one_line(class_name), 120)
+    name = truncate_words(primary_name(class_name), 120)
     tpl = template or CAPTION_PREFIX
     if "{class_name}" not in tpl:
         raise KeyError("caption prefix template needs a {class_name} placeholder")
@@ -83,19 +84,37 @@ def summary_messages(class_name: str, captions: list[str], max_tokens: int = 77,
             {"role": "user", "content": user}]
 
 
-def mentions(text: str, class_name: str) -> bool:
-    """True when ``text`` contains ``class_name`` as whole words (case and spacing ignored)."""
-    name = " ".join(one_line(class_name).lower().split())
+def synonyms(class_name: str) -> list[str]:
+    """The names of one class: ImageNet's table lists synonyms comma-separated.
+
+    ``"dingo, warrigal, warragal, Canis dingo"`` -> ``["dingo", "warrigal", "warragal", "Canis dingo"]``.
+    """
+    names = [" ".join(n.split()) for n in one_line(class_name).split(",")]
+    return [n for n in names if n] or [one_line(class_name)]
+
+
+def primary_name(class_name: str) -> str:
+    """The first synonym: what is prepended when a text names none of them."""
+    return synonyms(class_name)[0]
+
+
+def _mentions_one(text: str, name: str) -> bool:
+    name = " ".join(name.lower().split())
     if not name:
         return True
     return re.search(r"(?<!\w)" + re.escape(name).replace(r"\ ", r"\s+") + r"(?!\w)", text.lower()) is not None
 
 
+def mentions(text: str, class_name: str) -> bool:
+    """True when ``text`` contains any synonym of ``class_name`` as whole words (case and spacing ignored)."""
+    return any(_mentions_one(text, n) for n in synonyms(class_name))
+
+
 def ensure_class_name(text: str, class_name: str) -> str:
-    """``text`` if it names the class, else ``"<class name>: <text>"`` (the class must be in every prompt)."""
+    """``text`` if it names the class, else ``"<first synonym>: <text>"`` (the class must be in every prompt)."""
     if mentions(text, class_name):
         return text
-    name = one_line(class_name)
+    name = primary_name(class_name)
     return f"{name}: {text}" if text else name
 
 
@@ -110,4 +129,4 @@ def clean_generated(text: str, class_name: str, max_tokens: int, tokenizer: Any 
     if require_class_name:
         out = ensure_class_name(out, class_name)
     return clean_llm_output(out, max_tokens=max_tokens, tokenizer=tokenizer, max_chars=1000,
-                            fallback=one_line(class_name))
+                            fallback=primary_name(class_name))

@@ -30,7 +30,7 @@ from pipeline.edits.state import EditsRun, StageState
 # what each half depends on (see pipeline/edits/state.py); each half has its own state
 DEPENDS_ON = {
     "image": ("stage:cluster", "input:prototype_vae", "edits.vae_source", "edits.vae_resolution", "models.dtype",
-              "input:device", "input:model_batch:vae"),
+              "input:device", "input:model_batch:vae", "edits.resize_mode", "edits.vae_resample"),
     "text": ("stage:cluster", "input:class_names", "models.llm", "models.llm_backend", "input:llm_endpoint",
              "input:vllm:llm", "models.dtype", "input:device", "input:model_batch:llm", "edits.llm_pad_tokens",
              "edits.summary_prompt", "edits.max_tokens", "edits.llm_temperature", "edits.seed",
@@ -44,6 +44,11 @@ def average_latents(latents: list[np.ndarray] | np.ndarray) -> np.ndarray:
     if arr.ndim != 4 or len(arr) == 0:
         raise ValueError(f"need latents [K, C, h, w] with K >= 1, got shape {arr.shape}")
     return arr.mean(axis=0).astype(np.float32)
+
+
+def decode_kwargs(e: Any) -> dict[str, Any]:
+    """How member images are decoded for the VAE: ``edits.vae_resolution``, ``resize_mode``, ``vae_resample``."""
+    return {"size": e.vae_resolution, "mode": e.resize_mode, "resample": e.vae_resample}
 
 
 def latent_file(run: EditsRun, key: str) -> Path:
@@ -85,7 +90,7 @@ def image_prototypes(run: EditsRun, clusters: list[dict[str, Any]]) -> int:
     ref, sub = _vae_ref(run)
     bs = int(cfg.ray.batch_sizes.get("vae", 8))
     ds = ray.data.from_items(rows, override_num_blocks=block_count(len(rows), rows_per_block=128))
-    ds = ds.map_batches(decode_batch, fn_kwargs={"size": cfg.edits.vae_resolution}, batch_size=bs, num_cpus=0.5)
+    ds = ds.map_batches(decode_batch, fn_kwargs=decode_kwargs(cfg.edits), batch_size=bs, num_cpus=0.5)
     ds = ds.map_batches(VaeEncoder, batch_format="numpy", **pool_kwargs(cfg, "vae"),
                         fn_constructor_kwargs={"model_ref": ref, "zoo_dir": run.zoo_dir, "subfolder": sub,
                                                "dtype": cfg.models.dtype, "faults": run.faults(),
@@ -128,7 +133,7 @@ def text_rows(run: EditsRun, clusters: list[dict[str, Any]]) -> list[dict[str, A
         msgs = prompts.summary_messages(name, cl["text_captions"], e.max_tokens, e.summary_prompt)
         rows.append({"key": cl["key"], "class_id": cl["class_id"], "class_name": name,
                      "system": msgs[0]["content"], "user": msgs[1]["content"],
-                     "fallback": cl["text_captions"][0] if cl["text_captions"] else name,
+                     "fallback": cl["text_captions"][0] if cl["text_captions"] else prompts.primary_name(name),
                      "seed": stage_seed(e.seed, f"llm:{cl['key']}")})
     return rows
 

@@ -89,20 +89,23 @@ def test_gradient_norm_is_clipped_before_the_step(fp16_scaler):
 
 
 def test_finetune_settings_default_to_the_authors_script_and_enter_the_stage_key():
-    from types import SimpleNamespace
-
     from pipeline.config import FinetuneConfig, config_from_dict
-    from pipeline.edits.state import stage_keys
 
     ft = FinetuneConfig()
     assert ft.max_grad_norm == 1.0 and ft.random_flip is True and ft.shuffle_buffer_size > 0
     with pytest.raises(ValueError, match="max_grad_norm"):
         FinetuneConfig(max_grad_norm=0)
 
+    from pipeline.edits import finetune as finetune_stage
+    from pipeline.edits.state import config_value
+
+    for key in ("max_grad_norm", "random_flip", "shuffle_buffer_size"):
+        assert f"edits.finetune.{key}" in finetune_stage.DEPENDS_ON
+
     def finetune_key(**finetune):
         cfg = config_from_dict({"method": "edits", "edits": {"finetune": {"enabled": True, **finetune}}})
-        return stage_keys(SimpleNamespace(cfg=cfg, fingerprint="fp", names={"0": "zero"}))["finetune"]
+        return {dep: config_value(cfg, dep) for dep in finetune_stage.DEPENDS_ON if dep.startswith("edits.")}
 
     base = finetune_key()
-    assert base["max_grad_norm"] == 1.0 and base["random_flip"] is True
+    assert base["edits.finetune.max_grad_norm"] == 1.0 and base["edits.finetune.random_flip"] is True
     assert finetune_key(random_flip=False) != base and finetune_key(max_grad_norm=None) != base

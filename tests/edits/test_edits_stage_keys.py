@@ -56,6 +56,8 @@ CHANGES: dict[str, tuple[str, ...]] = {
     "edits.llm_pad_tokens": (PT,), "edits.llm_torch_threads": NONE, "edits.llm_api_key_env": NONE,
     "edits.llm_timeout_s": NONE, "edits.caption_image_size": (C,), "edits.caption_flush_rows": NONE,
     "edits.contact_sheet": (G,),
+    "edits.clip_image_feature": (E,), "edits.resize_mode": (E, PI), "edits.feature_resample": (E,),
+    "edits.vae_resample": (PI,), "edits.kmeans_tol": (CL,), "edits.kmeans_init": (CL,),
     "edits.finetune.enabled": (G,),  # the generator becomes the fine-tuned model
     "edits.finetune.output": NONE, "edits.finetune.storage_path": NONE,  # where, not what
     "edits.finetune.checkpoint_every_steps": NONE, "edits.finetune.log_every_steps": NONE,
@@ -63,7 +65,8 @@ CHANGES: dict[str, tuple[str, ...]] = {
     **{f"edits.finetune.{f}": (FT,) for f in (
         "learning_rate", "epochs", "batch_size", "gradient_accumulation_steps", "ema_decay", "mixed_precision",
         "resolution", "num_workers", "use_gpu", "max_steps", "seed", "snr_gamma", "caption_dropout", "vae_steps",
-        "vae_learning_rate", "vae_kl_weight", "cache_latents")},
+        "vae_learning_rate", "vae_kl_weight", "cache_latents", "max_grad_norm", "random_flip",
+        "shuffle_buffer_size")},
     "ray.address": NONE, "ray.num_cpus": NONE, "ray.object_store_memory_mb": NONE, "ray.actor_num_cpus": NONE,
     "ray.actor_num_gpus": (C, E, CL, PI, PT, G),  # 0 -> >0: actors and cluster tasks run on a GPU
     "ray.pool_sizes": NONE, "ray.batch_sizes": NONE,  # with micro-batches set (see test_batch_sizes_...)
