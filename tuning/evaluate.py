@@ -26,14 +26,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.config import EvalConfig, RayConfig
+from pipeline.config import PROXY_STUDENTS, EvalConfig, RayConfig
 from pipeline.core.read import BadImageError, load_rgb, scan_image_folder
 from pipeline.core.write import MANIFEST, atomic_write_bytes, atomic_write_json
 from pipeline.errors import DataError
+from tuning.ddranking import scores, scores_markdown
 from tuning.protocols import TrainSpec, resolve_preset, train_student, train_teacher
 from tuning.students import build_student, check_students
 
-ROW_KEY = ("dataset", "method", "ipc", "student", "protocol")
+ROW_KEY = ("dataset", "method", "ipc", "student", "protocol", "augment")
 
 
 # ----------------------------------------------------------------------------- data
@@ -229,7 +230,8 @@ def aggregate(runs: list[dict[str, Any]], sets: dict[str, dict[str, Any]], cfg: 
             rows.append({
                 "dataset": dataset, "method": info["method"], "ipc": info["ipc"], "student": student,
                 "student_kwargs": dict(cfg.student_kwargs.get(student, {})),
-                "protocol": cfg.protocol, "top1_mean": round(float(final.mean()), 2),
+                "protocol": cfg.protocol, "augment": cfg.augment, "in_mean": student not in cfg.exclude_from_mean,
+                "top1_mean": round(float(final.mean()), 2),
                 "top1_std": round(float(final.std()), 2), "repeats": len(mine),
                 "best_mean": round(float(best.mean()), 2), "best_std": round(float(best.std()), 2),
                 "final_mean": round(float(final.mean()), 2), "final_std": round(float(final.std()), 2),
@@ -253,6 +255,7 @@ def evaluate_sets(sets: dict[str, str | os.PathLike], val_root: str | os.PathLik
     """
     cfg = resolve_preset(cfg)
     check_students(cfg.students)
+    check_excluded(cfg.exclude_from_mean)
     out = Path(out_dir)
     t0 = time.time()
     # the real val set first: its classes define the labels; its size follows the first set
@@ -360,7 +363,11 @@ def results_markdown(rows: list[dict[str, Any]]) -> str:
                      f"{r['top1_mean']:.2f} ± {r['top1_std']:.2f} | {r.get('best_mean', float('nan')):.2f} | "
                      f"{r['repeats']} |")
     students = sorted({student_label(r) for r in rows})
-    pivot = ["", "Final top-1 (%), mean ± std over seeds; last column: mean over students.", "",
+    counted = sorted({student_label(r) for r in rows if in_mean(r)})
+    what = (f"mean over {', '.join(counted)} (eval.exclude_from_mean leaves out "
+            f"{', '.join(sorted({student_label(r) for r in rows if not in_mean(r)})) or 'none'})" if counted else
+            "mean over all students († every student is in eval.exclude_from_mean)")
+    pivot = ["", f"Final top-1 (%), mean ± std over seeds; last column: {what}.", "",
              "| dataset | IPC | method | " + " | ".join(students) + " | mean |",
              "|---|---:|---|" + "---:|" * (len(students) + 1)]
     groups: dict[tuple, dict[str, dict[str, Any]]] = {}
@@ -368,9 +375,10 @@ def results_markdown(rows: list[dict[str, Any]]) -> str:
         groups.setdefault((r["dataset"], r["ipc"], r["method"]), {})[student_label(r)] = r
     for (ds, ipc, method), by in sorted(groups.items()):
         cells = [f"{by[s]['top1_mean']:.2f} ± {by[s]['top1_std']:.2f}" if s in by else "-" for s in students]
-        mean = np.mean([by[s]["top1_mean"] for s in by])
-        pivot.append(f"| {ds} | {ipc} | {method} | " + " | ".join(cells) + f" | {mean:.2f} |")
-    return "\n".join(lines + pivot) + "\n"
+        vals = [r["top1_mean"] for r in by.values() if in_mean(r) or not counted]
+        mean = f"{np.mean(vals):.2f}" + ("" if counted else " †") if vals else "-"
+        pivot.append(f"| {ds} | {ipc} | {method} | " + " | ".join(cells) + f" | {mean} |")
+    return "\n".join(lines + pivot + scores_markdown(scores(rows))) + "\n"
 
 
 CSV_FIELDS = ["dataset", "method", "ipc", "student", "protocol", "top1_mean", "top1_std", "repeats",
@@ -396,10 +404,26 @@ def write_results(rows: list[dict[str, Any]], out_dir: str | os.PathLike, merge:
     return rows
 
 
+def in_mean(row: dict[str, Any]) -> bool:
+    """Whether a row counts in the headline mean (``eval.exclude_from_mean``; older rows: not a ConvNet proxy)."""
+    return bool(row.get("in_mean", row.get("student") not in PROXY_STUDENTS))
+
+
 def mean_top1(rows: list[dict[str, Any]]) -> float:
-    """Mean final top-1 over rows (the sweep's cross-architecture metric)."""
-    vals = [r["top1_mean"] for r in rows]
+    """The headline mean (table and sweep): final top-1 averaged over the rows' students that are not in
+    ``eval.exclude_from_mean`` (DIVER's mean over unseen architectures); over all of them when none is left."""
+    vals = [r["top1_mean"] for r in rows if in_mean(r)] or [r["top1_mean"] for r in rows]
     return float(np.mean(vals)) if vals else math.nan
+
+
+def check_excluded(names: list[str]) -> None:
+    """``eval.exclude_from_mean`` names must be students (a typo would silently keep the proxy in the mean)."""
+    from pipeline.errors import ConfigError
+    from tuning.students import STUDENTS
+
+    bad = [n for n in names if n not in STUDENTS]
+    if bad:
+        raise ConfigError(f"eval.exclude_from_mean: unknown student(s) {bad}; choose from {', '.join(STUDENTS)}")
 
 
 def sets_from_summary(summary: dict[str, Any]) -> tuple[dict[str, str], dict[str, str]]:
