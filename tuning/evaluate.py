@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.config import PROXY_STUDENTS, EvalConfig, RayConfig
+from pipeline.config import EvalConfig, RayConfig
 from pipeline.core.read import BadImageError, load_rgb, scan_image_folder
 from pipeline.core.write import MANIFEST, atomic_write_bytes, atomic_write_json
 from pipeline.errors import DataError
@@ -405,8 +405,9 @@ def write_results(rows: list[dict[str, Any]], out_dir: str | os.PathLike, merge:
 
 
 def in_mean(row: dict[str, Any]) -> bool:
-    """Whether a row counts in the headline mean (``eval.exclude_from_mean``; older rows: not a ConvNet proxy)."""
-    return bool(row.get("in_mean", row.get("student") not in PROXY_STUDENTS))
+    """Whether a row counts in the headline mean: its ``in_mean`` flag (from ``eval.exclude_from_mean``);
+    rows written before the flag existed count, as they did (the table's caption names the students averaged)."""
+    return bool(row.get("in_mean", True))
 
 
 def mean_top1(rows: list[dict[str, Any]]) -> float:
@@ -444,6 +445,35 @@ def sets_from_summary(summary: dict[str, Any]) -> tuple[dict[str, str], dict[str
     return sets, methods
 
 
+def set_ipc(root: str | os.PathLike) -> int:
+    """Images per class of a distilled set (the most common count), from its manifest or folder."""
+    man = Path(root) / MANIFEST
+    if man.is_file():
+        ids = [str(e["class_id"]) for e in json.loads(man.read_text()).get("images", [])]
+    else:
+        ids = [r.class_id for r in scan_image_folder(root).records]
+    if not ids:
+        raise DataError(f"distilled set {root} has no images")
+    return Counter(ids).most_common(1)[0][1]
+
+
+def baseline_sets(ev: EvalConfig, train_root: str | os.PathLike | None, out: Path, ipc: int,
+                  classes: list[str] | None = None, log=print) -> tuple[dict[str, str], dict[str, str]]:
+    """Build ``ev.baselines`` (tuning/baselines.py) from the real train split at ``ipc``; ``({name: folder}, {name: method})``."""
+    from pipeline.errors import ConfigError
+    from tuning.baselines import build_baseline
+
+    if not train_root:
+        raise ConfigError("eval.baselines needs the real training split (data.root)")
+    sets: dict[str, str] = {}
+    for name in ev.baselines:
+        key = name if name == "full_real" else f"{name}_ipc{ipc}"
+        res = build_baseline(name, train_root, out / key, ipc, seed=ev.seed, size=ev.image_size, classes=classes)
+        sets[key] = res["output"]
+        log(f"baseline {key}: {res['images']} images")
+    return sets, {k: k.rsplit("_ipc", 1)[0] for k in sets}
+
+
 def evaluate_run(cfg: Any, summary: dict[str, Any], log=print) -> list[dict[str, Any]]:
     """``semdistill run`` with an ``eval`` section: evaluate what the run wrote, results in output.dir."""
     from pipeline.errors import ConfigError
@@ -452,5 +482,10 @@ def evaluate_run(cfg: Any, summary: dict[str, Any], log=print) -> list[dict[str,
         raise ConfigError("the eval section needs data.val_root (the real validation set)")
     sets, methods = sets_from_summary(summary)
     ev = cfg.eval if cfg.eval.image_size else cfg.eval.model_copy(update={"image_size": cfg.data.image_size})
+    if ev.baselines:
+        more, more_methods = baseline_sets(ev, cfg.data.root, Path(cfg.output.dir) / "baselines",
+                                           ev.baseline_ipc or set_ipc(next(iter(sets.values()))),
+                                           classes=cfg.data.classes, log=log)
+        sets, methods = {**sets, **more}, {**methods, **more_methods}
     return evaluate_sets(sets, cfg.data.val_root, ev, cfg.output.dir, train_root=cfg.data.root, ray_cfg=cfg.ray,
                          methods=methods, classes=cfg.data.classes, log=log)
