@@ -193,10 +193,24 @@ class DiverConfig(Section):
         return self
 
 
+# The stage-1 proxy family (DM/MTT distil through a ConvNet-D): DIVER's headline mean is over unseen students.
+PROXY_STUDENTS = ["convnet", "convnet3", "convnet4", "convnet5", "convnet6"]
+
+
 class EvalConfig(Section):
-    """Students trained on the distilled set, tested on the real val set (tuning/protocols.py presets)."""
+    """Students trained on the distilled set, tested on the real val set (tuning/protocols.py presets).
+
+    Student names (tuning/students.py): convnet, convnet3..6, resnet18_cifar_bn, resnet18_cifar_in,
+    resnet18_imagenet_bn, resnet18_imagenet_in, resnet_ap10, mobilenetv2, shufflenetv2,
+    efficientnet_b0, vit_tiny, vit_predd; legacy resnet18 / resnet18_bn / resnet18_in (adaptive stem).
+    """
 
     students: list[str] = ["convnet", "resnet18"]
+    # left out of the headline mean over students (the stage-1 proxy, as DIVER reports); [] = average all
+    exclude_from_mean: list[str] = PROXY_STUDENTS
+    # coreset / upper-bound rows evaluated beside the run's sets (tuning/baselines.py), same protocol
+    baselines: list[Literal["random_real", "herding", "k_center", "full_real"]] = []
+    baseline_ipc: int | None = Field(None, gt=0)  # None: the IPC of the run's distilled sets
     student_kwargs: dict[str, dict[str, Any]] = {}  # per student, e.g. {resnet18: {width: 32}}
     protocol: Literal["hard", "soft"] = "hard"
     preset: str | None = None  # edits | diver | mtt | sre2l | rded | demo; explicit fields win

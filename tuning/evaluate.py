@@ -31,10 +31,11 @@ from pipeline.core.pixels import channel_stats, normalize, u8_hwc_to_unit_chw
 from pipeline.core.read import load_image_arrays, load_rgb, scan_image_folder
 from pipeline.core.write import MANIFEST, atomic_write_bytes, atomic_write_json
 from pipeline.errors import DataError
+from tuning.ddranking import scores, scores_markdown
 from tuning.protocols import TrainSpec, resolve_preset, train_student, train_teacher
 from tuning.students import build_student, check_students
 
-ROW_KEY = ("dataset", "method", "ipc", "student", "protocol")
+ROW_KEY = ("dataset", "method", "ipc", "student", "protocol", "augment")
 
 
 # ----------------------------------------------------------------------------- data
@@ -207,7 +208,8 @@ def aggregate(runs: list[dict[str, Any]], sets: dict[str, dict[str, Any]], cfg: 
             rows.append({
                 "dataset": dataset, "method": info["method"], "ipc": info["ipc"], "student": student,
                 "student_kwargs": dict(cfg.student_kwargs.get(student, {})),
-                "protocol": cfg.protocol, "top1_mean": round(float(final.mean()), 2),
+                "protocol": cfg.protocol, "augment": cfg.augment, "in_mean": student not in cfg.exclude_from_mean,
+                "top1_mean": round(float(final.mean()), 2),
                 "top1_std": round(float(final.std()), 2), "repeats": len(mine),
                 "best_mean": round(float(best.mean()), 2), "best_std": round(float(best.std()), 2),
                 "final_mean": round(float(final.mean()), 2), "final_std": round(float(final.std()), 2),
@@ -231,6 +233,7 @@ def evaluate_sets(sets: dict[str, str | os.PathLike], val_root: str | os.PathLik
     """
     cfg = resolve_preset(cfg)
     check_students(cfg.students)
+    check_excluded(cfg.exclude_from_mean)
     out = Path(out_dir)
     t0 = time.time()
     # the real val set first: its classes define the labels; its size follows the first set
@@ -338,7 +341,11 @@ def results_markdown(rows: list[dict[str, Any]]) -> str:
                      f"{r['top1_mean']:.2f} ± {r['top1_std']:.2f} | {r.get('best_mean', float('nan')):.2f} | "
                      f"{r['repeats']} |")
     students = sorted({student_label(r) for r in rows})
-    pivot = ["", "Final top-1 (%), mean ± std over seeds; last column: mean over students.", "",
+    counted = sorted({student_label(r) for r in rows if in_mean(r)})
+    what = (f"mean over {', '.join(counted)} (eval.exclude_from_mean leaves out "
+            f"{', '.join(sorted({student_label(r) for r in rows if not in_mean(r)})) or 'none'})" if counted else
+            "mean over all students († every student is in eval.exclude_from_mean)")
+    pivot = ["", f"Final top-1 (%), mean ± std over seeds; last column: {what}.", "",
              "| dataset | IPC | method | " + " | ".join(students) + " | mean |",
              "|---|---:|---|" + "---:|" * (len(students) + 1)]
     groups: dict[tuple, dict[str, dict[str, Any]]] = {}
@@ -346,9 +353,10 @@ def results_markdown(rows: list[dict[str, Any]]) -> str:
         groups.setdefault((r["dataset"], r["ipc"], r["method"]), {})[student_label(r)] = r
     for (ds, ipc, method), by in sorted(groups.items()):
         cells = [f"{by[s]['top1_mean']:.2f} ± {by[s]['top1_std']:.2f}" if s in by else "-" for s in students]
-        mean = np.mean([by[s]["top1_mean"] for s in by])
-        pivot.append(f"| {ds} | {ipc} | {method} | " + " | ".join(cells) + f" | {mean:.2f} |")
-    return "\n".join(lines + pivot) + "\n"
+        vals = [r["top1_mean"] for r in by.values() if in_mean(r) or not counted]
+        mean = f"{np.mean(vals):.2f}" + ("" if counted else " †") if vals else "-"
+        pivot.append(f"| {ds} | {ipc} | {method} | " + " | ".join(cells) + f" | {mean} |")
+    return "\n".join(lines + pivot + scores_markdown(scores(rows))) + "\n"
 
 
 CSV_FIELDS = ["dataset", "method", "ipc", "student", "protocol", "top1_mean", "top1_std", "repeats",
@@ -374,10 +382,27 @@ def write_results(rows: list[dict[str, Any]], out_dir: str | os.PathLike, merge:
     return rows
 
 
+def in_mean(row: dict[str, Any]) -> bool:
+    """Whether a row counts in the headline mean: its ``in_mean`` flag (from ``eval.exclude_from_mean``);
+    rows written before the flag existed count, as they did (the table's caption names the students averaged)."""
+    return bool(row.get("in_mean", True))
+
+
 def mean_top1(rows: list[dict[str, Any]]) -> float:
-    """Mean final top-1 over rows (the sweep's cross-architecture metric)."""
-    vals = [r["top1_mean"] for r in rows]
+    """The headline mean (table and sweep): final top-1 averaged over the rows' students that are not in
+    ``eval.exclude_from_mean`` (DIVER's mean over unseen architectures); over all of them when none is left."""
+    vals = [r["top1_mean"] for r in rows if in_mean(r)] or [r["top1_mean"] for r in rows]
     return float(np.mean(vals)) if vals else math.nan
+
+
+def check_excluded(names: list[str]) -> None:
+    """``eval.exclude_from_mean`` names must be students (a typo would silently keep the proxy in the mean)."""
+    from pipeline.errors import ConfigError
+    from tuning.students import STUDENTS
+
+    bad = [n for n in names if n not in STUDENTS]
+    if bad:
+        raise ConfigError(f"eval.exclude_from_mean: unknown student(s) {bad}; choose from {', '.join(STUDENTS)}")
 
 
 def sets_from_summary(summary: dict[str, Any]) -> tuple[dict[str, str], dict[str, str]]:
@@ -398,6 +423,35 @@ def sets_from_summary(summary: dict[str, Any]) -> tuple[dict[str, str], dict[str
     return sets, methods
 
 
+def set_ipc(root: str | os.PathLike) -> int:
+    """Images per class of a distilled set (the most common count), from its manifest or folder."""
+    man = Path(root) / MANIFEST
+    if man.is_file():
+        ids = [str(e["class_id"]) for e in json.loads(man.read_text()).get("images", [])]
+    else:
+        ids = [r.class_id for r in scan_image_folder(root).records]
+    if not ids:
+        raise DataError(f"distilled set {root} has no images")
+    return Counter(ids).most_common(1)[0][1]
+
+
+def baseline_sets(ev: EvalConfig, train_root: str | os.PathLike | None, out: Path, ipc: int,
+                  classes: list[str] | None = None, log=print) -> tuple[dict[str, str], dict[str, str]]:
+    """Build ``ev.baselines`` (tuning/baselines.py) from the real train split at ``ipc``; ``({name: folder}, {name: method})``."""
+    from pipeline.errors import ConfigError
+    from tuning.baselines import build_baseline
+
+    if not train_root:
+        raise ConfigError("eval.baselines needs the real training split (data.root)")
+    sets: dict[str, str] = {}
+    for name in ev.baselines:
+        key = name if name == "full_real" else f"{name}_ipc{ipc}"
+        res = build_baseline(name, train_root, out / key, ipc, seed=ev.seed, size=ev.image_size, classes=classes)
+        sets[key] = res["output"]
+        log(f"baseline {key}: {res['images']} images")
+    return sets, {k: k.rsplit("_ipc", 1)[0] for k in sets}
+
+
 def evaluate_run(cfg: Any, summary: dict[str, Any], log=print) -> list[dict[str, Any]]:
     """``semdistill run`` with an ``eval`` section: evaluate what the run wrote, results in output.dir."""
     from pipeline.errors import ConfigError
@@ -406,5 +460,10 @@ def evaluate_run(cfg: Any, summary: dict[str, Any], log=print) -> list[dict[str,
         raise ConfigError("the eval section needs data.val_root (the real validation set)")
     sets, methods = sets_from_summary(summary)
     ev = cfg.eval if cfg.eval.image_size else cfg.eval.model_copy(update={"image_size": cfg.data.image_size})
+    if ev.baselines:
+        more, more_methods = baseline_sets(ev, cfg.data.root, Path(cfg.output.dir) / "baselines",
+                                           ev.baseline_ipc or set_ipc(next(iter(sets.values()))),
+                                           classes=cfg.data.classes, log=log)
+        sets, methods = {**sets, **more}, {**methods, **more_methods}
     return evaluate_sets(sets, cfg.data.val_root, ev, cfg.output.dir, train_root=cfg.data.root, ray_cfg=cfg.ray,
                          methods=methods, classes=cfg.data.classes, log=log)

@@ -3,8 +3,8 @@
 Each trial applies its values to dotted config keys (``diver.gamma``, ``diver.start_step``,
 ``diver.fusion_window``, ``edits.guidance_scale``, ``edits.strength``, ``edits.tau`` ...),
 generates a distilled set (optionally on a class subset) with the config's method, trains
-each student on it and reports ``mean_top1``: the mean final top-1 over the students (the
-cross-architecture metric DIVER reports). With ``method: none`` the trial's set is
+each student on it and reports ``mean_top1``: the mean final top-1 over the students not in
+``eval.exclude_from_mean`` (the cross-architecture metric DIVER reports; tuning/evaluate.py:mean_top1). With ``method: none`` the trial's set is
 ``baseline_ipc`` random real images per class (a cheap smoke sweep of the machinery).
 
 Search: ``grid`` (every list is a grid axis) or ``random`` (lists are choices; ranges as
@@ -89,7 +89,7 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], names: list[str], tr
     """Tune function trainable: generate, then evaluate the students one by one, reporting as it goes."""
     from ray import tune
 
-    from tuning.evaluate import evaluate_sets
+    from tuning.evaluate import evaluate_sets, mean_top1
 
     params = {name: config[f"p{i}"] for i, name in enumerate(names)}
     trial_dir = Path(trials_dir) / tune.get_context().get_trial_id()
@@ -101,12 +101,14 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], names: list[str], tr
                  "repeats": cfg.sweep.repeats, "image_size": cfg.data.image_size,
                  "cpus_per_job": max(1.0, float(cfg.sweep.trial_cpus))}
     per_student: dict[str, float] = {}
+    done: list[dict[str, Any]] = []
     for i, student in enumerate(_students(cfg)):
         one = EvalConfig.model_validate({**ev_fields, "students": [student]})
         rows = evaluate_sets({"trial": output}, cfg.data.val_root, one, trial_dir, write=False,
                              classes=cfg.data.classes, log=lambda _m: None)
         per_student[student] = rows[0]["top1_mean"]
-        mean = sum(per_student.values()) / len(per_student)
+        done.append(rows[0])
+        mean = mean_top1(done)  # the table's headline mean (eval.exclude_from_mean)
         tune.report({"mean_top1": mean, "students_done": i + 1,
                      **{f"top1/{k}": v for k, v in per_student.items()}})
 
