@@ -176,6 +176,16 @@ def test_learned_sigma_in_the_default_window_and_the_old_pull(dit, inputs):
           f"sum {sum(lo):.2f}..{sum(hi):.2f} vs sqrt(1 - ab) sum {sum(old):.2f} ({sum(old) / sum(hi):.2f}x)")
     assert lo[0] == pytest.approx(0.538, abs=2e-3) and lo[-1] == pytest.approx(0.433, abs=2e-3)
     assert sum(old) / sum(hi) > 1.9
+    from pipeline.diver.guidance import guidance_sigma, respaced_schedule  # the code's sigma, same numbers
+
+    sched = respaced_schedule(dit[2], 50)
+    z = torch.zeros(1)
+    for k, i in enumerate(range(40, 24, -1)):
+        for v, want in ((-1.0, lo[k]), (1.0, hi[k])):
+            got = guidance_sigma(settings(sigma="learned"), sched, i, torch.tensor(v), z)
+            assert float(got) == pytest.approx(want, rel=1e-6)
+        assert float(guidance_sigma(settings(sigma="one_minus_alpha_bar"), sched, i, None, z)) == \
+            pytest.approx(old[k], rel=1e-6)
 
 
 def test_sigma_posterior_and_one_minus_alpha_bar(dit, inputs):
