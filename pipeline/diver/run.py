@@ -159,7 +159,7 @@ def _dit_classes_of(data, d, class_map, model_dir: str, tensor_input: bool) -> l
     from pipeline.diver.inputs import dit_classes
 
     n = _num_dit_classes(model_dir)
-    if tensor_input and class_map is None and (n is None or len(data.classes) != n):
+    if tensor_input and not data.named and class_map is None and (n is None or len(data.classes) != n):
         raise ConfigError(
             f"{d.input}: a tensor input ({data.fmt}) has only label indices {data.classes[:3]}...; without "
             "diver.class_map they would land on DiT classes 0..K-1. Set diver.input_classes (the class ids in "
@@ -200,7 +200,7 @@ def recover_sets(cfg: Config, sets: list[dict[str, Any]], redo: bool) -> dict[st
         data = load_stage1(s["input"], s["format"], d.input_mean if not s["dm"] else None,
                            d.input_std if not s["dm"] else None, classes=None if s["dm"] else d.input_classes)
         s["data"] = data
-        classes = _dit_classes_of(data, d, class_map, model_dir, tensor_input=not s["dm"] and data.fmt != "imagefolder")
+        classes = _dit_classes_of(data, d, class_map, model_dir, tensor_input=not s["dm"])
         _check_classes(model_dir, classes)
         set_settings = {**manifest_settings, "input": str(s["input"]), "input_format": data.fmt,
                         "normalization": data.normalization, "input_sha256": input_fingerprint(data)}
