@@ -6,29 +6,72 @@ module only loads the model, moves images through the VAE and runs the loop per 
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from actors.latents import decode_latents, encode_images
+from pipeline.core.seeds import image_seed
 from pipeline.diver.guidance import RecoverSettings, image_noise, recover_latents
+
+DEMO_REPORT = "demo_dit.json"  # written by actors/demo_dit.py next to the pipeline it trained
+
+
+def latent_seeds(seeds: list[int]) -> list[int]:
+    """Per-image seeds of the VAE posterior sample (``latent_mode = sample``), apart from the noise seeds."""
+    return [image_seed(int(s), "vae_sample", 0) for s in seeds]
+
+
+def latent_shape(vae, resolution: int) -> tuple[int, int, int]:
+    c = vae.config
+    side = resolution // 2 ** (len(c.block_out_channels) - 1)
+    return int(c.latent_channels), side, side
 
 
 def recover_images(transformer, vae, scheduler, images: torch.Tensor, dit_classes: list[int] | torch.Tensor,
                    seeds: list[int], settings: RecoverSettings, resolution: int) -> torch.Tensor:
     """End to end on one batch: images ``[B, 3, H, W]`` in [0, 1] -> recovered images, same size."""
     device = next(transformer.parameters()).device
-    z_d = encode_images(vae, images, resolution, settings.latent_mode).to(device)
+    sample_noise = (image_noise(latent_seeds(seeds), latent_shape(vae, resolution))
+                    if settings.latent_mode == "sample" else None)
+    z_d = encode_images(vae, images, resolution, settings.latent_mode, noise=sample_noise).to(device)
     noise = image_noise(seeds, tuple(z_d.shape[1:])).to(device)
     labels = torch.as_tensor(np.asarray(dit_classes), dtype=torch.long, device=device)
     z0 = recover_latents(transformer, scheduler, z_d, labels, settings, noise=noise)
     return decode_latents(vae, z0, size=tuple(images.shape[-2:]))
 
 
-def load_dit(model_ref: str, zoo_dir: str | None = None, dtype: str = "auto", device: str | None = None):
-    """(transformer, vae, DDIM scheduler) of a diffusers DiT pipeline; fp16 on GPU under ``auto``."""
-    from diffusers import DDIMScheduler, DiTPipeline
+def variance_usable(model_dir: str | Path) -> tuple[bool | None, str]:
+    """Whether a local DiT folder predicts a trained variance (None: unknown, e.g. a hub id) and why not.
+
+    Reads only config files: ``transformer/config.json`` (``out_channels = 2 x in_channels``)
+    and, for the demo DiT, ``demo_dit.json`` (its recipe says whether the variance was trained).
+    """
+    folder = Path(model_dir)
+    cfg_file = folder / "transformer" / "config.json"
+    if not cfg_file.is_file():
+        return None, ""
+    cfg = json.loads(cfg_file.read_text())
+    c_in = int(cfg.get("in_channels", 4))
+    if int(cfg.get("out_channels") or c_in) != 2 * c_in:
+        return False, f"{model_dir} predicts no variance (out_channels {cfg.get('out_channels')})"
+    report = folder / DEMO_REPORT
+    if report.is_file() and not json.loads(report.read_text()).get("recipe", {}).get("train_variance", False):
+        return False, f"{model_dir} was trained without its variance channels (demo DiT, epsilon loss only)"
+    return True, ""
+
+
+def load_dit(model_ref: str, zoo_dir: str | None = None, dtype: str = "auto", device: str | None = None,
+             vae_ref: str | None = None):
+    """(transformer, vae, DDIM scheduler) of a diffusers DiT pipeline; fp16 on GPU under ``auto``.
+
+    ``vae_ref`` (a folder or hub id, ``models.vae``) replaces the pipeline's own VAE. The
+    scheduler only supplies ``alphas_cumprod``; ``clip_sample`` is pinned off (DiT does not clip).
+    """
+    from diffusers import AutoencoderKL, DDIMScheduler, DiTPipeline
 
     from actors.loading import load_pretrained, pick_device, pick_dtype
 
@@ -36,8 +79,10 @@ def load_dit(model_ref: str, zoo_dir: str | None = None, dtype: str = "auto", de
     torch_dtype = pick_dtype(dtype, dev)
     pipe = load_pretrained("dit", model_ref, DiTPipeline.from_pretrained, zoo_dir=zoo_dir, dtype=torch_dtype)
     transformer = pipe.transformer.to(dev).eval()
-    vae = pipe.vae.to(dev).eval()
-    scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    vae = pipe.vae if vae_ref is None else load_pretrained("vae", vae_ref, AutoencoderKL.from_pretrained,
+                                                           zoo_dir=zoo_dir, dtype=torch_dtype)
+    vae = vae.to(dev).eval()
+    scheduler = DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=False)
     return transformer, vae, scheduler
 
 
@@ -52,14 +97,14 @@ class DiTRecoverActor:
 
     def __init__(self, model_ref: str, settings: dict[str, Any], resolution: int, zoo_dir: str | None = None,
                  dtype: str = "auto", device: str | None = None, micro_batch: int | None = None,
-                 torch_threads: int | None = None, faults: dict | None = None) -> None:
+                 torch_threads: int | None = None, faults: dict | None = None, vae_ref: str | None = None) -> None:
         from pipeline.core.faults import FaultInjector
 
         self.faults = FaultInjector.from_kwargs(faults)  # debug.fail_every_n_batches (tests)
         if torch_threads:
             torch.set_num_threads(int(torch_threads))
         self.micro_batch = micro_batch
-        self.transformer, self.vae, self.scheduler = load_dit(model_ref, zoo_dir, dtype, device)
+        self.transformer, self.vae, self.scheduler = load_dit(model_ref, zoo_dir, dtype, device, vae_ref=vae_ref)
         self.settings = RecoverSettings.from_mapping(settings)
         self.resolution = int(resolution)
         n = getattr(self.transformer.config, "num_embeds_ada_norm", None)

@@ -19,12 +19,23 @@ def resized_unit_to_signed(images: torch.Tensor, resolution: int) -> torch.Tenso
 
 @torch.no_grad()
 def encode_images(vae, images: torch.Tensor, resolution: int, latent_mode: str = "mode",
-                  generator: torch.Generator | None = None) -> torch.Tensor:
-    """VAE latents ``z_d`` (scaled by the VAE's ``scaling_factor``), float32 on the VAE's device."""
+                  noise: torch.Tensor | None = None) -> torch.Tensor:
+    """VAE latents ``z_d`` (scaled by the VAE's ``scaling_factor``), float32 on the VAE's device.
+
+    ``latent_mode = sample`` draws ``mean + std * noise`` with the caller's per-image ``noise``
+    (shape of the latents), never from the global RNG.
+    """
     p = next(vae.parameters())
     x = resized_unit_to_signed(images, resolution).to(device=p.device, dtype=p.dtype)
     dist = vae.encode(x).latent_dist
-    z = dist.mode() if latent_mode == "mode" else dist.sample(generator)
+    if latent_mode == "mode":
+        z = dist.mode()
+    elif latent_mode == "sample":
+        if noise is None:
+            raise ValueError("latent_mode=sample needs per-image noise (seeded like the inheritance noise)")
+        z = dist.mean.float() + dist.std.float() * noise.to(device=p.device, dtype=torch.float32)
+    else:
+        raise ValueError(f"unknown latent_mode {latent_mode!r} (mode | sample)")
     return z.float() * float(vae.config.scaling_factor)
 
 

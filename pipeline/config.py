@@ -158,37 +158,67 @@ class DMConfig(Section):
 
 
 class DiverConfig(Section):
+    """DIVER (METHODS.md). Step indices are DiT's respaced ones: ``t_i = round(i * 999 / (N - 1))``,
+    index N-1 = noisiest (t 999); with N = 50 index 40 is t 816 and index 25 is t 510 (read-sibling)."""
+
     input: str | None = None  # distilled set: ImageFolder, .pt, or images_best.pt folder
     input_format: Literal["auto", "imagefolder", "pt", "mtt"] = "auto"
     input_mean: list[float] | None = None  # normalisation of the input set, undone before the VAE
     input_std: list[float] | None = None
+    # class ids in label order for tensor inputs (pt / mtt): label k -> input_classes[k], e.g. the wnids
+    # of MTT's class order; output folders are named by them (so they match the val set's folders)
+    input_classes: list[str] | None = None
     stage1: DMConfig | None = None  # run the built-in DM first when set
     seed: int = 42
     resolution: int = 256
-    num_inference_steps: int = Field(50, gt=0)
-    start_step: int = Field(25, ge=0)  # DDIM step index the inherited latent is noised to
+    num_inference_steps: int = Field(50, ge=2)
+    start_step: int = Field(25, ge=0)  # inherit: z_d noised to the level of this index (25: t 510, read)
+    # inferred: top = run DDIM over all N steps from t 999 on the latent noised to start_step (our reading
+    # of the paper's phases 50 -> 40 -> 25 -> 1 and of the sibling code); start_step = run start_step .. 0 only
+    reverse_start: Literal["top", "start_step"] = "top"
     inheritance: Literal["noise", "ddim_inversion"] = "noise"
-    gamma: float = Field(0.1, ge=0.0)
-    guidance_target: Literal["x0", "zt"] = "x0"
-    fusion_window: tuple[int, int] = (40, 25)
+    gamma: float = Field(0.1, ge=0.0)  # read-sibling (0.02 for NCFM inputs)
+    guidance_target: Literal["x0", "zt"] = "x0"  # x0: sibling code; zt: the paper's formula (latent before the update)
+    fusion_window: tuple[int, int] = (40, 25)  # [high, low] indices, guided when low <= i <= high (read-sibling)
+    # sigma_t of the pull: learned = DiT's learned-range std (read-sibling); posterior = sqrt of the posterior
+    # variance; one_minus_alpha_bar = sqrt(1 - alpha_bar_t). learned falls back to posterior (one logged warning,
+    # inferred) where the DiT predicts no variance or its variance channels are untrained (the demo DiT)
+    sigma: Literal["learned", "posterior", "one_minus_alpha_bar"] = "learned"
     cfg_scale: float = Field(4.0, ge=1.0)
+    cfg_channels: Literal[3, "all"] = 3  # 3: CFG on latent channels 0..2 like DiT's forward_with_cfg (read); all
     null_class: int | None = None  # None: the DiT's num_embeds_ada_norm (1000 for DiT-XL/2)
     class_map: str | dict[str, int] | None = None  # json file or inline: input class id -> DiT class index
+    # which VAE (inferred): models = models.vae (default sd-vae-ft-mse, the paper's, read); dit = the VAE in the
+    # DiT pipeline folder (facebook/DiT-XL-2-256 converts with sd-vae-ft-ema); auto = models for hub/local DiTs,
+    # dit for zoo: DiTs (the demo DiT was trained in its own VAE's latent space)
+    vae_source: Literal["auto", "models", "dit"] = "auto"
     batch_size: int = Field(8, gt=0)  # used when ray.batch_sizes has no "recover" entry
     # --- inferred choices of our implementation (not fixed by the paper) ---
     inversion_cfg_scale: float = Field(1.0, ge=1.0)  # CFG of the DDIM inversion (inheritance=ddim_inversion)
-    latent_mode: Literal["mode", "sample"] = "mode"  # z_d = the VAE posterior's mode (deterministic) or a sample
+    # z_d = the VAE posterior's mode (deterministic) or a sample (the sibling code), seeded per image
+    latent_mode: Literal["mode", "sample"] = "mode"
     torch_threads: int | None = Field(None, gt=0)  # intra-op threads per recovery actor (None: Ray's default)
     side_by_side: bool = True  # write <set>/side_by_side.png (input | recovered, one row per class)
+
+    @field_validator("cfg_channels", mode="before")
+    @classmethod
+    def _cfg_channels(cls, v: Any) -> Any:
+        return 3 if str(v) == "3" else v
 
     @model_validator(mode="after")
     def _check_steps(self) -> DiverConfig:
         hi, lo = self.fusion_window
+        n = self.num_inference_steps
         if hi < lo:
             raise ValueError(f"fusion_window must be [high, low] with high >= low, got {list(self.fusion_window)}")
-        if self.start_step >= self.num_inference_steps:
+        if self.start_step >= n:
+            raise ValueError(f"start_step ({self.start_step}) must be below num_inference_steps ({n})")
+        first = n - 1 if self.reverse_start == "top" else self.start_step
+        if self.gamma > 0 and not 0 <= lo <= hi <= first:
             raise ValueError(
-                f"start_step ({self.start_step}) must be below num_inference_steps ({self.num_inference_steps})"
+                f"diver.fusion_window {list(self.fusion_window)} is not inside the steps that run ({first} .. 0; "
+                f"index {n - 1} = noisiest, reverse_start={self.reverse_start}): guidance would be (partly) off; "
+                "fix diver.fusion_window, diver.start_step or diver.reverse_start"
             )
         return self
 

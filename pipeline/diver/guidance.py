@@ -1,18 +1,34 @@
 """DIVER's maths: semantic inheritance, gradient-free semantic guidance and the fusion window.
 
-``recover_latents`` is a pure function of the transformer, the scheduler, the inherited
-latents and the settings, so the Ray actor (``actors/dit.py``), the benchmark and the tests
-run the same loop. Plain DiT sampling is the same loop with ``gamma = 0`` (``sample_latents``).
+``recover_latents`` is a pure function of the transformer, the scheduler (only its
+``alphas_cumprod`` is used), the inherited latents and the settings, so the Ray actor
+(``actors/dit.py``), the benchmark and the tests run the same loop. Plain DiT sampling is the
+same loop with ``gamma = 0`` (``sample_latents``).
 
-Step indices count positions in the scheduler's descending ``timesteps`` (0 = noisiest; with
-50 DDIM steps index 25 is t = 480). The reverse process runs indices ``start_step .. N-1``;
-guidance acts after the DDIM update of step ``i`` when ``low <= i <= high`` for
-``fusion_window = [high, low]`` (our reading of "steps 40 down to 25", inferred).
+Index convention (read-sibling, METHODS.md): DiT's respacing of the 1000 training steps to
+``N = num_inference_steps``, ``t_i = round(i * 999 / (N - 1))`` for ``i = 0 .. N-1``, so index
+``N-1`` is the noisiest (t = 999) and index 0 is t = 0. With N = 50: index 40 is t = 816,
+index 25 is t = 510. ``start_step`` and ``fusion_window = [high, low]`` use these indices;
+the default window ``[40, 25]`` guides t 816 -> 510 inclusive (``low <= i <= high``), the
+later steps get CFG only.
 
-Guidance, gradient-free, after each DDIM update (``sigma_t = sqrt(1 - alpha_bar_t)`` of the
-step's own timestep ``t``):
-    guidance_target = x0:  z_{t-1} <- z_{t-1} - gamma * sigma_t * (x0_hat - z_d)
-    guidance_target = zt:  z_{t-1} <- z_{t-1} - gamma * sigma_t * (z_{t-1} - z_d)
+Reverse start (inferred, ``reverse_start``): ``top`` (default) noises ``z_d`` to the level of
+index ``start_step`` (t = 510) and runs DDIM over all N steps from index N-1 (t = 999);
+``start_step`` runs only indices ``start_step .. 0``.
+
+DDIM (eta 0, no clipping of x0, written here with the respaced timesteps): at index i,
+``x0 = (z - sqrt(1 - ab_i) eps) / sqrt(ab_i)``, ``z' = sqrt(ab_{i-1}) x0 + sqrt(1 - ab_{i-1}) eps``
+with ``ab_{-1} = 1``. Guidance, gradient-free, after the update of a step in the window:
+    guidance_target = x0:  z' <- z' - gamma * sigma_i * (x0_hat - z_d)
+    guidance_target = zt:  z' <- z' - gamma * sigma_i * (z_i - z_d)     (z_i: the latent before the update)
+``sigma``: ``learned`` (read-sibling) DiT's learned-range std ``exp(0.5 * log_var)`` with
+``log_var = frac * log(beta_i) + (1 - frac) * log(posterior_var_i)``, ``frac = (v + 1) / 2`` from
+the variance channels, on the respaced schedule (DiT's ``p_mean_variance``; about 0.54 -> 0.43
+in the default window); ``posterior`` sqrt of the respaced posterior variance; ``one_minus_alpha_bar``
+``sqrt(1 - ab_i)`` (our earlier reading, about 2x larger in the window).
+
+CFG (``cfg_channels``): DiT's ``forward_with_cfg`` guides latent channels 0..2 only and keeps
+the conditional prediction for channel 3 and the variance (``3``, default); ``all`` guides all.
 
 Randomness: every image gets its own noise from ``torch.Generator(seed_i)`` on the CPU, with
 ``seed_i`` derived from (run seed, class, index in class), so a batch of 4 gives the same
@@ -29,6 +45,9 @@ import torch
 
 from pipeline.core.seeds import per_image_noise
 
+SIGMAS = ("learned", "posterior", "one_minus_alpha_bar")
+SIGMA_FALLBACK = "posterior"  # inferred: DiT's range is [posterior, beta]; the lower end where v is unknown
+
 
 @dataclass(frozen=True)
 class RecoverSettings:
@@ -36,11 +55,14 @@ class RecoverSettings:
 
     num_inference_steps: int = 50
     start_step: int = 25
+    reverse_start: str = "top"  # top | start_step
     inheritance: str = "noise"  # noise | ddim_inversion
     gamma: float = 0.1
     guidance_target: str = "x0"  # x0 | zt
     fusion_window: tuple[int, int] = (40, 25)
+    sigma: str = "learned"  # learned | posterior | one_minus_alpha_bar
     cfg_scale: float = 4.0
+    cfg_channels: str = "3"  # 3 | all
     null_class: int | None = None
     inversion_cfg_scale: float = 1.0
     latent_mode: str = "mode"  # mode | sample: how the VAE posterior gives z_d
@@ -51,6 +73,8 @@ class RecoverSettings:
         kw = {k: v for k, v in values.items() if k in keys}
         if "fusion_window" in kw:
             kw["fusion_window"] = tuple(int(v) for v in kw["fusion_window"])
+        if "cfg_channels" in kw:
+            kw["cfg_channels"] = str(kw["cfg_channels"])
         return cls(**kw)
 
     def as_dict(self) -> dict[str, Any]:
@@ -61,6 +85,60 @@ class RecoverSettings:
     def in_window(self, step_index: int) -> bool:
         hi, lo = self.fusion_window
         return lo <= step_index <= hi
+
+    def first_index(self) -> int:
+        """The index the reverse process starts at (``N-1`` for ``top``, else ``start_step``)."""
+        return self.num_inference_steps - 1 if self.reverse_start == "top" else self.start_step
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` for settings that would silently do something else."""
+        n = self.num_inference_steps
+        if n < 2:
+            raise ValueError(f"num_inference_steps must be >= 2 (DiT's respacing), got {n}")
+        if not 0 <= self.start_step < n:
+            raise ValueError(f"start_step {self.start_step} outside [0, {n})")
+        if self.reverse_start not in ("top", "start_step"):
+            raise ValueError(f"unknown reverse_start {self.reverse_start!r} (top | start_step)")
+        if self.sigma not in SIGMAS:
+            raise ValueError(f"unknown sigma {self.sigma!r} ({' | '.join(SIGMAS)})")
+        if self.cfg_channels not in ("3", "all"):
+            raise ValueError(f"unknown cfg_channels {self.cfg_channels!r} (3 | all)")
+        hi, lo = self.fusion_window
+        first = self.first_index()
+        if self.gamma > 0 and not (0 <= lo <= hi <= first):
+            raise ValueError(
+                f"fusion_window {[hi, lo]} is not inside the steps that run ({first} .. 0, index {n - 1} = "
+                f"noisiest, reverse_start={self.reverse_start}); guidance would be (partly) off: "
+                "fix diver.fusion_window or diver.start_step / diver.reverse_start"
+            )
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """DiT's respaced schedule (float64): timesteps ``t_i`` and the quantities DDIM and sigma need."""
+
+    timesteps: list[int]  # t_i, ascending in i (index 0 = t 0, index N-1 = t 999)
+    alpha_bar: np.ndarray  # ab_i = alphas_cumprod[t_i]
+    alpha_bar_prev: np.ndarray  # ab_{i-1}, 1.0 at i = 0
+    log_beta: np.ndarray  # log of the respaced beta_i = 1 - ab_i / ab_{i-1}
+    log_posterior_var: np.ndarray  # clipped: index 0 takes index 1's value (DiT)
+
+
+def dit_timesteps(n: int, num_train_timesteps: int = 1000) -> list[int]:
+    """DiT's ``space_timesteps(T, [n])``: ``round(i * (T - 1) / (n - 1))``, ascending in ``i``."""
+    if n < 2:
+        raise ValueError(f"num_inference_steps must be >= 2, got {n}")
+    return [round(i * (num_train_timesteps - 1) / (n - 1)) for i in range(n)]
+
+
+def respaced_schedule(scheduler, n: int) -> Schedule:
+    ab_all = scheduler.alphas_cumprod.double().numpy()
+    ts = dit_timesteps(n, len(ab_all))
+    ab = ab_all[ts]
+    prev = np.append(1.0, ab[:-1])
+    betas = 1.0 - ab / prev
+    post = betas * (1.0 - prev) / (1.0 - ab)
+    return Schedule(ts, ab, prev, np.log(betas), np.log(np.append(post[1], post[1:])))
 
 
 def image_noise(seeds: list[int] | np.ndarray, shape: tuple[int, ...]) -> torch.Tensor:
@@ -78,50 +156,86 @@ def null_class_of(transformer, settings: RecoverSettings) -> int:
     return int(n)
 
 
+def has_variance_channels(transformer) -> bool:
+    """Whether the DiT predicts ``[eps, v]`` (learned sigma, 2x the input channels, like DiT-XL/2)."""
+    c = transformer.config
+    return int(getattr(c, "out_channels", None) or c.in_channels) == 2 * int(c.in_channels)
+
+
 def alpha_bar(scheduler, t: int | torch.Tensor) -> torch.Tensor:
     return scheduler.alphas_cumprod[int(t)].to(torch.float32)
 
 
 @torch.no_grad()
-def predict_eps(transformer, z: torch.Tensor, t: int | torch.Tensor, labels: torch.Tensor, null_class: int,
-                cfg_scale: float) -> torch.Tensor:
-    """Noise prediction with class-label classifier-free guidance; float32, learned sigma dropped."""
+def predict(transformer, z: torch.Tensor, t: int, labels: torch.Tensor, null_class: int, cfg_scale: float,
+            cfg_channels: str = "3") -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(eps, v) at timestep ``t`` with class-label CFG; ``v`` is the conditional variance output (or None).
+
+    ``cfg_channels = "3"`` is DiT's ``forward_with_cfg``: channels 0..2 get CFG, channel 3 and
+    ``v`` keep the conditional prediction; ``"all"`` guides every latent channel.
+    """
     dtype = next(transformer.parameters()).dtype
     device = next(transformer.parameters()).device
     labels = labels.to(device=device, dtype=torch.long)
-    if cfg_scale > 1.0:
-        inp = torch.cat([z, z])
-        lab = torch.cat([labels, torch.full_like(labels, null_class)])
-    else:
-        inp, lab = z, labels
+    c = z.shape[1]
+    use_cfg = cfg_scale > 1.0
+    inp = torch.cat([z, z]) if use_cfg else z
+    lab = torch.cat([labels, torch.full_like(labels, null_class)]) if use_cfg else labels
     ts = torch.full((inp.shape[0],), int(t), dtype=torch.long, device=device)
     out = transformer(inp.to(device=device, dtype=dtype), timestep=ts, class_labels=lab).sample.float()
-    eps = out[:, : z.shape[1]]  # DiT-XL/2 predicts [eps, sigma]: keep eps
-    if cfg_scale > 1.0:
-        cond, uncond = eps.chunk(2)
-        eps = uncond + cfg_scale * (cond - uncond)
-    return eps.to(z.device)
+    if use_cfg:
+        cond, uncond = out.chunk(2)
+        k = 3 if cfg_channels == "3" else c
+        eps = cond[:, :c].clone()
+        eps[:, :k] = uncond[:, :k] + cfg_scale * (cond[:, :k] - uncond[:, :k])
+    else:
+        cond, eps = out, out[:, :c]
+    v = cond[:, c:2 * c] if cond.shape[1] >= 2 * c else None
+    return eps.to(z.device), (None if v is None else v.to(z.device))
 
 
-def inherit_noise(scheduler, z_d: torch.Tensor, noise: torch.Tensor, start_step: int) -> torch.Tensor:
-    """Forward-noise ``z_d`` to the timestep at ``start_step``: sqrt(ab) z_d + sqrt(1 - ab) eps."""
-    t = scheduler.timesteps[start_step]
-    ab = alpha_bar(scheduler, t).to(z_d.device)
-    return ab.sqrt() * z_d + (1 - ab).sqrt() * noise.to(z_d.device, z_d.dtype)
+def predict_eps(transformer, z: torch.Tensor, t: int | torch.Tensor, labels: torch.Tensor, null_class: int,
+                cfg_scale: float, cfg_channels: str = "3") -> torch.Tensor:
+    """Noise prediction with class-label CFG (float32); the variance output dropped."""
+    return predict(transformer, z, int(t), labels, null_class, cfg_scale, cfg_channels)[0]
+
+
+def guidance_sigma(settings: RecoverSettings, sched: Schedule, i: int, v: torch.Tensor | None,
+                   like: torch.Tensor) -> torch.Tensor:
+    """sigma_i of the guidance pull (broadcastable to ``like``), per ``settings.sigma``."""
+    if settings.sigma == "one_minus_alpha_bar":
+        return torch.tensor(float(np.sqrt(1.0 - sched.alpha_bar[i])), device=like.device)
+    lo = float(sched.log_posterior_var[i])
+    if settings.sigma == "posterior":
+        return torch.tensor(float(np.exp(0.5 * lo)), device=like.device)
+    if v is None:
+        raise ValueError("sigma=learned needs a DiT with variance output channels (learned sigma); "
+                         "set diver.sigma to posterior or one_minus_alpha_bar")
+    frac = (v.float() + 1) / 2
+    log_var = frac * float(sched.log_beta[i]) + (1 - frac) * lo
+    return torch.exp(0.5 * log_var)
+
+
+def inherit_noise(scheduler, z_d: torch.Tensor, noise: torch.Tensor, start_step: int,
+                  num_inference_steps: int = 50) -> torch.Tensor:
+    """Forward-noise ``z_d`` to the level of index ``start_step``: sqrt(ab) z_d + sqrt(1 - ab) eps."""
+    t = dit_timesteps(num_inference_steps, len(scheduler.alphas_cumprod))[start_step]
+    ab = scheduler.alphas_cumprod.double()[t].to(z_d.device)
+    return (ab.sqrt() * z_d.double() + (1 - ab).sqrt() * noise.to(z_d.device).double()).to(z_d.dtype)
 
 
 @torch.no_grad()
 def ddim_invert(transformer, scheduler, z_d: torch.Tensor, labels: torch.Tensor, settings: RecoverSettings,
                 null_class: int) -> torch.Tensor:
-    """Deterministic DDIM inversion of ``z_d`` up to the timestep at ``start_step``."""
-    ascending = list(scheduler.timesteps[settings.start_step:].flip(0))
-    z, ab_cur, t_eval = z_d.clone(), torch.tensor(1.0), ascending[0]
-    for t_next in ascending:
-        eps = predict_eps(transformer, z, t_eval, labels, null_class, settings.inversion_cfg_scale)
-        x0 = (z - (1 - ab_cur).sqrt() * eps) / ab_cur.sqrt()
-        ab_next = alpha_bar(scheduler, t_next)
-        z = ab_next.sqrt() * x0 + (1 - ab_next).sqrt() * eps
-        ab_cur, t_eval = ab_next, t_next
+    """Deterministic DDIM inversion of ``z_d`` (taken at index 0) up to index ``start_step``."""
+    sched = respaced_schedule(scheduler, settings.num_inference_steps)
+    z = z_d.float()
+    for i in range(settings.start_step):
+        ab, ab_next = float(sched.alpha_bar[i]), float(sched.alpha_bar[i + 1])
+        eps = predict_eps(transformer, z, sched.timesteps[i], labels, null_class, settings.inversion_cfg_scale,
+                          settings.cfg_channels)
+        x0 = (z - np.sqrt(1 - ab) * eps) / np.sqrt(ab)
+        z = np.sqrt(ab_next) * x0 + np.sqrt(1 - ab_next) * eps
     return z
 
 
@@ -129,24 +243,28 @@ def ddim_invert(transformer, scheduler, z_d: torch.Tensor, labels: torch.Tensor,
 def sample_latents(transformer, scheduler, z_t: torch.Tensor, class_labels: torch.Tensor,
                    settings: RecoverSettings, z_d: torch.Tensor | None = None,
                    first_step: int | None = None) -> torch.Tensor:
-    """Guided DDIM (eta 0) from ``z_t`` at step ``first_step`` (default ``start_step``) to step N-1.
+    """Guided DDIM (eta 0) from ``z_t`` at index ``first_step`` (default ``settings.first_index()``) to 0.
 
     With ``z_d`` and ``gamma > 0`` the semantic guidance acts inside the fusion window;
     otherwise this is plain class-conditional DiT sampling with CFG.
     """
     null = null_class_of(transformer, settings)
-    first = settings.start_step if first_step is None else first_step
-    timesteps = scheduler.timesteps
+    sched = respaced_schedule(scheduler, settings.num_inference_steps)
+    first = settings.first_index() if first_step is None else first_step
     z = z_t.float()
     guided = z_d is not None and settings.gamma > 0
-    for i in range(first, len(timesteps)):
-        t = timesteps[i]
-        eps = predict_eps(transformer, z, t, class_labels, null, settings.cfg_scale)
-        out = scheduler.step(eps, t, z, eta=0.0)
-        z_next = out.prev_sample
+    if guided and settings.sigma == "learned" and not has_variance_channels(transformer):
+        raise ValueError("sigma=learned needs a DiT with variance output channels (out_channels = 2 x in); "
+                         "set diver.sigma to posterior or one_minus_alpha_bar")
+    for i in range(first, -1, -1):
+        eps, v = predict(transformer, z, sched.timesteps[i], class_labels, null, settings.cfg_scale,
+                         settings.cfg_channels)
+        ab, ab_prev = float(sched.alpha_bar[i]), float(sched.alpha_bar_prev[i])
+        x0 = (z - np.sqrt(1 - ab) * eps) / np.sqrt(ab)  # no clipping (DiT samples with clip_denoised=False)
+        z_next = np.sqrt(ab_prev) * x0 + np.sqrt(1 - ab_prev) * eps
         if guided and settings.in_window(i):
-            sigma = (1 - alpha_bar(scheduler, t)).sqrt()
-            ref = out.pred_original_sample if settings.guidance_target == "x0" else z_next
+            sigma = guidance_sigma(settings, sched, i, v, z)
+            ref = x0 if settings.guidance_target == "x0" else z
             z_next = z_next - settings.gamma * sigma * (ref - z_d)
         z = z_next
     return z
@@ -158,16 +276,14 @@ def recover_latents(transformer, scheduler, z_d: torch.Tensor, class_labels: tor
     """DIVER in latent space: inherit ``z_d`` (noise or DDIM inversion), then guided DDIM to a clean latent.
 
     ``noise`` (same shape as ``z_d``) is the inheritance noise; build it with ``image_noise``
-    from per-image seeds. The scheduler's timesteps are (re)set to ``num_inference_steps``.
+    from per-image seeds.
     """
-    scheduler.set_timesteps(settings.num_inference_steps)
-    if not 0 <= settings.start_step < settings.num_inference_steps:
-        raise ValueError(f"start_step {settings.start_step} outside [0, {settings.num_inference_steps})")
+    settings.validate()
     z_d = z_d.float()
     if settings.inheritance == "noise":
         if noise is None:
             raise ValueError("inheritance=noise needs the per-image noise")
-        z_t = inherit_noise(scheduler, z_d, noise, settings.start_step)
+        z_t = inherit_noise(scheduler, z_d, noise, settings.start_step, settings.num_inference_steps)
     elif settings.inheritance == "ddim_inversion":
         z_t = ddim_invert(transformer, scheduler, z_d, class_labels, settings, null_class_of(transformer, settings))
     else:
@@ -179,5 +295,5 @@ def recover_latents(transformer, scheduler, z_d: torch.Tensor, class_labels: tor
 def plain_dit_latents(transformer, scheduler, noise: torch.Tensor, class_labels: torch.Tensor,
                       settings: RecoverSettings) -> torch.Tensor:
     """Plain DiT sampling from pure noise over all ``num_inference_steps`` (no inheritance, no guidance)."""
-    scheduler.set_timesteps(settings.num_inference_steps)
-    return sample_latents(transformer, scheduler, noise, class_labels, settings, z_d=None, first_step=0)
+    return sample_latents(transformer, scheduler, noise, class_labels, settings, z_d=None,
+                          first_step=settings.num_inference_steps - 1)

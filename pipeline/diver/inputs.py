@@ -44,6 +44,7 @@ class Stage1Set:
     sources: list[str]  # per image: file path or "<file>#<index>"
     fmt: str = "imagefolder"
     normalization: dict[str, list[float]] | None = field(default=None)
+    named: bool = True  # False: tensor labels without class ids (file or diver.input_classes), e.g. MTT's 0..9
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -177,7 +178,7 @@ def read_pt(path: str | os.PathLike, mean=None, std=None) -> Stage1Set:
     x = _to_pixels(images, _plain(mean), _plain(std), str(p))
     y, cls = _classes_for(_labels_1d(labels, x.shape[0], str(p)), classes)
     norm = {"mean": _plain(mean), "std": _plain(std)} if mean is not None or std is not None else None
-    return Stage1Set(x, y, cls, [f"{p}#{i}" for i in range(len(y))], "pt", norm)
+    return Stage1Set(x, y, cls, [f"{p}#{i}" for i in range(len(y))], "pt", norm, named=classes is not None)
 
 
 def read_mtt(path: str | os.PathLike, mean=None, std=None, classes: Sequence[str] | None = None) -> Stage1Set:
@@ -191,7 +192,7 @@ def read_mtt(path: str | os.PathLike, mean=None, std=None, classes: Sequence[str
     x = _to_pixels(images, _plain(mean), _plain(std), str(img_file))
     y, cls = _classes_for(_labels_1d(_load(lab_file), x.shape[0], str(lab_file)), classes)
     norm = {"mean": _plain(mean), "std": _plain(std)} if mean is not None or std is not None else None
-    return Stage1Set(x, y, cls, [f"{img_file}#{i}" for i in range(len(y))], "mtt", norm)
+    return Stage1Set(x, y, cls, [f"{img_file}#{i}" for i in range(len(y))], "mtt", norm, named=classes is not None)
 
 
 def read_imagefolder(root: str | os.PathLike, size: int | None = None) -> Stage1Set:
@@ -225,6 +226,7 @@ def load_stage1(path: str | os.PathLike, fmt: str = "auto", mean: Sequence[float
         s = read_pt(path, mean, std)
         if classes is not None:
             s.labels, s.classes = _classes_for(s.labels, classes)
+            s.named = True
         return s
     if fmt == "mtt":
         return read_mtt(path, mean, std, classes)

@@ -78,6 +78,12 @@ def run_stage1(cfg: Config, s: dict[str, Any], redo: bool) -> None:
            max_per_class=dm.max_per_class, classes=cfg.data.classes, log=_log)
 
 
+def load_format(s: dict[str, Any]) -> str:
+    from pipeline.diver.inputs import detect_format
+
+    return detect_format(s["input"]) if s["format"] == "auto" else s["format"]
+
+
 def _num_dit_classes(model_dir: str) -> int | None:
     """``num_embeds_ada_norm`` of a local DiT folder (None for hub ids: not fetched by the driver)."""
     cfg_file = Path(model_dir) / "transformer" / "config.json"
@@ -95,6 +101,72 @@ def _check_classes(model_dir: str, classes: list[int]) -> None:
         raise DataError(f"DiT class ids {bad[:10]} outside [0, {n}) of {model_dir}; set diver.class_map")
 
 
+def resolve_sigma(settings, model_dir: str, log=_log):
+    """``sigma: learned`` on a DiT without (trained) variance channels -> the fallback, with one warning."""
+    from dataclasses import replace
+
+    from actors.dit import variance_usable
+    from pipeline.diver.guidance import SIGMA_FALLBACK
+
+    if settings.sigma != "learned":
+        return settings
+    usable, why = variance_usable(model_dir)
+    if usable is False:
+        log(f"WARNING: diver.sigma=learned but {why}: using sigma={SIGMA_FALLBACK} instead "
+            f"(set diver.sigma explicitly to silence this)")
+        return replace(settings, sigma=SIGMA_FALLBACK)
+    return settings
+
+
+def vae_ref_for(cfg: Config) -> str | None:
+    """The VAE DIVER uses (``diver.vae_source``): ``models.vae`` resolved, or None for the DiT folder's own."""
+    from actors.loading import resolve_ref
+
+    src = cfg.diver.vae_source
+    if src == "auto":
+        src = "dit" if cfg.models.dit.startswith("zoo:") else "models"
+    return resolve_ref("vae", cfg.models.vae, cfg.models.zoo_dir) if src == "models" else None
+
+
+def input_fingerprint(data) -> str:
+    """sha256 of the input pixels, labels and class ids (what the recovered images depend on)."""
+    import hashlib
+
+    h = hashlib.sha256(data.images.contiguous().numpy().tobytes())
+    h.update(data.labels.numpy().astype(np.int64).tobytes())
+    h.update(json.dumps(list(data.classes)).encode())
+    return h.hexdigest()
+
+
+def check_resumable(writer, settings: dict[str, Any], out_dir: Path) -> None:
+    """A re-run may resume only a manifest written with the same settings and input."""
+    old = writer.manifest.get("settings") or {}
+    if not writer.entries:
+        writer.manifest["settings"] = settings
+        return
+    new = json.loads(json.dumps(settings))
+    diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    if diff:
+        shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:4])
+        raise ConfigError(
+            f"{out_dir} holds {len(writer.entries)} images made with other settings or another input ({shown}); "
+            "pick another output.dir, or pass output.overwrite=true to recompute them"
+        )
+
+
+def _dit_classes_of(data, d, class_map, model_dir: str, tensor_input: bool) -> list[int]:
+    from pipeline.diver.inputs import dit_classes
+
+    n = _num_dit_classes(model_dir)
+    if tensor_input and not data.named and class_map is None and (n is None or len(data.classes) != n):
+        raise ConfigError(
+            f"{d.input}: a tensor input ({data.fmt}) has only label indices {data.classes[:3]}...; without "
+            "diver.class_map they would land on DiT classes 0..K-1. Set diver.input_classes (the class ids in "
+            "label order, e.g. wnids) and diver.class_map (class id -> DiT class index)"
+        )
+    return dit_classes(data, class_map, n)
+
+
 def recover_sets(cfg: Config, sets: list[dict[str, Any]], redo: bool) -> dict[str, int]:
     """Recover every set through one Ray Data pipeline (one actor pool for all sets)."""
     import ray
@@ -105,29 +177,34 @@ def recover_sets(cfg: Config, sets: list[dict[str, Any]], redo: bool) -> dict[st
     from pipeline.core.seeds import image_seed
     from pipeline.core.write import DistilledSetWriter
     from pipeline.diver.guidance import RecoverSettings
-    from pipeline.diver.inputs import dit_classes, load_class_map, load_stage1
+    from pipeline.diver.inputs import load_class_map, load_stage1
 
     d = cfg.diver
     settings = RecoverSettings.from_mapping(d.model_dump(mode="python"))
     model_dir = resolve_ref("dit", cfg.models.dit, cfg.models.zoo_dir)  # zoo models are built here, once
+    settings = resolve_sigma(settings, model_dir)
+    vae_ref = vae_ref_for(cfg)
     class_map = load_class_map(d.class_map)
     manifest_settings = {**settings.as_dict(), "seed": d.seed, "resolution": d.resolution, "dit": cfg.models.dit,
-                         "dtype": cfg.models.dtype}
+                         "vae": vae_ref or "dit", "dtype": cfg.models.dtype}
     writers: dict[str, DistilledSetWriter] = {}
     rows: list[dict[str, Any]] = []
     for s in sets:
         out_dir = s["base"] / "diver"
         if redo and out_dir.exists():
             shutil.rmtree(out_dir)
+        if d.input_classes is not None and not s["dm"] and load_format(s) == "imagefolder":
+            raise ConfigError("diver.input_classes names the labels of tensor inputs (pt / mtt); an ImageFolder "
+                              "input has its class ids as folder names: remove diver.input_classes")
         data = load_stage1(s["input"], s["format"], d.input_mean if not s["dm"] else None,
-                           d.input_std if not s["dm"] else None)
+                           d.input_std if not s["dm"] else None, classes=None if s["dm"] else d.input_classes)
         s["data"] = data
-        classes = dit_classes(data, class_map, _num_dit_classes(model_dir))
+        classes = _dit_classes_of(data, d, class_map, model_dir, tensor_input=not s["dm"])
         _check_classes(model_dir, classes)
-        writer = DistilledSetWriter(out_dir, "diver", {**manifest_settings, "input": str(s["input"]),
-                                                        "input_format": data.fmt,
-                                                        "normalization": data.normalization},
-                                    image_format=cfg.output.image_format)
+        set_settings = {**manifest_settings, "input": str(s["input"]), "input_format": data.fmt,
+                        "normalization": data.normalization, "input_sha256": input_fingerprint(data)}
+        writer = DistilledSetWriter(out_dir, "diver", set_settings, image_format=cfg.output.image_format)
+        check_resumable(writer, set_settings, out_dir)
         writers[s["name"]] = writer
         cids, idx = data.class_ids(), data.index_in_class()
         s["keys"] = [f"c{c}_i{k:03d}" for c, k in zip(cids, idx)]
@@ -147,7 +224,8 @@ def recover_sets(cfg: Config, sets: list[dict[str, Any]], redo: bool) -> dict[st
     micro = ray_cfg.micro_batch_sizes.get("recover") if hasattr(ray_cfg, "micro_batch_sizes") else None
     written = {name: 0 for name in writers}
     _log(f"recover: {len(rows)} images, DiT {cfg.models.dit}, pool {pool}, batch {batch}, "
-         f"steps {settings.start_step}..{settings.num_inference_steps - 1}, gamma {settings.gamma}")
+         f"steps {settings.first_index()}..0 (index {settings.num_inference_steps - 1} = t 999), "
+         f"window {list(settings.fusion_window)}, gamma {settings.gamma}, sigma {settings.sigma}")
     from pipeline.core.batching import batch_blocks
     from pipeline.core.faults import configure_data_context, fault_kwargs
 
@@ -158,7 +236,8 @@ def recover_sets(cfg: Config, sets: list[dict[str, Any]], redo: bool) -> dict[st
             DiTRecoverActor,
             fn_constructor_kwargs={"model_ref": model_dir, "settings": settings.as_dict(),
                                    "resolution": d.resolution, "dtype": cfg.models.dtype, "micro_batch": micro,
-                                   "torch_threads": d.torch_threads, "faults": fault_kwargs(cfg)},
+                                   "torch_threads": d.torch_threads, "faults": fault_kwargs(cfg),
+                                   "vae_ref": vae_ref},
             **pool_kw,
         )
         for out in ds.iter_batches(batch_size=None, batch_format="numpy"):

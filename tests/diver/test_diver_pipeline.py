@@ -16,6 +16,7 @@ from pipeline.diver.run import run_diver
 from pipeline.errors import DataError
 
 RECOVER = {"resolution": 32, "num_inference_steps": 6, "start_step": 3, "fusion_window": [4, 3], "gamma": 0.1,
+           "sigma": "posterior",
            "torch_threads": 1}
 RAY = {"num_cpus": 2, "actor_num_cpus": 0.5, "pool_sizes": {"recover": 1}, "batch_sizes": {"recover": 8}}
 
@@ -69,9 +70,10 @@ def test_pt_input_is_denormalised_before_the_vae_and_class_map_applies(zoo_dir, 
     x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     y = torch.tensor([0, 1, 0, 1])
     save_pt(tmp_path / "set.pt", x, y, ["n07753275", "n07753592"], mean, std)
-    # start at the last step (t = 0): the output is then sensitive to the input pixels even with the zoo DiT
+    # start at the last step (index 0, t = 0): the output is then sensitive to the input pixels even with the zoo DiT
     cfg = _cfg(tmp_path, demo_root, input=str(tmp_path / "set.pt"), input_mean=mean, input_std=std,
-               class_map={"n07753275": 953, "n07753592": 954}, start_step=5, fusion_window=[5, 5])
+               class_map={"n07753275": 953, "n07753592": 954}, start_step=0, fusion_window=[0, 0],
+               reverse_start="start_step", sigma="posterior")
     summary = run_diver(cfg)
     out = tmp_path / "run" / "diver"
     assert summary["sets"]["input"]["recovered"] == str(out)
