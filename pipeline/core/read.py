@@ -219,10 +219,10 @@ class BadImageError(ValueError):
     """A file that cannot be used as an image; the message is the reason."""
 
 
-def load_rgb(path: str, size: int | None = None) -> np.ndarray:
+def load_rgb(path: str, size: int | None = None, resize: int | None = None) -> np.ndarray:
     """Decode any PIL-readable file to uint8 RGB (EXIF rotation applied), optionally resized.
 
-    Resizing is shorter-side resize + center crop to ``size`` x ``size``.
+    Resizing is shorter-side resize (to ``resize``, default ``size``) + center crop to ``size`` x ``size``.
     Raises ``BadImageError`` with a one-line reason for unusable files.
     """
     try:
@@ -231,12 +231,13 @@ def load_rgb(path: str, size: int | None = None) -> np.ndarray:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as im:
-                if size is not None and im.format == "JPEG":
-                    im.draft("RGB", (size, size))  # DCT-domain downscale: huge JPEGs decode fast
+                short = max(size, resize or size) if size is not None else None
+                if short is not None and im.format == "JPEG":
+                    im.draft("RGB", (short, short))  # DCT-domain downscale: huge JPEGs decode fast
                 im.load()
                 im = ImageOps.exif_transpose(im)
-                if size is not None and im.mode in ("L", "RGB", "RGBA", "LA", "CMYK"):
-                    k = min(im.size) // (4 * size)
+                if short is not None and im.mode in ("L", "RGB", "RGBA", "LA", "CMYK"):
+                    k = min(im.size) // (4 * short)
                     if k >= 2:  # huge image: box-reduce to >= 4x the target first (fast), then bicubic
                         im = im.reduce(k)
                 im = to_rgb(im)
@@ -251,7 +252,7 @@ def load_rgb(path: str, size: int | None = None) -> np.ndarray:
     if im.width < 2 or im.height < 2:
         raise BadImageError(f"too small ({im.width}x{im.height})")
     if size is not None:
-        im = center_resize(im, size)
+        im = center_resize(im, size, resize)
     return np.asarray(im, dtype=np.uint8)
 
 
@@ -276,11 +277,12 @@ def to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def center_resize(im: Image.Image, size: int) -> Image.Image:
-    """Resize the shorter side to ``size`` (bicubic) and center-crop a square."""
+def center_resize(im: Image.Image, size: int, resize: int | None = None) -> Image.Image:
+    """Resize the shorter side to ``resize`` (default ``size``; bicubic) and center-crop a ``size`` square."""
     w, h = im.size
-    scale = size / min(w, h)
-    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    short = max(size, resize or size)
+    scale = short / min(w, h)
+    nw, nh = max(short, round(w * scale)), max(short, round(h * scale))
     im = im.resize((nw, nh), Image.BICUBIC)
     left, top = (nw - size) // 2, (nh - size) // 2
     return im.crop((left, top, left + size, top + size))
