@@ -495,7 +495,8 @@ def train_student(
     return {"student": spec.student, "seed": spec.seed, "final": final, "best": best, "best_epoch": best_epoch,
             "reported": best if spec.report == "best" else final, "report": report_label(spec.report, spec.best_from),
             "train_loss": loss_val, "history": history, "lr_per_epoch": lrs, "seconds": time.time() - t0,
-            "epochs": spec.epochs, "batch_size": spec.batch_size, "lr": spec.lr}
+            "epochs": spec.epochs, "batch_size": spec.batch_size, "lr": spec.lr,
+            "optimizer": type(step.opt).__name__}
 
 
 def train_teacher(arch: str, x: torch.Tensor, y: torch.Tensor, num_classes: int, epochs: int, seed: int = 0,
