@@ -243,7 +243,7 @@ def aggregate(runs: list[dict[str, Any]], sets: dict[str, dict[str, Any]], cfg: 
                 "repeats": len(mine),
                 "best_mean": round(float(best.mean()), 2), "best_std": round(float(best.std()), 2),
                 "final_mean": round(float(final.mean()), 2), "final_std": round(float(final.std()), 2),
-                "epochs": cfg.epochs, "preset": cfg.preset, "images": info["n_images"],
+                "epochs": mine[0].get("epochs", cfg.epochs), "preset": cfg.preset, "images": info["n_images"],
                 "distilled": info["dir"], "seconds": round(float(sum(r["seconds"] for r in mine)), 1),
                 "runs": [{"seed": r["seed"], "final": round(r["final"], 2), "best": round(r["best"], 2),
                           "best_epoch": r["best_epoch"], "epochs": r.get("epochs"), "lr": r.get("lr"),

@@ -127,4 +127,5 @@ def test_each_protocol_trains_on_the_demo_digits(preset, digits, monkeypatch):
     row = aggregate([{**res, "set": "s"}], {"s": {"method": "m", "ipc": 4, "dir": "d", "n_images": len(y)}}, cfg, "digits")[0]
     assert row["top1_mean"] == round(res["reported"], 2) and row["final_mean"] == round(res["final"], 2)
     assert row["best_mean"] == round(res["best"], 2) and row["reported"] == res["report"]
+    assert row["epochs"] == epochs
     assert res["report"] in results_markdown([row])
