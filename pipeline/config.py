@@ -149,7 +149,7 @@ class DMConfig(Section):
     lr_img: float = 1.0
     batch_real: int = Field(256, gt=0)
     init: Literal["real", "noise"] = "real"
-    net_depth: int = 3
+    net_depth: int | None = Field(None, gt=0)  # None: from the resolution, 3 at 32 px, 4 at 64, 5 at 128 (DM)
     net_width: int = 128
     dsa: bool = True
     seed: int = 0
@@ -225,6 +225,7 @@ class DiverConfig(Section):
 
 # The stage-1 proxy family (DM/MTT distil through a ConvNet-D): DIVER's headline mean is over unseen students.
 PROXY_STUDENTS = ["convnet", "convnet3", "convnet4", "convnet5", "convnet6"]
+AUGMENT_OPS = ("shuffle_patches", "rrc", "flip", "jitter", "lighting", "dsa", "mixup", "cutmix")
 
 
 class EvalConfig(Section):
@@ -233,6 +234,8 @@ class EvalConfig(Section):
     Student names (tuning/students.py): convnet, convnet3..6, resnet18_cifar_bn, resnet18_cifar_in,
     resnet18_imagenet_bn, resnet18_imagenet_in, resnet_ap10, mobilenetv2, shufflenetv2,
     efficientnet_b0, vit_tiny, vit_predd; legacy resnet18 / resnet18_bn / resnet18_in (adaptive stem).
+    ``augment`` joins ops with ``+`` (applied in the order of ``AUGMENT_OPS``: ShufflePatches,
+    RandomResizedCrop, flip, ColorJitter, PCA lighting, DSA, then one of mixup / CutMix), or ``none``.
     """
 
     students: list[str] = ["convnet", "resnet18"]
@@ -245,22 +248,43 @@ class EvalConfig(Section):
     protocol: Literal["hard", "soft"] = "hard"
     preset: str | None = None  # edits | diver | mtt | sre2l | rded | demo; explicit fields win
     epochs: int = Field(300, gt=0)
+    epochs_by_ipc: dict[int, int] = {}  # {max IPC: epochs}, smallest bound >= the set's IPC wins (edits)
+    many_classes_epoch_factor: float = Field(1.0, gt=0.0)  # epochs x this at >= 100 classes (edits: 2/3)
     batch_size: int = Field(64, gt=0)
+    batch_by_classes: dict[int, int] = {}  # {max classes: batch}, capped at IPC x classes (rded/sre2l)
     optimizer: Literal["sgd", "adamw"] = "sgd"
     lr: float = Field(0.01, ge=0.0)
+    lr_per_student: dict[str, float] = {}  # student-name prefix -> lr (longest prefix wins; diver)
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    schedule: Literal["cosine", "step"] = "cosine"
-    augment: Literal["dsa", "mixup", "cutmix", "dsa+mixup", "dsa+cutmix", "none"] = "dsa"
+    # cosine: to 0; step: x0.1 at 1/2; multistep: x0.2 at 2/3 and 5/6; half_cosine: 0.5(1+cos(pi t/2)), ends
+    # at 0.5x; warmup_cosine: linear warm-up over warmup_fraction, then cosine to 0
+    schedule: Literal["cosine", "step", "multistep", "half_cosine", "warmup_cosine"] = "cosine"
+    warmup_fraction: float = Field(0.5, ge=0.0, lt=1.0)
+    lr_step_unit: Literal["step", "epoch"] = "step"  # the schedule advances per optimizer step or per epoch
+    augment: str = "dsa"
     dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
     mix_alpha: float = Field(1.0, ge=0.0)  # Beta(alpha, alpha) for mixup / CutMix
+    rrc_scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop area range (ratio 3/4..4/3)
+    jitter: float = Field(0.4, ge=0.0)  # ColorJitter brightness = contrast = saturation
+    lighting: float = Field(0.1, ge=0.0)  # PCA lighting alpha std (ImageNet eigenvectors)
+    shuffle_factor: int = Field(2, gt=0)  # ShufflePatches: factor x factor strips
     ema_decay: float | None = Field(None, gt=0.0, lt=1.0)
+    ema_every: Literal["step", "epoch"] = "step"  # when the EMA weights are updated
+    ema_warmup: bool = False  # decay min(ema_decay, (1 + n) / (10 + n)) at the n-th update
     eval_every: int = Field(0, ge=0)  # 0: test only after the last epoch ("best" = "final")
+    eval_count: int = Field(0, ge=0)  # test every epochs / eval_count epochs (edits: 100)
+    best_from: float = Field(0.0, ge=0.0, lt=1.0)  # best over tests from this fraction of training on (rded: 0.8)
+    report: Literal["final", "best"] = "final"  # the number in top1_mean; both are kept
     repeats: int = Field(3, gt=0)
     temperature: float = Field(4.0, gt=0.0)
     teacher: str = "convnet"  # soft labels: the teacher's architecture, trained on the real set
     teacher_epochs: int = Field(30, gt=0)
+    teacher_checkpoint: str | None = None  # a state dict of `teacher` (pretrained); no teacher training
+    teacher_mean: list[float] = [0.485, 0.456, 0.406]  # the checkpoint's input normalisation (ImageNet)
+    teacher_std: list[float] = [0.229, 0.224, 0.225]
     image_size: int | None = Field(None, gt=0)  # None: the distilled images' size
+    val_resize: int | None = Field(None, gt=0)  # real val: short side to this, then center crop (None: 256 at 224)
     dataset: str | None = None  # name in the results table (None: from the real folder's name)
     backend: Literal["ray_train", "local"] = "ray_train"  # local: in-process, sequential (debugging)
     cpus_per_job: float = Field(0.5, gt=0)  # CPUs per Ray Train worker (fractional on laptops)
@@ -268,6 +292,16 @@ class EvalConfig(Section):
     use_gpu: bool = False
     num_workers: int = Field(1, gt=0)  # Ray Train workers per job (DDP when > 1)
     seed: int = 0
+
+    @field_validator("augment")
+    @classmethod
+    def _check_augment(cls, v: str) -> str:
+        ops = [p for p in v.split("+") if p and p != "none"]
+        bad = [p for p in ops if p not in AUGMENT_OPS]
+        if bad or sum(p in ("mixup", "cutmix") for p in ops) > 1 or len(set(ops)) != len(ops):
+            raise ValueError(f"eval.augment {v!r}: join {', '.join(AUGMENT_OPS)} with '+' (at most one of "
+                             "mixup / cutmix), or 'none'")
+        return v
 
 
 class JobConfig(Section):

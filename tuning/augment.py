@@ -1,4 +1,6 @@
-"""DSA: differentiable siamese augmentation (Zhao & Bilen, 2021), seeded explicitly.
+"""Augmentations, seeded explicitly: DSA (differentiable siamese augmentation, Zhao & Bilen, 2021)
+and the per-image student-training transforms (RandomResizedCrop, flip, ColorJitter, PCA lighting,
+ShufflePatches) of the IDC/Minimax and RDED/SRe2L protocols, in torch (no torchvision).
 
 Every transform is differentiable w.r.t. the images (affine grids, masks, arithmetic), so
 a distiller can backpropagate through it. *Siamese*: the same ``seed`` gives the same
@@ -14,6 +16,7 @@ Randomness comes only from ``torch.Generator(seed)``, never from the global RNG.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -62,7 +65,7 @@ def rand_color(x: torch.Tensor, gen: torch.Generator, siamese: bool, p: DSAParam
 
 def rand_crop(x: torch.Tensor, gen: torch.Generator, siamese: bool, p: DSAParams) -> torch.Tensor:
     """Random translation by up to ``ratio_crop_pad`` of the side, zero padded (DSA's crop)."""
-    n, _, h, w = x.shape
+    n = x.shape[0]
     tx = (_draw(gen, n, siamese) * 2 - 1) * p.ratio_crop_pad * 2  # affine units: [-1, 1] spans the image
     ty = (_draw(gen, n, siamese) * 2 - 1) * p.ratio_crop_pad * 2
     theta = torch.zeros(n, 2, 3)
@@ -148,3 +151,110 @@ class DSA:
 
     def __call__(self, x: torch.Tensor, seed: int, siamese: bool = True) -> torch.Tensor:
         return dsa(x, seed, self.strategy, siamese=siamese, single=self.single, params=self.params)
+
+
+# ----------------------------------------------------------------------------- student-training augmentations
+# Per-image transforms of the IDC/Minimax (RandomResizedCrop, flip, ColorJitter, PCA lighting) and
+# RDED/SRe2L (ShufflePatches, RandomResizedCrop, flip) training pipelines, on batches [B, C, H, W],
+# every draw from an explicit ``torch.Generator``. Colour ops act on [0, 1] pixels (``to01``/``from01``).
+
+# PCA of ImageNet RGB pixels (AlexNet, Krizhevsky et al. 2012): eigenvalues and eigenvectors (columns).
+PCA_EIGVAL = torch.tensor([0.2175, 0.0188, 0.0045])
+PCA_EIGVEC = torch.tensor([[-0.5675, 0.7192, 0.4009],
+                           [-0.5808, -0.0045, -0.8140],
+                           [-0.5836, -0.6948, 0.4203]])
+
+
+def _rrc_box(h: int, w: int, scale: tuple[float, float], ratio: tuple[float, float],
+             gen: torch.Generator) -> tuple[int, int, int, int]:
+    """One RandomResizedCrop box (top, left, height, width): up to 10 tries of a random area and
+    log-uniform aspect ratio, then the whole image clipped to the ratio range."""
+    area = h * w
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    for _ in range(10):
+        u = torch.rand(4, generator=gen).tolist()
+        target = area * (scale[0] + u[0] * (scale[1] - scale[0]))
+        r = math.exp(log_lo + u[1] * (log_hi - log_lo))
+        cw, ch = round(math.sqrt(target * r)), round(math.sqrt(target / r))
+        if 0 < cw <= w and 0 < ch <= h:
+            return int(u[2] * (h - ch + 1)), int(u[3] * (w - cw + 1)), ch, cw
+    r = w / h
+    if r < ratio[0]:
+        cw, ch = w, round(w / ratio[0])
+    elif r > ratio[1]:
+        ch, cw = h, round(h * ratio[1])
+    else:
+        cw, ch = w, h
+    return (h - ch) // 2, (w - cw) // 2, ch, cw
+
+
+def random_resized_crop(x: torch.Tensor, gen: torch.Generator, scale: tuple[float, float] = (0.08, 1.0),
+                        ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> torch.Tensor:
+    """Crop a random box per image and resize it (bilinear) back to the input size."""
+    h, w = x.shape[-2:]
+    out = []
+    for img in x:
+        t, left, ch, cw = _rrc_box(h, w, scale, ratio, gen)
+        crop = img[None, :, t:t + ch, left:left + cw]
+        out.append(F.interpolate(crop, size=(h, w), mode="bilinear", align_corners=False, antialias=True))
+    return torch.cat(out)
+
+
+def random_flip(x: torch.Tensor, gen: torch.Generator, p: float = 0.5) -> torch.Tensor:
+    """Horizontal flip of each image with probability ``p``."""
+    flip = (torch.rand(x.shape[0], generator=gen) < p).to(x.device).view(-1, 1, 1, 1)
+    return torch.where(flip, x.flip(3), x)
+
+
+def _gray(x: torch.Tensor) -> torch.Tensor:
+    """ITU-R 601 luma of RGB [0, 1] images, ``[B, 1, H, W]``."""
+    return (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]) if x.shape[1] == 3 else x.mean(1, True)
+
+
+def color_jitter(x01: torch.Tensor, gen: torch.Generator, strength: float = 0.4) -> torch.Tensor:
+    """ColorJitter(brightness = contrast = saturation = ``strength``) on [0, 1] images: factors
+    uniform in ``[1 - s, 1 + s]``, the three ops in a random order per image, clamped to [0, 1]."""
+    n = x01.shape[0]
+    factors = 1.0 + (torch.rand(n, 3, generator=gen) * 2 - 1) * strength
+    order = torch.argsort(torch.rand(n, 3, generator=gen), dim=1)
+    x = x01
+    for pos in range(3):
+        for op in range(3):
+            sel = (order[:, pos] == op).to(x.device).view(-1, 1, 1, 1)
+            f = factors[:, op].to(x).view(-1, 1, 1, 1)
+            if op == 0:  # brightness: blend with black
+                y = x * f
+            elif op == 1:  # contrast: blend with the mean grey level
+                y = (x - _gray(x).mean(dim=(1, 2, 3), keepdim=True)) * f + _gray(x).mean(dim=(1, 2, 3), keepdim=True)
+            else:  # saturation: blend with the greyscale image
+                y = (x - _gray(x)) * f + _gray(x)
+            x = torch.where(sel, y.clamp(0, 1), x)
+    return x
+
+
+def pca_lighting(x01: torch.Tensor, gen: torch.Generator, alpha_std: float = 0.1) -> torch.Tensor:
+    """AlexNet PCA lighting noise: add ``eigvec @ (alpha * eigval)``, alpha ~ N(0, alpha_std), per image."""
+    if alpha_std <= 0 or x01.shape[1] != 3:
+        return x01
+    alpha = torch.randn(x01.shape[0], 3, generator=gen) * alpha_std
+    rgb = (alpha * PCA_EIGVAL) @ PCA_EIGVEC.T  # [B, 3]
+    return x01 + rgb.to(x01).view(-1, 3, 1, 1)
+
+
+def _shuffle_strips(img: torch.Tensor, factor: int, gen: torch.Generator) -> torch.Tensor:
+    """Cut the last axis into ``factor`` strips (the last takes the remainder) and permute them."""
+    step = img.shape[-1] // factor
+    bounds = [i * step for i in range(factor)] + [img.shape[-1]]
+    strips = [img[..., bounds[i]:bounds[i + 1]] for i in range(factor)]
+    return torch.cat([strips[i] for i in torch.randperm(factor, generator=gen).tolist()], dim=-1)
+
+
+def shuffle_patches(x: torch.Tensor, gen: torch.Generator, factor: int = 2) -> torch.Tensor:
+    """RDED's ShufflePatches: permute ``factor`` vertical strips, then ``factor`` horizontal ones, per image."""
+    if factor <= 1:
+        return x
+    out = []
+    for img in x:
+        img = _shuffle_strips(img, factor, gen)
+        out.append(_shuffle_strips(img.transpose(-1, -2), factor, gen).transpose(-1, -2))
+    return torch.stack(out)

@@ -39,6 +39,12 @@ ROW_KEY = ("dataset", "method", "ipc", "student", "protocol", "augment")
 
 
 # ----------------------------------------------------------------------------- data
+def val_resize_for(size: int, resize: int | None = None) -> int | None:
+    """The short side the real val images are resized to before the center crop: ``resize``, else
+    256 at 224 px (the ImageNet Resize(256) + CenterCrop(224)), else none (short side = ``size``)."""
+    return resize if resize is not None else (256 if size == 224 else None)
+
+
 def load_distilled(root: str | os.PathLike, classes: list[str], size: int | None = None
                    ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """A distilled set (manifest entries, or a plain ImageFolder) labelled in the real set's class order.
@@ -100,7 +106,7 @@ def run_local_job(job: dict[str, Any], data: dict[str, np.ndarray], teacher_stat
     """One (set, student, seed) run in this process (``eval.backend=local``)."""
     d = _job_payload(data)
     res = train_student(job["spec"], d["train_x"], d["train_y"], d["val_x"], d["val_y"], int(data["num_classes"]),
-                        teacher=_teacher_from(teacher_state, device), device=device)
+                        teacher=_teacher_from(teacher_state, device), device=device, norm=(data["mean"], data["std"]))
     return {**{k: v for k, v in job.items() if k != "spec"}, **res}
 
 
@@ -119,8 +125,8 @@ def _train_loop_per_worker(config: dict[str, Any]) -> None:
     wrap = ray.train.torch.prepare_model if world > 1 else None
     res = train_student(config["spec"], d["train_x"], d["train_y"], d["val_x"], d["val_y"], int(data["num_classes"]),
                         teacher=_teacher_from(teacher_state, device), device=device, rank=rank, world_size=world,
-                        wrap_model=wrap)
-    metrics = {k: res[k] for k in ("final", "best", "best_epoch", "train_loss", "seconds", "epochs")}
+                        wrap_model=wrap, norm=(data["mean"], data["std"]))
+    metrics = {k: res[k] for k in ("final", "best", "reported", "best_epoch", "train_loss", "seconds", "epochs")}
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = None
         if rank == 0:
@@ -183,11 +189,12 @@ def run_ray_jobs(jobs: list[dict[str, Any]], data_refs: dict[str, Any], cfg: Eva
 def make_jobs(sets: dict[str, dict[str, Any]], cfg: EvalConfig) -> list[dict[str, Any]]:
     """One job per (set, student, seed); seeds are ``cfg.seed + r`` for r < repeats."""
     jobs = []
-    for set_name in sets:
+    for set_name, info in sets.items():
         for student in cfg.students:
             for r in range(cfg.repeats):
                 seed = cfg.seed + r
-                spec = TrainSpec.from_config(cfg, student, seed).to_dict()
+                spec = TrainSpec.from_config(cfg, student, seed, ipc=info.get("ipc"),
+                                             num_classes=info.get("num_classes")).to_dict()
                 jobs.append({"set": set_name, "student": student, "seed": seed,
                              "name": f"{set_name}-{student}-s{seed}", "spec": spec})
     return jobs
@@ -205,18 +212,21 @@ def aggregate(runs: list[dict[str, Any]], sets: dict[str, dict[str, Any]], cfg: 
                 continue
             final = np.asarray([r["final"] for r in mine])
             best = np.asarray([r["best"] for r in mine])
+            shown = np.asarray([r.get("reported", r["final"]) for r in mine])  # the protocol's number
             rows.append({
                 "dataset": dataset, "method": info["method"], "ipc": info["ipc"], "student": student,
                 "student_kwargs": dict(cfg.student_kwargs.get(student, {})),
                 "protocol": cfg.protocol, "augment": cfg.augment, "in_mean": student not in cfg.exclude_from_mean,
-                "top1_mean": round(float(final.mean()), 2),
-                "top1_std": round(float(final.std()), 2), "repeats": len(mine),
+                "top1_mean": round(float(shown.mean()), 2),
+                "top1_std": round(float(shown.std()), 2), "reported": mine[0].get("report", "final"),
+                "repeats": len(mine),
                 "best_mean": round(float(best.mean()), 2), "best_std": round(float(best.std()), 2),
                 "final_mean": round(float(final.mean()), 2), "final_std": round(float(final.std()), 2),
-                "epochs": cfg.epochs, "preset": cfg.preset, "images": info["n_images"],
+                "epochs": mine[0].get("epochs", cfg.epochs), "preset": cfg.preset, "images": info["n_images"],
                 "distilled": info["dir"], "seconds": round(float(sum(r["seconds"] for r in mine)), 1),
                 "runs": [{"seed": r["seed"], "final": round(r["final"], 2), "best": round(r["best"], 2),
-                          "best_epoch": r["best_epoch"]} for r in mine],
+                          "best_epoch": r["best_epoch"], "epochs": r.get("epochs"), "lr": r.get("lr"),
+                          "batch_size": r.get("batch_size")} for r in mine],
             })
     return rows
 
@@ -239,22 +249,28 @@ def evaluate_sets(sets: dict[str, str | os.PathLike], val_root: str | os.PathLik
     # the real val set first: its classes define the labels; its size follows the first set
     first = next(iter(sets.values()))
     size = cfg.image_size or load_distilled_size(first)
-    val_x, val_y, classes, _ = load_image_arrays(val_root, size, classes=classes, skip_bad=True)
+    val_x, val_y, classes, _ = load_image_arrays(val_root, size, classes=classes, skip_bad=True,
+                                                 resize=val_resize_for(size, cfg.val_resize))
     loaded: dict[str, dict[str, Any]] = {}
     arrays: dict[str, dict[str, Any]] = {}
     for name, d in sets.items():
         x, y, meta = load_distilled(d, classes, size)
         mean, std = channel_stats(x)
         method = (methods or {}).get(name, meta["method"])
-        loaded[name] = {"method": method, "ipc": meta["ipc"], "dir": str(d), "n_images": len(y)}
+        loaded[name] = {"method": method, "ipc": meta["ipc"], "dir": str(d), "n_images": len(y),
+                        "num_classes": len(classes)}
         arrays[name] = {"train_x": x, "train_y": y, "val_x": val_x, "val_y": val_y, "mean": mean, "std": std,
                         "num_classes": len(classes)}
         log(f"eval set {name}: {len(y)} images ({method}, IPC {meta['ipc']}) from {d}")
     dataset = cfg.dataset or dataset_name(val_root)
     teacher_state = None
-    if cfg.protocol == "soft":
+    if cfg.protocol == "soft" and cfg.teacher_checkpoint:
+        teacher_state = load_teacher_checkpoint(cfg, len(classes), size)
+        log(f"teacher {cfg.teacher}: loaded from {cfg.teacher_checkpoint}")
+    elif cfg.protocol == "soft":
         if train_root is None:
-            raise DataError("eval.protocol=soft needs the real training set for the teacher (--train / data.root)")
+            raise DataError("eval.protocol=soft needs the real training set for the teacher (--train / data.root) "
+                            "or a pretrained one (eval.teacher_checkpoint)")
         teacher_state = fit_teacher(train_root, classes, size, cfg, (val_x, val_y), log=log)
     jobs = make_jobs(loaded, cfg)
     log(f"evaluating {len(loaded)} set(s) x {len(cfg.students)} student(s) x {cfg.repeats} seed(s) = "
@@ -297,6 +313,28 @@ def _teacher_normalised(arrays: dict[str, Any], teacher_state: dict[str, Any] | 
     return {**arrays, "mean": teacher_state["mean"], "std": teacher_state["std"]}
 
 
+def load_teacher_checkpoint(cfg: EvalConfig, num_classes: int, size: int) -> dict[str, Any]:
+    """The soft-label teacher from ``eval.teacher_checkpoint``: a state dict of ``build_student(eval.teacher)``
+    (a ``module.`` prefix from DDP is dropped); inputs use ``eval.teacher_mean`` / ``teacher_std``."""
+    path = Path(cfg.teacher_checkpoint or "")
+    if not path.is_file():
+        raise DataError(f"eval.teacher_checkpoint {path}: no such file (save one with "
+                        f"torch.save(model.state_dict(), path) for eval.teacher={cfg.teacher!r})")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict):
+        raise DataError(f"eval.teacher_checkpoint {path}: expected a state dict, got {type(state).__name__}")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    net = build_student(cfg.teacher, 3, num_classes, size)
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as err:
+        raise DataError(f"eval.teacher_checkpoint {path} does not fit eval.teacher={cfg.teacher!r} with "
+                        f"{num_classes} classes at {size} px: {str(err).splitlines()[0]}") from None
+    return {"arch": cfg.teacher, "channels": 3, "num_classes": num_classes, "im_size": size,
+            "weights": net.state_dict(), "mean": np.asarray(cfg.teacher_mean, dtype=np.float32),
+            "std": np.asarray(cfg.teacher_std, dtype=np.float32), "top1": None}
+
+
 def fit_teacher(train_root: str | os.PathLike, classes: list[str], size: int, cfg: EvalConfig,
                 val: tuple[np.ndarray, np.ndarray], log=print) -> dict[str, Any]:
     """Train the soft-label teacher on the real training set (in this process); return its state."""
@@ -334,18 +372,19 @@ def results_markdown(rows: list[dict[str, Any]]) -> str:
     """A markdown table (one row per dataset/method/IPC/student) plus a method x student pivot."""
     if not rows:
         return "_no results_\n"
-    lines = ["| dataset | method | IPC | student | protocol | top-1 (%) | best (%) | repeats |",
-             "|---|---|---:|---|---|---:|---:|---:|"]
+    lines = ["| dataset | method | IPC | student | protocol | top-1 (%) | best (%) | repeats | top-1 is |",
+             "|---|---|---:|---|---|---:|---:|---:|---|"]
     for r in sorted(rows, key=lambda r: (r["dataset"], r["ipc"], r["method"], r["student"])):
         lines.append(f"| {r['dataset']} | {r['method']} | {r['ipc']} | {student_label(r)} | {r.get('protocol', '')} | "
                      f"{r['top1_mean']:.2f} ± {r['top1_std']:.2f} | {r.get('best_mean', float('nan')):.2f} | "
-                     f"{r['repeats']} |")
+                     f"{r['repeats']} | {r.get('reported', 'final')} |")
     students = sorted({student_label(r) for r in rows})
     counted = sorted({student_label(r) for r in rows if in_mean(r)})
     what = (f"mean over {', '.join(counted)} (eval.exclude_from_mean leaves out "
             f"{', '.join(sorted({student_label(r) for r in rows if not in_mean(r)})) or 'none'})" if counted else
             "mean over all students († every student is in eval.exclude_from_mean)")
-    pivot = ["", f"Final top-1 (%), mean ± std over seeds; last column: {what}.", "",
+    shown = ", ".join(sorted({str(r.get("reported", "final")) for r in rows}))
+    pivot = ["", f"Top-1 (%) = {shown}, mean ± std over seeds; last column: {what}.", "",
              "| dataset | IPC | method | " + " | ".join(students) + " | mean |",
              "|---|---:|---|" + "---:|" * (len(students) + 1)]
     groups: dict[tuple, dict[str, dict[str, Any]]] = {}
@@ -359,7 +398,7 @@ def results_markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines + pivot + scores_markdown(scores(rows))) + "\n"
 
 
-CSV_FIELDS = ["dataset", "method", "ipc", "student", "protocol", "top1_mean", "top1_std", "repeats",
+CSV_FIELDS = ["dataset", "method", "ipc", "student", "protocol", "top1_mean", "top1_std", "reported", "repeats",
               "best_mean", "best_std", "final_mean", "final_std", "epochs", "preset", "images", "distilled"]
 
 

@@ -3,13 +3,15 @@
 Two protocols (METHODS.md, "Evaluation protocols"):
 
 - **hard** labels (DC/DM/MTT/Minimax style): cross-entropy on the distilled labels, SGD with
-  momentum, cosine or step schedule, DSA and/or CutMix / mixup, optional EMA of the weights;
-- **soft** labels (SRe2L/RDED style): a teacher trained on the real set labels every
-  augmented batch; the student minimises ``KL(softmax(t/T) || softmax(s/T)) * T^2``.
+  momentum, a schedule, DSA and/or crop/flip/colour, CutMix / mixup, optional EMA of the weights;
+- **soft** labels (SRe2L/RDED style): a teacher trained on (or loaded for) the real set labels
+  every augmented, mixed batch; the student minimises ``KL(softmax(t/T) || softmax(s/T)) * T^2``.
 
 ``train_student(spec, data)`` is framework-free (plain torch, explicit seeds); Ray Train
 calls it inside each worker (tuning/evaluate.py) and the tests call it directly.
-Named presets carry the published recipes; fields the user sets explicitly win over a preset.
+Named presets carry the published recipes (values from the peers' repositories); fields the
+user sets explicitly win over a preset. Each run keeps its final and its best test accuracy;
+``report`` says which one is the row's number (a best is selected on the test split).
 """
 
 from __future__ import annotations
@@ -25,32 +27,61 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pipeline.config import EvalConfig
+from pipeline.config import AUGMENT_OPS, EvalConfig
 from pipeline.errors import ConfigError
-from tuning.augment import DEFAULT_STRATEGY, dsa
+from tuning.augment import (
+    DEFAULT_STRATEGY,
+    color_jitter,
+    dsa,
+    pca_lighting,
+    random_flip,
+    random_resized_crop,
+    shuffle_patches,
+)
 from tuning.students import build_student
 
-# Presets: values for EvalConfig fields. "(read)" = from METHODS.md / the papers' code;
-# everything else is our reading and can be overridden field by field.
+# Presets: values for EvalConfig fields, each one published recipe.
 PRESETS: dict[str, dict[str, Any]] = {
-    # EDITS (read): ConvNet-6 instance norm, lr 0.01, batch 64, mixup, 3 repeats; epochs inferred.
-    "edits": {"protocol": "hard", "lr": 0.01, "batch_size": 64, "augment": "mixup", "repeats": 3,
-              "epochs": 300, "schedule": "cosine"},
-    # DIVER (read): hard labels, 1000 epochs, SGD momentum 0.9, wd 5e-4, EMA 0.995, DSA, 5 runs.
-    "diver": {"protocol": "hard", "epochs": 1000, "momentum": 0.9, "weight_decay": 5e-4, "ema_decay": 0.995,
-              "augment": "dsa", "repeats": 5, "lr": 0.01, "batch_size": 64, "schedule": "cosine"},
-    # MTT evaluate_synset (read): lr 0.01 decayed x0.1 at half, batch 256, DSA, 1000 epochs.
+    # IDC/Minimax train.py (the evaluation EDITS uses): SGD 0.01, CutMix every batch, epochs by IPC
+    # (x2/3 at 100 classes), x0.2 at 2/3 and 5/6 of the epochs, RRC(0.5-1) + flip + jitter + lighting;
+    # the number is each run's best test accuracy over tests every epochs/100.
+    "edits": {"protocol": "hard", "optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4,
+              "batch_size": 64, "augment": "rrc+flip+jitter+lighting+cutmix", "mix_alpha": 1.0,
+              "rrc_scale": (0.5, 1.0), "jitter": 0.4, "lighting": 0.1, "epochs": 1000,
+              "epochs_by_ipc": {10: 2000, 50: 1500, 200: 1000}, "many_classes_epoch_factor": 2 / 3,
+              "schedule": "multistep", "lr_step_unit": "epoch", "eval_count": 100, "report": "best",
+              "repeats": 3},
+    # PReDD/MTT cross-architecture evaluation (what DIVER reports): per-student lr, batch 256, linear
+    # warm-up over the first half then cosine, EMA 0.995 once per epoch with warm-up, DSA, 5 runs.
+    "diver": {"protocol": "hard", "optimizer": "sgd", "epochs": 1000, "batch_size": 256, "lr": 0.01,
+              "lr_per_student": {"convnet": 0.001, "resnet18": 0.001, "vit": 0.001, "mobilenetv2": 0.01,
+                                 "shufflenetv2": 0.01, "efficientnet": 0.01},
+              "momentum": 0.9, "weight_decay": 5e-4, "schedule": "warmup_cosine", "warmup_fraction": 0.5,
+              "ema_decay": 0.995, "ema_every": "epoch", "ema_warmup": True, "augment": "dsa",
+              "dsa_strategy": DEFAULT_STRATEGY, "repeats": 5, "report": "final"},
+    # MTT evaluate_synset: lr 0.01 decayed x0.1 at half, batch 256, DSA, 1000 epochs.
     "mtt": {"protocol": "hard", "epochs": 1000, "lr": 0.01, "batch_size": 256, "schedule": "step",
             "augment": "dsa", "momentum": 0.9, "weight_decay": 5e-4, "repeats": 5},
-    # SRe2L / RDED soft-label recipes (inferred for small sets): AdamW, cosine, CutMix, KL with T.
-    "sre2l": {"protocol": "soft", "optimizer": "adamw", "lr": 0.001, "weight_decay": 0.01, "epochs": 300,
-              "schedule": "cosine", "augment": "cutmix", "temperature": 4.0, "repeats": 3},
+    # RDED: AdamW, half-cosine per epoch (ends at 0.5x), ShufflePatches + RRC + flip, CutMix relabelled
+    # by the teacher, KL at T = 20, batch 50 (100 beyond 10 classes), best over the last 20% of training.
     "rded": {"protocol": "soft", "optimizer": "adamw", "lr": 0.001, "weight_decay": 0.01, "epochs": 300,
-             "schedule": "cosine", "augment": "cutmix", "temperature": 20.0, "repeats": 3},
+             "schedule": "half_cosine", "lr_step_unit": "epoch", "augment": "shuffle_patches+rrc+flip+cutmix",
+             "rrc_scale": (0.08, 1.0), "shuffle_factor": 2, "mix_alpha": 1.0, "temperature": 20.0,
+             "batch_size": 50, "batch_by_classes": {10: 50, 1000: 100}, "best_from": 0.8, "report": "best",
+             "repeats": 3},
+    # SRe2L: as RDED but a full cosine to 0 and RRC(0.08-1) + flip.
+    "sre2l": {"protocol": "soft", "optimizer": "adamw", "lr": 0.001, "weight_decay": 0.01, "epochs": 300,
+              "schedule": "cosine", "lr_step_unit": "epoch", "augment": "rrc+flip+cutmix", "rrc_scale": (0.08, 1.0),
+              "mix_alpha": 1.0, "temperature": 20.0, "batch_size": 50, "batch_by_classes": {10: 50, 1000: 100},
+              "best_from": 0.8, "report": "best", "repeats": 3},
     # The laptop demo: short but the same recipe shape (DSA, SGD, cosine), 2 repeats.
     "demo": {"protocol": "hard", "epochs": 60, "lr": 0.01, "batch_size": 64, "augment": "dsa", "repeats": 2,
              "schedule": "cosine", "eval_every": 20},
 }
+
+# An explicit key also switches off the preset's rules that would otherwise replace its value.
+_RULES_OF = {"lr": ("lr_per_student",), "epochs": ("epochs_by_ipc", "many_classes_epoch_factor"),
+             "batch_size": ("batch_by_classes",)}
 
 
 def resolve_preset(cfg: EvalConfig) -> EvalConfig:
@@ -59,9 +90,49 @@ def resolve_preset(cfg: EvalConfig) -> EvalConfig:
         return cfg
     if cfg.preset not in PRESETS:
         raise ConfigError(f"unknown eval.preset {cfg.preset!r}; choose from {', '.join(PRESETS)}")
-    merged = {**PRESETS[cfg.preset], **cfg.model_dump(include=cfg.model_fields_set)}
+    preset = dict(PRESETS[cfg.preset])
+    for key, rules in _RULES_OF.items():
+        if key in cfg.model_fields_set:
+            for rule in rules:
+                if rule not in cfg.model_fields_set:
+                    preset.pop(rule, None)
+    merged = {**preset, **cfg.model_dump(include=cfg.model_fields_set)}
     merged["preset"] = cfg.preset
     return EvalConfig.model_validate(merged)
+
+
+def _bounded(table: dict[int, int], value: int) -> int | None:
+    """The entry of the smallest key >= ``value`` (``{10: a, 50: b}``: <= 10 -> a, <= 50 -> b)."""
+    keys = sorted(k for k in table if value <= k)
+    return table[keys[0]] if keys else None
+
+
+def student_lr(cfg: EvalConfig, student: str) -> float:
+    """``lr_per_student`` entry whose key is the longest prefix of ``student``, else ``lr``."""
+    hits = [k for k in cfg.lr_per_student if student.startswith(k)]
+    return cfg.lr_per_student[max(hits, key=len)] if hits else cfg.lr
+
+
+def run_epochs(cfg: EvalConfig, ipc: int | None, num_classes: int | None) -> int:
+    """Epochs for a set: ``epochs_by_ipc`` (then x ``many_classes_epoch_factor`` at >= 100 classes)."""
+    epochs = (_bounded(cfg.epochs_by_ipc, ipc) if ipc is not None else None) or cfg.epochs
+    if num_classes is not None and num_classes >= 100:
+        epochs = int(epochs * cfg.many_classes_epoch_factor)
+    return max(1, epochs)
+
+
+def run_batch_size(cfg: EvalConfig, ipc: int | None, num_classes: int | None) -> int:
+    """Batch for a set: ``batch_by_classes`` (else ``batch_size``), capped at IPC x classes."""
+    bs = (_bounded(cfg.batch_by_classes, num_classes) if num_classes is not None else None) or cfg.batch_size
+    return min(bs, ipc * num_classes) if ipc and num_classes else bs
+
+
+def report_label(report: str, best_from: float) -> str:
+    """What a row's top-1 is: ``final``, or a best selected on the test split."""
+    if report == "final":
+        return "final"
+    window = f" of the last {round(100 * (1 - best_from))}% of epochs" if best_from > 0 else ""
+    return f"best{window} (selected on the test split)"
 
 
 @dataclass
@@ -77,25 +148,42 @@ class TrainSpec:
     weight_decay: float = 5e-4
     optimizer: str = "sgd"
     schedule: str = "cosine"
+    warmup_fraction: float = 0.5
+    lr_step_unit: str = "step"
     augment: str = "dsa"
     dsa_strategy: str = DEFAULT_STRATEGY
     mix_alpha: float = 1.0
+    rrc_scale: tuple[float, float] = (0.08, 1.0)
+    jitter: float = 0.4
+    lighting: float = 0.1
+    shuffle_factor: int = 2
     ema_decay: float | None = None
+    ema_every: str = "step"
+    ema_warmup: bool = False
     protocol: str = "hard"
     temperature: float = 4.0
     eval_every: int = 0  # 0: evaluate only after the last epoch
+    eval_count: int = 0  # also every epochs // eval_count epochs
+    best_from: float = 0.0  # best over the tests after this fraction of the epochs (each epoch tested)
+    report: str = "final"
     student_kwargs: dict[str, Any] = field(default_factory=dict)
     threads: int = 1
 
     @classmethod
-    def from_config(cls, cfg: EvalConfig, student: str, seed: int) -> TrainSpec:
+    def from_config(cls, cfg: EvalConfig, student: str, seed: int, ipc: int | None = None,
+                    num_classes: int | None = None) -> TrainSpec:
+        """The spec of one run; ``ipc``/``num_classes`` feed the presets' epoch and batch rules."""
         cfg = resolve_preset(cfg)
-        return cls(student=student, seed=seed, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+        return cls(student=student, seed=seed, epochs=run_epochs(cfg, ipc, num_classes),
+                   batch_size=run_batch_size(cfg, ipc, num_classes), lr=student_lr(cfg, student),
                    momentum=cfg.momentum, weight_decay=cfg.weight_decay, optimizer=cfg.optimizer,
-                   schedule=cfg.schedule, augment=cfg.augment, dsa_strategy=cfg.dsa_strategy,
-                   mix_alpha=cfg.mix_alpha, ema_decay=cfg.ema_decay, protocol=cfg.protocol,
-                   temperature=cfg.temperature, eval_every=cfg.eval_every,
-                   student_kwargs=dict(cfg.student_kwargs.get(student, {})),
+                   schedule=cfg.schedule, warmup_fraction=cfg.warmup_fraction, lr_step_unit=cfg.lr_step_unit,
+                   augment=cfg.augment, dsa_strategy=cfg.dsa_strategy, mix_alpha=cfg.mix_alpha,
+                   rrc_scale=tuple(cfg.rrc_scale), jitter=cfg.jitter, lighting=cfg.lighting,
+                   shuffle_factor=cfg.shuffle_factor, ema_decay=cfg.ema_decay, ema_every=cfg.ema_every,
+                   ema_warmup=cfg.ema_warmup, protocol=cfg.protocol, temperature=cfg.temperature,
+                   eval_every=cfg.eval_every, eval_count=cfg.eval_count, best_from=cfg.best_from,
+                   report=cfg.report, student_kwargs=dict(cfg.student_kwargs.get(student, {})),
                    threads=max(1, math.floor(cfg.cpus_per_job)))
 
     def to_dict(self) -> dict[str, Any]:
@@ -134,14 +222,16 @@ def mix_batch(x: torch.Tensor, kind: str, alpha: float, rng: np.random.Generator
     return out, perm, lam
 
 
-def _parse_augment(augment: str) -> tuple[bool, str | None]:
+def _parse_augment(augment: str) -> tuple[list[str], str | None]:
+    """The per-image ops in application order, and the batch mixing (mixup / cutmix / None)."""
     parts = [p for p in augment.split("+") if p and p != "none"]
-    use_dsa = "dsa" in parts
+    bad = [p for p in parts if p not in AUGMENT_OPS]
     mixes = [p for p in parts if p in ("mixup", "cutmix")]
-    bad = [p for p in parts if p not in ("dsa", "mixup", "cutmix")]
     if bad or len(mixes) > 1:
-        raise ConfigError(f"eval.augment {augment!r}: use dsa, mixup, cutmix, dsa+mixup, dsa+cutmix or none")
-    return use_dsa, (mixes[0] if mixes else None)
+        raise ConfigError(f"eval.augment {augment!r}: join {', '.join(AUGMENT_OPS)} with '+' "
+                          "(at most one of mixup / cutmix), or 'none'")
+    ops = [op for op in AUGMENT_OPS if op in parts and op not in ("mixup", "cutmix")]
+    return ops, (mixes[0] if mixes else None)
 
 
 # ----------------------------------------------------------------------------- training
@@ -159,12 +249,46 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     return 100.0 * correct / max(1, x.shape[0])
 
 
-def _schedule(opt: torch.optim.Optimizer, kind: str, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+SCHEDULES = ("cosine", "step", "multistep", "half_cosine", "warmup_cosine")
+
+
+def lr_factor(kind: str, t: int, total: int, warmup_fraction: float = 0.5) -> float:
+    """LR multiplier at unit ``t`` of ``total`` (steps or epochs).
+
+    cosine ``0.5 (1 + cos(pi t / T))``; step x0.1 from ``T // 2`` (MTT/DC); multistep x0.2 from
+    ``2T // 3`` and again from ``5T // 6`` (IDC); half_cosine ``0.5 (1 + cos(pi t / T / 2))``, which
+    ends at 0.5 (RDED); warmup_cosine rises linearly to 1 over ``warmup_fraction * T`` units
+    (``(t + 1) / W``), then follows a cosine to 0 over the rest.
+    """
+    total = max(1, total)
     if kind == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, total_steps))
-    if kind == "step":  # MTT/DC: x0.1 at half of training
-        return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[max(1, total_steps // 2)], gamma=0.1)
-    raise ConfigError(f"unknown eval.schedule {kind!r} (cosine | step)")
+        return 0.5 * (1 + math.cos(math.pi * t / total))
+    if kind == "step":
+        return 0.1 if t >= max(1, total // 2) else 1.0
+    if kind == "multistep":
+        return 0.2 ** ((t >= 2 * total // 3) + (t >= 5 * total // 6))
+    if kind == "half_cosine":
+        return 0.5 * (1 + math.cos(math.pi * t / total / 2))
+    if kind == "warmup_cosine":
+        warm = round(warmup_fraction * total)
+        if t < warm:
+            return (t + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * (t - warm) / max(1, total - warm)))
+    raise ConfigError(f"unknown eval.schedule {kind!r} ({' | '.join(SCHEDULES)})")
+
+
+def _schedule(opt: torch.optim.Optimizer, spec: TrainSpec, steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Stepped once per optimizer step; with ``lr_step_unit: epoch`` the LR changes only between epochs."""
+    lr_factor(spec.schedule, 0, 1, spec.warmup_fraction)  # a bad name fails before training
+    if spec.lr_step_unit not in ("step", "epoch"):
+        raise ConfigError(f"unknown eval.lr_step_unit {spec.lr_step_unit!r} (step | epoch)")
+    per_epoch = spec.lr_step_unit == "epoch"
+    total = spec.epochs if per_epoch else spec.epochs * steps_per_epoch
+
+    def factor(step: int) -> float:
+        return lr_factor(spec.schedule, step // steps_per_epoch if per_epoch else step, total, spec.warmup_fraction)
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
 def _optimizer(net: nn.Module, spec: TrainSpec) -> torch.optim.Optimizer:
@@ -173,6 +297,20 @@ def _optimizer(net: nn.Module, spec: TrainSpec) -> torch.optim.Optimizer:
     if spec.optimizer == "adamw":
         return torch.optim.AdamW(net.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
     raise ConfigError(f"unknown eval.optimizer {spec.optimizer!r} (sgd | adamw)")
+
+
+def _ema(model: nn.Module, spec: TrainSpec) -> torch.optim.swa_utils.AveragedModel | None:
+    """EMA of weights and buffers; with ``ema_warmup`` the n-th update uses ``min(d, (1 + n) / (10 + n))``
+    (our reading of "EMA with warm-up": the usual decay ramp, so early weights do not dominate)."""
+    if not spec.ema_decay:
+        return None
+    decay, warm = float(spec.ema_decay), bool(spec.ema_warmup)
+
+    def avg(averaged: torch.Tensor, current: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+        k = min(decay, (1.0 + float(n)) / (10.0 + float(n))) if warm else decay
+        return k * averaged + (1.0 - k) * current
+
+    return torch.optim.swa_utils.AveragedModel(model, avg_fn=avg, use_buffers=True)
 
 
 @dataclass
@@ -186,19 +324,47 @@ class _Step:
     opt: torch.optim.Optimizer
     sched: torch.optim.lr_scheduler.LRScheduler
     ema: Any
-    use_dsa: bool
+    ops: list[str]
     mixing: str | None
     gen: torch.Generator
     rng: np.random.Generator
     device: torch.device | str
+    stats: tuple[torch.Tensor, torch.Tensor] | None = None  # input normalisation (mean, std), [1, C, 1, 1]
+
+
+def _pixel_op(s: _Step, xb: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """Apply a [0, 1]-pixel op to normalised inputs: un-normalise, apply, normalise again."""
+    if s.stats is None:
+        return fn(xb)
+    mean, std = s.stats
+    return (fn(xb * std + mean) - mean) / std
+
+
+def augment_batch(s: _Step, xb: torch.Tensor) -> torch.Tensor:
+    """The per-image augmentations of ``spec.augment``, in ``AUGMENT_OPS`` order."""
+    spec, gen = s.spec, s.gen
+    for op in s.ops:
+        if op == "shuffle_patches":
+            xb = shuffle_patches(xb, gen, spec.shuffle_factor)
+        elif op == "rrc":
+            xb = random_resized_crop(xb, gen, tuple(spec.rrc_scale))
+        elif op == "flip":
+            xb = random_flip(xb, gen)
+        elif op == "jitter":
+            xb = _pixel_op(s, xb, lambda v: color_jitter(v, gen, spec.jitter))
+        elif op == "lighting":
+            xb = _pixel_op(s, xb, lambda v: pca_lighting(v, gen, spec.lighting))
+        elif op == "dsa":
+            xb = dsa(xb, seed=int(torch.randint(2**31 - 1, (1,), generator=gen)), strategy=spec.dsa_strategy,
+                     siamese=False, single=True)
+    return xb
 
 
 def _batch_loss(s: _Step, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
-    """Augment (DSA, then mixup / cutmix) one batch and return its hard- or soft-label loss."""
+    """Augment one batch, mix it (mixup / CutMix), and return its hard- or soft-label loss
+    (soft: the teacher labels the mixed batch itself)."""
     spec = s.spec
-    if s.use_dsa:
-        xb = dsa(xb, seed=int(torch.randint(2**31 - 1, (1,), generator=s.gen)), strategy=spec.dsa_strategy,
-                 siamese=False, single=True)
+    xb = augment_batch(s, xb)
     lam, partner = 1.0, None
     if s.mixing:
         xb, partner, lam = mix_batch(xb, s.mixing, spec.mix_alpha, s.rng, s.gen)
@@ -229,17 +395,59 @@ def _train_epoch(s: _Step, train_x: torch.Tensor, train_y: torch.Tensor, bs: int
         loss.backward()
         s.opt.step()
         s.sched.step()
-        if s.ema is not None:
+        if s.ema is not None and s.spec.ema_every == "step":
             s.ema.update_parameters(s.model)
         losses.append(float(loss.detach()))
+    if s.ema is not None and s.spec.ema_every == "epoch":
+        s.ema.update_parameters(s.model)
     return float(np.mean(losses)) if losses else float("nan")
 
 
 def _check_protocol(spec: TrainSpec, teacher: nn.Module | None) -> None:
     if spec.protocol == "soft" and teacher is None:
-        raise ConfigError("the soft-label protocol needs a teacher (eval.protocol=soft: pass --train / data.root)")
+        raise ConfigError("the soft-label protocol needs a teacher (eval.protocol=soft: pass --train / data.root "
+                          "or eval.teacher_checkpoint)")
     if spec.protocol not in ("hard", "soft"):
         raise ConfigError(f"unknown eval.protocol {spec.protocol!r} (hard | soft)")
+    if spec.report not in ("final", "best"):
+        raise ConfigError(f"unknown eval.report {spec.report!r} (final | best)")
+
+
+def tested_after(spec: TrainSpec, epoch: int) -> bool:
+    """Whether the student is tested after (1-based) ``epoch``: the last one, every ``eval_every``,
+    every ``epochs // eval_count``, and every epoch past ``best_from`` of training."""
+    if epoch == spec.epochs or (spec.eval_every and epoch % spec.eval_every == 0):
+        return True
+    if spec.eval_count and epoch % max(1, spec.epochs // spec.eval_count) == 0:
+        return True
+    return spec.best_from > 0 and epoch > spec.best_from * spec.epochs
+
+
+def _setup(spec: TrainSpec, train_x: torch.Tensor, num_classes: int, teacher: nn.Module | None,
+           device: torch.device | str, world_size: int, wrap_model: Callable[[nn.Module], nn.Module] | None,
+           norm: tuple[Any, Any] | None) -> tuple[_Step, int]:
+    """Seed everything from ``spec.seed``, build the student, optimizer, schedule and EMA; return the
+    step state and the per-rank batch size."""
+    torch.manual_seed(spec.seed)  # init and every global-RNG draw (dropout) follow the run's seed
+    model = build_student(spec.student, train_x.shape[1], num_classes, train_x.shape[-1],
+                          **spec.student_kwargs).to(device)
+    gen = torch.Generator().manual_seed(spec.seed)  # batches and augmentations
+    rng = np.random.default_rng(spec.seed)  # mixing weights
+    ema = _ema(model, spec)
+    net = wrap_model(model) if wrap_model is not None else model
+    opt = _optimizer(net, spec)
+    bs = max(1, spec.batch_size // world_size)
+    steps_per_epoch = max(1, math.ceil(math.ceil(train_x.shape[0] / world_size) / bs))
+    sched = _schedule(opt, spec, steps_per_epoch)
+    if teacher is not None:
+        teacher = teacher.to(device).eval()
+    stats = None
+    if norm is not None:
+        shape = (1, -1, 1, 1)
+        stats = (torch.as_tensor(np.asarray(norm[0]), dtype=train_x.dtype).view(shape),
+                 torch.as_tensor(np.asarray(norm[1]), dtype=train_x.dtype).view(shape))
+    ops, mixing = _parse_augment(spec.augment)
+    return _Step(spec, net, model, teacher, opt, sched, ema, ops, mixing, gen, rng, device, stats), bs
 
 
 def train_student(
@@ -252,52 +460,43 @@ def train_student(
     rank: int = 0, world_size: int = 1,
     wrap_model: Callable[[nn.Module], nn.Module] | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    norm: tuple[Any, Any] | None = None,
 ) -> dict[str, Any]:
     """Train ``spec.student`` from scratch on ``train_x``/``train_y`` and test on the real val set.
 
-    Inputs are normalised float tensors ``[N, C, H, W]``; labels are class indices. Returns
-    ``final`` and ``best`` top-1 (percent), the epoch of the best, the last training loss,
-    the evaluation history and the wall time. With ``world_size > 1`` each rank trains on
-    its shard of every shuffled epoch (DDP via ``wrap_model``).
+    Inputs are normalised float tensors ``[N, C, H, W]`` (``norm`` = their (mean, std), which the
+    colour augmentations undo); labels are class indices. Returns ``final`` and ``best`` top-1
+    (percent; best over the tests after ``best_from``), ``reported`` (the one ``spec.report``
+    names, ``report`` says which), the epoch of the best, the last training loss, the evaluation
+    history, the LR at the start of every epoch and after the last, and the wall time. With
+    ``world_size > 1`` each rank trains on its shard of every shuffled epoch (DDP via ``wrap_model``).
     """
     spec = spec if isinstance(spec, TrainSpec) else TrainSpec(**spec)
     _check_protocol(spec, teacher)
-    use_dsa, mixing = _parse_augment(spec.augment)
     torch.set_num_threads(max(1, spec.threads))
     t0 = time.time()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(spec.seed)  # weight init only; batches/augmentation use ``gen``
-        model = build_student(spec.student, train_x.shape[1], num_classes, train_x.shape[-1],
-                              **spec.student_kwargs).to(device)
-    gen = torch.Generator().manual_seed(spec.seed)
-    rng = np.random.default_rng(spec.seed)
-    ema = None
-    if spec.ema_decay:
-        ema = torch.optim.swa_utils.AveragedModel(
-            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(spec.ema_decay), use_buffers=True)
-    net = wrap_model(model) if wrap_model is not None else model
-    opt = _optimizer(net, spec)
-    bs = max(1, spec.batch_size // world_size)
-    steps_per_epoch = max(1, math.ceil(math.ceil(train_x.shape[0] / world_size) / bs))
-    sched = _schedule(opt, spec.schedule, spec.epochs * steps_per_epoch)
-    if teacher is not None:
-        teacher = teacher.to(device).eval()
-    step = _Step(spec, net, model, teacher, opt, sched, ema, use_dsa, mixing, gen, rng, device)
+    step, bs = _setup(spec, train_x, num_classes, teacher, device, world_size, wrap_model, norm)
     history: list[dict[str, float]] = []
+    lrs: list[float] = []
     best, best_epoch, final, loss_val = -1.0, -1, 0.0, float("nan")
-    for epoch in range(spec.epochs):
+    for epoch in range(1, spec.epochs + 1):
+        lrs.append(float(step.opt.param_groups[0]["lr"]))
         loss_val = _train_epoch(step, train_x, train_y, bs, rank, world_size)
-        last = epoch == spec.epochs - 1
-        if last or (spec.eval_every and (epoch + 1) % spec.eval_every == 0):
-            acc = accuracy(ema.module if ema is not None else model, val_x, val_y, device=device)
-            history.append({"epoch": epoch + 1, "top1": acc, "loss": loss_val})
-            if acc > best:
-                best, best_epoch = acc, epoch + 1
-            final = acc
-            if on_epoch is not None:
-                on_epoch(history[-1])
+        if not tested_after(spec, epoch):
+            continue
+        acc = accuracy(step.ema.module if step.ema is not None else step.model, val_x, val_y, device=device)
+        history.append({"epoch": epoch, "top1": acc, "loss": loss_val})
+        if acc > best and epoch > spec.best_from * spec.epochs:
+            best, best_epoch = acc, epoch
+        final = acc
+        if on_epoch is not None:
+            on_epoch(history[-1])
+    lrs.append(float(step.opt.param_groups[0]["lr"]))
     return {"student": spec.student, "seed": spec.seed, "final": final, "best": best, "best_epoch": best_epoch,
-            "train_loss": loss_val, "history": history, "seconds": time.time() - t0, "epochs": spec.epochs}
+            "reported": best if spec.report == "best" else final, "report": report_label(spec.report, spec.best_from),
+            "train_loss": loss_val, "history": history, "lr_per_epoch": lrs, "seconds": time.time() - t0,
+            "epochs": spec.epochs, "batch_size": spec.batch_size, "lr": spec.lr,
+            "optimizer": type(step.opt).__name__}
 
 
 def train_teacher(arch: str, x: torch.Tensor, y: torch.Tensor, num_classes: int, epochs: int, seed: int = 0,

@@ -223,11 +223,13 @@ RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "lanczos": Ima
 RESIZE_MODES = ("crop", "squash")
 
 
-def load_rgb(path: str, size: int | None = None, mode: str = "crop", resample: str = "bicubic") -> np.ndarray:
+def load_rgb(path: str, size: int | None = None, mode: str = "crop", resample: str = "bicubic",
+             resize: int | None = None) -> np.ndarray:
     """Decode any PIL-readable file to uint8 RGB (EXIF rotation applied), optionally resized.
 
-    Resizing to ``size`` x ``size``: ``crop`` resizes the shorter side and center-crops,
-    ``squash`` resizes both sides (the aspect ratio is not kept); ``resample`` names the filter.
+    Resizing to ``size`` x ``size``: ``crop`` resizes the shorter side (to ``resize``, default ``size``)
+    and center-crops, ``squash`` resizes both sides (the aspect ratio is not kept); ``resample`` names
+    the filter.
     Raises ``BadImageError`` with a one-line reason for unusable files.
     """
     if mode not in RESIZE_MODES or resample not in RESAMPLE:
@@ -239,12 +241,13 @@ def load_rgb(path: str, size: int | None = None, mode: str = "crop", resample: s
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as im:
-                if size is not None and im.format == "JPEG":
-                    im.draft("RGB", (size, size))  # DCT-domain downscale: huge JPEGs decode fast
+                short = max(size, resize or size) if size is not None else None
+                if short is not None and im.format == "JPEG":
+                    im.draft("RGB", (short, short))  # DCT-domain downscale: huge JPEGs decode fast
                 im.load()
                 im = ImageOps.exif_transpose(im)
-                if size is not None and im.mode in ("L", "RGB", "RGBA", "LA", "CMYK"):
-                    k = min(im.size) // (4 * size)
+                if short is not None and im.mode in ("L", "RGB", "RGBA", "LA", "CMYK"):
+                    k = min(im.size) // (4 * short)
                     if k >= 2:  # huge image: box-reduce to >= 4x the target first (fast), then bicubic
                         im = im.reduce(k)
                 im = to_rgb(im)
@@ -259,8 +262,10 @@ def load_rgb(path: str, size: int | None = None, mode: str = "crop", resample: s
     if im.width < 2 or im.height < 2:
         raise BadImageError(f"too small ({im.width}x{im.height})")
     if size is not None:
-        resize = center_resize if mode == "crop" else squash_resize
-        im = resize(im, size, RESAMPLE[resample])
+        if mode == "crop":
+            im = center_resize(im, size, RESAMPLE[resample], resize)
+        else:
+            im = squash_resize(im, size, RESAMPLE[resample])
     return np.asarray(im, dtype=np.uint8)
 
 
@@ -274,19 +279,22 @@ class ImageArrays(NamedTuple):
 
 
 def load_image_arrays(root: str | os.PathLike, size: int | None = None, classes: list[str] | None = None,
-                      max_per_class: int | None = None, skip_bad: bool = False) -> ImageArrays:
+                      max_per_class: int | None = None, skip_bad: bool = False,
+                      resize: int | None = None) -> ImageArrays:
     """Decode a whole ImageFolder into memory (labels follow the sorted class ids).
 
     ``size``: shorter-side resize + center crop to ``size`` x ``size``; ``None`` keeps the
     images' own size when they all share it, else uses the smallest side among them.
     ``skip_bad`` leaves unreadable files out (``semdistill data check`` lists them); without it
     the first one raises ``DataError`` naming the file. No readable image is a ``DataError``.
+    ``resize``: the shorter side is first resized to this, then center-cropped to ``size`` (Resize(256) +
+    CenterCrop(224)).
     """
     index = scan_image_folder(root, classes=classes, max_per_class=max_per_class)
     arrays, labels, paths = [], [], []
     for r in index.records:
         try:
-            arrays.append(load_rgb(r.path, size))
+            arrays.append(load_rgb(r.path, size, resize=resize))
         except BadImageError as err:
             if skip_bad:
                 continue
@@ -327,11 +335,13 @@ def squash_resize(im: Image.Image, size: int, resample: int = Image.BICUBIC) -> 
     return im if im.size == (size, size) else im.resize((size, size), resample)
 
 
-def center_resize(im: Image.Image, size: int, resample: int = Image.BICUBIC) -> Image.Image:
-    """Resize the shorter side to ``size`` (bicubic by default) and center-crop a square."""
+def center_resize(im: Image.Image, size: int, resample: int = Image.BICUBIC, resize: int | None = None
+                  ) -> Image.Image:
+    """Resize the shorter side to ``resize`` (default ``size``; bicubic by default) and center-crop a ``size`` square."""
     w, h = im.size
-    scale = size / min(w, h)
-    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    short = max(size, resize or size)
+    scale = short / min(w, h)
+    nw, nh = max(short, round(w * scale)), max(short, round(h * scale))
     im = im.resize((nw, nh), resample)
     left, top = (nw - size) // 2, (nh - size) // 2
     return im.crop((left, top, left + size, top + size))
