@@ -70,14 +70,15 @@ def test_flip_jitter_lighting_and_shuffle_patches():
 
 
 def test_val_at_224_is_resize_256_then_center_crop(tmp_path):
-    from tuning.evaluate import load_real, val_resize_for
+    from pipeline.core.read import load_image_arrays
+    from tuning.evaluate import val_resize_for
 
     assert val_resize_for(224) == 256 and val_resize_for(32) is None and val_resize_for(224, 300) == 300
     rng = np.random.default_rng(0)
     arr = rng.integers(0, 255, (300, 400, 3), dtype=np.uint8)
     (tmp_path / "c0").mkdir()
     Image.fromarray(arr).save(tmp_path / "c0" / "a.png")
-    got, _, _ = load_real(tmp_path, 224, resize=val_resize_for(224))
+    got = load_image_arrays(tmp_path, 224, resize=val_resize_for(224)).images
     im = Image.fromarray(arr).resize((341, 256), Image.BICUBIC)  # short side 256
     want = np.asarray(im.crop(((341 - 224) // 2, 16, (341 - 224) // 2 + 224, 240)))
     assert np.array_equal(got[0], want)

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from pipeline.config import EvalConfig
+from pipeline.core.read import load_image_arrays
 from tuning import protocols
-from tuning.evaluate import aggregate, load_real, results_markdown, to_tensor
+from tuning.evaluate import aggregate, results_markdown, to_tensor
 from tuning.protocols import TrainSpec, resolve_preset, train_student
 
 
@@ -71,9 +72,9 @@ def test_schedule_shapes_at_0_half_and_end():
 
 @pytest.fixture(scope="module")
 def digits(demo_root):
-    x, y, classes = load_real(demo_root / "train", 16)
+    x, y, classes, _ = load_image_arrays(demo_root / "train", 16)
     pick = np.concatenate([np.flatnonzero(y == c)[:4] for c in range(len(classes))])  # IPC 4
-    vx, vy, _ = load_real(demo_root / "val", 16)
+    vx, vy, _, _ = load_image_arrays(demo_root / "val", 16)
     mean, std = np.full(3, 0.5, np.float32), np.full(3, 0.25, np.float32)
     return (to_tensor(x[pick], mean, std), torch.from_numpy(y[pick]), to_tensor(vx[:100], mean, std),
             torch.from_numpy(vy[:100]), len(classes), (mean, std))
