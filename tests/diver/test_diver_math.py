@@ -6,24 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from actors.dit import DiTRecoverActor, load_dit
+from actors.dit import DiTRecoverActor
 from pipeline.core.seeds import image_seed
 from pipeline.diver.guidance import RecoverSettings, image_noise, inherit_noise, recover_latents
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 STEPS = 10
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # the tiny DiT is fastest on one thread
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def dit(zoo_dir):
-    return load_dit("zoo:dit", device="cpu", dtype="float32")
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from actors.dit import load_dit
 from pipeline.config import DiverConfig
 from pipeline.diver.guidance import RecoverSettings, predict_eps, recover_latents
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 B = 2
 
@@ -34,20 +35,6 @@ class Spy(torch.nn.Module):
         out = self.inner(x, timestep=timestep, class_labels=class_labels)
         self.calls.append((int(timestep[0]), x.detach().clone(), out.sample.detach().float().clone()))
         return out
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The tiny DiT is fastest on one thread (and the machine is shared)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def dit(zoo_dir):
-    return load_dit("zoo:dit", device="cpu", dtype="float32")
 
 
 @pytest.fixture(scope="module")
