@@ -69,7 +69,7 @@ def load_pretrained(role: str, ref: str, loader: Callable[..., T], zoo_dir: str 
         kwargs.setdefault("local_files_only", True)
     try:
         return loader(resolved, **kwargs)
-    except (OSError, ValueError, EnvironmentError) as err:
+    except (OSError, ValueError) as err:
         hint = (" HF_HUB_OFFLINE is set, so only the local cache was searched; on a cluster node unset it "
                 "or point the role at a local folder." if offline() else "")
         reason = " ".join(str(err).split()).rstrip(".")

@@ -152,7 +152,7 @@ def make_plan(cfg: Config, gpus: int, images: int | None = None, classes: int | 
 
 
 def hms(seconds: float) -> str:
-    s = int(round(seconds))
+    s = round(seconds)
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
@@ -162,8 +162,8 @@ def format_plan(plan: Plan) -> str:
         f"plan: {plan.config} (method {plan.method}) on {plan.gpus} GPU{'s' if plan.gpus > 1 else ''}",
         f"data: {plan.images:,} {what}, {plan.classes:,} classes ({plan.data_source})",
         "",
-        f"{'stage':<10} {'items':>13} {'unit':<18} {'s/unit':>8} {'device':<16} {'source':<9} "
-        f"{'GPU h':>9} {'wall':>10}",
+        (f"{'stage':<10} {'items':>13} {'unit':<18} {'s/unit':>8} {'device':<16} {'source':<9} "
+         f"{'GPU h':>9} {'wall':>10}"),
     ]
     for s in plan.stages:
         gpu = f"{s.gpu_hours:9.2f}" if s.resource == "gpu" else f"{'(' + s.resource + ')':>9}"

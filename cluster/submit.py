@@ -107,7 +107,7 @@ def make_client(address: str):
         raise ClusterError(f"the Ray Jobs client needs ray[default]: {err}") from None
     try:
         return JobSubmissionClient(address)
-    except Exception as err:  # connection refused, auth, version mismatch ...
+    except Exception as err:  # noqa: BLE001 (connection refused, auth, version mismatch: all become one clear error)
         reason = " ".join(str(err).split())[:400]
         raise ClusterError(
             f"could not reach the Ray dashboard at {address}: {reason}. Is the cluster up (`ray start --head` "
@@ -126,7 +126,7 @@ def wait_for(client, sub_id: str, out=sys.stdout, poll_s: float = 1.0, timeout_s
     """Stream the job's logs to ``out`` until it ends; return its final status name."""
     try:
         asyncio.run(_tail(client, sub_id, out))
-    except Exception as err:  # websocket dropped: fall back to polling the status
+    except Exception as err:  # noqa: BLE001 (websocket dropped, any cause: fall back to polling the status)
         print(f"[submit] log stream ended early ({type(err).__name__}); polling the job status", file=sys.stderr)
     start = time.monotonic()
     while True:
@@ -163,7 +163,7 @@ def main(args: argparse.Namespace) -> int:
     client = make_client(address)
     try:
         sub_id = client.submit_job(**req)
-    except Exception as err:
+    except Exception as err:  # noqa: BLE001 (any refusal of the Jobs API becomes one clear error)
         raise ClusterError(f"the cluster at {address} refused the job: {' '.join(str(err).split())[:600]}") from None
     print(f"submitted job {sub_id} to {address}")
     print(follow_hint(address, sub_id))

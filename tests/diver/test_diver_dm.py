@@ -65,7 +65,7 @@ def test_dm_moves_synthetic_embeddings_toward_the_real_class(demo_root):
     cfg = DMConfig(ipc=2, iterations=40, batch_real=32, net_width=16, init="noise", lr_img=1.0, seed=0)
     start, _, _ = distill_dm(images, labels, 10, 2, cfg.model_copy(update={"iterations": 1, "lr_img": 0.0}),
                              mean, std, log=lambda _m: None)
-    syn, syn_y, stats = distill_dm(images, labels, 10, 2, cfg, mean, std, log=lambda _m: None)
+    syn, syn_y, _ = distill_dm(images, labels, 10, 2, cfg, mean, std, log=lambda _m: None)
     assert syn.shape == (20, 3, 32, 32) and syn_y.tolist() == [c for c in range(10) for _ in range(2)]
     assert float(syn.min()) >= 0 and float(syn.max()) <= 1
     before = _dm_objective(start, images, labels, 2, mean, std)

@@ -16,8 +16,7 @@ STEPS = 10
 
 
 @pytest.fixture(scope="module")
-def inputs(dit):
-    _, vae, _ = dit
+def inputs():
     g = torch.Generator().manual_seed(3)
     z_d = torch.randn(4, 4, 16, 16, generator=g)  # an inherited latent (any tensor of the DiT's shape)
     labels = torch.tensor([3, 1, 4, 1])

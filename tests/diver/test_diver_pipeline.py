@@ -89,7 +89,7 @@ def test_pt_input_is_denormalised_before_the_vae_and_class_map_applies(zoo_dir, 
     direct = recover_images(transformer, vae, scheduler, x[idx:idx + 1], [954], [e["seed"]], settings, 32)
     raw = torch.load(tmp_path / "set.pt")["images"][idx:idx + 1].clamp(0, 1)
     wrong = recover_images(transformer, vae, scheduler, raw, [954], [e["seed"]], settings, 32)
-    to_u8 = lambda t: (t[0].permute(1, 2, 0).numpy() * 255 + 0.5).clip(0, 255)  # noqa: E731
+    to_u8 = lambda t: (t[0].permute(1, 2, 0).numpy() * 255 + 0.5).clip(0, 255)
     assert np.abs(got - to_u8(direct)).max() <= 1.0
     assert np.abs(got - to_u8(wrong)).mean() > 5.0  # measured ~30 levels: normalised tensors are not pixels
     # an out-of-range DiT class fails in the driver, naming the fix
