@@ -69,3 +69,29 @@ def test_diver_recovery_is_batch_size_invariant(dit):
     assert torch.equal(whole, ray_batches([2, 3]))
     other_seed = recover_images(transformer, vae, scheduler, images[:1], classes[:1], [seeds[0] + 1], settings, 32)
     assert not torch.equal(whole[:1], other_seed)  # the seed matters: the test can fail
+
+
+def test_run_fixed_hands_the_model_row_major_tensors():
+    """A permuted NHWC batch (how actors turn Ray's arrays into NCHW) and its padded copy used to reach
+    the model in different memory layouts, which pick different convolution kernels: the DiT actor's
+    batch of 4 and four batches of 1 then differed by one level in one pixel."""
+    import numpy as np
+    import torch
+
+    from pipeline.core.batching import run_fixed
+
+    nhwc = torch.from_numpy(np.random.default_rng(0).random((4, 8, 8, 3), dtype=np.float32))
+    seen = []
+
+    def fn(x):
+        seen.append(x.is_contiguous())
+        return x.sum(dim=(1, 2, 3))
+
+    whole = run_fixed(fn, [nhwc.permute(0, 3, 1, 2)], 4)
+    parts = torch.cat([run_fixed(fn, [nhwc[i:i + 1].permute(0, 3, 1, 2)], 4) for i in range(4)])
+    assert all(seen) and torch.equal(whole, parts)
+    conv = torch.nn.Conv2d(3, 5, 3)
+    with torch.no_grad():
+        full = run_fixed(conv, [nhwc.permute(0, 3, 1, 2)], 4)
+        ones = torch.cat([run_fixed(conv, [nhwc[i:i + 1].permute(0, 3, 1, 2)], 4) for i in range(4)])
+    assert torch.equal(full, ones)

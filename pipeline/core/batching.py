@@ -74,6 +74,12 @@ def _cat(parts: list[Any]) -> Any:
     return [x for p in parts for x in p]
 
 
+def _contiguous(x: Any) -> Any:
+    """Tensors in the default (row-major) memory layout: a strided view (e.g. a permuted NHWC array)
+    and a padded copy of it would otherwise reach different convolution kernels and differ by rounding."""
+    return x.contiguous() if isinstance(x, torch.Tensor) else x
+
+
 def run_fixed(fn: Callable[..., Any], inputs: Sequence[Any], size: int | None) -> Any:
     """``fn(*chunk_inputs)`` over micro-batches of exactly ``size`` rows, results concatenated.
 
@@ -85,9 +91,9 @@ def run_fixed(fn: Callable[..., Any], inputs: Sequence[Any], size: int | None) -
     if any(len(x) != n for x in inputs):
         raise ValueError(f"inputs have different lengths: {[len(x) for x in inputs]}")
     if size is None or n == 0:
-        return fn(*inputs)
+        return fn(*[_contiguous(x) for x in inputs])
     parts = []
     for start, stop in chunks(n, size):
-        chunk = [pad_rows(x[start:stop], size) for x in inputs]
+        chunk = [_contiguous(pad_rows(x[start:stop], size)) for x in inputs]
         parts.append(_trim(fn(*chunk), stop - start))
     return _cat(parts)
