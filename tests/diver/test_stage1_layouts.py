@@ -12,7 +12,15 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.diver.inputs import LAYOUTS, PRESETS, REF_NORMS, detect_format, dit_classes, load_stage1, normalize
+from pipeline.diver.inputs import (
+    LAYOUTS,
+    PRESETS,
+    REF_NORMS,
+    detect_format,
+    dit_classes,
+    load_stage1,
+    normalize,
+)
 from pipeline.errors import DataError
 
 CIFAR_MEAN, CIFAR_STD = PRESETS["cifar10"]
