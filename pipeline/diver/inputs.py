@@ -228,6 +228,8 @@ def _unpack(obj, p: Path, experiment: int) -> tuple[object, object, dict, str]:
     """(images, labels, extra keys, layout) of whatever a ``.pt`` file holds; unknown layouts list the known."""
     if isinstance(obj, dict):
         data = obj.get("data")
+        if _is_pair(data):  # {'data': [images, labels]}: one experiment without the outer list
+            return data[0], data[1], obj, "data_pairs"
         if isinstance(data, (list, tuple)) and (not data or all(isinstance(e, (list, tuple)) for e in data)):
             images, labels = _pick_experiment(data, experiment, p)
             return images, labels, obj, "dc_reference" if "accs_all_exps" in obj else "data_pairs"

@@ -103,6 +103,8 @@ def test_single_experiment_data_with_res(tmp_path):
     assert s.layout == "data_pairs"
     torch.testing.assert_close(s.images, x, rtol=0, atol=0)
     assert s.labels.tolist() == [1, 0, 1, 0] and s.classes == ["0", "1"]
+    torch.save({"data": [x, y], "res": 16}, tmp_path / "flat.pt")  # the pair without the per-experiment list
+    torch.testing.assert_close(load_stage1(tmp_path / "flat.pt").images, x, rtol=0, atol=0)
 
 
 def test_edf_ncfm_lists(tmp_path):
