@@ -32,8 +32,10 @@ def latent_shape(vae, resolution: int) -> tuple[int, int, int]:
 
 
 def recover_images(transformer, vae, scheduler, images: torch.Tensor, dit_classes: list[int] | torch.Tensor,
-                   seeds: list[int], settings: RecoverSettings, resolution: int) -> torch.Tensor:
-    """End to end on one batch: images ``[B, 3, H, W]`` in [0, 1] -> recovered images, same size."""
+                   seeds: list[int], settings: RecoverSettings, resolution: int,
+                   output_size: int | None = None) -> torch.Tensor:
+    """End to end on one batch: images ``[B, 3, H, W]`` in [0, 1] -> recovered images, same size
+    (or ``output_size`` square: tiles come back at the DiT resolution, see ``pipeline/diver/tiles.py``)."""
     device = next(transformer.parameters()).device
     sample_noise = (image_noise(latent_seeds(seeds), latent_shape(vae, resolution))
                     if settings.latent_mode == "sample" else None)
@@ -41,7 +43,7 @@ def recover_images(transformer, vae, scheduler, images: torch.Tensor, dit_classe
     noise = image_noise(seeds, tuple(z_d.shape[1:])).to(device)
     labels = torch.as_tensor(np.asarray(dit_classes), dtype=torch.long, device=device)
     z0 = recover_latents(transformer, scheduler, z_d, labels, settings, noise=noise)
-    return decode_latents(vae, z0, size=tuple(images.shape[-2:]))
+    return decode_latents(vae, z0, size=(output_size, output_size) if output_size else tuple(images.shape[-2:]))
 
 
 def variance_usable(model_dir: str | Path) -> tuple[bool | None, str]:
@@ -97,7 +99,8 @@ class DiTRecoverActor:
 
     def __init__(self, model_ref: str, settings: dict[str, Any], resolution: int, zoo_dir: str | None = None,
                  dtype: str = "auto", device: str | None = None, micro_batch: int | None = None,
-                 torch_threads: int | None = None, faults: dict | None = None, vae_ref: str | None = None) -> None:
+                 torch_threads: int | None = None, faults: dict | None = None, vae_ref: str | None = None,
+                 output_size: int | None = None) -> None:
         from pipeline.core.faults import FaultInjector
 
         self.faults = FaultInjector.from_kwargs(faults)  # debug.fail_every_n_batches (tests)
@@ -107,6 +110,7 @@ class DiTRecoverActor:
         self.transformer, self.vae, self.scheduler = load_dit(model_ref, zoo_dir, dtype, device, vae_ref=vae_ref)
         self.settings = RecoverSettings.from_mapping(settings)
         self.resolution = int(resolution)
+        self.output_size = output_size  # None: the input's size
         n = getattr(self.transformer.config, "num_embeds_ada_norm", None)
         self.num_classes = int(n) if n is not None else None
 
@@ -122,7 +126,7 @@ class DiTRecoverActor:
 
         def run(xs, cs, ss):
             return recover_images(self.transformer, self.vae, self.scheduler, xs, list(cs), [int(v) for v in ss],
-                                  self.settings, self.resolution)
+                                  self.settings, self.resolution, self.output_size)
 
         # fixed-size micro-batches: the output does not depend on how Ray batched the rows
         out = run_fixed(run, [x, classes, np.asarray(batch["seed"]).astype(np.int64)], self.micro_batch)

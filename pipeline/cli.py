@@ -145,6 +145,31 @@ def build_parser() -> argparse.ArgumentParser:
     _add_overrides(pl)
     pl.set_defaults(func=_handler("cluster.plan:main"))
 
+    # export
+    ex = sub.add_parser(
+        "export", help="write a distilled set as Hugging Face parquet, WebDataset shards, DC/MTT tensors or an ImageFolder",
+        description="Export a distilled set (ImageFolder + manifest.json) for other people's tools.",
+        epilog="""formats:
+  hf           data/train-*.parquet (image struct bytes/path, label ClassLabel) + README.md dataset card;
+               datasets.load_dataset("parquet", data_files="OUT/data/*.parquet"); push with huggingface_hub
+  webdataset   shard-000000.tar ... with <key>.png, <key>.cls, <key>.json (ray.data.read_webdataset)
+  pt           images_best.pt + labels_best.pt (DC/MTT layout, normalised with --norm),
+               normalization.json and classes.json beside them
+  imagefolder  OUT/<class_id>/<image> byte for byte, with manifest.json
+examples:
+  semdistill export runs/diver/diver --to hf --out exports/diver_hf
+  semdistill export runs/edits/distilled --to pt --norm imagenet --out exports/edits_pt""",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    ex.add_argument("dir", help="distilled set folder (with manifest.json)")
+    ex.add_argument("--to", required=True, choices=["hf", "webdataset", "pt", "imagefolder"], help="output layout")
+    ex.add_argument("--out", required=True, help="output folder (built aside, then swapped in whole)")
+    ex.add_argument("--norm", default="auto", choices=["auto", "imagenet", "cifar10", "cifar100", "none"],
+                    help="pt only: normalisation of images_best.pt (auto: the stage-1 input's from the manifest, "
+                         "else imagenet; none: pixels in [0, 1])")
+    ex.add_argument("--shard-size", type=int, default=1000, help="hf/webdataset: images per shard (default 1000)")
+    ex.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    ex.set_defaults(func=_handler("pipeline.export:main"))
+
     # verify
     v = sub.add_parser("verify", help="check a distilled set against its manifest.json")
     v.add_argument("dir")

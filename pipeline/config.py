@@ -168,6 +168,12 @@ class DiverConfig(Section):
     # class ids in label order for tensor inputs (pt / mtt): label k -> input_classes[k], e.g. the wnids
     # of MTT's class order; output folders are named by them (so they match the val set's folders)
     input_classes: list[str] | None = None
+    # which experiment of a per-experiment .pt ({'data': [[images, labels], ...]}, the DC/DSA/DM reference
+    # code's res_*.pt): -1 = the last, as that code saves them in order (inferred: the paper does not say)
+    input_experiment: int = -1
+    # 2: each input image is a 2x2 mosaic (NCFM's 128 px images of four 64 px sub-images): every tile is
+    # recovered on its own at `resolution`, re-tiled and resized to the input size (read-sibling); 1: no tiles
+    input_tiles: Literal[1, 2] = 1
     stage1: DMConfig | None = None  # run the built-in DM first when set
     seed: int = 42
     resolution: int = 256

@@ -1,22 +1,33 @@
 """Read a classical distilled set (stage-1 input of DIVER) and undo its normalisation.
 
-Formats:
-- ``imagefolder``: ``root/<class_id>/<image>`` (pixels, so no normalisation to undo);
-- ``pt``: one ``torch.save`` file holding a dict with ``images`` ``[N, C, H, W]`` and ``labels``
-  ``[N]`` (also accepted: ``image_syn``/``label_syn``, ``x``/``y``, or a tuple ``(images, labels)``),
-  optionally ``mean``/``std`` (the normalisation it was saved with) and ``classes``;
-- ``mtt``: a folder (or the file itself) with MTT/EDF-style ``images_best.pt`` + ``labels_best.pt``.
+Formats (``diver.input_format``) and the layouts each accepts (``LAYOUTS``; ``pt`` files are told apart by content):
+- ``imagefolder``: ``root/<class_id>/<image>`` at any size (pixels, so no normalisation to undo), e.g. the
+  224 px sets of SRe2L/RDED/Minimax; SRe2L's ``new<k>`` folders (``new042``) name ImageNet class ``k``;
+- ``pt``: one ``torch.save`` file holding
+  - a dict with ``images`` ``[N, C, H, W]`` and ``labels`` ``[N]`` (also ``image_syn``/``label_syn``,
+    ``x``/``y``), optionally ``mean``/``std`` (the normalisation it was saved with) and ``classes``;
+  - the DC/DSA/DM reference code's ``res_<method>_<dataset>_<model>_<ipc>ipc.pt``:
+    ``{'data': [[image_syn, label_syn], ...], 'accs_all_exps': {...}}``, one pair per experiment
+    (``diver.input_experiment`` picks one, default -1 = the last, as the reference code's last run);
+    its tensors are normalised with the dataset's statistics, taken from the file name (``REF_NORMS``,
+    the reference code's ``get_dataset``) unless ``diver.input_mean/std`` are set;
+  - single-experiment variants ``{'data': [[images, labels]], 'res': 128}``;
+  - EDF/NCFM lists ``[images, labels]`` (or a list of such pairs, picked like the reference file);
+- ``mtt``: a folder (or the file itself) with MTT/EDF-style ``images_best.pt`` + ``labels_best.pt``
+  (``semdistill export --to pt`` adds ``normalization.json`` and ``classes.json`` beside them).
   Soft labels ``[N, K]`` become their argmax.
 
 ``auto`` picks ``mtt`` when ``images_best.pt`` is present, ``pt`` for a ``.pt`` file or a folder
 holding ``images.pt`` (what ``semdistill distill dm`` writes), else ``imagefolder``.
 Images come back as float ``[N, 3, H, W]`` in [0, 1] (grey sets are repeated to 3 channels).
+NCFM's 2x2 tiled images are read as they are; ``diver.input_tiles`` splits them for the DiT (``tiles.py``).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,11 +38,32 @@ from pipeline.core.pixels import normalize, u8_hwc_to_unit_chw
 from pipeline.errors import DataError
 
 IMAGES_PT = "images.pt"
+NORM_JSON, CLASSES_JSON = "normalization.json", "classes.json"  # beside images_best.pt (export --to pt)
+SRE2L_CLASS = re.compile(r"^new(\d{3,4})$")  # SRe2L/RDED folder of ImageNet class k: new000 .. new999
 PRESETS = {  # well-known normalisations, for configs and error hints
     "imagenet": ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
     "cifar10": ([0.4914, 0.4822, 0.4465], [0.2023, 0.1994, 0.2010]),
     "cifar100": ([0.5071, 0.4866, 0.4409], [0.2673, 0.2564, 0.2762]),
 }
+# the normalisation the DC/DSA/DM reference code's get_dataset applies, by the <dataset> of its file name
+REF_NORMS = {
+    "MNIST": ([0.1307], [0.3081]),
+    "FashionMNIST": ([0.2861], [0.3530]),
+    "SVHN": ([0.4377, 0.4438, 0.4728], [0.1980, 0.2010, 0.1970]),
+    "CIFAR10": PRESETS["cifar10"],
+    "CIFAR100": PRESETS["cifar100"],
+    "TinyImageNet": PRESETS["imagenet"],
+}
+REF_FILE = re.compile(r"^res_(?P<method>[^_]+)_(?P<dataset>[^_]+)_(?P<model>.+)_(?P<ipc>\d+)ipc\.pt$")
+LAYOUTS = (
+    "a dict with images/labels (or image_syn/label_syn, x/y), optional mean/std/classes",
+    ("the DC/DSA/DM reference res_<method>_<dataset>_<model>_<ipc>ipc.pt: "
+     "{'data': [[image_syn, label_syn], ...], 'accs_all_exps': {...}}"),
+    "a single-experiment {'data': [[images, labels]], 'res': 128}",
+    "an EDF/NCFM list [images, labels] (or a list of [images, labels] pairs)",
+    "an MTT/EDF folder with images_best.pt + labels_best.pt",
+    "an ImageFolder root/<class_id>/<image> (SRe2L/RDED/Minimax, e.g. 224 px)",
+)
 
 
 @dataclass
@@ -45,6 +77,7 @@ class Stage1Set:
     fmt: str = "imagefolder"
     normalization: dict[str, list[float]] | None = field(default=None)
     named: bool = True  # False: tensor labels without class ids (file or diver.input_classes), e.g. MTT's 0..9
+    layout: str = ""  # which entry of LAYOUTS the file had (pt: dict | dc_reference | data_pairs | list)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -148,37 +181,93 @@ def _classes_for(y: torch.Tensor, classes: Sequence[str] | None) -> tuple[torch.
     return torch.tensor([pos[v] for v in y.tolist()]), [str(v) for v in values]
 
 
+def _numpy_scalar_globals() -> list:
+    """What unpickling numpy scalars needs (the DC/DSA/DM reference code saves its accuracies as
+    ``np.float64``): the scalar constructor under its numpy 2 and numpy 1 names, and the numeric dtypes.
+    Data only, no code: loading stays ``weights_only``."""
+    import numpy as np
+    from numpy._core.multiarray import scalar
+
+    dtypes = {type(np.dtype(c)) for c in np.typecodes["All"] if c not in "OSUVMm"}
+    return [scalar, (scalar, "numpy.core.multiarray.scalar"), np.dtype, *sorted(dtypes, key=str)]
+
+
 def _load(path: Path):
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(_numpy_scalar_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         raise DataError(f"cannot read {path}: {type(err).__name__}: {err}") from None
 
 
-def read_pt(path: str | os.PathLike, mean=None, std=None) -> Stage1Set:
-    p = Path(path)
-    if p.is_dir():
-        p = p / IMAGES_PT
-    obj = _load(p)
-    classes = None
+def _unknown_layout(p: Path, found: str) -> DataError:
+    listed = "".join(f"\n  - {t}" for t in LAYOUTS)
+    return DataError(f"{p}: expected keys images/labels or another known layout, found {found}. "
+                     f"Known layouts:{listed}")
+
+
+def _is_pair(v) -> bool:
+    return isinstance(v, (list, tuple)) and len(v) == 2 and isinstance(v[0], torch.Tensor) and v[0].ndim == 4
+
+
+def _pick_experiment(pairs: Sequence, experiment: int, p: Path):
+    """One ``[images, labels]`` pair of a per-experiment list (``diver.input_experiment``, -1 = the last)."""
+    n = len(pairs)
+    if n == 0:
+        raise DataError(f"{p}: the 'data' list is empty (no experiment saved)")
+    if not -n <= experiment < n:
+        raise DataError(f"{p}: diver.input_experiment={experiment} but the file holds {n} experiments "
+                        f"(0..{n - 1}, or -1 for the last)")
+    pair = pairs[experiment]
+    if not _is_pair(pair):
+        raise _unknown_layout(p, f"entry {experiment} of 'data' is not [images [N, C, H, W], labels]")
+    return pair
+
+
+def _unpack(obj, p: Path, experiment: int) -> tuple[object, object, dict, str]:
+    """(images, labels, extra keys, layout) of whatever a ``.pt`` file holds; unknown layouts list the known."""
     if isinstance(obj, dict):
+        data = obj.get("data")
+        if _is_pair(data):  # {'data': [images, labels]}: one experiment without the outer list
+            return data[0], data[1], obj, "data_pairs"
+        if isinstance(data, (list, tuple)) and (not data or all(isinstance(e, (list, tuple)) for e in data)):
+            images, labels = _pick_experiment(data, experiment, p)
+            return images, labels, obj, "dc_reference" if "accs_all_exps" in obj else "data_pairs"
         img_key = next((k for k in ("images", "image_syn", "x", "data") if k in obj), None)
         lab_key = next((k for k in ("labels", "label_syn", "y", "targets") if k in obj), None)
         if img_key is None or lab_key is None:
-            raise DataError(f"{p}: expected keys images/labels (or image_syn/label_syn), found {sorted(obj)}")
-        images, labels = obj[img_key], obj[lab_key]
-        mean = mean if mean is not None else obj.get("mean")
-        std = std if std is not None else obj.get("std")
-        classes = obj.get("classes")
-    elif isinstance(obj, (tuple, list)) and len(obj) == 2:
-        images, labels = obj
-    else:
-        raise DataError(f"{p}: expected a dict with images/labels or a tuple (images, labels)")
-    images = torch.as_tensor(images)
-    x = _to_pixels(images, _plain(mean), _plain(std), str(p))
+            raise _unknown_layout(p, f"a dict with keys {sorted(map(str, obj))}")
+        return obj[img_key], obj[lab_key], obj, "dict"
+    if _is_pair(obj) or (isinstance(obj, (tuple, list)) and len(obj) == 2
+                         and not isinstance(obj[0], (list, tuple))):
+        return obj[0], obj[1], {}, "list"
+    if isinstance(obj, (tuple, list)) and obj and all(isinstance(e, (list, tuple)) for e in obj):
+        images, labels = _pick_experiment(obj, experiment, p)
+        return images, labels, {}, "list"
+    raise _unknown_layout(p, type(obj).__name__)
+
+
+def reference_norm(p: Path) -> tuple[list[float], list[float]] | None:
+    """The DC/DSA/DM reference code's normalisation for ``res_<method>_<dataset>_..ipc.pt`` (None: unknown)."""
+    m = REF_FILE.match(p.name)
+    return REF_NORMS.get(m["dataset"]) if m else None
+
+
+def read_pt(path: str | os.PathLike, mean=None, std=None, experiment: int = -1) -> Stage1Set:
+    p = Path(path)
+    if p.is_dir():
+        p = p / IMAGES_PT
+    images, labels, extra, layout = _unpack(_load(p), p, experiment)
+    mean = mean if mean is not None else extra.get("mean")
+    std = std if std is not None else extra.get("std")
+    if mean is None and std is None and layout == "dc_reference" and reference_norm(p) is not None:
+        mean, std = reference_norm(p)
+    classes = extra.get("classes")
+    x = _to_pixels(torch.as_tensor(images), _plain(mean), _plain(std), str(p))
     y, cls = _classes_for(_labels_1d(labels, x.shape[0], str(p)), classes)
     norm = {"mean": _plain(mean), "std": _plain(std)} if mean is not None or std is not None else None
-    return Stage1Set(x, y, cls, [f"{p}#{i}" for i in range(len(y))], "pt", norm, named=classes is not None)
+    return Stage1Set(x, y, cls, [f"{p}#{i}" for i in range(len(y))], "pt", norm, named=classes is not None,
+                     layout=layout)
 
 
 def read_mtt(path: str | os.PathLike, mean=None, std=None, classes: Sequence[str] | None = None) -> Stage1Set:
@@ -188,11 +277,25 @@ def read_mtt(path: str | os.PathLike, mean=None, std=None, classes: Sequence[str
     for f in (img_file, lab_file):
         if not f.is_file():
             raise DataError(f"MTT/EDF set needs {f.name} in {folder}")
+    stats, names = folder / NORM_JSON, folder / CLASSES_JSON  # written by `semdistill export --to pt`
+    if mean is None and std is None and stats.is_file():
+        saved = _read_json(stats)
+        mean, std = saved.get("mean"), saved.get("std")
+    if classes is None and names.is_file():
+        classes = _read_json(names)
     images = torch.as_tensor(_load(img_file))
     x = _to_pixels(images, _plain(mean), _plain(std), str(img_file))
     y, cls = _classes_for(_labels_1d(_load(lab_file), x.shape[0], str(lab_file)), classes)
     norm = {"mean": _plain(mean), "std": _plain(std)} if mean is not None or std is not None else None
-    return Stage1Set(x, y, cls, [f"{img_file}#{i}" for i in range(len(y))], "mtt", norm, named=classes is not None)
+    return Stage1Set(x, y, cls, [f"{img_file}#{i}" for i in range(len(y))], "mtt", norm, named=classes is not None,
+                     layout="mtt")
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DataError(f"cannot read {path}: {err}") from None
 
 
 def read_imagefolder(root: str | os.PathLike, size: int | None = None) -> Stage1Set:
@@ -201,7 +304,7 @@ def read_imagefolder(root: str | os.PathLike, size: int | None = None) -> Stage1
 
     real = load_image_arrays(root, size)
     return Stage1Set(u8_hwc_to_unit_chw(real.images), torch.from_numpy(real.labels), real.classes, real.paths,
-                     "imagefolder")
+                     "imagefolder", layout="imagefolder")
 
 
 def _plain(v):
@@ -213,17 +316,19 @@ def _plain(v):
 
 
 def load_stage1(path: str | os.PathLike, fmt: str = "auto", mean: Sequence[float] | None = None,
-                std: Sequence[float] | None = None, classes: Sequence[str] | None = None) -> Stage1Set:
+                std: Sequence[float] | None = None, classes: Sequence[str] | None = None,
+                experiment: int = -1) -> Stage1Set:
     """Read a distilled set in any supported format; pixels in [0, 1] after de-normalisation.
 
     ``mean``/``std`` (config ``diver.input_mean/std``) override what a ``.pt`` file carries.
     ``classes`` names the label indices of tensor formats (default: the label values).
+    ``experiment`` (``diver.input_experiment``) picks one pair of a per-experiment list (-1: the last).
     """
     fmt = detect_format(path) if fmt == "auto" else fmt
     if fmt == "imagefolder":
         return read_imagefolder(path)
     if fmt == "pt":
-        s = read_pt(path, mean, std)
+        s = read_pt(path, mean, std, experiment)
         if classes is not None:
             s.labels, s.classes = _classes_for(s.labels, classes)
             s.named = True
@@ -260,13 +365,15 @@ def load_class_map(spec: str | dict | None) -> dict[str, int] | None:
 
 
 def dit_classes(s: Stage1Set, class_map: dict[str, int] | None, num_dit_classes: int | None = None) -> list[int]:
-    """DiT class index per image: the class map; else a numeric class id itself ("953" -> 953);
+    """DiT class index per image: the class map; else a numeric class id itself ("953" -> 953, SRe2L's "new953");
     else the label index, which is right only when the set has all the DiT's classes
     (ImageNet-1K: sorted wnids are DiT-XL/2's class order), checked when ``num_dit_classes`` is known."""
     if class_map is None:
         ids = s.class_ids()
         if all(c.isdigit() for c in ids):
             return [int(c) for c in ids]
+        if ids and all(SRE2L_CLASS.match(c) for c in ids):  # SRe2L/RDED folders: new042 = ImageNet class 42
+            return [int(SRE2L_CLASS.match(c)[1]) for c in ids]
         if num_dit_classes is not None and len(s.classes) != num_dit_classes:
             raise DataError(
                 f"the input has {len(s.classes)} named classes ({s.classes[:3]}...) but the DiT has "

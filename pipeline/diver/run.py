@@ -178,6 +178,7 @@ def recover_sets(cfg: Config, sets: list[dict[str, Any]], redo: bool) -> dict[st
     from pipeline.core.write import DistilledSetWriter
     from pipeline.diver.guidance import RecoverSettings
     from pipeline.diver.inputs import load_class_map, load_stage1
+    from pipeline.diver.tiles import TileBuffer, check_tiles, split_tiles, tile_seed
 
     d = cfg.diver
     settings = RecoverSettings.from_mapping(d.model_dump(mode="python"))
@@ -189,6 +190,7 @@ def recover_sets(cfg: Config, sets: list[dict[str, Any]], redo: bool) -> dict[st
                          "vae": vae_ref or "dit", "dtype": cfg.models.dtype}
     writers: dict[str, DistilledSetWriter] = {}
     rows: list[dict[str, Any]] = []
+    tiled, sizes = d.input_tiles > 1, {}
     for s in sets:
         out_dir = s["base"] / "diver"
         if redo and out_dir.exists():
@@ -197,12 +199,16 @@ def recover_sets(cfg: Config, sets: list[dict[str, Any]], redo: bool) -> dict[st
             raise ConfigError("diver.input_classes names the labels of tensor inputs (pt / mtt); an ImageFolder "
                               "input has its class ids as folder names: remove diver.input_classes")
         data = load_stage1(s["input"], s["format"], d.input_mean if not s["dm"] else None,
-                           d.input_std if not s["dm"] else None, classes=None if s["dm"] else d.input_classes)
+                           d.input_std if not s["dm"] else None, classes=None if s["dm"] else d.input_classes,
+                           experiment=d.input_experiment)
         s["data"] = data
+        check_tiles(data.images, d.input_tiles, str(s["input"]))
         classes = _dit_classes_of(data, d, class_map, model_dir, tensor_input=not s["dm"])
         _check_classes(model_dir, classes)
         set_settings = {**manifest_settings, "input": str(s["input"]), "input_format": data.fmt,
                         "normalization": data.normalization, "input_sha256": input_fingerprint(data)}
+        if d.input_tiles != 1:  # only then: manifests of untiled runs stay resumable
+            set_settings["input_tiles"] = d.input_tiles
         writer = DistilledSetWriter(out_dir, "diver", set_settings, image_format=cfg.output.image_format)
         check_resumable(writer, set_settings, out_dir)
         writers[s["name"]] = writer
@@ -211,10 +217,16 @@ def recover_sets(cfg: Config, sets: list[dict[str, Any]], redo: bool) -> dict[st
         for i, key in enumerate(s["keys"]):
             if writer.done(key):
                 continue
-            rows.append({"set": s["name"], "key": key, "class_id": cids[i], "label": int(data.labels[i]),
-                         "index": int(idx[i]), "source": data.sources[i], "dit_class": int(classes[i]),
-                         "seed": image_seed(d.seed, cids[i], idx[i]),
-                         "image": data.images[i].permute(1, 2, 0).numpy().astype(np.float32)})
+            row = {"set": s["name"], "key": key, "class_id": cids[i], "label": int(data.labels[i]),
+                   "index": int(idx[i]), "source": data.sources[i], "dit_class": int(classes[i]),
+                   "seed": image_seed(d.seed, cids[i], idx[i])}
+            if tiled:  # one row per tile; recovered at the DiT resolution, re-tiled below
+                sizes[(s["name"], key)] = tuple(data.images.shape[-2:])
+                rows.extend({**row, "tile": j, "image_seed": row["seed"], "seed": tile_seed(row["seed"], j),
+                             "image": t.permute(1, 2, 0).numpy().astype(np.float32)}
+                            for j, t in enumerate(split_tiles(data.images[i], d.input_tiles)))
+            else:
+                rows.append({**row, "image": data.images[i].permute(1, 2, 0).numpy().astype(np.float32)})
     if not rows:
         _log("recover: every image is already in the manifests (resumed)")
         return {name: 0 for name in writers}
@@ -237,16 +249,23 @@ def recover_sets(cfg: Config, sets: list[dict[str, Any]], redo: bool) -> dict[st
             fn_constructor_kwargs={"model_ref": model_dir, "settings": settings.as_dict(),
                                    "resolution": d.resolution, "dtype": cfg.models.dtype, "micro_batch": micro,
                                    "torch_threads": d.torch_threads, "faults": fault_kwargs(cfg),
-                                   "vae_ref": vae_ref},
+                                   "vae_ref": vae_ref, **({"output_size": d.resolution} if tiled else {})},
             **pool_kw,
         )
+        tiles = TileBuffer(d.input_tiles, sizes)
         for out in ds.iter_batches(batch_size=None, batch_format="numpy"):
             for j in range(len(out["key"])):
-                name = str(out["set"][j])
+                name, image, seed = str(out["set"][j]), out["recovered"][j], int(out["seed"][j])
+                if tiled:
+                    image, seed = tiles.add((name, str(out["key"][j])), int(out["tile"][j]), image), \
+                        int(out["image_seed"][j])
+                    if image is None:  # other tiles of this image still to come
+                        continue
                 writers[name].add(
-                    str(out["key"][j]), str(out["class_id"][j]), int(out["label"][j]), out["recovered"][j],
+                    str(out["key"][j]), str(out["class_id"][j]), int(out["label"][j]), image,
                     {"index": int(out["index"][j]), "source": str(out["source"][j]),
-                     "dit_class": int(out["dit_class"][j]), "seed": int(out["seed"][j])}, flush=False)
+                     "dit_class": int(out["dit_class"][j]), "seed": seed,
+                     **({"tiles": d.input_tiles} if tiled else {})}, flush=False)
                 written[name] += 1
             for w in writers.values():
                 w.flush()
