@@ -1,0 +1,82 @@
+"""Issue 17: reliability under real conditions (aliased folders, output lock, full disk, untrusted inputs)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from PIL import Image
+
+from pipeline.checks.data_check import check_dataset, format_report
+from pipeline.core.read import scan_image_folder
+
+
+def _img(path, color="red", size=(8, 8)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, color).save(path)
+    return path
+
+
+# ---- item 1: a folder link back into the dataset ------------------------------------------------
+
+
+@pytest.fixture()
+def linked(tmp_path):
+    """a: 2 images + ``all -> ..`` (the root) + ``b_link -> ../b``; b: 3 images; c: 1 image + a file link into b."""
+    root = tmp_path / "data"
+    for i in range(2):
+        _img(root / "a" / f"a{i}.png")
+    for i in range(3):
+        _img(root / "b" / f"b{i}.png", "blue")
+    _img(root / "c" / "c0.png", "green")
+    os.symlink("..", root / "a" / "all")
+    os.symlink("../b", root / "a" / "b_link")
+    os.symlink("../b/b0.png", root / "c" / "stolen.png")
+    ext = _img(tmp_path / "store" / "x.png", "white")  # a link that leads outside the dataset is data
+    os.symlink(ext, root / "c" / "outside.png")
+    os.symlink(ext, root / "b" / "outside_again.png")  # ... but counted once
+    return root
+
+
+def test_scan_counts_each_file_once_in_the_class_it_sits_under(linked):
+    idx = scan_image_folder(linked)
+    got = {c: sorted(os.path.relpath(r.path, linked) for r in idx.records if r.class_id == c) for c in idx.classes}
+    assert got == {"a": ["a/a0.png", "a/a1.png"],
+                   "b": ["b/b0.png", "b/b1.png", "b/b2.png", "b/outside_again.png"],
+                   "c": ["c/c0.png"]}
+    reals = [os.path.realpath(r.path) for r in idx.records]
+    assert len(reals) == len(set(reals))  # no file twice
+    for r in idx.records:  # every file inside the dataset sits under its own class by real path
+        real = os.path.realpath(r.path)
+        if real.startswith(os.path.realpath(linked) + os.sep):
+            assert real.startswith(os.path.realpath(linked / r.class_id) + os.sep)
+    reasons = {os.path.relpath(s["path"], linked): s["reason"] for s in idx.skipped}
+    assert reasons == {
+        "a/all": f"aliased folder: link back into the dataset outside class 'a' (real path {os.path.realpath(linked)})",
+        "a/b_link": f"aliased folder: link into class 'b' (real path {os.path.realpath(linked / 'b')})",
+        "c/outside.png": f"aliased file: same file as {linked / 'b' / 'outside_again.png'}",
+        "c/stolen.png": f"aliased file: link into class 'b' (real path {os.path.realpath(linked / 'b' / 'b0.png')})",
+    }
+
+
+def test_data_check_reports_one_line_per_aliased_folder(linked):
+    rep = check_dataset(linked, ipc=1)
+    assert rep["counts"] == {"a": 2, "b": 4, "c": 1} and rep["usable"] == 7
+    text = format_report(rep)
+    assert text.count("a/all:") == 1 and text.count("a/b_link:") == 1
+    assert "is a link to the same file" not in text  # no per-image warning
+    assert rep["warnings"] == ["4 aliased folder(s)/file(s) skipped (links to files used elsewhere)"]
+
+
+def test_two_class_folders_linked_to_one_real_folder(tmp_path):
+    store = tmp_path / "store"
+    for i in range(2):
+        _img(store / f"{i}.png")
+    root = tmp_path / "data"
+    root.mkdir()
+    os.symlink(store, root / "x")
+    os.symlink(store, root / "y")
+    idx = scan_image_folder(root, allow_empty_classes=True)
+    assert idx.classes == ["x"] and len(idx.records) == 2
+    assert [(os.path.relpath(s["path"], root), s["reason"].split(":")[0]) for s in idx.skipped] == \
+        [("y", "aliased folder"), ("y", "empty class folder")]
