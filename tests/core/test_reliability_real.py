@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -80,3 +82,74 @@ def test_two_class_folders_linked_to_one_real_folder(tmp_path):
     assert idx.classes == ["x"] and len(idx.records) == 2
     assert [(os.path.relpath(s["path"], root), s["reason"].split(":")[0]) for s in idx.skipped] == \
         [("y", "aliased folder"), ("y", "empty class folder")]
+
+
+# ---- item 2: two runs into one output folder ------------------------------------------------------
+
+HOLD = ("import sys, time\nfrom pipeline.core.lock import output_lock\n"
+        "with output_lock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(120)\n")
+
+
+@pytest.fixture()
+def holder(tmp_path):
+    """Another process holding the lock on ``tmp_path / 'run'``; yields (Popen, out_dir)."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], stdout=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout.readline().strip() == "held"
+    yield proc, out
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+
+
+def test_second_run_stops_naming_the_holder_and_a_dead_holder_is_taken_over(holder):
+    import signal
+    import socket
+
+    from pipeline.core.lock import LOCK_NAME, OutputLockedError, output_lock
+
+    proc, out = holder
+    want = rf"is in use by another run: host {socket.gethostname()} pid {proc.pid} \(started .+\), lock .*{LOCK_NAME}"
+    with pytest.raises(OutputLockedError, match=want), output_lock(out):
+        pass
+    os.kill(proc.pid, signal.SIGKILL)  # the holder dies without releasing: its file stays
+    proc.wait()
+    assert json.loads((out / LOCK_NAME).read_text())["pid"] == proc.pid
+    notes: list[str] = []
+    with output_lock(out, log=notes.append) as path:
+        assert json.loads(path.read_text())["pid"] == os.getpid()
+        with output_lock(out, log=notes.append):  # re-entrant in one process (semdistill run -> runner)
+            pass
+        assert path.exists()
+    started = notes[0].split("(started ")[1].split(")")[0]
+    assert notes == [(f"taking over the stale lock {out / LOCK_NAME} of host {socket.gethostname()} pid {proc.pid} "
+                      f"(started {started}): that process is dead")]
+    assert not (out / LOCK_NAME).exists()  # released and removed
+
+
+def test_semdistill_run_refuses_a_locked_output_folder(holder, capsys):
+    from pipeline.cli import main
+
+    proc, out = holder
+    cfg = Path(__file__).resolve().parents[2] / "configs" / "demo_diver.yaml"
+    rc = main(["run", str(cfg), f"output.dir={out}"])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"pid {proc.pid}" in err and "is in use by another run" in err
+    assert not (out / "config.yaml").exists()  # stopped before writing anything
+
+
+def test_runners_take_the_lock(holder):
+    from pipeline.config import config_from_dict
+    from pipeline.core.lock import OutputLockedError
+    from pipeline.diver.run import run_diver
+    from pipeline.edits.run import run_edits
+
+    _, out = holder
+    for method, runner in (("diver", run_diver), ("edits", run_edits)):
+        cfg = config_from_dict({"method": method, "output": {"dir": str(out)}})
+        with pytest.raises(OutputLockedError, match="is in use by another run"):
+            runner(cfg)
