@@ -165,7 +165,10 @@ class DistilledSetWriter:
         """Write one image and its manifest entry; returns its path, or None if already done."""
         if key in self._done:
             return None
-        rel = Path(component_name(class_id)) / f"{component_name(key)}.{self.image_format}"
+        folder = component_name(class_id)
+        if folder != str(class_id):  # reported: the manifest maps every id that could not be a folder name
+            self.manifest.setdefault("renamed_classes", {})[str(class_id)] = folder
+        rel = Path(folder) / f"{component_name(key)}.{self.image_format}"
         if self._files.get(rel.as_posix(), key) != key:
             raise DataError(f"keys {self._files[rel.as_posix()]!r} and {key!r} map to the same file {rel}")
         digest = atomic_save_image(self.out_dir / rel, image)

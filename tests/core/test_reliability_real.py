@@ -153,3 +153,66 @@ def test_runners_take_the_lock(holder):
         cfg = config_from_dict({"method": method, "output": {"dir": str(out)}})
         with pytest.raises(OutputLockedError, match="is in use by another run"):
             runner(cfg)
+
+
+# ---- item 6: untrusted inputs stay data ---------------------------------------------------------
+
+
+class _Evil:
+    """Unpickling this runs ``touch <marker>``: what a crafted ``.pt`` would do without weights_only."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_crafted_pt_with_pickled_callable_is_refused(tmp_path):
+    import torch
+
+    from pipeline.diver.inputs import load_stage1
+    from pipeline.errors import DataError
+
+    marker = tmp_path / "pwned"
+    bad = tmp_path / "set.pt"
+    torch.save({"images": torch.rand(2, 3, 8, 8), "labels": torch.tensor([0, 1]), "hook": _Evil(marker)}, bad)
+    with pytest.raises(DataError, match=rf"refused to load {bad}: it holds pickled objects or code.*"
+                                        r"unsupported GLOBAL posix.system.*re-save it with plain tensors"):
+        load_stage1(bad)
+    assert not marker.exists()  # nothing ran
+    torch.save({"images": torch.rand(2, 3, 8, 8), "labels": torch.tensor([0, 1])}, tmp_path / "ok.pt")
+    assert load_stage1(tmp_path / "ok.pt").images.shape == (2, 3, 8, 8)  # plain tensors still load
+
+
+HOSTILE = ["../../etc", "con", "nul\x00byte", "new\nline", "x" * 300, "/abs", "..", "ok id"]
+
+
+def test_hostile_class_ids_stay_inside_the_output_folder_and_are_reported(tmp_path):
+    import numpy as np
+    import torch
+
+    from pipeline.checks.verify import verify_set
+    from pipeline.core.write import DistilledSetWriter, read_manifest
+    from pipeline.diver.inputs import load_stage1
+
+    src = tmp_path / "set.pt"  # the ids arrive as data in a stage-1 set
+    torch.save({"images": torch.rand(len(HOSTILE), 3, 4, 4), "labels": torch.arange(len(HOSTILE)),
+                "classes": HOSTILE}, src)
+    s = load_stage1(src)
+    assert s.classes == HOSTILE
+    out = tmp_path / "nest" / "out"
+    w = DistilledSetWriter(out, "test")
+    paths = [w.add(f"c{i}_i000", cid, i, np.zeros((4, 4, 3), np.uint8)) for i, cid in enumerate(s.classes)]
+    w.finish()
+    for p in paths:
+        assert p.parent.parent == out and p.resolve().is_relative_to(out.resolve())
+        assert len(p.parent.name.encode()) <= 200 and "\n" not in p.parent.name and "\x00" not in p.parent.name
+    assert len({p.parent for p in paths}) == len(HOSTILE)
+    assert sorted(os.listdir(tmp_path)) == ["nest", "set.pt"] and sorted(os.listdir(tmp_path / "nest")) == ["out"]
+    renamed = read_manifest(out)["renamed_classes"]
+    assert sorted(renamed) == sorted(c for c in HOSTILE if c not in ("con", "ok id"))  # con is a plain name on Linux
+    assert all((out / folder).is_dir() for folder in renamed.values())
+    assert (out / "con").is_dir() and (out / "ok id").is_dir()
+    rep = verify_set(out)
+    assert rep["ok"], rep["problems"]
