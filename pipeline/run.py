@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import Config, dump_config, load_config
+from pipeline.core.lock import output_lock
 from pipeline.errors import ConfigError
 
 RUNNERS = {
@@ -47,15 +48,15 @@ def main(args: argparse.Namespace) -> int:
         print(dump_config(cfg), end="")
         return 0
     out = Path(cfg.output.dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(dump_config(cfg))
-    summary = run_config(cfg, from_stage=args.from_stage)
-    print(f"done: {summary.get('output', out)}")
-    if cfg.eval is not None:  # the last stage: cross-architecture evaluation (tuning/evaluate.py)
-        from tuning.evaluate import evaluate_run
+    with output_lock(out):  # a second run into this folder stops here, before it writes anything
+        (out / "config.yaml").write_text(dump_config(cfg))
+        summary = run_config(cfg, from_stage=args.from_stage)
+        print(f"done: {summary.get('output', out)}")
+        if cfg.eval is not None:  # the last stage: cross-architecture evaluation (tuning/evaluate.py)
+            from tuning.evaluate import evaluate_run
 
-        evaluate_run(cfg, summary)
-        print(f"evaluation: {out / 'results.md'}")
+            evaluate_run(cfg, summary)
+            print(f"evaluation: {out / 'results.md'}")
     return 0
 
 

@@ -80,12 +80,9 @@ def check_dataset(root: str | os.PathLike, ipc: int = 1, extensions: tuple[str, 
         names = load_class_names(class_names, list(counts))
         for name, ids in duplicate_class_names(names).items():
             warnings.append(f"class name {name!r} is shared by {ids}: prompts will name them with their ids")
-    seen: dict[str, str] = {}
-    for rec in index.records:
-        real = os.path.realpath(rec.path)
-        if real in seen and real != rec.path:
-            warnings.append(f"{rec.path} is a link to the same file as {seen[real]}")
-        seen.setdefault(real, rec.path)
+    aliases = [s for s in index.skipped if s["reason"].startswith(("aliased", "folder already scanned"))]
+    if aliases:  # the scan resolved real paths once: no file is counted twice or in a class it does not sit under
+        warnings.append(f"{len(aliases)} aliased folder(s)/file(s) skipped (links to files used elsewhere)")
 
     return {
         "root": str(index.root),

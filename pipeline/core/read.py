@@ -72,9 +72,10 @@ def scan_image_folder(
     records: list[ImageRecord] = []
     skipped: list[dict[str, str]] = []
     kept_classes: list[str] = []
+    reals = _RealPaths(root_p, found)
     for cls in found:
         cls_dir = root_p / cls
-        files = _class_files(cls_dir, exts, follow_symlinks, skipped)
+        files = _class_files(cls_dir, exts, follow_symlinks, skipped, reals, cls)
         if max_per_class is not None:
             files = files[:max_per_class]
         if not files:
@@ -113,22 +114,72 @@ def _class_folders(root_p: Path, classes: list[str] | None) -> list[str]:
     return found
 
 
+class _RealPaths:
+    """Real paths resolved once over the whole dataset: which class owns a real folder, what was used.
+
+    A file counts only in the class whose folder holds it by real path (or, for a link that
+    leads outside the dataset, in the first class that reaches it), and only once.
+    """
+
+    def __init__(self, root_p: Path, classes: list[str]) -> None:
+        self.root = os.path.realpath(root_p)
+        self.owner: dict[str, str] = {}
+        for c in classes:
+            self.owner.setdefault(os.path.realpath(root_p / c), c)
+        self.above = {str(p) for d in self.owner for p in Path(d).parents}  # folders holding class folders
+        self.dirs: dict[str, str] = {}
+        self.files: dict[str, str] = {}
+
+    def owner_of(self, real: str) -> str | None:
+        for p in (real, *map(str, Path(real).parents)):
+            if p in self.owner:
+                return self.owner[p]
+        return None
+
+    def alias(self, real: str, cls: str) -> str:
+        """Why ``real`` (reached inside class ``cls``) is an alias, or ``""`` when ``cls`` may use it."""
+        owner = self.owner_of(real)
+        if owner == cls:
+            return ""
+        if owner is not None:
+            return f"link into class {owner!r} (real path {real})"
+        if real in self.above or real == self.root or real.startswith(self.root + os.sep):
+            return f"link back into the dataset outside class {cls!r} (real path {real})"
+        return ""
+
+
 def _class_files(cls_dir: Path, exts: tuple[str, ...], follow_symlinks: bool,
-                 skipped: list[dict[str, str]]) -> list[str]:
-    """Image files under one class folder in sorted walk order; what it passes over goes to ``skipped``."""
+                 skipped: list[dict[str, str]], reals: _RealPaths | None = None, cls: str = "") -> list[str]:
+    """Image files under one class folder in sorted walk order; what it passes over goes to ``skipped``.
+
+    A folder or file whose real path is an alias (already used, or inside another class, or
+    back in the dataset outside this class: ``ln -s .. all``) is skipped with one line.
+    """
+    reals = reals if reals is not None else _RealPaths(cls_dir.parent, [cls_dir.name])
+    cls = cls or cls_dir.name
     files: list[str] = []
-    seen_dirs: set[str] = set()
     for dirpath, dirnames, filenames in os.walk(cls_dir, followlinks=follow_symlinks):
         real = os.path.realpath(dirpath)
-        if real in seen_dirs:  # a symlink loop or a second link to the same folder
-            skipped.append({"path": dirpath, "reason": "folder already scanned (symlink loop or duplicate link)"})
+        alias = reals.alias(real, cls)
+        why = (f"aliased folder: {alias}" if alias else
+               f"folder already scanned as {reals.dirs[real]} (symlink loop or duplicate link)"
+               if real in reals.dirs else "")
+        if why:
+            skipped.append({"path": dirpath, "reason": why})
             dirnames[:] = []
             continue
-        seen_dirs.add(real)
+        reals.dirs[real] = dirpath
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
             full = os.path.join(dirpath, name)
             reason = _skip_reason(full, name, exts, follow_symlinks)
+            if reason is None:
+                real_f = os.path.realpath(full) if os.path.islink(full) else os.path.join(real, name)
+                why = reals.alias(real_f, cls) or (f"same file as {reals.files[real_f]}"
+                                                   if real_f in reals.files else "")
+                reason = f"aliased file: {why}" if why else None
+                if reason is None:
+                    reals.files[real_f] = full
             if reason:
                 skipped.append({"path": full, "reason": reason})
             elif reason is None:

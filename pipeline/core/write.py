@@ -8,6 +8,7 @@ crash leaves at most an orphan ``.tmp`` file, never a half-written image or mani
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -71,26 +72,62 @@ def _umask() -> int:
     return mask
 
 
+class DiskFullError(DataError):
+    """The file system filled up during a write; the partial file was removed."""
+
+
+def disk_full(path: str | os.PathLike, needed: int, at_least: bool = False) -> DiskFullError:
+    """The error for an ``ENOSPC`` while writing ``path``: names the path, the bytes needed and those free."""
+    folder = Path(path).parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        st = os.statvfs(folder)
+        free = st.f_bavail * st.f_frsize
+    except OSError:
+        free = -1
+    return DiskFullError(
+        f"no space left on the device writing {path}: it needs {'more than ' if at_least else ''}{needed} bytes, "
+        f"{max(free, 0)} are free in "
+        f"{folder}; free at least {max(needed - max(free, 0), 1)} bytes (more for the files still to come) "
+        "or choose another output.dir, then re-run: finished files are kept")
+
+
+@contextlib.contextmanager
+def _no_partial(tmp: str | os.PathLike, path: str | os.PathLike, needed: int) -> Iterator[None]:
+    """Remove ``tmp`` on any failure; turn ``ENOSPC`` into ``DiskFullError`` naming ``path``."""
+    try:
+        yield
+    except BaseException as err:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+            raise disk_full(path, needed) from None
+        raise
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temp file in the same folder and ``os.replace``.
 
     The file gets the mode a plain ``open`` would give (0666 minus the umask), not
     ``mkstemp``'s private 0600, so a shared output folder stays readable to the team.
+    A full disk leaves no partial file and raises ``DiskFullError``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        if err.errno == errno.ENOSPC:
+            raise disk_full(path, len(data)) from None
+        raise
+    with _no_partial(tmp, path, len(data)):
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
@@ -165,7 +202,10 @@ class DistilledSetWriter:
         """Write one image and its manifest entry; returns its path, or None if already done."""
         if key in self._done:
             return None
-        rel = Path(component_name(class_id)) / f"{component_name(key)}.{self.image_format}"
+        folder = component_name(class_id)
+        if folder != str(class_id):  # reported: the manifest maps every id that could not be a folder name
+            self.manifest.setdefault("renamed_classes", {})[str(class_id)] = folder
+        rel = Path(folder) / f"{component_name(key)}.{self.image_format}"
         if self._files.get(rel.as_posix(), key) != key:
             raise DataError(f"keys {self._files[rel.as_posix()]!r} and {key!r} map to the same file {rel}")
         digest = atomic_save_image(self.out_dir / rel, image)
@@ -213,8 +253,10 @@ def write_parquet(path: str | os.PathLike, columns: dict[str, Any]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(pa.table(arrays), tmp)
-    os.replace(tmp, path)
+    table = pa.table(arrays)
+    with _no_partial(tmp, path, table.nbytes):
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
 
 
 def remove(*paths: Path) -> None:
@@ -244,6 +286,9 @@ def atomic_folder(target: str | os.PathLike, marker: str | None = None, marker_t
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as err:
+        written = sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file()) if tmp.exists() else 0
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+            raise disk_full(err.filename or target, written, at_least=True) from None
         raise

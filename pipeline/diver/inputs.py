@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -196,7 +197,13 @@ def _load(path: Path):
     try:
         with torch.serialization.safe_globals(_numpy_scalar_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
+    except pickle.UnpicklingError as err:  # weights_only refuses pickled code and arbitrary objects
+        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()] or [type(err).__name__]
+        first = next((ln for ln in lines if "GLOBAL" in ln or "Unsupported" in ln), lines[0])[:300]
+        raise DataError(f"refused to load {path}: it holds pickled objects or code, not only tensors, lists and "
+                        f"dicts (loaded with weights_only=True: {first}); re-save it with plain tensors "
+                        "(torch.save({'images': x, 'labels': y}, path))") from None
+    except Exception as err:  # noqa: BLE001 - any unreadable file becomes one clear DataError
         raise DataError(f"cannot read {path}: {type(err).__name__}: {err}") from None
 
 

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.config import Config
+from pipeline.core.lock import holds_output_lock
 from pipeline.errors import ConfigError, DataError
 
 STAGES = ("stage1", "recover", "report")
@@ -316,6 +317,7 @@ def side_by_side(s: dict[str, Any], path: Path, min_px: int = 64) -> Path:
     return path
 
 
+@holds_output_lock
 def run_diver(cfg: Config, from_stage: str | None = None) -> dict[str, Any]:
     """Run DIVER as configured; returns a summary (``output``, per-set paths, counts, timings)."""
     start = _stage_index(from_stage)

@@ -33,6 +33,7 @@ from typing import Any
 
 from pipeline.config import Config
 from pipeline.core.keys import stage_index
+from pipeline.core.lock import holds_output_lock
 from pipeline.edits.state import Artefacts, EditsRun, StageState, stage_keys
 from pipeline.errors import ConfigError
 
@@ -123,6 +124,7 @@ class StageRunner:
         return summary
 
 
+@holds_output_lock
 def run_edits(cfg: Config, from_stage: str | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run EDITS as configured; returns the summary (``output``, counts, ``timings`` per stage).
 
