@@ -1,6 +1,6 @@
 """DIVER recovery vs plain DiT sampling: time and peak memory, same DiT, same steps, one run.
 
-Both sides run the same number of DDIM steps (``num_inference_steps - start_step``) on the
+Both sides run the same number of DDIM steps (all N with ``reverse_start: top``, the default) on the
 same batch and decode with the same VAE:
 - plain: pure noise at ``timesteps[start_step]`` -> class-conditional DDIM with CFG -> decode;
 - DIVER: VAE-encode the input -> inherit (noise to ``start_step``) -> the same DDIM loop with
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> float:
         order = (("plain", plain), ("diver", diver)) if r % 2 == 0 else (("diver", diver), ("plain", plain))
         for name, fn in order:
             runs[name].append(measure(fn, device))
-    n_steps = settings.num_inference_steps - settings.start_step
+    n_steps = settings.first_index() + 1  # reverse_start top (the default): all N steps, like plain DiT
     print(f"model {args.model} on {device} ({next(transformer.parameters()).dtype}), batch {args.batch}, "
           f"{res}px -> {latent}x{latent} latents, {n_steps} DDIM steps each, {args.repeats} alternating runs")
     print(f"{'':22s}{'plain DiT':>14s}{'DIVER':>14s}{'DIVER/plain':>14s}")

@@ -336,6 +336,7 @@ class RayConfig(Section):
     micro_batch_sizes: dict[str, int] = {"caption": 8, "embed": 32, "vae": 8, "llm": 8, "generate": 4, "recover": 8}
     max_restarts: int = 2
     max_task_retries: int = 2
+    cluster_classes_per_task: int = Field(8, gt=0)  # EDITS cluster stage: classes per Ray task (start-up paid once)
     max_errored_blocks: int = 0
     job: JobConfig = JobConfig()  # `semdistill submit` only
 

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -179,14 +180,114 @@ def lloyd(x: np.ndarray, centroids: np.ndarray, max_iter: int, tol: float, gpu: 
     return c, assign, obj, it
 
 
+def _pp_draws(rng: np.random.Generator, n: int, k: int, nredo: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k-means++ random numbers of ``nredo`` starts, drawn in the order the sequential seeding draws them
+    (per start: the first centre, then ``trials`` uniforms per further centre)."""
+    trials = 2 + int(np.log(k))
+    first = np.empty(nredo, np.int64)
+    u = np.empty((nredo, max(k - 1, 0), trials))
+    for j in range(nredo):
+        first[j] = rng.integers(n)
+        for s in range(k - 1):
+            u[j, s] = rng.random(trials)
+    return first, u
+
+
+def _cross(x: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """``x @ c.T`` by float32 BLAS (the precision of the authors' sklearn on float32 features), as float64."""
+    return (x @ np.ascontiguousarray(c, np.float32).T).astype(np.float64)
+
+
+def _pp_init_batched(x: np.ndarray, xx: np.ndarray, k: int, first: np.ndarray, u: np.ndarray) -> np.ndarray | None:
+    """k-means++ (as ``kmeans_pp_init``) of all starts at once: one matrix product per new centre for every
+    start. Returns the start indices ``[S, k]``, or None when a start finds (within float32 error) every
+    point on a centre: the float64 sequential seeding decides those (it draws integers when nothing is left)."""
+    n, s_count = len(x), len(first)
+    idx = np.empty((s_count, k), np.int64)
+    idx[:, 0] = first
+    closest = np.maximum(xx[:, None] - 2.0 * _cross(x, x[first]) + xx[first][None, :], 0.0).T  # [S, N]
+    trials = u.shape[2] if k > 1 else 0
+    floor = n * 1e-6 * max(float(xx.max()), np.finfo(np.float64).tiny)  # float32 products' error, summed
+    for step in range(1, k):
+        pot = closest.sum(1)
+        if (pot <= floor).any():
+            return None
+        cum = np.cumsum(closest, axis=1)
+        cand = np.stack([np.minimum(np.searchsorted(cum[j], u[j, step - 1] * pot[j]), n - 1)
+                         for j in range(s_count)])  # [S, T]
+        flat = cand.ravel()
+        d = np.maximum(xx[:, None] - 2.0 * _cross(x, x[flat]) + xx[flat][None, :], 0.0)  # [N, S*T]
+        new = np.minimum(closest.T[:, :, None], d.reshape(n, s_count, trials))  # [N, S, T]
+        best = np.argmin(new.sum(0), axis=1)  # [S]
+        idx[:, step] = cand[np.arange(s_count), best]
+        closest = new[:, np.arange(s_count), best].T
+    return idx
+
+
+def _lloyd_batched(x: np.ndarray, xx: np.ndarray, starts: np.ndarray, max_iter: int, tol: float
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Lloyd iterations (as ``lloyd``) of all starts ``[S, k, D]`` at once: one matrix product gives every
+    active start's distances, one every start's cluster sums (a one-hot product); a start stops at its own
+    convergence. Returns (centroids ``[S, k, D]``, objectives ``[S]``)."""
+    n = len(x)
+    s_count, k, dim = starts.shape
+    cents = np.array(starts, dtype=np.float32)
+
+    def assign(c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # c [A, k, D] -> ([A, N], [A, N])
+        cc = (c.astype(np.float64) ** 2).sum(2).ravel()
+        d = (xx[:, None] - 2.0 * _cross(x, c.reshape(-1, dim)) + cc[None, :]).reshape(n, len(c), k)
+        a = np.argmin(d, axis=2)  # [N, A]
+        dist = np.maximum(np.take_along_axis(d, a[:, :, None], 2)[:, :, 0], 0.0)
+        return a.T, dist.T
+
+    labels, dist = assign(cents)
+    obj = dist.sum(1)
+    active = np.arange(s_count)
+    rows = np.arange(n)
+    for _ in range(max_iter):
+        if not len(active):
+            break
+        a_act = labels[active]  # [A, N]
+        ids = (np.arange(len(active))[:, None] * k + a_act).ravel()
+        onehot = np.zeros((len(active) * k, n), np.float32)
+        onehot[ids, np.tile(rows, len(active))] = 1.0
+        sums = (onehot @ x).astype(np.float64).reshape(len(active), k, dim)  # one float32 BLAS product
+        counts = np.bincount(ids, minlength=len(active) * k).reshape(len(active), k).astype(np.float64)
+        for i, j in zip(*np.nonzero(counts == 0)):  # relocate: the worst-fitted point becomes its own centre
+            far = int(np.argmax(dist[active[i]]))
+            sums[i, j], counts[i, j], dist[active[i], far] = x[far], 1, -1.0
+        new_c = (sums / counts[:, :, None]).astype(np.float32)
+        new_labels, new_dist = assign(new_c)
+        new_obj = new_dist.sum(1)
+        converged = obj[active] - new_obj <= tol * np.maximum(obj[active], np.finfo(np.float64).tiny)
+        cents[active], labels[active], dist[active], obj[active] = new_c, new_labels, new_dist, new_obj
+        active = active[~converged]
+    return cents, obj
+
+
+def _nearest(x: np.ndarray, xx: np.ndarray, c: np.ndarray, margin: float = 1e-4) -> np.ndarray:
+    """The float64-exact nearest centroid of each row: float32 products first, then rows whose two nearest
+    centroids are within ``margin`` (far above float32 error on unit-scale features) again in float64."""
+    d = xx[:, None] - 2.0 * _cross(x, c) + (c.astype(np.float64) ** 2).sum(1)[None, :]
+    a = np.argmin(d, axis=1)
+    if c.shape[0] > 1:
+        two = np.partition(d, 1, axis=1)[:, :2]
+        close = np.flatnonzero(two[:, 1] - two[:, 0] <= margin * max(1.0, float(np.abs(d).max())))
+        if len(close):
+            a[close] = np.argmin(sq_distances(x[close], c), axis=1)
+    return a.astype(np.int64)
+
+
 def kmeans(x: np.ndarray, k: int, niter: int = 300, nredo: int = 10, seed: int = 0,
            gpu: bool | None = None, tol: float = 1e-4, init: str = "k-means++") -> tuple[np.ndarray, np.ndarray]:
     """k-means on all rows of ``x``: (centroids ``[k, D]``, assignment ``[N]``), the best of ``nredo`` starts.
 
     As the authors' sklearn ``KMeans`` (read): k-means++ seeding, ``n_init`` starts, each run to
-    convergence (relative objective change < ``tol``, at most ``niter`` iterations). Assignment
-    uses FAISS exact search on a GPU (when FAISS sees one), numpy on CPU. ``init="random"``: k
-    distinct random rows.
+    convergence (relative objective change < ``tol``, at most ``niter`` iterations). On CPU all
+    starts run batched (one BLAS product per step for every start; distances' cross terms in
+    float32 like sklearn on float32 features, norms, sums and objectives in float64); the returned
+    assignment is the exact float64 nearest centroid. On a GPU (when FAISS sees one) FAISS exact
+    search assigns, start by start. ``init="random"``: k distinct random rows.
     """
     x = np.ascontiguousarray(x, dtype=np.float32)
     n = len(x)
@@ -195,11 +296,31 @@ def kmeans(x: np.ndarray, k: int, niter: int = 300, nredo: int = 10, seed: int =
     if init not in ("k-means++", "random"):
         raise ValueError(f"edits.kmeans_init must be k-means++ or random, got {init!r}")
     use_gpu = faiss_gpu_available() if gpu is None else bool(gpu)
+    if not use_gpu:
+        rng = np.random.default_rng(int(seed))
+        xx = (x.astype(np.float64) ** 2).sum(1)
+        if init == "k-means++":
+            first, u = _pp_draws(rng, n, k, nredo)
+            idx = _pp_init_batched(x, xx, k, first, u)
+        else:
+            idx = np.stack([rng.choice(n, size=k, replace=False) for _ in range(nredo)])
+        if idx is not None:
+            cents, obj = _lloyd_batched(x, xx, x[idx], niter, tol)
+            # ties (the same partition reached twice; float32 products can differ in the last bits) keep the earlier start
+            c = cents[int(np.flatnonzero(obj <= obj.min() * (1 + 1e-12))[0])]
+            return c, _nearest(x, xx, c)
+    return _kmeans_sequential(x, k, niter, nredo, seed, use_gpu, tol, init)
+
+
+def _kmeans_sequential(x: np.ndarray, k: int, niter: int, nredo: int, seed: int, gpu: bool, tol: float,
+                       init: str) -> tuple[np.ndarray, np.ndarray]:
+    """``kmeans`` start by start (the GPU path, and degenerate classes whose seeding runs out of distinct points)."""
+    n = len(x)
     rng = np.random.default_rng(int(seed))
     best: tuple[np.ndarray, np.ndarray, float] | None = None
     for _ in range(nredo):
         start = kmeans_pp_init(x, k, rng) if init == "k-means++" else x[rng.choice(n, size=k, replace=False)]
-        c, assign, obj, _it = lloyd(x, start, niter, tol, use_gpu)
+        c, assign, obj, _it = lloyd(x, start, niter, tol, gpu)
         if best is None or obj < best[2]:  # ties keep the earlier start
             best = (c, assign, obj)
     assert best is not None
@@ -243,8 +364,69 @@ def _class_files(run: Any, class_id: str) -> tuple[Any, Any]:
     return run.paths.buffer / f"{name}.parquet", run.paths.clusters_dir / f"{name}.json"
 
 
-def _process_remote(class_id: str, img: np.ndarray, txt: np.ndarray, settings: ClusterSettings) -> dict[str, Any]:
-    return process_class(class_id, img, txt, settings)
+def kmeans_class(class_id: str, fused: np.ndarray, settings: ClusterSettings) -> tuple[np.ndarray, np.ndarray]:
+    """The k-means of one class's fused features under ``settings`` (its seed as in ``process_class``)."""
+    from pipeline.core.seeds import stage_seed
+
+    s = settings
+    return kmeans(fused, min(s.ipc, len(fused)), s.niter, s.nredo, seed=stage_seed(s.seed, f"kmeans:{class_id}"),
+                  tol=s.tol, init=s.init)
+
+
+def _run_many(fn: Callable[..., Any], items: list[tuple[Any, ...]], settings: ClusterSettings, threads: int) -> list[Any]:
+    """``fn(*item, settings)`` for each item, inside one task, with BLAS/OpenMP at ``threads`` threads."""
+    from threadpoolctl import threadpool_limits
+
+    if faiss_gpu_available():
+        import faiss
+
+        faiss.omp_set_num_threads(threads)
+    with threadpool_limits(limits=threads):
+        return [fn(*item, settings) for item in items]
+
+
+def cluster_classes(items: Iterable[tuple[Any, tuple[Any, ...]]], settings: ClusterSettings, ray_cfg: Any,
+                    fn: Callable[..., Any] = process_class) -> Iterator[tuple[Any, Any]]:
+    """``(meta, fn(*args, settings))`` for each ``(meta, args)`` of ``items``, on Ray, as tasks finish.
+
+    Classes go ``ray.cluster_classes_per_task`` to a task (one start-up per task, not per class); each task
+    holds the CPUs of ``ray.actor_num_cpus`` rounded up and runs BLAS with that many threads, and as many
+    tasks run as the cluster's CPUs hold (one more queued), so the cores are neither idle nor oversubscribed.
+    """
+    import math
+
+    import ray
+
+    from pipeline.core.ray_setup import task_options
+
+    cpus = max(1, math.ceil(ray_cfg.actor_num_cpus))
+    opts = {**task_options(ray_cfg), "num_cpus": cpus}
+    task = ray.remote(_run_many).options(**opts)
+    max_in_flight = max(1, int(ray.cluster_resources().get("CPU", 1) // cpus)) + 1
+    per_task = int(ray_cfg.cluster_classes_per_task)
+    in_flight: dict[Any, list[Any]] = {}
+    fn_ref = ray.put(fn)
+    settings_ref = ray.put(settings)
+
+    def drain() -> Iterator[tuple[Any, Any]]:
+        ready, _ = ray.wait(list(in_flight), num_returns=1)
+        for ref in ready:
+            yield from zip(in_flight.pop(ref), ray.get(ref))
+
+    batch_meta: list[Any] = []
+    batch_args: list[tuple[Any, ...]] = []
+    for meta, args in items:
+        batch_meta.append(meta)
+        batch_args.append(args)
+        if len(batch_args) == per_task:
+            in_flight[task.remote(fn_ref, batch_args, settings_ref, cpus)] = batch_meta
+            batch_meta, batch_args = [], []
+            while len(in_flight) >= max_in_flight:
+                yield from drain()
+    if batch_args:
+        in_flight[task.remote(fn_ref, batch_args, settings_ref, cpus)] = batch_meta
+    while in_flight:
+        yield from drain()
 
 
 def _save_class(run: Any, feats: dict[str, np.ndarray], res: dict[str, Any]) -> dict[str, Any]:
@@ -282,9 +464,6 @@ def load_clusters(run: Any) -> dict[str, Any]:
 def run_stage(run: Any, state: Any, force: bool) -> dict[str, Any]:
     import json
 
-    import ray
-
-    from pipeline.core.ray_setup import task_options
     from pipeline.core.write import atomic_write_json, remove
     from pipeline.edits.embed import load_features
 
@@ -293,22 +472,14 @@ def run_stage(run: Any, state: Any, force: bool) -> dict[str, Any]:
     settings = ClusterSettings.from_edits(cfg.edits)
     todo = [c for c in run.index.classes if not _class_files(run, c)[1].exists()]
     run.log(f"[edits] cluster: {len(run.index.classes) - len(todo)} classes cached, {len(todo)} to cluster")
-    task = ray.remote(_process_remote).options(**task_options(cfg.ray))
-    max_in_flight = max(2, int(ray.cluster_resources().get("CPU", 2) / max(cfg.ray.actor_num_cpus, 0.01)))
-    in_flight: dict[Any, dict[str, np.ndarray]] = {}
 
-    def drain() -> None:
-        ready, _ = ray.wait(list(in_flight), num_returns=1)
-        for ref in ready:
-            _save_class(run, in_flight.pop(ref), ray.get(ref))
+    def items() -> Iterator[tuple[dict[str, np.ndarray], tuple[Any, ...]]]:
+        for c in todo:
+            feats = load_features(run, c)
+            yield feats, (c, feats["img"], feats["txt"])
 
-    for c in todo:
-        feats = load_features(run, c)
-        in_flight[task.remote(c, feats["img"], feats["txt"], settings)] = feats
-        while len(in_flight) >= max_in_flight:
-            drain()
-    while in_flight:
-        drain()
+    for feats, res in cluster_classes(items(), settings, cfg.ray):
+        _save_class(run, feats, res)
     merged = {}
     for c in run.index.classes:
         merged[c] = json.loads(_class_files(run, c)[1].read_text())
