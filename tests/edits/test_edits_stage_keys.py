@@ -72,6 +72,7 @@ CHANGES: dict[str, tuple[str, ...]] = {
     "ray.pool_sizes": NONE, "ray.batch_sizes": NONE,  # with micro-batches set (see test_batch_sizes_...)
     "ray.micro_batch_sizes": (C,),  # the walk changes the first role, caption; the other roles below
     "ray.max_restarts": NONE, "ray.max_task_retries": NONE, "ray.max_errored_blocks": NONE,
+    "ray.cluster_classes_per_task": NONE,  # scheduling only: each class is clustered alone with its own seed
     "output.dir": NONE, "output.image_format": (G,), "output.overwrite": NONE,
     "debug.fail_every_n_batches": NONE, "debug.fault_mode": NONE, "debug.fault_dir": NONE,
     "ray.job.": NONE, "diver.": NONE, "eval.": NONE, "sweep.": NONE,
