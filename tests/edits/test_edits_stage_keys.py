@@ -192,13 +192,20 @@ def values(world: Path, zoo_dir: Path) -> dict[str, typing.Any]:
             "diver.fusion_window": [40, 24]}
 
 
+# Settings that are valid only together with another change (the config validates them as a pair).
+COMPANIONS: dict[str, dict[str, typing.Any]] = {
+    "diver.reverse_start": {"diver.fusion_window": [25, 10]},  # start_step runs 25..0: the window must lie inside
+}
+
+
 def with_value(raw: dict[str, typing.Any], path: str, value: typing.Any) -> Config:
     raw = json.loads(json.dumps(config_from_dict(raw).model_dump(mode="json")))
-    node = raw
-    *parents, last = path.split(".")
-    for p in parents:
-        node = node[p]
-    node[last] = value
+    for dotted, v in {**COMPANIONS.get(path, {}), path: value}.items():
+        node = raw
+        *parents, last = dotted.split(".")
+        for p in parents:
+            node = node[p]
+        node[last] = v
     return config_from_dict(raw, f"<{path} changed>")
 
 
