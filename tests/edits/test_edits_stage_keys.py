@@ -127,7 +127,7 @@ def _sample(t: typing.Any) -> typing.Any:
     if origin in (list, tuple):
         return [_sample(args[0])]
     if origin is dict:
-        return {"x": _sample(args[1]) if args else "x"}
+        return {_sample(args[0]) if args else "x": _sample(args[1]) if args else "x"}
     return {int: 1, float: 0.5, str: "other", bool: True}.get(t, "other")
 
 
@@ -149,6 +149,8 @@ def changed_value(current: typing.Any, t: typing.Any) -> typing.Any:
     if isinstance(current, (list, tuple)):
         if current and isinstance(current[0], int):
             return [current[0] + 1, *current[1:]]
+        if current and isinstance(current[0], float):  # fixed-length ranges such as (0.08, 1.0)
+            return [current[0] / 2 if current[0] else 0.1, *current[1:]]
         return list(current[:-1]) if len(current) > 1 else [*current, _sample(typing.get_args(t)[0])]
     if isinstance(current, dict):
         if current:
@@ -160,7 +162,7 @@ def changed_value(current: typing.Any, t: typing.Any) -> typing.Any:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, zoo_dir):
-    """Two copies of a tiny ImageFolder (png, jpg, a symlink), two name tables, copies of zoo CLIP and SD."""
+    """Two copies of a tiny ImageFolder (png, jpg, a symlink to a file outside it), two name tables, copies of zoo CLIP and SD."""
     base = tmp_path_factory.mktemp("keys")
     root = base / "train"
     for cls in ("a", "b", "c"):
@@ -168,7 +170,9 @@ def world(tmp_path_factory, zoo_dir):
         for i in range(2):
             Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(root / cls / f"{i}.png")
         Image.new("RGB", (8, 8)).save(root / cls / "2.jpg")
-    (root / "a" / "link.png").symlink_to(root / "a" / "0.png")
+    (base / "outside").mkdir()
+    Image.new("RGB", (8, 8), (0, 90, 0)).save(base / "outside" / "x.png")
+    (root / "a" / "link.png").symlink_to(base / "outside" / "x.png")  # a link out of the set counts (once)
     shutil.copytree(root, base / "train_copy", symlinks=True)
     (base / "names.json").write_text(json.dumps({"a": "apple", "b": "bear", "c": "cat"}))
     (base / "names2.json").write_text(json.dumps({"a": "apricot", "b": "bear", "c": "cat"}))
@@ -189,7 +193,7 @@ def values(world: Path, zoo_dir: Path) -> dict[str, typing.Any]:
     return {"data.root": str(world / "train_copy"), "data.class_names": str(world / "names2.json"),
             "data.extensions": [".png"], "data.classes": ["a", "b"], "models.clip": str(world / "clip_copy"),
             "models.sd": str(world / "sd_copy"), "models.zoo_dir": str(zoo_dir), "diver.inversion_cfg_scale": 2.0,
-            "diver.fusion_window": [40, 24]}
+            "diver.fusion_window": [40, 24], "eval.augment": "dsa+mixup"}
 
 
 # Settings that are valid only together with another change (the config validates them as a pair).
