@@ -5,6 +5,7 @@ CLIPModel, a BLIP captioner, a causal LM), is saved with ``save_pretrained`` and
 back by the pipeline through the same ``from_pretrained`` code as the real ids. Nothing is
 downloaded: tokenizers are built here from a fixed word list.
 
+The ``demo_*`` roles have learned the demo digits (``actors.demo_dit``, ``actors.demo_models``).
 In configs, ``zoo:<role>`` names a zoo model (roles: ``ROLES``).
 """
 
@@ -32,6 +33,9 @@ subject setting lighting pose shape color colour texture size condition plain si
 pixels low resolution scan scanned cartoon anime painting realistic detailed sentence write
 caption summary describe describing object dog cat bird fish fruit car flower tree sky water
 grass indoor outdoor day night red green blue yellow orange purple brown pink , . : ; - '""".split()
+# Words added later get ids after the original ones (ids of earlier words stay stable): the demo
+# captions' attribute words (actors.demo_captions).
+_WORDS_ADDED = ["slanted", "upright", "medium", "closed", "loops", "no"]
 
 
 def build_tokenizer(max_length: int = 77):
@@ -41,7 +45,8 @@ def build_tokenizer(max_length: int = 77):
     from transformers import PreTrainedTokenizerFast
 
     specials = ["<|pad|>", "<|unk|>", "<|startoftext|>", "<|endoftext|>"]
-    vocab = {tok: i for i, tok in enumerate(specials + sorted(set(_WORDS)))}
+    words = sorted(set(_WORDS))
+    vocab = {tok: i for i, tok in enumerate(specials + words + [w for w in _WORDS_ADDED if w not in words])}
     tok = Tokenizer(WordLevel(vocab, unk_token="<|unk|>"))
     tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace(), pre_tokenizers.Digits(True)])
@@ -233,6 +238,9 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
     "tokenizer": _build_tokenizer, "clip": _build_clip, "vlm": _build_vlm, "llm": _build_llm,
     "vae": _build_vae, "dit": _build_dit, "sd": _build_sd, "smollm2": _build_smollm2,
     "demo_dit": lambda out: __import__("actors.demo_dit", fromlist=["build"]).build(out),  # trained, minutes
+    # trained demo models shipped in the repo (actors/demo_weights): copied after a sha256 check
+    **{role: (lambda out, r=role: __import__("actors.shipped", fromlist=["copy_role"]).copy_role(r, out))
+       for role in ("demo_vlm", "demo_clip", "demo_sd")},
 }
 
 

@@ -6,7 +6,8 @@ import os
 from pathlib import Path
 
 ZOO_VERSION = "v1"
-ROLES = ("tokenizer", "clip", "vlm", "llm", "vae", "dit", "sd", "smollm2", "demo_dit")
+ROLES = ("tokenizer", "clip", "vlm", "llm", "vae", "dit", "sd", "smollm2", "demo_dit", "demo_vlm", "demo_clip",
+         "demo_sd")
 MARKER = ".complete"
 
 

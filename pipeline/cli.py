@@ -14,6 +14,7 @@ EPILOG = """examples:
   semdistill demo --out runs/demo                 # everything, offline, on a laptop
   semdistill data demo --out data/digits          # the embedded real dataset (sklearn digits)
   semdistill zoo build                            # tiny local models for every role
+  semdistill zoo train-demo --roles demo_sd       # retrain a shipped demo model from its recipe
   semdistill run configs/demo_diver.yaml output.dir=runs/d1 diver.gamma=0.05
   semdistill run configs/edits_imagewoof.yaml edits.ipc=10 --from-stage cluster
   semdistill submit configs/diver_imagenet1k.yaml --address http://head:8265
@@ -83,6 +84,14 @@ def build_parser() -> argparse.ArgumentParser:
     zt.add_argument("--steps", type=int, default=None, help="training steps (default: the recipe's)")
     zt.add_argument("--force", action="store_true", help="retrain even when present")
     zt.set_defaults(func=_handler("actors.demo_dit:main"))
+    zd = zsub.add_parser("train-demo", help="train the demo zoo (captioner, CLIP, SD, DiT) on the demo digits and "
+                                            "ship the checkpoints with their sha256 sums")
+    zd.add_argument("--roles", nargs="*", default=None, help="demo_vlm demo_clip demo_sd demo_dit (default: all)")
+    zd.add_argument("--data", default=None, help="demo dataset root (default: written to a temp folder)")
+    zd.add_argument("--dir", default=None, help="zoo folder (refreshed after training)")
+    zd.add_argument("--weights-dir", default=None, help="where the shipped weights go (default actors/demo_weights)")
+    zd.add_argument("--force", action="store_true", help="retrain roles whose weights are present")
+    zd.set_defaults(func=_handler("pipeline.demo.commands:train_demo"))
 
     # run
     r = sub.add_parser("run", help="run a config end to end (method: edits | diver)")

@@ -40,3 +40,57 @@ def demo(args: argparse.Namespace) -> int:
     result = run_demo(Path(args.out), quick=args.quick)
     print(json.dumps(result, indent=2, default=str))
     return 0
+
+
+DEMO_ROLES = ("demo_vlm", "demo_clip", "demo_sd", "demo_dit")
+
+
+def train_demo_role(role: str, weights_dir: Path, data: str | None) -> dict:
+    """Train one shipped demo role from its recipe into ``weights_dir/<role>`` (demo_sd needs demo_clip there)."""
+    import shutil
+    import tempfile
+
+    from actors import demo_models
+
+    target = weights_dir / role
+    with tempfile.TemporaryDirectory(dir=weights_dir) as tmp:
+        out = Path(tmp) / role
+        if role == "demo_vlm":
+            report = demo_models.train_demo_vlm(out, data)
+        elif role == "demo_clip":
+            report = demo_models.train_demo_clip(out, data)
+        else:
+            report = demo_models.train_demo_sd(out, weights_dir / "demo_clip", data)
+        if target.exists():
+            shutil.rmtree(target)
+        out.rename(target)
+    return report
+
+
+def train_demo(args: argparse.Namespace) -> int:
+    """``zoo train-demo``: train the demo roles from their recipes, ship them (SHA256SUMS), refresh the zoo."""
+    from actors import shipped
+
+    roles = list(args.roles or DEMO_ROLES)
+    unknown = [r for r in roles if r not in DEMO_ROLES]
+    if unknown:
+        print(f"semdistill zoo train-demo: unknown role(s) {', '.join(unknown)}; known: {', '.join(DEMO_ROLES)}")
+        return 2
+    weights_dir = Path(args.weights_dir) if args.weights_dir else shipped.WEIGHTS_DIR
+    weights_dir.mkdir(parents=True, exist_ok=True)
+    for role in sorted(roles, key=DEMO_ROLES.index):  # demo_clip before demo_sd (its text encoder)
+        if role == "demo_dit":
+            zoo.build_role("demo_dit", args.dir, force=args.force)
+            continue
+        if (weights_dir / role).is_dir() and not args.force:
+            print(f"  {role}: shipped weights present in {weights_dir / role} (use --force to retrain)")
+            continue
+        if role == "demo_sd" and not (weights_dir / "demo_clip").is_dir():
+            print("semdistill zoo train-demo: demo_sd needs demo_clip's text encoder; train --roles demo_clip first")
+            return 2
+        train_demo_role(role, weights_dir, args.data)
+        sums = shipped.write_sums(weights_dir)
+        print(f"  {role}: trained into {weights_dir / role}; sums in {sums}")
+        if weights_dir == shipped.WEIGHTS_DIR:
+            zoo.build_role(role, args.dir, force=True)
+    return 0

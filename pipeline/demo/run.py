@@ -39,13 +39,14 @@ QUICK_EVAL = {**DEMO_EVAL, "epochs": 4, "repeats": 1, "eval_every": 0}
 # clusters) to stay under 20 minutes on 2 cores; `semdistill run configs/demo_<method>.yaml`
 # keeps the full settings.
 DEMO_TRIM = {
-    "edits": {"num_inference_steps": 25, "max_tokens": 40, "finetune": {"max_steps": 160, "vae_steps": 100},
+    "edits": {"num_inference_steps": 25, "max_tokens": 40, "finetune": {"max_steps": 160, "vae_steps": 0},
               "llm_pad_tokens": 384},  # the demo's prompts are about 320 SmolLM2 tokens
     "ray": {"batch_sizes": {"llm": 20}, "micro_batch_sizes": {"llm": 20}},
     "diver": {"stage1": {"iterations": 150}},
 }
 FALLBACK = {"name": "demo", "data": {"image_size": 32},
-            "models": {"vlm": "zoo:vlm", "clip": "zoo:clip", "vae": "zoo:vae", "dit": "zoo:dit", "sd": "zoo:sd",
+            "models": {"vlm": "zoo:demo_vlm", "clip": "zoo:demo_clip", "vae": "zoo:vae", "dit": "zoo:dit",
+                       "sd": "zoo:demo_sd",
                        "llm": "zoo:llm"},
             "ray": {"num_cpus": 2, "actor_num_cpus": 0.5}}
 

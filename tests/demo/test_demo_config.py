@@ -17,7 +17,8 @@ def test_edits_gets_ipc_10_and_the_trims_merged_into_its_demo_config(tmp_path):
     cfg = method_config("edits", tmp_path / "out", tmp_path / "data", quick=False)
     assert cfg.method == "edits" and cfg.edits.ipc == IPC == 10
     assert cfg.edits.num_inference_steps == DEMO_TRIM["edits"]["num_inference_steps"] == 25
-    assert cfg.edits.finetune.max_steps == 160 and cfg.edits.finetune.vae_steps == 100
+    assert cfg.edits.finetune.max_steps == 160 and cfg.edits.finetune.vae_steps == 0  # the demo SD is pretrained
+    assert (cfg.models.vlm, cfg.models.clip, cfg.models.sd) == ("zoo:demo_vlm", "zoo:demo_clip", "zoo:demo_sd")
     assert cfg.edits.finetune.learning_rate == own["edits"]["finetune"]["learning_rate"]  # merged, not replaced
     assert cfg.ray.batch_sizes["llm"] == 20 and cfg.ray.batch_sizes["generate"] == own["ray"]["batch_sizes"]["generate"]
     assert cfg.data.root == str(tmp_path / "data" / "train") and cfg.output.dir == str(tmp_path / "out" / "edits")
