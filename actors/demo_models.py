@@ -104,15 +104,15 @@ class DemoData:
 
 def load_demo_data(data: str | Path | None = None) -> DemoData:
     """The demo train/val splits (written to a temp folder when ``data`` is None) and class names."""
-    from actors.demo_dit import load_split
+    from pipeline.core.read import load_image_arrays
     from pipeline.core.digits import write_demo_dataset
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(data) if data is not None else Path(tmp)
         if data is None:
             write_demo_dataset(root)
-        tr_x, tr_y, classes = load_split(root / "train")
-        va_x, va_y, _ = load_split(root / "val")
+        tr_x, tr_y, classes, _ = load_image_arrays(root / "train", 32)
+        va_x, va_y, _, _ = load_image_arrays(root / "val", 32)
         table = root / "class_names.json"
         mapping = json.loads(table.read_text()) if table.is_file() else {}
     return DemoData(tr_x, tr_y, va_x, va_y, [mapping.get(c, c) for c in classes])

@@ -26,9 +26,9 @@ def demo_zoo(tmp_path_factory):
 
 
 def _val_images(demo_root, n=4):
-    from actors.demo_dit import load_split
+    from pipeline.core.read import load_image_arrays
 
-    images, labels, _ = load_split(demo_root / "val")
+    images, labels, _, _ = load_image_arrays(demo_root / "val", 32)
     pick = np.linspace(0, len(images) - 1, n).astype(int)
     return images[pick], labels[pick]
 
