@@ -104,8 +104,8 @@ class DemoData:
 
 def load_demo_data(data: str | Path | None = None) -> DemoData:
     """The demo train/val splits (written to a temp folder when ``data`` is None) and class names."""
-    from pipeline.core.read import load_image_arrays
     from pipeline.core.digits import write_demo_dataset
+    from pipeline.core.read import load_image_arrays
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(data) if data is not None else Path(tmp)
