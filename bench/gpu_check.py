@@ -36,29 +36,29 @@ from actors.latents import decode_latents
 from pipeline.diver.guidance import RecoverSettings, plain_dit_latents
 
 # facebook/DiT-XL-2-256, transformer/config.json (written out: nothing is downloaded)
-DIT_XL_2_256 = dict(
-    num_attention_heads=16, attention_head_dim=72, in_channels=4, out_channels=8, num_layers=28, dropout=0.0,
-    norm_num_groups=32, attention_bias=True, sample_size=32, patch_size=2, activation_fn="gelu-approximate",
-    num_embeds_ada_norm=1000, upcast_attention=False, norm_type="ada_norm_zero", norm_elementwise_affine=False,
-    norm_eps=1e-5,
-)
+DIT_XL_2_256 = {
+    "num_attention_heads": 16, "attention_head_dim": 72, "in_channels": 4, "out_channels": 8, "num_layers": 28, "dropout": 0.0,
+    "norm_num_groups": 32, "attention_bias": True, "sample_size": 32, "patch_size": 2, "activation_fn": "gelu-approximate",
+    "num_embeds_ada_norm": 1000, "upcast_attention": False, "norm_type": "ada_norm_zero", "norm_elementwise_affine": False,
+    "norm_eps": 1e-5,
+}
 # stabilityai/sd-vae-ft-mse (the VAE of DiT and of SD 1.5)
-SD_VAE = dict(
-    in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, act_fn="silu", norm_num_groups=32,
-    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-    block_out_channels=(128, 256, 512, 512), sample_size=256, scaling_factor=0.18215,
-)
+SD_VAE = {
+    "in_channels": 3, "out_channels": 3, "latent_channels": 4, "layers_per_block": 2, "act_fn": "silu", "norm_num_groups": 32,
+    "down_block_types": ("DownEncoderBlock2D",) * 4, "up_block_types": ("UpDecoderBlock2D",) * 4,
+    "block_out_channels": (128, 256, 512, 512), "sample_size": 256, "scaling_factor": 0.18215,
+}
 # stable-diffusion-v1-5, unet/config.json
-SD15_UNET = dict(
-    sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
-    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    cross_attention_dim=768, attention_head_dim=8, norm_num_groups=32, act_fn="silu", flip_sin_to_cos=True,
-    freq_shift=0, downsample_padding=1, mid_block_scale_factor=1, norm_eps=1e-5, center_input_sample=False,
-)
+SD15_UNET = {
+    "sample_size": 64, "in_channels": 4, "out_channels": 4, "layers_per_block": 2, "block_out_channels": (320, 640, 1280, 1280),
+    "down_block_types": ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    "cross_attention_dim": 768, "attention_head_dim": 8, "norm_num_groups": 32, "act_fn": "silu", "flip_sin_to_cos": True,
+    "freq_shift": 0, "downsample_padding": 1, "mid_block_scale_factor": 1, "norm_eps": 1e-5, "center_input_sample": False,
+}
 # openai/clip-vit-large-patch14 text tower (SD 1.5's text encoder)
-CLIP_L_TEXT = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                   num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768)
+CLIP_L_TEXT = {"vocab_size": 49408, "hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
+                   "num_attention_heads": 12, "max_position_embeddings": 77, "hidden_act": "quick_gelu", "projection_dim": 768}
 
 
 def tiny_models() -> dict:
@@ -66,12 +66,12 @@ def tiny_models() -> dict:
     from actors.zoo import tiny_dit_transformer, tiny_vae
 
     return {
-        "dit": dict(tiny=tiny_dit_transformer), "vae": dict(tiny=tiny_vae),
-        "unet": dict(sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
-                     down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                     up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
-                     attention_head_dim=4, norm_num_groups=16),
-        "text": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2),
+        "dit": {"tiny": tiny_dit_transformer}, "vae": {"tiny": tiny_vae},
+        "unet": {"sample_size": 16, "in_channels": 4, "out_channels": 4, "layers_per_block": 1, "block_out_channels": (32, 64),
+                     "down_block_types": ("CrossAttnDownBlock2D", "DownBlock2D"),
+                     "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D"), "cross_attention_dim": 32,
+                     "attention_head_dim": 4, "norm_num_groups": 16},
+        "text": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2},
     }
 
 
