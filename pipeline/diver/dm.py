@@ -57,7 +57,7 @@ def distill_dm(images_u8: torch.Tensor, labels: torch.Tensor, num_classes: int, 
     small = [c for c, idx in enumerate(by_class) if len(idx) == 0]
     if small:
         raise DataError(f"DM: classes {small} have no real images")
-    real_norm = lambda idx: normalize(images_u8[idx].float() / 255.0, mean, std)  # noqa: E731
+    real_norm = lambda idx: normalize(images_u8[idx].float() / 255.0, mean, std)
     _, c_, h, w = images_u8.shape
     if cfg.init == "real":
         picks = []
@@ -136,7 +136,7 @@ def run_dm(data_root: str | Path, out_dir: str | Path, cfg: DMConfig, ipc: int |
         cid = class_ids[lab]
         writer.add(f"c{cid}_i{k:03d}", cid, lab, arr[i], {"index": k, "pt_index": i}, flush=False)
     writer.flush()
-    info = {"ipc": ipc, "settings": cfg.model_dump(mode="json"), "output": str(out), "images": int(len(syn)),
+    info = {"ipc": ipc, "settings": cfg.model_dump(mode="json"), "output": str(out), "images": len(syn),
             "classes": class_ids, "mean": mean, "std": std, **stats}
     atomic_write_json(done_marker, info)
     return info
