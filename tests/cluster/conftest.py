@@ -218,7 +218,7 @@ def two_nodes(tmp_path) -> Iterator[dict]:
     try:
         nodes.append(start_worker(tmp_path, head, env, num_gpus=2))
         yield {"head": head, "worker": nodes[1], "env": env, "address": head.extra["address"],
-               "gcs": head.extra["gcs"]}
+               "gcs": head.extra["gcs"], "state": lambda what: state_api(head.extra["address"], env, what)}
     finally:
         for n in reversed(nodes):
             n.stop()
