@@ -95,9 +95,8 @@ def assert_on_gpu_node(nodes: dict, text: str) -> None:
     assert {a["node_id"] for a in actors} == {nodes["worker"].extra["node_id"]}
     warn_pids = re.findall(rf"pid=(\d+)[^)]*\).*{WARNING}", text)
     assert warn_pids, text[-3000:]
-    assert {int(p) for p in warn_pids} <= {a["pid"] for a in actors}
-    # one warning per actor process (Ray may fold identical lines of several processes into one)
-    assert len(warn_pids) == len(set(warn_pids)), warn_pids
+    assert {int(p) for p in warn_pids} == {a["pid"] for a in actors}  # each model actor warned ...
+    assert len(warn_pids) == len(set(warn_pids)), warn_pids  # ... once
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +135,9 @@ def test_worker_node_lost_mid_recovery(two_nodes, zoo_dir, tmp_path):
     n = 48  # the config's 50 steps (25 recovered) per image: long enough to be caught mid-stage
     torch.save({"images": torch.rand(n, 3, 32, 32, generator=g), "labels": torch.arange(n) % 3,
                 "classes": ["3", "5", "7"]}, stage1)
-    cpu = ["ray.actor_num_gpus=0", "ray.max_restarts=4", "ray.max_task_retries=4"]  # restartable on the head
+    # CPU actors, restartable on the head; the config's own max_restarts 4 and max_task_retries -1 (with a
+    # bounded count, the retries are spent in the seconds before Ray declares the node dead, and the stage fails)
+    cpu = ["ray.actor_num_gpus=0"]
     ref = zoo_diver(stage1, zoo_dir, tmp_path / "ref", pool=2, few_steps=False) + [*cpu, "ray.num_cpus=2"]
     semdistill_run("diver_imagenet1k.yaml", ref, local_env(), tmp_path / "ref.log")
 
