@@ -148,17 +148,17 @@ def test_worker_node_lost_mid_recovery(two_nodes, zoo_dir, tmp_path):
     proc = subprocess.Popen(cmd, env=cluster_env(two_nodes), stdout=log, stderr=subprocess.STDOUT,
                             cwd=str(tmp_path), start_new_session=True)
     try:
-        deadline, seen_on_worker, done = time.monotonic() + 1200, False, 0
+        deadline, on_worker, done = time.monotonic() + 1200, set(), 0
         while True:
             assert proc.poll() is None, (f"the run ended before the worker node was killed ({done} images done, "
                                          f"actors {[(a['node_id'][:8], a['state']) for a in model_actors(two_nodes)]},"
                                          f" worker {worker.extra['node_id'][:8]}):\n"
                                          + (tmp_path / "run.log").read_text()[-3000:])
             assert time.monotonic() < deadline, "the recovery never started on the worker node"
-            if not seen_on_worker:  # the pool spreads over the nodes: one actor must sit on the worker
+            if not on_worker:  # the pool spreads over the nodes: one actor must sit on the worker
                 time.sleep(0.5)
-                seen_on_worker = any(a["state"] == "ALIVE" and a["node_id"] == worker.extra["node_id"]
-                                     for a in model_actors(two_nodes))
+                on_worker = {a["actor_id"] for a in model_actors(two_nodes)
+                             if a["state"] == "ALIVE" and a["node_id"] == worker.extra["node_id"]}
                 continue
             time.sleep(0.05)
             try:
@@ -175,9 +175,9 @@ def test_worker_node_lost_mid_recovery(two_nodes, zoo_dir, tmp_path):
             proc.wait()
         log.close()
     assert not worker.own_processes()
-    lost = [a for a in model_actors(two_nodes) if a["node_id"] == worker.extra["node_id"]]
-    assert lost and all(a["state"] == "DEAD" for a in lost)
-    assert done < n
+    # the batches the worker's actor held were lost with it and retried (Ray's own log line)
+    assert "so the task will be retried" in (tmp_path / "run.log").read_text()
+    assert 0 < done < n - 8
     got, want = images(out / "diver"), images(tmp_path / "ref" / "diver")
     assert len(got) == n and got == want  # every image once, byte-identical to an uninterrupted run
 
