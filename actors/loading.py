@@ -7,6 +7,7 @@ role and path named (and no download attempted), and device/dtype are chosen in 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -18,11 +19,43 @@ from pipeline.errors import ModelLoadError
 T = TypeVar("T")
 
 
+class NoCudaWarning(RuntimeWarning):
+    """A Ray worker holds a logical GPU, but torch sees no CUDA device: the model runs on CPU."""
+
+
+_warned_no_cuda = False
+
+
+def assigned_gpus() -> list:
+    """The GPU ids Ray gave this worker (``ray.actor_num_gpus``); empty outside Ray or without GPUs."""
+    import sys
+
+    ray = sys.modules.get("ray")  # never import Ray just to ask
+    if ray is None or not ray.is_initialized():
+        return []
+    return list(ray.get_gpu_ids())
+
+
 def pick_device(prefer: str | None = None) -> torch.device:
-    """``prefer`` if given, else CUDA when the actor was given a GPU, else CPU."""
+    """``prefer`` if given, else CUDA when available, else CPU.
+
+    A worker that Ray gave a GPU (``ray.actor_num_gpus > 0``) but that has no CUDA (a CPU torch build,
+    a node declaring logical GPUs) falls back to CPU with one ``NoCudaWarning`` per process.
+    """
+    global _warned_no_cuda
     if prefer:
         return torch.device(prefer)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    gpus = assigned_gpus()
+    if gpus and not _warned_no_cuda:
+        _warned_no_cuda = True
+        warnings.warn(
+            f"semdistill: Ray gave this worker GPU {gpus} (ray.actor_num_gpus) but torch {torch.__version__} "
+            f"sees no CUDA device (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}); the model "
+            "runs on CPU. Install a CUDA build of torch on GPU nodes, or set ray.actor_num_gpus=0.",
+            NoCudaWarning, stacklevel=2)
+    return torch.device("cpu")
 
 
 def pick_dtype(name: str, device: torch.device) -> torch.dtype:
