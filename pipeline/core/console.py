@@ -57,9 +57,6 @@ def _close_bars() -> None:
 def quiet_terminal(log_dir: str | os.PathLike) -> Iterator[Path]:
     """Send stdout/stderr (fds 1 and 2, Python warnings too) to ``log_dir/run.log``; yield the log's path."""
     global _TERM
-    import logging
-    import warnings
-
     log_dir = Path(log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
     path = log_dir / "run.log"
@@ -70,16 +67,12 @@ def quiet_terminal(log_dir: str | os.PathLike) -> Iterator[Path]:
     with open(path, "ab", buffering=0) as log:
         os.dup2(log.fileno(), 1)
         os.dup2(log.fileno(), 2)
-        logging.captureWarnings(True)
         _TERM = term
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("default")
-                yield path
+            yield path
         finally:
             _close_bars()
             _TERM = None
-            logging.captureWarnings(False)
             sys.stdout.flush()
             sys.stderr.flush()
             os.dup2(saved[0], 1)
