@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import os
 import time
 import traceback
 from pathlib import Path
@@ -184,6 +185,8 @@ def run_demo(out: Path, quick: bool = False, full: bool = False, verbose: bool =
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     logs = out / "logs"
+    if not verbose:  # Ray Data's own bars would only fill the log with carriage returns
+        os.environ.setdefault("SEMDISTILL_PROGRESS", "0")
     with contextlib.nullcontext() if verbose else quiet_terminal(logs):
         return _run_demo(out, quick, full, logs)
 
