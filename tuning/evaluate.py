@@ -270,6 +270,7 @@ def run_packed_jobs(jobs: list[dict[str, Any]], data_refs: dict[str, Any], cfg: 
                      [queue], workers, cfg.cpus_per_job, str(storage.resolve()), max_failures)
     log(f"  eval: {len(jobs)} runs in one TorchTrainer with {workers} worker(s) x {cfg.cpus_per_job} CPU")
     shown = 0
+    progress("evaluation", 0, len(jobs))
     while not ray.wait([ref], timeout=1.0)[0]:
         done = ray.get(queue.finished.remote())
         if done != shown:
