@@ -265,7 +265,8 @@ def write_report(out_dir: str | os.PathLike, rows: list[dict[str, Any]] | None =
     parts.append("<h2>Cross-architecture top-1 on the real validation set (%)</h2>")
     if rows:
         parts.append("<p class='note'>Final accuracy after training each student from scratch on the set, "
-                     "mean ± std over seeds; <i>mean</i> averages the students.</p>")
+                     "mean ± std over seeds; the last column averages the students outside "
+                     "eval.exclude_from_mean (all of them when none is left), as results.md does.</p>")
         parts.append(_pivot_html(rows))
         parts.append(_ddranking_html(rows))
         svg = bar_chart_svg(rows)
