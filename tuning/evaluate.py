@@ -247,9 +247,11 @@ def _fit_packed(jobs: list[dict[str, Any]], refs: dict[str, list[Any]], teacher:
 
 
 def packed_workers(n_jobs: int, cfg: EvalConfig, total_cpus: float) -> int:
-    """Workers of the one packed TorchTrainer: ``max_concurrent``, else as many ``cpus_per_job`` slots as the
-    cluster's CPUs hold (each worker's torch threads are ``floor(cpus_per_job)``), at most one per run."""
-    slots = cfg.max_concurrent or max(1, int(total_cpus // cfg.cpus_per_job))
+    """Workers of the one packed TorchTrainer: ``max_concurrent``, else as many as the cluster's CPUs hold at
+    ``max(1, floor(cpus_per_job))`` torch threads each (a worker runs at least one thread, so fractional
+    ``cpus_per_job`` never puts more threads than cores to work), at most one per run."""
+    threads = max(1, math.floor(cfg.cpus_per_job))
+    slots = cfg.max_concurrent or max(1, int(total_cpus // max(cfg.cpus_per_job, threads)))
     return max(1, min(n_jobs, slots))
 
 

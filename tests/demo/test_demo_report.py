@@ -91,7 +91,7 @@ def test_edits_members_generated_image_and_text_and_diver_panel(tmp_path):
     cell, margin, pad = 48, 2, 2
     assert strip.size == (margin + 7 * (cell + pad), margin + cell + pad)  # 5 members, a gap, the generated image
     px = np.asarray(strip)
-    x = lambda col: margin + col * (cell + pad) + cell // 2  # noqa: E731
+    x = lambda col: margin + col * (cell + pad) + cell // 2
     assert tuple(px[margin + cell // 2, x(4)]) == (160, 0, 0) and tuple(px[margin + cell // 2, x(6)]) == (200,) * 3
 
 

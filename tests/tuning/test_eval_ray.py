@@ -75,7 +75,8 @@ def test_packed_workers_fill_the_cores_once():
     from tuning.evaluate import packed_workers
 
     assert packed_workers(24, EvalConfig(cpus_per_job=1.0), 2.0) == 2  # 2 cores, 1 thread each
-    assert packed_workers(24, EvalConfig(cpus_per_job=0.5), 2.0) == 4
+    assert packed_workers(24, EvalConfig(cpus_per_job=0.5), 2.0) == 2  # a worker runs >= 1 thread
+    assert packed_workers(24, EvalConfig(cpus_per_job=2.0), 16.0) == 8  # 2 threads each
     assert packed_workers(1, EvalConfig(cpus_per_job=1.0), 16.0) == 1  # never more workers than runs
     assert packed_workers(24, EvalConfig(cpus_per_job=1.0, max_concurrent=3), 2.0) == 3
 
