@@ -280,7 +280,8 @@ def run_packed_jobs(jobs: list[dict[str, Any]], data_refs: dict[str, Any], cfg: 
             shown = done
     ray.get(ref)  # raises the trainer's error
     got = ray.get(queue.all.remote())
-    progress("evaluation", len(got), len(jobs))
+    if shown != len(got):  # the bar closes at its total; a second call would open a new one
+        progress("evaluation", len(got), len(jobs))
     ray.kill(queue)
     for i in sorted(got):
         r = got[i]
