@@ -215,7 +215,7 @@ CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px;color
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
 th{background:#f3f3f3}td:nth-child(-n+3){text-align:left}.grids{display:flex;flex-wrap:wrap;gap:1.5em}
 figure{margin:0}figcaption{font-weight:600;margin-bottom:.3em}.note{color:#555;font-size:.9em}
-table.protos td{text-align:left;vertical-align:middle}"""
+table.protos td{text-align:left;vertical-align:middle}img{max-width:100%;height:auto}"""
 
 
 def _panels_html(panels: dict[str, str | os.PathLike], edits_dir: str | os.PathLike | None) -> list[str]:
