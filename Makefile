@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 OUT    ?= runs/demo
 
-.PHONY: install demo test test-slow lint clean
+.PHONY: install demo demo-full test test-slow lint clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,9 @@ install: $(VENV)/.installed
 
 demo: install
 	HF_HUB_OFFLINE=1 $(VENV)/bin/semdistill demo --out $(OUT)
+
+demo-full: install
+	HF_HUB_OFFLINE=1 $(VENV)/bin/semdistill demo --full --out $(OUT)-full
 
 test: install
 	$(VENV)/bin/lint-imports --no-cache

@@ -297,6 +297,9 @@ class EvalConfig(Section):
     max_concurrent: int | None = Field(None, gt=0)  # jobs in flight (None: cluster CPUs / cpus_per_job)
     use_gpu: bool = False
     num_workers: int = Field(1, gt=0)  # Ray Train workers per job (DDP when > 1)
+    # one TorchTrainer for all runs (its workers pull (set, student, seed) runs from a queue, so Ray Train's
+    # start-up is paid once); false: one TorchTrainer per run. DDP jobs (num_workers > 1) are never packed
+    pack_runs: bool = True
     seed: int = 0
 
     @field_validator("augment")
@@ -338,6 +341,10 @@ class RayConfig(Section):
     max_task_retries: int = 2
     cluster_classes_per_task: int = Field(8, gt=0)  # EDITS cluster stage: classes per Ray task (start-up paid once)
     max_errored_blocks: int = 0
+    # workers' stdout/stderr streamed to the driver's terminal; false: they stay in Ray's session logs
+    # (``<logs_dir>/ray_session`` links to them when logs_dir is set; the demo sets both)
+    log_to_driver: bool = True
+    logs_dir: str | None = None
     job: JobConfig = JobConfig()  # `semdistill submit` only
 
 

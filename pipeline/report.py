@@ -50,9 +50,12 @@ def overview_image(grids: dict[str, Image.Image], rows: list[dict[str, Any]], ga
     """The report at a glance: each set's grid side by side, titled with its mean top-1 over students."""
     from PIL import ImageDraw
 
-    means: dict[str, list[float]] = {}
+    from tuning.evaluate import mean_top1
+
+    by_method: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
-        means.setdefault(str(r.get("method")), []).append(float(r.get("top1_mean", float("nan"))))
+        by_method.setdefault(str(r.get("method")), []).append(r)
+    means = {m: mean_top1(rs) for m, rs in by_method.items()}  # the unseen-architecture mean, as results.md
     title_h = 18
     width = sum(g.width for g in grids.values()) + gap * (len(grids) + 1)
     height = max(g.height for g in grids.values()) + title_h + 2 * gap
@@ -61,7 +64,7 @@ def overview_image(grids: dict[str, Image.Image], rows: list[dict[str, Any]], ga
     x = gap
     for name, grid in grids.items():
         acc = means.get(name)
-        label = f"{name}: {np.mean(acc):.1f}%" if acc else name
+        label = f"{name}: {acc:.1f}%" if acc is not None else name
         draw.text((x, gap // 2), label, fill=(0, 0, 0))
         canvas.paste(grid, (x, gap // 2 + title_h))
         x += grid.width + gap
@@ -75,23 +78,123 @@ def _png_b64(img: Image.Image) -> str:
 
 
 def _pivot_html(rows: list[dict[str, Any]]) -> str:
-    from tuning.evaluate import student_label
+    """Method x student table; *mean* is ``tuning.evaluate.mean_top1`` (the proxy, marked †, left out), as in
+    results.md."""
+    from tuning.evaluate import in_mean, mean_top1, student_label
 
-    students = sorted({student_label(r) for r in rows})
+    students = sorted({student_label(r) for r in rows}, key=lambda s: (not any(
+        student_label(r) == s and not in_mean(r) for r in rows), s))
+    proxies = {student_label(r) for r in rows if not in_mean(r)}
     groups: dict[tuple, dict[str, dict[str, Any]]] = {}
     for r in rows:
         groups.setdefault((r["dataset"], r["ipc"], r["method"]), {})[student_label(r)] = r
-    head = "".join(f"<th>{html.escape(s)}</th>" for s in students)
-    out = [f"<table><tr><th>dataset</th><th>IPC</th><th>method</th>{head}<th>mean</th></tr>"]
-    for (ds, ipc, method), by in sorted(groups.items()):
-        mean = np.mean([by[s]["top1_mean"] for s in by])
+    head = "".join(f"<th>{html.escape(s)}{' †' if s in proxies else ''}</th>" for s in students)
+    what = "mean over unseen architectures" if proxies else "mean"
+    out = [f"<table class='pivot'><tr><th>dataset</th><th>IPC</th><th>method</th>{head}<th>{what}</th></tr>"]
+    for (ds, ipc, method), by in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], method_order(kv[0][2]))):
+        mean = mean_top1(list(by.values()))
         cells = "".join(
             f"<td>{by[s]['top1_mean']:.2f} ± {by[s]['top1_std']:.2f}</td>" if s in by else "<td>-</td>"
             for s in students)
         out.append(f"<tr><td>{html.escape(str(ds))}</td><td>{ipc}</td><td><b>{html.escape(str(method))}</b></td>"
-                   f"{cells}<td>{mean:.2f}</td></tr>")
+                   f"{cells}<td><b>{mean:.2f}</b></td></tr>")
+    out.append("</table>")
+    if proxies:
+        out.append(f"<p class='note'>† {', '.join(sorted(proxies))}: the stage-1 proxy architecture, left out of "
+                   "the mean (eval.exclude_from_mean).</p>")
+    return "\n".join(out)
+
+
+METHOD_ORDER = ("full_real", "random_real", "herding", "k_center", "dm", "diver_gamma0", "diver",
+                "edits_no_text", "edits")
+
+
+def method_order(method: str) -> tuple[int, str]:
+    """Table order: references and coresets first, then each stage-1 set before what recovers it."""
+    return (METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER), method)
+
+
+def _ddranking_html(rows: list[dict[str, Any]]) -> str:
+    """The DD-Ranking scores (tuning/ddranking.py) of every row that has its reference rows."""
+    from tuning.ddranking import scores
+
+    entries = scores(rows)
+    if not entries:
+        return ""
+    out = [("<h3>DD-Ranking (x 100)</h3><p class='note'>HLR = full real - set (hard labels), IOR = set - random "
+            "real, LRS = label-robust score; ARS = augmentation-robust score (vs runs without augmentation).</p>"),
+           ("<table class='ddranking'><tr><th>method</th><th>IPC</th><th>student</th><th>HLR</th><th>IOR</th>"
+            "<th>LRS</th><th>ARS</th></tr>")]
+    for e in sorted(entries, key=lambda e: (method_order(e["method"]), e["student"])):
+        cell = "".join(f"<td>{e[k]:.2f}</td>" if k in e else "<td>-</td>" for k in ("hlr", "ior", "lrs", "ars"))
+        out.append(f"<tr><td>{html.escape(e['method'])}</td><td>{e['ipc']}</td><td>{html.escape(e['student'])}</td>"
+                   f"{cell}</tr>")
     out.append("</table>")
     return "\n".join(out)
+
+
+PALETTE = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1")
+
+
+def bar_chart_svg(rows: list[dict[str, Any]], width: int = 900, height: int = 320) -> str:
+    """Top-1 per architecture, one group of bars per method (an SVG document)."""
+    from tuning.evaluate import student_label
+
+    methods = sorted({str(r["method"]) for r in rows}, key=method_order)
+    students = sorted({student_label(r) for r in rows})
+    val = {(str(r["method"]), student_label(r)): float(r["top1_mean"]) for r in rows}
+    left, bottom, top = 40, 60, 20
+    plot_w, plot_h = width - left - 10, height - bottom - top
+    group = plot_w / max(1, len(methods))
+    bar = group * 0.8 / max(1, len(students))
+    parts = [(f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' font-family='sans-serif' "
+              "font-size='11'><rect width='100%' height='100%' fill='white'/>")]
+    for pct in range(0, 101, 20):
+        y = top + plot_h * (1 - pct / 100)
+        parts.append(f"<line x1='{left}' x2='{width - 10}' y1='{y:.1f}' y2='{y:.1f}' stroke='#ddd'/>"
+                     f"<text x='{left - 4}' y='{y + 4:.1f}' text-anchor='end'>{pct}</text>")
+    for i, m in enumerate(methods):
+        x0 = left + i * group + group * 0.1
+        for j, s in enumerate(students):
+            v = val.get((m, s))
+            if v is None:
+                continue
+            h = plot_h * max(0.0, min(v, 100.0)) / 100
+            parts.append(f"<rect x='{x0 + j * bar:.1f}' y='{top + plot_h - h:.1f}' width='{bar - 1:.1f}' "
+                         f"height='{h:.1f}' fill='{PALETTE[j % len(PALETTE)]}'><title>{html.escape(m)} / "
+                         f"{html.escape(s)}: {v:.2f}%</title></rect>")
+        parts.append(f"<text x='{x0 + group * 0.4:.1f}' y='{top + plot_h + 14}' text-anchor='middle'>"
+                     f"{html.escape(m)}</text>")
+    for j, s in enumerate(students):
+        x = left + j * 170
+        parts.append(f"<rect x='{x}' y='{height - 22}' width='10' height='10' fill='{PALETTE[j % len(PALETTE)]}'/>"
+                     f"<text x='{x + 14}' y='{height - 13}'>{html.escape(s)}</text>")
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def edits_prototype_panel(edits_dir: str | os.PathLike, real_root: str | os.PathLike | None = None,
+                          per_class: int = 1, cell: int = 48) -> list[tuple[Image.Image, str, str]]:
+    """Per class (``per_class`` clusters each): the members behind the image prototype | the generated image,
+    with its class and text prototype; from the EDITS manifest's ``members`` and ``prototype_text``."""
+    root = Path(edits_dir)
+    man = root / MANIFEST
+    if not man.is_file():
+        return []
+    entries = json.loads(man.read_text()).get("images", [])
+    seen: dict[str, int] = {}
+    out = []
+    for e in sorted(entries, key=lambda e: (int(e.get("label", 0)), e["key"])):
+        cid = str(e.get("class_id"))
+        if seen.get(cid, 0) >= per_class or "members" not in e:
+            continue
+        seen[cid] = seen.get(cid, 0) + 1
+        members = [Path(m) if Path(m).is_absolute() or real_root is None else Path(real_root) / m
+                   for m in e["members"]]
+        tiles = members + [None, root / e["file"]]
+        strip = paint_grid([tiles], cell, margin=2, bad_tile=(255, 0, 0))
+        out.append((strip, cid, str(e.get("prototype_text", ""))))
+    return out
 
 
 def _rows_html(rows: list[dict[str, Any]]) -> str:
@@ -111,17 +214,40 @@ def _rows_html(rows: list[dict[str, Any]]) -> str:
 CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px;color:#222}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
 th{background:#f3f3f3}td:nth-child(-n+3){text-align:left}.grids{display:flex;flex-wrap:wrap;gap:1.5em}
-figure{margin:0}figcaption{font-weight:600;margin-bottom:.3em}.note{color:#555;font-size:.9em}"""
+figure{margin:0}figcaption{font-weight:600;margin-bottom:.3em}.note{color:#555;font-size:.9em}
+table.protos td{text-align:left;vertical-align:middle}img{max-width:100%;height:auto}"""
+
+
+def _panels_html(panels: dict[str, str | os.PathLike], edits_dir: str | os.PathLike | None) -> list[str]:
+    """The pictures shown as they are, then the EDITS prototype table."""
+    parts = []
+    for caption, path in panels.items():
+        if Path(path).is_file():
+            with Image.open(path) as im:
+                parts.append(f"<h2>{html.escape(caption)}</h2><img alt='{html.escape(caption)}' "
+                             f"src='data:image/png;base64,{_png_b64(im.convert('RGB'))}'>")
+    strips = edits_prototype_panel(edits_dir) if edits_dir else []
+    if strips:
+        parts.append("<h2>EDITS: image prototype members | generated image, and the text prototype</h2>"
+                     "<table class='protos'><tr><th>class</th><th>members | generated</th><th>text prototype</th></tr>")
+        for strip, cid, text in strips:
+            parts.append(f"<tr><td>{html.escape(cid)}</td><td><img alt='prototype {html.escape(cid)}' "
+                         f"src='data:image/png;base64,{_png_b64(strip)}'></td><td>{html.escape(text)}</td></tr>")
+        parts.append("</table>")
+    return parts
 
 
 def write_report(out_dir: str | os.PathLike, rows: list[dict[str, Any]] | None = None,
                  sets: dict[str, str | os.PathLike] | None = None, sweep_dir: str | os.PathLike | None = None,
                  title: str = "semdistill report", notes: list[str] | None = None,
-                 per_class: int = 10) -> dict[str, str]:
+                 per_class: int = 10, panels: dict[str, str | os.PathLike] | None = None,
+                 edits_dir: str | os.PathLike | None = None) -> dict[str, str]:
     """Write ``results.md`` and ``report.html`` into ``out_dir``; returns their paths.
 
     ``rows`` default to ``out_dir/results.json``; ``sets`` maps a method name to its
-    distilled folder (one image grid each); ``sweep_dir`` holds ``sweep.png`` / ``sweep.md``.
+    distilled folder (one image grid each); ``sweep_dir`` holds ``sweep.png`` / ``sweep.md``;
+    ``panels`` maps a caption to a picture shown as it is (DIVER's input | output per class); ``edits_dir``
+    (an EDITS set) adds, per class, the prototype's member images beside the generated image and its text.
     """
     from tuning.evaluate import results_markdown
 
@@ -139,8 +265,14 @@ def write_report(out_dir: str | os.PathLike, rows: list[dict[str, Any]] | None =
     parts.append("<h2>Cross-architecture top-1 on the real validation set (%)</h2>")
     if rows:
         parts.append("<p class='note'>Final accuracy after training each student from scratch on the set, "
-                     "mean ± std over seeds; <i>mean</i> averages the students.</p>")
+                     "mean ± std over seeds; the last column averages the students outside "
+                     "eval.exclude_from_mean (all of them when none is left), as results.md does.</p>")
         parts.append(_pivot_html(rows))
+        parts.append(_ddranking_html(rows))
+        svg = bar_chart_svg(rows)
+        atomic_write_bytes(out / "report_files" / "accuracy.svg", svg.encode())
+        parts.append("<h3>Top-1 per architecture</h3><img class='chart' alt='accuracy per architecture' "
+                     f"src='data:image/svg+xml;base64,{base64.b64encode(svg.encode()).decode()}'>")
         parts.append("<details><summary>every row</summary>" + _rows_html(rows) + "</details>")
     else:
         parts.append("<p>No evaluation results.</p>")
@@ -161,6 +293,7 @@ def write_report(out_dir: str | os.PathLike, rows: list[dict[str, Any]] | None =
         if grids:  # one picture of every set with its mean accuracy (the README shows the demo's)
             atomic_save_image(grid_dir / "overview.png", np.asarray(overview_image(grids, rows)))
             md.append("Overview: `report_files/overview.png`\n")
+    parts += _panels_html(panels or {}, edits_dir)
     if sweep_dir is not None and Path(sweep_dir).is_dir():
         sd = Path(sweep_dir)
         parts.append("<h2>Sweep</h2>")

@@ -21,6 +21,9 @@ def run_config(cfg: Config, from_stage: str | None = None) -> dict[str, Any]:
     """Run ``cfg.method`` and return its summary (paths, counts, timings)."""
     if cfg.method not in RUNNERS:
         raise ConfigError(f"method must be one of {sorted(RUNNERS)} to run, got {cfg.method!r}")
+    from pipeline.core.digits import ensure_demo_data
+
+    ensure_demo_data(cfg)  # a demo config on a fresh checkout writes its digits first
     module_name, func = RUNNERS[cfg.method].split(":")
     runner = getattr(importlib.import_module(module_name), func)
     return runner(cfg, from_stage=from_stage)

@@ -1,10 +1,11 @@
-"""Cross-architecture evaluation on Ray Train: every (set, student, seed) is one TorchTrainer job.
+"""Cross-architecture evaluation on Ray Train: every (set, student, seed) run in one TorchTrainer.
 
 ``evaluate_sets({name: distilled_dir}, val_root, eval_cfg, out_dir)`` loads each distilled
 set and the real validation set once (into the object store), launches one
-``TorchTrainer`` per (set, student, seed) with ``ScalingConfig(num_workers, use_gpu,
-resources_per_worker={"CPU": cpus_per_job})`` (DDP when ``num_workers > 1``), keeps at
-most ``max_concurrent`` jobs in flight, and gathers the runs into one table of
+``TorchTrainer`` whose workers (``max_concurrent``, else cluster CPUs / ``cpus_per_job``) pull the
+(set, student, seed) runs from a queue (``eval.pack_runs``, the default), or one ``TorchTrainer`` per
+run with ``ScalingConfig(num_workers, use_gpu, resources_per_worker={"CPU": cpus_per_job})`` (DDP when
+``num_workers > 1``; at most ``max_concurrent`` in flight), and gathers the runs into one table of
 dataset x method x IPC x student rows (``top1_mean``/``top1_std`` over the seeds = final
 accuracy; ``best_*`` = best test accuracy seen while training). ``write_results`` writes
 ``results.json``, ``results.csv`` and ``results.md``, merging with rows already there.
@@ -185,6 +186,112 @@ def run_ray_jobs(jobs: list[dict[str, Any]], data_refs: dict[str, Any], cfg: Eva
     return [r for r in results if r is not None]
 
 
+class RunQueue:
+    """Ray actor of a packed evaluation: hands out run indices in order and keeps each finished run."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.next_i, self.results = n, 0, {}
+
+    def take(self) -> int | None:
+        if self.next_i >= self.n:
+            return None
+        self.next_i += 1
+        return self.next_i - 1
+
+    def put(self, i: int, result: dict[str, Any]) -> None:
+        self.results[i] = result
+
+    def finished(self) -> int:
+        return len(self.results)
+
+    def all(self) -> dict[int, dict[str, Any]]:
+        return self.results
+
+
+def _packed_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train worker of a packed evaluation: take runs from the queue until it is empty (no DDP: each
+    worker trains its own students, one at a time, with ``spec.threads`` torch threads)."""
+    import ray
+
+    queue, jobs, cache = config["queue"][0], config["jobs"], {}
+    teacher_state = ray.get(config["teacher"][0]) if config.get("teacher") else None
+    while (i := ray.get(queue.take.remote())) is not None:
+        job = jobs[i]
+        if job["set"] not in cache:
+            raw = ray.get(config["data"][job["set"]][0])
+            cache[job["set"]] = (_job_payload(raw), raw)
+        d, raw = cache[job["set"]]
+        res = train_student(job["spec"], d["train_x"], d["train_y"], d["val_x"], d["val_y"],
+                            int(raw["num_classes"]), teacher=_teacher_from(teacher_state, "cpu"), device="cpu",
+                            norm=(raw["mean"], raw["std"]))
+        ray.get(queue.put.remote(i, {**{k: v for k, v in job.items() if k != "spec"}, **res}))
+
+
+def _fit_packed(jobs: list[dict[str, Any]], refs: dict[str, list[Any]], teacher: list[Any], queue: list[Any],
+                workers: int, cpus: float, storage: str, max_failures: int) -> str:
+    """Driver side of a packed evaluation (a Ray task): one TorchTrainer with ``workers`` workers."""
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    trainer = TorchTrainer(
+        _packed_loop_per_worker,
+        train_loop_config={"jobs": jobs, "data": refs, "teacher": teacher, "queue": queue},
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=False, resources_per_worker={"CPU": cpus}),
+        run_config=RunConfig(storage_path=storage, name="eval-packed",
+                             failure_config=FailureConfig(max_failures=max_failures)),
+    )
+    result = trainer.fit()
+    if result.error is not None:
+        raise RuntimeError(f"packed evaluation failed: {result.error}")
+    return str(result.path)
+
+
+def packed_workers(n_jobs: int, cfg: EvalConfig, total_cpus: float) -> int:
+    """Workers of the one packed TorchTrainer: ``max_concurrent``, else as many as the cluster's CPUs hold at
+    ``max(1, floor(cpus_per_job))`` torch threads each (a worker runs at least one thread, so fractional
+    ``cpus_per_job`` never puts more threads than cores to work), at most one per run."""
+    threads = max(1, math.floor(cfg.cpus_per_job))
+    slots = cfg.max_concurrent or max(1, int(total_cpus // max(cfg.cpus_per_job, threads)))
+    return max(1, min(n_jobs, slots))
+
+
+def run_packed_jobs(jobs: list[dict[str, Any]], data_refs: dict[str, Any], cfg: EvalConfig, storage: Path,
+                    teacher_ref: Any = None, max_failures: int = 0, log=print) -> list[dict[str, Any]]:
+    """Every job in one TorchTrainer (start-up paid once); results in job order, a progress bar meanwhile."""
+    import ray
+
+    from pipeline.core.console import progress
+
+    if cfg.use_gpu:
+        raise DataError("eval.pack_runs runs on CPU workers; set eval.pack_runs=false for eval.use_gpu")
+    workers = packed_workers(len(jobs), cfg, float(ray.cluster_resources().get("CPU", 1.0)))
+    queue = ray.remote(num_cpus=0)(RunQueue).remote(len(jobs))
+    fit = ray.remote(num_cpus=0, max_retries=0)(_fit_packed)
+    storage.mkdir(parents=True, exist_ok=True)
+    ref = fit.remote(jobs, {n: [r] for n, r in data_refs.items()}, [teacher_ref] if teacher_ref is not None else [],
+                     [queue], workers, cfg.cpus_per_job, str(storage.resolve()), max_failures)
+    log(f"  eval: {len(jobs)} runs in one TorchTrainer with {workers} worker(s) x {cfg.cpus_per_job} CPU")
+    shown = 0
+    progress("evaluation", 0, len(jobs))
+    while not ray.wait([ref], timeout=1.0)[0]:
+        done = ray.get(queue.finished.remote())
+        if done != shown:
+            progress("evaluation", done, len(jobs))
+            shown = done
+    ray.get(ref)  # raises the trainer's error
+    got = ray.get(queue.all.remote())
+    if shown != len(got):  # the bar closes at its total; a second call would open a new one
+        progress("evaluation", len(got), len(jobs))
+    ray.kill(queue)
+    for i in sorted(got):
+        r = got[i]
+        log(f"  eval {r['name']}: top-1 {r['final']:.2f}% (best {r['best']:.2f}%) in {r['seconds']:.0f}s")
+    missing = [jobs[i]["name"] for i in range(len(jobs)) if i not in got]
+    if missing:
+        raise RuntimeError(f"packed evaluation finished without runs {missing[:5]}")
+    return [got[i] for i in range(len(jobs))]
+
+
 # ----------------------------------------------------------------------------- many sets
 def make_jobs(sets: dict[str, dict[str, Any]], cfg: EvalConfig) -> list[dict[str, Any]]:
     """One job per (set, student, seed); seeds are ``cfg.seed + r`` for r < repeats."""
@@ -286,8 +393,9 @@ def evaluate_sets(sets: dict[str, str | os.PathLike], val_root: str | os.PathLik
 
             refs = {n: ray.put(_teacher_normalised(a, teacher_state)) for n, a in arrays.items()}
             teacher_ref = ray.put(teacher_state) if teacher_state else None
-            runs = run_ray_jobs(jobs, refs, cfg, out / "ray_train", teacher_ref,
-                                max_failures=(ray_cfg.max_restarts if ray_cfg else 0), log=log)
+            run = run_packed_jobs if cfg.pack_runs and cfg.num_workers == 1 else run_ray_jobs
+            runs = run(jobs, refs, cfg, out / "ray_train", teacher_ref,
+                       max_failures=(ray_cfg.max_restarts if ray_cfg else 0), log=log)
     rows = aggregate(runs, loaded, cfg, dataset)
     log(f"evaluation took {time.time() - t0:.0f}s")
     if write:

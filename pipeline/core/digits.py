@@ -7,12 +7,17 @@ train/val with a seeded permutation. Writing is atomic per file and idempotent.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
 from pipeline.core.write import atomic_save_image, atomic_write_json
+
+if TYPE_CHECKING:
+    from pipeline.config import Config
 
 DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
@@ -52,3 +57,30 @@ def write_demo_dataset(out: str | Path, size: int = 32, val_fraction: float = 0.
     summary = {"root": str(out), "size": size, "seed": seed, "val_fraction": val_fraction, "counts": counts}
     atomic_write_json(out / "dataset.json", summary)
     return summary
+
+
+# The roles whose ``zoo:`` models mark a config as a demo config (one that may write its own data).
+DEMO_ROLES = {"diver": ("dit",), "edits": ("vlm", "clip", "vae", "sd")}
+
+
+def is_demo_config(cfg: Config) -> bool:
+    """A demo config: its method's models come from the local zoo and ``data.root`` is a ``.../train`` split."""
+    root = cfg.data.root
+    roles = DEMO_ROLES.get(str(cfg.method), ())
+    return (root is not None and Path(root).name == "train" and bool(roles)
+            and all(str(getattr(cfg.models, r)).startswith("zoo:") for r in roles))
+
+
+def ensure_demo_data(cfg: Config, log: Callable[[str], None] = print) -> bool:
+    """Write the demo digits next to ``data.root`` when a demo config's data is missing; True when written.
+
+    ``semdistill run configs/demo_<method>.yaml`` on a fresh checkout prepares its own data (the
+    parent of ``data.root`` gets ``train/``, ``val/`` and ``class_names.json``). Other configs are
+    left alone: their missing root stays the reader's "dataset root not found" error.
+    """
+    if not is_demo_config(cfg) or Path(str(cfg.data.root)).exists():
+        return False
+    parent = Path(str(cfg.data.root)).parent
+    log(f"demo data missing: writing the demo digits to {parent}")
+    write_demo_dataset(parent, size=cfg.data.image_size)
+    return True

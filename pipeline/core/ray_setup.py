@@ -26,9 +26,9 @@ def init_ray(cfg: RayConfig | None = None) -> bool:
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     address = cfg.address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, ignore_reinit_error=True, log_to_driver=True)
+        ray.init(address=address, ignore_reinit_error=True, log_to_driver=cfg.log_to_driver)
         return False
-    kwargs: dict = {"address": "local", "include_dashboard": False, "log_to_driver": True}
+    kwargs: dict = {"address": "local", "include_dashboard": False, "log_to_driver": cfg.log_to_driver}
     if cfg.num_cpus is not None:
         kwargs["num_cpus"] = cfg.num_cpus
     if cfg.object_store_memory_mb:
@@ -36,7 +36,26 @@ def init_ray(cfg: RayConfig | None = None) -> bool:
     ray.init(**kwargs)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = os.environ.get("SEMDISTILL_PROGRESS", "1") != "0"
+    ctx.enable_operator_progress_bars = False  # one bar per dataset (stage), not one per operator
+    if cfg.logs_dir:
+        link_session_logs(cfg.logs_dir)
     return True
+
+
+def link_session_logs(logs_dir: str | os.PathLike) -> str | None:
+    """``<logs_dir>/ray_session`` -> this Ray session's log folder (workers' output, raylet, Train); its path."""
+    from pathlib import Path
+
+    try:
+        session = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs"
+    except AttributeError:  # not a local node (a cluster driver): the logs live on the head node
+        return None
+    link = Path(logs_dir) / "ray_session"
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(session, target_is_directory=True)
+    return str(link)
 
 
 @contextlib.contextmanager

@@ -37,8 +37,10 @@ def demo(args: argparse.Namespace) -> int:
     """Prepare the demo data and zoo, then run every demo stage that is available."""
     from pipeline.demo.run import run_demo
 
-    result = run_demo(Path(args.out), quick=args.quick)
-    print(json.dumps(result, indent=2, default=str))
+    result = run_demo(Path(args.out), quick=args.quick, full=getattr(args, "full", False),
+                      verbose=getattr(args, "verbose", False))
+    summary = Path(result["report_html"]).parent / "demo_summary.json"
+    print(f"summary: {summary}" if not getattr(args, "verbose", False) else json.dumps(result, indent=2, default=str))
     return 0
 
 

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from pipeline.config import DMConfig
+from pipeline.core.console import progress
 from pipeline.core.pixels import channel_stats, normalize, unit_chw_to_u8_hwc
 from pipeline.core.read import load_image_arrays
 from pipeline.diver.inputs import IMAGES_PT, save_pt
@@ -99,6 +100,7 @@ def distill_dm(images_u8: torch.Tensor, labels: torch.Tensor, num_classes: int, 
         loss.backward()
         opt.step()
         losses.append(float(loss.detach()))
+        progress(f"DM ipc {ipc}", it + 1, cfg.iterations)
         if it % max(1, cfg.iterations // 5) == 0 or it == cfg.iterations - 1:
             log(f"  dm ipc {ipc} iter {it:5d}  loss {losses[-1]:.3f}  ({time.time() - t0:.0f}s)")
     m = torch.as_tensor(mean).view(1, -1, 1, 1)

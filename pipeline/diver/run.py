@@ -34,19 +34,6 @@ def _log(msg: str) -> None:
     print(msg, flush=True)
 
 
-def prepare_demo_inputs(cfg: Config) -> None:
-    """Demo configs (zoo models, relative data path) write the demo digits when they are missing."""
-    root = cfg.data.root
-    if root is None or Path(root).exists() or not cfg.models.dit.startswith("zoo:"):
-        return
-    if Path(root).name != "train":
-        return
-    from pipeline.core.digits import write_demo_dataset
-
-    _log(f"demo data missing: writing the demo digits to {Path(root).parent}")
-    write_demo_dataset(Path(root).parent, size=cfg.data.image_size)
-
-
 def _sets(cfg: Config, out: Path) -> list[dict[str, Any]]:
     d = cfg.diver
     if d.stage1 is not None:
@@ -240,6 +227,7 @@ def recover_sets(cfg: Config, sets: list[dict[str, Any]], redo: bool) -> dict[st
          f"steps {settings.first_index()}..0 (index {settings.num_inference_steps - 1} = t 999), "
          f"window {list(settings.fusion_window)}, gamma {settings.gamma}, sigma {settings.sigma}")
     from pipeline.core.batching import batch_blocks
+    from pipeline.core.console import progress
     from pipeline.core.faults import configure_data_context, fault_kwargs
 
     with ray_session(ray_cfg):
@@ -270,6 +258,7 @@ def recover_sets(cfg: Config, sets: list[dict[str, Any]], redo: bool) -> dict[st
                 written[name] += 1
             for w in writers.values():
                 w.flush()
+            progress("recover", sum(written.values()), len(rows))
     check_recovered(sets, writers)
     return written
 
@@ -325,7 +314,9 @@ def run_diver(cfg: Config, from_stage: str | None = None) -> dict[str, Any]:
         start = 0
     out = Path(cfg.output.dir)
     out.mkdir(parents=True, exist_ok=True)
-    prepare_demo_inputs(cfg)
+    from pipeline.core.digits import ensure_demo_data
+
+    ensure_demo_data(cfg, log=_log)  # also when called without `semdistill run` (the demo, sweeps)
     sets = _sets(cfg, out)
     timings: dict[str, float] = {}
     t0 = time.time()

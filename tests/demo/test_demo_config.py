@@ -26,9 +26,9 @@ def test_edits_gets_ipc_10_and_the_trims_merged_into_its_demo_config(tmp_path):
 
 def test_diver_gets_one_dm_set_at_ipc_10_and_quick_shrinks_further(tmp_path):
     cfg = method_config("diver", tmp_path / "out", tmp_path / "data", quick=False)
-    assert cfg.diver.stage1.ipc == 10 and cfg.diver.stage1.iterations == 150
+    assert cfg.diver.stage1.ipc == 10 and cfg.diver.stage1.iterations == 400
     quick = method_config("diver", tmp_path / "out", tmp_path / "data", quick=True)
-    assert quick.diver.stage1.iterations == 20
+    assert quick.diver.stage1.iterations == 20 and quick.diver.stage1.init == "noise"
     edits_quick = method_config("edits", tmp_path / "out", tmp_path / "data", quick=True)
     assert edits_quick.edits.num_inference_steps == 10 and edits_quick.models.llm == "zoo:llm"
 
@@ -47,7 +47,8 @@ def test_quick_demo_writes_results_report_and_overview(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads((out / "results.json").read_text())
     assert {r["method"] for r in rows} == {"random_real", "dm", "diver", "edits"}
-    assert {r["student"] for r in rows} == {"convnet", "resnet18"}
+    assert {r["student"] for r in rows} == {"convnet", "resnet18", "mobilenetv2"}
+    assert {r["student"] for r in rows if not r["in_mean"]} == {"convnet"}  # the DM proxy
     for r in rows:
         assert {"dataset", "method", "ipc", "student", "top1_mean", "top1_std", "repeats"} <= set(r)
         assert r["ipc"] == 10 and 0.0 <= r["top1_mean"] <= 100.0
@@ -61,3 +62,42 @@ def test_batch_blocks_hold_one_ray_batch_each(tmp_path):
     bs = method_config("edits", tmp_path / "out", tmp_path / "data", quick=False).ray.batch_sizes["llm"]  # 20
     assert batch_blocks(100, bs) == 5 and batch_blocks(101, bs) == 6 and batch_blocks(3, bs) == 1
     assert batch_blocks(10_000, bs, cap=50) == 50 and batch_blocks(0, bs) == 1
+
+
+def test_the_demo_dm_set_starts_from_noise_so_it_needs_recovering(tmp_path):
+    """DM from real images stays real digits (nothing for DIVER to recover); the demo distils from noise."""
+    from pipeline.config import DMConfig
+
+    assert DMConfig().init == "real"  # the DM reference code's default is kept for every other config
+    cfg = method_config("diver", tmp_path / "out", tmp_path / "data", quick=False)
+    assert cfg.diver.stage1.init == "noise" and cfg.diver.stage1.iterations >= 400
+
+
+def test_stage1_record_is_proxy_vs_unseen_mean():
+    from pipeline.demo.run import stage1_record
+
+    rows = [{"method": "dm", "student": "convnet", "top1_mean": 70.0, "in_mean": False},
+            {"method": "dm", "student": "resnet18", "top1_mean": 50.0, "in_mean": True},
+            {"method": "dm", "student": "mobilenetv2", "top1_mean": 40.0, "in_mean": True},
+            {"method": "dm", "student": "resnet18", "top1_mean": 99.0, "in_mean": True, "augment": "none"},
+            {"method": "diver", "student": "convnet", "top1_mean": 10.0, "in_mean": False}]
+    assert stage1_record(rows) == {"proxy": 70.0, "unseen_mean": 45.0}
+    assert stage1_record(rows[4:]) is None
+
+
+def test_full_demo_adds_the_ablations_and_students():
+    from pipeline.demo.run import DEMO_EVAL, FULL_BASELINES, FULL_EVAL
+
+    assert DEMO_EVAL["students"] == ["convnet", "resnet18", "mobilenetv2"] and DEMO_EVAL["repeats"] == 2
+    assert FULL_EVAL["students"][-1] == "shufflenetv2" and set(FULL_BASELINES) == {"herding", "k_center", "full_real"}
+
+
+def test_gamma0_ablation_is_the_same_dit_pass_without_guidance(tmp_path):
+    from pipeline.demo.run import gamma0_config
+
+    cfg = method_config("diver", tmp_path / "out", tmp_path / "data", quick=False)
+    g0 = gamma0_config(cfg, tmp_path / "dm", tmp_path / "out")
+    assert g0.diver.gamma == 0.0 and g0.diver.stage1 is None and g0.diver.input == str(tmp_path / "dm")
+    same = {k: v for k, v in cfg.diver.model_dump().items() if k not in ("gamma", "stage1", "input", "input_format")}
+    assert same == {k: v for k, v in g0.diver.model_dump().items() if k in same}
+    assert g0.output.dir == str(tmp_path / "out" / "diver_gamma0")

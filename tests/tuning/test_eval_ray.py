@@ -57,9 +57,28 @@ def test_hard_label_run_on_ray_train_learns(rr_set, demo_root, ray_local, tmp_pa
     assert saved[0]["top1_mean"] == row["top1_mean"]
     assert "random_real" in (tmp_path / "results.md").read_text()
     assert (tmp_path / "results.csv").read_text().startswith("dataset,method,ipc,student")
-    # every (student, seed) ran as its own Ray Train run under the output folder
+    # both (student, seed) runs ran inside one Ray Train run under the output folder (start-up paid once)
+    assert sorted(p.name for p in (tmp_path / "ray_train").iterdir() if p.is_dir()) == ["eval-packed"]
+    assert [r["seed"] for r in row["runs"]] == [0, 1]
+
+
+def test_unpacked_runs_get_one_trainer_each(rr_set, demo_root, ray_local, tmp_path):
+    cfg = EvalConfig(students=["convnet"], epochs=2, repeats=2, cpus_per_job=0.5, pack_runs=False,
+                     student_kwargs={"convnet": {"width": 16}})
+    rows = evaluate_sets({"rr": rr_set}, demo_root / "val", cfg, tmp_path)
+    assert rows[0]["repeats"] == 2
     assert sorted(p.name for p in (tmp_path / "ray_train").iterdir() if p.is_dir()) == \
         ["rr-convnet-s0", "rr-convnet-s1"]
+
+
+def test_packed_workers_fill_the_cores_once():
+    from tuning.evaluate import packed_workers
+
+    assert packed_workers(24, EvalConfig(cpus_per_job=1.0), 2.0) == 2  # 2 cores, 1 thread each
+    assert packed_workers(24, EvalConfig(cpus_per_job=0.5), 2.0) == 2  # a worker runs >= 1 thread
+    assert packed_workers(24, EvalConfig(cpus_per_job=2.0), 16.0) == 8  # 2 threads each
+    assert packed_workers(1, EvalConfig(cpus_per_job=1.0), 16.0) == 1  # never more workers than runs
+    assert packed_workers(24, EvalConfig(cpus_per_job=1.0, max_concurrent=3), 2.0) == 3
 
 
 def test_eval_cli_local_backend(rr_set, demo_root, tmp_path, capsys):

@@ -43,7 +43,7 @@ def test_report_html_and_markdown(tmp_path):
     html = Path(paths["report_html"]).read_text()
     assert html.count("data:image/png;base64,") == 3  # two grids + the sweep plot
     assert "80.00 ± 0.50" in html and "resnet18 (width=16)" in html and "diver.gamma" in html
-    assert "<td>75.00</td>" in html  # random_real: mean over its two students
+    assert "<td><b>75.00</b></td>" in html  # random_real: mean over its two students (rows without in_mean count)
     md = Path(paths["results_md"]).read_text()
     assert "- a note" in md and "| digits | 10 | diver | 60.00 ± 0.50 | - | 60.00 |" in md and "## Sweep" in md
     assert (tmp_path / "report_files" / "grid_diver.png").is_file()
