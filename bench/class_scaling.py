@@ -4,7 +4,8 @@
 Each size runs in a fresh process (its own local Ray) on ``K`` classes x ``--per-class`` images of
 16 px (seeded noisy digits), with the zoo models, fine-tune off, IPC 1 and few inference steps:
 EDITS caption -> embed -> cluster -> prototype -> generate, then DIVER (built-in DM, then recovery).
-It prints seconds per class for every stage and the driver's peak RSS at both sizes, then
+It prints seconds per class for every stage, the driver's peak RSS at both sizes (and after each step,
+to show where it grows), then
 
     ratio: <max over stages of (s/class at 1,000) / (s/class at 100)>   (target <= 1.2; RSS <= 1.3)
 
@@ -100,20 +101,32 @@ def child(classes: int, workdir: Path) -> dict[str, Any]:
     from pipeline.diver.run import run_diver
     from pipeline.edits.run import run_edits
 
-    quiet = lambda s: print(s, file=sys.stderr, flush=True)
+    peaks: dict[str, float] = {}  # the driver's peak RSS (MB) once each stage is done: where it grows
+
+    def peak_mb() -> float:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    def quiet(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+        if line.startswith("[edits] ") and ": done" in line:
+            peaks[line.split()[1].rstrip(":")] = peak_mb()
+
+    peaks["start"] = peak_mb()
     t0 = time.perf_counter()
     summary = run_edits(edits_config(workdir / "data", workdir / "edits"), log=quiet)
     edits_wall = time.perf_counter() - t0
+    peaks["edits"] = peak_mb()
     t1 = time.perf_counter()
     d = run_diver(diver_config(workdir / "data", workdir / "diver"))
     diver_wall = time.perf_counter() - t1
+    peaks["diver"] = peak_mb()
     seconds = {s: float(summary["timings"][s]) for s in EDITS_STAGES}
     seconds["edits_setup"] = edits_wall - sum(seconds.values())  # scan, keys, Ray start, contact sheet
     seconds.update({"stage1": float(d["timings"]["stage1_s"]), "recover": float(d["timings"]["recover_s"])})
     images = len(json.loads((workdir / "edits/distilled/manifest.json").read_text())["images"])
     return {"classes": classes, "seconds": seconds, "edits_wall_s": edits_wall, "diver_wall_s": diver_wall,
             "edits_images": images, "diver_images": d["sets"]["ipc1"]["images"],
-            "driver_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "driver_peak_mb": peak_mb(), "driver_peak_after_mb": peaks}
 
 
 def measure(classes: int, per_class: int, keep: str | None, timeout_s: float) -> dict[str, Any]:
@@ -145,6 +158,9 @@ def report(small: dict[str, Any], large: dict[str, Any]) -> float:
         if stage != "edits_setup":  # fixed start-up costs, shown for reference
             worst = max(worst, r)
         print(f"{stage:<12} {a:>14.4f} {b:>14.4f} {r:>7.3f}")
+    print("driver peak RSS (MB) after each step: " + ", ".join(
+        f"{k} {small['driver_peak_after_mb'][k]:.0f}/{large['driver_peak_after_mb'][k]:.0f}"
+        for k in small["driver_peak_after_mb"] if k in large["driver_peak_after_mb"]))
     rss = large["driver_peak_mb"] / small["driver_peak_mb"]
     print(f"driver peak RSS: {small['driver_peak_mb']:.0f} MB @{ks}, {large['driver_peak_mb']:.0f} MB @{kl}, "
           f"ratio {rss:.3f} (target <= 1.3)")
