@@ -59,7 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0, help="seed of the train/val split (default 0)")
     d.set_defaults(func=_handler("pipeline.demo.commands:data_demo"))
     c = dsub.add_parser("check", help="scan a dataset without models: list files it would skip, per-class counts")
-    c.add_argument("root", help="ImageFolder root")
+    c.add_argument("root", help="dataset root: ImageFolder, parquet or WebDataset shards; a path or s3://, gs://, file://")
+    c.add_argument("--format", default="auto", choices=["auto", "imagefolder", "parquet", "webdataset"],
+                   help="data.format (default auto: shards in ROOT or ROOT/data, else an ImageFolder)")
     c.add_argument("--ipc", type=int, default=1, help="fail when a class has fewer usable images (default 1)")
     c.add_argument("--json", dest="as_json", action="store_true", help="print the report as JSON")
     c.add_argument("--class-names", default=None, help="id -> name table, to warn about duplicate class names")

@@ -23,7 +23,11 @@ class Section(BaseModel):
 
 
 class DataConfig(Section):
-    root: str | None = None  # real training set, ImageFolder layout
+    root: str | None = None  # real training set: a local path or a URI (s3://, gs://, file://; pyarrow filesystems)
+    # imagefolder (root/<class_id>/<image>), parquet (Hugging Face image layout: image struct + integer label),
+    # webdataset (<key>.jpg|png + <key>.cls tar shards); auto: shards in root (or root/data) else imagefolder
+    format: Literal["auto", "imagefolder", "parquet", "webdataset"] = "auto"
+    split: str | None = "train"  # where shards of several splits sit together (train-*, validation-*): this one
     val_root: str | None = None  # real validation set (evaluation)
     class_names: str | None = None  # id -> words table (json, or "wnid words" lines)
     image_size: int = Field(32, gt=0)  # resolution of the distilled set

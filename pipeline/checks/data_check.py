@@ -1,6 +1,7 @@
 """``semdistill data check ROOT --ipc K``: what a run would use and skip, without any model.
 
-Scans the ImageFolder exactly as a run does (``scan_image_folder``), decodes every
+Scans the set exactly as a run does (``scan_root``: ImageFolder, parquet or WebDataset shards, local
+or a URI), decodes every
 candidate with the run's decoder (``load_rgb``), and reports every file it would skip
 with the reason, the usable images per class, and problems. Exit code 1 when a class
 ends up empty or below IPC (the run would fail), 0 otherwise; configuration faults
@@ -23,8 +24,8 @@ from pipeline.core.read import (
     duplicate_class_names,
     load_class_names,
     load_rgb,
-    scan_image_folder,
 )
+from pipeline.core.shards import scan_root
 from pipeline.core.skips import reason_kind
 
 EMPTY_REASON = "empty class folder"
@@ -48,9 +49,12 @@ def _probe_all(paths: list[str], size: int, workers: int) -> list[str]:
 
 def check_dataset(root: str | os.PathLike, ipc: int = 1, extensions: tuple[str, ...] | list[str] = DEFAULT_EXTENSIONS,
                   class_names: str | os.PathLike | None = None, decode: bool = True, workers: int = 1,
-                  size: int = 32, follow_symlinks: bool = True) -> dict[str, Any]:
-    """The data-check report as a dict (see the module docstring); ``ok`` is False on any problem."""
-    index = scan_image_folder(root, extensions, follow_symlinks=follow_symlinks, allow_empty_classes=True)
+                  size: int = 32, follow_symlinks: bool = True, fmt: str = "auto") -> dict[str, Any]:
+    """The data-check report as a dict (see the module docstring); ``ok`` is False on any problem.
+
+    ``fmt``: the ``data.format`` (``auto`` detects parquet / WebDataset shards, else an ImageFolder).
+    """
+    index = scan_root(str(root), fmt, extensions, follow_symlinks=follow_symlinks, allow_empty_classes=True)
     skipped = [dict(s) for s in index.skipped]
     empty = sorted(Path(s["path"]).name for s in skipped if s["reason"] == EMPTY_REASON)
     counts: dict[str, int] = {c: 0 for c in sorted([*index.classes, *empty])}
@@ -127,6 +131,7 @@ def main(args: argparse.Namespace) -> int:
         class_names=getattr(args, "class_names", None),
         decode=not getattr(args, "no_decode", False),
         workers=getattr(args, "workers", 1) or 1,
+        fmt=getattr(args, "format", None) or "auto",
     )
     if getattr(args, "as_json", False):
         print(json.dumps(rep, indent=2, ensure_ascii=False))

@@ -287,11 +287,14 @@ def load_rgb(path: str, size: int | None = None, mode: str = "crop", resample: s
         raise ValueError(f"resize mode must be one of {RESIZE_MODES} and resample one of {sorted(RESAMPLE)}, "
                          f"got {mode!r}, {resample!r}")
     try:
-        if os.path.getsize(path) == 0:
+        from pipeline.core.shards import image_source
+
+        src = image_source(path)  # a local file, or the bytes of a shard record / URI
+        if (os.path.getsize(src) if isinstance(src, str) else src.getbuffer().nbytes) == 0:
             raise BadImageError("zero-byte file")
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            with Image.open(src) as im:
                 short = max(size, resize or size) if size is not None else None
                 if short is not None and im.format == "JPEG":
                     im.draft("RGB", (short, short))  # DCT-domain downscale: huge JPEGs decode fast
@@ -304,8 +307,8 @@ def load_rgb(path: str, size: int | None = None, mode: str = "crop", resample: s
                 im = to_rgb(im)
     except BadImageError:
         raise
-    except FileNotFoundError:
-        raise BadImageError("file not found (broken symlink?)") from None
+    except FileNotFoundError as err:
+        raise BadImageError(f"file not found ({err.args[0] if len(err.args) == 1 else 'broken symlink?'})") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise BadImageError(f"too large: {err}") from None
     except Exception as err:  # noqa: BLE001  (PIL raises many types for corrupt data)
@@ -331,7 +334,7 @@ class ImageArrays(NamedTuple):
 
 def load_image_arrays(root: str | os.PathLike, size: int | None = None, classes: list[str] | None = None,
                       max_per_class: int | None = None, skip_bad: bool = False,
-                      resize: int | None = None) -> ImageArrays:
+                      resize: int | None = None, fmt: str = "auto") -> ImageArrays:
     """Decode a whole ImageFolder into memory (labels follow the sorted class ids).
 
     ``size``: shorter-side resize + center crop to ``size`` x ``size``; ``None`` keeps the
@@ -339,9 +342,11 @@ def load_image_arrays(root: str | os.PathLike, size: int | None = None, classes:
     ``skip_bad`` leaves unreadable files out (``semdistill data check`` lists them); without it
     the first one raises ``DataError`` naming the file. No readable image is a ``DataError``.
     ``resize``: the shorter side is first resized to this, then center-cropped to ``size`` (Resize(256) +
-    CenterCrop(224)).
+    CenterCrop(224)). ``fmt``: the ``data.format`` of ``root`` (``pipeline.core.shards``).
     """
-    index = scan_image_folder(root, classes=classes, max_per_class=max_per_class)
+    from pipeline.core.shards import scan_root
+
+    index = scan_root(str(root), fmt, classes=classes, max_per_class=max_per_class)
     arrays, labels, paths = [], [], []
     for r in index.records:
         try:

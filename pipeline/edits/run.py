@@ -51,14 +51,13 @@ def prepare_run(cfg: Config, log: Callable[[str], None] = print) -> EditsRun:
         disambiguate_class_names,
         index_fingerprint,
         load_class_names,
-        scan_image_folder,
     )
+    from pipeline.core.shards import scan_data
     from pipeline.core.skips import SkipLog
 
     if not cfg.data.root:
-        raise ConfigError("data.root is not set: EDITS needs the real training set (ImageFolder)")
-    index = scan_image_folder(cfg.data.root, cfg.data.extensions, classes=cfg.data.classes,
-                              max_per_class=cfg.data.max_per_class, follow_symlinks=cfg.data.follow_symlinks)
+        raise ConfigError("data.root is not set: EDITS needs the real training set (ImageFolder, parquet, WebDataset)")
+    index = scan_data(cfg.data, cfg.ray)  # any data.format; sharded sets are indexed by Ray Data's readers
     names = disambiguate_class_names(load_class_names(cfg.data.class_names, index.classes))
     paths = Artefacts(Path(cfg.output.dir))
     paths.art.mkdir(parents=True, exist_ok=True)

@@ -195,7 +195,8 @@ def run_input(run: EditsRun, name: str, keys: dict[str, Any]) -> Any:
     if kind == "fingerprint":  # which files (root-relative) of which classes
         return run.fingerprint
     if kind == "data_root":  # the same relative layout under another root is other images
-        return str(Path(run.index.root).resolve())
+        root = str(run.index.root)
+        return root if "://" in root else str(Path(root).resolve())
     if kind == "class_names":
         return run.names
     if kind == "device":  # actors and cluster tasks run on a GPU only when given one (dtype auto: fp16)
