@@ -37,6 +37,9 @@ CHANGES: dict[str, tuple[str, ...]] = {
     "data.root": (C,), "data.val_root": NONE, "data.class_names": (C,), "data.image_size": (G,),
     "data.extensions": (C,), "data.classes": (C,), "data.max_per_class": (C,), "data.follow_symlinks": (C,),
     "data.max_skipped_fraction": NONE,  # a check, not an output
+    # which records a format or split yields reaches the stages through the fingerprint (input:fingerprint);
+    # on this ImageFolder world an explicit imagefolder is what auto found, and splits name shard files only
+    "data.format": NONE, "data.split": NONE,
     "models.vlm": (C,), "models.vlm_backend": (C,),
     "models.clip": (E,),  # not caption: the copy shares the tokenizer that caps captions
     "models.vae": (PI,), "models.dit": NONE, "models.llm": (PT,), "models.llm_backend": (PT,),
@@ -72,7 +75,7 @@ CHANGES: dict[str, tuple[str, ...]] = {
     "ray.pool_sizes": NONE, "ray.batch_sizes": NONE,  # with micro-batches set (see test_batch_sizes_...)
     "ray.micro_batch_sizes": (C,),  # the walk changes the first role, caption; the other roles below
     "ray.max_restarts": NONE, "ray.max_task_retries": NONE, "ray.max_errored_blocks": NONE,
-    "ray.cluster_classes_per_task": NONE,  # scheduling only: each class is clustered alone with its own seed
+    "ray.cluster_classes_per_task": NONE, "ray.log_to_driver": NONE, "ray.logs_dir": NONE,  # scheduling only: each class is clustered alone with its own seed
     "output.dir": NONE, "output.image_format": (G,), "output.overwrite": NONE,
     "debug.fail_every_n_batches": NONE, "debug.fault_mode": NONE, "debug.fault_dir": NONE,
     "ray.job.": NONE, "diver.": NONE, "eval.": NONE, "sweep.": NONE,
@@ -193,7 +196,8 @@ def values(world: Path, zoo_dir: Path) -> dict[str, typing.Any]:
     return {"data.root": str(world / "train_copy"), "data.class_names": str(world / "names2.json"),
             "data.extensions": [".png"], "data.classes": ["a", "b"], "models.clip": str(world / "clip_copy"),
             "models.sd": str(world / "sd_copy"), "models.zoo_dir": str(zoo_dir), "diver.inversion_cfg_scale": 2.0,
-            "diver.fusion_window": [40, 24], "eval.augment": "dsa+mixup"}
+            "diver.fusion_window": [40, 24], "eval.augment": "dsa+mixup",
+            "data.format": "imagefolder"}
 
 
 # Settings that are valid only together with another change (the config validates them as a pair).
