@@ -11,7 +11,8 @@ Recipe (all on the CPU, a few minutes on 2 cores):
 4. check: a ConvNet trained on the real train split classifies plain DiT samples (DDIM,
    CFG) and the share recognised as their conditioning class is recorded as ``sample_accuracy``.
 
-The zoo role ``demo_dit`` builds with this recipe, so ``zoo:demo_dit`` trains on first use.
+The zoo role ``demo_dit`` copies the checkpoint this recipe produced (``actors/demo_weights/demo_dit``,
+sha256-checked); ``semdistill zoo train-demo --roles demo_dit`` retrains and re-ships it.
 """
 
 from __future__ import annotations

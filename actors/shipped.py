@@ -15,7 +15,7 @@ from pipeline.errors import ModelLoadError
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "demo_weights"
 SUMS_FILE = "SHA256SUMS"
-SHIPPED_ROLES = ("demo_vlm", "demo_clip", "demo_sd")
+SHIPPED_ROLES = ("demo_vlm", "demo_clip", "demo_sd", "demo_dit")
 
 
 def sha256_file(path: Path) -> str:

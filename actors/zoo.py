@@ -242,10 +242,9 @@ def _build_smollm2(out: Path) -> None:
 BUILDERS: dict[str, Callable[[Path], None]] = {
     "tokenizer": _build_tokenizer, "clip": _build_clip, "vlm": _build_vlm, "llm": _build_llm,
     "vae": _build_vae, "dit": _build_dit, "sd": _build_sd, "smollm2": _build_smollm2,
-    "demo_dit": lambda out: __import__("actors.demo_dit", fromlist=["build"]).build(out),  # trained, minutes
     # trained demo models shipped in the repo (actors/demo_weights): copied after a sha256 check
     **{role: (lambda out, r=role: __import__("actors.shipped", fromlist=["copy_role"]).copy_role(r, out))
-       for role in ("demo_vlm", "demo_clip", "demo_sd")},
+       for role in ("demo_vlm", "demo_clip", "demo_sd", "demo_dit")},
 }
 
 

@@ -57,7 +57,11 @@ def train_demo_role(role: str, weights_dir: Path, data: str | None) -> dict:
     target = weights_dir / role
     with tempfile.TemporaryDirectory(dir=weights_dir) as tmp:
         out = Path(tmp) / role
-        if role == "demo_vlm":
+        if role == "demo_dit":
+            from actors.demo_dit import train_demo_dit
+
+            report = train_demo_dit(out, data)
+        elif role == "demo_vlm":
             report = demo_models.train_demo_vlm(out, data)
         elif role == "demo_clip":
             report = demo_models.train_demo_clip(out, data)
@@ -81,9 +85,6 @@ def train_demo(args: argparse.Namespace) -> int:
     weights_dir = Path(args.weights_dir) if args.weights_dir else shipped.WEIGHTS_DIR
     weights_dir.mkdir(parents=True, exist_ok=True)
     for role in sorted(roles, key=DEMO_ROLES.index):  # demo_clip before demo_sd (its text encoder)
-        if role == "demo_dit":
-            zoo.build_role("demo_dit", args.dir, force=args.force)
-            continue
         if (weights_dir / role).is_dir() and not args.force:
             print(f"  {role}: shipped weights present in {weights_dir / role} (use --force to retrain)")
             continue
