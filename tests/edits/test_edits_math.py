@@ -142,10 +142,12 @@ def test_cluster_settings_come_only_from_the_edits_section():
     with pytest.raises(TypeError):
         ClusterSettings(ipc=3)  # no defaults of its own: they would shadow the config's
     e = EditsConfig(ipc=7, seed=1, tau=0.5, fusion="concat", feature_normalize=False, contamination=0.1,
-                    lof_neighbors=9, small_class_policy="shrink", kmeans_niter=3, kmeans_nredo=4, k_image=2, k_text=6)
+                    lof_neighbors=9, small_class_policy="shrink", kmeans_niter=3, kmeans_nredo=4, kmeans_tol=1e-3,
+                    kmeans_init="random", k_image=2, k_text=6)
     assert ClusterSettings.from_edits(e).as_dict() == {
         "ipc": 7, "seed": 1, "tau": 0.5, "fusion": "concat", "normalize": False, "contamination": 0.1,
-        "lof_neighbors": 9, "policy": "shrink", "niter": 3, "nredo": 4, "k_image": 2, "k_text": 6}
+        "lof_neighbors": 9, "policy": "shrink", "niter": 3, "nredo": 4, "tol": 1e-3, "init": "random",
+        "k_image": 2, "k_text": 6}
 
 
 def test_process_class_end_to_end_on_blobs():
