@@ -47,3 +47,15 @@ def ray_local():
     yield ray
     if started:
         ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def stage1_pt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A classical distilled set as a ``.pt``: 3 classes x 2 images, 32 px, values in [0, 1]."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    path = tmp_path_factory.mktemp("stage1") / "set.pt"
+    torch.save({"images": torch.rand(6, 3, 32, 32, generator=g), "labels": torch.tensor([0, 0, 1, 1, 2, 2]),
+                "classes": ["3", "5", "7"]}, path)
+    return path

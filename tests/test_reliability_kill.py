@@ -18,7 +18,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from pipeline.checks.verify import verify_set
@@ -139,15 +138,6 @@ def images(folder: Path) -> dict[str, bytes]:
 def finished_states(out: Path) -> dict[str, int]:
     return {p.name: p.stat().st_mtime_ns for p in (out / "artefacts").glob("*.state.json")
             if json.loads(p.read_text()).get("complete")}
-
-
-@pytest.fixture(scope="module")
-def stage1_pt(tmp_path_factory) -> Path:
-    g = torch.Generator().manual_seed(0)
-    path = tmp_path_factory.mktemp("stage1") / "set.pt"
-    torch.save({"images": torch.rand(6, 3, 32, 32, generator=g), "labels": torch.tensor([0, 0, 1, 1, 2, 2]),
-                "classes": ["3", "5", "7"]}, path)
-    return path
 
 
 @pytest.fixture(scope="module")

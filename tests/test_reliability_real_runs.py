@@ -12,20 +12,10 @@ import uuid
 from pathlib import Path
 
 import pytest
-import torch
 
 from pipeline.checks.verify import verify_set
 from pipeline.config import config_from_dict
 from pipeline.core.write import read_manifest
-
-
-@pytest.fixture(scope="module")
-def stage1_pt(tmp_path_factory) -> Path:
-    g = torch.Generator().manual_seed(0)
-    path = tmp_path_factory.mktemp("stage1") / "set.pt"
-    torch.save({"images": torch.rand(6, 3, 32, 32, generator=g), "labels": torch.tensor([0, 0, 1, 1, 2, 2]),
-                "classes": ["3", "5", "7"]}, path)
-    return path
 
 
 def diver_config(stage1_pt: Path, zoo_dir: Path, out: Path) -> dict:

@@ -99,15 +99,6 @@ def assert_on_gpu_node(nodes: dict, text: str) -> None:
     assert len(warn_pids) == len(set(warn_pids)), warn_pids  # ... once
 
 
-@pytest.fixture(scope="module")
-def stage1_pt(tmp_path_factory) -> Path:
-    g = torch.Generator().manual_seed(0)
-    path = tmp_path_factory.mktemp("stage1") / "set.pt"
-    torch.save({"images": torch.rand(6, 3, 32, 32, generator=g), "labels": torch.tensor([0, 0, 1, 1, 2, 2]),
-                "classes": ["3", "5", "7"]}, path)
-    return path
-
-
 def test_edits_imagenet1k_actors_on_the_gpu_node(two_nodes, zoo_dir, demo_root, tmp_path):
     text = semdistill_run("edits_imagenet1k.yaml", zoo_edits(demo_root, zoo_dir, tmp_path / "c"),
                           cluster_env(two_nodes), tmp_path / "cluster.log")
