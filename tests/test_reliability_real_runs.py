@@ -16,18 +16,7 @@ import pytest
 from pipeline.checks.verify import verify_set
 from pipeline.config import config_from_dict
 from pipeline.core.write import read_manifest
-
-
-def diver_config(stage1_pt: Path, zoo_dir: Path, out: Path) -> dict:
-    return {
-        "method": "diver",
-        "models": {"dit": "zoo:dit", "zoo_dir": str(zoo_dir), "dtype": "float32"},
-        "diver": {"input": str(stage1_pt), "resolution": 32, "num_inference_steps": 3, "start_step": 1,
-                  "fusion_window": [2, 1], "gamma": 0.1, "seed": 42, "side_by_side": False},
-        "ray": {"num_cpus": 2, "actor_num_cpus": 0.5, "pool_sizes": {"recover": 1},
-                "batch_sizes": {"recover": 1}, "micro_batch_sizes": {"recover": 1}},
-        "output": {"dir": str(out)},
-    }
+from tests.run_configs import diver_config
 
 
 def images(out: Path) -> dict[str, bytes]:

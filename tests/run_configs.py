@@ -1,0 +1,21 @@
+"""Tiny run configs the run-level reliability tests share (zoo models, 32 px, a few steps)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def diver_config(stage1: Path, zoo: Path, out: Path, data: Path | None = None) -> dict:
+    cfg = {
+        "method": "diver",
+        "models": {"dit": "zoo:dit", "zoo_dir": str(zoo), "dtype": "float32"},
+        "diver": {"input": str(stage1), "resolution": 32, "num_inference_steps": 3, "start_step": 1,
+                  "fusion_window": [2, 1], "gamma": 0.1, "seed": 42, "side_by_side": False},
+        "ray": {"num_cpus": 2, "actor_num_cpus": 0.5, "pool_sizes": {"recover": 1},
+                "batch_sizes": {"recover": 1}, "micro_batch_sizes": {"recover": 1}},
+        "output": {"dir": str(out)},
+    }
+    if data is not None:  # with evaluation: one convnet, one epoch, on the demo digits' val set
+        cfg["data"] = {"root": str(data / "train"), "val_root": str(data / "val"), "image_size": 32}
+        cfg["eval"] = {"students": ["convnet"], "epochs": 1, "batch_size": 16, "seed": 0, "augment": "none"}
+    return cfg
