@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import tempfile
 import time
 from collections.abc import Callable
@@ -33,6 +32,7 @@ import torch.nn.functional as F
 
 from pipeline.core.pixels import u8_hwc_to_signed_chw, u8_hwc_to_unit_chw, unit_to_signed
 from pipeline.core.read import load_image_arrays
+from tuning.demo_training import clipped_step, ema_update, lr_at, min_snr_epsilon_loss
 
 
 @dataclass
@@ -61,13 +61,6 @@ class DemoDiTRecipe:
     classifier_epochs: int = 6
 
 
-def _lr_at(step: int, base: float, warmup: int, total: int) -> float:
-    if step < warmup:
-        return base * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
 def train_vae(x: torch.Tensor, recipe: DemoDiTRecipe, log: Callable[[str], None]):
     """Train the demo's factor-2 VAE on ``x`` (``[N, 3, 32, 32]`` in [-1, 1]); scaling_factor = 1 / latent std."""
     from actors.zoo import tiny_vae
@@ -82,7 +75,7 @@ def train_vae(x: torch.Tensor, recipe: DemoDiTRecipe, log: Callable[[str], None]
     t0 = time.time()
     for step in range(recipe.vae_steps):
         for g in opt.param_groups:
-            g["lr"] = _lr_at(step, recipe.vae_lr, 50, recipe.vae_steps)
+            g["lr"] = lr_at(step, recipe.vae_lr, 50, recipe.vae_steps)
         idx = torch.randint(len(x), (recipe.vae_batch,), generator=gen)
         batch = x[idx]
         mse = vae_step(model, opt, batch, latent_noise(vae, batch, gen))
@@ -131,7 +124,7 @@ def train_dit(latents: torch.Tensor, labels: torch.Tensor, recipe: DemoDiTRecipe
     running = None
     for step in range(recipe.dit_steps):
         for g in opt.param_groups:
-            g["lr"] = _lr_at(step, recipe.dit_lr, recipe.dit_warmup, recipe.dit_steps)
+            g["lr"] = lr_at(step, recipe.dit_lr, recipe.dit_warmup, recipe.dit_steps)
         idx = torch.randint(len(latents), (recipe.dit_batch,), generator=gen)
         z0, y = latents[idx], labels[idx].clone()
         drop = torch.rand(len(y), generator=gen) < recipe.label_dropout
@@ -141,19 +134,9 @@ def train_dit(latents: torch.Tensor, labels: torch.Tensor, recipe: DemoDiTRecipe
         a = ab[t].view(-1, 1, 1, 1)
         zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
         out = model(zt, timestep=t, class_labels=y).sample
-        per_sample = ((out[:, : z0.shape[1]] - noise) ** 2).mean(dim=(1, 2, 3))
-        if recipe.min_snr_gamma > 0:  # epsilon loss weighted by min(SNR, gamma) / SNR
-            snr = a.view(-1) / (1 - a.view(-1))
-            per_sample = per_sample * snr.clamp(max=recipe.min_snr_gamma) / snr
-        loss = per_sample.mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        decay = min(recipe.ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for pe, pm in zip(ema.parameters(), model.parameters()):
-                pe.lerp_(pm, 1 - decay)
+        loss = min_snr_epsilon_loss(out[:, : z0.shape[1]], noise, a, recipe.min_snr_gamma)
+        clipped_step(opt, model.parameters(), loss)
+        ema_update(ema, model, step, recipe.ema_decay)
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
         if step % 250 == 0 or step == recipe.dit_steps - 1:
             log(f"  dit step {step:5d}  loss {running:.4f}  ({time.time() - t0:.0f}s)")

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import tempfile
 import time
 from collections.abc import Callable
@@ -40,6 +39,7 @@ from PIL import Image
 
 from actors import demo_captions
 from pipeline.edits import prompts
+from tuning.demo_training import clipped_step, ema_update, lr_at, min_snr_epsilon_loss, set_lr
 
 Log = Callable[[str], None]
 ZERO_SHOT_PROMPT = "a {class_name}"
@@ -122,19 +122,6 @@ def captions_for(images: np.ndarray, labels: np.ndarray, names: list[str], lead:
     return [demo_captions.caption(im, names[int(y)], lead) for im, y in zip(images, labels)]
 
 
-def lr_at(step: int, base: float, warmup: int, total: int) -> float:
-    """Linear warm-up, then cosine down to 10% of ``base``."""
-    if step < warmup:
-        return base * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-def _set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
-    for g in opt.param_groups:
-        g["lr"] = lr
-
-
 def zoo_start(role: str, tmp: Path) -> Path:
     """The zoo's random-init model of ``role`` written to ``tmp`` (the starting point of training)."""
     from actors.zoo import BUILDERS
@@ -180,7 +167,7 @@ def train_demo_vlm(out: str | Path, data: str | Path | None = None, recipe: Demo
     model.train()
     running = None
     for step in range(recipe.steps):
-        _set_lr(opt, lr_at(step, recipe.lr, recipe.warmup, recipe.steps))
+        set_lr(opt, lr_at(step, recipe.lr, recipe.warmup, recipe.steps))
         b = torch.randint(len(ids), (recipe.batch,), generator=gen)
         loss = model(pixel_values=px[b], input_ids=ids[b], attention_mask=mask[b], labels=labels[b]).loss
         opt.zero_grad(set_to_none=True)
@@ -273,7 +260,7 @@ def train_demo_clip(out: str | Path, data: str | Path | None = None, recipe: Dem
     model.train()
     running = None
     for step in range(recipe.steps):
-        _set_lr(opt, lr_at(step, recipe.lr, recipe.warmup, recipe.steps))
+        set_lr(opt, lr_at(step, recipe.lr, recipe.warmup, recipe.steps))
         b = torch.randperm(len(texts), generator=gen)[: recipe.batch]
         img, txt = _clip_features(model, px[b], tok["input_ids"][b], tok["attention_mask"][b])
         logits = model.logit_scale.exp().clamp(max=100) * img @ txt.T
@@ -360,7 +347,7 @@ def train_unet(unet, scheduler, latents: torch.Tensor, cond: torch.Tensor, uncon
     unet.train()
     t0, running = time.time(), None
     for step in range(recipe.unet_steps):
-        _set_lr(opt, lr_at(step, recipe.lr, recipe.warmup, recipe.unet_steps))
+        set_lr(opt, lr_at(step, recipe.lr, recipe.warmup, recipe.unet_steps))
         b = torch.randint(len(latents), (recipe.batch,), generator=gen)
         z0, ctx = latents[b], cond[b].clone()
         drop = torch.rand(len(b), generator=gen) < recipe.caption_dropout
@@ -369,19 +356,9 @@ def train_unet(unet, scheduler, latents: torch.Tensor, cond: torch.Tensor, uncon
         noise = torch.randn(z0.shape, generator=gen)
         a = ab[t].view(-1, 1, 1, 1)
         pred = unet(a.sqrt() * z0 + (1 - a).sqrt() * noise, t, encoder_hidden_states=ctx).sample
-        per = ((pred - noise) ** 2).mean(dim=(1, 2, 3))
-        if recipe.min_snr_gamma > 0:
-            snr = a.view(-1) / (1 - a.view(-1))
-            per = per * snr.clamp(max=recipe.min_snr_gamma) / snr
-        loss = per.mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
-        decay = min(recipe.ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for pe, pm in zip(ema.parameters(), unet.parameters()):
-                pe.lerp_(pm, 1 - decay)
+        loss = min_snr_epsilon_loss(pred, noise, a, recipe.min_snr_gamma)
+        clipped_step(opt, unet.parameters(), loss)
+        ema_update(ema, unet, step, recipe.ema_decay)
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
         if step % 250 == 0 or step == recipe.unet_steps - 1:
             log(f"  unet step {step:5d}  loss {running:.4f}  ({time.time() - t0:.0f}s)")
