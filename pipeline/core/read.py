@@ -94,6 +94,16 @@ def scan_image_folder(
     return ImageIndex(str(root_p), kept_classes, records, skipped)
 
 
+
+def check_requested_classes(classes: list[str], available, where: str) -> None:
+    """``data.classes`` names each class once and only classes the set has (``where``: for the message)."""
+    dups = sorted({c for c in classes if classes.count(c) > 1})
+    if dups:
+        raise ConfigError(f"data.classes lists these class ids more than once: {dups[:10]}")
+    missing = [c for c in classes if c not in available]
+    if missing:
+        raise DataError(f"classes not found {where}: {missing[:10]}")
+
 def _class_folders(root_p: Path, classes: list[str] | None) -> list[str]:
     """The sorted class ids to scan: every visible folder under ``root_p``, or the requested ``classes``."""
     if not root_p.exists():
@@ -102,12 +112,7 @@ def _class_folders(root_p: Path, classes: list[str] | None) -> list[str]:
         raise DataError(f"dataset root is not a folder: {root_p}")
     found = sorted(p.name for p in root_p.iterdir() if p.is_dir() and not p.name.startswith("."))
     if classes is not None:
-        dups = sorted({c for c in classes if classes.count(c) > 1})
-        if dups:
-            raise ConfigError(f"data.classes lists these class ids more than once: {dups[:10]}")
-        missing = [c for c in classes if c not in found]
-        if missing:
-            raise DataError(f"classes not found under {root_p}: {missing[:10]}")
+        check_requested_classes(classes, found, f"under {root_p}")
         found = sorted(classes)
     if not found:
         raise DataError(f"no class folders under {root_p} (expected {root_p}/<class_id>/<image>)")

@@ -134,7 +134,7 @@ def list_shards(root: str, ext: str, split: str | None = "train") -> list[str]:
 
 def build_index(root: str, items: Iterable[tuple[str, str, int]], classes: list[str] | None, max_per_class: int | None, skipped: list[dict[str, str]]):
     """The ``ImageIndex`` of ``(key, class id, dataset label)`` items: classes in label order, labels 0..K-1."""
-    from pipeline.core.read import ImageIndex, ImageRecord
+    from pipeline.core.read import ImageIndex, ImageRecord, check_requested_classes
 
     by_class: dict[str, list[str]] = {}
     order: dict[str, int] = {}
@@ -142,12 +142,7 @@ def build_index(root: str, items: Iterable[tuple[str, str, int]], classes: list[
         order.setdefault(cid, label)
         by_class.setdefault(cid, []).append(key)
     if classes is not None:
-        dups = sorted({c for c in classes if classes.count(c) > 1})
-        if dups:
-            raise ConfigError(f"data.classes lists these class ids more than once: {dups[:10]}")
-        missing = [c for c in classes if c not in by_class]
-        if missing:
-            raise DataError(f"classes not found in {root}: {missing[:10]}")
+        check_requested_classes(classes, by_class, f"in {root}")
         by_class = {c: by_class[c] for c in classes}
     kept = sorted(by_class, key=lambda c: (order[c], c))
     if not kept:
