@@ -130,6 +130,13 @@ def zoo_start(role: str, tmp: Path) -> Path:
     return tmp
 
 
+def from_zoo(role: str, model_cls: Any, processor_cls: Any) -> tuple[Any, Any]:
+    """The zoo's random-init model of ``role`` and its processor: where a demo recipe starts."""
+    with tempfile.TemporaryDirectory() as tmp:
+        start = zoo_start(role, Path(tmp))
+        return model_cls.from_pretrained(start), processor_cls.from_pretrained(start)
+
+
 def training_fields(recipe: dict[str, Any]) -> dict[str, Any]:
     """A recipe's training settings (its ``min_*`` check thresholds left out)."""
     return {k: v for k, v in recipe.items() if not k.startswith("min_")}
@@ -150,10 +157,7 @@ def train_demo_vlm(out: str | Path, data: str | Path | None = None, recipe: Demo
     out = Path(out)
     t0 = time.time()
     d = load_demo_data(data)
-    with tempfile.TemporaryDirectory() as tmp:
-        start = zoo_start("vlm", Path(tmp))
-        model = BlipForConditionalGeneration.from_pretrained(start)
-        proc = BlipProcessor.from_pretrained(start)
+    model, proc = from_zoo("vlm", BlipForConditionalGeneration, BlipProcessor)
     texts = [f"{prompts.caption_prefix(d.names[int(y)], recipe.prefix)} {demo_captions.describe(demo_captions.measure(im))}"
              for im, y in zip(d.train_images, d.train_labels)]
     tok = proc.tokenizer(texts, padding="longest", return_tensors="pt")
@@ -170,10 +174,7 @@ def train_demo_vlm(out: str | Path, data: str | Path | None = None, recipe: Demo
         set_lr(opt, lr_at(step, recipe.lr, recipe.warmup, recipe.steps))
         b = torch.randint(len(ids), (recipe.batch,), generator=gen)
         loss = model(pixel_values=px[b], input_ids=ids[b], attention_mask=mask[b], labels=labels[b]).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        clipped_step(opt, model.parameters(), loss)
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
         if step % 250 == 0 or step == recipe.steps - 1:
             log(f"  vlm step {step:5d}  loss {running:.4f}  ({time.time() - t0:.0f}s)")
@@ -244,10 +245,7 @@ def train_demo_clip(out: str | Path, data: str | Path | None = None, recipe: Dem
     out = Path(out)
     t0 = time.time()
     d = load_demo_data(data)
-    with tempfile.TemporaryDirectory() as tmp:
-        start = zoo_start("clip", Path(tmp))
-        model = CLIPModel.from_pretrained(start)
-        proc = CLIPProcessor.from_pretrained(start)
+    model, proc = from_zoo("clip", CLIPModel, CLIPProcessor)
     texts = captions_for(d.train_images, d.train_labels, d.names, recipe.lead)
     uniq = {t: i for i, t in enumerate(sorted(set(texts)))}
     text_id = torch.tensor([uniq[t] for t in texts])
@@ -267,10 +265,7 @@ def train_demo_clip(out: str | Path, data: str | Path | None = None, recipe: Dem
         same = (text_id[b][:, None] == text_id[b][None, :]).float()
         target = same / same.sum(1, keepdim=True)
         loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target.T)) / 2
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        clipped_step(opt, model.parameters(), loss)
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
         if step % 250 == 0 or step == recipe.steps - 1:
             log(f"  clip step {step:5d}  loss {running:.4f}  ({time.time() - t0:.0f}s)")
