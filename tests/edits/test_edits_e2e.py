@@ -50,13 +50,16 @@ def test_edits_end_to_end_resume_and_from_stage(tmp_path, demo_root, zoo_dir, ra
     for e in man["images"]:
         cl = clusters[e["class_id"]]["clusters"][e["cluster"]]
         assert e["key"] == cl["key"] and e["members"] == cl["image_members"]
-        assert e["caption_ids"] == cl["text_members"] and len(e["members"]) == 2
+        # LSA keeps the k_image (=2) nearest members, or the whole cluster where it is smaller
+        assert e["caption_ids"] == cl["text_members"] and e["cluster_size"] == cl["size"]
+        assert len(e["members"]) == min(2, cl["size"]) and len(e["caption_ids"]) == min(2, cl["size"])
         assert e["prototype_text"] == texts[e["key"]]["text"]
         assert "handwritten digit" in e["prototype_text"]  # the class name is in every prompt
         assert (out / "artefacts/prototypes/latents" / f"{e['key']}.pt").is_file()
         assert all(p.startswith(str(demo_root / "train" / e["class_id"])) for p in e["members"])
     buf = read_parquet(out / "artefacts/buffer/0.parquet")
     assert buf["fused"].shape == (5, 32) and set(buf["cluster"].tolist()) == {0, 1}
+    assert sum(c["size"] for c in clusters["0"]["clusters"]) == 5
     assert len(buf["caption"]) == 5 and all(c.startswith("a photo of handwritten digit zero") for c in buf["caption"])
     timings = summary["timings"]
     assert set(timings) == {"caption", "embed", "cluster", "prototype", "generate", "total"}
