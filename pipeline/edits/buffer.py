@@ -306,10 +306,22 @@ def kmeans(x: np.ndarray, k: int, niter: int = 300, nredo: int = 10, seed: int =
             idx = np.stack([rng.choice(n, size=k, replace=False) for _ in range(nredo)])
         if idx is not None:
             cents, obj = _lloyd_batched(x, xx, x[idx], niter, tol)
-            # ties (the same partition reached twice; float32 products can differ in the last bits) keep the earlier start
-            c = cents[int(np.flatnonzero(obj <= obj.min() * (1 + 1e-12))[0])]
+            c = cents[best_start(obj)]
             return c, _nearest(x, xx, c)
     return _kmeans_sequential(x, k, niter, nredo, seed, use_gpu, tol, init)
+
+
+def best_start(objectives: np.ndarray | list[float], rel_tie: float = 1e-6) -> int:
+    """The start kept: the lowest objective; ties within ``rel_tie`` keep the earliest start.
+
+    Starts that reach the same partition (with permuted labels) give objectives that differ by
+    float32 rounding of the distance products (about 1e-8 relative, and by how the BLAS build
+    blocks a product: the batched path multiplies all starts at once); without the tolerance the
+    winner, and so the cluster numbering, would depend on the BLAS build and the batch layout.
+    Partitions whose objectives are within 1e-6 of each other are equally good fits.
+    """
+    obj = np.asarray(objectives, dtype=np.float64)
+    return int(np.flatnonzero(obj <= obj.min() * (1 + rel_tie))[0])
 
 
 def _kmeans_sequential(x: np.ndarray, k: int, niter: int, nredo: int, seed: int, gpu: bool, tol: float,
@@ -317,14 +329,13 @@ def _kmeans_sequential(x: np.ndarray, k: int, niter: int, nredo: int, seed: int,
     """``kmeans`` start by start (the GPU path, and degenerate classes whose seeding runs out of distinct points)."""
     n = len(x)
     rng = np.random.default_rng(int(seed))
-    best: tuple[np.ndarray, np.ndarray, float] | None = None
+    runs: list[tuple[np.ndarray, np.ndarray, float]] = []
     for _ in range(nredo):
         start = kmeans_pp_init(x, k, rng) if init == "k-means++" else x[rng.choice(n, size=k, replace=False)]
         c, assign, obj, _it = lloyd(x, start, niter, tol, gpu)
-        if best is None or obj < best[2]:  # ties keep the earlier start
-            best = (c, assign, obj)
-    assert best is not None
-    return best[0], best[1]
+        runs.append((c, assign, obj))
+    c, assign, _obj = runs[best_start([r[2] for r in runs])]
+    return c, assign
 
 
 def process_class(class_id: str, img: np.ndarray, txt: np.ndarray, settings: ClusterSettings) -> dict[str, Any]:

@@ -61,3 +61,10 @@ def test_cluster_classes_batches_classes_per_task_and_returns_each_classes_own_r
         np.testing.assert_array_equal(got[c][1], ref_a)
         np.testing.assert_array_equal(got[c][0], ref_c)
     assert RayConfig().cluster_classes_per_task == 8
+
+
+def test_starts_that_tie_to_the_last_bits_keep_the_earliest_on_both_paths():
+    # the same partition reached by starts 1 and 3, differing only by float32 rounding (seen: 3e-8)
+    assert buffer.best_start([113.4, 77.73002, 4e3, 77.73002 * (1 - 3e-8)]) == 1
+    assert buffer.best_start([5.0, 2.0, 4.0, 1.9]) == 3
+    assert buffer.best_start([3.0, 2.0, 2.0 * (1 - 1e-5)]) == 2  # a real improvement wins
