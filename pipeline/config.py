@@ -119,6 +119,12 @@ class EditsConfig(Section):
     k_image: int = Field(5, gt=0)
     k_text: int = Field(5, gt=0)
     summary_prompt: str | None = None
+    # the text prototype (step 7): llm = the paper's LLM summary of the k_text captions; class_prompt = the
+    # paper's "without text prototypes" ablation, every cluster prompted with edits.class_prompt instead
+    # (inferred: METHODS.md does not name the replacement prompt; we use the plain class-name prompt of
+    # class-conditioned img2img baselines)
+    text_prototype: Literal["llm", "class_prompt"] = "llm"
+    class_prompt: str = "a photo of {class_name}"
     max_tokens: int = Field(77, gt=0)
     vae_resolution: int = 512
     strength: float = Field(0.7, gt=0.0, le=1.0)
@@ -143,6 +149,14 @@ class EditsConfig(Section):
     caption_image_size: int = Field(336, gt=0)  # decode size sent to the VLM (LLaVA-1.5: 336)
     caption_flush_rows: int = Field(512, gt=0)  # caption cache is appended every this many rows
     contact_sheet: bool = True
+
+    @field_validator("class_prompt")
+    @classmethod
+    def _names_the_class(cls, v: str) -> str:
+        if "{class_name}" not in v:
+            raise ValueError(f"edits.class_prompt {v!r} needs a {{class_name}} placeholder, "
+                             "e.g. 'a photo of {class_name}'")
+        return v
 
 
 class DMConfig(Section):

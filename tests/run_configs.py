@@ -19,3 +19,21 @@ def diver_config(stage1: Path, zoo: Path, out: Path, data: Path | None = None) -
         cfg["data"] = {"root": str(data / "train"), "val_root": str(data / "val"), "image_size": 32}
         cfg["eval"] = {"students": ["convnet"], "epochs": 1, "batch_size": 16, "seed": 0, "augment": "none"}
     return cfg
+
+
+def edits_config(demo_root: Path, out: Path, **edits) -> dict:
+    """EDITS on three demo digit classes, five images each, 32 px, zoo models, three SD steps."""
+    raw = {
+        "method": "edits", "name": "e2e",
+        "data": {"root": str(demo_root / "train"), "class_names": str(demo_root / "class_names.json"),
+                 "image_size": 32, "classes": ["0", "1", "7"], "max_per_class": 5},
+        "models": {"vlm": "zoo:vlm", "clip": "zoo:clip", "vae": "zoo:vae", "sd": "zoo:sd", "llm": "zoo:llm",
+                   "dtype": "float32"},
+        "edits": {"ipc": 2, "k_image": 2, "k_text": 2, "caption_image_size": 32, "caption_max_tokens": 12,
+                  "feature_image_size": 32, "vae_source": "sd", "vae_resolution": 32, "num_inference_steps": 3,
+                  "max_tokens": 16, "kmeans_nredo": 2, **edits},
+        "ray": {"num_cpus": 2, "actor_num_cpus": 0.5,
+                "batch_sizes": {"caption": 8, "embed": 8, "vae": 8, "llm": 8, "generate": 8}},
+        "output": {"dir": str(out)},
+    }
+    return raw

@@ -12,8 +12,8 @@
    ``semdistill sweep ... output.dir=<out>`` ran before).
 
 ``full=True`` (``semdistill demo --full``) adds the papers' baselines and ablations: herding,
-k-center and the full real set, DIVER's plain DiT pass (gamma 0), ShuffleNetV2, and the
-no-augmentation runs DD-Ranking's ARS needs. The terminal shows one line per stage and one
+k-center and the full real set, DIVER's plain DiT pass (gamma 0), EDITS without text prototypes,
+ShuffleNetV2, and the no-augmentation runs DD-Ranking's ARS needs. The terminal shows one line per stage and one
 progress bar per long stage; everything else goes to ``out/logs/``.
 
 A method whose module is missing (or that fails) is skipped with a message, and the rest
@@ -173,6 +173,29 @@ def gamma0_config(cfg: Config, dm_set: Path, out: Path) -> Config:
     return config_from_dict(raw, source="demo: diver gamma 0")
 
 
+def no_text_config(cfg: Config, out: Path) -> Config:
+    """EDITS's ablation without text prototypes: the same run with ``edits.class_prompt`` as every prompt.
+
+    It reuses the full run's captions, features, clusters, image prototypes and fine-tuned SD
+    (copied artefacts, the same ``edits.finetune.output``), so only the prompts and the images differ.
+    """
+    raw = cfg.model_dump(mode="json")
+    full_out = Path(cfg.output.dir)
+    raw["edits"]["text_prototype"] = "class_prompt"
+    raw["edits"]["finetune"]["output"] = str(Path(cfg.edits.finetune.output or full_out / "finetuned_sd"))
+    raw["output"]["dir"] = str(out / "edits_no_text")
+    art, dst = full_out / "artefacts", out / "edits_no_text" / "artefacts"
+    if art.is_dir() and not dst.exists():  # a re-run resumes from its own artefacts
+        import shutil
+
+        tmp = dst.with_name(dst.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(art, tmp, ignore=shutil.ignore_patterns("texts.json", "prototype.text.state.json",
+                                                                 "generate.state.json"))
+        tmp.rename(dst)
+    return config_from_dict(raw, source="demo: edits without text prototypes")
+
+
 def run_demo(out: Path, quick: bool = False, full: bool = False, verbose: bool = False) -> dict[str, Any]:
     """Data -> baselines, DIVER, EDITS -> evaluation -> report; returns a summary dict.
 
@@ -249,6 +272,11 @@ def _run_demo(out: Path, quick: bool, full: bool, logs: Path) -> dict[str, Any]:
             cfg = method_config("edits", out, data, quick, logs=logs)
             result = importlib.import_module("pipeline.edits.run").run_edits(cfg, log=_edits_log)
             sets["edits"] = Path(result["output"])
+            if full:
+                stage("      EDITS ablation: without text prototypes (the class prompt for every image)")
+                res_nt = importlib.import_module("pipeline.edits.run").run_edits(no_text_config(cfg, out),
+                                                                                log=_edits_log)
+                sets["edits_no_text"] = Path(res_nt["output"])
         except Exception as err:  # noqa: BLE001
             skipped["edits"] = f"edits failed: {type(err).__name__}: {err}"
             stage(f"      {skipped['edits']} (traceback in {logs / 'run.log'})")

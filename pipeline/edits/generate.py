@@ -78,7 +78,7 @@ def run_stage(run: EditsRun, state: StageState, force: bool) -> dict[str, Any]:
     model = run.generator_ref()
     settings = {**generate_settings(run), "seed": cfg.edits.seed, "scheduler": cfg.edits.scheduler,
                 "ipc": cfg.edits.ipc, "tau": cfg.edits.tau, "fusion": cfg.edits.fusion, "k_image": cfg.edits.k_image,
-                "k_text": cfg.edits.k_text, "generator": model, "finetuned": cfg.edits.finetune.enabled,
+                "k_text": cfg.edits.k_text, "text_prototype": cfg.edits.text_prototype, "generator": model, "finetuned": cfg.edits.finetune.enabled,
                 "vlm": cfg.models.vlm, "clip": cfg.models.clip, "llm": cfg.models.llm}
     writer = DistilledSetWriter(run.paths.distilled, "edits", settings, image_format=cfg.output.image_format)
     counts: dict[str, int] = {}
@@ -102,7 +102,7 @@ def run_stage(run: EditsRun, state: StageState, force: bool) -> dict[str, Any]:
                 r, cl = row_of[str(key)], by_key[str(key)]
                 writer.add(r["key"], r["class_id"], r["label"], np.asarray(image, dtype=np.uint8), meta={
                     "cluster": r["cluster"], "cluster_size": cl["size"], "members": cl["image_members"],
-                    "caption_ids": cl["text_members"], "prototype_text": r["prompt"], "seed": r["seed"],
+                    "caption_ids": texts[r["key"]]["caption_ids"], "prototype_text": r["prompt"], "seed": r["seed"],
                 }, flush=False)
             writer.flush()
     missing = [cl["key"] for cl in clusters if not writer.done(cl["key"])]

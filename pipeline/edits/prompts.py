@@ -68,11 +68,19 @@ def caption_prefix(class_name: str, template: str | None = None) -> str:
     The class name is inserted as plain text (one line, no template tokens, capped): the
     model continues it, it is never read as an instruction.
     """
-    name = truncate_words(primary_name(class_name), 120)
-    tpl = template or CAPTION_PREFIX
-    if "{class_name}" not in tpl:
-        raise KeyError("caption prefix template needs a {class_name} placeholder")
-    return one_line(tpl.replace("{class_name}", name))
+    return _with_class_name(template or CAPTION_PREFIX, class_name, "caption prefix")
+
+
+def class_prompt(class_name: str, template: str) -> str:
+    """The prompt of EDITS's "without text prototypes" ablation: ``template`` with the first synonym."""
+    return _with_class_name(template, class_name, "edits.class_prompt")
+
+
+def _with_class_name(template: str, class_name: str, what: str) -> str:
+    # the class name goes in as plain text (one line, capped), never through str.format
+    if "{class_name}" not in template:
+        raise KeyError(f"{what} template needs a {{class_name}} placeholder")
+    return one_line(template.replace("{class_name}", truncate_words(primary_name(class_name), 120)))
 
 
 def summary_messages(class_name: str, captions: list[str], max_tokens: int = 77,

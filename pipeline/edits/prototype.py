@@ -4,10 +4,12 @@
   ``edits.vae_resolution``, encoded by a VAE actor pool (``latent_dist.mode() *
   scaling_factor``) and averaged per cluster in the driver (``average_latents``, step 6)
   as they stream back; a cluster's ``latents/<key>.pt`` is written when its last member arrives.
-- Text prototype: the ``k_text`` members' captions go to the LLM (actor pool for the
+- Text prototype (``edits.text_prototype: llm``): the ``k_text`` members' captions go to the LLM (actor pool for the
   transformers / openai backends, ``ray.data.llm`` for vLLM) with our summary instruction;
   the answer is cleaned and capped at ``edits.max_tokens`` tokens of the generator's CLIP
   tokenizer, and falls back to the nearest caption when the LLM returns nothing usable.
+  ``class_prompt`` is the paper's ablation without text prototypes: ``edits.class_prompt``
+  for every cluster, no LLM.
 
 The two halves have their own settings hash: changing the LLM keeps the latents.
 """
@@ -34,7 +36,7 @@ DEPENDS_ON = {
     "text": ("stage:cluster", "input:class_names", "models.llm", "models.llm_backend", "input:llm_endpoint",
              "input:vllm:llm", "models.dtype", "input:device", "input:model_batch:llm", "edits.llm_pad_tokens",
              "edits.summary_prompt", "edits.max_tokens", "edits.llm_temperature", "edits.seed",
-             "edits.require_class_name", "input:sd_tokenizer"),
+             "edits.require_class_name", "input:sd_tokenizer", "edits.text_prototype", "edits.class_prompt"),
 }
 
 
@@ -138,6 +140,18 @@ def text_rows(run: EditsRun, clusters: list[dict[str, Any]]) -> list[dict[str, A
     return rows
 
 
+def class_prompt_texts(run: EditsRun, todo: list[dict[str, Any]], texts: dict[str, dict[str, Any]]) -> int:
+    """The ablation without text prototypes: every cluster's prompt is ``edits.class_prompt`` (no captions)."""
+    from pipeline.edits import prompts
+
+    for cl in todo:
+        texts[cl["key"]] = {"text": prompts.class_prompt(run.names[cl["class_id"]], run.cfg.edits.class_prompt),
+                            "raw": "", "class_id": cl["class_id"], "caption_ids": [],
+                            "backend": "class_prompt", "model": None}
+    atomic_write_json(run.paths.texts, dict(sorted(texts.items())))
+    return len(todo)
+
+
 def text_prototypes(run: EditsRun, clusters: list[dict[str, Any]]) -> int:
     """Fill ``texts.json`` for every cluster without a text prototype; returns how many were made."""
     import ray.data
@@ -151,6 +165,8 @@ def text_prototypes(run: EditsRun, clusters: list[dict[str, Any]]) -> int:
     todo = [cl for cl in clusters if cl["key"] not in texts]
     if not todo:
         return 0
+    if e.text_prototype == "class_prompt":
+        return class_prompt_texts(run, todo, texts)
     rows = text_rows(run, todo)
     by_key = {cl["key"]: cl for cl in todo}
     bs = int(cfg.ray.batch_sizes.get("llm", 8))

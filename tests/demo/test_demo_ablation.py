@@ -40,3 +40,33 @@ def test_gamma0_recovers_the_same_dm_set_with_the_same_seeds_and_only_gamma_diff
         b = np.asarray(Image.open(tmp_path / plain["recovered"] / by_key[e["key"]]["file"]), dtype=np.int16)
         moved += int(np.abs(a - b).max() > 0)
     assert moved == len(m_full["images"])  # the guidance changes every image; the rest of the pass is shared
+
+
+def test_edits_without_text_prototypes_reuses_the_full_run_and_changes_only_the_prompts(demo_root, zoo_dir,
+                                                                                         ray_local, tmp_path):
+    from pipeline.demo.run import no_text_config
+    from pipeline.edits.run import run_edits
+    from tests.run_configs import edits_config
+
+    ft = {"enabled": True, "max_steps": 2, "vae_steps": 0, "batch_size": 4, "resolution": 32, "use_gpu": False,
+          "mixed_precision": "no", "cache_latents": True, "learning_rate": 1e-4}
+    cfg = config_from_dict(edits_config(demo_root, tmp_path / "edits", finetune=ft))
+    run_edits(cfg, log=lambda _m: None)
+    logs: list[str] = []
+    abl = no_text_config(cfg, tmp_path)
+    res = run_edits(abl, log=logs.append)
+    assert res["output"] == str(tmp_path / "edits_no_text" / "distilled")
+    for s in ("caption", "embed", "cluster", "finetune"):  # the full run's work is reused, not redone
+        assert any(f"{s}: up to date" in line for line in logs), (s, logs)
+    assert res["stages"]["prototype"]["latents_now"] == 0 and res["stages"]["prototype"]["texts_now"] == 6
+    m_full, m_abl = (json.loads((tmp_path / d / "distilled" / "manifest.json").read_text())
+                     for d in ("edits", "edits_no_text"))
+    assert m_abl["settings"]["generator"] == m_full["settings"]["generator"] == str(tmp_path / "edits" / "finetuned_sd")
+    diff = {k for k in m_full["settings"] if m_full["settings"][k] != m_abl["settings"].get(k)}
+    assert diff == {"text_prototype"}, diff
+    full_by_key = {e["key"]: e for e in m_full["images"]}
+    for e in m_abl["images"]:
+        f = full_by_key[e["key"]]
+        assert e["members"] == f["members"] and e["seed"] == f["seed"]  # same clusters, same image prototypes
+        assert e["prototype_text"].startswith("a photo of handwritten digit") and e["caption_ids"] == []
+        assert f["prototype_text"] != e["prototype_text"]

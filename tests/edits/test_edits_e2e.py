@@ -8,23 +8,11 @@ import pytest
 
 from pipeline.config import config_from_dict
 from pipeline.errors import ConfigError
+from tests.run_configs import edits_config
 
 
 def _cfg(demo_root, out, **edits):
-    raw = {
-        "method": "edits", "name": "e2e",
-        "data": {"root": str(demo_root / "train"), "class_names": str(demo_root / "class_names.json"),
-                 "image_size": 32, "classes": ["0", "1", "7"], "max_per_class": 5},
-        "models": {"vlm": "zoo:vlm", "clip": "zoo:clip", "vae": "zoo:vae", "sd": "zoo:sd", "llm": "zoo:llm",
-                   "dtype": "float32"},
-        "edits": {"ipc": 2, "k_image": 2, "k_text": 2, "caption_image_size": 32, "caption_max_tokens": 12,
-                  "feature_image_size": 32, "vae_source": "sd", "vae_resolution": 32, "num_inference_steps": 3,
-                  "max_tokens": 16, "kmeans_nredo": 2, **edits},
-        "ray": {"num_cpus": 2, "actor_num_cpus": 0.5,
-                "batch_sizes": {"caption": 8, "embed": 8, "vae": 8, "llm": 8, "generate": 8}},
-        "output": {"dir": str(out)},
-    }
-    return config_from_dict(raw)
+    return config_from_dict(edits_config(demo_root, out, **edits))
 
 
 def test_edits_end_to_end_resume_and_from_stage(tmp_path, demo_root, zoo_dir, ray_local):
@@ -102,3 +90,30 @@ def test_edits_changed_settings_rerun_only_what_depends_on_them(tmp_path, demo_r
     assert tuned["stages"]["generate"]["generator"] == str(out / "finetuned_sd")
     assert (out / "finetuned_sd" / "unet").is_dir() and (out / "finetuned_sd" / "vae").is_dir()
     assert verify_set(out / "distilled", ipc=2)["ok"]
+
+
+def test_edits_without_text_prototypes_prompts_the_class_name(tmp_path, demo_root, zoo_dir, ray_local):
+    """The paper's ablation: the same clusters and image prototypes, the class prompt in place of the LLM's text."""
+    from pipeline.checks.verify import verify_set
+    from pipeline.edits.run import run_edits
+
+    out = tmp_path / "run"
+    # an LLM that cannot load: the ablation must never start it
+    cfg = _cfg(demo_root, out, text_prototype="class_prompt", class_prompt="a clean photo of {class_name}")
+    cfg = cfg.model_copy(update={"models": cfg.models.model_copy(update={"llm": str(tmp_path / "no-such-llm")})})
+    summary = run_edits(cfg, log=lambda _m: None)
+    assert summary["stages"]["prototype"]["texts_now"] == 6
+    assert verify_set(out / "distilled", ipc=2)["ok"]
+    man = json.loads((out / "distilled" / "manifest.json").read_text())
+    assert man["settings"]["text_prototype"] == "class_prompt"
+    by_class = {"0": "zero", "1": "one", "7": "seven"}
+    for e in man["images"]:
+        assert e["prototype_text"] == f"a clean photo of handwritten digit {by_class[e['class_id']]}"
+        assert e["caption_ids"] == [] and len(e["members"]) >= 1
+    texts = json.loads((out / "artefacts/prototypes/texts.json").read_text())
+    assert {t["backend"] for t in texts.values()} == {"class_prompt"}
+
+
+def test_class_prompt_must_name_the_class(tmp_path, demo_root):
+    with pytest.raises(ConfigError, match=r"edits.class_prompt .* needs a \{class_name\} placeholder"):
+        _cfg(demo_root, tmp_path, text_prototype="class_prompt", class_prompt="a photo of a digit")
