@@ -9,6 +9,7 @@ from typing import Any
 
 from pipeline.config import Config, dump_config, load_config
 from pipeline.core.lock import output_lock
+from pipeline.core.write import atomic_write_bytes
 from pipeline.errors import ConfigError
 
 RUNNERS = {
@@ -52,7 +53,7 @@ def main(args: argparse.Namespace) -> int:
         return 0
     out = Path(cfg.output.dir)
     with output_lock(out):  # a second run into this folder stops here, before it writes anything
-        (out / "config.yaml").write_text(dump_config(cfg))
+        atomic_write_bytes(out / "config.yaml", dump_config(cfg).encode())
         summary = run_config(cfg, from_stage=args.from_stage)
         print(f"done: {summary.get('output', out)}")
         if cfg.eval is not None:  # the last stage: cross-architecture evaluation (tuning/evaluate.py)

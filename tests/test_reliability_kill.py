@@ -36,7 +36,7 @@ def edits_config(data: Path, zoo: Path, out: Path) -> dict:
         "models": {r: f"zoo:{r}" for r in ("vlm", "clip", "vae", "sd", "llm")} | {"zoo_dir": str(zoo)},
         "edits": {"ipc": 2, "k_image": 2, "k_text": 2, "num_inference_steps": 3, "caption_max_tokens": 12,
                   "max_tokens": 20, "vae_resolution": 32, "feature_image_size": 32, "caption_image_size": 32,
-                  "finetune": {"enabled": True, "max_steps": 2, "batch_size": 2}},
+                  "finetune": {"enabled": True, "max_steps": 2, "batch_size": 2, "resolution": 32}},
         "ray": {"num_cpus": 2, "actor_num_cpus": 0.5},
         "output": {"dir": str(out)},
     }

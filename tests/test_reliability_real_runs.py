@@ -111,3 +111,31 @@ def test_full_disk_in_the_writer_names_path_and_space_and_resumes(tmp_path, smal
     write(mnt / "set")
     assert images(mnt / "set") == images(tmp_path / "ref")
     assert verify_set(mnt / "set")["ok"]
+
+
+def test_full_disk_in_torch_save_names_path_and_leaves_no_partial_file(tmp_path, small_fs):
+    """torch.save reports a full disk as a RuntimeError about stream positions and leaves its file half
+    written; the ``.pt`` writers (DIVER's ``save_pt``, the prototype latents, Ray Train's state.pt) go
+    through ``atomic_torch_save``: DiskFullError with the path and the size, no partial file, and the
+    same bytes once there is room."""
+    import torch
+
+    from pipeline.core.write import DiskFullError
+    from pipeline.diver.inputs import read_pt, save_pt
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(8, 3, 32, 32, generator=g), torch.arange(8) % 2  # 96 KiB of float32 pixels
+    save_pt(tmp_path / "ref.pt", x, y, ["a", "b"])
+    mnt = small_fs(64 << 10)
+    with pytest.raises(DiskFullError) as err:
+        save_pt(mnt / "set.pt", x, y, ["a", "b"])
+    msg = str(err.value)
+    assert msg.startswith(f"no space left on the device writing {mnt}/set.pt: it needs more than ")
+    assert int(msg.split("more than ")[1].split(" bytes")[0]) >= x.numel() * 4  # the tensors' size, at least
+    assert f" are free in {mnt}" in msg and "choose another output.dir" in msg
+    assert err.value.path == str(mnt / "set.pt") and err.value.needed >= x.numel() * 4
+    assert [p.name for p in mnt.iterdir()] == []  # neither the .pt nor a temp file is left
+    small_fs(1 << 20, remount=True)
+    save_pt(mnt / "set.pt", x, y, ["a", "b"])
+    got, want = read_pt(mnt / "set.pt"), read_pt(tmp_path / "ref.pt")
+    assert torch.equal(got.images, want.images) and got.labels.tolist() == want.labels.tolist()

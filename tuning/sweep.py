@@ -18,6 +18,7 @@ Outputs in ``<output.dir>/sweep/``: ``sweep_results.json`` (every trial), ``swee
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -143,8 +144,10 @@ def _plot(trials: list[dict[str, Any]], x_param: str, out: Path) -> Path | None:
         ax.legend(fontsize=7)
     fig.tight_layout()
     path = out / "sweep.png"
-    fig.savefig(path)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
     plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
     return path
 
 
