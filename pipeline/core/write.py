@@ -25,6 +25,19 @@ from pipeline.core.diskfull import DiskFullError, disk_full, find_disk_full, fre
 from pipeline.errors import DataError
 
 MANIFEST = "manifest.json"
+_PAUSE_AFTER_WRITE_S = [0.0]  # debug.pause_after_write_s of this driver (set_pause_after_write)
+
+
+def set_pause_after_write(seconds: float) -> None:
+    """``debug.pause_after_write_s``: sleep this long after each file the writers below finish (tests only)."""
+    _PAUSE_AFTER_WRITE_S[0] = max(0.0, float(seconds))
+
+
+def _written() -> None:
+    if _PAUSE_AFTER_WRITE_S[0]:
+        import time
+
+        time.sleep(_PAUSE_AFTER_WRITE_S[0])
 _SAFE = re.compile(r"[^A-Za-z0-9._+-]")
 
 
@@ -107,6 +120,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
+    _written()
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
@@ -236,6 +250,7 @@ def write_parquet(path: str | os.PathLike, columns: dict[str, Any]) -> None:
     with _no_partial(tmp, path, table.nbytes):
         pq.write_table(table, tmp)
         os.replace(tmp, path)
+    _written()
 
 
 def remove(*paths: Path) -> None:
@@ -355,3 +370,4 @@ def atomic_torch_save(path: str | os.PathLike, obj: Any) -> None:
                                                               and is_enospc(sink.error))):
             raise disk_full(path, max(_tensor_bytes(obj), sink.written if sink else 0), at_least=True) from None
         raise
+    _written()
