@@ -17,7 +17,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.write import atomic_folder, find_disk_full
+from pipeline.core.write import atomic_folder, disk_full, find_disk_full, is_enospc
 
 
 def atomic_upload(checkpoint: Any, dir_name: str) -> Any:
@@ -30,8 +30,27 @@ def atomic_upload(checkpoint: Any, dir_name: str) -> Any:
         return storage.persist_current_checkpoint(checkpoint, dir_name)
     dest = Path(storage.build_checkpoint_path_from_name(dir_name))
     with checkpoint.as_directory() as src, atomic_folder(dest) as tmp:
-        shutil.copytree(src, tmp, dirs_exist_ok=True)
+        copy_files(Path(src), tmp)
     return ray.train.Checkpoint(path=str(dest), filesystem=storage.storage_filesystem)
+
+
+def copy_files(src: Path, dst: Path) -> None:
+    """Copy the tree ``src`` into ``dst`` file by file, so an ``ENOSPC`` names the file it hit
+    (``shutil.copytree`` would gather it into one ``shutil.Error`` without a path)."""
+    files = sorted(src.rglob("*"))
+    total = sum(f.stat().st_size for f in files if f.is_file())
+    for f in files:
+        target = dst / f.relative_to(src)
+        try:
+            if f.is_dir():
+                target.mkdir(parents=True, exist_ok=True)
+            else:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(f, target)
+        except OSError as err:
+            if is_enospc(err):
+                raise disk_full(target, total) from None  # the whole checkpoint's size
+            raise
 
 
 def report_checkpoint(metrics: dict[str, Any], folder: str | os.PathLike) -> None:

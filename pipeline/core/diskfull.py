@@ -58,8 +58,8 @@ def _linked(err: BaseException) -> list[BaseException]:
     """The exceptions ``err`` wraps: its cause/context, Ray's per-worker failures, controller and task causes."""
     out = [e for e in (err.__cause__, err.__context__) if e is not None]
     out += [e for e in (getattr(err, "worker_failures", None) or {}).values() if isinstance(e, BaseException)]
-    out += [e for e in (getattr(err, "controller_failure", None), getattr(err, "cause", None))
-            if isinstance(e, BaseException)]
+    out += [e for e in (getattr(err, a, None) for a in ("controller_failure", "cause", "_base_exc"))
+            if isinstance(e, BaseException)]  # Ray Train's controller error, RayTaskError, a worker's user error
     return out
 
 
