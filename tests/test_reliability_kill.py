@@ -73,9 +73,10 @@ def kill_when(cfg: dict, where: Path, ready: Callable[[], bool], timeout: float 
         _kill_group(proc)
 
 
-# where each EDITS stage writes its outputs (under artefacts/)
-STAGE_OUTPUTS = {"caption": ["captions"], "embed": ["features"], "cluster": ["buffer", "clusters"],
-                 "prototype": ["prototypes"]}
+# where each EDITS stage writes the outputs that count as done (under artefacts/): a caption part, a class's
+# features, a class's cluster file (written after its buffer), a cluster's prototype latent
+STAGE_OUTPUTS = {"caption": ["captions"], "embed": ["features"], "cluster": ["clusters"],
+                 "prototype": ["prototypes/latents"]}
 
 
 def _newer_than(folders: list[Path], ref: Path) -> bool:
@@ -106,8 +107,14 @@ def edits_stage_started_work(out: Path, stage: str) -> Callable[[], bool]:
 
 def ray_train_checkpoint(out: Path) -> Callable[[], bool]:
     """Fine-tuning is under way and Ray Train has written its first whole checkpoint (renamed in)."""
-    started = edits_stage_started_work(out, "finetune")
-    return lambda: started() and any((out / "artefacts" / "ray_train").glob("finetune-*/checkpoint_*"))
+    def ready() -> bool:
+        try:
+            info = json.loads((out / "artefacts" / "finetune.state.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            return False
+        assert info.get("complete") is False, "finetune finished before the kill point was seen"
+        return any((out / "artefacts" / "ray_train").glob("finetune-*/checkpoint_*"))
+    return ready
 
 
 def manifest_has_some(folder: Path, n_total: int) -> Callable[[], bool]:
@@ -131,10 +138,10 @@ def images(folder: Path) -> dict[str, bytes]:
 
 
 def stage_files(out: Path, stage: str) -> dict[str, int]:
-    """The stage's per-item output files (not the aggregate ``texts.json``, rewritten as it grows): path -> mtime."""
+    """The stage's finished per-item output files: path -> mtime."""
     folders = [out / "artefacts" / f for f in STAGE_OUTPUTS.get(stage, [])]
     return {str(p.relative_to(out)): p.stat().st_mtime_ns for f in folders if f.is_dir() for p in f.rglob("*")
-            if p.is_file() and not p.name.startswith(".") and not p.name.endswith(".tmp") and p.name != "texts.json"}
+            if p.is_file() and not p.name.startswith(".") and not p.name.endswith(".tmp")}
 
 
 def finished_states(out: Path) -> dict[str, int]:

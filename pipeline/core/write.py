@@ -284,6 +284,7 @@ def atomic_folder(target: str | os.PathLike, marker: str | None = None, marker_t
         yield tmp
         if marker:
             (tmp / marker).write_text(marker_text)
+        os.chmod(tmp, 0o777 & ~_umask())  # a plain mkdir's mode, not mkdtemp's private 0700
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
