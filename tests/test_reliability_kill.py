@@ -40,14 +40,23 @@ def start_run(cfg: dict, where: Path) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.update(PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1")
     code = "import sys; from pipeline.cli import main; sys.exit(main(sys.argv[1:]))"
-    return subprocess.Popen([sys.executable, "-c", code, "run", str(path)], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    with open(_log(path), "ab") as log:  # each run's output, appended (the killed run, then the re-run)
+        return subprocess.Popen([sys.executable, "-c", code, "run", str(path)], cwd=REPO, env=env,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _log(config_path: Path) -> Path:
+    return config_path.with_suffix(".log")
+
+
+def _tail(proc: subprocess.Popen) -> str:
+    return _log(Path(proc.args[-1])).read_text(errors="replace")[-3000:]
 
 
 def run(cfg: dict, where: Path, timeout: float = 900) -> None:
     proc = start_run(cfg, where)
     try:
-        assert proc.wait(timeout) == 0, f"semdistill run {cfg['output']['dir']} failed"
+        assert proc.wait(timeout) == 0, f"semdistill run {cfg['output']['dir']} failed:\n{_tail(proc)}"
     finally:
         _kill_group(proc)
 
@@ -66,7 +75,7 @@ def kill_when(cfg: dict, where: Path, ready: Callable[[], bool], timeout: float 
     t0 = time.time()
     try:
         while not ready():
-            assert proc.poll() is None, "the run ended before the kill point"
+            assert proc.poll() is None, f"the run ended before the kill point:\n{_tail(proc)}"
             assert time.time() - t0 < timeout, "the kill point never came"
             time.sleep(0.05)
     finally:
