@@ -405,7 +405,7 @@ def unet_phase(w: Worker, shard: Any) -> None:
     start_stream(w)
     scaler = w.scaler
     cache = cache_latents(w, shard)
-    micro, t_start = 0, time.perf_counter()
+    micro, t_start, step0 = 0, time.perf_counter(), w.step  # step0 > 0 after a resume
     while w.step < total:
         for mean, std, caps in epoch_posteriors(w, shard, cache, w.epoch, skip=w.epoch_pos):
             if micro % accum == 0:  # the first micro-batch of an optimizer step
@@ -421,7 +421,7 @@ def unet_phase(w: Worker, shard: Any) -> None:
             if w.rank == 0 and (w.step % log_every == 0 or w.step == total):
                 dt = time.perf_counter() - t_start
                 print(f"[edits] finetune: step {w.step}/{total}  loss {np.mean(w.losses[-log_every:]):.4f}  "
-                      f"({dt:.0f} s, {dt / w.step:.2f} s/step)", flush=True)
+                      f"({dt:.0f} s, {dt / max(1, w.step - step0):.2f} s/step)", flush=True)
             if w.step >= total:
                 break
             if w.step % every == 0:
