@@ -11,6 +11,7 @@ import hashlib
 import shutil
 from pathlib import Path
 
+from pipeline.core.write import atomic_write_bytes
 from pipeline.errors import ModelLoadError
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "demo_weights"
@@ -48,7 +49,7 @@ def write_sums(weights_dir: Path = WEIGHTS_DIR) -> Path:
     lines = [f"{sha256_file(p)}  {p.relative_to(weights_dir).as_posix()}"
              for p in sorted(weights_dir.rglob("*")) if p.is_file() and p.name != SUMS_FILE]
     target = weights_dir / SUMS_FILE
-    target.write_text("\n".join(lines) + "\n")
+    atomic_write_bytes(target, ("\n".join(lines) + "\n").encode())
     return target
 
 

@@ -16,6 +16,7 @@ import yaml
 
 from cluster.submit import CONFIG_ENV, FROM_STAGE_ENV, SUMMARY_PREFIX
 from pipeline.config import config_from_dict, dump_config
+from pipeline.core.write import atomic_write_bytes
 from pipeline.errors import SemdistillError
 
 
@@ -28,7 +29,7 @@ def main() -> int:
         cfg = config_from_dict(yaml.safe_load(text), "<submitted config>")
         out = Path(cfg.output.dir).expanduser().resolve()
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(dump_config(cfg))
+        atomic_write_bytes(out / "config.yaml", dump_config(cfg).encode())
         print(f"semdistill job: method={cfg.method} name={cfg.name} output={out}", flush=True)
         from pipeline.run import run_config
 

@@ -376,6 +376,9 @@ class DebugConfig(Section):
     fail_every_n_batches: int | None = Field(None, gt=0)  # deterministic fault injection (tests)
     fault_mode: Literal["raise", "exit"] = "raise"  # raise an exception, or kill the actor mid-batch
     fault_dir: str | None = None  # markers of injected faults (default <output.dir>/.faults)
+    # the driver sleeps this long after each output file it writes, so a test's SIGKILL can land between two
+    # outputs of a stage that would otherwise write them within milliseconds (0: off; never part of a stage key)
+    pause_after_write_s: float = Field(0.0, ge=0.0)
 
 
 class SweepConfig(Section):

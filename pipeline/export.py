@@ -222,6 +222,7 @@ def write_pt(s: SetFiles, out: Path, norm: str) -> list[Path]:
 
     from pipeline.core.pixels import normalize, u8_hwc_to_unit_chw
     from pipeline.core.read import to_rgb
+    from pipeline.core.write import atomic_torch_save
     from pipeline.diver.inputs import CLASSES_JSON, NORM_JSON
 
     arrays = [np.asarray(to_rgb(Image.open(io.BytesIO(s.read(i)))), dtype=np.uint8) for i in range(len(s.entries))]
@@ -232,8 +233,8 @@ def write_pt(s: SetFiles, out: Path, norm: str) -> list[Path]:
     mean, std = export_norm(s, norm)
     if mean is not None:
         x = normalize(x, mean, std)
-    torch.save(x.float().contiguous(), out / "images_best.pt")
-    torch.save(torch.tensor(s.labels, dtype=torch.long), out / "labels_best.pt")
+    atomic_torch_save(out / "images_best.pt", x.float().contiguous())  # torch's full-disk error is unclear
+    atomic_torch_save(out / "labels_best.pt", torch.tensor(s.labels, dtype=torch.long))
     (out / NORM_JSON).write_text(json.dumps({"mean": mean, "std": std}), encoding="utf-8")
     (out / CLASSES_JSON).write_text(json.dumps(s.classes), encoding="utf-8")
     return [out / "images_best.pt", out / "labels_best.pt"]

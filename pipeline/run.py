@@ -9,6 +9,7 @@ from typing import Any
 
 from pipeline.config import Config, dump_config, load_config
 from pipeline.core.lock import output_lock
+from pipeline.core.write import atomic_write_bytes, set_pause_after_write
 from pipeline.errors import ConfigError
 
 RUNNERS = {
@@ -24,6 +25,7 @@ def run_config(cfg: Config, from_stage: str | None = None) -> dict[str, Any]:
     from pipeline.core.digits import ensure_demo_data
 
     ensure_demo_data(cfg)  # a demo config on a fresh checkout writes its digits first
+    set_pause_after_write(cfg.debug.pause_after_write_s)
     module_name, func = RUNNERS[cfg.method].split(":")
     runner = getattr(importlib.import_module(module_name), func)
     return runner(cfg, from_stage=from_stage)
@@ -52,7 +54,7 @@ def main(args: argparse.Namespace) -> int:
         return 0
     out = Path(cfg.output.dir)
     with output_lock(out):  # a second run into this folder stops here, before it writes anything
-        (out / "config.yaml").write_text(dump_config(cfg))
+        atomic_write_bytes(out / "config.yaml", dump_config(cfg).encode())
         summary = run_config(cfg, from_stage=args.from_stage)
         print(f"done: {summary.get('output', out)}")
         if cfg.eval is not None:  # the last stage: cross-architecture evaluation (tuning/evaluate.py)

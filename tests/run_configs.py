@@ -21,7 +21,7 @@ def diver_config(stage1: Path, zoo: Path, out: Path, data: Path | None = None) -
     return cfg
 
 
-def edits_config(demo_root: Path, out: Path, **edits) -> dict:
+def tiny_edits_config(demo_root: Path, out: Path, **edits) -> dict:
     """EDITS on three demo digit classes, five images each, 32 px, zoo models, three SD steps."""
     raw = {
         "method": "edits", "name": "e2e",
@@ -37,3 +37,22 @@ def edits_config(demo_root: Path, out: Path, **edits) -> dict:
         "output": {"dir": str(out)},
     }
     return raw
+
+
+def edits_config(data: Path, zoo: Path, out: Path) -> dict:
+    """EDITS on 2 demo digit classes x 6 images, the zoo models, 32 px, a 4-step fine-tune."""
+    return {
+        "method": "edits",
+        "data": {"root": str(data / "train"), "class_names": str(data / "class_names.json"),
+                 "classes": ["0", "1"], "max_per_class": 6, "image_size": 32},
+        "models": {r: f"zoo:{r}" for r in ("vlm", "clip", "vae", "sd", "llm")} | {"zoo_dir": str(zoo)},
+        "edits": {"ipc": 2, "k_image": 2, "k_text": 2, "num_inference_steps": 3, "caption_max_tokens": 12,
+                  "max_tokens": 20, "vae_resolution": 32, "feature_image_size": 32, "caption_image_size": 32,
+                  "caption_flush_rows": 4,  # the captions come in 3 parts: a kill can land between two
+                  # 12 images, 3 steps an epoch: the kill after step 1's checkpoint resumes mid-epoch and
+                  # crosses an epoch boundary; 32 px, the zoo SD's size (the default, 512, is SD 1.5's)
+                  "finetune": {"enabled": True, "max_steps": 4, "batch_size": 4, "resolution": 32,
+                               "checkpoint_every_steps": 1}},
+        "ray": {"num_cpus": 2, "actor_num_cpus": 0.5, "batch_sizes": {"caption": 4, "embed": 4}},
+        "output": {"dir": str(out)},
+    }

@@ -22,24 +22,15 @@ import yaml
 
 from pipeline.checks.verify import verify_set
 from pipeline.core.write import read_manifest
-from tests.run_configs import diver_config
+from tests.run_configs import diver_config, edits_config
 
 EDITS_STAGES = ("caption", "embed", "cluster", "finetune", "prototype", "generate")
 REPO = Path(__file__).resolve().parents[1]
 
 
-def edits_config(data: Path, zoo: Path, out: Path) -> dict:
-    return {
-        "method": "edits",
-        "data": {"root": str(data / "train"), "class_names": str(data / "class_names.json"),
-                 "classes": ["0", "1"], "max_per_class": 6, "image_size": 32},
-        "models": {r: f"zoo:{r}" for r in ("vlm", "clip", "vae", "sd", "llm")} | {"zoo_dir": str(zoo)},
-        "edits": {"ipc": 2, "k_image": 2, "k_text": 2, "num_inference_steps": 3, "caption_max_tokens": 12,
-                  "max_tokens": 20, "vae_resolution": 32, "feature_image_size": 32, "caption_image_size": 32,
-                  "finetune": {"enabled": True, "max_steps": 2, "batch_size": 2}},
-        "ray": {"num_cpus": 2, "actor_num_cpus": 0.5},
-        "output": {"dir": str(out)},
-    }
+# the killed run's driver sleeps after each output it writes, so the kill lands between two outputs even in a
+# stage that writes them all within milliseconds (cluster); it is in no stage key, the re-run goes at full speed
+PAUSE = {"debug": {"pause_after_write_s": 0.5}}
 
 
 def start_run(cfg: dict, where: Path) -> subprocess.Popen:
@@ -49,14 +40,23 @@ def start_run(cfg: dict, where: Path) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.update(PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1")
     code = "import sys; from pipeline.cli import main; sys.exit(main(sys.argv[1:]))"
-    return subprocess.Popen([sys.executable, "-c", code, "run", str(path)], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    with open(_log(path), "ab") as log:  # each run's output, appended (the killed run, then the re-run)
+        return subprocess.Popen([sys.executable, "-c", code, "run", str(path)], cwd=REPO, env=env,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _log(config_path: Path) -> Path:
+    return config_path.with_suffix(".log")
+
+
+def _tail(proc: subprocess.Popen) -> str:
+    return _log(Path(proc.args[-1])).read_text(errors="replace")[-3000:]
 
 
 def run(cfg: dict, where: Path, timeout: float = 900) -> None:
     proc = start_run(cfg, where)
     try:
-        assert proc.wait(timeout) == 0, f"semdistill run {cfg['output']['dir']} failed"
+        assert proc.wait(timeout) == 0, f"semdistill run {cfg['output']['dir']} failed:\n{_tail(proc)}"
     finally:
         _kill_group(proc)
 
@@ -75,28 +75,54 @@ def kill_when(cfg: dict, where: Path, ready: Callable[[], bool], timeout: float 
     t0 = time.time()
     try:
         while not ready():
-            assert proc.poll() is None, "the run ended before the kill point"
+            assert proc.poll() is None, f"the run ended before the kill point:\n{_tail(proc)}"
             assert time.time() - t0 < timeout, "the kill point never came"
             time.sleep(0.05)
     finally:
         _kill_group(proc)
 
 
-def _newer_than(root: Path, ref: Path) -> bool:
+# where each EDITS stage writes the outputs that count as done (under artefacts/): a caption part, a class's
+# features, a class's cluster file (written after its buffer), a cluster's prototype latent
+STAGE_OUTPUTS = {"caption": ["captions"], "embed": ["features"], "cluster": ["clusters"],
+                 "prototype": ["prototypes/latents"]}
+
+
+def _newer_than(folders: list[Path], ref: Path) -> bool:
+    """A finished output file (not a temp file) in ``folders`` written after ``ref``."""
     t = ref.stat().st_mtime_ns
-    return any(p.is_file() and not p.name.endswith((".state.json", ".tmp")) and p.stat().st_mtime_ns > t
-               for p in root.rglob("*"))
+    for p in (p for f in folders if f.is_dir() for p in f.rglob("*")):
+        try:
+            if p.is_file() and not p.name.startswith(".") and not p.name.endswith(".tmp") and p.stat().st_mtime_ns > t:
+                return True
+        except FileNotFoundError:  # a temp file renamed meanwhile
+            continue
+    return False
 
 
 def edits_stage_started_work(out: Path, stage: str) -> Callable[[], bool]:
-    """The stage has begun (state file, not complete) and written something since."""
+    """The stage has begun (state file, not complete) and written something since; fails at once if the
+    stage finished before the kill point was seen."""
     def ready() -> bool:
         st = out / "artefacts" / f"{stage}.state.json"
         try:
             info = json.loads(st.read_text())
         except (OSError, json.JSONDecodeError):
             return False
-        return info.get("complete") is False and _newer_than(out, st)
+        assert info.get("complete") is False, f"{stage} finished before the kill point was seen"
+        return _newer_than([out / "artefacts" / f for f in STAGE_OUTPUTS.get(stage, [])], st)
+    return ready
+
+
+def ray_train_checkpoint(out: Path) -> Callable[[], bool]:
+    """Fine-tuning is under way and Ray Train has written its first whole checkpoint (renamed in)."""
+    def ready() -> bool:
+        try:
+            info = json.loads((out / "artefacts" / "finetune.state.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            return False
+        assert info.get("complete") is False, "finetune finished before the kill point was seen"
+        return any((out / "artefacts" / "ray_train").glob("finetune-*/checkpoint_*"))
     return ready
 
 
@@ -118,6 +144,13 @@ def images(folder: Path) -> dict[str, bytes]:
     keys = [e["key"] for e in man["images"]]
     assert len(keys) == len(set(keys)), "a duplicated manifest entry"
     return {e["key"]: (folder / e["file"]).read_bytes() for e in man["images"]}
+
+
+def stage_files(out: Path, stage: str) -> dict[str, int]:
+    """The stage's finished per-item output files: path -> mtime."""
+    folders = [out / "artefacts" / f for f in STAGE_OUTPUTS.get(stage, [])]
+    return {str(p.relative_to(out)): p.stat().st_mtime_ns for f in folders if f.is_dir() for p in f.rglob("*")
+            if p.is_file() and not p.name.startswith(".") and not p.name.endswith(".tmp")}
 
 
 def finished_states(out: Path) -> dict[str, int]:
@@ -152,20 +185,25 @@ def test_sigkill_mid_stage_then_rerun(stage, zoo_dir, demo_root, stage1_pt, refs
         ready, sets = edits_stage_started_work(out, stage), ["distilled"]
         if stage == "generate":
             ready = manifest_has_some(out / "distilled", 4)
+        if stage == "finetune":
+            ready = ray_train_checkpoint(out)
     else:
         def cfg_of(o: Path) -> dict:
             return diver_config(stage1_pt, zoo_dir, o, demo_root if stage == "evaluation" else None)
         sets = ["diver"]
         ready = manifest_has_some(out / "diver", 6) if stage == "recover" else any_file(out / "ray_train")
     ref = refs(f"{'edits' if stage in EDITS_STAGES else stage}", cfg_of)
-    kill_when(cfg_of(out), tmp_path, ready)
+    kill_when(cfg_of(out) | PAUSE, tmp_path, ready)
     kept = finished_states(out) if stage in EDITS_STAGES else {}
+    partial = stage_files(out, stage)  # what the killed stage had finished
     lock = json.loads((out / ".semdistill.lock").read_text())  # the dead driver's lock is left behind
     assert lock["pid"] > 0
     run(cfg_of(out), tmp_path)  # the re-run takes the stale lock over
     assert not (out / ".semdistill.lock").exists()
     after = finished_states(out) if stage in EDITS_STAGES else {}
     assert {k: after.get(k) for k in kept} == kept  # finished stages were kept, not redone
+    now = stage_files(out, stage)
+    assert {k: now.get(k) for k in partial} == partial  # the killed stage's finished outputs were kept too
     for s in sets:
         rep = verify_set(out / s)
         assert rep["ok"], rep["problems"]
@@ -177,4 +215,4 @@ def test_sigkill_mid_stage_then_rerun(stage, zoo_dir, demo_root, stage1_pt, refs
             return [{k: v for k, v in r.items() if "acc" in k} for r in json.loads((o / "results.json").read_text())]
         assert accs(out) == accs(ref)
     print(json.dumps({"stage": stage, "faults_injected": 1, "runs_resumed": 1, "files_compared": len(want),
-                      "files_lost": len(set(want) - set(got))}))
+                      "stage_files_kept": len(partial), "files_lost": len(set(want) - set(got))}))

@@ -32,6 +32,7 @@ from pipeline.core.pixels import channel_stats, normalize, u8_hwc_to_unit_chw
 from pipeline.core.read import load_image_arrays, load_rgb, scan_image_folder
 from pipeline.core.write import MANIFEST, atomic_write_bytes, atomic_write_json
 from pipeline.errors import DataError
+from tuning.checkpoints import fit_or_disk_full, report_checkpoint
 from tuning.ddranking import scores, scores_markdown
 from tuning.protocols import TrainSpec, resolve_preset, train_student, train_teacher
 from tuning.students import build_student, check_students
@@ -128,12 +129,12 @@ def _train_loop_per_worker(config: dict[str, Any]) -> None:
                         teacher=_teacher_from(teacher_state, device), device=device, rank=rank, world_size=world,
                         wrap_model=wrap, norm=(data["mean"], data["std"]))
     metrics = {k: res[k] for k in ("final", "best", "reported", "best_epoch", "train_loss", "seconds", "epochs")}
+    if rank != 0:
+        ray.train.report(metrics)
+        return
     with tempfile.TemporaryDirectory() as tmp:
-        ckpt = None
-        if rank == 0:
-            Path(tmp, "result.json").write_text(json.dumps(res))
-            ckpt = ray.train.Checkpoint.from_directory(tmp)
-        ray.train.report(metrics, checkpoint=ckpt)
+        atomic_write_json(Path(tmp, "result.json"), res)
+        report_checkpoint(metrics, tmp)
 
 
 def _fit_job(job: dict[str, Any], refs: list[Any], cfg: dict[str, Any], storage: str) -> dict[str, Any]:
@@ -150,7 +151,7 @@ def _fit_job(job: dict[str, Any], refs: list[Any], cfg: dict[str, Any], storage:
         run_config=RunConfig(storage_path=storage, name=job["name"],
                              failure_config=FailureConfig(max_failures=cfg["max_failures"])),
     )
-    result = trainer.fit()
+    result = fit_or_disk_full(trainer, storage)
     if result.checkpoint is None:
         raise RuntimeError(f"evaluation job {job['name']} finished without a result ({result.error})")
     with result.checkpoint.as_directory() as d:
@@ -240,7 +241,7 @@ def _fit_packed(jobs: list[dict[str, Any]], refs: dict[str, list[Any]], teacher:
         run_config=RunConfig(storage_path=storage, name="eval-packed",
                              failure_config=FailureConfig(max_failures=max_failures)),
     )
-    result = trainer.fit()
+    result = fit_or_disk_full(trainer, storage)
     if result.error is not None:
         raise RuntimeError(f"packed evaluation failed: {result.error}")
     return str(result.path)

@@ -14,7 +14,9 @@ the latent cache draws a fresh permutation), each image is mirrored with probabi
 (``random_flip``), and the gradient norm is clipped to ``max_grad_norm`` before each step.
 
 Checkpoints go through Ray Train every ``checkpoint_every_steps`` steps (UNet, EMA,
-optimizer, step); a re-run of the same output resumes from the latest one. The driver
+optimizer, step, and the place in the epoch), written whole or not at all (``tuning.checkpoints``);
+a re-run of the same output resumes from the latest one and, as each step's random draws are
+seeded by (seed, rank, step), ends with the weights an uninterrupted run gets. The driver
 turns the final checkpoint's EMA UNet plus the base pipeline's other parts into a
 diffusers folder (``edits.finetune.output``, default ``<output.dir>/finetuned_sd``) that the
 generate stage loads.
@@ -32,6 +34,8 @@ from typing import Any
 import numpy as np
 
 from pipeline.core.pixels import u8_hwc_to_signed_chw
+from pipeline.core.write import atomic_torch_save
+from tuning.checkpoints import report_checkpoint
 
 COMPLETE = ".complete"
 
@@ -165,6 +169,12 @@ class Worker:
     step: int = 0
     vae_done: bool = False
     losses: list[float] = field(default_factory=list)
+    # where the UNet phase stands, saved in every checkpoint so a resume continues the same stream:
+    epoch: int | None = None  # the epoch in progress (None: not started, or an older checkpoint)
+    epoch_pos: int = 0  # micro-batches of that epoch already consumed
+    gen: Any = None  # the loss's generator (noise, timesteps, caption dropout), seeded per optimizer step
+    scaler: Any = None  # the fp16 gradient scaler (GPU)
+    scaler_state: dict[str, Any] | None = None  # the restored scaler's state, loaded when the phase starts
 
     @property
     def vae_trained(self) -> bool:
@@ -219,6 +229,8 @@ def restore_checkpoint(w: Worker) -> None:
         w.opt.load_state_dict(state["opt"])
         w.ema.load_state_dict(state["ema"])
         w.step = int(state["step"])
+        w.epoch, w.epoch_pos = state.get("epoch"), int(state.get("epoch_pos", 0))
+        w.scaler_state = state.get("scaler")
         if state.get("vae") is not None:
             w.vae.load_state_dict(state["vae"])
             w.vae.register_to_config(scaling_factor=float(state["vae_scaling"]))
@@ -236,16 +248,37 @@ def save_checkpoint(w: Worker, final: bool) -> None:
         ray.train.report(metrics)
         return
     with tempfile.TemporaryDirectory() as d:
-        torch.save({"unet": w.unet.state_dict(), "opt": w.opt.state_dict(), "ema": w.ema.state_dict(), "step": w.step,
-                    "vae": w.vae.state_dict() if w.vae_trained else None,
-                    "vae_scaling": float(w.vae.config.scaling_factor)}, Path(d) / "state.pt")
+        atomic_torch_save(Path(d) / "state.pt", {
+            "unet": w.unet.state_dict(), "opt": w.opt.state_dict(), "ema": w.ema.state_dict(), "step": w.step,
+            "vae": w.vae.state_dict() if w.vae_trained else None, "vae_scaling": float(w.vae.config.scaling_factor),
+            **progress_state(w)})
         if final:  # the EMA weights as a diffusers UNet folder, for the driver to assemble the pipeline
             ema_unet = UNet2DConditionModel.from_config(w.unet.config)
             w.ema.copy_to(ema_unet.parameters())
             ema_unet.save_pretrained(Path(d) / "unet")
             if w.vae_trained:
                 w.vae.to(torch.float32).save_pretrained(Path(d) / "vae")
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+        report_checkpoint(metrics, d)
+
+
+def progress_state(w: Worker) -> dict[str, Any]:
+    """Where the UNet phase stands (epoch, micro-batches of it consumed, the fp16 scaler): a resume from this
+    checkpoint reads the very batches an uninterrupted run would next, and the per-step generator
+    (``step_generator``) gives them the same noise, so the weights come out bit-identical."""
+    if w.epoch is None:  # before the UNet phase (the VAE checkpoint): it starts afresh on resume
+        return {}
+    return {"epoch": w.epoch, "epoch_pos": w.epoch_pos,
+            "scaler": w.scaler.state_dict() if w.scaler is not None else None}
+
+
+def step_generator(seed: int, rank: int, step: int) -> Any:
+    """The CPU generator of one optimizer step's draws on one worker (noise, timesteps, caption dropout):
+    seeded by (seed, rank, step), so a resumed run draws what an uninterrupted one would."""
+    import torch
+
+    from pipeline.core.seeds import stage_seed
+
+    return torch.Generator(device="cpu").manual_seed(stage_seed(seed, f"finetune-step:{int(rank)}:{int(step)}"))
 
 
 def vae_phase(w: Worker, shard: Any) -> None:
@@ -293,8 +326,12 @@ def cache_latents(w: Worker, shard: Any) -> tuple[Any, Any, list[str]] | None:
     return torch.stack([torch.cat(m) for m in means]), torch.stack([torch.cat(s) for s in stds]), caps
 
 
-def epoch_posteriors(w: Worker, shard: Any, cache: Any, epoch: int) -> Any:
-    """One epoch of (posterior mean, std, captions) batches in this epoch's order and flips."""
+def epoch_posteriors(w: Worker, shard: Any, cache: Any, epoch: int, skip: int = 0) -> Any:
+    """One epoch of (posterior mean, std, captions) batches in this epoch's order and flips.
+
+    ``skip``: micro-batches a resumed run already trained on; their flips are still drawn (not their
+    encodings), so the batches after them are the ones an uninterrupted run sees.
+    """
     import torch
 
     bs, seed = int(w.config["batch_size"]), int(w.config["seed"])
@@ -303,13 +340,17 @@ def epoch_posteriors(w: Worker, shard: Any, cache: Any, epoch: int) -> Any:
     if cache is not None:
         means, stds, caps = cache
         order = torch.randperm(len(caps), generator=dgen)
-        for i in range(0, len(order), bs):
+        for k, i in enumerate(range(0, len(order), bs)):
             idx = order[i:i + bs]
             side = flip_mask(len(idx), dgen, flip_on).long()  # row 1 of the cache holds the mirrored images
-            yield means[side, idx].to(w.device), stds[side, idx].to(w.device), [caps[j] for j in idx.tolist()]
+            if k >= skip:
+                yield means[side, idx].to(w.device), stds[side, idx].to(w.device), [caps[j] for j in idx.tolist()]
         return
-    for batch in epoch_batches(shard, bs, seed, epoch, int(w.config.get("shuffle_buffer_size", 0))):
-        m, sd = _encode(w, batch["image"], flip_mask(len(batch["caption"]), dgen, flip_on))
+    for k, batch in enumerate(epoch_batches(shard, bs, seed, epoch, int(w.config.get("shuffle_buffer_size", 0)))):
+        flip = flip_mask(len(batch["caption"]), dgen, flip_on)
+        if k < skip:
+            continue
+        m, sd = _encode(w, batch["image"], flip)
         yield m, sd, [str(c) for c in batch["caption"]]
 
 
@@ -356,36 +397,49 @@ def optimizer_step(w: Worker, scaler: Any) -> None:
 def unet_phase(w: Worker, shard: Any) -> None:
     """Epochs of micro-batches until ``total_steps`` optimizer steps; logs and checkpoints on the way."""
     import ray.train.torch
-    import torch
 
     w.ema.to(w.device)
     model = ray.train.torch.prepare_model(w.unet, move_to_device=False) if w.world > 1 else w.unet
-    scaler = torch.amp.GradScaler("cuda") if w.amp_dtype == torch.float16 else None
     accum, total = int(w.config["gradient_accumulation_steps"]), int(w.config["total_steps"])
     log_every, every = int(w.config.get("log_every_steps", 50)), int(w.config["checkpoint_every_steps"])
-    gen = torch.Generator(device="cpu").manual_seed(int(w.config["seed"]) * 1000 + w.rank + w.step)
+    start_stream(w)
+    scaler = w.scaler
     cache = cache_latents(w, shard)
-    epoch = w.step // max(1, int(w.config.get("steps_per_epoch", 1)))  # a resume starts a fresh epoch
-    micro, t_start = 0, time.perf_counter()
+    micro, t_start, step0 = 0, time.perf_counter(), w.step  # step0 > 0 after a resume
     while w.step < total:
-        for mean, std, caps in epoch_posteriors(w, shard, cache, epoch):
-            loss = unet_loss(w, model, mean, std, caps, gen) / accum
+        for mean, std, caps in epoch_posteriors(w, shard, cache, w.epoch, skip=w.epoch_pos):
+            if micro % accum == 0:  # the first micro-batch of an optimizer step
+                w.gen = step_generator(int(w.config["seed"]), w.rank, w.step)
+            loss = unet_loss(w, model, mean, std, caps, w.gen) / accum
             (scaler.scale(loss) if scaler else loss).backward()
             w.losses.append(float(loss.detach()) * accum)
             micro += 1
+            w.epoch_pos += 1
             if micro % accum:
                 continue
             optimizer_step(w, scaler)
             if w.rank == 0 and (w.step % log_every == 0 or w.step == total):
                 dt = time.perf_counter() - t_start
                 print(f"[edits] finetune: step {w.step}/{total}  loss {np.mean(w.losses[-log_every:]):.4f}  "
-                      f"({dt:.0f} s, {dt / w.step:.2f} s/step)", flush=True)
+                      f"({dt:.0f} s, {dt / max(1, w.step - step0):.2f} s/step)", flush=True)
             if w.step >= total:
                 break
             if w.step % every == 0:
                 save_checkpoint(w, final=False)
                 w.losses = []
-        epoch += 1
+        else:  # the epoch ran out (not a break at the last step): the next one starts from its first batch
+            w.epoch, w.epoch_pos = w.epoch + 1, 0
+
+
+def start_stream(w: Worker) -> None:
+    """The UNet phase's scaler and epoch: fresh, or as the restored checkpoint left them."""
+    import torch
+
+    w.scaler = torch.amp.GradScaler("cuda") if w.amp_dtype == torch.float16 else None
+    if w.scaler is not None and w.scaler_state is not None:
+        w.scaler.load_state_dict(w.scaler_state)
+    if w.epoch is None:  # fresh, or a checkpoint that did not record its place: a new epoch starts
+        w.epoch, w.epoch_pos = w.step // max(1, int(w.config.get("steps_per_epoch", 1))), 0
 
 
 def train_loop(config: dict[str, Any]) -> None:

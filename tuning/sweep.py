@@ -18,13 +18,14 @@ Outputs in ``<output.dir>/sweep/``: ``sweep_results.json`` (every trial), ``swee
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from pipeline.config import Config, EvalConfig, SweepConfig, config_from_dict, dump_config, set_dotted
-from pipeline.core.write import atomic_write_bytes, atomic_write_json
+from pipeline.core.write import atomic_write_bytes, atomic_write_json, find_disk_full
 from pipeline.errors import ConfigError
 
 RANGE_KINDS = ("uniform", "loguniform", "randint", "choice")
@@ -143,8 +144,10 @@ def _plot(trials: list[dict[str, Any]], x_param: str, out: Path) -> Path | None:
         ax.legend(fontsize=7)
     fig.tight_layout()
     path = out / "sweep.png"
-    fig.savefig(path)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
     plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
     return path
 
 
@@ -252,6 +255,9 @@ def run_sweep(cfg: Config, run_method: RunMethod, log=print) -> dict[str, Any]:
                        "error": str(res.error) if res.error else None})
     done = [t for t in trials if t["mean_top1"] is not None and not math.isnan(t["mean_top1"])]
     if not done:
+        full = next((f for f in (find_disk_full(r.error) for r in grid if r.error is not None) if f), None)
+        if full is not None:  # the trials ran out of space: say so, not "every trial failed: <Ray's traceback>"
+            raise full
         errors = "; ".join(t["error"] or "no metric" for t in trials)
         raise ConfigError(f"every sweep trial failed: {errors[:2000]}")
     # a trial ASHA stopped early has fewer students: rank complete trials first

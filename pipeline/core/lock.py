@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+from pipeline.core.diskfull import disk_full, is_enospc
 from pipeline.errors import SemdistillError
 
 LOCK_NAME = ".semdistill.lock"
@@ -99,9 +100,16 @@ def _acquire(path: Path, log: Callable[[str], None]) -> int:
             log(_take_over_note(path, old))
         info = {"host": socket.gethostname(), "pid": os.getpid(),
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(info).encode(), 0)
-        os.fsync(fd)
+        data = json.dumps(info).encode()
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, data, 0)
+            os.fsync(fd)
+        except OSError as err:
+            os.close(fd)
+            if is_enospc(err):  # a full disk stops the run here, before it writes anything
+                raise disk_full(path, len(data)) from None
+            raise
         return fd
     raise OutputLockedError(f"could not take the lock {path}: it kept being replaced; is another run starting?")
 

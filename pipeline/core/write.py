@@ -8,7 +8,6 @@ crash leaves at most an orphan ``.tmp`` file, never a half-written image or mani
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import json
 import os
@@ -22,9 +21,23 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from pipeline.core.diskfull import DiskFullError, disk_full, find_disk_full, free_bytes, is_enospc
 from pipeline.errors import DataError
 
 MANIFEST = "manifest.json"
+_PAUSE_AFTER_WRITE_S = [0.0]  # debug.pause_after_write_s of this driver (set_pause_after_write)
+
+
+def set_pause_after_write(seconds: float) -> None:
+    """``debug.pause_after_write_s``: sleep this long after each file the writers below finish (tests only)."""
+    _PAUSE_AFTER_WRITE_S[0] = max(0.0, float(seconds))
+
+
+def _written() -> None:
+    if _PAUSE_AFTER_WRITE_S[0]:
+        import time
+
+        time.sleep(_PAUSE_AFTER_WRITE_S[0])
 _SAFE = re.compile(r"[^A-Za-z0-9._+-]")
 
 
@@ -72,27 +85,6 @@ def _umask() -> int:
     return mask
 
 
-class DiskFullError(DataError):
-    """The file system filled up during a write; the partial file was removed."""
-
-
-def disk_full(path: str | os.PathLike, needed: int, at_least: bool = False) -> DiskFullError:
-    """The error for an ``ENOSPC`` while writing ``path``: names the path, the bytes needed and those free."""
-    folder = Path(path).parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    try:
-        st = os.statvfs(folder)
-        free = st.f_bavail * st.f_frsize
-    except OSError:
-        free = -1
-    return DiskFullError(
-        f"no space left on the device writing {path}: it needs {'more than ' if at_least else ''}{needed} bytes, "
-        f"{max(free, 0)} are free in "
-        f"{folder}; free at least {max(needed - max(free, 0), 1)} bytes (more for the files still to come) "
-        "or choose another output.dir, then re-run: finished files are kept")
-
-
 @contextlib.contextmanager
 def _no_partial(tmp: str | os.PathLike, path: str | os.PathLike, needed: int) -> Iterator[None]:
     """Remove ``tmp`` on any failure; turn ``ENOSPC`` into ``DiskFullError`` naming ``path``."""
@@ -101,7 +93,7 @@ def _no_partial(tmp: str | os.PathLike, path: str | os.PathLike, needed: int) ->
     except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        if not isinstance(err, DiskFullError) and isinstance(err, Exception) and is_enospc(err):
             raise disk_full(path, needed) from None
         raise
 
@@ -118,7 +110,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as err:
-        if err.errno == errno.ENOSPC:
+        if is_enospc(err):
             raise disk_full(path, len(data)) from None
         raise
     with _no_partial(tmp, path, len(data)):
@@ -128,6 +120,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
+    _written()
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
@@ -257,6 +250,7 @@ def write_parquet(path: str | os.PathLike, columns: dict[str, Any]) -> None:
     with _no_partial(tmp, path, table.nbytes):
         pq.write_table(table, tmp)
         os.replace(tmp, path)
+    _written()
 
 
 def remove(*paths: Path) -> None:
@@ -274,21 +268,107 @@ def atomic_folder(target: str | os.PathLike, marker: str | None = None, marker_t
 
     Yields the temporary folder; on success writes ``marker`` (if given) inside it, replaces
     ``target`` and renames; on any error (or interrupt) the temporary folder is removed and
-    ``target`` is left as it was.
+    ``target`` is left as it was. A full disk inside the block (however the writing library
+    reports it: ``save_pretrained``, ``torch.save``, pyarrow) raises ``DiskFullError`` naming the
+    file under ``target``.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    except OSError as err:
+        if is_enospc(err):
+            raise disk_full(target, 0, at_least=True) from None
+        raise
     try:
         yield tmp
         if marker:
             (tmp / marker).write_text(marker_text)
+        os.chmod(tmp, 0o777 & ~_umask())  # a plain mkdir's mode, not mkdtemp's private 0700
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
     except BaseException as err:
         written = sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file()) if tmp.exists() else 0
         shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
-            raise disk_full(err.filename or target, written, at_least=True) from None
+        full = find_disk_full(err, target, written) if isinstance(err, Exception) else None
+        if full is not None:
+            where = _under(full.path or str(target), tmp, target)
+            free = free_bytes(target)[1]  # after the clean-up: the folder needed more than that
+            raise disk_full(where, max(full.needed, written, free), at_least=True) from None
         raise
+
+
+def _under(path: str, tmp: Path, target: Path) -> Path:
+    """``path`` inside the temporary folder, named as it would be under ``target``."""
+    try:
+        return target / Path(path).relative_to(tmp)
+    except ValueError:
+        return Path(path)
+
+
+def _tensor_bytes(obj: Any) -> int:
+    """The bytes of the tensors and arrays in ``obj`` (dicts, lists, tuples walked): torch.save's size, about."""
+    if hasattr(obj, "element_size") and hasattr(obj, "nelement"):
+        return int(obj.element_size() * obj.nelement())
+    if isinstance(obj, np.ndarray):
+        return int(obj.nbytes)
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
+
+
+class _CountingFile:
+    """A raw file for torch.save that writes fully and remembers the ``OSError`` torch turns into text."""
+
+    def __init__(self, f: Any) -> None:
+        self.f, self.written, self.error = f, 0, None
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        done = 0
+        try:
+            while done < len(view):
+                done += self.f.write(view[done:])
+        except OSError as err:
+            self.error = err
+            raise
+        self.written += done
+        return done
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def atomic_torch_save(path: str | os.PathLike, obj: Any) -> None:
+    """``torch.save(obj, path)`` via a temp file and ``os.replace``: a crash leaves no partial ``.pt``, and a
+    full disk (which torch reports as a stream-position ``RuntimeError``) removes the temp file and raises
+    ``DiskFullError`` with the path and about the size the file needs."""
+    import torch
+
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        if is_enospc(err):
+            raise disk_full(path, _tensor_bytes(obj)) from None
+        raise
+    sink = None
+    try:
+        with os.fdopen(fd, "wb", buffering=0) as f:
+            sink = _CountingFile(f)
+            torch.save(obj, sink)
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException as err:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        if isinstance(err, Exception) and (is_enospc(err) or (sink is not None and sink.error is not None
+                                                              and is_enospc(sink.error))):
+            raise disk_full(path, max(_tensor_bytes(obj), sink.written if sink else 0), at_least=True) from None
+        raise
+    _written()

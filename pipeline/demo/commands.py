@@ -49,14 +49,10 @@ DEMO_ROLES = ("demo_vlm", "demo_clip", "demo_sd", "demo_dit")
 
 def train_demo_role(role: str, weights_dir: Path, data: str | None) -> dict:
     """Train one shipped demo role from its recipe into ``weights_dir/<role>`` (demo_sd needs demo_clip there)."""
-    import shutil
-    import tempfile
-
     from actors import demo_models
+    from pipeline.core.write import atomic_folder
 
-    target = weights_dir / role
-    with tempfile.TemporaryDirectory(dir=weights_dir) as tmp:
-        out = Path(tmp) / role
+    with atomic_folder(weights_dir / role) as out:  # swapped in whole; a full disk raises DiskFullError
         if role == "demo_dit":
             from actors.demo_dit import train_demo_dit
 
@@ -67,9 +63,6 @@ def train_demo_role(role: str, weights_dir: Path, data: str | None) -> dict:
             report = demo_models.train_demo_clip(out, data)
         else:
             report = demo_models.train_demo_sd(out, weights_dir / "demo_clip", data)
-        if target.exists():
-            shutil.rmtree(target)
-        out.rename(target)
     return report
 
 

@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 
 from pipeline.core.pixels import normalize, u8_hwc_to_unit_chw
+from pipeline.core.write import atomic_torch_save
 from pipeline.errors import DataError
 
 IMAGES_PT = "images.pt"
@@ -353,10 +354,7 @@ def save_pt(path: str | os.PathLike, images01: torch.Tensor, labels: torch.Tenso
         x = normalize(x, mean, std)
     obj = {"images": x.contiguous(), "labels": labels.long(), "classes": list(classes),
            "mean": _plain(mean), "std": _plain(std)}
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(str(path) + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    atomic_torch_save(path, obj)  # no partial file after a crash or a full disk (DiskFullError)
 
 
 def load_class_map(spec: str | dict | None) -> dict[str, int] | None:

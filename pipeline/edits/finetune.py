@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core.write import atomic_folder
+from tuning.checkpoints import fit_or_disk_full
 from tuning.finetune_sd import COMPLETE, shuffled_rows, steps_per_epoch, total_steps, train_loop
 
 # what the fine-tuned model depends on (see pipeline/edits/state.py); not the logging / checkpoint
@@ -111,7 +112,7 @@ def run_stage(run: Any, state: Any, force: bool) -> dict[str, Any]:
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
     )
     t0 = time.perf_counter()
-    result = trainer.fit()
+    result = fit_or_disk_full(trainer, storage)
     train_s = time.perf_counter() - t0
     if result.checkpoint is None:
         from pipeline.errors import SemdistillError

@@ -26,7 +26,7 @@ import torch
 from pipeline.core.batching import batch_blocks
 from pipeline.core.grouping import complete_groups
 from pipeline.core.ray_setup import block_count, pool_kwargs
-from pipeline.core.write import atomic_write_json, component_name, remove
+from pipeline.core.write import atomic_torch_save, atomic_write_json, component_name, remove
 from pipeline.edits.state import EditsRun, StageState
 
 # what each half depends on (see pipeline/edits/state.py); each half has its own state
@@ -107,11 +107,9 @@ def image_prototypes(run: EditsRun, clusters: list[dict[str, Any]]) -> int:
             from pipeline.errors import DataError
 
             raise DataError(f"prototype: no member image of cluster {key} could be encoded")
-        target = latent_file(run, key)
-        tmp = target.with_suffix(".pt.tmp")
-        torch.save({"latent": torch.from_numpy(average_latents([lat for _, lat in members])), "key": key,
-                    "class_id": info[key]["class_id"], "members": [p for p, _ in members]}, tmp)
-        tmp.replace(target)
+        atomic_torch_save(latent_file(run, key), {
+            "latent": torch.from_numpy(average_latents([lat for _, lat in members])), "key": key,
+            "class_id": info[key]["class_id"], "members": [p for p, _ in members]})
         made += 1
     return made
 

@@ -141,16 +141,23 @@ def test_atomic_writes_get_the_umask_mode_not_mkstemps_private_one(tmp_path):
     import os
     import stat
 
-    from pipeline.core.write import atomic_save_image, atomic_write_bytes
+    import torch
+
+    from pipeline.core.write import atomic_folder, atomic_save_image, atomic_torch_save, atomic_write_bytes
 
     old = os.umask(0o022)
     try:
         atomic_write_bytes(tmp_path / "a.json", b"{}")
         atomic_save_image(tmp_path / "c" / "x.png", np.zeros((4, 4, 3), np.uint8))
+        atomic_torch_save(tmp_path / "t.pt", torch.zeros(3))
+        with atomic_folder(tmp_path / "model") as tmp:  # mkdtemp makes it 0700
+            (tmp / "config.json").write_text("{}")
         os.umask(0o077)
         atomic_write_bytes(tmp_path / "private.json", b"{}")
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o644
     assert stat.S_IMODE((tmp_path / "c" / "x.png").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "t.pt").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "model").stat().st_mode) == 0o755  # readable by the team, like a mkdir
     assert stat.S_IMODE((tmp_path / "private.json").stat().st_mode) == 0o600

@@ -46,11 +46,11 @@ def test_edits_without_text_prototypes_reuses_the_full_run_and_changes_only_the_
                                                                                          ray_local, tmp_path):
     from pipeline.demo.run import no_text_config
     from pipeline.edits.run import run_edits
-    from tests.run_configs import edits_config
+    from tests.run_configs import tiny_edits_config
 
     ft = {"enabled": True, "max_steps": 2, "vae_steps": 0, "batch_size": 4, "resolution": 32, "use_gpu": False,
           "mixed_precision": "no", "cache_latents": True, "learning_rate": 1e-4}
-    cfg = config_from_dict(edits_config(demo_root, tmp_path / "edits", finetune=ft))
+    cfg = config_from_dict(tiny_edits_config(demo_root, tmp_path / "edits", finetune=ft))
     run_edits(cfg, log=lambda _m: None)
     logs: list[str] = []
     abl = no_text_config(cfg, tmp_path)

@@ -8,11 +8,11 @@ import pytest
 
 from pipeline.config import config_from_dict
 from pipeline.errors import ConfigError
-from tests.run_configs import edits_config
+from tests.run_configs import tiny_edits_config
 
 
 def _cfg(demo_root, out, **edits):
-    return config_from_dict(edits_config(demo_root, out, **edits))
+    return config_from_dict(tiny_edits_config(demo_root, out, **edits))
 
 
 def test_edits_end_to_end_resume_and_from_stage(tmp_path, demo_root, zoo_dir, ray_local):

@@ -109,3 +109,26 @@ def test_finetune_settings_default_to_the_authors_script_and_enter_the_stage_key
     base = finetune_key()
     assert base["edits.finetune.max_grad_norm"] == 1.0 and base["edits.finetune.random_flip"] is True
     assert finetune_key(random_flip=False) != base and finetune_key(max_grad_norm=None) != base
+
+
+def test_a_resumed_epoch_reads_the_batches_an_uninterrupted_one_would():
+    """A checkpoint records the micro-batches of the epoch already trained on; the resume skips them but
+    still draws their flips, so the rest of the epoch (order, flips) and each step's noise are unchanged."""
+    from types import SimpleNamespace
+
+    from tuning.finetune_sd import epoch_posteriors, step_generator
+
+    g = torch.Generator().manual_seed(0)
+    n = 10
+    cache = (torch.rand(2, n, 4, 2, 2, generator=g), torch.rand(2, n, 4, 2, 2, generator=g), [f"c{i}" for i in range(n)])
+    w = SimpleNamespace(config={"batch_size": 3, "seed": 5, "random_flip": True}, rank=0, device=torch.device("cpu"))
+    full = list(epoch_posteriors(w, None, cache, epoch=2))
+    assert len(full) == 4  # 3 + 3 + 3 + 1
+    for skip in range(5):
+        rest = list(epoch_posteriors(w, None, cache, epoch=2, skip=skip))
+        assert len(rest) == len(full) - skip
+        for (m, s, c), (m0, s0, c0) in zip(rest, full[skip:]):
+            assert torch.equal(m, m0) and torch.equal(s, s0) and c == c0
+    draws = [torch.rand(3, generator=step_generator(5, 0, step)) for step in (0, 1, 1)]
+    assert torch.equal(draws[1], draws[2]) and not torch.equal(draws[0], draws[1])
+    assert not torch.equal(torch.rand(3, generator=step_generator(5, 1, 1)), draws[1])  # another worker

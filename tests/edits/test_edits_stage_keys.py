@@ -78,6 +78,7 @@ CHANGES: dict[str, tuple[str, ...]] = {
     "ray.cluster_classes_per_task": NONE, "ray.log_to_driver": NONE, "ray.logs_dir": NONE,  # scheduling only: each class is clustered alone with its own seed
     "output.dir": NONE, "output.image_format": (G,), "output.overwrite": NONE,
     "debug.fail_every_n_batches": NONE, "debug.fault_mode": NONE, "debug.fault_dir": NONE,
+    "debug.pause_after_write_s": NONE,
     "ray.job.": NONE, "diver.": NONE, "eval.": NONE, "sweep.": NONE,
 }
 
