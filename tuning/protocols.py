@@ -42,31 +42,48 @@ from tuning.students import build_student
 
 # Presets: values for EvalConfig fields, each one published recipe.
 PRESETS: dict[str, dict[str, Any]] = {
-    # IDC/Minimax train.py (the evaluation EDITS uses): SGD 0.01, CutMix every batch, epochs by IPC
-    # (x2/3 at 100 classes), x0.2 at 2/3 and 5/6 of the epochs, RRC(0.5-1) + flip + jitter + lighting;
-    # the number is each run's best test accuracy over tests every epochs/100.
+    # IDC/Minimax train.py (the evaluation EDITS uses): SGD 0.01, CutMix every batch, epochs by IPC, x0.2 at
+    # 2/3 and 5/6 of the epochs, RRC(0.5-1) + flip + jitter + lighting; the number is each run's best test
+    # accuracy over tests every epochs/100. Epochs as IDC's ``ipc_epoch`` (snu-mllab/Efficient-Dataset-
+    # Condensation argument.py lines 22-47, the same function in vimar-gu/MinimaxDiffusion argument.py lines
+    # 18-43, called for ImageNet sets at lines 436-443 / 425-432 with the default multi-formation factor 1):
+    # 3000 at IPC 1, 2000 at <= 10, 1500 at <= 50, 1000 at <= 200, 500 at <= 500, else 300; with exactly
+    # 100 classes (``nclass == 100``; ImageNet-1K keeps the table) x2/3, floored to a multiple of 100
+    # (2000 -> 1300, 1500 -> 1000, 1000 -> 600). See ``run_epochs``.
     "edits": {"protocol": "hard", "optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4,
               "batch_size": 64, "augment": "rrc+flip+jitter+lighting+cutmix", "mix_alpha": 1.0,
-              "rrc_scale": (0.5, 1.0), "jitter": 0.4, "lighting": 0.1, "epochs": 1000,
-              "epochs_by_ipc": {10: 2000, 50: 1500, 200: 1000}, "many_classes_epoch_factor": 2 / 3,
+              "rrc_scale": (0.5, 1.0), "jitter": 0.4, "lighting": 0.1, "epochs": 300,
+              "epochs_by_ipc": {1: 3000, 10: 2000, 50: 1500, 200: 1000, 500: 500},
+              "many_classes_epoch_factor": 2 / 3,
               "schedule": "multistep", "lr_step_unit": "epoch", "eval_count": 100, "report": "best",
               "repeats": 3},
     # PReDD/MTT cross-architecture evaluation (what DIVER reports): per-student lr, batch 256, linear
     # warm-up over the first half then cosine, EMA 0.995 once per epoch with warm-up, DSA, 5 runs.
+    # Read in Shuzhiyong13/PReDD utils_szy.py ``evaluate_synset`` (lines 457-518): SGD momentum 0.9, wd 5e-4
+    # (line 464); LinearLR from 1e-7 to 1 over E//2 epochs, then CosineAnnealingLR(T_max=E//2) (lines 466-468),
+    # both stepped once per epoch (line 497, switched at ep == E//2, lines 498-499), hence lr_step_unit epoch;
+    # ema-pytorch EMA(beta=0.995, power=1, update_after_step=0) (line 478) updated once per epoch after the
+    # training pass (line 496), the EMA model tested after the last epoch (line 502): see ``_ema`` for its ramp.
+    # Left as is: our warm-up starts at 1/W, not 1e-7, and reaches 1 one epoch earlier than PReDD's (which holds
+    # 1 for two epochs and so ends its cosine one epoch short of 0).
     "diver": {"protocol": "hard", "optimizer": "sgd", "epochs": 1000, "batch_size": 256, "lr": 0.01,
               "lr_per_student": {"convnet": 0.001, "resnet18": 0.001, "vit": 0.001, "mobilenetv2": 0.01,
                                  "shufflenetv2": 0.01, "efficientnet": 0.01},
               "momentum": 0.9, "weight_decay": 5e-4, "schedule": "warmup_cosine", "warmup_fraction": 0.5,
-              "ema_decay": 0.995, "ema_every": "epoch", "ema_warmup": True, "augment": "dsa",
-              "dsa_strategy": DEFAULT_STRATEGY, "repeats": 5, "report": "final"},
+              "lr_step_unit": "epoch", "ema_decay": 0.995, "ema_every": "epoch", "ema_warmup": True,
+              "augment": "dsa", "dsa_strategy": DEFAULT_STRATEGY, "repeats": 5, "report": "final"},
     # MTT evaluate_synset: lr 0.01 decayed x0.1 at half, batch 256, DSA, 1000 epochs.
     "mtt": {"protocol": "hard", "epochs": 1000, "lr": 0.01, "batch_size": 256, "schedule": "step",
             "augment": "dsa", "momentum": 0.9, "weight_decay": 5e-4, "repeats": 5},
     # RDED: AdamW, half-cosine per epoch (ends at 0.5x), ShufflePatches + RRC + flip, CutMix relabelled
     # by the teacher, KL at T = 20, batch 50 (100 beyond 10 classes), best over the last 20% of training.
+    # Augmentation order and crop scale as LINs-lab/RDED validation/main.py lines 115-126: ShufflePatches(factor)
+    # on the tensor first, then RandomResizedCrop with scale (1 / factor, max_scale_crops), then the flip;
+    # factor 2 (argument.py lines 54-58, and every ImageNet script in scripts/) and max_scale_crops 1
+    # (argument.py line 112) give scale (0.5, 1.0), not torchvision's (0.08, 1.0).
     "rded": {"protocol": "soft", "optimizer": "adamw", "lr": 0.001, "weight_decay": 0.01, "epochs": 300,
              "schedule": "half_cosine", "lr_step_unit": "epoch", "augment": "shuffle_patches+rrc+flip+cutmix",
-             "rrc_scale": (0.08, 1.0), "shuffle_factor": 2, "mix_alpha": 1.0, "temperature": 20.0,
+             "rrc_scale": (0.5, 1.0), "shuffle_factor": 2, "mix_alpha": 1.0, "temperature": 20.0,
              "batch_size": 50, "batch_by_classes": {10: 50, 1000: 100}, "best_from": 0.8, "report": "best",
              "repeats": 3},
     # SRe2L: as RDED but a full cosine to 0 and RRC(0.08-1) + flip.
@@ -114,10 +131,14 @@ def student_lr(cfg: EvalConfig, student: str) -> float:
 
 
 def run_epochs(cfg: EvalConfig, ipc: int | None, num_classes: int | None) -> int:
-    """Epochs for a set: ``epochs_by_ipc`` (then x ``many_classes_epoch_factor`` at >= 100 classes)."""
+    """Epochs for a set: ``epochs_by_ipc`` (else ``epochs``); with exactly 100 classes, x
+    ``many_classes_epoch_factor`` floored to a multiple of 100 when that leaves at least 100 (IDC's
+    ``ipc_epoch``: ``nclass == 100`` only, so 10- and 1000-class sets keep the table's epochs)."""
     epochs = (_bounded(cfg.epochs_by_ipc, ipc) if ipc is not None else None) or cfg.epochs
-    if num_classes is not None and num_classes >= 100:
+    if num_classes == 100 and cfg.many_classes_epoch_factor != 1.0:
         epochs = int(epochs * cfg.many_classes_epoch_factor)
+        if epochs >= 100:
+            epochs -= epochs % 100
     return max(1, epochs)
 
 
@@ -300,14 +321,25 @@ def _optimizer(net: nn.Module, spec: TrainSpec) -> torch.optim.Optimizer:
 
 
 def _ema(model: nn.Module, spec: TrainSpec) -> torch.optim.swa_utils.AveragedModel | None:
-    """EMA of weights and buffers; with ``ema_warmup`` the n-th update uses ``min(d, (1 + n) / (10 + n))``
-    (our reading of "EMA with warm-up": the usual decay ramp, so early weights do not dominate)."""
+    """EMA of weights and buffers. The first update copies the model; with ``ema_warmup`` the k-th update
+    (k >= 2) keeps ``min(ema_decay, 1 - 1/k)`` of the average, so until the cap the EMA is the plain mean of
+    the k snapshots.
+
+    PReDD's evaluation (Shuzhiyong13/PReDD ``utils_szy.py``, ``evaluate_synset``, line 478) builds
+    ema-pytorch 0.7.7's ``EMA(beta=0.995, power=1, update_after_step=0, update_every=1)`` and calls its
+    ``update()`` once per epoch after the training pass (line 496), testing the EMA model (line 502).
+    ema-pytorch 0.7.7 (``ema_pytorch/ema_pytorch.py``, ``get_current_decay`` lines 260-267, ``update``
+    lines 269-291) copies on the first call and then uses ``1 - (1 + e)^-power`` with ``e = k - 1``,
+    capped at ``beta``: ``min(0.995, 1 - 1/k)``. (An earlier reading here, ``min(d, (1 + n) / (10 + n))``,
+    was the TensorFlow ``num_updates`` ramp, not PReDD's.)
+    """
     if not spec.ema_decay:
         return None
     decay, warm = float(spec.ema_decay), bool(spec.ema_warmup)
 
     def avg(averaged: torch.Tensor, current: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
-        k = min(decay, (1.0 + float(n)) / (10.0 + float(n))) if warm else decay
+        # n = updates averaged so far (>= 1 here); this is update k = n + 1: 1 - 1/k = n / (n + 1)
+        k = min(decay, float(n) / (float(n) + 1.0)) if warm else decay
         return k * averaged + (1.0 - k) * current
 
     return torch.optim.swa_utils.AveragedModel(model, avg_fn=avg, use_buffers=True)
