@@ -81,6 +81,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # on the tensor first, then RandomResizedCrop with scale (1 / factor, max_scale_crops), then the flip;
     # factor 2 (argument.py lines 54-58, and every ImageNet script in scripts/) and max_scale_crops 1
     # (argument.py line 112) give scale (0.5, 1.0), not torchvision's (0.08, 1.0).
+    # Left as is: RDED's batch also depends on the IPC (argument.py lines 234-258: 10 / 50 / 100 at IPC 1 / 10 / 50,
+    # x2 at 100 or 1000 classes); ``batch_by_classes`` holds its IPC-10 column.
     "rded": {"protocol": "soft", "optimizer": "adamw", "lr": 0.001, "weight_decay": 0.01, "epochs": 300,
              "schedule": "half_cosine", "lr_step_unit": "epoch", "augment": "shuffle_patches+rrc+flip+cutmix",
              "rrc_scale": (0.5, 1.0), "shuffle_factor": 2, "mix_alpha": 1.0, "temperature": 20.0,
