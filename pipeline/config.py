@@ -290,6 +290,7 @@ class EvalConfig(Section):
     temperature: float = Field(4.0, gt=0.0)
     teacher: str = "convnet"  # soft labels: the teacher's architecture, trained on the real set
     teacher_epochs: int = Field(30, gt=0)
+    teacher_workers: int = Field(0, ge=0)  # DataLoader processes decoding the streamed real set (0: in-process)
     teacher_checkpoint: str | None = None  # a state dict of `teacher` (pretrained); no teacher training
     teacher_mean: list[float] = [0.485, 0.456, 0.406]  # the checkpoint's input normalisation (ImageNet)
     teacher_std: list[float] = [0.229, 0.224, 0.225]

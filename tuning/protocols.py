@@ -8,7 +8,9 @@ Two protocols (METHODS.md, "Evaluation protocols"):
   every augmented, mixed batch; the student minimises ``KL(softmax(t/T) || softmax(s/T)) * T^2``.
 
 ``train_student(spec, data)`` is framework-free (plain torch, explicit seeds); Ray Train
-calls it inside each worker (tuning/evaluate.py) and the tests call it directly.
+calls it inside each worker (tuning/evaluate.py) and the tests call it directly. ``train_on`` takes any
+batch source: the in-memory ``TensorBatches``, or the real train set streamed from its files
+(``tuning.stream``, the teacher's input), with the same seeded order.
 Named presets carry the published recipes (values from the peers' repositories); fields the
 user sets explicitly win over a preset. Each run keeps its final and its best test accuracy;
 ``report`` says which one is the row's number (a best is selected on the test split).
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -414,17 +416,37 @@ def _batch_loss(s: _Step, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
     return loss
 
 
-def _train_epoch(s: _Step, train_x: torch.Tensor, train_y: torch.Tensor, bs: int, rank: int,
-                 world_size: int) -> float:
-    """One shuffled pass over this rank's shard; returns the mean training loss."""
+class TensorBatches:
+    """An in-memory training set: ``batches`` slices the tensors (the interface ``tuning.stream.StreamedSet``
+    shares, which decodes each batch from the image files instead)."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.y = x, y
+        self.channels, self.size, self.dtype = int(x.shape[1]), int(x.shape[-1]), x.dtype
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    def batches(self, batch_indices: list[torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for idx in batch_indices:
+            yield self.x[idx], self.y[idx]
+
+
+def epoch_batches(n: int, gen: torch.Generator, bs: int, rank: int = 0, world_size: int = 1) -> list[torch.Tensor]:
+    """This rank's batches of one epoch: a permutation of ``n`` drawn from ``gen``, sharded, cut into ``bs``;
+    a trailing batch of one is dropped (it breaks batch norm) unless the shard has one image."""
+    perm = torch.randperm(n, generator=gen)[rank::world_size]
+    cuts = [perm[i:i + bs] for i in range(0, perm.numel(), bs)]
+    return [idx for idx in cuts if idx.numel() >= 2 or perm.numel() < 2]
+
+
+def _train_epoch(s: _Step, data: Any, bs: int, rank: int, world_size: int) -> float:
+    """One shuffled pass over this rank's shard of ``data`` (``TensorBatches`` or a ``StreamedSet``); returns
+    the mean training loss. The permutation is drawn before any batch, so streaming leaves the order as is."""
     s.net.train()
-    perm = torch.randperm(train_x.shape[0], generator=s.gen)[rank::world_size]
     losses = []
-    for i in range(0, perm.numel(), bs):
-        idx = perm[i:i + bs]
-        if idx.numel() < 2 and perm.numel() >= 2:  # a batch of one breaks batch norm
-            continue
-        loss = _batch_loss(s, train_x[idx], train_y[idx])
+    for xb, yb in data.batches(epoch_batches(len(data), s.gen, bs, rank, world_size)):
+        loss = _batch_loss(s, xb, yb)
         s.opt.zero_grad(set_to_none=True)
         loss.backward()
         s.opt.step()
@@ -457,29 +479,28 @@ def tested_after(spec: TrainSpec, epoch: int) -> bool:
     return spec.best_from > 0 and epoch > spec.best_from * spec.epochs
 
 
-def _setup(spec: TrainSpec, train_x: torch.Tensor, num_classes: int, teacher: nn.Module | None,
+def _setup(spec: TrainSpec, data: Any, num_classes: int, teacher: nn.Module | None,
            device: torch.device | str, world_size: int, wrap_model: Callable[[nn.Module], nn.Module] | None,
            norm: tuple[Any, Any] | None) -> tuple[_Step, int]:
     """Seed everything from ``spec.seed``, build the student, optimizer, schedule and EMA; return the
     step state and the per-rank batch size."""
     torch.manual_seed(spec.seed)  # init and every global-RNG draw (dropout) follow the run's seed
-    model = build_student(spec.student, train_x.shape[1], num_classes, train_x.shape[-1],
-                          **spec.student_kwargs).to(device)
+    model = build_student(spec.student, data.channels, num_classes, data.size, **spec.student_kwargs).to(device)
     gen = torch.Generator().manual_seed(spec.seed)  # batches and augmentations
     rng = np.random.default_rng(spec.seed)  # mixing weights
     ema = _ema(model, spec)
     net = wrap_model(model) if wrap_model is not None else model
     opt = _optimizer(net, spec)
     bs = max(1, spec.batch_size // world_size)
-    steps_per_epoch = max(1, math.ceil(math.ceil(train_x.shape[0] / world_size) / bs))
+    steps_per_epoch = max(1, math.ceil(math.ceil(len(data) / world_size) / bs))
     sched = _schedule(opt, spec, steps_per_epoch)
     if teacher is not None:
         teacher = teacher.to(device).eval()
     stats = None
     if norm is not None:
         shape = (1, -1, 1, 1)
-        stats = (torch.as_tensor(np.asarray(norm[0]), dtype=train_x.dtype).view(shape),
-                 torch.as_tensor(np.asarray(norm[1]), dtype=train_x.dtype).view(shape))
+        stats = (torch.as_tensor(np.asarray(norm[0]), dtype=data.dtype).view(shape),
+                 torch.as_tensor(np.asarray(norm[1]), dtype=data.dtype).view(shape))
     ops, mixing = _parse_augment(spec.augment)
     return _Step(spec, net, model, teacher, opt, sched, ema, ops, mixing, gen, rng, device, stats), bs
 
@@ -505,17 +526,36 @@ def train_student(
     history, the LR at the start of every epoch and after the last, and the wall time. With
     ``world_size > 1`` each rank trains on its shard of every shuffled epoch (DDP via ``wrap_model``).
     """
+    return train_on(spec, TensorBatches(train_x, train_y), val_x, val_y, num_classes, teacher=teacher,
+                    device=device, rank=rank, world_size=world_size, wrap_model=wrap_model, on_epoch=on_epoch,
+                    norm=norm)
+
+
+def train_on(
+    spec: TrainSpec | dict[str, Any],
+    data: Any,
+    val_x: torch.Tensor, val_y: torch.Tensor,
+    num_classes: int,
+    teacher: nn.Module | None = None,
+    device: torch.device | str = "cpu",
+    rank: int = 0, world_size: int = 1,
+    wrap_model: Callable[[nn.Module], nn.Module] | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    norm: tuple[Any, Any] | None = None,
+) -> dict[str, Any]:
+    """``train_student`` on any batch source: ``TensorBatches`` or a streamed set (``tuning.stream``), which
+    has ``len``, ``channels``, ``size``, ``dtype`` and ``batches(list of index tensors)``."""
     spec = spec if isinstance(spec, TrainSpec) else TrainSpec(**spec)
     _check_protocol(spec, teacher)
     torch.set_num_threads(max(1, spec.threads))
     t0 = time.time()
-    step, bs = _setup(spec, train_x, num_classes, teacher, device, world_size, wrap_model, norm)
+    step, bs = _setup(spec, data, num_classes, teacher, device, world_size, wrap_model, norm)
     history: list[dict[str, float]] = []
     lrs: list[float] = []
     best, best_epoch, final, loss_val = -1.0, -1, 0.0, float("nan")
     for epoch in range(1, spec.epochs + 1):
         lrs.append(float(step.opt.param_groups[0]["lr"]))
-        loss_val = _train_epoch(step, train_x, train_y, bs, rank, world_size)
+        loss_val = _train_epoch(step, data, bs, rank, world_size)
         if not tested_after(spec, epoch):
             continue
         acc = accuracy(step.ema.module if step.ema is not None else step.model, val_x, val_y, device=device)
@@ -533,11 +573,17 @@ def train_student(
             "optimizer": type(step.opt).__name__}
 
 
-def train_teacher(arch: str, x: torch.Tensor, y: torch.Tensor, num_classes: int, epochs: int, seed: int = 0,
-                  val: tuple[torch.Tensor, torch.Tensor] | None = None, threads: int = 1,
-                  device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """A teacher trained on the real set (hard labels, DSA, SGD + cosine) for the soft protocol."""
-    spec = TrainSpec(student=arch, seed=seed, epochs=epochs, batch_size=128, lr=0.01, augment="dsa",
+TEACHER_BATCH = 128
+
+
+def train_teacher(arch: str, data: Any, num_classes: int, epochs: int, val: tuple[torch.Tensor, torch.Tensor],
+                  seed: int = 0, threads: int = 1, device: torch.device | str = "cpu"
+                  ) -> tuple[nn.Module, dict[str, Any]]:
+    """A teacher trained on the real set (hard labels, DSA, SGD + cosine, batch 128) for the soft protocol.
+
+    ``data``: the real train set as a batch source, streamed from its files (``tuning.stream.scan_stream``) or
+    ``TensorBatches``; the same seed gives the same batches either way."""
+    spec = TrainSpec(student=arch, seed=seed, epochs=epochs, batch_size=TEACHER_BATCH, lr=0.01, augment="dsa",
                      threads=threads, eval_every=0)
     holder: dict[str, nn.Module] = {}
 
@@ -545,6 +591,5 @@ def train_teacher(arch: str, x: torch.Tensor, y: torch.Tensor, num_classes: int,
         holder["model"] = model
         return model
 
-    vx, vy = val if val is not None else (x[:256], y[:256])
-    info = train_student(spec, x, y, vx, vy, num_classes, device=device, wrap_model=keep)
+    info = train_on(spec, data, val[0], val[1], num_classes, device=device, wrap_model=keep)
     return holder["model"].eval(), info
