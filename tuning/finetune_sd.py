@@ -34,6 +34,7 @@ import numpy as np
 from pipeline.core.pixels import u8_hwc_to_signed_chw
 
 COMPLETE = ".complete"
+DATA_CPUS = 0.5  # Ray CPUs of each data task (decode, filter) feeding the fine-tune beside its Train workers
 
 
 def train_vae_phase(vae: Any, shard: Any, config: dict[str, Any], device: Any, world: int) -> float:

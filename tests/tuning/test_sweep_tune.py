@@ -150,6 +150,23 @@ def test_edits_guidance_scale_sweep_with_relative_paths_from_a_fresh_working_dir
     assert shas[0] != shas[1]  # the guidance scale reached the generator
 
 
+def test_a_trial_that_cannot_get_its_methods_cpus_fails_before_it_starts(demo_root, tmp_path):
+    """On 2 CPUs a trial holding 1 CPU leaves 1 for EDITS's fine-tune (1 Train worker + 0.5 for its data):
+    it would wait forever, so the sweep stops first and names the keys; 0.5 for the trial fits."""
+    from tuning.sweep import check_trial_fits, method_cpus
+
+    raw = {"method": "edits", "data": {"root": str(demo_root / "train"), "val_root": str(demo_root / "val")},
+           "edits": {"finetune": {"enabled": True}}, "sweep": {"params": {"edits.guidance_scale": [1.0, 10.0]}},
+           "output": {"dir": str(tmp_path)}}
+    cfg = config_from_dict(raw)
+    assert method_cpus(cfg) == 1.5 and cfg.sweep.trial_cpus == 1
+    with pytest.raises(ConfigError, match=r"needs 2.5 CPUs .* Ray has 2: lower sweep.trial_cpus"):
+        check_trial_fits(cfg, 2.0)
+    check_trial_fits(apply_params(cfg, {"sweep.trial_cpus": 0.5}), 2.0)
+    check_trial_fits(apply_params(cfg, {"edits.finetune.enabled": False}), 2.0)  # 1 + one 0.5-CPU actor
+    assert method_cpus(apply_params(cfg, {"method": "diver"})) == 0.5
+
+
 @pytest.mark.slow
 def test_the_commands_in_demo_sweep_yaml_run_as_written(tmp_path):
     """The commands of configs/demo_sweep.yaml's comment, exactly as written and in that order, from a fresh
