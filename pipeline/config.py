@@ -273,7 +273,7 @@ class EvalConfig(Section):
     preset: str | None = None  # edits | diver | mtt | sre2l | rded | demo; explicit fields win
     epochs: int = Field(300, gt=0)
     epochs_by_ipc: dict[int, int] = {}  # {max IPC: epochs}, smallest bound >= the set's IPC wins (edits)
-    many_classes_epoch_factor: float = Field(1.0, gt=0.0)  # epochs x this at >= 100 classes (edits: 2/3)
+    many_classes_epoch_factor: float = Field(1.0, gt=0.0)  # epochs x this at exactly 100 classes, floored to 100s (edits: 2/3, IDC)
     batch_size: int = Field(64, gt=0)
     batch_by_classes: dict[int, int] = {}  # {max classes: batch}, capped at IPC x classes (rded/sre2l)
     optimizer: Literal["sgd", "adamw"] = "sgd"
@@ -295,7 +295,7 @@ class EvalConfig(Section):
     shuffle_factor: int = Field(2, gt=0)  # ShufflePatches: factor x factor strips
     ema_decay: float | None = Field(None, gt=0.0, lt=1.0)
     ema_every: Literal["step", "epoch"] = "step"  # when the EMA weights are updated
-    ema_warmup: bool = False  # decay min(ema_decay, (1 + n) / (10 + n)) at the n-th update
+    ema_warmup: bool = False  # decay min(ema_decay, 1 - 1/k) at the k-th update (ema-pytorch's, PReDD)
     eval_every: int = Field(0, ge=0)  # 0: test only after the last epoch ("best" = "final")
     eval_count: int = Field(0, ge=0)  # test every epochs / eval_count epochs (edits: 100)
     best_from: float = Field(0.0, ge=0.0, lt=1.0)  # best over tests from this fraction of training on (rded: 0.8)
@@ -304,6 +304,7 @@ class EvalConfig(Section):
     temperature: float = Field(4.0, gt=0.0)
     teacher: str = "convnet"  # soft labels: the teacher's architecture, trained on the real set
     teacher_epochs: int = Field(30, gt=0)
+    teacher_workers: int = Field(0, ge=0)  # DataLoader processes decoding the streamed real set (0: in-process)
     teacher_checkpoint: str | None = None  # a state dict of `teacher` (pretrained); no teacher training
     teacher_mean: list[float] = [0.485, 0.456, 0.406]  # the checkpoint's input normalisation (ImageNet)
     teacher_std: list[float] = [0.229, 0.224, 0.225]

@@ -35,6 +35,7 @@ from pipeline.errors import DataError
 from tuning.checkpoints import fit_or_disk_full, report_checkpoint
 from tuning.ddranking import scores, scores_markdown
 from tuning.protocols import TrainSpec, resolve_preset, train_student, train_teacher
+from tuning.stream import scan_stream
 from tuning.students import build_student, check_students
 
 ROW_KEY = ("dataset", "method", "ipc", "student", "protocol", "augment")
@@ -446,17 +447,23 @@ def load_teacher_checkpoint(cfg: EvalConfig, num_classes: int, size: int) -> dic
 
 def fit_teacher(train_root: str | os.PathLike, classes: list[str], size: int, cfg: EvalConfig,
                 val: tuple[np.ndarray, np.ndarray], log=print) -> dict[str, Any]:
-    """Train the soft-label teacher on the real training set (in this process); return its state."""
-    x, y, _, _ = load_image_arrays(train_root, size, classes=classes, skip_bad=True)
-    mean, std = channel_stats(x)
-    tx = to_tensor(x, mean, std)
-    vx = to_tensor(val[0], mean, std)
-    model, info = train_teacher(cfg.teacher, tx, torch.from_numpy(y), len(classes), cfg.teacher_epochs,
-                                seed=cfg.seed, val=(vx, torch.from_numpy(val[1])),
+    """Train the soft-label teacher on the real training set (in this process); return its state.
+
+    The set is streamed from its files (``tuning.stream``): one pass for the channel statistics, then each
+    batch decoded when it is trained on (``eval.teacher_workers`` processes), so memory holds a few batches.
+    """
+    data = scan_stream(train_root, size, classes=classes, workers=cfg.teacher_workers)
+    if data.classes != list(classes):
+        raise DataError(f"the real train set {train_root} has classes {data.classes[:10]}, the val set "
+                        f"{list(classes)[:10]}: give both the same class folders")
+    vx = to_tensor(val[0], data.mean, data.std)
+    model, info = train_teacher(cfg.teacher, data, len(classes), cfg.teacher_epochs,
+                                val=(vx, torch.from_numpy(val[1])), seed=cfg.seed,
                                 threads=max(1, int(cfg.cpus_per_job)))
-    log(f"teacher {cfg.teacher}: {info['final']:.2f}% on real val after {cfg.teacher_epochs} epochs")
-    return {"arch": cfg.teacher, "channels": int(tx.shape[1]), "num_classes": len(classes), "im_size": size,
-            "weights": {k: v.cpu() for k, v in model.state_dict().items()}, "mean": mean, "std": std,
+    log(f"teacher {cfg.teacher}: {info['final']:.2f}% on real val after {cfg.teacher_epochs} epochs "
+        f"({len(data)} images streamed from {train_root})")
+    return {"arch": cfg.teacher, "channels": data.channels, "num_classes": len(classes), "im_size": size,
+            "weights": {k: v.cpu() for k, v in model.state_dict().items()}, "mean": data.mean, "std": data.std,
             "top1": info["final"]}
 
 

@@ -38,6 +38,7 @@ from pipeline.core.write import atomic_torch_save
 from tuning.checkpoints import report_checkpoint
 
 COMPLETE = ".complete"
+DATA_CPUS = 0.5  # Ray CPUs of each data task (decode, filter) feeding the fine-tune beside its Train workers
 
 
 def train_vae_phase(vae: Any, shard: Any, config: dict[str, Any], device: Any, world: int) -> float:

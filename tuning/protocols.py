@@ -8,7 +8,9 @@ Two protocols (METHODS.md, "Evaluation protocols"):
   every augmented, mixed batch; the student minimises ``KL(softmax(t/T) || softmax(s/T)) * T^2``.
 
 ``train_student(spec, data)`` is framework-free (plain torch, explicit seeds); Ray Train
-calls it inside each worker (tuning/evaluate.py) and the tests call it directly.
+calls it inside each worker (tuning/evaluate.py) and the tests call it directly. ``train_on`` takes any
+batch source: the in-memory ``TensorBatches``, or the real train set streamed from its files
+(``tuning.stream``, the teacher's input), with the same seeded order.
 Named presets carry the published recipes (values from the peers' repositories); fields the
 user sets explicitly win over a preset. Each run keeps its final and its best test accuracy;
 ``report`` says which one is the row's number (a best is selected on the test split).
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -42,31 +44,50 @@ from tuning.students import build_student
 
 # Presets: values for EvalConfig fields, each one published recipe.
 PRESETS: dict[str, dict[str, Any]] = {
-    # IDC/Minimax train.py (the evaluation EDITS uses): SGD 0.01, CutMix every batch, epochs by IPC
-    # (x2/3 at 100 classes), x0.2 at 2/3 and 5/6 of the epochs, RRC(0.5-1) + flip + jitter + lighting;
-    # the number is each run's best test accuracy over tests every epochs/100.
+    # IDC/Minimax train.py (the evaluation EDITS uses): SGD 0.01, CutMix every batch, epochs by IPC, x0.2 at
+    # 2/3 and 5/6 of the epochs, RRC(0.5-1) + flip + jitter + lighting; the number is each run's best test
+    # accuracy over tests every epochs/100. Epochs as IDC's ``ipc_epoch`` (snu-mllab/Efficient-Dataset-
+    # Condensation argument.py lines 22-47, the same function in vimar-gu/MinimaxDiffusion argument.py lines
+    # 18-43, called for ImageNet sets at lines 436-443 / 425-432 with the default multi-formation factor 1):
+    # 3000 at IPC 1, 2000 at <= 10, 1500 at <= 50, 1000 at <= 200, 500 at <= 500, else 300; with exactly
+    # 100 classes (``nclass == 100``; ImageNet-1K keeps the table) x2/3, floored to a multiple of 100
+    # (2000 -> 1300, 1500 -> 1000, 1000 -> 600). See ``run_epochs``.
     "edits": {"protocol": "hard", "optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4,
               "batch_size": 64, "augment": "rrc+flip+jitter+lighting+cutmix", "mix_alpha": 1.0,
-              "rrc_scale": (0.5, 1.0), "jitter": 0.4, "lighting": 0.1, "epochs": 1000,
-              "epochs_by_ipc": {10: 2000, 50: 1500, 200: 1000}, "many_classes_epoch_factor": 2 / 3,
+              "rrc_scale": (0.5, 1.0), "jitter": 0.4, "lighting": 0.1, "epochs": 300,
+              "epochs_by_ipc": {1: 3000, 10: 2000, 50: 1500, 200: 1000, 500: 500},
+              "many_classes_epoch_factor": 2 / 3,
               "schedule": "multistep", "lr_step_unit": "epoch", "eval_count": 100, "report": "best",
               "repeats": 3},
     # PReDD/MTT cross-architecture evaluation (what DIVER reports): per-student lr, batch 256, linear
     # warm-up over the first half then cosine, EMA 0.995 once per epoch with warm-up, DSA, 5 runs.
+    # Read in Shuzhiyong13/PReDD utils_szy.py ``evaluate_synset`` (lines 457-518): SGD momentum 0.9, wd 5e-4
+    # (line 464); LinearLR from 1e-7 to 1 over E//2 epochs, then CosineAnnealingLR(T_max=E//2) (lines 466-468),
+    # both stepped once per epoch (line 497, switched at ep == E//2, lines 498-499), hence lr_step_unit epoch;
+    # ema-pytorch EMA(beta=0.995, power=1, update_after_step=0) (line 478) updated once per epoch after the
+    # training pass (line 496), the EMA model tested after the last epoch (line 502): see ``_ema`` for its ramp.
+    # Left as is: our warm-up starts at 1/W, not 1e-7, and reaches 1 one epoch earlier than PReDD's (which holds
+    # 1 for two epochs and so ends its cosine one epoch short of 0).
     "diver": {"protocol": "hard", "optimizer": "sgd", "epochs": 1000, "batch_size": 256, "lr": 0.01,
               "lr_per_student": {"convnet": 0.001, "resnet18": 0.001, "vit": 0.001, "mobilenetv2": 0.01,
                                  "shufflenetv2": 0.01, "efficientnet": 0.01},
               "momentum": 0.9, "weight_decay": 5e-4, "schedule": "warmup_cosine", "warmup_fraction": 0.5,
-              "ema_decay": 0.995, "ema_every": "epoch", "ema_warmup": True, "augment": "dsa",
-              "dsa_strategy": DEFAULT_STRATEGY, "repeats": 5, "report": "final"},
+              "lr_step_unit": "epoch", "ema_decay": 0.995, "ema_every": "epoch", "ema_warmup": True,
+              "augment": "dsa", "dsa_strategy": DEFAULT_STRATEGY, "repeats": 5, "report": "final"},
     # MTT evaluate_synset: lr 0.01 decayed x0.1 at half, batch 256, DSA, 1000 epochs.
     "mtt": {"protocol": "hard", "epochs": 1000, "lr": 0.01, "batch_size": 256, "schedule": "step",
             "augment": "dsa", "momentum": 0.9, "weight_decay": 5e-4, "repeats": 5},
     # RDED: AdamW, half-cosine per epoch (ends at 0.5x), ShufflePatches + RRC + flip, CutMix relabelled
     # by the teacher, KL at T = 20, batch 50 (100 beyond 10 classes), best over the last 20% of training.
+    # Augmentation order and crop scale as LINs-lab/RDED validation/main.py lines 115-126: ShufflePatches(factor)
+    # on the tensor first, then RandomResizedCrop with scale (1 / factor, max_scale_crops), then the flip;
+    # factor 2 (argument.py lines 54-58, and every ImageNet script in scripts/) and max_scale_crops 1
+    # (argument.py line 112) give scale (0.5, 1.0), not torchvision's (0.08, 1.0).
+    # Left as is: RDED's batch also depends on the IPC (argument.py lines 234-258: 10 / 50 / 100 at IPC 1 / 10 / 50,
+    # x2 at 100 or 1000 classes); ``batch_by_classes`` holds its IPC-10 column.
     "rded": {"protocol": "soft", "optimizer": "adamw", "lr": 0.001, "weight_decay": 0.01, "epochs": 300,
              "schedule": "half_cosine", "lr_step_unit": "epoch", "augment": "shuffle_patches+rrc+flip+cutmix",
-             "rrc_scale": (0.08, 1.0), "shuffle_factor": 2, "mix_alpha": 1.0, "temperature": 20.0,
+             "rrc_scale": (0.5, 1.0), "shuffle_factor": 2, "mix_alpha": 1.0, "temperature": 20.0,
              "batch_size": 50, "batch_by_classes": {10: 50, 1000: 100}, "best_from": 0.8, "report": "best",
              "repeats": 3},
     # SRe2L: as RDED but a full cosine to 0 and RRC(0.08-1) + flip.
@@ -114,10 +135,14 @@ def student_lr(cfg: EvalConfig, student: str) -> float:
 
 
 def run_epochs(cfg: EvalConfig, ipc: int | None, num_classes: int | None) -> int:
-    """Epochs for a set: ``epochs_by_ipc`` (then x ``many_classes_epoch_factor`` at >= 100 classes)."""
+    """Epochs for a set: ``epochs_by_ipc`` (else ``epochs``); with exactly 100 classes, x
+    ``many_classes_epoch_factor`` floored to a multiple of 100 when that leaves at least 100 (IDC's
+    ``ipc_epoch``: ``nclass == 100`` only, so 10- and 1000-class sets keep the table's epochs)."""
     epochs = (_bounded(cfg.epochs_by_ipc, ipc) if ipc is not None else None) or cfg.epochs
-    if num_classes is not None and num_classes >= 100:
+    if num_classes == 100 and cfg.many_classes_epoch_factor != 1.0:
         epochs = int(epochs * cfg.many_classes_epoch_factor)
+        if epochs >= 100:
+            epochs -= epochs % 100
     return max(1, epochs)
 
 
@@ -300,14 +325,25 @@ def _optimizer(net: nn.Module, spec: TrainSpec) -> torch.optim.Optimizer:
 
 
 def _ema(model: nn.Module, spec: TrainSpec) -> torch.optim.swa_utils.AveragedModel | None:
-    """EMA of weights and buffers; with ``ema_warmup`` the n-th update uses ``min(d, (1 + n) / (10 + n))``
-    (our reading of "EMA with warm-up": the usual decay ramp, so early weights do not dominate)."""
+    """EMA of weights and buffers. The first update copies the model; with ``ema_warmup`` the k-th update
+    (k >= 2) keeps ``min(ema_decay, 1 - 1/k)`` of the average, so until the cap the EMA is the plain mean of
+    the k snapshots.
+
+    PReDD's evaluation (Shuzhiyong13/PReDD ``utils_szy.py``, ``evaluate_synset``, line 478) builds
+    ema-pytorch 0.7.7's ``EMA(beta=0.995, power=1, update_after_step=0, update_every=1)`` and calls its
+    ``update()`` once per epoch after the training pass (line 496), testing the EMA model (line 502).
+    ema-pytorch 0.7.7 (``ema_pytorch/ema_pytorch.py``, ``get_current_decay`` lines 260-267, ``update``
+    lines 269-291) copies on the first call and then uses ``1 - (1 + e)^-power`` with ``e = k - 1``,
+    capped at ``beta``: ``min(0.995, 1 - 1/k)``. (An earlier reading here, ``min(d, (1 + n) / (10 + n))``,
+    was the TensorFlow ``num_updates`` ramp, not PReDD's.)
+    """
     if not spec.ema_decay:
         return None
     decay, warm = float(spec.ema_decay), bool(spec.ema_warmup)
 
     def avg(averaged: torch.Tensor, current: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
-        k = min(decay, (1.0 + float(n)) / (10.0 + float(n))) if warm else decay
+        # n = updates averaged so far (>= 1 here); this is update k = n + 1: 1 - 1/k = n / (n + 1)
+        k = min(decay, float(n) / (float(n) + 1.0)) if warm else decay
         return k * averaged + (1.0 - k) * current
 
     return torch.optim.swa_utils.AveragedModel(model, avg_fn=avg, use_buffers=True)
@@ -380,17 +416,37 @@ def _batch_loss(s: _Step, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
     return loss
 
 
-def _train_epoch(s: _Step, train_x: torch.Tensor, train_y: torch.Tensor, bs: int, rank: int,
-                 world_size: int) -> float:
-    """One shuffled pass over this rank's shard; returns the mean training loss."""
+class TensorBatches:
+    """An in-memory training set: ``batches`` slices the tensors (the interface ``tuning.stream.StreamedSet``
+    shares, which decodes each batch from the image files instead)."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.y = x, y
+        self.channels, self.size, self.dtype = int(x.shape[1]), int(x.shape[-1]), x.dtype
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    def batches(self, batch_indices: list[torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for idx in batch_indices:
+            yield self.x[idx], self.y[idx]
+
+
+def epoch_batches(n: int, gen: torch.Generator, bs: int, rank: int = 0, world_size: int = 1) -> list[torch.Tensor]:
+    """This rank's batches of one epoch: a permutation of ``n`` drawn from ``gen``, sharded, cut into ``bs``;
+    a trailing batch of one is dropped (it breaks batch norm) unless the shard has one image."""
+    perm = torch.randperm(n, generator=gen)[rank::world_size]
+    cuts = [perm[i:i + bs] for i in range(0, perm.numel(), bs)]
+    return [idx for idx in cuts if idx.numel() >= 2 or perm.numel() < 2]
+
+
+def _train_epoch(s: _Step, data: Any, bs: int, rank: int, world_size: int) -> float:
+    """One shuffled pass over this rank's shard of ``data`` (``TensorBatches`` or a ``StreamedSet``); returns
+    the mean training loss. The permutation is drawn before any batch, so streaming leaves the order as is."""
     s.net.train()
-    perm = torch.randperm(train_x.shape[0], generator=s.gen)[rank::world_size]
     losses = []
-    for i in range(0, perm.numel(), bs):
-        idx = perm[i:i + bs]
-        if idx.numel() < 2 and perm.numel() >= 2:  # a batch of one breaks batch norm
-            continue
-        loss = _batch_loss(s, train_x[idx], train_y[idx])
+    for xb, yb in data.batches(epoch_batches(len(data), s.gen, bs, rank, world_size)):
+        loss = _batch_loss(s, xb, yb)
         s.opt.zero_grad(set_to_none=True)
         loss.backward()
         s.opt.step()
@@ -423,29 +479,28 @@ def tested_after(spec: TrainSpec, epoch: int) -> bool:
     return spec.best_from > 0 and epoch > spec.best_from * spec.epochs
 
 
-def _setup(spec: TrainSpec, train_x: torch.Tensor, num_classes: int, teacher: nn.Module | None,
+def _setup(spec: TrainSpec, data: Any, num_classes: int, teacher: nn.Module | None,
            device: torch.device | str, world_size: int, wrap_model: Callable[[nn.Module], nn.Module] | None,
            norm: tuple[Any, Any] | None) -> tuple[_Step, int]:
     """Seed everything from ``spec.seed``, build the student, optimizer, schedule and EMA; return the
     step state and the per-rank batch size."""
     torch.manual_seed(spec.seed)  # init and every global-RNG draw (dropout) follow the run's seed
-    model = build_student(spec.student, train_x.shape[1], num_classes, train_x.shape[-1],
-                          **spec.student_kwargs).to(device)
+    model = build_student(spec.student, data.channels, num_classes, data.size, **spec.student_kwargs).to(device)
     gen = torch.Generator().manual_seed(spec.seed)  # batches and augmentations
     rng = np.random.default_rng(spec.seed)  # mixing weights
     ema = _ema(model, spec)
     net = wrap_model(model) if wrap_model is not None else model
     opt = _optimizer(net, spec)
     bs = max(1, spec.batch_size // world_size)
-    steps_per_epoch = max(1, math.ceil(math.ceil(train_x.shape[0] / world_size) / bs))
+    steps_per_epoch = max(1, math.ceil(math.ceil(len(data) / world_size) / bs))
     sched = _schedule(opt, spec, steps_per_epoch)
     if teacher is not None:
         teacher = teacher.to(device).eval()
     stats = None
     if norm is not None:
         shape = (1, -1, 1, 1)
-        stats = (torch.as_tensor(np.asarray(norm[0]), dtype=train_x.dtype).view(shape),
-                 torch.as_tensor(np.asarray(norm[1]), dtype=train_x.dtype).view(shape))
+        stats = (torch.as_tensor(np.asarray(norm[0]), dtype=data.dtype).view(shape),
+                 torch.as_tensor(np.asarray(norm[1]), dtype=data.dtype).view(shape))
     ops, mixing = _parse_augment(spec.augment)
     return _Step(spec, net, model, teacher, opt, sched, ema, ops, mixing, gen, rng, device, stats), bs
 
@@ -471,17 +526,36 @@ def train_student(
     history, the LR at the start of every epoch and after the last, and the wall time. With
     ``world_size > 1`` each rank trains on its shard of every shuffled epoch (DDP via ``wrap_model``).
     """
+    return train_on(spec, TensorBatches(train_x, train_y), val_x, val_y, num_classes, teacher=teacher,
+                    device=device, rank=rank, world_size=world_size, wrap_model=wrap_model, on_epoch=on_epoch,
+                    norm=norm)
+
+
+def train_on(
+    spec: TrainSpec | dict[str, Any],
+    data: Any,
+    val_x: torch.Tensor, val_y: torch.Tensor,
+    num_classes: int,
+    teacher: nn.Module | None = None,
+    device: torch.device | str = "cpu",
+    rank: int = 0, world_size: int = 1,
+    wrap_model: Callable[[nn.Module], nn.Module] | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    norm: tuple[Any, Any] | None = None,
+) -> dict[str, Any]:
+    """``train_student`` on any batch source: ``TensorBatches`` or a streamed set (``tuning.stream``), which
+    has ``len``, ``channels``, ``size``, ``dtype`` and ``batches(list of index tensors)``."""
     spec = spec if isinstance(spec, TrainSpec) else TrainSpec(**spec)
     _check_protocol(spec, teacher)
     torch.set_num_threads(max(1, spec.threads))
     t0 = time.time()
-    step, bs = _setup(spec, train_x, num_classes, teacher, device, world_size, wrap_model, norm)
+    step, bs = _setup(spec, data, num_classes, teacher, device, world_size, wrap_model, norm)
     history: list[dict[str, float]] = []
     lrs: list[float] = []
     best, best_epoch, final, loss_val = -1.0, -1, 0.0, float("nan")
     for epoch in range(1, spec.epochs + 1):
         lrs.append(float(step.opt.param_groups[0]["lr"]))
-        loss_val = _train_epoch(step, train_x, train_y, bs, rank, world_size)
+        loss_val = _train_epoch(step, data, bs, rank, world_size)
         if not tested_after(spec, epoch):
             continue
         acc = accuracy(step.ema.module if step.ema is not None else step.model, val_x, val_y, device=device)
@@ -499,11 +573,17 @@ def train_student(
             "optimizer": type(step.opt).__name__}
 
 
-def train_teacher(arch: str, x: torch.Tensor, y: torch.Tensor, num_classes: int, epochs: int, seed: int = 0,
-                  val: tuple[torch.Tensor, torch.Tensor] | None = None, threads: int = 1,
-                  device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """A teacher trained on the real set (hard labels, DSA, SGD + cosine) for the soft protocol."""
-    spec = TrainSpec(student=arch, seed=seed, epochs=epochs, batch_size=128, lr=0.01, augment="dsa",
+TEACHER_BATCH = 128
+
+
+def train_teacher(arch: str, data: Any, num_classes: int, epochs: int, val: tuple[torch.Tensor, torch.Tensor],
+                  seed: int = 0, threads: int = 1, device: torch.device | str = "cpu"
+                  ) -> tuple[nn.Module, dict[str, Any]]:
+    """A teacher trained on the real set (hard labels, DSA, SGD + cosine, batch 128) for the soft protocol.
+
+    ``data``: the real train set as a batch source, streamed from its files (``tuning.stream.scan_stream``) or
+    ``TensorBatches``; the same seed gives the same batches either way."""
+    spec = TrainSpec(student=arch, seed=seed, epochs=epochs, batch_size=TEACHER_BATCH, lr=0.01, augment="dsa",
                      threads=threads, eval_every=0)
     holder: dict[str, nn.Module] = {}
 
@@ -511,6 +591,5 @@ def train_teacher(arch: str, x: torch.Tensor, y: torch.Tensor, num_classes: int,
         holder["model"] = model
         return model
 
-    vx, vy = val if val is not None else (x[:256], y[:256])
-    info = train_student(spec, x, y, vx, vy, num_classes, device=device, wrap_model=keep)
+    info = train_on(spec, data, val[0], val[1], num_classes, device=device, wrap_model=keep)
     return holder["model"].eval(), info

@@ -183,6 +183,31 @@ def tuning_split(cfg: Config, out: Path) -> tuple[Config, str]:
                        "never the validation split the report uses")
 
 
+def method_cpus(cfg: Config) -> float:
+    """Ray CPUs a trial's method holds at once besides the trial itself: EDITS's fine-tune (its Train workers
+    and one data task), else one method actor (``ray.actor_num_cpus``)."""
+    from tuning.finetune_sd import DATA_CPUS
+
+    actor = float(cfg.ray.actor_num_cpus) if cfg.method != "none" else 0.0
+    ft = cfg.edits.finetune if cfg.method == "edits" else None
+    if ft is not None and ft.enabled:
+        return max(actor, ft.num_workers * ft.num_cpus_per_worker + DATA_CPUS)
+    return actor
+
+
+def check_trial_fits(cfg: Config, cluster_cpus: float) -> None:
+    """A trial holds ``sweep.trial_cpus`` while its method runs; if the method's own Ray work cannot get its
+    CPUs beside it, the trial would wait forever. Fail before any trial starts, naming the keys to change."""
+    need = float(cfg.sweep.trial_cpus) + method_cpus(cfg)
+    if need > cluster_cpus + 1e-9:
+        raise ConfigError(
+            f"a sweep trial needs {need:g} CPUs at once (sweep.trial_cpus {cfg.sweep.trial_cpus:g} + "
+            f"{method_cpus(cfg):g} for the {cfg.method} method's Ray work"
+            + (", its fine-tune's Train workers and data task" if cfg.method == "edits" else "")
+            + f") but Ray has {cluster_cpus:g}: lower sweep.trial_cpus (e.g. 0.5), "
+            "edits.finetune.num_cpus_per_worker / ray.actor_num_cpus, or give Ray more CPUs (ray.num_cpus)")
+
+
 def run_sweep(cfg: Config, run_method: RunMethod, log=print) -> dict[str, Any]:
     """Run the Tune sweep described by ``cfg.sweep``; write results; return the best trial.
 
@@ -216,10 +241,11 @@ def run_sweep(cfg: Config, run_method: RunMethod, log=print) -> dict[str, Any]:
     with ray_session(cfg.ray):
         import ray
 
+        cpus = float(ray.cluster_resources().get("CPU", 1.0))
+        check_trial_fits(base, cpus)
         limit = sweep.max_concurrent_trials
-        if limit is None and cfg.method != "none":  # leave CPUs for the method's own Ray Data actors
-            cpus = float(ray.cluster_resources().get("CPU", 1.0))
-            limit = max(1, int((cpus - 1.0) // sweep.trial_cpus))
+        if limit is None and cfg.method != "none":  # leave CPUs for the method's own Ray work
+            limit = max(1, int((cpus - method_cpus(base)) // sweep.trial_cpus))
         search_alg = None
         if sweep.search == "optuna":  # Bayesian search (TPE) through Ray Tune's Optuna integration
             from ray.tune.search.optuna import OptunaSearch

@@ -53,6 +53,31 @@ def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float])
     return (images - m) / s
 
 
+def pixel_histogram(images_u8: np.ndarray) -> np.ndarray:
+    """Per-channel counts of every uint8 value in ``[..., C]`` images: ``[C, 256]`` int64 (exact, and summable
+    across images, so a set's channel statistics take one streaming pass; see ``stats_from_histogram``)."""
+    x = np.asarray(images_u8)
+    if x.dtype != np.uint8:
+        raise ValueError(f"pixel_histogram needs uint8 images, got {x.dtype}")
+    flat = x.reshape(-1, x.shape[-1])
+    return np.stack([np.bincount(flat[:, k], minlength=256) for k in range(flat.shape[1])]).astype(np.int64)
+
+
+def stats_from_histogram(hist: np.ndarray, min_std: float = 1e-3) -> tuple[np.ndarray, np.ndarray]:
+    """``channel_stats`` from a summed ``pixel_histogram``: the same mean bit for bit (both divide the exact
+    integer pixel sum), the population std summed per value instead of per pixel (equal up to float64
+    rounding), floored at ``min_std``. Two float32 arrays of length C."""
+    hist = np.asarray(hist, dtype=np.int64)
+    n = int(hist[0].sum())
+    if n == 0:
+        raise ValueError("stats_from_histogram needs at least one pixel")
+    total = (hist * np.arange(256, dtype=np.int64)).sum(1)
+    mean = total.astype(np.float64) / n / 255.0
+    d = np.arange(256, dtype=np.float64)[None, :] / 255.0 - mean[:, None]
+    std = np.sqrt((hist * d * d).sum(1) / n)
+    return mean.astype(np.float32), np.maximum(std, min_std).astype(np.float32)
+
+
 def channel_stats(images_u8: np.ndarray, chunk: int = 1024, min_std: float = 1e-3) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel mean and population std of [0, 1] pixels of uint8 ``[N, H, W, C]`` images.
 

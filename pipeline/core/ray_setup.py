@@ -83,8 +83,14 @@ def block_count(n_rows: int, rows_per_block: int = 256, cap: int = 200) -> int:
 
 
 def task_options(cfg: RayConfig) -> dict[str, Any]:
-    """``ray.remote(...).options`` of a plain task: the actors' resources plus ``max_retries``."""
-    return {**actor_resources(cfg), "max_retries": cfg.max_task_retries}
+    """``ray.remote(...).options`` of a plain task: the actors' resources plus ``max_retries``.
+
+    ``scheduling_strategy="DEFAULT"``: the task is scheduled on the cluster, not inside the placement group of
+    a Ray Tune trial that called the method (a sweep trial reserves ``sweep.trial_cpus`` for itself; the
+    method's tasks, like its Ray Data actors, take their own CPUs). Outside a placement group it is Ray's
+    default anyway.
+    """
+    return {**actor_resources(cfg), "max_retries": cfg.max_task_retries, "scheduling_strategy": "DEFAULT"}
 
 
 def pool_kwargs(cfg: Config, role: str, default_batch: int = 8) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from typing import Any
 
 from pipeline.core.write import atomic_folder
 from tuning.checkpoints import fit_or_disk_full
-from tuning.finetune_sd import COMPLETE, shuffled_rows, steps_per_epoch, total_steps, train_loop
+from tuning.finetune_sd import COMPLETE, DATA_CPUS, shuffled_rows, steps_per_epoch, total_steps, train_loop
 
 # what the fine-tuned model depends on (see pipeline/edits/state.py); not the logging / checkpoint
 # interval, the CPUs or threads per worker, nor where the model and checkpoints are stored
@@ -90,8 +90,10 @@ def run_stage(run: Any, state: Any, force: bool) -> dict[str, Any]:
     use_gpu = bool(ft.use_gpu and ray.cluster_resources().get("GPU", 0) > 0)
     run.log(f"[edits] finetune: {len(rows)} images, {steps} steps, {ft.num_workers} worker(s), gpu={use_gpu}")
     ds = ray.data.from_items(rows, override_num_blocks=block_count(len(rows)))
-    ds = ds.map_batches(decode_batch, fn_kwargs={"size": ft.resolution}, batch_size=64, num_cpus=0.5)
-    ds = ds.filter(lambda r: not r["error"]).select_columns(["image", "caption"])
+    # the data tasks need DATA_CPUS beyond the Train workers (Ray Data's filter asks for a whole CPU by default,
+    # which a sweep trial holding a CPU on a 2-CPU machine never gets: the fine-tune would wait forever)
+    ds = ds.map_batches(decode_batch, fn_kwargs={"size": ft.resolution}, batch_size=64, num_cpus=DATA_CPUS)
+    ds = ds.filter(lambda r: not r["error"], num_cpus=DATA_CPUS).select_columns(["image", "caption"])
     base = resolve_ref("sd", cfg.models.sd, run.zoo_dir)
     loop_cfg = {"model": base, "offline": offline(), "seed": ft.seed, "learning_rate": ft.learning_rate,
                 "ema_decay": ft.ema_decay, "mixed_precision": ft.mixed_precision,

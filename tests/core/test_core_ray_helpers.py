@@ -11,10 +11,11 @@ def test_block_count_is_rows_over_256_between_1_and_200():
     assert block_count(300, rows_per_block=128) == 2 and block_count(10**6, cap=64) == 64
 
 
-def test_task_options_are_the_actor_resources_plus_retries():
-    assert task_options(RayConfig(max_task_retries=3)) == {"num_cpus": 0.5, "max_retries": 3}
+def test_task_options_are_the_actor_resources_plus_retries_outside_any_trial_placement_group():
+    assert task_options(RayConfig(max_task_retries=3)) == {"num_cpus": 0.5, "max_retries": 3,
+                                                           "scheduling_strategy": "DEFAULT"}
     assert task_options(RayConfig(actor_num_cpus=2, actor_num_gpus=1, max_task_retries=0)) == {
-        "num_cpus": 2, "num_gpus": 1, "max_retries": 0}
+        "num_cpus": 2, "num_gpus": 1, "max_retries": 0, "scheduling_strategy": "DEFAULT"}
 
 
 def test_pool_kwargs_batch_falls_back_to_the_given_default():

@@ -27,6 +27,7 @@ def test_diver_preset_is_the_predd_mtt_cross_architecture_recipe():
     s = _spec("diver", "convnet")
     assert (s.batch_size, s.epochs, s.schedule, s.warmup_fraction) == (256, 1000, "warmup_cosine", 0.5)
     assert (s.ema_decay, s.ema_every, s.ema_warmup) == (0.995, "epoch", True)
+    assert s.lr_step_unit == "epoch"  # PReDD steps its LinearLR / cosine once per epoch
     assert s.augment == "dsa" and s.dsa_strategy == "color_crop_cutout_flip_scale_rotate"
     assert s.report == "final" and resolve_preset(EvalConfig(preset="diver")).repeats == 5
     assert _spec("diver", "mobilenetv2", lr=0.05).lr == 0.05  # an explicit lr wins over the per-student table
@@ -38,9 +39,13 @@ def test_edits_preset_is_the_idc_minimax_train_py():
     assert s.augment == "rrc+flip+jitter+lighting+cutmix" and s.mix_alpha == 1.0
     assert tuple(s.rrc_scale) == (0.5, 1.0) and s.jitter == 0.4 and s.lighting == 0.1
     assert (s.schedule, s.lr_step_unit, s.eval_count, s.report) == ("multistep", "epoch", 100, "best")
-    assert [_spec("edits", ipc=i, classes=10).epochs for i in (1, 10, 11, 50, 51, 200)] == \
-        [2000, 2000, 1500, 1500, 1000, 1000]
-    assert [_spec("edits", ipc=i, classes=100).epochs for i in (10, 50, 200)] == [1333, 1000, 666]
+    # IDC's ipc_epoch (argument.py lines 22-47): 3000 at IPC 1 ... 300 beyond 500
+    assert [_spec("edits", ipc=i, classes=10).epochs for i in (1, 2, 10, 11, 50, 51, 200, 201, 500, 501)] == \
+        [3000, 2000, 2000, 1500, 1500, 1000, 1000, 500, 500, 300]
+    # x2/3 floored to a multiple of 100, at exactly 100 classes only (1000 classes keep the table)
+    assert [_spec("edits", ipc=i, classes=100).epochs for i in (1, 10, 50, 200, 500, 1000)] == \
+        [2000, 1300, 1000, 600, 300, 200]
+    assert [_spec("edits", ipc=i, classes=1000).epochs for i in (1, 10, 50)] == [3000, 2000, 1500]
     assert _spec("edits", ipc=10, classes=10, epochs=7).epochs == 7  # explicit epochs win over the IPC table
 
 
@@ -49,6 +54,8 @@ def test_rded_and_sre2l_presets():
     assert (r.protocol, r.optimizer, r.lr, r.weight_decay, r.epochs) == ("soft", "adamw", 0.001, 0.01, 300)
     assert (r.schedule, r.temperature, r.augment) == ("half_cosine", 20.0, "shuffle_patches+rrc+flip+cutmix")
     assert (r.report, r.best_from, r.batch_size) == ("best", 0.8, 50)
+    # RDED validation/main.py: ShufflePatches(2), then RandomResizedCrop(scale=(1/2, 1)), then the flip
+    assert (tuple(r.rrc_scale), r.shuffle_factor) == ((0.5, 1.0), 2)
     assert _spec("rded", ipc=10, classes=100).batch_size == 100
     assert _spec("rded", ipc=10, classes=1000).batch_size == 100
     assert _spec("rded", ipc=1, classes=10).batch_size == 10  # capped at IPC x classes
@@ -56,6 +63,26 @@ def test_rded_and_sre2l_presets():
     assert (s.schedule, s.temperature, s.augment, tuple(s.rrc_scale)) == ("cosine", 20.0, "rrc+flip+cutmix",
                                                                          (0.08, 1.0))
     assert (s.optimizer, s.lr, s.batch_size, s.report, s.best_from) == ("adamw", 0.001, 50, "best", 0.8)
+
+
+def test_ema_warmup_is_predd_ema_pytorch_ramp():
+    """PReDD's EMA (ema-pytorch 0.7.7, beta 0.995, power 1): copy on the first update, then keep
+    min(0.995, 1 - 1/k) at the k-th; so for the first 200 updates the EMA is the mean of the snapshots."""
+    net = torch.nn.Linear(1, 1, bias=False)
+    ema = protocols._ema(net, TrainSpec(student="convnet", ema_decay=0.995, ema_warmup=True))
+    values = [float(v) for v in range(1, 251)]
+    seen = []
+    for k, v in enumerate(values, start=1):
+        with torch.no_grad():
+            net.weight.fill_(v)
+        ema.update_parameters(net)
+        seen.append(float(ema.module.weight.detach()))
+        if k in (1, 2, 3, 10, 200):
+            assert seen[-1] == pytest.approx(sum(values[:k]) / k, rel=1e-6), k
+    want = sum(values[:200]) / 200
+    for v in values[200:]:  # past k = 200 the decay is capped at 0.995
+        want = 0.995 * want + 0.005 * v
+    assert seen[-1] == pytest.approx(want, rel=1e-5)
 
 
 def test_schedule_shapes_at_0_half_and_end():
@@ -92,9 +119,11 @@ def test_each_protocol_trains_on_the_demo_digits(preset, digits, monkeypatch):
     spec = TrainSpec.from_config(EvalConfig(preset=preset, epochs=epochs, student_kwargs={"convnet": {"width": 8}}),
                                  "convnet", 0, ipc=4, num_classes=nc)
     called: set[str] = set()
+    order: list[str] = []
     for name in ("dsa", "random_resized_crop", "random_flip", "color_jitter", "pca_lighting", "shuffle_patches"):
         fn = getattr(protocols, name)
-        monkeypatch.setattr(protocols, name, lambda *a, _f=fn, _n=name, **k: (called.add(_n), _f(*a, **k))[1])
+        monkeypatch.setattr(protocols, name,
+                            lambda *a, _f=fn, _n=name, **k: (called.add(_n), order.append(_n), _f(*a, **k))[2])
     mixed: list[str] = []
     mix = protocols.mix_batch
     monkeypatch.setattr(protocols, "mix_batch", lambda x_, kind, *a: (mixed.append(kind), mix(x_, kind, *a))[1])
@@ -105,6 +134,8 @@ def test_each_protocol_trains_on_the_demo_digits(preset, digits, monkeypatch):
         teacher = build_student("convnet", 3, nc, 16, width=8)
     res = train_student(spec, x, y, vx, vy, nc, teacher=teacher, norm=norm)
     assert called == EXPECTED_OPS[preset]
+    if preset == "rded":  # RDED validation/main.py: ShufflePatches before RandomResizedCrop, then the flip
+        assert order[:3] == ["shuffle_patches", "random_resized_crop", "random_flip"]
     assert set(mixed) == ({"cutmix"} if preset != "diver" else set())
     assert len(mixed) == (0 if preset == "diver" else epochs * math.ceil(len(y) / spec.batch_size))
     lr = res["lr_per_epoch"]  # at the start of each epoch, then after the last

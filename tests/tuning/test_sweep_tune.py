@@ -105,29 +105,98 @@ def test_diver_gamma_sweep_with_relative_paths_from_a_fresh_working_directory(de
         assert len(recovered) == 10, trial
 
 
+def test_edits_guidance_scale_sweep_with_relative_paths_from_a_fresh_working_directory(demo_root, zoo_dir,
+                                                                                      ray_local, tmp_path,
+                                                                                      monkeypatch):
+    """Two EDITS trials (guidance 1 and 10) on three digit classes of the test zoo: each trial runs the whole
+    pipeline in its own Tune working directory, evaluates its ``distilled/`` set, and one is picked."""
+    import shutil
+
+    shutil.copytree(demo_root, tmp_path / "digits")
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump({
+        "method": "edits", "name": "guidance_sweep",
+        "data": {"root": "digits/train", "val_root": "digits/val", "class_names": "digits/class_names.json",
+                 "image_size": 32, "classes": ["0", "1", "7"], "max_per_class": 5},
+        "models": {"vlm": "zoo:vlm", "clip": "zoo:clip", "vae": "zoo:vae", "sd": "zoo:sd", "llm": "zoo:llm",
+                   "dtype": "float32"},
+        "edits": {"ipc": 2, "k_image": 2, "k_text": 2, "caption_image_size": 32, "caption_max_tokens": 12,
+                  "feature_image_size": 32, "vae_source": "sd", "vae_resolution": 32, "num_inference_steps": 3,
+                  "max_tokens": 16, "kmeans_nredo": 2},
+        "eval": {"students": ["convnet"], "student_kwargs": {"convnet": {"width": 8}}, "epochs": 2},
+        "sweep": {"params": {"edits.guidance_scale": [1.0, 10.0]}, "trial_cpus": 1, "max_concurrent_trials": 1,
+                  "repeats": 1},
+        "ray": {"actor_num_cpus": 0.5,
+                "batch_sizes": {"caption": 8, "embed": 8, "vae": 8, "llm": 8, "generate": 8}},
+        "output": {"dir": "runs/sweep_out"},
+    }))
+    monkeypatch.chdir(tmp_path)
+    summary = run_sweep(load_config("sweep.yaml"), distil_one_set, log=lambda _m: None)
+    assert [t["error"] for t in summary["trials"]] == [None, None]
+    assert sorted(t["params"]["edits.guidance_scale"] for t in summary["trials"]) == [1.0, 10.0]
+    assert all(0.0 <= t["mean_top1"] <= 100.0 for t in summary["trials"])
+    best = max(summary["trials"], key=lambda t: t["mean_top1"])
+    assert summary["best"]["mean_top1"] == best["mean_top1"]
+    sweep_dir = tmp_path / "runs" / "sweep_out" / "sweep"
+    saved = json.loads((sweep_dir / "best.json").read_text())
+    assert saved["trial_id"] == summary["best"]["trial_id"] and saved["params"] == summary["best"]["params"]
+    assert load_config(sweep_dir / "best_config.yaml").edits.guidance_scale == saved["params"]["edits.guidance_scale"]
+    shas = []
+    for trial in sorted((sweep_dir / "trials").iterdir()):  # each trial generated IPC x classes images
+        man = json.loads((trial / "distilled" / "manifest.json").read_text())
+        assert sorted(e["class_id"] for e in man["images"]) == ["0", "0", "1", "1", "7", "7"], trial
+        # distilled from the carved train part only (the holdout scores the trials)
+        assert all(m.startswith(str(sweep_dir / "split" / "train")) for e in man["images"] for m in e["members"])
+        shas.append(sorted(e["sha256"] for e in man["images"]))
+    assert shas[0] != shas[1]  # the guidance scale reached the generator
+
+
+def test_a_trial_that_cannot_get_its_methods_cpus_fails_before_it_starts(demo_root, tmp_path):
+    """On 2 CPUs a trial holding 1 CPU leaves 1 for EDITS's fine-tune (1 Train worker + 0.5 for its data):
+    it would wait forever, so the sweep stops first and names the keys; 0.5 for the trial fits."""
+    from tuning.sweep import check_trial_fits, method_cpus
+
+    raw = {"method": "edits", "data": {"root": str(demo_root / "train"), "val_root": str(demo_root / "val")},
+           "edits": {"finetune": {"enabled": True}}, "sweep": {"params": {"edits.guidance_scale": [1.0, 10.0]}},
+           "output": {"dir": str(tmp_path)}}
+    cfg = config_from_dict(raw)
+    assert method_cpus(cfg) == 1.5 and cfg.sweep.trial_cpus == 1
+    with pytest.raises(ConfigError, match=r"needs 2.5 CPUs .* Ray has 2: lower sweep.trial_cpus"):
+        check_trial_fits(cfg, 2.0)
+    check_trial_fits(apply_params(cfg, {"sweep.trial_cpus": 0.5}), 2.0)
+    check_trial_fits(apply_params(cfg, {"edits.finetune.enabled": False}), 2.0)  # 1 + one 0.5-CPU actor
+    assert method_cpus(apply_params(cfg, {"method": "diver"})) == 0.5
+
+
 @pytest.mark.slow
 def test_the_commands_in_demo_sweep_yaml_run_as_written(tmp_path):
-    """The two commands of configs/demo_sweep.yaml's comment, exactly as written, from a fresh working directory."""
+    """The commands of configs/demo_sweep.yaml's comment, exactly as written and in that order, from a fresh
+    working directory: demo, sweep (relative paths), demo again (its report shows the sweep)."""
     import os
     import shutil
     import subprocess
     import sys
+    import time
 
     shutil.copytree(REPO / "configs", tmp_path / "configs")
     comment = [line[1:].strip() for line in (REPO / "configs" / "demo_sweep.yaml").read_text().splitlines()
                if line.startswith("#")]
     commands = [line.split("#")[0].strip() for line in comment if line.startswith("semdistill ")]
-    assert commands[:2] == ["semdistill demo --out runs/demo", "semdistill sweep configs/demo_sweep.yaml"]
+    assert commands == ["semdistill demo --out runs/demo", "semdistill sweep configs/demo_sweep.yaml",
+                        "semdistill demo --out runs/demo"]
     exe = Path(sys.executable).parent / "semdistill"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    for cmd in commands[:2]:
+    for cmd in commands:
+        t0 = time.time()
         proc = subprocess.run([str(exe), *cmd.split()[1:]], cwd=tmp_path, env=env, capture_output=True, text=True,
                               timeout=3600, check=False)
+        print(f"{cmd}: {time.time() - t0:.0f} s")
         assert proc.returncode == 0, f"{cmd}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     sweep_dir = tmp_path / "runs" / "demo" / "sweep"
     best = json.loads((sweep_dir / "best.json").read_text())
     assert best["error"] is None and best["mean_top1"] > 10
+    assert best["params"]["diver.gamma"] in (0.0, 0.05, 0.1, 0.3)
     assert (sweep_dir / "sweep.png").stat().st_size > 1000
+    assert "<img alt='sweep'" in (tmp_path / "runs" / "demo" / "report.html").read_text()
 
 
 def test_optuna_search_with_asha_proposes_values_inside_the_range(demo_root, ray_local, tmp_path):
