@@ -72,7 +72,7 @@ def test_per_class_backward_gives_the_joint_backward_images():
 
 
 class _Held:
-    __slots__ = ("tensor", "__weakref__")
+    __slots__ = ("__weakref__", "tensor")
 
     def __init__(self, tensor: torch.Tensor) -> None:
         self.tensor = tensor
