@@ -19,7 +19,6 @@ import argparse
 import hashlib
 import io
 import json
-import shutil
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -248,7 +247,9 @@ def write_imagefolder(s: SetFiles, out: Path) -> list[Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(s.read(i))
         paths.append(path)
-    shutil.copyfile(s.root / "manifest.json", out / "manifest.json")
+    from pipeline.core.write import atomic_write_json
+
+    atomic_write_json(out / "manifest.json", s.manifest)  # with any journal entries folded in
     return paths
 
 

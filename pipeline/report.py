@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from pipeline.core.grids import paint_grid
-from pipeline.core.write import MANIFEST, atomic_save_image, atomic_write_bytes
+from pipeline.core.write import MANIFEST, atomic_save_image, atomic_write_bytes, read_manifest
 
 
 def set_grid(set_dir: str | os.PathLike, per_class: int = 10, cell: int = 48,
@@ -29,7 +29,7 @@ def set_grid(set_dir: str | os.PathLike, per_class: int = 10, cell: int = 48,
     root = Path(set_dir)
     man = root / MANIFEST
     if man.is_file():
-        entries = json.loads(man.read_text()).get("images", [])
+        entries = read_manifest(root)["images"]
         items = [(int(e.get("label", 0)), str(e.get("class_id")), root / e["file"]) for e in entries]
     else:
         items = []
@@ -181,7 +181,7 @@ def edits_prototype_panel(edits_dir: str | os.PathLike, real_root: str | os.Path
     man = root / MANIFEST
     if not man.is_file():
         return []
-    entries = json.loads(man.read_text()).get("images", [])
+    entries = read_manifest(root)["images"]
     seen: dict[str, int] = {}
     out = []
     for e in sorted(entries, key=lambda e: (int(e.get("label", 0)), e["key"])):

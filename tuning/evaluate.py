@@ -30,7 +30,7 @@ import torch
 from pipeline.config import EvalConfig, RayConfig
 from pipeline.core.pixels import channel_stats, normalize, u8_hwc_to_unit_chw
 from pipeline.core.read import load_image_arrays, load_rgb, scan_image_folder
-from pipeline.core.write import MANIFEST, atomic_write_bytes, atomic_write_json
+from pipeline.core.write import MANIFEST, atomic_write_bytes, atomic_write_json, read_manifest
 from pipeline.errors import DataError
 from tuning.checkpoints import fit_or_disk_full, report_checkpoint
 from tuning.ddranking import scores, scores_markdown
@@ -59,7 +59,7 @@ def load_distilled(root: str | os.PathLike, classes: list[str], size: int | None
     label_of = {c: i for i, c in enumerate(classes)}
     man_path = root / MANIFEST
     if man_path.is_file():
-        man = json.loads(man_path.read_text())
+        man = read_manifest(root)  # with a killed run's journal folded in
         items = [(root / e["file"], str(e["class_id"])) for e in man.get("images", [])]
         method = man.get("method") or root.name
     else:
@@ -409,7 +409,7 @@ def load_distilled_size(root: str | os.PathLike) -> int:
     root = Path(root)
     man = root / MANIFEST
     if man.is_file():
-        entries = json.loads(man.read_text()).get("images", [])
+        entries = read_manifest(root)["images"]
         if entries:
             return int(min(load_rgb(str(root / entries[0]["file"])).shape[:2]))
     index = scan_image_folder(root)
@@ -582,7 +582,7 @@ def set_ipc(root: str | os.PathLike) -> int:
     """Images per class of a distilled set (the most common count), from its manifest or folder."""
     man = Path(root) / MANIFEST
     if man.is_file():
-        ids = [str(e["class_id"]) for e in json.loads(man.read_text()).get("images", [])]
+        ids = [str(e["class_id"]) for e in read_manifest(root)["images"]]
     else:
         ids = [r.class_id for r in scan_image_folder(root).records]
     if not ids:

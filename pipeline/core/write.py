@@ -1,13 +1,18 @@
 """Write a distilled set: ImageFolder + ``manifest.json``, every file atomically.
 
 The manifest is the source of truth: an image counts as done only once its entry is in
-the manifest, and the manifest is replaced atomically after the image file exists. A
-crash leaves at most an orphan ``.tmp`` file, never a half-written image or manifest.
+the manifest, and an entry is recorded only after its image file exists. Entries land in
+``manifest.json`` (replaced atomically) or, between those rewrites, in the append-only
+``manifest.journal.jsonl`` beside it (one fsync'd append per flush, so a flush costs its batch,
+not the whole set); ``read_manifest`` folds the journal in, and a resuming writer or ``finish``
+folds it into ``manifest.json`` for good. A crash leaves at most an orphan ``.tmp`` file or a
+torn last journal line (dropped: its image is redone), never a half-written image or manifest.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import os
@@ -22,9 +27,11 @@ import numpy as np
 from PIL import Image
 
 from pipeline.core.diskfull import DiskFullError, disk_full, find_disk_full, free_bytes, is_enospc
+from pipeline.core.journal import append_records, read_journal
 from pipeline.errors import DataError
 
 MANIFEST = "manifest.json"
+JOURNAL = "manifest.journal.jsonl"  # entries recorded since manifest.json was last rewritten
 _PAUSE_AFTER_WRITE_S = [0.0]  # debug.pause_after_write_s of this driver (set_pause_after_write)
 
 
@@ -148,6 +155,9 @@ class DistilledSetWriter:
 
     ``key`` identifies one output image (e.g. ``c3_i07``); writing a key already in the
     manifest is a no-op, so a re-run after a crash neither loses nor duplicates images.
+    ``flush`` rewrites ``manifest.json`` only while it lists no image yet or when anything but the
+    image list changed (settings, expected counts, completion); otherwise it appends the new
+    entries to the journal, so its cost is bounded by the batch.
     """
 
     def __init__(self, out_dir: str | os.PathLike, method: str, settings: dict[str, Any] | None = None,
@@ -155,6 +165,10 @@ class DistilledSetWriter:
         self.out_dir = Path(out_dir)
         self.image_format = image_format
         self.manifest_path = self.out_dir / MANIFEST
+        self.journal_path = self.out_dir / JOURNAL
+        self._pending: list[dict[str, Any]] = []  # entries added since the last flush
+        self._written_header: dict[str, Any] | None = None  # manifest.json minus its images, as last written
+        self._written_images = 0
         if self.manifest_path.exists():
             self.manifest = read_manifest(self.out_dir)
             if self.manifest.get("method") != method:
@@ -170,6 +184,12 @@ class DistilledSetWriter:
             self.manifest["images"] = [e for e in self.manifest["images"] if e not in self.dropped]
         self._done = {e["key"] for e in self.manifest["images"]}
         self._files = {e["file"]: e["key"] for e in self.manifest["images"]}
+        # fold a killed run's journal (one without a manifest is stale: dropped) and forget vanished entries
+        if self.journal_path.exists() or self.dropped:
+            self._compact()
+        elif self.manifest_path.exists():
+            self._written_header = copy.deepcopy(_header(self.manifest))
+            self._written_images = len(self.manifest["images"])
 
     def set_expected(self, counts: dict[str, int]) -> None:
         """Record how many images each class should end with (``semdistill verify`` checks it)."""
@@ -177,17 +197,19 @@ class DistilledSetWriter:
         self.flush()
 
     def finish(self, summary: dict[str, Any] | None = None) -> None:
-        """Mark the set complete (optionally with a run summary) and flush."""
+        """Mark the set complete (optionally with a run summary) and fold everything into ``manifest.json``."""
         self.manifest["complete"] = True
         if summary is not None:
             self.manifest["summary"] = summary
-        self.flush()
+        self._compact()
 
     def done(self, key: str) -> bool:
         return key in self._done
 
     @property
     def entries(self) -> list[dict[str, Any]]:
+        """Every entry, in manifest order (by label, then key)."""
+        self._sort()
         return self.manifest["images"]
 
     def add(self, key: str, class_id: str, label: int, image: np.ndarray | Image.Image,
@@ -205,6 +227,7 @@ class DistilledSetWriter:
         entry = {"key": key, "file": rel.as_posix(), "class_id": class_id, "label": int(label), "sha256": digest}
         entry.update(meta or {})
         self.manifest["images"].append(entry)
+        self._pending.append(entry)
         self._done.add(key)
         self._files[rel.as_posix()] = key
         if flush:
@@ -212,11 +235,57 @@ class DistilledSetWriter:
         return self.out_dir / rel
 
     def flush(self) -> None:
+        """Make every entry added so far durable: a journal append of just those entries, or a full
+        rewrite while ``manifest.json`` lists no image yet or its other fields changed."""
+        first = self._written_images == 0 and self._pending
+        if self._written_header is None or first or _header(self.manifest) != self._written_header:
+            self._compact()
+        elif self._pending:
+            append_records(self.journal_path, self._pending)
+            self._pending = []
+
+    def _sort(self) -> None:
         self.manifest["images"].sort(key=lambda e: (e["label"], e["key"]))
+
+    def _compact(self) -> None:
+        """Rewrite ``manifest.json`` with every entry, then drop the journal (its entries are now in it)."""
+        self._sort()
         atomic_write_json(self.manifest_path, self.manifest)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.journal_path)
+        self._pending = []
+        self._written_header = copy.deepcopy(_header(self.manifest))
+        self._written_images = len(self.manifest["images"])
+
+
+def _header(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The manifest minus what the journal carries (entries, and the class renames they imply)."""
+    return {k: v for k, v in manifest.items() if k not in ("images", "renamed_classes")}
+
+
+def _fold_journal(man: dict[str, Any], journal: list[dict[str, Any]], path: Path) -> None:
+    """Add the journal's entries to ``man`` (keys it already has are skipped: a fold cut short before
+    the journal was removed), with the class renames their folders imply; keep the manifest order."""
+    keys = {e.get("key") for e in man["images"]}
+    added = 0
+    for e in journal:
+        if not isinstance(e.get("file"), str) or "key" not in e or "class_id" not in e or "label" not in e:
+            raise DataError(f"{path} holds an entry without key/file/class_id/label ({str(e)[:200]}); "
+                            "the set cannot be trusted, re-run into a new folder")
+        if e["key"] in keys:
+            continue
+        keys.add(e["key"])
+        man["images"].append(e)
+        added += 1
+        folder = e["file"].split("/", 1)[0]
+        if folder != str(e["class_id"]):
+            man.setdefault("renamed_classes", {})[str(e["class_id"])] = folder
+    if added:
+        man["images"].sort(key=lambda e: (e["label"], e["key"]))
 
 
 def read_manifest(out_dir: str | os.PathLike) -> dict[str, Any]:
+    """``manifest.json`` with the entries of its journal folded in (read only: nothing is rewritten)."""
     path = Path(out_dir) / MANIFEST
     if not path.is_file():
         raise DataError(f"no {MANIFEST} in {out_dir}: not a semdistill output folder")
@@ -227,6 +296,8 @@ def read_manifest(out_dir: str | os.PathLike) -> dict[str, Any]:
             from None
     if not isinstance(man, dict) or not isinstance(man.get("images"), list):
         raise DataError(f"{path} has no 'images' list: not a semdistill manifest")
+    journal = Path(out_dir) / JOURNAL
+    _fold_journal(man, read_journal(journal), journal)
     return man
 
 

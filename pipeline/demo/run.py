@@ -126,8 +126,12 @@ def method_config(method: str, out: Path, data: Path, quick: bool, logs: Path | 
 
 
 def _set_fingerprint(set_dir: Path, ev: EvalConfig) -> str:
-    man = set_dir / "manifest.json"
+    from pipeline.core.write import JOURNAL
+
+    man, journal = set_dir / "manifest.json", set_dir / JOURNAL
     h = hashlib.sha256(man.read_bytes() if man.is_file() else str(set_dir).encode())
+    if journal.is_file():  # entries of an unfinished run not yet folded into manifest.json
+        h.update(journal.read_bytes())
     h.update(json.dumps(ev.model_dump(mode="json"), sort_keys=True).encode())
     return h.hexdigest()[:16]
 

@@ -48,7 +48,13 @@ def real_stats(images_u8: torch.Tensor) -> tuple[list[float], list[float]]:
 def distill_dm(images_u8: torch.Tensor, labels: torch.Tensor, num_classes: int, ipc: int, cfg: DMConfig,
                mean: list[float], std: list[float], device: torch.device | None = None,
                log: Callable[[str], None] = print) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
-    """Run DM; returns synthetic images in [0, 1] ``[num_classes * ipc, 3, H, W]``, their labels and stats."""
+    """Run DM; returns synthetic images in [0, 1] ``[num_classes * ipc, 3, H, W]``, their labels and stats.
+
+    Each iteration draws one random ConvNet; per class (in label order) it draws the real batch, then the
+    DSA seed, embeds both and back-propagates that class's term at once. The objective is a sum of
+    independent per-class terms (the ConvNet's instance norm is per image), so the accumulated gradient
+    is the reference's single backward of the summed loss, while memory holds one class's graph, not all.
+    """
     from tuning.augment import DSA
     from tuning.convnet import ConvNet
 
@@ -80,26 +86,21 @@ def distill_dm(images_u8: torch.Tensor, labels: torch.Tensor, num_classes: int, 
             torch.manual_seed(net_seed)
             net = ConvNet(c_, num_classes, width=cfg.net_width, depth=cfg.net_depth, im_size=h)
         net = net.to(device).requires_grad_(False)
-        reals, syns, sizes = [], [], []
+        opt.zero_grad(set_to_none=True)
+        loss = 0.0
         for c, idx in enumerate(by_class):
             take = idx[torch.randperm(len(idx), generator=gen)[: cfg.batch_real]]
-            r = real_norm(take).to(device)
-            s = syn[c * ipc:(c + 1) * ipc]
+            r, s = real_norm(take).to(device), syn[c * ipc:(c + 1) * ipc]
             if dsa is not None:
                 seed = int(torch.randint(2**31 - 1, (1,), generator=gen))
                 r, s = dsa(r, seed), dsa(s, seed)
-            reals.append(r)
-            syns.append(s)
-            sizes.append(len(r))
-        with torch.no_grad():
-            emb_r = net.embed(torch.cat(reals))
-        emb_s = net.embed(torch.cat(syns)).reshape(num_classes, ipc, -1).mean(1)
-        mean_r = torch.stack([e.mean(0) for e in emb_r.split(sizes)])
-        loss = ((mean_r - emb_s) ** 2).sum()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
+            with torch.no_grad():
+                mean_r = net.embed(r).mean(0)
+            term = ((mean_r - net.embed(s).mean(0)) ** 2).sum()
+            term.backward()  # accumulates this class's gradient into syn.grad and frees its graph
+            loss += float(term)
         opt.step()
-        losses.append(float(loss.detach()))
+        losses.append(loss)
         progress(f"DM ipc {ipc}", it + 1, cfg.iterations)
         if it % max(1, cfg.iterations // 5) == 0 or it == cfg.iterations - 1:
             log(f"  dm ipc {ipc} iter {it:5d}  loss {losses[-1]:.3f}  ({time.time() - t0:.0f}s)")
