@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from actors.loading import load_pretrained, pick_device, pick_dtype
+from actors.loading import load_pretrained, pick_device, pick_dtype, set_torch_threads
 from pipeline.core.faults import FaultInjector
 from pipeline.edits import prompts
 
@@ -57,8 +57,11 @@ class Captioner:
                  dtype: str = "auto", style: str = "auto", max_tokens: int = 77,
                  instruction: str | None = None, prefix: str = prompts.CAPTION_PREFIX,
                  require_class_name: bool = True, count_tokenizer_ref: str | None = None,
-                 faults: dict | None = None, device: str | None = None, micro_batch: int | None = None) -> None:
+                 faults: dict | None = None, device: str | None = None, micro_batch: int | None = None,
+                 torch_threads: int | None = None) -> None:
         from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        set_torch_threads(torch_threads)
 
         self.device = pick_device(device)
         self.dtype = pick_dtype(dtype, self.device)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from actors.loading import load_pretrained, pick_device, pick_dtype
+from actors.loading import load_pretrained, pick_device, pick_dtype, set_torch_threads
 from pipeline.core.faults import FaultInjector
 
 
@@ -41,8 +41,10 @@ class ClipEmbedder:
 
     def __init__(self, model_ref: str, zoo_dir: str | None = None, dtype: str = "auto",
                  faults: dict | None = None, device: str | None = None, micro_batch: int | None = None,
-                 image_feature: str = "raw_cls") -> None:
+                 image_feature: str = "raw_cls", torch_threads: int | None = None) -> None:
         from transformers import AutoProcessor, CLIPModel
+
+        set_torch_threads(torch_threads)
 
         if image_feature not in IMAGE_FEATURES:
             from pipeline.errors import ConfigError

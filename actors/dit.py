@@ -104,8 +104,9 @@ class DiTRecoverActor:
         from pipeline.core.faults import FaultInjector
 
         self.faults = FaultInjector.from_kwargs(faults)  # debug.fail_every_n_batches (tests)
-        if torch_threads:
-            torch.set_num_threads(int(torch_threads))
+        from actors.loading import set_torch_threads
+
+        set_torch_threads(torch_threads)
         self.micro_batch = micro_batch
         self.transformer, self.vae, self.scheduler = load_dit(model_ref, zoo_dir, dtype, device, vae_ref=vae_ref)
         self.settings = RecoverSettings.from_mapping(settings)

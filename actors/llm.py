@@ -154,9 +154,9 @@ class LLMActor:
                  faults: dict | None = None, chat: ChatBackend | None = None, micro_batch: int | None = None,
                  pad_to: int = 0, torch_threads: int | None = None) -> None:
         from actors.captioner import load_count_tokenizer
+        from actors.loading import set_torch_threads
 
-        if torch_threads:  # Ray pins a fractional-CPU actor to 1 thread; the LLM may be the only one running
-            torch.set_num_threads(int(torch_threads))
+        set_torch_threads(torch_threads)  # edits.llm_torch_threads, else the pool's plan (its CPU reservation)
         self.chat = chat or make_backend(backend, model_ref, zoo_dir, dtype, url, api_key_env, timeout_s,
                                          pad_to=pad_to)
         # fixed model batch (+ the transformers backend's fixed pad length): a text prototype does not depend

@@ -58,6 +58,16 @@ def pick_device(prefer: str | None = None) -> torch.device:
     return torch.device("cpu")
 
 
+def set_torch_threads(threads: int | None) -> None:
+    """Run torch on ``threads`` intra-op threads in this process (``None``: leave the default).
+
+    Actors get the count from their pool's plan (``pipeline.core.actor_stage``): it is part of the
+    result (convolutions split work by thread), so it must not depend on the shell's ``OMP_NUM_THREADS``.
+    """
+    if threads:
+        torch.set_num_threads(int(threads))
+
+
 def pick_dtype(name: str, device: torch.device) -> torch.dtype:
     """``auto`` means fp16 on GPU and fp32 on CPU."""
     if name == "auto":

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from actors.loading import load_pretrained, pick_device, pick_dtype
+from actors.loading import load_pretrained, pick_device, pick_dtype, set_torch_threads
 from pipeline.core.faults import FaultInjector
 
 
@@ -75,7 +75,9 @@ class SDGenerator:
 
     def __init__(self, model_ref: str, settings: dict[str, Any], zoo_dir: str | None = None,
                  dtype: str = "auto", faults: dict | None = None, pipe: Any | None = None,
-                 device: str | None = None, micro_batch: int | None = None) -> None:
+                 device: str | None = None, micro_batch: int | None = None,
+                 torch_threads: int | None = None) -> None:
+        set_torch_threads(torch_threads)
         self.micro_batch = micro_batch  # fixed model batch: images do not depend on the Ray batch
         self.pipe = pipe if pipe is not None else load_img2img_pipeline(model_ref, zoo_dir, dtype, device)
         self.settings = GenerateSettings(**settings)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from actors.loading import load_pretrained, pick_device, pick_dtype
+from actors.loading import load_pretrained, pick_device, pick_dtype, set_torch_threads
 from pipeline.core.faults import FaultInjector
 from pipeline.core.pixels import u8_hwc_to_signed_chw
 
@@ -19,8 +19,10 @@ class VaeEncoder:
 
     def __init__(self, model_ref: str, zoo_dir: str | None = None, subfolder: str | None = None,
                  dtype: str = "auto", faults: dict | None = None, device: str | None = None,
-                 micro_batch: int | None = None) -> None:
+                 micro_batch: int | None = None, torch_threads: int | None = None) -> None:
         from diffusers import AutoencoderKL
+
+        set_torch_threads(torch_threads)
 
         self.micro_batch = micro_batch  # fixed model batch: latents do not depend on the Ray batch
 

@@ -166,8 +166,7 @@ def run_ray_jobs(jobs: list[dict[str, Any]], data_refs: dict[str, Any], cfg: Eva
     import ray
 
     fit = ray.remote(num_cpus=0, max_retries=0)(_fit_job)
-    total_cpus = float(ray.cluster_resources().get("CPU", 1.0))
-    limit = cfg.max_concurrent or max(1, int(total_cpus // (cfg.cpus_per_job * cfg.num_workers)))
+    limit = concurrent_jobs(len(jobs), cfg, float(ray.cluster_resources().get("CPU", 1.0)))
     common = {"use_gpu": cfg.use_gpu, "num_workers": cfg.num_workers, "cpus_per_job": cfg.cpus_per_job,
               "max_failures": max_failures}
     storage.mkdir(parents=True, exist_ok=True)
@@ -248,13 +247,29 @@ def _fit_packed(jobs: list[dict[str, Any]], refs: dict[str, list[Any]], teacher:
     return str(result.path)
 
 
+def worker_threads(cfg: EvalConfig) -> int:
+    """Torch threads of one evaluation worker: ``floor(cpus_per_job)``, at least 1 (``TrainSpec.threads``)."""
+    return max(1, math.floor(cfg.cpus_per_job))
+
+
+def concurrent_jobs(n_jobs: int, cfg: EvalConfig, total_cpus: float, workers_per_job: int | None = None) -> int:
+    """How many jobs run at once: ``max_concurrent``, else as many as the cores hold, at most one per job.
+
+    A job has ``workers_per_job`` workers (default ``num_workers``; DDP when > 1), each running
+    ``worker_threads`` torch threads and holding at least ``cpus_per_job`` Ray CPUs, so without
+    ``max_concurrent`` ``jobs x workers x threads <= total_cpus``: the CPU is never oversubscribed
+    (a fractional ``cpus_per_job`` still runs a whole thread). At least one job always runs.
+    """
+    workers = cfg.num_workers if workers_per_job is None else workers_per_job
+    per_job = max(cfg.cpus_per_job, worker_threads(cfg)) * workers
+    slots = cfg.max_concurrent or max(1, int(total_cpus // per_job + 1e-9))
+    return max(1, min(n_jobs, slots))
+
+
 def packed_workers(n_jobs: int, cfg: EvalConfig, total_cpus: float) -> int:
     """Workers of the one packed TorchTrainer: ``max_concurrent``, else as many as the cluster's CPUs hold at
-    ``max(1, floor(cpus_per_job))`` torch threads each (a worker runs at least one thread, so fractional
-    ``cpus_per_job`` never puts more threads than cores to work), at most one per run."""
-    threads = max(1, math.floor(cfg.cpus_per_job))
-    slots = cfg.max_concurrent or max(1, int(total_cpus // max(cfg.cpus_per_job, threads)))
-    return max(1, min(n_jobs, slots))
+    ``worker_threads`` torch threads each (``concurrent_jobs`` with one worker per job), at most one per run."""
+    return concurrent_jobs(n_jobs, cfg, total_cpus, workers_per_job=1)
 
 
 def run_packed_jobs(jobs: list[dict[str, Any]], data_refs: dict[str, Any], cfg: EvalConfig, storage: Path,

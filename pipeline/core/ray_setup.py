@@ -93,16 +93,25 @@ def task_options(cfg: RayConfig) -> dict[str, Any]:
     return {**actor_resources(cfg), "max_retries": cfg.max_task_retries, "scheduling_strategy": "DEFAULT"}
 
 
-def pool_kwargs(cfg: Config, role: str, default_batch: int = 8) -> dict[str, Any]:
+def role_plan(cfg: Config, role: str, threads: int | None = None, side_cpus: float = 0.0) -> Any:
+    """The ``PoolPlan`` of ``role``: ``ray.pool_sizes[role]`` (else 1; ``auto`` fills the cluster) and its threads."""
+    from pipeline.core.actor_stage import pool_plan
+
+    return pool_plan(cfg.ray.pool_sizes.get(role, 1), cfg.ray.actor_num_cpus, cfg.ray.actor_num_gpus,
+                     threads=threads, side_cpus=side_cpus)
+
+
+def pool_kwargs(cfg: Config, role: str, default_batch: int = 8, plan: Any = None) -> dict[str, Any]:
     """``map_batches`` kwargs for an actor pool of ``role`` (size, batch, resources, restarts).
 
-    The batch is ``ray.batch_sizes[role]``, else ``default_batch``; the pool size ``ray.pool_sizes[role]``, else 1.
+    The batch is ``ray.batch_sizes[role]``, else ``default_batch``; the pool size ``plan.size``, else
+    ``role_plan``'s (``ray.pool_sizes[role]``, else 1).
     """
     import ray.data
 
     from pipeline.core.faults import actor_remote_args
 
-    size = int(cfg.ray.pool_sizes.get(role, 1))
-    return {"compute": ray.data.ActorPoolStrategy(size=max(1, size)),
+    plan = plan or role_plan(cfg, role)
+    return {"compute": ray.data.ActorPoolStrategy(size=plan.size),
             "batch_size": int(cfg.ray.batch_sizes.get(role, default_batch)),
             **actor_resources(cfg.ray), **actor_remote_args(cfg.ray)}

@@ -155,13 +155,24 @@ def _dit_classes_of(data, d, class_map, model_dir: str, tensor_input: bool) -> l
     return dit_classes(data, class_map, n)
 
 
+def recover_stage(cfg: Config, model_dir: str, settings: Any, vae_ref: str | None,
+                  faults: dict[str, Any] | None = None) -> Any:
+    """The DiT pool: ``DiTRecoverActor`` over rows that carry their image (``recover_sets``), no decode."""
+    from actors.dit import DiTRecoverActor
+    from pipeline.core.actor_stage import ActorStage
+
+    d = cfg.diver
+    ctor = {"model_ref": model_dir, "settings": settings.as_dict(), "resolution": d.resolution,
+            "dtype": cfg.models.dtype, "micro_batch": cfg.ray.micro_batch_sizes.get("recover"), "faults": faults,
+            "vae_ref": vae_ref, **({"output_size": d.resolution} if d.input_tiles > 1 else {})}
+    return ActorStage("recover", DiTRecoverActor, ctor, default_batch=d.batch_size, threads=d.torch_threads,
+                      max_blocks=64)
+
+
 def recover_sets(cfg: Config, sets: list[dict[str, Any]], redo: bool) -> dict[str, int]:
     """Recover every set through one Ray Data pipeline (one actor pool for all sets)."""
-    import ray
-
-    from actors.dit import DiTRecoverActor
     from actors.loading import resolve_ref
-    from pipeline.core.ray_setup import pool_kwargs, ray_session
+    from pipeline.core.ray_setup import ray_session
     from pipeline.core.seeds import image_seed
     from pipeline.core.write import DistilledSetWriter
     from pipeline.diver.guidance import RecoverSettings
@@ -219,28 +230,19 @@ def recover_sets(cfg: Config, sets: list[dict[str, Any]], redo: bool) -> dict[st
         _log("recover: every image is already in the manifests (resumed)")
         return {name: 0 for name in writers}
     ray_cfg = cfg.ray
-    pool_kw = pool_kwargs(cfg, "recover", default_batch=d.batch_size)
-    pool, batch = pool_kw["compute"].max_size, pool_kw["batch_size"]
-    micro = ray_cfg.micro_batch_sizes.get("recover") if hasattr(ray_cfg, "micro_batch_sizes") else None
     written = {name: 0 for name in writers}
-    _log(f"recover: {len(rows)} images, DiT {cfg.models.dit}, pool {pool}, batch {batch}, "
-         f"steps {settings.first_index()}..0 (index {settings.num_inference_steps - 1} = t 999), "
-         f"window {list(settings.fusion_window)}, gamma {settings.gamma}, sigma {settings.sigma}")
-    from pipeline.core.batching import batch_blocks
     from pipeline.core.console import progress
     from pipeline.core.faults import configure_data_context, fault_kwargs
 
     with ray_session(ray_cfg):
         configure_data_context(ray_cfg)  # retry injected/transient faults, ray.max_errored_blocks
-        ds = ray.data.from_items(rows, override_num_blocks=batch_blocks(len(rows), batch, cap=64))
-        ds = ds.map_batches(
-            DiTRecoverActor,
-            fn_constructor_kwargs={"model_ref": model_dir, "settings": settings.as_dict(),
-                                   "resolution": d.resolution, "dtype": cfg.models.dtype, "micro_batch": micro,
-                                   "torch_threads": d.torch_threads, "faults": fault_kwargs(cfg),
-                                   "vae_ref": vae_ref, **({"output_size": d.resolution} if tiled else {})},
-            **pool_kw,
-        )
+        stage = recover_stage(cfg, model_dir, settings, vae_ref, fault_kwargs(cfg))
+        pool_kw = stage.pool(cfg)
+        _log(f"recover: {len(rows)} images, DiT {cfg.models.dit}, pool {pool_kw['compute'].max_size}, "
+             f"batch {pool_kw['batch_size']}, steps {settings.first_index()}..0 "
+             f"(index {settings.num_inference_steps - 1} = t 999), "
+             f"window {list(settings.fusion_window)}, gamma {settings.gamma}, sigma {settings.sigma}")
+        ds = stage.dataset(cfg, rows)
         tiles = TileBuffer(d.input_tiles, sizes)
         for out in ds.iter_batches(batch_size=None, batch_format="numpy"):
             for j in range(len(out["key"])):

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.core.actor_stage import ActorStage
 from pipeline.core.keys import settings_hash
-from pipeline.core.ray_setup import pool_kwargs
 from pipeline.core.read import read_parquet
 from pipeline.core.write import write_parquet
 from pipeline.edits.state import EditsRun, StageState
@@ -88,26 +88,36 @@ def load_captions(run: EditsRun, key: dict[str, Any]) -> dict[str, str]:
     return out
 
 
-def _caption_dataset(run: EditsRun, todo: list[Any]) -> Any:
-    """The Ray Dataset of captions for ``todo`` records (decode tasks -> captioner actors)."""
-    from actors.captioner import Captioner, vllm_caption_dataset
-    from pipeline.core.read import ImageIndex, image_dataset
+def caption_stage(run: EditsRun) -> ActorStage:
+    """The captioner pool (transformers backend): decode tasks at ``edits.caption_image_size`` -> ``Captioner``."""
+    from actors.captioner import Captioner
 
     cfg, e = run.cfg, run.cfg.edits
-    sub = ImageIndex(run.index.root, run.index.classes, todo)
-    bs = int(cfg.ray.batch_sizes.get("caption", 8))
-    ds = image_dataset(sub, e.caption_image_size, batch_size=bs)
-    if cfg.models.vlm_backend == "vllm":
-        return vllm_caption_dataset(ds, cfg.models.vlm, run.names, e.caption_max_tokens, e.caption_prompt,
-                                    batch_size=bs, concurrency=int(cfg.ray.pool_sizes.get("caption", 1)),
-                                    engine_kwargs=cfg.models.vllm_engine_kwargs,
-                                    processor_kwargs=cfg.models.vllm_processor_kwargs)
     ctor = {"model_ref": cfg.models.vlm, "class_names": run.names, "zoo_dir": run.zoo_dir, "dtype": cfg.models.dtype,
             "style": e.caption_style, "max_tokens": e.caption_max_tokens, "instruction": e.caption_prompt,
             "prefix": e.caption_prefix, "require_class_name": e.require_class_name,
             "count_tokenizer_ref": cfg.models.clip, "faults": run.faults(),
             "micro_batch": cfg.ray.micro_batch_sizes.get("caption")}
-    return ds.map_batches(Captioner, fn_constructor_kwargs=ctor, batch_format="numpy", **pool_kwargs(cfg, "caption"))
+    return ActorStage("caption", Captioner, ctor, decode={"size": e.caption_image_size}, block_rows=256)
+
+
+def _caption_dataset(run: EditsRun, todo: list[Any]) -> Any:
+    """The Ray Dataset of captions for ``todo`` records (decode tasks -> captioner actors)."""
+    from pipeline.core.read import ImageIndex
+
+    cfg, e = run.cfg, run.cfg.edits
+    sub = ImageIndex(run.index.root, run.index.classes, todo)
+    if cfg.models.vlm_backend == "vllm":
+        from actors.captioner import vllm_caption_dataset
+        from pipeline.core.read import image_dataset
+
+        bs = int(cfg.ray.batch_sizes.get("caption", 8))
+        return vllm_caption_dataset(image_dataset(sub, e.caption_image_size, batch_size=bs), cfg.models.vlm,
+                                    run.names, e.caption_max_tokens, e.caption_prompt,
+                                    batch_size=bs, concurrency=int(cfg.ray.pool_sizes.get("caption", 1)),
+                                    engine_kwargs=cfg.models.vllm_engine_kwargs,
+                                    processor_kwargs=cfg.models.vllm_processor_kwargs)
+    return caption_stage(run).dataset(cfg, sub.rows())
 
 
 def run_stage(run: EditsRun, state: StageState, force: bool) -> dict[str, Any]:

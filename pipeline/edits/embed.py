@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.core.actor_stage import ActorStage
 from pipeline.core.grouping import complete_groups
-from pipeline.core.ray_setup import block_count, pool_kwargs
 from pipeline.core.read import read_parquet
 from pipeline.core.write import component_name, remove, write_parquet
 from pipeline.edits.state import EditsRun, StageState
@@ -50,11 +50,17 @@ def _write_class(run: EditsRun, class_id: str, rows: list[dict[str, Any]]) -> No
     })
 
 
-def run_stage(run: EditsRun, state: StageState, force: bool) -> dict[str, Any]:
-    import ray.data
-
+def embed_stage(run: EditsRun) -> ActorStage:
+    """The CLIP pool: decode tasks at ``edits.feature_image_size`` -> ``ClipEmbedder`` (rows carry the caption)."""
     from actors.clip_embedder import ClipEmbedder
-    from pipeline.core.read import decode_batch
+
+    cfg = run.cfg
+    ctor = {"model_ref": cfg.models.clip, "zoo_dir": run.zoo_dir, "dtype": cfg.models.dtype, "faults": run.faults(),
+            "image_feature": cfg.edits.clip_image_feature, "micro_batch": cfg.ray.micro_batch_sizes.get("embed")}
+    return ActorStage("embed", ClipEmbedder, ctor, decode=decode_kwargs(cfg.edits), default_batch=32, block_rows=256)
+
+
+def run_stage(run: EditsRun, state: StageState, force: bool) -> dict[str, Any]:
     from pipeline.edits.caption import load_captions
     from pipeline.edits.state import stage_keys
 
@@ -69,14 +75,8 @@ def run_stage(run: EditsRun, state: StageState, force: bool) -> dict[str, Any]:
     run.log(f"[edits] embed: {done_before} classes cached, {len(expected)} to embed ({len(todo)} images)")
     if todo:
         rows = [{"path": r.path, "class_id": r.class_id, "label": r.label, "caption": captions[r.path]} for r in todo]
-        bs = int(cfg.ray.batch_sizes.get("embed", 32))
-        ds = ray.data.from_items(rows, override_num_blocks=block_count(len(rows)))
-        ds = ds.map_batches(decode_batch, fn_kwargs=decode_kwargs(cfg.edits), batch_size=bs, num_cpus=0.5)
-        ds = ds.map_batches(ClipEmbedder, batch_format="numpy", **pool_kwargs(cfg, "embed"),
-                            fn_constructor_kwargs={"model_ref": cfg.models.clip, "zoo_dir": run.zoo_dir,
-                                                   "dtype": cfg.models.dtype, "faults": run.faults(),
-                                                   "image_feature": cfg.edits.clip_image_feature,
-                                                   "micro_batch": cfg.ray.micro_batch_sizes.get("embed")})
+        ds = embed_stage(run).dataset(cfg, rows)
+
         def item(b: dict[str, np.ndarray], i: int) -> dict[str, Any]:
             return {"path": str(b["path"][i]), "label": int(b["label"][i]), "caption": str(b["caption"][i]),
                     "img": np.asarray(b["img_feat"][i]), "txt": np.asarray(b["txt_feat"][i])}

@@ -16,9 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.core.batching import batch_blocks
+from pipeline.core.actor_stage import ActorStage
 from pipeline.core.grids import paint_grid
-from pipeline.core.ray_setup import pool_kwargs
 from pipeline.core.write import remove
 from pipeline.edits.state import EditsRun, StageState
 
@@ -64,10 +63,18 @@ def contact_sheet(entries: list[dict[str, Any]], root: Path, out: Path, names: d
     return out
 
 
-def run_stage(run: EditsRun, state: StageState, force: bool) -> dict[str, Any]:
-    import ray.data
-
+def generate_stage(run: EditsRun) -> ActorStage:
+    """The SD img2img pool: ``SDGenerator`` over ``build_rows`` (latent, prompt, seed per cluster; no decode)."""
     from actors.sd import SDGenerator
+
+    cfg = run.cfg
+    ctor = {"model_ref": run.generator_ref(), "settings": generate_settings(run), "zoo_dir": run.zoo_dir,
+            "dtype": cfg.models.dtype, "faults": run.faults(),
+            "micro_batch": cfg.ray.micro_batch_sizes.get("generate")}
+    return ActorStage("generate", SDGenerator, ctor)
+
+
+def run_stage(run: EditsRun, state: StageState, force: bool) -> dict[str, Any]:
     from pipeline.core.write import DistilledSetWriter
     from pipeline.edits.prototype import all_clusters, load_texts
 
@@ -89,13 +96,7 @@ def run_stage(run: EditsRun, state: StageState, force: bool) -> dict[str, Any]:
     rows = [r for r in build_rows(run, clusters, texts) if not writer.done(r["key"])]
     run.log(f"[edits] generate: {len(clusters) - len(rows)} images done, {len(rows)} to generate with {model}")
     if rows:
-        pool = pool_kwargs(cfg, "generate")
-        ds = ray.data.from_items(rows, override_num_blocks=batch_blocks(len(rows), pool["batch_size"]))
-        ds = ds.map_batches(SDGenerator, batch_format="numpy", **pool,
-                            fn_constructor_kwargs={"model_ref": model, "settings": generate_settings(run),
-                                                   "zoo_dir": run.zoo_dir, "dtype": cfg.models.dtype,
-                                                   "faults": run.faults(),
-                                                   "micro_batch": cfg.ray.micro_batch_sizes.get("generate")})
+        ds = generate_stage(run).dataset(cfg, rows)
         row_of = {r["key"]: r for r in rows}
         for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
             for key, image in zip(b["key"], b["image"]):

@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipeline.core.actor_stage import ActorStage
 from pipeline.core.batching import batch_blocks
 from pipeline.core.grouping import complete_groups
-from pipeline.core.ray_setup import block_count, pool_kwargs
 from pipeline.core.write import atomic_torch_save, atomic_write_json, component_name, remove
 from pipeline.edits.state import EditsRun, StageState
 
@@ -75,13 +75,19 @@ def _vae_ref(run: EditsRun) -> tuple[str, str | None]:
     return (run.generator_ref(), "vae") if e.vae_source == "sd" else (m.vae, None)
 
 
+def vae_stage(run: EditsRun) -> ActorStage:
+    """The VAE pool: decode tasks at ``edits.feature_image_size`` -> ``VaeEncoder`` (rows: member path, cluster key)."""
+    from actors.vae import VaeEncoder
+
+    cfg = run.cfg
+    ref, sub = _vae_ref(run)
+    ctor = {"model_ref": ref, "zoo_dir": run.zoo_dir, "subfolder": sub, "dtype": cfg.models.dtype,
+            "faults": run.faults(), "micro_batch": cfg.ray.micro_batch_sizes.get("vae")}
+    return ActorStage("vae", VaeEncoder, ctor, decode=decode_kwargs(cfg.edits), block_rows=128)
+
+
 def image_prototypes(run: EditsRun, clusters: list[dict[str, Any]]) -> int:
     """Write ``latents/<key>.pt`` for every cluster that lacks one; returns how many were made."""
-    import ray.data
-
-    from actors.vae import VaeEncoder
-    from pipeline.core.read import decode_batch
-
     cfg = run.cfg
     todo = [cl for cl in clusters if not latent_file(run, cl["key"]).exists()]
     if not todo:
@@ -89,14 +95,7 @@ def image_prototypes(run: EditsRun, clusters: list[dict[str, Any]]) -> int:
     expected = {cl["key"]: len(cl["image_members"]) for cl in todo}
     info = {cl["key"]: cl for cl in todo}
     rows = [{"path": p, "key": cl["key"]} for cl in todo for p in cl["image_members"]]
-    ref, sub = _vae_ref(run)
-    bs = int(cfg.ray.batch_sizes.get("vae", 8))
-    ds = ray.data.from_items(rows, override_num_blocks=block_count(len(rows), rows_per_block=128))
-    ds = ds.map_batches(decode_batch, fn_kwargs=decode_kwargs(cfg.edits), batch_size=bs, num_cpus=0.5)
-    ds = ds.map_batches(VaeEncoder, batch_format="numpy", **pool_kwargs(cfg, "vae"),
-                        fn_constructor_kwargs={"model_ref": ref, "zoo_dir": run.zoo_dir, "subfolder": sub,
-                                               "dtype": cfg.models.dtype, "faults": run.faults(),
-                                               "micro_batch": cfg.ray.micro_batch_sizes.get("vae")})
+    ds = vae_stage(run).dataset(cfg, rows)
     made = 0
     run.paths.latents.mkdir(parents=True, exist_ok=True)
     batches = ds.iter_batches(batch_size=None, batch_format="numpy")
@@ -150,12 +149,28 @@ def class_prompt_texts(run: EditsRun, todo: list[dict[str, Any]], texts: dict[st
     return len(todo)
 
 
+def llm_stage(run: EditsRun) -> ActorStage:
+    """The LLM pool (transformers or openai backend): ``LLMActor`` over ``text_rows`` (no decode)."""
+    from actors.llm import LLMActor
+
+    cfg, e, m = run.cfg, run.cfg.edits, run.cfg.models
+    ctor = {"backend": m.llm_backend, "model_ref": m.llm, "zoo_dir": run.zoo_dir, "dtype": m.dtype,
+            "url": m.llm_url, "api_key_env": e.llm_api_key_env, "timeout_s": e.llm_timeout_s,
+            "max_tokens": e.max_tokens, "temperature": e.llm_temperature,
+            "require_class_name": e.require_class_name, "count_tokenizer_ref": run.generator_ref(),
+            "count_tokenizer_subfolder": "tokenizer", "faults": run.faults(),
+            "micro_batch": cfg.ray.micro_batch_sizes.get("llm"), "pad_to": e.llm_pad_tokens}
+    # openai: an HTTP client, no model in the actor, little CPU
+    remote = ({"num_cpus": min(cfg.ray.actor_num_cpus, 0.25), "num_gpus": None} if m.llm_backend == "openai" else {})
+    return ActorStage("llm", LLMActor, ctor, threads=e.llm_torch_threads, remote=remote)
+
+
 def text_prototypes(run: EditsRun, clusters: list[dict[str, Any]]) -> int:
     """Fill ``texts.json`` for every cluster without a text prototype; returns how many were made."""
     import ray.data
 
     from actors.captioner import load_count_tokenizer
-    from actors.llm import LLMActor, summarize_with_vllm
+    from actors.llm import summarize_with_vllm
     from pipeline.edits import prompts
 
     cfg, e, m = run.cfg, run.cfg.edits, run.cfg.models
@@ -168,26 +183,15 @@ def text_prototypes(run: EditsRun, clusters: list[dict[str, Any]]) -> int:
     rows = text_rows(run, todo)
     by_key = {cl["key"]: cl for cl in todo}
     bs = int(cfg.ray.batch_sizes.get("llm", 8))
-    ds = ray.data.from_items(rows, override_num_blocks=batch_blocks(len(rows), bs))
     count_tok = None
     if m.llm_backend == "vllm":
+        ds = ray.data.from_items(rows, override_num_blocks=batch_blocks(len(rows), bs))
         ds = summarize_with_vllm(ds, m.llm, e.max_tokens, e.llm_temperature, batch_size=bs,
                                  concurrency=int(cfg.ray.pool_sizes.get("llm", 1)),
                                  engine_kwargs=m.vllm_engine_kwargs, processor_kwargs=m.vllm_processor_kwargs)
         count_tok = load_count_tokenizer(run.generator_ref(), run.zoo_dir, "tokenizer", role="sd")
     else:
-        ctor = {"backend": m.llm_backend, "model_ref": m.llm, "zoo_dir": run.zoo_dir, "dtype": m.dtype,
-                "url": m.llm_url, "api_key_env": e.llm_api_key_env, "timeout_s": e.llm_timeout_s,
-                "max_tokens": e.max_tokens, "temperature": e.llm_temperature,
-                "require_class_name": e.require_class_name, "count_tokenizer_ref": run.generator_ref(),
-                "count_tokenizer_subfolder": "tokenizer", "faults": run.faults(),
-                "micro_batch": cfg.ray.micro_batch_sizes.get("llm"), "pad_to": e.llm_pad_tokens,
-                "torch_threads": e.llm_torch_threads}
-        kw = pool_kwargs(cfg, "llm")
-        if m.llm_backend == "openai":  # HTTP client: no model in the actor, little CPU
-            kw["num_cpus"] = min(kw.get("num_cpus", 0.25), 0.25)
-            kw.pop("num_gpus", None)
-        ds = ds.map_batches(LLMActor, batch_format="numpy", fn_constructor_kwargs=ctor, **kw)
+        ds = llm_stage(run).dataset(cfg, rows)
     made = 0
     for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
         for i in range(len(b["key"])):

@@ -1,0 +1,119 @@
+"""A model stage on Ray Data: rows -> decode tasks (when rows name image files) -> an actor pool.
+
+Every actor stage (caption, embed, VAE prototypes, LLM text prototypes, generate, DIVER recovery)
+is built by ``ActorStage.dataset``, so what decides whether Ray keeps up with a plain loop over the
+same model on the same cores is decided here (measured in ``bench/pipeline_throughput.py``, causes
+in ``bench/PERF.md``):
+
+- blocks: one Ray batch per block (``batch_blocks``). With 256-row blocks a whole block was one
+  task of one actor: the rest of the pool sat idle and the driver saw no row until it was done;
+- pool size: ``ray.pool_sizes[role]: auto`` fills the CPUs with actors (``pool_plan``);
+- torch threads: a CPU actor runs the torch threads of its CPU reservation (``floor(actor_num_cpus)``,
+  at least 1; Ray's own default for a fractional actor), set explicitly, so neither a shell's
+  ``OMP_NUM_THREADS`` nor the pool size changes them. The count is part of the result: oneDNN
+  convolutions split work by thread, and the zoo VAE and DiT give other bits with 2 threads than with 1.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+DECODE_CPUS = 0.5  # Ray CPUs of one decode task (PIL decode + resize of one Ray batch)
+
+
+@dataclass(frozen=True)
+class PoolPlan:
+    """How many actors a stage's pool runs and the torch threads of each (``None``: Ray's default, GPU actors)."""
+
+    size: int
+    threads: int | None
+
+
+def reservation_threads(actor_num_cpus: float) -> int:
+    """Torch threads of a CPU actor holding ``actor_num_cpus`` Ray CPUs: the whole CPUs, at least 1."""
+    return max(1, math.floor(actor_num_cpus))
+
+
+def cluster_totals() -> tuple[float, float]:
+    """(CPUs, GPUs) of the connected Ray cluster; ``(os.cpu_count(), 0)`` when Ray is not running."""
+    import os
+    import sys
+
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        res = ray.cluster_resources()
+        return float(res.get("CPU", 1.0)), float(res.get("GPU", 0.0))
+    return float(os.cpu_count() or 1), 0.0
+
+
+def pool_plan(size: int | str, actor_num_cpus: float, actor_num_gpus: float = 0.0, threads: int | None = None,
+              side_cpus: float = 0.0, cpus: float | None = None, gpus: float | None = None) -> PoolPlan:
+    """The pool of one stage: ``size`` actors (an int, or ``"auto"``) and their torch threads.
+
+    ``threads``: a role's own setting (``diver.torch_threads``, ``edits.llm_torch_threads``); CPU
+    actors otherwise run ``reservation_threads``. ``auto`` on GPUs is one actor per
+    ``actor_num_gpus`` share; on CPUs it is as many actors as the cores hold at ``threads`` each
+    (``size * threads <= cpus``, never oversubscribed) and as Ray's CPU accounting allows beside
+    ``side_cpus`` for the decode tasks. ``cpus`` / ``gpus`` default to the running cluster's.
+    """
+    if cpus is None or gpus is None:
+        c, g = cluster_totals()
+        cpus = c if cpus is None else cpus
+        gpus = g if gpus is None else gpus
+    on_gpu = actor_num_gpus > 0
+    n_threads = threads if threads else (None if on_gpu else reservation_threads(actor_num_cpus))
+    if size != "auto":
+        return PoolPlan(max(1, int(size)), n_threads)
+    if on_gpu:
+        return PoolPlan(max(1, math.floor(gpus / actor_num_gpus + 1e-9)), n_threads)
+    by_cores = math.floor(cpus / (n_threads or 1) + 1e-9)
+    by_reservation = math.floor((cpus - side_cpus) / actor_num_cpus + 1e-9)
+    return PoolPlan(max(1, min(by_cores, by_reservation)), n_threads)
+
+
+@dataclass
+class ActorStage:
+    """One model stage: the actor class, its constructor kwargs, and how rows reach it.
+
+    ``decode``: ``decode_batch`` kwargs (``size``, ``mode``, ``resample``) when the rows carry image
+    paths; ``None`` when they carry the model's inputs. ``threads``: the role's own torch threads.
+    """
+
+    role: str
+    actor: type
+    ctor: dict[str, Any]
+    decode: dict[str, Any] | None = None
+    default_batch: int = 8
+    threads: int | None = None
+    remote: dict[str, Any] = field(default_factory=dict)  # overrides of the pool's Ray resources (None: drop)
+    block_rows: int | None = None  # rows per block (``block_count``); None: one Ray batch per block
+    max_blocks: int = 200  # at most this many blocks (rows that carry images: fewer, larger puts)
+
+    def pool(self, cfg: Any) -> dict[str, Any]:
+        """``map_batches`` kwargs of the pool (``pool_kwargs``) plus ``fn_constructor_kwargs`` with the threads."""
+        from pipeline.core.ray_setup import pool_kwargs, role_plan
+
+        plan = role_plan(cfg, self.role, self.threads, DECODE_CPUS if self.decode is not None else 0.0)
+        kw = {**pool_kwargs(cfg, self.role, self.default_batch, plan), **self.remote}
+        kw = {k: v for k, v in kw.items() if v is not None}
+        kw["fn_constructor_kwargs"] = {**self.ctor, **({"torch_threads": plan.threads} if plan.threads else {})}
+        return kw
+
+    def dataset(self, cfg: Any, rows: list[dict[str, Any]]) -> Any:
+        """The Ray Dataset: ``rows`` in blocks of one batch, decoded if needed, through the actor pool."""
+        import ray.data
+
+        from pipeline.core.batching import batch_blocks
+        from pipeline.core.ray_setup import block_count
+        from pipeline.core.read import decode_batch
+
+        kw = self.pool(cfg)
+        blocks = (block_count(len(rows), self.block_rows, self.max_blocks) if self.block_rows
+                  else batch_blocks(len(rows), kw["batch_size"], self.max_blocks))
+        ds = ray.data.from_items(rows, override_num_blocks=blocks)
+        if self.decode is not None:
+            ds = ds.map_batches(decode_batch, fn_kwargs=self.decode, batch_size=kw["batch_size"],
+                                num_cpus=DECODE_CPUS)
+        return ds.map_batches(self.actor, batch_format="numpy", **kw)
