@@ -8,6 +8,8 @@
   transformers / openai backends, ``ray.data.llm`` for vLLM) with our summary instruction;
   the answer is cleaned and capped at ``edits.max_tokens`` tokens of the generator's CLIP
   tokenizer, and falls back to the nearest caption when the LLM returns nothing usable.
+  Each batch's texts are appended to ``texts.journal.jsonl`` (one fsync'd append), and ``texts.json``
+  is written once at the end; ``load_texts`` reads both, so a killed run loses no finished batch.
 
 The two halves have their own settings hash: changing the LLM keeps the latents.
 """
@@ -23,6 +25,7 @@ import torch
 
 from pipeline.core.batching import batch_blocks
 from pipeline.core.grouping import complete_groups
+from pipeline.core.journal import append_records, read_journal
 from pipeline.core.ray_setup import block_count, pool_kwargs
 from pipeline.core.write import atomic_write_json, component_name, remove
 from pipeline.edits.state import EditsRun, StageState
@@ -115,10 +118,20 @@ def image_prototypes(run: EditsRun, clusters: list[dict[str, Any]]) -> int:
 
 
 def load_texts(run: EditsRun) -> dict[str, dict[str, Any]]:
+    """key -> text prototype: ``texts.json`` plus the batches a killed run appended to its journal."""
     try:
-        return json.loads(run.paths.texts.read_text())
+        texts = json.loads(run.paths.texts.read_text())
     except (OSError, json.JSONDecodeError):
-        return {}
+        texts = {}
+    for rec in read_journal(run.paths.texts_journal):
+        texts[rec["key"]] = rec["value"]
+    return texts
+
+
+def _save_texts(run: EditsRun, texts: dict[str, dict[str, Any]]) -> None:
+    """``texts.json`` with every prototype, then the journal (now folded into it) removed."""
+    atomic_write_json(run.paths.texts, dict(sorted(texts.items())))
+    remove(run.paths.texts_journal)
 
 
 def text_rows(run: EditsRun, clusters: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -150,6 +163,8 @@ def text_prototypes(run: EditsRun, clusters: list[dict[str, Any]]) -> int:
     texts = load_texts(run)
     todo = [cl for cl in clusters if cl["key"] not in texts]
     if not todo:
+        if run.paths.texts_journal.exists():  # a run killed after its last batch: fold the journal
+            _save_texts(run, texts)
         return 0
     rows = text_rows(run, todo)
     by_key = {cl["key"]: cl for cl in todo}
@@ -175,7 +190,9 @@ def text_prototypes(run: EditsRun, clusters: list[dict[str, Any]]) -> int:
             kw.pop("num_gpus", None)
         ds = ds.map_batches(LLMActor, batch_format="numpy", fn_constructor_kwargs=ctor, **kw)
     made = 0
+    run.paths.texts_journal.parent.mkdir(parents=True, exist_ok=True)
     for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        batch: list[dict[str, Any]] = []
         for i in range(len(b["key"])):
             k, raw = str(b["key"][i]), str(b["raw"][i])
             if count_tok is not None or "text" not in b:
@@ -186,8 +203,10 @@ def text_prototypes(run: EditsRun, clusters: list[dict[str, Any]]) -> int:
             cl = by_key[k]
             texts[k] = {"text": text, "raw": raw, "class_id": cl["class_id"], "caption_ids": cl["text_members"],
                         "backend": m.llm_backend, "model": m.llm}
+            batch.append({"key": k, "value": texts[k]})
             made += 1
-        atomic_write_json(run.paths.texts, dict(sorted(texts.items())))
+        append_records(run.paths.texts_journal, batch)  # durable per batch, costs the batch, not every text
+    _save_texts(run, texts)
     return made
 
 
@@ -199,7 +218,7 @@ def run_stage(run: EditsRun, state: StageState, force: bool) -> dict[str, Any]:
     made_img = image_prototypes(run, clusters)
     img_state.finish({"made": made_img})
     txt_state = StageState(run.paths.art, "prototype.text", state.key["text"])
-    txt_state.begin(lambda: remove(run.paths.texts), force)
+    txt_state.begin(lambda: remove(run.paths.texts, run.paths.texts_journal), force)
     made_txt = text_prototypes(run, clusters)
     txt_state.finish({"made": made_txt})
     texts = load_texts(run)
