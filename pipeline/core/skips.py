@@ -38,6 +38,7 @@ class SkipLog:
     def __init__(self, path: str | os.PathLike | None = None, resume: bool = True) -> None:
         self.path = Path(path) if path is not None else None
         self._entries: dict[tuple[str, str], dict[str, Any]] = {}
+        self._version, self._written_version = 0, -1  # adds so far / at the last write: unchanged -> no rewrite
         if resume and self.path is not None and self.path.is_file():
             for line in self.path.read_text(encoding="utf-8").splitlines():
                 if line.strip():
@@ -50,6 +51,7 @@ class SkipLog:
     def add(self, path: str, reason: str, stage: str = "", **extra: Any) -> None:
         entry = {"path": str(path), "reason": str(reason), "stage": stage, **extra}
         self._entries[(stage, str(path))] = entry
+        self._version += 1
 
     def extend(self, entries: list[dict[str, Any]], stage: str = "") -> None:
         """Add scan-style entries (``{"path", "reason"}``), tagging them with ``stage``."""
@@ -82,13 +84,17 @@ class SkipLog:
         return dict(sorted(Counter(s for (s, _p) in self._entries).items()))
 
     def write(self) -> Path | None:
-        """Write ``skipped.jsonl`` (one JSON object a line, sorted) atomically; None without a path."""
+        """Write ``skipped.jsonl`` (one JSON object a line, sorted) atomically, unless nothing was added since
+        the last write; None without a path."""
         if self.path is None:
             return None
+        if self._written_version == self._version and self.path.is_file():
+            return self.path  # nothing added since the last write (stages call this once per batch)
         from pipeline.core.write import atomic_write_bytes
 
         text = "".join(json.dumps(e, ensure_ascii=False, sort_keys=True) + "\n" for e in self.entries)
         atomic_write_bytes(self.path, text.encode("utf-8"))
+        self._written_version = self._version
         return self.path
 
     def summary(self) -> dict[str, Any]:

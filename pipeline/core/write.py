@@ -203,6 +203,11 @@ class DistilledSetWriter:
             self.manifest["summary"] = summary
         self._compact()
 
+    def close(self) -> None:
+        """Fold the journal into ``manifest.json`` (without marking the set complete)."""
+        if self._pending or self.journal_path.exists() or self._written_header is None:
+            self._compact()
+
     def done(self, key: str) -> bool:
         return key in self._done
 

@@ -98,7 +98,7 @@ def distill_dm(images_u8: torch.Tensor, labels: torch.Tensor, num_classes: int, 
                 mean_r = net.embed(r).mean(0)
             term = ((mean_r - net.embed(s).mean(0)) ** 2).sum()
             term.backward()  # accumulates this class's gradient into syn.grad and frees its graph
-            loss += float(term)
+            loss += float(term.detach())
         opt.step()
         losses.append(loss)
         progress(f"DM ipc {ipc}", it + 1, cfg.iterations)

@@ -261,6 +261,8 @@ def recover_sets(cfg: Config, sets: list[dict[str, Any]], redo: bool) -> dict[st
             for w in writers.values():
                 w.flush()
             progress("recover", sum(written.values()), len(rows))
+    for w in writers.values():
+        w.close()  # one manifest.json per set with every entry (the flushes above only appended)
     check_recovered(sets, writers)
     return written
 

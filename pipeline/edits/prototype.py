@@ -10,6 +10,8 @@
   tokenizer, and falls back to the nearest caption when the LLM returns nothing usable.
   ``class_prompt`` is the paper's ablation without text prototypes: ``edits.class_prompt``
   for every cluster, no LLM.
+  Each batch's texts are appended to ``texts.journal.jsonl`` (one fsync'd append), and ``texts.json``
+  is written once at the end; ``load_texts`` reads both, so a killed run loses no finished batch.
 
 The two halves have their own settings hash: changing the LLM keeps the latents.
 """
@@ -26,6 +28,7 @@ import torch
 from pipeline.core.actor_stage import ActorStage
 from pipeline.core.batching import batch_blocks
 from pipeline.core.grouping import complete_groups
+from pipeline.core.journal import append_records, read_journal
 from pipeline.core.write import atomic_torch_save, atomic_write_json, component_name, remove
 from pipeline.edits.state import EditsRun, StageState
 
@@ -114,10 +117,20 @@ def image_prototypes(run: EditsRun, clusters: list[dict[str, Any]]) -> int:
 
 
 def load_texts(run: EditsRun) -> dict[str, dict[str, Any]]:
+    """key -> text prototype: ``texts.json`` plus the batches a killed run appended to its journal."""
     try:
-        return json.loads(run.paths.texts.read_text())
+        texts = json.loads(run.paths.texts.read_text())
     except (OSError, json.JSONDecodeError):
-        return {}
+        texts = {}
+    for rec in read_journal(run.paths.texts_journal):
+        texts[rec["key"]] = rec["value"]
+    return texts
+
+
+def _save_texts(run: EditsRun, texts: dict[str, dict[str, Any]]) -> None:
+    """``texts.json`` with every prototype, then the journal (now folded into it) removed."""
+    atomic_write_json(run.paths.texts, dict(sorted(texts.items())))
+    remove(run.paths.texts_journal)
 
 
 def text_rows(run: EditsRun, clusters: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -145,7 +158,7 @@ def class_prompt_texts(run: EditsRun, todo: list[dict[str, Any]], texts: dict[st
         texts[cl["key"]] = {"text": prompts.class_prompt(run.names[cl["class_id"]], run.cfg.edits.class_prompt),
                             "raw": "", "class_id": cl["class_id"], "caption_ids": [],
                             "backend": "class_prompt", "model": None}
-    atomic_write_json(run.paths.texts, dict(sorted(texts.items())))
+    _save_texts(run, texts)
     return len(todo)
 
 
@@ -177,6 +190,8 @@ def text_prototypes(run: EditsRun, clusters: list[dict[str, Any]]) -> int:
     texts = load_texts(run)
     todo = [cl for cl in clusters if cl["key"] not in texts]
     if not todo:
+        if run.paths.texts_journal.exists():  # a run killed after its last batch: fold the journal
+            _save_texts(run, texts)
         return 0
     if e.text_prototype == "class_prompt":
         return class_prompt_texts(run, todo, texts)
@@ -193,7 +208,9 @@ def text_prototypes(run: EditsRun, clusters: list[dict[str, Any]]) -> int:
     else:
         ds = llm_stage(run).dataset(cfg, rows)
     made = 0
+    run.paths.texts_journal.parent.mkdir(parents=True, exist_ok=True)
     for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        batch: list[dict[str, Any]] = []
         for i in range(len(b["key"])):
             k, raw = str(b["key"][i]), str(b["raw"][i])
             if count_tok is not None or "text" not in b:
@@ -204,8 +221,10 @@ def text_prototypes(run: EditsRun, clusters: list[dict[str, Any]]) -> int:
             cl = by_key[k]
             texts[k] = {"text": text, "raw": raw, "class_id": cl["class_id"], "caption_ids": cl["text_members"],
                         "backend": m.llm_backend, "model": m.llm}
+            batch.append({"key": k, "value": texts[k]})
             made += 1
-        atomic_write_json(run.paths.texts, dict(sorted(texts.items())))
+        append_records(run.paths.texts_journal, batch)  # durable per batch, costs the batch, not every text
+    _save_texts(run, texts)
     return made
 
 
@@ -217,7 +236,7 @@ def run_stage(run: EditsRun, state: StageState, force: bool) -> dict[str, Any]:
     made_img = image_prototypes(run, clusters)
     img_state.finish({"made": made_img})
     txt_state = StageState(run.paths.art, "prototype.text", state.key["text"])
-    txt_state.begin(lambda: remove(run.paths.texts), force)
+    txt_state.begin(lambda: remove(run.paths.texts, run.paths.texts_journal), force)
     made_txt = text_prototypes(run, clusters)
     txt_state.finish({"made": made_txt})
     texts = load_texts(run)

@@ -9,7 +9,7 @@ and returns a summary (output folder, counts, wall time per stage). Artefacts li
     buffer/<class>.parquet       GSQ-fused features, LOF flag, cluster, distance, caption
     clusters/<class>.json        k-means + LSA per class; clusters.json merges them
     prototypes/latents/<key>.pt  image prototypes (mean VAE latent per cluster)
-    prototypes/texts.json        text prototypes (LLM summaries) per cluster
+    prototypes/texts.json        text prototypes (LLM summaries) per cluster (+ texts.journal.jsonl while running)
     <stage>.state.json           the settings hash a stage ran with and whether it completed
 
 A stage's settings are what its module declares in ``DEPENDS_ON`` (``state.stage_keys``);

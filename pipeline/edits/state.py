@@ -94,6 +94,11 @@ class Artefacts:
         return self.art / "prototypes" / "texts.json"
 
     @property
+    def texts_journal(self) -> Path:
+        """Text prototypes made since ``texts.json`` was last written (one fsync'd append per batch)."""
+        return self.art / "prototypes" / "texts.journal.jsonl"
+
+    @property
     def distilled(self) -> Path:
         return self.out / "distilled"
 
