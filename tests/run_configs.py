@@ -53,6 +53,7 @@ def edits_config(data: Path, zoo: Path, out: Path) -> dict:
                   # crosses an epoch boundary; 32 px, the zoo SD's size (the default, 512, is SD 1.5's)
                   "finetune": {"enabled": True, "max_steps": 4, "batch_size": 4, "resolution": 32,
                                "checkpoint_every_steps": 1}},
-        "ray": {"num_cpus": 2, "actor_num_cpus": 0.5, "batch_sizes": {"caption": 4, "embed": 4}},
+        # generate one image a batch: the manifest grows 1, 2, 3, 4 and a kill can land between two
+        "ray": {"num_cpus": 2, "actor_num_cpus": 0.5, "batch_sizes": {"caption": 4, "embed": 4, "generate": 1}},
         "output": {"dir": str(out)},
     }

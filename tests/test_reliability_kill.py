@@ -22,6 +22,7 @@ import yaml
 
 from pipeline.checks.verify import verify_set
 from pipeline.core.write import read_manifest
+from pipeline.errors import DataError
 from tests.run_configs import diver_config, edits_config
 
 EDITS_STAGES = ("caption", "embed", "cluster", "finetune", "prototype", "generate")
@@ -88,6 +89,9 @@ STAGE_OUTPUTS = {"caption": ["captions"], "embed": ["features"], "cluster": ["cl
                  "prototype": ["prototypes/latents"]}
 
 
+SET_STAGES = {"generate": "distilled", "recover": "diver"}  # stages whose outputs are a manifest's images
+
+
 def _newer_than(folders: list[Path], ref: Path) -> bool:
     """A finished output file (not a temp file) in ``folders`` written after ``ref``."""
     t = ref.stat().st_mtime_ns
@@ -147,7 +151,14 @@ def images(folder: Path) -> dict[str, bytes]:
 
 
 def stage_files(out: Path, stage: str) -> dict[str, int]:
-    """The stage's finished per-item output files: path -> mtime."""
+    """The stage's finished per-item output files: path -> mtime (an image set's: those in its manifest)."""
+    if stage in SET_STAGES:
+        try:
+            man = read_manifest(out / SET_STAGES[stage])
+        except DataError:  # no manifest yet
+            return {}
+        return {f"{SET_STAGES[stage]}/{e['file']}": (out / SET_STAGES[stage] / e["file"]).stat().st_mtime_ns
+                for e in man["images"]}
     folders = [out / "artefacts" / f for f in STAGE_OUTPUTS.get(stage, [])]
     return {str(p.relative_to(out)): p.stat().st_mtime_ns for f in folders if f.is_dir() for p in f.rglob("*")
             if p.is_file() and not p.name.startswith(".") and not p.name.endswith(".tmp")}
