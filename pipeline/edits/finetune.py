@@ -90,10 +90,11 @@ def run_stage(run: Any, state: Any, force: bool) -> dict[str, Any]:
     use_gpu = bool(ft.use_gpu and ray.cluster_resources().get("GPU", 0) > 0)
     run.log(f"[edits] finetune: {len(rows)} images, {steps} steps, {ft.num_workers} worker(s), gpu={use_gpu}")
     ds = ray.data.from_items(rows, override_num_blocks=block_count(len(rows)))
-    # the data tasks need DATA_CPUS beyond the Train workers (Ray Data's filter asks for a whole CPU by default,
-    # which a sweep trial holding a CPU on a 2-CPU machine never gets: the fine-tune would wait forever)
+    # each data task needs DATA_CPUS beside the Train workers (Ray Data's filter and select ask for a whole CPU
+    # by default, which a sweep trial holding a CPU on a 2-CPU machine never gets: the fine-tune waited forever)
     ds = ds.map_batches(decode_batch, fn_kwargs={"size": ft.resolution}, batch_size=64, num_cpus=DATA_CPUS)
-    ds = ds.filter(lambda r: not r["error"], num_cpus=DATA_CPUS).select_columns(["image", "caption"])
+    ds = ds.filter(lambda r: not r["error"], num_cpus=DATA_CPUS)
+    ds = ds.select_columns(["image", "caption"], num_cpus=DATA_CPUS)
     base = resolve_ref("sd", cfg.models.sd, run.zoo_dir)
     loop_cfg = {"model": base, "offline": offline(), "seed": ft.seed, "learning_rate": ft.learning_rate,
                 "ema_decay": ft.ema_decay, "mixed_precision": ft.mixed_precision,

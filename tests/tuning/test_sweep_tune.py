@@ -105,26 +105,26 @@ def test_diver_gamma_sweep_with_relative_paths_from_a_fresh_working_directory(de
         assert len(recovered) == 10, trial
 
 
-def test_edits_guidance_scale_sweep_with_relative_paths_from_a_fresh_working_directory(demo_root, zoo_dir,
-                                                                                      ray_local, tmp_path,
-                                                                                      monkeypatch):
-    """Two EDITS trials (guidance 1 and 10) on three digit classes of the test zoo: each trial runs the whole
-    pipeline in its own Tune working directory, evaluates its ``distilled/`` set, and one is picked."""
+def _edits_sweep(demo_root, tmp_path, monkeypatch, trial_cpus: float = 1, finetune: dict | None = None) -> None:
+    """Two EDITS trials (guidance 1 and 10) on three digit classes of the test zoo, from a fresh working
+    directory with relative paths: each trial runs the whole pipeline in its own Tune working directory,
+    evaluates its ``distilled/`` set, and one is picked."""
     import shutil
 
     shutil.copytree(demo_root, tmp_path / "digits")
+    edits = {"ipc": 2, "k_image": 2, "k_text": 2, "caption_image_size": 32, "caption_max_tokens": 12,
+             "feature_image_size": 32, "vae_source": "sd", "vae_resolution": 32, "num_inference_steps": 3,
+             "max_tokens": 16, "kmeans_nredo": 2, **({"finetune": finetune} if finetune else {})}
     (tmp_path / "sweep.yaml").write_text(yaml.safe_dump({
         "method": "edits", "name": "guidance_sweep",
         "data": {"root": "digits/train", "val_root": "digits/val", "class_names": "digits/class_names.json",
                  "image_size": 32, "classes": ["0", "1", "7"], "max_per_class": 5},
         "models": {"vlm": "zoo:vlm", "clip": "zoo:clip", "vae": "zoo:vae", "sd": "zoo:sd", "llm": "zoo:llm",
                    "dtype": "float32"},
-        "edits": {"ipc": 2, "k_image": 2, "k_text": 2, "caption_image_size": 32, "caption_max_tokens": 12,
-                  "feature_image_size": 32, "vae_source": "sd", "vae_resolution": 32, "num_inference_steps": 3,
-                  "max_tokens": 16, "kmeans_nredo": 2},
+        "edits": edits,
         "eval": {"students": ["convnet"], "student_kwargs": {"convnet": {"width": 8}}, "epochs": 2},
-        "sweep": {"params": {"edits.guidance_scale": [1.0, 10.0]}, "trial_cpus": 1, "max_concurrent_trials": 1,
-                  "repeats": 1},
+        "sweep": {"params": {"edits.guidance_scale": [1.0, 10.0]}, "trial_cpus": trial_cpus,
+                  "max_concurrent_trials": 1, "repeats": 1},
         "ray": {"actor_num_cpus": 0.5,
                 "batch_sizes": {"caption": 8, "embed": 8, "vae": 8, "llm": 8, "generate": 8}},
         "output": {"dir": "runs/sweep_out"},
@@ -147,7 +147,27 @@ def test_edits_guidance_scale_sweep_with_relative_paths_from_a_fresh_working_dir
         # distilled from the carved train part only (the holdout scores the trials)
         assert all(m.startswith(str(sweep_dir / "split" / "train")) for e in man["images"] for m in e["members"])
         shas.append(sorted(e["sha256"] for e in man["images"]))
+        if finetune:  # generated with the trial's fine-tuned SD
+            assert (trial / "finetuned_sd" / "unet").is_dir()
     assert shas[0] != shas[1]  # the guidance scale reached the generator
+
+
+def test_edits_guidance_scale_sweep_with_relative_paths_from_a_fresh_working_directory(demo_root, zoo_dir,
+                                                                                      ray_local, tmp_path,
+                                                                                      monkeypatch):
+    _edits_sweep(demo_root, tmp_path, monkeypatch)
+
+
+@pytest.mark.slow
+def test_edits_sweep_with_finetune_finishes_when_the_trial_leaves_the_finetune_its_cpus(demo_root, zoo_dir,
+                                                                                        ray_local, tmp_path,
+                                                                                        monkeypatch):
+    """With the fine-tune on, a trial (0.5 CPU) + its Train worker (1) + data tasks (0.5) fill the 2 CPUs;
+    the fine-tune's filter and select used to ask for a whole CPU and waited forever."""
+    _edits_sweep(demo_root, tmp_path, monkeypatch, trial_cpus=0.5,
+                 finetune={"enabled": True, "max_steps": 2, "vae_steps": 0, "batch_size": 4, "resolution": 32,
+                           "use_gpu": False, "mixed_precision": "no", "checkpoint_every_steps": 2,
+                           "cache_latents": True, "learning_rate": 1e-4})
 
 
 def test_a_trial_that_cannot_get_its_methods_cpus_fails_before_it_starts(demo_root, tmp_path):
