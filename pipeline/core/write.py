@@ -19,7 +19,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -113,21 +113,32 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     A full disk leaves no partial file and raises ``DiskFullError``.
     """
     path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as err:
-        if is_enospc(err):
-            raise disk_full(path, len(data)) from None
-        raise
+    fd, tmp = _temp_file_beside(path, lambda: len(data))
     with _no_partial(tmp, path, len(data)):
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
+        _publish(tmp, path)
     _written()
+
+
+def _temp_file_beside(path: Path, need_bytes: Callable[[], int]) -> tuple[int, str]:
+    """A hidden temp file in ``path``'s folder (made if missing); a full disk raises ``DiskFullError``
+    with ``need_bytes()`` (called only then)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        if is_enospc(err):
+            raise disk_full(path, need_bytes()) from None
+        raise
+
+
+def _publish(tmp: str, path: Path) -> None:
+    """Give the finished temp file a plain ``open``'s mode (not ``mkstemp``'s 0600) and rename it over ``path``."""
+    os.chmod(tmp, 0o666 & ~_umask())
+    os.replace(tmp, path)
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
@@ -425,21 +436,14 @@ def atomic_torch_save(path: str | os.PathLike, obj: Any) -> None:
     import torch
 
     path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as err:
-        if is_enospc(err):
-            raise disk_full(path, _tensor_bytes(obj)) from None
-        raise
+    fd, tmp = _temp_file_beside(path, lambda: _tensor_bytes(obj))
     sink = None
     try:
         with os.fdopen(fd, "wb", buffering=0) as f:
             sink = _CountingFile(f)
             torch.save(obj, sink)
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
+        _publish(tmp, path)
     except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
