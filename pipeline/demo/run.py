@@ -180,9 +180,12 @@ def gamma0_config(cfg: Config, dm_set: Path, out: Path) -> Config:
 def no_text_config(cfg: Config, out: Path) -> Config:
     """EDITS's ablation without text prototypes: the same run with ``edits.class_prompt`` as every prompt.
 
-    It reuses the full run's captions, features, clusters, image prototypes and fine-tuned SD
-    (copied artefacts, the same ``edits.finetune.output``), so only the prompts and the images differ.
+    It starts from a copy of the full run's artefacts and uses the same ``edits.finetune.output``:
+    the stage keys then reuse the captions, features, clusters, image prototypes and fine-tuned SD,
+    and redo only the text half (its key holds ``edits.text_prototype``) and the images.
     """
+    from pipeline.core.write import atomic_folder
+
     raw = cfg.model_dump(mode="json")
     full_out = Path(cfg.output.dir)
     raw["edits"]["text_prototype"] = "class_prompt"
@@ -192,11 +195,8 @@ def no_text_config(cfg: Config, out: Path) -> Config:
     if art.is_dir() and not dst.exists():  # a re-run resumes from its own artefacts
         import shutil
 
-        tmp = dst.with_name(dst.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(art, tmp, ignore=shutil.ignore_patterns("texts.json", "prototype.text.state.json",
-                                                                 "generate.state.json"))
-        tmp.rename(dst)
+        with atomic_folder(dst) as tmp:
+            shutil.copytree(art, tmp, dirs_exist_ok=True)
     return config_from_dict(raw, source="demo: edits without text prototypes")
 
 
