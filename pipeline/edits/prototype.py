@@ -39,7 +39,7 @@ DEPENDS_ON = {
     "text": ("stage:cluster", "input:class_names", "models.llm", "models.llm_backend", "input:llm_endpoint",
              "input:vllm:llm", "models.dtype", "input:device", "input:model_batch:llm", "edits.llm_pad_tokens",
              "edits.summary_prompt", "edits.max_tokens", "edits.llm_temperature", "edits.seed",
-             "edits.require_class_name", "input:sd_tokenizer", "edits.text_prototype", "edits.class_prompt"),
+             "edits.require_class_name", "input:sd_tokenizer", "input:text_source"),
 }
 
 

@@ -217,6 +217,8 @@ def run_input(run: EditsRun, name: str, keys: dict[str, Any]) -> Any:
         return {"finetuned": settings_hash(keys["finetune"])} if e.finetune.enabled else {"sd": m.sd}
     if kind == "prototype_vae":
         return run_input(run, "generator", keys) if e.vae_source == "sd" else {"vae": m.vae}
+    if kind == "text_source":  # the LLM, or the ablation's class prompt (its template matters only then)
+        return "llm" if e.text_prototype == "llm" else {"class_prompt": e.class_prompt}
     if kind == "llm_endpoint":  # only the openai backend talks to an endpoint
         return m.llm_url if m.llm_backend == "openai" else None
     if kind == "vllm":  # vLLM engine settings, only when that role runs on vLLM

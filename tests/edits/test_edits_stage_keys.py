@@ -59,6 +59,7 @@ CHANGES: dict[str, tuple[str, ...]] = {
     "edits.llm_pad_tokens": (PT,), "edits.llm_torch_threads": NONE, "edits.llm_api_key_env": NONE,
     "edits.llm_timeout_s": NONE, "edits.caption_image_size": (C,), "edits.caption_flush_rows": NONE,
     "edits.contact_sheet": (G,),
+    "edits.text_prototype": (PT,), "edits.class_prompt": NONE,  # the template counts only with class_prompt
     "edits.clip_image_feature": (E,), "edits.resize_mode": (E, PI), "edits.feature_resample": (E,),
     "edits.vae_resample": (PI,), "edits.kmeans_tol": (CL,), "edits.kmeans_init": (CL,),
     "edits.finetune.enabled": (G,),  # the generator becomes the fine-tuned model
@@ -298,6 +299,13 @@ def test_backend_only_settings(world):
     cfg = config_from_dict(raw)
     got = changed_units(unit_hashes(cfg), unit_hashes(with_value(raw, "models.vllm_engine_kwargs", {"seed": 1})))
     assert got == downstream((C, PT))
+
+
+def test_class_prompt_counts_only_in_the_ablation(world):
+    raw = base_raw(world, text_prototype="class_prompt")
+    cfg = config_from_dict(raw)
+    got = changed_units(unit_hashes(cfg), unit_hashes(with_value(raw, "edits.class_prompt", "a drawing of {class_name}")))
+    assert got == {PT, G}
 
 
 def test_finetuned_generator_invalidates_what_reads_it(world):
