@@ -6,7 +6,9 @@ so a recipe's RNG order (and its shipped checkpoint) does not depend on this mod
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 import torch
 
@@ -50,3 +52,14 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, step: int, max_deca
     decay = min(max_decay, (1 + step) / (10 + step))
     for pe, pm in zip(ema.parameters(), model.parameters()):
         pe.lerp_(pm, 1 - decay)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block with ``n`` torch intra-op threads, then restore the previous count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
