@@ -265,7 +265,7 @@ def main(args: argparse.Namespace) -> int:
     if zoo_paths.is_built("demo_dit", args.dir) and not args.force:
         print(f"demo DiT already trained: {target} (use --force to retrain)")
         return 0
-    with atomic_folder(target, marker=zoo_paths.MARKER, marker_text=zoo_paths.ZOO_VERSION) as tmp:
+    with atomic_folder(target, marker=zoo_paths.MARKER, marker_text=zoo_paths.TRAINED_HERE) as tmp:
         report = train_demo_dit(tmp, args.data, recipe)
     print(f"saved the demo DiT to {target}: {report['sample_accuracy']:.1%} of plain DiT samples recognised "
           f"as their class (classifier trained on the real train split)")

@@ -155,3 +155,23 @@ def test_tokenizer_ids_of_the_original_words_are_unchanged():
     assert len(tok) == 150 + len(zoo._WORDS_ADDED)
     assert torch.tensor(tok("slanted upright")["input_ids"][1:-1]).min() >= 150
 
+
+def test_a_zoo_copy_of_older_shipped_weights_is_rebuilt(tmp_path):
+    """A demo role copied before the weights were re-shipped (old marker) is stale: rebuilt from the shipped files."""
+    from actors import zoo_paths
+
+    path, built = zoo.build_role("demo_sd", tmp_path)
+    assert built and zoo.is_built("demo_sd", tmp_path)
+    assert not zoo.build_role("demo_sd", tmp_path)[1]  # current: a no-op
+    unet = path / "unet" / "diffusion_pytorch_model.safetensors"
+    for old_marker in (zoo.ZOO_VERSION, f"{zoo.ZOO_VERSION} shipped {'0' * 64}"):  # before digests; older weights
+        unet.write_bytes(b"older weights")
+        (path / zoo.MARKER).write_text(old_marker)
+        assert not zoo.is_built("demo_sd", tmp_path)
+        assert zoo.build_role("demo_sd", tmp_path)[1]
+        assert unet.read_bytes() == (shipped.WEIGHTS_DIR / "demo_sd" / unet.relative_to(path)).read_bytes()
+    (path / zoo.MARKER).write_text(zoo_paths.TRAINED_HERE)  # trained into the zoo by hand: kept
+    assert zoo.is_built("demo_sd", tmp_path)
+    (tmp_path / "clip").mkdir()
+    (tmp_path / "clip" / zoo.MARKER).write_text(zoo.ZOO_VERSION)  # random-init roles: the version alone
+    assert zoo.is_built("clip", tmp_path)
