@@ -5,8 +5,9 @@ Recipe (all on the CPU, a few minutes on 2 cores):
    (MSE + a small KL), then set its ``scaling_factor`` to 1 / std of the train latents;
 2. train a ``DiTTransformer2DModel`` (16x16x4 latents, patch 2, 4 layers of width 64,
    learned-sigma output like DiT-XL/2, 1000 class slots + null 1000 so diffusers'
-   ``DiTPipeline`` works) with the epsilon loss (Min-SNR-5 weighted) on DiT's linear-beta
-   schedule, 10% label dropout for CFG, EMA weights;
+   ``DiTPipeline`` works) with DiT's hybrid loss: the epsilon loss (Min-SNR-5 weighted) plus
+   L_vlb on the variance channels with the mean's gradient stopped (improved DDPM), on DiT's
+   linear-beta schedule, 10% label dropout for CFG, EMA weights;
 3. save a diffusers ``DiTPipeline`` folder (+ ``demo_dit.json`` with the recipe and the check);
 4. check: a ConvNet trained on the real train split classifies plain DiT samples (DDIM,
    CFG) and the share recognised as their conditioning class is recorded as ``sample_accuracy``.
@@ -32,7 +33,14 @@ import torch.nn.functional as F
 
 from pipeline.core.pixels import u8_hwc_to_signed_chw, u8_hwc_to_unit_chw, unit_to_signed
 from pipeline.core.read import load_image_arrays
-from tuning.demo_training import clipped_step, ema_update, lr_at, min_snr_epsilon_loss
+from tuning.demo_training import (
+    clipped_step,
+    ema_update,
+    lr_at,
+    min_snr_epsilon_loss,
+    torch_threads,
+    vlb_bits_per_dim,
+)
 
 
 @dataclass
@@ -50,6 +58,9 @@ class DemoDiTRecipe:
     ema_decay: float = 0.995
     min_snr_gamma: float = 5.0  # Min-SNR loss weighting (Hang et al. 2023): converges several times faster
     label_dropout: float = 0.1
+    # DiT's hybrid loss (improved DDPM): + L_vlb on the variance channels, the mean's gradient stopped,
+    # so the learned sigma that DIVER's guidance reads is trained (off: epsilon loss only)
+    train_variance: bool = True
     hidden_heads: int = 4
     head_dim: int = 16
     layers: int = 4
@@ -59,6 +70,9 @@ class DemoDiTRecipe:
     check_steps: int = 50
     check_cfg_scale: float = 4.0
     classifier_epochs: int = 6
+    # torch threads while training and checking: 1 gives the same arithmetic on any machine and is
+    # the fastest on a shared, busy CPU (2 threads spin against other jobs)
+    torch_threads: int = 1
 
 
 def train_vae(x: torch.Tensor, recipe: DemoDiTRecipe, log: Callable[[str], None]):
@@ -111,7 +125,7 @@ def make_scheduler():
 
 
 def train_dit(latents: torch.Tensor, labels: torch.Tensor, recipe: DemoDiTRecipe, log: Callable[[str], None]):
-    """Epsilon-prediction training with label dropout; returns the EMA transformer."""
+    """Epsilon-prediction training with label dropout (+ L_vlb on the variance channels); returns the EMA transformer."""
     model = make_transformer(recipe, latents.shape[-1])
     ema = copy.deepcopy(model).requires_grad_(False)
     sched = make_scheduler()
@@ -134,7 +148,10 @@ def train_dit(latents: torch.Tensor, labels: torch.Tensor, recipe: DemoDiTRecipe
         a = ab[t].view(-1, 1, 1, 1)
         zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
         out = model(zt, timestep=t, class_labels=y).sample
-        loss = min_snr_epsilon_loss(out[:, : z0.shape[1]], noise, a, recipe.min_snr_gamma)
+        eps, v = out[:, : z0.shape[1]], out[:, z0.shape[1]:]
+        loss = min_snr_epsilon_loss(eps, noise, a, recipe.min_snr_gamma)
+        if recipe.train_variance:
+            loss = loss + vlb_bits_per_dim(eps.detach(), v, z0, zt, t, ab).mean()
         clipped_step(opt, model.parameters(), loss)
         ema_update(ema, model, step, recipe.ema_decay)
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
@@ -201,8 +218,11 @@ def train_demo_dit(out: str | Path, data: str | Path | None = None, recipe: Demo
                    log: Callable[[str], None] = print) -> dict:
     """Train the demo VAE + DiT on the demo train split, save a DiTPipeline to ``out``, run the check."""
     recipe = recipe or DemoDiTRecipe()
-    out = Path(out)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    with torch_threads(recipe.torch_threads):
+        return _train_demo_dit(Path(out), data, recipe, log)
+
+
+def _train_demo_dit(out: Path, data: str | Path | None, recipe: DemoDiTRecipe, log: Callable[[str], None]) -> dict:
     t_start = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         if data is None:
@@ -265,7 +285,7 @@ def main(args: argparse.Namespace) -> int:
     if zoo_paths.is_built("demo_dit", args.dir) and not args.force:
         print(f"demo DiT already trained: {target} (use --force to retrain)")
         return 0
-    with atomic_folder(target, marker=zoo_paths.MARKER, marker_text=zoo_paths.ZOO_VERSION) as tmp:
+    with atomic_folder(target, marker=zoo_paths.MARKER, marker_text=zoo_paths.TRAINED_HERE) as tmp:
         report = train_demo_dit(tmp, args.data, recipe)
     print(f"saved the demo DiT to {target}: {report['sample_accuracy']:.1%} of plain DiT samples recognised "
           f"as their class (classifier trained on the real train split)")

@@ -14,11 +14,14 @@ seconds) and runs its check on the val split:
   a batch counted as positives; check: zero-shot class accuracy with ``a <class name>``
   prompts and caption retrieval recall@5 (image -> caption; a hit is a caption with the
   image's own text among the 5 nearest of all val captions);
-- ``demo_sd`` (tiny UNet + VAE + demo CLIP's text tower, an SD img2img pipeline like
-  ``zoo:sd``): the VAE trains with the demo DiT's VAE recipe, the UNet with the epsilon
-  loss (Min-SNR-5) on SD's schedule and 10% caption dropout, EMA weights; check like the
-  demo DiT: a ConvNet trained on the real train digits recognises its text-to-image
-  samples (DDIM, CFG; prompts are val captions) as the prompt's class.
+- ``demo_sd`` (tiny UNet + VAE + demo CLIP's frozen text tower, an SD img2img pipeline like
+  ``zoo:sd``): the VAE trains with the demo DiT's VAE recipe but one more down block
+  (factor 4: 32 px -> 8x8x4 latents, nearer SD's factor 8 than the DiT's factor 2; the
+  digits are bicubic 8x8 scans, so little is lost), the UNet (the zoo's, at the latent
+  size, plus a pooled text embedding added to the timestep embedding as in GLIDE and
+  Imagen) with the epsilon loss (Min-SNR-5) on SD's schedule and 10% caption dropout, EMA
+  weights; check like the demo DiT: a ConvNet trained on the real train digits recognises
+  its text-to-image samples (DDIM, CFG; prompts are val captions) as the prompt's class.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from PIL import Image
 
 from actors import demo_captions
 from pipeline.edits import prompts
-from tuning.demo_training import clipped_step, ema_update, lr_at, min_snr_epsilon_loss, set_lr
+from tuning.demo_training import clipped_step, ema_update, lr_at, min_snr_epsilon_loss, set_lr, torch_threads
 
 Log = Callable[[str], None]
 ZERO_SHOT_PROMPT = "a {class_name}"
@@ -78,7 +81,15 @@ class DemoSDRecipe:
     seed: int = 0
     vae_steps: int = 200
     vae_lr: float = 2e-3
-    unet_steps: int = 800  # about 0.7 s a step on 2 shared cores: the longest recipe of the zoo
+    # Three down blocks: factor 4, 8x8x4 latents. Measured in pilots of 400 UNet steps: 20% of the
+    # samples recognised with the factor-2 VAE (16x16 latents), 64% with factor 4, at a quarter of
+    # the UNet's cost a step.
+    vae_channels: tuple[int, ...] = (16, 32, 64)
+    # diffusers' ``addition_embed_type="text"``: an attention-pooled prompt embedding added to the
+    # timestep embedding, so every ResNet block sees the prompt (GLIDE, Imagen), not only the
+    # cross-attention layers; pilots: 64% -> 81% at 400 steps.
+    pooled_text_heads: int = 4  # 0: cross-attention only (SD 1.x)
+    unet_steps: int = 800
     batch: int = 32
     lr: float = 2e-3
     warmup: int = 100
@@ -90,6 +101,9 @@ class DemoSDRecipe:
     check_steps: int = 25
     check_cfg_scale: float = 4.0
     classifier_epochs: int = 6
+    # torch threads while training and checking: 1 gives the same arithmetic on any machine and is
+    # the fastest on a shared, busy CPU (2 threads spin against other jobs: 10x slower steps measured)
+    torch_threads: int = 1
     min_sample_accuracy: float = 0.8  # the issue's threshold
 
 
@@ -360,15 +374,32 @@ def train_unet(unet, scheduler, latents: torch.Tensor, cond: torch.Tensor, uncon
     return ema.eval(), running
 
 
+def demo_sd_unet(start_config: dict[str, Any], latent_size: int, recipe: DemoSDRecipe):
+    """The zoo SD's UNet layout at ``latent_size``, with the recipe's pooled text embedding; seeded init."""
+    from diffusers import UNet2DConditionModel
+
+    config = {k: v for k, v in start_config.items() if not k.startswith("_")}
+    config["sample_size"] = latent_size
+    if recipe.pooled_text_heads > 0:
+        config.update(addition_embed_type="text", addition_embed_type_num_heads=recipe.pooled_text_heads)
+    torch.manual_seed(recipe.seed + 1)
+    return UNet2DConditionModel.from_config(config)
+
+
 def train_demo_sd(out: str | Path, clip_dir: str | Path, data: str | Path | None = None,
                   recipe: DemoSDRecipe | None = None, log: Log = print) -> dict[str, Any]:
     """Train the VAE and the UNet of a tiny SD (text tower from ``clip_dir``) on the captions; save and check."""
+    recipe = recipe or DemoSDRecipe()
+    with torch_threads(recipe.torch_threads):
+        return _train_demo_sd(Path(out), clip_dir, data, recipe, log)
+
+
+def _train_demo_sd(out: Path, clip_dir: str | Path, data: str | Path | None, recipe: DemoSDRecipe,
+                   log: Log) -> dict[str, Any]:
     from diffusers import StableDiffusionImg2ImgPipeline
 
     from actors.demo_dit import DemoDiTRecipe, train_vae
 
-    recipe = recipe or DemoSDRecipe()
-    out = Path(out)
     t0 = time.time()
     d = load_demo_data(data)
     with tempfile.TemporaryDirectory() as tmp:
@@ -376,16 +407,18 @@ def train_demo_sd(out: str | Path, clip_dir: str | Path, data: str | Path | None
         pipe = StableDiffusionImg2ImgPipeline.from_pretrained(start, safety_checker=None,
                                                               requires_safety_checker=False)
     x = torch.from_numpy(d.train_images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-    vae_recipe = DemoDiTRecipe(seed=recipe.seed, vae_steps=recipe.vae_steps, vae_lr=recipe.vae_lr)
+    vae_recipe = DemoDiTRecipe(seed=recipe.seed, vae_steps=recipe.vae_steps, vae_lr=recipe.vae_lr,
+                               vae_channels=tuple(recipe.vae_channels))
     vae, latents, rec_mse = train_vae(x, vae_recipe, log)
     vae.requires_grad_(False)
+    t_vae = time.time() - t0
     text_encoder = text_encoder_from_clip(clip_dir)
     texts = captions_for(d.train_images, d.train_labels, d.names, recipe.lead)
     cond = encode_texts(pipe.tokenizer, text_encoder, texts)
     uncond = encode_texts(pipe.tokenizer, text_encoder, [""])[0]
     log(f"demo SD: {len(texts)} (image, caption) pairs; latents {tuple(latents.shape[1:])}")
-    torch.manual_seed(recipe.seed + 1)
-    unet, final_loss = train_unet(pipe.unet, pipe.scheduler, latents, cond, uncond, recipe, log)
+    unet = demo_sd_unet(dict(pipe.unet.config), latents.shape[-1], recipe)
+    unet, final_loss = train_unet(unet, pipe.scheduler, latents, cond, uncond, recipe, log)
     t_train = time.time() - t0
     trained = StableDiffusionImg2ImgPipeline(vae=vae, text_encoder=text_encoder, tokenizer=pipe.tokenizer, unet=unet,
                                              scheduler=pipe.scheduler, safety_checker=None, feature_extractor=None,
@@ -394,8 +427,9 @@ def train_demo_sd(out: str | Path, clip_dir: str | Path, data: str | Path | None
     trained.save_pretrained(out)
     check = check_sd(out, d, recipe)
     report = {"recipe": asdict(recipe), "train_pairs": len(texts), "vae_reconstruction_mse": rec_mse,
-              "scaling_factor": float(vae.config.scaling_factor), "final_loss": final_loss,
-              "text_encoder_from": "demo_clip", **check,
+              "latent_shape": list(latents.shape[1:]), "scaling_factor": float(vae.config.scaling_factor),
+              "final_loss": final_loss, "text_encoder_from": "demo_clip", **check,
+              "torch_threads": torch.get_num_threads(), "seconds_vae": round(t_vae, 1),
               "seconds_train": round(t_train, 1), "seconds_total": round(time.time() - t0, 1)}
     _write_report(out, "demo_sd", report)
     log(f"  demo SD check: {check['sample_accuracy']:.1%} of text-to-image samples recognised as the prompt's "

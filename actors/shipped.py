@@ -53,6 +53,12 @@ def write_sums(weights_dir: Path = WEIGHTS_DIR) -> Path:
     return target
 
 
+def role_digest(role: str, weights_dir: Path = WEIGHTS_DIR) -> str:
+    """sha256 of ``role``'s lines in ``SHA256SUMS`` (changes whenever one of its shipped files does)."""
+    listed = sorted((n, d) for n, d in read_sums(weights_dir).items() if n.split("/", 1)[0] == role)
+    return hashlib.sha256("".join(f"{d}  {n}\n" for n, d in listed).encode()).hexdigest()
+
+
 def verify_role(role: str, weights_dir: Path = WEIGHTS_DIR) -> list[str]:
     """Check every listed file of ``role`` against its sum; returns the relative paths (``<role>/...``)."""
     if role not in SHIPPED_ROLES:

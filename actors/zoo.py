@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from actors.zoo_paths import MARKER, ROLES, ZOO_VERSION, default_zoo_dir, is_built, zoo_path
+from actors.zoo_paths import MARKER, ROLES, ZOO_VERSION, default_zoo_dir, is_built, marker_text, zoo_path
 from pipeline.core.write import atomic_folder
 
 __all__ = [
@@ -249,11 +249,14 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
 
 
 def build_role(role: str, zoo_dir: str | os.PathLike | None = None, force: bool = False) -> tuple[Path, bool]:
-    """Build one role if missing; returns (path, built_now). Atomic: temp folder + rename."""
+    """Build one role if missing or stale (a copy of older shipped weights); returns (path, built_now).
+
+    Atomic: temp folder + rename.
+    """
     target = zoo_path(role, zoo_dir)
     if is_built(role, zoo_dir) and not force:
         return target, False
-    with atomic_folder(target, marker=MARKER, marker_text=ZOO_VERSION) as tmp:
+    with atomic_folder(target, marker=MARKER, marker_text=marker_text(role)) as tmp:
         BUILDERS[role](tmp)
     return target, True
 

@@ -27,5 +27,27 @@ def zoo_path(role: str, zoo_dir: str | os.PathLike | None = None) -> Path:
     return Path(zoo_dir or default_zoo_dir()) / role
 
 
+# The marker of a demo role trained into the zoo by hand (``zoo train-demo-dit``): kept, never replaced.
+TRAINED_HERE = f"{ZOO_VERSION} trained here"
+
+
+def marker_text(role: str) -> str:
+    """What a freshly built role's marker says: the zoo version, and for a shipped demo role the
+    digest of its ``SHA256SUMS`` lines, so a copy of older shipped weights reads as stale."""
+    from actors import shipped
+
+    if role in shipped.SHIPPED_ROLES:
+        return f"{ZOO_VERSION} shipped {shipped.role_digest(role)}"
+    return ZOO_VERSION
+
+
 def is_built(role: str, zoo_dir: str | os.PathLike | None = None) -> bool:
-    return (zoo_path(role, zoo_dir) / MARKER).exists()
+    """The role's folder is complete and current (a shipped role: a copy of the weights shipped now)."""
+    from actors import shipped
+
+    marker = zoo_path(role, zoo_dir) / MARKER
+    if not marker.is_file():
+        return False
+    if role not in shipped.SHIPPED_ROLES:
+        return True
+    return marker.read_text() in (marker_text(role), TRAINED_HERE)

@@ -206,7 +206,8 @@ class DiverConfig(Section):
     fusion_window: tuple[int, int] = (40, 25)  # [high, low] indices, guided when low <= i <= high (read-sibling)
     # sigma_t of the pull: learned = DiT's learned-range std (read-sibling); posterior = sqrt of the posterior
     # variance; one_minus_alpha_bar = sqrt(1 - alpha_bar_t). learned falls back to posterior (one logged warning,
-    # inferred) where the DiT predicts no variance or its variance channels are untrained (the demo DiT)
+    # inferred) where the DiT predicts no variance or its variance channels are untrained (a demo DiT
+    # trained before the hybrid loss)
     sigma: Literal["learned", "posterior", "one_minus_alpha_bar"] = "learned"
     cfg_scale: float = Field(4.0, ge=1.0)
     cfg_channels: Literal[3, "all"] = 3  # 3: CFG on latent channels 0..2 like DiT's forward_with_cfg (read); all

@@ -103,7 +103,8 @@ def test_sd_generator_runs_img2img_with_the_demo_sd(demo_zoo):
     gen = SDGenerator("zoo:demo_sd", {"num_inference_steps": 4, "image_size": 32}, zoo_dir=str(demo_zoo),
                       device="cpu")
     assert gen.pipe.text_encoder.config.hidden_size == gen.pipe.unet.config.cross_attention_dim
-    batch = {"key": np.array(["a", "b"], dtype=object), "latent": np.zeros((2, 4, 16, 16), np.float32),
+    assert gen.pipe.vae_scale_factor == 4 and gen.pipe.unet.config.sample_size == 8  # 32 px -> 8x8x4 latents
+    batch = {"key": np.array(["a", "b"], dtype=object), "latent": np.zeros((2, 4, 8, 8), np.float32),
              "prompt": np.array([("a handwritten digit one, thin strokes, upright, small size, centered, "
                                   "no closed loop")] * 2, dtype=object), "seed": np.array([1, 2])}
     out = gen(batch)
@@ -129,8 +130,10 @@ def test_recorded_checks_have_their_shape_and_pass_their_thresholds():
     assert clip["recall_at_5_image_to_caption"] > 10 * clip["recall_at_5_chance_about"]
     sd = json.loads((shipped.WEIGHTS_DIR / "demo_sd" / "demo_sd.json").read_text())
     assert demo_models.training_fields(sd["recipe"]) == demo_models.training_fields(
-        demo_models.asdict(demo_models.DemoSDRecipe()))
+        json.loads(json.dumps(demo_models.asdict(demo_models.DemoSDRecipe()))))  # tuples as JSON lists
     assert sd["samples_checked"] == 10 * sd["recipe"]["check_per_class"]
+    assert sd["sample_accuracy"] >= demo_models.DemoSDRecipe().min_sample_accuracy
+    assert sd["latent_shape"] == [4, 8, 8]
     assert set(sd["sample_accuracy_per_class"]) == set(NAMES.values())
 
 
@@ -151,3 +154,24 @@ def test_tokenizer_ids_of_the_original_words_are_unchanged():
     assert tok.convert_tokens_to_ids(["a", "digit", "handwritten", "zero"]) == [20, 54, 69, 149]
     assert len(tok) == 150 + len(zoo._WORDS_ADDED)
     assert torch.tensor(tok("slanted upright")["input_ids"][1:-1]).min() >= 150
+
+
+def test_a_zoo_copy_of_older_shipped_weights_is_rebuilt(tmp_path):
+    """A demo role copied before the weights were re-shipped (old marker) is stale: rebuilt from the shipped files."""
+    from actors import zoo_paths
+
+    path, built = zoo.build_role("demo_sd", tmp_path)
+    assert built and zoo.is_built("demo_sd", tmp_path)
+    assert not zoo.build_role("demo_sd", tmp_path)[1]  # current: a no-op
+    unet = path / "unet" / "diffusion_pytorch_model.safetensors"
+    for old_marker in (zoo.ZOO_VERSION, f"{zoo.ZOO_VERSION} shipped {'0' * 64}"):  # before digests; older weights
+        unet.write_bytes(b"older weights")
+        (path / zoo.MARKER).write_text(old_marker)
+        assert not zoo.is_built("demo_sd", tmp_path)
+        assert zoo.build_role("demo_sd", tmp_path)[1]
+        assert unet.read_bytes() == (shipped.WEIGHTS_DIR / "demo_sd" / unet.relative_to(path)).read_bytes()
+    (path / zoo.MARKER).write_text(zoo_paths.TRAINED_HERE)  # trained into the zoo by hand: kept
+    assert zoo.is_built("demo_sd", tmp_path)
+    (tmp_path / "clip").mkdir()
+    (tmp_path / "clip" / zoo.MARKER).write_text(zoo.ZOO_VERSION)  # random-init roles: the version alone
+    assert zoo.is_built("clip", tmp_path)

@@ -78,3 +78,29 @@ def test_demo_diver_config_end_to_end(tmp_path):
         assert len(manifest["images"]) == 10 * ipc
         assert Path(s["side_by_side"]).is_file()
     print(f"demo_diver: {time.time() - t:.0f}s, timings {summary['timings']}")
+
+
+@pytest.mark.parametrize("train_variance", [True, False])
+def test_the_hybrid_loss_trains_the_variance_channels(train_variance):
+    """DiT's final projection rows that output v move only under L_vlb (the epsilon loss never reaches them)."""
+    from actors.demo_dit import make_transformer, train_dit
+
+    recipe = DemoDiTRecipe(dit_steps=3, dit_batch=4, dit_warmup=1, train_variance=train_variance, layers=1)
+    g = torch.Generator().manual_seed(0)
+    latents, labels = torch.randn(8, 4, 8, 8, generator=g), torch.randint(0, 10, (8,), generator=g)
+
+    def v_rows(model) -> torch.Tensor:
+        w = model.proj_out_2.weight  # rows ordered (patch row, patch column, channel)
+        return w.view(-1, model.config.out_channels, w.shape[-1])[:, 4:].detach().clone()
+
+    before = v_rows(make_transformer(recipe, 8))  # the seeded init train_dit starts from
+    after = v_rows(train_dit(latents, labels, recipe, log=lambda _m: None))
+    assert torch.equal(before, after) is not train_variance
+
+
+def test_the_shipped_demo_dit_has_usable_variance_channels():
+    """The shipped demo DiT was trained with the hybrid loss, so DIVER's sigma: learned reads it (no fallback)."""
+    from actors.dit import variance_usable
+    from actors.shipped import WEIGHTS_DIR
+
+    assert variance_usable(WEIGHTS_DIR / "demo_dit") == (True, "")
