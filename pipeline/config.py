@@ -336,7 +336,11 @@ class RayConfig(Section):
     object_store_memory_mb: int | None = 1024  # local only
     actor_num_cpus: float = Field(0.5, gt=0)
     actor_num_gpus: float = Field(0.0, ge=0)
-    pool_sizes: dict[str, int] = {"caption": 1, "embed": 1, "vae": 1, "llm": 1, "generate": 1, "recover": 1}
+    # actors per stage; auto (the default): on CPUs as many as the cores hold at each actor's torch threads
+    # (floor(actor_num_cpus), or the role's own torch_threads) beside the decode tasks, on GPUs one per
+    # actor_num_gpus share (pipeline/core/actor_stage.py); a role missing from a given dict runs 1
+    pool_sizes: dict[str, int | Literal["auto"]] = {"caption": "auto", "embed": "auto", "vae": "auto", "llm": "auto",
+                                                    "generate": "auto", "recover": "auto"}
     batch_sizes: dict[str, int] = {"caption": 8, "embed": 32, "vae": 8, "llm": 8, "generate": 4, "recover": 8}
     # model batch inside an actor (pipeline/fixed_batches.py): fixed, so outputs are byte-identical
     # whatever batch_sizes / pool_sizes are; a role missing here runs its whole Ray batch at once
