@@ -8,7 +8,7 @@ in ``bench/PERF.md``):
 - blocks: one Ray batch per block (``batch_blocks``). With 256-row blocks a whole block was one
   task of one actor: the rest of the pool sat idle and the driver saw no row until it was done;
   and the Ray batch is whole micro-batches (``whole_micro_batches``), so no model call is padding;
-- pool size: ``ray.pool_sizes[role]: auto`` fills the CPUs with actors (``pool_plan``);
+- pool size: ``ray.pool_sizes[role]: auto`` (0, the default) fills the CPUs with actors (``pool_plan``);
 - torch threads: a CPU actor runs the torch threads of its CPU reservation (``floor(actor_num_cpus)``,
   at least 1; Ray's own default for a fractional actor), set explicitly, so neither a shell's
   ``OMP_NUM_THREADS`` nor the pool size changes them. The count is part of the result: oneDNN
@@ -50,7 +50,7 @@ def cluster_totals() -> tuple[float, float]:
 
 def pool_plan(size: int | str, actor_num_cpus: float, actor_num_gpus: float = 0.0, threads: int | None = None,
               side_cpus: float = 0.0, cpus: float | None = None, gpus: float | None = None) -> PoolPlan:
-    """The pool of one stage: ``size`` actors (an int, or ``"auto"``) and their torch threads.
+    """The pool of one stage: ``size`` actors (an int, or ``"auto"`` / 0) and their torch threads.
 
     ``threads``: a role's own setting (``diver.torch_threads``, ``edits.llm_torch_threads``); CPU
     actors otherwise run ``reservation_threads``. ``auto`` on GPUs is one actor per
@@ -64,7 +64,7 @@ def pool_plan(size: int | str, actor_num_cpus: float, actor_num_gpus: float = 0.
         gpus = g if gpus is None else gpus
     on_gpu = actor_num_gpus > 0
     n_threads = threads if threads else (None if on_gpu else reservation_threads(actor_num_cpus))
-    if size != "auto":
+    if size not in ("auto", 0):
         return PoolPlan(max(1, int(size)), n_threads)
     if on_gpu:
         return PoolPlan(max(1, math.floor(gpus / actor_num_gpus + 1e-9)), n_threads)

@@ -53,12 +53,14 @@ def test_auto_pool_on_gpus_is_one_actor_per_gpu_share():
 def test_pool_sizes_accept_auto_and_reject_other_words():
     from pipeline.errors import ConfigError
 
-    cfg = Config.model_validate({"ray": {"pool_sizes": {"caption": "auto", "embed": 2}}})
-    assert cfg.ray.pool_sizes == {"caption": "auto", "embed": 2}
+    cfg = Config.model_validate({"ray": {"pool_sizes": {"caption": "auto", "embed": 2, "vae": 0}}})
+    assert cfg.ray.pool_sizes == {"caption": 0, "embed": 2, "vae": 0}  # 0 is auto
+    assert pool_plan(0, 0.5, cpus=2, gpus=0) == pool_plan("auto", 0.5, cpus=2, gpus=0) == (2, 1)
     from pipeline.config import config_from_dict
 
-    with pytest.raises(ConfigError, match="ray.pool_sizes.caption"):
-        config_from_dict({"ray": {"pool_sizes": {"caption": "all"}}})
+    for bad in ("all", -1):
+        with pytest.raises(ConfigError, match="ray.pool_sizes.caption"):
+            config_from_dict({"ray": {"pool_sizes": {"caption": bad}}})
 
 
 def test_ray_batches_are_whole_micro_batches():
