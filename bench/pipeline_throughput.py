@@ -9,11 +9,13 @@ The serial side builds the same actor class with the same kwargs in this process
 batch by batch (decoding inline) with ``torch.set_num_threads(T)``, for each T in
 ``--serial-threads`` (default: 1 and all cores; the ratio is against the faster).
 
-Both sides alternate, round by round, in one process, so load hits them alike. For each side:
-- steady img/s: rows that arrived after the first output batch / time from it to the last one
+Both sides alternate, round by round, in one process, so load hits them alike. Each model call
+stamps its rows with the wall time it finished (the Ray side's actor class is wrapped to do it, so
+the driver's prefetching cannot bunch arrivals). For each side:
+- steady img/s: rows finished after the first model call / time from it to the last one
   (warm-up and start-up excluded);
-- start-up s: time to the first output batch minus what that batch costs at the steady rate
-  (Ray init is paid once before any stage and reported on its own line).
+- start-up s: time to the first finished call minus what that call costs at the steady rate:
+  actor creation, imports and model load (Ray init is paid once and reported on its own line).
 Ray's output bytes are checked against the serial loop's run at the actor's thread count.
 
     python bench/pipeline_throughput.py                         # all stages, 2 rounds
@@ -47,6 +49,7 @@ SIZE = 32  # the demo's image size (captioner, CLIP, VAE, SD and DiT zoo models 
 STAGES = ("caption", "embed", "vae", "llm", "generate", "recover")
 LABELS = {"caption": "EDITS caption", "embed": "EDITS embed", "vae": "EDITS VAE prototypes",
           "llm": "EDITS LLM text prototypes", "generate": "EDITS generate", "recover": "DIVER recovery"}
+DONE = "_bench_done"  # the column of finish times the wrapped actors add
 OUTPUT = {"caption": ("path", "caption"), "embed": ("path", "img_feat"), "vae": ("path", "latent"),
           "llm": ("key", "raw"), "generate": ("key", "image"), "recover": ("key", "recovered")}
 
@@ -61,12 +64,15 @@ class Workload:
 
 @dataclass
 class Timing:
-    start: float
-    marks: list[tuple[float, int]] = field(default_factory=list)  # (arrival time, rows) per output batch
+    start: float  # time.time() when the side started
+    marks: list[tuple[float, int]] = field(default_factory=list)  # (finish time, rows) per model call
     outputs: dict[str, bytes] = field(default_factory=dict)
 
     def add(self, batch: dict[str, Any], name: str) -> None:
-        self.marks.append((time.perf_counter(), len(batch[OUTPUT[name][0]])))
+        done = np.asarray(batch.pop(DONE))
+        for t in np.unique(done):
+            self.marks.append((float(t), int((done == t).sum())))
+        self.marks.sort()
         key, col = OUTPUT[name]
         for k, v in zip(batch[key], batch[col]):
             self.outputs[str(k)] = np.asarray(v).tobytes() if not isinstance(v, str) else v.encode()
@@ -198,6 +204,19 @@ def batches(rows: list[dict[str, Any]], n: int):
         yield out
 
 
+def stamped(cls: type) -> type:
+    """``cls`` whose calls add ``DONE``: the wall time each call finished, one value per row."""
+
+    class Stamped(cls):
+        def __call__(self, batch):
+            out = super().__call__(batch)
+            out[DONE] = np.full(len(next(iter(out.values()))), time.time())
+            return out
+
+    Stamped.__name__ = Stamped.__qualname__ = cls.__name__  # Ray names the operator after it
+    return Stamped
+
+
 def run_serial(w: Workload, threads: int) -> Timing:
     """The tight loop: the stage's actor built here, called on the stage's Ray batch size, decode inline."""
     import torch
@@ -207,8 +226,8 @@ def run_serial(w: Workload, threads: int) -> Timing:
     torch.set_num_threads(threads)
     kw = w.stage.pool(w.cfg)
     ctor = {k: v for k, v in kw["fn_constructor_kwargs"].items() if k != "torch_threads"}
-    t = Timing(time.perf_counter())
-    actor = w.stage.actor(**ctor)
+    t = Timing(time.time())
+    actor = stamped(w.stage.actor)(**ctor)
     for b in batches(w.rows, kw["batch_size"]):
         if w.stage.decode is not None:
             b = decode_batch(b, **w.stage.decode)
@@ -218,8 +237,11 @@ def run_serial(w: Workload, threads: int) -> Timing:
 
 
 def run_ray(w: Workload) -> Timing:
-    t = Timing(time.perf_counter())
-    for b in w.stage.dataset(w.cfg, w.rows).iter_batches(batch_size=None, batch_format="numpy"):
+    from dataclasses import replace
+
+    t = Timing(time.time())
+    stage = replace(w.stage, actor=stamped(w.stage.actor))
+    for b in stage.dataset(w.cfg, w.rows).iter_batches(batch_size=None, batch_format="numpy"):
         t.add(b, w.name)
     return t
 

@@ -8,7 +8,7 @@ Tune sweep can change it without editing code.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -352,7 +352,11 @@ class RayConfig(Section):
     object_store_memory_mb: int | None = 1024  # local only
     actor_num_cpus: float = Field(0.5, gt=0)
     actor_num_gpus: float = Field(0.0, ge=0)
-    pool_sizes: dict[str, int] = {"caption": 1, "embed": 1, "vae": 1, "llm": 1, "generate": 1, "recover": 1}
+    # actors per stage; 0 or auto (the default): on CPUs as many as the cores hold at each actor's torch threads
+    # (floor(actor_num_cpus), or the role's own torch_threads) beside the decode tasks, on GPUs one per
+    # actor_num_gpus share (pipeline/core/actor_stage.py); a role missing from a given dict runs 1
+    pool_sizes: dict[str, Annotated[int, Field(ge=0)]] = {"caption": 0, "embed": 0, "vae": 0, "llm": 0, "generate": 0,
+                                                          "recover": 0}
     batch_sizes: dict[str, int] = {"caption": 8, "embed": 32, "vae": 8, "llm": 8, "generate": 4, "recover": 8}
     # model batch inside an actor (pipeline/fixed_batches.py): fixed, so outputs are byte-identical
     # whatever batch_sizes / pool_sizes are; a role missing here runs its whole Ray batch at once
@@ -366,6 +370,12 @@ class RayConfig(Section):
     log_to_driver: bool = True
     logs_dir: str | None = None
     job: JobConfig = JobConfig()  # `semdistill submit` only
+
+    @field_validator("pool_sizes", mode="before")
+    @classmethod
+    def _auto_pool(cls, v: Any) -> Any:
+        """``auto`` is 0: fill the cluster (``pipeline.core.actor_stage.pool_plan``)."""
+        return {k: (0 if x == "auto" else x) for k, x in v.items()} if isinstance(v, dict) else v
 
 
 class OutputConfig(Section):

@@ -7,7 +7,8 @@ in ``bench/PERF.md``):
 
 - blocks: one Ray batch per block (``batch_blocks``). With 256-row blocks a whole block was one
   task of one actor: the rest of the pool sat idle and the driver saw no row until it was done;
-- pool size: ``ray.pool_sizes[role]: auto`` fills the CPUs with actors (``pool_plan``);
+  and the Ray batch is whole micro-batches (``whole_micro_batches``), so no model call is padding;
+- pool size: ``ray.pool_sizes[role]: auto`` (0, the default) fills the CPUs with actors (``pool_plan``);
 - torch threads: a CPU actor runs the torch threads of its CPU reservation (``floor(actor_num_cpus)``,
   at least 1; Ray's own default for a fractional actor), set explicitly, so neither a shell's
   ``OMP_NUM_THREADS`` nor the pool size changes them. The count is part of the result: oneDNN
@@ -18,13 +19,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 DECODE_CPUS = 0.5  # Ray CPUs of one decode task (PIL decode + resize of one Ray batch)
 
 
-@dataclass(frozen=True)
-class PoolPlan:
+class PoolPlan(NamedTuple):
     """How many actors a stage's pool runs and the torch threads of each (``None``: Ray's default, GPU actors)."""
 
     size: int
@@ -50,7 +50,7 @@ def cluster_totals() -> tuple[float, float]:
 
 def pool_plan(size: int | str, actor_num_cpus: float, actor_num_gpus: float = 0.0, threads: int | None = None,
               side_cpus: float = 0.0, cpus: float | None = None, gpus: float | None = None) -> PoolPlan:
-    """The pool of one stage: ``size`` actors (an int, or ``"auto"``) and their torch threads.
+    """The pool of one stage: ``size`` actors (an int, or ``"auto"`` / 0) and their torch threads.
 
     ``threads``: a role's own setting (``diver.torch_threads``, ``edits.llm_torch_threads``); CPU
     actors otherwise run ``reservation_threads``. ``auto`` on GPUs is one actor per
@@ -64,13 +64,20 @@ def pool_plan(size: int | str, actor_num_cpus: float, actor_num_gpus: float = 0.
         gpus = g if gpus is None else gpus
     on_gpu = actor_num_gpus > 0
     n_threads = threads if threads else (None if on_gpu else reservation_threads(actor_num_cpus))
-    if size != "auto":
+    if size not in ("auto", 0):
         return PoolPlan(max(1, int(size)), n_threads)
     if on_gpu:
         return PoolPlan(max(1, math.floor(gpus / actor_num_gpus + 1e-9)), n_threads)
     by_cores = math.floor(cpus / (n_threads or 1) + 1e-9)
     by_reservation = math.floor((cpus - side_cpus) / actor_num_cpus + 1e-9)
     return PoolPlan(max(1, min(by_cores, by_reservation)), n_threads)
+
+
+def whole_micro_batches(batch: int, micro: int | None) -> int:
+    """``batch`` rounded up to whole micro-batches: a Ray batch of 10 at micro-batch 4 ran 12 rows of model
+    work (the last micro-batch padded), one of 3 at 8 ran 8. Outputs do not change (the model sees the same
+    micro-batches); without a micro-batch the Ray batch is the model batch and stays as it is."""
+    return -(-batch // micro) * micro if micro else batch
 
 
 @dataclass
@@ -88,8 +95,9 @@ class ActorStage:
     default_batch: int = 8
     threads: int | None = None
     remote: dict[str, Any] = field(default_factory=dict)  # overrides of the pool's Ray resources (None: drop)
-    block_rows: int | None = None  # rows per block (``block_count``); None: one Ray batch per block
-    max_blocks: int = 200  # at most this many blocks (rows that carry images: fewer, larger puts)
+    # at most this many blocks: rows that name files are small (ImageNet's 1.28 M rows at batch 64 are ~5
+    # batches a block); rows that carry their images (DIVER) use fewer, larger puts
+    max_blocks: int = 4096
 
     def pool(self, cfg: Any) -> dict[str, Any]:
         """``map_batches`` kwargs of the pool (``pool_kwargs``) plus ``fn_constructor_kwargs`` with the threads."""
@@ -98,6 +106,7 @@ class ActorStage:
         plan = role_plan(cfg, self.role, self.threads, DECODE_CPUS if self.decode is not None else 0.0)
         kw = {**pool_kwargs(cfg, self.role, self.default_batch, plan), **self.remote}
         kw = {k: v for k, v in kw.items() if v is not None}
+        kw["batch_size"] = whole_micro_batches(kw["batch_size"], cfg.ray.micro_batch_sizes.get(self.role))
         kw["fn_constructor_kwargs"] = {**self.ctor, **({"torch_threads": plan.threads} if plan.threads else {})}
         return kw
 
@@ -106,13 +115,10 @@ class ActorStage:
         import ray.data
 
         from pipeline.core.batching import batch_blocks
-        from pipeline.core.ray_setup import block_count
         from pipeline.core.read import decode_batch
 
         kw = self.pool(cfg)
-        blocks = (block_count(len(rows), self.block_rows, self.max_blocks) if self.block_rows
-                  else batch_blocks(len(rows), kw["batch_size"], self.max_blocks))
-        ds = ray.data.from_items(rows, override_num_blocks=blocks)
+        ds = ray.data.from_items(rows, override_num_blocks=batch_blocks(len(rows), kw["batch_size"], self.max_blocks))
         if self.decode is not None:
             ds = ds.map_batches(decode_batch, fn_kwargs=self.decode, batch_size=kw["batch_size"],
                                 num_cpus=DECODE_CPUS)

@@ -98,7 +98,7 @@ def caption_stage(run: EditsRun) -> ActorStage:
             "prefix": e.caption_prefix, "require_class_name": e.require_class_name,
             "count_tokenizer_ref": cfg.models.clip, "faults": run.faults(),
             "micro_batch": cfg.ray.micro_batch_sizes.get("caption")}
-    return ActorStage("caption", Captioner, ctor, decode={"size": e.caption_image_size}, block_rows=256)
+    return ActorStage("caption", Captioner, ctor, decode={"size": e.caption_image_size})
 
 
 def _caption_dataset(run: EditsRun, todo: list[Any]) -> Any:
@@ -109,12 +109,13 @@ def _caption_dataset(run: EditsRun, todo: list[Any]) -> Any:
     sub = ImageIndex(run.index.root, run.index.classes, todo)
     if cfg.models.vlm_backend == "vllm":
         from actors.captioner import vllm_caption_dataset
+        from pipeline.core.ray_setup import role_plan
         from pipeline.core.read import image_dataset
 
         bs = int(cfg.ray.batch_sizes.get("caption", 8))
         return vllm_caption_dataset(image_dataset(sub, e.caption_image_size, batch_size=bs), cfg.models.vlm,
                                     run.names, e.caption_max_tokens, e.caption_prompt,
-                                    batch_size=bs, concurrency=int(cfg.ray.pool_sizes.get("caption", 1)),
+                                    batch_size=bs, concurrency=role_plan(cfg, "caption").size,
                                     engine_kwargs=cfg.models.vllm_engine_kwargs,
                                     processor_kwargs=cfg.models.vllm_processor_kwargs)
     return caption_stage(run).dataset(cfg, sub.rows())

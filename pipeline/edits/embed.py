@@ -57,7 +57,7 @@ def embed_stage(run: EditsRun) -> ActorStage:
     cfg = run.cfg
     ctor = {"model_ref": cfg.models.clip, "zoo_dir": run.zoo_dir, "dtype": cfg.models.dtype, "faults": run.faults(),
             "image_feature": cfg.edits.clip_image_feature, "micro_batch": cfg.ray.micro_batch_sizes.get("embed")}
-    return ActorStage("embed", ClipEmbedder, ctor, decode=decode_kwargs(cfg.edits), default_batch=32, block_rows=256)
+    return ActorStage("embed", ClipEmbedder, ctor, decode=decode_kwargs(cfg.edits), default_batch=32)
 
 
 def run_stage(run: EditsRun, state: StageState, force: bool) -> dict[str, Any]:

@@ -86,7 +86,7 @@ def vae_stage(run: EditsRun) -> ActorStage:
     ref, sub = _vae_ref(run)
     ctor = {"model_ref": ref, "zoo_dir": run.zoo_dir, "subfolder": sub, "dtype": cfg.models.dtype,
             "faults": run.faults(), "micro_batch": cfg.ray.micro_batch_sizes.get("vae")}
-    return ActorStage("vae", VaeEncoder, ctor, decode=decode_kwargs(cfg.edits), block_rows=128)
+    return ActorStage("vae", VaeEncoder, ctor, decode=decode_kwargs(cfg.edits))
 
 
 def image_prototypes(run: EditsRun, clusters: list[dict[str, Any]]) -> int:
@@ -184,6 +184,7 @@ def text_prototypes(run: EditsRun, clusters: list[dict[str, Any]]) -> int:
 
     from actors.captioner import load_count_tokenizer
     from actors.llm import summarize_with_vllm
+    from pipeline.core.ray_setup import role_plan
     from pipeline.edits import prompts
 
     cfg, e, m = run.cfg, run.cfg.edits, run.cfg.models
@@ -202,7 +203,7 @@ def text_prototypes(run: EditsRun, clusters: list[dict[str, Any]]) -> int:
     if m.llm_backend == "vllm":
         ds = ray.data.from_items(rows, override_num_blocks=batch_blocks(len(rows), bs))
         ds = summarize_with_vllm(ds, m.llm, e.max_tokens, e.llm_temperature, batch_size=bs,
-                                 concurrency=int(cfg.ray.pool_sizes.get("llm", 1)),
+                                 concurrency=role_plan(cfg, "llm").size,
                                  engine_kwargs=m.vllm_engine_kwargs, processor_kwargs=m.vllm_processor_kwargs)
         count_tok = load_count_tokenizer(run.generator_ref(), run.zoo_dir, "tokenizer", role="sd")
     else:
