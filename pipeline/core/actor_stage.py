@@ -36,15 +36,30 @@ def reservation_threads(actor_num_cpus: float) -> int:
     return max(1, math.floor(actor_num_cpus))
 
 
+def placement_group_cpus(table: dict[Any, dict[str, Any]]) -> float:
+    """CPUs held by the created placement groups of ``ray.util.placement_group_table()``: a Ray Tune
+    trial's reservation, a Ray Train run's workers. An actor pool scheduled outside them cannot use them."""
+    return sum(float(bundle.get("CPU", 0.0)) for pg in table.values() if pg.get("state") == "CREATED"
+               for bundle in (pg.get("bundles") or {}).values())
+
+
 def cluster_totals() -> tuple[float, float]:
-    """(CPUs, GPUs) of the connected Ray cluster; ``(os.cpu_count(), 0)`` when Ray is not running."""
+    """(CPUs, GPUs) of the connected Ray cluster that no placement group holds; ``(os.cpu_count(), 0)``
+    when Ray is not running.
+
+    Inside a Ray Tune trial the trial's own reservation is such a group: a pool sized to the whole
+    cluster would take the CPUs its decode tasks need and wait forever (a sweep trial of 1 CPU on 2).
+    """
     import os
     import sys
 
     ray = sys.modules.get("ray")
     if ray is not None and ray.is_initialized():
+        from ray.util import placement_group_table
+
         res = ray.cluster_resources()
-        return float(res.get("CPU", 1.0)), float(res.get("GPU", 0.0))
+        cpus = float(res.get("CPU", 1.0)) - placement_group_cpus(placement_group_table())
+        return max(cpus, 0.0), float(res.get("GPU", 0.0))
     return float(os.cpu_count() or 1), 0.0
 
 
@@ -56,7 +71,8 @@ def pool_plan(size: int | str, actor_num_cpus: float, actor_num_gpus: float = 0.
     actors otherwise run ``reservation_threads``. ``auto`` on GPUs is one actor per
     ``actor_num_gpus`` share; on CPUs it is as many actors as the cores hold at ``threads`` each
     (``size * threads <= cpus``, never oversubscribed) and as Ray's CPU accounting allows beside
-    ``side_cpus`` for the decode tasks. ``cpus`` / ``gpus`` default to the running cluster's.
+    ``side_cpus`` for the decode tasks. ``cpus`` / ``gpus`` default to the running cluster's, less the CPUs
+    its placement groups hold (``cluster_totals``).
     """
     if cpus is None or gpus is None:
         c, g = cluster_totals()

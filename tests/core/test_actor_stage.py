@@ -7,7 +7,13 @@ import itertools
 import pytest
 
 from pipeline.config import Config
-from pipeline.core.actor_stage import ActorStage, pool_plan, reservation_threads, whole_micro_batches
+from pipeline.core.actor_stage import (
+    ActorStage,
+    placement_group_cpus,
+    pool_plan,
+    reservation_threads,
+    whole_micro_batches,
+)
 
 
 def test_reservation_threads_are_whole_cpus_at_least_one():
@@ -116,3 +122,27 @@ def test_stage_pool_uses_the_role_threads_and_remote_overrides():
     kw = stage.pool(cfg)
     assert kw["fn_constructor_kwargs"] == {"a": 1, "torch_threads": 2}
     assert kw["num_cpus"] == 0.25 and "num_gpus" not in kw and kw["compute"].max_size == 1
+
+
+def test_placement_group_cpus_sums_the_created_groups_bundles():
+    table = {"a": {"state": "CREATED", "bundles": {0: {"CPU": 1.0}, 1: {"CPU": 0.5, "GPU": 1.0}}},
+             "b": {"state": "PENDING", "bundles": {0: {"CPU": 4.0}}},  # not holding anything yet
+             "c": {"state": "REMOVED", "bundles": {0: {"CPU": 2.0}}},
+             "d": {"state": "CREATED", "bundles": {0: {"GPU": 1.0}}}}
+    assert placement_group_cpus(table) == 1.5
+    assert placement_group_cpus({}) == 0.0
+
+
+def test_auto_pool_leaves_a_tune_trials_reservation_alone(ray_local):
+    """On 2 CPUs a sweep trial holds 1 in its placement group: an auto pool of 0.5-CPU actors beside
+    0.5-CPU decode tasks gets 1 actor (0.5 + 0.5 = the 1 CPU left), not 2 (which took the decode tasks'
+    CPU and hung the EDITS sweep)."""
+    from ray.util import placement_group, remove_placement_group
+
+    assert pool_plan("auto", 0.5, side_cpus=0.5) == (2, 1)
+    pg = placement_group([{"CPU": 1.0}])
+    ray_local.get(pg.ready(), timeout=60)
+    try:
+        assert pool_plan("auto", 0.5, side_cpus=0.5) == (1, 1)
+    finally:
+        remove_placement_group(pg)
