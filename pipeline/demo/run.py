@@ -36,6 +36,7 @@ import yaml
 from actors import zoo
 from pipeline.config import Config, EvalConfig, config_from_dict
 from pipeline.core.write import atomic_write_json
+from pipeline.demo.claims import claim_lines
 
 REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 IPC = 10
@@ -314,6 +315,7 @@ def _run_demo(out: Path, quick: bool, full: bool, logs: Path) -> dict[str, Any]:
     if rec:
         notes.append(f"stage-1 DM set ({base.diver.stage1.init} init, {base.diver.stage1.iterations} iterations): "
                      f"proxy ConvNet {rec['proxy']:.2f}%, unseen-architecture mean {rec['unseen_mean']:.2f}%.")
+    notes += claim_lines(rows)
     notes.append("stage times (s): " + ", ".join(f"{k[:-2]} {v}" for k, v in timings.items()))
     notes += list(skipped.values())
     sweep_dir = out / "sweep"
