@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 
@@ -28,12 +29,12 @@ def test_an_explicit_pool_size_is_kept_and_threads_follow_the_reservation():
 
 
 @pytest.mark.parametrize(("cpus", "actor_cpus", "side", "expected"), [
-    (2, 0.5, 0.5, 2),    # the laptop: two 1-thread actors, decode tasks still fit in Ray's accounting
-    (2, 0.5, 0.0, 2),
+    (2, 0.5, 0.5, 1),    # the laptop: one 1-thread actor and a whole core for the decode tasks
+    (2, 0.5, 0.0, 2),    # rows that carry their inputs (LLM, generate, DIVER): both cores to actors
     (2, 1.0, 0.5, 1),    # a whole-CPU actor beside the decode tasks: one
-    (16, 4.0, 0.5, 3),   # 3 x 4 threads = 12 cores, 0.5 left for decode (4 would leave none)
-    (16, 0.5, 0.5, 16),  # by cores, not by the 31 fractional reservations
-    (1, 0.5, 0.5, 1),
+    (16, 4.0, 0.5, 3),   # 3 x 4 threads = 12 cores, one left for decode (4 would leave none)
+    (16, 0.5, 0.5, 15),  # by cores, not by the 31 fractional reservations
+    (1, 0.5, 0.5, 1),    # a single actor always runs
 ])
 def test_auto_pool_fills_the_cores(cpus, actor_cpus, side, expected):
     plan = pool_plan("auto", actor_cpus, side_cpus=side, cpus=cpus, gpus=0)
@@ -46,7 +47,7 @@ def test_auto_pool_never_oversubscribes_cores_or_reservations():
         plan = pool_plan("auto", actor_cpus, threads=threads, side_cpus=side, cpus=cpus, gpus=0)
         assert plan.size >= 1
         if plan.size > 1:  # a single actor always runs, even when it alone is bigger than the machine
-            assert plan.size * plan.threads <= cpus, (cpus, actor_cpus, side, threads, plan)
+            assert plan.size * plan.threads + math.ceil(side) <= cpus, (cpus, actor_cpus, side, threads, plan)
             assert plan.size * actor_cpus + side <= cpus, (cpus, actor_cpus, side, threads, plan)
 
 
@@ -134,15 +135,15 @@ def test_placement_group_cpus_sums_the_created_groups_bundles():
 
 
 def test_auto_pool_leaves_a_tune_trials_reservation_alone(ray_local):
-    """On 2 CPUs a sweep trial holds 1 in its placement group: an auto pool of 0.5-CPU actors beside
-    0.5-CPU decode tasks gets 1 actor (0.5 + 0.5 = the 1 CPU left), not 2 (which took the decode tasks'
-    CPU and hung the EDITS sweep)."""
+    """On 2 CPUs a sweep trial holds 1 in its placement group: an auto pool of 0.5-CPU, 1-thread actors gets
+    the 1 CPU left, 1 actor, not 2 (sized to the whole cluster, the EDITS sweep's pool took the CPU its decode
+    tasks needed and hung)."""
     from ray.util import placement_group, remove_placement_group
 
-    assert pool_plan("auto", 0.5, side_cpus=0.5) == (2, 1)
+    assert pool_plan("auto", 0.5) == (2, 1)
     pg = placement_group([{"CPU": 1.0}])
     ray_local.get(pg.ready(), timeout=60)
     try:
-        assert pool_plan("auto", 0.5, side_cpus=0.5) == (1, 1)
+        assert pool_plan("auto", 0.5) == (1, 1)
     finally:
         remove_placement_group(pg)
