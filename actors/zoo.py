@@ -200,6 +200,21 @@ def llava_tokenizer():
     return tok
 
 
+def _to_llava_hub_layout(weights: Path) -> None:
+    """Rewrite a LLaVA checkpoint in ``llava-hf/llava-1.5-7b-hf``'s key layout (``vision_tower.vision_model.*``).
+
+    transformers 5.24 saves the CLIP tower without its ``vision_model.`` level; transformers < 5.20 and
+    vLLM's LLaVA read the hub's layout, which transformers 5.24 also loads (renaming on load).
+    """
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(weights)
+    tower = "vision_tower."
+    renamed = {(tower + "vision_model." + k[len(tower):] if k.startswith(tower)
+                and not k.startswith(tower + "vision_model.") else k): v for k, v in state.items()}
+    save_file(renamed, weights, metadata={"format": "pt"})
+
+
 def _build_llava(out: Path, image_size: int = 32, patch_size: int = 8) -> None:
     """LLaVA-1.5's architecture (``LlavaForConditionalGeneration``: CLIP vision tower, 2-layer GELU
     projector, Llama text model; features of the second-to-last vision layer without CLS) and its
@@ -232,6 +247,7 @@ def _build_llava(out: Path, image_size: int = 32, patch_size: int = 8) -> None:
     model = LlavaForConditionalGeneration(cfg)
     model.generation_config.pad_token_id = tok.pad_token_id
     model.save_pretrained(out)
+    _to_llava_hub_layout(out / "model.safetensors")
     image_processor = CLIPImageProcessor(size={"shortest_edge": image_size},
                                          crop_size={"height": image_size, "width": image_size})
     LlavaProcessor(image_processor=image_processor, tokenizer=tok, patch_size=patch_size,

