@@ -56,6 +56,23 @@ def test_llava_template_renders_vllm_string_content_like_the_parts():
     assert tpl.render(messages=string, add_generation_prompt=False) == want[: -len("ASSISTANT:")]
 
 
+def test_llava_checkpoint_has_the_hub_layout_and_loads_whole(zoo_dir):
+    """Keys as in llava-hf/llava-1.5-7b-hf (what vLLM's LLaVA and transformers<5.20 read); transformers
+    5.24 loads every weight from them (nothing missing, unexpected or freshly initialised)."""
+    from safetensors import safe_open
+    from transformers import LlavaForConditionalGeneration
+
+    folder = zoo.resolve_model_ref("zoo:llava")
+    with safe_open(f"{folder}/model.safetensors", "pt") as f:
+        keys = set(f.keys())
+    assert "vision_tower.vision_model.embeddings.patch_embedding.weight" in keys
+    assert "language_model.model.embed_tokens.weight" in keys and "language_model.lm_head.weight" in keys
+    assert {k.split(".")[0] for k in keys} == {"vision_tower", "language_model", "multi_modal_projector"}
+    assert not [k for k in keys if k.startswith("vision_tower.") and ".vision_model." not in f".{k}"]
+    _model, info = LlavaForConditionalGeneration.from_pretrained(folder, output_loading_info=True)
+    assert not any(info.get(k) for k in ("missing_keys", "unexpected_keys", "mismatched_keys"))
+
+
 def test_llava_build_is_deterministic(zoo_dir, tmp_path):
     from safetensors.torch import load_file
 

@@ -32,6 +32,38 @@ def test_script_is_executable_and_parses():
     # the VLM step: the caption stage on both backends, the vLLM run checked against the transformers run
     assert '"$(zoo llava)"' in text and "scripts/vllm_vlm_check.py" in text
     assert "--backend transformers" in text and "--backend vllm" in text and "--reference" in text
+    assert 'PYTHONPATH="$PWD/scripts/vllm_cpu_site:$PWD"' in text and "uninstall -y -q torchaudio torchcodec" in text
+
+
+FAKE_TORCHVISION = {  # torchvision 0.28's import order where its CUDA-built ops did not load
+    "__init__.py": "from . import extension\nfrom . import _meta_registrations\nIMPORTED = True\n",
+    "extension.py": "def _has_ops():\n    return False\n",
+    "_meta_registrations.py": (
+        "import torch\n"
+        "for op in ('nms', 'qnms'):\n"
+        "    torch.library.register_fake('torchvision::' + op)(lambda dets, scores, iou_threshold: dets)\n"),
+}
+
+
+def test_vllm_cpu_site_lets_torchvision_import_without_its_ops(tmp_path):
+    """scripts/vllm_cpu_site declares the two operators torchvision registers fake kernels for unguarded;
+    without it the import fails as it does in the vLLM venv (operator torchvision::nms does not exist)."""
+    import os
+
+    pkg = tmp_path / "torchvision"
+    pkg.mkdir()
+    for name, src in FAKE_TORCHVISION.items():
+        (pkg / name).write_text(src)
+    code = "import torchvision, torch; print(torchvision.IMPORTED, torch.ops.torchvision.nms.default._schema)"
+    runs = {}
+    for label, path in (("plain", [str(tmp_path)]), ("site", [str(REPO / "scripts" / "vllm_cpu_site"), str(tmp_path)])):
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
+        runs[label] = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                                     timeout=120, check=False)
+    assert runs["plain"].returncode != 0 and "torchvision::nms does not exist" in runs["plain"].stderr
+    assert runs["site"].returncode == 0, runs["site"].stderr[-2000:]
+    assert runs["site"].stdout.split(" ", 1) == [
+        "True", "torchvision::nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor\n"]
 
 
 def test_request_rows_are_the_stage_rows():
@@ -119,14 +151,12 @@ def _fake_ray_data_llm(monkeypatch) -> dict:
 
 
 def test_vllm_caption_requests_carry_the_image_and_the_instruct_prompt(monkeypatch, zoo_dir):
-    """models.vlm_backend=vllm: the zoo folder, the prepare-multimodal and chat-template stages, one image +
-    the transformers backend's instruction per row, greedy; the output row is the captioner's row."""
-    import base64
-    import io
+    """models.vlm_backend=vllm: the zoo folder, the chat-template stage (no tokenize stage: vLLM runs the
+    model's multimodal processor on the text), the transformers backend's messages and the image per row,
+    greedy; the output row is the captioner's row."""
+    from transformers import AutoProcessor
 
-    from PIL import Image
-
-    from actors.captioner import vllm_caption_dataset
+    from actors.captioner import Captioner, vllm_caption_dataset
     from actors.zoo import zoo_path
     from pipeline.edits import prompts
 
@@ -135,7 +165,8 @@ def test_vllm_caption_requests_carry_the_image_and_the_instruct_prompt(monkeypat
     _cfg, pre, post = vllm_caption_dataset("ds", "zoo:llava", names, max_tokens=9, engine_kwargs={"dtype": "float32"},
                                            processor_kwargs={"max_concurrent_batches": 1}, zoo_dir=str(zoo_dir))
     assert seen["model_source"] == str(zoo_path("llava", zoo_dir))
-    assert seen["prepare_multimodal_stage"] == {"enabled": True} and seen["chat_template_stage"] is True
+    assert seen["chat_template_stage"] is True and seen["tokenize_stage"] is False
+    assert "prepare_multimodal_stage" not in seen  # Ray 2.60's imports vllm.entrypoints.chat_utils (gone in 0.32)
     assert seen["engine_kwargs"] == {"max_model_len": 4096, "dtype": "float32"}
     assert seen["max_concurrent_batches"] == 1
 
@@ -143,17 +174,17 @@ def test_vllm_caption_requests_carry_the_image_and_the_instruct_prompt(monkeypat
     req = pre({"path": "/d/3/a.png", "class_id": "3", "error": "", "image": image})
     assert (req["path"], req["class_id"], req["error"]) == ("/d/3/a.png", "3", "")
     assert req["sampling_params"] == {"temperature": 0.0, "max_tokens": 9}
-    [msg] = req["messages"]
-    assert msg["role"] == "user" and [c["type"] for c in msg["content"]] == ["image_url", "text"]
-    assert msg["content"][1]["text"] == prompts.caption_instruction("handwritten digit three", 9)
-    url = msg["content"][0]["image_url"]["url"]
-    assert url.startswith("data:image/png;base64,")
-    sent = np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))))
-    assert np.array_equal(sent, image)  # lossless: vLLM sees the decoded pixels
+    text = prompts.caption_instruction("handwritten digit three", 9)
+    assert req["messages"] == [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
+    assert np.array_equal(np.asarray(req["multimodal_data"]["image"]), image)  # the decoded pixels, as a PIL image
+    # the chat-template stage renders the model's template over these messages: the transformers prompt
+    proc = AutoProcessor.from_pretrained(zoo_path("llava", zoo_dir))
+    rendered = proc.apply_chat_template(req["messages"], add_generation_prompt=True, tokenize=False)
+    assert rendered == f"USER: <image>\n{text} ASSISTANT:"
+    assert rendered == Captioner("zoo:llava", names, max_tokens=9)._prompts(["handwritten digit three"])[0]
 
     bad = pre({"path": "/d/3/b.png", "class_id": "3", "error": "cannot decode: x", "image": None})
-    blank = np.asarray(Image.open(io.BytesIO(base64.b64decode(
-        bad["messages"][0]["content"][0]["image_url"]["url"].split(",", 1)[1]))))
+    blank = np.asarray(bad["multimodal_data"]["image"])
     assert bad["error"] == "cannot decode: x" and blank.shape == (8, 8, 3) and (blank == 255).all()
 
     out = {"path": "/d/3/a.png", "class_id": "3", "error": "", "generated_text": " a three", "prompt": "USER: ..."}
