@@ -115,9 +115,9 @@ def compare_runs(ref: dict[str, Any], got: dict[str, Any]) -> list[str]:
 
 
 def print_run(run: dict[str, Any]) -> None:
-    n = len(run["rows"])
+    n, start = len(run["rows"]), "engine start" if run["backend"] == "vllm" else "model load"
     print(f"\ncaption stage, models.vlm_backend={run['backend']}: {n} captions in {run['seconds']:.1f} s "
-          f"(incl. engine start); columns {run['columns']}; per class {run['info'].get('per_class')}")
+          f"(incl. {start}); columns {run['columns']}; per class {run['info'].get('per_class')}")
     for r in run["rows"]:
         print(f"  {Path(r['path']).parent.name}/{Path(r['path']).name} key {r['key'][:12]}: {r['caption']}")
 

@@ -26,9 +26,9 @@ NMS_SCHEMA = "(Tensor dets, Tensor scores, float iou_threshold) -> Tensor"
 class DeclareNmsFirst(importlib.abc.MetaPathFinder):
     """Runs once, when ``torchvision._meta_registrations`` is about to be imported; finds nothing itself."""
 
-    def find_spec(self, name, path=None, target=None):  # noqa: ANN001 (the MetaPathFinder signature)
+    def find_spec(self, name, path=None, target=None):
         if name != "torchvision._meta_registrations":
-            return None
+            return
         sys.meta_path.remove(self)
         import torch
         import torchvision.extension
@@ -36,7 +36,7 @@ class DeclareNmsFirst(importlib.abc.MetaPathFinder):
         if not torchvision.extension._has_ops():
             for op in UNGUARDED:
                 torch.library.define(op, NMS_SCHEMA)
-        return None
+        return
 
 
 sys.meta_path.insert(0, DeclareNmsFirst())
