@@ -7,7 +7,8 @@ Backends:
   are cut from the output); ``prefix`` lets a captioning model (BLIP) continue
   ``a photo of <class name>,``; ``auto`` picks instruct when a chat template exists.
 - ``vllm``: the same messages through ``ray.data.llm`` (``build_processor`` with a
-  ``vLLMEngineProcessorConfig`` and the prepare-multimodal stage); see ``vllm_caption_dataset``.
+  ``vLLMEngineProcessorConfig``: the chat-template stage, then the engine with the image); see
+  ``vllm_caption_dataset``.
 
 Captions are cleaned to one line under ``max_tokens`` tokens of the CLIP tokenizer that
 will embed them, and get the class name prepended when the model dropped it
@@ -16,17 +17,16 @@ will embed them, and get the class name prepended when the model dropped it
 
 from __future__ import annotations
 
-import base64
-import io
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
-from actors.loading import load_pretrained, pick_device, pick_dtype, set_torch_threads
+from actors.loading import load_pretrained, pick_device, pick_dtype, resolve_ref, set_torch_threads
 from pipeline.core.faults import FaultInjector
 from pipeline.edits import prompts
+from pipeline.errors import ConfigError
 
 
 def load_count_tokenizer(ref: str | None, zoo_dir: str | None = None, subfolder: str | None = None,
@@ -104,8 +104,7 @@ class Captioner:
         out = []
         for n in names:
             text = prompts.caption_instruction(n, self.max_tokens, self.instruction)
-            msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
-            out.append(self.processor.apply_chat_template(msgs, add_generation_prompt=True))
+            out.append(self.processor.apply_chat_template(caption_messages(text), add_generation_prompt=True))
         return out
 
     @torch.no_grad()
@@ -145,49 +144,70 @@ class Captioner:
                 "caption": captions, "error": errors}
 
 
-def image_data_url(image: np.ndarray) -> str:
-    """A PNG data URL of a uint8 RGB image (how images travel to vLLM's chat parser)."""
-    buf = io.BytesIO()
-    Image.fromarray(np.asarray(image, dtype=np.uint8)).save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+def caption_messages(text: str) -> list[dict[str, Any]]:
+    """The instruct-style chat: one user turn, the image then the instruction (both backends send this)."""
+    return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
+
+
+def vllm_caption_request(row: dict[str, Any], class_names: dict[str, str], max_tokens: int = 77,
+                         instruction: str | None = None) -> dict[str, Any]:
+    """One decoded-image row -> a ``ray.data.llm`` request: chat ``messages``, the image, greedy sampling.
+
+    ``messages`` are the transformers backend's (``caption_messages`` of ``prompts.caption_instruction``),
+    rendered by the model's chat template in the chat-template stage, so both backends prompt the model
+    with the same text; the image goes to the engine as ``multimodal_data`` (a PIL image, as the
+    transformers backend hands its processor), and vLLM's multimodal processor expands the template's
+    image placeholder (LLaVA's ``<image>``) into the image's tokens.
+    A row that failed to decode still goes through, with a blank image, so its error comes back.
+    """
+    name = class_names.get(str(row["class_id"]), str(row["class_id"]))
+    text = prompts.caption_instruction(name, max_tokens, instruction)
+    pixels = np.full((8, 8, 3), 255, np.uint8) if row["error"] else np.asarray(row["image"], dtype=np.uint8)
+    return {"path": row["path"], "class_id": row["class_id"], "error": row["error"],
+            "messages": caption_messages(text), "multimodal_data": {"image": Image.fromarray(pixels)},
+            "sampling_params": {"temperature": 0.0, "max_tokens": max_tokens}}
+
+
+def vllm_caption_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A ``ray.data.llm`` output row -> the captioner's row: ``path, class_id, caption (raw), error``."""
+    return {"path": row["path"], "class_id": row["class_id"], "error": row["error"],
+            "caption": row.get("generated_text") or ""}
 
 
 def vllm_caption_dataset(ds: Any, model_ref: str, class_names: dict[str, str], max_tokens: int = 77,
                          instruction: str | None = None, batch_size: int = 16, concurrency: int = 1,
-                         engine_kwargs: dict | None = None, processor_kwargs: dict | None = None) -> Any:
+                         engine_kwargs: dict | None = None, processor_kwargs: dict | None = None,
+                         zoo_dir: str | None = None, style: str = "auto") -> Any:
     """Caption a decoded-image dataset with vLLM through ``ray.data.llm`` (needs the ``vllm`` extra).
 
     Output rows: ``path, class_id, caption (raw), error``; the caller cleans captions.
+    ``model_ref``: a hub id, a local folder or ``zoo:<role>`` (resolved here: vLLM is given the folder).
+    ``style``: vLLM always captions through the model's chat template, i.e. ``instruct``
+    (``auto`` is taken as that); ``prefix`` is a transformers-backend style and is refused.
     ``processor_kwargs``: extra ``vLLMEngineProcessorConfig`` fields (see ``summarize_with_vllm``).
+
+    Stages: chat template (the model's, over ``vllm_caption_request``'s messages) -> the vLLM engine with
+    the text prompt and the image (vLLM tokenizes and runs the model's multimodal processor). Ray Data
+    LLM's own prepare-multimodal stage is not used: in Ray 2.60 it imports
+    ``vllm.entrypoints.chat_utils``, which vLLM 0.32 moved (to ``vllm.renderers.chat_utils``).
     """
+    if style == "prefix":
+        raise ConfigError("edits.caption_style=prefix works only with models.vlm_backend=transformers: vLLM "
+                          "captions through the model's chat template (set edits.caption_style to auto or instruct)")
     try:
         import vllm  # noqa: F401
         from ray.data.llm import build_processor, vLLMEngineProcessorConfig
     except ImportError as err:
-        from pipeline.errors import ConfigError
-
         raise ConfigError(f"models.vlm_backend=vllm needs vLLM installed (pip install 'semdistill[vllm]'): {err}") \
             from None
     config = vLLMEngineProcessorConfig(
-        model_source=model_ref, batch_size=batch_size, concurrency=concurrency,
+        model_source=resolve_ref("vlm", model_ref, zoo_dir), batch_size=batch_size, concurrency=concurrency,
         engine_kwargs={"max_model_len": 4096, **(engine_kwargs or {})},
-        prepare_multimodal_stage={"enabled": True}, chat_template_stage=True, **(processor_kwargs or {}),
+        chat_template_stage=True, tokenize_stage=False, **(processor_kwargs or {}),
     )
 
     def pre(row: dict[str, Any]) -> dict[str, Any]:
-        name = class_names.get(str(row["class_id"]), str(row["class_id"]))
-        text = prompts.caption_instruction(name, max_tokens, instruction)
-        # a row that failed to decode still goes through (with a blank image) so its error comes back
-        image = np.full((8, 8, 3), 255, np.uint8) if row["error"] else row["image"]
-        content = [{"type": "image_url", "image_url": {"url": image_data_url(image)}},
-                   {"type": "text", "text": text}]
-        return {"path": row["path"], "class_id": row["class_id"], "error": row["error"],
-                "messages": [{"role": "user", "content": content}],
-                "sampling_params": {"temperature": 0.0, "max_tokens": max_tokens}}
+        return vllm_caption_request(row, class_names, max_tokens, instruction)
 
-    def post(row: dict[str, Any]) -> dict[str, Any]:
-        return {"path": row["path"], "class_id": row["class_id"], "error": row["error"],
-                "caption": row.get("generated_text", "")}
-
-    processor = build_processor(config, preprocess=pre, postprocess=post)
+    processor = build_processor(config, preprocess=pre, postprocess=vllm_caption_row)
     return processor(ds)

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from actors.loading import load_pretrained, pick_device, pick_dtype
+from actors.loading import load_pretrained, pick_device, pick_dtype, resolve_ref
 from pipeline.core.faults import FaultInjector, TransientWorkerError
 from pipeline.edits import prompts
 from pipeline.errors import ConfigError, ModelLoadError
@@ -188,8 +188,10 @@ class LLMActor:
 
 def summarize_with_vllm(ds: Any, model_ref: str, max_tokens: int = 77, temperature: float = 0.0,
                         batch_size: int = 16, concurrency: int = 1, engine_kwargs: dict | None = None,
-                        processor_kwargs: dict | None = None) -> Any:
+                        processor_kwargs: dict | None = None, zoo_dir: str | None = None) -> Any:
     """Text prototypes with vLLM in-process through ``ray.data.llm``; adds ``raw`` (uncleaned).
+
+    ``model_ref``: a hub id, a local folder or ``zoo:<role>`` (resolved here: vLLM is given the folder).
 
     ``processor_kwargs`` are extra ``vLLMEngineProcessorConfig`` fields, e.g.
     ``placement_group_config={"bundles": [{"CPU": 1}]}`` for a CPU-only vLLM.
@@ -200,7 +202,8 @@ def summarize_with_vllm(ds: Any, model_ref: str, max_tokens: int = 77, temperatu
     except ImportError as err:
         raise ConfigError(f"models.llm_backend=vllm needs vLLM installed (pip install 'semdistill[vllm]'): {err}") \
             from None
-    config = vLLMEngineProcessorConfig(model_source=model_ref, batch_size=batch_size, concurrency=concurrency,
+    config = vLLMEngineProcessorConfig(model_source=resolve_ref("llm", model_ref, zoo_dir), batch_size=batch_size,
+                                       concurrency=concurrency,
                                        engine_kwargs={"max_model_len": 4096, **(engine_kwargs or {})},
                                        **(processor_kwargs or {}))
 

@@ -1,9 +1,9 @@
 """The local model zoo: tiny, randomly initialised versions of every model role.
 
 Each role uses the same classes as the real model (DiT pipeline, SD img2img pipeline,
-CLIPModel, a BLIP captioner, a causal LM), is saved with ``save_pretrained`` and is loaded
-back by the pipeline through the same ``from_pretrained`` code as the real ids. Nothing is
-downloaded: tokenizers are built here from a fixed word list.
+CLIPModel, a BLIP captioner, a LLaVA-1.5 captioner, a causal LM), is saved with
+``save_pretrained`` and is loaded back by the pipeline through the same ``from_pretrained`` code
+as the real ids. Nothing is downloaded: tokenizers are built here from a fixed word list.
 
 The ``demo_*`` roles have learned the demo digits (``actors.demo_dit``, ``actors.demo_models``).
 In configs, ``zoo:<role>`` names a zoo model (roles: ``ROLES``).
@@ -170,6 +170,91 @@ def _build_llm(out: Path) -> None:
     tok.save_pretrained(out)
 
 
+# LLaVA-1.5's prompt format ("USER: <image>\n<prompt> ASSISTANT:"), written for this zoo. It takes a
+# message's content as a list of parts (the transformers captioner) or as one string with the image
+# placeholder already in it (vLLM's "string" content format: "<image>\n" + the text), and renders both alike.
+LLAVA_CHAT_TEMPLATE = (
+    "{%- for m in messages -%}"
+    "{%- if m['role'] != 'system' -%}{{ m['role'].upper() + ': ' }}{%- endif -%}"
+    "{%- if m['content'] is string -%}{{ m['content'] }}"
+    "{%- else -%}"
+    "{%- for part in m['content'] if part['type'] == 'image' -%}{{ '<image>\n' }}{%- endfor -%}"
+    "{%- for part in m['content'] if part['type'] == 'text' -%}{{ part['text'] }}{%- endfor -%}"
+    "{%- endif -%}{{ ' ' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ 'ASSISTANT:' }}{%- endif -%}"
+)
+LLAVA_IMAGE_TOKEN = "<image>"
+
+
+def llava_tokenizer():
+    """The zoo's word-level tokenizer as a decoder-only LLM's: BOS only (no EOS after the prompt), and
+    LLaVA's ``<image>`` placeholder as an added special token (expanded to the image's patch tokens)."""
+    from tokenizers import processors
+
+    tok = build_tokenizer(max_length=4096)
+    bos = tok.bos_token
+    tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A $B", special_tokens=[(bos, tok.bos_token_id)])
+    tok.add_tokens([LLAVA_IMAGE_TOKEN], special_tokens=True)
+    return tok
+
+
+def _to_llava_hub_layout(weights: Path) -> None:
+    """Rewrite a LLaVA checkpoint in ``llava-hf/llava-1.5-7b-hf``'s key layout (``vision_tower.vision_model.*``).
+
+    transformers 5.24 saves the CLIP tower without its ``vision_model.`` level; transformers < 5.20 and
+    vLLM's LLaVA read the hub's layout, which transformers 5.24 also loads (renaming on load).
+    """
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(weights)
+    tower = "vision_tower."
+    renamed = {(tower + "vision_model." + k[len(tower):] if k.startswith(tower)
+                and not k.startswith(tower + "vision_model.") else k): v for k, v in state.items()}
+    save_file(renamed, weights, metadata={"format": "pt"})
+
+
+def _build_llava(out: Path, image_size: int = 32, patch_size: int = 8) -> None:
+    """LLaVA-1.5's architecture (``LlavaForConditionalGeneration``: CLIP vision tower, 2-layer GELU
+    projector, Llama text model; features of the second-to-last vision layer without CLS) and its
+    processor classes (``LlavaProcessor`` over ``CLIPImageProcessor`` and a fast tokenizer), at tiny
+    widths: ``(image_size / patch_size)**2`` = 16 image tokens. Head size 32 (vLLM's CPU attention
+    supports 32, 64, ...), 4096 positions like LLaVA-1.5, so vLLM's default ``max_model_len`` fits.
+    Loads with transformers and with vLLM's LLaVA implementation (``scripts/test-vllm-cpu.sh``).
+    """
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
+
+    _seeded(7)
+    tok = llava_tokenizer()
+    image_token_id = tok.convert_tokens_to_ids(LLAVA_IMAGE_TOKEN)
+    vision = CLIPVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                              image_size=image_size, patch_size=patch_size, projection_dim=64)
+    text = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                       num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=4096,
+                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    n_image = (image_size // patch_size) ** 2
+    cfg = LlavaConfig(vision_config=vision, text_config=text, image_token_index=image_token_id,
+                      projector_hidden_act="gelu", vision_feature_select_strategy="default",
+                      vision_feature_layer=-2, image_seq_length=n_image)
+    model = LlavaForConditionalGeneration(cfg)
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.save_pretrained(out)
+    _to_llava_hub_layout(out / "model.safetensors")
+    image_processor = CLIPImageProcessor(size={"shortest_edge": image_size},
+                                         crop_size={"height": image_size, "width": image_size})
+    LlavaProcessor(image_processor=image_processor, tokenizer=tok, patch_size=patch_size,
+                   vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                   chat_template=LLAVA_CHAT_TEMPLATE).save_pretrained(out)
+
+
 def _build_vae(out: Path) -> None:
     _seeded(4)
     tiny_vae().save_pretrained(out)
@@ -241,7 +326,7 @@ def _build_smollm2(out: Path) -> None:
 
 BUILDERS: dict[str, Callable[[Path], None]] = {
     "tokenizer": _build_tokenizer, "clip": _build_clip, "vlm": _build_vlm, "llm": _build_llm,
-    "vae": _build_vae, "dit": _build_dit, "sd": _build_sd, "smollm2": _build_smollm2,
+    "vae": _build_vae, "dit": _build_dit, "sd": _build_sd, "smollm2": _build_smollm2, "llava": _build_llava,
     # trained demo models shipped in the repo (actors/demo_weights): copied after a sha256 check
     **{role: (lambda out, r=role: __import__("actors.shipped", fromlist=["copy_role"]).copy_role(r, out))
        for role in ("demo_vlm", "demo_clip", "demo_sd", "demo_dit")},

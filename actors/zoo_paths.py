@@ -6,8 +6,8 @@ import os
 from pathlib import Path
 
 ZOO_VERSION = "v1"
-ROLES = ("tokenizer", "clip", "vlm", "llm", "vae", "dit", "sd", "smollm2", "demo_dit", "demo_vlm", "demo_clip",
-         "demo_sd")
+ROLES = ("tokenizer", "clip", "vlm", "llava", "llm", "vae", "dit", "sd", "smollm2", "demo_dit", "demo_vlm",
+         "demo_clip", "demo_sd")
 MARKER = ".complete"
 
 

@@ -117,7 +117,8 @@ def _caption_dataset(run: EditsRun, todo: list[Any]) -> Any:
                                     run.names, e.caption_max_tokens, e.caption_prompt,
                                     batch_size=bs, concurrency=role_plan(cfg, "caption").size,
                                     engine_kwargs=cfg.models.vllm_engine_kwargs,
-                                    processor_kwargs=cfg.models.vllm_processor_kwargs)
+                                    processor_kwargs=cfg.models.vllm_processor_kwargs, zoo_dir=run.zoo_dir,
+                                    style=e.caption_style)
     return caption_stage(run).dataset(cfg, sub.rows())
 
 

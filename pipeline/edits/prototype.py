@@ -204,7 +204,8 @@ def text_prototypes(run: EditsRun, clusters: list[dict[str, Any]]) -> int:
         ds = ray.data.from_items(rows, override_num_blocks=batch_blocks(len(rows), bs))
         ds = summarize_with_vllm(ds, m.llm, e.max_tokens, e.llm_temperature, batch_size=bs,
                                  concurrency=role_plan(cfg, "llm").size,
-                                 engine_kwargs=m.vllm_engine_kwargs, processor_kwargs=m.vllm_processor_kwargs)
+                                 engine_kwargs=m.vllm_engine_kwargs, processor_kwargs=m.vllm_processor_kwargs,
+                                 zoo_dir=run.zoo_dir)
         count_tok = load_count_tokenizer(run.generator_ref(), run.zoo_dir, "tokenizer", role="sd")
     else:
         ds = llm_stage(run).dataset(cfg, rows)
