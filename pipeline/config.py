@@ -55,7 +55,11 @@ class ModelsConfig(Section):
     vllm_engine_kwargs: dict[str, Any] = {}
     vllm_processor_kwargs: dict[str, Any] = {}
     zoo_dir: str | None = None  # where ``zoo:`` models live (default: user cache dir)
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"  # auto: fp16 on GPU
+    # auto: bf16 on CUDA (fp16 where the GPU has no bf16), fp32 on CPU (actors/loading.py:pick_dtype)
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    # UNet and VAE weights in NHWC (cuDNN's fast convolution layout); auto: on CUDA only (actors/gpu_defaults.py)
+    channels_last: Literal["auto", True, False] = "auto"
+    compile: bool = False  # torch.compile the UNet, the DiT transformer and the VAE decoder (first batch compiles)
 
 
 class FinetuneConfig(Section):

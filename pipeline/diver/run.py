@@ -163,7 +163,8 @@ def recover_stage(cfg: Config, model_dir: str, settings: Any, vae_ref: str | Non
 
     d = cfg.diver
     ctor = {"model_ref": model_dir, "settings": settings.as_dict(), "resolution": d.resolution,
-            "dtype": cfg.models.dtype, "micro_batch": cfg.ray.micro_batch_sizes.get("recover"), "faults": faults,
+            "dtype": cfg.models.dtype, "channels_last": cfg.models.channels_last, "compile": cfg.models.compile,
+            "micro_batch": cfg.ray.micro_batch_sizes.get("recover"), "faults": faults,
             "vae_ref": vae_ref, **({"output_size": d.resolution} if d.input_tiles > 1 else {})}
     return ActorStage("recover", DiTRecoverActor, ctor, default_batch=d.batch_size, threads=d.torch_threads,
                       max_blocks=64)
@@ -186,7 +187,8 @@ def recover_sets(cfg: Config, sets: list[dict[str, Any]], redo: bool) -> dict[st
     vae_ref = vae_ref_for(cfg)
     class_map = load_class_map(d.class_map)
     manifest_settings = {**settings.as_dict(), "seed": d.seed, "resolution": d.resolution, "dit": cfg.models.dit,
-                         "vae": vae_ref or "dit", "dtype": cfg.models.dtype}
+                         "vae": vae_ref or "dit", "dtype": cfg.models.dtype,
+                         "channels_last": cfg.models.channels_last, "compile": cfg.models.compile}
     writers: dict[str, DistilledSetWriter] = {}
     rows: list[dict[str, Any]] = []
     tiled, sizes = d.input_tiles > 1, {}
