@@ -71,3 +71,4 @@ def test_pool_batch_without_a_gpu_to_ask_keeps_the_default(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     cfg = _cfg(actor_num_gpus=1, batch_sizes={})
     assert ActorStage("generate", _Probe, {}, default_batch=8).pool(cfg)["batch_size"] == 8
+
