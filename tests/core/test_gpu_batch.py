@@ -72,3 +72,35 @@ def test_pool_batch_without_a_gpu_to_ask_keeps_the_default(monkeypatch):
     cfg = _cfg(actor_num_gpus=1, batch_sizes={})
     assert ActorStage("generate", _Probe, {}, default_batch=8).pool(cfg)["batch_size"] == 8
 
+
+
+def test_free_memory_is_probed_on_a_ray_gpu_node_without_cuda_here(monkeypatch):
+    """The driver (a CPU head node) asks one GPU task; actors sharing a GPU get their share of it."""
+    import sys
+    import types
+
+    from pipeline.core.gpu_batch import free_gpu_bytes
+
+    asked = []
+
+    class Ref:
+        def __init__(self, fn):
+            self.fn = fn
+
+    def remote(**opts):
+        asked.append(opts)
+        return lambda fn: types.SimpleNamespace(remote=lambda: Ref(fn))
+
+    fake = types.SimpleNamespace(is_initialized=lambda: True, cluster_resources=lambda: {"GPU": 2.0},
+                                 remote=remote, get=lambda ref, timeout=None: 40 * GiB,
+                                 exceptions=types.SimpleNamespace(GetTimeoutError=TimeoutError))
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert free_gpu_bytes(0.5) == 20 * GiB and asked == [{"num_gpus": 0.5, "num_cpus": 0}]
+    assert free_gpu_bytes(2) == 40 * GiB  # an actor on more than one GPU still runs its model on one
+
+    def busy(ref, timeout=None):
+        raise TimeoutError
+
+    fake.get = busy
+    assert free_gpu_bytes(1) is None  # every GPU held: the caller keeps the default batch
