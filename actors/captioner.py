@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from actors.gpu_defaults import with_sdpa
 from actors.loading import load_pretrained, pick_device, pick_dtype, resolve_ref, set_torch_threads
 from pipeline.core.faults import FaultInjector
 from pipeline.edits import prompts
@@ -66,8 +67,8 @@ class Captioner:
         self.device = pick_device(device)
         self.dtype = pick_dtype(dtype, self.device)
         self.processor = load_pretrained("vlm", model_ref, AutoProcessor.from_pretrained, zoo_dir)
-        self.model = load_pretrained("vlm", model_ref, AutoModelForImageTextToText.from_pretrained, zoo_dir,
-                                     dtype=self.dtype).to(self.device).eval()
+        self.model = load_pretrained("vlm", model_ref, with_sdpa(AutoModelForImageTextToText.from_pretrained),
+                                     zoo_dir, dtype=self.dtype).to(self.device).eval()
         self.style = resolve_style(style, self.processor)
         tok = getattr(self.processor, "tokenizer", None)
         if self.style == "instruct" and tok is not None:

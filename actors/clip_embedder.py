@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from actors.gpu_defaults import with_sdpa
 from actors.loading import load_pretrained, pick_device, pick_dtype, set_torch_threads
 from pipeline.core.faults import FaultInjector
 
@@ -57,7 +58,7 @@ class ClipEmbedder:
         self.device = pick_device(device)
         self.dtype = pick_dtype(dtype, self.device)
         self.processor = load_pretrained("clip", model_ref, AutoProcessor.from_pretrained, zoo_dir)
-        self.model = load_pretrained("clip", model_ref, CLIPModel.from_pretrained, zoo_dir,
+        self.model = load_pretrained("clip", model_ref, with_sdpa(CLIPModel.from_pretrained), zoo_dir,
                                      dtype=self.dtype).to(self.device).eval()
         self.faults = FaultInjector.from_kwargs(faults)
 

@@ -67,14 +67,17 @@ def variance_usable(model_dir: str | Path) -> tuple[bool | None, str]:
 
 
 def load_dit(model_ref: str, zoo_dir: str | None = None, dtype: str = "auto", device: str | None = None,
-             vae_ref: str | None = None):
-    """(transformer, vae, DDIM scheduler) of a diffusers DiT pipeline; fp16 on GPU under ``auto``.
+             vae_ref: str | None = None, channels_last: bool | str = "auto", compile: bool = False):
+    """(transformer, vae, DDIM scheduler) of a diffusers DiT pipeline; bf16 (or fp16) on GPU under ``auto``.
 
     ``vae_ref`` (a folder or hub id, ``models.vae``) replaces the pipeline's own VAE. The
     scheduler only supplies ``alphas_cumprod``; ``clip_sample`` is pinned off (DiT does not clip).
+    SDPA attention in both; ``channels_last`` on the VAE (the transformer's one convolution is its patch
+    embedding); ``compile`` on the transformer and the VAE decoder (actors/gpu_defaults.py).
     """
     from diffusers import AutoencoderKL, DDIMScheduler, DiTPipeline
 
+    from actors.gpu_defaults import apply_channels_last, maybe_compile, use_sdpa_processors
     from actors.loading import load_pretrained, pick_device, pick_dtype
 
     dev = pick_device(device)
@@ -84,6 +87,11 @@ def load_dit(model_ref: str, zoo_dir: str | None = None, dtype: str = "auto", de
     vae = pipe.vae if vae_ref is None else load_pretrained("vae", vae_ref, AutoencoderKL.from_pretrained,
                                                            zoo_dir=zoo_dir, dtype=torch_dtype)
     vae = vae.to(dev).eval()
+    use_sdpa_processors(transformer)
+    use_sdpa_processors(vae)
+    apply_channels_last(vae, channels_last, dev)
+    maybe_compile(transformer, compile)
+    maybe_compile(vae.decoder, compile)
     scheduler = DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=False)
     return transformer, vae, scheduler
 
@@ -100,7 +108,7 @@ class DiTRecoverActor:
     def __init__(self, model_ref: str, settings: dict[str, Any], resolution: int, zoo_dir: str | None = None,
                  dtype: str = "auto", device: str | None = None, micro_batch: int | None = None,
                  torch_threads: int | None = None, faults: dict | None = None, vae_ref: str | None = None,
-                 output_size: int | None = None) -> None:
+                 output_size: int | None = None, channels_last: bool | str = "auto", compile: bool = False) -> None:
         from pipeline.core.faults import FaultInjector
 
         self.faults = FaultInjector.from_kwargs(faults)  # debug.fail_every_n_batches (tests)
@@ -108,7 +116,8 @@ class DiTRecoverActor:
 
         set_torch_threads(torch_threads)
         self.micro_batch = micro_batch
-        self.transformer, self.vae, self.scheduler = load_dit(model_ref, zoo_dir, dtype, device, vae_ref=vae_ref)
+        self.transformer, self.vae, self.scheduler = load_dit(model_ref, zoo_dir, dtype, device, vae_ref=vae_ref,
+                                                                  channels_last=channels_last, compile=compile)
         self.settings = RecoverSettings.from_mapping(settings)
         self.resolution = int(resolution)
         self.output_size = output_size  # None: the input's size

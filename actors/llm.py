@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from actors.gpu_defaults import with_sdpa
 from actors.loading import load_pretrained, pick_device, pick_dtype, resolve_ref
 from pipeline.core.faults import FaultInjector, TransientWorkerError
 from pipeline.edits import prompts
@@ -55,7 +56,7 @@ class TransformersChat:
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = load_pretrained("llm", model_ref, AutoModelForCausalLM.from_pretrained, zoo_dir,
+        self.model = load_pretrained("llm", model_ref, with_sdpa(AutoModelForCausalLM.from_pretrained), zoo_dir,
                                      dtype=self.dtype).to(self.device).eval()
 
     @torch.no_grad()

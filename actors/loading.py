@@ -69,9 +69,15 @@ def set_torch_threads(threads: int | None) -> None:
 
 
 def pick_dtype(name: str, device: torch.device) -> torch.dtype:
-    """``auto`` means fp16 on GPU and fp32 on CPU."""
+    """``auto``: bf16 on a CUDA device that supports it (Ampere and newer), else fp16 there; fp32 on CPU.
+
+    bf16 has fp32's exponent range, so the VAE and the UNet's attention do not overflow as they can in
+    fp16 (diffusers' ``upcast_vae``); pre-Ampere GPUs emulate bf16 slowly, so they keep fp16.
+    """
     if name == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
 
 

@@ -16,6 +16,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from actors.gpu_defaults import (
+    ChannelsLast,
+    apply_channels_last,
+    maybe_compile,
+    set_sdpa,
+    use_sdpa_processors,
+)
 from actors.loading import load_pretrained, pick_device, pick_dtype, set_torch_threads
 from pipeline.core.faults import FaultInjector
 
@@ -58,8 +65,13 @@ def img2img(pipe: Any, latents: torch.Tensor, prompts: list[str], seeds: list[in
 
 
 def load_img2img_pipeline(model_ref: str, zoo_dir: str | None = None, dtype: str = "auto",
-                          device: str | None = None) -> Any:
-    """``StableDiffusionImg2ImgPipeline`` with a DDIM scheduler, no safety checker, quiet progress."""
+                          device: str | None = None, channels_last: ChannelsLast = "auto",
+                          compile: bool = False) -> Any:
+    """``StableDiffusionImg2ImgPipeline`` with a DDIM scheduler, no safety checker, quiet progress.
+
+    SDPA attention in the UNet, VAE and text encoder; ``channels_last`` (``models.channels_last``) on the
+    UNet and VAE; ``compile`` (``models.compile``) on the UNet and the VAE decoder (actors/gpu_defaults.py).
+    """
     from diffusers import DDIMScheduler, StableDiffusionImg2ImgPipeline
 
     dev = pick_device(device)
@@ -67,7 +79,15 @@ def load_img2img_pipeline(model_ref: str, zoo_dir: str | None = None, dtype: str
                            dtype=pick_dtype(dtype, dev), safety_checker=None, requires_safety_checker=False)
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
-    return pipe.to(dev)
+    pipe = pipe.to(dev)
+    use_sdpa_processors(pipe.unet)
+    use_sdpa_processors(pipe.vae)
+    set_sdpa(pipe.text_encoder)
+    apply_channels_last(pipe.unet, channels_last, dev)
+    apply_channels_last(pipe.vae, channels_last, dev)
+    maybe_compile(pipe.unet, compile)
+    maybe_compile(pipe.vae.decoder, compile)
+    return pipe
 
 
 class SDGenerator:
@@ -76,10 +96,12 @@ class SDGenerator:
     def __init__(self, model_ref: str, settings: dict[str, Any], zoo_dir: str | None = None,
                  dtype: str = "auto", faults: dict | None = None, pipe: Any | None = None,
                  device: str | None = None, micro_batch: int | None = None,
-                 torch_threads: int | None = None) -> None:
+                 torch_threads: int | None = None, channels_last: ChannelsLast = "auto",
+                 compile: bool = False) -> None:
         set_torch_threads(torch_threads)
         self.micro_batch = micro_batch  # fixed model batch: images do not depend on the Ray batch
-        self.pipe = pipe if pipe is not None else load_img2img_pipeline(model_ref, zoo_dir, dtype, device)
+        self.pipe = pipe if pipe is not None else load_img2img_pipeline(model_ref, zoo_dir, dtype, device,
+                                                                        channels_last, compile)
         self.settings = GenerateSettings(**settings)
         self.faults = FaultInjector.from_kwargs(faults)
 

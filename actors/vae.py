@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from actors.gpu_defaults import ChannelsLast, apply_channels_last, use_sdpa_processors
 from actors.loading import load_pretrained, pick_device, pick_dtype, set_torch_threads
 from pipeline.core.faults import FaultInjector
 from pipeline.core.pixels import u8_hwc_to_signed_chw
@@ -19,7 +20,8 @@ class VaeEncoder:
 
     def __init__(self, model_ref: str, zoo_dir: str | None = None, subfolder: str | None = None,
                  dtype: str = "auto", faults: dict | None = None, device: str | None = None,
-                 micro_batch: int | None = None, torch_threads: int | None = None) -> None:
+                 micro_batch: int | None = None, torch_threads: int | None = None,
+                 channels_last: ChannelsLast = "auto") -> None:
         from diffusers import AutoencoderKL
 
         set_torch_threads(torch_threads)
@@ -31,6 +33,8 @@ class VaeEncoder:
         kw = {"subfolder": subfolder} if subfolder else {}
         self.vae = load_pretrained("vae", model_ref, AutoencoderKL.from_pretrained, zoo_dir,
                                    dtype=self.dtype, **kw).to(self.device).eval()
+        use_sdpa_processors(self.vae)
+        apply_channels_last(self.vae, channels_last, self.device)  # models.channels_last (auto: on CUDA)
         self.scaling = float(self.vae.config.scaling_factor)
         self.faults = FaultInjector.from_kwargs(faults)
 

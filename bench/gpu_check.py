@@ -9,6 +9,10 @@ Measures, on one CUDA GPU:
   * EDITS generation: Stable Diffusion 1.5 img2img (UNet + CLIP ViT-L/14 text tower at SD 1.5's
     config, inline) from a latent image prototype, strength 0.7, CFG 10, 50 steps, 512 px.
 Paper (DIVER, RTX 4090): 2.48 s/image and 4.02 GB for DIVER, 2.41 s/image for plain DiT.
+The models run as the pipeline's actors run them (actors/gpu_defaults.py): ``--dtype auto`` (bf16 on
+CUDA, fp16 where the GPU has no bf16), SDPA attention, ``--channels-last auto`` (on CUDA) for the UNet
+and VAEs, ``--compile`` optional; it prints each model's measured per-image memory next to the estimate
+``pipeline/core/gpu_batch.py`` sizes Ray batches with.
 Weights are random: timings and memory are those of the real architectures, images are noise.
 
 ``--cpu-smoke`` runs the same code with tiny models on the CPU in seconds (for tests).
@@ -32,7 +36,16 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from actors.dit import recover_images
+from actors.gpu_defaults import (
+    apply_channels_last,
+    channels_last_on,
+    maybe_compile,
+    set_sdpa,
+    use_sdpa_processors,
+)
 from actors.latents import decode_latents
+from actors.loading import pick_dtype
+from pipeline.core.gpu_batch import ROLE_MEMORY
 from pipeline.diver.guidance import RecoverSettings, plain_dit_latents
 
 # facebook/DiT-XL-2-256, transformer/config.json (written out: nothing is downloaded)
@@ -105,7 +118,14 @@ def is_oom(err: BaseException) -> bool:
     return isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in str(err).lower()
 
 
-def build_dit(device: torch.device, dtype: torch.dtype, smoke: bool):
+def gpu_defaults(model: torch.nn.Module, device: torch.device, channels_last, conv: bool) -> None:
+    """What the actors' loaders do (actors/gpu_defaults.py): SDPA attention; channels_last on conv models."""
+    use_sdpa_processors(model)
+    if conv:
+        apply_channels_last(model, channels_last, device)
+
+
+def build_dit(device: torch.device, dtype: torch.dtype, smoke: bool, channels_last="auto", compile: bool = False):
     from diffusers import AutoencoderKL, DDIMScheduler, DiTTransformer2DModel
 
     torch.manual_seed(0)
@@ -117,11 +137,15 @@ def build_dit(device: torch.device, dtype: torch.dtype, smoke: bool):
             transformer, vae = DiTTransformer2DModel(**DIT_XL_2_256), AutoencoderKL(**SD_VAE)
     transformer = transformer.to(device=device, dtype=dtype).eval()
     vae = vae.to(device=device, dtype=dtype).eval()
+    gpu_defaults(transformer, device, channels_last, conv=False)
+    gpu_defaults(vae, device, channels_last, conv=True)
+    maybe_compile(transformer, compile)
+    maybe_compile(vae.decoder, compile)
     scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", clip_sample=False)
     return transformer, vae, scheduler
 
 
-def build_sd(device: torch.device, dtype: torch.dtype, smoke: bool):
+def build_sd(device: torch.device, dtype: torch.dtype, smoke: bool, channels_last="auto", compile: bool = False):
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionImg2ImgPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -147,6 +171,11 @@ def build_sd(device: torch.device, dtype: torch.dtype, smoke: bool):
                                           requires_safety_checker=False)
     pipe = pipe.to(device=device, dtype=dtype)
     pipe.set_progress_bar_config(disable=True)
+    gpu_defaults(pipe.unet, device, channels_last, conv=True)
+    gpu_defaults(pipe.vae, device, channels_last, conv=True)
+    set_sdpa(pipe.text_encoder)
+    maybe_compile(pipe.unet, compile)
+    maybe_compile(pipe.vae.decoder, compile)
     return pipe
 
 
@@ -172,6 +201,19 @@ def sweep(meter: Meter, make_fn, batches: list[int], repeats_b1: int, log) -> li
     return rows
 
 
+def per_image_memory(results: dict) -> dict[str, dict]:
+    """Measured GB each extra image adds (peak at the largest batch run less batch 1's, per image) next to the
+    estimate the pipeline sizes its Ray batches with (at real sizes only: the smoke's tiny models are not it)."""
+    out = {}
+    for role, key in (("recover", "diver"), ("generate", "sd_img2img")):
+        rows = [r for r in results.get(key, {}).get("rows", []) if r.get("peak_gb") is not None]
+        measured = None
+        if len(rows) >= 2 and rows[-1]["batch"] > rows[0]["batch"]:
+            measured = (rows[-1]["peak_gb"] - rows[0]["peak_gb"]) / (rows[-1]["batch"] - rows[0]["batch"])
+        out[role] = {"measured": measured, "estimate": ROLE_MEMORY[role].per_image / 1e9}
+    return out
+
+
 def best(rows: list[dict]) -> dict:
     return min(rows, key=lambda r: r["s_per_image"])
 
@@ -181,7 +223,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cpu-smoke", action="store_true", help="tiny models on the CPU (a dry run of this script)")
     p.add_argument("--batches", default=None, help="batch sizes to try, e.g. 1,8,32 (default 1,4,16,32,64)")
     p.add_argument("--sd-batches", default=None, help="SD img2img batch sizes (default 1,4,8,16)")
-    p.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default="float16")
+    p.add_argument("--dtype", choices=["auto", "float16", "bfloat16", "float32"], default="auto",
+                   help="auto: the pipeline's models.dtype auto (bf16 on CUDA, fp16 without bf16; fp32 on CPU)")
+    p.add_argument("--channels-last", choices=["auto", "true", "false"], default="auto",
+                   help="models.channels_last for the UNet and VAEs (auto: on CUDA)")
+    p.add_argument("--compile", action="store_true", help="models.compile: torch.compile UNet, DiT, VAE decoder")
     p.add_argument("--skip-sd", action="store_true", help="skip the EDITS SD img2img part")
     p.add_argument("--skip-fp32", action="store_true", help="skip DIVER fp32 at batch 1 (the paper's setting)")
     p.add_argument("--out", default=None, help="JSON results (default bench/results/gpu_check.json on GPU)")
@@ -193,14 +239,17 @@ def main(argv: list[str] | None = None) -> int:
               "or run `bench/gpu_check.sh --cpu-smoke` for the tiny CPU dry run.", file=sys.stderr)
         return 3
     device = torch.device("cpu" if smoke else "cuda")
-    dtype = torch.float32 if smoke else getattr(torch, args.dtype)
+    dtype = pick_dtype(args.dtype, device)
+    layout = {"auto": "auto", "true": True, "false": False}[args.channels_last]
+    fast = {"channels_last": layout, "compile": args.compile}
     parse = lambda s: [int(x) for x in s.split(",") if x.strip()]
     batches = parse(args.batches) if args.batches else ([1, 2] if smoke else [1, 4, 16, 32, 64])
     sd_batches = parse(args.sd_batches) if args.sd_batches else ([1, 2] if smoke else [1, 4, 8, 16])
     name = "CPU (smoke)" if smoke else torch.cuda.get_device_name(device)
     log = lambda s: print(s, flush=True)
     t_start = time.perf_counter()
-    log(f"device: {name}; dtype {dtype}; torch {torch.__version__}")
+    log(f"device: {name}; dtype {dtype}; channels_last {channels_last_on(layout, device)}; compile {args.compile}; "
+        f"SDPA attention; torch {torch.__version__}")
     from diffusers.utils import logging as dlogging
 
     dlogging.set_verbosity_error()  # "modules kept in float32" notes on every cast
@@ -210,9 +259,10 @@ def main(argv: list[str] | None = None) -> int:
     settings = RecoverSettings(num_inference_steps=steps, start_step=steps // 2,
                                fusion_window=(int(steps * 0.8), steps // 2), gamma=0.1, cfg_scale=4.0)
     resolution, in_px = (16, 8) if smoke else (256, 128)
-    results: dict = {"device": name, "dtype": str(dtype).replace("torch.", ""), "smoke": smoke}
+    results: dict = {"device": name, "dtype": str(dtype).replace("torch.", ""), "smoke": smoke,
+                     "channels_last": channels_last_on(layout, device), "compile": args.compile}
 
-    transformer, vae, scheduler = build_dit(device, dtype, smoke)
+    transformer, vae, scheduler = build_dit(device, dtype, smoke, **fast)
     n_params = sum(p.numel() for p in transformer.parameters()) / 1e6
     log(f"DiT: {n_params:.0f} M parameters ({'tiny' if smoke else 'DiT-XL/2 256 px'}), latent "
         f"{resolution // (2 if smoke else 8)} px; recovery runs steps {settings.start_step}..{steps - 1}")
@@ -239,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     results["plain_dit"] = {"rows": plain_rows, "best": best(plain_rows)}
     if not args.skip_fp32 and dtype != torch.float32:
         del transformer, vae
-        tr32, va32, _ = build_dit(device, torch.float32, smoke)
+        tr32, va32, _ = build_dit(device, torch.float32, smoke, **fast)
         log("DIVER recovery, float32 (the paper's setting):")
         results["diver_fp32"] = {"rows": sweep(meter, lambda b: diver_fn(b, tr32, va32), [1], reps, log)}
         del tr32, va32
@@ -249,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.cuda.empty_cache()
 
     if not args.skip_sd:
-        pipe = build_sd(device, dtype, smoke)
+        pipe = build_sd(device, dtype, smoke, **fast)
         sd_px = 16 if smoke else 512
         lat = sd_px // (2 if smoke else 8)
         prompt = "a photo of a small white dog sitting on green grass"
@@ -292,6 +342,11 @@ def main(argv: list[str] | None = None) -> int:
         log(f"{'EDITS SD img2img':<22} {fmt(results['sd_img2img']['rows'][0]):<36} "
             f"{fmt(results['sd_img2img']['best']):<36}")
     log("paper (RTX 4090, batch 1): DIVER 2.48 s/image, 4.02 GB; plain DiT 2.41 s/image")
+    results["per_image_gb"] = per_image_memory(results)
+    for role, m in results["per_image_gb"].items():
+        got = f"{m['measured']:.3f} GB" if m["measured"] is not None else "n/a"
+        log(f"per-image GPU memory, {role}: measured {got}, estimate {m['estimate']:.3f} GB "
+            "(pipeline/core/gpu_batch.py ROLE_MEMORY, which sizes ray.batch_sizes from free memory)")
     log(f"total {results['total_seconds']:.0f} s")
     out = args.out or (None if smoke else str(REPO / "bench" / "results" / "gpu_check.json"))
     if out:

@@ -55,7 +55,11 @@ class ModelsConfig(Section):
     vllm_engine_kwargs: dict[str, Any] = {}
     vllm_processor_kwargs: dict[str, Any] = {}
     zoo_dir: str | None = None  # where ``zoo:`` models live (default: user cache dir)
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"  # auto: fp16 on GPU
+    # auto: bf16 on CUDA (fp16 where the GPU has no bf16), fp32 on CPU (actors/loading.py:pick_dtype)
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    # UNet and VAE weights in NHWC (cuDNN's fast convolution layout); auto: on CUDA only (actors/gpu_defaults.py)
+    channels_last: Literal["auto", True, False] = "auto"
+    compile: bool = False  # torch.compile the UNet, the DiT transformer and the VAE decoder (first batch compiles)
 
 
 class FinetuneConfig(Section):
@@ -357,6 +361,7 @@ class RayConfig(Section):
     # actor_num_gpus share (pipeline/core/actor_stage.py); a role missing from a given dict runs 1
     pool_sizes: dict[str, Annotated[int, Field(ge=0)]] = {"caption": 0, "embed": 0, "vae": 0, "llm": 0, "generate": 0,
                                                           "recover": 0}
+    # a role left out: on GPU actors (with a micro-batch) what fits in free GPU memory (pipeline/core/gpu_batch.py)
     batch_sizes: dict[str, int] = {"caption": 8, "embed": 32, "vae": 8, "llm": 8, "generate": 4, "recover": 8}
     # model batch inside an actor (pipeline/fixed_batches.py): fixed, so outputs are byte-identical
     # whatever batch_sizes / pool_sizes are; a role missing here runs its whole Ray batch at once

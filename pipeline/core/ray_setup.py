@@ -104,14 +104,16 @@ def role_plan(cfg: Config, role: str, threads: int | None = None, side_cpus: flo
 def pool_kwargs(cfg: Config, role: str, default_batch: int = 8, plan: Any = None) -> dict[str, Any]:
     """``map_batches`` kwargs for an actor pool of ``role`` (size, batch, resources, restarts).
 
-    The batch is ``ray.batch_sizes[role]``, else ``default_batch``; the pool size ``plan.size``, else
+    The batch is ``ray.batch_sizes[role]``, else (GPU actors) what fits in free GPU memory, else
+    ``default_batch`` (``pipeline.core.gpu_batch.pool_batch``); the pool size ``plan.size``, else
     ``role_plan``'s (``ray.pool_sizes[role]``, else 1).
     """
     import ray.data
 
     from pipeline.core.faults import actor_remote_args
+    from pipeline.core.gpu_batch import pool_batch
 
     plan = plan or role_plan(cfg, role)
     return {"compute": ray.data.ActorPoolStrategy(size=plan.size),
-            "batch_size": int(cfg.ray.batch_sizes.get(role, default_batch)),
+            "batch_size": pool_batch(cfg, role, default_batch),
             **actor_resources(cfg.ray), **actor_remote_args(cfg.ray)}

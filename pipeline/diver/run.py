@@ -126,6 +126,19 @@ def input_fingerprint(data) -> str:
     return h.hexdigest()
 
 
+def hardware_settings(cfg: Config) -> dict[str, Any]:
+    """Manifest settings of how the models run, present only where they change the bits from the CPU
+    defaults, so manifests written before they existed stay resumable: GPU actors (``auto`` dtype is bf16
+    there since issue 16), ``channels_last`` in effect (``auto``: on GPU actors), ``compile``."""
+    m, gpu = cfg.models, cfg.ray.actor_num_gpus > 0
+    out: dict[str, Any] = {"device": "gpu:auto-bf16"} if gpu else {}
+    if m.channels_last is True or (m.channels_last == "auto" and gpu):
+        out["channels_last"] = True
+    if m.compile:
+        out["compile"] = True
+    return out
+
+
 def check_resumable(writer, settings: dict[str, Any], out_dir: Path) -> None:
     """A re-run may resume only a manifest written with the same settings and input."""
     old = writer.manifest.get("settings") or {}
@@ -163,7 +176,8 @@ def recover_stage(cfg: Config, model_dir: str, settings: Any, vae_ref: str | Non
 
     d = cfg.diver
     ctor = {"model_ref": model_dir, "settings": settings.as_dict(), "resolution": d.resolution,
-            "dtype": cfg.models.dtype, "micro_batch": cfg.ray.micro_batch_sizes.get("recover"), "faults": faults,
+            "dtype": cfg.models.dtype, "channels_last": cfg.models.channels_last, "compile": cfg.models.compile,
+            "micro_batch": cfg.ray.micro_batch_sizes.get("recover"), "faults": faults,
             "vae_ref": vae_ref, **({"output_size": d.resolution} if d.input_tiles > 1 else {})}
     return ActorStage("recover", DiTRecoverActor, ctor, default_batch=d.batch_size, threads=d.torch_threads,
                       max_blocks=64)
@@ -186,7 +200,7 @@ def recover_sets(cfg: Config, sets: list[dict[str, Any]], redo: bool) -> dict[st
     vae_ref = vae_ref_for(cfg)
     class_map = load_class_map(d.class_map)
     manifest_settings = {**settings.as_dict(), "seed": d.seed, "resolution": d.resolution, "dit": cfg.models.dit,
-                         "vae": vae_ref or "dit", "dtype": cfg.models.dtype}
+                         "vae": vae_ref or "dit", "dtype": cfg.models.dtype, **hardware_settings(cfg)}
     writers: dict[str, DistilledSetWriter] = {}
     rows: list[dict[str, Any]] = []
     tiled, sizes = d.input_tiles > 1, {}

@@ -22,7 +22,8 @@ from pipeline.core.write import remove
 from pipeline.edits.state import EditsRun, StageState
 
 # what the distilled set depends on (see pipeline/edits/state.py)
-DEPENDS_ON = ("stage:prototype", "input:generator", "models.dtype", "input:device", "input:model_batch:generate",
+DEPENDS_ON = ("stage:prototype", "input:generator", "models.dtype", "models.channels_last", "models.compile",
+              "input:device", "input:model_batch:generate",
               "edits.strength", "edits.guidance_scale", "edits.negative_prompt", "edits.num_inference_steps",
               "edits.scheduler", "edits.seed", "data.image_size", "output.image_format", "edits.contact_sheet")
 
@@ -69,8 +70,8 @@ def generate_stage(run: EditsRun) -> ActorStage:
 
     cfg = run.cfg
     ctor = {"model_ref": run.generator_ref(), "settings": generate_settings(run), "zoo_dir": run.zoo_dir,
-            "dtype": cfg.models.dtype, "faults": run.faults(),
-            "micro_batch": cfg.ray.micro_batch_sizes.get("generate")}
+            "dtype": cfg.models.dtype, "channels_last": cfg.models.channels_last, "compile": cfg.models.compile,
+            "faults": run.faults(), "micro_batch": cfg.ray.micro_batch_sizes.get("generate")}
     return ActorStage("generate", SDGenerator, ctor)
 
 

@@ -35,7 +35,7 @@ from pipeline.edits.state import EditsRun, StageState
 # what each half depends on (see pipeline/edits/state.py); each half has its own state
 DEPENDS_ON = {
     "image": ("stage:cluster", "input:prototype_vae", "edits.vae_source", "edits.vae_resolution", "models.dtype",
-              "input:device", "input:model_batch:vae", "edits.resize_mode", "edits.vae_resample"),
+              "models.channels_last", "input:device", "input:model_batch:vae", "edits.resize_mode", "edits.vae_resample"),
     "text": ("stage:cluster", "input:class_names", "models.llm", "models.llm_backend", "input:llm_endpoint",
              "input:vllm:llm", "models.dtype", "input:device", "input:model_batch:llm", "edits.llm_pad_tokens",
              "edits.summary_prompt", "edits.max_tokens", "edits.llm_temperature", "edits.seed",
@@ -85,7 +85,7 @@ def vae_stage(run: EditsRun) -> ActorStage:
     cfg = run.cfg
     ref, sub = _vae_ref(run)
     ctor = {"model_ref": ref, "zoo_dir": run.zoo_dir, "subfolder": sub, "dtype": cfg.models.dtype,
-            "faults": run.faults(), "micro_batch": cfg.ray.micro_batch_sizes.get("vae")}
+            "channels_last": cfg.models.channels_last, "faults": run.faults(), "micro_batch": cfg.ray.micro_batch_sizes.get("vae")}
     return ActorStage("vae", VaeEncoder, ctor, decode=decode_kwargs(cfg.edits))
 
 

@@ -204,8 +204,8 @@ def run_input(run: EditsRun, name: str, keys: dict[str, Any]) -> Any:
         return root if "://" in root else str(Path(root).resolve())
     if kind == "class_names":
         return run.names
-    if kind == "device":  # actors and cluster tasks run on a GPU only when given one (dtype auto: fp16)
-        return "gpu" if cfg.ray.actor_num_gpus > 0 else "cpu"
+    if kind == "device":  # actors and cluster tasks run on a GPU only when given one (dtype auto: bf16 there)
+        return "gpu:auto-bf16" if cfg.ray.actor_num_gpus > 0 else "cpu"  # not "gpu": auto was fp16 before
     if kind == "model_batch":  # the model batch of a role: fixed micro-batch, else the whole Ray batch
         micro = cfg.ray.micro_batch_sizes.get(arg)
         return micro if micro else {"ray_batch": cfg.ray.batch_sizes.get(arg, 8)}

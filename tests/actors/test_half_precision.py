@@ -60,3 +60,36 @@ def test_clip_vae_sd_dit_llm_load_and_run_in_bfloat16_on_cpu(zoo_dir):
     assert _dtypes(chat.model) == {BF16}
     text = chat.generate([[{"role": "user", "content": "Describe a tench."}]], 4)
     assert len(text) == 1 and isinstance(text[0], str)
+
+
+def _channels_last(module: torch.nn.Module) -> bool:
+    ws = [m.weight for m in module.modules() if isinstance(m, torch.nn.Conv2d) and m.weight.shape[1] > 1
+          and m.weight.shape[2] * m.weight.shape[3] > 1]
+    return bool(ws) and all(w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous() for w in ws)
+
+
+def test_bfloat16_with_channels_last_runs_through_sd_vae_and_dit_actors(zoo_dir):
+    """Issue 16 item 4: the CUDA defaults' code path (bf16 weights, NHWC convolutions, SDPA) on the CPU."""
+    from actors.dit import DiTRecoverActor
+    from actors.sd import SDGenerator
+    from actors.vae import VaeEncoder
+
+    vae = VaeEncoder("zoo:sd", subfolder="vae", dtype="bfloat16", device="cpu", channels_last=True)
+    assert _dtypes(vae.vae) == {BF16} and _channels_last(vae.vae)
+    lat = vae({"path": np.array(["a"], dtype=object), "image": _images(1, 32),
+               "error": np.array([""], dtype=object)})["latent"]
+    assert lat.dtype == np.float32 and lat.shape == (1, 4, 16, 16) and np.isfinite(lat).all()
+
+    sd = SDGenerator("zoo:sd", {"num_inference_steps": 2, "image_size": 16}, dtype="bfloat16", device="cpu",
+                     channels_last=True)
+    assert _channels_last(sd.pipe.unet) and _channels_last(sd.pipe.vae) and _dtypes(sd.pipe.unet) == {BF16}
+    img = sd({"key": np.array(["k"], dtype=object), "latent": [lat[0]], "prompt": np.array(["a digit"], dtype=object),
+              "seed": np.array([1])})["image"]
+    assert img.dtype == np.uint8 and img.shape == (1, 16, 16, 3) and img.std() > 0
+
+    dit = DiTRecoverActor("zoo:dit", {"num_inference_steps": 4, "start_step": 2, "fusion_window": (3, 2)},
+                          resolution=32, dtype="bfloat16", device="cpu", channels_last=True)
+    assert _dtypes(dit.transformer) == {BF16} and _channels_last(dit.vae)
+    out = dit({"image": _images(2, 32), "dit_class": np.array([1, 3]), "seed": np.array([5, 6]),
+               "key": np.array(["a", "b"])})["recovered"]
+    assert out.dtype == np.uint8 and out.shape == (2, 32, 32, 3) and out.std() > 0

@@ -99,3 +99,17 @@ def test_pipeline_throughput_bench_small(capsys):
     out = capsys.readouterr().out
     assert "EDITS caption + embed" in out and "DIVER recovery" in out
     assert _ratio(out) > 0
+
+
+def test_gpu_check_cpu_smoke_in_bfloat16_with_channels_last(tmp_path, capsys):
+    """Issue 16 item 4: the GPU defaults' code path (bf16, SDPA, channels_last) of the GPU check, on the CPU."""
+    out = tmp_path / "gc.json"
+    assert gpu_check.main(["--cpu-smoke", "--dtype", "bfloat16", "--channels-last", "true", "--batches", "1,2",
+                           "--sd-batches", "1", "--skip-fp32", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "dtype torch.bfloat16; channels_last True" in text and _ratio(text) > 0
+    res = json.loads(out.read_text())
+    assert res["dtype"] == "bfloat16" and res["channels_last"] is True and res["compile"] is False
+    assert all(v > 0 for v in res["costs"].values())
+    est = res["per_image_gb"]  # CPU: no allocator peak, so no measurement; the estimate is the pipeline's
+    assert est["generate"] == {"measured": None, "estimate": 1.5 * 2 ** 30 / 1e9}

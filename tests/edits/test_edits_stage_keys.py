@@ -48,6 +48,8 @@ CHANGES: dict[str, tuple[str, ...]] = {
     "models.zoo_dir": NONE,  # the same zoo, named explicitly
     "models.sd": (FT, G),  # not the text prototypes: the copy shares the tokenizer that caps them
     "models.dtype": (C, E, PI, PT, G),
+    "models.channels_last": (PI, G),  # the prototype VAE, the UNet and its VAE: convolutions in NHWC
+    "models.compile": (G,),  # the UNet and the VAE decoder (the prototype VAE only encodes)
     "edits.ipc": (CL,), "edits.seed": (CL, PT, G), "edits.caption_prompt": (C,), "edits.caption_max_tokens": (C,),
     "edits.feature_normalize": (CL,), "edits.feature_image_size": (E,), "edits.tau": (CL,), "edits.fusion": (CL,),
     "edits.contamination": (CL,), "edits.small_class_policy": (CL,), "edits.kmeans_niter": (CL,),
