@@ -77,7 +77,7 @@ def load_dit(model_ref: str, zoo_dir: str | None = None, dtype: str = "auto", de
     """
     from diffusers import AutoencoderKL, DDIMScheduler, DiTPipeline
 
-    from actors.gpu_defaults import apply_channels_last, maybe_compile, use_sdpa_processors
+    from actors.gpu_defaults import prepare_dit
     from actors.loading import load_pretrained, pick_device, pick_dtype
 
     dev = pick_device(device)
@@ -87,11 +87,7 @@ def load_dit(model_ref: str, zoo_dir: str | None = None, dtype: str = "auto", de
     vae = pipe.vae if vae_ref is None else load_pretrained("vae", vae_ref, AutoencoderKL.from_pretrained,
                                                            zoo_dir=zoo_dir, dtype=torch_dtype)
     vae = vae.to(dev).eval()
-    use_sdpa_processors(transformer)
-    use_sdpa_processors(vae)
-    apply_channels_last(vae, channels_last, dev)
-    maybe_compile(transformer, compile)
-    maybe_compile(vae.decoder, compile)
+    prepare_dit(transformer, vae, dev, channels_last, compile)
     scheduler = DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=False)
     return transformer, vae, scheduler
 

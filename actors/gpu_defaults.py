@@ -89,3 +89,28 @@ def set_sdpa(model: Any) -> str | None:
         except ValueError:
             pass
     return getattr(getattr(model, "config", None), "_attn_implementation", None)
+
+
+def prepare_sd(pipe: Any, device: torch.device, channels_last: ChannelsLast, compile: bool) -> Any:
+    """A loaded SD pipeline as every SD loader (and ``bench/gpu_check.py``) runs it: SDPA in the UNet, VAE and
+    text encoder; ``channels_last`` on the UNet and VAE; ``compile`` on the UNet and the VAE decoder."""
+    for module in (pipe.unet, pipe.vae):
+        use_sdpa_processors(module)
+    set_sdpa(pipe.text_encoder)
+    for module in (pipe.unet, pipe.vae):
+        apply_channels_last(module, channels_last, device)
+    for module in (pipe.unet, pipe.vae.decoder):
+        maybe_compile(module, compile)
+    return pipe
+
+
+def prepare_dit(transformer: torch.nn.Module, vae: torch.nn.Module, device: torch.device,
+                channels_last: ChannelsLast, compile: bool) -> None:
+    """A loaded DiT transformer and its VAE as the DiT loader (and ``bench/gpu_check.py``) runs them: SDPA in
+    both; ``channels_last`` on the VAE (the transformer's only convolution is its patch embedding);
+    ``compile`` on the transformer and the VAE decoder."""
+    use_sdpa_processors(transformer)
+    use_sdpa_processors(vae)
+    apply_channels_last(vae, channels_last, device)
+    maybe_compile(transformer, compile)
+    maybe_compile(vae.decoder, compile)

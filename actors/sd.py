@@ -16,13 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from actors.gpu_defaults import (
-    ChannelsLast,
-    apply_channels_last,
-    maybe_compile,
-    set_sdpa,
-    use_sdpa_processors,
-)
+from actors.gpu_defaults import ChannelsLast, prepare_sd
 from actors.loading import load_pretrained, pick_device, pick_dtype, set_torch_threads
 from pipeline.core.faults import FaultInjector
 
@@ -79,15 +73,7 @@ def load_img2img_pipeline(model_ref: str, zoo_dir: str | None = None, dtype: str
                            dtype=pick_dtype(dtype, dev), safety_checker=None, requires_safety_checker=False)
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
-    pipe = pipe.to(dev)
-    use_sdpa_processors(pipe.unet)
-    use_sdpa_processors(pipe.vae)
-    set_sdpa(pipe.text_encoder)
-    apply_channels_last(pipe.unet, channels_last, dev)
-    apply_channels_last(pipe.vae, channels_last, dev)
-    maybe_compile(pipe.unet, compile)
-    maybe_compile(pipe.vae.decoder, compile)
-    return pipe
+    return prepare_sd(pipe.to(dev), dev, channels_last, compile)
 
 
 class SDGenerator:

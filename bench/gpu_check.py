@@ -36,13 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from actors.dit import recover_images
-from actors.gpu_defaults import (
-    apply_channels_last,
-    channels_last_on,
-    maybe_compile,
-    set_sdpa,
-    use_sdpa_processors,
-)
+from actors.gpu_defaults import channels_last_on, prepare_dit, prepare_sd
 from actors.latents import decode_latents
 from actors.loading import pick_dtype
 from pipeline.core.gpu_batch import ROLE_MEMORY
@@ -118,13 +112,6 @@ def is_oom(err: BaseException) -> bool:
     return isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in str(err).lower()
 
 
-def gpu_defaults(model: torch.nn.Module, device: torch.device, channels_last, conv: bool) -> None:
-    """What the actors' loaders do (actors/gpu_defaults.py): SDPA attention; channels_last on conv models."""
-    use_sdpa_processors(model)
-    if conv:
-        apply_channels_last(model, channels_last, device)
-
-
 def build_dit(device: torch.device, dtype: torch.dtype, smoke: bool, channels_last="auto", compile: bool = False):
     from diffusers import AutoencoderKL, DDIMScheduler, DiTTransformer2DModel
 
@@ -137,10 +124,7 @@ def build_dit(device: torch.device, dtype: torch.dtype, smoke: bool, channels_la
             transformer, vae = DiTTransformer2DModel(**DIT_XL_2_256), AutoencoderKL(**SD_VAE)
     transformer = transformer.to(device=device, dtype=dtype).eval()
     vae = vae.to(device=device, dtype=dtype).eval()
-    gpu_defaults(transformer, device, channels_last, conv=False)
-    gpu_defaults(vae, device, channels_last, conv=True)
-    maybe_compile(transformer, compile)
-    maybe_compile(vae.decoder, compile)
+    prepare_dit(transformer, vae, device, channels_last, compile)  # as the DiT actor's loader does
     scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", clip_sample=False)
     return transformer, vae, scheduler
 
@@ -171,12 +155,7 @@ def build_sd(device: torch.device, dtype: torch.dtype, smoke: bool, channels_las
                                           requires_safety_checker=False)
     pipe = pipe.to(device=device, dtype=dtype)
     pipe.set_progress_bar_config(disable=True)
-    gpu_defaults(pipe.unet, device, channels_last, conv=True)
-    gpu_defaults(pipe.vae, device, channels_last, conv=True)
-    set_sdpa(pipe.text_encoder)
-    maybe_compile(pipe.unet, compile)
-    maybe_compile(pipe.vae.decoder, compile)
-    return pipe
+    return prepare_sd(pipe, device, channels_last, compile)  # as the SD actors' loader does
 
 
 def sweep(meter: Meter, make_fn, batches: list[int], repeats_b1: int, log) -> list[dict]:
