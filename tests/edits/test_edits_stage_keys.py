@@ -410,3 +410,17 @@ def test_switching_clip_does_not_recaption(recorded, world):
     made = model.read_text()
     assert run(**{"models.clip": str(world / "clip_copy")}) == ["embed", "cluster", "prototype", "generate"]
     assert model.read_text() == made  # the fine-tune reads captions only
+
+
+def test_gpu_actors_key_the_bf16_default(world):
+    """``models.dtype: auto`` became bf16 on CUDA (it was fp16): GPU results made before must not be reused."""
+    from pipeline.edits.run import prepare_run
+    from pipeline.edits.state import run_input
+
+    raw = base_raw(world)
+    raw["ray"] = {"actor_num_gpus": 1}
+    on_gpu = prepare_run(config_from_dict(raw), log=lambda _m: None)
+    assert run_input(on_gpu, "device", {}) == "gpu:auto-bf16"  # the code before keyed this "gpu"
+    raw["ray"] = {}
+    assert run_input(prepare_run(config_from_dict(raw), log=lambda _m: None), "device", {}) == "cpu"
+    assert changed_units(unit_hashes(config_from_dict(raw)), unit_hashes(on_gpu.cfg)) == downstream((C,))
