@@ -187,17 +187,28 @@ def run_ray_jobs(jobs: list[dict[str, Any]], data_refs: dict[str, Any], cfg: Eva
     return [r for r in results if r is not None]
 
 
-class RunQueue:
-    """Ray actor of a packed evaluation: hands out run indices in order and keeps each finished run."""
+def longest_first(jobs: list[dict[str, Any]]) -> list[int]:
+    """Job indices by training work (images x epochs), largest first, ties in job order: the greedy
+    longest-processing-time order, so a long run (the full real set) never starts last beside idle workers."""
+    def work(i: int) -> int:
+        return int(jobs[i].get("images") or 0) * int(jobs[i]["spec"].get("epochs", 1))
 
-    def __init__(self, n: int) -> None:
-        self.n, self.next_i, self.results = n, 0, {}
+    return sorted(range(len(jobs)), key=lambda i: -work(i))
+
+
+class RunQueue:
+    """Ray actor of a packed evaluation: hands out run indices (in ``order``, default job order) and keeps
+    each finished run."""
+
+    def __init__(self, n: int, order: list[int] | None = None) -> None:
+        self.order = list(range(n)) if order is None else list(order)
+        self.next_i, self.results = 0, {}
 
     def take(self) -> int | None:
-        if self.next_i >= self.n:
+        if self.next_i >= len(self.order):
             return None
         self.next_i += 1
-        return self.next_i - 1
+        return self.order[self.next_i - 1]
 
     def put(self, i: int, result: dict[str, Any]) -> None:
         self.results[i] = result
@@ -282,7 +293,7 @@ def run_packed_jobs(jobs: list[dict[str, Any]], data_refs: dict[str, Any], cfg: 
     if cfg.use_gpu:
         raise DataError("eval.pack_runs runs on CPU workers; set eval.pack_runs=false for eval.use_gpu")
     workers = packed_workers(len(jobs), cfg, float(ray.cluster_resources().get("CPU", 1.0)))
-    queue = ray.remote(num_cpus=0)(RunQueue).remote(len(jobs))
+    queue = ray.remote(num_cpus=0)(RunQueue).remote(len(jobs), longest_first(jobs))
     fit = ray.remote(num_cpus=0, max_retries=0)(_fit_packed)
     storage.mkdir(parents=True, exist_ok=True)
     ref = fit.remote(jobs, {n: [r] for n, r in data_refs.items()}, [teacher_ref] if teacher_ref is not None else [],
@@ -319,7 +330,7 @@ def make_jobs(sets: dict[str, dict[str, Any]], cfg: EvalConfig) -> list[dict[str
                 seed = cfg.seed + r
                 spec = TrainSpec.from_config(cfg, student, seed, ipc=info.get("ipc"),
                                              num_classes=info.get("num_classes")).to_dict()
-                jobs.append({"set": set_name, "student": student, "seed": seed,
+                jobs.append({"set": set_name, "student": student, "seed": seed, "images": info.get("n_images"),
                              "name": f"{set_name}-{student}-s{seed}", "spec": spec})
     return jobs
 

@@ -44,3 +44,32 @@ def test_claim_lines_say_met_or_missed_with_the_numbers():
     assert missed[1] == ("target missed: full EDITS at or above random real on the unseen-architecture mean "
                          "(45.50 against 89.50, -44.00 points).")
     assert claim_lines([r for r in ROWS if r["method"] in ("dm", "random_real")]) == []
+
+
+def test_the_ars_pass_leaves_out_the_full_real_set_but_the_table_keeps_its_rows(monkeypatch, tmp_path):
+    """DD-Ranking's ARS never trains on the full set: the no-augmentation pass evaluates every set but
+    full_real, and the rows it returns still hold full_real's augmented row (LRS needs it)."""
+    import tuning.evaluate as te
+    from pipeline.config import EvalConfig
+    from pipeline.demo.run import ars_sets, evaluate_demo
+
+    sets = {n: tmp_path / n for n in ("random_real", "full_real", "dm", "diver")}
+    for d in sets.values():
+        d.mkdir()
+    asked: list[list[str]] = []
+
+    def fake_eval(todo, val, ev, out, **kw):
+        asked.append(sorted(todo))
+        return [{"dataset": "digits", "method": n, "ipc": 10, "student": "resnet18", "student_kwargs": {},
+                 "protocol": "hard", "augment": ev.augment, "top1_mean": 50.0, "top1_std": 0.0, "repeats": 1,
+                 "in_mean": True} for n in todo]
+
+    monkeypatch.setattr(te, "evaluate_sets", fake_eval)
+    ev = EvalConfig(students=["resnet18"], repeats=1)
+    evaluate_demo(sets, tmp_path, tmp_path, ev, None)
+    rows = evaluate_demo(ars_sets(sets), tmp_path, tmp_path, ev.model_copy(update={"augment": "none"}), None,
+                         tag="_noaug", shown=sets)
+    assert asked == [["diver", "dm", "full_real", "random_real"], ["diver", "dm", "random_real"]]
+    assert {(r["method"], r["augment"]) for r in rows} == {
+        ("random_real", "dsa"), ("full_real", "dsa"), ("dm", "dsa"), ("diver", "dsa"),
+        ("random_real", "none"), ("dm", "none"), ("diver", "none")}

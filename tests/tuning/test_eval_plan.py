@@ -78,3 +78,34 @@ def test_unpacked_runs_keep_in_flight_trainers_within_the_cores(monkeypatch, tmp
     assert [r["name"] for r in out] == [j["name"] for j in jobs]
     assert seen["peak"] == peak
     assert seen["peak"] * workers * worker_threads(cfg) <= 2
+
+
+def _makespan(order: list[int], seconds: list[float], workers: int) -> float:
+    """Two-or-more workers each taking the next run when free (what the packed queue does)."""
+    free = [0.0] * workers
+    for i in order:
+        w = free.index(min(free))
+        free[w] += seconds[i]
+    return max(free)
+
+
+def test_packed_queue_hands_out_the_longest_runs_first_and_shortens_the_makespan():
+    from tuning.evaluate import RunQueue, longest_first, make_jobs
+
+    cfg = EvalConfig(students=["convnet", "resnet18", "mobilenetv2"], repeats=1, epochs=20)
+    sets = {"random_real": {"method": "random_real", "ipc": 10, "n_images": 100, "num_classes": 10},
+            "dm": {"method": "dm", "ipc": 10, "n_images": 100, "num_classes": 10},
+            "full_real": {"method": "full_real", "ipc": 143, "n_images": 1437, "num_classes": 10}}
+    jobs = make_jobs(sets, cfg)
+    order = longest_first(jobs)
+    assert sorted(order) == list(range(len(jobs)))
+    assert [jobs[i]["set"] for i in order[:3]] == ["full_real"] * 3  # the 14x runs go first
+    assert order[3:] == [i for i in range(len(jobs)) if jobs[i]["set"] != "full_real"]  # ties keep job order
+    q = RunQueue(len(jobs), order)
+    assert [q.take() for _ in jobs] == order and q.take() is None
+    assert RunQueue(3).take() == 0  # no order given: job order
+    seconds = [14.0 if j["set"] == "full_real" else 1.0 for j in jobs]
+    # job order: 3 + 3 short runs, then the long ones 14 + 14 and a third alone: 3 + 14 + 14 = 31;
+    # longest first: 14 + 14 on one worker, 14 + six short runs on the other: 28
+    assert _makespan(list(range(len(jobs))), seconds, 2) == 31.0
+    assert _makespan(order, seconds, 2) == 28.0
