@@ -86,8 +86,9 @@ def set_sdpa(model: Any) -> str | None:
     if setter is not None:
         try:
             setter("sdpa")
-        except ValueError:
-            pass
+        except ValueError as err:  # only transformers' "does not support ... scaled_dot_product_attention"
+            if "scaled_dot_product_attention" not in str(err):
+                raise
     return getattr(getattr(model, "config", None), "_attn_implementation", None)
 
 

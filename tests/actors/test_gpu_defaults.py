@@ -147,3 +147,27 @@ def test_compiled_dit_forward_matches_eager(zoo_dir):
         a = eager(z, timestep=t, class_labels=y).sample
         b = compiled(z, timestep=t, class_labels=y).sample
     assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_set_sdpa_passes_over_only_the_no_sdpa_error():
+    """A class without SDPA keeps its attention; any other error from the setter reaches the caller."""
+    from types import SimpleNamespace
+
+    from actors.gpu_defaults import set_sdpa
+
+    def model(err: Exception | None) -> SimpleNamespace:
+        cfg = SimpleNamespace(_attn_implementation="eager")
+
+        def setter(impl: str) -> None:
+            if err is not None:
+                raise err
+            cfg._attn_implementation = impl
+        return SimpleNamespace(config=cfg, set_attn_implementation=setter)
+
+    assert set_sdpa(model(None)) == "sdpa"
+    no_sdpa = ValueError("Tiny does not support an attention implementation through "
+                         "torch.nn.functional.scaled_dot_product_attention yet.")
+    assert set_sdpa(model(no_sdpa)) == "eager"
+    with pytest.raises(ValueError, match="bad head size"):
+        set_sdpa(model(ValueError("bad head size")))
+    assert set_sdpa(object()) is None
