@@ -200,10 +200,10 @@ def edits_prototype_panel(edits_dir: str | os.PathLike, real_root: str | os.Path
 def _rows_html(rows: list[dict[str, Any]]) -> str:
     from tuning.evaluate import student_label
 
-    cols = ["dataset", "method", "ipc", "student", "protocol", "top1", "best", "repeats", "epochs", "seconds"]
+    cols = ["dataset", "method", "ipc", "student", "protocol", "augment", "top1", "best", "repeats", "epochs", "seconds"]
     out = ["<table><tr>" + "".join(f"<th>{c}</th>" for c in cols) + "</tr>"]
     for r in sorted(rows, key=lambda r: (r["dataset"], r["ipc"], r["method"], r["student"])):
-        vals = [r["dataset"], r["method"], r["ipc"], student_label(r), r.get("protocol", ""),
+        vals = [r["dataset"], r["method"], r["ipc"], student_label(r), r.get("protocol", ""), r.get("augment", ""),
                 f"{r['top1_mean']:.2f} ± {r['top1_std']:.2f}", f"{r.get('best_mean', float('nan')):.2f}",
                 r["repeats"], r.get("epochs", ""), r.get("seconds", "")]
         out.append("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in vals) + "</tr>")
@@ -249,7 +249,7 @@ def write_report(out_dir: str | os.PathLike, rows: list[dict[str, Any]] | None =
     ``panels`` maps a caption to a picture shown as it is (DIVER's input | output per class); ``edits_dir``
     (an EDITS set) adds, per class, the prototype's member images beside the generated image and its text.
     """
-    from tuning.evaluate import results_markdown
+    from tuning.evaluate import headline_rows, results_markdown, table_groups
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -267,9 +267,12 @@ def write_report(out_dir: str | os.PathLike, rows: list[dict[str, Any]] | None =
         parts.append("<p class='note'>Final accuracy after training each student from scratch on the set, "
                      "mean ± std over seeds; the last column averages the students outside "
                      "eval.exclude_from_mean (all of them when none is left), as results.md does.</p>")
-        parts.append(_pivot_html(rows))
+        for group_title, group in table_groups(rows):
+            if group_title:
+                parts.append(f"<h3>{html.escape(group_title)}</h3>")
+            parts.append(_pivot_html(group))
         parts.append(_ddranking_html(rows))
-        svg = bar_chart_svg(rows)
+        svg = bar_chart_svg(headline_rows(rows))
         atomic_write_bytes(out / "report_files" / "accuracy.svg", svg.encode())
         parts.append("<h3>Top-1 per architecture</h3><img class='chart' alt='accuracy per architecture' "
                      f"src='data:image/svg+xml;base64,{base64.b64encode(svg.encode()).decode()}'>")

@@ -510,23 +510,35 @@ def student_label(row: dict[str, Any]) -> str:
     return row["student"] + (" (" + ", ".join(f"{k}={v}" for k, v in sorted(kw.items())) + ")" if kw else "")
 
 
-def results_markdown(rows: list[dict[str, Any]]) -> str:
-    """A markdown table (one row per dataset/method/IPC/student) plus a method x student pivot."""
-    if not rows:
-        return "_no results_\n"
-    lines = ["| dataset | method | IPC | student | protocol | top-1 (%) | best (%) | repeats | top-1 is |",
-             "|---|---|---:|---|---|---:|---:|---:|---|"]
-    for r in sorted(rows, key=lambda r: (r["dataset"], r["ipc"], r["method"], r["student"])):
-        lines.append(f"| {r['dataset']} | {r['method']} | {r['ipc']} | {student_label(r)} | {r.get('protocol', '')} | "
-                     f"{r['top1_mean']:.2f} ± {r['top1_std']:.2f} | {r.get('best_mean', float('nan')):.2f} | "
-                     f"{r['repeats']} | {r.get('reported', 'final')} |")
+def table_groups(rows: list[dict[str, Any]]) -> list[tuple[str, list[dict[str, Any]]]]:
+    """Rows split by (protocol, augment) for the method x student tables: a set evaluated with and
+    without augmentation (DD-Ranking's ARS) gets a row in each table, never one cell overwriting the
+    other. Runs with augmentation first; one group with an empty title when all rows share both."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((str(r.get("protocol", "")), str(r.get("augment", ""))), []).append(r)
+    keys = sorted(groups, key=lambda k: (k[1] == "none", k))
+    if len(keys) == 1:
+        return [("", groups[keys[0]])]
+    return [(f"protocol {p}, augment {a}" + (" (DD-Ranking ARS)" if a == "none" else ""), groups[(p, a)])
+            for p, a in keys]
+
+
+def headline_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows of the first table group: the evaluated protocol, with augmentation (bar chart, summaries)."""
+    return table_groups(rows)[0][1] if rows else []
+
+
+def _pivot_markdown(rows: list[dict[str, Any]], title: str) -> list[str]:
+    """One method x student table of rows sharing protocol and augmentation (``title`` names them)."""
     students = sorted({student_label(r) for r in rows})
     counted = sorted({student_label(r) for r in rows if in_mean(r)})
     what = (f"mean over {', '.join(counted)} (eval.exclude_from_mean leaves out "
             f"{', '.join(sorted({student_label(r) for r in rows if not in_mean(r)})) or 'none'})" if counted else
             "mean over all students († every student is in eval.exclude_from_mean)")
     shown = ", ".join(sorted({str(r.get("reported", "final")) for r in rows}))
-    pivot = ["", f"Top-1 (%) = {shown}, mean ± std over seeds; last column: {what}.", "",
+    pivot = ["", (f"**{title}.** " if title else "") + f"Top-1 (%) = {shown}, mean ± std over seeds; "
+             f"last column: {what}.", "",
              "| dataset | IPC | method | " + " | ".join(students) + " | mean |",
              "|---|---:|---|" + "---:|" * (len(students) + 1)]
     groups: dict[tuple, dict[str, dict[str, Any]]] = {}
@@ -537,6 +549,21 @@ def results_markdown(rows: list[dict[str, Any]]) -> str:
         vals = [r["top1_mean"] for r in by.values() if in_mean(r) or not counted]
         mean = f"{np.mean(vals):.2f}" + ("" if counted else " †") if vals else "-"
         pivot.append(f"| {ds} | {ipc} | {method} | " + " | ".join(cells) + f" | {mean} |")
+    return pivot
+
+
+def results_markdown(rows: list[dict[str, Any]]) -> str:
+    """A markdown table (one row per dataset/method/IPC/student/protocol/augment) plus a method x student
+    pivot per (protocol, augment) group."""
+    if not rows:
+        return "_no results_\n"
+    lines = ["| dataset | method | IPC | student | protocol | augment | top-1 (%) | best (%) | repeats | top-1 is |",
+             "|---|---|---:|---|---|---|---:|---:|---:|---|"]
+    for r in sorted(rows, key=lambda r: (r["dataset"], r["ipc"], r["method"], r["student"], r.get("augment") == "none")):
+        lines.append(f"| {r['dataset']} | {r['method']} | {r['ipc']} | {student_label(r)} | {r.get('protocol', '')} | "
+                     f"{r.get('augment', '')} | {r['top1_mean']:.2f} ± {r['top1_std']:.2f} | "
+                     f"{r.get('best_mean', float('nan')):.2f} | {r['repeats']} | {r.get('reported', 'final')} |")
+    pivot = [line for title, group in table_groups(rows) for line in _pivot_markdown(group, title)]
     return "\n".join(lines + pivot + scores_markdown(scores(rows))) + "\n"
 
 
