@@ -525,7 +525,7 @@ def table_groups(rows: list[dict[str, Any]]) -> list[tuple[str, list[dict[str, A
 
 
 def headline_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The rows of the first table group: the evaluated protocol, with augmentation (bar chart, summaries)."""
+    """The rows of the first table group: the evaluated protocol, with augmentation (the report's bar chart)."""
     return table_groups(rows)[0][1] if rows else []
 
 
