@@ -87,12 +87,12 @@ def run_front_half(cfg, log=print, stages: tuple[str, ...] = FRONT_HALF) -> dict
     from pipeline.core.faults import configure_data_context
     from pipeline.core.ray_setup import ray_session
     from pipeline.edits import buffer, caption, embed
-    from pipeline.edits.run import prepare_run
-    from pipeline.edits.state import StageState, stage_keys
+    from pipeline.edits.run import prepare_run, run_stage_keys
+    from pipeline.edits.state import StageState
 
     runners = {"caption": caption.run_stage, "embed": embed.run_stage, "cluster": buffer.run_stage}
     run = prepare_run(cfg, log)
-    keys = stage_keys(run)
+    keys = run_stage_keys(run)
     info: dict[str, Any] = {}
     with ray_session(cfg.ray):
         configure_data_context(cfg.ray)

@@ -71,7 +71,7 @@ def dataset_size(cfg: Config, images: int | None, classes: int | None) -> tuple[
         return images, classes, "given on the command line"
     root = Path(cfg.data.root) if cfg.data.root else None
     if root is not None and root.is_dir():
-        from pipeline.core.read import scan_image_folder
+        from pipeline.core.image_index import scan_image_folder
 
         index = scan_image_folder(root, tuple(cfg.data.extensions), cfg.data.classes, cfg.data.max_per_class,
                                   cfg.data.follow_symlinks, allow_empty_classes=True)
@@ -93,7 +93,7 @@ def distilled_size(cfg: Config, images: int | None, classes: int) -> tuple[int, 
         return images, "given on the command line"
     inp = Path(cfg.diver.input) if cfg.diver.input else None
     if inp is not None and inp.is_dir() and any(p.is_dir() for p in inp.iterdir()):
-        from pipeline.core.read import scan_image_folder
+        from pipeline.core.image_index import scan_image_folder
 
         index = scan_image_folder(inp, allow_empty_classes=True)
         return len(index.records), f"counted under {inp}"

@@ -379,7 +379,7 @@ class RayConfig(Section):
     @field_validator("pool_sizes", mode="before")
     @classmethod
     def _auto_pool(cls, v: Any) -> Any:
-        """``auto`` is 0: fill the cluster (``pipeline.core.actor_stage.pool_plan``)."""
+        """``auto`` is 0: fill the cluster (``pipeline.core.pools.pool_plan``)."""
         return {k: (0 if x == "auto" else x) for k, x in v.items()} if isinstance(v, dict) else v
 
 

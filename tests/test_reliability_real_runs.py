@@ -86,7 +86,8 @@ def test_full_disk_in_the_writer_names_path_and_space_and_resumes(tmp_path, smal
     """The fast variant: a distilled-set writer fills a 64 KiB tmpfs, then finishes after space is freed."""
     import numpy as np
 
-    from pipeline.core.write import DiskFullError, DistilledSetWriter
+    from pipeline.core.diskfull import DiskFullError
+    from pipeline.core.write import DistilledSetWriter
 
     rng = np.random.default_rng(0)
     imgs = [rng.integers(0, 256, (48, 48, 3), dtype=np.uint8) for _ in range(12)]  # ~7 KiB PNGs, incompressible
@@ -121,7 +122,7 @@ def test_full_disk_in_torch_save_names_path_and_leaves_no_partial_file(tmp_path,
     same bytes once there is room."""
     import torch
 
-    from pipeline.core.write import DiskFullError
+    from pipeline.core.diskfull import DiskFullError
     from pipeline.diver.inputs import read_pt, save_pt
 
     g = torch.Generator().manual_seed(0)
@@ -149,7 +150,7 @@ def test_full_disk_in_a_ray_train_checkpoint_names_it_leaves_no_partial_one_and_
     checkpoint does not fit. The run stops with DiskFullError naming the checkpoint (not Ray's
     TrainingFailedError), no partial checkpoint folder is left, and once there is room the re-run
     finishes with the images of a run that never ran out of space."""
-    from pipeline.core.write import DiskFullError
+    from pipeline.core.diskfull import DiskFullError
     from pipeline.run import run_config
 
     def cfg_of(out: Path, storage: Path | None = None):

@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.core.read import BadImageError, ImageIndex, load_rgb, scan_image_folder
+from pipeline.core.image_index import ImageIndex, scan_image_folder
+from pipeline.core.read import BadImageError, load_rgb
 from pipeline.core.write import DistilledSetWriter
 from pipeline.errors import ConfigError, DataError
 from tuning.convnet import ConvNet

@@ -17,7 +17,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.write import atomic_folder, disk_full, find_disk_full, is_enospc
+from pipeline.core.diskfull import disk_full, find_disk_full, is_enospc
+from pipeline.core.write import atomic_folder
 
 
 def atomic_upload(checkpoint: Any, dir_name: str) -> Any:

@@ -28,8 +28,9 @@ import numpy as np
 import torch
 
 from pipeline.config import EvalConfig, RayConfig
+from pipeline.core.image_index import scan_image_folder
 from pipeline.core.pixels import channel_stats, normalize, u8_hwc_to_unit_chw
-from pipeline.core.read import load_image_arrays, load_rgb, scan_image_folder
+from pipeline.core.read import load_image_arrays, load_rgb
 from pipeline.core.write import MANIFEST, atomic_write_bytes, atomic_write_json, read_manifest
 from pipeline.errors import DataError
 from tuning.checkpoints import fit_or_disk_full, report_checkpoint

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.core.read import scan_image_folder
+from pipeline.core.image_index import scan_image_folder
 from pipeline.core.write import atomic_folder, component_name
 from pipeline.errors import DataError
 

@@ -18,13 +18,8 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.read import (
-    DEFAULT_EXTENSIONS,
-    BadImageError,
-    duplicate_class_names,
-    load_class_names,
-    load_rgb,
-)
+from pipeline.core.image_index import DEFAULT_EXTENSIONS, duplicate_class_names, load_class_names
+from pipeline.core.read import BadImageError, load_rgb
 from pipeline.core.shards import scan_root
 from pipeline.core.skips import reason_kind
 

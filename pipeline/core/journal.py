@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from pipeline.core.diskfull import disk_full
 from pipeline.errors import DataError
 
 
@@ -34,8 +35,6 @@ def append_records(path: str | os.PathLike, records: list[dict[str, Any]]) -> in
         except BaseException as err:
             os.ftruncate(fd, start)  # never leave a torn line for the next append to follow
             if isinstance(err, OSError) and err.errno == errno.ENOSPC:
-                from pipeline.core.write import disk_full
-
                 raise disk_full(path, len(data)) from None
             raise
     finally:

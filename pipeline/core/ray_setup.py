@@ -9,7 +9,7 @@ from typing import Any
 
 import ray
 
-from pipeline.config import Config, RayConfig
+from pipeline.config import RayConfig
 
 
 def init_ray(cfg: RayConfig | None = None) -> bool:
@@ -91,29 +91,3 @@ def task_options(cfg: RayConfig) -> dict[str, Any]:
     default anyway.
     """
     return {**actor_resources(cfg), "max_retries": cfg.max_task_retries, "scheduling_strategy": "DEFAULT"}
-
-
-def role_plan(cfg: Config, role: str, threads: int | None = None, side_cpus: float = 0.0) -> Any:
-    """The ``PoolPlan`` of ``role``: ``ray.pool_sizes[role]`` (else 1; ``auto`` fills the cluster) and its threads."""
-    from pipeline.core.actor_stage import pool_plan
-
-    return pool_plan(cfg.ray.pool_sizes.get(role, 1), cfg.ray.actor_num_cpus, cfg.ray.actor_num_gpus,
-                     threads=threads, side_cpus=side_cpus)
-
-
-def pool_kwargs(cfg: Config, role: str, default_batch: int = 8, plan: Any = None) -> dict[str, Any]:
-    """``map_batches`` kwargs for an actor pool of ``role`` (size, batch, resources, restarts).
-
-    The batch is ``ray.batch_sizes[role]``, else (GPU actors) what fits in free GPU memory, else
-    ``default_batch`` (``pipeline.core.gpu_batch.pool_batch``); the pool size ``plan.size``, else
-    ``role_plan``'s (``ray.pool_sizes[role]``, else 1).
-    """
-    import ray.data
-
-    from pipeline.core.faults import actor_remote_args
-    from pipeline.core.gpu_batch import pool_batch
-
-    plan = plan or role_plan(cfg, role)
-    return {"compute": ray.data.ActorPoolStrategy(size=plan.size),
-            "batch_size": pool_batch(cfg, role, default_batch),
-            **actor_resources(cfg.ray), **actor_remote_args(cfg.ray)}

@@ -26,6 +26,13 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
 
+from pipeline.core.image_index import (
+    DEFAULT_EXTENSIONS,
+    ImageIndex,
+    ImageRecord,
+    check_requested_classes,
+    scan_image_folder,
+)
 from pipeline.errors import ConfigError, DataError
 
 FORMATS = ("auto", "imagefolder", "parquet", "webdataset")
@@ -134,8 +141,6 @@ def list_shards(root: str, ext: str, split: str | None = "train") -> list[str]:
 
 def build_index(root: str, items: Iterable[tuple[str, str, int]], classes: list[str] | None, max_per_class: int | None, skipped: list[dict[str, str]]):
     """The ``ImageIndex`` of ``(key, class id, dataset label)`` items: classes in label order, labels 0..K-1."""
-    from pipeline.core.read import ImageIndex, ImageRecord, check_requested_classes
-
     by_class: dict[str, list[str]] = {}
     order: dict[str, int] = {}
     for key, cid, label in items:
@@ -290,8 +295,6 @@ def scan_webdataset(root: str, classes: list[str] | None = None, max_per_class: 
 def scan_uri_folder(root: str, extensions: tuple[str, ...], classes: list[str] | None = None,
                     max_per_class: int | None = None, allow_empty_classes: bool = False):
     """An ImageFolder behind a URI: one recursive listing, classes = first path part (sorted)."""
-    from pipeline.core.read import ImageIndex, ImageRecord
-
     exts = tuple(e.lower() for e in extensions)
     files = list_files(root)
     by_class: dict[str, list[str]] = {}
@@ -321,8 +324,6 @@ def scan_root(root: str, fmt: str = "auto", extensions: tuple[str, ...] | list[s
               classes: list[str] | None = None, max_per_class: int | None = None, follow_symlinks: bool = True,
               allow_empty_classes: bool = False, split: str | None = "train", ray_cfg: Any = None):
     """Scan a real set in any ``data.format`` (``auto`` detects it) from a local path or URI."""
-    from pipeline.core.read import DEFAULT_EXTENSIONS, scan_image_folder
-
     root = str(root)
     exts = tuple(extensions or DEFAULT_EXTENSIONS)
     kind = detect_format(root, fmt)

@@ -20,7 +20,7 @@ from pipeline.core.actor_stage import ActorStage
 from pipeline.core.keys import settings_hash
 from pipeline.core.read import read_parquet
 from pipeline.core.write import write_parquet
-from pipeline.edits.state import EditsRun, StageState
+from pipeline.edits.state import EditsRun, StageState, stage_keys
 
 # what a caption depends on (see pipeline/edits/state.py); the CLIP model only through the tokenizer that
 # caps a caption at edits.caption_max_tokens, so switching CLIP checkpoints that share one keeps the captions
@@ -75,6 +75,11 @@ class CaptionCache:
         return len(self.rows)
 
 
+def caption_key(run: EditsRun) -> dict[str, Any]:
+    """The caption stage's settings key (it has no upstream stage, so its own declaration is enough)."""
+    return stage_keys(run, {"caption": DEPENDS_ON})["caption"]
+
+
 def load_captions(run: EditsRun, key: dict[str, Any]) -> dict[str, str]:
     """path -> caption for every image of the run that has one (skipped images have none)."""
     cache = CaptionCache(run.paths.captions)
@@ -103,13 +108,13 @@ def caption_stage(run: EditsRun) -> ActorStage:
 
 def _caption_dataset(run: EditsRun, todo: list[Any]) -> Any:
     """The Ray Dataset of captions for ``todo`` records (decode tasks -> captioner actors)."""
-    from pipeline.core.read import ImageIndex
+    from pipeline.core.image_index import ImageIndex
 
     cfg, e = run.cfg, run.cfg.edits
     sub = ImageIndex(run.index.root, run.index.classes, todo)
     if cfg.models.vlm_backend == "vllm":
         from actors.captioner import vllm_caption_dataset
-        from pipeline.core.ray_setup import role_plan
+        from pipeline.core.pools import role_plan
         from pipeline.core.read import image_dataset
 
         bs = int(cfg.ray.batch_sizes.get("caption", 8))

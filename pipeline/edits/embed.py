@@ -61,12 +61,11 @@ def embed_stage(run: EditsRun) -> ActorStage:
 
 
 def run_stage(run: EditsRun, state: StageState, force: bool) -> dict[str, Any]:
-    from pipeline.edits.caption import load_captions
-    from pipeline.edits.state import stage_keys
+    from pipeline.edits.caption import caption_key, load_captions
 
     cfg = run.cfg
     state.begin(lambda: remove(run.paths.features), force)
-    captions = load_captions(run, stage_keys(run)["caption"])
+    captions = load_captions(run, caption_key(run))
     todo = [r for r in run.index.records if r.path in captions and not features_file(run, r.class_id).exists()]
     expected: dict[str, int] = {}
     for r in todo:

@@ -65,8 +65,7 @@ def run_stage(run: Any, state: Any, force: bool) -> dict[str, Any]:
     from pipeline.core.ray_setup import block_count
     from pipeline.core.read import decode_batch
     from pipeline.core.write import remove
-    from pipeline.edits.caption import load_captions
-    from pipeline.edits.state import stage_keys
+    from pipeline.edits.caption import caption_key, load_captions
 
     cfg, ft = run.cfg, run.cfg.edits.finetune
     out = run.paths.finetuned(cfg)
@@ -83,7 +82,7 @@ def run_stage(run: Any, state: Any, force: bool) -> dict[str, Any]:
     state.begin(clear, force)
     if (out / COMPLETE).exists():
         return {"output": str(out), "resumed": "already complete"}
-    captions = load_captions(run, stage_keys(run)["caption"])
+    captions = load_captions(run, caption_key(run))
     rows = [{"path": r.path, "caption": captions[r.path]} for r in run.index.records if r.path in captions]
     rows = shuffled_rows(rows, ft.seed)  # scan order is class by class
     steps = total_steps(len(rows), ft)

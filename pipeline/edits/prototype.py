@@ -184,7 +184,7 @@ def text_prototypes(run: EditsRun, clusters: list[dict[str, Any]]) -> int:
 
     from actors.captioner import load_count_tokenizer
     from actors.llm import summarize_with_vllm
-    from pipeline.core.ray_setup import role_plan
+    from pipeline.core.pools import role_plan
     from pipeline.edits import prompts
 
     cfg, e, m = run.cfg, run.cfg.edits, run.cfg.models

@@ -12,7 +12,7 @@ and returns a summary (output folder, counts, wall time per stage). Artefacts li
     prototypes/texts.json        text prototypes (LLM summaries) per cluster (+ texts.journal.jsonl while running)
     <stage>.state.json           the settings hash a stage ran with and whether it completed
 
-A stage's settings are what its module declares in ``DEPENDS_ON`` (``state.stage_keys``);
+A stage's settings are what its module declares in ``DEPENDS_ON`` (``run_stage_keys``);
 a stage is skipped when its state says complete with the same settings (including every
 upstream stage's hash); a stage with the same settings but incomplete resumes (captions,
 classes, clusters, images already done are kept); different settings clear it first.
@@ -34,10 +34,24 @@ from typing import Any
 from pipeline.config import Config
 from pipeline.core.keys import stage_index
 from pipeline.core.lock import holds_output_lock
+from pipeline.edits import buffer, caption, embed, finetune, generate, prototype
 from pipeline.edits.state import Artefacts, EditsRun, StageState, stage_keys
 from pipeline.errors import ConfigError
 
-STAGES = ("caption", "embed", "cluster", "finetune", "prototype", "generate")
+# The stages in execution order, each the module that declares its ``DEPENDS_ON`` and runs it.
+STAGE_MODULES = {"caption": caption, "embed": embed, "cluster": buffer, "finetune": finetune,
+                 "prototype": prototype, "generate": generate}
+STAGES = tuple(STAGE_MODULES)
+
+
+def stage_declarations() -> dict[str, tuple[str, ...] | dict[str, tuple[str, ...]]]:
+    """Every stage's ``DEPENDS_ON``, in ``STAGES`` order."""
+    return {name: module.DEPENDS_ON for name, module in STAGE_MODULES.items()}
+
+
+def run_stage_keys(run: EditsRun) -> dict[str, dict[str, Any]]:
+    """The settings key of every stage of ``run``."""
+    return stage_keys(run, stage_declarations())
 
 
 def check_from_stage(from_stage: str | None) -> int | None:
@@ -47,11 +61,7 @@ def check_from_stage(from_stage: str | None) -> int | None:
 
 def prepare_run(cfg: Config, log: Callable[[str], None] = print) -> EditsRun:
     """Scan the real set and load class names (driver-side, no images decoded)."""
-    from pipeline.core.read import (
-        disambiguate_class_names,
-        index_fingerprint,
-        load_class_names,
-    )
+    from pipeline.core.image_index import disambiguate_class_names, index_fingerprint, load_class_names
     from pipeline.core.shards import scan_data
     from pipeline.core.skips import SkipLog
 
@@ -72,7 +82,7 @@ class StageRunner:
     def __init__(self, cfg: Config, from_stage: str | None, log: Callable[[str], None]) -> None:
         self.start_at = check_from_stage(from_stage)
         self.run = prepare_run(cfg, log)
-        self.keys = stage_keys(self.run)
+        self.keys = run_stage_keys(self.run)
         self.log = log
         self.timings: dict[str, float] = {}
         self.results: dict[str, Any] = {}
@@ -129,8 +139,6 @@ def run_edits(cfg: Config, from_stage: str | None = None, log: Callable[[str], N
 
     The steps are METHODS.md's; a stage that holds several of them runs them in one pass.
     """
-    from pipeline.edits import buffer, caption, embed, finetune, generate, prototype
-
     stage = StageRunner(cfg, from_stage, log)  # scans the real set, derives every stage's settings key
     ft_off = None if cfg.edits.finetune.enabled else "edits.finetune.enabled is false"
     with stage.ray():

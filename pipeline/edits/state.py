@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -146,7 +146,7 @@ class EditsRun:
 #   - a dotted config path: ``"edits.tau"``; a dict entry as ``"ray.micro_batch_sizes.caption"``;
 #   - ``"stage:<name>"``: the settings hash of an upstream stage whose outputs this stage reads;
 #   - ``"input:<name>"``: a value derived from the run or from several settings (``run_input``).
-# ``stage_keys`` assembles the keys from these declarations, in ``STAGES`` order. A setting that
+# ``stage_keys`` assembles the keys from these declarations, in ``STAGES`` order (``pipeline.edits.run``). A setting that
 # is in no declaration changes no output (tests/edits/test_edits_stage_keys.py checks both ways).
 
 
@@ -239,20 +239,14 @@ def _key(run: EditsRun, deps: tuple[str, ...], keys: dict[str, Any]) -> dict[str
     return out
 
 
-def stage_declarations() -> dict[str, tuple[str, ...] | dict[str, tuple[str, ...]]]:
-    """Every stage's ``DEPENDS_ON``, read from its module, in ``STAGES`` order."""
-    from pipeline.edits import buffer, caption, embed, finetune, generate, prototype
-    from pipeline.edits.run import STAGES
-
-    modules = {"caption": caption, "embed": embed, "cluster": buffer, "finetune": finetune,
-               "prototype": prototype, "generate": generate}
-    return {name: modules[name].DEPENDS_ON for name in STAGES}
+Declarations = Mapping[str, "tuple[str, ...] | dict[str, tuple[str, ...]]"]
 
 
-def stage_keys(run: EditsRun) -> dict[str, dict[str, Any]]:
-    """The key of every stage: the values of its declared dependencies, upstream stages by hash."""
+def stage_keys(run: EditsRun, declarations: Declarations) -> dict[str, dict[str, Any]]:
+    """The key of every declared stage, in the order given: the values of its ``DEPENDS_ON``, upstream
+    stages by hash (an upstream stage must come earlier in ``declarations``)."""
     keys: dict[str, dict[str, Any]] = {}
-    for name, deps in stage_declarations().items():
+    for name, deps in declarations.items():
         if isinstance(deps, dict):
             keys[name] = {part: _key(run, d, keys) for part, d in deps.items()}
         else:

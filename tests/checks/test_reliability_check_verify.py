@@ -220,7 +220,8 @@ def test_verify_without_manifest_is_an_error(tmp_path, capsys):
 
 def test_streaming_skip_and_report_through_ray(messy, tmp_path, ray_local):
     """Decode in Ray, drop bad rows on the way (side files), merge into skipped.jsonl, apply the threshold."""
-    from pipeline.core.read import image_dataset, scan_image_folder
+    from pipeline.core.image_index import scan_image_folder
+    from pipeline.core.read import image_dataset
 
     idx = scan_image_folder(messy, allow_empty_classes=True)
     side = tmp_path / "skips"

@@ -8,13 +8,8 @@ import math
 import pytest
 
 from pipeline.config import Config
-from pipeline.core.actor_stage import (
-    ActorStage,
-    placement_group_cpus,
-    pool_plan,
-    reservation_threads,
-    whole_micro_batches,
-)
+from pipeline.core.actor_stage import ActorStage
+from pipeline.core.pools import placement_group_cpus, pool_plan, reservation_threads, whole_micro_batches
 
 
 def test_reservation_threads_are_whole_cpus_at_least_one():

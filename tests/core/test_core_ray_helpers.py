@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from pipeline.config import Config, RayConfig
-from pipeline.core.ray_setup import block_count, pool_kwargs, task_options
+from pipeline.core.pools import pool_kwargs
+from pipeline.core.ray_setup import block_count, task_options
 
 
 def test_block_count_is_rows_over_256_between_1_and_200():

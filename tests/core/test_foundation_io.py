@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.core.read import image_dataset, load_class_names, load_rgb, scan_image_folder
+from pipeline.core.image_index import load_class_names, scan_image_folder
+from pipeline.core.read import image_dataset, load_rgb
 from pipeline.core.write import DistilledSetWriter, read_manifest, safe_name
 from pipeline.errors import DataError
 

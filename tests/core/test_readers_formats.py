@@ -43,7 +43,8 @@ def test_detect_format_and_errors(sets, tmp_path):
 @pytest.mark.parametrize("uri", [False, True])
 def test_scan_and_decode_match_imagefolder(sets, ray_local, fmt, uri):
     """Same class-id table, same per-class records, byte-identical decoded pixels; the corrupt one a named skip."""
-    from pipeline.core.read import decode_batch, scan_image_folder
+    from pipeline.core.image_index import scan_image_folder
+    from pipeline.core.read import decode_batch
     from pipeline.core.shards import scan_root
 
     ref = scan_image_folder(sets["folder"])
@@ -107,7 +108,8 @@ def test_parquet_row_groups_and_missing_bytes(tmp_path, demo_root, ray_local):
 
 def test_uri_imagefolder(sets, ray_local):
     """An ImageFolder behind a URI (file:// here, s3:// / gs:// alike) lists once and decodes the same pixels."""
-    from pipeline.core.read import load_rgb, scan_image_folder
+    from pipeline.core.image_index import scan_image_folder
+    from pipeline.core.read import load_rgb
     from pipeline.core.shards import scan_root
 
     ref = scan_image_folder(sets["folder"])

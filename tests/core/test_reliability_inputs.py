@@ -16,16 +16,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.core.read import (
-    BadImageError,
-    decode_batch,
+from pipeline.core.image_index import (
     disambiguate_class_names,
     duplicate_class_names,
     index_fingerprint,
     load_class_names,
-    load_rgb,
     scan_image_folder,
 )
+from pipeline.core.read import BadImageError, decode_batch, load_rgb
 from pipeline.core.write import DistilledSetWriter, component_name, read_manifest
 from pipeline.errors import ConfigError, DataError, ModelLoadError
 

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from pipeline.checks.data_check import check_dataset, format_report
-from pipeline.core.read import scan_image_folder
+from pipeline.core.image_index import scan_image_folder
 
 
 def _img(path, color="red", size=(8, 8)):

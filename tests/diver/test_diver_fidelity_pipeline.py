@@ -92,7 +92,7 @@ def _fruit_overrides(tmp_path, mtt, val, *extra):
 
 def test_imagefruit_config_end_to_end_on_a_stand_in_set(zoo_dir, ray_local, tmp_path):
     from actors.loading import resolve_ref
-    from pipeline.core.read import scan_image_folder
+    from pipeline.core.image_index import scan_image_folder
 
     mtt, val = _stand_in_mtt(tmp_path)
     cfg = load_config("configs/diver_imagefruit.yaml", _fruit_overrides(tmp_path, mtt, val))

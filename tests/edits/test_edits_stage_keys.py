@@ -3,7 +3,7 @@
 ``test_every_setting_invalidates_exactly_its_stages`` walks every leaf of ``Config``; each must be
 classified in ``CHANGES`` (a new setting without a row fails, naming it). A row names the units
 whose output the setting changes directly; the test adds the units that read them (``READS``, by
-hand from METHODS.md) and compares with the keys ``stage_keys`` computes for a changed copy.
+hand from METHODS.md) and compares with the keys ``run_stage_keys`` computes for a changed copy.
 """
 
 from __future__ import annotations
@@ -222,10 +222,9 @@ def with_value(raw: dict[str, typing.Any], path: str, value: typing.Any) -> Conf
 
 
 def unit_hashes(cfg: Config) -> dict[str, str]:
-    from pipeline.edits.run import prepare_run
-    from pipeline.edits.state import stage_keys
+    from pipeline.edits.run import prepare_run, run_stage_keys
 
-    k = stage_keys(prepare_run(cfg, log=lambda _m: None))
+    k = run_stage_keys(prepare_run(cfg, log=lambda _m: None))
     out = {u: settings_hash(k[u]) for u in UNITS if "." not in u}
     out.update({f"prototype.{half}": settings_hash(k["prototype"][half]) for half in ("image", "text")})
     return out
@@ -236,7 +235,7 @@ def changed_units(a: dict[str, str], b: dict[str, str]) -> set[str]:
 
 
 def test_every_setting_invalidates_exactly_its_stages(world, zoo_dir):
-    from pipeline.edits.state import stage_keys  # noqa: F401  (import errors fail here, not per field)
+    from pipeline.edits.run import run_stage_keys  # noqa: F401  (import errors fail here, not per field)
 
     leaves = leaf_fields()
     unclassified = sorted(p for p in leaves if classify(p) is None)
@@ -260,7 +259,7 @@ def test_every_setting_invalidates_exactly_its_stages(world, zoo_dir):
 
 
 def test_one_choice_settings_are_declared():
-    from pipeline.edits.state import stage_declarations
+    from pipeline.edits.run import stage_declarations
 
     declared = set()
     for deps in stage_declarations().values():

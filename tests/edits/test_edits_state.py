@@ -73,12 +73,12 @@ def test_stage_keys_chain_downstream(tmp_path):
     from types import SimpleNamespace
 
     from pipeline.core.keys import settings_hash
-    from pipeline.edits.state import stage_keys
+    from pipeline.edits.run import run_stage_keys
 
     def keys(**edits):
         cfg = config_from_dict({"method": "edits", "edits": edits})
         run = SimpleNamespace(cfg=cfg, fingerprint="fp", names={"0": "zero"}, index=SimpleNamespace(root=str(tmp_path)))
-        return stage_keys(run)
+        return run_stage_keys(run)
 
     base, tau, llm = keys(), keys(tau=0.5), keys(strength=0.5)
     assert base["caption"] == tau["caption"] and base["embed"] == tau["embed"]

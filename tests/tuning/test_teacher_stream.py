@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pipeline.config import EvalConfig
-from pipeline.core import read
+from pipeline.core import image_index, read
 from pipeline.core.pixels import channel_stats
 from tuning.evaluate import fit_teacher, to_tensor
 
@@ -42,7 +42,7 @@ def test_histogram_stats_equal_channel_stats():
 def test_teacher_never_holds_more_than_a_batch_of_decoded_images(demo_root, val, monkeypatch):
     """Every decoded image is tracked until it is freed: the peak stays at one batch (the whole set before)."""
     (vx, vy), classes = val
-    n_train = len(read.scan_image_folder(demo_root / "train").records)
+    n_train = len(image_index.scan_image_folder(demo_root / "train").records)
     assert n_train > 4 * BATCH
     decode = read.load_rgb
     live, peak, decoded = [0], [0], [0]
