@@ -3,31 +3,40 @@
 from __future__ import annotations
 
 import argparse
-import importlib
+import json
+import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from pipeline.config import Config, dump_config, load_config
+from pipeline.core.digits import ensure_demo_data
 from pipeline.core.lock import output_lock
 from pipeline.core.write import atomic_write_bytes, set_pause_after_write
 from pipeline.errors import ConfigError
 
-RUNNERS = {
-    "edits": "pipeline.edits.run:run_edits",
-    "diver": "pipeline.diver.run:run_diver",
-}
+METHODS = ("edits", "diver")
+
+
+def method_runner(method: str) -> Callable[..., dict[str, Any]]:
+    """The runner of ``method``. Imported here, not at the top: each method pulls in its model stack
+    (torch, diffusers, transformers), which ``--print-config`` and the other method never need."""
+    if method == "edits":
+        from pipeline.edits.run import run_edits
+
+        return run_edits
+    if method == "diver":
+        from pipeline.diver.run import run_diver
+
+        return run_diver
+    raise ConfigError(f"method must be one of {sorted(METHODS)} to run, got {method!r}")
 
 
 def run_config(cfg: Config, from_stage: str | None = None) -> dict[str, Any]:
     """Run ``cfg.method`` and return its summary (paths, counts, timings)."""
-    if cfg.method not in RUNNERS:
-        raise ConfigError(f"method must be one of {sorted(RUNNERS)} to run, got {cfg.method!r}")
-    from pipeline.core.digits import ensure_demo_data
-
+    runner = method_runner(cfg.method)
     ensure_demo_data(cfg)  # a demo config on a fresh checkout writes its digits first
     set_pause_after_write(cfg.debug.pause_after_write_s)
-    module_name, func = RUNNERS[cfg.method].split(":")
-    runner = getattr(importlib.import_module(module_name), func)
     return runner(cfg, from_stage=from_stage)
 
 
@@ -58,7 +67,7 @@ def main(args: argparse.Namespace) -> int:
         summary = run_config(cfg, from_stage=args.from_stage)
         print(f"done: {summary.get('output', out)}")
         if cfg.eval is not None:  # the last stage: cross-architecture evaluation (tuning/evaluate.py)
-            from tuning.evaluate import evaluate_run
+            from tuning.evaluate import evaluate_run  # torch and Ray Train: only a run that evaluates pays
 
             evaluate_run(cfg, summary)
             print(f"evaluation: {out / 'results.md'}")
@@ -67,10 +76,7 @@ def main(args: argparse.Namespace) -> int:
 
 def sweep_main(args: argparse.Namespace) -> int:
     """``semdistill sweep CONFIG``: a Ray Tune sweep whose trials distil with ``run_config``."""
-    import json
-    import os
-
-    from tuning.sweep import run_sweep
+    from tuning.sweep import run_sweep  # Ray Tune: only the sweep command pays its import
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
     cfg = load_config(args.config, args.overrides)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -25,10 +24,10 @@ def test_run_config_writes_the_demo_digits_before_the_runner(method, tmp_path, m
                       [f"data.root={root / 'train'}", f"data.val_root={root / 'val'}",
                        f"data.class_names={root / 'class_names.json'}", f"output.dir={tmp_path / 'out'}"])
     seen: dict[str, bool] = {}
-    fake = types.ModuleType("fake_runner")
-    fake.run = lambda c, from_stage=None: seen.update(train=Path(c.data.root).is_dir()) or {"output": "x"}
-    monkeypatch.setitem(sys.modules, "fake_runner", fake)
-    monkeypatch.setitem(run_mod.RUNNERS, method, "fake_runner:run")
+    def fake_runner(c, from_stage=None):
+        return seen.update(train=Path(c.data.root).is_dir()) or {"output": "x"}
+
+    monkeypatch.setattr(run_mod, "method_runner", lambda m: fake_runner if m == method else None)
     run_mod.run_config(cfg)
     assert seen == {"train": True}
     assert sorted(p.name for p in (root / "train").iterdir()) == [str(c) for c in range(10)]
