@@ -35,10 +35,12 @@ from pipeline.errors import DataError
 from tuning.checkpoints import fit_or_disk_full, report_checkpoint
 from tuning.ddranking import scores, scores_markdown
 from tuning.protocols import TrainSpec, resolve_preset, train_student, train_teacher
+from tuning.report_protocol import protocol_markdown, protocol_record
 from tuning.stream import scan_stream
 from tuning.students import build_student, check_students
 
-ROW_KEY = ("dataset", "method", "ipc", "student", "protocol", "augment")
+# A row is one (set, student) under one recipe: two presets, or a final and a best top-1, never share a row.
+ROW_KEY = ("dataset", "method", "ipc", "student", "preset", "reported", "protocol", "augment")
 
 
 # ----------------------------------------------------------------------------- data
@@ -336,8 +338,9 @@ def make_jobs(sets: dict[str, dict[str, Any]], cfg: EvalConfig) -> list[dict[str
 
 
 def aggregate(runs: list[dict[str, Any]], sets: dict[str, dict[str, Any]], cfg: EvalConfig,
-              dataset: str) -> list[dict[str, Any]]:
-    """Per (set, student): mean and std over seeds (population std, as DC/MTT report)."""
+              dataset: str, recipe: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Per (set, student): mean and std over seeds (population std, as DC/MTT report); ``recipe``: the
+    resolved protocol (``tuning.report_protocol.protocol_record``) each row carries into the reports."""
     rows = []
     for set_name, info in sets.items():
         for student in cfg.students:
@@ -360,8 +363,10 @@ def aggregate(runs: list[dict[str, Any]], sets: dict[str, dict[str, Any]], cfg: 
                 "epochs": mine[0].get("epochs", cfg.epochs), "preset": cfg.preset, "images": info["n_images"],
                 "distilled": info["dir"], "seconds": round(float(sum(r["seconds"] for r in mine)), 1),
                 "runs": [{"seed": r["seed"], "final": round(r["final"], 2), "best": round(r["best"], 2),
+                          "reported": round(float(r.get("reported", r["final"])), 2),
                           "best_epoch": r["best_epoch"], "epochs": r.get("epochs"), "lr": r.get("lr"),
                           "batch_size": r.get("batch_size")} for r in mine],
+                "recipe": recipe,
             })
     return rows
 
@@ -407,6 +412,8 @@ def evaluate_sets(sets: dict[str, str | os.PathLike], val_root: str | os.PathLik
             raise DataError("eval.protocol=soft needs the real training set for the teacher (--train / data.root) "
                             "or a pretrained one (eval.teacher_checkpoint)")
         teacher_state = fit_teacher(train_root, classes, size, cfg, (val_x, val_y), log=log)
+    recipe = protocol_record(cfg, size, len(val_y), val_resize_for(size, cfg.val_resize),
+                             normalisation_label(teacher_state))
     jobs = make_jobs(loaded, cfg)
     log(f"evaluating {len(loaded)} set(s) x {len(cfg.students)} student(s) x {cfg.repeats} seed(s) = "
         f"{len(jobs)} job(s) on {cfg.backend}")
@@ -424,7 +431,7 @@ def evaluate_sets(sets: dict[str, str | os.PathLike], val_root: str | os.PathLik
             run = run_packed_jobs if cfg.pack_runs and cfg.num_workers == 1 else run_ray_jobs
             runs = run(jobs, refs, cfg, out / "ray_train", teacher_ref,
                        max_failures=(ray_cfg.max_restarts if ray_cfg else 0), log=log)
-    rows = aggregate(runs, loaded, cfg, dataset)
+    rows = aggregate(runs, loaded, cfg, dataset, recipe)
     log(f"evaluation took {time.time() - t0:.0f}s")
     if write:
         write_results(rows, out)
@@ -440,6 +447,16 @@ def load_distilled_size(root: str | os.PathLike) -> int:
             return int(min(load_rgb(str(root / entries[0]["file"])).shape[:2]))
     index = scan_image_folder(root)
     return int(min(load_rgb(index.records[0].path).shape[:2]))
+
+
+def normalisation_label(teacher_state: dict[str, Any] | None) -> str:
+    """How ``evaluate_sets`` normalises each set's training images and the real val set (the protocol table's
+    ``normalisation``; say here what the code there does)."""
+    if teacher_state:
+        return (f"the soft-label teacher's mean {np.round(np.asarray(teacher_state['mean']), 3).tolist()} and std "
+                f"{np.round(np.asarray(teacher_state['std']), 3).tolist()}, for every set and the real val set")
+    return ("each set's own per-channel mean and std (channel_stats of its training images); the real val set "
+            "with that set's statistics")
 
 
 def _teacher_normalised(arrays: dict[str, Any], teacher_state: dict[str, Any] | None) -> dict[str, Any]:
@@ -499,7 +516,8 @@ def _key(row: dict[str, Any]) -> tuple:
 
 
 def merge_rows(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Rows of ``new`` replace rows of ``old`` with the same dataset/method/ipc/student/protocol."""
+    """Rows of ``new`` replace rows of ``old`` with the same ``ROW_KEY`` (and student arguments): a run with
+    another preset or another reported accuracy adds rows beside them."""
     keys = {_key(r) for r in new}
     return [r for r in old if _key(r) not in keys] + list(new)
 
@@ -510,32 +528,83 @@ def student_label(row: dict[str, Any]) -> str:
     return row["student"] + (" (" + ", ".join(f"{k}={v}" for k, v in sorted(kw.items())) + ")" if kw else "")
 
 
+GROUP_KEY = ("preset", "reported", "protocol", "augment")
+
+
+def _group_key(row: dict[str, Any]) -> tuple[str, ...]:
+    return tuple(str(row.get(k) or ("final" if k == "reported" else "")) for k in GROUP_KEY)
+
+
 def table_groups(rows: list[dict[str, Any]]) -> list[tuple[str, list[dict[str, Any]]]]:
-    """Rows split by (protocol, augment) for the method x student tables: a set evaluated with and
-    without augmentation (DD-Ranking's ARS) gets a row in each table, never one cell overwriting the
-    other. Runs with augmentation first; one group with an empty title when all rows share both."""
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    """Rows split by (preset, reported accuracy, protocol, augment) for the method x student tables: a set
+    evaluated with two presets, or with and without augmentation (DD-Ranking's ARS), gets a row in each
+    table, never one cell overwriting or averaging the other. Runs with augmentation first; one group with an
+    empty title when all rows share all four; a title names the preset and the reported accuracy only when
+    they differ between groups."""
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for r in rows:
-        groups.setdefault((str(r.get("protocol", "")), str(r.get("augment", ""))), []).append(r)
-    keys = sorted(groups, key=lambda k: (k[1] == "none", k))
+        groups.setdefault(_group_key(r), []).append(r)
+    keys = sorted(groups, key=lambda k: (k[3] == "none", k))
     if len(keys) == 1:
         return [("", groups[keys[0]])]
-    return [(f"protocol {p}, augment {a}" + (" (DD-Ranking ARS)" if a == "none" else ""), groups[(p, a)])
-            for p, a in keys]
+    presets, reported = len({k[0] for k in keys}) > 1, len({k[1] for k in keys}) > 1
+
+    def title(k: tuple[str, ...]) -> str:
+        parts = ([f"preset {k[0] or 'none'}"] if presets else []) + [f"protocol {k[2]}, augment {k[3]}"]
+        parts += [f"top-1 {k[1]}"] if reported else []
+        return ", ".join(parts) + (" (DD-Ranking ARS)" if k[3] == "none" else "")
+
+    return [(title(k), groups[k]) for k in keys]
 
 
 def headline_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The rows of the first table group: the evaluated protocol, with augmentation (the report's bar chart)."""
+    """The rows of the first table group: one preset and reported accuracy, with augmentation (the report's
+    bar chart)."""
     return table_groups(rows)[0][1] if rows else []
 
 
+def ipc_label(rows: list[dict[str, Any]]) -> str:
+    """The IPCs that ran, for a heading: ``IPC 10``, ``IPC 1 and 10``, ``IPC 1, 10 and 50``."""
+    ipcs = [str(i) for i in sorted({int(r["ipc"]) for r in rows})]
+    return "IPC " + (", ".join(ipcs[:-1]) + " and " + ipcs[-1] if len(ipcs) > 1 else "".join(ipcs))
+
+
+def run_value(run: dict[str, Any], row: dict[str, Any]) -> float:
+    """One run's number as its row reports it: the run's ``reported`` when stored, else its final or best
+    top-1 as the row's ``reported`` label says (``best ... (selected on the test split)`` is a best)."""
+    if run.get("reported") is not None:
+        return float(run["reported"])
+    return float(run["best" if str(row.get("reported", "final")).startswith("best") else "final"])
+
+
+def headline_by_seed(rows: list[dict[str, Any]]) -> dict[int, float]:
+    """Per seed, the headline of one set: the mean over its students in the headline (``in_mean``; all of
+    them when none is) of that seed's reported top-1. Only seeds every such student ran."""
+    counted = [r for r in rows if in_mean(r)] or list(rows)
+    by_seed: dict[int, list[float]] = {}
+    for r in counted:
+        for run in r.get("runs") or []:
+            by_seed.setdefault(int(run["seed"]), []).append(run_value(run, r))
+    return {s: float(np.mean(v)) for s, v in sorted(by_seed.items()) if len(v) == len(counted)}
+
+
+def headline_cell(rows: list[dict[str, Any]]) -> str:
+    """The headline mean of one set with its std over seeds (population, as the table's other cells: the
+    std of the per-seed headlines); the mean alone for rows that kept no runs or ran one seed."""
+    seeds = headline_by_seed(rows)
+    mean = f"{mean_top1(rows):.2f}"
+    return mean + (f" ± {float(np.std(list(seeds.values()))):.2f}" if len(seeds) > 1 else "")
+
+
 def _pivot_markdown(rows: list[dict[str, Any]], title: str) -> list[str]:
-    """One method x student table of rows sharing protocol and augmentation (``title`` names them)."""
+    """One method x student table of rows sharing preset, reported accuracy, protocol and augmentation
+    (``title`` names them)."""
     students = sorted({student_label(r) for r in rows})
     counted = sorted({student_label(r) for r in rows if in_mean(r)})
     what = (f"mean over {', '.join(counted)} (eval.exclude_from_mean leaves out "
             f"{', '.join(sorted({student_label(r) for r in rows if not in_mean(r)})) or 'none'})" if counted else
             "mean over all students († every student is in eval.exclude_from_mean)")
+    what += " ± the std over seeds of the per-seed mean (with two seeds or more)"
     shown = ", ".join(sorted({str(r.get("reported", "final")) for r in rows}))
     pivot = ["", (f"**{title}.** " if title else "") + f"Top-1 (%) = {shown}, mean ± std over seeds; "
              f"last column: {what}.", "",
@@ -546,28 +615,32 @@ def _pivot_markdown(rows: list[dict[str, Any]], title: str) -> list[str]:
         groups.setdefault((r["dataset"], r["ipc"], r["method"]), {})[student_label(r)] = r
     for (ds, ipc, method), by in sorted(groups.items()):
         cells = [f"{by[s]['top1_mean']:.2f} ± {by[s]['top1_std']:.2f}" if s in by else "-" for s in students]
-        vals = [r["top1_mean"] for r in by.values() if in_mean(r) or not counted]
-        mean = f"{np.mean(vals):.2f}" + ("" if counted else " †") if vals else "-"
+        mean = headline_cell(list(by.values())) + ("" if counted else " †")
         pivot.append(f"| {ds} | {ipc} | {method} | " + " | ".join(cells) + f" | {mean} |")
     return pivot
 
 
-def results_markdown(rows: list[dict[str, Any]]) -> str:
-    """A markdown table (one row per dataset/method/IPC/student/protocol/augment) plus a method x student
-    pivot per (protocol, augment) group."""
+def results_markdown(rows: list[dict[str, Any]], protocol: bool = True) -> str:
+    """The evaluation protocol of every preset (``protocol``), a markdown table (one row per
+    dataset/method/IPC/student/preset/reported/protocol/augment), a method x student pivot per table group and
+    the DD-Ranking scores."""
     if not rows:
         return "_no results_\n"
-    lines = ["| dataset | method | IPC | student | protocol | augment | top-1 (%) | best (%) | repeats | top-1 is |",
-             "|---|---|---:|---|---|---|---:|---:|---:|---|"]
-    for r in sorted(rows, key=lambda r: (r["dataset"], r["ipc"], r["method"], r["student"], r.get("augment") == "none")):
-        lines.append(f"| {r['dataset']} | {r['method']} | {r['ipc']} | {student_label(r)} | {r.get('protocol', '')} | "
-                     f"{r.get('augment', '')} | {r['top1_mean']:.2f} ± {r['top1_std']:.2f} | "
-                     f"{r.get('best_mean', float('nan')):.2f} | {r['repeats']} | {r.get('reported', 'final')} |")
+    head = protocol_markdown(rows) if protocol else []
+    lines = [("| dataset | method | IPC | student | protocol | augment | top-1 (%) | best (%) | repeats | top-1 is "
+             "| preset |"),
+             "|---|---|---:|---|---|---|---:|---:|---:|---|---|"]
+    for r in sorted(rows, key=lambda r: (r["dataset"], r["ipc"], r["method"], r["student"], _group_key(r)[3] == "none",
+                                         _group_key(r))):
+        lines.append(f"| {r['dataset']} | {r['method']} | {r['ipc']} | {student_label(r)} | {r.get('protocol', '')} "
+                     f"| {r.get('augment', '')} | {r['top1_mean']:.2f} ± {r['top1_std']:.2f} "
+                     f"| {r.get('best_mean', float('nan')):.2f} | {r['repeats']} | {r.get('reported', 'final')} "
+                     f"| {r.get('preset') or ''} |")
     pivot = [line for title, group in table_groups(rows) for line in _pivot_markdown(group, title)]
-    return "\n".join(lines + pivot + scores_markdown(scores(rows))) + "\n"
+    return "\n".join(head + lines + pivot + scores_markdown(scores(rows))) + "\n"
 
 
-CSV_FIELDS = ["dataset", "method", "ipc", "student", "protocol", "top1_mean", "top1_std", "reported", "repeats",
+CSV_FIELDS = ["dataset", "method", "ipc", "student", "protocol", "augment", "top1_mean", "top1_std", "reported", "repeats",
               "best_mean", "best_std", "final_mean", "final_std", "epochs", "preset", "images", "distilled"]
 
 
@@ -586,7 +659,8 @@ def write_results(rows: list[dict[str, Any]], out_dir: str | os.PathLike, merge:
     w.writeheader()
     w.writerows(rows)
     atomic_write_bytes(out / "results.csv", buf.getvalue().encode())
-    atomic_write_bytes(out / "results.md", ("# Results\n\n" + results_markdown(rows)).encode())
+    heading = f"# Results: {ipc_label(rows)}" if rows else "# Results"
+    atomic_write_bytes(out / "results.md", (heading + "\n\n" + results_markdown(rows)).encode())
     return rows
 
 
