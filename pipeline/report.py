@@ -116,19 +116,27 @@ def method_order(method: str) -> tuple[int, str]:
 
 def _ddranking_html(rows: list[dict[str, Any]]) -> str:
     """The DD-Ranking scores (tuning/ddranking.py) of every row that has its reference rows."""
-    from tuning.ddranking import scores
+    from tuning.ddranking import differences, scores
 
     entries = scores(rows)
     if not entries:
         return ""
     out = [("<h3>DD-Ranking (x 100)</h3><p class='note'>HLR = full real - set (hard labels), IOR = set - random "
-            "real, LRS = label-robust score; ARS = augmentation-robust score (vs runs without augmentation).</p>"),
+            "real, LRS = label-robust score; ARS = augmentation-robust score (vs runs without augmentation); "
+            f"mean ± std over seeds. {html.escape(differences(entries))}</p>"),
            ("<table class='ddranking'><tr><th>method</th><th>IPC</th><th>student</th><th>HLR</th><th>IOR</th>"
-            "<th>LRS</th><th>ARS</th></tr>")]
-    for e in sorted(entries, key=lambda e: (method_order(e["method"]), e["student"])):
-        cell = "".join(f"<td>{e[k]:.2f}</td>" if k in e else "<td>-</td>" for k in ("hlr", "ior", "lrs", "ars"))
+            "<th>LRS</th><th>ARS</th><th>seeds (LRS / ARS)</th><th>random real</th></tr>")]
+
+    def cell(e: dict[str, Any], k: str) -> str:
+        if k not in e:
+            return "<td>-</td>"
+        return f"<td>{e[k]:.2f}" + (f" ± {e[k + '_std']:.2f}" if f"{k}_std" in e else "") + "</td>"
+
+    for e in sorted(entries, key=lambda e: (e["ipc"], method_order(e["method"]), e["student"])):
+        cells = "".join(cell(e, k) for k in ("hlr", "ior", "lrs", "ars"))
         out.append(f"<tr><td>{html.escape(e['method'])}</td><td>{e['ipc']}</td><td>{html.escape(e['student'])}</td>"
-                   f"{cell}</tr>")
+                   f"{cells}<td>{e.get('n_lrs', '-')} / {e.get('n_ars', '-')}</td>"
+                   f"<td>{html.escape(str(e.get('random_draws', '-')))}</td></tr>")
     out.append("</table>")
     return "\n".join(out)
 

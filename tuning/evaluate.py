@@ -36,6 +36,7 @@ from tuning.checkpoints import fit_or_disk_full, report_checkpoint
 from tuning.ddranking import scores, scores_markdown
 from tuning.protocols import TrainSpec, resolve_preset, train_student, train_teacher
 from tuning.report_protocol import protocol_markdown, protocol_record
+from tuning.row_values import run_value
 from tuning.stream import scan_stream
 from tuning.students import build_student, check_students
 
@@ -323,17 +324,22 @@ def run_packed_jobs(jobs: list[dict[str, Any]], data_refs: dict[str, Any], cfg: 
 
 
 # ----------------------------------------------------------------------------- many sets
+def eval_seeds(cfg: EvalConfig) -> list[int]:
+    """The evaluation seeds: ``cfg.seed + r`` for r < repeats."""
+    return [cfg.seed + r for r in range(cfg.repeats)]
+
+
 def make_jobs(sets: dict[str, dict[str, Any]], cfg: EvalConfig) -> list[dict[str, Any]]:
-    """One job per (set, student, seed); seeds are ``cfg.seed + r`` for r < repeats."""
+    """One job per (set, student, seed); seeds are ``eval_seeds(cfg)``, or a per-seed draw's own seed
+    (``info["seeds"]``; ``info["row"]`` names the table row the draws share)."""
     jobs = []
     for set_name, info in sets.items():
         for student in cfg.students:
-            for r in range(cfg.repeats):
-                seed = cfg.seed + r
+            for seed in info.get("seeds") or eval_seeds(cfg):
                 spec = TrainSpec.from_config(cfg, student, seed, ipc=info.get("ipc"),
                                              num_classes=info.get("num_classes")).to_dict()
-                jobs.append({"set": set_name, "student": student, "seed": seed, "images": info.get("n_images"),
-                             "name": f"{set_name}-{student}-s{seed}", "spec": spec})
+                jobs.append({"set": set_name, "row": info.get("row", set_name), "student": student, "seed": seed,
+                             "images": info.get("n_images"), "name": f"{set_name}-{student}-s{seed}", "spec": spec})
     return jobs
 
 
@@ -342,9 +348,12 @@ def aggregate(runs: list[dict[str, Any]], sets: dict[str, dict[str, Any]], cfg: 
     """Per (set, student): mean and std over seeds (population std, as DC/MTT report); ``recipe``: the
     resolved protocol (``tuning.report_protocol.protocol_record``) each row carries into the reports."""
     rows = []
-    for set_name, info in sets.items():
+    for row_name in dict.fromkeys(info.get("row", k) for k, info in sets.items()):
+        parts = {k: info for k, info in sets.items() if info.get("row", k) == row_name}
+        info = next(iter(parts.values()))
+        draws = {str(s): p["dir"] for p in parts.values() for s in p.get("seeds") or []}
         for student in cfg.students:
-            mine = sorted((r for r in runs if r["set"] == set_name and r["student"] == student),
+            mine = sorted((r for r in runs if r["set"] in parts and r["student"] == student),
                           key=lambda r: r["seed"])
             if not mine:
                 continue
@@ -366,16 +375,34 @@ def aggregate(runs: list[dict[str, Any]], sets: dict[str, dict[str, Any]], cfg: 
                           "reported": round(float(r.get("reported", r["final"])), 2),
                           "best_epoch": r["best_epoch"], "epochs": r.get("epochs"), "lr": r.get("lr"),
                           "batch_size": r.get("batch_size")} for r in mine],
-                "recipe": recipe,
+                "recipe": recipe, **({"draws": draws} if draws else {}),
             })
     return rows
 
 
-def evaluate_sets(sets: dict[str, str | os.PathLike], val_root: str | os.PathLike, cfg: EvalConfig,
+def set_parts(sets: dict[str, Any], cfg: EvalConfig) -> dict[str, tuple[str, Any, list[int] | None]]:
+    """``{job set key: (row name, folder, seeds or None)}``: a set given as a folder runs every seed; one given as
+    ``{seed: folder}`` (per-seed draws, e.g. random real drawn afresh per seed as DD-Ranking does) runs each
+    draw at its own seed only, and its draws must be exactly the evaluation seeds."""
+    out: dict[str, tuple[str, Any, list[int] | None]] = {}
+    for name, d in sets.items():
+        if not isinstance(d, dict):
+            out[name] = (name, d, None)
+            continue
+        given, want = sorted(int(s) for s in d), eval_seeds(cfg)
+        if given != want:
+            raise DataError(f"set {name!r} has draws for seeds {given}, but the evaluation runs seeds {want} "
+                            "(eval.seed, eval.repeats): give one draw per seed")
+        out.update({f"{name}@seed{s}": (name, f, [int(s)]) for s, f in d.items()})
+    return out
+
+
+def evaluate_sets(sets: dict[str, Any], val_root: str | os.PathLike, cfg: EvalConfig,
                   out_dir: str | os.PathLike, train_root: str | os.PathLike | None = None,
                   ray_cfg: RayConfig | None = None, methods: dict[str, str] | None = None,
                   write: bool = True, classes: list[str] | None = None, log=print) -> list[dict[str, Any]]:
-    """Evaluate every distilled set in ``sets`` (name -> folder) with every student; return rows.
+    """Evaluate every distilled set in ``sets`` (name -> folder, or name -> {seed: folder} for per-seed draws,
+    ``set_parts``) with every student; return rows.
 
     ``methods`` optionally renames a set's method in the table (default: the manifest's);
     ``classes`` restricts the real val set to a class subset (sweeps on a few classes).
@@ -387,21 +414,21 @@ def evaluate_sets(sets: dict[str, str | os.PathLike], val_root: str | os.PathLik
     out = Path(out_dir)
     t0 = time.time()
     # the real val set first: its classes define the labels; its size follows the first set
-    first = next(iter(sets.values()))
-    size = cfg.image_size or load_distilled_size(first)
+    parts = set_parts(sets, cfg)
+    size = cfg.image_size or load_distilled_size(next(iter(parts.values()))[1])
     val_x, val_y, classes, _ = load_image_arrays(val_root, size, classes=classes, skip_bad=True,
                                                  resize=val_resize_for(size, cfg.val_resize))
     loaded: dict[str, dict[str, Any]] = {}
     arrays: dict[str, dict[str, Any]] = {}
-    for name, d in sets.items():
+    for key, (name, d, seeds) in parts.items():
         x, y, meta = load_distilled(d, classes, size)
         mean, std = channel_stats(x)
         method = (methods or {}).get(name, meta["method"])
-        loaded[name] = {"method": method, "ipc": meta["ipc"], "dir": str(d), "n_images": len(y),
-                        "num_classes": len(classes)}
-        arrays[name] = {"train_x": x, "train_y": y, "val_x": val_x, "val_y": val_y, "mean": mean, "std": std,
-                        "num_classes": len(classes)}
-        log(f"eval set {name}: {len(y)} images ({method}, IPC {meta['ipc']}) from {d}")
+        loaded[key] = {"method": method, "ipc": meta["ipc"], "dir": str(d), "n_images": len(y),
+                       "num_classes": len(classes), "row": name, **({"seeds": seeds} if seeds else {})}
+        arrays[key] = {"train_x": x, "train_y": y, "val_x": val_x, "val_y": val_y, "mean": mean, "std": std,
+                       "num_classes": len(classes)}
+        log(f"eval set {key}: {len(y)} images ({method}, IPC {meta['ipc']}) from {d}")
     dataset = cfg.dataset or dataset_name(val_root)
     teacher_state = None
     if cfg.protocol == "soft" and cfg.teacher_checkpoint:
@@ -569,14 +596,6 @@ def ipc_label(rows: list[dict[str, Any]]) -> str:
     return "IPC " + (", ".join(ipcs[:-1]) + " and " + ipcs[-1] if len(ipcs) > 1 else "".join(ipcs))
 
 
-def run_value(run: dict[str, Any], row: dict[str, Any]) -> float:
-    """One run's number as its row reports it: the run's ``reported`` when stored, else its final or best
-    top-1 as the row's ``reported`` label says (``best ... (selected on the test split)`` is a best)."""
-    if run.get("reported") is not None:
-        return float(run["reported"])
-    return float(run["best" if str(row.get("reported", "final")).startswith("best") else "final"])
-
-
 def headline_by_seed(rows: list[dict[str, Any]]) -> dict[int, float]:
     """Per seed, the headline of one set: the mean over its students in the headline (``in_mean``; all of
     them when none is) of that seed's reported top-1. Only seeds every such student ran."""
@@ -717,17 +736,33 @@ def set_ipc(root: str | os.PathLike) -> int:
     return Counter(ids).most_common(1)[0][1]
 
 
+def random_real_draws(train_root: str | os.PathLike, out: Path, ipc: int, seeds: list[int],
+                      size: int | None = None, classes: list[str] | None = None) -> dict[int, str]:
+    """``{seed: folder}``: a random-real set drawn afresh per evaluation seed (DD-Ranking draws its random
+    reference per evaluation round, ``_get_random_data_helper(eval_iter=i)`` in ddranking/metrics)."""
+    from tuning.baselines import build_baseline
+
+    return {s: build_baseline("random_real", train_root, out / f"seed{s}", ipc, seed=s, size=size,
+                              classes=classes)["output"] for s in seeds}
+
+
 def baseline_sets(ev: EvalConfig, train_root: str | os.PathLike | None, out: Path, ipc: int,
-                  classes: list[str] | None = None, log=print) -> tuple[dict[str, str], dict[str, str]]:
-    """Build ``ev.baselines`` (tuning/baselines.py) from the real train split at ``ipc``; ``({name: folder}, {name: method})``."""
+                  classes: list[str] | None = None, log=print) -> tuple[dict[str, Any], dict[str, str]]:
+    """Build ``ev.baselines`` (tuning/baselines.py) from the real train split at ``ipc``; ``({name: folder}, {name:
+    method})``. Random real is drawn afresh per evaluation seed (``{seed: folder}``), the others once."""
     from pipeline.errors import ConfigError
     from tuning.baselines import build_baseline
 
     if not train_root:
         raise ConfigError("eval.baselines needs the real training split (data.root)")
-    sets: dict[str, str] = {}
+    sets: dict[str, Any] = {}
     for name in ev.baselines:
         key = name if name == "full_real" else f"{name}_ipc{ipc}"
+        if name == "random_real":
+            sets[key] = random_real_draws(train_root, out / key, ipc, eval_seeds(resolve_preset(ev)),
+                                          size=ev.image_size, classes=classes)
+            log(f"baseline {key}: one draw per seed {sorted(sets[key])}")
+            continue
         res = build_baseline(name, train_root, out / key, ipc, seed=ev.seed, size=ev.image_size, classes=classes)
         sets[key] = res["output"]
         log(f"baseline {key}: {res['images']} images")
