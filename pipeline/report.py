@@ -110,8 +110,10 @@ METHOD_ORDER = ("full_real", "random_real", "herding", "k_center", "dm", "diver_
 
 
 def method_order(method: str) -> tuple[int, str]:
-    """Table order: references and coresets first, then each stage-1 set before what recovers it."""
-    return (METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER), method)
+    """Table order: references and coresets first, then each stage-1 set (DM, a tensor input ``input_*``)
+    before what recovers it."""
+    key = "dm" if method.startswith("input_") else method
+    return (METHOD_ORDER.index(key) if key in METHOD_ORDER else len(METHOD_ORDER), method)
 
 
 def _ddranking_html(rows: list[dict[str, Any]]) -> str:

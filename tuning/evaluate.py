@@ -706,16 +706,29 @@ def check_excluded(names: list[str]) -> None:
         raise ConfigError(f"eval.exclude_from_mean: unknown student(s) {bad}; choose from {', '.join(STUDENTS)}")
 
 
+def stage1_images(entry: dict[str, Any]) -> Path | None:
+    """The folder of a DIVER set's input as images, which the evaluation trains on beside DIVER's output: a
+    tensor input written as images by the DIVER run (``input_images``), a folder with a manifest (DM), or an
+    ImageFolder input; None when the run predates ``input_images`` and its input is a tensor file."""
+    if entry.get("input_images"):
+        return Path(entry["input_images"])
+    stage1 = Path(entry.get("stage1", ""))
+    if (stage1 / MANIFEST).is_file() or (entry.get("input_format") == "imagefolder" and stage1.is_dir()):
+        return stage1
+    return None
+
+
 def sets_from_summary(summary: dict[str, Any]) -> tuple[dict[str, str], dict[str, str]]:
-    """The distilled sets a ``run`` produced (EDITS: one; DIVER: stage-1 input and recovered, per IPC),
-    as ``{set name: folder}`` and ``{set name: method name}``."""
+    """The distilled sets a ``run`` produced (EDITS: one; DIVER: its input, whatever its format, and the
+    recovered set, per IPC), as ``{set name: folder}`` and ``{set name: method name}``."""
     sets: dict[str, str] = {}
     methods: dict[str, str] = {}
     if summary.get("method") == "diver" and summary.get("sets"):
         for name, entry in summary["sets"].items():
-            stage1 = Path(entry.get("stage1", ""))
-            if (stage1 / MANIFEST).is_file():  # DM (or any ImageFolder input): the baseline row
-                method = json.loads((stage1 / MANIFEST).read_text()).get("method") or "stage1"
+            stage1 = stage1_images(entry)
+            if stage1 is not None:  # DIVER's input (DM, an ImageFolder, a tensor set as images): its own row
+                method = (json.loads((stage1 / MANIFEST).read_text()).get("method") if (stage1 / MANIFEST).is_file()
+                          else None) or "stage1"
                 sets[f"{method}_{name}"], methods[f"{method}_{name}"] = str(stage1), method
             sets[f"diver_{name}"], methods[f"diver_{name}"] = entry["recovered"], "diver"
     else:
