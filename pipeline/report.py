@@ -50,12 +50,14 @@ def overview_image(grids: dict[str, Image.Image], rows: list[dict[str, Any]], ga
     """The report at a glance: each set's grid side by side, titled with its mean top-1 over students."""
     from PIL import ImageDraw
 
-    from tuning.evaluate import mean_top1
+    from tuning.evaluate import headline_rows, mean_top1
 
-    by_method: dict[str, list[dict[str, Any]]] = {}
-    for r in rows:
-        by_method.setdefault(str(r.get("method")), []).append(r)
-    means = {m: mean_top1(rs) for m, rs in by_method.items()}  # the unseen-architecture mean, as results.md
+    by_method: dict[str, dict[int, list[dict[str, Any]]]] = {}
+    for r in headline_rows(rows):  # one preset and reported accuracy, never a mean across them
+        by_method.setdefault(str(r.get("method")), {}).setdefault(int(r.get("ipc") or 0), []).append(r)
+    means = {m: ", ".join(f"{mean_top1(rs):.1f}%" if len(by) == 1 else f"IPC {k} {mean_top1(rs):.1f}%"
+                          for k, rs in sorted(by.items()))
+             for m, by in by_method.items()}  # the unseen-architecture mean per IPC, as results.md
     title_h = 18
     width = sum(g.width for g in grids.values()) + gap * (len(grids) + 1)
     height = max(g.height for g in grids.values()) + title_h + 2 * gap
@@ -64,7 +66,7 @@ def overview_image(grids: dict[str, Image.Image], rows: list[dict[str, Any]], ga
     x = gap
     for name, grid in grids.items():
         acc = means.get(name)
-        label = f"{name}: {acc:.1f}%" if acc is not None else name
+        label = f"{name}: {acc}" if acc is not None else name
         draw.text((x, gap // 2), label, fill=(0, 0, 0))
         canvas.paste(grid, (x, gap // 2 + title_h))
         x += grid.width + gap
