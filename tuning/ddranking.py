@@ -127,9 +127,10 @@ def differences(entries: list[dict[str, Any]]) -> str:
     shown = sorted({e["reported"] for e in entries})
     draws = sorted({e.get("random_draws", "one") for e in entries})
     seeds = sorted({e.get(k) for e in entries for k in ("n_lrs", "n_ars") if e.get(k) is not None})
-    random = ("random real: a fresh draw per seed, as the package" if draws == ["per seed"] else
-              "random real: one draw for every seed in some rows (column 'random real'; the package draws "
-              "afresh per round)")
+    random = {("per seed",): "random real: a fresh draw per seed, as the package",
+              ("one",): "random real: one draw for every seed (the package draws afresh per round)"}.get(
+        tuple(draws), "random real: a fresh draw per seed in some rows, one draw in others (column 'random real'; "
+                      "the package draws afresh per round)")
     return ("Inputs differ from the DD-Ranking package (" + PACKAGE + "): each score uses the rows' "
             f"top-1 = {', '.join(shown)} (the package: the best test top-1 of the last 20 % of the epochs, "
             "tested every 10 (LRS) / 20 (ARS) epochs, i.e. selected on the test split); no lr search (the package "

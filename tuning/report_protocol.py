@@ -95,7 +95,9 @@ def _runs_by(rows: list[dict[str, Any]], key: str, of: str) -> str:
         for run in r.get("runs", []):
             if run.get(of) is not None:
                 seen.setdefault(group, set()).add(run[of])
-    return "; ".join(f"{k}: {', '.join(f'{v:g}' for v in sorted(vs))}" for k, vs in sorted(seen.items())) or "-"
+    order = sorted(seen, key=lambda k: (int(k), k) if key == "ipc" and k.isdigit() else (0, k))
+    label = "IPC " if key == "ipc" else ""
+    return "; ".join(f"{label}{k}: {', '.join(f'{v:g}' for v in sorted(seen[k]))}" for k in order) or "-"
 
 
 def _epochs_by_ipc(rows: list[dict[str, Any]]) -> str:

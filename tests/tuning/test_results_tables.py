@@ -101,7 +101,7 @@ def test_results_md_opens_with_the_resolved_protocol_and_names_the_ipcs(tmp_path
     for line in ["| preset | none (the eval section's own values) |",
                  "| optimizer | sgd, momentum 0.9, weight decay 0.0005 |",
                  "| lr per student | convnet: 0.001; resnet18: 0.01 |",
-                 "| batch per IPC | 1: 16; 10: 16 |", "| epochs per IPC | IPC 1: 300; IPC 10: 20 |",
+                 "| batch per IPC | IPC 1: 16; IPC 10: 16 |", "| epochs per IPC | IPC 1: 300; IPC 10: 20 |",
                  "| schedule | cosine to 0, stepped per step |",
                  "| augmentation | dsa (DSA color_crop_cutout_flip_scale_rotate) |",
                  "| teacher | none (hard labels) |",
