@@ -6,9 +6,10 @@ set and the real validation set once (into the object store), launches one
 (set, student, seed) runs from a queue (``eval.pack_runs``, the default), or one ``TorchTrainer`` per
 run with ``ScalingConfig(num_workers, use_gpu, resources_per_worker={"CPU": cpus_per_job})`` (DDP when
 ``num_workers > 1``; at most ``max_concurrent`` in flight), and gathers the runs into one table of
-dataset x method x IPC x student rows (``top1_mean``/``top1_std`` over the seeds = final
-accuracy; ``best_*`` = best test accuracy seen while training). ``write_results`` writes
-``results.json``, ``results.csv`` and ``results.md``, merging with rows already there.
+dataset x method x IPC x student rows, one per preset, reported accuracy, protocol and augmentation
+(``ROW_KEY``; ``top1_mean``/``top1_std`` over the seeds = the preset's reported number, final or best;
+``best_*`` = best test accuracy seen while training; ``recipe`` = the resolved protocol). ``write_results``
+writes ``results.json``, ``results.csv`` and ``results.md``, merging with rows already there.
 """
 
 from __future__ import annotations
