@@ -159,14 +159,20 @@ def _error_bar(x: float, value: float, std: float, top: float, plot_h: float, ha
 
 
 def bar_chart_svg(rows: list[dict[str, Any]], width: int = 900, height: int = 320) -> str:
-    """Top-1 per architecture, one group of bars per method, each with its std over seeds as an error bar
-    (an SVG document)."""
+    """Top-1 per architecture, one group of bars per method (per method and IPC when several IPCs ran: one
+    IPC never hides another), each with its std over seeds as an error bar (an SVG document)."""
     from tuning.evaluate import student_label
 
-    methods = sorted({str(r["method"]) for r in rows}, key=method_order)
+    ipcs = {r.get("ipc") for r in rows}
+
+    def name(r: dict[str, Any]) -> str:
+        return str(r["method"]) + (f" IPC {r.get('ipc')}" if len(ipcs) > 1 else "")
+
+    order = {name(r): (r.get("ipc") or 0, method_order(str(r["method"]))) for r in rows}
+    methods = sorted(order, key=order.__getitem__)
     students = sorted({student_label(r) for r in rows})
-    val = {(str(r["method"]), student_label(r)): float(r["top1_mean"]) for r in rows}
-    err = {(str(r["method"]), student_label(r)): float(r.get("top1_std") or 0.0) for r in rows}
+    val = {(name(r), student_label(r)): float(r["top1_mean"]) for r in rows}
+    err = {(name(r), student_label(r)): float(r.get("top1_std") or 0.0) for r in rows}
     left, bottom, top = 40, 60, 20
     plot_w, plot_h = width - left - 10, height - bottom - top
     group = plot_w / max(1, len(methods))

@@ -127,3 +127,13 @@ def test_report_html_says_final_or_best_per_table_and_charts_error_bars(tmp_path
     # resnet18: 81 ± 1 -> whisker from 80 to 82 % of the 240 px plot below y = 20: y 68.0 .. 63.2
     assert "class='err' d='M" in svg and "V63.2" in svg and ",68.0V" in svg
     assert (tmp_path / "results.md").read_text().startswith("# t, IPC 10\n")
+
+
+def test_bar_chart_keeps_each_ipc_apart():
+    from pipeline.report import bar_chart_svg
+
+    rows = [_seeded("dm", "resnet18", [80.0, 82.0], ipc=1), _seeded("dm", "resnet18", [90.0, 92.0])]
+    svg = bar_chart_svg(rows)
+    assert "dm IPC 1 / resnet18: 81.00% ± 1.00" in svg and "dm IPC 10 / resnet18: 91.00% ± 1.00" in svg
+    assert svg.index("dm IPC 1 /") < svg.index("dm IPC 10 /")
+    assert "dm / resnet18: 81.00%" in bar_chart_svg(rows[:1])  # one IPC: the method alone
