@@ -39,3 +39,16 @@ def test_baselines_draw_random_real_afresh_per_seed(demo_root, tmp_path):
     assert methods == {"random_real_ipc2": "random_real"} and sorted(sets["random_real_ipc2"]) == [0, 1]
     picks = [sorted(e["source"] for e in read_manifest(sets["random_real_ipc2"][s])["images"]) for s in (0, 1)]
     assert len(picks[0]) == 20 and picks[0] != picks[1]  # two seeds, two draws of 2 images x 10 classes
+
+
+def test_evaluate_sets_trains_each_draw_at_its_seed(demo_root, tmp_path):
+    from tuning.evaluate import evaluate_sets, random_real_draws
+
+    draws = random_real_draws(demo_root / "train", tmp_path / "rr", ipc=1, seeds=[0, 1], size=32)
+    ev = EvalConfig(students=["convnet"], epochs=1, repeats=2, backend="local", batch_size=8,
+                    student_kwargs={"convnet": {"width": 8}})
+    rows = evaluate_sets({"random_real": draws}, demo_root / "val", ev, tmp_path / "out",
+                         methods={"random_real": "random_real"}, log=lambda _m: None)
+    assert len(rows) == 1 and [run["seed"] for run in rows[0]["runs"]] == [0, 1]
+    assert rows[0]["draws"] == {"0": draws[0], "1": draws[1]} and rows[0]["images"] == 10
+    assert rows[0]["recipe"]["seeds"] == "0, 1"
