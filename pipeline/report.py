@@ -50,12 +50,14 @@ def overview_image(grids: dict[str, Image.Image], rows: list[dict[str, Any]], ga
     """The report at a glance: each set's grid side by side, titled with its mean top-1 over students."""
     from PIL import ImageDraw
 
-    from tuning.evaluate import mean_top1
+    from tuning.evaluate import headline_rows, mean_top1
 
-    by_method: dict[str, list[dict[str, Any]]] = {}
-    for r in rows:
-        by_method.setdefault(str(r.get("method")), []).append(r)
-    means = {m: mean_top1(rs) for m, rs in by_method.items()}  # the unseen-architecture mean, as results.md
+    by_method: dict[str, dict[int, list[dict[str, Any]]]] = {}
+    for r in headline_rows(rows):  # one preset and reported accuracy, never a mean across them
+        by_method.setdefault(str(r.get("method")), {}).setdefault(int(r.get("ipc") or 0), []).append(r)
+    means = {m: ", ".join(f"{mean_top1(rs):.1f}%" if len(by) == 1 else f"IPC {k} {mean_top1(rs):.1f}%"
+                          for k, rs in sorted(by.items()))
+             for m, by in by_method.items()}  # the unseen-architecture mean per IPC, as results.md
     title_h = 18
     width = sum(g.width for g in grids.values()) + gap * (len(grids) + 1)
     height = max(g.height for g in grids.values()) + title_h + 2 * gap
@@ -64,7 +66,7 @@ def overview_image(grids: dict[str, Image.Image], rows: list[dict[str, Any]], ga
     x = gap
     for name, grid in grids.items():
         acc = means.get(name)
-        label = f"{name}: {acc:.1f}%" if acc is not None else name
+        label = f"{name}: {acc}" if acc is not None else name
         draw.text((x, gap // 2), label, fill=(0, 0, 0))
         canvas.paste(grid, (x, gap // 2 + title_h))
         x += grid.width + gap
@@ -80,7 +82,7 @@ def _png_b64(img: Image.Image) -> str:
 def _pivot_html(rows: list[dict[str, Any]]) -> str:
     """Method x student table; *mean* is ``tuning.evaluate.mean_top1`` (the proxy, marked †, left out), as in
     results.md."""
-    from tuning.evaluate import in_mean, mean_top1, student_label
+    from tuning.evaluate import headline_cell, in_mean, student_label
 
     students = sorted({student_label(r) for r in rows}, key=lambda s: (not any(
         student_label(r) == s and not in_mean(r) for r in rows), s))
@@ -89,15 +91,15 @@ def _pivot_html(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         groups.setdefault((r["dataset"], r["ipc"], r["method"]), {})[student_label(r)] = r
     head = "".join(f"<th>{html.escape(s)}{' †' if s in proxies else ''}</th>" for s in students)
-    what = "mean over unseen architectures" if proxies else "mean"
+    what = "mean over unseen architectures ± std over seeds" if proxies else "mean ± std over seeds"
     out = [f"<table class='pivot'><tr><th>dataset</th><th>IPC</th><th>method</th>{head}<th>{what}</th></tr>"]
     for (ds, ipc, method), by in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], method_order(kv[0][2]))):
-        mean = mean_top1(list(by.values()))
+        mean = headline_cell(list(by.values()))
         cells = "".join(
             f"<td>{by[s]['top1_mean']:.2f} ± {by[s]['top1_std']:.2f}</td>" if s in by else "<td>-</td>"
             for s in students)
         out.append(f"<tr><td>{html.escape(str(ds))}</td><td>{ipc}</td><td><b>{html.escape(str(method))}</b></td>"
-                   f"{cells}<td><b>{mean:.2f}</b></td></tr>")
+                   f"{cells}<td><b>{mean}</b></td></tr>")
     out.append("</table>")
     if proxies:
         out.append(f"<p class='note'>† {', '.join(sorted(proxies))}: the stage-1 proxy architecture, left out of "
@@ -110,25 +112,35 @@ METHOD_ORDER = ("full_real", "random_real", "herding", "k_center", "dm", "diver_
 
 
 def method_order(method: str) -> tuple[int, str]:
-    """Table order: references and coresets first, then each stage-1 set before what recovers it."""
-    return (METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER), method)
+    """Table order: references and coresets first, then each stage-1 set (DM, a tensor input ``input_*``)
+    before what recovers it."""
+    key = "dm" if method.startswith("input_") else method
+    return (METHOD_ORDER.index(key) if key in METHOD_ORDER else len(METHOD_ORDER), method)
 
 
 def _ddranking_html(rows: list[dict[str, Any]]) -> str:
     """The DD-Ranking scores (tuning/ddranking.py) of every row that has its reference rows."""
-    from tuning.ddranking import scores
+    from tuning.ddranking import differences, scores
 
     entries = scores(rows)
     if not entries:
         return ""
     out = [("<h3>DD-Ranking (x 100)</h3><p class='note'>HLR = full real - set (hard labels), IOR = set - random "
-            "real, LRS = label-robust score; ARS = augmentation-robust score (vs runs without augmentation).</p>"),
+            "real, LRS = label-robust score; ARS = augmentation-robust score (vs runs without augmentation); "
+            f"mean ± std over seeds. {html.escape(differences(entries))}</p>"),
            ("<table class='ddranking'><tr><th>method</th><th>IPC</th><th>student</th><th>HLR</th><th>IOR</th>"
-            "<th>LRS</th><th>ARS</th></tr>")]
-    for e in sorted(entries, key=lambda e: (method_order(e["method"]), e["student"])):
-        cell = "".join(f"<td>{e[k]:.2f}</td>" if k in e else "<td>-</td>" for k in ("hlr", "ior", "lrs", "ars"))
+            "<th>LRS</th><th>ARS</th><th>seeds (LRS / ARS)</th><th>random real</th></tr>")]
+
+    def cell(e: dict[str, Any], k: str) -> str:
+        if k not in e:
+            return "<td>-</td>"
+        return f"<td>{e[k]:.2f}" + (f" ± {e[k + '_std']:.2f}" if f"{k}_std" in e else "") + "</td>"
+
+    for e in sorted(entries, key=lambda e: (e["ipc"], method_order(e["method"]), e["student"])):
+        cells = "".join(cell(e, k) for k in ("hlr", "ior", "lrs", "ars"))
         out.append(f"<tr><td>{html.escape(e['method'])}</td><td>{e['ipc']}</td><td>{html.escape(e['student'])}</td>"
-                   f"{cell}</tr>")
+                   f"{cells}<td>{e.get('n_lrs', '-')} / {e.get('n_ars', '-')}</td>"
+                   f"<td>{html.escape(str(e.get('random_draws', '-')))}</td></tr>")
     out.append("</table>")
     return "\n".join(out)
 
@@ -136,13 +148,31 @@ def _ddranking_html(rows: list[dict[str, Any]]) -> str:
 PALETTE = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1")
 
 
+def _error_bar(x: float, value: float, std: float, top: float, plot_h: float, half: float) -> str:
+    """A whisker from ``value - std`` to ``value + std`` (percent, clipped to 0..100) with caps."""
+    def y(v: float) -> float:
+        return top + plot_h * (1 - max(0.0, min(v, 100.0)) / 100)
+
+    lo, hi = y(value - std), y(value + std)
+    return (f"<path class='err' d='M{x:.1f},{lo:.1f}V{hi:.1f}M{x - half:.1f},{lo:.1f}H{x + half:.1f}"
+            f"M{x - half:.1f},{hi:.1f}H{x + half:.1f}' stroke='#222' fill='none'/>")
+
+
 def bar_chart_svg(rows: list[dict[str, Any]], width: int = 900, height: int = 320) -> str:
-    """Top-1 per architecture, one group of bars per method (an SVG document)."""
+    """Top-1 per architecture, one group of bars per method (per method and IPC when several IPCs ran: one
+    IPC never hides another), each with its std over seeds as an error bar (an SVG document)."""
     from tuning.evaluate import student_label
 
-    methods = sorted({str(r["method"]) for r in rows}, key=method_order)
+    ipcs = {r.get("ipc") for r in rows}
+
+    def name(r: dict[str, Any]) -> str:
+        return str(r["method"]) + (f" IPC {r.get('ipc')}" if len(ipcs) > 1 else "")
+
+    order = {name(r): (r.get("ipc") or 0, method_order(str(r["method"]))) for r in rows}
+    methods = sorted(order, key=order.__getitem__)
     students = sorted({student_label(r) for r in rows})
-    val = {(str(r["method"]), student_label(r)): float(r["top1_mean"]) for r in rows}
+    val = {(name(r), student_label(r)): float(r["top1_mean"]) for r in rows}
+    err = {(name(r), student_label(r)): float(r.get("top1_std") or 0.0) for r in rows}
     left, bottom, top = 40, 60, 20
     plot_w, plot_h = width - left - 10, height - bottom - top
     group = plot_w / max(1, len(methods))
@@ -162,7 +192,8 @@ def bar_chart_svg(rows: list[dict[str, Any]], width: int = 900, height: int = 32
             h = plot_h * max(0.0, min(v, 100.0)) / 100
             parts.append(f"<rect x='{x0 + j * bar:.1f}' y='{top + plot_h - h:.1f}' width='{bar - 1:.1f}' "
                          f"height='{h:.1f}' fill='{PALETTE[j % len(PALETTE)]}'><title>{html.escape(m)} / "
-                         f"{html.escape(s)}: {v:.2f}%</title></rect>")
+                         f"{html.escape(s)}: {v:.2f}% ± {err[(m, s)]:.2f} (std over seeds)</title></rect>")
+            parts.append(_error_bar(x0 + j * bar + (bar - 1) / 2, v, err[(m, s)], top, plot_h, bar / 4))
         parts.append(f"<text x='{x0 + group * 0.4:.1f}' y='{top + plot_h + 14}' text-anchor='middle'>"
                      f"{html.escape(m)}</text>")
     for j, s in enumerate(students):
@@ -197,15 +228,28 @@ def edits_prototype_panel(edits_dir: str | os.PathLike, real_root: str | os.Path
     return out
 
 
+def _protocol_html(rows: list[dict[str, Any]]) -> str:
+    """The evaluation protocol of every preset in ``rows`` (``tuning.report_protocol``), one table each."""
+    from tuning.report_protocol import protocol_tables
+
+    out = []
+    for title, settings in protocol_tables(rows):
+        out.append(f"<h2>Evaluation protocol, {html.escape(title)}</h2><table class='protocol'>")
+        out += [f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in settings]
+        out.append("</table>")
+    return "\n".join(out)
+
+
 def _rows_html(rows: list[dict[str, Any]]) -> str:
     from tuning.evaluate import student_label
 
-    cols = ["dataset", "method", "ipc", "student", "protocol", "augment", "top1", "best", "repeats", "epochs", "seconds"]
+    cols = ["dataset", "method", "ipc", "student", "preset", "protocol", "augment", "top1", "top-1 is", "best",
+            "repeats", "epochs", "seconds"]
     out = ["<table><tr>" + "".join(f"<th>{c}</th>" for c in cols) + "</tr>"]
     for r in sorted(rows, key=lambda r: (r["dataset"], r["ipc"], r["method"], r["student"])):
-        vals = [r["dataset"], r["method"], r["ipc"], student_label(r), r.get("protocol", ""), r.get("augment", ""),
-                f"{r['top1_mean']:.2f} ± {r['top1_std']:.2f}", f"{r.get('best_mean', float('nan')):.2f}",
-                r["repeats"], r.get("epochs", ""), r.get("seconds", "")]
+        vals = [r["dataset"], r["method"], r["ipc"], student_label(r), r.get("preset") or "", r.get("protocol", ""),
+                r.get("augment", ""), f"{r['top1_mean']:.2f} ± {r['top1_std']:.2f}", r.get("reported", "final"),
+                f"{r.get('best_mean', float('nan')):.2f}", r["repeats"], r.get("epochs", ""), r.get("seconds", "")]
         out.append("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in vals) + "</tr>")
     out.append("</table>")
     return "\n".join(out)
@@ -215,7 +259,7 @@ CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px;color
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
 th{background:#f3f3f3}td:nth-child(-n+3){text-align:left}.grids{display:flex;flex-wrap:wrap;gap:1.5em}
 figure{margin:0}figcaption{font-weight:600;margin-bottom:.3em}.note{color:#555;font-size:.9em}
-table.protos td{text-align:left;vertical-align:middle}img{max-width:100%;height:auto}"""
+table.protos td,table.protocol td{text-align:left;vertical-align:middle}img{max-width:100%;height:auto}"""
 
 
 def _panels_html(panels: dict[str, str | os.PathLike], edits_dir: str | os.PathLike | None) -> list[str]:
@@ -249,7 +293,8 @@ def write_report(out_dir: str | os.PathLike, rows: list[dict[str, Any]] | None =
     ``panels`` maps a caption to a picture shown as it is (DIVER's input | output per class); ``edits_dir``
     (an EDITS set) adds, per class, the prototype's member images beside the generated image and its text.
     """
-    from tuning.evaluate import headline_rows, results_markdown, table_groups
+    from tuning.evaluate import headline_rows, ipc_label, results_markdown, table_groups
+    from tuning.report_protocol import protocol_markdown
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -257,19 +302,26 @@ def write_report(out_dir: str | os.PathLike, rows: list[dict[str, Any]] | None =
         path = out / "results.json"
         rows = json.loads(path.read_text()) if path.is_file() else []
     notes = list(notes or [])
-    md = [f"# {title}", ""] + [f"- {n}" for n in notes] + ([""] if notes else []) + [results_markdown(rows)]
+    if rows:  # the heading says the IPCs that ran
+        title = f"{title}, {ipc_label(rows)}"
+    md = ([f"# {title}", ""] + protocol_markdown(rows) + [f"- {n}" for n in notes] + ([""] if notes else [])
+          + [results_markdown(rows, protocol=False)])
     parts = [(f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
               f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>")]
+    parts.append(_protocol_html(rows))
     if notes:
         parts.append("<ul class='note'>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")
     parts.append("<h2>Cross-architecture top-1 on the real validation set (%)</h2>")
     if rows:
-        parts.append("<p class='note'>Final accuracy after training each student from scratch on the set, "
-                     "mean ± std over seeds; the last column averages the students outside "
-                     "eval.exclude_from_mean (all of them when none is left), as results.md does.</p>")
+        parts.append("<p class='note'>Each student trained from scratch on the set, tested on the real val set; "
+                     "mean ± std over seeds (population std); the last column averages the students outside "
+                     "eval.exclude_from_mean (all of them when none is left), as results.md does, with the std "
+                     "of that mean over seeds.</p>")
         for group_title, group in table_groups(rows):
             if group_title:
                 parts.append(f"<h3>{html.escape(group_title)}</h3>")
+            shown = ", ".join(sorted({str(r.get("reported", "final")) for r in group}))
+            parts.append(f"<p class='note'>Top-1 = {html.escape(shown)}.</p>")
             parts.append(_pivot_html(group))
         parts.append(_ddranking_html(rows))
         svg = bar_chart_svg(headline_rows(rows))

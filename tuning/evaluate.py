@@ -6,9 +6,10 @@ set and the real validation set once (into the object store), launches one
 (set, student, seed) runs from a queue (``eval.pack_runs``, the default), or one ``TorchTrainer`` per
 run with ``ScalingConfig(num_workers, use_gpu, resources_per_worker={"CPU": cpus_per_job})`` (DDP when
 ``num_workers > 1``; at most ``max_concurrent`` in flight), and gathers the runs into one table of
-dataset x method x IPC x student rows (``top1_mean``/``top1_std`` over the seeds = final
-accuracy; ``best_*`` = best test accuracy seen while training). ``write_results`` writes
-``results.json``, ``results.csv`` and ``results.md``, merging with rows already there.
+dataset x method x IPC x student rows, one per preset, reported accuracy, protocol and augmentation
+(``ROW_KEY``; ``top1_mean``/``top1_std`` over the seeds = the preset's reported number, final or best;
+``best_*`` = best test accuracy seen while training; ``recipe`` = the resolved protocol). ``write_results``
+writes ``results.json``, ``results.csv`` and ``results.md``, merging with rows already there.
 """
 
 from __future__ import annotations
@@ -36,10 +37,13 @@ from pipeline.errors import DataError
 from tuning.checkpoints import fit_or_disk_full, report_checkpoint
 from tuning.ddranking import scores, scores_markdown
 from tuning.protocols import TrainSpec, resolve_preset, train_student, train_teacher
+from tuning.report_protocol import protocol_markdown, protocol_record
+from tuning.row_values import run_value
 from tuning.stream import scan_stream
 from tuning.students import build_student, check_students
 
-ROW_KEY = ("dataset", "method", "ipc", "student", "protocol", "augment")
+# A row is one (set, student) under one recipe: two presets, or a final and a best top-1, never share a row.
+ROW_KEY = ("dataset", "method", "ipc", "student", "preset", "reported", "protocol", "augment")
 
 
 # ----------------------------------------------------------------------------- data
@@ -322,27 +326,36 @@ def run_packed_jobs(jobs: list[dict[str, Any]], data_refs: dict[str, Any], cfg: 
 
 
 # ----------------------------------------------------------------------------- many sets
+def eval_seeds(cfg: EvalConfig) -> list[int]:
+    """The evaluation seeds: ``cfg.seed + r`` for r < repeats."""
+    return [cfg.seed + r for r in range(cfg.repeats)]
+
+
 def make_jobs(sets: dict[str, dict[str, Any]], cfg: EvalConfig) -> list[dict[str, Any]]:
-    """One job per (set, student, seed); seeds are ``cfg.seed + r`` for r < repeats."""
+    """One job per (set, student, seed); seeds are ``eval_seeds(cfg)``, or a per-seed draw's own seed
+    (``info["seeds"]``; ``info["row"]`` names the table row the draws share)."""
     jobs = []
     for set_name, info in sets.items():
         for student in cfg.students:
-            for r in range(cfg.repeats):
-                seed = cfg.seed + r
+            for seed in info.get("seeds") or eval_seeds(cfg):
                 spec = TrainSpec.from_config(cfg, student, seed, ipc=info.get("ipc"),
                                              num_classes=info.get("num_classes")).to_dict()
-                jobs.append({"set": set_name, "student": student, "seed": seed, "images": info.get("n_images"),
-                             "name": f"{set_name}-{student}-s{seed}", "spec": spec})
+                jobs.append({"set": set_name, "row": info.get("row", set_name), "student": student, "seed": seed,
+                             "images": info.get("n_images"), "name": f"{set_name}-{student}-s{seed}", "spec": spec})
     return jobs
 
 
 def aggregate(runs: list[dict[str, Any]], sets: dict[str, dict[str, Any]], cfg: EvalConfig,
-              dataset: str) -> list[dict[str, Any]]:
-    """Per (set, student): mean and std over seeds (population std, as DC/MTT report)."""
+              dataset: str, recipe: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Per (set, student): mean and std over seeds (population std, as DC/MTT report); ``recipe``: the
+    resolved protocol (``tuning.report_protocol.protocol_record``) each row carries into the reports."""
     rows = []
-    for set_name, info in sets.items():
+    for row_name in dict.fromkeys(info.get("row", k) for k, info in sets.items()):
+        parts = {k: info for k, info in sets.items() if info.get("row", k) == row_name}
+        info = next(iter(parts.values()))
+        draws = {str(s): p["dir"] for p in parts.values() for s in p.get("seeds") or []}
         for student in cfg.students:
-            mine = sorted((r for r in runs if r["set"] == set_name and r["student"] == student),
+            mine = sorted((r for r in runs if r["set"] in parts and r["student"] == student),
                           key=lambda r: r["seed"])
             if not mine:
                 continue
@@ -361,17 +374,37 @@ def aggregate(runs: list[dict[str, Any]], sets: dict[str, dict[str, Any]], cfg: 
                 "epochs": mine[0].get("epochs", cfg.epochs), "preset": cfg.preset, "images": info["n_images"],
                 "distilled": info["dir"], "seconds": round(float(sum(r["seconds"] for r in mine)), 1),
                 "runs": [{"seed": r["seed"], "final": round(r["final"], 2), "best": round(r["best"], 2),
+                          "reported": round(float(r.get("reported", r["final"])), 2),
                           "best_epoch": r["best_epoch"], "epochs": r.get("epochs"), "lr": r.get("lr"),
                           "batch_size": r.get("batch_size")} for r in mine],
+                "recipe": recipe, **({"draws": draws} if draws else {}),
             })
     return rows
 
 
-def evaluate_sets(sets: dict[str, str | os.PathLike], val_root: str | os.PathLike, cfg: EvalConfig,
+def set_parts(sets: dict[str, Any], cfg: EvalConfig) -> dict[str, tuple[str, Any, list[int] | None]]:
+    """``{job set key: (row name, folder, seeds or None)}``: a set given as a folder runs every seed; one given as
+    ``{seed: folder}`` (per-seed draws, e.g. random real drawn afresh per seed as DD-Ranking does) runs each
+    draw at its own seed only, and its draws must be exactly the evaluation seeds."""
+    out: dict[str, tuple[str, Any, list[int] | None]] = {}
+    for name, d in sets.items():
+        if not isinstance(d, dict):
+            out[name] = (name, d, None)
+            continue
+        given, want = sorted(int(s) for s in d), eval_seeds(cfg)
+        if given != want:
+            raise DataError(f"set {name!r} has draws for seeds {given}, but the evaluation runs seeds {want} "
+                            "(eval.seed, eval.repeats): give one draw per seed")
+        out.update({f"{name}@seed{s}": (name, f, [int(s)]) for s, f in d.items()})
+    return out
+
+
+def evaluate_sets(sets: dict[str, Any], val_root: str | os.PathLike, cfg: EvalConfig,
                   out_dir: str | os.PathLike, train_root: str | os.PathLike | None = None,
                   ray_cfg: RayConfig | None = None, methods: dict[str, str] | None = None,
                   write: bool = True, classes: list[str] | None = None, log=print) -> list[dict[str, Any]]:
-    """Evaluate every distilled set in ``sets`` (name -> folder) with every student; return rows.
+    """Evaluate every distilled set in ``sets`` (name -> folder, or name -> {seed: folder} for per-seed draws,
+    ``set_parts``) with every student; return rows.
 
     ``methods`` optionally renames a set's method in the table (default: the manifest's);
     ``classes`` restricts the real val set to a class subset (sweeps on a few classes).
@@ -383,21 +416,21 @@ def evaluate_sets(sets: dict[str, str | os.PathLike], val_root: str | os.PathLik
     out = Path(out_dir)
     t0 = time.time()
     # the real val set first: its classes define the labels; its size follows the first set
-    first = next(iter(sets.values()))
-    size = cfg.image_size or load_distilled_size(first)
+    parts = set_parts(sets, cfg)
+    size = cfg.image_size or load_distilled_size(next(iter(parts.values()))[1])
     val_x, val_y, classes, _ = load_image_arrays(val_root, size, classes=classes, skip_bad=True,
                                                  resize=val_resize_for(size, cfg.val_resize))
     loaded: dict[str, dict[str, Any]] = {}
     arrays: dict[str, dict[str, Any]] = {}
-    for name, d in sets.items():
+    for key, (name, d, seeds) in parts.items():
         x, y, meta = load_distilled(d, classes, size)
         mean, std = channel_stats(x)
         method = (methods or {}).get(name, meta["method"])
-        loaded[name] = {"method": method, "ipc": meta["ipc"], "dir": str(d), "n_images": len(y),
-                        "num_classes": len(classes)}
-        arrays[name] = {"train_x": x, "train_y": y, "val_x": val_x, "val_y": val_y, "mean": mean, "std": std,
-                        "num_classes": len(classes)}
-        log(f"eval set {name}: {len(y)} images ({method}, IPC {meta['ipc']}) from {d}")
+        loaded[key] = {"method": method, "ipc": meta["ipc"], "dir": str(d), "n_images": len(y),
+                       "num_classes": len(classes), "row": name, **({"seeds": seeds} if seeds else {})}
+        arrays[key] = {"train_x": x, "train_y": y, "val_x": val_x, "val_y": val_y, "mean": mean, "std": std,
+                       "num_classes": len(classes)}
+        log(f"eval set {key}: {len(y)} images ({method}, IPC {meta['ipc']}) from {d}")
     dataset = cfg.dataset or dataset_name(val_root)
     teacher_state = None
     if cfg.protocol == "soft" and cfg.teacher_checkpoint:
@@ -408,6 +441,8 @@ def evaluate_sets(sets: dict[str, str | os.PathLike], val_root: str | os.PathLik
             raise DataError("eval.protocol=soft needs the real training set for the teacher (--train / data.root) "
                             "or a pretrained one (eval.teacher_checkpoint)")
         teacher_state = fit_teacher(train_root, classes, size, cfg, (val_x, val_y), log=log)
+    recipe = protocol_record(cfg, size, len(val_y), val_resize_for(size, cfg.val_resize),
+                             normalisation_label(teacher_state))
     jobs = make_jobs(loaded, cfg)
     log(f"evaluating {len(loaded)} set(s) x {len(cfg.students)} student(s) x {cfg.repeats} seed(s) = "
         f"{len(jobs)} job(s) on {cfg.backend}")
@@ -425,7 +460,7 @@ def evaluate_sets(sets: dict[str, str | os.PathLike], val_root: str | os.PathLik
             run = run_packed_jobs if cfg.pack_runs and cfg.num_workers == 1 else run_ray_jobs
             runs = run(jobs, refs, cfg, out / "ray_train", teacher_ref,
                        max_failures=(ray_cfg.max_restarts if ray_cfg else 0), log=log)
-    rows = aggregate(runs, loaded, cfg, dataset)
+    rows = aggregate(runs, loaded, cfg, dataset, recipe)
     log(f"evaluation took {time.time() - t0:.0f}s")
     if write:
         write_results(rows, out)
@@ -441,6 +476,16 @@ def load_distilled_size(root: str | os.PathLike) -> int:
             return int(min(load_rgb(str(root / entries[0]["file"])).shape[:2]))
     index = scan_image_folder(root)
     return int(min(load_rgb(index.records[0].path).shape[:2]))
+
+
+def normalisation_label(teacher_state: dict[str, Any] | None) -> str:
+    """How ``evaluate_sets`` normalises each set's training images and the real val set (the protocol table's
+    ``normalisation``; say here what the code there does)."""
+    if teacher_state:
+        return (f"the soft-label teacher's mean {np.round(np.asarray(teacher_state['mean']), 3).tolist()} and std "
+                f"{np.round(np.asarray(teacher_state['std']), 3).tolist()}, for every set and the real val set")
+    return ("each set's own per-channel mean and std (channel_stats of its training images); the real val set "
+            "with that set's statistics")
 
 
 def _teacher_normalised(arrays: dict[str, Any], teacher_state: dict[str, Any] | None) -> dict[str, Any]:
@@ -500,7 +545,8 @@ def _key(row: dict[str, Any]) -> tuple:
 
 
 def merge_rows(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Rows of ``new`` replace rows of ``old`` with the same dataset/method/ipc/student/protocol."""
+    """Rows of ``new`` replace rows of ``old`` with the same ``ROW_KEY`` (and student arguments): a run with
+    another preset or another reported accuracy adds rows beside them."""
     keys = {_key(r) for r in new}
     return [r for r in old if _key(r) not in keys] + list(new)
 
@@ -511,32 +557,75 @@ def student_label(row: dict[str, Any]) -> str:
     return row["student"] + (" (" + ", ".join(f"{k}={v}" for k, v in sorted(kw.items())) + ")" if kw else "")
 
 
+GROUP_KEY = ("preset", "reported", "protocol", "augment")
+
+
+def _group_key(row: dict[str, Any]) -> tuple[str, ...]:
+    return tuple(str(row.get(k) or ("final" if k == "reported" else "")) for k in GROUP_KEY)
+
+
 def table_groups(rows: list[dict[str, Any]]) -> list[tuple[str, list[dict[str, Any]]]]:
-    """Rows split by (protocol, augment) for the method x student tables: a set evaluated with and
-    without augmentation (DD-Ranking's ARS) gets a row in each table, never one cell overwriting the
-    other. Runs with augmentation first; one group with an empty title when all rows share both."""
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    """Rows split by (preset, reported accuracy, protocol, augment) for the method x student tables: a set
+    evaluated with two presets, or with and without augmentation (DD-Ranking's ARS), gets a row in each
+    table, never one cell overwriting or averaging the other. Runs with augmentation first; one group with an
+    empty title when all rows share all four; a title names the preset and the reported accuracy only when
+    they differ between groups."""
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for r in rows:
-        groups.setdefault((str(r.get("protocol", "")), str(r.get("augment", ""))), []).append(r)
-    keys = sorted(groups, key=lambda k: (k[1] == "none", k))
+        groups.setdefault(_group_key(r), []).append(r)
+    keys = sorted(groups, key=lambda k: (k[3] == "none", k))
     if len(keys) == 1:
         return [("", groups[keys[0]])]
-    return [(f"protocol {p}, augment {a}" + (" (DD-Ranking ARS)" if a == "none" else ""), groups[(p, a)])
-            for p, a in keys]
+    presets, reported = len({k[0] for k in keys}) > 1, len({k[1] for k in keys}) > 1
+
+    def title(k: tuple[str, ...]) -> str:
+        parts = ([f"preset {k[0] or 'none'}"] if presets else []) + [f"protocol {k[2]}, augment {k[3]}"]
+        parts += [f"top-1 {k[1]}"] if reported else []
+        return ", ".join(parts) + (" (DD-Ranking ARS)" if k[3] == "none" else "")
+
+    return [(title(k), groups[k]) for k in keys]
 
 
 def headline_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The rows of the first table group: the evaluated protocol, with augmentation (the report's bar chart)."""
+    """The rows of the first table group: one preset and reported accuracy, with augmentation (the report's
+    bar chart)."""
     return table_groups(rows)[0][1] if rows else []
 
 
+def ipc_label(rows: list[dict[str, Any]]) -> str:
+    """The IPCs that ran, for a heading: ``IPC 10``, ``IPC 1 and 10``, ``IPC 1, 10 and 50``."""
+    ipcs = [str(i) for i in sorted({int(r["ipc"]) for r in rows})]
+    return "IPC " + (", ".join(ipcs[:-1]) + " and " + ipcs[-1] if len(ipcs) > 1 else "".join(ipcs))
+
+
+def headline_by_seed(rows: list[dict[str, Any]]) -> dict[int, float]:
+    """Per seed, the headline of one set: the mean over its students in the headline (``in_mean``; all of
+    them when none is) of that seed's reported top-1. Only seeds every such student ran."""
+    counted = [r for r in rows if in_mean(r)] or list(rows)
+    by_seed: dict[int, list[float]] = {}
+    for r in counted:
+        for run in r.get("runs") or []:
+            by_seed.setdefault(int(run["seed"]), []).append(run_value(run, r))
+    return {s: float(np.mean(v)) for s, v in sorted(by_seed.items()) if len(v) == len(counted)}
+
+
+def headline_cell(rows: list[dict[str, Any]]) -> str:
+    """The headline mean of one set with its std over seeds (population, as the table's other cells: the
+    std of the per-seed headlines); the mean alone for rows that kept no runs or ran one seed."""
+    seeds = headline_by_seed(rows)
+    mean = f"{mean_top1(rows):.2f}"
+    return mean + (f" ± {float(np.std(list(seeds.values()))):.2f}" if len(seeds) > 1 else "")
+
+
 def _pivot_markdown(rows: list[dict[str, Any]], title: str) -> list[str]:
-    """One method x student table of rows sharing protocol and augmentation (``title`` names them)."""
+    """One method x student table of rows sharing preset, reported accuracy, protocol and augmentation
+    (``title`` names them)."""
     students = sorted({student_label(r) for r in rows})
     counted = sorted({student_label(r) for r in rows if in_mean(r)})
     what = (f"mean over {', '.join(counted)} (eval.exclude_from_mean leaves out "
             f"{', '.join(sorted({student_label(r) for r in rows if not in_mean(r)})) or 'none'})" if counted else
             "mean over all students († every student is in eval.exclude_from_mean)")
+    what += " ± the std over seeds of the per-seed mean (with two seeds or more)"
     shown = ", ".join(sorted({str(r.get("reported", "final")) for r in rows}))
     pivot = ["", (f"**{title}.** " if title else "") + f"Top-1 (%) = {shown}, mean ± std over seeds; "
              f"last column: {what}.", "",
@@ -547,28 +636,32 @@ def _pivot_markdown(rows: list[dict[str, Any]], title: str) -> list[str]:
         groups.setdefault((r["dataset"], r["ipc"], r["method"]), {})[student_label(r)] = r
     for (ds, ipc, method), by in sorted(groups.items()):
         cells = [f"{by[s]['top1_mean']:.2f} ± {by[s]['top1_std']:.2f}" if s in by else "-" for s in students]
-        vals = [r["top1_mean"] for r in by.values() if in_mean(r) or not counted]
-        mean = f"{np.mean(vals):.2f}" + ("" if counted else " †") if vals else "-"
+        mean = headline_cell(list(by.values())) + ("" if counted else " †")
         pivot.append(f"| {ds} | {ipc} | {method} | " + " | ".join(cells) + f" | {mean} |")
     return pivot
 
 
-def results_markdown(rows: list[dict[str, Any]]) -> str:
-    """A markdown table (one row per dataset/method/IPC/student/protocol/augment) plus a method x student
-    pivot per (protocol, augment) group."""
+def results_markdown(rows: list[dict[str, Any]], protocol: bool = True) -> str:
+    """The evaluation protocol of every preset (``protocol``), a markdown table (one row per
+    dataset/method/IPC/student/preset/reported/protocol/augment), a method x student pivot per table group and
+    the DD-Ranking scores."""
     if not rows:
         return "_no results_\n"
-    lines = ["| dataset | method | IPC | student | protocol | augment | top-1 (%) | best (%) | repeats | top-1 is |",
-             "|---|---|---:|---|---|---|---:|---:|---:|---|"]
-    for r in sorted(rows, key=lambda r: (r["dataset"], r["ipc"], r["method"], r["student"], r.get("augment") == "none")):
-        lines.append(f"| {r['dataset']} | {r['method']} | {r['ipc']} | {student_label(r)} | {r.get('protocol', '')} | "
-                     f"{r.get('augment', '')} | {r['top1_mean']:.2f} ± {r['top1_std']:.2f} | "
-                     f"{r.get('best_mean', float('nan')):.2f} | {r['repeats']} | {r.get('reported', 'final')} |")
+    head = protocol_markdown(rows) if protocol else []
+    lines = [("| dataset | method | IPC | student | protocol | augment | top-1 (%) | best (%) | repeats | top-1 is "
+             "| preset |"),
+             "|---|---|---:|---|---|---|---:|---:|---:|---|---|"]
+    for r in sorted(rows, key=lambda r: (r["dataset"], r["ipc"], r["method"], r["student"], _group_key(r)[3] == "none",
+                                         _group_key(r))):
+        lines.append(f"| {r['dataset']} | {r['method']} | {r['ipc']} | {student_label(r)} | {r.get('protocol', '')} "
+                     f"| {r.get('augment', '')} | {r['top1_mean']:.2f} ± {r['top1_std']:.2f} "
+                     f"| {r.get('best_mean', float('nan')):.2f} | {r['repeats']} | {r.get('reported', 'final')} "
+                     f"| {r.get('preset') or ''} |")
     pivot = [line for title, group in table_groups(rows) for line in _pivot_markdown(group, title)]
-    return "\n".join(lines + pivot + scores_markdown(scores(rows))) + "\n"
+    return "\n".join(head + lines + pivot + scores_markdown(scores(rows))) + "\n"
 
 
-CSV_FIELDS = ["dataset", "method", "ipc", "student", "protocol", "top1_mean", "top1_std", "reported", "repeats",
+CSV_FIELDS = ["dataset", "method", "ipc", "student", "protocol", "augment", "top1_mean", "top1_std", "reported", "repeats",
               "best_mean", "best_std", "final_mean", "final_std", "epochs", "preset", "images", "distilled"]
 
 
@@ -587,7 +680,8 @@ def write_results(rows: list[dict[str, Any]], out_dir: str | os.PathLike, merge:
     w.writeheader()
     w.writerows(rows)
     atomic_write_bytes(out / "results.csv", buf.getvalue().encode())
-    atomic_write_bytes(out / "results.md", ("# Results\n\n" + results_markdown(rows)).encode())
+    heading = f"# Results: {ipc_label(rows)}" if rows else "# Results"
+    atomic_write_bytes(out / "results.md", (heading + "\n\n" + results_markdown(rows)).encode())
     return rows
 
 
@@ -614,16 +708,29 @@ def check_excluded(names: list[str]) -> None:
         raise ConfigError(f"eval.exclude_from_mean: unknown student(s) {bad}; choose from {', '.join(STUDENTS)}")
 
 
+def stage1_images(entry: dict[str, Any]) -> Path | None:
+    """The folder of a DIVER set's input as images, which the evaluation trains on beside DIVER's output: a
+    tensor input written as images by the DIVER run (``input_images``), a folder with a manifest (DM), or an
+    ImageFolder input; None when the run predates ``input_images`` and its input is a tensor file."""
+    if entry.get("input_images"):
+        return Path(entry["input_images"])
+    stage1 = Path(entry.get("stage1", ""))
+    if (stage1 / MANIFEST).is_file() or (entry.get("input_format") == "imagefolder" and stage1.is_dir()):
+        return stage1
+    return None
+
+
 def sets_from_summary(summary: dict[str, Any]) -> tuple[dict[str, str], dict[str, str]]:
-    """The distilled sets a ``run`` produced (EDITS: one; DIVER: stage-1 input and recovered, per IPC),
-    as ``{set name: folder}`` and ``{set name: method name}``."""
+    """The distilled sets a ``run`` produced (EDITS: one; DIVER: its input, whatever its format, and the
+    recovered set, per IPC), as ``{set name: folder}`` and ``{set name: method name}``."""
     sets: dict[str, str] = {}
     methods: dict[str, str] = {}
     if summary.get("method") == "diver" and summary.get("sets"):
         for name, entry in summary["sets"].items():
-            stage1 = Path(entry.get("stage1", ""))
-            if (stage1 / MANIFEST).is_file():  # DM (or any ImageFolder input): the baseline row
-                method = json.loads((stage1 / MANIFEST).read_text()).get("method") or "stage1"
+            stage1 = stage1_images(entry)
+            if stage1 is not None:  # DIVER's input (DM, an ImageFolder, a tensor set as images): its own row
+                method = (json.loads((stage1 / MANIFEST).read_text()).get("method") if (stage1 / MANIFEST).is_file()
+                          else None) or "stage1"
                 sets[f"{method}_{name}"], methods[f"{method}_{name}"] = str(stage1), method
             sets[f"diver_{name}"], methods[f"diver_{name}"] = entry["recovered"], "diver"
     else:
@@ -644,17 +751,33 @@ def set_ipc(root: str | os.PathLike) -> int:
     return Counter(ids).most_common(1)[0][1]
 
 
+def random_real_draws(train_root: str | os.PathLike, out: Path, ipc: int, seeds: list[int],
+                      size: int | None = None, classes: list[str] | None = None) -> dict[int, str]:
+    """``{seed: folder}``: a random-real set drawn afresh per evaluation seed (DD-Ranking draws its random
+    reference per evaluation round, ``_get_random_data_helper(eval_iter=i)`` in ddranking/metrics)."""
+    from tuning.baselines import build_baseline
+
+    return {s: build_baseline("random_real", train_root, out / f"seed{s}", ipc, seed=s, size=size,
+                              classes=classes)["output"] for s in seeds}
+
+
 def baseline_sets(ev: EvalConfig, train_root: str | os.PathLike | None, out: Path, ipc: int,
-                  classes: list[str] | None = None, log=print) -> tuple[dict[str, str], dict[str, str]]:
-    """Build ``ev.baselines`` (tuning/baselines.py) from the real train split at ``ipc``; ``({name: folder}, {name: method})``."""
+                  classes: list[str] | None = None, log=print) -> tuple[dict[str, Any], dict[str, str]]:
+    """Build ``ev.baselines`` (tuning/baselines.py) from the real train split at ``ipc``; ``({name: folder}, {name:
+    method})``. Random real is drawn afresh per evaluation seed (``{seed: folder}``), the others once."""
     from pipeline.errors import ConfigError
     from tuning.baselines import build_baseline
 
     if not train_root:
         raise ConfigError("eval.baselines needs the real training split (data.root)")
-    sets: dict[str, str] = {}
+    sets: dict[str, Any] = {}
     for name in ev.baselines:
         key = name if name == "full_real" else f"{name}_ipc{ipc}"
+        if name == "random_real":
+            sets[key] = random_real_draws(train_root, out / key, ipc, eval_seeds(resolve_preset(ev)),
+                                          size=ev.image_size, classes=classes)
+            log(f"baseline {key}: one draw per seed {sorted(sets[key])}")
+            continue
         res = build_baseline(name, train_root, out / key, ipc, seed=ev.seed, size=ev.image_size, classes=classes)
         sets[key] = res["output"]
         log(f"baseline {key}: {res['images']} images")

@@ -331,7 +331,7 @@ def _run_demo(out: Path, quick: bool, full: bool, logs: Path) -> dict[str, Any]:
     sweep_dir = out / "sweep"
     paths = write_report(out, rows, sets={n: d for n, d in sets.items()},
                          sweep_dir=sweep_dir if sweep_dir.is_dir() else None,
-                         title=f"semdistill demo{' (full)' if full else ''}: digits, IPC 10", notes=notes,
+                         title=f"semdistill demo{' (full)' if full else ''}: digits", notes=notes,
                          panels=panels, edits_dir=sets.get("edits"))
     summary.update({"sets": {n: str(d) for n, d in sets.items()}, "skipped": skipped, "timings": timings,
                     "stage1": rec, "results": str(out / "results.json"), "logs": str(logs), **paths})

@@ -351,7 +351,12 @@ def run_diver(cfg: Config, from_stage: str | None = None) -> dict[str, Any]:
     for s in sets:
         entry: dict[str, Any] = {"stage1": str(s["input"]), "recovered": str(s["base"] / "diver"),
                                  "images": len(s["keys"]), "recovered_now": written.get(s["name"], 0),
-                                 "ipc": s["ipc"]}
+                                 "ipc": s["ipc"], "input_format": s["data"].fmt}
+        if not s["dm"] and s["data"].fmt != "imagefolder":  # a tensor input: evaluated beside DIVER's output
+            from pipeline.diver.input_images import write_input_images
+
+            entry["input_images"] = str(write_input_images(s["data"], s["keys"], s["base"] / "input_images",
+                                                           str(s["input"]), input_fingerprint(s["data"])))
         if cfg.diver.side_by_side:
             entry["side_by_side"] = str(side_by_side(s, s["base"] / "side_by_side.png"))
         summary["sets"][s["name"]] = entry

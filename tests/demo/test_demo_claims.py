@@ -1,11 +1,17 @@
-"""The demo report's claim lines against hand-computed headlines."""
+"""The demo report's claim test (paired differences over seeds, met above two standard errors) against
+hand-computed numbers."""
 
-from pipeline.demo.claims import claim_lines, headline_by_seed
+import math
+
+import pytest
+
+from pipeline.demo.claims import claim_lines, claim_results, headline_by_seed, paired_test
 
 
-def _row(method: str, student: str, finals: list[float], augment: str = "dsa") -> dict:
-    return {"method": method, "student": student, "augment": augment, "reported": "final",
-            "in_mean": student != "convnet",
+def _row(method: str, student: str, finals: list[float], augment: str = "dsa", ipc: int = 10,
+         reported: str = "final") -> dict:
+    return {"dataset": "digits", "method": method, "ipc": ipc, "student": student, "augment": augment,
+            "reported": reported, "in_mean": student != "convnet",
             "runs": [{"seed": i, "final": f, "best": f + 1.0} for i, f in enumerate(finals)]}
 
 
@@ -19,6 +25,18 @@ ROWS = [
     _row("edits", "resnet18", [91.0, 93.0]), _row("edits", "mobilenetv2", [89.0, 89.0]),
 ]
 
+# three seeds at IPC 1: per-seed headlines (mean of resnet18 and mobilenetv2)
+# dm [75, 78, 78], diver [80, 82, 82]: d = [5, 4, 4], mean 4.333, sample std 0.57735, SE 0.33333 -> met
+# random_real [89, 90, 91], edits [92, 89, 92]: d = [3, -1, 1], mean 1, sample std 2, SE 1.15470 -> missed
+THREE = [
+    _row("dm", "convnet", [99.0, 99.0, 99.0], ipc=1),
+    _row("dm", "resnet18", [80.0, 82.0, 84.0], ipc=1), _row("dm", "mobilenetv2", [70.0, 74.0, 72.0], ipc=1),
+    _row("diver", "resnet18", [84.0, 86.0, 85.0], ipc=1), _row("diver", "mobilenetv2", [76.0, 78.0, 79.0], ipc=1),
+    _row("random_real", "resnet18", [90.0, 90.0, 90.0], ipc=1),
+    _row("random_real", "mobilenetv2", [88.0, 90.0, 92.0], ipc=1),
+    _row("edits", "resnet18", [93.0, 90.0, 92.0], ipc=1), _row("edits", "mobilenetv2", [91.0, 88.0, 92.0], ipc=1),
+]
+
 
 def test_headline_by_seed_averages_the_unseen_students_of_each_seed():
     assert headline_by_seed(ROWS, "dm") == [75.0, 78.0]  # (80 + 70) / 2, (82 + 74) / 2
@@ -26,24 +44,46 @@ def test_headline_by_seed_averages_the_unseen_students_of_each_seed():
     assert headline_by_seed(ROWS, "missing") == []
 
 
+def test_paired_test_against_hand_computed_standard_errors():
+    met = paired_test({0: 80.0, 1: 82.0, 2: 82.0}, {0: 75.0, 1: 78.0, 2: 78.0})
+    assert met["n"] == 3 and met["verdict"] == "met"
+    assert met["mean_diff"] == pytest.approx(13 / 3) and met["se"] == pytest.approx(1 / 3)
+    missed = paired_test({0: 92.0, 1: 89.0, 2: 92.0, 7: 50.0}, {0: 89.0, 1: 90.0, 2: 91.0})  # seed 7: unpaired
+    assert missed["n"] == 3 and missed["verdict"] == "missed"
+    assert missed["mean_diff"] == pytest.approx(1.0) and missed["se"] == pytest.approx(2 / math.sqrt(3))
+    two = paired_test({0: 90.0, 1: 91.0}, {0: 80.0, 1: 80.0})
+    assert two["verdict"] == "not tested" and two["n"] == 2 and two["mean_diff"] == pytest.approx(10.5)
+
+
 def test_claim_lines_say_met_or_missed_with_the_numbers():
-    lines = claim_lines(ROWS)
-    # gain 81 - 76.5 = +4.50; std of [75, 78] is 1.50 and of [80, 82] 1.00 -> 1.50
-    assert lines[0] == ("target met: DIVER beats its stage-1 DM input on the unseen-architecture mean by more than "
-                        "the seeds' standard deviation (gain +4.50 points, std 1.50).")
-    # edits (90 + 91) / 2 = 90.5 against random real (89 + 90) / 2 = 89.5
-    assert lines[1] == ("target met: full EDITS at or above random real on the unseen-architecture mean "
-                        "(90.50 against 89.50, +1.00 points).")
-    worse = [r for r in ROWS if r["method"] != "edits"] + [_row("edits", "resnet18", [50.0, 52.0]),
-                                                          _row("edits", "mobilenetv2", [40.0, 40.0])]
-    close = [r for r in worse if r["method"] != "diver"] + [_row("diver", "resnet18", [81.0, 87.0]),
-                                                            _row("diver", "mobilenetv2", [70.0, 74.0])]
-    missed = claim_lines(close)
-    # diver per seed [75.5, 80.5]: gain 78 - 76.5 = +1.50, std 2.50 -> missed; edits 45.5 vs 89.5
-    assert missed[0].startswith("target missed:") and "(gain +1.50 points, std 2.50)" in missed[0]
-    assert missed[1] == ("target missed: full EDITS at or above random real on the unseen-architecture mean "
-                         "(45.50 against 89.50, -44.00 points).")
+    lines = claim_lines(THREE)
+    assert lines == [
+        ("IPC 1: EDITS above random real: missed (mean paired difference +1.00 points over n = 3 seeds, SE 1.15; "
+        "met when above 2 SE = 2.31)."),
+        ("IPC 1: DIVER above its stage-1 input (DM): met (mean paired difference +4.33 points over n = 3 seeds, "
+        "SE 0.33; met when above 2 SE = 0.67)."),
+    ]
+    # two seeds: no verdict, the difference still shown; edits (90 + 91) / 2 = 90.5 against 89.5 -> +1.00
+    assert claim_lines(ROWS) == [
+        "IPC 10: EDITS above random real: not tested: 2 seeds < 3 (mean paired difference +1.00 points).",
+        ("IPC 10: DIVER above its stage-1 input (DM): not tested: 2 seeds < 3 (mean paired difference +4.50 "
+        "points)."),
+    ]
     assert claim_lines([r for r in ROWS if r["method"] in ("dm", "random_real")]) == []
+
+
+def test_claims_at_each_ipc_that_ran():
+    results = claim_results(THREE + ROWS)
+    assert [(r["ipc"], r["a"], r["verdict"]) for r in results] == [
+        (1, "edits", "missed"), (1, "diver", "met"), (10, "edits", "not tested"), (10, "diver", "not tested")]
+
+
+def test_claims_read_the_best_of_presets_that_report_best():
+    """Rows of a best-reporting preset carry the label "best (selected on the test split)", which is no key
+    of a run; the claim reads each run's best (here final + 1, so every headline moves by one point)."""
+    best = [{**r, "reported": "best (selected on the test split)"} for r in THREE]
+    assert claim_lines(best) == claim_lines(THREE)  # both sets move alike: the same differences
+    assert headline_by_seed(best, "dm", ipc=1) == [76.0, 79.0, 79.0]
 
 
 def test_the_ars_pass_leaves_out_the_full_real_set_but_the_table_keeps_its_rows(monkeypatch, tmp_path):

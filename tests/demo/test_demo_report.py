@@ -31,7 +31,7 @@ ROWS = [_row("random_real", "convnet", 80.0, False), _row("random_real", "resnet
 
 
 def _pivot_means(page: str) -> dict[str, str]:
-    table = page.split("<table")[1].split("</table>")[0]  # the first table: the pivot
+    table = page.split("<table class='pivot'>")[1].split("</table>")[0]  # the first pivot
     return {m: mean for m, mean in re.findall(r"<b>([a-z_]+)</b></td>.*?<td><b>([\d.]+)</b></td></tr>", table)}
 
 

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from tuning.ddranking import aug_robust_score, label_robust_score, scores
+from tuning.ddranking import aug_robust_score, label_robust_score, scores, scores_markdown
 from tuning.evaluate import results_markdown
 
 ST = "resnet18_cifar_in"
@@ -63,3 +63,41 @@ def test_scores_in_results_markdown():
     line = next(ln for ln in md.splitlines() if ln.startswith("| d | 10 | diver | resnet18_cifar_in | hard | dsa |"))
     assert line.endswith("| 30.00 | 20.00 | 24.82 | 32.56 |")
     assert "DD-Ranking" not in results_markdown([row("diver", 50.0)])  # no reference rows, no section
+
+
+def seeded(method, finals, augment="dsa", preset="demo", **kw):
+    """A row with its per-seed runs (seed i -> finals[i])."""
+    r = row(method, sum(finals) / len(finals), augment=augment)
+    return {**r, "preset": preset, "reported": "final", **kw,
+            "runs": [{"seed": i, "final": f, "best": f + 5.0} for i, f in enumerate(finals)]}
+
+
+def test_scores_are_per_seed_with_mean_and_std():
+    rows = [seeded("full_real", [80.0, 80.0]), seeded("diver", [50.0, 60.0]), seeded("random_real", [30.0, 30.0]),
+            seeded("diver", [40.0, 44.0], augment="none"), seeded("random_real", [35.0, 35.0], augment="none")]
+    e = scores(rows)[0]
+    # seed 0: HLR 0.30, IOR 0.20 -> LRS 24.8192; seed 1: HLR 0.20, IOR 0.30, alpha 0.05 ->
+    # (e^0.05 - e^-1) / (e - e^-1) = 29.0755; mean 26.9473, population std 2.1282 (the means would give 26.89)
+    assert e["n_lrs"] == 2 and e["lrs"] == pytest.approx(26.9473, abs=1e-3) and e["lrs_std"] == pytest.approx(2.1282,
+                                                                                                            abs=1e-3)
+    assert e["hlr"] == pytest.approx(25.0) and e["hlr_std"] == pytest.approx(5.0) and e["ior_std"] == pytest.approx(5.0)
+    # ARS seed 0: beta = 0.5 * 0.20 + 0.5 * 0.05 -> 32.5591; seed 1: 0.5 * 0.30 + 0.5 * 0.09 -> 36.0547
+    assert e["n_ars"] == 2 and e["ars"] == pytest.approx(34.3069, abs=1e-3) and e["ars_std"] == pytest.approx(1.7478,
+                                                                                                           abs=1e-3)
+    assert e["random_draws"] == "one"
+    md = "\n".join(scores_markdown([e]))
+    assert "| 2 / 2 | one | 25.00 ± 5.00 | 25.00 ± 5.00 | 26.95 ± 2.13 | 34.31 ± 1.75 |" in md
+    assert "top-1 = final" in md and "no lr search" in md and "one draw for every seed" in md
+
+
+def test_scores_name_a_fresh_random_draw_per_seed_and_never_mix_presets():
+    rnd = seeded("random_real", [30.0, 30.0], draws={"0": "rr/seed0", "1": "rr/seed1"})
+    rows = [seeded("full_real", [80.0, 80.0]), seeded("diver", [50.0, 60.0]), rnd]
+    e = scores(rows)[0]
+    assert e["random_draws"] == "per seed" and "a fresh draw per seed" in "\n".join(scores_markdown([e]))
+    other = [seeded("full_real", [80.0, 80.0]), seeded("diver", [50.0, 60.0], preset="edits"), rnd]
+    assert scores(other) == []  # random real and full real of another preset are no reference
+    best = [{**r, "reported": "best (selected on the test split)"} for r in rows]
+    got = scores(best)[0]  # each run's best: +5 on every set -> the same HLR and IOR per seed as final
+    assert got["reported"] == "best (selected on the test split)" and got["lrs"] == pytest.approx(e["lrs"])
+    assert "top-1 = best (selected on the test split)" in "\n".join(scores_markdown([got]))
