@@ -74,7 +74,7 @@ CHANGES: dict[str, tuple[str, ...]] = {
         "vae_learning_rate", "vae_kl_weight", "cache_latents", "max_grad_norm", "random_flip",
         "shuffle_buffer_size")},
     "ray.address": NONE, "ray.num_cpus": NONE, "ray.object_store_memory_mb": NONE, "ray.actor_num_cpus": NONE,
-    "ray.actor_num_gpus": (C, E, CL, PI, PT, G),  # 0 -> >0: actors and cluster tasks run on a GPU
+    "ray.actor_num_gpus": (C, E, PI, PT, G),  # 0 -> >0: the actors run on a GPU (cluster tasks stay on CPU)
     "ray.pool_sizes": NONE, "ray.batch_sizes": NONE,  # with micro-batches set (see test_batch_sizes_...)
     "ray.micro_batch_sizes": (C,),  # the walk changes the first role, caption; the other roles below
     "ray.max_restarts": NONE, "ray.max_task_retries": NONE, "ray.max_errored_blocks": NONE,
