@@ -1,7 +1,7 @@
 """One typed configuration for every stage, loaded from YAML with dotted overrides.
 
 Names mirror the papers (``ipc``, ``tau``, ``k_image``, ``gamma``, ``start_step`` ...).
-Every choice that METHODS.md marks "(inferred)" is a field here, so a user or a
+Every choice that docs/METHODS.md marks "(inferred)" is a field here, so a user or a
 Tune sweep can change it without editing code.
 """
 
@@ -127,7 +127,7 @@ class EditsConfig(Section):
     summary_prompt: str | None = None
     # the text prototype (step 7): llm = the paper's LLM summary of the k_text captions; class_prompt = the
     # paper's "without text prototypes" ablation, every cluster prompted with edits.class_prompt instead
-    # (inferred: METHODS.md does not name the replacement prompt; we use the plain class-name prompt of
+    # (inferred: docs/METHODS.md does not name the replacement prompt; we use the plain class-name prompt of
     # class-conditioned img2img baselines)
     text_prototype: Literal["llm", "class_prompt"] = "llm"
     class_prompt: str = "a photo of {class_name}"
@@ -182,7 +182,7 @@ class DMConfig(Section):
 
 
 class DiverConfig(Section):
-    """DIVER (METHODS.md). Step indices are DiT's respaced ones: ``t_i = round(i * 999 / (N - 1))``,
+    """DIVER (docs/METHODS.md). Step indices are DiT's respaced ones: ``t_i = round(i * 999 / (N - 1))``,
     index N-1 = noisiest (t 999); with N = 50 index 40 is t 816 and index 25 is t 510 (read-sibling)."""
 
     input: str | None = None  # distilled set: ImageFolder, .pt, or images_best.pt folder

@@ -3,7 +3,7 @@
 ``test_every_setting_invalidates_exactly_its_stages`` walks every leaf of ``Config``; each must be
 classified in ``CHANGES`` (a new setting without a row fails, naming it). A row names the units
 whose output the setting changes directly; the test adds the units that read them (``READS``, by
-hand from METHODS.md) and compares with the keys ``stage_keys`` computes for a changed copy.
+hand from docs/METHODS.md) and compares with the keys ``stage_keys`` computes for a changed copy.
 """
 
 from __future__ import annotations
