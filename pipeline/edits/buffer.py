@@ -184,8 +184,9 @@ def cluster_classes(items: Iterable[tuple[Any, tuple[Any, ...]]], settings: Clus
     """``(meta, fn(*args, settings))`` for each ``(meta, args)`` of ``items``, on Ray, as tasks finish.
 
     Classes go ``ray.cluster_classes_per_task`` to a task (one start-up per task, not per class); each task
-    holds the CPUs of ``ray.actor_num_cpus`` rounded up and runs BLAS with that many threads, and as many
-    tasks run as the cluster's CPUs hold (one more queued), so the cores are neither idle nor oversubscribed.
+    holds the CPUs of ``ray.actor_num_cpus`` rounded up and runs BLAS (GSQ, LOF) with that many threads (the
+    k-means itself runs on one, see ``kmeans``), and as many tasks run as the cluster's CPUs hold (one more
+    queued). Cluster tasks hold no GPU.
     """
     import math
 
