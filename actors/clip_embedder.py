@@ -1,9 +1,18 @@
-"""CLIP image and caption features (EDITS step 2), raw (the cluster stage L2-normalises).
+"""CLIP image and caption features (EDITS step 2), stored raw: the authors cluster the raw projections.
 
-Image feature (``edits.clip_image_feature``): ``raw_cls`` (default, read from the authors'
-code) projects the vision tower's CLS token as it leaves the last layer,
-``visual_projection(vision_model(px).last_hidden_state[:, 0])``; ``pooled`` is
-``get_image_features`` (the CLS token after ``post_layernorm``, then projected).
+As the authors' released code (einsteinxia/EDITS ``distillation/gen_prototype.py`` @ 9983f5a,
+``CLIP_Image_Embeddings`` / ``CLIP_Text_Embeddings``, called from ``prototype_kmeans_ours``):
+
+- image feature (``edits.clip_image_feature``): ``raw_cls`` (default) projects the vision tower's CLS
+  token as it leaves the last layer, ``visual_projection(vision_model(px).last_hidden_state[:, 0])``;
+  ``pooled`` is ``get_image_features`` (the CLS token after ``post_layernorm``, then projected). Their
+  loader (``distillation/dataset_utils.py`` @ c856f34, ``load_dataset_ours``) resizes to 224 x 224
+  (bilinear, no crop: ``edits.resize_mode`` squash, ``feature_resample`` bilinear, applied when the image
+  is decoded); the processor's resize and crop are then identities and
+  it only rescales and normalises with CLIP's mean and std, as theirs.
+- text feature: ``get_text_features`` of the caption, truncated at 77 tokens. We pad every caption to
+  77 tokens (theirs: to the batch's longest); CLIP's causal text tower reads the end-of-text token,
+  which never attends to the padding after it, so the feature is the same and does not depend on the batch.
 
 In transformers 5 ``get_image_features`` / ``get_text_features`` return a model output
 whose ``pooler_output`` is the projected embedding; older versions return the tensor.

@@ -1,7 +1,7 @@
 """One typed configuration for every stage, loaded from YAML with dotted overrides.
 
 Names mirror the papers (``ipc``, ``tau``, ``k_image``, ``gamma``, ``start_step`` ...).
-Every choice that METHODS.md marks "(inferred)" is a field here, so a user or a
+Every choice that docs/METHODS.md marks "(inferred)" is a field here, so a user or a
 Tune sweep can change it without editing code.
 """
 
@@ -99,7 +99,9 @@ class EditsConfig(Section):
     seed: int = 42
     caption_prompt: str | None = None  # None: our built-in instruction
     caption_max_tokens: int = Field(77, gt=0)
-    feature_normalize: bool = True
+    # GSQ and k-means on the raw CLIP projections (read: the authors' normalisation line discards its result,
+    # einsteinxia/EDITS distillation/gen_prototype.py @ 9983f5a); true: L2-normalise before and after fusing
+    feature_normalize: bool = False
     feature_image_size: int = 224
     # CLIP image feature (read, the authors' code): the projected CLS token straight from the last layer
     # (raw_cls), or get_image_features' pooled output, which applies post_layernorm first (pooled)
@@ -107,25 +109,25 @@ class EditsConfig(Section):
     # resizing before CLIP and the VAE (read, the authors' code): squash = resize to size x size ignoring the
     # aspect ratio; crop = shorter side to size, then a center crop. The captioner always gets crop.
     resize_mode: Literal["squash", "crop"] = "squash"
-    feature_resample: Literal["bicubic", "bilinear", "lanczos"] = "bicubic"  # CLIP input (inferred: CLIP's own)
+    # CLIP input resize filter (read: the authors' loader, torchvision Resize((224, 224)), bilinear)
+    feature_resample: Literal["bicubic", "bilinear", "lanczos"] = "bilinear"
     vae_resample: Literal["bicubic", "bilinear", "lanczos"] = "lanczos"  # VAE prototypes at 512 (read: LANCZOS)
     tau: float = Field(0.01, gt=0)
-    fusion: Literal["sum", "concat"] = "sum"  # GSQ variant (inferred)
+    fusion: Literal["sum", "concat"] = "concat"  # GSQ: [I, W.T] (read: prototype_kmeans_ours) or I + W.T
     contamination: float = Field(0.0, ge=0.0, lt=0.5)  # LocalOutlierFactor, 0 = off
     small_class_policy: Literal["error", "shrink"] = "error"
-    # k-means per class (read: the authors' sklearn KMeans, k-means++ seeding, n_init 10, max_iter 300, tol 1e-4);
-    # we run it on FAISS: kmeans_niter is the iteration cap, each start stops when the objective's relative
-    # change falls below kmeans_tol; the best of kmeans_nredo starts is kept
-    kmeans_niter: int = Field(300, gt=0)
-    kmeans_nredo: int = Field(10, gt=0)  # sklearn n_init=10 in the reference
-    kmeans_tol: float = Field(1e-4, ge=0.0)  # 0: always run kmeans_niter iterations
-    kmeans_init: Literal["k-means++", "random"] = "k-means++"  # random: FAISS's random starts (old behaviour)
+    # k-means per class: the authors' call, sklearn KMeans(n_clusters=ipc, random_state=seed, n_init=10), with
+    # these four passed as its max_iter, n_init, tol and init (sklearn's defaults but n_init)
+    kmeans_niter: int = Field(300, gt=0)  # max_iter
+    kmeans_nredo: int = Field(10, gt=0)  # n_init (read: 10)
+    kmeans_tol: float = Field(1e-4, ge=0.0)  # tol
+    kmeans_init: Literal["k-means++", "random"] = "k-means++"  # init
     k_image: int = Field(5, gt=0)
     k_text: int = Field(5, gt=0)
     summary_prompt: str | None = None
     # the text prototype (step 7): llm = the paper's LLM summary of the k_text captions; class_prompt = the
     # paper's "without text prototypes" ablation, every cluster prompted with edits.class_prompt instead
-    # (inferred: METHODS.md does not name the replacement prompt; we use the plain class-name prompt of
+    # (inferred: docs/METHODS.md does not name the replacement prompt; we use the plain class-name prompt of
     # class-conditioned img2img baselines)
     text_prototype: Literal["llm", "class_prompt"] = "llm"
     class_prompt: str = "a photo of {class_name}"
@@ -180,7 +182,7 @@ class DMConfig(Section):
 
 
 class DiverConfig(Section):
-    """DIVER (METHODS.md). Step indices are DiT's respaced ones: ``t_i = round(i * 999 / (N - 1))``,
+    """DIVER (docs/METHODS.md). Step indices are DiT's respaced ones: ``t_i = round(i * 999 / (N - 1))``,
     index N-1 = noisiest (t 999); with N = 50 index 40 is t 816 and index 25 is t 510 (read-sibling)."""
 
     input: str | None = None  # distilled set: ImageFolder, .pt, or images_best.pt folder

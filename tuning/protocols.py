@@ -1,6 +1,6 @@
 """Evaluation protocols: train a student on a distilled set, measure top-1 on the real val set.
 
-Two protocols (METHODS.md, "Evaluation protocols"):
+Two protocols (docs/METHODS.md, "Evaluation protocols"):
 
 - **hard** labels (DC/DM/MTT/Minimax style): cross-entropy on the distilled labels, SGD with
   momentum, a schedule, DSA and/or crop/flip/colour, CutMix / mixup, optional EMA of the weights;

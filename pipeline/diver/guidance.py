@@ -5,7 +5,7 @@
 (``actors/dit.py``), the benchmark and the tests run the same loop. Plain DiT sampling is the
 same loop with ``gamma = 0`` (``sample_latents``).
 
-Index convention (read-sibling, METHODS.md): DiT's respacing of the 1000 training steps to
+Index convention (read-sibling, docs/METHODS.md): DiT's respacing of the 1000 training steps to
 ``N = num_inference_steps``, ``t_i = round(i * 999 / (N - 1))`` for ``i = 0 .. N-1``, so index
 ``N-1`` is the noisiest (t = 999) and index 0 is t = 0. With N = 50: index 40 is t = 816,
 index 25 is t = 510. ``start_step`` and ``fusion_window = [high, low]`` use these indices;

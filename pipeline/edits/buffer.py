@@ -1,10 +1,13 @@
 """Prior clustered buffer (EDITS step 4): per class, GSQ-fused features -> optional LOF -> k-means.
 
-- ``kmeans``: k-means on *all* points, k = IPC, as the authors' sklearn ``KMeans``: k-means++
-  seeding (our own, explicit numpy Generator), ``nredo`` = n_init starts (10), each run to
-  convergence (tol 1e-4, at most 300 iterations); FAISS exact search assigns on GPU, numpy on CPU.
-- ``lof_filter``: sklearn ``LocalOutlierFactor`` with ``contamination`` (0 = off). It never
-  removes so many points that fewer than k remain (the least outlying are kept back).
+Follows the authors' released code, einsteinxia/EDITS ``distillation/gen_prototype.py`` @ 9983f5a
+(``prototype_kmeans_ours``, ``initialize_km_models``):
+
+- ``lof_filter``: sklearn ``LocalOutlierFactor(n_neighbors=10, contamination)``, only when
+  ``contamination`` > 0 (their script runs 0). It never removes so many points that fewer than k
+  remain (the least outlying are kept back).
+- ``kmeans``: sklearn ``KMeans(n_clusters=ipc, random_state=seed, n_init=10)`` on the inliers, with
+  ``random_state`` the run's seed for every class, as theirs.
 - ``clusters_for``: the small-class policy. ``error`` raises naming the class; ``shrink``
   uses one cluster per image (fewer than IPC outputs) and returns a warning.
 - ``process_class``: GSQ + LOF + k-means + LSA for one class (a Ray task in the stage).
@@ -18,14 +21,14 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from pipeline.edits.gsq import gsq_fuse
 from pipeline.edits.lsa import select
 from pipeline.errors import DataError
 
-# what the clusters depend on (see pipeline/edits/state.py): ClusterSettings' fields, and the device
-# (FAISS runs on a GPU when the task is given one)
-DEPENDS_ON = ("stage:embed", "input:device", "edits.ipc", "edits.seed", "edits.tau", "edits.fusion",
+# what the clusters depend on (see pipeline/edits/state.py): ClusterSettings' fields (CPU only: no device)
+DEPENDS_ON = ("stage:embed", "edits.ipc", "edits.seed", "edits.tau", "edits.fusion",
               "edits.feature_normalize", "edits.contamination", "edits.lof_neighbors", "edits.small_class_policy",
               "edits.kmeans_niter", "edits.kmeans_nredo", "edits.kmeans_tol", "edits.kmeans_init",
               "edits.k_image", "edits.k_text")
@@ -33,7 +36,10 @@ DEPENDS_ON = ("stage:embed", "input:device", "edits.ipc", "edits.seed", "edits.t
 
 @dataclass(frozen=True)
 class ClusterSettings:
-    """What ``process_class`` needs from the ``edits`` section; no defaults of its own: build it with ``from_edits``."""
+    """What ``process_class`` needs from the ``edits`` section; no defaults of its own: build it with ``from_edits``.
+
+    ``niter``, ``nredo``, ``tol``, ``init`` are sklearn ``KMeans``' ``max_iter``, ``n_init``, ``tol``, ``init``.
+    """
 
     ipc: int
     seed: int
@@ -99,256 +105,37 @@ def lof_filter(x: np.ndarray, contamination: float, n_neighbors: int = 10, min_k
     return keep
 
 
-def faiss_gpu_available() -> bool:
-    try:
-        import faiss
+def kmeans(x: np.ndarray, k: int, seed: int, n_init: int = 10, max_iter: int = 300, tol: float = 1e-4,
+           init: str = "k-means++") -> tuple[np.ndarray, np.ndarray]:
+    """(centres ``[k, D]``, labels ``[N]``) of scikit-learn's ``KMeans`` on the rows of ``x``, in float64.
 
-        return faiss.get_num_gpus() > 0
-    except (ImportError, AttributeError, RuntimeError):  # CPU-only FAISS builds may lack the GPU API
-        return False
-
-
-def sq_distances(x: np.ndarray, c: np.ndarray) -> np.ndarray:
-    """Squared Euclidean distances ``[N, M]`` between rows of ``x`` and ``c`` (float64, clipped at 0)."""
-    x64, c64 = np.asarray(x, np.float64), np.asarray(c, np.float64)
-    d = (x64 * x64).sum(1)[:, None] - 2.0 * x64 @ c64.T + (c64 * c64).sum(1)[None, :]
-    return np.maximum(d, 0.0)
-
-
-def kmeans_pp_init(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """k-means++ seeding, greedy: each new centre is the best of ``2 + ln k`` candidates drawn with
-    probability proportional to the squared distance to the nearest centre so far (Arthur & Vassilvitskii)."""
-    n = len(x)
-    trials = 2 + int(np.log(k))
-    idx = [int(rng.integers(n))]
-    closest = sq_distances(x, x[idx])[:, 0]
-    for _ in range(1, k):
-        pot = closest.sum()
-        cand = rng.integers(n, size=trials) if pot <= 0 else \
-            np.minimum(np.searchsorted(np.cumsum(closest), rng.random(trials) * pot), n - 1)
-        new = np.minimum(closest[:, None], sq_distances(x, x[cand]))
-        best = int(np.argmin(new.sum(0)))
-        idx.append(int(cand[best]))
-        closest = new[:, best]
-    return np.asarray(x[idx], dtype=np.float32)
-
-
-def _assign(x: np.ndarray, centroids: np.ndarray, gpu: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(nearest centroid ``[N]``, squared distance ``[N]``): numpy on CPU, FAISS exact search on GPU.
-
-    (FAISS on CPU costs ~10 ms a call in thread start-up for a class of 600 points; numpy ~0.1 ms.)
+    The authors' call (einsteinxia/EDITS ``distillation/gen_prototype.py`` @ 9983f5a,
+    ``initialize_km_models`` / ``prototype_kmeans_ours``): ``KMeans(n_clusters=ipc, random_state=seed,
+    n_init=10)`` with sklearn's defaults otherwise (k-means++ seeding, ``max_iter`` 300, ``tol`` 1e-4),
+    fitted on the fused features as float64 (their features pass through Python lists first).
+    OpenMP runs on one thread: sklearn adds its threads' partial centre sums in the order the threads
+    finish, so with more threads the last bits, and in rare near-ties a label, would vary run to run.
     """
-    if not gpu:
-        d = sq_distances(x, centroids)
-        idx = np.argmin(d, axis=1)
-        return idx.astype(np.int64), d[np.arange(len(x)), idx]
-    import faiss
-
-    index = faiss.index_cpu_to_all_gpus(faiss.IndexFlatL2(x.shape[1]))
-    index.add(np.ascontiguousarray(centroids, dtype=np.float32))
-    dist, idx = index.search(x, 1)
-    return idx.ravel().astype(np.int64), np.maximum(dist.ravel().astype(np.float64), 0.0)
-
-
-def lloyd(x: np.ndarray, centroids: np.ndarray, max_iter: int, tol: float, gpu: bool = False
-          ) -> tuple[np.ndarray, np.ndarray, float, int]:
-    """Lloyd iterations from ``centroids`` until the objective's relative change is below ``tol``.
-
-    An empty cluster takes the point farthest from its centre. Returns (centroids, assignment
-    to them, objective = sum of squared distances, iterations run).
-    """
-    c = np.array(centroids, dtype=np.float32)
-    k = len(c)
-    x64 = np.asarray(x, np.float64)
-    assign, dist = _assign(x, c, gpu)
-    obj, it = float(dist.sum()), 0
-    for it in range(1, max_iter + 1):
-        onehot = np.zeros((len(x), k), np.float64)
-        onehot[np.arange(len(x)), assign] = 1.0
-        sums = onehot.T @ x64  # per-cluster sums (a matmul: np.add.at is ~15x slower here)
-        counts = np.bincount(assign, minlength=k)
-        for j in np.flatnonzero(counts == 0):  # relocate: the worst-fitted point becomes its own centre
-            far = int(np.argmax(dist))
-            sums[j], counts[j], dist[far] = x64[far], 1, -1.0
-        c = (sums / counts[:, None]).astype(np.float32)
-        assign, dist = _assign(x, c, gpu)
-        new = float(dist.sum())
-        converged = obj - new <= tol * max(obj, np.finfo(np.float64).tiny)
-        obj = new
-        if converged:
-            break
-    return c, assign, obj, it
-
-
-def _pp_draws(rng: np.random.Generator, n: int, k: int, nredo: int) -> tuple[np.ndarray, np.ndarray]:
-    """The k-means++ random numbers of ``nredo`` starts, drawn in the order the sequential seeding draws them
-    (per start: the first centre, then ``trials`` uniforms per further centre)."""
-    trials = 2 + int(np.log(k))
-    first = np.empty(nredo, np.int64)
-    u = np.empty((nredo, max(k - 1, 0), trials))
-    for j in range(nredo):
-        first[j] = rng.integers(n)
-        for s in range(k - 1):
-            u[j, s] = rng.random(trials)
-    return first, u
-
-
-def _cross(x: np.ndarray, c: np.ndarray) -> np.ndarray:
-    """``x @ c.T`` by float32 BLAS (the precision of the authors' sklearn on float32 features), as float64."""
-    return (x @ np.ascontiguousarray(c, np.float32).T).astype(np.float64)
-
-
-def _pp_init_batched(x: np.ndarray, xx: np.ndarray, k: int, first: np.ndarray, u: np.ndarray) -> np.ndarray | None:
-    """k-means++ (as ``kmeans_pp_init``) of all starts at once: one matrix product per new centre for every
-    start. Returns the start indices ``[S, k]``, or None when a start finds (within float32 error) every
-    point on a centre: the float64 sequential seeding decides those (it draws integers when nothing is left)."""
-    n, s_count = len(x), len(first)
-    idx = np.empty((s_count, k), np.int64)
-    idx[:, 0] = first
-    closest = np.maximum(xx[:, None] - 2.0 * _cross(x, x[first]) + xx[first][None, :], 0.0).T  # [S, N]
-    trials = u.shape[2] if k > 1 else 0
-    floor = n * 1e-6 * max(float(xx.max()), np.finfo(np.float64).tiny)  # float32 products' error, summed
-    for step in range(1, k):
-        pot = closest.sum(1)
-        if (pot <= floor).any():
-            return None
-        cum = np.cumsum(closest, axis=1)
-        cand = np.stack([np.minimum(np.searchsorted(cum[j], u[j, step - 1] * pot[j]), n - 1)
-                         for j in range(s_count)])  # [S, T]
-        flat = cand.ravel()
-        d = np.maximum(xx[:, None] - 2.0 * _cross(x, x[flat]) + xx[flat][None, :], 0.0)  # [N, S*T]
-        new = np.minimum(closest.T[:, :, None], d.reshape(n, s_count, trials))  # [N, S, T]
-        best = np.argmin(new.sum(0), axis=1)  # [S]
-        idx[:, step] = cand[np.arange(s_count), best]
-        closest = new[:, np.arange(s_count), best].T
-    return idx
-
-
-def _lloyd_batched(x: np.ndarray, xx: np.ndarray, starts: np.ndarray, max_iter: int, tol: float
-                   ) -> tuple[np.ndarray, np.ndarray]:
-    """Lloyd iterations (as ``lloyd``) of all starts ``[S, k, D]`` at once: one matrix product gives every
-    active start's distances, one every start's cluster sums (a one-hot product); a start stops at its own
-    convergence. Returns (centroids ``[S, k, D]``, objectives ``[S]``)."""
-    n = len(x)
-    s_count, k, dim = starts.shape
-    cents = np.array(starts, dtype=np.float32)
-
-    def assign(c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # c [A, k, D] -> ([A, N], [A, N])
-        cc = (c.astype(np.float64) ** 2).sum(2).ravel()
-        d = (xx[:, None] - 2.0 * _cross(x, c.reshape(-1, dim)) + cc[None, :]).reshape(n, len(c), k)
-        a = np.argmin(d, axis=2)  # [N, A]
-        dist = np.maximum(np.take_along_axis(d, a[:, :, None], 2)[:, :, 0], 0.0)
-        return a.T, dist.T
-
-    labels, dist = assign(cents)
-    obj = dist.sum(1)
-    active = np.arange(s_count)
-    rows = np.arange(n)
-    for _ in range(max_iter):
-        if not len(active):
-            break
-        a_act = labels[active]  # [A, N]
-        ids = (np.arange(len(active))[:, None] * k + a_act).ravel()
-        onehot = np.zeros((len(active) * k, n), np.float32)
-        onehot[ids, np.tile(rows, len(active))] = 1.0
-        sums = (onehot @ x).astype(np.float64).reshape(len(active), k, dim)  # one float32 BLAS product
-        counts = np.bincount(ids, minlength=len(active) * k).reshape(len(active), k).astype(np.float64)
-        for i, j in zip(*np.nonzero(counts == 0)):  # relocate: the worst-fitted point becomes its own centre
-            far = int(np.argmax(dist[active[i]]))
-            sums[i, j], counts[i, j], dist[active[i], far] = x[far], 1, -1.0
-        new_c = (sums / counts[:, :, None]).astype(np.float32)
-        new_labels, new_dist = assign(new_c)
-        new_obj = new_dist.sum(1)
-        converged = obj[active] - new_obj <= tol * np.maximum(obj[active], np.finfo(np.float64).tiny)
-        cents[active], labels[active], dist[active], obj[active] = new_c, new_labels, new_dist, new_obj
-        active = active[~converged]
-    return cents, obj
-
-
-def _nearest(x: np.ndarray, xx: np.ndarray, c: np.ndarray, margin: float = 1e-4) -> np.ndarray:
-    """The float64-exact nearest centroid of each row: float32 products first, then rows whose two nearest
-    centroids are within ``margin`` (far above float32 error on unit-scale features) again in float64."""
-    d = xx[:, None] - 2.0 * _cross(x, c) + (c.astype(np.float64) ** 2).sum(1)[None, :]
-    a = np.argmin(d, axis=1)
-    if c.shape[0] > 1:
-        two = np.partition(d, 1, axis=1)[:, :2]
-        close = np.flatnonzero(two[:, 1] - two[:, 0] <= margin * max(1.0, float(np.abs(d).max())))
-        if len(close):
-            a[close] = np.argmin(sq_distances(x[close], c), axis=1)
-    return a.astype(np.int64)
-
-
-def kmeans(x: np.ndarray, k: int, niter: int = 300, nredo: int = 10, seed: int = 0,
-           gpu: bool | None = None, tol: float = 1e-4, init: str = "k-means++") -> tuple[np.ndarray, np.ndarray]:
-    """k-means on all rows of ``x``: (centroids ``[k, D]``, assignment ``[N]``), the best of ``nredo`` starts.
-
-    As the authors' sklearn ``KMeans`` (read): k-means++ seeding, ``n_init`` starts, each run to
-    convergence (relative objective change < ``tol``, at most ``niter`` iterations). On CPU all
-    starts run batched (one BLAS product per step for every start; distances' cross terms in
-    float32 like sklearn on float32 features, norms, sums and objectives in float64); the returned
-    assignment is the exact float64 nearest centroid. On a GPU (when FAISS sees one) FAISS exact
-    search assigns, start by start. ``init="random"``: k distinct random rows.
-    """
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    n = len(x)
-    if not 1 <= k <= n:
-        raise ValueError(f"k-means needs 1 <= k <= n points, got k={k}, n={n}")
+    x = np.asarray(x, dtype=np.float64)
+    if not 1 <= k <= len(x):
+        raise ValueError(f"k-means needs 1 <= k <= n points, got k={k}, n={len(x)}")
     if init not in ("k-means++", "random"):
         raise ValueError(f"edits.kmeans_init must be k-means++ or random, got {init!r}")
-    use_gpu = faiss_gpu_available() if gpu is None else bool(gpu)
-    if not use_gpu:
-        rng = np.random.default_rng(int(seed))
-        xx = (x.astype(np.float64) ** 2).sum(1)
-        if init == "k-means++":
-            first, u = _pp_draws(rng, n, k, nredo)
-            idx = _pp_init_batched(x, xx, k, first, u)
-        else:
-            idx = np.stack([rng.choice(n, size=k, replace=False) for _ in range(nredo)])
-        if idx is not None:
-            cents, obj = _lloyd_batched(x, xx, x[idx], niter, tol)
-            c = cents[best_start(obj)]
-            return c, _nearest(x, xx, c)
-    return _kmeans_sequential(x, k, niter, nredo, seed, use_gpu, tol, init)
+    from sklearn.cluster import KMeans  # heavy (scipy; seconds on a busy node): only where k-means runs
 
-
-def best_start(objectives: np.ndarray | list[float], rel_tie: float = 1e-6) -> int:
-    """The start kept: the lowest objective; ties within ``rel_tie`` keep the earliest start.
-
-    Starts that reach the same partition (with permuted labels) give objectives that differ by
-    float32 rounding of the distance products (about 1e-8 relative, and by how the BLAS build
-    blocks a product: the batched path multiplies all starts at once); without the tolerance the
-    winner, and so the cluster numbering, would depend on the BLAS build and the batch layout.
-    Partitions whose objectives are within 1e-6 of each other are equally good fits.
-    """
-    obj = np.asarray(objectives, dtype=np.float64)
-    return int(np.flatnonzero(obj <= obj.min() * (1 + rel_tie))[0])
-
-
-def _kmeans_sequential(x: np.ndarray, k: int, niter: int, nredo: int, seed: int, gpu: bool, tol: float,
-                       init: str) -> tuple[np.ndarray, np.ndarray]:
-    """``kmeans`` start by start (the GPU path, and degenerate classes whose seeding runs out of distinct points)."""
-    n = len(x)
-    rng = np.random.default_rng(int(seed))
-    runs: list[tuple[np.ndarray, np.ndarray, float]] = []
-    for _ in range(nredo):
-        start = kmeans_pp_init(x, k, rng) if init == "k-means++" else x[rng.choice(n, size=k, replace=False)]
-        c, assign, obj, _it = lloyd(x, start, niter, tol, gpu)
-        runs.append((c, assign, obj))
-    c, assign, _obj = runs[best_start([r[2] for r in runs])]
-    return c, assign
+    with threadpool_limits(limits=1, user_api="openmp"):
+        km = KMeans(n_clusters=k, random_state=int(seed), n_init=n_init, max_iter=max_iter, tol=tol, init=init).fit(x)
+    return km.cluster_centers_, km.labels_.astype(np.int64)
 
 
 def process_class(class_id: str, img: np.ndarray, txt: np.ndarray, settings: ClusterSettings) -> dict[str, Any]:
     """GSQ -> LOF -> k-means -> LSA for one class. Indices refer to the class's rows in order."""
-    from pipeline.core.seeds import stage_seed
-
     s = settings
     fused = gsq_fuse(img, txt, tau=s.tau, fusion=s.fusion, normalize=s.normalize)
     k, warning = clusters_for(len(fused), s.ipc, s.policy, class_id)
     keep = lof_filter(fused, s.contamination, s.lof_neighbors, min_keep=k)
     kept = np.flatnonzero(keep)
-    centroids, sub_assign = kmeans(fused[kept], k, s.niter, s.nredo, seed=stage_seed(s.seed, f"kmeans:{class_id}"),
-                                   tol=s.tol, init=s.init)
+    centroids, sub_assign = kmeans_class(class_id, fused[kept], s, k)
     assign = np.full(len(fused), -1, dtype=np.int64)
     assign[kept] = sub_assign
     sel = select(fused, assign, centroids, s.k_image, s.k_text, candidates=kept)
@@ -375,23 +162,19 @@ def _class_files(run: Any, class_id: str) -> tuple[Any, Any]:
     return run.paths.buffer / f"{name}.parquet", run.paths.clusters_dir / f"{name}.json"
 
 
-def kmeans_class(class_id: str, fused: np.ndarray, settings: ClusterSettings) -> tuple[np.ndarray, np.ndarray]:
-    """The k-means of one class's fused features under ``settings`` (its seed as in ``process_class``)."""
-    from pipeline.core.seeds import stage_seed
+def kmeans_class(class_id: str, fused: np.ndarray, settings: ClusterSettings, k: int | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """The k-means of one class's fused features under ``settings`` (k: ``ipc``, at most one per row).
 
+    ``class_id`` does not enter the seed: the authors seed every class's ``KMeans`` with the run's seed.
+    """
     s = settings
-    return kmeans(fused, min(s.ipc, len(fused)), s.niter, s.nredo, seed=stage_seed(s.seed, f"kmeans:{class_id}"),
-                  tol=s.tol, init=s.init)
+    k = min(s.ipc, len(fused)) if k is None else k
+    return kmeans(fused, k, seed=s.seed, n_init=s.nredo, max_iter=s.niter, tol=s.tol, init=s.init)
 
 
 def _run_many(fn: Callable[..., Any], items: list[tuple[Any, ...]], settings: ClusterSettings, threads: int) -> list[Any]:
     """``fn(*item, settings)`` for each item, inside one task, with BLAS/OpenMP at ``threads`` threads."""
-    from threadpoolctl import threadpool_limits
-
-    if faiss_gpu_available():
-        import faiss
-
-        faiss.omp_set_num_threads(threads)
     with threadpool_limits(limits=threads):
         return [fn(*item, settings) for item in items]
 
@@ -401,8 +184,9 @@ def cluster_classes(items: Iterable[tuple[Any, tuple[Any, ...]]], settings: Clus
     """``(meta, fn(*args, settings))`` for each ``(meta, args)`` of ``items``, on Ray, as tasks finish.
 
     Classes go ``ray.cluster_classes_per_task`` to a task (one start-up per task, not per class); each task
-    holds the CPUs of ``ray.actor_num_cpus`` rounded up and runs BLAS with that many threads, and as many
-    tasks run as the cluster's CPUs hold (one more queued), so the cores are neither idle nor oversubscribed.
+    holds the CPUs of ``ray.actor_num_cpus`` rounded up and runs BLAS (GSQ, LOF) with that many threads (the
+    k-means itself runs on one, see ``kmeans``), and as many tasks run as the cluster's CPUs hold (one more
+    queued). Cluster tasks hold no GPU.
     """
     import math
 
@@ -411,7 +195,7 @@ def cluster_classes(items: Iterable[tuple[Any, tuple[Any, ...]]], settings: Clus
     from pipeline.core.ray_setup import task_options
 
     cpus = max(1, math.ceil(ray_cfg.actor_num_cpus))
-    opts = {**task_options(ray_cfg), "num_cpus": cpus}
+    opts = {**task_options(ray_cfg), "num_cpus": cpus, "num_gpus": 0}  # sklearn: CPU work only
     task = ray.remote(_run_many).options(**opts)
     max_in_flight = max(1, int(ray.cluster_resources().get("CPU", 1) // cpus)) + 1
     per_task = int(ray_cfg.cluster_classes_per_task)

@@ -4,7 +4,7 @@ Images stream through decode tasks into a CLIP actor pool; the actors drop the p
 return ``path, class_id, label, caption, img_feat, txt_feat``. The driver groups rows by
 class and writes ``features/<class>.parquet`` as soon as a class is complete, so a crash
 loses at most the classes in flight and a re-run embeds only the missing classes.
-Features are stored raw; the cluster stage L2-normalises (``edits.feature_normalize``).
+Features are stored raw (the cluster stage normalises them only with ``edits.feature_normalize``).
 """
 
 from __future__ import annotations

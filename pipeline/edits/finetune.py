@@ -1,4 +1,4 @@
-"""Stage ``finetune`` (EDITS, METHODS.md step 9): text-to-image fine-tune of SD on the captioned real set.
+"""Stage ``finetune`` (EDITS, docs/METHODS.md step 9): text-to-image fine-tune of SD on the captioned set.
 
 The captioned images go to a Ray Train ``TorchTrainer`` running ``tuning.finetune_sd.train_loop``;
 the final checkpoint's EMA UNet (and VAE, if trained) plus the base pipeline's other parts become

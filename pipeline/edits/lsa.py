@@ -1,7 +1,9 @@
 """Local Semantic Awareness (EDITS step 5): per cluster, members ranked by distance to the centroid.
 
-The ``k_image`` nearest members make the image prototype, the ``k_text`` nearest give the
-captions for the text prototype. Ties are broken by the member's index (stable order).
+As the authors' ``find_cluster_samples`` (einsteinxia/EDITS ``distillation/gen_prototype.py`` @ 9983f5a):
+a cluster's members are ranked by Euclidean distance to its centre in the fused GSQ space; the
+``k_image`` nearest make the image prototype, the ``k_text`` nearest give the captions for the text
+prototype. We rank by the squared distance (the same order) and break ties by the member's index.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Our own instructions for the EDITS captioner (VLM) and text-prototype writer (LLM).
 
-Wording is ours; the intent follows METHODS.md (EDITS steps 1 and 7). Class names and
+Wording is ours; the intent follows docs/METHODS.md (EDITS steps 1 and 7). Class names and
 captions are *data*: they go in through ``pipeline.core.hygiene.fill_template`` (one line,
 quoted, length-capped, never ``str.format``), and whatever a model returns is cleaned with
 ``clean_llm_output`` (one line, role labels and template tokens stripped, token-capped).

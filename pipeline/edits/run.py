@@ -137,7 +137,7 @@ class StageRunner:
 def run_edits(cfg: Config, from_stage: str | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run EDITS as configured; returns the summary (``output``, counts, ``timings`` per stage).
 
-    The steps are METHODS.md's; a stage that holds several of them runs them in one pass.
+    The steps are docs/METHODS.md's; a stage that holds several of them runs them in one pass.
     """
     stage = StageRunner(cfg, from_stage, log)  # scans the real set, derives every stage's settings key
     ft_off = None if cfg.edits.finetune.enabled else "edits.finetune.enabled is false"

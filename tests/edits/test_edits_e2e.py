@@ -46,7 +46,7 @@ def test_edits_end_to_end_resume_and_from_stage(tmp_path, demo_root, zoo_dir, ra
         assert (out / "artefacts/prototypes/latents" / f"{e['key']}.pt").is_file()
         assert all(p.startswith(str(demo_root / "train" / e["class_id"])) for p in e["members"])
     buf = read_parquet(out / "artefacts/buffer/0.parquet")
-    assert buf["fused"].shape == (5, 32) and set(buf["cluster"].tolist()) == {0, 1}
+    assert buf["fused"].shape == (5, 64) and set(buf["cluster"].tolist()) == {0, 1}
     assert sum(c["size"] for c in clusters["0"]["clusters"]) == 5
     assert len(buf["caption"]) == 5 and all(c.startswith("a photo of handwritten digit zero") for c in buf["caption"])
     timings = summary["timings"]

@@ -1,4 +1,4 @@
-"""EDITS math: GSQ against a hand-computed example, LSA against brute force, FAISS k-means, LOF, policy."""
+"""EDITS math: GSQ against a hand-computed example, LSA against brute force, sklearn k-means, LOF, policy."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def test_gsq_matches_hand_computed_example():
     w0, w1 = math.e / (math.e + 1), 1 / (math.e + 1)
     fused = np.array([1 + w0, w1])
     expected = fused / math.hypot(*fused)  # [1.731059, 0.268941] / 1.751825
-    out = gsq_fuse(img, txt, tau=1.0)
+    out = gsq_fuse(img, txt, tau=1.0, fusion="sum", normalize=True)
     np.testing.assert_allclose(out[0], expected, atol=1e-6)
     np.testing.assert_allclose(out[0], [0.988146, 0.153521], atol=1e-5)
 
@@ -32,9 +32,9 @@ def test_gsq_matches_hand_computed_example():
 def test_gsq_concat_and_unnormalised_variants():
     img = np.array([[3.0, 4.0]])  # norm 5: normalised to [0.6, 0.8]
     txt = np.array([[0.0, 2.0]])  # one caption: w = [1] whatever tau
-    raw = gsq_fuse(img, txt, tau=0.5, normalize=False)
+    raw = gsq_fuse(img, txt, tau=0.5, fusion="sum", normalize=False)
     np.testing.assert_allclose(raw[0], [3.0, 6.0])  # plain sum, no normalisation
-    cat = gsq_fuse(img, txt, tau=0.5, fusion="concat")
+    cat = gsq_fuse(img, txt, tau=0.5, fusion="concat", normalize=True)
     expected = np.array([0.6, 0.8, 0.0, 1.0]) / math.sqrt(2.0)
     np.testing.assert_allclose(cat[0], expected, atol=1e-6)
     assert cat.shape == (1, 4) and cat.dtype == np.float32
@@ -44,7 +44,7 @@ def test_gsq_small_tau_picks_the_nearest_caption():
     rng = np.random.default_rng(0)
     img = l2_normalize(rng.normal(size=(6, 8)))
     txt = l2_normalize(rng.normal(size=(5, 8)))
-    out = gsq_fuse(img, txt, tau=1e-4)
+    out = gsq_fuse(img, txt, tau=1e-4, fusion="sum", normalize=True)
     nearest = txt[np.argmax(img @ txt.T, axis=1)]
     np.testing.assert_allclose(out, l2_normalize(img + nearest), atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-6)
@@ -98,10 +98,10 @@ def _blobs(seed: int = 0, n: int = 30) -> tuple[np.ndarray, np.ndarray]:
     return (centers[labels] + rng.normal(scale=0.3, size=(3 * n, 3))).astype(np.float32), labels
 
 
-def test_faiss_kmeans_counts_recovery_and_determinism():
+def test_kmeans_counts_recovery_and_determinism():
     x, labels = _blobs()
-    c1, a1 = kmeans(x, 3, niter=20, nredo=3, seed=7, gpu=False)
-    c2, a2 = kmeans(x, 3, niter=20, nredo=3, seed=7, gpu=False)
+    c1, a1 = kmeans(x, 3, seed=7, n_init=3, max_iter=20)
+    c2, a2 = kmeans(x, 3, seed=7, n_init=3, max_iter=20)
     assert c1.shape == (3, 3) and a1.shape == (90,)
     assert sorted(np.unique(a1).tolist()) == [0, 1, 2]
     np.testing.assert_array_equal(a1, a2)
@@ -111,10 +111,10 @@ def test_faiss_kmeans_counts_recovery_and_determinism():
     assert all(len(v) == 1 for v in mapping.values()) and len(set.union(*mapping.values())) == 3
     assert sorted(np.bincount(a1).tolist()) == [30, 30, 30]
     for k in (1, 2, 5):
-        _, a = kmeans(x, k, seed=1, gpu=False, nredo=1)
+        _, a = kmeans(x, k, seed=1, n_init=1)
         assert len(np.unique(a)) == k
     with pytest.raises(ValueError, match="1 <= k <= n"):
-        kmeans(x[:2], 3, gpu=False)
+        kmeans(x[:2], 3, seed=0)
 
 
 def test_lof_removes_a_planted_outlier_but_keeps_enough():
@@ -155,7 +155,7 @@ def test_process_class_end_to_end_on_blobs():
     txt = x + 0.01
     s = ClusterSettings.from_edits(EditsConfig(ipc=3, k_image=4, k_text=2, kmeans_nredo=2, seed=5))
     res = process_class("c", x, txt, s)
-    assert res["k"] == 3 and res["fused"].shape == (30, 3) and res["keep"].all()
+    assert res["k"] == 3 and res["fused"].shape == (30, 6) and res["keep"].all()  # concat: [img, W . txt]
     sizes = sorted(len(c["members"]) for c in res["selections"])
     assert sizes == [10, 10, 10]
     for c in res["selections"]:

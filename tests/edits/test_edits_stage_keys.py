@@ -3,7 +3,7 @@
 ``test_every_setting_invalidates_exactly_its_stages`` walks every leaf of ``Config``; each must be
 classified in ``CHANGES`` (a new setting without a row fails, naming it). A row names the units
 whose output the setting changes directly; the test adds the units that read them (``READS``, by
-hand from METHODS.md) and compares with the keys ``run_stage_keys`` computes for a changed copy.
+hand from docs/METHODS.md) and compares with the keys ``run_stage_keys`` computes for a changed copy.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ CHANGES: dict[str, tuple[str, ...]] = {
         "vae_learning_rate", "vae_kl_weight", "cache_latents", "max_grad_norm", "random_flip",
         "shuffle_buffer_size")},
     "ray.address": NONE, "ray.num_cpus": NONE, "ray.object_store_memory_mb": NONE, "ray.actor_num_cpus": NONE,
-    "ray.actor_num_gpus": (C, E, CL, PI, PT, G),  # 0 -> >0: actors and cluster tasks run on a GPU
+    "ray.actor_num_gpus": (C, E, PI, PT, G),  # 0 -> >0: the actors run on a GPU (cluster tasks stay on CPU)
     "ray.pool_sizes": NONE, "ray.batch_sizes": NONE,  # with micro-batches set (see test_batch_sizes_...)
     "ray.micro_batch_sizes": (C,),  # the walk changes the first role, caption; the other roles below
     "ray.max_restarts": NONE, "ray.max_task_retries": NONE, "ray.max_errored_blocks": NONE,
