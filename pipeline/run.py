@@ -52,6 +52,10 @@ def main(args: argparse.Namespace) -> int:
     if args.print_config:
         print(dump_config(cfg), end="")
         return 0
+    if cfg.eval is not None:  # a preset's missing teacher or a bad student stops the run before it distils
+        from tuning.evaluate import check_eval
+
+        check_eval(cfg.eval)
     out = Path(cfg.output.dir)
     with output_lock(out):  # a second run into this folder stops here, before it writes anything
         atomic_write_bytes(out / "config.yaml", dump_config(cfg).encode())

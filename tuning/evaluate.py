@@ -28,24 +28,29 @@ import numpy as np
 import torch
 
 from pipeline.config import EvalConfig, RayConfig
-from pipeline.core.pixels import channel_stats, normalize, u8_hwc_to_unit_chw
+from pipeline.core.pixels import normalize, u8_hwc_to_unit_chw
 from pipeline.core.read import load_image_arrays, load_rgb, scan_image_folder
 from pipeline.core.write import MANIFEST, atomic_write_bytes, atomic_write_json, read_manifest
-from pipeline.errors import DataError
+from pipeline.errors import ConfigError, DataError
 from tuning.checkpoints import fit_or_disk_full, report_checkpoint
 from tuning.ddranking import scores, scores_markdown
+from tuning.eval_inputs import apply_zca, dataset_norm, fit_zca, learned_lr
 from tuning.protocols import TrainSpec, resolve_preset, train_student, train_teacher
 from tuning.stream import scan_stream
 from tuning.students import build_student, check_students
+from tuning.teacher_ckpt import load_into, read_state_dict
 
 ROW_KEY = ("dataset", "method", "ipc", "student", "protocol", "augment")
 
 
 # ----------------------------------------------------------------------------- data
-def val_resize_for(size: int, resize: int | None = None) -> int | None:
+def val_resize_for(size: int, resize: int | str | None = None) -> int | None:
     """The short side the real val images are resized to before the center crop: ``resize``, else
-    256 at 224 px (the ImageNet Resize(256) + CenterCrop(224)), else none (short side = ``size``)."""
-    return resize if resize is not None else (256 if size == 224 else None)
+    256 at 224 px (the ImageNet Resize(256) + CenterCrop(224)), else none (short side = ``size``);
+    ``"size"``: the short side to ``size`` itself (IDC/Minimax/EDITS's Resize(size) + CenterCrop(size))."""
+    if resize == "size":
+        return None
+    return int(resize) if resize is not None else (256 if size == 224 else None)
 
 
 def load_distilled(root: str | os.PathLike, classes: list[str], size: int | None = None
@@ -91,9 +96,14 @@ def dataset_name(val_root: str | os.PathLike) -> str:
 
 # ----------------------------------------------------------------------------- one job
 def _job_payload(data: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    """The set and the real val set as tensors, normalised with the dataset's statistics (and ZCA-whitened
+    when the data carries a fitted ``zca``)."""
     mean, std = data["mean"], data["std"]
-    return {"train_x": to_tensor(data["train_x"], mean, std), "train_y": torch.from_numpy(data["train_y"]),
-            "val_x": to_tensor(data["val_x"], mean, std), "val_y": torch.from_numpy(data["val_y"])}
+    train_x, val_x = to_tensor(data["train_x"], mean, std), to_tensor(data["val_x"], mean, std)
+    if data.get("zca") is not None:
+        train_x, val_x = apply_zca(train_x, data["zca"]), apply_zca(val_x, data["zca"])
+    return {"train_x": train_x, "train_y": torch.from_numpy(data["train_y"]),
+            "val_x": val_x, "val_y": torch.from_numpy(data["val_y"])}
 
 
 def _teacher_from(state: dict[str, Any] | None, device: Any) -> torch.nn.Module | None:
@@ -329,7 +339,8 @@ def make_jobs(sets: dict[str, dict[str, Any]], cfg: EvalConfig) -> list[dict[str
             for r in range(cfg.repeats):
                 seed = cfg.seed + r
                 spec = TrainSpec.from_config(cfg, student, seed, ipc=info.get("ipc"),
-                                             num_classes=info.get("num_classes")).to_dict()
+                                             num_classes=info.get("num_classes"),
+                                             set_lr=info.get("learned_lr")).to_dict()
                 jobs.append({"set": set_name, "student": student, "seed": seed, "images": info.get("n_images"),
                              "name": f"{set_name}-{student}-s{seed}", "spec": spec})
     return jobs
@@ -358,6 +369,7 @@ def aggregate(runs: list[dict[str, Any]], sets: dict[str, dict[str, Any]], cfg: 
                 "best_mean": round(float(best.mean()), 2), "best_std": round(float(best.std()), 2),
                 "final_mean": round(float(final.mean()), 2), "final_std": round(float(final.std()), 2),
                 "epochs": mine[0].get("epochs", cfg.epochs), "preset": cfg.preset, "images": info["n_images"],
+                "normalization": info.get("normalization"),
                 "distilled": info["dir"], "seconds": round(float(sum(r["seconds"] for r in mine)), 1),
                 "runs": [{"seed": r["seed"], "final": round(r["final"], 2), "best": round(r["best"], 2),
                           "best_epoch": r["best_epoch"], "epochs": r.get("epochs"), "lr": r.get("lr"),
@@ -376,9 +388,7 @@ def evaluate_sets(sets: dict[str, str | os.PathLike], val_root: str | os.PathLik
     ``classes`` restricts the real val set to a class subset (sweeps on a few classes).
     Results are written (merged) to ``out_dir/results.{json,csv,md}`` when ``write``.
     """
-    cfg = resolve_preset(cfg)
-    check_students(cfg.students)
-    check_excluded(cfg.exclude_from_mean)
+    cfg = check_eval(cfg)
     out = Path(out_dir)
     t0 = time.time()
     # the real val set first: its classes define the labels; its size follows the first set
@@ -386,20 +396,23 @@ def evaluate_sets(sets: dict[str, str | os.PathLike], val_root: str | os.PathLik
     size = cfg.image_size or load_distilled_size(first)
     val_x, val_y, classes, _ = load_image_arrays(val_root, size, classes=classes, skip_bad=True,
                                                  resize=val_resize_for(size, cfg.val_resize))
+    norm = dataset_norm(cfg, classes, train_root, val_x, size, log=log)  # one for every set, never a set's own
+    zca = fit_dataset_zca(cfg, train_root, classes, size, norm) if cfg.zca else None
     loaded: dict[str, dict[str, Any]] = {}
     arrays: dict[str, dict[str, Any]] = {}
     for name, d in sets.items():
         x, y, meta = load_distilled(d, classes, size)
-        mean, std = channel_stats(x)
         method = (methods or {}).get(name, meta["method"])
         loaded[name] = {"method": method, "ipc": meta["ipc"], "dir": str(d), "n_images": len(y),
-                        "num_classes": len(classes)}
-        arrays[name] = {"train_x": x, "train_y": y, "val_x": val_x, "val_y": val_y, "mean": mean, "std": std,
-                        "num_classes": len(classes)}
-        log(f"eval set {name}: {len(y)} images ({method}, IPC {meta['ipc']}) from {d}")
+                        "num_classes": len(classes), "normalization": norm["source"],
+                        "learned_lr": learned_lr(d) if cfg.lr_from_set else None}
+        arrays[name] = {"train_x": x, "train_y": y, "val_x": val_x, "val_y": val_y, "mean": norm["mean"],
+                        "std": norm["std"], "num_classes": len(classes), "zca": zca}
+        lr_note = f", learned lr {loaded[name]['learned_lr']:g}" if loaded[name]["learned_lr"] is not None else ""
+        log(f"eval set {name}: {len(y)} images ({method}, IPC {meta['ipc']}{lr_note}) from {d}")
     dataset = cfg.dataset or dataset_name(val_root)
     teacher_state = None
-    if cfg.protocol == "soft" and cfg.teacher_checkpoint:
+    if cfg.protocol == "soft" and cfg.teacher_checkpoint and cfg.teacher_checkpoint != SCRATCH:
         teacher_state = load_teacher_checkpoint(cfg, len(classes), size)
         log(f"teacher {cfg.teacher}: loaded from {cfg.teacher_checkpoint}")
     elif cfg.protocol == "soft":
@@ -431,6 +444,35 @@ def evaluate_sets(sets: dict[str, str | os.PathLike], val_root: str | os.PathLik
     return rows
 
 
+SCRATCH = "scratch"  # eval.teacher_checkpoint: train the soft-label teacher on the real train split
+
+
+def check_eval(cfg: EvalConfig) -> EvalConfig:
+    """The preset-resolved eval section, checked before anything loads or trains: student names, the
+    headline's exclusions, and the pretrained teacher a preset requires (rded / sre2l)."""
+    cfg = resolve_preset(cfg)
+    check_students(cfg.students)
+    check_excluded(cfg.exclude_from_mean)
+    if cfg.protocol == "soft" and cfg.teacher_required and not cfg.teacher_checkpoint:
+        raise ConfigError(f"eval.preset {cfg.preset!r} relabels with a pretrained teacher: set "
+                          f"eval.teacher_checkpoint to a ResNet-18 state dict (ours, torchvision's or timm's "
+                          f"layout) for eval.teacher={cfg.teacher!r}, or eval.teacher_checkpoint={SCRATCH} to "
+                          "train one on the real train split first (not the peers' protocol)")
+    if cfg.zca and cfg.normalize == "imagenet":
+        raise ConfigError("eval.zca whitens with the real train split's statistics (MTT's CIFAR option); "
+                          "it contradicts eval.normalize=imagenet: drop one of the two")
+    return cfg
+
+
+def fit_dataset_zca(cfg: EvalConfig, train_root: str | os.PathLike | None, classes: list[str], size: int,
+                    norm: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """ZCA fitted on the real train split, normalised like every input (``tuning.eval_inputs``)."""
+    if not train_root:
+        raise ConfigError("eval.zca fits on the real train split: give data.root (or --train)")
+    x, _, _, _ = load_image_arrays(train_root, size, classes=classes, skip_bad=True)
+    return fit_zca(to_tensor(x, norm["mean"], norm["std"]), cfg.zca_eps)
+
+
 def load_distilled_size(root: str | os.PathLike) -> int:
     root = Path(root)
     man = root / MANIFEST
@@ -451,18 +493,13 @@ def _teacher_normalised(arrays: dict[str, Any], teacher_state: dict[str, Any] | 
 
 def load_teacher_checkpoint(cfg: EvalConfig, num_classes: int, size: int) -> dict[str, Any]:
     """The soft-label teacher from ``eval.teacher_checkpoint``: a state dict of ``build_student(eval.teacher)``
-    (a ``module.`` prefix from DDP is dropped); inputs use ``eval.teacher_mean`` / ``teacher_std``."""
+    in our names or, for ``resnet18_imagenet_*``, torchvision's / timm's (``tuning.teacher_ckpt``; a ``module.``
+    prefix from DDP is dropped); inputs use ``eval.teacher_mean`` / ``teacher_std``."""
     path = Path(cfg.teacher_checkpoint or "")
-    if not path.is_file():
-        raise DataError(f"eval.teacher_checkpoint {path}: no such file (save one with "
-                        f"torch.save(model.state_dict(), path) for eval.teacher={cfg.teacher!r})")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict):
-        raise DataError(f"eval.teacher_checkpoint {path}: expected a state dict, got {type(state).__name__}")
-    state = {k.removeprefix("module."): v for k, v in state.items()}
+    state = read_state_dict(path)
     net = build_student(cfg.teacher, 3, num_classes, size)
     try:
-        net.load_state_dict(state)
+        load_into(net, state)
     except RuntimeError as err:
         raise DataError(f"eval.teacher_checkpoint {path} does not fit eval.teacher={cfg.teacher!r} with "
                         f"{num_classes} classes at {size} px: {str(err).splitlines()[0]}") from None
