@@ -262,7 +262,7 @@ class EvalConfig(Section):
 
     Student names (tuning/students.py): convnet, convnet3..6, resnet18_cifar_bn, resnet18_cifar_in,
     resnet18_imagenet_bn, resnet18_imagenet_in, resnet_ap10, mobilenetv2, shufflenetv2,
-    efficientnet_b0, vit_tiny, vit_predd; legacy resnet18 / resnet18_bn / resnet18_in (adaptive stem).
+    efficientnet_b0, shufflenetv2_predd, mobilenetv2_predd, efficientnet_b0_predd, vit_tiny, vit_predd; legacy resnet18 / resnet18_bn / resnet18_in (adaptive stem).
     ``augment`` joins ops with ``+`` (applied in the order of ``AUGMENT_OPS``: ShufflePatches,
     RandomResizedCrop, flip, ColorJitter, PCA lighting, DSA, then one of mixup / CutMix), or ``none``.
     """
