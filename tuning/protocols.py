@@ -5,7 +5,8 @@ Two protocols (METHODS.md, "Evaluation protocols"):
 - **hard** labels (DC/DM/MTT/Minimax style): cross-entropy on the distilled labels, SGD with
   momentum, a schedule, DSA and/or crop/flip/colour, CutMix / mixup, optional EMA of the weights;
 - **soft** labels (SRe2L/RDED style): a teacher trained on (or loaded for) the real set labels
-  every augmented, mixed batch; the student minimises ``KL(softmax(t/T) || softmax(s/T)) * T^2``.
+  every augmented, mixed batch; the student minimises ``KL(softmax(t/T) || softmax(s/T))`` (times ``T^2``
+  only with ``eval.kl_t_squared``: the peers' code leaves the factor out).
 
 ``train_student(spec, data)`` is framework-free (plain torch, explicit seeds); Ray Train
 calls it inside each worker (tuning/evaluate.py) and the tests call it directly. ``train_on`` takes any

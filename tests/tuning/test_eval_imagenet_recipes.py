@@ -314,3 +314,17 @@ def test_zca_whitens_the_train_split_and_is_a_cifar_option(tmp_path):
         fit_zca(torch.zeros(2, 3, 128, 128), 0.1)
     with pytest.raises(ConfigError, match="eval.zca .* eval.normalize=imagenet"):
         evaluate.check_eval(EvalConfig(zca=True, normalize="imagenet"))
+
+
+def test_zca_option_whitens_every_set_and_the_val_set_with_the_train_splits_fit(tmp_path, monkeypatch):
+    seen = _fake_training(monkeypatch)
+    sets = _tiny_sets(tmp_path / "sets", {"s": (120, 30, 200)}, size=8)
+    train, val = _split(tmp_path / "train", size=8, seed=3), _split(tmp_path / "val", size=8, seed=4)
+    cfg = EvalConfig(students=["convnet3"], repeats=1, backend="local", epochs=1, zca=True)
+    evaluate.evaluate_sets(sets, val, cfg, tmp_path / "out", train_root=train, log=lambda *_: None)
+    mean, std = seen[0]["norm"]
+    zca = fit_zca(evaluate.to_tensor(load_image_arrays(train, 8).images, mean, std), 0.1)
+    want_val = apply_zca(evaluate.to_tensor(load_image_arrays(val, 8).images, mean, std), zca)
+    assert torch.allclose(seen[0]["val_x"], want_val, atol=1e-5)
+    want_set = apply_zca(evaluate.to_tensor(load_image_arrays(sets["s"], 8).images, mean, std), zca)
+    assert torch.allclose(seen[0]["train_x"], want_set, atol=1e-5)
