@@ -18,7 +18,7 @@ from pipeline.core.read import load_image_arrays
 from pipeline.errors import ConfigError, DataError
 from tuning import evaluate, protocols
 from tuning.eval_inputs import IMAGENET_MEAN, apply_zca, fit_zca
-from tuning.protocols import TrainSpec, param_groups, resolve_preset
+from tuning.protocols import TrainSpec, resolve_preset
 from tuning.students import build_student
 
 
@@ -84,7 +84,7 @@ def test_rded_adamw_lr_per_student():
 
 def test_weight_decay_only_on_weights_with_two_or_more_dims():
     net = build_student("vit_predd", 3, 10, 32)
-    decay, rest = param_groups(net, "weights_2d", 0.01)
+    decay, rest = protocols.param_groups(net, "weights_2d", 0.01)
     names = {id(p): n for n, p in net.named_parameters()}
     assert decay["weight_decay"] == 0.01 and rest["weight_decay"] == 0.0
     assert all(p.ndim >= 2 and "weight" in names[id(p)] for p in decay["params"])
