@@ -409,6 +409,8 @@ def evaluate_sets(sets: dict[str, str | os.PathLike], val_root: str | os.PathLik
         arrays[name] = {"train_x": x, "train_y": y, "val_x": val_x, "val_y": val_y, "mean": norm["mean"],
                         "std": norm["std"], "num_classes": len(classes), "zca": zca}
         lr_note = f", learned lr {loaded[name]['learned_lr']:g}" if loaded[name]["learned_lr"] is not None else ""
+        if cfg.lr_from_set and not lr_note:
+            lr_note = f", no learned lr beside the images: DC's evaluate_synset with its fixed lr {cfg.lr:g}"
         log(f"eval set {name}: {len(y)} images ({method}, IPC {meta['ipc']}{lr_note}) from {d}")
     dataset = cfg.dataset or dataset_name(val_root)
     teacher_state = None
@@ -458,6 +460,10 @@ def check_eval(cfg: EvalConfig) -> EvalConfig:
                           f"eval.teacher_checkpoint to a ResNet-18 state dict (ours, torchvision's or timm's "
                           f"layout) for eval.teacher={cfg.teacher!r}, or eval.teacher_checkpoint={SCRATCH} to "
                           "train one on the real train split first (not the peers' protocol)")
+    ckpt = cfg.teacher_checkpoint
+    if cfg.protocol == "soft" and ckpt and ckpt != SCRATCH and not Path(ckpt).is_file():
+        raise DataError(f"eval.teacher_checkpoint {ckpt}: no such file (a ResNet-18 state dict, or "
+                        f"eval.teacher_checkpoint={SCRATCH} to train the teacher on the real train split)")
     if cfg.zca and cfg.normalize == "imagenet":
         raise ConfigError("eval.zca whitens with the real train split's statistics (MTT's CIFAR option); "
                           "it contradicts eval.normalize=imagenet: drop one of the two")

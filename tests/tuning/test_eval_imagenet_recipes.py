@@ -244,6 +244,8 @@ def test_rded_without_a_teacher_checkpoint_stops_before_loading_or_training(tmp_
     with pytest.raises(ConfigError, match="eval.teacher_checkpoint"):
         evaluate.check_eval(EvalConfig(preset="sre2l"))
     evaluate.check_eval(EvalConfig(preset="rded", teacher_checkpoint="scratch"))  # asked for by name
+    with pytest.raises(DataError, match="eval.teacher_checkpoint .*missing.pt: no such file"):
+        evaluate.check_eval(EvalConfig(preset="rded", teacher_checkpoint=str(tmp_path / "missing.pt")))
 
 
 def test_semdistill_run_with_rded_and_no_teacher_stops_before_distilling(tmp_path, monkeypatch):
