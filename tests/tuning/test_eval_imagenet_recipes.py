@@ -330,3 +330,15 @@ def test_zca_option_whitens_every_set_and_the_val_set_with_the_train_splits_fit(
     assert torch.allclose(seen[0]["val_x"], want_val, atol=1e-5)
     want_set = apply_zca(evaluate.to_tensor(load_image_arrays(sets["s"], 8).images, mean, std), zca)
     assert torch.allclose(seen[0]["train_x"], want_set, atol=1e-5)
+
+
+def test_print_config_shows_the_edits_imagenet1k_recipe(capsys):
+    import yaml
+
+    from pipeline.cli import main
+
+    root = Path(__file__).resolve().parents[2]
+    assert main(["run", str(root / "configs" / "edits_imagenet1k.yaml"), "--print-config"]) == 0
+    ev = yaml.safe_load(capsys.readouterr().out)["eval"]
+    assert ev["recipe_above_classes"] == {"100": {"lr": 0.1, "weight_decay": 1e-4, "min_batch": 128}}
+    assert (ev["val_resize"], ev["normalize"], ev["report"]) == ("size", "auto", "best")
