@@ -264,7 +264,7 @@ class EvalConfig(Section):
 
     Student names (tuning/students.py): convnet, convnet3..6, resnet18_cifar_bn, resnet18_cifar_in,
     resnet18_imagenet_bn, resnet18_imagenet_in, resnet_ap10, mobilenetv2, shufflenetv2,
-    efficientnet_b0, vit_tiny, vit_predd; legacy resnet18 / resnet18_bn / resnet18_in (adaptive stem).
+    efficientnet_b0, shufflenetv2_predd, mobilenetv2_predd, efficientnet_b0_predd, vit_tiny, vit_predd; legacy resnet18 / resnet18_bn / resnet18_in (adaptive stem).
     ``augment`` joins ops with ``+`` (applied in the order of ``AUGMENT_OPS``: ShufflePatches,
     RandomResizedCrop, flip, ColorJitter, PCA lighting, DSA, then one of mixup / CutMix), or ``none``.
     """
@@ -282,12 +282,18 @@ class EvalConfig(Section):
     epochs_by_ipc: dict[int, int] = {}  # {max IPC: epochs}, smallest bound >= the set's IPC wins (edits)
     many_classes_epoch_factor: float = Field(1.0, gt=0.0)  # epochs x this at exactly 100 classes, floored to 100s (edits: 2/3, IDC)
     batch_size: int = Field(64, gt=0)
-    batch_by_classes: dict[int, int] = {}  # {max classes: batch}, capped at IPC x classes (rded/sre2l)
+    batch_by_classes: dict[int, int] = {}  # {max classes: batch}, capped at IPC x classes
+    batch_by_ipc: dict[int, int] = {}  # {max IPC: batch}, smallest bound >= the set's IPC wins (rded)
+    batch_factor_by_classes: dict[int, float] = {}  # {exact class count: batch factor} (rded: x2 at 100 and 1000)
+    # above N classes these replace lr / weight_decay and raise the batch to at least min_batch
+    # (edits: {100: {lr: 0.1, weight_decay: 1e-4, min_batch: 128}}, IDC/Minimax argument.py)
+    recipe_above_classes: dict[int, dict[Literal["lr", "weight_decay", "min_batch"], float]] = {}
     optimizer: Literal["sgd", "adamw"] = "sgd"
     lr: float = Field(0.01, ge=0.0)
     lr_per_student: dict[str, float] = {}  # student-name prefix -> lr (longest prefix wins; diver)
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    decay_params: Literal["all", "weights_2d"] = "all"  # weights_2d: decay only >= 2-D weights (RDED/SRe2L)
     # cosine: to 0; step: x0.1 at 1/2; multistep: x0.2 at 2/3 and 5/6; half_cosine: 0.5(1+cos(pi t/2)), ends
     # at 0.5x; warmup_cosine: linear warm-up over warmup_fraction, then cosine to 0
     schedule: Literal["cosine", "step", "multistep", "half_cosine", "warmup_cosine"] = "cosine"
@@ -306,17 +312,29 @@ class EvalConfig(Section):
     eval_every: int = Field(0, ge=0)  # 0: test only after the last epoch ("best" = "final")
     eval_count: int = Field(0, ge=0)  # test every epochs / eval_count epochs (edits: 100)
     best_from: float = Field(0.0, ge=0.0, lt=1.0)  # best over tests from this fraction of training on (rded: 0.8)
+    best_every: int = Field(1, gt=0)  # past best_from, test every this many epochs (and the last; rded: 10)
     report: Literal["final", "best"] = "final"  # the number in top1_mean; both are kept
     repeats: int = Field(3, gt=0)
     temperature: float = Field(4.0, gt=0.0)
-    teacher: str = "convnet"  # soft labels: the teacher's architecture, trained on the real set
+    kl_t_squared: bool = False  # soft labels: KL x T^2 (Hinton); SRe2L's / RDED's code leave the factor out
+    teacher: str = "convnet"  # soft labels: the teacher's architecture (rded / sre2l: resnet18_imagenet_bn)
+    teacher_required: bool = False  # soft labels: stop unless teacher_checkpoint is set (rded / sre2l)
     teacher_epochs: int = Field(30, gt=0)
     teacher_workers: int = Field(0, ge=0)  # DataLoader processes decoding the streamed real set (0: in-process)
-    teacher_checkpoint: str | None = None  # a state dict of `teacher` (pretrained); no teacher training
+    # a state dict of `teacher` (ours, torchvision's or timm's ResNet-18 layout; .pt/.pth/.safetensors), or
+    # "scratch": train the teacher on the real train split (None: scratch unless teacher_required)
+    teacher_checkpoint: str | None = None
     teacher_mean: list[float] = [0.485, 0.456, 0.406]  # the checkpoint's input normalisation (ImageNet)
     teacher_std: list[float] = [0.229, 0.224, 0.225]
     image_size: int | None = Field(None, gt=0)  # None: the distilled images' size
-    val_resize: int | None = Field(None, gt=0)  # real val: short side to this, then center crop (None: 256 at 224)
+    # real val: short side to this, then center crop; None: 256 at 224 px; "size": Resize(size) (edits, IDC/Minimax)
+    val_resize: int | Literal["size"] | None = None
+    # inputs (every set and the real val) normalised with the dataset's statistics, the same for every method:
+    # auto = ImageNet's for ImageNet class ids (wnids), else the real train split's, else the real val split's
+    normalize: Literal["auto", "imagenet", "train", "val"] = "auto"
+    zca: bool = False  # ZCA whitening fitted on the real train split (MTT's CIFAR option; small images only)
+    zca_eps: float = Field(0.1, gt=0.0)  # MTT / kornia ZCAWhitening(eps=0.1)
+    lr_from_set: bool = False  # a set's learned lr (MTT's lr_best.pt beside the images) replaces lr (mtt)
     dataset: str | None = None  # name in the results table (None: from the real folder's name)
     backend: Literal["ray_train", "local"] = "ray_train"  # local: in-process, sequential (debugging)
     cpus_per_job: float = Field(0.5, gt=0)  # CPUs per Ray Train worker (fractional on laptops)
@@ -327,6 +345,13 @@ class EvalConfig(Section):
     # start-up is paid once); false: one TorchTrainer per run. DDP jobs (num_workers > 1) are never packed
     pack_runs: bool = True
     seed: int = 0
+
+    @field_validator("val_resize")
+    @classmethod
+    def _check_val_resize(cls, v: int | str | None) -> int | str | None:
+        if isinstance(v, int) and v <= 0:
+            raise ValueError(f"eval.val_resize {v}: a positive short side, 'size' or null")
+        return v
 
     @field_validator("augment")
     @classmethod

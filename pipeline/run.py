@@ -58,9 +58,17 @@ def distil_one_set(cfg: Config) -> str:
 
 def main(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
-    if args.print_config:
+    if args.print_config:  # the eval section as its preset resolves it (the per-set rules stay tables)
+        if cfg.eval is not None:
+            from tuning.protocols import resolve_preset
+
+            cfg = cfg.model_copy(update={"eval": resolve_preset(cfg.eval)})
         print(dump_config(cfg), end="")
         return 0
+    if cfg.eval is not None:  # a preset's missing teacher or a bad student stops the run before it distils
+        from tuning.evaluate import check_eval
+
+        check_eval(cfg.eval)
     out = Path(cfg.output.dir)
     with output_lock(out):  # a second run into this folder stops here, before it writes anything
         atomic_write_bytes(out / "config.yaml", dump_config(cfg).encode())

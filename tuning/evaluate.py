@@ -30,27 +30,32 @@ import torch
 
 from pipeline.config import EvalConfig, RayConfig
 from pipeline.core.image_index import scan_image_folder
-from pipeline.core.pixels import channel_stats, normalize, u8_hwc_to_unit_chw
+from pipeline.core.pixels import normalize, u8_hwc_to_unit_chw
 from pipeline.core.read import load_image_arrays, load_rgb
 from pipeline.core.write import MANIFEST, atomic_write_bytes, atomic_write_json, read_manifest
-from pipeline.errors import DataError
+from pipeline.errors import ConfigError, DataError
 from tuning.checkpoints import fit_or_disk_full, report_checkpoint
 from tuning.ddranking import scores, scores_markdown
+from tuning.eval_inputs import apply_zca, dataset_norm, fit_zca, learned_lr
 from tuning.protocols import TrainSpec, resolve_preset, train_student, train_teacher
 from tuning.report_protocol import protocol_markdown, protocol_record
 from tuning.row_values import run_value
 from tuning.stream import scan_stream
 from tuning.students import build_student, check_students
+from tuning.teacher_ckpt import load_into, read_state_dict
 
 # A row is one (set, student) under one recipe: two presets, or a final and a best top-1, never share a row.
 ROW_KEY = ("dataset", "method", "ipc", "student", "preset", "reported", "protocol", "augment")
 
 
 # ----------------------------------------------------------------------------- data
-def val_resize_for(size: int, resize: int | None = None) -> int | None:
+def val_resize_for(size: int, resize: int | str | None = None) -> int | None:
     """The short side the real val images are resized to before the center crop: ``resize``, else
-    256 at 224 px (the ImageNet Resize(256) + CenterCrop(224)), else none (short side = ``size``)."""
-    return resize if resize is not None else (256 if size == 224 else None)
+    256 at 224 px (the ImageNet Resize(256) + CenterCrop(224)), else none (short side = ``size``);
+    ``"size"``: the short side to ``size`` itself (IDC/Minimax/EDITS's Resize(size) + CenterCrop(size))."""
+    if resize == "size":
+        return None
+    return int(resize) if resize is not None else (256 if size == 224 else None)
 
 
 def load_distilled(root: str | os.PathLike, classes: list[str], size: int | None = None
@@ -96,9 +101,14 @@ def dataset_name(val_root: str | os.PathLike) -> str:
 
 # ----------------------------------------------------------------------------- one job
 def _job_payload(data: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    """The set and the real val set as tensors, normalised with the dataset's statistics (and ZCA-whitened
+    when the data carries a fitted ``zca``)."""
     mean, std = data["mean"], data["std"]
-    return {"train_x": to_tensor(data["train_x"], mean, std), "train_y": torch.from_numpy(data["train_y"]),
-            "val_x": to_tensor(data["val_x"], mean, std), "val_y": torch.from_numpy(data["val_y"])}
+    train_x, val_x = to_tensor(data["train_x"], mean, std), to_tensor(data["val_x"], mean, std)
+    if data.get("zca") is not None:
+        train_x, val_x = apply_zca(train_x, data["zca"]), apply_zca(val_x, data["zca"])
+    return {"train_x": train_x, "train_y": torch.from_numpy(data["train_y"]),
+            "val_x": val_x, "val_y": torch.from_numpy(data["val_y"])}
 
 
 def _teacher_from(state: dict[str, Any] | None, device: Any) -> torch.nn.Module | None:
@@ -339,7 +349,8 @@ def make_jobs(sets: dict[str, dict[str, Any]], cfg: EvalConfig) -> list[dict[str
         for student in cfg.students:
             for seed in info.get("seeds") or eval_seeds(cfg):
                 spec = TrainSpec.from_config(cfg, student, seed, ipc=info.get("ipc"),
-                                             num_classes=info.get("num_classes")).to_dict()
+                                             num_classes=info.get("num_classes"),
+                                             set_lr=info.get("learned_lr")).to_dict()
                 jobs.append({"set": set_name, "row": info.get("row", set_name), "student": student, "seed": seed,
                              "images": info.get("n_images"), "name": f"{set_name}-{student}-s{seed}", "spec": spec})
     return jobs
@@ -372,6 +383,7 @@ def aggregate(runs: list[dict[str, Any]], sets: dict[str, dict[str, Any]], cfg: 
                 "best_mean": round(float(best.mean()), 2), "best_std": round(float(best.std()), 2),
                 "final_mean": round(float(final.mean()), 2), "final_std": round(float(final.std()), 2),
                 "epochs": mine[0].get("epochs", cfg.epochs), "preset": cfg.preset, "images": info["n_images"],
+                "normalization": info.get("normalization"),
                 "distilled": info["dir"], "seconds": round(float(sum(r["seconds"] for r in mine)), 1),
                 "runs": [{"seed": r["seed"], "final": round(r["final"], 2), "best": round(r["best"], 2),
                           "reported": round(float(r.get("reported", r["final"])), 2),
@@ -410,9 +422,7 @@ def evaluate_sets(sets: dict[str, Any], val_root: str | os.PathLike, cfg: EvalCo
     ``classes`` restricts the real val set to a class subset (sweeps on a few classes).
     Results are written (merged) to ``out_dir/results.{json,csv,md}`` when ``write``.
     """
-    cfg = resolve_preset(cfg)
-    check_students(cfg.students)
-    check_excluded(cfg.exclude_from_mean)
+    cfg = check_eval(cfg)
     out = Path(out_dir)
     t0 = time.time()
     # the real val set first: its classes define the labels; its size follows the first set
@@ -420,20 +430,25 @@ def evaluate_sets(sets: dict[str, Any], val_root: str | os.PathLike, cfg: EvalCo
     size = cfg.image_size or load_distilled_size(next(iter(parts.values()))[1])
     val_x, val_y, classes, _ = load_image_arrays(val_root, size, classes=classes, skip_bad=True,
                                                  resize=val_resize_for(size, cfg.val_resize))
+    norm = dataset_norm(cfg, classes, train_root, val_x, size, log=log)  # one for every set, never a set's own
+    zca = fit_dataset_zca(cfg, train_root, classes, size, norm) if cfg.zca else None
     loaded: dict[str, dict[str, Any]] = {}
     arrays: dict[str, dict[str, Any]] = {}
     for key, (name, d, seeds) in parts.items():
         x, y, meta = load_distilled(d, classes, size)
-        mean, std = channel_stats(x)
         method = (methods or {}).get(name, meta["method"])
         loaded[key] = {"method": method, "ipc": meta["ipc"], "dir": str(d), "n_images": len(y),
-                       "num_classes": len(classes), "row": name, **({"seeds": seeds} if seeds else {})}
-        arrays[key] = {"train_x": x, "train_y": y, "val_x": val_x, "val_y": val_y, "mean": mean, "std": std,
-                       "num_classes": len(classes)}
-        log(f"eval set {key}: {len(y)} images ({method}, IPC {meta['ipc']}) from {d}")
+                       "num_classes": len(classes), "row": name, "normalization": norm["source"],
+                       "learned_lr": learned_lr(d) if cfg.lr_from_set else None, **({"seeds": seeds} if seeds else {})}
+        arrays[key] = {"train_x": x, "train_y": y, "val_x": val_x, "val_y": val_y, "mean": norm["mean"],
+                       "std": norm["std"], "num_classes": len(classes), "zca": zca}
+        lr_note = f", learned lr {loaded[key]['learned_lr']:g}" if loaded[key]["learned_lr"] is not None else ""
+        if cfg.lr_from_set and not lr_note:
+            lr_note = f", no learned lr beside the images: DC's evaluate_synset with its fixed lr {cfg.lr:g}"
+        log(f"eval set {key}: {len(y)} images ({method}, IPC {meta['ipc']}{lr_note}) from {d}")
     dataset = cfg.dataset or dataset_name(val_root)
     teacher_state = None
-    if cfg.protocol == "soft" and cfg.teacher_checkpoint:
+    if cfg.protocol == "soft" and cfg.teacher_checkpoint and cfg.teacher_checkpoint != SCRATCH:
         teacher_state = load_teacher_checkpoint(cfg, len(classes), size)
         log(f"teacher {cfg.teacher}: loaded from {cfg.teacher_checkpoint}")
     elif cfg.protocol == "soft":
@@ -442,7 +457,7 @@ def evaluate_sets(sets: dict[str, Any], val_root: str | os.PathLike, cfg: EvalCo
                             "or a pretrained one (eval.teacher_checkpoint)")
         teacher_state = fit_teacher(train_root, classes, size, cfg, (val_x, val_y), log=log)
     recipe = protocol_record(cfg, size, len(val_y), val_resize_for(size, cfg.val_resize),
-                             normalisation_label(teacher_state))
+                             normalisation_label(teacher_state, norm))
     jobs = make_jobs(loaded, cfg)
     log(f"evaluating {len(loaded)} set(s) x {len(cfg.students)} student(s) x {cfg.repeats} seed(s) = "
         f"{len(jobs)} job(s) on {cfg.backend}")
@@ -467,6 +482,39 @@ def evaluate_sets(sets: dict[str, Any], val_root: str | os.PathLike, cfg: EvalCo
     return rows
 
 
+SCRATCH = "scratch"  # eval.teacher_checkpoint: train the soft-label teacher on the real train split
+
+
+def check_eval(cfg: EvalConfig) -> EvalConfig:
+    """The preset-resolved eval section, checked before anything loads or trains: student names, the
+    headline's exclusions, and the pretrained teacher a preset requires (rded / sre2l)."""
+    cfg = resolve_preset(cfg)
+    check_students(cfg.students)
+    check_excluded(cfg.exclude_from_mean)
+    if cfg.protocol == "soft" and cfg.teacher_required and not cfg.teacher_checkpoint:
+        raise ConfigError(f"eval.preset {cfg.preset!r} relabels with a pretrained teacher: set "
+                          f"eval.teacher_checkpoint to a ResNet-18 state dict (ours, torchvision's or timm's "
+                          f"layout) for eval.teacher={cfg.teacher!r}, or eval.teacher_checkpoint={SCRATCH} to "
+                          "train one on the real train split first (not the peers' protocol)")
+    ckpt = cfg.teacher_checkpoint
+    if cfg.protocol == "soft" and ckpt and ckpt != SCRATCH and not Path(ckpt).is_file():
+        raise DataError(f"eval.teacher_checkpoint {ckpt}: no such file (a ResNet-18 state dict, or "
+                        f"eval.teacher_checkpoint={SCRATCH} to train the teacher on the real train split)")
+    if cfg.zca and cfg.normalize == "imagenet":
+        raise ConfigError("eval.zca whitens with the real train split's statistics (MTT's CIFAR option); "
+                          "it contradicts eval.normalize=imagenet: drop one of the two")
+    return cfg
+
+
+def fit_dataset_zca(cfg: EvalConfig, train_root: str | os.PathLike | None, classes: list[str], size: int,
+                    norm: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """ZCA fitted on the real train split, normalised like every input (``tuning.eval_inputs``)."""
+    if not train_root:
+        raise ConfigError("eval.zca fits on the real train split: give data.root (or --train)")
+    x, _, _, _ = load_image_arrays(train_root, size, classes=classes, skip_bad=True)
+    return fit_zca(to_tensor(x, norm["mean"], norm["std"]), cfg.zca_eps)
+
+
 def load_distilled_size(root: str | os.PathLike) -> int:
     root = Path(root)
     man = root / MANIFEST
@@ -478,14 +526,14 @@ def load_distilled_size(root: str | os.PathLike) -> int:
     return int(min(load_rgb(index.records[0].path).shape[:2]))
 
 
-def normalisation_label(teacher_state: dict[str, Any] | None) -> str:
+def normalisation_label(teacher_state: dict[str, Any] | None, norm: dict[str, Any]) -> str:
     """How ``evaluate_sets`` normalises each set's training images and the real val set (the protocol table's
     ``normalisation``; say here what the code there does)."""
     if teacher_state:
         return (f"the soft-label teacher's mean {np.round(np.asarray(teacher_state['mean']), 3).tolist()} and std "
                 f"{np.round(np.asarray(teacher_state['std']), 3).tolist()}, for every set and the real val set")
-    return ("each set's own per-channel mean and std (channel_stats of its training images); the real val set "
-            "with that set's statistics")
+    return (f"the dataset's {norm['source']} statistics (mean {np.round(norm['mean'], 3).tolist()}, std "
+            f"{np.round(norm['std'], 3).tolist()}), the same for every set and the real val set")
 
 
 def _teacher_normalised(arrays: dict[str, Any], teacher_state: dict[str, Any] | None) -> dict[str, Any]:
@@ -497,18 +545,13 @@ def _teacher_normalised(arrays: dict[str, Any], teacher_state: dict[str, Any] | 
 
 def load_teacher_checkpoint(cfg: EvalConfig, num_classes: int, size: int) -> dict[str, Any]:
     """The soft-label teacher from ``eval.teacher_checkpoint``: a state dict of ``build_student(eval.teacher)``
-    (a ``module.`` prefix from DDP is dropped); inputs use ``eval.teacher_mean`` / ``teacher_std``."""
+    in our names or, for ``resnet18_imagenet_*``, torchvision's / timm's (``tuning.teacher_ckpt``; a ``module.``
+    prefix from DDP is dropped); inputs use ``eval.teacher_mean`` / ``teacher_std``."""
     path = Path(cfg.teacher_checkpoint or "")
-    if not path.is_file():
-        raise DataError(f"eval.teacher_checkpoint {path}: no such file (save one with "
-                        f"torch.save(model.state_dict(), path) for eval.teacher={cfg.teacher!r})")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict):
-        raise DataError(f"eval.teacher_checkpoint {path}: expected a state dict, got {type(state).__name__}")
-    state = {k.removeprefix("module."): v for k, v in state.items()}
+    state = read_state_dict(path)
     net = build_student(cfg.teacher, 3, num_classes, size)
     try:
-        net.load_state_dict(state)
+        load_into(net, state)
     except RuntimeError as err:
         raise DataError(f"eval.teacher_checkpoint {path} does not fit eval.teacher={cfg.teacher!r} with "
                         f"{num_classes} classes at {size} px: {str(err).splitlines()[0]}") from None

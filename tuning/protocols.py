@@ -5,7 +5,8 @@ Two protocols (docs/METHODS.md, "Evaluation protocols"):
 - **hard** labels (DC/DM/MTT/Minimax style): cross-entropy on the distilled labels, SGD with
   momentum, a schedule, DSA and/or crop/flip/colour, CutMix / mixup, optional EMA of the weights;
 - **soft** labels (SRe2L/RDED style): a teacher trained on (or loaded for) the real set labels
-  every augmented, mixed batch; the student minimises ``KL(softmax(t/T) || softmax(s/T)) * T^2``.
+  every augmented, mixed batch; the student minimises ``KL(softmax(t/T) || softmax(s/T))`` (times ``T^2``
+  only with ``eval.kl_t_squared``: the peers' code leaves the factor out).
 
 ``train_student(spec, data)`` is framework-free (plain torch, explicit seeds); Ray Train
 calls it inside each worker (tuning/evaluate.py) and the tests call it directly. ``train_on`` takes any
@@ -52,11 +53,17 @@ PRESETS: dict[str, dict[str, Any]] = {
     # 3000 at IPC 1, 2000 at <= 10, 1500 at <= 50, 1000 at <= 200, 500 at <= 500, else 300; with exactly
     # 100 classes (``nclass == 100``; ImageNet-1K keeps the table) x2/3, floored to a multiple of 100
     # (2000 -> 1300, 1500 -> 1000, 1000 -> 600). See ``run_epochs``.
+    # Above 100 classes (``args.nclass > 100`` for ImageNet) IDC/Minimax/EDITS switch to lr 0.1, weight decay 1e-4
+    # and a batch of at least 128 (einsteinxia/EDITS evaluation/Minimax/argument.py lines 296-304, commit 42e7d0c;
+    # the same block in IDC's argument.py). The real val images are Resize(size) + CenterCrop(size) (EDITS
+    # evaluation/Minimax/data.py lines 310-312 and 810-812, commit 42e7d0c), never Resize(256) at 224 px.
     "edits": {"protocol": "hard", "optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4,
               "batch_size": 64, "augment": "rrc+flip+jitter+lighting+cutmix", "mix_alpha": 1.0,
               "rrc_scale": (0.5, 1.0), "jitter": 0.4, "lighting": 0.1, "epochs": 300,
               "epochs_by_ipc": {1: 3000, 10: 2000, 50: 1500, 200: 1000, 500: 500},
               "many_classes_epoch_factor": 2 / 3,
+              "recipe_above_classes": {100: {"lr": 0.1, "weight_decay": 1e-4, "min_batch": 128}},
+              "val_resize": "size",
               "schedule": "multistep", "lr_step_unit": "epoch", "eval_count": 100, "report": "best",
               "repeats": 3},
     # PReDD/MTT cross-architecture evaluation (what DIVER reports): per-student lr, batch 256, linear
@@ -75,34 +82,56 @@ PRESETS: dict[str, dict[str, Any]] = {
               "lr_step_unit": "epoch", "ema_decay": 0.995, "ema_every": "epoch", "ema_warmup": True,
               "augment": "dsa", "dsa_strategy": DEFAULT_STRATEGY, "repeats": 5, "report": "final"},
     # MTT evaluate_synset: lr 0.01 decayed x0.1 at half, batch 256, DSA, 1000 epochs.
+    # The lr is MTT's learned one (``args.lr_net = syn_lr.item()`` before ``evaluate_synset``,
+    # GeorgeCazenavette/mtt-distillation distill.py, commit 1a6f630) when a set carries it (``lr_best.pt`` beside
+    # images_best.pt, as MTT's descendants save it); without it the preset is DC's ``evaluate_synset`` with its
+    # fixed lr 0.01. ``eval.zca`` whitens as MTT's CIFAR runs (``--zca``).
     "mtt": {"protocol": "hard", "epochs": 1000, "lr": 0.01, "batch_size": 256, "schedule": "step",
-            "augment": "dsa", "momentum": 0.9, "weight_decay": 5e-4, "repeats": 5},
+            "augment": "dsa", "momentum": 0.9, "weight_decay": 5e-4, "repeats": 5, "lr_from_set": True},
     # RDED: AdamW, half-cosine per epoch (ends at 0.5x), ShufflePatches + RRC + flip, CutMix relabelled
-    # by the teacher, KL at T = 20, batch 50 (100 beyond 10 classes), best over the last 20% of training.
+    # by the teacher, KL at T = 20 without a T^2 factor, best over the last 20% of training.
     # Augmentation order and crop scale as LINs-lab/RDED validation/main.py lines 115-126: ShufflePatches(factor)
     # on the tensor first, then RandomResizedCrop with scale (1 / factor, max_scale_crops), then the flip;
     # factor 2 (argument.py lines 54-58, and every ImageNet script in scripts/) and max_scale_crops 1
     # (argument.py line 112) give scale (0.5, 1.0), not torchvision's (0.08, 1.0).
-    # Left as is: RDED's batch also depends on the IPC (argument.py lines 234-258: 10 / 50 / 100 at IPC 1 / 10 / 50,
-    # x2 at 100 or 1000 classes); ``batch_by_classes`` holds its IPC-10 column.
+    # Read in LINs-lab/RDED at commit 3f6453d: the batch by IPC (argument.py lines 234-248: 10 / 50 / 100 at
+    # IPC 1 / 10 / 50, x2 at exactly 100 or 1000 classes, capped at IPC x classes, lines 254-256); the AdamW lr
+    # per student (argument.py lines 269-299: conv* / resnet18* 0.001, efficientnet_b0 0.002, mobilenet_v2
+    # 0.0025, vit_b_16 0.0001; keyed here by our student-name prefixes); weight decay 0.01 only on parameters
+    # named "weight" with >= 2 dimensions (validation/utils.py ``get_parameters`` lines 67-84); a test after
+    # every 10th epoch and the last, counted only past 80% (validation/main.py lines 176-190); KLDivLoss
+    # (batchmean) of the T-softened outputs with no T^2 (validation/main.py lines 202-226).
+    # The teacher is a pretrained ResNet-18 (eval.teacher_checkpoint, torchvision's / timm's layout accepted).
     "rded": {"protocol": "soft", "optimizer": "adamw", "lr": 0.001, "weight_decay": 0.01, "epochs": 300,
+             "lr_per_student": {"convnet": 0.001, "resnet": 0.001, "efficientnet": 0.002, "mobilenetv2": 0.0025,
+                                "vit": 0.0001},
+             "decay_params": "weights_2d", "kl_t_squared": False,
              "schedule": "half_cosine", "lr_step_unit": "epoch", "augment": "shuffle_patches+rrc+flip+cutmix",
              "rrc_scale": (0.5, 1.0), "shuffle_factor": 2, "mix_alpha": 1.0, "temperature": 20.0,
-             "batch_size": 50, "batch_by_classes": {10: 50, 1000: 100}, "best_from": 0.8, "report": "best",
-             "repeats": 3},
-    # SRe2L: as RDED but a full cosine to 0 and RRC(0.08-1) + flip.
+             "batch_size": 100, "batch_by_ipc": {1: 10, 10: 50, 50: 100}, "batch_factor_by_classes": {100: 2, 1000: 2},
+             "best_from": 0.8, "best_every": 10, "report": "best", "repeats": 3,
+             "teacher": "resnet18_imagenet_bn", "teacher_required": True},
+    # SRe2L (VILA-Lab/SRe2L SRe2L/validate/train_KD.py, commit d6a720e): AdamW 0.001, weight decay 0.01 on >= 2-D
+    # weights (``get_parameters``), a full cosine to 0 per epoch, RRC(0.08-1) + flip, CutMix relabelled by the
+    # pretrained teacher, KL at T = 20 (train_KD.sh) with the T^2 line commented out, batch 1,024 (the default;
+    # train_KD.sh runs 512 x 2 gradient accumulation, the same effective batch), capped at IPC x classes; a
+    # test every 10 epochs and the last, the best over all of them (train_KD.py: ``epoch % 10 == 0``).
     "sre2l": {"protocol": "soft", "optimizer": "adamw", "lr": 0.001, "weight_decay": 0.01, "epochs": 300,
+              "decay_params": "weights_2d", "kl_t_squared": False,
               "schedule": "cosine", "lr_step_unit": "epoch", "augment": "rrc+flip+cutmix", "rrc_scale": (0.08, 1.0),
-              "mix_alpha": 1.0, "temperature": 20.0, "batch_size": 50, "batch_by_classes": {10: 50, 1000: 100},
-              "best_from": 0.8, "report": "best", "repeats": 3},
+              "mix_alpha": 1.0, "temperature": 20.0, "batch_size": 1024,
+              "eval_every": 10, "report": "best", "repeats": 3,
+              "teacher": "resnet18_imagenet_bn", "teacher_required": True},
     # The laptop demo: short but the same recipe shape (DSA, SGD, cosine), 2 repeats.
     "demo": {"protocol": "hard", "epochs": 60, "lr": 0.01, "batch_size": 64, "augment": "dsa", "repeats": 2,
              "schedule": "cosine", "eval_every": 20},
 }
 
 # An explicit key also switches off the preset's rules that would otherwise replace its value.
-_RULES_OF = {"lr": ("lr_per_student",), "epochs": ("epochs_by_ipc", "many_classes_epoch_factor"),
-             "batch_size": ("batch_by_classes",)}
+_RULES_OF = {"lr": ("lr_per_student", "lr_from_set"), "epochs": ("epochs_by_ipc", "many_classes_epoch_factor"),
+             "batch_size": ("batch_by_classes", "batch_by_ipc", "batch_factor_by_classes")}
+# the recipe_above_classes entry an explicit key switches off
+_RECIPE_KEY_OF = {"lr": "lr", "weight_decay": "weight_decay", "batch_size": "min_batch"}
 
 
 def resolve_preset(cfg: EvalConfig) -> EvalConfig:
@@ -117,6 +146,10 @@ def resolve_preset(cfg: EvalConfig) -> EvalConfig:
             for rule in rules:
                 if rule not in cfg.model_fields_set:
                     preset.pop(rule, None)
+    if "recipe_above_classes" in preset and "recipe_above_classes" not in cfg.model_fields_set:
+        mine = {k for f, k in _RECIPE_KEY_OF.items() if f in cfg.model_fields_set}
+        preset["recipe_above_classes"] = {n: {k: v for k, v in r.items() if k not in mine}
+                                          for n, r in preset["recipe_above_classes"].items()}
     merged = {**preset, **cfg.model_dump(include=cfg.model_fields_set)}
     merged["preset"] = cfg.preset
     return EvalConfig.model_validate(merged)
@@ -128,10 +161,27 @@ def _bounded(table: dict[int, int], value: int) -> int | None:
     return table[keys[0]] if keys else None
 
 
-def student_lr(cfg: EvalConfig, student: str) -> float:
-    """``lr_per_student`` entry whose key is the longest prefix of ``student``, else ``lr``."""
+def above_classes(cfg: EvalConfig, num_classes: int | None) -> dict[str, float]:
+    """The ``recipe_above_classes`` entry of the largest bound below ``num_classes`` ({} when none applies)."""
+    if num_classes is None:
+        return {}
+    bounds = [b for b in cfg.recipe_above_classes if num_classes > b]
+    return dict(cfg.recipe_above_classes[max(bounds)]) if bounds else {}
+
+
+def student_lr(cfg: EvalConfig, student: str, num_classes: int | None = None) -> float:
+    """``recipe_above_classes``' lr when the class count passes its bound, else the ``lr_per_student`` entry
+    whose key is the longest prefix of ``student``, else ``lr``."""
+    recipe = above_classes(cfg, num_classes)
+    if "lr" in recipe:
+        return float(recipe["lr"])
     hits = [k for k in cfg.lr_per_student if student.startswith(k)]
     return cfg.lr_per_student[max(hits, key=len)] if hits else cfg.lr
+
+
+def run_weight_decay(cfg: EvalConfig, num_classes: int | None) -> float:
+    """``weight_decay``, or ``recipe_above_classes``' when the class count passes its bound."""
+    return float(above_classes(cfg, num_classes).get("weight_decay", cfg.weight_decay))
 
 
 def run_epochs(cfg: EvalConfig, ipc: int | None, num_classes: int | None) -> int:
@@ -147,17 +197,24 @@ def run_epochs(cfg: EvalConfig, ipc: int | None, num_classes: int | None) -> int
 
 
 def run_batch_size(cfg: EvalConfig, ipc: int | None, num_classes: int | None) -> int:
-    """Batch for a set: ``batch_by_classes`` (else ``batch_size``), capped at IPC x classes."""
-    bs = (_bounded(cfg.batch_by_classes, num_classes) if num_classes is not None else None) or cfg.batch_size
+    """Batch for a set: ``batch_by_ipc`` (RDED), else ``batch_by_classes``, else ``batch_size``; times
+    ``batch_factor_by_classes`` at that exact class count; at least ``recipe_above_classes``' ``min_batch``
+    (IDC's ``max(128, batch_size)``); capped at IPC x classes."""
+    bs = (_bounded(cfg.batch_by_ipc, ipc) if ipc is not None else None) \
+        or (_bounded(cfg.batch_by_classes, num_classes) if num_classes is not None else None) or cfg.batch_size
+    if num_classes is not None and num_classes in cfg.batch_factor_by_classes:
+        bs = max(1, round(bs * cfg.batch_factor_by_classes[num_classes]))
+    bs = max(bs, int(above_classes(cfg, num_classes).get("min_batch", 0)))
     return min(bs, ipc * num_classes) if ipc and num_classes else bs
 
 
-def report_label(report: str, best_from: float) -> str:
+def report_label(report: str, best_from: float, best_every: int = 1) -> str:
     """What a row's top-1 is: ``final``, or a best selected on the test split."""
     if report == "final":
         return "final"
     window = f" of the last {round(100 * (1 - best_from))}% of epochs" if best_from > 0 else ""
-    return f"best{window} (selected on the test split)"
+    every = f", tested every {best_every} epochs" if best_every > 1 else ""
+    return f"best{window}{every} (selected on the test split)"
 
 
 @dataclass
@@ -171,6 +228,7 @@ class TrainSpec:
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    decay_params: str = "all"
     optimizer: str = "sgd"
     schedule: str = "cosine"
     warmup_fraction: float = 0.5
@@ -187,27 +245,33 @@ class TrainSpec:
     ema_warmup: bool = False
     protocol: str = "hard"
     temperature: float = 4.0
+    kl_t_squared: bool = False
     eval_every: int = 0  # 0: evaluate only after the last epoch
     eval_count: int = 0  # also every epochs // eval_count epochs
-    best_from: float = 0.0  # best over the tests after this fraction of the epochs (each epoch tested)
+    best_from: float = 0.0  # best over the tests after this fraction of the epochs
+    best_every: int = 1  # past best_from, tested every this many epochs
     report: str = "final"
     student_kwargs: dict[str, Any] = field(default_factory=dict)
     threads: int = 1
 
     @classmethod
     def from_config(cls, cfg: EvalConfig, student: str, seed: int, ipc: int | None = None,
-                    num_classes: int | None = None) -> TrainSpec:
-        """The spec of one run; ``ipc``/``num_classes`` feed the presets' epoch and batch rules."""
+                    num_classes: int | None = None, set_lr: float | None = None) -> TrainSpec:
+        """The spec of one run; ``ipc``/``num_classes`` feed the presets' epoch, batch, lr and decay rules;
+        ``set_lr`` (a set's learned lr, MTT) replaces the lr when ``lr_from_set``."""
         cfg = resolve_preset(cfg)
+        lr = set_lr if cfg.lr_from_set and set_lr is not None else student_lr(cfg, student, num_classes)
         return cls(student=student, seed=seed, epochs=run_epochs(cfg, ipc, num_classes),
-                   batch_size=run_batch_size(cfg, ipc, num_classes), lr=student_lr(cfg, student),
-                   momentum=cfg.momentum, weight_decay=cfg.weight_decay, optimizer=cfg.optimizer,
+                   batch_size=run_batch_size(cfg, ipc, num_classes), lr=lr,
+                   momentum=cfg.momentum, weight_decay=run_weight_decay(cfg, num_classes),
+                   decay_params=cfg.decay_params, optimizer=cfg.optimizer,
                    schedule=cfg.schedule, warmup_fraction=cfg.warmup_fraction, lr_step_unit=cfg.lr_step_unit,
                    augment=cfg.augment, dsa_strategy=cfg.dsa_strategy, mix_alpha=cfg.mix_alpha,
                    rrc_scale=tuple(cfg.rrc_scale), jitter=cfg.jitter, lighting=cfg.lighting,
                    shuffle_factor=cfg.shuffle_factor, ema_decay=cfg.ema_decay, ema_every=cfg.ema_every,
                    ema_warmup=cfg.ema_warmup, protocol=cfg.protocol, temperature=cfg.temperature,
-                   eval_every=cfg.eval_every, eval_count=cfg.eval_count, best_from=cfg.best_from,
+                   kl_t_squared=cfg.kl_t_squared, eval_every=cfg.eval_every, eval_count=cfg.eval_count,
+                   best_from=cfg.best_from, best_every=cfg.best_every,
                    report=cfg.report, student_kwargs=dict(cfg.student_kwargs.get(student, {})),
                    threads=max(1, math.floor(cfg.cpus_per_job)))
 
@@ -216,12 +280,17 @@ class TrainSpec:
 
 
 # ----------------------------------------------------------------------------- losses, mixing
-def soft_label_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """``T^2 * mean_batch KL(softmax(t/T) || softmax(s/T))`` (Hinton distillation, SRe2L/RDED relabel)."""
+def soft_label_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float,
+                    t_squared: bool = False) -> torch.Tensor:
+    """``mean_batch KL(softmax(t/T) || softmax(s/T))``, times ``T^2`` only with ``t_squared`` (Hinton's
+    factor). SRe2L/RDED's relabel loss is ``KLDivLoss(reduction="batchmean")`` with no factor
+    (LINs-lab/RDED validation/main.py lines 202-226, commit 3f6453d; VILA-Lab/SRe2L validate/train_KD.py,
+    commit d6a720e, where the T^2 line is commented out)."""
     t = float(temperature)
     log_p_s = F.log_softmax(student_logits / t, dim=1)
     p_t = F.softmax(teacher_logits / t, dim=1)
-    return F.kl_div(log_p_s, p_t, reduction="batchmean") * (t * t)
+    kl = F.kl_div(log_p_s, p_t, reduction="batchmean")
+    return kl * (t * t) if t_squared else kl
 
 
 def mix_batch(x: torch.Tensor, kind: str, alpha: float, rng: np.random.Generator,
@@ -316,11 +385,27 @@ def _schedule(opt: torch.optim.Optimizer, spec: TrainSpec, steps_per_epoch: int)
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
+def param_groups(net: nn.Module, decay_params: str, weight_decay: float) -> list[dict[str, Any]]:
+    """``all``: one group with ``weight_decay``; ``weights_2d``: decay only parameters whose name holds
+    ``weight`` and that have >= 2 dimensions (conv / linear kernels), the rest (biases, norm scales, class
+    tokens, position embeddings) at 0, as RDED's / SRe2L's ``get_parameters`` (LINs-lab/RDED
+    validation/utils.py lines 67-84, commit 3f6453d)."""
+    if decay_params == "all":
+        return [{"params": list(net.parameters()), "weight_decay": weight_decay}]
+    if decay_params != "weights_2d":
+        raise ConfigError(f"unknown eval.decay_params {decay_params!r} (all | weights_2d)")
+    decay, rest = [], []
+    for name, p in net.named_parameters():
+        (decay if "weight" in name and p.ndim >= 2 else rest).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+
+
 def _optimizer(net: nn.Module, spec: TrainSpec) -> torch.optim.Optimizer:
+    groups = param_groups(net, spec.decay_params, spec.weight_decay)
     if spec.optimizer == "sgd":
-        return torch.optim.SGD(net.parameters(), lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
+        return torch.optim.SGD(groups, lr=spec.lr, momentum=spec.momentum)
     if spec.optimizer == "adamw":
-        return torch.optim.AdamW(net.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
+        return torch.optim.AdamW(groups, lr=spec.lr)
     raise ConfigError(f"unknown eval.optimizer {spec.optimizer!r} (sgd | adamw)")
 
 
@@ -409,7 +494,7 @@ def _batch_loss(s: _Step, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
     if spec.protocol == "soft":
         with torch.no_grad():
             t_logits = s.teacher(xb)
-        return soft_label_loss(logits, t_logits, spec.temperature)
+        return soft_label_loss(logits, t_logits, spec.temperature, spec.kl_t_squared)
     loss = F.cross_entropy(logits, yb)
     if partner is not None and lam < 1.0:
         loss = lam * loss + (1 - lam) * F.cross_entropy(logits, yb[partner.to(s.device)])
@@ -471,12 +556,13 @@ def _check_protocol(spec: TrainSpec, teacher: nn.Module | None) -> None:
 
 def tested_after(spec: TrainSpec, epoch: int) -> bool:
     """Whether the student is tested after (1-based) ``epoch``: the last one, every ``eval_every``,
-    every ``epochs // eval_count``, and every epoch past ``best_from`` of training."""
+    every ``epochs // eval_count``, and every ``best_every``-th epoch past ``best_from`` of training (RDED:
+    epochs 250, 260, ..., 300 of 300, validation/main.py lines 179-180)."""
     if epoch == spec.epochs or (spec.eval_every and epoch % spec.eval_every == 0):
         return True
     if spec.eval_count and epoch % max(1, spec.epochs // spec.eval_count) == 0:
         return True
-    return spec.best_from > 0 and epoch > spec.best_from * spec.epochs
+    return spec.best_from > 0 and epoch > spec.best_from * spec.epochs and epoch % max(1, spec.best_every) == 0
 
 
 def _setup(spec: TrainSpec, data: Any, num_classes: int, teacher: nn.Module | None,
@@ -567,7 +653,8 @@ def train_on(
             on_epoch(history[-1])
     lrs.append(float(step.opt.param_groups[0]["lr"]))
     return {"student": spec.student, "seed": spec.seed, "final": final, "best": best, "best_epoch": best_epoch,
-            "reported": best if spec.report == "best" else final, "report": report_label(spec.report, spec.best_from),
+            "reported": best if spec.report == "best" else final,
+            "report": report_label(spec.report, spec.best_from, spec.best_every),
             "train_loss": loss_val, "history": history, "lr_per_epoch": lrs, "seconds": time.time() - t0,
             "epochs": spec.epochs, "batch_size": spec.batch_size, "lr": spec.lr,
             "optimizer": type(step.opt).__name__}

@@ -11,6 +11,8 @@
 - ``resnet_ap10``: ResNet-AP-10 exactly as IDC (average-pool downsampling, stem by resolution
   as IDC: no pool <= 64 px, AvgPool(2) <= 128 px, 7x7 + AvgPool(4) above), instance norm;
 - ``mobilenetv2``, ``shufflenetv2`` (1.0x); ``efficientnet_b0`` (torchvision's layout);
+- ``shufflenetv2_predd``, ``mobilenetv2_predd``, ``efficientnet_b0_predd``: PReDD's own definitions (grouped
+  3x3 convs in ShuffleNetV2; no dropout or stochastic depth), the pool DIVER reports (tuning/students_predd.py);
 - ``vit_tiny``: ViT-Ti (dim 192, 12 blocks, 3 heads), about 8 x 8 patches whatever the size;
   ``vit_predd``: PReDD's ViT (patch 16, dim 512, depth 10, 8 heads, MLP 512, dropout 0.1).
 
@@ -35,6 +37,7 @@ from torch.nn import functional as F
 from pipeline.errors import ConfigError
 from tuning.convnet import ConvNet, depth_for_resolution
 from tuning.students_effnet import EfficientNetB0
+from tuning.students_predd import PReDDMobileNetV2, PReDDShuffleNetV2
 from tuning.students_resnet import AdaptiveResNet, ResNet18, ResNetAP, reductions
 from tuning.students_vit import PReDDViT, ViT
 
@@ -197,6 +200,10 @@ STUDENTS: dict[str, Callable[..., nn.Module]] = {
     "mobilenetv2": lambda c, n, s, **kw: MobileNetV2(c, n, s, **kw),
     "shufflenetv2": lambda c, n, s, **kw: ShuffleNetV2(c, n, s, **kw),
     "efficientnet_b0": lambda c, n, s, **kw: EfficientNetB0(c, n, s, **kw),
+    "shufflenetv2_predd": lambda c, n, s, **kw: PReDDShuffleNetV2(c, n, s, **kw),
+    "mobilenetv2_predd": lambda c, n, s, **kw: PReDDMobileNetV2(c, n, s, **kw),
+    "efficientnet_b0_predd": lambda c, n, s, **kw: EfficientNetB0(
+        c, n, s, **{"dropout": 0.0, "stochastic_depth": 0.0, "init": "pytorch", **kw}),
     "vit_tiny": lambda c, n, s, **kw: ViT(c, n, s, **kw),
     "vit_predd": lambda c, n, s, **kw: PReDDViT(c, n, s, **kw),
 }

@@ -5,8 +5,8 @@ channels, repeats) = (1,3,1,16,1) (6,3,2,24,2) (6,5,2,40,2) (6,3,2,80,3) (6,5,1,
 (6,5,2,192,4) (6,3,1,320,1); squeeze-excitation with ``max(1, C_in // 4)`` channels (SiLU,
 sigmoid); head 1x1 conv to 1280 + BN + SiLU, global pool, dropout 0.2, linear.
 Stochastic depth grows linearly to 0.2 over the blocks and the init is torchvision's
-(kaiming-normal fan-out convs, uniform(+-1/sqrt(classes)) linear). 5,288,548 parameters at
-1000 classes. The layout is the same at every resolution (total stride 32; 32 px ends at 1 x 1).
+(kaiming-normal fan-out convs, uniform(+-1/sqrt(classes)) linear; ``init="pytorch"`` keeps PyTorch's
+defaults, as PReDD's). 5,288,548 parameters at 1000 classes. The layout is the same at every resolution (total stride 32; 32 px ends at 1 x 1).
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ class EfficientNetB0(nn.Module):
     """EfficientNet-B0 for ``channels`` x ``im_size`` inputs (the size does not change the layout)."""
 
     def __init__(self, channels: int, num_classes: int, im_size: int, dropout: float = 0.2,
-                 stochastic_depth: float = 0.2) -> None:
+                 stochastic_depth: float = 0.2, init: str = "torchvision") -> None:
         super().__init__()
         self.im_size = im_size
         total = sum(s[4] for s in B0_STAGES)
@@ -76,7 +76,9 @@ class EfficientNetB0(nn.Module):
         self.features = nn.Sequential(*layers)
         self.feature_dim = 1280
         self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(1280, num_classes))
-        for m in self.modules():  # torchvision's init
+        if init not in ("torchvision", "pytorch"):
+            raise ValueError(f"unknown EfficientNet init {init!r} (torchvision | pytorch)")
+        for m in self.modules() if init == "torchvision" else ():  # torchvision's init; pytorch: the layers' own
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out")
                 if m.bias is not None:

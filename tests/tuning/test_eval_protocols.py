@@ -24,8 +24,9 @@ def test_soft_label_loss_matches_hand_computed_kl():
     for sv, tv in zip(s.tolist(), t.tolist()):
         ps, pt = softmax(sv), softmax(tv)
         kl += sum(q * (math.log(q) - math.log(p)) for p, q in zip(ps, pt))
-    expected = kl / 2 * temp ** 2  # batch mean, times T^2
+    expected = kl / 2  # batch mean, no T^2 (SRe2L / RDED's KLDivLoss)
     assert soft_label_loss(s, t, temp).item() == pytest.approx(expected, rel=1e-6)
+    assert soft_label_loss(s, t, temp, t_squared=True).item() == pytest.approx(expected * temp ** 2, rel=1e-6)
     # identical logits: zero loss
     assert soft_label_loss(t, t, 4.0).item() == pytest.approx(0.0, abs=1e-7)
 
