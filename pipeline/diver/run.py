@@ -149,7 +149,6 @@ def class_settings(data, d, class_map: dict[str, int] | None, dit_classes: tuple
     from pipeline.diver.classes import IMAGENET1K_CLASSES, dit_class_map
 
     num_classes, why = dit_classes
-
     if tensor_input and not data.named and class_map is None and (num_classes is None
                                                                    or len(data.classes) != num_classes):
         raise ConfigError(
@@ -209,7 +208,7 @@ def recover_sets(cfg: Config, sets: list[dict[str, Any]], redo: bool) -> dict[st
     settings = resolve_sigma(settings, model_dir)
     vae_ref = vae_ref_for(cfg)
     class_map = load_class_map(d.class_map)
-    num_classes = dit_num_classes(model_dir)  # (count, why unknown)
+    dit_classes = dit_num_classes(model_dir)  # (the DiT's class count, why it is unknown)
     expected_classes = None
     manifest_settings = {**settings.as_dict(), "seed": d.seed, "resolution": d.resolution, "dit": cfg.models.dit,
                          "vae": vae_ref or "dit", "dtype": cfg.models.dtype, **hardware_settings(cfg)}
@@ -228,13 +227,13 @@ def recover_sets(cfg: Config, sets: list[dict[str, Any]], redo: bool) -> dict[st
                            experiment=d.input_experiment)
         s["data"] = data
         check_tiles(data.images, d.input_tiles, str(s["input"]))
-        mapping, expected = class_settings(data, d, class_map, num_classes, tensor_input=not s["dm"])
+        mapping, expected = class_settings(data, d, class_map, dit_classes, tensor_input=not s["dm"])
         expected_classes = expected or expected_classes
         classes = [mapping[c] for c in data.class_ids()]
         # the class map and the DiT's class count decide the images: a change never resumes old ones
         set_settings = {**manifest_settings, "input": str(s["input"]), "input_format": data.fmt,
                         "normalization": data.normalization, "input_sha256": input_fingerprint(data),
-                        "class_map": mapping, "dit_num_classes": num_classes[0]}
+                        "class_map": mapping, "dit_num_classes": dit_classes[0]}
         if d.input_tiles != 1:  # only then: manifests of untiled runs stay resumable
             set_settings["input_tiles"] = d.input_tiles
         writer = DistilledSetWriter(out_dir, "diver", set_settings, image_format=cfg.output.image_format)
@@ -270,7 +269,8 @@ def recover_sets(cfg: Config, sets: list[dict[str, Any]], redo: bool) -> dict[st
         _log(f"recover: {len(rows)} images, DiT {cfg.models.dit}, pool {pool_kw['compute'].max_size}, "
              f"batch {pool_kw['batch_size']}, steps {settings.first_index()}..0 "
              f"(index {settings.num_inference_steps - 1} = t 999), "
-             f"window {list(settings.fusion_window)}, gamma {settings.gamma}, sigma {settings.sigma}")
+             f"window {list(settings.fusion_window)}, gamma {settings.gamma}, sigma {settings.sigma}, "
+             f"timestep embedding {settings.timestep_embedding}")
         ds = stage.dataset(cfg, rows)
         tiles = TileBuffer(d.input_tiles, sizes)
         for out in ds.iter_batches(batch_size=None, batch_format="numpy"):
