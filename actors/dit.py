@@ -18,6 +18,10 @@ from pipeline.core.seeds import image_seed
 from pipeline.diver.guidance import RecoverSettings, image_noise, recover_latents
 
 DEMO_REPORT = "demo_dit.json"  # written by actors/demo_dit.py next to the pipeline it trained
+# diffusers' DiT port embeds timesteps with Timesteps(256, flip_sin_to_cos=True, downscale_freq_shift=1):
+# frequencies 10000^(-k/127). facebookresearch/DiT (models.py, TimestepEmbedder.timestep_embedding, commit
+# 4961bcb) uses 10000^(-k/128), [cos, sin]; that is the same module with downscale_freq_shift=0.
+FREQ_SHIFT = {"diffusers": 1, "dit": 0}
 
 
 def latent_seeds(seeds: list[int]) -> list[int]:
@@ -66,14 +70,68 @@ def variance_usable(model_dir: str | Path) -> tuple[bool | None, str]:
     return True, ""
 
 
+def set_timestep_embedding(transformer, kind: str) -> int:
+    """Make the DiT embed timesteps as ``kind`` says: ``dit`` = facebookresearch/DiT's own formula (what
+    DiT-XL/2's converted weights were trained with), ``diffusers`` = diffusers' port (what a DiT trained in
+    diffusers, e.g. the demo DiT, saw). Sets ``downscale_freq_shift`` of every ``Timesteps`` module (one per
+    block; the final layer reuses block 0's); returns how many were set."""
+    from diffusers.models.embeddings import Timesteps
+
+    if kind not in FREQ_SHIFT:
+        raise ValueError(f"unknown timestep_embedding {kind!r} ({' | '.join(FREQ_SHIFT)})")
+    found = [m for m in transformer.modules() if isinstance(m, Timesteps)]
+    if not found:
+        raise ValueError(f"{type(transformer).__name__} has no Timesteps module: diver.timestep_embedding "
+                         "applies to diffusers DiT transformers only")
+    for m in found:
+        if not m.flip_sin_to_cos:
+            raise ValueError("the DiT's timestep embedding is [sin, cos], not DiT's [cos, sin]: "
+                             "set diver.timestep_embedding=diffusers")
+        m.downscale_freq_shift = FREQ_SHIFT[kind]
+    return len(found)
+
+
+def transformer_config(model_dir: str) -> tuple[dict[str, Any] | None, str]:
+    """(the DiT transformer's config, why it is None): a local folder's ``transformer/config.json``, else the
+    hub's through diffusers' own config loading (the local cache only when HF_HUB_OFFLINE is set)."""
+    folder = Path(model_dir)
+    if folder.is_dir():
+        cfg_file = folder / "transformer" / "config.json"
+        if not cfg_file.is_file():
+            return None, f"{folder} has no transformer/config.json"
+        return json.loads(cfg_file.read_text()), ""
+    from diffusers import DiTTransformer2DModel
+
+    from actors.loading import offline
+
+    try:
+        return dict(DiTTransformer2DModel.load_config(model_dir, subfolder="transformer",
+                                                      local_files_only=offline())), ""
+    except (OSError, ValueError) as err:
+        reason = " ".join(str(err).split())[:300]
+        where = "HF_HUB_OFFLINE is set and the local cache has no copy" if offline() else "it could not be read"
+        return None, f"the config of {model_dir} is unknown here ({where}: {reason})"
+
+
+def dit_num_classes(model_dir: str) -> tuple[int | None, str]:
+    """(the DiT's class count ``num_embeds_ada_norm``, why it is None) from its config (``transformer_config``)."""
+    cfg, why = transformer_config(model_dir)
+    if cfg is None:
+        return None, why
+    n = cfg.get("num_embeds_ada_norm")
+    return (int(n), "") if n is not None else (None, f"{model_dir} has no num_embeds_ada_norm in its config")
+
+
 def load_dit(model_ref: str, zoo_dir: str | None = None, dtype: str = "auto", device: str | None = None,
-             vae_ref: str | None = None, channels_last: bool | str = "auto", compile: bool = False):
+             vae_ref: str | None = None, channels_last: bool | str = "auto", compile: bool = False,
+             timestep_embedding: str = "diffusers"):
     """(transformer, vae, DDIM scheduler) of a diffusers DiT pipeline; bf16 (or fp16) on GPU under ``auto``.
 
     ``vae_ref`` (a folder or hub id, ``models.vae``) replaces the pipeline's own VAE. The
     scheduler only supplies ``alphas_cumprod``; ``clip_sample`` is pinned off (DiT does not clip).
     SDPA attention in both; ``channels_last`` on the VAE (the transformer's one convolution is its patch
     embedding); ``compile`` on the transformer and the VAE decoder (actors/gpu_defaults.py).
+    ``timestep_embedding``: ``diffusers`` (as loaded) or ``dit`` (``set_timestep_embedding``).
     """
     from diffusers import AutoencoderKL, DDIMScheduler, DiTPipeline
 
@@ -84,6 +142,7 @@ def load_dit(model_ref: str, zoo_dir: str | None = None, dtype: str = "auto", de
     torch_dtype = pick_dtype(dtype, dev)
     pipe = load_pretrained("dit", model_ref, DiTPipeline.from_pretrained, zoo_dir=zoo_dir, dtype=torch_dtype)
     transformer = pipe.transformer.to(dev).eval()
+    set_timestep_embedding(transformer, timestep_embedding)
     vae = pipe.vae if vae_ref is None else load_pretrained("vae", vae_ref, AutoencoderKL.from_pretrained,
                                                            zoo_dir=zoo_dir, dtype=torch_dtype)
     vae = vae.to(dev).eval()
@@ -96,7 +155,8 @@ class DiTRecoverActor:
     """Ray Data actor: loads the DiT once, recovers one batch of distilled images per call.
 
     Input columns: ``image`` (``[B, H, W, 3]`` float in [0, 1] or uint8), ``dit_class``,
-    ``seed``; everything else passes through. Adds ``recovered`` (uint8 ``[B, H, W, 3]``)
+    ``seed``; everything else passes through. ``expected_classes``: the class count the driver's class map
+    assumed where it could not read the DiT's config (a hub id not cached there), checked on load. Adds ``recovered`` (uint8 ``[B, H, W, 3]``)
     and drops ``image``. The model sees micro-batches of exactly ``micro_batch`` rows
     (``ray.micro_batch_sizes.recover``), so results are byte-identical whatever the Ray batch.
     """
@@ -104,7 +164,8 @@ class DiTRecoverActor:
     def __init__(self, model_ref: str, settings: dict[str, Any], resolution: int, zoo_dir: str | None = None,
                  dtype: str = "auto", device: str | None = None, micro_batch: int | None = None,
                  torch_threads: int | None = None, faults: dict | None = None, vae_ref: str | None = None,
-                 output_size: int | None = None, channels_last: bool | str = "auto", compile: bool = False) -> None:
+                 output_size: int | None = None, channels_last: bool | str = "auto", compile: bool = False,
+                 expected_classes: int | None = None) -> None:
         from pipeline.core.faults import FaultInjector
 
         self.faults = FaultInjector.from_kwargs(faults)  # debug.fail_every_n_batches (tests)
@@ -112,13 +173,17 @@ class DiTRecoverActor:
 
         set_torch_threads(torch_threads)
         self.micro_batch = micro_batch
-        self.transformer, self.vae, self.scheduler = load_dit(model_ref, zoo_dir, dtype, device, vae_ref=vae_ref,
-                                                                  channels_last=channels_last, compile=compile)
         self.settings = RecoverSettings.from_mapping(settings)
+        self.transformer, self.vae, self.scheduler = load_dit(
+            model_ref, zoo_dir, dtype, device, vae_ref=vae_ref, channels_last=channels_last, compile=compile,
+            timestep_embedding=self.settings.timestep_embedding)
         self.resolution = int(resolution)
         self.output_size = output_size  # None: the input's size
         n = getattr(self.transformer.config, "num_embeds_ada_norm", None)
         self.num_classes = int(n) if n is not None else None
+        if expected_classes is not None and self.num_classes != expected_classes:
+            raise ValueError(f"the class map assumed a DiT with {expected_classes} classes but {model_ref} has "
+                             f"{self.num_classes}: set diver.class_map (input class id -> DiT class index)")
 
     @torch.no_grad()
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

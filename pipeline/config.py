@@ -218,7 +218,13 @@ class DiverConfig(Section):
     cfg_scale: float = Field(4.0, ge=1.0)
     cfg_channels: Literal[3, "all"] = 3  # 3: CFG on latent channels 0..2 like DiT's forward_with_cfg (read); all
     null_class: int | None = None  # None: the DiT's num_embeds_ada_norm (1000 for DiT-XL/2)
-    class_map: str | dict[str, int] | None = None  # json file or inline: input class id -> DiT class index
+    # json file or inline: input class id -> DiT class index. None: wnids by the ImageNet-1K order (any subset),
+    # numeric ids as DiT indices, SRe2L's new<k> as class k; anything else asks for it (pipeline/diver/classes.py)
+    class_map: str | dict[str, int] | None = None
+    # the DiT's timestep embedding: dit = facebookresearch/DiT's 10000^(-k/128) (models.py, commit 4961bcb), what
+    # DiT-XL/2's converted weights were trained with; diffusers = its port's 10000^(-k/127); auto = diffusers
+    # for zoo: DiTs (trained in diffusers), dit for hub ids and local folders
+    timestep_embedding: Literal["auto", "diffusers", "dit"] = "auto"
     # which VAE (inferred): models = models.vae (default sd-vae-ft-mse, the paper's, read); dit = the VAE in the
     # DiT pipeline folder (facebook/DiT-XL-2-256 converts with sd-vae-ft-ema); auto = models for hub/local DiTs,
     # dit for zoo: DiTs (the demo DiT was trained in its own VAE's latent space)
@@ -235,6 +241,14 @@ class DiverConfig(Section):
     @classmethod
     def _cfg_channels(cls, v: Any) -> Any:
         return 3 if str(v) == "3" else v
+
+    @model_validator(mode="after")
+    def _check_input(self) -> DiverConfig:
+        if self.input is not None and self.stage1 is not None:
+            raise ValueError(f"diver.input ({self.input}) and diver.stage1 are both set: DIVER recovers either a "
+                             "given set or the built-in DM's; drop one (e.g. diver.stage1=null to recover "
+                             "diver.input)")
+        return self
 
     @model_validator(mode="after")
     def _check_steps(self) -> DiverConfig:

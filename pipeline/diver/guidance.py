@@ -66,6 +66,9 @@ class RecoverSettings:
     null_class: int | None = None
     inversion_cfg_scale: float = 1.0
     latent_mode: str = "mode"  # mode | sample: how the VAE posterior gives z_d
+    # the DiT's sinusoidal timestep embedding, applied by the actor on load (actors/dit.py): diffusers | dit
+    # (auto: resolved by the driver from models.dit); the maths here does not depend on it
+    timestep_embedding: str = "diffusers"
 
     @classmethod
     def from_mapping(cls, values: dict[str, Any]) -> RecoverSettings:
@@ -103,6 +106,8 @@ class RecoverSettings:
             raise ValueError(f"unknown sigma {self.sigma!r} ({' | '.join(SIGMAS)})")
         if self.cfg_channels not in ("3", "all"):
             raise ValueError(f"unknown cfg_channels {self.cfg_channels!r} (3 | all)")
+        if self.timestep_embedding not in ("auto", "diffusers", "dit"):
+            raise ValueError(f"unknown timestep_embedding {self.timestep_embedding!r} (auto | diffusers | dit)")
         hi, lo = self.fusion_window
         first = self.first_index()
         if self.gamma > 0 and not (0 <= lo <= hi <= first):

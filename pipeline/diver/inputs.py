@@ -18,7 +18,9 @@ Formats (``diver.input_format``) and the layouts each accepts (``LAYOUTS``; ``pt
   Soft labels ``[N, K]`` become their argmax.
 
 ``auto`` picks ``mtt`` when ``images_best.pt`` is present, ``pt`` for a ``.pt`` file or a folder
-holding ``images.pt`` (what ``semdistill distill dm`` writes), else ``imagefolder``.
+holding ``images.pt`` (what ``semdistill distill dm`` writes), else ``imagefolder``. File names only pick
+where to look: an ``images_best.pt`` holding a dict or list (PReDD saves the DC/DM single-experiment dict
+under that name) is read by its content as that ``pt`` layout.
 Images come back as float ``[N, 3, H, W]`` in [0, 1] (grey sets are repeated to 3 channels).
 NCFM's 2x2 tiled images are read as they are; ``diver.input_tiles`` splits them for the DiT (``tiles.py``).
 """
@@ -37,11 +39,11 @@ import torch
 
 from pipeline.core.pixels import normalize, u8_hwc_to_unit_chw
 from pipeline.core.write import atomic_torch_save
+from pipeline.diver.classes import dit_class_map
 from pipeline.errors import DataError
 
 IMAGES_PT = "images.pt"
 NORM_JSON, CLASSES_JSON = "normalization.json", "classes.json"  # beside images_best.pt (export --to pt)
-SRE2L_CLASS = re.compile(r"^new(\d{3,4})$")  # SRe2L/RDED folder of ImageNet class k: new000 .. new999
 PRESETS = {  # well-known normalisations, for configs and error hints
     "imagenet": ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
     "cifar10": ([0.4914, 0.4822, 0.4465], [0.2023, 0.1994, 0.2010]),
@@ -252,6 +254,9 @@ def _unpack(obj, p: Path, experiment: int) -> tuple[object, object, dict, str]:
     if isinstance(obj, (tuple, list)) and obj and all(isinstance(e, (list, tuple)) for e in obj):
         images, labels = _pick_experiment(obj, experiment, p)
         return images, labels, {}, "list"
+    if isinstance(obj, torch.Tensor):
+        raise _unknown_layout(p, f"a bare tensor {list(obj.shape)} without labels (MTT's layout: save it as "
+                                 "images_best.pt beside labels_best.pt and give their folder)")
     raise _unknown_layout(p, type(obj).__name__)
 
 
@@ -265,7 +270,12 @@ def read_pt(path: str | os.PathLike, mean=None, std=None, experiment: int = -1) 
     p = Path(path)
     if p.is_dir():
         p = p / IMAGES_PT
-    images, labels, extra, layout = _unpack(_load(p), p, experiment)
+    return _pt_set(_load(p), p, mean, std, experiment)
+
+
+def _pt_set(obj, p: Path, mean, std, experiment: int) -> Stage1Set:
+    """A ``.pt`` layout (``LAYOUTS``) already loaded from ``p``, told apart by what it holds."""
+    images, labels, extra, layout = _unpack(obj, p, experiment)
     mean = mean if mean is not None else extra.get("mean")
     std = std if std is not None else extra.get("std")
     if mean is None and std is None and layout == "dc_reference" and reference_norm(p) is not None:
@@ -278,20 +288,30 @@ def read_pt(path: str | os.PathLike, mean=None, std=None, experiment: int = -1) 
                      layout=layout)
 
 
-def read_mtt(path: str | os.PathLike, mean=None, std=None, classes: Sequence[str] | None = None) -> Stage1Set:
+def read_mtt(path: str | os.PathLike, mean=None, std=None, classes: Sequence[str] | None = None,
+             experiment: int = -1) -> Stage1Set:
+    """MTT/EDF's ``images_best.pt`` (a bare image tensor) + ``labels_best.pt``. A file of that name holding
+    another layout (a dict or a list, e.g. PReDD's ``{'data': [[images, labels]]}``) is read as that layout:
+    the content decides, never the name."""
     p = Path(path)
     folder = p if p.is_dir() else p.parent
     img_file, lab_file = folder / "images_best.pt", folder / "labels_best.pt"
-    for f in (img_file, lab_file):
-        if not f.is_file():
-            raise DataError(f"MTT/EDF set needs {f.name} in {folder}")
+    if not img_file.is_file():
+        raise DataError(f"MTT/EDF set needs {img_file.name} in {folder}")
+    loaded = _load(img_file)
+    if not isinstance(loaded, torch.Tensor):  # not MTT's bare tensor: one of the .pt layouts
+        s = _pt_set(loaded, img_file, mean, std, experiment)
+        return _named(s, classes) if classes is not None else s
+    if not lab_file.is_file():
+        raise DataError(f"MTT/EDF set needs {lab_file.name} in {folder} (beside {img_file.name}, a bare image "
+                        "tensor)")
     stats, names = folder / NORM_JSON, folder / CLASSES_JSON  # written by `semdistill export --to pt`
     if mean is None and std is None and stats.is_file():
         saved = _read_json(stats)
         mean, std = saved.get("mean"), saved.get("std")
     if classes is None and names.is_file():
         classes = _read_json(names)
-    images = torch.as_tensor(_load(img_file))
+    images = loaded
     x = _to_pixels(images, _plain(mean), _plain(std), str(img_file))
     y, cls = _classes_for(_labels_1d(_load(lab_file), x.shape[0], str(lab_file)), classes)
     norm = {"mean": _plain(mean), "std": _plain(std)} if mean is not None or std is not None else None
@@ -337,13 +357,17 @@ def load_stage1(path: str | os.PathLike, fmt: str = "auto", mean: Sequence[float
         return read_imagefolder(path)
     if fmt == "pt":
         s = read_pt(path, mean, std, experiment)
-        if classes is not None:
-            s.labels, s.classes = _classes_for(s.labels, classes)
-            s.named = True
-        return s
+        return _named(s, classes) if classes is not None else s
     if fmt == "mtt":
-        return read_mtt(path, mean, std, classes)
+        return read_mtt(path, mean, std, classes, experiment)
     raise DataError(f"unknown input format {fmt!r} (auto | imagefolder | pt | mtt)")
+
+
+def _named(s: Stage1Set, classes: Sequence[str]) -> Stage1Set:
+    """``s`` with its label indices named by ``classes`` (``diver.input_classes``)."""
+    s.labels, s.classes = _classes_for(s.labels, classes)
+    s.named = True
+    return s
 
 
 def save_pt(path: str | os.PathLike, images01: torch.Tensor, labels: torch.Tensor, classes: Sequence[str],
@@ -370,22 +394,6 @@ def load_class_map(spec: str | dict | None) -> dict[str, int] | None:
 
 
 def dit_classes(s: Stage1Set, class_map: dict[str, int] | None, num_dit_classes: int | None = None) -> list[int]:
-    """DiT class index per image: the class map; else a numeric class id itself ("953" -> 953, SRe2L's "new953");
-    else the label index, which is right only when the set has all the DiT's classes
-    (ImageNet-1K: sorted wnids are DiT-XL/2's class order), checked when ``num_dit_classes`` is known."""
-    if class_map is None:
-        ids = s.class_ids()
-        if all(c.isdigit() for c in ids):
-            return [int(c) for c in ids]
-        if ids and all(SRE2L_CLASS.match(c) for c in ids):  # SRe2L/RDED folders: new042 = ImageNet class 42
-            return [int(SRE2L_CLASS.match(c)[1]) for c in ids]
-        if num_dit_classes is not None and len(s.classes) != num_dit_classes:
-            raise DataError(
-                f"the input has {len(s.classes)} named classes ({s.classes[:3]}...) but the DiT has "
-                f"{num_dit_classes}: set diver.class_map (input class id -> DiT class index)"
-            )
-        return [int(v) for v in s.labels.tolist()]
-    missing = sorted({c for c in s.class_ids() if c not in class_map})
-    if missing:
-        raise DataError(f"diver.class_map has no entry for class ids {missing[:10]}")
-    return [class_map[c] for c in s.class_ids()]
+    """DiT class index per image, by the rules of ``pipeline/diver/classes.py`` (``dit_class_map``)."""
+    mapping, _ = dit_class_map(s.classes, class_map, num_dit_classes)
+    return [mapping[c] for c in s.class_ids()]

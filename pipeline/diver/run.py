@@ -72,23 +72,6 @@ def load_format(s: dict[str, Any]) -> str:
     return detect_format(s["input"]) if s["format"] == "auto" else s["format"]
 
 
-def _num_dit_classes(model_dir: str) -> int | None:
-    """``num_embeds_ada_norm`` of a local DiT folder (None for hub ids: not fetched by the driver)."""
-    cfg_file = Path(model_dir) / "transformer" / "config.json"
-    if not cfg_file.is_file():
-        return None
-    n = json.loads(cfg_file.read_text()).get("num_embeds_ada_norm")
-    return int(n) if n is not None else None
-
-
-def _check_classes(model_dir: str, classes: list[int]) -> None:
-    """Fail in the driver (not deep in Ray) when a DiT class id is out of range, for local models."""
-    n = _num_dit_classes(model_dir)
-    bad = sorted({c for c in classes if n is not None and not 0 <= c < n})
-    if bad:
-        raise DataError(f"DiT class ids {bad[:10]} outside [0, {n}) of {model_dir}; set diver.class_map")
-
-
 def resolve_sigma(settings, model_dir: str, log=_log):
     """``sigma: learned`` on a DiT without (trained) variance channels -> the fallback, with one warning."""
     from dataclasses import replace
@@ -155,21 +138,44 @@ def check_resumable(writer, settings: dict[str, Any], out_dir: Path) -> None:
         )
 
 
-def _dit_classes_of(data, d, class_map, model_dir: str, tensor_input: bool) -> list[int]:
-    from pipeline.diver.inputs import dit_classes
+def class_settings(data, d, class_map: dict[str, int] | None, dit_classes: tuple[int | None, str],
+                   tensor_input: bool) -> tuple[dict[str, int], int | None]:
+    """(input class id -> DiT class index, the class count the actors must find) for one set; refuses what
+    is ambiguous. ``dit_classes``: the DiT's class count and why it is unknown (``dit_num_classes``).
 
-    n = _num_dit_classes(model_dir)
-    if tensor_input and not data.named and class_map is None and (n is None or len(data.classes) != n):
+    Unnamed tensor labels (``0..K-1`` without ``diver.input_classes``) are DiT indices only when the set
+    has exactly the DiT's classes: MTT's ImageFruit labels 0..9 are not tench .. great white shark.
+    """
+    from pipeline.diver.classes import IMAGENET1K_CLASSES, dit_class_map
+
+    num_classes, why = dit_classes
+    if tensor_input and not data.named and class_map is None and (num_classes is None
+                                                                   or len(data.classes) != num_classes):
         raise ConfigError(
             f"{d.input}: a tensor input ({data.fmt}) has only label indices {data.classes[:3]}...; without "
             "diver.class_map they would land on DiT classes 0..K-1. Set diver.input_classes (the class ids in "
-            "label order, e.g. wnids) and diver.class_map (class id -> DiT class index)"
+            "label order, e.g. wnids: then they map by the ImageNet-1K order) or diver.class_map (class id -> "
+            "DiT class index)"
         )
-    return dit_classes(data, class_map, n)
+    mapping, how = dit_class_map(data.classes, class_map, num_classes)
+    if num_classes is not None:
+        return mapping, None
+    _log(f"WARNING: {why}; {d.input or 'stage 1'}: class ids mapped by {how} without the DiT's class count "
+         "(the recovery actors check it when they load the DiT)")
+    return mapping, IMAGENET1K_CLASSES if how == "imagenet1k" else None
+
+
+def resolve_timestep_embedding(cfg: Config) -> str:
+    """``diver.timestep_embedding``: ``auto`` is ``diffusers`` for ``zoo:`` DiTs (trained in diffusers), else
+    ``dit`` (hub ids and folders hold DiT-XL/2-style weights converted from facebookresearch/DiT)."""
+    kind = cfg.diver.timestep_embedding
+    if kind == "auto":
+        kind = "diffusers" if cfg.models.dit.startswith("zoo:") else "dit"
+    return kind
 
 
 def recover_stage(cfg: Config, model_dir: str, settings: Any, vae_ref: str | None,
-                  faults: dict[str, Any] | None = None) -> Any:
+                  faults: dict[str, Any] | None = None, expected_classes: int | None = None) -> Any:
     """The DiT pool: ``DiTRecoverActor`` over rows that carry their image (``recover_sets``), no decode."""
     from actors.dit import DiTRecoverActor
     from pipeline.core.actor_stage import ActorStage
@@ -178,13 +184,15 @@ def recover_stage(cfg: Config, model_dir: str, settings: Any, vae_ref: str | Non
     ctor = {"model_ref": model_dir, "settings": settings.as_dict(), "resolution": d.resolution,
             "dtype": cfg.models.dtype, "channels_last": cfg.models.channels_last, "compile": cfg.models.compile,
             "micro_batch": cfg.ray.micro_batch_sizes.get("recover"), "faults": faults,
-            "vae_ref": vae_ref, **({"output_size": d.resolution} if d.input_tiles > 1 else {})}
+            "vae_ref": vae_ref, "expected_classes": expected_classes,
+            **({"output_size": d.resolution} if d.input_tiles > 1 else {})}
     return ActorStage("recover", DiTRecoverActor, ctor, default_batch=d.batch_size, threads=d.torch_threads,
                       max_blocks=64)
 
 
 def recover_sets(cfg: Config, sets: list[dict[str, Any]], redo: bool) -> dict[str, int]:
     """Recover every set through one Ray Data pipeline (one actor pool for all sets)."""
+    from actors.dit import dit_num_classes
     from actors.loading import resolve_ref
     from pipeline.core.ray_setup import ray_session
     from pipeline.core.seeds import image_seed
@@ -194,11 +202,14 @@ def recover_sets(cfg: Config, sets: list[dict[str, Any]], redo: bool) -> dict[st
     from pipeline.diver.tiles import TileBuffer, check_tiles, split_tiles, tile_seed
 
     d = cfg.diver
-    settings = RecoverSettings.from_mapping(d.model_dump(mode="python"))
+    settings = RecoverSettings.from_mapping({**d.model_dump(mode="python"),
+                                             "timestep_embedding": resolve_timestep_embedding(cfg)})
     model_dir = resolve_ref("dit", cfg.models.dit, cfg.models.zoo_dir)  # zoo models are built here, once
     settings = resolve_sigma(settings, model_dir)
     vae_ref = vae_ref_for(cfg)
     class_map = load_class_map(d.class_map)
+    dit_classes = dit_num_classes(model_dir)  # (the DiT's class count, why it is unknown)
+    expected_classes = None
     manifest_settings = {**settings.as_dict(), "seed": d.seed, "resolution": d.resolution, "dit": cfg.models.dit,
                          "vae": vae_ref or "dit", "dtype": cfg.models.dtype, **hardware_settings(cfg)}
     writers: dict[str, DistilledSetWriter] = {}
@@ -216,10 +227,13 @@ def recover_sets(cfg: Config, sets: list[dict[str, Any]], redo: bool) -> dict[st
                            experiment=d.input_experiment)
         s["data"] = data
         check_tiles(data.images, d.input_tiles, str(s["input"]))
-        classes = _dit_classes_of(data, d, class_map, model_dir, tensor_input=not s["dm"])
-        _check_classes(model_dir, classes)
+        mapping, expected = class_settings(data, d, class_map, dit_classes, tensor_input=not s["dm"])
+        expected_classes = expected or expected_classes
+        classes = [mapping[c] for c in data.class_ids()]
+        # the class map and the DiT's class count decide the images: a change never resumes old ones
         set_settings = {**manifest_settings, "input": str(s["input"]), "input_format": data.fmt,
-                        "normalization": data.normalization, "input_sha256": input_fingerprint(data)}
+                        "normalization": data.normalization, "input_sha256": input_fingerprint(data),
+                        "class_map": mapping, "dit_num_classes": dit_classes[0]}
         if d.input_tiles != 1:  # only then: manifests of untiled runs stay resumable
             set_settings["input_tiles"] = d.input_tiles
         writer = DistilledSetWriter(out_dir, "diver", set_settings, image_format=cfg.output.image_format)
@@ -250,12 +264,13 @@ def recover_sets(cfg: Config, sets: list[dict[str, Any]], redo: bool) -> dict[st
 
     with ray_session(ray_cfg):
         configure_data_context(ray_cfg)  # retry injected/transient faults, ray.max_errored_blocks
-        stage = recover_stage(cfg, model_dir, settings, vae_ref, fault_kwargs(cfg))
+        stage = recover_stage(cfg, model_dir, settings, vae_ref, fault_kwargs(cfg), expected_classes)
         pool_kw = stage.pool(cfg)
         _log(f"recover: {len(rows)} images, DiT {cfg.models.dit}, pool {pool_kw['compute'].max_size}, "
              f"batch {pool_kw['batch_size']}, steps {settings.first_index()}..0 "
              f"(index {settings.num_inference_steps - 1} = t 999), "
-             f"window {list(settings.fusion_window)}, gamma {settings.gamma}, sigma {settings.sigma}")
+             f"window {list(settings.fusion_window)}, gamma {settings.gamma}, sigma {settings.sigma}, "
+             f"timestep embedding {settings.timestep_embedding}")
         ds = stage.dataset(cfg, rows)
         tiles = TileBuffer(d.input_tiles, sizes)
         for out in ds.iter_batches(batch_size=None, batch_format="numpy"):

@@ -88,8 +88,10 @@ def test_dit_class_mapping(tmp_path):
     save_pt(tmp_path / "a.pt", x, torch.tensor([0, 1, 1, 0]), ["n07753275", "n07753592"])
     s = load_stage1(tmp_path / "a.pt")
     assert dit_classes(s, {"n07753275": 953, "n07753592": 954}) == [953, 954, 954, 953]
+    # wnids of a subset map by the ImageNet-1K order (pineapple 953, banana 954), not to 0..K-1
+    assert dit_classes(s, None, num_dit_classes=1000) == [953, 954, 954, 953]
     with pytest.raises(DataError, match="class_map"):
-        dit_classes(s, None, num_dit_classes=1000)  # 2 wnids cannot be DiT-XL/2's 1000 classes
+        dit_classes(s, None, num_dit_classes=10)  # wnids on a DiT that is not an ImageNet-1K DiT
     with pytest.raises(DataError, match="no entry"):
         dit_classes(s, {"n07753275": 953})
     numeric = load_stage1(tmp_path / "a.pt", classes=["7", "953"])
