@@ -137,9 +137,23 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=_handler("tuning.eval_cmd:main"))
 
     # sweep
-    s = sub.add_parser("sweep", help="Ray Tune sweep over method settings (gamma, guidance_scale, ...)")
-    s.add_argument("config", help="YAML config with a sweep section")
+    s = sub.add_parser(
+        "sweep", help="Ray Tune sweep over method settings (gamma, guidance_scale, ...)",
+        description="Each trial distils a set with one choice of the sweep's settings, trains the students on it "
+                    "(sweep.repeats seeds) and scores it on a holdout carved from data.root (never the val split): "
+                    "the headline mean top-1 over the students outside eval.exclude_from_mean, with its std over "
+                    "seeds. ASHA (sweep.scheduler: asha) judges every rung on that headline mean.",
+        epilog="""terminal: one line per trial and one progress bar; Ray's, Tune's and the trials' output go to
+<output.dir>/logs/ (run.log; ray_session links Ray's session logs). Results in <output.dir>/sweep/:
+sweep.md (each trial's mean +- std and per-student top-1), sweep_results.json, best.json,
+best_config.yaml, sweep.png.
+examples:
+  semdistill sweep configs/demo_sweep.yaml
+  semdistill sweep configs/demo_sweep.yaml sweep.repeats=3 output.dir=runs/demo3""",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument("config", help="YAML config with a sweep section (e.g. configs/demo_sweep.yaml)")
     _add_overrides(s)
+    s.add_argument("--verbose", action="store_true", help="everything on the terminal (default: logs/run.log)")
     s.set_defaults(func=_handler("pipeline.run:sweep_main"))
 
     # submit / plan
