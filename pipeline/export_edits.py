@@ -7,6 +7,8 @@ Hugging Face dataset (what the peers' users ask for most: the captions and the p
 
 - ``captions``: one row per real image the run clustered (``artefacts/buffer/<class>.parquet``): its
   ``image_key`` (path relative to the run's data root), class, caption, whether LOF kept it, its cluster;
+  a run not yet clustered gives its caption cache's rows (the run's caption settings, its data root) with
+  empty cluster columns, so the captions of a large set are exportable as soon as they are made;
 - ``prototypes``: one row per cluster (``artefacts/clusters.json`` and ``prototypes/texts.json`` with its
   journal): the text prototype (and the LLM's raw answer), the member image keys, the ``k_image`` members
   whose latents make the image prototype, the ``k_text`` members and captions the LLM summarised.
@@ -101,6 +103,26 @@ def caption_rows(run: Any, root: str | None) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: (r["label"], r["image_key"]))
 
 
+def cached_caption_rows(run: Any, key: dict[str, Any], root: str | None) -> list[dict[str, Any]]:
+    """Captions of a run whose cluster stage has not run: the caption cache's rows made with the run's
+    caption settings (``key``) for images under its data root; no cluster columns."""
+    from pipeline.edits.caption import CaptionCache, cache_settings_hash, row_key
+
+    names = key.get("input:class_names") or {}
+    h = cache_settings_hash(key)
+    class_of = {row_key(h, name): cid for cid, name in names.items()}
+    label = {cid: i for i, cid in enumerate(names)}
+    prefix = (root or "").rstrip("/") + "/"
+    rows = []
+    for (path, rk), cap in CaptionCache(run.paths.captions).rows.items():
+        cid = class_of.get(rk)
+        if cid is None or (root and not path.startswith(prefix)):
+            continue  # another captioner setting, or an image of another data root
+        rows.append({"image_key": image_key(path, root), "class_id": cid, "class_name": names[cid],
+                     "label": label[cid], "caption": cap, "kept": None, "cluster": None, "cluster_key": None})
+    return sorted(rows, key=lambda r: (r["label"], r["image_key"]))
+
+
 def prototype_rows(run: Any, root: str | None) -> list[dict[str, Any]]:
     """One row per cluster, in label then cluster order: its text prototype and its members' keys."""
     from pipeline.edits.prototype import load_texts
@@ -164,7 +186,11 @@ def dataset_card(what: str, run: Path, keys: dict[str, dict[str, Any]], rows: li
              f"# EDITS {what}: {len(rows)} {unit}, {len(classes)} classes", "",
              f"Exported by `semdistill export {run} --what {what}` from the EDITS run `{run}`"
              + (f" (config name `{config['name']}`)" if config.get("name") else "") + ".",
-             f"Image keys are paths relative to the run's data root `{root}`.", "", "## Models", ""]
+             f"Image keys are paths relative to the run's data root `{root}`."]
+    if what == "captions" and "cluster" not in keys:
+        lines.append("The run had not clustered when exported: these are the captions its caption cache holds "
+                     "for its settings and data root, and the cluster columns are empty.")
+    lines += ["", "## Models", ""]
     lines += [f"- `{role}`: `{ref}`" for role, ref in models.items()]
     lines += ["", "## Columns", ""]
     lines += [f"- `{c}`" for c in rows[0]] if rows else ["(no rows)"]
@@ -205,11 +231,15 @@ def export_edits(run: str | Path, what: str, out: str | Path, overwrite: bool = 
     a, b = out.resolve(), run.resolve()
     if a == b or b in a.parents:
         raise ConfigError(f"--out {out} is inside the run {run}: export to a folder outside it")
-    keys = stage_keys(run, STAGES[what])
+    view = _run_view(run)
+    from_cache = what == "captions" and not view.paths.clusters.is_file()  # captioned, not yet clustered
+    keys = stage_keys(run, ("caption",) if from_cache else STAGES[what])
     config = _run_config(run)
     root = keys["caption"].get("input:data_root") or (config.get("data") or {}).get("root")
-    view = _run_view(run)
-    rows = caption_rows(view, root) if what == "captions" else prototype_rows(view, root)
+    if from_cache:
+        rows = cached_caption_rows(view, keys["caption"], root)
+    else:
+        rows = caption_rows(view, root) if what == "captions" else prototype_rows(view, root)
     if not rows:
         raise DataError(f"{run}: no {what} to export")
     with atomic_folder(out) as tmp:

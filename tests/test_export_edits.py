@@ -20,6 +20,7 @@ from pipeline.core.journal import append_records
 from pipeline.core.write import atomic_write_json
 from pipeline.edits.buffer import ClusterSettings, _save_class, process_class
 from pipeline.edits.state import Artefacts, StageState
+from pipeline.errors import DataError
 from pipeline.export_edits import export_edits
 
 datasets = pytest.importorskip("datasets")
@@ -27,8 +28,8 @@ datasets = pytest.importorskip("datasets")
 NAMES = {"n01440764": "tench", "n02102040": "English springer"}
 PER_CLASS = 6
 KEYS = {
-    "caption": {"input:data_root": None, "models.vlm": "zoo:vlm", "edits.caption_max_tokens": 12,
-                "edits.caption_style": "vlm"},
+    "caption": {"input:data_root": None, "input:class_names": NAMES, "models.vlm": "zoo:vlm",
+                "edits.caption_max_tokens": 12, "edits.caption_style": "vlm"},
     "embed": {"stage:caption": "abc", "models.clip": "openai/clip-vit-base-patch32", "edits.feature_image_size": 224},
     "cluster": {"stage:embed": "def", "edits.ipc": 2, "edits.tau": 0.01, "edits.fusion": "concat",
                 "edits.k_image": 2, "edits.k_text": 2},
@@ -78,7 +79,8 @@ def _rel(path: str, root: Path) -> str:
 def test_captions_export_loads_with_datasets(edits_run, tmp_path):
     files = export_edits(edits_run["out"], "captions", tmp_path / "caps")
     assert [f.name for f in files] == ["train-00000-of-00001.parquet", "README.md"]
-    ds = datasets.load_dataset(str(tmp_path / "caps"), split="train")  # the card's configs name the files
+    # the card's configs name the files
+    ds = datasets.load_dataset(str(tmp_path / "caps"), split="train", cache_dir=str(tmp_path / "hf_cache"))
     assert len(ds) == 2 * PER_CLASS
     root = edits_run["root"]
     want = {_rel(p, root): c for p, c in edits_run["captions"].items()}
@@ -99,7 +101,8 @@ def test_captions_export_loads_with_datasets(edits_run, tmp_path):
 
 def test_prototypes_export_has_texts_and_member_keys(edits_run, tmp_path):
     export_edits(edits_run["out"], "prototypes", tmp_path / "protos")
-    ds = datasets.load_dataset("parquet", data_files=str(tmp_path / "protos" / "data" / "*.parquet"), split="train")
+    ds = datasets.load_dataset("parquet", data_files=str(tmp_path / "protos" / "data" / "*.parquet"), split="train",
+                               cache_dir=str(tmp_path / "hf_cache"))
     root = edits_run["root"]
     clusters = {cl["key"]: cl for c in edits_run["merged"].values() for cl in c["clusters"]}
     assert list(ds["cluster_key"]) == sorted(clusters) and len(ds) == 4  # IPC 2 x 2 classes, label order
@@ -135,3 +138,35 @@ def test_cli_export_what_and_its_errors(edits_run, tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"{state}: the prototype.text stage has not completed" in err and not (tmp_path / "y").exists()
     assert main(["export", run, "--what", "captions", "--out", str(tmp_path / "y")]) == 0  # needs no LLM
+
+
+def test_captions_of_a_run_not_yet_clustered_come_from_its_caption_cache(edits_run, tmp_path):
+    """Captioned but not clustered (a large set's captions are wanted first): the cache's rows made with the
+    run's caption settings for images under its data root; other settings and other roots are left out."""
+    import shutil
+
+    from pipeline.edits.caption import CaptionCache, cache_settings_hash, row_key
+
+    art = edits_run["out"] / "artefacts"
+    for name in ("buffer", "clusters", "clusters.json", "embed.state.json", "cluster.state.json"):
+        path = art / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    key = json.loads((art / "caption.state.json").read_text())["key"]
+    h = cache_settings_hash(key)
+    cache = CaptionCache(art / "captions")
+    for path, cap in edits_run["captions"].items():
+        cid = Path(path).parent.name
+        cache.put(path, row_key(h, NAMES[cid]), cap)
+        cache.put(path, row_key("other-captioner", NAMES[cid]), "made with other settings")
+    cache.put("/elsewhere/n01440764/img_0.png", row_key(h, "tench"), "an image of another data root")
+    cache.flush()
+    export_edits(edits_run["out"], "captions", tmp_path / "caps")
+    ds = datasets.load_dataset(str(tmp_path / "caps"), split="train", cache_dir=str(tmp_path / "hf_cache"))
+    root = edits_run["root"]
+    assert {r["image_key"]: r["caption"] for r in ds} == {_rel(p, root): c for p, c in edits_run["captions"].items()}
+    assert [r["label"] for r in ds] == [0] * PER_CLASS + [1] * PER_CLASS
+    assert all(r["cluster"] is None and r["cluster_key"] is None for r in ds)
+    card = (tmp_path / "caps" / "README.md").read_text()
+    assert "had not clustered" in card and "- `models.vlm`: `zoo:vlm`" in card and "Stage `cluster`" not in card
+    with pytest.raises(DataError, match=r"embed.state.json is missing: .* whose embed stage ran"):
+        export_edits(edits_run["out"], "prototypes", tmp_path / "protos")
