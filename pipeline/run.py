@@ -74,7 +74,7 @@ def sweep_main(args: argparse.Namespace) -> int:
     import contextlib
     import os
 
-    from pipeline.core.console import quiet_terminal, stage
+    from pipeline.core.console import note, quiet_terminal
     from tuning.sweep import run_sweep
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
@@ -87,6 +87,6 @@ def sweep_main(args: argparse.Namespace) -> int:
         os.environ.setdefault("SEMDISTILL_PROGRESS", "0")  # Ray Data's bars would fill the log
     with contextlib.nullcontext() if verbose else quiet_terminal(logs):
         if not verbose:
-            stage(f"logs: {logs}")
-        run_sweep(cfg, distil_one_set, log=stage)
+            note(f"logs: {logs}")
+        run_sweep(cfg, distil_one_set, log=note)
     return 0

@@ -35,7 +35,7 @@ import numpy as np
 from ray.tune import Callback
 
 from pipeline.config import Config, EvalConfig, SweepConfig, config_from_dict, dump_config, set_dotted
-from pipeline.core.console import progress, stage
+from pipeline.core.console import note, progress
 from pipeline.core.write import atomic_write_bytes, atomic_write_json, find_disk_full
 from pipeline.errors import ConfigError
 
@@ -335,7 +335,7 @@ def check_trial_fits(cfg: Config, cluster_cpus: float) -> None:
             "edits.finetune.num_cpus_per_worker / ray.actor_num_cpus, or give Ray more CPUs (ray.num_cpus)")
 
 
-def run_sweep(cfg: Config, run_method: RunMethod, log: Callable[[str], None] = stage) -> dict[str, Any]:
+def run_sweep(cfg: Config, run_method: RunMethod, log: Callable[[str], None] = note) -> dict[str, Any]:
     """Run the Tune sweep described by ``cfg.sweep``; write results; return the best trial.
 
     ``log`` gets a header line, one line per finished trial and the best trial's line (a progress bar

@@ -131,6 +131,7 @@ def test_semdistill_sweep_prints_one_line_per_trial_and_logs_the_rest(demo_root,
     proc = subprocess.run([str(exe), "sweep", "sweep.yaml"], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=900, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    print(proc.stdout)
     lines = [ln for ln in proc.stdout.replace("\r", "\n").splitlines() if ln.strip()]
     text = [ln for ln in lines if "sweep trials" not in ln]  # the progress bar's redraws
     logs = tmp_path / "out" / "logs"
@@ -141,13 +142,15 @@ def test_semdistill_sweep_prints_one_line_per_trial_and_logs_the_rest(demo_root,
     assert [ln.split(":")[0] for ln in trial_lines] == ["  trial 1/2 eval.lr=0.0", "  trial 2/2 eval.lr=0.02"] or \
         [ln.split(":")[0] for ln in trial_lines] == ["  trial 1/2 eval.lr=0.02", "  trial 2/2 eval.lr=0.0"]
     assert all(" mean top-1 " in ln and "+- 0.00 over 1 seed(s) (convnet " in ln for ln in trial_lines)
-    assert text[4].startswith("best: eval.lr=0.02, mean top-1 ") and len(text) == 5, text
+    saved = json.loads((tmp_path / "out" / "sweep" / "sweep_results.json").read_text())
+    best = saved["best"]
+    assert text[4] == (f"best: eval.lr={best['params']['eval.lr']}, mean top-1 {best['mean_top1']:.2f} +- 0.00; "
+                       f"results: {tmp_path / 'out' / 'sweep' / 'sweep.md'}") and len(text) == 5, text
     assert proc.stderr.strip() == ""
+    assert all(t["seeds"] == 1 and t["mean_top1_std"] == 0.0 for t in saved["trials"])
     log = (logs / "run.log").read_text()
     assert "Trial status" in log or "trial" in log.lower()
     assert (logs / "ray_session").exists()
-    saved = json.loads((tmp_path / "out" / "sweep" / "sweep_results.json").read_text())
-    assert all(t["seeds"] == 1 and t["mean_top1_std"] == 0.0 for t in saved["trials"])
 
 
 def test_demo_sweep_evaluates_with_the_demo_protocol_and_the_demo_recovery():
