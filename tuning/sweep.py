@@ -128,9 +128,10 @@ def check_teacher_data(cfg: Config) -> None:
 
     ev = resolve_preset(trial_eval(cfg))
     if ev.protocol == "soft" and not ev.teacher_checkpoint and not cfg.data.root:
-        raise ConfigError("eval.protocol soft (eval.preset " + repr(ev.preset) + ") trains its teacher on data.root, "
-                          "which is not set: set data.root (the sweep carves its holdout from it) or give a "
-                          "pretrained teacher in eval.teacher_checkpoint")
+        via = f" (from eval.preset {ev.preset})" if ev.preset else ""
+        raise ConfigError(f"eval.protocol soft{via} trains its teacher on data.root, which is not set: set data.root "
+                          "(the sweep carves its holdout from it) or give a pretrained teacher in "
+                          "eval.teacher_checkpoint")
 
 
 RunMethod = Callable[[Config], str]
@@ -171,7 +172,7 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], names: list[str], tr
     groups = [[s] for s in students] if cfg.sweep.scheduler == "asha" else [students]
     done: list[dict[str, Any]] = []
     for group in groups:
-        one = ev.model_copy(update={"students": group})
+        one = EvalConfig.model_validate({**ev.model_dump(include=ev.model_fields_set), "students": group})
         done += evaluate_sets({"trial": output}, cfg.data.val_root, one, trial_dir, train_root=cfg.data.root,
                               write=False, classes=cfg.data.classes, log=lambda _m: None)
         tune.report(trial_metrics(done))
