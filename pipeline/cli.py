@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from pipeline.errors import SemdistillError
+from pipeline.errors import ConfigError, SemdistillError
 
 EPILOG = """examples:
   semdistill demo --out runs/demo                 # everything, offline, on a laptop
@@ -33,6 +33,14 @@ def _handler(target: str) -> Callable[[argparse.Namespace], int | None]:
         return getattr(importlib.import_module(module_name), func)(args)
 
     return call
+
+
+def _export(args: argparse.Namespace) -> int | None:
+    """``export``: a distilled set (``--to``) or an EDITS run's artefacts (``--what``), never both."""
+    if (args.to is None) == (args.what is None):
+        raise ConfigError("give either --to hf|webdataset|pt|imagefolder (DIR is a distilled set) or "
+                          "--what captions|prototypes (DIR is an EDITS run)" + (", not both" if args.what else ""))
+    return _handler("pipeline.export_edits:main" if args.what else "pipeline.export:main")(args)
 
 
 def _add_overrides(p: argparse.ArgumentParser) -> None:
@@ -137,9 +145,23 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=_handler("tuning.eval_cmd:main"))
 
     # sweep
-    s = sub.add_parser("sweep", help="Ray Tune sweep over method settings (gamma, guidance_scale, ...)")
-    s.add_argument("config", help="YAML config with a sweep section")
+    s = sub.add_parser(
+        "sweep", help="Ray Tune sweep over method settings (gamma, guidance_scale, ...)",
+        description="Each trial distils a set with one choice of the sweep's settings, trains the students on it "
+                    "(sweep.repeats seeds) and scores it on a holdout carved from data.root (never the val split): "
+                    "the headline mean top-1 over the students outside eval.exclude_from_mean, with its std over "
+                    "seeds. ASHA (sweep.scheduler: asha) judges every rung on that headline mean.",
+        epilog="""terminal: one line per trial and one progress bar; Ray's, Tune's and the trials' output go to
+<output.dir>/logs/ (run.log; ray_session links Ray's session logs). Results in <output.dir>/sweep/:
+sweep.md (each trial's mean +- std and per-student top-1), sweep_results.json, best.json,
+best_config.yaml, sweep.png.
+examples:
+  semdistill sweep configs/demo_sweep.yaml
+  semdistill sweep configs/demo_sweep.yaml sweep.repeats=3 output.dir=runs/demo3""",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument("config", help="YAML config with a sweep section (e.g. configs/demo_sweep.yaml)")
     _add_overrides(s)
+    s.add_argument("--verbose", action="store_true", help="everything on the terminal (default: logs/run.log)")
     s.set_defaults(func=_handler("pipeline.run:sweep_main"))
 
     # submit / plan
@@ -163,28 +185,39 @@ def build_parser() -> argparse.ArgumentParser:
 
     # export
     ex = sub.add_parser(
-        "export", help="write a distilled set as Hugging Face parquet, WebDataset shards, DC/MTT tensors or an ImageFolder",
-        description="Export a distilled set (ImageFolder + manifest.json) for other people's tools.",
-        epilog="""formats:
+        "export", help="write a distilled set as Hugging Face parquet, WebDataset shards, DC/MTT tensors or an "
+                       "ImageFolder; or an EDITS run's captions / prototypes as a Hugging Face dataset",
+        description="Export a distilled set (ImageFolder + manifest.json) for other people's tools (--to), or an "
+                    "EDITS run's intermediate artefacts as a Hugging Face dataset (--what).",
+        epilog="""formats (--to, DIR is a distilled set):
   hf           data/train-*.parquet (image struct bytes/path, label ClassLabel) + README.md dataset card;
                datasets.load_dataset("parquet", data_files="OUT/data/*.parquet"); push with huggingface_hub
   webdataset   shard-000000.tar ... with <key>.png, <key>.cls, <key>.json (ray.data.read_webdataset)
   pt           images_best.pt + labels_best.pt (DC/MTT layout, normalised with --norm),
                normalization.json and classes.json beside them
   imagefolder  OUT/<class_id>/<image> byte for byte, with manifest.json
+artefacts (--what, DIR is an EDITS run's output.dir; Hugging Face parquet + a README.md card naming the
+models and the settings each stage ran with):
+  captions     one row per real image: image_key (path under the data root), class, caption, LOF kept, cluster
+  prototypes   one row per cluster: text prototype (and the LLM's raw answer), member image keys with their
+               distances, the k_image members of the image prototype, the k_text members and their captions
 examples:
   semdistill export runs/diver/diver --to hf --out exports/diver_hf
-  semdistill export runs/edits/distilled --to pt --norm imagenet --out exports/edits_pt""",
+  semdistill export runs/edits/distilled --to pt --norm imagenet --out exports/edits_pt
+  semdistill export runs/edits --what captions --out exports/edits_captions""",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    ex.add_argument("dir", help="distilled set folder (with manifest.json)")
-    ex.add_argument("--to", required=True, choices=["hf", "webdataset", "pt", "imagefolder"], help="output layout")
+    ex.add_argument("dir", help="distilled set folder (with manifest.json); with --what, the EDITS run folder")
+    ex.add_argument("--to", default=None, choices=["hf", "webdataset", "pt", "imagefolder"],
+                    help="output layout of a distilled set")
+    ex.add_argument("--what", default=None, choices=["captions", "prototypes"],
+                    help="an EDITS run's artefacts to export as a Hugging Face dataset (instead of --to)")
     ex.add_argument("--out", required=True, help="output folder (built aside, then swapped in whole)")
     ex.add_argument("--norm", default="auto", choices=["auto", "imagenet", "cifar10", "cifar100", "none"],
                     help="pt only: normalisation of images_best.pt (auto: the stage-1 input's from the manifest, "
                          "else imagenet; none: pixels in [0, 1])")
     ex.add_argument("--shard-size", type=int, default=1000, help="hf/webdataset: images per shard (default 1000)")
     ex.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
-    ex.set_defaults(func=_handler("pipeline.export:main"))
+    ex.set_defaults(func=_export)
 
     # verify
     v = sub.add_parser("verify", help="check a distilled set against its manifest.json")

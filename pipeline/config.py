@@ -448,11 +448,15 @@ class SweepConfig(Section):
     # Ray Tune's Optuna integration, num_samples trials, lists as categorical choices
     search: Literal["grid", "random", "optuna"] = "grid"
     num_samples: int = Field(1, gt=0)  # grid: passes over the grid; random / optuna: number of trials
-    scheduler: Literal["none", "asha"] = "none"  # asha: stop weak trials after their first student
+    # asha: stop weak trials early, judged at each rung on the headline mean of the students done so far
+    # (those outside eval.exclude_from_mean are trained first, so the proxy never judges alone)
+    scheduler: Literal["none", "asha"] = "none"
     metric: Literal["mean_top1"] = "mean_top1"  # mean top-1 over the students (cross-architecture)
     classes: list[str] | None = None  # generate and evaluate on this class subset (None: data.classes)
     students: list[str] | None = None  # None: eval.students
-    repeats: int = Field(1, gt=0)  # student seeds per trial
+    # student seeds per trial: a trial's score is the mean of the per-seed headline means, shown with
+    # their std, so two settings are told apart by more than one seed's noise
+    repeats: int = Field(2, gt=0)
     max_concurrent_trials: int | None = Field(None, gt=0)
     trial_cpus: float = Field(1.0, gt=0)
     trial_gpus: float = Field(0.0, ge=0)

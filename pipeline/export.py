@@ -1,4 +1,5 @@
-"""``semdistill export DIR --to hf | webdataset | pt | imagefolder --out OUT``: a distilled set in other tools' layouts.
+"""``semdistill export DIR --to hf | webdataset | pt | imagefolder --out OUT``: a distilled set in other tools' layouts
+(``--what captions | prototypes``: an EDITS run's artefacts instead, ``pipeline/export_edits.py``).
 
 ``DIR`` is a semdistill set (ImageFolder + ``manifest.json``). Every format keeps the image order of the
 manifest (by label, then key) and the class order of the labels:

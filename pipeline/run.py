@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
 import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from pipeline.config import Config, dump_config, load_config
+from pipeline.core.console import note, quiet_terminal
 from pipeline.core.digits import ensure_demo_data
 from pipeline.core.lock import output_lock
 from pipeline.core.write import atomic_write_bytes, set_pause_after_write
@@ -83,11 +84,23 @@ def main(args: argparse.Namespace) -> int:
 
 
 def sweep_main(args: argparse.Namespace) -> int:
-    """``semdistill sweep CONFIG``: a Ray Tune sweep whose trials distil with ``run_config``."""
+    """``semdistill sweep CONFIG``: a Ray Tune sweep whose trials distil with ``run_config``.
+
+    As the demo: one line per trial and one progress bar on the terminal; Ray's, Tune's and the trials'
+    output in ``<output.dir>/logs/`` (``run.log``, ``ray_session``); ``--verbose`` shows everything.
+    """
     from tuning.sweep import run_sweep  # Ray Tune: only the sweep command pays its import
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
     cfg = load_config(args.config, args.overrides)
-    summary = run_sweep(cfg, distil_one_set)
-    print(json.dumps({"output": summary["output"], "best": summary["best"]}, indent=2, default=str))
+    logs = Path(cfg.output.dir).resolve() / "logs"
+    verbose = getattr(args, "verbose", False)
+    if not verbose:  # workers' output stays in Ray's session logs, linked from logs/
+        cfg = cfg.model_copy(update={"ray": cfg.ray.model_copy(update={"log_to_driver": False,
+                                                                        "logs_dir": str(logs)})})
+        os.environ.setdefault("SEMDISTILL_PROGRESS", "0")  # Ray Data's bars would fill the log
+    with contextlib.nullcontext() if verbose else quiet_terminal(logs):
+        if not verbose:
+            note(f"logs: {logs}")
+        run_sweep(cfg, distil_one_set, log=note)
     return 0

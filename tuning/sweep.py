@@ -3,28 +3,39 @@
 Each trial applies its values to dotted config keys (``diver.gamma``, ``diver.start_step``,
 ``diver.fusion_window``, ``edits.guidance_scale``, ``edits.strength``, ``edits.tau`` ...),
 generates a distilled set (optionally on a class subset) with the config's method, trains
-each student on it and reports ``mean_top1``: the mean final top-1 over the students not in
-``eval.exclude_from_mean`` (the cross-architecture metric DIVER reports; tuning/evaluate.py:mean_top1). With ``method: none`` the trial's set is
-``baseline_ipc`` random real images per class (a cheap smoke sweep of the machinery).
+each student on it (``sweep.repeats`` seeds) and reports ``mean_top1``: the headline mean, the
+mean top-1 over the students not in ``eval.exclude_from_mean`` (the cross-architecture metric DIVER
+reports; tuning/evaluate.py:mean_top1), with ``mean_top1_std``, the std over seeds of each seed's
+headline mean. With ``method: none`` the trial's set is ``baseline_ipc`` random real images per class
+(a cheap smoke sweep of the machinery).
 
 Search: ``grid`` (every list is a grid axis) or ``random`` (lists are choices; ranges as
-``{uniform: [lo, hi]}``, ``{loguniform: [lo, hi]}``, ``{randint: [lo, hi]}``). ASHA,
-when asked, may stop a trial after its first student(s) (``time_attr = students_done``).
+``{uniform: [lo, hi]}``, ``{loguniform: [lo, hi]}``, ``{randint: [lo, hi]}``). ASHA, when
+asked, may stop a trial after its first student(s) (``time_attr = students_done``); a trial trains
+the headline students first and the excluded ones (the stage-1 proxy) last, so every rung is
+judged on the headline mean, never on the proxy alone. Soft-label evaluation trains its teacher
+on the trials' train split (``data.root``, the part left after the holdout), never on the holdout.
 
 Outputs in ``<output.dir>/sweep/``: ``sweep_results.json`` (every trial), ``sweep.md``,
 ``best.json``, ``best_config.yaml`` (the base config with the best values) and
-``sweep.png`` (metric vs ``plot_param``).
+``sweep.png`` (metric vs ``plot_param``, seed std as error bars). On the terminal: one line per
+trial and one progress bar (``pipeline.core.console``).
 """
 
 from __future__ import annotations
 
 import io
 import math
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from ray.tune import Callback
+
 from pipeline.config import Config, EvalConfig, SweepConfig, config_from_dict, dump_config, set_dotted
+from pipeline.core.console import note, progress
 from pipeline.core.write import atomic_write_bytes, atomic_write_json, find_disk_full
 from pipeline.errors import ConfigError
 
@@ -69,6 +80,60 @@ def _students(cfg: Config) -> list[str]:
     return list(cfg.sweep.students or ev.students) if cfg.sweep else list(ev.students)
 
 
+def headline_first(students: list[str], excluded: list[str]) -> list[str]:
+    """The order a trial trains its students: those in the headline mean first, those in
+    ``eval.exclude_from_mean`` (the stage-1 proxy) last, so an ASHA rung never sees the proxy alone."""
+    return [s for s in students if s not in excluded] + [s for s in students if s in excluded]
+
+
+def seed_headlines(rows: list[dict[str, Any]]) -> dict[int, float]:
+    """Per student seed, the headline mean of that seed's runs (each row's reported top-1: final or best)
+    over the rows in the mean (all rows when every student is excluded, as ``mean_top1``)."""
+    from tuning.evaluate import in_mean
+
+    used = [r for r in rows if in_mean(r)] or rows
+    by_seed: dict[int, list[float]] = {}
+    for r in used:
+        which = "best" if r.get("reported") == "best" else "final"
+        for run in r["runs"]:
+            by_seed.setdefault(int(run["seed"]), []).append(float(run[which]))
+    return {seed: float(np.mean(v)) for seed, v in sorted(by_seed.items())}
+
+
+def trial_metrics(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """What a trial reports after the students in ``rows``: the headline mean, its std over seeds
+    (population std, the table's convention), the students done and each student's mean top-1."""
+    from tuning.evaluate import mean_top1
+
+    per_seed = seed_headlines(rows)
+    return {"mean_top1": mean_top1(rows), "mean_top1_std": round(float(np.std(list(per_seed.values()))), 2),
+            "seeds": len(per_seed), "students_done": len(rows),
+            **{f"top1/{r['student']}": r["top1_mean"] for r in rows},
+            **{f"std/{r['student']}": r["top1_std"] for r in rows}}
+
+
+def trial_eval(cfg: Config) -> EvalConfig:
+    """The evaluation a trial runs: the config's eval section (only the keys it sets) with the sweep's
+    repeats, on this process (``backend: local``), at ``data.image_size``."""
+    ev = cfg.eval or EvalConfig()
+    fields = {**ev.model_dump(include=ev.model_fields_set), "backend": "local", "repeats": cfg.sweep.repeats,
+              "image_size": cfg.data.image_size, "cpus_per_job": max(1.0, float(cfg.sweep.trial_cpus))}
+    return EvalConfig.model_validate(fields)
+
+
+def check_teacher_data(cfg: Config) -> None:
+    """A soft-label evaluation without ``eval.teacher_checkpoint`` trains its teacher on ``data.root``
+    (the trials' train split); stop before any trial when there is none."""
+    from tuning.protocols import resolve_preset
+
+    ev = resolve_preset(trial_eval(cfg))
+    if ev.protocol == "soft" and not ev.teacher_checkpoint and not cfg.data.root:
+        via = f" (from eval.preset {ev.preset})" if ev.preset else ""
+        raise ConfigError(f"eval.protocol soft{via} trains its teacher on data.root, which is not set: set data.root "
+                          "(the sweep carves its holdout from it) or give a pretrained teacher in "
+                          "eval.teacher_checkpoint")
+
+
 RunMethod = Callable[[Config], str]
 
 
@@ -87,35 +152,34 @@ def generate(cfg: Config, trial_dir: Path, run_method: RunMethod) -> str:
 
 def run_trial(config: dict[str, Any], base: dict[str, Any], names: list[str], trials_dir: str,
               run_method: RunMethod) -> None:
-    """Tune function trainable: generate, then evaluate the students one by one, reporting as it goes."""
+    """Tune function trainable: generate, then evaluate the students, reporting the headline as it goes.
+
+    With ASHA the students train one at a time, headline students first, and each report is a rung;
+    without it they train in one evaluation (a soft-label teacher is fitted once). Soft labels come from a
+    teacher trained on ``data.root``, the trial's train split (the holdout scores the trial).
+    """
     from ray import tune
 
-    from tuning.evaluate import evaluate_sets, mean_top1
+    from tuning.evaluate import evaluate_sets
 
     params = {name: config[f"p{i}"] for i, name in enumerate(names)}
     trial_dir = Path(trials_dir) / tune.get_context().get_trial_id()
     base = config_from_dict(base, source="<sweep base>")
     cfg = apply_params(base, {**params, "output.dir": str(trial_dir)})
     output = generate(cfg, trial_dir, run_method)
-    ev = (cfg.eval or EvalConfig()).model_copy()
-    ev_fields = {**ev.model_dump(include=ev.model_fields_set), "backend": "local",
-                 "repeats": cfg.sweep.repeats, "image_size": cfg.data.image_size,
-                 "cpus_per_job": max(1.0, float(cfg.sweep.trial_cpus))}
-    per_student: dict[str, float] = {}
+    ev = trial_eval(cfg)
+    students = headline_first(_students(cfg), ev.exclude_from_mean)
+    groups = [[s] for s in students] if cfg.sweep.scheduler == "asha" else [students]
     done: list[dict[str, Any]] = []
-    for i, student in enumerate(_students(cfg)):
-        one = EvalConfig.model_validate({**ev_fields, "students": [student]})
-        rows = evaluate_sets({"trial": output}, cfg.data.val_root, one, trial_dir, write=False,
-                             classes=cfg.data.classes, log=lambda _m: None)
-        per_student[student] = rows[0]["top1_mean"]
-        done.append(rows[0])
-        mean = mean_top1(done)  # the table's headline mean (eval.exclude_from_mean)
-        tune.report({"mean_top1": mean, "students_done": i + 1,
-                     **{f"top1/{k}": v for k, v in per_student.items()}})
+    for group in groups:
+        one = EvalConfig.model_validate({**ev.model_dump(include=ev.model_fields_set), "students": group})
+        done += evaluate_sets({"trial": output}, cfg.data.val_root, one, trial_dir, train_root=cfg.data.root,
+                              write=False, classes=cfg.data.classes, log=lambda _m: None)
+        tune.report(trial_metrics(done))
 
 
 def _plot(trials: list[dict[str, Any]], x_param: str, out: Path) -> Path | None:
-    """Mean top-1 vs ``x_param``, one line per value of the other params."""
+    """Headline mean top-1 vs ``x_param`` with the seed std as error bars, one line per value of the other params."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -124,10 +188,10 @@ def _plot(trials: list[dict[str, Any]], x_param: str, out: Path) -> Path | None:
     pts = [t for t in trials if t.get("mean_top1") is not None and x_param in t["params"]]
     if not pts:
         return None
-    groups: dict[str, list[tuple[Any, float]]] = {}
+    groups: dict[str, list[tuple[Any, float, float]]] = {}
     for t in pts:
         rest = ", ".join(f"{k}={v}" for k, v in sorted(t["params"].items()) if k != x_param)
-        groups.setdefault(rest, []).append((t["params"][x_param], t["mean_top1"]))
+        groups.setdefault(rest, []).append((t["params"][x_param], t["mean_top1"], t.get("mean_top1_std") or 0.0))
     fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=110)
     for label, xy in sorted(groups.items()):
         try:
@@ -135,9 +199,9 @@ def _plot(trials: list[dict[str, Any]], x_param: str, out: Path) -> Path | None:
         except (TypeError, ValueError):
             pass
         xs = [str(p[0]) if isinstance(p[0], (list, tuple)) else p[0] for p in xy]
-        ax.plot(xs, [p[1] for p in xy], marker="o", label=label or None)
+        ax.errorbar(xs, [p[1] for p in xy], yerr=[p[2] for p in xy], marker="o", capsize=3, label=label or None)
     ax.set_xlabel(x_param)
-    ax.set_ylabel("mean top-1 over students (%)")
+    ax.set_ylabel("headline mean top-1 (%), std over seeds")
     ax.set_title("sweep: accuracy vs " + x_param.split(".")[-1])
     ax.grid(alpha=0.3)
     if any(groups):
@@ -151,16 +215,80 @@ def _plot(trials: list[dict[str, Any]], x_param: str, out: Path) -> Path | None:
     return path
 
 
-def _md(trials: list[dict[str, Any]], names: list[str], best_id: str | None) -> str:
-    lines = ["# Sweep", "", "| trial | " + " | ".join(names) + " | mean top-1 (%) | students done |",
-             "|---|" + "---|" * len(names) + "---:|---:|"]
+def _md(trials: list[dict[str, Any]], names: list[str], best_id: str | None, students: list[str]) -> str:
+    """The trials, best first: each setting, the headline mean +- its std over seeds, each student's mean."""
+    lines = ["# Sweep", "", "| trial | " + " | ".join(names) + " | mean top-1 (%) | std over seeds | seeds | "
+             + " | ".join(students) + " | students done |",
+             "|---|" + "---|" * len(names) + "---:|---:|---:|" + "---:|" * len(students) + "---:|"]
     for t in sorted(trials, key=lambda t: -(t.get("mean_top1") or -1)):
-        mark = " **best**" if t["trial_id"] == best_id else ""
+        values = " | ".join(str(t["params"].get(n)) for n in names)
         m = t.get("mean_top1")
-        lines.append(f"| {t['trial_id']}{mark} | " + " | ".join(str(t["params"].get(n)) for n in names)
-                     + f" | {m:.2f} | {t.get('students_done')} |" if m is not None else
-                     f"| {t['trial_id']} | " + " | ".join(str(t["params"].get(n)) for n in names) + " | failed | - |")
+        if m is None:
+            lines.append(f"| {t['trial_id']} | {values} | failed | - | - | " + " | ".join("-" for _ in students)
+                         + " | - |")
+            continue
+        mark = " **best**" if t["trial_id"] == best_id else ""
+        per = " | ".join(f"{t['per_student'][s]:.2f}" if s in t["per_student"] else "-" for s in students)
+        lines.append(f"| {t['trial_id']}{mark} | {values} | {m:.2f} | {t.get('mean_top1_std', 0.0):.2f} | "
+                     f"{t.get('seeds', '-')} | {per} | {t.get('students_done')} |")
     return "\n".join(lines) + "\n"
+
+
+def trial_count(sweep: SweepConfig) -> int:
+    """How many trials the sweep runs: the grid's size times ``num_samples``, else ``num_samples``."""
+    if sweep.search != "grid":
+        return sweep.num_samples
+    return math.prod(len(v) for v in sweep.params.values()) * sweep.num_samples
+
+
+def _fmt_params(params: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in params.items())
+
+
+def trial_line(n: int, total: int, params: dict[str, Any], result: dict[str, Any] | None, students: list[str],
+               excluded: list[str], seconds: float, error: str | None = None) -> str:
+    """The one terminal line of a finished trial: its values, headline mean +- std, each student, time."""
+    head = f"  trial {n}/{total} {_fmt_params(params)}:"
+    if error is not None or not result or result.get("mean_top1") is None:
+        return f"{head} failed after {seconds:.0f} s: {error or 'no result'}"
+    per = [f"{s} {result[f'top1/{s}']:.1f}" + (" (proxy)" if s in excluded else "")
+           for s in students if f"top1/{s}" in result]
+    stopped = (f"; stopped by ASHA after {result['students_done']} of {len(students)} students"
+               if result.get("students_done", len(students)) < len(students) else "")
+    return (f"{head} mean top-1 {result['mean_top1']:.2f} +- {result.get('mean_top1_std', 0.0):.2f} "
+            f"over {result.get('seeds', '?')} seed(s) ({', '.join(per)}){stopped}, {seconds:.0f} s")
+
+
+class TrialLines(Callback):
+    """Tune callback on the driver: one line per finished trial (``log``) and one progress bar."""
+
+    def __init__(self, names: list[str], total: int, students: list[str], excluded: list[str],
+                 log: Callable[[str], None]) -> None:
+        self.names, self.total, self.students, self.excluded, self.log = names, total, students, excluded, log
+        self.done = 0
+        self.started: dict[str, float] = {}
+
+    def _params(self, trial: Any) -> dict[str, Any]:
+        return {n: trial.config.get(f"p{i}") for i, n in enumerate(self.names)}
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.started.setdefault(trial.trial_id, time.time())
+        progress("sweep trials", self.done, self.total)
+
+    def _finish(self, trial: Any, error: str | None) -> None:
+        self.done += 1
+        seconds = time.time() - self.started.get(trial.trial_id, time.time())
+        self.log(trial_line(self.done, self.total, self._params(trial), trial.last_result, self.students,
+                            self.excluded, seconds, error))
+        progress("sweep trials", self.done, self.total)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._finish(trial, None)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        err = trial.get_error()
+        last = str(err).strip().splitlines()[-1] if err is not None and str(err).strip() else "error"
+        self._finish(trial, f"{last[:200]} (traceback: {trial.path})")
 
 
 def tuning_split(cfg: Config, out: Path) -> tuple[Config, str]:
@@ -208,8 +336,11 @@ def check_trial_fits(cfg: Config, cluster_cpus: float) -> None:
             "edits.finetune.num_cpus_per_worker / ray.actor_num_cpus, or give Ray more CPUs (ray.num_cpus)")
 
 
-def run_sweep(cfg: Config, run_method: RunMethod, log=print) -> dict[str, Any]:
+def run_sweep(cfg: Config, run_method: RunMethod, log: Callable[[str], None] = note) -> dict[str, Any]:
     """Run the Tune sweep described by ``cfg.sweep``; write results; return the best trial.
+
+    ``log`` gets a header line, one line per finished trial and the best trial's line (a progress bar
+    shows while a ``pipeline.core.console.quiet_terminal`` block is open).
 
     ``run_method(cfg)`` distils one trial's set and returns its path (``pipeline.run.distil_one_set``; passed in so that
     this layer does not import the methods above it).
@@ -225,7 +356,8 @@ def run_sweep(cfg: Config, run_method: RunMethod, log=print) -> dict[str, Any]:
         raise ConfigError("a sweep with holdout_fraction 0 scores trials on data.val_root: set it")
     from tuning.students import check_students
 
-    students = _students(cfg)
+    excluded = (cfg.eval or EvalConfig()).exclude_from_mean
+    students = headline_first(_students(cfg), excluded)
     check_students(students)
     sweep = cfg.sweep
     names, space = search_space(sweep)
@@ -237,6 +369,10 @@ def run_sweep(cfg: Config, run_method: RunMethod, log=print) -> dict[str, Any]:
     out = Path(cfg.output.dir).resolve() / "sweep"
     out.mkdir(parents=True, exist_ok=True)
     base, selected_on = tuning_split(base, out)
+    check_teacher_data(base)
+    total = trial_count(sweep)
+    log(f"sweep {cfg.name}: {total} trial(s) of {cfg.method} over {', '.join(names)}, "
+        f"{len(students)} student(s) x {sweep.repeats} seed(s) each, scored on {selected_on}")
     resources = {"cpu": sweep.trial_cpus, **({"gpu": sweep.trial_gpus} if sweep.trial_gpus else {})}
     with ray_session(cfg.ray):
         import ray
@@ -267,7 +403,8 @@ def run_sweep(cfg: Config, run_method: RunMethod, log=print) -> dict[str, Any]:
             tune_config=tune.TuneConfig(metric=sweep.metric, mode="max", num_samples=sweep.num_samples,
                                         scheduler=scheduler, search_alg=search_alg,
                                         max_concurrent_trials=limit),
-            run_config=tune.RunConfig(storage_path=str(out / "tune"), name=cfg.name, verbose=1),
+            run_config=tune.RunConfig(storage_path=str(out / "tune"), name=cfg.name, verbose=1,
+                                      callbacks=[TrialLines(names, total, students, excluded, log)]),
         )
         grid = tuner.fit()
     trials = []
@@ -276,8 +413,10 @@ def run_sweep(cfg: Config, run_method: RunMethod, log=print) -> dict[str, Any]:
         m = res.metrics or {}
         trials.append({"trial_id": m.get("trial_id") or Path(res.path).name, "params": params,
                        "mean_top1": m.get("mean_top1") if res.error is None or m.get("mean_top1") is not None
-                       else None, "students_done": m.get("students_done"),
+                       else None, "mean_top1_std": m.get("mean_top1_std"), "seeds": m.get("seeds"),
+                       "students_done": m.get("students_done"),
                        "per_student": {k.split("/", 1)[1]: v for k, v in m.items() if k.startswith("top1/")},
+                       "per_student_std": {k.split("/", 1)[1]: v for k, v in m.items() if k.startswith("std/")},
                        "error": str(res.error) if res.error else None})
     done = [t for t in trials if t["mean_top1"] is not None and not math.isnan(t["mean_top1"])]
     if not done:
@@ -294,10 +433,14 @@ def run_sweep(cfg: Config, run_method: RunMethod, log=print) -> dict[str, Any]:
                                                    "trials": trials, "best": best, "selected_on": selected_on})
     atomic_write_json(out / "best.json", best)
     atomic_write_bytes(out / "best_config.yaml", dump_config(best_cfg).encode())
-    table = _md(trials, names, best["trial_id"]) + f"\nTrials were scored on {selected_on}.\n"
+    table = _md(trials, names, best["trial_id"], students) + (
+        f"\nTrials were scored on {selected_on}. Mean top-1 is the headline mean over "
+        f"{', '.join(s for s in students if s not in excluded) or ', '.join(students)}"
+        f" (eval.exclude_from_mean leaves out {', '.join(s for s in students if s in excluded) or 'none'}); "
+        "its std is over the per-seed headline means (population std).\n")
     atomic_write_bytes(out / "sweep.md", table.encode())
     x_param = sweep.plot_param or names[0]
     plot = _plot(trials, x_param, out)
-    log(table)
-    log(f"best: {best['params']} -> mean top-1 {best['mean_top1']:.2f}% ; wrote {out}")
+    log(f"best: {_fmt_params(best['params'])}, mean top-1 {best['mean_top1']:.2f} +- "
+        f"{best.get('mean_top1_std') or 0.0:.2f}; results: {out / 'sweep.md'}")
     return {"output": str(out), "best": best, "trials": trials, "plot": str(plot) if plot else None}

@@ -80,3 +80,15 @@ def quiet_terminal(log_dir: str | os.PathLike) -> Iterator[Path]:
             for fd in saved:
                 os.close(fd)
             term.close()
+
+
+def note(msg: str) -> None:
+    """A line written above the open progress bars, which stay open (a sweep's trial lines under its one bar);
+    printed as ``stage`` prints outside ``quiet_terminal``."""
+    print(msg, flush=True)  # the log keeps the line too
+    if _TERM is None:
+        return
+    from tqdm import tqdm
+
+    tqdm.write(msg, file=_TERM)
+    _TERM.flush()

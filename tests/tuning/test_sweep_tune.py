@@ -39,6 +39,9 @@ def test_two_trial_sweep_picks_the_better_one(demo_root, ray_local, tmp_path):
     assert best_cfg.eval.lr == 0.02 and best_cfg.sweep is None
     assert (sweep_dir / "sweep.png").stat().st_size > 1000
     assert "**best**" in (sweep_dir / "sweep.md").read_text()
+    # sweep.repeats defaults to 2: every trial shows its std over the two seeds' headline means
+    assert all(t["seeds"] == 2 and t["mean_top1_std"] >= 0.0 for t in trials)
+    assert "| mean top-1 (%) | std over seeds | seeds | convnet |" in (sweep_dir / "sweep.md").read_text()
 
 
 def test_search_space_and_param_errors(demo_root, tmp_path):
