@@ -38,7 +38,8 @@ from tuning.protocols import TrainSpec, resolve_preset, train_student, train_tea
 from tuning.stream import scan_stream
 from tuning.students import build_student, check_students
 
-ROW_KEY = ("dataset", "method", "ipc", "student", "protocol", "augment")
+# distill_seed: the seed a set was made with, when one method's set is made with several (the demo)
+ROW_KEY = ("dataset", "method", "ipc", "distill_seed", "student", "protocol", "augment")
 
 
 # ----------------------------------------------------------------------------- data
@@ -568,7 +569,8 @@ def results_markdown(rows: list[dict[str, Any]]) -> str:
 
 
 CSV_FIELDS = ["dataset", "method", "ipc", "student", "protocol", "top1_mean", "top1_std", "reported", "repeats",
-              "best_mean", "best_std", "final_mean", "final_std", "epochs", "preset", "images", "distilled"]
+              "best_mean", "best_std", "final_mean", "final_std", "epochs", "preset", "images", "distilled",
+              "distill_seed"]
 
 
 def write_results(rows: list[dict[str, Any]], out_dir: str | os.PathLike, merge: bool = True) -> list[dict[str, Any]]:
