@@ -7,8 +7,18 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from pipeline.demo.run import (STAGE1_OF, SetSpec, demo_plan, diver_seed_config, edits_seed_config, eval_config,
-                               evaluate_demo, method_config, planned_rows, tag_rows)
+from pipeline.demo.run import (
+    STAGE1_OF,
+    SetSpec,
+    demo_plan,
+    diver_seed_config,
+    edits_seed_config,
+    eval_config,
+    evaluate_demo,
+    method_config,
+    planned_rows,
+    tag_rows,
+)
 
 
 def _names(plan) -> list[str]:
