@@ -4,7 +4,8 @@
 # Random real at IPC from the rest, the demo's protocol (demo preset, DSA, SGD, cosine), each candidate
 # (epochs, batch) with REPEATS seeds; the results.md row of each candidate is printed.
 # Usage: scripts/choose_demo_eval_batch.sh [WORKDIR] [IPC]   (defaults .cache/demo-eval-batch-ipc<IPC>, 10)
-#   environment: EPOCHS (default "20"), BATCHES (default "64 32 16"), REPEATS (default 2)
+#   environment: EPOCHS (default "20"), BATCHES (default "64 32 16"), REPEATS (default 2), EVAL_ARGS (more
+#   eval overrides, e.g. eval.backend=local: the runs one after another in this process, no Ray)
 #   IPC 10 (about 5 min on 2 cores):  scripts/choose_demo_eval_batch.sh
 #   IPC 1:  EPOCHS="100 300" BATCHES="5 10" REPEATS=3 scripts/choose_demo_eval_batch.sh "" 1
 #   (at IPC 1 a batch is capped at the set's 10 images, so 10 is the full batch and any larger one equals it)
@@ -41,7 +42,7 @@ for ep in $EPOCHS; do
       --students convnet resnet18 mobilenetv2 --out "$W/e${ep}_b$bs" eval.preset=demo eval.dataset=digits \
       eval.repeats="$REPEATS" eval.epochs="$ep" eval.eval_every="$every" \
       'eval.student_kwargs={resnet18: {width: 16}}' eval.cpus_per_job=1.0 eval.batch_size="$bs" \
-      > "$W/e${ep}_b$bs.log" 2>&1
+      ${EVAL_ARGS:-} > "$W/e${ep}_b$bs.log" 2>&1
     echo "epochs $ep, batch $bs:"; grep -E "^\| digits \| $IPC \|" "$W/e${ep}_b$bs/results.md" || true
   done
 done

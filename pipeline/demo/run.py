@@ -19,8 +19,8 @@ every method's set with each of ``FULL_DISTILL_SEEDS``, and adds gradient matchi
 pipeline/diver/gm.py) at IPC 1, a stage-1 set that overfits its ConvNet, with DIVER on it; the papers'
 baselines and ablations: herding, k-center and the full real set, DIVER's plain DiT pass (gamma 0), EDITS
 without text prototypes, ShuffleNetV2, and the no-augmentation runs DD-Ranking's ARS needs (every set but
-``full_real``: ARS compares a set with random real images, with and without augmentation). The ablations and
-the ARS runs use distillation seed 0 only. The terminal shows one line per stage and one progress bar per long
+``full_real``: ARS compares a set with random real images, with and without augmentation). The coresets,
+the ablations and the ARS runs use distillation seed 0 only. The terminal shows one line per stage and one progress bar per long
 stage; everything else goes to ``out/logs/``.
 
 Rows and seeds, for the claim code: ``results.json`` holds one row per (method, IPC, distillation seed,
@@ -113,7 +113,8 @@ class DemoPlan:
     """What one demo run makes and evaluates (``demo_plan``)."""
 
     ipcs: tuple[int, ...]  # the headline IPC first
-    distill_seeds: tuple[int, ...]  # every method's set is made once per seed (ablations: the first only)
+    distill_seeds: tuple[int, ...]  # each method's and random real's set once per seed (coresets, ablations:
+    # the first only)
     eval_seeds: int  # evaluation seeds eval.seed + r, r < eval_seeds, the same for every set
     students: tuple[str, ...]
     baselines: tuple[str, ...]  # sets of real images, at every IPC (full_real: the whole split, once)
@@ -124,8 +125,9 @@ class DemoPlan:
         """Every set the plan evaluates, in the order they are made."""
         specs: list[SetSpec] = []
         for ipc in self.ipcs:
-            for d in self.distill_seeds:
-                specs += [SetSpec(b, ipc, d) for b in self.baselines if b != "full_real"]
+            for d in self.distill_seeds:  # random real at every seed (the claims' reference); coresets at the first
+                specs += [SetSpec(b, ipc, d) for b in self.baselines
+                          if b == "random_real" or (b != "full_real" and d == self.distill_seeds[0])]
         if "full_real" in self.baselines:
             specs.append(SetSpec("full_real", None, 0))
         for method, ipcs in self.stage1.items():
