@@ -13,9 +13,10 @@
    ``semdistill sweep ... output.dir=<out>`` ran before).
 
 What runs is ``demo_plan(quick, full)`` (``DemoPlan``): the headline is IPC 1 (``HEADLINE_IPC``), where a
-distilled set has room above random real; IPC 10 follows. ``make demo`` evaluates every set with
-``DEMO_EVAL_SEEDS`` seeds; ``full=True`` (``semdistill demo --full``) with ``FULL_EVAL_SEEDS`` seeds, distils
-every method's set with each of ``FULL_DISTILL_SEEDS``, and adds gradient matching (DC/DSA,
+distilled set has room above random real. ``make demo`` runs IPC 1 alone (``DEMO_IPCS``: IPC 10 too would not
+fit its 12 minutes) and evaluates every set with ``DEMO_EVAL_SEEDS`` seeds; ``full=True`` (``semdistill demo
+--full``) adds IPC 10 (``FULL_IPCS``), evaluates with ``FULL_EVAL_SEEDS`` seeds, distils every method's set
+with each of ``FULL_DISTILL_SEEDS``, and adds gradient matching (DC/DSA,
 pipeline/diver/gm.py) at IPC 1, a stage-1 set that overfits its ConvNet, with DIVER on it; the papers'
 baselines and ablations: herding, k-center and the full real set, DIVER's plain DiT pass (gamma 0), EDITS
 without text prototypes, ShuffleNetV2, and the no-augmentation runs DD-Ranking's ARS needs (every set but
@@ -59,7 +60,14 @@ from pipeline.demo.claims import claim_lines
 
 REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 HEADLINE_IPC = 1
-DEMO_IPCS = (1, 10)  # make demo: the headline IPC first, then IPC 10
+DEMO_IPCS = (HEADLINE_IPC,)  # make demo: IPC 10 too would not fit 12 minutes on 2 cores (estimate below)
+FULL_IPCS = (HEADLINE_IPC, 10)
+# make demo's time, estimated from CPU seconds of single small pieces measured on a busy machine (one torch
+# thread, process time: an SGD step with DSA and a test pass on val per student) and scaled by the last
+# measured demo on 2 idle cores (IPC 10, 2 seeds: evaluation 213 s for 24 runs; DIVER 89 s; EDITS 189 s):
+# a run at IPC 1 (300 epochs, batch 10) costs 1.09x one at IPC 10 (20 epochs, batch 16); IPC 1 with 3 seeds
+# is about 340 s of evaluation, 50 s of DIVER, 130 s of EDITS: 9 minutes; adding IPC 10 (3 seeds) adds
+# about 310 s of evaluation, 90 s of DIVER and 60 s of EDITS: 17 minutes, over the 12.
 DEMO_EVAL_SEEDS = 3
 FULL_EVAL_SEEDS = 5
 FULL_DISTILL_SEEDS = (0, 1)
@@ -170,9 +178,9 @@ def demo_plan(quick: bool = False, full: bool = False) -> DemoPlan:
                         students=tuple(QUICK_EVAL["students"]), baselines=("random_real",),
                         stage1={"dm": (HEADLINE_IPC,)}, ablations=False)
     if full:
-        return DemoPlan(ipcs=DEMO_IPCS, distill_seeds=FULL_DISTILL_SEEDS, eval_seeds=FULL_EVAL["repeats"],
+        return DemoPlan(ipcs=FULL_IPCS, distill_seeds=FULL_DISTILL_SEEDS, eval_seeds=FULL_EVAL["repeats"],
                         students=tuple(FULL_EVAL["students"]), baselines=("random_real",) + FULL_BASELINES,
-                        stage1={"dm": DEMO_IPCS, "gm": tuple(DEMO_TRIM["gm"]["ipcs"])}, ablations=True)
+                        stage1={"dm": FULL_IPCS, "gm": tuple(DEMO_TRIM["gm"]["ipcs"])}, ablations=True)
     return DemoPlan(ipcs=DEMO_IPCS, distill_seeds=(0,), eval_seeds=DEMO_EVAL["repeats"],
                     students=tuple(DEMO_EVAL["students"]), baselines=("random_real",), stage1={"dm": DEMO_IPCS},
                     ablations=False)

@@ -25,12 +25,12 @@ def _names(plan) -> list[str]:
     return [s.name for s in plan.sets()]
 
 
-def test_make_demo_runs_the_headline_ipc_1_and_ipc_10_with_three_evaluation_seeds():
+def test_make_demo_runs_the_headline_ipc_1_with_three_evaluation_seeds():
+    """IPC 10 as well would not fit make demo's 12 minutes on 2 cores (DEMO_IPCS's estimate): it runs in --full."""
     plan = demo_plan()
-    assert plan.ipcs == (1, 10) and plan.distill_seeds == (0,) and plan.eval_seeds >= 3
+    assert plan.ipcs == (1,) and plan.distill_seeds == (0,) and plan.eval_seeds >= 3
     assert plan.students == ("convnet", "resnet18", "mobilenetv2") and not plan.ablations
-    assert sorted(_names(plan)) == sorted(f"{m}_ipc{k}" for m in ("random_real", "dm", "diver", "edits")
-                                          for k in (1, 10))
+    assert _names(plan) == ["random_real_ipc1", "dm_ipc1", "diver_ipc1", "edits_ipc1"]
     assert {s.stage1 for s in plan.sets() if s.method == "diver"} == {"dm"}
     for ipc in plan.ipcs:
         assert eval_config(plan, ipc).repeats == plan.eval_seeds
