@@ -3,10 +3,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections import Counter
 from pathlib import Path
 
+import pipeline.demo.run as demo
+import pipeline.diver.run as diver_run
+import pipeline.edits.run as edits_run
+import tuning.evaluate as te
+from pipeline import report
+from pipeline.core import ray_setup
 from pipeline.demo.run import (
     STAGE1_OF,
     SetSpec,
@@ -19,6 +26,7 @@ from pipeline.demo.run import (
     planned_rows,
     tag_rows,
 )
+from tuning import baselines
 
 
 def _names(plan) -> list[str]:
@@ -91,7 +99,6 @@ def test_distillation_seed_shifts_each_methods_own_seed(tmp_path):
 
 
 def test_rows_are_keyed_by_distillation_seed_so_seeds_do_not_overwrite(monkeypatch, tmp_path):
-    import tuning.evaluate as te
     from pipeline.config import EvalConfig
 
     specs = {s.name: s for s in (SetSpec("dm", 1, 0), SetSpec("dm", 1, 1), SetSpec("diver", 1, 1, stage1="dm"))}
@@ -121,3 +128,69 @@ def test_tag_rows_matches_rows_to_sets_by_folder():
     rows = tag_rows([{"distilled": "/x/diver_gm_ipc1_d1"}, {"distilled": "/elsewhere"}], sets, specs)
     assert rows == [{"distilled": "/x/diver_gm_ipc1_d1", "distill_seed": 1, "stage1": "gm"},
                     {"distilled": "/elsewhere"}]
+
+
+def _fake_pipeline(monkeypatch, tmp_path):
+    """Every heavy step of the demo replaced by a fake that makes an empty folder; returns the evaluations asked."""
+    asked: list[tuple[list[str], int, int, str]] = []
+
+    def folder(p: Path) -> str:
+        p.mkdir(parents=True, exist_ok=True)
+        return str(p)
+
+    def fake_diver(cfg):
+        out = Path(cfg.output.dir)
+        if cfg.diver.stage1 is None:  # the gamma-0 ablation from a given set
+            return {"sets": {"input": {"stage1": cfg.diver.input, "recovered": folder(out / "diver")}}}
+        return {"sets": {f"ipc{k}": {"stage1": folder(out / f"ipc{k}" / "stage1"),
+                                     "recovered": folder(out / f"ipc{k}" / "diver")}
+                         for k in cfg.diver.stage1.ipcs}}
+
+    def fake_eval(todo, val, ev, out, methods=None, **kw):
+        asked.append((sorted(todo), ev.epochs, ev.repeats, ev.augment))
+        return [{"dataset": "digits", "method": methods[n], "ipc": int(n.split("_ipc")[1].split("_")[0])
+                 if "_ipc" in n else 146, "student": st, "student_kwargs": {}, "protocol": "hard",
+                 "augment": ev.augment, "in_mean": st != "convnet", "top1_mean": 50.0, "top1_std": 0.0,
+                 "repeats": ev.repeats, "distilled": str(d),
+                 "runs": [{"seed": ev.seed + r, "final": 50.0} for r in range(ev.repeats)]}
+                for n, d in todo.items() for st in ev.students]
+
+    monkeypatch.setattr(demo, "prepare_demo", lambda out: {"data": folder(tmp_path / "data"), "zoo": "z"})
+    monkeypatch.setattr(baselines, "build_baseline",
+                        lambda name, real, out, ipc, seed=0, **kw: {"output": folder(Path(out))})
+    monkeypatch.setattr(ray_setup, "ray_session", lambda cfg: contextlib.nullcontext())
+    monkeypatch.setattr(diver_run, "run_diver", fake_diver)
+    monkeypatch.setattr(edits_run, "run_edits", lambda cfg, log=None: {"output": folder(Path(cfg.output.dir) / "d")})
+    monkeypatch.setattr(te, "evaluate_sets", fake_eval)
+    monkeypatch.setattr(report, "write_report", lambda out, rows, **kw: {"report_html": str(out / "report.html")})
+    return asked
+
+
+def test_make_demo_evaluates_the_plans_sets_at_ipc_1_with_its_settings(monkeypatch, tmp_path):
+    asked = _fake_pipeline(monkeypatch, tmp_path)
+    summary = demo._run_demo(tmp_path / "out", quick=False, full=False, logs=tmp_path / "logs")
+    assert asked == [(sorted(_names(demo_plan())), demo.DEMO_EVAL_BY_IPC[1]["epochs"], 3, "dsa")]
+    assert set(summary["set_specs"]) == set(_names(demo_plan())) and not summary["skipped"]
+    rows = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert {(r["method"], r["ipc"], r["distill_seed"]) for r in rows} == {
+        (m, 1, 0) for m in ("random_real", "dm", "diver", "edits")}
+    assert {r["stage1"] for r in rows if r["method"] == "diver"} == {"dm"}
+
+
+def test_full_demo_evaluates_both_ipcs_both_distillation_seeds_and_ars_at_seed_0(monkeypatch, tmp_path):
+    asked = _fake_pipeline(monkeypatch, tmp_path)
+    plan = demo_plan(full=True)
+    summary = demo._run_demo(tmp_path / "out", quick=False, full=True, logs=tmp_path / "logs")
+    assert set(summary["set_specs"]) == set(_names(plan)) and not summary["skipped"]
+    by_ipc = {1: [n for n in _names(plan) if "_ipc1" in n and "_ipc10" not in n],
+              10: [n for n in _names(plan) if "_ipc10" in n]}
+    seed0 = {k: [n for n in v if not n.endswith("_d1")] for k, v in by_ipc.items()}
+    assert asked == [(sorted(by_ipc[1]), demo.DEMO_EVAL_BY_IPC[1]["epochs"], 5, "dsa"),
+                     (sorted(seed0[1]), demo.DEMO_EVAL_BY_IPC[1]["epochs"], 5, "none"),
+                     (sorted(by_ipc[10]), 20, 5, "dsa"), (sorted(seed0[10]), 20, 5, "none"),
+                     (["full_real"], 20, 5, "dsa")]
+    rows = json.loads((tmp_path / "out" / "results.json").read_text())
+    keys = Counter((r["method"], r["ipc"], r["distill_seed"], r["augment"]) for r in rows)
+    assert keys[("gm", 1, 1, "dsa")] == keys[("diver_gm", 1, 0, "dsa")] == 4  # 4 students
+    assert {r["stage1"] for r in rows if r["method"] == "diver_gm"} == {"gm"}
+    assert all(len(r["runs"]) == 5 for r in rows)
