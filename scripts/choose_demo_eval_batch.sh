@@ -7,8 +7,8 @@
 #   environment: EPOCHS (default "20"), BATCHES (default "64 32 16"), REPEATS (default 2), EVAL_ARGS (more
 #   eval overrides, e.g. eval.backend=local: the runs one after another in this process, no Ray)
 #   IPC 10 (about 5 min on 2 cores):  scripts/choose_demo_eval_batch.sh
-#   IPC 1:  EPOCHS="100 300" BATCHES="5 10" REPEATS=3 scripts/choose_demo_eval_batch.sh "" 1
-#   (at IPC 1 a batch is capped at the set's 10 images, so 10 is the full batch and any larger one equals it)
+#   IPC 1:  EPOCHS="100 300" BATCHES=10 REPEATS=3 scripts/choose_demo_eval_batch.sh "" 1
+#   (at IPC 1 a batch is capped at the set's 10 images, so 10 is the full batch and 16 is the same run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 IPC="${2:-10}"
