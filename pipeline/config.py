@@ -166,11 +166,13 @@ class EditsConfig(Section):
 
 
 class DMConfig(Section):
-    """Built-in classical stage-1 distiller (distribution matching)."""
+    """Built-in classical stage-1 distiller: distribution matching (``dm``, pipeline/diver/dm.py) or gradient
+    matching as DC/DSA (``gm``, pipeline/diver/gm.py); the fields after the ``gm:`` comment are GM's alone."""
 
+    method: Literal["dm", "gm"] = "dm"
     ipc: int = Field(10, gt=0)
     iterations: int = Field(1000, gt=0)
-    lr_img: float = 1.0
+    lr_img: float | None = None  # None: the method's reference default, DM 1.0, DC/DSA 0.1
     batch_real: int = Field(256, gt=0)
     init: Literal["real", "noise"] = "real"
     net_depth: int | None = Field(None, gt=0)  # None: from the resolution, 3 at 32 px, 4 at 64, 5 at 128 (DM)
@@ -179,6 +181,20 @@ class DMConfig(Section):
     seed: int = 0
     ipcs: list[int] | None = None  # DIVER: distil (and recover) each of these IPCs; None: [ipc]
     max_per_class: int | None = Field(None, gt=0)  # cap on the real images read per class
+    # gm: per iteration, outer_loop image updates with inner_loop epochs of network training between them
+    # (None: DC's get_loops(ipc), utils.py: IPC 1 -> 1, 1; 10 -> 10, 50; 50 -> 50, 10), the network trained
+    # on the synthetic set by SGD at lr_net in batches of batch_train (DC main.py defaults 0.01, 256)
+    outer_loop: int | None = Field(None, gt=0)
+    inner_loop: int | None = Field(None, ge=0)
+    lr_net: float = Field(0.01, gt=0)
+    batch_train: int = Field(256, gt=0)
+
+    @model_validator(mode="after")
+    def _gm_loops_need_gm(self) -> DMConfig:
+        if self.method == "dm" and (self.outer_loop is not None or self.inner_loop is not None):
+            raise ValueError("diver.stage1.outer_loop / inner_loop are gradient matching's loops, but "
+                             "diver.stage1.method is dm: set method: gm or drop the loops")
+        return self
 
 
 class DiverConfig(Section):

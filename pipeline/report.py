@@ -107,7 +107,7 @@ def _pivot_html(rows: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
-METHOD_ORDER = ("full_real", "random_real", "herding", "k_center", "dm", "diver_gamma0", "diver",
+METHOD_ORDER = ("full_real", "random_real", "herding", "k_center", "dm", "diver_gamma0", "diver", "gm", "diver_gm",
                 "edits_no_text", "edits")
 
 

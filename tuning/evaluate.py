@@ -44,8 +44,9 @@ from tuning.stream import scan_stream
 from tuning.students import build_student, check_students
 from tuning.teacher_ckpt import load_into, read_state_dict
 
-# A row is one (set, student) under one recipe: two presets, or a final and a best top-1, never share a row.
-ROW_KEY = ("dataset", "method", "ipc", "student", "preset", "reported", "protocol", "augment")
+# A row is one (set, student) under one recipe: two presets, or a final and a best top-1, never share a row;
+# distill_seed: the seed a set was made with, when one method's set is made with several (the demo)
+ROW_KEY = ("dataset", "method", "ipc", "distill_seed", "student", "preset", "reported", "protocol", "augment")
 
 
 # ----------------------------------------------------------------------------- data
@@ -641,15 +642,17 @@ def ipc_label(rows: list[dict[str, Any]]) -> str:
     return "IPC " + (", ".join(ipcs[:-1]) + " and " + ipcs[-1] if len(ipcs) > 1 else "".join(ipcs))
 
 
-def headline_by_seed(rows: list[dict[str, Any]]) -> dict[int, float]:
-    """Per seed, the headline of one set: the mean over its students in the headline (``in_mean``; all of
-    them when none is) of that seed's reported top-1. Only seeds every such student ran."""
+def headline_by_seed(rows: list[dict[str, Any]]) -> dict[tuple[int, int], float]:
+    """Per (distillation seed, evaluation seed), the headline of one set: the mean over its students in the
+    headline (``in_mean``; all of them when none is) of that seed's reported top-1. Only the seed pairs every
+    such student ran (a set made once has distillation seed 0)."""
     counted = [r for r in rows if in_mean(r)] or list(rows)
-    by_seed: dict[int, list[float]] = {}
+    students = {student_label(r) for r in counted}
+    by_seed: dict[tuple[int, int], list[float]] = {}
     for r in counted:
         for run in r.get("runs") or []:
-            by_seed.setdefault(int(run["seed"]), []).append(run_value(run, r))
-    return {s: float(np.mean(v)) for s, v in sorted(by_seed.items()) if len(v) == len(counted)}
+            by_seed.setdefault((int(r.get("distill_seed") or 0), int(run["seed"])), []).append(run_value(run, r))
+    return {s: float(np.mean(v)) for s, v in sorted(by_seed.items()) if len(v) == len(students)}
 
 
 def headline_cell(rows: list[dict[str, Any]]) -> str:
@@ -658,6 +661,17 @@ def headline_cell(rows: list[dict[str, Any]]) -> str:
     seeds = headline_by_seed(rows)
     mean = f"{mean_top1(rows):.2f}"
     return mean + (f" ± {float(np.std(list(seeds.values()))):.2f}" if len(seeds) > 1 else "")
+
+
+def student_cell(rows: list[dict[str, Any]]) -> str:
+    """One student's top-1 on one set, mean ± std (population) over every run of ``rows``: the row's own
+    numbers when the set was made once, else pooled over its distillation seeds."""
+    if len(rows) == 1:
+        return f"{rows[0]['top1_mean']:.2f} ± {rows[0]['top1_std']:.2f}"
+    values = [run_value(run, r) for r in rows for run in r.get("runs") or []]
+    if not values:
+        return f"{np.mean([r['top1_mean'] for r in rows]):.2f}"
+    return f"{np.mean(values):.2f} ± {np.std(values):.2f}"
 
 
 def _pivot_markdown(rows: list[dict[str, Any]], title: str) -> list[str]:
@@ -674,12 +688,12 @@ def _pivot_markdown(rows: list[dict[str, Any]], title: str) -> list[str]:
              f"last column: {what}.", "",
              "| dataset | IPC | method | " + " | ".join(students) + " | mean |",
              "|---|---:|---|" + "---:|" * (len(students) + 1)]
-    groups: dict[tuple, dict[str, dict[str, Any]]] = {}
-    for r in rows:
-        groups.setdefault((r["dataset"], r["ipc"], r["method"]), {})[student_label(r)] = r
+    groups: dict[tuple, dict[str, list[dict[str, Any]]]] = {}
+    for r in rows:  # a set made with several distillation seeds: one cell over all of its runs
+        groups.setdefault((r["dataset"], r["ipc"], r["method"]), {}).setdefault(student_label(r), []).append(r)
     for (ds, ipc, method), by in sorted(groups.items()):
-        cells = [f"{by[s]['top1_mean']:.2f} ± {by[s]['top1_std']:.2f}" if s in by else "-" for s in students]
-        mean = headline_cell(list(by.values())) + ("" if counted else " †")
+        cells = [student_cell(by[s]) if s in by else "-" for s in students]
+        mean = headline_cell([r for rs in by.values() for r in rs]) + ("" if counted else " †")
         pivot.append(f"| {ds} | {ipc} | {method} | " + " | ".join(cells) + f" | {mean} |")
     return pivot
 
@@ -705,7 +719,8 @@ def results_markdown(rows: list[dict[str, Any]], protocol: bool = True) -> str:
 
 
 CSV_FIELDS = ["dataset", "method", "ipc", "student", "protocol", "augment", "top1_mean", "top1_std", "reported", "repeats",
-              "best_mean", "best_std", "final_mean", "final_std", "epochs", "preset", "images", "distilled"]
+              "best_mean", "best_std", "final_mean", "final_std", "epochs", "preset", "images", "distilled",
+              "distill_seed"]
 
 
 def write_results(rows: list[dict[str, Any]], out_dir: str | os.PathLike, merge: bool = True) -> list[dict[str, Any]]:

@@ -2,7 +2,8 @@
 
 Each claim is "set A above set B" at one IPC, on the headline (the mean over the unseen students,
 ``eval.exclude_from_mean`` left out) of the augmented runs. Per evaluation seed, each set's headline
-(``tuning.evaluate.headline_by_seed``); the paired differences ``d_s = A_s - B_s`` over the seeds both ran;
+(``tuning.evaluate.headline_by_seed``, keyed by distillation and evaluation seed); the paired differences
+``d_s = A_s - B_s`` over the seed pairs both ran;
 the claim is met when ``mean(d) > 2 SE`` with ``SE = std(d, ddof=1) / sqrt(n)``, and not tested with fewer
 than ``MIN_SEEDS`` seeds (two seeds give a standard error too rough to decide on).
 """
@@ -21,6 +22,7 @@ from tuning.evaluate import headline_rows
 CLAIMS: tuple[tuple[str, str, str], ...] = (
     ("edits", "random_real", "EDITS above random real"),
     ("diver", "dm", "DIVER above its stage-1 input (DM)"),
+    ("diver_gm", "gm", "DIVER above its stage-1 input (gradient matching)"),
 )
 MIN_SEEDS = 3
 

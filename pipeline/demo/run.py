@@ -3,19 +3,37 @@
 1. the demo digits (``out/data``) and the local model zoo;
 2. baselines: ``random_real`` (IPC real images per class) and DM from noise (the built-in stage-1
    distiller, long enough that its images are abstract: the set DIVER exists to recover);
-3. DIVER on the DM set (IPC 10) and EDITS (IPC 10), each from its demo config
-   (``configs/demo_diver.yaml`` / ``configs/demo_edits.yaml`` when present, else ``configs/demo.yaml``);
-4. cross-architecture evaluation on Ray Train: the ConvNet (DM's proxy, out of the headline mean)
-   plus unseen ResNet-18 and MobileNetV2, 2 seeds, in one TorchTrainer;
+3. DIVER on the DM set and EDITS, each from its demo config (``configs/demo_diver.yaml`` /
+   ``configs/demo_edits.yaml`` when present, else ``configs/demo.yaml``), at every IPC of the plan;
+4. cross-architecture evaluation on Ray Train: the ConvNet (the stage-1 proxy, out of the headline mean)
+   plus unseen ResNet-18 and MobileNetV2, one TorchTrainer per IPC, at that IPC's epochs and batch
+   (``DEMO_EVAL_BY_IPC``, chosen on a holdout of the train split);
 5. ``out/results.json``, ``out/results.md`` and ``out/report.html`` (tables, DD-Ranking, a bar chart,
    DIVER's input beside its output, EDITS's prototypes, image grids, and the sweep plot when
    ``semdistill sweep ... output.dir=<out>`` ran before).
 
-``full=True`` (``semdistill demo --full``) adds the papers' baselines and ablations: herding,
-k-center and the full real set, DIVER's plain DiT pass (gamma 0), EDITS without text prototypes,
-ShuffleNetV2, and the no-augmentation runs DD-Ranking's ARS needs (every set but ``full_real``: ARS compares a
-set with random real images, with and without augmentation, and never trains on the full set). The terminal shows one line per stage and one
-progress bar per long stage; everything else goes to ``out/logs/``.
+What runs is ``demo_plan(quick, full)`` (``DemoPlan``): the headline is IPC 1 (``HEADLINE_IPC``), where a
+distilled set has room above random real. ``make demo`` runs IPC 1 alone (``DEMO_IPCS``: IPC 10 too would not
+fit its 12 minutes) and evaluates every set with ``DEMO_EVAL_SEEDS`` seeds; ``full=True`` (``semdistill demo
+--full``) adds IPC 10 (``FULL_IPCS``), evaluates with ``FULL_EVAL_SEEDS`` seeds, distils every method's set
+with each of ``FULL_DISTILL_SEEDS``, and adds gradient matching (DC/DSA,
+pipeline/diver/gm.py) at IPC 1, a stage-1 set that overfits its ConvNet, with DIVER on it; the papers'
+baselines and ablations: herding, k-center and the full real set, DIVER's plain DiT pass (gamma 0), EDITS
+without text prototypes, ShuffleNetV2, and the no-augmentation runs DD-Ranking's ARS needs (every set but
+``full_real``: ARS compares a set with random real images, with and without augmentation). The coresets,
+the ablations and the ARS runs use distillation seed 0 only. The terminal shows one line per stage and one progress bar per long
+stage; everything else goes to ``out/logs/``.
+
+Rows and seeds, for the claim code: ``results.json`` holds one row per (method, IPC, distillation seed,
+student, augment); ``row["distill_seed"]`` is the seed the set was made with (``d``) and ``row["runs"]`` one
+entry per evaluation seed (``run["seed"] = eval.seed + r``, r < the plan's evaluation seeds; the same
+evaluation seeds for every set). A set distilled with seed ``d`` uses each method's own seed shifted by
+``d`` (random real and the coresets: ``seed=d``; DM / GM: ``diver.stage1.seed + d``; DIVER:
+``diver.seed + d``, recovering its stage-1 set of the same ``d``; EDITS: ``edits.seed + d``). Two sets at
+one IPC are compared pairwise on ``(distill_seed, evaluation seed)``: the same evaluation seed within the
+same distillation seed (in ``make demo`` only ``d = 0``: the pairs are the evaluation seeds). A recovered
+set names the set it recovered in ``row["stage1"]`` (``STAGE1_OF``: diver -> dm, diver_gm -> gm,
+diver_gamma0 -> dm).
 
 A method whose module is missing (or that fails) is skipped with a message, and the rest
 still runs. A re-run reuses every finished stage and every evaluation whose set is unchanged.
@@ -29,6 +47,7 @@ import json
 import os
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,18 +59,37 @@ from pipeline.core.write import atomic_write_json
 from pipeline.demo.claims import claim_lines
 
 REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-IPC = 10
+HEADLINE_IPC = 1
+DEMO_IPCS = (HEADLINE_IPC,)  # make demo: IPC 10 too would not fit 12 minutes on 2 cores (estimate below)
+FULL_IPCS = (HEADLINE_IPC, 10)
+# make demo's time, estimated from CPU seconds of single small pieces measured on a busy machine (one torch
+# thread, process time: an SGD step with DSA and a test pass on val per student) and scaled by the last
+# measured demo on 2 idle cores (IPC 10, 2 seeds: evaluation 213 s for 24 runs; DIVER 89 s; EDITS 189 s):
+# a run at IPC 1 (300 epochs, batch 10) costs 1.09x one at IPC 10 (20 epochs, batch 16); IPC 1 with 3 seeds
+# is about 340 s of evaluation, 50 s of DIVER, 130 s of EDITS: 9 minutes; adding IPC 10 (3 seeds) adds
+# about 310 s of evaluation, 90 s of DIVER and 60 s of EDITS: 17 minutes, over the 12.
+DEMO_EVAL_SEEDS = 3
+FULL_EVAL_SEEDS = 5
+FULL_DISTILL_SEEDS = (0, 1)
 # The demo's evaluation: the "demo" preset (DSA, SGD, cosine) with a narrower ResNet-18; the ConvNet is
-# DM's proxy (out of the headline mean), ResNet-18 and MobileNetV2 are unseen. One CPU and one torch
-# thread per Ray Train worker, so the two cores are never oversubscribed.
-# Batch 16 (20 epochs of 100 images: 140 SGD steps) was chosen on a holdout carved from the train split, never
-# on val (scripts/choose_demo_eval_batch.sh; random real IPC 10, 2 seeds, top-1 on the holdout): batch 64 left
-# MobileNetV2 at chance (10.3%; ResNet-18 68.2, ConvNet 92.5), 32 gave 76.7 (90.9, 92.3), 16 gave 90.1 (92.6, 92.5).
+# the stage-1 proxy (out of the headline mean), ResNet-18 and MobileNetV2 are unseen. One CPU and one torch
+# thread per Ray Train worker, so the two cores are never oversubscribed. Epochs and batch per IPC below.
 DEMO_EVAL = {"students": ["convnet", "resnet18", "mobilenetv2"], "preset": "demo", "dataset": "digits",
-             "epochs": 20, "batch_size": 16, "repeats": 2, "eval_every": 10,
+             "epochs": 20, "batch_size": 16, "repeats": DEMO_EVAL_SEEDS, "eval_every": 10,
              "student_kwargs": {"resnet18": {"width": 16}}, "cpus_per_job": 1.0}
-FULL_EVAL = {**DEMO_EVAL, "students": ["convnet", "resnet18", "mobilenetv2", "shufflenetv2"]}
+FULL_EVAL = {**DEMO_EVAL, "students": ["convnet", "resnet18", "mobilenetv2", "shufflenetv2"],
+             "repeats": FULL_EVAL_SEEDS}
 QUICK_EVAL = {**DEMO_EVAL, "epochs": 4, "repeats": 1, "eval_every": 0}
+# Epochs and batch per IPC, chosen on a holdout carved from the train split (20% per class, seed 0), never on
+# val: scripts/choose_demo_eval_batch.sh, random real at that IPC, top-1 on the holdout.
+# IPC 10 (2 seeds, 20 epochs): batch 64 left MobileNetV2 at chance (10.3%; ResNet-18 68.2, ConvNet 92.5),
+# 32 gave 76.7 (90.9, 92.3), 16 gave 90.1 (92.6, 92.5): batch 16, 140 SGD steps.
+# IPC 1 (3 seeds, final top-1; a batch is capped at the set's 10 images, so 10 is the full batch and 16 the same
+# run): 100 epochs gave ConvNet 74.3, ResNet-18 59.1, MobileNetV2 53.1 (unseen mean 56.1); 300 epochs gave
+# ConvNet 75.9, ResNet-18 65.5 (above 100 epochs at each of the 3 seeds); MobileNetV2 at 300 epochs was not
+# measured (the shared CPU ran out of time): 300 epochs, full batch, tests at 150 and 300 as IPC 10's halfway.
+DEMO_EVAL_BY_IPC = {1: {"epochs": 300, "batch_size": 10, "eval_every": 150},
+                    10: {"epochs": 20, "batch_size": 16, "eval_every": 10}}
 FULL_BASELINES = ("herding", "k_center", "full_real")
 # DD-Ranking's ARS (ddranking/metrics/aug_robust.py) trains the set and random real images with and without
 # augmentation; the full real set only enters LRS (with augmentation), so it gets no no-augmentation run.
@@ -66,12 +104,94 @@ DEMO_TRIM = {
     # DM from noise (not the reference's real init): its images end abstract, fitted to the proxy ConvNet,
     # which is the kind of set DIVER recovers; 400 iterations at 32 real images per class fit 2 cores
     "diver": {"stage1": {"iterations": 400, "init": "noise", "batch_real": 32}},
+    # gradient matching (DC/DSA) from noise at IPC 1 with DC's own loops there (get_loops(1) = 1, 1) and
+    # lr_img (0.1), on DM's proxy ConvNet (width 64, depth 3); 200 of DC's 1000 iterations fit 2 cores
+    "gm": {"method": "gm", "ipcs": [1], "iterations": 200, "init": "noise", "batch_real": 32, "lr_img": None,
+           "outer_loop": None, "inner_loop": None},
 }
+# the set each recovered set starts from (claims: DIVER against its stage-1 input at the same seeds)
+STAGE1_OF = {"diver": "dm", "diver_gm": "gm", "diver_gamma0": "dm"}
 FALLBACK = {"name": "demo", "data": {"image_size": 32},
             "models": {"vlm": "zoo:demo_vlm", "clip": "zoo:demo_clip", "vae": "zoo:vae", "dit": "zoo:dit",
                        "sd": "zoo:demo_sd",
                        "llm": "zoo:llm"},
             "ray": {"num_cpus": 2, "actor_num_cpus": 0.5}}
+
+
+@dataclass(frozen=True)
+class DemoPlan:
+    """What one demo run makes and evaluates (``demo_plan``)."""
+
+    ipcs: tuple[int, ...]  # the headline IPC first
+    distill_seeds: tuple[int, ...]  # each method's and random real's set once per seed (coresets, ablations:
+    # the first only)
+    eval_seeds: int  # evaluation seeds eval.seed + r, r < eval_seeds, the same for every set
+    students: tuple[str, ...]
+    baselines: tuple[str, ...]  # sets of real images, at every IPC (full_real: the whole split, once)
+    stage1: dict[str, tuple[int, ...]]  # built-in stage-1 distiller -> its IPCs; DIVER recovers each
+    ablations: bool  # DIVER gamma 0, EDITS without text prototypes, the no-augmentation (ARS) runs
+
+    def sets(self) -> list[SetSpec]:
+        """Every set the plan evaluates, in the order they are made."""
+        specs: list[SetSpec] = []
+        for ipc in self.ipcs:
+            for d in self.distill_seeds:  # random real at every seed (the claims' reference); coresets at the first
+                specs += [SetSpec(b, ipc, d) for b in self.baselines
+                          if b == "random_real" or (b != "full_real" and d == self.distill_seeds[0])]
+        if "full_real" in self.baselines:
+            specs.append(SetSpec("full_real", None, 0))
+        for method, ipcs in self.stage1.items():
+            recovered = "diver" if method == "dm" else f"diver_{method}"
+            for d in self.distill_seeds:
+                for ipc in ipcs:
+                    specs += [SetSpec(method, ipc, d), SetSpec(recovered, ipc, d, stage1=method)]
+                    if self.ablations and method == "dm" and d == self.distill_seeds[0]:
+                        specs.append(SetSpec("diver_gamma0", ipc, d, stage1="dm"))
+        for ipc in self.ipcs:
+            for d in self.distill_seeds:
+                specs.append(SetSpec("edits", ipc, d))
+                if self.ablations and d == self.distill_seeds[0]:
+                    specs.append(SetSpec("edits_no_text", ipc, d))
+        return specs
+
+
+@dataclass(frozen=True)
+class SetSpec:
+    """One set: its method, IPC (None: the whole real split), distillation seed and, when it recovers
+    another set, that set's method."""
+
+    method: str
+    ipc: int | None
+    distill_seed: int
+    stage1: str | None = None
+
+    @property
+    def name(self) -> str:
+        """Its key in the demo (``dm_ipc1``, ``diver_ipc10_d1``, ``full_real``) and its folder's name."""
+        if self.ipc is None:
+            return self.method
+        return f"{self.method}_ipc{self.ipc}" + (f"_d{self.distill_seed}" if self.distill_seed else "")
+
+
+def demo_plan(quick: bool = False, full: bool = False) -> DemoPlan:
+    """``quick``: a smoke run (headline IPC, one seed); default: ``make demo``; ``full``: ``demo --full``."""
+    if quick:
+        return DemoPlan(ipcs=(HEADLINE_IPC,), distill_seeds=(0,), eval_seeds=QUICK_EVAL["repeats"],
+                        students=tuple(QUICK_EVAL["students"]), baselines=("random_real",),
+                        stage1={"dm": (HEADLINE_IPC,)}, ablations=False)
+    if full:
+        return DemoPlan(ipcs=FULL_IPCS, distill_seeds=FULL_DISTILL_SEEDS, eval_seeds=FULL_EVAL["repeats"],
+                        students=tuple(FULL_EVAL["students"]), baselines=("random_real",) + FULL_BASELINES,
+                        stage1={"dm": FULL_IPCS, "gm": tuple(DEMO_TRIM["gm"]["ipcs"])}, ablations=True)
+    return DemoPlan(ipcs=DEMO_IPCS, distill_seeds=(0,), eval_seeds=DEMO_EVAL["repeats"],
+                    students=tuple(DEMO_EVAL["students"]), baselines=("random_real",), stage1={"dm": DEMO_IPCS},
+                    ablations=False)
+
+
+def eval_config(plan: DemoPlan, ipc: int | None, quick: bool = False) -> EvalConfig:
+    """The evaluation of the plan's sets at ``ipc`` (None: the full real set, at the largest IPC's settings)."""
+    table = QUICK_EVAL if quick else {**DEMO_EVAL, **DEMO_EVAL_BY_IPC[ipc or max(DEMO_EVAL_BY_IPC)]}
+    return EvalConfig.model_validate({**table, "students": list(plan.students), "repeats": plan.eval_seeds})
 
 
 def prepare_demo(out: Path) -> dict[str, Any]:
@@ -96,8 +216,10 @@ def _merge(into: dict[str, Any], extra: dict[str, Any]) -> None:
             into[k] = v
 
 
-def method_config(method: str, out: Path, data: Path, quick: bool, logs: Path | None = None) -> Config:
-    """The method's demo config with this demo's data, output folder and IPC (``logs``: Ray's logs there)."""
+def method_config(method: str, out: Path, data: Path, quick: bool, logs: Path | None = None,
+                  ipcs: tuple[int, ...] = (HEADLINE_IPC,)) -> Config:
+    """The method's demo config with this demo's data, output folder and IPCs (``logs``: Ray's logs there;
+    EDITS makes one IPC a run, the first of ``ipcs``; DIVER's stage 1 makes each)."""
     path = REPO_CONFIGS / f"demo_{method}.yaml"
     if not path.is_file():
         path = REPO_CONFIGS / "demo.yaml"
@@ -111,7 +233,7 @@ def method_config(method: str, out: Path, data: Path, quick: bool, logs: Path | 
     if logs is not None:  # workers' output stays in Ray's session logs, linked from logs/
         raw.setdefault("ray", {}).update({"log_to_driver": False, "logs_dir": str(logs)})
     if method == "edits":
-        raw.setdefault("edits", {})["ipc"] = IPC
+        raw.setdefault("edits", {})["ipc"] = ipcs[0]
         if not quick:
             _merge(raw, {"edits": DEMO_TRIM["edits"], "ray": DEMO_TRIM["ray"]})
         if quick:
@@ -123,8 +245,7 @@ def method_config(method: str, out: Path, data: Path, quick: bool, logs: Path | 
         d = raw.setdefault("diver", {})
         d.pop("input", None)
         stage1 = d.get("stage1") or {}
-        stage1.update({"ipc": IPC})
-        stage1.pop("ipcs", None)
+        stage1.update({"ipc": ipcs[0], "ipcs": list(ipcs)})
         if not quick:
             stage1.update(DEMO_TRIM["diver"]["stage1"])
         if quick:
@@ -149,13 +270,28 @@ def ars_sets(sets: dict[str, Path]) -> dict[str, Path]:
     return {n: d for n, d in sets.items() if n not in NOT_IN_ARS}
 
 
+def tag_rows(rows: list[dict], sets: dict[str, Path], specs: dict[str, SetSpec]) -> list[dict]:
+    """Each row gains its set's ``distill_seed`` and, for a recovered set, ``stage1`` (found by its folder)."""
+    by_dir = {str(d): specs[n] for n, d in sets.items() if n in specs}
+    for r in rows:
+        spec = by_dir.get(str(r.get("distilled")))
+        if spec is not None:
+            r["distill_seed"] = spec.distill_seed
+            if spec.stage1:
+                r["stage1"] = spec.stage1
+    return rows
+
+
 def evaluate_demo(sets: dict[str, Path], data: Path, out: Path, ev: EvalConfig, ray_cfg: Any,
-                  tag: str = "", shown: dict[str, Path] | None = None) -> list[dict]:
+                  tag: str = "", shown: dict[str, Path] | None = None,
+                  specs: dict[str, SetSpec] | None = None) -> list[dict]:
     """Evaluate the sets whose manifest or eval settings changed since the last demo run (``tag``: one
-    record per evaluation, e.g. the no-augmentation runs); returns the table's rows of ``shown``
-    (default ``sets``), earlier evaluations included."""
+    record per evaluation, e.g. the no-augmentation runs); returns the rows of ``results.json``, earlier
+    evaluations included (``shown``: only those whose method is a key of it). ``specs`` (set name ->
+    ``SetSpec``) names each row's method and distillation seed."""
     from tuning.evaluate import evaluate_sets, write_results
 
+    specs = specs or {}
     done_path = out / f"eval_done{tag}.json"
     done = json.loads(done_path.read_text()) if done_path.is_file() else {}
     todo = {n: d for n, d in sets.items() if done.get(n) != _set_fingerprint(d, ev)}
@@ -164,53 +300,98 @@ def evaluate_demo(sets: dict[str, Path], data: Path, out: Path, ev: EvalConfig, 
             print(f"eval {n}{tag}: unchanged since the last run, reusing its results")
     rows: list[dict] = []
     if todo:
-        rows = evaluate_sets(todo, data / "val", ev, out, ray_cfg=ray_cfg, methods={n: n for n in todo},
-                             write=False)
+        methods = {n: specs[n].method if n in specs else n for n in todo}
+        rows = tag_rows(evaluate_sets(todo, data / "val", ev, out, ray_cfg=ray_cfg, methods=methods, write=False),
+                        todo, specs)
         done.update({n: _set_fingerprint(d, ev) for n, d in todo.items()})
     all_rows = write_results(rows, out)
     atomic_write_json(done_path, done)
-    return [r for r in all_rows if r["method"] in (sets if shown is None else shown)]
+    return all_rows if shown is None else [r for r in all_rows if r["method"] in shown]
 
 
-def stage1_record(rows: list[dict], method: str = "dm") -> dict[str, float] | None:
-    """The stage-1 set's proxy (ConvNet, out of the mean) vs unseen-architecture accuracy, from its rows."""
+def planned_rows(rows: list[dict], specs: dict[str, SetSpec]) -> list[dict]:
+    """The rows of this plan's sets (``results.json`` may hold rows of an earlier, other plan)."""
+    keys = {(s.method, s.distill_seed, s.ipc) for s in specs.values()}
+    return [r for r in rows if (r["method"], r.get("distill_seed"), r["ipc"]) in keys
+            or (r["method"] == "full_real" and ("full_real", 0, None) in keys)]
+
+
+def stage1_record(rows: list[dict], method: str = "dm", ipc: int | None = None) -> dict[str, float] | None:
+    """A stage-1 set's proxy (ConvNet, out of the mean) vs unseen-architecture accuracy, from its rows
+    (``ipc``: that IPC's rows only; distillation seed 0 when rows carry one)."""
     from tuning.evaluate import in_mean, mean_top1
 
-    mine = [r for r in rows if r["method"] == method and r.get("augment") != "none"]
+    mine = [r for r in rows if r["method"] == method and r.get("augment") != "none"
+            and (ipc is None or r["ipc"] == ipc) and r.get("distill_seed", 0) == 0]
     proxy = [r["top1_mean"] for r in mine if not in_mean(r)]
     if not mine or not proxy:
         return None
     return {"proxy": round(float(sum(proxy) / len(proxy)), 2), "unseen_mean": round(mean_top1(mine), 2)}
 
 
-def gamma0_config(cfg: Config, dm_set: Path, out: Path) -> Config:
+def gamma0_config(cfg: Config, dm_set: Path, out: Path, name: str = "diver_gamma0") -> Config:
     """DIVER's ablation: the same DiT pass from the same DM set with the guidance off (inheritance only)."""
     raw = cfg.model_dump(mode="json")
     raw["diver"].update({"stage1": None, "input": str(dm_set), "input_format": "pt", "gamma": 0.0})
-    raw["output"]["dir"] = str(out / "diver_gamma0")
+    raw["output"]["dir"] = str(out / name)
     return config_from_dict(raw, source="demo: diver gamma 0")
 
 
-def no_text_config(cfg: Config, out: Path) -> Config:
+def diver_seed_config(cfg: Config, out: Path, method: str, ipcs: tuple[int, ...], distill_seed: int) -> Config:
+    """DIVER on the built-in stage-1 ``method`` (dm | gm) at ``ipcs`` with distillation seed ``d``: the stage-1
+    seed and DIVER's seed both shifted by ``d``; output ``out/diver[_gm][_d<d>]``."""
+    raw = cfg.model_dump(mode="json")
+    stage1 = raw["diver"]["stage1"]
+    if method != "dm":
+        stage1.update({k: v for k, v in DEMO_TRIM[method].items() if k != "ipcs"})
+    stage1.update({"ipc": ipcs[0], "ipcs": list(ipcs), "seed": stage1["seed"] + distill_seed})
+    raw["diver"]["seed"] += distill_seed
+    name = "diver" + ("" if method == "dm" else f"_{method}") + (f"_d{distill_seed}" if distill_seed else "")
+    raw["output"]["dir"] = str(out / name)
+    return config_from_dict(raw, source=f"demo: diver on {method}, distillation seed {distill_seed}")
+
+
+def _copy_artefacts(src: Path, dst: Path) -> None:
+    """Start ``dst`` from a copy of ``src``'s EDITS artefacts: stage keys then reuse what is the same."""
+    from pipeline.core.write import atomic_folder
+
+    if src.is_dir() and not dst.exists():  # a re-run resumes from its own artefacts
+        import shutil
+
+        with atomic_folder(dst) as tmp:
+            shutil.copytree(src, tmp, dirs_exist_ok=True)
+
+
+def edits_seed_config(cfg: Config, out: Path, ipc: int, distill_seed: int, first: Config | None = None) -> Config:
+    """EDITS at ``ipc`` with distillation seed ``d`` (``edits.seed + d``) into ``out/edits_ipc<K>[_d<d>]``.
+
+    Every run after ``first`` starts from a copy of its artefacts and shares its fine-tuned SD, so captions,
+    features and the fine-tune are made once; clusters, prototypes and images follow the IPC and seed.
+    """
+    raw = cfg.model_dump(mode="json")
+    raw["edits"].update({"ipc": ipc, "seed": cfg.edits.seed + distill_seed})
+    name = SetSpec("edits", ipc, distill_seed).name
+    raw["output"]["dir"] = str(out / name)
+    if first is not None:
+        first_out = Path(first.output.dir)
+        raw["edits"]["finetune"]["output"] = str(Path(first.edits.finetune.output or first_out / "finetuned_sd"))
+        _copy_artefacts(first_out / "artefacts", out / name / "artefacts")
+    return config_from_dict(raw, source=f"demo: edits at IPC {ipc}, distillation seed {distill_seed}")
+
+
+def no_text_config(cfg: Config, out: Path, name: str = "edits_no_text") -> Config:
     """EDITS's ablation without text prototypes: the same run with ``edits.class_prompt`` as every prompt.
 
     It starts from a copy of the full run's artefacts and uses the same ``edits.finetune.output``:
     the stage keys then reuse the captions, features, clusters, image prototypes and fine-tuned SD,
     and redo only the text half (its key holds ``edits.text_prototype``) and the images.
     """
-    from pipeline.core.write import atomic_folder
-
     raw = cfg.model_dump(mode="json")
     full_out = Path(cfg.output.dir)
     raw["edits"]["text_prototype"] = "class_prompt"
     raw["edits"]["finetune"]["output"] = str(Path(cfg.edits.finetune.output or full_out / "finetuned_sd"))
-    raw["output"]["dir"] = str(out / "edits_no_text")
-    art, dst = full_out / "artefacts", out / "edits_no_text" / "artefacts"
-    if art.is_dir() and not dst.exists():  # a re-run resumes from its own artefacts
-        import shutil
-
-        with atomic_folder(dst) as tmp:
-            shutil.copytree(art, tmp, dirs_exist_ok=True)
+    raw["output"]["dir"] = str(out / name)
+    _copy_artefacts(full_out / "artefacts", out / name / "artefacts")
     return config_from_dict(raw, source="demo: edits without text prototypes")
 
 
@@ -233,11 +414,92 @@ def run_demo(out: Path, quick: bool = False, full: bool = False, verbose: bool =
         return _run_demo(out, quick, full, logs)
 
 
+def _failed(skipped: dict[str, str], key: str, err: Exception, logs: Path) -> None:
+    from pipeline.core.console import stage
+
+    skipped[key] = f"{key} failed: {type(err).__name__}: {err}"
+    stage(f"      {skipped[key]} (traceback in {logs / 'run.log'})")
+    print(traceback.format_exc())
+
+
+def _run_diver_sets(plan: DemoPlan, base: Config, out: Path, sets: dict[str, Path], specs: dict[str, SetSpec],
+                    panels: dict[str, Path], skipped: dict[str, str], logs: Path) -> None:
+    """DIVER on each built-in stage-1 set of the plan, per distillation seed (and the gamma-0 ablation)."""
+    from pipeline.core.console import stage
+
+    run_diver = importlib.import_module("pipeline.diver.run").run_diver
+    for method, ipcs in plan.stage1.items():
+        recovered = "diver" if method == "dm" else f"diver_{method}"
+        for d in plan.distill_seeds:
+            cfg = diver_seed_config(base, out, method, ipcs, d)
+            s1 = cfg.diver.stage1
+            stage(f"      {method.upper()} from {s1.init} ({s1.iterations} iterations, IPC "
+                  f"{', '.join(map(str, ipcs))}, seed {s1.seed}), then DiT recovery")
+            try:
+                result = run_diver(cfg)
+            except Exception as err:  # noqa: BLE001 - one failing method must not sink the demo
+                _failed(skipped, f"{recovered} (distillation seed {d})", err, logs)
+                for ipc in ipcs:  # the stage-1 set finished before DIVER failed
+                    s1_dir = Path(cfg.output.dir) / f"ipc{ipc}" / "stage1"
+                    if (s1_dir / "manifest.json").is_file():
+                        spec = SetSpec(method, ipc, d)
+                        sets[spec.name], specs[spec.name] = s1_dir, spec
+                continue
+            for ipc in ipcs:
+                entry = result["sets"][f"ipc{ipc}"]
+                s1_spec, rec_spec = SetSpec(method, ipc, d), SetSpec(recovered, ipc, d, stage1=method)
+                sets[s1_spec.name], specs[s1_spec.name] = Path(entry["stage1"]), s1_spec
+                sets[rec_spec.name], specs[rec_spec.name] = Path(entry["recovered"]), rec_spec
+                if entry.get("side_by_side") and d == plan.distill_seeds[0]:
+                    panels[f"DIVER at IPC {ipc}: the {method.upper()} set (left) and its recovery (right), "
+                           "one row per class"] = Path(entry["side_by_side"])
+                if plan.ablations and method == "dm" and d == plan.distill_seeds[0]:
+                    stage(f"      DIVER ablation at IPC {ipc}: the plain DiT pass (inheritance only, gamma 0)")
+                    g0 = SetSpec("diver_gamma0", ipc, d, stage1="dm")
+                    try:
+                        res0 = run_diver(gamma0_config(base, Path(entry["stage1"]), out, name=g0.name))
+                        sets[g0.name], specs[g0.name] = Path(next(iter(res0["sets"].values()))["recovered"]), g0
+                    except Exception as err:  # noqa: BLE001
+                        _failed(skipped, g0.name, err, logs)
+
+
+def _run_edits_sets(plan: DemoPlan, out: Path, data: Path, quick: bool, sets: dict[str, Path],
+                    specs: dict[str, SetSpec], skipped: dict[str, str], logs: Path) -> Path | None:
+    """EDITS at each IPC and distillation seed (and without text prototypes); returns the headline set's folder."""
+    from pipeline.core.console import stage
+
+    run_edits = importlib.import_module("pipeline.edits.run").run_edits
+    first: Config | None = None
+    headline: Path | None = None
+    for ipc in plan.ipcs:
+        for d in plan.distill_seeds:
+            spec = SetSpec("edits", ipc, d)
+            stage(f"      EDITS at IPC {ipc}, seed {d}")
+            try:
+                base = method_config("edits", out, data, quick, logs=logs, ipcs=(ipc,))
+                cfg = edits_seed_config(base, out, ipc, d, first)
+                sets[spec.name] = Path(run_edits(cfg, log=_edits_log)["output"])
+                specs[spec.name] = spec
+                first = first or cfg
+                headline = headline or sets[spec.name]
+                if plan.ablations and d == plan.distill_seeds[0]:
+                    stage(f"      EDITS ablation at IPC {ipc}: without text prototypes (the class prompt for "
+                          "every image)")
+                    nt = SetSpec("edits_no_text", ipc, d)
+                    res_nt = run_edits(no_text_config(cfg, out, name=nt.name), log=_edits_log)
+                    sets[nt.name], specs[nt.name] = Path(res_nt["output"]), nt
+            except Exception as err:  # noqa: BLE001 - one failing method must not sink the demo
+                _failed(skipped, spec.name, err, logs)
+    return headline
+
+
 def _run_demo(out: Path, quick: bool, full: bool, logs: Path) -> dict[str, Any]:
     from pipeline.core.console import stage
     from pipeline.core.ray_setup import ray_session
     from tuning.baselines import build_baseline
 
+    plan = demo_plan(quick, full)
+    ipc_text = ", ".join(map(str, plan.ipcs))
     n_steps = 6
     t_all = time.time()
     timings: dict[str, float] = {}
@@ -246,95 +508,93 @@ def _run_demo(out: Path, quick: bool, full: bool, logs: Path) -> dict[str, Any]:
     timings["prepare_s"] = round(time.time() - t_all, 1)
     data = Path(summary["data"])
     sets: dict[str, Path] = {}
+    specs: dict[str, SetSpec] = {}
     notes: list[str] = []
     skipped: dict[str, str] = {}
 
     t0 = time.time()
-    names = ("random_real",) + (FULL_BASELINES if full else ())
-    stage(f"[2/{n_steps}] baselines at IPC {IPC}: {', '.join(names)}")
-    for name in names:
-        res = build_baseline(name, data / "train", out / name, ipc=IPC, seed=0)
-        sets[name] = Path(res["output"])
+    stage(f"[2/{n_steps}] baselines at IPC {ipc_text}: {', '.join(plan.baselines)}")
+    for spec in (s for s in plan.sets() if s.method in plan.baselines):
+        res = build_baseline(spec.method, data / "train", out / spec.name, ipc=spec.ipc or 1, seed=spec.distill_seed)
+        sets[spec.name], specs[spec.name] = Path(res["output"]), spec
     timings["baselines_s"] = round(time.time() - t0, 1)
 
-    base = method_config("diver", out, data, quick, logs=logs)  # its ray section runs the whole demo
+    base = method_config("diver", out, data, quick, logs=logs, ipcs=plan.ipcs)  # its ray section runs the demo
     panels: dict[str, Path] = {}
     with ray_session(base.ray):
         t0 = time.time()
-        s1 = base.diver.stage1
-        stage(f"[3/{n_steps}] DIVER: DM from {s1.init} ({s1.iterations} iterations), then DiT recovery")
-        try:
-            result = importlib.import_module("pipeline.diver.run").run_diver(base)
-            entry = result["sets"].get(f"ipc{IPC}") or next(iter(result["sets"].values()))
-            sets["dm"], sets["diver"] = Path(entry["stage1"]), Path(entry["recovered"])
-            if entry.get("side_by_side"):
-                panels["DIVER: the DM set (left) and its recovery (right), one row per class"] = \
-                    Path(entry["side_by_side"])
-            if full:
-                stage("      DIVER ablation: the plain DiT pass (inheritance only, gamma 0)")
-                res0 = importlib.import_module("pipeline.diver.run").run_diver(
-                    gamma0_config(base, sets["dm"], out))
-                sets["diver_gamma0"] = Path(next(iter(res0["sets"].values()))["recovered"])
-        except Exception as err:  # noqa: BLE001 - one failing method must not sink the demo
-            skipped["diver"] = f"diver failed: {type(err).__name__}: {err}"
-            stage(f"      {skipped['diver']} (traceback in {logs / 'run.log'})")
-            print(traceback.format_exc())
-            dm_set = out / "diver" / f"ipc{IPC}" / "stage1"
-            if (dm_set / "manifest.json").is_file():
-                sets["dm"] = dm_set  # the DM baseline finished before DIVER failed
+        stage(f"[3/{n_steps}] DIVER on {' and '.join(m.upper() for m in plan.stage1)} at IPC {ipc_text}, "
+              f"distillation seed(s) {', '.join(map(str, plan.distill_seeds))}")
+        _run_diver_sets(plan, base, out, sets, specs, panels, skipped, logs)
         timings["diver_s"] = round(time.time() - t0, 1)
 
         t0 = time.time()
-        stage(f"[4/{n_steps}] EDITS at IPC {IPC}")
-        try:
-            cfg = method_config("edits", out, data, quick, logs=logs)
-            result = importlib.import_module("pipeline.edits.run").run_edits(cfg, log=_edits_log)
-            sets["edits"] = Path(result["output"])
-            if full:
-                stage("      EDITS ablation: without text prototypes (the class prompt for every image)")
-                res_nt = importlib.import_module("pipeline.edits.run").run_edits(no_text_config(cfg, out),
-                                                                                log=_edits_log)
-                sets["edits_no_text"] = Path(res_nt["output"])
-        except Exception as err:  # noqa: BLE001
-            skipped["edits"] = f"edits failed: {type(err).__name__}: {err}"
-            stage(f"      {skipped['edits']} (traceback in {logs / 'run.log'})")
-            print(traceback.format_exc())
+        stage(f"[4/{n_steps}] EDITS at IPC {ipc_text}")
+        edits_dir = _run_edits_sets(plan, out, data, quick, sets, specs, skipped, logs)
         timings["edits_s"] = round(time.time() - t0, 1)
 
         t0 = time.time()
-        ev = EvalConfig.model_validate(QUICK_EVAL if quick else FULL_EVAL if full else DEMO_EVAL)
-        stage(f"[5/{n_steps}] evaluation: {len(sets)} sets x {len(ev.students)} students x {ev.repeats} seeds "
-              f"({ev.epochs} epochs each)")
-        rows = evaluate_demo(sets, data, out, ev, base.ray)
-        if full:  # DD-Ranking's ARS: the sets again without augmentation (not the full real set)
-            plain = ev.model_copy(update={"augment": "none"})
-            stage("      the same runs without augmentation (DD-Ranking ARS; not the full real set)")
-            rows = evaluate_demo(ars_sets(sets), data, out, plain, base.ray, tag="_noaug", shown=sets)
+        by_ipc: dict[int | None, dict[str, Path]] = {}
+        for name, d in sets.items():
+            by_ipc.setdefault(specs[name].ipc, {})[name] = d
+        rows: list[dict] = []
+        for ipc in [*plan.ipcs, None]:
+            group = by_ipc.get(ipc)
+            if not group:
+                continue
+            ev = eval_config(plan, ipc, quick)
+            stage(f"[5/{n_steps}] evaluation at {f'IPC {ipc}' if ipc else 'the full real set'}: {len(group)} sets x "
+                  f"{len(ev.students)} students x {ev.repeats} seeds ({ev.epochs} epochs at batch {ev.batch_size})")
+            rows = evaluate_demo(group, data, out, ev, base.ray, specs=specs)
+            if plan.ablations:  # DD-Ranking's ARS: distillation seed 0 again without augmentation
+                plain = ev.model_copy(update={"augment": "none"})
+                ars = {n: d for n, d in ars_sets(group).items() if specs[n].distill_seed == plan.distill_seeds[0]}
+                if ars:
+                    stage("      the same runs without augmentation (DD-Ranking ARS; distillation seed "
+                          f"{plan.distill_seeds[0]}, not the full real set)")
+                    rows = evaluate_demo(ars, data, out, plain, base.ray, tag="_noaug", specs=specs)
         timings["eval_s"] = round(time.time() - t0, 1)
 
     from pipeline.report import write_report
 
     stage(f"[6/{n_steps}] report")
     timings["total_s"] = round(time.time() - t_all, 1)
-    rec = stage1_record(rows)
-    notes.append(f"dataset: sklearn digits as 32x32 RGB ({data}); IPC {IPC}; students trained {ev.epochs} epochs "
-                 f"at batch {ev.batch_size} ({ev.preset} preset: DSA, SGD, cosine; the batch chosen on a holdout of "
-                 f"the train split), {ev.repeats} seed(s) each; ResNet-18 at width "
-                 f"{ev.student_kwargs['resnet18']['width']}; headline = mean over the unseen architectures "
-                 f"({', '.join(s for s in ev.students if s not in ev.exclude_from_mean)}).")
-    if rec:
-        notes.append(f"stage-1 DM set ({base.diver.stage1.init} init, {base.diver.stage1.iterations} iterations): "
-                     f"proxy ConvNet {rec['proxy']:.2f}%, unseen-architecture mean {rec['unseen_mean']:.2f}%.")
+    rows = planned_rows(rows, specs)
+    for ipc in plan.ipcs:
+        ev = eval_config(plan, ipc, quick)
+        notes.append(f"IPC {ipc}: students trained {ev.epochs} epochs at batch {ev.batch_size} ({ev.preset} preset: "
+                     "DSA, SGD, cosine; epochs and batch chosen on a holdout of the train split), "
+                     f"{ev.repeats} evaluation seed(s) per set.")
+    notes.append(f"dataset: sklearn digits as 32x32 RGB ({data}); distillation seed(s) "
+                 f"{', '.join(map(str, plan.distill_seeds))}; ResNet-18 at width "
+                 f"{DEMO_EVAL['student_kwargs']['resnet18']['width']}; headline = mean over the unseen architectures "
+                 f"({', '.join(s for s in plan.students if s != 'convnet')}); the ConvNet is the stage-1 proxy.")
+    records: dict[str, dict[str, float]] = {}
+    for method, ipcs in plan.stage1.items():
+        for ipc in ipcs:
+            rec = stage1_record(rows, method, ipc)
+            if rec:
+                records[f"{method}_ipc{ipc}"] = rec
+                notes.append(f"stage-1 {method.upper()} set at IPC {ipc} (from noise, distillation seed 0): proxy "
+                             f"ConvNet {rec['proxy']:.2f}%, unseen-architecture mean {rec['unseen_mean']:.2f}% "
+                             f"(gap {rec['proxy'] - rec['unseen_mean']:+.2f} points).")
     notes += claim_lines(rows)
     notes.append("stage times (s): " + ", ".join(f"{k[:-2]} {v}" for k, v in timings.items()))
     notes += list(skipped.values())
     sweep_dir = out / "sweep"
-    paths = write_report(out, rows, sets={n: d for n, d in sets.items()},
-                         sweep_dir=sweep_dir if sweep_dir.is_dir() else None,
+    first_seed = plan.distill_seeds[0]
+    grids = {specs[n].method: d for n, d in sets.items()  # one grid per method: the headline IPC, seed 0
+             if specs[n].ipc in (plan.ipcs[0], None) and specs[n].distill_seed == first_seed}
+    paths = write_report(out, rows, sets=grids, sweep_dir=sweep_dir if sweep_dir.is_dir() else None,
                          title=f"semdistill demo{' (full)' if full else ''}: digits", notes=notes,
-                         panels=panels, edits_dir=sets.get("edits"))
-    summary.update({"sets": {n: str(d) for n, d in sets.items()}, "skipped": skipped, "timings": timings,
-                    "stage1": rec, "results": str(out / "results.json"), "logs": str(logs), **paths})
+                         panels=panels, edits_dir=edits_dir)
+    summary.update({"sets": {n: str(d) for n, d in sets.items()},
+                    "set_specs": {n: {"method": s.method, "ipc": s.ipc, "distill_seed": s.distill_seed,
+                                      "stage1": s.stage1} for n, s in specs.items()},
+                    "plan": {"ipcs": list(plan.ipcs), "distill_seeds": list(plan.distill_seeds),
+                             "eval_seeds": plan.eval_seeds, "students": list(plan.students)},
+                    "skipped": skipped, "timings": timings, "stage1": records,
+                    "results": str(out / "results.json"), "logs": str(logs), **paths})
     atomic_write_json(out / "demo_summary.json", summary)
     stage(f"done in {timings['total_s'] / 60:.1f} min: {paths['report_html']}")
     return summary

@@ -29,6 +29,8 @@ from pipeline.core.read import load_image_arrays
 from pipeline.diver.inputs import IMAGES_PT, save_pt
 from pipeline.errors import DataError
 
+DM_LR_IMG = 1.0  # the DM reference's lr_img (main_DM.py), used when diver.stage1.lr_img is None
+
 
 def load_real(root: str | Path, image_size: int | None = None, max_per_class: int | None = None,
               classes: list[str] | None = None) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
@@ -76,7 +78,7 @@ def distill_dm(images_u8: torch.Tensor, labels: torch.Tensor, num_classes: int, 
         syn = torch.randn((num_classes * ipc, c_, h, w), generator=gen)
     syn = syn.to(device).requires_grad_(True)
     syn_labels = torch.arange(num_classes).repeat_interleave(ipc)
-    opt = torch.optim.SGD([syn], lr=cfg.lr_img, momentum=0.5)
+    opt = torch.optim.SGD([syn], lr=cfg.lr_img if cfg.lr_img is not None else DM_LR_IMG, momentum=0.5)
     dsa = DSA() if cfg.dsa else None
     losses: list[float] = []
     t0 = time.time()
@@ -110,29 +112,45 @@ def distill_dm(images_u8: torch.Tensor, labels: torch.Tensor, num_classes: int, 
     return out01, syn_labels, {"loss_first": losses[0], "loss_last": losses[-1], "seconds": time.time() - t0}
 
 
+# a built-in stage-1 distiller: (real uint8 images, labels, classes, ipc, cfg, mean, std, device, log)
+# -> (synthetic images in [0, 1], their labels, stats)
+Distiller = Callable[..., tuple[torch.Tensor, torch.Tensor, dict[str, Any]]]
+
+
 def run_dm(data_root: str | Path, out_dir: str | Path, cfg: DMConfig, ipc: int | None = None,
            image_size: int | None = None, max_per_class: int | None = None, classes: list[str] | None = None,
            device: str | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """DM-distil ``data_root`` into ``out_dir`` (``images.pt`` + ImageFolder + manifest); resumes when done."""
+    return run_distiller(distill_dm, "dm", data_root, out_dir, cfg, ipc, image_size, max_per_class, classes,
+                         device, log)
+
+
+def run_distiller(distill: Distiller, method: str, data_root: str | Path, out_dir: str | Path, cfg: DMConfig,
+                  ipc: int | None = None, image_size: int | None = None, max_per_class: int | None = None,
+                  classes: list[str] | None = None, device: str | None = None,
+                  log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Distil ``data_root`` with ``distill`` into ``out_dir`` as set ``method`` (``images.pt`` + ImageFolder +
+    manifest); a finished run with the same IPC and settings is reused."""
     from actors.loading import pick_device
     from pipeline.core.write import DistilledSetWriter, atomic_write_json
 
     ipc = ipc or cfg.ipc
     out = Path(out_dir)
-    done_marker = out / "dm_done.json"
+    done_marker = out / f"{method}_done.json"
     if done_marker.is_file() and (out / IMAGES_PT).is_file():
         info = json.loads(done_marker.read_text())
         if info.get("ipc") == ipc and info.get("settings") == cfg.model_dump(mode="json"):
-            log(f"  dm ipc {ipc}: reusing {out}")
+            log(f"  {method} ipc {ipc}: reusing {out}")
             return info
     images, labels, class_ids = load_real(data_root, image_size, max_per_class, classes)
     mean, std = real_stats(images)
     dev = pick_device(device)
-    log(f"DM: {len(images)} real images, {len(class_ids)} classes, ipc {ipc}, {cfg.iterations} iterations on {dev}")
-    syn, syn_labels, stats = distill_dm(images, labels, len(class_ids), ipc, cfg, mean, std, dev, log)
+    log(f"{method.upper()}: {len(images)} real images, {len(class_ids)} classes, ipc {ipc}, "
+        f"{cfg.iterations} iterations on {dev}")
+    syn, syn_labels, stats = distill(images, labels, len(class_ids), ipc, cfg, mean, std, dev, log)
     save_pt(out / IMAGES_PT, syn, syn_labels, class_ids, mean, std)
     settings = {"ipc": ipc, **cfg.model_dump(mode="json"), "mean": mean, "std": std, "data": str(data_root)}
-    writer = DistilledSetWriter(out, "dm", settings)
+    writer = DistilledSetWriter(out, method, settings)
     arr = unit_chw_to_u8_hwc(syn)
     for i, lab in enumerate(syn_labels.tolist()):
         k = i % ipc

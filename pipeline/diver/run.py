@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,14 +57,23 @@ def _stage_index(from_stage: str | None) -> int | None:
     return stage_index(STAGES, from_stage)
 
 
-def run_stage1(cfg: Config, s: dict[str, Any], redo: bool) -> None:
+def stage1_distiller(method: str) -> Callable[..., dict[str, Any]]:
+    """The built-in stage-1 distiller ``diver.stage1.method`` names: DM (dm.py) or gradient matching (gm.py)."""
+    if method == "gm":
+        from pipeline.diver.gm import run_gm
+
+        return run_gm
     from pipeline.diver.dm import run_dm
 
+    return run_dm
+
+
+def run_stage1(cfg: Config, s: dict[str, Any], redo: bool) -> None:
     if redo and s["input"].exists():
         shutil.rmtree(s["input"])
     dm = cfg.diver.stage1
-    run_dm(cfg.data.root, s["input"], dm, ipc=s["ipc"], image_size=cfg.data.image_size,
-           max_per_class=dm.max_per_class, classes=cfg.data.classes, log=_log)
+    stage1_distiller(dm.method)(cfg.data.root, s["input"], dm, ipc=s["ipc"], image_size=cfg.data.image_size,
+                                max_per_class=dm.max_per_class, classes=cfg.data.classes, log=_log)
 
 
 def load_format(s: dict[str, Any]) -> str:

@@ -1,4 +1,5 @@
-"""`semdistill demo`: each method's settings are its demo config plus the demo's IPC and trims."""
+"""`semdistill demo`: each method's settings are its demo config plus the demo's IPCs and trims; the plan of sets,
+IPCs, seeds and students that the quick, default and full demos run."""
 
 from __future__ import annotations
 
@@ -7,15 +8,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.demo.run import DEMO_TRIM, IPC, method_config
+from pipeline.demo.run import DEMO_TRIM, HEADLINE_IPC, method_config
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_edits_gets_ipc_10_and_the_trims_merged_into_its_demo_config(tmp_path):
+def test_edits_gets_the_headline_ipc_1_and_the_trims_merged_into_its_demo_config(tmp_path):
     own = yaml.safe_load((REPO / "configs" / "demo_edits.yaml").read_text())
     cfg = method_config("edits", tmp_path / "out", tmp_path / "data", quick=False)
-    assert cfg.method == "edits" and cfg.edits.ipc == IPC == 10
+    assert cfg.method == "edits" and cfg.edits.ipc == HEADLINE_IPC == 1
+    assert method_config("edits", tmp_path / "out", tmp_path / "data", quick=False, ipcs=(10,)).edits.ipc == 10
     assert cfg.edits.num_inference_steps == DEMO_TRIM["edits"]["num_inference_steps"] == 25
     assert cfg.edits.finetune.max_steps == 160 and cfg.edits.finetune.vae_steps == 0  # the demo SD is pretrained
     assert (cfg.models.vlm, cfg.models.clip, cfg.models.sd) == ("zoo:demo_vlm", "zoo:demo_clip", "zoo:demo_sd")
@@ -24,9 +26,10 @@ def test_edits_gets_ipc_10_and_the_trims_merged_into_its_demo_config(tmp_path):
     assert cfg.data.root == str(tmp_path / "data" / "train") and cfg.output.dir == str(tmp_path / "out" / "edits")
 
 
-def test_diver_gets_one_dm_set_at_ipc_10_and_quick_shrinks_further(tmp_path):
-    cfg = method_config("diver", tmp_path / "out", tmp_path / "data", quick=False)
-    assert cfg.diver.stage1.ipc == 10 and cfg.diver.stage1.iterations == 400
+def test_diver_gets_one_dm_set_per_demo_ipc_and_quick_shrinks_further(tmp_path):
+    cfg = method_config("diver", tmp_path / "out", tmp_path / "data", quick=False, ipcs=(1, 10))
+    assert cfg.diver.stage1.ipcs == [1, 10] and cfg.diver.stage1.iterations == 400
+    assert cfg.diver.stage1.method == "dm"
     quick = method_config("diver", tmp_path / "out", tmp_path / "data", quick=True)
     assert quick.diver.stage1.iterations == 20 and quick.diver.stage1.init == "noise"
     edits_quick = method_config("edits", tmp_path / "out", tmp_path / "data", quick=True)
@@ -50,8 +53,8 @@ def test_quick_demo_writes_results_report_and_overview(tmp_path):
     assert {r["student"] for r in rows} == {"convnet", "resnet18", "mobilenetv2"}
     assert {r["student"] for r in rows if not r["in_mean"]} == {"convnet"}  # the DM proxy
     for r in rows:
-        assert {"dataset", "method", "ipc", "student", "top1_mean", "top1_std", "repeats"} <= set(r)
-        assert r["ipc"] == 10 and 0.0 <= r["top1_mean"] <= 100.0
+        assert {"dataset", "method", "ipc", "student", "top1_mean", "top1_std", "repeats", "distill_seed"} <= set(r)
+        assert r["ipc"] == 1 and r["distill_seed"] == 0 and 0.0 <= r["top1_mean"] <= 100.0
     assert (out / "results.md").is_file() and (out / "report.html").stat().st_size > 10_000
     assert (out / "report_files" / "overview.png").is_file()
 
@@ -83,12 +86,19 @@ def test_stage1_record_is_proxy_vs_unseen_mean():
             {"method": "diver", "student": "convnet", "top1_mean": 10.0, "in_mean": False}]
     assert stage1_record(rows) == {"proxy": 70.0, "unseen_mean": 45.0}
     assert stage1_record(rows[4:]) is None
+    at = [{**r, "ipc": 1} for r in rows] + [{**rows[0], "ipc": 10, "top1_mean": 90.0},
+                                             {**rows[1], "ipc": 10, "top1_mean": 80.0},
+                                             {**rows[0], "ipc": 1, "top1_mean": 5.0, "distill_seed": 1}]
+    assert stage1_record(at, "dm", 1) == {"proxy": 70.0, "unseen_mean": 45.0}  # distillation seed 0 only
+    assert stage1_record(at, "dm", 10) == {"proxy": 90.0, "unseen_mean": 80.0}
+    assert stage1_record(at, "gm", 1) is None
 
 
 def test_full_demo_adds_the_ablations_and_students():
     from pipeline.demo.run import DEMO_EVAL, FULL_BASELINES, FULL_EVAL
 
-    assert DEMO_EVAL["students"] == ["convnet", "resnet18", "mobilenetv2"] and DEMO_EVAL["repeats"] == 2
+    assert DEMO_EVAL["students"] == ["convnet", "resnet18", "mobilenetv2"] and DEMO_EVAL["repeats"] == 3
+    assert FULL_EVAL["repeats"] == 5
     assert FULL_EVAL["students"][-1] == "shufflenetv2" and set(FULL_BASELINES) == {"herding", "k_center", "full_real"}
 
 
@@ -104,11 +114,16 @@ def test_gamma0_ablation_is_the_same_dit_pass_without_guidance(tmp_path):
 
 
 def test_demo_students_train_at_the_batch_chosen_on_the_holdout():
-    """Batch 64 (2 SGD steps an epoch on 100 images) left MobileNetV2 at chance; 16 was chosen on a train holdout."""
-    from pipeline.config import EvalConfig
-    from pipeline.demo.run import DEMO_EVAL, FULL_EVAL
+    """IPC 10: batch 64 (2 SGD steps an epoch on 100 images) left MobileNetV2 at chance; 16 was chosen on a train
+    holdout. IPC 1: epochs and batch chosen on the same holdout (DEMO_EVAL_BY_IPC's comment has the numbers)."""
+    from pipeline.demo.run import DEMO_EVAL_BY_IPC, demo_plan, eval_config
     from tuning.protocols import resolve_preset
 
-    for table in (DEMO_EVAL, FULL_EVAL):
-        ev = resolve_preset(EvalConfig.model_validate(table))
+    for full in (False, True):
+        plan = demo_plan(full=full)
+        ev = resolve_preset(eval_config(plan, 10))
         assert (ev.batch_size, ev.epochs, ev.augment, ev.schedule) == (16, 20, "dsa", "cosine")
+        ev1 = resolve_preset(eval_config(plan, 1))
+        assert (ev1.batch_size, ev1.epochs) == (DEMO_EVAL_BY_IPC[1]["batch_size"], DEMO_EVAL_BY_IPC[1]["epochs"])
+        assert ev1.augment == "dsa" and ev1.repeats == ev.repeats == plan.eval_seeds
+        assert resolve_preset(eval_config(plan, None)).epochs == 20  # the full real set: IPC 10's settings
