@@ -1,12 +1,10 @@
-"""``semdistill``: the command line. Each subcommand lives in its own module, imported lazily."""
+"""``semdistill``: the command line. Each subcommand lives in its own module, imported when it runs."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
-from collections.abc import Callable
 
 from pipeline.errors import ConfigError, SemdistillError
 
@@ -25,14 +23,90 @@ or zoo:<role> for the tiny local zoo. See README.md, 'Config reference'.
 """
 
 
-def _handler(target: str) -> Callable[[argparse.Namespace], int | None]:
-    """Late-bound ``module:function`` so ``--help`` stays fast and stages stay in their modules."""
+# One handler per command, each importing its module when called: ``--help`` and the other commands never
+# pay a command's imports (torch, diffusers, Ray), and import-linter still sees every edge.
+def _data_demo(args: argparse.Namespace) -> int | None:
+    from pipeline.demo.commands import data_demo
 
-    def call(args: argparse.Namespace) -> int | None:
-        module_name, func = target.split(":")
-        return getattr(importlib.import_module(module_name), func)(args)
+    return data_demo(args)
 
-    return call
+
+def _data_check(args: argparse.Namespace) -> int | None:
+    from pipeline.checks.data_check import main as data_check_main
+
+    return data_check_main(args)
+
+
+def _zoo_build(args: argparse.Namespace) -> int | None:
+    from pipeline.demo.commands import zoo_build
+
+    return zoo_build(args)
+
+
+def _zoo_list(args: argparse.Namespace) -> int | None:
+    from pipeline.demo.commands import zoo_list
+
+    return zoo_list(args)
+
+
+def _zoo_train_demo_dit(args: argparse.Namespace) -> int | None:
+    from actors.demo_dit import main as demo_dit_main
+
+    return demo_dit_main(args)
+
+
+def _zoo_train_demo(args: argparse.Namespace) -> int | None:
+    from pipeline.demo.commands import train_demo
+
+    return train_demo(args)
+
+
+def _run(args: argparse.Namespace) -> int | None:
+    from pipeline.run import main as run_main
+
+    return run_main(args)
+
+
+def _dm(args: argparse.Namespace) -> int | None:
+    from pipeline.diver.dm import main as dm_main
+
+    return dm_main(args)
+
+
+def _demo(args: argparse.Namespace) -> int | None:
+    from pipeline.demo.commands import demo
+
+    return demo(args)
+
+
+def _eval(args: argparse.Namespace) -> int | None:
+    from tuning.eval_cmd import main as eval_cmd_main
+
+    return eval_cmd_main(args)
+
+
+def _sweep(args: argparse.Namespace) -> int | None:
+    from pipeline.run import sweep_main
+
+    return sweep_main(args)
+
+
+def _submit(args: argparse.Namespace) -> int | None:
+    from cluster.submit import main as submit_main
+
+    return submit_main(args)
+
+
+def _plan(args: argparse.Namespace) -> int | None:
+    from cluster.plan import main as plan_main
+
+    return plan_main(args)
+
+
+def _verify(args: argparse.Namespace) -> int | None:
+    from pipeline.checks.verify import main as verify_main
+
+    return verify_main(args)
 
 
 def _export(args: argparse.Namespace) -> int | None:
@@ -40,7 +114,13 @@ def _export(args: argparse.Namespace) -> int | None:
     if (args.to is None) == (args.what is None):
         raise ConfigError("give either --to hf|webdataset|pt|imagefolder (DIR is a distilled set) or "
                           "--what captions|prototypes (DIR is an EDITS run)" + (", not both" if args.what else ""))
-    return _handler("pipeline.export_edits:main" if args.what else "pipeline.export:main")(args)
+    if args.what:
+        from pipeline.export_edits import main as export_edits_main
+
+        return export_edits_main(args)
+    from pipeline.export import main as export_main
+
+    return export_main(args)
 
 
 def _add_overrides(p: argparse.ArgumentParser) -> None:
@@ -65,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--size", type=int, default=32, help="image size in px (default 32)")
     d.add_argument("--val-fraction", type=float, default=0.2, help="share of each class kept for val (default 0.2)")
     d.add_argument("--seed", type=int, default=0, help="seed of the train/val split (default 0)")
-    d.set_defaults(func=_handler("pipeline.demo.commands:data_demo"))
+    d.set_defaults(func=_data_demo)
     c = dsub.add_parser("check", help="scan a dataset without models: list files it would skip, per-class counts")
     c.add_argument("root", help="dataset root: ImageFolder, parquet or WebDataset shards; a path or s3://, gs://, file://")
     c.add_argument("--format", default="auto", choices=["auto", "imagefolder", "parquet", "webdataset"],
@@ -75,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--class-names", default=None, help="id -> name table, to warn about duplicate class names")
     c.add_argument("--workers", type=int, default=1, help="decode with this many processes (default 1)")
     c.add_argument("--no-decode", action="store_true", help="only list files, do not decode them (fast)")
-    c.set_defaults(func=_handler("pipeline.checks.data_check:main"))
+    c.set_defaults(func=_data_check)
 
     # zoo
     zoo = sub.add_parser("zoo", help="the tiny local model zoo (random-init models saved with save_pretrained)")
@@ -84,16 +164,16 @@ def build_parser() -> argparse.ArgumentParser:
     zb.add_argument("--dir", default=None, help="zoo folder (default $SEMDISTILL_ZOO_DIR or the user cache dir)")
     zb.add_argument("--force", action="store_true", help="rebuild even when present")
     zb.add_argument("--roles", nargs="*", default=None, help="only these roles")
-    zb.set_defaults(func=_handler("pipeline.demo.commands:zoo_build"))
+    zb.set_defaults(func=_zoo_build)
     zl = zsub.add_parser("list", help="list the zoo roles and whether each is built")
     zl.add_argument("--dir", default=None)
-    zl.set_defaults(func=_handler("pipeline.demo.commands:zoo_list"))
+    zl.set_defaults(func=_zoo_list)
     zt = zsub.add_parser("train-demo-dit", help="train the tiny class-conditional DiT (+VAE) on the demo digits")
     zt.add_argument("--data", default=None, help="demo dataset root (default: written to the zoo folder)")
     zt.add_argument("--dir", default=None, help="zoo folder")
     zt.add_argument("--steps", type=int, default=None, help="training steps (default: the recipe's)")
     zt.add_argument("--force", action="store_true", help="retrain even when present")
-    zt.set_defaults(func=_handler("actors.demo_dit:main"))
+    zt.set_defaults(func=_zoo_train_demo_dit)
     zd = zsub.add_parser("train-demo", help="train the demo zoo (captioner, CLIP, SD, DiT) on the demo digits and "
                                             "ship the checkpoints with their sha256 sums")
     zd.add_argument("--roles", nargs="*", default=None, help="demo_vlm demo_clip demo_sd demo_dit (default: all)")
@@ -101,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     zd.add_argument("--dir", default=None, help="zoo folder (refreshed after training)")
     zd.add_argument("--weights-dir", default=None, help="where the shipped weights go (default actors/demo_weights)")
     zd.add_argument("--force", action="store_true", help="retrain roles whose weights are present")
-    zd.set_defaults(func=_handler("pipeline.demo.commands:train_demo"))
+    zd.set_defaults(func=_zoo_train_demo)
 
     # run
     r = sub.add_parser("run", help="run a config end to end (method: edits | diver)")
@@ -109,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_overrides(r)
     r.add_argument("--from-stage", default=None, help="re-run from this stage, reusing earlier artefacts")
     r.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    r.set_defaults(func=_handler("pipeline.run:main"))
+    r.set_defaults(func=_run)
 
     # distill (classical stage-1)
     dist = sub.add_parser("distill", help="classical stage-1 distillers (DM) that DIVER recovers")
@@ -120,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--out", required=True, help="output folder (ImageFolder + manifest + images.pt)")
     dm.add_argument("--iterations", type=int, default=None)
     dm.add_argument("--seed", type=int, default=0)
-    dm.set_defaults(func=_handler("pipeline.diver.dm:main"))
+    dm.set_defaults(func=_dm)
 
     # demo
     dm_ = sub.add_parser("demo", help="the whole thing offline on a laptop: data, zoo, methods, evaluation, report")
@@ -132,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "EDITS without text prototypes, ShuffleNetV2, runs without augmentation for DD-Ranking's "
                           "ARS); hours on 2 cores")
     dm_.add_argument("--verbose", action="store_true", help="everything on the terminal (default: logs/run.log)")
-    dm_.set_defaults(func=_handler("pipeline.demo.commands:demo"))
+    dm_.set_defaults(func=_demo)
 
     # eval
     e = sub.add_parser("eval", help="train students on a distilled set, test on the real val set")
@@ -143,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--config", default=None, help="YAML config whose eval section to use")
     e.add_argument("--out", default=None, help="where results.json/.md go (default: the distilled folder)")
     _add_overrides(e)
-    e.set_defaults(func=_handler("tuning.eval_cmd:main"))
+    e.set_defaults(func=_eval)
 
     # sweep
     s = sub.add_parser(
@@ -163,7 +243,7 @@ examples:
     s.add_argument("config", help="YAML config with a sweep section (e.g. configs/demo_sweep.yaml)")
     _add_overrides(s)
     s.add_argument("--verbose", action="store_true", help="everything on the terminal (default: logs/run.log)")
-    s.set_defaults(func=_handler("pipeline.run:sweep_main"))
+    s.set_defaults(func=_sweep)
 
     # submit / plan
     sb = sub.add_parser("submit", help="submit a config to a Ray cluster with `ray job submit`")
@@ -173,7 +253,7 @@ examples:
     sb.add_argument("--no-wait", action="store_true", help="return after submitting")
     sb.add_argument("--from-stage", default=None, help="re-run from this stage on the cluster")
     sb.add_argument("--dry-run", action="store_true", help="print the equivalent `ray job submit` and exit")
-    sb.set_defaults(func=_handler("cluster.submit:main"))
+    sb.set_defaults(func=_submit)
     pl = sub.add_parser("plan", help="estimate wall time and GPU hours of a config on N GPUs")
     pl.add_argument("config")
     pl.add_argument("--gpus", type=int, default=8)
@@ -182,7 +262,7 @@ examples:
     pl.add_argument("--costs", default=None, help="JSON of measured per-item costs (default: bench/results/*.json)")
     pl.add_argument("--json", dest="as_json", action="store_true", help="print the plan as JSON")
     _add_overrides(pl)
-    pl.set_defaults(func=_handler("cluster.plan:main"))
+    pl.set_defaults(func=_plan)
 
     # export
     ex = sub.add_parser(
@@ -226,7 +306,7 @@ examples:
     v.add_argument("--ipc", type=int, default=None, help="also require exactly this many images per class")
     v.add_argument("--json", dest="as_json", action="store_true", help="print the report as JSON")
     v.add_argument("--no-decode", action="store_true", help="check files and checksums without decoding")
-    v.set_defaults(func=_handler("pipeline.checks.verify:main"))
+    v.set_defaults(func=_verify)
     return parser
 
 

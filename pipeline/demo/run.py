@@ -42,7 +42,6 @@ still runs. A re-run reuses every finished stage and every evaluation whose set 
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import os
 import time
@@ -426,8 +425,7 @@ def _run_diver_sets(plan: DemoPlan, base: Config, out: Path, sets: dict[str, Pat
                     panels: dict[str, Path], skipped: dict[str, str], logs: Path) -> None:
     """DIVER on each built-in stage-1 set of the plan, per distillation seed (and the gamma-0 ablation)."""
     from pipeline.core.console import stage
-
-    run_diver = importlib.import_module("pipeline.diver.run").run_diver
+    from pipeline.diver.run import run_diver  # its model stack loads when this step runs
     for method, ipcs in plan.stage1.items():
         recovered = "diver" if method == "dm" else f"diver_{method}"
         for d in plan.distill_seeds:
@@ -467,8 +465,7 @@ def _run_edits_sets(plan: DemoPlan, out: Path, data: Path, quick: bool, sets: di
                     specs: dict[str, SetSpec], skipped: dict[str, str], logs: Path) -> Path | None:
     """EDITS at each IPC and distillation seed (and without text prototypes); returns the headline set's folder."""
     from pipeline.core.console import stage
-
-    run_edits = importlib.import_module("pipeline.edits.run").run_edits
+    from pipeline.edits.run import run_edits  # its model stack loads when this step runs
     first: Config | None = None
     headline: Path | None = None
     for ipc in plan.ipcs:
