@@ -1,4 +1,4 @@
-"""Issue 15, item 3: `semdistill export` round trips (export, read back, identical pixels and labels)."""
+"""`semdistill export` round trips (export, read back, identical pixels and labels)."""
 
 from __future__ import annotations
 

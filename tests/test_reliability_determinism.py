@@ -1,4 +1,4 @@
-"""Issue 6, item 3: same config and seed -> byte-identical outputs, whatever the batching.
+"""Same config and seed -> byte-identical outputs, whatever the batching.
 
 Float kernels choose algorithms by shape, so the zoo DiT/VAE give ~1e-6 different numbers
 for one image in a batch of 5 vs a batch of 1. ``run_fixed`` feeds the model micro-batches

@@ -1,4 +1,4 @@
-"""Issue 17, item 4: the driver (``semdistill run``) killed with SIGKILL in the middle of each stage.
+"""The driver (``semdistill run``) killed with SIGKILL in the middle of each stage.
 
 Each case starts ``semdistill run`` in its own process group, watches the stage's own progress
 (its state file, then its first output), kills the whole group with ``os.killpg`` and re-runs.

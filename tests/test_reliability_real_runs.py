@@ -1,4 +1,4 @@
-"""Issue 17, items 3 and 4 on real runs: a full disk mid-stage, and a driver killed mid-stage.
+"""A full disk mid-stage, and a driver killed mid-stage.
 
 DIVER on the zoo DiT (6 tiny images, few steps) through the real runner: after the fault the
 run is re-run and its images must be byte-identical to an uninterrupted run's, with nothing lost.

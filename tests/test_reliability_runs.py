@@ -1,4 +1,4 @@
-"""Issue 6 "done when": a run with fault injection on produces the same images as one without,
+"""A run with fault injection on produces the same images as one without,
 and the same config and seed give byte-identical outputs whatever the pool and batch sizes.
 
 DIVER on the zoo DiT (6 tiny images, 3 reverse steps) through the real runner

@@ -1,4 +1,4 @@
-"""Issue 16 item 4: GPU defaults (bf16 auto dtype, SDPA, channels_last, torch.compile) through the real
+"""GPU defaults (bf16 auto dtype, SDPA, channels_last, torch.compile) through the real
 loaders, on the zoo models on the CPU; CUDA is mocked where a branch asks for it."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 12, item 19: every zoo actor loads and runs in bfloat16 on CPU through the loaders the stages use.
+"""Every zoo actor loads and runs in bfloat16 on CPU through the loaders the stages use.
 
 diffusers 0.42 honours ``dtype=`` in ``DiffusionPipeline.from_pretrained`` and
 ``ModelMixin.from_pretrained`` (``torch_dtype=`` is its deprecated alias), so the loaders pass ``dtype=``;

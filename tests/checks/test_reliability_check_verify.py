@@ -1,4 +1,4 @@
-"""Issue 6, items 4 and 5: `semdistill data check`, skip-and-report, `semdistill verify`."""
+"""`semdistill data check`, skip-and-report, `semdistill verify`."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 16 item 4: Ray batch sizes from free GPU memory when ``ray.batch_sizes[role]`` is unset."""
+"""Ray batch sizes from free GPU memory when ``ray.batch_sizes[role]`` is unset."""
 
 from __future__ import annotations
 

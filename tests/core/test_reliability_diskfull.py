@@ -1,4 +1,4 @@
-"""Issue 17, item 3: a full disk is found however a library or Ray wraps it, and said in one message."""
+"""A full disk is found however a library or Ray wraps it, and said in one message."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 6, items 2 and 3 (the shared machinery): fault injection, retries, per-image seeds.
+"""Fault injection, retries, per-image seeds.
 
 A toy Ray Data actor draws per-image noise from ``image_seed`` and runs it through a small
 seeded conv net, like the diffusion actors do. The same rows must come out byte-identical

@@ -1,4 +1,4 @@
-"""Issue 6, item 6: captions, class names and LLM output are data; prompts quote them."""
+"""Captions, class names and LLM output are data; prompts quote them."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 6, item 1: every bad input we know of, against the reader, the writer, config and model loading.
+"""Every bad input we know of, against the reader, the writer, config and model loading.
 
 Per-image faults are skipped with a reason (BadImageError / skipped entries); configuration
 faults raise ConfigError / DataError / ModelLoadError with a message naming the key or path.

@@ -1,4 +1,4 @@
-"""Issue 17: reliability under real conditions (aliased folders, output lock, full disk, untrusted inputs)."""
+"""Reliability under real conditions (aliased folders, output lock, full disk, untrusted inputs)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 16 item 4: DIVER's manifest names dtype-auto-on-GPU, channels_last and compile where they change bits."""
+"""DIVER's manifest names dtype-auto-on-GPU, channels_last and compile where they change bits."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 15, item 2: NCFM's 2x2 tiled images (diver.input_tiles=2): split, recover each tile at the DiT
+"""NCFM's 2x2 tiled images (diver.input_tiles=2): split, recover each tile at the DiT
 resolution, re-tile, resize to the input size."""
 
 from __future__ import annotations

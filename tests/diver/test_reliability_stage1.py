@@ -1,4 +1,4 @@
-"""Issue 6, item 1 for DIVER's input: bad ``.pt`` distilled sets fail fast with the file named."""
+"""DIVER's input: bad ``.pt`` distilled sets fail fast with the file named."""
 
 from __future__ import annotations
 

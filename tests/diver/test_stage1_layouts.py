@@ -1,4 +1,4 @@
-"""Issue 15, item 2: DIVER reads the stage-1 files the classical distillers write, each built here with
+"""DIVER reads the stage-1 files the classical distillers write, each built here with
 the nested structure their reference code saves (torch.save of the same objects)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 12 (EDITS items 13-20): our steps against the authors' released code."""
+"""Our steps against the authors' released code."""
 
 from __future__ import annotations
 
