@@ -199,8 +199,8 @@ def vllm_caption_dataset(ds: Any, model_ref: str, class_names: dict[str, str], m
         import vllm  # noqa: F401
         from ray.data.llm import build_processor, vLLMEngineProcessorConfig
     except ImportError as err:
-        raise ConfigError(f"models.vlm_backend=vllm needs vLLM installed (pip install 'semdistill[vllm]'): {err}") \
-            from None
+        raise ConfigError(
+            f"models.vlm_backend=vllm needs vLLM installed (pip install 'semdistill[vllm]'): {err}") from None
     config = vLLMEngineProcessorConfig(
         model_source=resolve_ref("vlm", model_ref, zoo_dir), batch_size=batch_size, concurrency=concurrency,
         engine_kwargs={"max_model_len": 4096, **(engine_kwargs or {})},

@@ -128,8 +128,8 @@ class OpenAIChat:
             try:
                 out.append(str(data["choices"][0]["message"]["content"] or ""))
             except (KeyError, IndexError, TypeError):
-                raise ModelLoadError(f"models.llm: unexpected answer from {self.endpoint}: {str(data)[:200]}") \
-                    from None
+                raise ModelLoadError(
+                    f"models.llm: unexpected answer from {self.endpoint}: {str(data)[:200]}") from None
         return out
 
 
@@ -201,8 +201,8 @@ def summarize_with_vllm(ds: Any, model_ref: str, max_tokens: int = 77, temperatu
         import vllm  # noqa: F401
         from ray.data.llm import build_processor, vLLMEngineProcessorConfig
     except ImportError as err:
-        raise ConfigError(f"models.llm_backend=vllm needs vLLM installed (pip install 'semdistill[vllm]'): {err}") \
-            from None
+        raise ConfigError(
+            f"models.llm_backend=vllm needs vLLM installed (pip install 'semdistill[vllm]'): {err}") from None
     config = vLLMEngineProcessorConfig(model_source=resolve_ref("llm", model_ref, zoo_dir), batch_size=batch_size,
                                        concurrency=concurrency,
                                        engine_kwargs={"max_model_len": 4096, **(engine_kwargs or {})},

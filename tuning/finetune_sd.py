@@ -117,8 +117,8 @@ def data_generator(seed: int, epoch: int, rank: int = 0) -> Any:
 
 def epoch_batches(shard: Any, batch_size: int, seed: int, epoch: int, buffer_rows: int) -> Any:
     """One epoch of numpy batches from a Ray Data shard, reshuffled in a local buffer seeded by the epoch."""
-    kw = {"local_shuffle_buffer_size": int(buffer_rows), "local_shuffle_seed": epoch_seed(seed, epoch)} \
-        if buffer_rows > 0 else {}
+    kw = ({"local_shuffle_buffer_size": int(buffer_rows), "local_shuffle_seed": epoch_seed(seed, epoch)}
+          if buffer_rows > 0 else {})
     return shard.iter_batches(batch_size=batch_size, batch_format="numpy", drop_last=False, **kw)
 
 

@@ -200,8 +200,8 @@ def run_batch_size(cfg: EvalConfig, ipc: int | None, num_classes: int | None) ->
     """Batch for a set: ``batch_by_ipc`` (RDED), else ``batch_by_classes``, else ``batch_size``; times
     ``batch_factor_by_classes`` at that exact class count; at least ``recipe_above_classes``' ``min_batch``
     (IDC's ``max(128, batch_size)``); capped at IPC x classes."""
-    bs = (_bounded(cfg.batch_by_ipc, ipc) if ipc is not None else None) \
-        or (_bounded(cfg.batch_by_classes, num_classes) if num_classes is not None else None) or cfg.batch_size
+    bs = ((_bounded(cfg.batch_by_ipc, ipc) if ipc is not None else None)
+          or (_bounded(cfg.batch_by_classes, num_classes) if num_classes is not None else None) or cfg.batch_size)
     if num_classes is not None and num_classes in cfg.batch_factor_by_classes:
         bs = max(1, round(bs * cfg.batch_factor_by_classes[num_classes]))
     bs = max(bs, int(above_classes(cfg, num_classes).get("min_batch", 0)))

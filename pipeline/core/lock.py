@@ -59,8 +59,8 @@ def holder_text(info: dict[str, Any]) -> str:
 def _take_over_note(path: Path, old: dict[str, Any]) -> str:
     """The message for a lock file whose holder is gone."""
     same_host = old.get("host") == socket.gethostname()
-    gone = "that process is dead" if same_host and not _alive(int(old.get("pid", 0) or 0)) else \
-        "its lock is no longer held"
+    dead = same_host and not _alive(int(old.get("pid", 0) or 0))
+    gone = "that process is dead" if dead else "its lock is no longer held"
     return f"taking over the stale lock {path} of {holder_text(old)}: {gone}"
 
 

@@ -255,8 +255,10 @@ def _wds_summary(batch: dict[str, Any]) -> dict[str, Any]:
                 if not suffix[i] and col[i] is not None:
                     suffix[i] = s
     cls = batch.get("cls")
-    text = [(bytes(c).decode("utf-8", "replace").strip() if c is not None else "") for c in cls] if cls is not None \
-        else [""] * n
+    if cls is None:
+        text = [""] * n
+    else:
+        text = [(bytes(c).decode("utf-8", "replace").strip() if c is not None else "") for c in cls]
     return {"path": list(batch["path"]), "key": list(batch["__key__"]), "cls": text, "suffix": suffix}
 
 

@@ -308,8 +308,8 @@ def read_manifest(out_dir: str | os.PathLike) -> dict[str, Any]:
     try:
         man = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise DataError(f"{path} is not valid JSON ({err}); the set cannot be trusted, re-run into a new folder") \
-            from None
+        raise DataError(
+            f"{path} is not valid JSON ({err}); the set cannot be trusted, re-run into a new folder") from None
     if not isinstance(man, dict) or not isinstance(man.get("images"), list):
         raise DataError(f"{path} has no 'images' list: not a semdistill manifest")
     journal = Path(out_dir) / JOURNAL

@@ -122,7 +122,7 @@ def input_fingerprint(data) -> str:
 def hardware_settings(cfg: Config) -> dict[str, Any]:
     """Manifest settings of how the models run, present only where they change the bits from the CPU
     defaults, so manifests written before they existed stay resumable: GPU actors (``auto`` dtype is bf16
-    there since issue 16), ``channels_last`` in effect (``auto``: on GPU actors), ``compile``."""
+    there), ``channels_last`` in effect (``auto``: on GPU actors), ``compile``."""
     m, gpu = cfg.models, cfg.ray.actor_num_gpus > 0
     out: dict[str, Any] = {"device": "gpu:auto-bf16"} if gpu else {}
     if m.channels_last is True or (m.channels_last == "auto" and gpu):
@@ -287,8 +287,8 @@ def recover_sets(cfg: Config, sets: list[dict[str, Any]], redo: bool) -> dict[st
             for j in range(len(out["key"])):
                 name, image, seed = str(out["set"][j]), out["recovered"][j], int(out["seed"][j])
                 if tiled:
-                    image, seed = tiles.add((name, str(out["key"][j])), int(out["tile"][j]), image), \
-                        int(out["image_seed"][j])
+                    image = tiles.add((name, str(out["key"][j])), int(out["tile"][j]), image)
+                    seed = int(out["image_seed"][j])
                     if image is None:  # other tiles of this image still to come
                         continue
                 writers[name].add(

@@ -69,7 +69,7 @@ def _channels_last(module: torch.nn.Module) -> bool:
 
 
 def test_bfloat16_with_channels_last_runs_through_sd_vae_and_dit_actors(zoo_dir):
-    """Issue 16 item 4: the CUDA defaults' code path (bf16 weights, NHWC convolutions, SDPA) on the CPU."""
+    """The CUDA defaults' code path (bf16 weights, NHWC convolutions, SDPA) on the CPU."""
     from actors.dit import DiTRecoverActor
     from actors.sd import SDGenerator
     from actors.vae import VaeEncoder

@@ -90,7 +90,7 @@ def test_data_check_warnings(tmp_path):
     rep = check_dataset(root, ipc=1, class_names=tmp_path / "names.json")
     text = "\n".join(rep["warnings"])
     assert "differ only in case" in text and "'crane' is shared by ['Cat', 'cat']" in text
-    assert "1 aliased folder(s)/file(s) skipped" in text  # issue 17: the link is skipped, not used twice
+    assert "1 aliased folder(s)/file(s) skipped" in text  # the link is skipped, not used twice
     assert rep["counts"]["cat"] == 1 and [s["path"] for s in rep["skipped"]] == [str(root / "cat" / "2.png")]
     assert rep["ok"]  # warnings do not fail the check
 

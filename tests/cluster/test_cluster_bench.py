@@ -102,7 +102,7 @@ def test_pipeline_throughput_bench_small(capsys):
 
 
 def test_gpu_check_cpu_smoke_in_bfloat16_with_channels_last(tmp_path, capsys):
-    """Issue 16 item 4: the GPU defaults' code path (bf16, SDPA, channels_last) of the GPU check, on the CPU."""
+    """The GPU defaults' code path (bf16, SDPA, channels_last) of the GPU check, on the CPU."""
     out = tmp_path / "gc.json"
     assert gpu_check.main(["--cpu-smoke", "--dtype", "bfloat16", "--channels-last", "true", "--batches", "1,2",
                            "--sd-batches", "1", "--skip-fp32", "--out", str(out)]) == 0

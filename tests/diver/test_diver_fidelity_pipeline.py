@@ -1,4 +1,4 @@
-"""DIVER fidelity (issue 12) around the loop: seeded VAE samples, models.vae, tensor-input labels,
+"""DIVER fidelity around the loop: seeded VAE samples, models.vae, tensor-input labels,
 the ImageFruit config end to end on a stand-in set, stale resumes, the sigma fallback."""
 
 from __future__ import annotations

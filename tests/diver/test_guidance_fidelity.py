@@ -1,4 +1,4 @@
-"""DIVER fidelity (issue 12): index convention, reverse start, DiT's DDIM, learned sigma, CFG channels, zt.
+"""DIVER fidelity: index convention, reverse start, DiT's DDIM, learned sigma, CFG channels, zt.
 
 Every check compares the loop against numbers written out here by hand (DiT's linear-beta
 schedule in float64, DiT's respacing, DiT's ``p_mean_variance``), using a spy around the zoo

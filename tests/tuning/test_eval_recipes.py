@@ -1,4 +1,4 @@
-"""Presets are the peers' recipes (values from issue 13), schedule shapes, and a few-epoch run of
+"""Presets are the peers' recipes, schedule shapes, and a few-epoch run of
 each protocol on the demo digits: optimizer, LR at 0, E/2 and E, augmentations, reported number."""
 
 import math
