@@ -154,12 +154,14 @@ def test_semdistill_sweep_prints_one_line_per_trial_and_logs_the_rest(demo_root,
 
 
 def test_demo_sweep_evaluates_with_the_demo_protocol_and_the_demo_recovery():
-    """configs/demo_sweep.yaml trains its students as the demo does (DEMO_EVAL) and recovers as
-    configs/demo_diver.yaml does; only the input, the stage-1 section and the threads differ."""
-    from pipeline.demo.run import DEMO_EVAL
+    """configs/demo_sweep.yaml trains its students as the demo does at IPC 1 (DEMO_EVAL with the IPC's epochs
+    and batch) and recovers as configs/demo_diver.yaml does; only the input, the stage-1 section and the
+    threads differ."""
+    from pipeline.demo.run import DEMO_EVAL, DEMO_EVAL_BY_IPC
 
     raw = yaml.safe_load((REPO / "configs" / "demo_sweep.yaml").read_text())
-    assert raw["eval"] == {k: v for k, v in DEMO_EVAL.items() if k != "cpus_per_job"}
+    assert "ipc1/stage1" in raw["diver"]["input"]
+    assert raw["eval"] == {k: v for k, v in {**DEMO_EVAL, **DEMO_EVAL_BY_IPC[1]}.items() if k != "cpus_per_job"}
     cfg = load_config(REPO / "configs" / "demo_sweep.yaml")
     assert cfg.sweep.repeats == DEMO_EVAL["repeats"] and cfg.sweep.scheduler == "none"
     demo = load_config(REPO / "configs" / "demo_diver.yaml")
