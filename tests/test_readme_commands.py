@@ -34,7 +34,7 @@ def fresh(tmp_path):
 
 def test_the_block_lists_the_commands_it_promises():
     commands = readme_commands()
-    assert commands[0] == "semdistill --help" and len(commands) == 9
+    assert commands[0] == "semdistill --help" and len(commands) == 10
     assert not [c for c in commands if "..." in c or re.search(r"[A-Z]{3,}", c)]  # no placeholders
 
 
@@ -55,3 +55,4 @@ def test_every_command_runs_as_written(fresh):
     assert (cwd / "runs" / "d1" / "ipc10" / "diver" / "manifest.json").is_file()
     assert list((cwd / "exports" / "d1" / "data").glob("*.parquet"))
     assert (cwd / "runs" / "demo_edits" / "distilled" / "manifest.json").is_file()
+    assert list((cwd / "exports" / "prototypes" / "data").glob("*.parquet"))
