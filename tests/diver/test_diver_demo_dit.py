@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -53,14 +54,15 @@ def test_demo_dit_is_a_zoo_role():
 
 @pytest.mark.slow
 def test_full_recipe_makes_recognisable_digits(tmp_path):
-    """The acceptance check: >= 80% of plain DiT samples are classified as their conditioning class."""
+    """The acceptance check: >= 97% of plain DiT samples are classified as their conditioning class, and >= 97%
+    of real train digits keep their class through DIVER's inherit-and-recover."""
     env = {**os.environ, "SEMDISTILL_ZOO_DIR": str(tmp_path / "zoo")}
     t = time.time()
     proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "zoo", "train-demo-dit"], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=1800, check=False)
+                          capture_output=True, text=True, timeout=5400, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads((tmp_path / "zoo" / "demo_dit" / "demo_dit.json").read_text())
-    assert report["sample_accuracy"] >= 0.8, report
+    assert report["sample_accuracy"] >= 0.97 and report["recover_accuracy"] >= 0.97, report
     assert (tmp_path / "zoo" / "demo_dit" / zoo.MARKER).is_file()
     print(f"demo DiT: {report['sample_accuracy']:.1%} recognised, trained in {time.time() - t:.0f}s")
 
@@ -116,6 +118,7 @@ def test_the_shipped_demo_dit_passes_both_checks_on_the_methods_paths():
     from actors.shipped import WEIGHTS_DIR
 
     report = json.loads((WEIGHTS_DIR / "demo_dit" / "demo_dit.json").read_text())
+    assert report["recipe"] == json.loads(json.dumps(asdict(DemoDiTRecipe())))  # the recipe's defaults made them
     assert report["samples_checked"] == 200 and report["recovered_checked"] == 200
     assert report["recipe"]["check_steps"] == 50 and report["recipe"]["check_cfg_scale"] == 4.0
     assert report["sample_accuracy"] >= 0.97 and report["recover_accuracy"] >= 0.97, report
