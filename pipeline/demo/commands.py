@@ -26,10 +26,22 @@ def zoo_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def recorded_checks(folder: Path, role: str) -> str:
+    """The accuracies a demo role's recipe recorded in ``<role>.json`` (e.g. ``sample_accuracy 97.5%``), or ''."""
+    report = folder / f"{role}.json"
+    if not report.is_file():
+        return ""
+    values = json.loads(report.read_text())
+    return ", ".join(f"{k} {v:.1%}" for k, v in values.items()
+                     if k.endswith("accuracy") and isinstance(v, float))
+
+
 def zoo_list(args: argparse.Namespace) -> int:
     for role in zoo.ROLES:
-        state = "built" if zoo.is_built(role, args.dir) else "missing"
-        print(f"  {role:9s} {state:8s} {zoo.zoo_path(role, args.dir)}")
+        built = zoo.is_built(role, args.dir)
+        folder = zoo.zoo_path(role, args.dir)
+        checks = recorded_checks(folder, role) if built else ""
+        print(f"  {role:9s} {'built' if built else 'missing':8s} {folder}" + (f"  ({checks})" if checks else ""))
     return 0
 
 
