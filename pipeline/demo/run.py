@@ -300,8 +300,9 @@ def evaluate_demo(sets: dict[str, Path], data: Path, out: Path, ev: EvalConfig, 
     rows: list[dict] = []
     if todo:
         methods = {n: specs[n].method if n in specs else n for n in todo}
-        rows = tag_rows(evaluate_sets(todo, data / "val", ev, out, ray_cfg=ray_cfg, methods=methods, write=False),
-                        todo, specs)
+        # the real train split gives the normalisation every set and the val split share (eval.normalize auto)
+        rows = tag_rows(evaluate_sets(todo, data / "val", ev, out, train_root=data / "train", ray_cfg=ray_cfg,
+                                      methods=methods, write=False), todo, specs)
         done.update({n: _set_fingerprint(d, ev) for n, d in todo.items()})
     all_rows = write_results(rows, out)
     atomic_write_json(done_path, done)

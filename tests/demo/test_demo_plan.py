@@ -13,6 +13,7 @@ import pipeline.diver.run as diver_run
 import pipeline.edits.run as edits_run
 import tuning.evaluate as te
 from pipeline import report
+from pipeline.config import EvalConfig
 from pipeline.core import ray_setup
 from pipeline.demo.run import (
     STAGE1_OF,
@@ -194,3 +195,17 @@ def test_full_demo_evaluates_both_ipcs_both_distillation_seeds_and_ars_at_seed_0
     assert keys[("gm", 1, 1, "dsa")] == keys[("diver_gm", 1, 0, "dsa")] == 4  # 4 students
     assert {r["stage1"] for r in rows if r["method"] == "diver_gm"} == {"gm"}
     assert all(len(r["runs"]) == 5 for r in rows)
+
+
+def test_the_demo_normalises_every_set_with_the_real_train_split(monkeypatch, tmp_path):
+    seen: dict = {}
+
+    def fake_eval(todo, val, ev, out, **kw):
+        seen.update(kw, val=val)
+        return []
+
+    monkeypatch.setattr(te, "evaluate_sets", fake_eval)
+    (tmp_path / "dm").mkdir()
+    evaluate_demo({"dm": tmp_path / "dm"}, tmp_path / "data", tmp_path, EvalConfig(students=["resnet18"], repeats=1),
+                  None)
+    assert seen["train_root"] == tmp_path / "data" / "train" and seen["val"] == tmp_path / "data" / "val"
