@@ -30,7 +30,19 @@ def zoo_list(args: argparse.Namespace) -> int:
     for role in zoo.ROLES:
         state = "built" if zoo.is_built(role, args.dir) else "missing"
         print(f"  {role:9s} {state:8s} {zoo.zoo_path(role, args.dir)}")
+        if role == "demo_sd":
+            _print_sd_checks()
     return 0
+
+
+def _print_sd_checks() -> None:
+    """The shipped demo SD's check numbers (its ``demo_sd.json``) under its line."""
+    from actors import shipped
+    from actors.demo_models import sd_checks_line
+
+    report = shipped.WEIGHTS_DIR / "demo_sd" / "demo_sd.json"
+    if report.is_file():
+        print(f"  {'':9s} {sd_checks_line(json.loads(report.read_text()))}")
 
 
 def demo(args: argparse.Namespace) -> int:
