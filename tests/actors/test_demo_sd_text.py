@@ -132,3 +132,15 @@ def test_sd_checks_line_names_each_recorded_check():
     assert line == ("checks: text-to-image 98.0%, img2img + SmolLM2 prototypes 97.5%, img2img + class prompt "
                     "96.0% recognised")
     assert demo_models.sd_checks_line({}) == "checks: none recorded"
+
+
+def test_zoo_list_shows_the_shipped_demo_sds_checks(tmp_path, capsys):
+    import argparse
+    import json
+
+    from pipeline.demo.commands import zoo_list
+
+    assert zoo_list(argparse.Namespace(dir=str(tmp_path))) == 0
+    report = json.loads((shipped.WEIGHTS_DIR / "demo_sd" / "demo_sd.json").read_text())
+    assert demo_models.sd_checks_line(report) in capsys.readouterr().out
+    assert "img2img + SmolLM2 prototypes" in demo_models.sd_checks_line(report)
