@@ -136,3 +136,8 @@ def parse_levels(text: str) -> dict[str, int | None]:
 
 def measures_dict(m: Measures) -> dict[str, float]:
     return asdict(m)
+
+
+def captions_for(images: np.ndarray, labels: np.ndarray, names: list[str], lead: str) -> list[str]:
+    """The measured caption of every image, each with its class name (``names[label]``)."""
+    return [caption(im, names[int(y)], lead) for im, y in zip(images, labels)]

@@ -40,7 +40,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from actors import demo_captions
+from actors import demo_captions, demo_sd_text
+from actors.demo_captions import captions_for
 from pipeline.edits import prompts
 from tuning.demo_training import clipped_step, ema_update, lr_at, min_snr_epsilon_loss, set_lr, torch_threads
 
@@ -89,22 +90,37 @@ class DemoSDRecipe:
     # timestep embedding, so every ResNet block sees the prompt (GLIDE, Imagen), not only the
     # cross-attention layers; pilots: 64% -> 81% at 400 steps.
     pooled_text_heads: int = 4  # 0: cross-attention only (SD 1.x)
-    unet_steps: int = 800
+    unet_steps: int = 800  # stage 1: the one-template captions, text tower frozen
     batch: int = 32
     lr: float = 2e-3
     warmup: int = 100
     ema_decay: float = 0.995
     min_snr_gamma: float = 5.0
-    caption_dropout: float = 0.1
+    stage1_caption_dropout: float = 0.1
     lead: str = demo_captions.LEAD
+    # stage 2 (the text stage) continues from stage 1's EMA UNet: the text encoder (demo CLIP's text tower)
+    # trains with the UNet at ``text_lr`` (0: frozen) on the texts of ``text_mix`` (shares of: the caption,
+    # varied phrasings, SmolLM2-style sentences, cached SmolLM2 summaries; actors.demo_sd_text); a dropped
+    # caption (``caption_dropout``) becomes "" or the negative prompt's words
+    text_steps: int = 600
+    text_warmup: int = 50
+    text_unet_lr: float = 1e-3
+    caption_dropout: float = 0.15
+    text_lr: float = 2e-4
+    text_mix: tuple[float, ...] = (0.2, 0.4, 0.2, 0.2)
+    negative_prompt: str = "cartoon, anime, painting"  # EDITS's (edits.negative_prompt)
+    negative_share: float = 0.5  # of the dropped captions
     check_per_class: int = 20
+    check_ipcs: tuple[int, ...] = (1, 10)  # EDITS img2img check: clusters of the train classes at these IPCs
     check_steps: int = 25
     check_cfg_scale: float = 4.0
     classifier_epochs: int = 6
     # torch threads while training and checking: 1 gives the same arithmetic on any machine and is
     # the fastest on a shared, busy CPU (2 threads spin against other jobs: 10x slower steps measured)
     torch_threads: int = 1
-    min_sample_accuracy: float = 0.8  # the issue's threshold
+    min_sample_accuracy: float = 0.8  # text-to-image samples
+    min_img2img_text_prototype_accuracy: float = 0.97  # EDITS's img2img with SmolLM2's text prototypes
+    min_img2img_class_prompt_accuracy: float = 0.95  # ... with the class-name prompt
 
 
 @dataclass
@@ -130,10 +146,6 @@ def load_demo_data(data: str | Path | None = None) -> DemoData:
         table = root / "class_names.json"
         mapping = json.loads(table.read_text()) if table.is_file() else {}
     return DemoData(tr_x, tr_y, va_x, va_y, [mapping.get(c, c) for c in classes])
-
-
-def captions_for(images: np.ndarray, labels: np.ndarray, names: list[str], lead: str) -> list[str]:
-    return [demo_captions.caption(im, names[int(y)], lead) for im, y in zip(images, labels)]
 
 
 def zoo_start(role: str, tmp: Path) -> Path:
@@ -343,9 +355,10 @@ def encode_texts(tokenizer, text_encoder, texts: list[str], batch: int = 256) ->
     return torch.cat(out)
 
 
-def train_unet(unet, scheduler, latents: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
+def train_unet_on_captions(unet, scheduler, latents: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
                recipe: DemoSDRecipe, log: Log):
-    """Epsilon loss (Min-SNR weighted) with caption dropout; returns the EMA UNet."""
+    """Stage 1: epsilon loss (Min-SNR weighted) on the one-template captions (precomputed embeddings of the
+    frozen text tower) with caption dropout to ""; returns the EMA UNet."""
     from diffusers import DDPMScheduler
 
     noise_sched = DDPMScheduler.from_config(scheduler.config)
@@ -359,7 +372,7 @@ def train_unet(unet, scheduler, latents: torch.Tensor, cond: torch.Tensor, uncon
         set_lr(opt, lr_at(step, recipe.lr, recipe.warmup, recipe.unet_steps))
         b = torch.randint(len(latents), (recipe.batch,), generator=gen)
         z0, ctx = latents[b], cond[b].clone()
-        drop = torch.rand(len(b), generator=gen) < recipe.caption_dropout
+        drop = torch.rand(len(b), generator=gen) < recipe.stage1_caption_dropout
         ctx[drop] = uncond
         t = torch.randint(0, noise_sched.config.num_train_timesteps, (len(b),), generator=gen)
         noise = torch.randn(z0.shape, generator=gen)
@@ -372,6 +385,89 @@ def train_unet(unet, scheduler, latents: torch.Tensor, cond: torch.Tensor, uncon
         if step % 250 == 0 or step == recipe.unet_steps - 1:
             log(f"  unet step {step:5d}  loss {running:.4f}  ({time.time() - t0:.0f}s)")
     return ema.eval(), running
+
+
+class TrainingTexts:
+    """Each step's prompt for each image: ``recipe.text_mix`` of caption kinds, dropout to ""/negative prompt."""
+
+    def __init__(self, d: DemoData, recipe: DemoSDRecipe, summaries: list[dict[str, Any]]) -> None:
+        self.d, self.recipe = d, recipe
+        self.captions = captions_for(d.train_images, d.train_labels, d.names, recipe.lead)
+        self.summaries_of: dict[int, list[str]] = {}
+        for s in summaries:
+            for i in s["members"]:
+                self.summaries_of.setdefault(int(i), []).append(s["text"])
+        self.rng = np.random.default_rng(recipe.seed + 3)
+
+    def __call__(self, indices: list[int]) -> list[str]:
+        r, rng, out = self.recipe, self.rng, []
+        mix = np.asarray(r.text_mix, dtype=np.float64)
+        for i in indices:
+            if rng.random() < r.caption_dropout:
+                out.append(demo_sd_text.negative_text(r.negative_prompt, rng) if rng.random() < r.negative_share else "")
+                continue
+            kind = int(rng.choice(len(mix), p=mix / mix.sum()))
+            if kind == 3 and i not in self.summaries_of:
+                kind = 2  # no cached summary of this image: an LLM-style sentence instead
+            im, name = self.d.train_images[i], self.d.names[int(self.d.train_labels[i])]
+            if kind == 0:
+                out.append(self.captions[i])
+            elif kind == 1:
+                out.append(demo_sd_text.varied_caption(im, name, rng))
+            elif kind == 2:
+                out.append(demo_sd_text.llm_style_caption(im, name, rng))
+            else:
+                out.append(str(rng.choice(self.summaries_of[i])))
+        return out
+
+
+def _token_ids(tokenizer, texts: list[str]) -> torch.Tensor:
+    return tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                     return_tensors="pt").input_ids
+
+
+def train_text_stage(unet, text_encoder, tokenizer, scheduler, latents: torch.Tensor, texts: TrainingTexts,
+                     recipe: DemoSDRecipe, log: Log):
+    """Stage 2, from stage 1's EMA UNet: the same loss on varied prompts (``TrainingTexts``), the text encoder
+    trained alongside at ``text_lr``; returns the EMA UNet and text encoder."""
+    from diffusers import DDPMScheduler
+
+    noise_sched = DDPMScheduler.from_config(scheduler.config)
+    ab = noise_sched.alphas_cumprod.float()
+    ema = copy.deepcopy(unet).requires_grad_(False)
+    ema_text = copy.deepcopy(text_encoder).requires_grad_(False)
+    train_text = recipe.text_lr > 0
+    text_encoder.requires_grad_(train_text).train(train_text)
+    groups = [{"params": list(unet.parameters()), "lr": recipe.text_unet_lr}]
+    if train_text:
+        groups.append({"params": list(text_encoder.parameters()), "lr": recipe.text_lr})
+    opt = torch.optim.AdamW(groups, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(recipe.seed + 4)
+    unet.train()
+    params = [p for g in groups for p in g["params"]]
+    t0, running = time.time(), None
+    for step in range(recipe.text_steps):
+        scale = lr_at(step, 1.0, recipe.text_warmup, recipe.text_steps)
+        for g, base in zip(opt.param_groups, (recipe.text_unet_lr, recipe.text_lr)):
+            g["lr"] = base * scale
+        b = torch.randint(len(latents), (recipe.batch,), generator=gen)
+        z0 = latents[b]
+        ids = _token_ids(tokenizer, texts([int(i) for i in b]))
+        with torch.set_grad_enabled(train_text):
+            ctx = text_encoder(ids)[0]
+        t = torch.randint(0, noise_sched.config.num_train_timesteps, (len(b),), generator=gen)
+        noise = torch.randn(z0.shape, generator=gen)
+        a = ab[t].view(-1, 1, 1, 1)
+        pred = unet(a.sqrt() * z0 + (1 - a).sqrt() * noise, t, encoder_hidden_states=ctx).sample
+        loss = min_snr_epsilon_loss(pred, noise, a, recipe.min_snr_gamma)
+        clipped_step(opt, params, loss)
+        ema_update(ema, unet, step, recipe.ema_decay)
+        if train_text:
+            ema_update(ema_text, text_encoder, step, recipe.ema_decay)
+        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        if step % 50 == 0 or step == recipe.text_steps - 1:
+            log(f"  text stage step {step:5d}  loss {running:.4f}  ({time.time() - t0:.0f}s)")
+    return ema.eval(), ema_text.eval(), running
 
 
 def demo_sd_unet(start_config: dict[str, Any], latent_size: int, recipe: DemoSDRecipe):
@@ -413,28 +509,46 @@ def _train_demo_sd(out: Path, clip_dir: str | Path, data: str | Path | None, rec
     vae.requires_grad_(False)
     t_vae = time.time() - t0
     text_encoder = text_encoder_from_clip(clip_dir)
-    texts = captions_for(d.train_images, d.train_labels, d.names, recipe.lead)
-    cond = encode_texts(pipe.tokenizer, text_encoder, texts)
+    captions = captions_for(d.train_images, d.train_labels, d.names, recipe.lead)
+    cond = encode_texts(pipe.tokenizer, text_encoder, captions)
     uncond = encode_texts(pipe.tokenizer, text_encoder, [""])[0]
-    log(f"demo SD: {len(texts)} (image, caption) pairs; latents {tuple(latents.shape[1:])}")
+    log(f"demo SD: {len(captions)} (image, caption) pairs; latents {tuple(latents.shape[1:])}")
     unet = demo_sd_unet(dict(pipe.unet.config), latents.shape[-1], recipe)
-    unet, final_loss = train_unet(unet, pipe.scheduler, latents, cond, uncond, recipe, log)
+    unet, stage1_loss = train_unet_on_captions(unet, pipe.scheduler, latents, cond, uncond, recipe, log)
+    t_stage1 = time.time() - t0
+    summaries = demo_sd_text.load_summaries()
+    texts = TrainingTexts(d, recipe, summaries)
+    log(f"demo SD text stage: {len(summaries)} cached SmolLM2 summaries; e.g. {texts([0, 1, 2])}")
+    unet, text_encoder, final_loss = train_text_stage(unet, text_encoder, pipe.tokenizer, pipe.scheduler, latents,
+                                                      texts, recipe, log)
     t_train = time.time() - t0
     trained = StableDiffusionImg2ImgPipeline(vae=vae, text_encoder=text_encoder, tokenizer=pipe.tokenizer, unet=unet,
                                              scheduler=pipe.scheduler, safety_checker=None, feature_extractor=None,
                                              requires_safety_checker=False)
     out.mkdir(parents=True, exist_ok=True)
     trained.save_pretrained(out)
-    check = check_sd(out, d, recipe)
-    report = {"recipe": asdict(recipe), "train_pairs": len(texts), "vae_reconstruction_mse": rec_mse,
+    check = check_sd(out, d, recipe, clip_dir)
+    report = {"recipe": asdict(recipe), "train_pairs": len(d.train_images), "llm_summaries": len(summaries),
+              "vae_reconstruction_mse": rec_mse,
               "latent_shape": list(latents.shape[1:]), "scaling_factor": float(vae.config.scaling_factor),
-              "final_loss": final_loss, "text_encoder_from": "demo_clip", **check,
-              "torch_threads": torch.get_num_threads(), "seconds_vae": round(t_vae, 1),
+              "stage1_loss": stage1_loss, "final_loss": final_loss,
+              "text_encoder_from": "demo_clip (text stage: trained further)", **check,
+              "torch_threads": torch.get_num_threads(), "seconds_vae": round(t_vae, 1), "seconds_stage1": round(t_stage1, 1),
               "seconds_train": round(t_train, 1), "seconds_total": round(time.time() - t0, 1)}
     _write_report(out, "demo_sd", report)
     log(f"  demo SD check: {check['sample_accuracy']:.1%} of text-to-image samples recognised as the prompt's "
         f"class ({check['samples_checked']} samples; {report['seconds_total']:.0f}s in all)")
     return report
+
+
+SD_CHECK_KEYS = (("text-to-image", "sample_accuracy"), ("img2img + SmolLM2 prototypes", "img2img_text_prototype_accuracy"),
+                 ("img2img + class prompt", "img2img_class_prompt_accuracy"))
+
+
+def sd_checks_line(report: dict[str, Any]) -> str:
+    """The demo SD's check numbers in one line (``semdistill zoo list``); checks not in ``report`` left out."""
+    parts = [f"{name} {report[key]:.1%}" for name, key in SD_CHECK_KEYS if key in report]
+    return "checks: " + ", ".join(parts) + " recognised" if parts else "checks: none recorded"
 
 
 def check_prompts(d: DemoData, per_class: int, lead: str) -> tuple[list[str], torch.Tensor]:
@@ -447,8 +561,14 @@ def check_prompts(d: DemoData, per_class: int, lead: str) -> tuple[list[str], to
     return texts, torch.tensor(labels)
 
 
-def check_sd(model_dir: str | Path, d: DemoData, recipe: DemoSDRecipe, batch: int = 100) -> dict[str, Any]:
-    """Share of text-to-image samples (DDIM, CFG) that a ConvNet trained on real train digits calls the prompt's class."""
+def check_sd(model_dir: str | Path, d: DemoData, recipe: DemoSDRecipe, clip_dir: str | Path | None = None,
+             batch: int = 100) -> dict[str, Any]:
+    """Shares of generated images a ConvNet trained on real train digits calls the intended class.
+
+    Text-to-image samples (DDIM, CFG) prompted with val captions; with ``clip_dir``, also EDITS's img2img
+    from its image prototypes of train clusters (IPC 1 and 10), prompted with the cached SmolLM2 text
+    prototypes and with the class-name prompt (``actors.demo_sd_check``).
+    """
     from diffusers import StableDiffusionPipeline
 
     from actors.demo_dit import classify, train_classifier
@@ -473,6 +593,26 @@ def check_sd(model_dir: str | Path, d: DemoData, recipe: DemoSDRecipe, batch: in
     pred = classify(net, samples)
     acc = float((pred == labels).float().mean())
     per_class = {d.names[c]: round(float((pred[labels == c] == c).float().mean()), 4) for c in range(len(d.names))}
-    return {"classifier_val_accuracy": round(val_acc, 4), "sample_accuracy": round(acc, 4),
-            "sample_accuracy_per_class": per_class, "samples_checked": len(texts),
-            "check_prompts_example": texts[:3]}
+    report = {"classifier_val_accuracy": round(val_acc, 4), "sample_accuracy": round(acc, 4),
+              "sample_accuracy_per_class": per_class, "samples_checked": len(texts),
+              "check_prompts_example": texts[:3]}
+    if clip_dir is not None:
+        report.update(check_sd_img2img(model_dir, d, recipe, clip_dir, net))
+    return report
+
+
+def check_sd_img2img(model_dir: str | Path, d: DemoData, recipe: DemoSDRecipe, clip_dir: str | Path,
+                     net: Any) -> dict[str, Any]:
+    """EDITS's img2img check (``actors.demo_sd_check``) with both prompts; the json keys of each."""
+    from actors import demo_sd_check
+
+    texts = demo_sd_text.load_check_texts()
+    out: dict[str, Any] = {}
+    for prompt, key in (("llm", "img2img_text_prototype"), ("class_prompt", "img2img_class_prompt")):
+        if prompt == "llm" and not texts:
+            continue
+        r = demo_sd_check.check_img2img(str(model_dir), d, str(clip_dir), recipe.check_ipcs, texts, net,
+                                        recipe.seed, prompt)
+        out.update({f"{key}_accuracy": r["accuracy"], f"{key}_accuracy_per_ipc": r["per_ipc"],
+                    f"{key}_accuracy_per_class": r["per_class"]})
+    return out

@@ -42,7 +42,19 @@ def zoo_list(args: argparse.Namespace) -> int:
         folder = zoo.zoo_path(role, args.dir)
         checks = recorded_checks(folder, role) if built else ""
         print(f"  {role:9s} {'built' if built else 'missing':8s} {folder}" + (f"  ({checks})" if checks else ""))
+        if role == "demo_sd":
+            _print_sd_checks()
     return 0
+
+
+def _print_sd_checks() -> None:
+    """The shipped demo SD's check numbers (its ``demo_sd.json``) under its line."""
+    from actors import shipped
+    from actors.demo_models import sd_checks_line
+
+    report = shipped.WEIGHTS_DIR / "demo_sd" / "demo_sd.json"
+    if report.is_file():
+        print(f"  {'':9s} {sd_checks_line(json.loads(report.read_text()))}")
 
 
 def demo(args: argparse.Namespace) -> int:

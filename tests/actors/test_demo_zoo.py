@@ -135,6 +135,13 @@ def test_recorded_checks_have_their_shape_and_pass_their_thresholds():
     assert sd["sample_accuracy"] >= demo_models.DemoSDRecipe().min_sample_accuracy
     assert sd["latent_shape"] == [4, 8, 8]
     assert set(sd["sample_accuracy_per_class"]) == set(NAMES.values())
+    sd_min = demo_models.DemoSDRecipe()
+    # EDITS's own path: img2img from its image prototypes of train clusters at IPC 1 and 10
+    assert sd["img2img_class_prompt_accuracy"] >= sd_min.min_img2img_class_prompt_accuracy
+    assert set(sd["img2img_class_prompt_accuracy_per_ipc"]) == {"1", "10"}
+    assert set(sd["img2img_class_prompt_accuracy_per_class"]) == set(NAMES.values())
+    assert sd["img2img_text_prototype_accuracy"] >= sd_min.min_img2img_text_prototype_accuracy  # SmolLM2's prompts
+    assert sd["img2img_text_prototype_clusters_checked"]["1"] == 10
 
 
 def test_train_demo_skips_present_weights_and_rejects_unknown_roles(tmp_path, capsys):
