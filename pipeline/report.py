@@ -58,18 +58,21 @@ def overview_image(grids: dict[str, Image.Image], rows: list[dict[str, Any]], ga
     means = {m: ", ".join(f"{mean_top1(rs):.1f}%" if len(by) == 1 else f"IPC {k} {mean_top1(rs):.1f}%"
                           for k, rs in sorted(by.items()))
              for m, by in by_method.items()}  # the unseen-architecture mean per IPC, as results.md
-    title_h = 18
-    width = sum(g.width for g in grids.values()) + gap * (len(grids) + 1)
+    lines = {name: [name, means.get(name, "")] for name in grids}
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    # a column is as wide as its grid or its title, whichever is wider (IPC 1 grids are one image wide)
+    widths = {name: max(g.width, *(int(measure.textlength(t)) + 2 for t in [*lines[name], "100.0%"]))
+              for name, g in grids.items()}
+    title_h = 32  # two lines: the set's name, its mean top-1
+    width = sum(widths.values()) + gap * (len(grids) + 1)
     height = max(g.height for g in grids.values()) + title_h + 2 * gap
     canvas = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
     x = gap
     for name, grid in grids.items():
-        acc = means.get(name)
-        label = f"{name}: {acc}" if acc is not None else name
-        draw.text((x, gap // 2), label, fill=(0, 0, 0))
-        canvas.paste(grid, (x, gap // 2 + title_h))
-        x += grid.width + gap
+        draw.multiline_text((x, gap // 2), "\n".join(lines[name]), fill=(0, 0, 0), spacing=2)
+        canvas.paste(grid, (x + (widths[name] - grid.width) // 2, gap // 2 + title_h))
+        x += widths[name] + gap
     return canvas
 
 
