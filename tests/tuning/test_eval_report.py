@@ -50,7 +50,7 @@ def test_report_html_and_markdown(tmp_path):
     overview = Image.open(tmp_path / "report_files" / "overview.png")
     grid_a, grid_b = (Image.open(tmp_path / "report_files" / f"grid_{n}.png") for n in ("random_real", "diver"))
     assert overview.width == grid_a.width + grid_b.width + 3 * 12  # side by side with gaps
-    assert overview.height == max(grid_a.height, grid_b.height) + 18 + 2 * 12
+    assert overview.height == max(grid_a.height, grid_b.height) + 32 + 2 * 12  # a two-line title
     assert "report_files/overview.png" in md
 
 
