@@ -18,7 +18,7 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -47,6 +47,52 @@ def real_stats(images_u8: torch.Tensor) -> tuple[list[float], list[float]]:
     return mean.tolist(), std.tolist()
 
 
+class SyntheticStart(NamedTuple):
+    """What a from-scratch distiller starts from: the real images' indices per class, their normalisation, the
+    synthetic images (a leaf tensor to optimise) and their labels."""
+
+    by_class: list[torch.Tensor]
+    real_norm: Callable[[torch.Tensor], torch.Tensor]
+    syn: torch.Tensor
+    labels: torch.Tensor
+
+
+def synthetic_start(method: str, images_u8: torch.Tensor, labels: torch.Tensor, num_classes: int, ipc: int,
+                    init: str, mean: list[float], std: list[float], gen: torch.Generator,
+                    device: torch.device) -> SyntheticStart:
+    """The DC/DM reference start: ``init`` real (each class's first ``ipc`` images of a shuffle, cycled when a class
+    has fewer) or noise (standard normal), every draw from ``gen`` in that order."""
+    by_class = [torch.nonzero(labels == c).flatten() for c in range(num_classes)]
+    empty = [c for c, idx in enumerate(by_class) if len(idx) == 0]
+    if empty:
+        raise DataError(f"{method}: classes {empty} have no real images")
+
+    def real_norm(idx: torch.Tensor) -> torch.Tensor:
+        return normalize(images_u8[idx].float() / 255.0, mean, std)
+
+    _, c_, h, w = images_u8.shape
+    if init == "real":
+        picks = []
+        for idx in by_class:
+            order = idx[torch.randperm(len(idx), generator=gen)]
+            picks.append(order[torch.arange(ipc) % len(order)])
+        syn = real_norm(torch.cat(picks))
+    else:
+        syn = torch.randn((num_classes * ipc, c_, h, w), generator=gen)
+    return SyntheticStart(by_class, real_norm, syn.to(device).requires_grad_(True),
+                          torch.arange(num_classes).repeat_interleave(ipc))
+
+
+def seeded_convnet(gen: torch.Generator, channels: int, num_classes: int, cfg: DMConfig, size: int) -> torch.nn.Module:
+    """A fresh ConvNet of the distiller's width and depth, initialised from a seed drawn from ``gen``."""
+    from tuning.convnet import ConvNet
+
+    net_seed = int(torch.randint(2**31 - 1, (1,), generator=gen))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(net_seed)
+        return ConvNet(channels, num_classes, width=cfg.net_width, depth=cfg.net_depth, im_size=size)
+
+
 def distill_dm(images_u8: torch.Tensor, labels: torch.Tensor, num_classes: int, ipc: int, cfg: DMConfig,
                mean: list[float], std: list[float], device: torch.device | None = None,
                log: Callable[[str], None] = print) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
@@ -58,36 +104,18 @@ def distill_dm(images_u8: torch.Tensor, labels: torch.Tensor, num_classes: int, 
     is the reference's single backward of the summed loss, while memory holds one class's graph, not all.
     """
     from tuning.augment import DSA
-    from tuning.convnet import ConvNet
 
     device = device or torch.device("cpu")
     gen = torch.Generator().manual_seed(cfg.seed)
-    by_class = [torch.nonzero(labels == c).flatten() for c in range(num_classes)]
-    small = [c for c, idx in enumerate(by_class) if len(idx) == 0]
-    if small:
-        raise DataError(f"DM: classes {small} have no real images")
-    real_norm = lambda idx: normalize(images_u8[idx].float() / 255.0, mean, std)
-    _, c_, h, w = images_u8.shape
-    if cfg.init == "real":
-        picks = []
-        for idx in by_class:
-            order = idx[torch.randperm(len(idx), generator=gen)]
-            picks.append(order[torch.arange(ipc) % len(order)])
-        syn = real_norm(torch.cat(picks))
-    else:
-        syn = torch.randn((num_classes * ipc, c_, h, w), generator=gen)
-    syn = syn.to(device).requires_grad_(True)
-    syn_labels = torch.arange(num_classes).repeat_interleave(ipc)
+    start = synthetic_start("DM", images_u8, labels, num_classes, ipc, cfg.init, mean, std, gen, device)
+    by_class, real_norm, syn, syn_labels = start.by_class, start.real_norm, start.syn, start.labels
+    c_, h = images_u8.shape[1], images_u8.shape[2]
     opt = torch.optim.SGD([syn], lr=cfg.lr_img if cfg.lr_img is not None else DM_LR_IMG, momentum=0.5)
     dsa = DSA() if cfg.dsa else None
     losses: list[float] = []
     t0 = time.time()
     for it in range(cfg.iterations):
-        net_seed = int(torch.randint(2**31 - 1, (1,), generator=gen))
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(net_seed)
-            net = ConvNet(c_, num_classes, width=cfg.net_width, depth=cfg.net_depth, im_size=h)
-        net = net.to(device).requires_grad_(False)
+        net = seeded_convnet(gen, c_, num_classes, cfg, h).to(device).requires_grad_(False)
         opt.zero_grad(set_to_none=True)
         loss = 0.0
         for c, idx in enumerate(by_class):

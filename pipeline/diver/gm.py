@@ -31,9 +31,8 @@ import torch.nn.functional as F
 
 from pipeline.config import DMConfig
 from pipeline.core.console import progress
-from pipeline.core.pixels import normalize
-from pipeline.diver.dm import run_distiller
-from pipeline.errors import ConfigError, DataError
+from pipeline.diver.dm import run_distiller, seeded_convnet, synthetic_start
+from pipeline.errors import ConfigError
 
 GM_LR_IMG = 0.1  # DC main.py's lr_img, used when diver.stage1.lr_img is None
 # DC utils.py get_loops: IPC -> (outer_loop, inner_loop)
@@ -94,38 +93,20 @@ def distill_gm(images_u8: torch.Tensor, labels: torch.Tensor, num_classes: int, 
     labels and stats (``loss_first`` / ``loss_last``: the matching distance of the first / last iteration,
     averaged over classes and outer loops as the reference logs it)."""
     from tuning.augment import DSA
-    from tuning.convnet import ConvNet
 
     device = device or torch.device("cpu")
     gen = torch.Generator().manual_seed(cfg.seed)
     outer, inner = gm_loops(ipc, cfg)
-    by_class = [torch.nonzero(labels == c).flatten() for c in range(num_classes)]
-    empty = [c for c, idx in enumerate(by_class) if len(idx) == 0]
-    if empty:
-        raise DataError(f"GM: classes {empty} have no real images")
-    real_norm = lambda idx: normalize(images_u8[idx].float() / 255.0, mean, std)
-    _, c_, h, w = images_u8.shape
-    if cfg.init == "real":
-        picks = []
-        for idx in by_class:
-            order = idx[torch.randperm(len(idx), generator=gen)]
-            picks.append(order[torch.arange(ipc) % len(order)])
-        syn = real_norm(torch.cat(picks))
-    else:
-        syn = torch.randn((num_classes * ipc, c_, h, w), generator=gen)
-    syn = syn.to(device).requires_grad_(True)
-    syn_labels = torch.arange(num_classes).repeat_interleave(ipc)
+    start = synthetic_start("GM", images_u8, labels, num_classes, ipc, cfg.init, mean, std, gen, device)
+    by_class, real_norm, syn, syn_labels = start.by_class, start.real_norm, start.syn, start.labels
+    c_, h = images_u8.shape[1], images_u8.shape[2]
     lr_img = cfg.lr_img if cfg.lr_img is not None else GM_LR_IMG
     opt_img = torch.optim.SGD([syn], lr=lr_img, momentum=0.5)
     dsa = DSA() if cfg.dsa else None
     losses: list[float] = []
     t0 = time.time()
     for it in range(cfg.iterations):
-        net_seed = int(torch.randint(2**31 - 1, (1,), generator=gen))
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(net_seed)
-            net = ConvNet(c_, num_classes, width=cfg.net_width, depth=cfg.net_depth, im_size=h)
-        net = net.to(device).train()
+        net = seeded_convnet(gen, c_, num_classes, cfg, h).to(device).train()
         params = list(net.parameters())
         total = 0.0
         for ol in range(outer):
