@@ -207,6 +207,9 @@ def values(world: Path, zoo_dir: Path) -> dict[str, typing.Any]:
 # Settings that are valid only together with another change (the config validates them as a pair).
 COMPANIONS: dict[str, dict[str, typing.Any]] = {
     "diver.reverse_start": {"diver.fusion_window": [25, 10]},  # start_step runs 25..0: the window must lie inside
+    "diver.input": {"diver.stage1": None},  # a given input and the built-in stage 1 contradict each other
+    "diver.stage1.outer_loop": {"diver.stage1.method": "gm"},  # gradient matching's loops need method gm
+    "diver.stage1.inner_loop": {"diver.stage1.method": "gm"},
 }
 
 
