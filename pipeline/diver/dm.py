@@ -83,6 +83,18 @@ def synthetic_start(method: str, images_u8: torch.Tensor, labels: torch.Tensor, 
                           torch.arange(num_classes).repeat_interleave(ipc))
 
 
+def class_batches(start: SyntheticStart, c: int, idx: torch.Tensor, ipc: int, batch_real: int,
+                  gen: torch.Generator, dsa: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class ``c``'s real batch (``batch_real`` of its images ``idx``, drawn from ``gen``) and its synthetic images,
+    both augmented with one DSA seed drawn next (the DC/DSA reference's siamese augmentation)."""
+    take = idx[torch.randperm(len(idx), generator=gen)[:batch_real]]
+    r, s = start.real_norm(take).to(device), start.syn[c * ipc:(c + 1) * ipc]
+    if dsa is not None:
+        seed = int(torch.randint(2**31 - 1, (1,), generator=gen))
+        r, s = dsa(r, seed), dsa(s, seed)
+    return r, s
+
+
 def seeded_convnet(gen: torch.Generator, channels: int, num_classes: int, cfg: DMConfig, size: int) -> torch.nn.Module:
     """A fresh ConvNet of the distiller's width and depth, initialised from a seed drawn from ``gen``."""
     from tuning.convnet import ConvNet
@@ -108,7 +120,7 @@ def distill_dm(images_u8: torch.Tensor, labels: torch.Tensor, num_classes: int, 
     device = device or torch.device("cpu")
     gen = torch.Generator().manual_seed(cfg.seed)
     start = synthetic_start("DM", images_u8, labels, num_classes, ipc, cfg.init, mean, std, gen, device)
-    by_class, real_norm, syn, syn_labels = start.by_class, start.real_norm, start.syn, start.labels
+    by_class, syn, syn_labels = start.by_class, start.syn, start.labels
     c_, h = images_u8.shape[1], images_u8.shape[2]
     opt = torch.optim.SGD([syn], lr=cfg.lr_img if cfg.lr_img is not None else DM_LR_IMG, momentum=0.5)
     dsa = DSA() if cfg.dsa else None
@@ -119,11 +131,7 @@ def distill_dm(images_u8: torch.Tensor, labels: torch.Tensor, num_classes: int, 
         opt.zero_grad(set_to_none=True)
         loss = 0.0
         for c, idx in enumerate(by_class):
-            take = idx[torch.randperm(len(idx), generator=gen)[: cfg.batch_real]]
-            r, s = real_norm(take).to(device), syn[c * ipc:(c + 1) * ipc]
-            if dsa is not None:
-                seed = int(torch.randint(2**31 - 1, (1,), generator=gen))
-                r, s = dsa(r, seed), dsa(s, seed)
+            r, s = class_batches(start, c, idx, ipc, cfg.batch_real, gen, dsa, device)
             with torch.no_grad():
                 mean_r = net.embed(r).mean(0)
             term = ((mean_r - net.embed(s).mean(0)) ** 2).sum()

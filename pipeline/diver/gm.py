@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from pipeline.config import DMConfig
 from pipeline.core.console import progress
-from pipeline.diver.dm import run_distiller, seeded_convnet, synthetic_start
+from pipeline.diver.dm import class_batches, run_distiller, seeded_convnet, synthetic_start
 from pipeline.errors import ConfigError
 
 GM_LR_IMG = 0.1  # DC main.py's lr_img, used when diver.stage1.lr_img is None
@@ -98,7 +98,7 @@ def distill_gm(images_u8: torch.Tensor, labels: torch.Tensor, num_classes: int, 
     gen = torch.Generator().manual_seed(cfg.seed)
     outer, inner = gm_loops(ipc, cfg)
     start = synthetic_start("GM", images_u8, labels, num_classes, ipc, cfg.init, mean, std, gen, device)
-    by_class, real_norm, syn, syn_labels = start.by_class, start.real_norm, start.syn, start.labels
+    by_class, syn, syn_labels = start.by_class, start.syn, start.labels
     c_, h = images_u8.shape[1], images_u8.shape[2]
     lr_img = cfg.lr_img if cfg.lr_img is not None else GM_LR_IMG
     opt_img = torch.optim.SGD([syn], lr=lr_img, momentum=0.5)
@@ -112,11 +112,7 @@ def distill_gm(images_u8: torch.Tensor, labels: torch.Tensor, num_classes: int, 
         for ol in range(outer):
             opt_img.zero_grad(set_to_none=True)
             for c, idx in enumerate(by_class):
-                take = idx[torch.randperm(len(idx), generator=gen)[: cfg.batch_real]]
-                r, s = real_norm(take).to(device), syn[c * ipc:(c + 1) * ipc]
-                if dsa is not None:
-                    seed = int(torch.randint(2**31 - 1, (1,), generator=gen))
-                    r, s = dsa(r, seed), dsa(s, seed)
+                r, s = class_batches(start, c, idx, ipc, cfg.batch_real, gen, dsa, device)
                 y_r = torch.full((len(r),), c, dtype=torch.long, device=device)
                 y_s = torch.full((len(s),), c, dtype=torch.long, device=device)
                 g_real = [g.detach() for g in torch.autograd.grad(F.cross_entropy(net(r), y_r), params)]
