@@ -4,7 +4,8 @@
 # Random real at IPC from the rest, the demo's protocol (demo preset, DSA, SGD, cosine), each candidate
 # (epochs, batch) with REPEATS seeds; the results.md row of each candidate is printed.
 # Usage: scripts/choose_demo_eval_batch.sh [WORKDIR] [IPC]   (defaults .cache/demo-eval-batch-ipc<IPC>, 10)
-#   environment: EPOCHS (default "20"), BATCHES (default "64 32 16"), REPEATS (default 2), EVAL_ARGS (more
+#   environment: EPOCHS (default "20"), BATCHES (default "64 32 16"), REPEATS (default 2), STUDENTS (default
+#   "convnet resnet18 lenet", the demo's), EVAL_ARGS (more
 #   eval overrides, e.g. eval.backend=local: the runs one after another in this process, no Ray)
 #   IPC 10 (about 5 min on 2 cores):  scripts/choose_demo_eval_batch.sh
 #   IPC 1:  EPOCHS="100 300" BATCHES=10 REPEATS=3 scripts/choose_demo_eval_batch.sh "" 1
@@ -17,6 +18,7 @@ PY="${PY:-.venv/bin/python}"
 EPOCHS="${EPOCHS:-20}"
 BATCHES="${BATCHES:-64 32 16}"
 REPEATS="${REPEATS:-2}"
+STUDENTS="${STUDENTS:-convnet resnet18 lenet}"
 export HF_HUB_OFFLINE=1 SEMDISTILL_PROGRESS=0 PYTHONPATH="$PWD"
 mkdir -p "$W"
 "$PY" - "$W" "$IPC" <<'PYEOF'
@@ -39,7 +41,7 @@ for ep in $EPOCHS; do
   for bs in $BATCHES; do
     every=$(( ep >= 20 ? ep / 2 : 0 ))
     "$PY" -m pipeline.cli eval --distilled "$W/random_real" --real "$(cat "$W/holdout_path")" \
-      --students convnet resnet18 mobilenetv2 --out "$W/e${ep}_b$bs" eval.preset=demo eval.dataset=digits \
+      --students $STUDENTS --out "$W/e${ep}_b$bs" eval.preset=demo eval.dataset=digits \
       eval.repeats="$REPEATS" eval.epochs="$ep" eval.eval_every="$every" \
       'eval.student_kwargs={resnet18: {width: 16}}' eval.cpus_per_job=1.0 eval.batch_size="$bs" \
       ${EVAL_ARGS:-} > "$W/e${ep}_b$bs.log" 2>&1

@@ -13,6 +13,7 @@
 - ``mobilenetv2``, ``shufflenetv2`` (1.0x); ``efficientnet_b0`` (torchvision's layout);
 - ``shufflenetv2_predd``, ``mobilenetv2_predd``, ``efficientnet_b0_predd``: PReDD's own definitions (grouped
   3x3 convs in ShuffleNetV2; no dropout or stochastic depth), the pool DIVER reports (tuning/students_predd.py);
+- ``lenet``: LeNet-5 (tuning/students_lenet.py), the small unseen student of DC/DSA's cross-architecture tables;
 - ``vit_tiny``: ViT-Ti (dim 192, 12 blocks, 3 heads), about 8 x 8 patches whatever the size;
   ``vit_predd``: PReDD's ViT (patch 16, dim 512, depth 10, 8 heads, MLP 512, dropout 0.1).
 
@@ -37,6 +38,7 @@ from torch.nn import functional as F
 from pipeline.errors import ConfigError
 from tuning.convnet import ConvNet, depth_for_resolution
 from tuning.students_effnet import EfficientNetB0
+from tuning.students_lenet import LeNet
 from tuning.students_predd import PReDDMobileNetV2, PReDDShuffleNetV2
 from tuning.students_resnet import AdaptiveResNet, ResNet18, ResNetAP, reductions
 from tuning.students_vit import PReDDViT, ViT
@@ -206,6 +208,7 @@ STUDENTS: dict[str, Callable[..., nn.Module]] = {
         c, n, s, **{"dropout": 0.0, "stochastic_depth": 0.0, "init": "pytorch", **kw}),
     "vit_tiny": lambda c, n, s, **kw: ViT(c, n, s, **kw),
     "vit_predd": lambda c, n, s, **kw: PReDDViT(c, n, s, **kw),
+    "lenet": lambda c, n, s, **kw: LeNet(c, n, s, **kw),
 }
 
 LEGACY_STUDENTS = ("resnet18", "resnet18_bn", "resnet18_in")  # resolution-adaptive stems (see the module doc)

@@ -62,7 +62,7 @@ def demo(args: argparse.Namespace) -> int:
     from pipeline.demo.run import run_demo
 
     result = run_demo(Path(args.out), quick=args.quick, full=getattr(args, "full", False),
-                      verbose=getattr(args, "verbose", False))
+                      verbose=getattr(args, "verbose", False), ablations=getattr(args, "ablations", False))
     summary = Path(result["report_html"]).parent / "demo_summary.json"
     print(f"summary: {summary}" if not getattr(args, "verbose", False) else json.dumps(result, indent=2, default=str))
     return 0

@@ -6,23 +6,23 @@
 3. DIVER on the DM set and EDITS, each from its demo config (``configs/demo_diver.yaml`` /
    ``configs/demo_edits.yaml`` when present, else ``configs/demo.yaml``), at every IPC of the plan;
 4. cross-architecture evaluation on Ray Train: the ConvNet (the stage-1 proxy, out of the headline mean)
-   plus unseen ResNet-18 and MobileNetV2, one TorchTrainer per IPC, at that IPC's epochs and batch
+   plus unseen ResNet-18 and LeNet, one TorchTrainer per IPC, at that IPC's epochs and batch
    (``DEMO_EVAL_BY_IPC``, chosen on a holdout of the train split);
 5. ``out/results.json``, ``out/results.md`` and ``out/report.html`` (tables, DD-Ranking, a bar chart,
    DIVER's input beside its output, EDITS's prototypes, image grids, and the sweep plot when
    ``semdistill sweep ... output.dir=<out>`` ran before).
 
-What runs is ``demo_plan(quick, full)`` (``DemoPlan``): the headline is IPC 1 (``HEADLINE_IPC``), where a
-distilled set has room above random real. ``make demo`` runs IPC 1 alone (``DEMO_IPCS``: IPC 10 too would not
-fit its 12 minutes) and evaluates every set with ``DEMO_EVAL_SEEDS`` seeds; ``full=True`` (``semdistill demo
---full``) adds IPC 10 (``FULL_IPCS``), evaluates with ``FULL_EVAL_SEEDS`` seeds, distils every method's set
-with each of ``FULL_DISTILL_SEEDS``, and adds gradient matching (DC/DSA,
-pipeline/diver/gm.py) at IPC 1, a stage-1 set that overfits its ConvNet, with DIVER on it; the papers'
-baselines and ablations: herding, k-center and the full real set, DIVER's plain DiT pass (gamma 0), EDITS
-without text prototypes, ShuffleNetV2, and the no-augmentation runs DD-Ranking's ARS needs (every set but
-``full_real``: ARS compares a set with random real images, with and without augmentation). The coresets,
-the ablations and the ARS runs use distillation seed 0 only. The terminal shows one line per stage and one progress bar per long
-stage; everything else goes to ``out/logs/``.
+What runs is ``demo_plan(quick, full, ablations)`` (``DemoPlan``): the headline is IPC 1 (``HEADLINE_IPC``),
+where a distilled set has room above random real. ``make demo`` runs IPC 1 alone (``DEMO_IPCS``: IPC 10 too
+would not fit its 12 minutes) and evaluates every set with ``DEMO_EVAL_SEEDS`` seeds; ``full=True``
+(``semdistill demo --full``) adds IPC 10 (``FULL_IPCS``), distils every method's set and random real with each
+of ``FULL_DISTILL_SEEDS`` and evaluates each with ``FULL_EVAL_SEEDS`` seeds, and adds gradient matching
+(DC/DSA, pipeline/diver/gm.py) at IPC 1, a stage-1 set that overfits its ConvNet, with DIVER on it.
+``ablations=True`` (``--full --ablations``) adds the papers' baselines and ablations: herding, k-center and the
+full real set, DIVER's plain DiT pass (gamma 0), EDITS without text prototypes, and the no-augmentation runs
+DD-Ranking's ARS needs (every set but ``full_real``: ARS compares a set with random real images, with and
+without augmentation); these use distillation seed 0 only. The terminal shows one line per stage and one
+progress bar per long stage; everything else goes to ``out/logs/``.
 
 Rows and seeds, for the claim code: ``results.json`` holds one row per (method, IPC, distillation seed,
 student, augment); ``row["distill_seed"]`` is the seed the set was made with (``d``) and ``row["runs"]`` one
@@ -56,28 +56,29 @@ from actors import zoo
 from pipeline.config import Config, EvalConfig, config_from_dict
 from pipeline.core.write import atomic_write_json
 from pipeline.demo.claims import claim_lines
+from pipeline.errors import ConfigError
 
 REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 HEADLINE_IPC = 1
 DEMO_IPCS = (HEADLINE_IPC,)  # make demo: IPC 10 too would not fit 12 minutes on 2 cores (estimate below)
 FULL_IPCS = (HEADLINE_IPC, 10)
-# make demo's time, estimated from CPU seconds of single small pieces measured on a busy machine (one torch
-# thread, process time: an SGD step with DSA and a test pass on val per student) and scaled by the last
-# measured demo on 2 idle cores (IPC 10, 2 seeds: evaluation 213 s for 24 runs; DIVER 89 s; EDITS 189 s):
-# a run at IPC 1 (300 epochs, batch 10) costs 1.09x one at IPC 10 (20 epochs, batch 16); IPC 1 with 3 seeds
-# is about 340 s of evaluation, 50 s of DIVER, 130 s of EDITS: 9 minutes; adding IPC 10 (3 seeds) adds
-# about 310 s of evaluation, 90 s of DIVER and 60 s of EDITS: 17 minutes, over the 12.
+# make demo's time on a fresh clone, 2 idle cores, with MobileNetV2 as the second unseen student: DIVER 108 s,
+# EDITS 175 s, evaluation 957 s (run-seconds per set and 3 seeds: ConvNet ~79, ResNet-18 ~73, MobileNetV2 ~299).
+# IPC 10 would add its DIVER, EDITS and evaluation: over the 12 minutes, so it runs in demo --full.
 DEMO_EVAL_SEEDS = 3
-FULL_EVAL_SEEDS = 5
+# demo --full: every set distilled with 2 seeds and each evaluated with 3, so each claim pairs 6 seeds
+FULL_EVAL_SEEDS = 3
 FULL_DISTILL_SEEDS = (0, 1)
 # The demo's evaluation: the "demo" preset (DSA, SGD, cosine) with a narrower ResNet-18; the ConvNet is
-# the stage-1 proxy (out of the headline mean), ResNet-18 and MobileNetV2 are unseen. One CPU and one torch
-# thread per Ray Train worker, so the two cores are never oversubscribed. Epochs and batch per IPC below.
-DEMO_EVAL = {"students": ["convnet", "resnet18", "mobilenetv2"], "preset": "demo", "dataset": "digits",
+# the stage-1 proxy (out of the headline mean), ResNet-18 and LeNet (DC/DSA's cross-architecture students) are
+# unseen. MobileNetV2 left the demo for its cost: one SGD step at batch 10 takes 261 ms on one thread against
+# LeNet's 3.5 (ConvNet 90, ResNet-18 w16 72); at IPC 1 it was 1,197 of the 1,807 run-seconds of make demo's
+# evaluation on a fresh clone. One CPU and one torch thread per Ray Train worker, so the two cores are
+# never oversubscribed. Epochs and batch per IPC below.
+DEMO_EVAL = {"students": ["convnet", "resnet18", "lenet"], "preset": "demo", "dataset": "digits",
              "epochs": 20, "batch_size": 16, "repeats": DEMO_EVAL_SEEDS, "eval_every": 10,
              "student_kwargs": {"resnet18": {"width": 16}}, "cpus_per_job": 1.0}
-FULL_EVAL = {**DEMO_EVAL, "students": ["convnet", "resnet18", "mobilenetv2", "shufflenetv2"],
-             "repeats": FULL_EVAL_SEEDS}
+FULL_EVAL = {**DEMO_EVAL, "repeats": FULL_EVAL_SEEDS}
 QUICK_EVAL = {**DEMO_EVAL, "epochs": 4, "repeats": 1, "eval_every": 0}
 # Epochs and batch per IPC, chosen on a holdout carved from the train split (20% per class, seed 0), never on
 # val: scripts/choose_demo_eval_batch.sh, random real at that IPC, top-1 on the holdout.
@@ -172,16 +173,20 @@ class SetSpec:
         return f"{self.method}_ipc{self.ipc}" + (f"_d{self.distill_seed}" if self.distill_seed else "")
 
 
-def demo_plan(quick: bool = False, full: bool = False) -> DemoPlan:
-    """``quick``: a smoke run (headline IPC, one seed); default: ``make demo``; ``full``: ``demo --full``."""
+def demo_plan(quick: bool = False, full: bool = False, ablations: bool = False) -> DemoPlan:
+    """``quick``: a smoke run (headline IPC, one seed); default: ``make demo``; ``full``: ``demo --full``;
+    ``ablations`` (with ``full``): the coresets, the full real set, the ablations and DD-Ranking's runs too."""
+    if ablations and not full:
+        raise ConfigError("demo: --ablations adds to --full; run `semdistill demo --full --ablations`")
     if quick:
         return DemoPlan(ipcs=(HEADLINE_IPC,), distill_seeds=(0,), eval_seeds=QUICK_EVAL["repeats"],
                         students=tuple(QUICK_EVAL["students"]), baselines=("random_real",),
                         stage1={"dm": (HEADLINE_IPC,)}, ablations=False)
     if full:
         return DemoPlan(ipcs=FULL_IPCS, distill_seeds=FULL_DISTILL_SEEDS, eval_seeds=FULL_EVAL["repeats"],
-                        students=tuple(FULL_EVAL["students"]), baselines=("random_real",) + FULL_BASELINES,
-                        stage1={"dm": FULL_IPCS, "gm": tuple(DEMO_TRIM["gm"]["ipcs"])}, ablations=True)
+                        students=tuple(FULL_EVAL["students"]),
+                        baselines=("random_real",) + (FULL_BASELINES if ablations else ()),
+                        stage1={"dm": FULL_IPCS, "gm": tuple(DEMO_TRIM["gm"]["ipcs"])}, ablations=ablations)
     return DemoPlan(ipcs=DEMO_IPCS, distill_seeds=(0,), eval_seeds=DEMO_EVAL["repeats"],
                     students=tuple(DEMO_EVAL["students"]), baselines=("random_real",), stage1={"dm": DEMO_IPCS},
                     ablations=False)
@@ -395,7 +400,8 @@ def no_text_config(cfg: Config, out: Path, name: str = "edits_no_text") -> Confi
     return config_from_dict(raw, source="demo: edits without text prototypes")
 
 
-def run_demo(out: Path, quick: bool = False, full: bool = False, verbose: bool = False) -> dict[str, Any]:
+def run_demo(out: Path, quick: bool = False, full: bool = False, verbose: bool = False,
+             ablations: bool = False) -> dict[str, Any]:
     """Data -> baselines, DIVER, EDITS -> evaluation -> report; returns a summary dict.
 
     The terminal gets one line per stage and a bar per long stage; the rest goes to ``out/logs/run.log``
@@ -411,7 +417,7 @@ def run_demo(out: Path, quick: bool = False, full: bool = False, verbose: bool =
     if not verbose:  # Ray Data's own bars would only fill the log with carriage returns
         os.environ.setdefault("SEMDISTILL_PROGRESS", "0")
     with contextlib.nullcontext() if verbose else quiet_terminal(logs):
-        return _run_demo(out, quick, full, logs)
+        return _run_demo(out, quick, full, logs, ablations)
 
 
 def _failed(skipped: dict[str, str], key: str, err: Exception, logs: Path) -> None:
@@ -491,12 +497,12 @@ def _run_edits_sets(plan: DemoPlan, out: Path, data: Path, quick: bool, sets: di
     return headline
 
 
-def _run_demo(out: Path, quick: bool, full: bool, logs: Path) -> dict[str, Any]:
+def _run_demo(out: Path, quick: bool, full: bool, logs: Path, ablations: bool = False) -> dict[str, Any]:
     from pipeline.core.console import stage
     from pipeline.core.ray_setup import ray_session
     from tuning.baselines import build_baseline
 
-    plan = demo_plan(quick, full)
+    plan = demo_plan(quick, full, ablations)
     ipc_text = ", ".join(map(str, plan.ipcs))
     n_steps = 6
     t_all = time.time()

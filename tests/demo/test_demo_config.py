@@ -97,9 +97,9 @@ def test_stage1_record_is_proxy_vs_unseen_mean():
 def test_full_demo_adds_the_ablations_and_students():
     from pipeline.demo.run import DEMO_EVAL, FULL_BASELINES, FULL_EVAL
 
-    assert DEMO_EVAL["students"] == ["convnet", "resnet18", "mobilenetv2"] and DEMO_EVAL["repeats"] == 3
-    assert FULL_EVAL["repeats"] == 5
-    assert FULL_EVAL["students"][-1] == "shufflenetv2" and set(FULL_BASELINES) == {"herding", "k_center", "full_real"}
+    assert DEMO_EVAL["students"] == ["convnet", "resnet18", "lenet"] and DEMO_EVAL["repeats"] == 3
+    assert FULL_EVAL["repeats"] == 3
+    assert FULL_EVAL["students"] == DEMO_EVAL["students"] and set(FULL_BASELINES) == {"herding", "k_center", "full_real"}
 
 
 def test_gamma0_ablation_is_the_same_dit_pass_without_guidance(tmp_path):

@@ -8,6 +8,8 @@ import json
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 import pipeline.demo.run as demo
 import pipeline.diver.run as diver_run
 import pipeline.edits.run as edits_run
@@ -27,6 +29,7 @@ from pipeline.demo.run import (
     planned_rows,
     tag_rows,
 )
+from pipeline.errors import ConfigError
 from tuning import baselines
 
 
@@ -38,7 +41,7 @@ def test_make_demo_runs_the_headline_ipc_1_with_three_evaluation_seeds():
     """IPC 10 as well would not fit make demo's 12 minutes on 2 cores (DEMO_IPCS's estimate): it runs in --full."""
     plan = demo_plan()
     assert plan.ipcs == (1,) and plan.distill_seeds == (0,) and plan.eval_seeds >= 3
-    assert plan.students == ("convnet", "resnet18", "mobilenetv2") and not plan.ablations
+    assert plan.students == ("convnet", "resnet18", "lenet") and not plan.ablations
     assert _names(plan) == ["random_real_ipc1", "dm_ipc1", "diver_ipc1", "edits_ipc1"]
     assert {s.stage1 for s in plan.sets() if s.method == "diver"} == {"dm"}
     for ipc in plan.ipcs:
@@ -52,10 +55,23 @@ def test_quick_demo_is_one_ipc_one_seed_of_each_method():
     assert eval_config(plan, 1, quick=True).epochs == 4
 
 
-def test_full_demo_distils_every_method_twice_evaluates_five_seeds_and_adds_gradient_matching():
+def test_full_demo_distils_every_method_twice_pairs_six_seeds_and_adds_gradient_matching():
     plan = demo_plan(full=True)
-    assert plan.eval_seeds >= 5 and len(plan.distill_seeds) >= 2 and plan.ipcs == (1, 10)
-    assert plan.students[-1] == "shufflenetv2" and plan.stage1 == {"dm": (1, 10), "gm": (1,)}
+    assert plan.eval_seeds * len(plan.distill_seeds) >= 5 and len(plan.distill_seeds) >= 2 and plan.ipcs == (1, 10)
+    assert plan.students == ("convnet", "resnet18", "lenet") and plan.stage1 == {"dm": (1, 10), "gm": (1,)}
+    assert not plan.ablations and plan.baselines == ("random_real",)
+    per = Counter((s.method, s.ipc) for s in plan.sets())
+    assert per == {(m, ipc): 2 for m in ("random_real", "dm", "diver", "edits") for ipc in (1, 10)} | {
+        ("gm", 1): 2, ("diver_gm", 1): 2}
+
+
+def test_ablations_need_full():
+    with pytest.raises(ConfigError, match="--ablations adds to --full"):
+        demo_plan(ablations=True)
+
+
+def test_full_demo_with_ablations_adds_the_coresets_full_real_and_the_ablations_at_seed_0():
+    plan = demo_plan(full=True, ablations=True)
     specs = plan.sets()
     assert len({s.name for s in specs}) == len(specs)  # one folder and key per set
     per = Counter((s.method, s.ipc) for s in specs)
@@ -180,21 +196,21 @@ def test_make_demo_evaluates_the_plans_sets_at_ipc_1_with_its_settings(monkeypat
 
 def test_full_demo_evaluates_both_ipcs_both_distillation_seeds_and_ars_at_seed_0(monkeypatch, tmp_path):
     asked = _fake_pipeline(monkeypatch, tmp_path)
-    plan = demo_plan(full=True)
-    summary = demo._run_demo(tmp_path / "out", quick=False, full=True, logs=tmp_path / "logs")
+    plan = demo_plan(full=True, ablations=True)
+    summary = demo._run_demo(tmp_path / "out", quick=False, full=True, logs=tmp_path / "logs", ablations=True)
     assert set(summary["set_specs"]) == set(_names(plan)) and not summary["skipped"]
     by_ipc = {1: [n for n in _names(plan) if "_ipc1" in n and "_ipc10" not in n],
               10: [n for n in _names(plan) if "_ipc10" in n]}
     seed0 = {k: [n for n in v if not n.endswith("_d1")] for k, v in by_ipc.items()}
-    assert asked == [(sorted(by_ipc[1]), demo.DEMO_EVAL_BY_IPC[1]["epochs"], 5, "dsa"),
-                     (sorted(seed0[1]), demo.DEMO_EVAL_BY_IPC[1]["epochs"], 5, "none"),
-                     (sorted(by_ipc[10]), 20, 5, "dsa"), (sorted(seed0[10]), 20, 5, "none"),
-                     (["full_real"], 20, 5, "dsa")]
+    assert asked == [(sorted(by_ipc[1]), demo.DEMO_EVAL_BY_IPC[1]["epochs"], 3, "dsa"),
+                     (sorted(seed0[1]), demo.DEMO_EVAL_BY_IPC[1]["epochs"], 3, "none"),
+                     (sorted(by_ipc[10]), 20, 3, "dsa"), (sorted(seed0[10]), 20, 3, "none"),
+                     (["full_real"], 20, 3, "dsa")]
     rows = json.loads((tmp_path / "out" / "results.json").read_text())
     keys = Counter((r["method"], r["ipc"], r["distill_seed"], r["augment"]) for r in rows)
-    assert keys[("gm", 1, 1, "dsa")] == keys[("diver_gm", 1, 0, "dsa")] == 4  # 4 students
+    assert keys[("gm", 1, 1, "dsa")] == keys[("diver_gm", 1, 0, "dsa")] == 3  # 3 students
     assert {r["stage1"] for r in rows if r["method"] == "diver_gm"} == {"gm"}
-    assert all(len(r["runs"]) == 5 for r in rows)
+    assert all(len(r["runs"]) == 3 for r in rows)
 
 
 def test_the_demo_normalises_every_set_with_the_real_train_split(monkeypatch, tmp_path):
