@@ -46,7 +46,7 @@ import json
 import os
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,7 @@ from actors import zoo
 from pipeline.config import Config, EvalConfig, config_from_dict
 from pipeline.core.write import atomic_write_json
 from pipeline.demo.claims import claim_lines
+from pipeline.demo.recognition import cached_judge, recognise, recognition_line
 from pipeline.errors import ConfigError
 
 REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -561,7 +562,9 @@ def _run_demo(out: Path, quick: bool, full: bool, logs: Path, ablations: bool = 
 
     from pipeline.report import write_report
 
-    stage(f"[6/{n_steps}] report")
+    stage(f"[6/{n_steps}] report, with how a classifier of the real digits reads each set's images")
+    judge = cached_judge(data, out / "judge")
+    judged = {n: recognise(judge, d) for n, d in sets.items() if specs[n].ipc is not None}
     timings["total_s"] = round(time.time() - t_all, 1)
     rows = planned_rows(rows, specs)
     for ipc in plan.ipcs:
@@ -583,6 +586,7 @@ def _run_demo(out: Path, quick: bool, full: bool, logs: Path, ablations: bool = 
                              f"ConvNet {rec['proxy']:.2f}%, unseen-architecture mean {rec['unseen_mean']:.2f}% "
                              f"(gap {rec['proxy'] - rec['unseen_mean']:+.2f} points).")
     notes += claim_lines(rows)
+    notes.append(recognition_line(judge, judged))
     notes.append("stage times (s): " + ", ".join(f"{k[:-2]} {v}" for k, v in timings.items()))
     notes += list(skipped.values())
     sweep_dir = out / "sweep"
@@ -598,6 +602,8 @@ def _run_demo(out: Path, quick: bool, full: bool, logs: Path, ablations: bool = 
                     "plan": {"ipcs": list(plan.ipcs), "distill_seeds": list(plan.distill_seeds),
                              "eval_seeds": plan.eval_seeds, "students": list(plan.students)},
                     "skipped": skipped, "timings": timings, "stage1": records,
+                    "recognition": {"judge_val_accuracy": judge.val_accuracy,
+                                    "sets": {n: asdict(r) for n, r in judged.items()}},
                     "results": str(out / "results.json"), "logs": str(logs), **paths})
     atomic_write_json(out / "demo_summary.json", summary)
     stage(f"done in {timings['total_s'] / 60:.1f} min: {paths['report_html']}")
