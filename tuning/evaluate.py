@@ -389,7 +389,9 @@ def aggregate(runs: list[dict[str, Any]], sets: dict[str, dict[str, Any]], cfg: 
                 "runs": [{"seed": r["seed"], "final": round(r["final"], 2), "best": round(r["best"], 2),
                           "reported": round(float(r.get("reported", r["final"])), 2),
                           "best_epoch": r["best_epoch"], "epochs": r.get("epochs"), "lr": r.get("lr"),
-                          "batch_size": r.get("batch_size")} for r in mine],
+                          "batch_size": r.get("batch_size"),
+                          "final_per_class": [None if a is None else round(a, 2) for a in r.get("final_per_class", [])]}
+                         for r in mine],
                 "recipe": recipe, **({"draws": draws} if draws else {}),
             })
     return rows

@@ -330,17 +330,35 @@ def _parse_augment(augment: str) -> tuple[list[str], str | None]:
 
 # ----------------------------------------------------------------------------- training
 @torch.no_grad()
+def predictions(model: nn.Module, x: torch.Tensor, batch_size: int = 256,
+                device: torch.device | str = "cpu") -> torch.Tensor:
+    """The predicted class of every row of ``x`` (eval mode), on the CPU."""
+    was_training = model.training
+    model.eval()
+    out = [model(x[i:i + batch_size].to(device)).argmax(1).cpu() for i in range(0, x.shape[0], batch_size)]
+    model.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+
+
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256,
              device: torch.device | str = "cpu") -> float:
     """Top-1 accuracy in percent (eval mode)."""
-    was_training = model.training
-    model.eval()
-    correct = 0
-    for i in range(0, x.shape[0], batch_size):
-        logits = model(x[i:i + batch_size].to(device))
-        correct += int((logits.argmax(1).cpu() == y[i:i + batch_size]).sum())
-    model.train(was_training)
-    return 100.0 * correct / max(1, x.shape[0])
+    return top1(predictions(model, x, batch_size, device), y)
+
+
+def top1(pred: torch.Tensor, y: torch.Tensor) -> float:
+    """Percent of ``pred`` equal to ``y``."""
+    return 100.0 * int((pred == y).sum()) / max(1, y.shape[0])
+
+
+def per_class_top1(pred: torch.Tensor, y: torch.Tensor, num_classes: int) -> list[float | None]:
+    """Top-1 in percent of each class's val images (None for a class without any), in class-index order:
+    where a set's students lose, beside the headline."""
+    out: list[float | None] = []
+    for c in range(num_classes):
+        mine = y == c
+        out.append(top1(pred[mine], y[mine]) if bool(mine.any()) else None)
+    return out
 
 
 SCHEDULES = ("cosine", "step", "multistep", "half_cosine", "warmup_cosine")
@@ -639,12 +657,14 @@ def train_on(
     history: list[dict[str, float]] = []
     lrs: list[float] = []
     best, best_epoch, final, loss_val = -1.0, -1, 0.0, float("nan")
+    final_per_class: list[float | None] = []
     for epoch in range(1, spec.epochs + 1):
         lrs.append(float(step.opt.param_groups[0]["lr"]))
         loss_val = _train_epoch(step, data, bs, rank, world_size)
         if not tested_after(spec, epoch):
             continue
-        acc = accuracy(step.ema.module if step.ema is not None else step.model, val_x, val_y, device=device)
+        pred = predictions(step.ema.module if step.ema is not None else step.model, val_x, device=device)
+        acc, final_per_class = top1(pred, val_y), per_class_top1(pred, val_y, num_classes)
         history.append({"epoch": epoch, "top1": acc, "loss": loss_val})
         if acc > best and epoch > spec.best_from * spec.epochs:
             best, best_epoch = acc, epoch
@@ -652,7 +672,8 @@ def train_on(
         if on_epoch is not None:
             on_epoch(history[-1])
     lrs.append(float(step.opt.param_groups[0]["lr"]))
-    return {"student": spec.student, "seed": spec.seed, "final": final, "best": best, "best_epoch": best_epoch,
+    return {"student": spec.student, "seed": spec.seed, "final": final, "final_per_class": final_per_class,
+            "best": best, "best_epoch": best_epoch,
             "reported": best if spec.report == "best" else final,
             "report": report_label(spec.report, spec.best_from, spec.best_every),
             "train_loss": loss_val, "history": history, "lr_per_epoch": lrs, "seconds": time.time() - t0,

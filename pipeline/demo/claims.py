@@ -78,5 +78,41 @@ def claim_line(result: dict[str, Any]) -> str:
 
 
 def claim_lines(rows: list[dict], claims: tuple[tuple[str, str, str], ...] = CLAIMS) -> list[str]:
-    """One sentence per claim and IPC whose sets are in ``rows``."""
-    return [claim_line(r) for r in claim_results(rows, claims)]
+    """One sentence per claim and IPC whose sets are in ``rows``, each followed by where it gains or loses
+    per class."""
+    lines = []
+    for result in claim_results(rows, claims):
+        lines.append(claim_line(result))
+        diff = per_class_difference(rows, result["a"], result["b"], result["ipc"])
+        if diff:
+            lines.append(per_class_line(result, diff))
+    return lines
+
+
+def per_class_accuracy(rows: list[dict], method: str, ipc: int) -> list[float] | None:
+    """Per class index, ``method``'s final top-1 at ``ipc`` averaged over its unseen students' augmented runs
+    (every distillation and evaluation seed); None when no run recorded it."""
+    runs = [run["final_per_class"] for r in rows
+            if r["method"] == method and int(r["ipc"]) == ipc and r.get("augment") != "none" and r.get("in_mean", True)
+            for run in r.get("runs", []) if run.get("final_per_class")]
+    if not runs or len({len(x) for x in runs}) != 1:
+        return None
+    table = np.asarray([[np.nan if a is None else a for a in x] for x in runs], dtype=np.float64)
+    return [float(v) for v in np.nanmean(table, axis=0)]
+
+
+def per_class_difference(rows: list[dict], a: str, b: str, ipc: int) -> list[float] | None:
+    """Per class index, ``a``'s per-class accuracy minus ``b``'s (``per_class_accuracy``)."""
+    pa, pb = per_class_accuracy(rows, a, ipc), per_class_accuracy(rows, b, ipc)
+    if pa is None or pb is None or len(pa) != len(pb):
+        return None
+    return [x - y for x, y in zip(pa, pb, strict=True)]
+
+
+def per_class_line(result: dict[str, Any], diff: list[float]) -> str:
+    """The claim's per-class differences (unseen students, final top-1) and the classes that move most."""
+    order = sorted(range(len(diff)), key=lambda c: diff[c])
+    cells = ", ".join(f"{c} {d:+.1f}" for c, d in enumerate(diff))
+    return (f"IPC {result['ipc']}: {result['a']} - {result['b']} per class index (unseen students, final top-1, "
+            f"mean over seeds): {cells}; most lost in class {order[0]} ({diff[order[0]]:+.1f}), most gained in "
+            f"class {order[-1]} ({diff[order[-1]]:+.1f}).")
