@@ -55,7 +55,7 @@ import yaml
 from actors import zoo
 from pipeline.config import Config, EvalConfig, config_from_dict
 from pipeline.core.write import atomic_write_json
-from pipeline.demo.claims import claim_lines
+from pipeline.demo.claims import FULL_MIN_SEEDS, MIN_SEEDS, claim_lines
 from pipeline.demo.recognition import cached_judge, recognise, recognition_line
 from pipeline.errors import ConfigError
 
@@ -585,7 +585,7 @@ def _run_demo(out: Path, quick: bool, full: bool, logs: Path, ablations: bool = 
                 notes.append(f"stage-1 {method.upper()} set at IPC {ipc} (from noise, distillation seed 0): proxy "
                              f"ConvNet {rec['proxy']:.2f}%, unseen-architecture mean {rec['unseen_mean']:.2f}% "
                              f"(gap {rec['proxy'] - rec['unseen_mean']:+.2f} points).")
-    notes += claim_lines(rows)
+    notes += claim_lines(rows, min_seeds=FULL_MIN_SEEDS if full else MIN_SEEDS)
     notes.append(recognition_line(judge, judged))
     notes.append("stage times (s): " + ", ".join(f"{k[:-2]} {v}" for k, v in timings.items()))
     notes += list(skipped.values())

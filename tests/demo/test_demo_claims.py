@@ -85,6 +85,13 @@ def test_claims_at_each_ipc_that_ran():
         (1, "edits", "missed"), (1, "diver", "met"), (10, "edits", "not tested"), (10, "diver", "not tested")]
 
 
+def test_demo_full_needs_five_seeds_before_a_claim_is_tested():
+    """THREE's DIVER claim is met at 3 seeds in make demo; demo --full asks for 5 paired seeds."""
+    full = claim_results(THREE, min_seeds=5)
+    assert [(r["a"], r["n"], r["verdict"]) for r in full] == [("edits", 3, "not tested"), ("diver", 3, "not tested")]
+    assert "not tested: 3 seeds < 5" in claim_lines(THREE, min_seeds=5)[0]
+
+
 def test_claims_read_the_best_of_presets_that_report_best():
     """Rows of a best-reporting preset carry the label "best (selected on the test split)", which is no key
     of a run; the claim reads each run's best (here final + 1, so every headline moves by one point)."""
