@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from pipeline.core.pixels import u8_hwc_to_signed_chw, u8_hwc_to_unit_chw, unit_to_signed
 from pipeline.core.read import load_image_arrays
-from tuning.demo_training import (
+from pipeline.demo.zoo.training import (
     clipped_step,
     ema_update,
     lr_at,
