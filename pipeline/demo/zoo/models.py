@@ -26,7 +26,6 @@ seconds) and runs its check on the val split:
 
 from __future__ import annotations
 
-import copy
 import json
 import tempfile
 import time
@@ -43,12 +42,13 @@ from PIL import Image
 from pipeline.demo.zoo import sd_text
 from pipeline.demo.zoo.captions import ATTRIBUTES, LEAD, captions_for, describe, levels, measure, parse_levels
 from pipeline.demo.zoo.training import (
-    clipped_step,
-    ema_update,
+    Ema,
+    Progress,
     lr_at,
     min_snr_epsilon_loss,
-    set_lr,
     torch_threads,
+    train_steps,
+    warmup_cosine,
 )
 from pipeline.edits import prompts
 
@@ -202,15 +202,11 @@ def train_demo_vlm(out: str | Path, data: str | Path | None = None, recipe: Demo
     gen = torch.Generator().manual_seed(recipe.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.01)
     model.train()
-    running = None
-    for step in range(recipe.steps):
-        set_lr(opt, lr_at(step, recipe.lr, recipe.warmup, recipe.steps))
-        b = torch.randint(len(ids), (recipe.batch,), generator=gen)
-        loss = model(pixel_values=px[b], input_ids=ids[b], attention_mask=mask[b], labels=labels[b]).loss
-        clipped_step(opt, model.parameters(), loss)
-        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
-        if step % 250 == 0 or step == recipe.steps - 1:
-            log(f"  vlm step {step:5d}  loss {running:.4f}  ({time.time() - t0:.0f}s)")
+    running = train_steps(
+        lambda: torch.randint(len(ids), (recipe.batch,), generator=gen),
+        lambda b: model(pixel_values=px[b], input_ids=ids[b], attention_mask=mask[b], labels=labels[b]).loss,
+        opt, recipe.steps, schedule=warmup_cosine(recipe.lr, recipe.warmup, recipe.steps), max_grad_norm=1.0,
+        progress=Progress(log, "vlm"))
     t_train = time.time() - t0
     out.mkdir(parents=True, exist_ok=True)
     model.eval().save_pretrained(out)
@@ -288,20 +284,19 @@ def train_demo_clip(out: str | Path, data: str | Path | None = None, recipe: Dem
     torch.manual_seed(recipe.seed)
     gen = torch.Generator().manual_seed(recipe.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.01)
-    model.train()
-    running = None
-    for step in range(recipe.steps):
-        set_lr(opt, lr_at(step, recipe.lr, recipe.warmup, recipe.steps))
-        b = torch.randperm(len(texts), generator=gen)[: recipe.batch]
+
+    def loss_fn(b: torch.Tensor) -> torch.Tensor:
+        """Symmetric InfoNCE; captions identical to the image's own count as positives."""
         img, txt = _clip_features(model, px[b], tok["input_ids"][b], tok["attention_mask"][b])
         logits = model.logit_scale.exp().clamp(max=100) * img @ txt.T
         same = (text_id[b][:, None] == text_id[b][None, :]).float()
         target = same / same.sum(1, keepdim=True)
-        loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target.T)) / 2
-        clipped_step(opt, model.parameters(), loss)
-        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
-        if step % 250 == 0 or step == recipe.steps - 1:
-            log(f"  clip step {step:5d}  loss {running:.4f}  ({time.time() - t0:.0f}s)")
+        return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target.T)) / 2
+
+    model.train()
+    running = train_steps(lambda: torch.randperm(len(texts), generator=gen)[: recipe.batch], loss_fn, opt,
+                          recipe.steps, schedule=warmup_cosine(recipe.lr, recipe.warmup, recipe.steps),
+                          max_grad_norm=1.0, progress=Progress(log, "clip"))
     t_train = time.time() - t0
     out.mkdir(parents=True, exist_ok=True)
     model.eval().save_pretrained(out)
@@ -370,28 +365,30 @@ def train_unet_on_captions(unet, scheduler, latents: torch.Tensor, cond: torch.T
 
     noise_sched = DDPMScheduler.from_config(scheduler.config)
     ab = noise_sched.alphas_cumprod.float()
-    ema = copy.deepcopy(unet).requires_grad_(False)
+    ema = Ema(unet, recipe.ema_decay)
     opt = torch.optim.AdamW(unet.parameters(), lr=recipe.lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(recipe.seed + 2)
-    unet.train()
-    t0, running = time.time(), None
-    for step in range(recipe.unet_steps):
-        set_lr(opt, lr_at(step, recipe.lr, recipe.warmup, recipe.unet_steps))
+
+    def next_batch() -> tuple[torch.Tensor, ...]:
         b = torch.randint(len(latents), (recipe.batch,), generator=gen)
-        z0, ctx = latents[b], cond[b].clone()
-        drop = torch.rand(len(b), generator=gen) < recipe.stage1_caption_dropout
-        ctx[drop] = uncond
+        ctx = cond[b].clone()
+        ctx[torch.rand(len(b), generator=gen) < recipe.stage1_caption_dropout] = uncond
         t = torch.randint(0, noise_sched.config.num_train_timesteps, (len(b),), generator=gen)
-        noise = torch.randn(z0.shape, generator=gen)
-        a = ab[t].view(-1, 1, 1, 1)
-        pred = unet(a.sqrt() * z0 + (1 - a).sqrt() * noise, t, encoder_hidden_states=ctx).sample
-        loss = min_snr_epsilon_loss(pred, noise, a, recipe.min_snr_gamma)
-        clipped_step(opt, unet.parameters(), loss)
-        ema_update(ema, unet, step, recipe.ema_decay)
-        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
-        if step % 250 == 0 or step == recipe.unet_steps - 1:
-            log(f"  unet step {step:5d}  loss {running:.4f}  ({time.time() - t0:.0f}s)")
-    return ema.eval(), running
+        return latents[b], ctx, t, torch.randn(latents[b].shape, generator=gen)
+
+    unet.train()
+    running = train_steps(next_batch, lambda batch: _epsilon_loss(unet, ab, *batch, recipe.min_snr_gamma), opt,
+                          recipe.unet_steps, schedule=warmup_cosine(recipe.lr, recipe.warmup, recipe.unet_steps),
+                          max_grad_norm=1.0, emas=[ema], progress=Progress(log, "unet"))
+    return ema.model.eval(), running
+
+
+def _epsilon_loss(unet, ab: torch.Tensor, z0: torch.Tensor, ctx: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
+                  gamma: float) -> torch.Tensor:
+    """The UNet's Min-SNR-weighted epsilon loss on ``z0`` noised to ``t`` with ``noise``, prompted by ``ctx``."""
+    a = ab[t].view(-1, 1, 1, 1)
+    pred = unet(a.sqrt() * z0 + (1 - a).sqrt() * noise, t, encoder_hidden_states=ctx).sample
+    return min_snr_epsilon_loss(pred, noise, a, gamma)
 
 
 class TrainingTexts:
@@ -441,40 +438,35 @@ def train_text_stage(unet, text_encoder, tokenizer, scheduler, latents: torch.Te
 
     noise_sched = DDPMScheduler.from_config(scheduler.config)
     ab = noise_sched.alphas_cumprod.float()
-    ema = copy.deepcopy(unet).requires_grad_(False)
-    ema_text = copy.deepcopy(text_encoder).requires_grad_(False)
+    ema, ema_text = Ema(unet, recipe.ema_decay), Ema(text_encoder, recipe.ema_decay)
     train_text = recipe.text_lr > 0
     text_encoder.requires_grad_(train_text).train(train_text)
-    groups = [{"params": list(unet.parameters()), "lr": recipe.text_unet_lr}]
-    if train_text:
-        groups.append({"params": list(text_encoder.parameters()), "lr": recipe.text_lr})
-    opt = torch.optim.AdamW(groups, weight_decay=0.0)
+    bases = [recipe.text_unet_lr] + ([recipe.text_lr] if train_text else [])
+    opt = torch.optim.AdamW([{"params": list(unet.parameters()), "lr": bases[0]}]
+                            + ([{"params": list(text_encoder.parameters()), "lr": bases[1]}] if train_text else []),
+                            weight_decay=0.0)
     gen = torch.Generator().manual_seed(recipe.seed + 4)
-    unet.train()
-    params = [p for g in groups for p in g["params"]]
-    t0, running = time.time(), None
-    for step in range(recipe.text_steps):
-        scale = lr_at(step, 1.0, recipe.text_warmup, recipe.text_steps)
-        for g, base in zip(opt.param_groups, (recipe.text_unet_lr, recipe.text_lr)):
-            g["lr"] = base * scale
+
+    def next_batch() -> tuple[torch.Tensor, ...]:
         b = torch.randint(len(latents), (recipe.batch,), generator=gen)
-        z0 = latents[b]
         ids = _token_ids(tokenizer, texts([int(i) for i in b]))
+        t = torch.randint(0, noise_sched.config.num_train_timesteps, (len(b),), generator=gen)
+        return latents[b], ids, t, torch.randn(latents[b].shape, generator=gen)
+
+    def loss_fn(batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        z0, ids, t, noise = batch
         with torch.set_grad_enabled(train_text):
             ctx = text_encoder(ids)[0]
-        t = torch.randint(0, noise_sched.config.num_train_timesteps, (len(b),), generator=gen)
-        noise = torch.randn(z0.shape, generator=gen)
-        a = ab[t].view(-1, 1, 1, 1)
-        pred = unet(a.sqrt() * z0 + (1 - a).sqrt() * noise, t, encoder_hidden_states=ctx).sample
-        loss = min_snr_epsilon_loss(pred, noise, a, recipe.min_snr_gamma)
-        clipped_step(opt, params, loss)
-        ema_update(ema, unet, step, recipe.ema_decay)
-        if train_text:
-            ema_update(ema_text, text_encoder, step, recipe.ema_decay)
-        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
-        if step % 50 == 0 or step == recipe.text_steps - 1:
-            log(f"  text stage step {step:5d}  loss {running:.4f}  ({time.time() - t0:.0f}s)")
-    return ema.eval(), ema_text.eval(), running
+        return _epsilon_loss(unet, ab, z0, ctx, t, noise, recipe.min_snr_gamma)
+
+    def schedule(step: int) -> list[float]:
+        scale = lr_at(step, 1.0, recipe.text_warmup, recipe.text_steps)
+        return [base * scale for base in bases]
+
+    unet.train()
+    running = train_steps(next_batch, loss_fn, opt, recipe.text_steps, schedule=schedule, max_grad_norm=1.0,
+                          emas=[ema, ema_text] if train_text else [ema], progress=Progress(log, "text stage", 50))
+    return ema.model.eval(), ema_text.model.eval(), running
 
 
 def demo_sd_unet(start_config: dict[str, Any], latent_size: int, recipe: DemoSDRecipe):
