@@ -17,7 +17,7 @@ from actors.latents import decode_latents, encode_images
 from pipeline.core.seeds import image_seed
 from pipeline.diver.guidance import RecoverSettings, image_noise, recover_latents
 
-DEMO_REPORT = "demo_dit.json"  # written by actors/demo_dit.py next to the pipeline it trained
+DEMO_REPORT = "demo_dit.json"  # written by pipeline/demo/zoo/dit.py next to the pipeline it trained
 # diffusers' DiT port embeds timesteps with Timesteps(256, flip_sin_to_cos=True, downscale_freq_shift=1):
 # frequencies 10000^(-k/127). facebookresearch/DiT (models.py, TimestepEmbedder.timestep_embedding, commit
 # 4961bcb) uses 10000^(-k/128), [cos, sin]; that is the same module with downscale_freq_shift=0.

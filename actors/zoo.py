@@ -5,7 +5,7 @@ CLIPModel, a BLIP captioner, a LLaVA-1.5 captioner, a causal LM), is saved with
 ``save_pretrained`` and is loaded back by the pipeline through the same ``from_pretrained`` code
 as the real ids. Nothing is downloaded: tokenizers are built here from a fixed word list.
 
-The ``demo_*`` roles have learned the demo digits (``actors.demo_dit``, ``actors.demo_models``).
+The ``demo_*`` roles have learned the demo digits (``pipeline.demo.zoo.dit``, ``pipeline.demo.zoo.models``).
 In configs, ``zoo:<role>`` names a zoo model (roles: ``ROLES``).
 """
 
@@ -43,7 +43,7 @@ pixels low resolution scan scanned cartoon anime painting realistic detailed sen
 caption summary describe describing object dog cat bird fish fruit car flower tree sky water
 grass indoor outdoor day night red green blue yellow orange purple brown pink , . : ; - '""".split()  # noqa: SIM905 (a word list reads better as text; its order is the token ids)
 # Words added later get ids after the original ones (ids of earlier words stay stable): the demo
-# captions' attribute words (actors.demo_captions).
+# captions' attribute words (pipeline.demo.zoo.captions).
 _WORDS_ADDED = ["slanted", "upright", "medium", "closed", "loops", "no"]
 
 

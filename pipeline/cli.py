@@ -50,7 +50,7 @@ def _zoo_list(args: argparse.Namespace) -> int | None:
 
 
 def _zoo_train_demo_dit(args: argparse.Namespace) -> int | None:
-    from actors.demo_dit import main as demo_dit_main
+    from pipeline.demo.zoo.dit import main as demo_dit_main
 
     return demo_dit_main(args)
 

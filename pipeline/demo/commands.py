@@ -50,7 +50,7 @@ def zoo_list(args: argparse.Namespace) -> int:
 def _print_sd_checks() -> None:
     """The shipped demo SD's check numbers (its ``demo_sd.json``) under its line."""
     from actors import shipped
-    from actors.demo_models import sd_checks_line
+    from pipeline.demo.zoo.models import sd_checks_line
 
     report = shipped.WEIGHTS_DIR / "demo_sd" / "demo_sd.json"
     if report.is_file():
@@ -73,20 +73,20 @@ DEMO_ROLES = ("demo_vlm", "demo_clip", "demo_sd", "demo_dit")
 
 def train_demo_role(role: str, weights_dir: Path, data: str | None) -> dict:
     """Train one shipped demo role from its recipe into ``weights_dir/<role>`` (demo_sd needs demo_clip there)."""
-    from actors import demo_models
     from pipeline.core.write import atomic_folder
+    from pipeline.demo.zoo import models
 
     with atomic_folder(weights_dir / role) as out:  # swapped in whole; a full disk raises DiskFullError
         if role == "demo_dit":
-            from actors.demo_dit import train_demo_dit
+            from pipeline.demo.zoo.dit import train_demo_dit
 
             report = train_demo_dit(out, data)
         elif role == "demo_vlm":
-            report = demo_models.train_demo_vlm(out, data)
+            report = models.train_demo_vlm(out, data)
         elif role == "demo_clip":
-            report = demo_models.train_demo_clip(out, data)
+            report = models.train_demo_clip(out, data)
         else:
-            report = demo_models.train_demo_sd(out, weights_dir / "demo_clip", data)
+            report = models.train_demo_sd(out, weights_dir / "demo_clip", data)
     return report
 
 

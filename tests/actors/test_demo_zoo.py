@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from actors import demo_captions, shipped, zoo
+from actors import shipped, zoo
+from pipeline.demo.zoo import captions, models
 from pipeline.errors import ModelLoadError
 
 NAMES = {str(c): f"handwritten digit {n}" for c, n in enumerate(
@@ -79,7 +80,7 @@ def test_captioner_actor_writes_measured_attribute_sentences(demo_zoo, demo_root
                "class_id": np.array([str(int(y)) for y in labels], dtype=object), "image": images})
     for text, y in zip(out["caption"], labels):
         assert text.startswith(f"a photo of {NAMES[str(int(y))]},")
-        stated = demo_captions.parse_levels(text)
+        stated = captions.parse_levels(text)
         assert all(v is not None for v in stated.values()), text  # one level of every attribute
 
 
@@ -112,30 +113,28 @@ def test_sd_generator_runs_img2img_with_the_demo_sd(demo_zoo):
 
 
 def test_recorded_checks_have_their_shape_and_pass_their_thresholds():
-    from actors import demo_models
-
     vlm = json.loads((shipped.WEIGHTS_DIR / "demo_vlm" / "demo_vlm.json").read_text())
-    assert set(vlm["attribute_match"]) == set(demo_captions.ATTRIBUTES)
+    assert set(vlm["attribute_match"]) == set(captions.ATTRIBUTES)
     assert all(0 <= v <= 1 for v in vlm["attribute_match"].values()) and vlm["val_images"] == 359
-    assert demo_models.training_fields(vlm["recipe"]) == demo_models.training_fields(
-        demo_models.asdict(demo_models.DemoVLMRecipe()))
-    vlm_min = demo_models.DemoVLMRecipe()
+    assert models.training_fields(vlm["recipe"]) == models.training_fields(
+        models.asdict(models.DemoVLMRecipe()))
+    vlm_min = models.DemoVLMRecipe()
     assert vlm["class_name_share"] >= vlm_min.min_class_name_share
     assert vlm["mean_attribute_match"] >= vlm_min.min_mean_attribute_match
     clip = json.loads((shipped.WEIGHTS_DIR / "demo_clip" / "demo_clip.json").read_text())
-    assert demo_models.training_fields(clip["recipe"]) == demo_models.training_fields(
-        demo_models.asdict(demo_models.DemoCLIPRecipe()))
-    assert clip["zero_shot_accuracy"] >= demo_models.DemoCLIPRecipe().min_zero_shot_accuracy
-    assert clip["recall_at_5_image_to_caption"] >= demo_models.DemoCLIPRecipe().min_recall_at_5
+    assert models.training_fields(clip["recipe"]) == models.training_fields(
+        models.asdict(models.DemoCLIPRecipe()))
+    assert clip["zero_shot_accuracy"] >= models.DemoCLIPRecipe().min_zero_shot_accuracy
+    assert clip["recall_at_5_image_to_caption"] >= models.DemoCLIPRecipe().min_recall_at_5
     assert clip["recall_at_5_image_to_caption"] > 10 * clip["recall_at_5_chance_about"]
     sd = json.loads((shipped.WEIGHTS_DIR / "demo_sd" / "demo_sd.json").read_text())
-    assert demo_models.training_fields(sd["recipe"]) == demo_models.training_fields(
-        json.loads(json.dumps(demo_models.asdict(demo_models.DemoSDRecipe()))))  # tuples as JSON lists
+    assert models.training_fields(sd["recipe"]) == models.training_fields(
+        json.loads(json.dumps(models.asdict(models.DemoSDRecipe()))))  # tuples as JSON lists
     assert sd["samples_checked"] == 10 * sd["recipe"]["check_per_class"]
-    assert sd["sample_accuracy"] >= demo_models.DemoSDRecipe().min_sample_accuracy
+    assert sd["sample_accuracy"] >= models.DemoSDRecipe().min_sample_accuracy
     assert sd["latent_shape"] == [4, 8, 8]
     assert set(sd["sample_accuracy_per_class"]) == set(NAMES.values())
-    sd_min = demo_models.DemoSDRecipe()
+    sd_min = models.DemoSDRecipe()
     # EDITS's own path: img2img from its image prototypes of train clusters at IPC 1 and 10
     assert sd["img2img_class_prompt_accuracy"] >= sd_min.min_img2img_class_prompt_accuracy
     assert set(sd["img2img_class_prompt_accuracy_per_ipc"]) == {"1", "10"}

@@ -6,39 +6,40 @@ import numpy as np
 import pytest
 import torch
 
-from actors import demo_captions, demo_models, demo_sd_check, demo_sd_text, shipped, zoo
+from actors import shipped, zoo
+from pipeline.demo.zoo import captions, models, sd_check, sd_text
 
 NEGATIVE = "cartoon, anime, painting"
 
 
 @pytest.fixture(scope="module")
 def demo_data(demo_root):
-    return demo_models.load_demo_data(demo_root)
+    return models.load_demo_data(demo_root)
 
 
 def test_every_synonym_list_starts_with_the_caption_words():
-    for k, words in demo_captions.WORDS.items():
-        assert tuple(s[0] for s in demo_sd_text.SYNONYMS[k]) == words
+    for k, words in captions.WORDS.items():
+        assert tuple(s[0] for s in sd_text.SYNONYMS[k]) == words
 
 
 def test_varied_captions_name_the_class_state_only_the_measured_levels_and_vary(demo_data):
     image, name = demo_data.train_images[0], demo_data.names[int(demo_data.train_labels[0])]
-    level = demo_captions.levels(demo_captions.measure(image))
+    level = captions.levels(captions.measure(image))
     rng = np.random.default_rng(0)
-    texts = [demo_sd_text.varied_caption(image, name, rng) for _ in range(50)]
+    texts = [sd_text.varied_caption(image, name, rng) for _ in range(50)]
     assert all(name in t for t in texts)
     assert len(set(texts)) > 30  # many phrasings, not one template
     for k in ("slant", "loops"):  # their phrases are no substrings of another level's (but one, masked)
-        wrong = [w for lv, words in enumerate(demo_sd_text.SYNONYMS[k]) if lv != level[k] for w in words]
+        wrong = [w for lv, words in enumerate(sd_text.SYNONYMS[k]) if lv != level[k] for w in words]
         said = [t.replace("without a closed loop", "without-loop") for t in texts]
         assert not [(t, w) for t in said for w in wrong if w in t and w != "without a closed loop"]
-    assert demo_sd_text.varied_caption(image, name, np.random.default_rng(0)) == texts[0]  # seeded
+    assert sd_text.varied_caption(image, name, np.random.default_rng(0)) == texts[0]  # seeded
 
 
 def test_llm_style_sentences_have_smollm2s_shape_and_the_zoo_tokenizer_reads_the_class_name(demo_data):
     image, name = demo_data.train_images[5], demo_data.names[int(demo_data.train_labels[5])]
     rng = np.random.default_rng(1)
-    texts = [demo_sd_text.llm_style_caption(image, name, rng) for _ in range(40)]
+    texts = [sd_text.llm_style_caption(image, name, rng) for _ in range(40)]
     assert any(t.startswith(f'The class is named "{name.title()}" and is depicted as') for t in texts)
     tok = zoo.build_tokenizer()
     unk = tok.unk_token_id
@@ -50,30 +51,30 @@ def test_llm_style_sentences_have_smollm2s_shape_and_the_zoo_tokenizer_reads_the
 
 def test_negative_text_uses_only_the_negative_prompts_words():
     rng = np.random.default_rng(2)
-    outs = {demo_sd_text.negative_text(NEGATIVE, rng) for _ in range(60)}
+    outs = {sd_text.negative_text(NEGATIVE, rng) for _ in range(60)}
     assert all(set(o.split(", ")) <= {"cartoon", "anime", "painting"} for o in outs)
     assert NEGATIVE in outs or len(outs) > 5
 
 
 def test_training_texts_follow_the_mix_and_the_dropout(demo_data):
-    recipe = demo_models.DemoSDRecipe()
-    only_captions = demo_models.TrainingTexts(demo_data, replace(recipe, text_mix=(1, 0, 0, 0), caption_dropout=0), [])
+    recipe = models.DemoSDRecipe()
+    only_captions = models.TrainingTexts(demo_data, replace(recipe, text_mix=(1, 0, 0, 0), caption_dropout=0), [])
     assert only_captions([0, 3]) == [only_captions.captions[0], only_captions.captions[3]]
-    dropped = demo_models.TrainingTexts(demo_data, replace(recipe, caption_dropout=1.0, negative_share=1.0), [])
+    dropped = models.TrainingTexts(demo_data, replace(recipe, caption_dropout=1.0, negative_share=1.0), [])
     assert all(set(t.split(", ")) <= {"cartoon", "anime", "painting"} for t in dropped(list(range(20))))
-    empty = demo_models.TrainingTexts(demo_data, replace(recipe, caption_dropout=1.0, negative_share=0.0), [])
+    empty = models.TrainingTexts(demo_data, replace(recipe, caption_dropout=1.0, negative_share=0.0), [])
     assert empty([1, 2]) == ["", ""]
     summary = [{"members": [4], "text": "the cached summary"}]
-    llm = demo_models.TrainingTexts(demo_data, replace(recipe, text_mix=(0, 0, 0, 1), caption_dropout=0), summary)
+    llm = models.TrainingTexts(demo_data, replace(recipe, text_mix=(0, 0, 0, 1), caption_dropout=0), summary)
     out = llm([4, 5])
     assert out[0] == "the cached summary" and out[1].endswith(".")  # no summary of image 5: an LLM-style sentence
 
 
 def test_summary_groups_are_seeded_groups_of_one_class(demo_data):
     y = demo_data.train_labels
-    groups = demo_sd_text.summary_groups(y, 2, 5, seed=7)
+    groups = sd_text.summary_groups(y, 2, 5, seed=7)
     assert len(groups) == 20 and all(len(g) == 5 and len({int(y[i]) for i in g}) == 1 for g in groups)
-    assert groups == demo_sd_text.summary_groups(y, 2, 5, seed=7)
+    assert groups == sd_text.summary_groups(y, 2, 5, seed=7)
 
 
 def test_check_clusters_are_edits_lsa_on_raw_concat_gsq(demo_data):
@@ -83,13 +84,13 @@ def test_check_clusters_are_edits_lsa_on_raw_concat_gsq(demo_data):
     from actors.clip_embedder import ClipEmbedder
 
     clip_dir = str(shipped.WEIGHTS_DIR / "demo_clip")
-    clusters = demo_sd_check.clusters_of(demo_data, clip_dir, ipc=1, seed=0)
+    clusters = sd_check.clusters_of(demo_data, clip_dir, ipc=1, seed=0)
     assert [cl.label for cl in clusters] == list(range(10))
     emb = ClipEmbedder(clip_dir, device="cpu", dtype="float32")
     idx = np.flatnonzero(demo_data.train_labels == 3)
     img = emb.image_features([Image.fromarray(im) for im in demo_data.train_images[idx]]).astype(np.float64)
-    txt = emb.text_features(demo_models.captions_for(demo_data.train_images[idx], demo_data.train_labels[idx],
-                                                     demo_data.names, demo_sd_check.CAPTION_LEAD)).astype(np.float64)
+    txt = emb.text_features(models.captions_for(demo_data.train_images[idx], demo_data.train_labels[idx],
+                                                     demo_data.names, sd_check.CAPTION_LEAD)).astype(np.float64)
     logits = img @ txt.T / 0.01
     w = np.exp(logits - logits.max(1, keepdims=True))
     w /= w.sum(1, keepdims=True)
@@ -102,8 +103,8 @@ def test_image_prototype_is_the_mean_scaled_latent_of_the_members(demo_data):
     from diffusers import AutoencoderKL
 
     vae = AutoencoderKL.from_pretrained(shipped.WEIGHTS_DIR / "demo_sd", subfolder="vae").eval()
-    cl = demo_sd_check.Cluster(label=0, cluster=0, members=[0, 7, 9])
-    proto = demo_sd_check.image_prototypes(vae, demo_data, [cl])
+    cl = sd_check.Cluster(label=0, cluster=0, members=[0, 7, 9])
+    proto = sd_check.image_prototypes(vae, demo_data, [cl])
     x = torch.from_numpy(demo_data.train_images[[0, 7, 9]]).permute(0, 3, 1, 2).float() / 127.5 - 1
     with torch.no_grad():
         lat = [vae.encode(x[i:i + 1]).latent_dist.mode()[0] for i in range(3)]
@@ -111,27 +112,27 @@ def test_image_prototype_is_the_mean_scaled_latent_of_the_members(demo_data):
 
 
 def test_cached_smollm2_prototypes_summarise_the_current_check_clusters(demo_data):
-    texts = demo_sd_text.load_check_texts()
+    texts = sd_text.load_check_texts()
     assert {k for k in texts if k.startswith("ipc1/")} == {f"ipc1/{c}/0" for c in range(10)}  # every IPC 1 cluster
     for ipc in (1, 10):
-        for cl in demo_sd_check.clusters_of(demo_data, str(shipped.WEIGHTS_DIR / "demo_clip"), ipc, seed=0):
-            entry = texts.get(demo_sd_check.cluster_key(ipc, cl))
+        for cl in sd_check.clusters_of(demo_data, str(shipped.WEIGHTS_DIR / "demo_clip"), ipc, seed=0):
+            entry = texts.get(sd_check.cluster_key(ipc, cl))
             if entry is not None:  # cached: the summary of these very members, naming their class
                 assert entry["members"] == cl.members and demo_data.names[cl.label] in entry["text"].lower()
 
 
 def test_a_stale_cached_prototype_is_refused_with_the_fix():
-    cl = demo_sd_check.Cluster(label=0, cluster=0, members=[1, 2, 3, 4, 5])
+    cl = sd_check.Cluster(label=0, cluster=0, members=[1, 2, 3, 4, 5])
     with pytest.raises(KeyError, match="write_summaries_file"):
-        demo_sd_check._cached_text({"ipc1/0/0": {"members": [9, 9, 9, 9, 9], "text": "x"}}, 1, cl)
+        sd_check._cached_text({"ipc1/0/0": {"members": [9, 9, 9, 9, 9], "text": "x"}}, 1, cl)
 
 
 def test_sd_checks_line_names_each_recorded_check():
-    line = demo_models.sd_checks_line({"sample_accuracy": 0.98, "img2img_text_prototype_accuracy": 0.975,
+    line = models.sd_checks_line({"sample_accuracy": 0.98, "img2img_text_prototype_accuracy": 0.975,
                                        "img2img_class_prompt_accuracy": 0.96})
     assert line == ("checks: text-to-image 98.0%, img2img + SmolLM2 prototypes 97.5%, img2img + class prompt "
                     "96.0% recognised")
-    assert demo_models.sd_checks_line({}) == "checks: none recorded"
+    assert models.sd_checks_line({}) == "checks: none recorded"
 
 
 def test_zoo_list_shows_the_shipped_demo_sds_checks(tmp_path, capsys):
@@ -142,5 +143,5 @@ def test_zoo_list_shows_the_shipped_demo_sds_checks(tmp_path, capsys):
 
     assert zoo_list(argparse.Namespace(dir=str(tmp_path))) == 0
     report = json.loads((shipped.WEIGHTS_DIR / "demo_sd" / "demo_sd.json").read_text())
-    assert demo_models.sd_checks_line(report) in capsys.readouterr().out
-    assert "img2img + SmolLM2 prototypes" in demo_models.sd_checks_line(report)
+    assert models.sd_checks_line(report) in capsys.readouterr().out
+    assert "img2img + SmolLM2 prototypes" in models.sd_checks_line(report)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from actors import demo_captions as dc
+from pipeline.demo.zoo import captions as dc
 
 
 def _canvas(draw) -> np.ndarray:

@@ -12,7 +12,7 @@ digits judges them. The captions are the ones the demo captioner is trained to w
 (``a photo of <class name>, <measured attributes>``).
 
 The SmolLM2 prototypes are written once (``write_check_texts``, minutes on a CPU) and cached in
-``demo_sd_summaries.json`` with the members they summarise, so the check reruns without the LLM.
+``sd_summaries.json`` with the members they summarise, so the check reruns without the LLM.
 """
 
 from __future__ import annotations
@@ -24,12 +24,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from actors.demo_captions import captions_for
+from pipeline.demo.zoo.captions import captions_for
 from pipeline.edits import prompts
 from pipeline.edits.gsq import gsq_fuse
 from pipeline.edits.lsa import select
 
-SUMMARIES_NAME = "actors/demo_sd_summaries.json"
+SUMMARIES_NAME = "pipeline/demo/zoo/sd_summaries.json"
 CAPTION_LEAD = "a photo of {class_name},"  # the demo captioner's prefix (prompts.CAPTION_PREFIX)
 CLASS_PROMPT = "a photo of {class_name}"  # edits.class_prompt's default
 
@@ -76,8 +76,8 @@ def write_check_texts(d: Any, clip_dir: str, sd_dir: str, ipcs: tuple[int, ...],
     """SmolLM2's text prototype of every check cluster (key -> members, text), as the prototype stage writes it."""
     from transformers import AutoTokenizer
 
-    from actors import demo_sd_text
     from actors.llm import TransformersChat
+    from pipeline.demo.zoo import sd_text
 
     chat = TransformersChat(llm, dtype="float32", device="cpu")
     tok = AutoTokenizer.from_pretrained(sd_dir, subfolder="tokenizer")
@@ -85,7 +85,7 @@ def write_check_texts(d: Any, clip_dir: str, sd_dir: str, ipcs: tuple[int, ...],
     out: dict[str, dict[str, Any]] = {}
     for ipc in ipcs:
         cls = clusters_of(d, clip_dir, ipc, seed)
-        texts = demo_sd_text.llm_summaries([cl.members for cl in cls], captions, d.names, d.train_labels, chat, tok)
+        texts = sd_text.llm_summaries([cl.members for cl in cls], captions, d.names, d.train_labels, chat, tok)
         for cl, text in zip(cls, texts):
             out[cluster_key(ipc, cl)] = {"members": cl.members, "text": text}
         log(f"  SmolLM2 prototypes of the IPC {ipc} clusters: {len(cls)}, e.g. {texts[0]!r}")
@@ -96,7 +96,7 @@ def _cached_text(texts: dict[str, dict[str, Any]], ipc: int, cl: Cluster) -> str
     key = cluster_key(ipc, cl)
     if key not in texts or texts[key]["members"] != cl.members:
         raise KeyError(f"{SUMMARIES_NAME} has no SmolLM2 prototype of cluster {key} with members {cl.members} "
-                       "(the demo CLIP or data changed?); rewrite it with actors.demo_sd_check.write_summaries_file")
+                       "(the demo CLIP or data changed?); rewrite it with pipeline.demo.zoo.sd_check.write_summaries_file")
     return texts[key]["text"]
 
 
@@ -107,9 +107,9 @@ def check_img2img(model_dir: str, d: Any, clip_dir: str, ipcs: tuple[int, ...], 
     ``skip_uncached``: with ``prompt="llm"``, leave out the clusters ``texts`` has no prototype of
     (``checked`` says how many each IPC kept) instead of raising.
     """
-    from actors.demo_dit import classify
     from actors.sd import GenerateSettings, img2img, load_img2img_pipeline
     from pipeline.core.seeds import image_seed
+    from pipeline.demo.zoo.dit import classify
 
     pipe = load_img2img_pipeline(model_dir, device="cpu", dtype="float32")
     settings = GenerateSettings()
@@ -145,13 +145,13 @@ def check_img2img(model_dir: str, d: Any, clip_dir: str, ipcs: tuple[int, ...], 
 
 def write_summaries_file(d: Any, clip_dir: str, sd_dir: str, ipcs: tuple[int, ...] = (1, 10), seed: int = 0,
                          train_groups_per_class: int = 0, llm: str = "zoo:smollm2", log: Any = print) -> None:
-    """Write ``demo_sd_summaries.json``: SmolLM2 prototypes of the check clusters and of random train groups."""
+    """Write ``sd_summaries.json``: SmolLM2 prototypes of the check clusters and of random train groups."""
     import json
 
     from transformers import AutoTokenizer
 
-    from actors import demo_sd_text
     from actors.llm import TransformersChat
+    from pipeline.demo.zoo import sd_text
 
     check = write_check_texts(d, clip_dir, sd_dir, ipcs, seed, llm, log)
     train: list[dict[str, Any]] = []
@@ -159,9 +159,9 @@ def write_summaries_file(d: Any, clip_dir: str, sd_dir: str, ipcs: tuple[int, ..
         chat = TransformersChat(llm, dtype="float32", device="cpu")
         tok = AutoTokenizer.from_pretrained(sd_dir, subfolder="tokenizer")
         captions = captions_for(d.train_images, d.train_labels, d.names, CAPTION_LEAD)
-        groups = demo_sd_text.summary_groups(d.train_labels, train_groups_per_class, 5, seed + 100)
-        texts = demo_sd_text.llm_summaries(groups, captions, d.names, d.train_labels, chat, tok)
+        groups = sd_text.summary_groups(d.train_labels, train_groups_per_class, 5, seed + 100)
+        texts = sd_text.llm_summaries(groups, captions, d.names, d.train_labels, chat, tok)
         train = [{"members": g, "text": t} for g, t in zip(groups, texts)]
-    demo_sd_text.SUMMARIES_FILE.write_text(json.dumps(
+    sd_text.SUMMARIES_FILE.write_text(json.dumps(
         {"llm": llm, "prompt": "pipeline.edits.prompts.summary_messages (greedy, 77 tokens)", "seed": seed,
          "check": check, "summaries": train}, indent=1))

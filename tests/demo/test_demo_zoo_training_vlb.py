@@ -1,10 +1,10 @@
-"""L_vlb of the hybrid loss (tuning.demo_training.vlb_bits_per_dim) against hand-computed values."""
+"""L_vlb of the hybrid loss (pipeline.demo.zoo.training.vlb_bits_per_dim) against hand-computed values."""
 
 import math
 
 import torch
 
-from tuning.demo_training import discretized_gaussian_log_likelihood, normal_kl, vlb_bits_per_dim
+from pipeline.demo.zoo.training import discretized_gaussian_log_likelihood, normal_kl, vlb_bits_per_dim
 
 AB = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), 0)  # DiT's linear betas
 

@@ -22,7 +22,6 @@ sha256-checked); ``semdistill zoo train-demo --roles demo_dit`` retrains and re-
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import tempfile
 import time
@@ -36,13 +35,15 @@ import torch.nn.functional as F
 
 from pipeline.core.pixels import u8_hwc_to_signed_chw, u8_hwc_to_unit_chw, unit_to_signed
 from pipeline.core.read import load_image_arrays
-from tuning.demo_training import (
-    clipped_step,
-    ema_update,
-    lr_at,
+from pipeline.demo.zoo.training import (
+    Ema,
+    Progress,
+    epoch_batches,
     min_snr_epsilon_loss,
     torch_threads,
+    train_steps,
     vlb_bits_per_dim,
+    warmup_cosine,
 )
 
 
@@ -84,23 +85,21 @@ class DemoDiTRecipe:
 def train_vae(x: torch.Tensor, recipe: DemoDiTRecipe, log: Callable[[str], None]):
     """Train the demo's factor-2 VAE on ``x`` (``[N, 3, 32, 32]`` in [-1, 1]); scaling_factor = 1 / latent std."""
     from actors.zoo import tiny_vae
-    from tuning.vae_loss import AutoencodeLoss, latent_noise, vae_step
+    from tuning.vae_loss import AutoencodeLoss, latent_noise
 
     torch.manual_seed(recipe.seed)
     vae = tiny_vae(channels=recipe.vae_channels, norm_groups=8)
     model = AutoencodeLoss(vae, recipe.kl_weight)
     opt = torch.optim.Adam(vae.parameters(), lr=recipe.vae_lr)
     gen = torch.Generator().manual_seed(recipe.seed)
+
+    def next_batch() -> tuple[torch.Tensor, torch.Tensor]:
+        batch = x[torch.randint(len(x), (recipe.vae_batch,), generator=gen)]
+        return batch, latent_noise(vae, batch, gen)
+
     vae.train()
-    t0 = time.time()
-    for step in range(recipe.vae_steps):
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, recipe.vae_lr, 50, recipe.vae_steps)
-        idx = torch.randint(len(x), (recipe.vae_batch,), generator=gen)
-        batch = x[idx]
-        mse = vae_step(model, opt, batch, latent_noise(vae, batch, gen))
-        if step % 100 == 0 or step == recipe.vae_steps - 1:
-            log(f"  vae step {step:5d}  mse {mse.item():.4f}  ({time.time() - t0:.0f}s)")
+    train_steps(next_batch, lambda b: model(*b)[0], opt, recipe.vae_steps,
+                schedule=warmup_cosine(recipe.vae_lr, 50, recipe.vae_steps), progress=Progress(log, "vae", 100))
     vae.eval()
     with torch.no_grad():
         lat = torch.cat([vae.encode(x[i:i + 256]).latent_dist.mode() for i in range(0, len(x), 256)])
@@ -133,24 +132,20 @@ def make_scheduler():
 def train_dit(latents: torch.Tensor, labels: torch.Tensor, recipe: DemoDiTRecipe, log: Callable[[str], None]):
     """Epsilon-prediction training with label dropout (+ L_vlb on the variance channels); returns the EMA transformer."""
     model = make_transformer(recipe, latents.shape[-1])
-    ema = copy.deepcopy(model).requires_grad_(False)
-    sched = make_scheduler()
-    ab = sched.alphas_cumprod.float()
+    ema = Ema(model, recipe.ema_decay)
+    ab = make_scheduler().alphas_cumprod.float()
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.dit_lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(recipe.seed + 2)
-    null = recipe.num_classes
-    model.train()
-    t0 = time.time()
-    running = None
-    for step in range(recipe.dit_steps):
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, recipe.dit_lr, recipe.dit_warmup, recipe.dit_steps)
+
+    def next_batch() -> tuple[torch.Tensor, ...]:
         idx = torch.randint(len(latents), (recipe.dit_batch,), generator=gen)
         z0, y = latents[idx], labels[idx].clone()
-        drop = torch.rand(len(y), generator=gen) < recipe.label_dropout
-        y[drop] = null
+        y[torch.rand(len(y), generator=gen) < recipe.label_dropout] = recipe.num_classes  # the null class
         t = torch.randint(0, 1000, (len(y),), generator=gen)
-        noise = torch.randn(z0.shape, generator=gen)
+        return z0, y, t, torch.randn(z0.shape, generator=gen)
+
+    def loss_fn(batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        z0, y, t, noise = batch
         a = ab[t].view(-1, 1, 1, 1)
         zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
         out = model(zt, timestep=t, class_labels=y).sample
@@ -158,12 +153,13 @@ def train_dit(latents: torch.Tensor, labels: torch.Tensor, recipe: DemoDiTRecipe
         loss = min_snr_epsilon_loss(eps, noise, a, recipe.min_snr_gamma)
         if recipe.train_variance:
             loss = loss + vlb_bits_per_dim(eps.detach(), v, z0, zt, t, ab).mean()
-        clipped_step(opt, model.parameters(), loss)
-        ema_update(ema, model, step, recipe.ema_decay)
-        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
-        if step % 250 == 0 or step == recipe.dit_steps - 1:
-            log(f"  dit step {step:5d}  loss {running:.4f}  ({time.time() - t0:.0f}s)")
-    return ema.eval()
+        return loss
+
+    model.train()
+    train_steps(next_batch, loss_fn, opt, recipe.dit_steps, max_grad_norm=1.0, emas=[ema],
+                schedule=warmup_cosine(recipe.dit_lr, recipe.dit_warmup, recipe.dit_steps),
+                progress=Progress(log, "dit"))
+    return ema.model.eval()
 
 
 def train_classifier(images: np.ndarray, labels: np.ndarray, epochs: int, seed: int = 0):
@@ -174,16 +170,9 @@ def train_classifier(images: np.ndarray, labels: np.ndarray, epochs: int, seed: 
     net = ConvNet(3, int(labels.max()) + 1, width=32, depth=3, im_size=images.shape[1])
     x, y = u8_hwc_to_signed_chw(images), torch.from_numpy(labels)
     opt = torch.optim.Adam(net.parameters(), lr=2e-3)
-    gen = torch.Generator().manual_seed(seed)
+    batches = epoch_batches(len(x), 64, torch.Generator().manual_seed(seed))
     net.train()
-    for _ in range(epochs):
-        perm = torch.randperm(len(x), generator=gen)
-        for i in range(0, len(x), 64):
-            b = perm[i:i + 64]
-            loss = F.cross_entropy(net(x[b]), y[b])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+    train_steps(batches, lambda b: F.cross_entropy(net(x[b]), y[b]), opt, epochs * -(-len(x) // 64))
     return net.eval()
 
 

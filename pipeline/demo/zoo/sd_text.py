@@ -4,13 +4,13 @@ EDITS prompts its generator with a free-form LLM text prototype ('The class is n
 Digit Zero" and is depicted as ...') and a negative prompt, so the demo SD and its text encoder
 learn the domain's language from:
 
-- ``varied_caption``: the measured attributes (``actors.demo_captions``) in several sentence
+- ``varied_caption``: the measured attributes (``pipeline.demo.zoo.captions``) in several sentence
   templates, leads, word orders and synonyms, some attributes left out;
 - ``llm_style_caption``: the shapes SmolLM2-135M's summaries take (measured on the pipeline's own
   summary prompt: 'The class is named "<Name>" and is depicted as ...', repeated attribute
   words, hyphenated sizes);
 - real SmolLM2 summaries of train caption groups (``summary_groups`` and ``llm_summaries``, written
-  once with the pipeline's own prompt, cached in ``demo_sd_summaries.json``), paired with each
+  once with the pipeline's own prompt, cached in ``sd_summaries.json``), paired with each
   image of their group;
 - ``negative_text``: the negative prompt's words, trained as an unconditional prompt (they stand in
   for the empty prompt in caption dropout), so classifier-free guidance against them guides away
@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from actors import demo_captions
+from pipeline.demo.zoo.captions import ATTRIBUTES, levels, measure
 
-SUMMARIES_FILE = Path(__file__).with_name("demo_sd_summaries.json")
+SUMMARIES_FILE = Path(__file__).with_name("sd_summaries.json")
 
 # each attribute level: the caption's words first, then synonyms (mostly words of the zoo's vocabulary)
 SYNONYMS: dict[str, tuple[tuple[str, ...], ...]] = {
@@ -59,7 +59,7 @@ CONNECTORS = (", ", ", ", " and ", " with ", "; ", " ")
 
 
 def _phrases(lv: dict[str, int], rng: np.random.Generator, keep_min: int) -> list[str]:
-    keys = list(demo_captions.ATTRIBUTES)
+    keys = list(ATTRIBUTES)
     n = int(rng.integers(keep_min, len(keys) + 1))
     chosen = [keys[i] for i in sorted(rng.choice(len(keys), size=n, replace=False))]
     if rng.random() < 0.5:
@@ -74,7 +74,7 @@ def _join(parts: list[str], rng: np.random.Generator) -> str:
 
 def varied_caption(image: np.ndarray, class_name: str, rng: np.random.Generator) -> str:
     """The image's measured attributes in a random template, order and choice of synonyms."""
-    lv = demo_captions.levels(demo_captions.measure(image))
+    lv = levels(measure(image))
     lead = str(rng.choice(LEADS)).replace("{name}", class_name)
     body = _join(_phrases(lv, rng, 0), rng)
     if rng.random() < 0.25:  # the class name last: "thin strokes, upright, a handwritten digit zero"
@@ -84,7 +84,7 @@ def varied_caption(image: np.ndarray, class_name: str, rng: np.random.Generator)
 
 def llm_style_caption(image: np.ndarray, class_name: str, rng: np.random.Generator) -> str:
     """The forms SmolLM2's summaries take: a named class 'depicted as' attribute words, some repeated."""
-    lv = demo_captions.levels(demo_captions.measure(image))
+    lv = levels(measure(image))
     lead = str(rng.choice(LLM_LEADS)).replace("{title}", class_name.title()).replace("{name}", class_name)
     words = _phrases(lv, rng, 1)
     if rng.random() < 0.3:  # SmolLM2 repeats itself when it runs long

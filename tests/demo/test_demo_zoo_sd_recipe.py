@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from actors import demo_models
-from tuning.demo_training import torch_threads
+from pipeline.demo.zoo import models
+from pipeline.demo.zoo.training import torch_threads
 
 
 @pytest.fixture(scope="module")
@@ -16,13 +16,13 @@ def zoo_unet_config():
     from diffusers import UNet2DConditionModel
 
     with tempfile.TemporaryDirectory() as tmp:
-        start = demo_models.zoo_start("sd", Path(tmp))
+        start = models.zoo_start("sd", Path(tmp))
         return dict(UNet2DConditionModel.load_config(start / "unet"))
 
 
 def test_demo_sd_unet_adds_the_pooled_prompt_to_the_timestep_embedding(zoo_unet_config):
-    recipe = demo_models.DemoSDRecipe()
-    unet = demo_models.demo_sd_unet(zoo_unet_config, 8, recipe)
+    recipe = models.DemoSDRecipe()
+    unet = models.demo_sd_unet(zoo_unet_config, 8, recipe)
     assert unet.config.sample_size == 8 and unet.config.addition_embed_type == "text"
     assert list(unet.config.block_out_channels) == list(zoo_unet_config["block_out_channels"])  # the zoo's layout
     z, t = torch.zeros(2, 4, 8, 8), torch.tensor([500, 500])
@@ -33,12 +33,12 @@ def test_demo_sd_unet_adds_the_pooled_prompt_to_the_timestep_embedding(zoo_unet_
         out = unet(z, t, encoder_hidden_states=ctx).sample
     assert aug.shape == temb.shape and not torch.allclose(aug[0], aug[1])  # one vector per prompt
     assert out.shape == (2, 4, 8, 8)
-    again = demo_models.demo_sd_unet(zoo_unet_config, 8, recipe)  # seeded: the same init
+    again = models.demo_sd_unet(zoo_unet_config, 8, recipe)  # seeded: the same init
     assert all(torch.equal(a, b) for a, b in zip(unet.state_dict().values(), again.state_dict().values()))
 
 
 def test_demo_sd_unet_without_pooled_text_is_cross_attention_only(zoo_unet_config):
-    unet = demo_models.demo_sd_unet(zoo_unet_config, 16, replace(demo_models.DemoSDRecipe(), pooled_text_heads=0))
+    unet = models.demo_sd_unet(zoo_unet_config, 16, replace(models.DemoSDRecipe(), pooled_text_heads=0))
     assert unet.config.addition_embed_type is None and getattr(unet, "add_embedding", None) is None
     assert unet.config.sample_size == 16
 
@@ -46,7 +46,7 @@ def test_demo_sd_unet_without_pooled_text_is_cross_attention_only(zoo_unet_confi
 def test_demo_sd_vae_downsamples_by_four():
     from actors.zoo import tiny_vae
 
-    vae = tiny_vae(channels=demo_models.DemoSDRecipe().vae_channels, norm_groups=8)
+    vae = tiny_vae(channels=models.DemoSDRecipe().vae_channels, norm_groups=8)
     with torch.no_grad():
         assert vae.encode(torch.zeros(1, 3, 32, 32)).latent_dist.mode().shape == (1, 4, 8, 8)
 

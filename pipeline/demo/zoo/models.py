@@ -1,7 +1,7 @@
 """The demo zoo's pretrained models: a captioner, a CLIP and a text-to-image SD that know the digits.
 
 Each trains on the CPU from a recipe (a dataclass, seeds fixed) on the demo train split and
-its measured captions (``actors.demo_captions``), starts from the zoo's tiny random-init
+its measured captions (``pipeline.demo.zoo.captions``), starts from the zoo's tiny random-init
 model of the same role (same classes and sizes, so the pipeline's loaders take it
 unchanged), saves with ``save_pretrained`` plus ``<role>.json`` (recipe, check numbers,
 seconds) and runs its check on the val split:
@@ -26,7 +26,6 @@ seconds) and runs its check on the val split:
 
 from __future__ import annotations
 
-import copy
 import json
 import tempfile
 import time
@@ -40,10 +39,18 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from actors import demo_captions, demo_sd_text
-from actors.demo_captions import captions_for
+from pipeline.demo.zoo import sd_text
+from pipeline.demo.zoo.captions import ATTRIBUTES, LEAD, captions_for, describe, levels, measure, parse_levels
+from pipeline.demo.zoo.training import (
+    Ema,
+    Progress,
+    lr_at,
+    min_snr_epsilon_loss,
+    torch_threads,
+    train_steps,
+    warmup_cosine,
+)
 from pipeline.edits import prompts
-from tuning.demo_training import clipped_step, ema_update, lr_at, min_snr_epsilon_loss, set_lr, torch_threads
 
 Log = Callable[[str], None]
 ZERO_SHOT_PROMPT = "a {class_name}"
@@ -69,7 +76,7 @@ class DemoCLIPRecipe:
     batch: int = 128
     lr: float = 2e-3
     warmup: int = 100
-    lead: str = demo_captions.LEAD
+    lead: str = LEAD
     # slow-test thresholds (chance: 0.1 and under 0.01). Set from the shipped run (zero-shot 0.62,
     # recall@5 0.67); it trained with 0.8 for zero-shot, which bare "a <class name>" prompts miss
     # because every training caption carries attributes.
@@ -97,10 +104,10 @@ class DemoSDRecipe:
     ema_decay: float = 0.995
     min_snr_gamma: float = 5.0
     stage1_caption_dropout: float = 0.1
-    lead: str = demo_captions.LEAD
+    lead: str = LEAD
     # stage 2 (the text stage) continues from stage 1's EMA UNet: the text encoder (demo CLIP's text tower)
     # trains with the UNet at ``text_lr`` (0: frozen) on the texts of ``text_mix`` (shares of: the caption,
-    # varied phrasings, SmolLM2-style sentences, cached SmolLM2 summaries; actors.demo_sd_text); a dropped
+    # varied phrasings, SmolLM2-style sentences, cached SmolLM2 summaries; pipeline.demo.zoo.sd_text); a dropped
     # caption (``caption_dropout``) becomes "" or the negative prompt's words
     text_steps: int = 600
     text_warmup: int = 50
@@ -184,7 +191,7 @@ def train_demo_vlm(out: str | Path, data: str | Path | None = None, recipe: Demo
     t0 = time.time()
     d = load_demo_data(data)
     model, proc = from_zoo("vlm", BlipForConditionalGeneration, BlipProcessor)
-    texts = [f"{prompts.caption_prefix(d.names[int(y)], recipe.prefix)} {demo_captions.describe(demo_captions.measure(im))}"
+    texts = [f"{prompts.caption_prefix(d.names[int(y)], recipe.prefix)} {describe(measure(im))}"
              for im, y in zip(d.train_images, d.train_labels)]
     tok = proc.tokenizer(texts, padding="longest", return_tensors="pt")
     ids, mask = tok["input_ids"], tok["attention_mask"]
@@ -195,15 +202,11 @@ def train_demo_vlm(out: str | Path, data: str | Path | None = None, recipe: Demo
     gen = torch.Generator().manual_seed(recipe.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.01)
     model.train()
-    running = None
-    for step in range(recipe.steps):
-        set_lr(opt, lr_at(step, recipe.lr, recipe.warmup, recipe.steps))
-        b = torch.randint(len(ids), (recipe.batch,), generator=gen)
-        loss = model(pixel_values=px[b], input_ids=ids[b], attention_mask=mask[b], labels=labels[b]).loss
-        clipped_step(opt, model.parameters(), loss)
-        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
-        if step % 250 == 0 or step == recipe.steps - 1:
-            log(f"  vlm step {step:5d}  loss {running:.4f}  ({time.time() - t0:.0f}s)")
+    running = train_steps(
+        lambda: torch.randint(len(ids), (recipe.batch,), generator=gen),
+        lambda b: model(pixel_values=px[b], input_ids=ids[b], attention_mask=mask[b], labels=labels[b]).loss,
+        opt, recipe.steps, schedule=warmup_cosine(recipe.lr, recipe.warmup, recipe.steps), max_grad_norm=1.0,
+        progress=Progress(log, "vlm"))
     t_train = time.time() - t0
     out.mkdir(parents=True, exist_ok=True)
     model.eval().save_pretrained(out)
@@ -235,11 +238,11 @@ def check_vlm(model_dir: str | Path, d: DemoData, recipe: DemoVLMRecipe, batch: 
 
 def score_captions(captions: list[str], images: np.ndarray, labels: np.ndarray, names: list[str]) -> dict[str, Any]:
     """Per-attribute share of captions stating the measured level; share naming only the right class."""
-    hits = {k: 0 for k in demo_captions.ATTRIBUTES}
+    hits = {k: 0 for k in ATTRIBUTES}
     named = 0
     for text, im, y in zip(captions, images, labels):
-        want = demo_captions.levels(demo_captions.measure(im))
-        got = demo_captions.parse_levels(text)
+        want = levels(measure(im))
+        got = parse_levels(text)
         for k in hits:
             hits[k] += int(got[k] == want[k])
         low = f" {text.lower().replace(',', ' ')} "
@@ -281,20 +284,19 @@ def train_demo_clip(out: str | Path, data: str | Path | None = None, recipe: Dem
     torch.manual_seed(recipe.seed)
     gen = torch.Generator().manual_seed(recipe.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.01)
-    model.train()
-    running = None
-    for step in range(recipe.steps):
-        set_lr(opt, lr_at(step, recipe.lr, recipe.warmup, recipe.steps))
-        b = torch.randperm(len(texts), generator=gen)[: recipe.batch]
+
+    def loss_fn(b: torch.Tensor) -> torch.Tensor:
+        """Symmetric InfoNCE; captions identical to the image's own count as positives."""
         img, txt = _clip_features(model, px[b], tok["input_ids"][b], tok["attention_mask"][b])
         logits = model.logit_scale.exp().clamp(max=100) * img @ txt.T
         same = (text_id[b][:, None] == text_id[b][None, :]).float()
         target = same / same.sum(1, keepdim=True)
-        loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target.T)) / 2
-        clipped_step(opt, model.parameters(), loss)
-        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
-        if step % 250 == 0 or step == recipe.steps - 1:
-            log(f"  clip step {step:5d}  loss {running:.4f}  ({time.time() - t0:.0f}s)")
+        return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target.T)) / 2
+
+    model.train()
+    running = train_steps(lambda: torch.randperm(len(texts), generator=gen)[: recipe.batch], loss_fn, opt,
+                          recipe.steps, schedule=warmup_cosine(recipe.lr, recipe.warmup, recipe.steps),
+                          max_grad_norm=1.0, progress=Progress(log, "clip"))
     t_train = time.time() - t0
     out.mkdir(parents=True, exist_ok=True)
     model.eval().save_pretrained(out)
@@ -308,7 +310,7 @@ def train_demo_clip(out: str | Path, data: str | Path | None = None, recipe: Dem
     return report
 
 
-def check_clip(model_dir: str | Path, d: DemoData, lead: str = demo_captions.LEAD) -> dict[str, Any]:
+def check_clip(model_dir: str | Path, d: DemoData, lead: str = LEAD) -> dict[str, Any]:
     """Zero-shot class accuracy and caption retrieval recall@5 on val, through the CLIP embedder actor."""
     from actors.clip_embedder import ClipEmbedder
 
@@ -363,28 +365,30 @@ def train_unet_on_captions(unet, scheduler, latents: torch.Tensor, cond: torch.T
 
     noise_sched = DDPMScheduler.from_config(scheduler.config)
     ab = noise_sched.alphas_cumprod.float()
-    ema = copy.deepcopy(unet).requires_grad_(False)
+    ema = Ema(unet, recipe.ema_decay)
     opt = torch.optim.AdamW(unet.parameters(), lr=recipe.lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(recipe.seed + 2)
-    unet.train()
-    t0, running = time.time(), None
-    for step in range(recipe.unet_steps):
-        set_lr(opt, lr_at(step, recipe.lr, recipe.warmup, recipe.unet_steps))
+
+    def next_batch() -> tuple[torch.Tensor, ...]:
         b = torch.randint(len(latents), (recipe.batch,), generator=gen)
-        z0, ctx = latents[b], cond[b].clone()
-        drop = torch.rand(len(b), generator=gen) < recipe.stage1_caption_dropout
-        ctx[drop] = uncond
+        ctx = cond[b].clone()
+        ctx[torch.rand(len(b), generator=gen) < recipe.stage1_caption_dropout] = uncond
         t = torch.randint(0, noise_sched.config.num_train_timesteps, (len(b),), generator=gen)
-        noise = torch.randn(z0.shape, generator=gen)
-        a = ab[t].view(-1, 1, 1, 1)
-        pred = unet(a.sqrt() * z0 + (1 - a).sqrt() * noise, t, encoder_hidden_states=ctx).sample
-        loss = min_snr_epsilon_loss(pred, noise, a, recipe.min_snr_gamma)
-        clipped_step(opt, unet.parameters(), loss)
-        ema_update(ema, unet, step, recipe.ema_decay)
-        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
-        if step % 250 == 0 or step == recipe.unet_steps - 1:
-            log(f"  unet step {step:5d}  loss {running:.4f}  ({time.time() - t0:.0f}s)")
-    return ema.eval(), running
+        return latents[b], ctx, t, torch.randn(latents[b].shape, generator=gen)
+
+    unet.train()
+    running = train_steps(next_batch, lambda batch: _epsilon_loss(unet, ab, *batch, recipe.min_snr_gamma), opt,
+                          recipe.unet_steps, schedule=warmup_cosine(recipe.lr, recipe.warmup, recipe.unet_steps),
+                          max_grad_norm=1.0, emas=[ema], progress=Progress(log, "unet"))
+    return ema.model.eval(), running
+
+
+def _epsilon_loss(unet, ab: torch.Tensor, z0: torch.Tensor, ctx: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
+                  gamma: float) -> torch.Tensor:
+    """The UNet's Min-SNR-weighted epsilon loss on ``z0`` noised to ``t`` with ``noise``, prompted by ``ctx``."""
+    a = ab[t].view(-1, 1, 1, 1)
+    pred = unet(a.sqrt() * z0 + (1 - a).sqrt() * noise, t, encoder_hidden_states=ctx).sample
+    return min_snr_epsilon_loss(pred, noise, a, gamma)
 
 
 class TrainingTexts:
@@ -404,7 +408,7 @@ class TrainingTexts:
         mix = np.asarray(r.text_mix, dtype=np.float64)
         for i in indices:
             if rng.random() < r.caption_dropout:
-                out.append(demo_sd_text.negative_text(r.negative_prompt, rng) if rng.random() < r.negative_share else "")
+                out.append(sd_text.negative_text(r.negative_prompt, rng) if rng.random() < r.negative_share else "")
                 continue
             kind = int(rng.choice(len(mix), p=mix / mix.sum()))
             if kind == 3 and i not in self.summaries_of:
@@ -413,9 +417,9 @@ class TrainingTexts:
             if kind == 0:
                 out.append(self.captions[i])
             elif kind == 1:
-                out.append(demo_sd_text.varied_caption(im, name, rng))
+                out.append(sd_text.varied_caption(im, name, rng))
             elif kind == 2:
-                out.append(demo_sd_text.llm_style_caption(im, name, rng))
+                out.append(sd_text.llm_style_caption(im, name, rng))
             else:
                 out.append(str(rng.choice(self.summaries_of[i])))
         return out
@@ -434,40 +438,35 @@ def train_text_stage(unet, text_encoder, tokenizer, scheduler, latents: torch.Te
 
     noise_sched = DDPMScheduler.from_config(scheduler.config)
     ab = noise_sched.alphas_cumprod.float()
-    ema = copy.deepcopy(unet).requires_grad_(False)
-    ema_text = copy.deepcopy(text_encoder).requires_grad_(False)
+    ema, ema_text = Ema(unet, recipe.ema_decay), Ema(text_encoder, recipe.ema_decay)
     train_text = recipe.text_lr > 0
     text_encoder.requires_grad_(train_text).train(train_text)
-    groups = [{"params": list(unet.parameters()), "lr": recipe.text_unet_lr}]
-    if train_text:
-        groups.append({"params": list(text_encoder.parameters()), "lr": recipe.text_lr})
-    opt = torch.optim.AdamW(groups, weight_decay=0.0)
+    bases = [recipe.text_unet_lr] + ([recipe.text_lr] if train_text else [])
+    opt = torch.optim.AdamW([{"params": list(unet.parameters()), "lr": bases[0]}]
+                            + ([{"params": list(text_encoder.parameters()), "lr": bases[1]}] if train_text else []),
+                            weight_decay=0.0)
     gen = torch.Generator().manual_seed(recipe.seed + 4)
-    unet.train()
-    params = [p for g in groups for p in g["params"]]
-    t0, running = time.time(), None
-    for step in range(recipe.text_steps):
-        scale = lr_at(step, 1.0, recipe.text_warmup, recipe.text_steps)
-        for g, base in zip(opt.param_groups, (recipe.text_unet_lr, recipe.text_lr)):
-            g["lr"] = base * scale
+
+    def next_batch() -> tuple[torch.Tensor, ...]:
         b = torch.randint(len(latents), (recipe.batch,), generator=gen)
-        z0 = latents[b]
         ids = _token_ids(tokenizer, texts([int(i) for i in b]))
+        t = torch.randint(0, noise_sched.config.num_train_timesteps, (len(b),), generator=gen)
+        return latents[b], ids, t, torch.randn(latents[b].shape, generator=gen)
+
+    def loss_fn(batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        z0, ids, t, noise = batch
         with torch.set_grad_enabled(train_text):
             ctx = text_encoder(ids)[0]
-        t = torch.randint(0, noise_sched.config.num_train_timesteps, (len(b),), generator=gen)
-        noise = torch.randn(z0.shape, generator=gen)
-        a = ab[t].view(-1, 1, 1, 1)
-        pred = unet(a.sqrt() * z0 + (1 - a).sqrt() * noise, t, encoder_hidden_states=ctx).sample
-        loss = min_snr_epsilon_loss(pred, noise, a, recipe.min_snr_gamma)
-        clipped_step(opt, params, loss)
-        ema_update(ema, unet, step, recipe.ema_decay)
-        if train_text:
-            ema_update(ema_text, text_encoder, step, recipe.ema_decay)
-        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
-        if step % 50 == 0 or step == recipe.text_steps - 1:
-            log(f"  text stage step {step:5d}  loss {running:.4f}  ({time.time() - t0:.0f}s)")
-    return ema.eval(), ema_text.eval(), running
+        return _epsilon_loss(unet, ab, z0, ctx, t, noise, recipe.min_snr_gamma)
+
+    def schedule(step: int) -> list[float]:
+        scale = lr_at(step, 1.0, recipe.text_warmup, recipe.text_steps)
+        return [base * scale for base in bases]
+
+    unet.train()
+    running = train_steps(next_batch, loss_fn, opt, recipe.text_steps, schedule=schedule, max_grad_norm=1.0,
+                          emas=[ema, ema_text] if train_text else [ema], progress=Progress(log, "text stage", 50))
+    return ema.model.eval(), ema_text.model.eval(), running
 
 
 def demo_sd_unet(start_config: dict[str, Any], latent_size: int, recipe: DemoSDRecipe):
@@ -494,7 +493,7 @@ def _train_demo_sd(out: Path, clip_dir: str | Path, data: str | Path | None, rec
                    log: Log) -> dict[str, Any]:
     from diffusers import StableDiffusionImg2ImgPipeline
 
-    from actors.demo_dit import DemoDiTRecipe, train_vae
+    from pipeline.demo.zoo.dit import DemoDiTRecipe, train_vae
 
     t0 = time.time()
     d = load_demo_data(data)
@@ -516,7 +515,7 @@ def _train_demo_sd(out: Path, clip_dir: str | Path, data: str | Path | None, rec
     unet = demo_sd_unet(dict(pipe.unet.config), latents.shape[-1], recipe)
     unet, stage1_loss = train_unet_on_captions(unet, pipe.scheduler, latents, cond, uncond, recipe, log)
     t_stage1 = time.time() - t0
-    summaries = demo_sd_text.load_summaries()
+    summaries = sd_text.load_summaries()
     texts = TrainingTexts(d, recipe, summaries)
     log(f"demo SD text stage: {len(summaries)} cached SmolLM2 summaries; e.g. {texts([0, 1, 2])}")
     unet, text_encoder, final_loss = train_text_stage(unet, text_encoder, pipe.tokenizer, pipe.scheduler, latents,
@@ -567,13 +566,13 @@ def check_sd(model_dir: str | Path, d: DemoData, recipe: DemoSDRecipe, clip_dir:
 
     Text-to-image samples (DDIM, CFG) prompted with val captions; with ``clip_dir``, also EDITS's img2img
     from its image prototypes of train clusters (IPC 1 and 10), prompted with the cached SmolLM2 text
-    prototypes and with the class-name prompt (``actors.demo_sd_check``).
+    prototypes and with the class-name prompt (``pipeline.demo.zoo.sd_check``).
     """
     from diffusers import StableDiffusionPipeline
 
-    from actors.demo_dit import classify, train_classifier
     from actors.sd import load_img2img_pipeline
     from pipeline.core.seeds import image_seed
+    from pipeline.demo.zoo.dit import classify, train_classifier
 
     img2img = load_img2img_pipeline(str(model_dir), device="cpu", dtype="float32")
     t2i = StableDiffusionPipeline.from_pipe(img2img)
@@ -603,15 +602,15 @@ def check_sd(model_dir: str | Path, d: DemoData, recipe: DemoSDRecipe, clip_dir:
 
 def check_sd_img2img(model_dir: str | Path, d: DemoData, recipe: DemoSDRecipe, clip_dir: str | Path,
                      net: Any) -> dict[str, Any]:
-    """EDITS's img2img check (``actors.demo_sd_check``) with both prompts; the json keys of each."""
-    from actors import demo_sd_check
+    """EDITS's img2img check (``pipeline.demo.zoo.sd_check``) with both prompts; the json keys of each."""
+    from pipeline.demo.zoo import sd_check
 
-    texts = demo_sd_text.load_check_texts()
+    texts = sd_text.load_check_texts()
     out: dict[str, Any] = {}
     for prompt, key in (("llm", "img2img_text_prototype"), ("class_prompt", "img2img_class_prompt")):
         if prompt == "llm" and not texts:
             continue
-        r = demo_sd_check.check_img2img(str(model_dir), d, str(clip_dir), recipe.check_ipcs, texts, net,
+        r = sd_check.check_img2img(str(model_dir), d, str(clip_dir), recipe.check_ipcs, texts, net,
                                         recipe.seed, prompt)
         out.update({f"{key}_accuracy": r["accuracy"], f"{key}_accuracy_per_ipc": r["per_ipc"],
                     f"{key}_accuracy_per_class": r["per_class"]})

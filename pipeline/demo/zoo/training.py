@@ -1,16 +1,24 @@
-"""Training pieces shared by the demo models' recipes (demo DiT, demo SD, captioner, CLIP).
+"""The demo zoo's one training loop (``train_steps``) and the pieces its recipes share.
 
-Pure torch on tensors the caller owns; every random draw stays with the caller's generator,
-so a recipe's RNG order (and its shipped checkpoint) does not depend on this module.
+Pure torch on tensors the caller owns; every random draw stays with the caller's generator
+(``next_batch`` draws them), so a recipe's RNG order (and its shipped checkpoint) does not
+depend on this module.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
+
+Batch = TypeVar("Batch")
+Schedule = Callable[[int], Sequence[float]]  # step -> the lr of each of the optimiser's param groups
 
 
 def lr_at(step: int, base: float, warmup: int, total: int) -> float:
@@ -21,9 +29,9 @@ def lr_at(step: int, base: float, warmup: int, total: int) -> float:
     return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
-    for g in opt.param_groups:
-        g["lr"] = lr
+def warmup_cosine(base: float, warmup: int, total: int) -> Schedule:
+    """``lr_at`` as the schedule of a one-group optimiser."""
+    return lambda step: [lr_at(step, base, warmup, total)]
 
 
 def min_snr_epsilon_loss(pred: torch.Tensor, noise: torch.Tensor, alpha_bar: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -38,20 +46,74 @@ def min_snr_epsilon_loss(pred: torch.Tensor, noise: torch.Tensor, alpha_bar: tor
     return per_sample.mean()
 
 
-def clipped_step(opt: torch.optim.Optimizer, params, loss: torch.Tensor, max_norm: float = 1.0) -> None:
-    """Backward, clip the gradient norm to ``max_norm``, step."""
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(params, max_norm)
-    opt.step()
-
-
 @torch.no_grad()
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, step: int, max_decay: float) -> None:
     """EMA of ``model`` into ``ema`` with the warm-up ramp ``min(max_decay, (1 + step) / (10 + step))``."""
     decay = min(max_decay, (1 + step) / (10 + step))
     for pe, pm in zip(ema.parameters(), model.parameters()):
         pe.lerp_(pm, 1 - decay)
+
+
+class Ema:
+    """A frozen copy of ``source`` (``model``) that follows it by ``ema_update`` after each step."""
+
+    def __init__(self, source: torch.nn.Module, max_decay: float) -> None:
+        self.source, self.max_decay = source, max_decay
+        self.model = copy.deepcopy(source).requires_grad_(False)
+
+    def update(self, step: int) -> None:
+        ema_update(self.model, self.source, step, self.max_decay)
+
+
+@dataclass
+class Progress:
+    """Log ``"  <name> step N  loss L  (Ts)"`` every ``every`` steps and at the last (L: the running loss)."""
+
+    log: Callable[[str], None]
+    name: str
+    every: int = 250
+
+
+def epoch_batches(n: int, batch: int, generator: torch.Generator) -> Callable[[], torch.Tensor]:
+    """``next_batch`` for epochs: each epoch a fresh permutation of ``range(n)`` in slices of ``batch``."""
+
+    def batches() -> Iterator[torch.Tensor]:
+        while True:
+            perm = torch.randperm(n, generator=generator)
+            for i in range(0, n, batch):
+                yield perm[i:i + batch]
+
+    it = batches()
+    return lambda: next(it)
+
+
+def train_steps(next_batch: Callable[[], Batch], loss_fn: Callable[[Batch], torch.Tensor],
+                optimizer: torch.optim.Optimizer, steps: int, *, schedule: Schedule | None = None,
+                max_grad_norm: float | None = None, emas: Sequence[Ema] = (),
+                progress: Progress | None = None) -> float | None:
+    """``steps`` optimiser steps on ``loss_fn(next_batch())``; returns the running loss (0.98 smoothing).
+
+    Each step: the schedule's lrs, the batch, the loss, backward, the gradient norm of all the
+    optimiser's parameters clipped to ``max_grad_norm`` (None: not clipped), the step, then every EMA.
+    """
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    t0, running = time.time(), None
+    for step in range(steps):
+        if schedule is not None:
+            for group, lr in zip(optimizer.param_groups, schedule(step), strict=True):
+                group["lr"] = lr
+        loss = loss_fn(next_batch())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+        optimizer.step()
+        for ema in emas:
+            ema.update(step)
+        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        if progress is not None and (step % progress.every == 0 or step == steps - 1):
+            progress.log(f"  {progress.name} step {step:5d}  loss {running:.4f}  ({time.time() - t0:.0f}s)")
+    return running
 
 
 @contextlib.contextmanager

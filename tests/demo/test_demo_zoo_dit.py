@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from actors import zoo
-from actors.demo_dit import DemoDiTRecipe, train_demo_dit
+from pipeline.demo.zoo.dit import DemoDiTRecipe, train_demo_dit
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -89,7 +89,7 @@ def test_demo_diver_config_end_to_end(tmp_path):
 @pytest.mark.parametrize("train_variance", [True, False])
 def test_the_hybrid_loss_trains_the_variance_channels(train_variance):
     """DiT's final projection rows that output v move only under L_vlb (the epsilon loss never reaches them)."""
-    from actors.demo_dit import make_transformer, train_dit
+    from pipeline.demo.zoo.dit import make_transformer, train_dit
 
     recipe = DemoDiTRecipe(dit_steps=3, dit_batch=4, dit_warmup=1, train_variance=train_variance, layers=1)
     g = torch.Generator().manual_seed(0)
@@ -128,8 +128,8 @@ def test_the_shipped_demo_dit_passes_both_checks_on_the_methods_paths():
 
 def test_the_recover_check_runs_at_the_demo_configs_diver_settings():
     """``recover_check`` uses ``RecoverSettings()``: the same knobs as configs/demo_diver.yaml's diver block."""
-    from actors.demo_dit import DemoDiTRecipe as Recipe
     from pipeline.config import load_config
+    from pipeline.demo.zoo.dit import DemoDiTRecipe as Recipe
     from pipeline.diver.guidance import RecoverSettings
 
     cfg = load_config(REPO / "configs" / "demo_diver.yaml", resolve=False)
@@ -139,11 +139,11 @@ def test_the_recover_check_runs_at_the_demo_configs_diver_settings():
 
 def test_recover_check_recovers_real_digits_with_divers_seeds(demo_root):
     """Real digits go through ``actors.dit.recover_images`` with DIVER's per-image seeds, per class in order."""
-    from actors.demo_dit import make_scheduler, recover_check
     from actors.dit import load_dit, recover_images
     from actors.shipped import WEIGHTS_DIR
     from pipeline.core.read import load_image_arrays
     from pipeline.core.seeds import image_seed
+    from pipeline.demo.zoo.dit import make_scheduler, recover_check
     from pipeline.diver.guidance import RecoverSettings
 
     transformer, vae, _ = load_dit(str(WEIGHTS_DIR / "demo_dit"), device="cpu", dtype="float32")
