@@ -1,6 +1,6 @@
 """How many of each demo set's images a classifier of real digits reads as their class.
 
-The judge is the classifier the demo generators' checks use (``actors.demo_dit.train_classifier``: a width-32,
+The judge is the classifier the demo generators' checks use (``pipeline.demo.zoo.dit.train_classifier``: a width-32,
 depth-3 ConvNet, Adam, trained on the real train digits only). A set's recognition is the share of its images
 the judge labels as their own class, overall and per class. It separates a set whose images lost their class
 (a generator's failure) from a set whose images are legible but teach the students less (a claim that misses
@@ -15,10 +15,10 @@ from pathlib import Path
 
 import torch
 
-from actors.demo_dit import train_classifier
 from pipeline.core.pixels import u8_hwc_to_signed_chw
 from pipeline.core.read import load_image_arrays
 from pipeline.core.write import atomic_write_json
+from pipeline.demo.zoo.dit import train_classifier
 
 JUDGE_EPOCHS = 15  # the judge of the demo DiT's checks (99.2 % on the val digits at 15 epochs)
 IMAGE_SIZE = 32
