@@ -1,6 +1,6 @@
-"""ray_cluster.yaml is a valid cluster-launcher file, and `semdistill submit` runs on a real Ray head.
+"""`semdistill submit` (cluster.submit) runs the demo EDITS config on a real Ray head.
 
-The end-to-end test is marked ``cluster`` (run with ``pytest -m cluster``): it starts its own
+The test is marked ``cluster`` (run with ``pytest -m cluster``): it starts its own
 ``ray start --head --block`` on free ports with a private temp dir and token auth, submits
 ``configs/demo_edits.yaml`` with ``semdistill submit``, and stops that head by its process id
 (never ``ray stop``, which would stop every Ray instance on the machine); the fixture is in conftest.py.
@@ -15,31 +15,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def test_cluster_yaml_is_valid_for_the_launcher():
-    from ray.autoscaler._private.util import prepare_config, validate_config
-
-    raw = yaml.safe_load((REPO / "ray_cluster.yaml").read_text())
-    full = prepare_config(raw)
-    validate_config(full)  # Ray's own schema: raises on unknown or missing fields
-    types = full["available_node_types"]
-    assert full["head_node_type"] == "head" and "gpu_worker" in types
-    assert types["head"]["resources"] == {"GPU": 0}
-    assert types["gpu_worker"]["max_workers"] >= 1
-    # the nodes install the project with the gpu and vllm extras, which pyproject.toml defines
-    from cluster.runtime_env import project_extras
-
-    install = [c for c in raw["setup_commands"] if "pip install -e" in c]
-    assert install and '".[gpu,vllm]"' in install[0]
-    assert {"gpu", "vllm"} <= set(project_extras())
-    # token auth on every node, the same way
-    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
-        assert any("RAY_AUTH_MODE=token" in c and "HF_HOME=" in c for c in raw[key])
-    assert ".venv" in raw["rsync_exclude"] and "data" in raw["rsync_exclude"]
 
 
 @pytest.mark.cluster

@@ -1,4 +1,4 @@
-"""Benchmarks that must run anywhere: k-means (tiny size), the GPU check's CPU dry run and its no-CUDA error."""
+"""bench/gpu_check.py: its real-size configs, its CPU dry run (float32 and bfloat16), its no-CUDA error."""
 
 from __future__ import annotations
 
@@ -8,49 +8,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
+
+from tests.bench.bench_output import printed_ratio
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "bench"))
 
 import gpu_check
-import kmeans
-
-
-def _ratio(out: str) -> float:
-    last = out.strip().splitlines()[-1]
-    assert last.startswith("ratio: "), last
-    return float(last.split()[1])
-
-
-def test_kmeans_features_are_unit_vectors_and_reproducible():
-    a = kmeans.class_features(3, 50, 16, 4, seed=1)
-    assert a.shape == (50, 16) and a.dtype == np.float32
-    np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1.0, rtol=1e-5)
-    np.testing.assert_array_equal(a, kmeans.class_features(3, 50, 16, 4, seed=1))
-    assert not np.array_equal(a, kmeans.class_features(4, 50, 16, 4, seed=1))
-
-
-def test_inertia_matches_hand_computation():
-    x = np.array([[0, 0], [1, 0], [10, 0]], np.float32)
-    c = np.array([[0.5, 0], [10, 0]], np.float32)
-    assert kmeans.inertia(x, c) == pytest.approx(0.25 + 0.25 + 0.0)
-
-
-def test_kmeans_bench_small(tmp_path, capsys):
-    out_json = tmp_path / "k.json"
-    assert kmeans.main(["--classes", "2", "--per-class", "300", "--dim", "32", "--k", "4",
-                        "--json-out", str(out_json)]) == 0
-    out = capsys.readouterr().out
-    ratio = _ratio(out)
-    res = json.loads(out_json.read_text())
-    assert ratio == pytest.approx(res["ratio"], rel=1e-2) and ratio > 0
-    assert res["seconds"]["sklearn"] > 0 and res["seconds"]["ours"] > 0
-    # same data, both near the same optimum: the speed comparison is like for like
-    assert res["objective"]["ours"] == pytest.approx(res["objective"]["sklearn"], rel=1e-6)  # same optimum
-    assert res["costs"]["cluster"] > 0
 
 
 def test_gpu_check_fails_clearly_without_cuda():
@@ -81,7 +47,7 @@ def test_gpu_check_cpu_smoke(tmp_path, capsys):
     out = tmp_path / "gc.json"
     assert gpu_check.main(["--cpu-smoke", "--batches", "1,2", "--sd-batches", "1", "--out", str(out)]) == 0
     text = capsys.readouterr().out
-    assert _ratio(text) > 0
+    assert printed_ratio(text) > 0
     res = json.loads(out.read_text())
     assert [r["batch"] for r in res["diver"]["rows"]] == [1, 2]
     assert res["sd_img2img"]["rows"][0]["batch"] == 1
@@ -91,23 +57,13 @@ def test_gpu_check_cpu_smoke(tmp_path, capsys):
         r["s_per_image"] for r in res["diver"]["rows"])
 
 
-@pytest.mark.slow
-def test_pipeline_throughput_bench_small(capsys):
-    import pipeline_throughput
-
-    assert pipeline_throughput.main(["--images", "20", "--recover-images", "4", "--batch", "8"]) == 0
-    out = capsys.readouterr().out
-    assert "EDITS caption + embed" in out and "DIVER recovery" in out
-    assert _ratio(out) > 0
-
-
 def test_gpu_check_cpu_smoke_in_bfloat16_with_channels_last(tmp_path, capsys):
     """The GPU defaults' code path (bf16, SDPA, channels_last) of the GPU check, on the CPU."""
     out = tmp_path / "gc.json"
     assert gpu_check.main(["--cpu-smoke", "--dtype", "bfloat16", "--channels-last", "true", "--batches", "1,2",
                            "--sd-batches", "1", "--skip-fp32", "--out", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "dtype torch.bfloat16; channels_last True" in text and _ratio(text) > 0
+    assert "dtype torch.bfloat16; channels_last True" in text and printed_ratio(text) > 0
     res = json.loads(out.read_text())
     assert res["dtype"] == "bfloat16" and res["channels_last"] is True and res["compile"] is False
     assert all(v > 0 for v in res["costs"].values())

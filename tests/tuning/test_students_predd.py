@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from pipeline.config import load_config
-from tests.tuning.test_eval_students_reference import (
+from tests.tuning.test_students_reference import (
     conv,
     effnet_b0_ref,
     n_params,

@@ -4,7 +4,7 @@ A toy Ray Data actor draws per-image noise from ``image_seed`` and runs it throu
 seeded conv net, like the diffusion actors do. The same rows must come out byte-identical
 with injected exceptions retried by Ray, and the run must fail without the retry setting.
 The method runs (DIVER, EDITS; actor deaths; other pool and batch sizes) are tested in
-test_reliability_runs.py and test_reliability_determinism.py.
+test_run_faults.py and test_core_batching.py.
 """
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ def test_injected_faults_are_retried_and_do_not_change_outputs(ray_local, rows, 
         raised = _run(rows, pool=2, batch=3, faults={"every_n": 2, "state_dir": str(tmp_path / "r"), "mode": "raise"})
         assert len(injected_faults(tmp_path / "r")) >= 1
         assert raised == clean
-        # actor deaths (fault_mode exit) and other pool sizes: tests/test_reliability_runs.py, on DIVER
+        # actor deaths (fault_mode exit) and other pool sizes: tests/test_run_faults.py, on DIVER
         # negative control: without the retry setting the injected fault fails the run
         ctx.actor_task_retry_on_errors = False
         with pytest.raises(Exception, match="injected fault"):
