@@ -77,7 +77,7 @@ def ours_round(ids: list[int], xs: list[np.ndarray], settings, ray_cfg) -> list[
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--classes", type=int, default=1000, help="classes (default 1000, the issue's size)")
+    p.add_argument("--classes", type=int, default=1000, help="classes (default 1000, ImageNet-1K's)")
     p.add_argument("--per-class", type=int, default=1300, help="features per class (ImageNet: ~1,300)")
     p.add_argument("--dim", type=int, default=768, help="feature size (CLIP ViT-L/14: 768)")
     p.add_argument("--k", type=int, default=10, help="clusters per class (= IPC)")

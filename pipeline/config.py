@@ -294,7 +294,8 @@ class EvalConfig(Section):
 
     Student names (tuning/students.py): convnet, convnet3..6, resnet18_cifar_bn, resnet18_cifar_in,
     resnet18_imagenet_bn, resnet18_imagenet_in, resnet_ap10, mobilenetv2, shufflenetv2,
-    efficientnet_b0, shufflenetv2_predd, mobilenetv2_predd, efficientnet_b0_predd, vit_tiny, vit_predd; legacy resnet18 / resnet18_bn / resnet18_in (adaptive stem).
+    efficientnet_b0, shufflenetv2_predd, mobilenetv2_predd, efficientnet_b0_predd, vit_tiny, vit_predd;
+    resnet18 / resnet18_bn / resnet18_in (adaptive stem, not a published architecture).
     ``augment`` joins ops with ``+`` (applied in the order of ``AUGMENT_OPS``: ShufflePatches,
     RandomResizedCrop, flip, ColorJitter, PCA lighting, DSA, then one of mixup / CutMix), or ``none``.
     """
@@ -420,7 +421,7 @@ class RayConfig(Section):
                                                           "recover": 0}
     # a role left out: on GPU actors (with a micro-batch) what fits in free GPU memory (pipeline/core/gpu_batch.py)
     batch_sizes: dict[str, int] = {"caption": 8, "embed": 32, "vae": 8, "llm": 8, "generate": 4, "recover": 8}
-    # model batch inside an actor (pipeline/fixed_batches.py): fixed, so outputs are byte-identical
+    # model batch inside an actor (pipeline/core/batching.py): fixed, so outputs are byte-identical
     # whatever batch_sizes / pool_sizes are; a role missing here runs its whole Ray batch at once
     micro_batch_sizes: dict[str, int] = {"caption": 8, "embed": 32, "vae": 8, "llm": 8, "generate": 4, "recover": 8}
     max_restarts: int = 2

@@ -419,8 +419,8 @@ def _ema(model: nn.Module, spec: TrainSpec) -> torch.optim.swa_utils.AveragedMod
     ``update()`` once per epoch after the training pass (line 496), testing the EMA model (line 502).
     ema-pytorch 0.7.7 (``ema_pytorch/ema_pytorch.py``, ``get_current_decay`` lines 260-267, ``update``
     lines 269-291) copies on the first call and then uses ``1 - (1 + e)^-power`` with ``e = k - 1``,
-    capped at ``beta``: ``min(0.995, 1 - 1/k)``. (An earlier reading here, ``min(d, (1 + n) / (10 + n))``,
-    was the TensorFlow ``num_updates`` ramp, not PReDD's.)
+    capped at ``beta``: ``min(0.995, 1 - 1/k)`` (not the TensorFlow ``num_updates`` ramp
+    ``min(d, (1 + n) / (10 + n))``, which PReDD does not use).
     """
     if not spec.ema_decay:
         return None

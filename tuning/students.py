@@ -16,9 +16,8 @@
 - ``vit_tiny``: ViT-Ti (dim 192, 12 blocks, 3 heads), about 8 x 8 patches whatever the size;
   ``vit_predd``: PReDD's ViT (patch 16, dim 512, depth 10, 8 heads, MLP 512, dropout 0.1).
 
-Legacy names (kept so older configs run unchanged; not a published architecture):
-``resnet18`` = ``resnet18_bn`` and ``resnet18_in`` are the resolution-adaptive ResNet-18 they
-always were (3x3 stride-1 stem at 32 px, 3x3 stride-2 at 64 px, ImageNet stem from 128 px).
+``resnet18`` = ``resnet18_bn`` and ``resnet18_in``: a resolution-adaptive ResNet-18, not a published
+architecture (3x3 stride-1 stem at 32 px, 3x3 stride-2 at 64 px, ImageNet stem from 128 px).
 
 MobileNetV2 and ShuffleNetV2 keep small inputs at full resolution longer (CIFAR-style stems);
 the number of 2x reductions grows with ``im_size`` until the ImageNet layout is reached.

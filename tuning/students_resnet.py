@@ -11,8 +11,8 @@
   after the 1x1 shortcut conv); the stem is 3x3 with no pool at <= 64 px, 3x3 + AvgPool(2) at
   <= 128 px, 7x7 (stride 1) + AvgPool(4) above; IDC's init (conv weights N(0, 2 / (k*k*C_out)),
   norm weight 1 / bias 0). Base width 64 (IDC's ImageNet branch); ``width=32`` gives IDC's CIFAR branch.
-- ``AdaptiveResNet``: the pre-issue-13 ResNet whose stem follows the resolution (legacy names
-  ``resnet18``, ``resnet18_bn``, ``resnet18_in`` keep meaning it; not a published architecture).
+- ``AdaptiveResNet``: a ResNet whose stem follows the resolution (the names ``resnet18``,
+  ``resnet18_bn``, ``resnet18_in``; not a published architecture).
 """
 
 from __future__ import annotations
@@ -146,8 +146,8 @@ class ResNetAP(_Classifier):
 
 
 class AdaptiveResNet(_Classifier):
-    """Legacy: a ResNet whose stem follows the resolution (3x3 s1 at 32 px, 3x3 s2 at 64 px, ImageNet stem
-    from 128 px). Kept so the old names ``resnet18*`` keep their meaning; use the named forms for paper numbers."""
+    """A ResNet whose stem follows the resolution (3x3 s1 at 32 px, 3x3 s2 at 64 px, ImageNet stem from
+    128 px), the students ``resnet18*``; not a published architecture: use the named forms for paper numbers."""
 
     def __init__(self, blocks: list[int], channels: int, num_classes: int, im_size: int,
                  norm: str = "batchnorm", width: int = 64) -> None:
