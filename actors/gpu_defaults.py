@@ -73,12 +73,6 @@ def maybe_compile(module: torch.nn.Module, enabled: bool) -> torch.nn.Module:
     return module
 
 
-def is_compiled(module: torch.nn.Module) -> bool:
-    """Whether calls to ``module`` run through ``torch.compile`` (in place or an ``OptimizedModule``)."""
-    return getattr(module, "_compiled_call_impl", None) is not None or isinstance(
-        module, torch._dynamo.eval_frame.OptimizedModule)
-
-
 def set_sdpa(model: Any) -> str | None:
     """A loaded transformers model switched to SDPA attention where its class has it (quietly not where it
     has none); returns the attention implementation in use (None for a model that is not a transformers one)."""

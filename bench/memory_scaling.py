@@ -147,10 +147,6 @@ class RssSampler(threading.Thread):
         self.join(timeout=5)
         self.sample()
 
-    def self_peak(self) -> int:
-        """The sampled peak RSS of this process (the driver)."""
-        return self.peak_self
-
     def worker_peak(self) -> int:
         """The largest peak of one Ray worker/actor process (``ray::...``)."""
         peaks = [rss for name, rss in self.peak_by_pid.values() if name.startswith("ray::")]

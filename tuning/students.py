@@ -210,10 +210,6 @@ STUDENTS: dict[str, Callable[..., nn.Module]] = {
 LEGACY_STUDENTS = ("resnet18", "resnet18_bn", "resnet18_in")  # resolution-adaptive stems (see the module doc)
 
 
-def student_names() -> list[str]:
-    return list(STUDENTS)
-
-
 def check_students(names: list[str]) -> None:
     """Raise ``ConfigError`` naming any unknown student (before any job starts)."""
     bad = [n for n in names if n not in STUDENTS]

@@ -7,10 +7,16 @@ import numpy as np
 import pytest
 import torch
 
-from actors.gpu_defaults import channels_last_on, is_compiled, use_sdpa_processors, with_sdpa
+from actors.gpu_defaults import channels_last_on, use_sdpa_processors, with_sdpa
 from actors.loading import pick_dtype
 
 CUDA, CPU = torch.device("cuda"), torch.device("cpu")
+
+
+def is_compiled(module: torch.nn.Module) -> bool:
+    """Whether calls to ``module`` run through ``torch.compile`` (in place or an ``OptimizedModule``)."""
+    return getattr(module, "_compiled_call_impl", None) is not None or isinstance(
+        module, torch._dynamo.eval_frame.OptimizedModule)
 
 
 def _convs(module: torch.nn.Module) -> list[torch.Tensor]:

@@ -124,7 +124,7 @@ def test_front_half_memory_is_flat_in_dataset_size(zoo_dir, ray_local, tmp_path)
         info = ms.run_front_half(cfg, log=lambda _s: None)
         sampler.stop()
         assert info["caption"]["captioned"] == n and info["cluster"]["clusters"] == 3 * cfg.edits.ipc
-        peaks.append((sampler.self_peak(), sampler.worker_peak()))
+        peaks.append((sampler.peak_self, sampler.worker_peak()))
     (d1, w1), (d8, w8) = peaks
     assert d1 > 0 and w1 > 0
     assert d8 / d1 <= 1.3, f"driver peak grew {d8 / d1:.2f}x for 8x the images"

@@ -15,7 +15,6 @@ from pipeline.checks.verify import verify_set
 from pipeline.cli import main
 from pipeline.core.skips import (
     SkipLog,
-    check_errored_blocks,
     check_skipped_fraction,
     collect_skips,
     drop_bad_rows,
@@ -24,12 +23,7 @@ from pipeline.core.skips import (
 )
 from pipeline.core.write import DistilledSetWriter, read_manifest
 from pipeline.errors import DataError
-
-
-def _img(path, color="red", size=(8, 8)):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", size, color).save(path)
-    return path
+from tests.image_files import write_image
 
 
 @pytest.fixture()
@@ -37,8 +31,8 @@ def messy(tmp_path):
     """3 classes: 'good' (3 ok), 'short' (1 ok + 1 corrupt + 1 txt), 'bad' (only a zero-byte file)."""
     root = tmp_path / "data"
     for i in range(3):
-        _img(root / "good" / f"{i}.png")
-    _img(root / "short" / "ok.PNG")
+        write_image(root / "good" / f"{i}.png")
+    write_image(root / "short" / "ok.PNG")
     (root / "short" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really")
     (root / "short" / "notes.txt").write_text("x")
     (root / "bad").mkdir()
@@ -71,8 +65,8 @@ def test_data_check_cli_exit_codes_and_json(messy, tmp_path, capsys):
     assert rep["counts"]["good"] == 3 and len(rep["skipped"]) == 4
     clean = tmp_path / "clean"
     for c in ("a", "b"):
-        _img(clean / c / "1.png")
-        _img(clean / c / "2.png")
+        write_image(clean / c / "1.png")
+        write_image(clean / c / "2.png")
     assert main(["data", "check", str(clean), "--ipc", "2"]) == 0
     assert capsys.readouterr().out.strip().endswith("OK")
     assert main(["data", "check", str(clean), "--ipc", "3"]) == 1
@@ -83,8 +77,8 @@ def test_data_check_cli_exit_codes_and_json(messy, tmp_path, capsys):
 
 def test_data_check_warnings(tmp_path):
     root = tmp_path / "d"
-    _img(root / "Cat" / "1.png")
-    _img(root / "cat" / "1.png")
+    write_image(root / "Cat" / "1.png")
+    write_image(root / "cat" / "1.png")
     os.symlink(root / "cat" / "1.png", root / "cat" / "2.png")
     (tmp_path / "names.json").write_text(json.dumps({"Cat": "crane", "cat": "Crane"}))
     rep = check_dataset(root, ipc=1, class_names=tmp_path / "names.json")
@@ -103,9 +97,8 @@ def test_data_check_parallel_matches_serial(demo_root):
 
 def test_skip_log_writes_sorted_jsonl_and_resumes(tmp_path):
     log = SkipLog(tmp_path / "skipped.jsonl")
-    batch = {"path": np.array(["z.jpg", "a.jpg", "m.jpg"]), "error": np.array(["cannot decode: OSError: x", "", "zero-byte file"], dtype=object)}
-    good = log.add_from_batch(batch, stage="decode")
-    assert good.tolist() == [False, True, False]
+    log.add("z.jpg", "cannot decode: OSError: x", "decode")
+    log.add("m.jpg", "zero-byte file", "decode")
     log.add("z.jpg", "cannot decode: OSError: x", "decode")  # the same file again (a retried batch)
     log.extend([{"path": "r/notes.txt", "reason": "not an image file extension"}], stage="scan")
     log.write()
@@ -134,11 +127,6 @@ def test_skip_thresholds():
     log.check(total=20, max_fraction=0.05)
     with pytest.raises(DataError):
         log.check(total=19, max_fraction=0.05)
-    check_errored_blocks(0, 0)
-    check_errored_blocks(3, 3)
-    check_errored_blocks(100, -1)
-    with pytest.raises(DataError, match=r"4 Ray blocks failed in embed, above ray.max_errored_blocks=3"):
-        check_errored_blocks(4, 3, "embed")
     assert missing_keys(["a", "b", "c"], ["c", "a"]) == ["b"]
 
 
@@ -172,7 +160,7 @@ def test_verify_finds_each_kind_of_mismatch(tmp_path, capsys):
     data = bytearray((out / files[2]).read_bytes())  # bit flip that still decodes? checksum catches it
     data[-20] ^= 0xFF
     (out / files[2]).write_bytes(bytes(data))
-    _img(out / "n02" / "stray.png")  # extra
+    write_image(out / "n02" / "stray.png")  # extra
     (out / "n02" / ".x.png.123.tmp").write_bytes(b"")  # leftover temp: a warning only
     rep = verify_set(out)
     probs = "\n".join(rep["problems"])
