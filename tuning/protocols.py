@@ -596,12 +596,7 @@ def train_student(
     train_x: torch.Tensor, train_y: torch.Tensor,
     val_x: torch.Tensor, val_y: torch.Tensor,
     num_classes: int,
-    teacher: nn.Module | None = None,
-    device: torch.device | str = "cpu",
-    rank: int = 0, world_size: int = 1,
-    wrap_model: Callable[[nn.Module], nn.Module] | None = None,
-    on_epoch: Callable[[dict[str, Any]], None] | None = None,
-    norm: tuple[Any, Any] | None = None,
+    **options: Any,
 ) -> dict[str, Any]:
     """Train ``spec.student`` from scratch on ``train_x``/``train_y`` and test on the real val set.
 
@@ -611,10 +606,10 @@ def train_student(
     names, ``report`` says which), the epoch of the best, the last training loss, the evaluation
     history, the LR at the start of every epoch and after the last, and the wall time. With
     ``world_size > 1`` each rank trains on its shard of every shuffled epoch (DDP via ``wrap_model``).
+    ``options`` are ``train_on``'s keywords (``teacher``, ``device``, ``rank``, ``world_size``, ``wrap_model``,
+    ``on_epoch``, ``norm``).
     """
-    return train_on(spec, TensorBatches(train_x, train_y), val_x, val_y, num_classes, teacher=teacher,
-                    device=device, rank=rank, world_size=world_size, wrap_model=wrap_model, on_epoch=on_epoch,
-                    norm=norm)
+    return train_on(spec, TensorBatches(train_x, train_y), val_x, val_y, num_classes, **options)
 
 
 def train_on(

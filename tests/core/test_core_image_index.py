@@ -7,17 +7,10 @@ import os
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from pipeline.checks.data_check import check_dataset, format_report
 from pipeline.core.image_index import scan_image_folder
-
-
-def _img(path, color="red", size=(8, 8)):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", size, color).save(path)
-    return path
-
+from tests.image_files import write_image
 
 # ---- item 1: a folder link back into the dataset ------------------------------------------------
 
@@ -27,14 +20,14 @@ def linked(tmp_path):
     """a: 2 images + ``all -> ..`` (the root) + ``b_link -> ../b``; b: 3 images; c: 1 image + a file link into b."""
     root = tmp_path / "data"
     for i in range(2):
-        _img(root / "a" / f"a{i}.png")
+        write_image(root / "a" / f"a{i}.png")
     for i in range(3):
-        _img(root / "b" / f"b{i}.png", "blue")
-    _img(root / "c" / "c0.png", "green")
+        write_image(root / "b" / f"b{i}.png", "blue")
+    write_image(root / "c" / "c0.png", "green")
     os.symlink("..", root / "a" / "all")
     os.symlink("../b", root / "a" / "b_link")
     os.symlink("../b/b0.png", root / "c" / "stolen.png")
-    ext = _img(tmp_path / "store" / "x.png", "white")  # a link that leads outside the dataset is data
+    ext = write_image(tmp_path / "store" / "x.png", "white")  # a link that leads outside the dataset is data
     os.symlink(ext, root / "c" / "outside.png")
     os.symlink(ext, root / "b" / "outside_again.png")  # ... but counted once
     return root
@@ -73,7 +66,7 @@ def test_data_check_reports_one_line_per_aliased_folder(linked):
 def test_two_class_folders_linked_to_one_real_folder(tmp_path):
     store = tmp_path / "store"
     for i in range(2):
-        _img(store / f"{i}.png")
+        write_image(store / f"{i}.png")
     root = tmp_path / "data"
     root.mkdir()
     os.symlink(store, root / "x")
