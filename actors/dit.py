@@ -156,9 +156,10 @@ class DiTRecoverActor:
 
     Input columns: ``image`` (``[B, H, W, 3]`` float in [0, 1] or uint8), ``dit_class``,
     ``seed``; everything else passes through. ``expected_classes``: the class count the driver's class map
-    assumed where it could not read the DiT's config (a hub id not cached there), checked on load. Adds ``recovered`` (uint8 ``[B, H, W, 3]``)
-    and drops ``image``. The model sees micro-batches of exactly ``micro_batch`` rows
-    (``ray.micro_batch_sizes.recover``), so results are byte-identical whatever the Ray batch.
+    assumed where it could not read the DiT's config (a hub id not cached there), checked on load. Adds
+    ``recovered`` (uint8 ``[B, H, W, 3]``) and drops ``image``. The model sees micro-batches of exactly
+    ``micro_batch`` rows (``ray.micro_batch_sizes.recover``), so results are byte-identical whatever the Ray
+    batch.
     """
 
     def __init__(self, model_ref: str, settings: dict[str, Any], resolution: int, zoo_dir: str | None = None,

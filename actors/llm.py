@@ -157,7 +157,8 @@ class LLMActor:
         from actors.captioner import load_count_tokenizer
         from actors.loading import set_torch_threads
 
-        set_torch_threads(torch_threads)  # edits.llm_torch_threads, else the pool's plan (its CPU reservation)
+        # edits.llm_torch_threads, else the pool's plan (its CPU reservation)
+        set_torch_threads(torch_threads)
         self.chat = chat or make_backend(backend, model_ref, zoo_dir, dtype, url, api_key_env, timeout_s,
                                          pad_to=pad_to)
         # fixed model batch (+ the transformers backend's fixed pad length): a text prototype does not depend

@@ -5,8 +5,8 @@ same batch and decode with the same VAE:
 - plain: pure noise at ``timesteps[start_step]`` -> class-conditional DDIM with CFG -> decode;
 - DIVER: VAE-encode the input -> inherit (noise to ``start_step``) -> the same DDIM loop with
   semantic guidance in the fusion window -> decode.
-Runs alternate (plain, DIVER, DIVER, plain, ...) so machine noise and warm caches hit both alike; the ratio uses
-the fastest run of each (the least disturbed). Peak memory: ``torch.cuda.max_memory_allocated``
+Runs alternate (plain, DIVER, DIVER, plain, ...) so machine noise and warm caches hit both alike; the ratio
+uses the fastest run of each (the least disturbed). Peak memory: ``torch.cuda.max_memory_allocated``
 on GPU, else the peak process RSS above the pre-run level, sampled every millisecond.
 
     python bench/diver_overhead.py                      # zoo DiT, CPU

@@ -105,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
           f"load average {os.getloadavg()[0]:.2f}")
     t0 = time.perf_counter()
     started = init_ray(ray_cfg)
-    ours_round([0], [class_features(0, 64, args.dim, args.k, args.seed)], settings, ray_cfg)  # warm the workers
+    # warm the workers
+    ours_round([0], [class_features(0, 64, args.dim, args.k, args.seed)], settings, ray_cfg)
     startup = time.perf_counter() - t0
     sec = {"sklearn": 0.0, "ours": 0.0}
     obj = {"sklearn": 0.0, "ours": 0.0}

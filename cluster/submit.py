@@ -150,7 +150,8 @@ def summary_from_logs(logs: str) -> dict[str, Any] | None:
 
 
 def main(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config, getattr(args, "overrides", None) or [], resolve=False)  # paths: the job's working dir
+    # paths: the job's working dir
+    cfg = load_config(args.config, getattr(args, "overrides", None) or [], resolve=False)
     if cfg.method not in ("edits", "diver"):
         raise SemdistillError(f"method must be edits or diver to submit, got {cfg.method!r} ({args.config})")
     address = dashboard_address(getattr(args, "address", None), cfg)

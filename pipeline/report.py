@@ -43,7 +43,8 @@ def set_grid(set_dir: str | os.PathLike, per_class: int = 10, cell: int = 48,
         if len(rows[label]) < per_class:
             rows[label].append(path)
     labels = sorted(rows)[:max_classes]
-    return paint_grid([rows[k] for k in labels], cell, margin=2, bad_tile=(255, 0, 0))  # unreadable: a red tile
+    # unreadable: a red tile
+    return paint_grid([rows[k] for k in labels], cell, margin=2, bad_tile=(255, 0, 0))
 
 
 def overview_image(grids: dict[str, Image.Image], rows: list[dict[str, Any]], gap: int = 12) -> Image.Image:

@@ -108,7 +108,8 @@ def test_prototypes_export_has_texts_and_member_keys(edits_run, tmp_path):
     assert list(ds["cluster_key"]) == sorted(clusters) and len(ds) == 4  # IPC 2 x 2 classes, label order
     for r in ds:
         cl = clusters[r["cluster_key"]]
-        assert r["text_prototype"] == edits_run["texts"][r["cluster_key"]]["text"]  # texts.json and the journal
+        # texts.json and the journal
+        assert r["text_prototype"] == edits_run["texts"][r["cluster_key"]]["text"]
         assert r["llm_raw"] == f"Summary: {r['cluster_key']}" and r["text_model"] == KEYS["prototype.text"]["models.llm"]
         assert r["members"] == [_rel(p, root) for p in cl["members"]] and r["size"] == len(r["members"])
         assert r["member_distances"] == pytest.approx(cl["distances"])

@@ -43,7 +43,8 @@ def test_report_html_and_markdown(tmp_path):
     html = Path(paths["report_html"]).read_text()
     assert html.count("data:image/png;base64,") == 3  # two grids + the sweep plot
     assert "80.00 ± 0.50" in html and "resnet18 (width=16)" in html and "diver.gamma" in html
-    assert "<td><b>75.00</b></td>" in html  # random_real: mean over its two students (rows without in_mean count)
+    # random_real: mean over its two students (rows without in_mean count)
+    assert "<td><b>75.00</b></td>" in html
     md = Path(paths["results_md"]).read_text()
     assert "- a note" in md and "| digits | 10 | diver | 60.00 ± 0.50 | - | 60.00 |" in md and "## Sweep" in md
     assert (tmp_path / "report_files" / "grid_diver.png").is_file()
@@ -64,4 +65,5 @@ def test_overview_titles_carry_the_mean_over_students():
     with_acc, without = overview_image(grids, rows), overview_image(grids, [])
     assert with_acc.size == without.size == (59, 76)  # the column holds the widest title line, '100.0%'
     assert ImageChops.difference(with_acc, without).getbbox() is not None  # "a: 75.0%" vs "a"
-    assert np.asarray(with_acc)[6 + 32 + 5, 19 + 5].tolist() == [0, 0, 0]  # the grid sits under the title, centred
+    # the grid sits under the title, centred
+    assert np.asarray(with_acc)[6 + 32 + 5, 19 + 5].tolist() == [0, 0, 0]

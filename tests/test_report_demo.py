@@ -39,7 +39,8 @@ def test_pivot_mean_leaves_the_proxy_out_like_results_md(tmp_path):
     from tuning.evaluate import results_markdown
 
     page = write_report(tmp_path, ROWS) and (tmp_path / "report.html").read_text()
-    assert _pivot_means(page) == {"full_real": "89.00", "random_real": "65.00", "dm": "35.00"}  # not 78.33 etc.
+    # not 78.33 etc.
+    assert _pivot_means(page) == {"full_real": "89.00", "random_real": "65.00", "dm": "35.00"}
     md = results_markdown(ROWS)
     assert "| digits | 10 | dm | 75.00 ± 0.50 | 30.00 ± 0.50 | 40.00 ± 0.50 | 35.00 |" in md  # the same 35.00
     assert "mean over unseen architectures" in page and "convnet †" in page
@@ -89,7 +90,8 @@ def test_edits_members_generated_image_and_text_and_diver_panel(tmp_path):
     assert len(strips) == 3
     strip = Image.open(io.BytesIO(base64.b64decode(strips[0])))
     cell, margin, pad = 48, 2, 2
-    assert strip.size == (margin + 7 * (cell + pad), margin + cell + pad)  # 5 members, a gap, the generated image
+    # 5 members, a gap, the generated image
+    assert strip.size == (margin + 7 * (cell + pad), margin + cell + pad)
     px = np.asarray(strip)
     x = lambda col: margin + col * (cell + pad) + cell // 2
     assert tuple(px[margin + cell // 2, x(4)]) == (160, 0, 0) and tuple(px[margin + cell // 2, x(6)]) == (200,) * 3

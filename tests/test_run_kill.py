@@ -30,7 +30,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 # the killed run's driver sleeps after each output it writes, so the kill lands between two outputs even in a
-# stage that writes them all within milliseconds (cluster); it is in no stage key, the re-run goes at full speed
+# stage that writes them all within milliseconds (cluster); it is in no stage key, the re-run goes at full
+# speed
 PAUSE = {"debug": {"pause_after_write_s": 0.5}}
 
 

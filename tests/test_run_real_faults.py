@@ -90,7 +90,8 @@ def test_full_disk_in_the_writer_names_path_and_space_and_resumes(tmp_path, smal
     from pipeline.core.write import DistilledSetWriter
 
     rng = np.random.default_rng(0)
-    imgs = [rng.integers(0, 256, (48, 48, 3), dtype=np.uint8) for _ in range(12)]  # ~7 KiB PNGs, incompressible
+    # ~7 KiB PNGs, incompressible
+    imgs = [rng.integers(0, 256, (48, 48, 3), dtype=np.uint8) for _ in range(12)]
 
     def write(out: Path) -> None:
         w = DistilledSetWriter(out, "test")

@@ -431,7 +431,8 @@ def evaluate_sets(sets: dict[str, Any], val_root: str | os.PathLike, cfg: EvalCo
     size = cfg.image_size or load_distilled_size(next(iter(parts.values()))[1])
     val_x, val_y, classes, _ = load_image_arrays(val_root, size, classes=classes, skip_bad=True,
                                                  resize=val_resize_for(size, cfg.val_resize))
-    norm = dataset_norm(cfg, classes, train_root, val_x, size, log=log)  # one for every set, never a set's own
+    # one for every set, never a set's own
+    norm = dataset_norm(cfg, classes, train_root, val_x, size, log=log)
     zca = fit_dataset_zca(cfg, train_root, classes, size, norm) if cfg.zca else None
     loaded: dict[str, dict[str, Any]] = {}
     arrays: dict[str, dict[str, Any]] = {}
@@ -547,7 +548,8 @@ def _teacher_normalised(arrays: dict[str, Any], teacher_state: dict[str, Any] | 
 
 def load_teacher_checkpoint(cfg: EvalConfig, num_classes: int, size: int) -> dict[str, Any]:
     """The soft-label teacher from ``eval.teacher_checkpoint``: a state dict of ``build_student(eval.teacher)``
-    in our names or, for ``resnet18_imagenet_*``, torchvision's / timm's (``tuning.teacher_ckpt``; a ``module.``
+    in our names or, for ``resnet18_imagenet_*``, torchvision's / timm's (``tuning.teacher_ckpt``; a
+    ``module.``
     prefix from DDP is dropped); inputs use ``eval.teacher_mean`` / ``teacher_std``."""
     path = Path(cfg.teacher_checkpoint or "")
     state = read_state_dict(path)

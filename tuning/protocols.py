@@ -53,8 +53,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     # 3000 at IPC 1, 2000 at <= 10, 1500 at <= 50, 1000 at <= 200, 500 at <= 500, else 300; with exactly
     # 100 classes (``nclass == 100``; ImageNet-1K keeps the table) x2/3, floored to a multiple of 100
     # (2000 -> 1300, 1500 -> 1000, 1000 -> 600). See ``run_epochs``.
-    # Above 100 classes (``args.nclass > 100`` for ImageNet) IDC/Minimax/EDITS switch to lr 0.1, weight decay 1e-4
-    # and a batch of at least 128 (einsteinxia/EDITS evaluation/Minimax/argument.py lines 296-304, commit 42e7d0c;
+    # Above 100 classes (``args.nclass > 100`` for ImageNet) IDC/Minimax/EDITS switch to lr 0.1, weight decay
+    # 1e-4
+    # and a batch of at least 128 (einsteinxia/EDITS evaluation/Minimax/argument.py lines 296-304, commit
+    # 42e7d0c;
     # the same block in IDC's argument.py). The real val images are Resize(size) + CenterCrop(size) (EDITS
     # evaluation/Minimax/data.py lines 310-312 and 810-812, commit 42e7d0c), never Resize(256) at 224 px.
     "edits": {"protocol": "hard", "optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4,
@@ -69,11 +71,14 @@ PRESETS: dict[str, dict[str, Any]] = {
     # PReDD/MTT cross-architecture evaluation (what DIVER reports): per-student lr, batch 256, linear
     # warm-up over the first half then cosine, EMA 0.995 once per epoch with warm-up, DSA, 5 runs.
     # Read in Shuzhiyong13/PReDD utils_szy.py ``evaluate_synset`` (lines 457-518): SGD momentum 0.9, wd 5e-4
-    # (line 464); LinearLR from 1e-7 to 1 over E//2 epochs, then CosineAnnealingLR(T_max=E//2) (lines 466-468),
+    # (line 464); LinearLR from 1e-7 to 1 over E//2 epochs, then CosineAnnealingLR(T_max=E//2) (lines
+    # 466-468),
     # both stepped once per epoch (line 497, switched at ep == E//2, lines 498-499), hence lr_step_unit epoch;
     # ema-pytorch EMA(beta=0.995, power=1, update_after_step=0) (line 478) updated once per epoch after the
-    # training pass (line 496), the EMA model tested after the last epoch (line 502): see ``_ema`` for its ramp.
-    # Left as is: our warm-up starts at 1/W, not 1e-7, and reaches 1 one epoch earlier than PReDD's (which holds
+    # training pass (line 496), the EMA model tested after the last epoch (line 502): see ``_ema`` for its
+    # ramp.
+    # Left as is: our warm-up starts at 1/W, not 1e-7, and reaches 1 one epoch earlier than PReDD's (which
+    # holds
     # 1 for two epochs and so ends its cosine one epoch short of 0).
     "diver": {"protocol": "hard", "optimizer": "sgd", "epochs": 1000, "batch_size": 256, "lr": 0.01,
               "lr_per_student": {"convnet": 0.001, "resnet18": 0.001, "vit": 0.001, "mobilenetv2": 0.01,
@@ -83,19 +88,23 @@ PRESETS: dict[str, dict[str, Any]] = {
               "augment": "dsa", "dsa_strategy": DEFAULT_STRATEGY, "repeats": 5, "report": "final"},
     # MTT evaluate_synset: lr 0.01 decayed x0.1 at half, batch 256, DSA, 1000 epochs.
     # The lr is MTT's learned one (``args.lr_net = syn_lr.item()`` before ``evaluate_synset``,
-    # GeorgeCazenavette/mtt-distillation distill.py, commit 1a6f630) when a set carries it (``lr_best.pt`` beside
-    # images_best.pt, as MTT's descendants save it); without it the preset is DC's ``evaluate_synset`` with its
+    # GeorgeCazenavette/mtt-distillation distill.py, commit 1a6f630) when a set carries it (``lr_best.pt``
+    # beside
+    # images_best.pt, as MTT's descendants save it); without it the preset is DC's ``evaluate_synset`` with
+    # its
     # fixed lr 0.01. ``eval.zca`` whitens as MTT's CIFAR runs (``--zca``).
     "mtt": {"protocol": "hard", "epochs": 1000, "lr": 0.01, "batch_size": 256, "schedule": "step",
             "augment": "dsa", "momentum": 0.9, "weight_decay": 5e-4, "repeats": 5, "lr_from_set": True},
     # RDED: AdamW, half-cosine per epoch (ends at 0.5x), ShufflePatches + RRC + flip, CutMix relabelled
     # by the teacher, KL at T = 20 without a T^2 factor, best over the last 20% of training.
-    # Augmentation order and crop scale as LINs-lab/RDED validation/main.py lines 115-126: ShufflePatches(factor)
+    # Augmentation order and crop scale as LINs-lab/RDED validation/main.py lines 115-126:
+    # ShufflePatches(factor)
     # on the tensor first, then RandomResizedCrop with scale (1 / factor, max_scale_crops), then the flip;
     # factor 2 (argument.py lines 54-58, and every ImageNet script in scripts/) and max_scale_crops 1
     # (argument.py line 112) give scale (0.5, 1.0), not torchvision's (0.08, 1.0).
     # Read in LINs-lab/RDED at commit 3f6453d: the batch by IPC (argument.py lines 234-248: 10 / 50 / 100 at
-    # IPC 1 / 10 / 50, x2 at exactly 100 or 1000 classes, capped at IPC x classes, lines 254-256); the AdamW lr
+    # IPC 1 / 10 / 50, x2 at exactly 100 or 1000 classes, capped at IPC x classes, lines 254-256); the AdamW
+    # lr
     # per student (argument.py lines 269-299: conv* / resnet18* 0.001, efficientnet_b0 0.002, mobilenet_v2
     # 0.0025, vit_b_16 0.0001; keyed here by our student-name prefixes); weight decay 0.01 only on parameters
     # named "weight" with >= 2 dimensions (validation/utils.py ``get_parameters`` lines 67-84); a test after
@@ -111,9 +120,11 @@ PRESETS: dict[str, dict[str, Any]] = {
              "batch_size": 100, "batch_by_ipc": {1: 10, 10: 50, 50: 100}, "batch_factor_by_classes": {100: 2, 1000: 2},
              "best_from": 0.8, "best_every": 10, "report": "best", "repeats": 3,
              "teacher": "resnet18_imagenet_bn", "teacher_required": True},
-    # SRe2L (VILA-Lab/SRe2L SRe2L/validate/train_KD.py, commit d6a720e): AdamW 0.001, weight decay 0.01 on >= 2-D
+    # SRe2L (VILA-Lab/SRe2L SRe2L/validate/train_KD.py, commit d6a720e): AdamW 0.001, weight decay 0.01 on >=
+    # 2-D
     # weights (``get_parameters``), a full cosine to 0 per epoch, RRC(0.08-1) + flip, CutMix relabelled by the
-    # pretrained teacher, KL at T = 20 (train_KD.sh) with the T^2 line commented out, batch 1,024 (the default;
+    # pretrained teacher, KL at T = 20 (train_KD.sh) with the T^2 line commented out, batch 1,024 (the
+    # default;
     # train_KD.sh runs 512 x 2 gradient accumulation, the same effective batch), capped at IPC x classes; a
     # test every 10 epochs and the last, the best over all of them (train_KD.py: ``epoch % 10 == 0``).
     "sre2l": {"protocol": "soft", "optimizer": "adamw", "lr": 0.001, "weight_decay": 0.01, "epochs": 300,
@@ -606,8 +617,8 @@ def train_student(
     names, ``report`` says which), the epoch of the best, the last training loss, the evaluation
     history, the LR at the start of every epoch and after the last, and the wall time. With
     ``world_size > 1`` each rank trains on its shard of every shuffled epoch (DDP via ``wrap_model``).
-    ``options`` are ``train_on``'s keywords (``teacher``, ``device``, ``rank``, ``world_size``, ``wrap_model``,
-    ``on_epoch``, ``norm``).
+    ``options`` are ``train_on``'s keywords (``teacher``, ``device``, ``rank``, ``world_size``,
+    ``wrap_model``, ``on_epoch``, ``norm``).
     """
     return train_on(spec, TensorBatches(train_x, train_y), val_x, val_y, num_classes, **options)
 

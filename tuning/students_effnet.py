@@ -6,7 +6,8 @@ channels, repeats) = (1,3,1,16,1) (6,3,2,24,2) (6,5,2,40,2) (6,3,2,80,3) (6,5,1,
 sigmoid); head 1x1 conv to 1280 + BN + SiLU, global pool, dropout 0.2, linear.
 Stochastic depth grows linearly to 0.2 over the blocks and the init is torchvision's
 (kaiming-normal fan-out convs, uniform(+-1/sqrt(classes)) linear; ``init="pytorch"`` keeps PyTorch's
-defaults, as PReDD's). 5,288,548 parameters at 1000 classes. The layout is the same at every resolution (total stride 32; 32 px ends at 1 x 1).
+defaults, as PReDD's). 5,288,548 parameters at 1000 classes. The layout is the same at every resolution (total
+stride 32; 32 px ends at 1 x 1).
 """
 
 from __future__ import annotations
@@ -78,7 +79,8 @@ class EfficientNetB0(nn.Module):
         self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(1280, num_classes))
         if init not in ("torchvision", "pytorch"):
             raise ValueError(f"unknown EfficientNet init {init!r} (torchvision | pytorch)")
-        for m in self.modules() if init == "torchvision" else ():  # torchvision's init; pytorch: the layers' own
+        # torchvision's init; pytorch: the layers' own
+        for m in self.modules() if init == "torchvision" else ():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out")
                 if m.bias is not None:

@@ -58,7 +58,8 @@ class _Attention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, _ = x.shape
         q, k, v = (t.view(b, n, self.heads, -1).transpose(1, 2) for t in self.to_qkv(x).chunk(3, dim=-1))
-        out = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(dim_head)) v, no attention dropout
+        # softmax(q k^T / sqrt(dim_head)) v, no attention dropout
+        out = F.scaled_dot_product_attention(q, k, v)
         return self.to_out(out.transpose(1, 2).reshape(b, n, -1))
 
 
@@ -73,7 +74,8 @@ class PReDDViT(nn.Module):
             raise ValueError(f"im_size {im_size} is not a multiple of the patch size {patch} (vit_predd: patch=...)")
         self.patch = patch
         n_tokens = (im_size // patch) ** 2
-        self.to_tokens = nn.Conv2d(channels, dim, patch, patch)  # = vit-pytorch's Linear over flattened patches
+        # = vit-pytorch's Linear over flattened patches
+        self.to_tokens = nn.Conv2d(channels, dim, patch, patch)
         self.pos = nn.Parameter(torch.randn(1, n_tokens + 1, dim))
         self.cls = nn.Parameter(torch.randn(1, 1, dim))
         self.drop = nn.Dropout(emb_dropout)

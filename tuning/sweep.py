@@ -342,8 +342,8 @@ def run_sweep(cfg: Config, run_method: RunMethod, log: Callable[[str], None] = n
     ``log`` gets a header line, one line per finished trial and the best trial's line (a progress bar
     shows while a ``pipeline.core.console.quiet_terminal`` block is open).
 
-    ``run_method(cfg)`` distils one trial's set and returns its path (``pipeline.run.distil_one_set``; passed in so that
-    this layer does not import the methods above it).
+    ``run_method(cfg)`` distils one trial's set and returns its path (``pipeline.run.distil_one_set``; passed
+    in so that this layer does not import the methods above it).
     """
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -421,7 +421,8 @@ def run_sweep(cfg: Config, run_method: RunMethod, log: Callable[[str], None] = n
     done = [t for t in trials if t["mean_top1"] is not None and not math.isnan(t["mean_top1"])]
     if not done:
         full = next((f for f in (find_disk_full(r.error) for r in grid if r.error is not None) if f), None)
-        if full is not None:  # the trials ran out of space: say so, not "every trial failed: <Ray's traceback>"
+        # the trials ran out of space: say so, not "every trial failed: <Ray's traceback>"
+        if full is not None:
             raise full
         errors = "; ".join(t["error"] or "no metric" for t in trials)
         raise ConfigError(f"every sweep trial failed: {errors[:2000]}")

@@ -80,7 +80,8 @@ def check_dataset(root: str | os.PathLike, ipc: int = 1, extensions: tuple[str, 
         for name, ids in duplicate_class_names(names).items():
             warnings.append(f"class name {name!r} is shared by {ids}: prompts will name them with their ids")
     aliases = [s for s in index.skipped if s["reason"].startswith(("aliased", "folder already scanned"))]
-    if aliases:  # the scan resolved real paths once: no file is counted twice or in a class it does not sit under
+    # the scan resolved real paths once: no file is counted twice or in a class it does not sit under
+    if aliases:
         warnings.append(f"{len(aliases)} aliased folder(s)/file(s) skipped (links to files used elsewhere)")
 
     return {

@@ -21,8 +21,8 @@ pipeline/diver/gm.py) at IPC 1, a stage-1 set that overfits its ConvNet, with DI
 baselines and ablations: herding, k-center and the full real set, DIVER's plain DiT pass (gamma 0), EDITS
 without text prototypes, ShuffleNetV2, and the no-augmentation runs DD-Ranking's ARS needs (every set but
 ``full_real``: ARS compares a set with random real images, with and without augmentation). The coresets,
-the ablations and the ARS runs use distillation seed 0 only. The terminal shows one line per stage and one progress bar per long
-stage; everything else goes to ``out/logs/``.
+the ablations and the ARS runs use distillation seed 0 only. The terminal shows one line per stage and one
+progress bar per long stage; everything else goes to ``out/logs/``.
 
 Rows and seeds, for the claim code: ``results.json`` holds one row per (method, IPC, distillation seed,
 student, augment); ``row["distill_seed"]`` is the seed the set was made with (``d``) and ``row["runs"]`` one
@@ -83,7 +83,8 @@ QUICK_EVAL = {**DEMO_EVAL, "epochs": 4, "repeats": 1, "eval_every": 0}
 # val: scripts/choose_demo_eval_batch.sh, random real at that IPC, top-1 on the holdout.
 # IPC 10 (2 seeds, 20 epochs): batch 64 left MobileNetV2 at chance (10.3%; ResNet-18 68.2, ConvNet 92.5),
 # 32 gave 76.7 (90.9, 92.3), 16 gave 90.1 (92.6, 92.5): batch 16, 140 SGD steps.
-# IPC 1 (3 seeds, final top-1; a batch is capped at the set's 10 images, so 10 is the full batch and 16 the same
+# IPC 1 (3 seeds, final top-1; a batch is capped at the set's 10 images, so 10 is the full batch and 16 the
+# same
 # run): 100 epochs gave ConvNet 74.3, ResNet-18 59.1, MobileNetV2 53.1 (unseen mean 56.1); 300 epochs gave
 # ConvNet 75.9, ResNet-18 65.5 (above 100 epochs at each of the 3 seeds); MobileNetV2 at 300 epochs was not
 # measured (the shared CPU ran out of time): 300 epochs, full batch, tests at 150 and 300 as IPC 10's halfway.
@@ -134,7 +135,8 @@ class DemoPlan:
         """Every set the plan evaluates, in the order they are made."""
         specs: list[SetSpec] = []
         for ipc in self.ipcs:
-            for d in self.distill_seeds:  # random real at every seed (the claims' reference); coresets at the first
+            # random real at every seed (the claims' reference); coresets at the first
+            for d in self.distill_seeds:
                 specs += [SetSpec(b, ipc, d) for b in self.baselines
                           if b == "random_real" or (b != "full_real" and d == self.distill_seeds[0])]
         if "full_real" in self.baselines:
@@ -517,7 +519,8 @@ def _run_demo(out: Path, quick: bool, full: bool, logs: Path) -> dict[str, Any]:
         sets[spec.name], specs[spec.name] = Path(res["output"]), spec
     timings["baselines_s"] = round(time.time() - t0, 1)
 
-    base = method_config("diver", out, data, quick, logs=logs, ipcs=plan.ipcs)  # its ray section runs the demo
+    # its ray section runs the demo
+    base = method_config("diver", out, data, quick, logs=logs, ipcs=plan.ipcs)
     panels: dict[str, Path] = {}
     with ray_session(base.ray):
         t0 = time.time()

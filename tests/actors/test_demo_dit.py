@@ -30,7 +30,8 @@ def test_tiny_recipe_saves_a_loadable_dit_pipeline_with_its_check(demo_root, tmp
     report = train_demo_dit(tmp_path / "demo_dit", data=demo_root, recipe=recipe, log=logs.append)
     assert report["train_images"] == 1438 and report["classes"] == [str(i) for i in range(10)]
     assert report["samples_checked"] == 10 and 0.0 <= report["sample_accuracy"] <= 1.0
-    assert report["classifier_val_accuracy"] > 0.5  # one epoch on real digits already beats chance (0.1) by far
+    # one epoch on real digits already beats chance (0.1) by far
+    assert report["classifier_val_accuracy"] > 0.5
     assert report["recovered_checked"] == 10 and 0.0 <= report["recover_accuracy"] <= 1.0
     assert sorted(report["recover_accuracy_per_class"]) == report["classes"]
     saved = json.loads((tmp_path / "demo_dit" / "demo_dit.json").read_text())
@@ -118,7 +119,8 @@ def test_the_shipped_demo_dit_passes_both_checks_on_the_methods_paths():
     from actors.shipped import WEIGHTS_DIR
 
     report = json.loads((WEIGHTS_DIR / "demo_dit" / "demo_dit.json").read_text())
-    assert report["recipe"] == json.loads(json.dumps(asdict(DemoDiTRecipe())))  # the recipe's defaults made them
+    # the recipe's defaults made them
+    assert report["recipe"] == json.loads(json.dumps(asdict(DemoDiTRecipe())))
     assert report["samples_checked"] == 200 and report["recovered_checked"] == 600
     assert report["recipe"]["check_steps"] == 50 and report["recipe"]["check_cfg_scale"] == 4.0
     assert report["sample_accuracy"] >= 0.97 and report["recover_accuracy"] >= 0.97, report

@@ -140,7 +140,8 @@ def test_recorded_checks_have_their_shape_and_pass_their_thresholds():
     assert sd["img2img_class_prompt_accuracy"] >= sd_min.min_img2img_class_prompt_accuracy
     assert set(sd["img2img_class_prompt_accuracy_per_ipc"]) == {"1", "10"}
     assert set(sd["img2img_class_prompt_accuracy_per_class"]) == set(NAMES.values())
-    assert sd["img2img_text_prototype_accuracy"] >= sd_min.min_img2img_text_prototype_accuracy  # SmolLM2's prompts
+    # SmolLM2's prompts
+    assert sd["img2img_text_prototype_accuracy"] >= sd_min.min_img2img_text_prototype_accuracy
     assert sd["img2img_text_prototype_clusters_checked"]["1"] == 10
 
 
@@ -171,7 +172,8 @@ def test_a_zoo_copy_of_older_shipped_weights_is_rebuilt(tmp_path):
     assert built and zoo.is_built("demo_sd", tmp_path)
     assert not zoo.build_role("demo_sd", tmp_path)[1]  # current: a no-op
     unet = path / "unet" / "diffusion_pytorch_model.safetensors"
-    for old_marker in (zoo.ZOO_VERSION, f"{zoo.ZOO_VERSION} shipped {'0' * 64}"):  # before digests; older weights
+    # before digests; older weights
+    for old_marker in (zoo.ZOO_VERSION, f"{zoo.ZOO_VERSION} shipped {'0' * 64}"):
         unet.write_bytes(b"older weights")
         (path / zoo.MARKER).write_text(old_marker)
         assert not zoo.is_built("demo_sd", tmp_path)

@@ -66,7 +66,8 @@ def test_training_texts_follow_the_mix_and_the_dropout(demo_data):
     summary = [{"members": [4], "text": "the cached summary"}]
     llm = demo_models.TrainingTexts(demo_data, replace(recipe, text_mix=(0, 0, 0, 1), caption_dropout=0), summary)
     out = llm([4, 5])
-    assert out[0] == "the cached summary" and out[1].endswith(".")  # no summary of image 5: an LLM-style sentence
+    # no summary of image 5: an LLM-style sentence
+    assert out[0] == "the cached summary" and out[1].endswith(".")
 
 
 def test_summary_groups_are_seeded_groups_of_one_class(demo_data):
@@ -112,7 +113,8 @@ def test_image_prototype_is_the_mean_scaled_latent_of_the_members(demo_data):
 
 def test_cached_smollm2_prototypes_summarise_the_current_check_clusters(demo_data):
     texts = demo_sd_text.load_check_texts()
-    assert {k for k in texts if k.startswith("ipc1/")} == {f"ipc1/{c}/0" for c in range(10)}  # every IPC 1 cluster
+    # every IPC 1 cluster
+    assert {k for k in texts if k.startswith("ipc1/")} == {f"ipc1/{c}/0" for c in range(10)}
     for ipc in (1, 10):
         for cl in demo_sd_check.clusters_of(demo_data, str(shipped.WEIGHTS_DIR / "demo_clip"), ipc, seed=0):
             entry = texts.get(demo_sd_check.cluster_key(ipc, cl))

@@ -166,7 +166,8 @@ def test_vllm_caption_requests_carry_the_image_and_the_instruct_prompt(monkeypat
                                            processor_kwargs={"max_concurrent_batches": 1}, zoo_dir=str(zoo_dir))
     assert seen["model_source"] == str(zoo_path("llava", zoo_dir))
     assert seen["chat_template_stage"] is True and seen["tokenize_stage"] is False
-    assert "prepare_multimodal_stage" not in seen  # Ray 2.60's imports vllm.entrypoints.chat_utils (gone in 0.32)
+    # Ray 2.60's imports vllm.entrypoints.chat_utils (gone in 0.32)
+    assert "prepare_multimodal_stage" not in seen
     assert seen["engine_kwargs"] == {"max_model_len": 4096, "dtype": "float32"}
     assert seen["max_concurrent_batches"] == 1
 
@@ -176,7 +177,8 @@ def test_vllm_caption_requests_carry_the_image_and_the_instruct_prompt(monkeypat
     assert req["sampling_params"] == {"temperature": 0.0, "max_tokens": 9}
     text = prompts.caption_instruction("handwritten digit three", 9)
     assert req["messages"] == [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
-    assert np.array_equal(np.asarray(req["multimodal_data"]["image"]), image)  # the decoded pixels, as a PIL image
+    # the decoded pixels, as a PIL image
+    assert np.array_equal(np.asarray(req["multimodal_data"]["image"]), image)
     # the chat-template stage renders the model's template over these messages: the transformers prompt
     proc = AutoProcessor.from_pretrained(zoo_path("llava", zoo_dir))
     rendered = proc.apply_chat_template(req["messages"], add_generation_prompt=True, tokenize=False)

@@ -127,7 +127,8 @@ def test_worker_node_lost_mid_recovery(two_nodes, zoo_dir, tmp_path):
     torch.save({"images": torch.rand(n, 3, 32, 32, generator=g), "labels": torch.arange(n) % 3,
                 "classes": ["3", "5", "7"]}, stage1)
     # CPU actors, restartable on the head; the config's own max_restarts 4 and max_task_retries -1 (with a
-    # bounded count, the retries are spent in the seconds before Ray declares the node dead, and the stage fails)
+    # bounded count, the retries are spent in the seconds before Ray declares the node dead, and the stage
+    # fails)
     cpu = ["ray.actor_num_gpus=0"]
     ref = zoo_diver(stage1, zoo_dir, tmp_path / "ref", pool=2, few_steps=False) + [*cpu, "ray.num_cpus=2"]
     semdistill_run("diver_imagenet1k.yaml", ref, local_env(), tmp_path / "ref.log")

@@ -71,7 +71,8 @@ def test_ray_batches_are_whole_micro_batches():
     cfg = Config.model_validate({"ray": {"batch_sizes": {"generate": 10}, "micro_batch_sizes": {"generate": 4},
                                          "pool_sizes": {"generate": 1}}})
     assert ActorStage("generate", object, {}).pool(cfg)["batch_size"] == 12
-    assert ActorStage("other", object, {}, default_batch=6).pool(cfg)["batch_size"] == 6  # no micro-batch: as set
+    # no micro-batch: as set
+    assert ActorStage("other", object, {}, default_batch=6).pool(cfg)["batch_size"] == 6
 
 
 def _probe_actor():

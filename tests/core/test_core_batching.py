@@ -24,7 +24,8 @@ def test_run_fixed_pads_trims_and_concatenates():
 
     out = run_fixed(fn, [torch.arange(5), ["a", "b", "c", "d", "e"]], size=2)
     assert out["double"].tolist() == [0, 2, 4, 6, 8] and out["names"] == ["A", "B", "C", "D", "E"]
-    assert calls == [(2, ["a", "b"]), (2, ["c", "d"]), (2, ["e", "e"])]  # the last chunk padded with its last row
+    # the last chunk padded with its last row
+    assert calls == [(2, ["a", "b"]), (2, ["c", "d"]), (2, ["e", "e"])]
     assert chunks(5, 2) == [(0, 2), (2, 4), (4, 5)]
     assert pad_rows(np.array([[1, 2]]), 3).tolist() == [[1, 2]] * 3
     assert run_fixed(lambda x: x + 1, [np.arange(3)], size=None).tolist() == [1, 2, 3]

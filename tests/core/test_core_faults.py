@@ -130,7 +130,8 @@ def test_injected_faults_are_retried_and_do_not_change_outputs(ray_local, rows, 
         # negative control: without the retry setting the injected fault fails the run
         ctx.actor_task_retry_on_errors = False
         with pytest.raises(Exception, match="injected fault"):
-            # no CPU held: Ray Data can leave a failed dataset's actor alive in the session's shared Ray, and a
+            # no CPU held: Ray Data can leave a failed dataset's actor alive in the session's shared Ray, and
+            # a
             # leaked 0.25 CPU starved the EDITS sweep test's decode tasks (a hang in the fresh-clone suite)
             _run(rows, pool=1, batch=4, faults={"every_n": 1, "state_dir": str(tmp_path / "n"), "mode": "raise"},
                  num_cpus=0.0)

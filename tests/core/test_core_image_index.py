@@ -204,7 +204,8 @@ def test_hostile_class_ids_stay_inside_the_output_folder_and_are_reported(tmp_pa
     assert len({p.parent for p in paths}) == len(HOSTILE)
     assert sorted(os.listdir(tmp_path)) == ["nest", "set.pt"] and sorted(os.listdir(tmp_path / "nest")) == ["out"]
     renamed = read_manifest(out)["renamed_classes"]
-    assert sorted(renamed) == sorted(c for c in HOSTILE if c not in ("con", "ok id"))  # con is a plain name on Linux
+    # con is a plain name on Linux
+    assert sorted(renamed) == sorted(c for c in HOSTILE if c not in ("con", "ok id"))
     assert all((out / folder).is_dir() for folder in renamed.values())
     assert (out / "con").is_dir() and (out / "ok id").is_dir()
     rep = verify_set(out)

@@ -19,9 +19,11 @@ def test_edits_gets_the_headline_ipc_1_and_the_trims_merged_into_its_demo_config
     assert cfg.method == "edits" and cfg.edits.ipc == HEADLINE_IPC == 1
     assert method_config("edits", tmp_path / "out", tmp_path / "data", quick=False, ipcs=(10,)).edits.ipc == 10
     assert cfg.edits.num_inference_steps == DEMO_TRIM["edits"]["num_inference_steps"] == 25
-    assert cfg.edits.finetune.max_steps == 160 and cfg.edits.finetune.vae_steps == 0  # the demo SD is pretrained
+    # the demo SD is pretrained
+    assert cfg.edits.finetune.max_steps == 160 and cfg.edits.finetune.vae_steps == 0
     assert (cfg.models.vlm, cfg.models.clip, cfg.models.sd) == ("zoo:demo_vlm", "zoo:demo_clip", "zoo:demo_sd")
-    assert cfg.edits.finetune.learning_rate == own["edits"]["finetune"]["learning_rate"]  # merged, not replaced
+    # merged, not replaced
+    assert cfg.edits.finetune.learning_rate == own["edits"]["finetune"]["learning_rate"]
     assert cfg.ray.batch_sizes["llm"] == 20 and cfg.ray.batch_sizes["generate"] == own["ray"]["batch_sizes"]["generate"]
     assert cfg.data.root == str(tmp_path / "data" / "train") and cfg.output.dir == str(tmp_path / "out" / "edits")
 

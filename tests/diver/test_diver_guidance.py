@@ -34,7 +34,8 @@ def reference_ddim(transformer, z: torch.Tensor, labels: torch.Tensor, first: in
                    null: int = 1000) -> torch.Tensor:
     """Textbook DDIM (eta 0) with DiT's CFG (channels 0..2), written without the diffusers scheduler."""
     ab = torch.tensor(hand_alpha_bar(), dtype=torch.float64)
-    ts = [round(i * 999 / (steps - 1)) for i in range(steps)]  # DiT's respacing: 0, 111, ..., 999 for 10 steps
+    # DiT's respacing: 0, 111, ..., 999 for 10 steps
+    ts = [round(i * 999 / (steps - 1)) for i in range(steps)]
     z = z.double()
     for i in range(first, -1, -1):
         t = ts[i]

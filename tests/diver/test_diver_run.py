@@ -43,7 +43,8 @@ def test_dm_two_ipcs_recovered_with_manifest_side_by_side_and_resume(demo_root, 
         assert manifest["method"] == "diver" and len(manifest["images"]) == 10 * ipc
         assert manifest["settings"]["gamma"] == 0.1 and manifest["settings"]["fusion_window"] == [4, 3]
         for e in manifest["images"]:
-            assert e["seed"] == image_seed(42, e["class_id"], e["index"])  # from (class, index), not run order
+            # from (class, index), not run order
+            assert e["seed"] == image_seed(42, e["class_id"], e["index"])
             assert e["dit_class"] == int(e["class_id"]) and e["source"].startswith(str(run / name / "stage1"))
             with Image.open(run / name / "diver" / e["file"]) as im:
                 assert im.size == (32, 32) and im.mode == "RGB"
@@ -70,7 +71,8 @@ def test_pt_input_is_denormalised_before_the_vae_and_class_map_applies(zoo_dir, 
     x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     y = torch.tensor([0, 1, 0, 1])
     save_pt(tmp_path / "set.pt", x, y, ["n07753275", "n07753592"], mean, std)
-    # start at the last step (index 0, t = 0): the output is then sensitive to the input pixels even with the zoo DiT
+    # start at the last step (index 0, t = 0): the output is then sensitive to the input pixels even with the
+    # zoo DiT
     cfg = _cfg(tmp_path, demo_root, input=str(tmp_path / "set.pt"), input_mean=mean, input_std=std,
                class_map={"n07753275": 953, "n07753592": 954}, start_step=0, fusion_window=[0, 0],
                reverse_start="start_step", sigma="posterior")

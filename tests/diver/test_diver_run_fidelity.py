@@ -53,7 +53,8 @@ def test_models_vae_is_used_when_vae_source_is_models(zoo_dir):
     cfg = config_from_dict({"method": "diver", "models": {"dit": "zoo:dit", "vae": "zoo:vae"},
                             "diver": {"vae_source": "models"}})
     assert vae_ref_for(cfg) == zoo_vae
-    assert vae_ref_for(config_from_dict({"method": "diver", "models": {"dit": "zoo:dit"}})) is None  # auto, zoo DiT
+    # auto, zoo DiT
+    assert vae_ref_for(config_from_dict({"method": "diver", "models": {"dit": "zoo:dit"}})) is None
     hub = config_from_dict({"method": "diver", "models": {"dit": "facebook/DiT-XL-2-256"}})
     assert vae_ref_for(hub) == "stabilityai/sd-vae-ft-mse"  # auto on a real DiT: the paper's VAE
     actor = DiTRecoverActor("zoo:dit", RecoverSettings().as_dict(), resolution=32, dtype="float32", device="cpu",
@@ -124,7 +125,8 @@ def test_resume_refuses_a_folder_made_with_other_settings_or_input(zoo_dir, ray_
     save_pt(tmp_path / "set.pt", x, torch.tensor([0, 1]), ["a", "b"])
     first = run_diver(_pt_cfg(tmp_path, tmp_path / "set.pt"))
     assert first["sets"]["input"]["recovered_now"] == 2
-    assert run_diver(_pt_cfg(tmp_path, tmp_path / "set.pt"))["sets"]["input"]["recovered_now"] == 0  # same: resume
+    # same: resume
+    assert run_diver(_pt_cfg(tmp_path, tmp_path / "set.pt"))["sets"]["input"]["recovered_now"] == 0
     with pytest.raises(ConfigError, match=r"gamma.*another output.dir.*output.overwrite=true"):
         run_diver(_pt_cfg(tmp_path, tmp_path / "set.pt", gamma=0.3))
     save_pt(tmp_path / "set.pt", x.flip(0), torch.tensor([0, 1]), ["a", "b"])  # same path, other pixels

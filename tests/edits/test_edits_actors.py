@@ -53,7 +53,8 @@ def test_captions_do_not_depend_on_the_ray_batch(zoo_dir):
 def test_clip_embedder_returns_projected_features(zoo_dir):
     from actors.clip_embedder import ClipEmbedder, as_features
 
-    emb = ClipEmbedder("zoo:clip", image_feature="pooled")  # the default, raw_cls: tests/edits/test_edits_fidelity.py
+    # the default, raw_cls: tests/edits/test_edits_fidelity.py
+    emb = ClipEmbedder("zoo:clip", image_feature="pooled")
     batch = {"path": np.array(["a", "b"], dtype=object), "caption": np.array(["a digit", "two"], dtype=object),
              "class_id": np.array(["0", "0"], dtype=object), "image": _images(2), "error": np.array(["", ""], dtype=object)}
     out = emb(batch)

@@ -128,7 +128,8 @@ def test_clip_and_vae_inputs_are_squashed_not_cropped(tmp_path):
     clip = decode_batch(batch, **clip_kwargs(e))["image"][0]
     assert clip.shape == (224, 224, 3)
     assert clip[112, 10].tolist() == [255, 0, 0] and clip[112, 213].tolist() == [0, 0, 255]  # all bands kept
-    expect = np.asarray(Image.fromarray(arr).resize((224, 224), Image.BILINEAR))  # the authors' loader: bilinear
+    # the authors' loader: bilinear
+    expect = np.asarray(Image.fromarray(arr).resize((224, 224), Image.BILINEAR))
     np.testing.assert_array_equal(clip, expect)
     vae = decode_batch(batch, **vae_kwargs(e))["image"][0]
     np.testing.assert_array_equal(vae, np.asarray(Image.fromarray(arr).resize((512, 512), Image.LANCZOS)))

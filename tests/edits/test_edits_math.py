@@ -85,7 +85,8 @@ def test_lsa_ties_break_by_index_and_empty_cluster_borrows_nearest():
     assign = np.array([0, 0, 0, -1])  # row 3 is an outlier; cluster 1 got no members
     sel = select(x, assign, np.array([[0.0, 0.0], [4.0, 4.0]]), k_image=2, k_text=1, candidates=np.array([0, 1, 2]))
     assert sel[1].empty and sel[1].members == []
-    assert sel[1].image_members == [0, 1] and sel[1].text_members == [0]  # nearest clustered rows, never the outlier
+    # nearest clustered rows, never the outlier
+    assert sel[1].image_members == [0, 1] and sel[1].text_members == [0]
 
 
 # ---- k-means, LOF, small classes ---------------------------------------------------------------
@@ -183,6 +184,7 @@ def test_min_snr_weights_match_the_formula():
     expected = np.minimum(snr, 5.0) / snr
     got = min_snr_weights(sched, t, 5.0).numpy()
     assert np.allclose(got, expected, rtol=1e-3)  # the scheduler keeps alphas_cumprod in float32
-    assert got[0] == pytest.approx(5.0 / snr[0], rel=1e-3) and got[2] == pytest.approx(1.0)  # clipped / not clipped
+    # clipped / not clipped
+    assert got[0] == pytest.approx(5.0 / snr[0], rel=1e-3) and got[2] == pytest.approx(1.0)
     v = DDPMScheduler(num_train_timesteps=1000, prediction_type="v_prediction")
     assert np.allclose(min_snr_weights(v, t, 5.0).numpy(), np.minimum(snr, 5.0) / (snr + 1), rtol=1e-3)

@@ -78,7 +78,8 @@ CHANGES: dict[str, tuple[str, ...]] = {
     "ray.pool_sizes": NONE, "ray.batch_sizes": NONE,  # with micro-batches set (see test_batch_sizes_...)
     "ray.micro_batch_sizes": (C,),  # the walk changes the first role, caption; the other roles below
     "ray.max_restarts": NONE, "ray.max_task_retries": NONE, "ray.max_errored_blocks": NONE,
-    "ray.cluster_classes_per_task": NONE, "ray.log_to_driver": NONE, "ray.logs_dir": NONE,  # scheduling only: each class is clustered alone with its own seed
+    # scheduling only: each class is clustered alone with its own seed
+    "ray.cluster_classes_per_task": NONE, "ray.log_to_driver": NONE, "ray.logs_dir": NONE,
     "output.dir": NONE, "output.image_format": (G,), "output.overwrite": NONE,
     "debug.fail_every_n_batches": NONE, "debug.fault_mode": NONE, "debug.fault_dir": NONE,
     "debug.pause_after_write_s": NONE,
@@ -206,7 +207,8 @@ def values(world: Path, zoo_dir: Path) -> dict[str, typing.Any]:
 
 # Settings that are valid only together with another change (the config validates them as a pair).
 COMPANIONS: dict[str, dict[str, typing.Any]] = {
-    "diver.reverse_start": {"diver.fusion_window": [25, 10]},  # start_step runs 25..0: the window must lie inside
+    # start_step runs 25..0: the window must lie inside
+    "diver.reverse_start": {"diver.fusion_window": [25, 10]},
     "diver.input": {"diver.stage1": None},  # a given input and the built-in stage 1 contradict each other
     "diver.stage1.outer_loop": {"diver.stage1.method": "gm"},  # gradient matching's loops need method gm
     "diver.stage1.inner_loop": {"diver.stage1.method": "gm"},

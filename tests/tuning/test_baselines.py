@@ -12,14 +12,16 @@ from tuning.evaluate import baseline_sets, load_distilled, set_ipc
 
 
 def test_herding_by_hand():
-    # 1-D points 0, 1, 2, 10: mean 3.25. Step 1: |3.25 - x| -> 2 (1.25). Step 2: |3.25 - (2 + x) / 2| -> 1 is 1.75,
+    # 1-D points 0, 1, 2, 10: mean 3.25. Step 1: |3.25 - x| -> 2 (1.25). Step 2: |3.25 - (2 + x) / 2| -> 1 is
+    # 1.75,
     # 0 is 2.25, 10 is 2.75 -> 1. Step 3: (3 + x) / 3 vs 3.25 -> 10 (1.083) beats 0 (2.25).
     f = np.array([[0.0], [1.0], [2.0], [10.0]])
     assert herding_select(f, 3) == [2, 1, 3]
 
 
 def test_k_center_by_hand():
-    # mean 3.25 -> nearest is 2; farthest from {2} is 10; farthest from {2, 10} is 0 (distance 2 vs 1 for the point 1)
+    # mean 3.25 -> nearest is 2; farthest from {2} is 10; farthest from {2, 10} is 0 (distance 2 vs 1 for the
+    # point 1)
     f = np.array([[0.0], [1.0], [2.0], [10.0]])
     assert k_center_select(f, 3) == [2, 3, 0]
 

@@ -48,7 +48,8 @@ def test_scores_from_table_rows():
     hard = got[("diver", ST, "hard")]
     assert hard["lrs"] == pytest.approx(24.8192, abs=1e-3) and hard["ars"] == pytest.approx(32.5591, abs=1e-3)
     # soft labels: IOR from the soft rows (0.60 - 0.50), HLR from the hard-label row (0.80 - 0.50):
-    # alpha = 0.05 - 0.15 = -0.10 -> (e^-0.1 - e^-1) / (e - e^-1) = 0.228454; no `augment: none` soft rows -> no ARS
+    # alpha = 0.05 - 0.15 = -0.10 -> (e^-0.1 - e^-1) / (e - e^-1) = 0.228454; no `augment: none` soft rows ->
+    # no ARS
     soft = got[("diver", ST, "soft")]
     assert soft["ior"] == pytest.approx(10.0) and soft["lrs"] == pytest.approx(22.8454, abs=1e-3)
     assert "ars" not in soft

@@ -32,7 +32,8 @@ def test_the_true_noise_and_the_posterior_variance_give_zero_kl():
 def test_the_beta_end_of_the_range_costs_the_kl_of_two_variances():
     x0, noise, xt, t = _case(500)
     _, _, beta, post = _posterior(500)
-    want = 0.5 * (math.log(beta) - math.log(post) - 1 + post / beta) / math.log(2)  # means equal: variances only
+    # means equal: variances only
+    want = 0.5 * (math.log(beta) - math.log(post) - 1 + post / beta) / math.log(2)
     got = vlb_bits_per_dim(noise, torch.ones_like(x0), x0, xt, t, AB)
     assert torch.allclose(got, torch.full((3,), want, dtype=torch.float64), rtol=1e-9)
     assert want > 0

@@ -24,7 +24,8 @@ def test_per_seed_draws_run_each_draw_at_its_own_seed_into_one_row():
              "best_epoch": 1, "seconds": 1.0} for j, f in zip(jobs, [50.0, 52.0, 30.0, 34.0])]
     rows = aggregate(runs, loaded, ev, "digits")
     rr = next(r for r in rows if r["method"] == "random_real")
-    assert len(rows) == 2 and rr["top1_mean"] == 32.0 and rr["top1_std"] == 2.0  # (30 + 34) / 2, population std
+    # (30 + 34) / 2, population std
+    assert len(rows) == 2 and rr["top1_mean"] == 32.0 and rr["top1_std"] == 2.0
     assert [run["seed"] for run in rr["runs"]] == [3, 4] and rr["draws"] == {"3": "rr/seed3", "4": "rr/seed4"}
     assert "draws" not in next(r for r in rows if r["method"] == "dm")
     with pytest.raises(DataError, match=r"'random_real' has draws for seeds \[0, 1\].*seeds \[3, 4\]"):

@@ -44,7 +44,8 @@ def test_report_shows_both_tables_and_charts_the_augmented_runs(tmp_path):
     assert "50.00%" not in svg and "40.00%" not in svg
 
 
-# ----------------------------------------------------------------------------- presets, protocol, headline std
+# ----------------------------------------------------------------------------- presets, protocol, headline
+# std
 def _seeded(method: str, student: str, finals: list[float], preset: str = "demo", reported: str = "final",
             ipc: int = 10, in_mean: bool = True, recipe: dict | None = None) -> dict:
     """A row as ``aggregate`` writes it, with its runs (population std over the seeds)."""
@@ -75,7 +76,8 @@ def test_two_presets_in_one_folder_keep_their_own_rows_and_tables(tmp_path):
         "preset diver, protocol hard, augment dsa, top-1 best (selected on the test split)",
         "preset diver, protocol hard, augment dsa, top-1 final"]
     md = results_markdown(rows)
-    # each preset's own headline (never averaged across presets): (81 + 72) / 2 and (60 + 50) / 2; the per-seed
+    # each preset's own headline (never averaged across presets): (81 + 72) / 2 and (60 + 50) / 2; the
+    # per-seed
     # demo headlines are (80 + 70) / 2 = 75 and (82 + 74) / 2 = 78, population std 1.50
     assert "| digits | 10 | dm | 72.00 ± 2.00 | 81.00 ± 1.00 | 76.50 ± 1.50 |" in md
     assert "| digits | 10 | dm | 50.00 ± 0.00 | 60.00 ± 0.00 | 55.00 ± 0.00 |" in md

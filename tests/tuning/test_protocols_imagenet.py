@@ -46,7 +46,8 @@ def test_edits_val_images_are_resize_size_then_center_crop(tmp_path):
     (tmp_path / "c0").mkdir()
     Image.fromarray(rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)).save(tmp_path / "c0" / "a.png")
     got = load_image_arrays(tmp_path, 224, resize=evaluate.val_resize_for(224, cfg.val_resize)).images[0]
-    im = Image.open(tmp_path / "c0" / "a.png").convert("RGB").resize((299, 224), Image.BICUBIC)  # short side 224
+    # short side 224
+    im = Image.open(tmp_path / "c0" / "a.png").convert("RGB").resize((299, 224), Image.BICUBIC)
     want = np.asarray(im.crop(((299 - 224) // 2, 0, (299 - 224) // 2 + 224, 224)))
     assert np.array_equal(got, want)
 
@@ -276,7 +277,8 @@ def test_every_set_and_the_val_set_share_the_train_splits_statistics(tmp_path, m
     for got in (red, grey):
         assert np.allclose(got[0], want.mean(0), atol=1e-5) and np.allclose(got[1], want.std(0), atol=1e-5)
     assert np.array_equal(red[0], grey[0]) and np.array_equal(red[1], grey[1])
-    assert torch.equal(seen[0]["val_x"], seen[1]["val_x"])  # the val set is normalised once, the same for both
+    # the val set is normalised once, the same for both
+    assert torch.equal(seen[0]["val_x"], seen[1]["val_x"])
     assert {r["normalization"] for r in rows} == {"train"}
 
 

@@ -71,7 +71,8 @@ def test_streamed_teacher_has_the_in_memory_teachers_weights(demo_root, val):
     (vx, vy), classes = val
     cfg = EvalConfig(protocol="soft", teacher_epochs=2, seed=3)
     streamed = fit_teacher(demo_root / "train", classes, SIZE, cfg, (vx, vy), log=lambda _m: None)
-    x, y, _, _ = read.load_image_arrays(demo_root / "train", SIZE, classes=classes, skip_bad=True)  # as before
+    # as before
+    x, y, _, _ = read.load_image_arrays(demo_root / "train", SIZE, classes=classes, skip_bad=True)
     mean, std = channel_stats(x)
     np.testing.assert_array_equal(streamed["mean"], mean)
     np.testing.assert_array_equal(streamed["std"], std)
