@@ -141,8 +141,8 @@ class Captioner:
                                                       fallback=prompts.primary_name(n),
                                                       require_class_name=self.require_class_name)
         self.faults.maybe_fail(batch["path"])
-        return {"path": np.asarray(batch["path"], dtype=object), "class_id": np.asarray(batch["class_id"], dtype=object),
-                "caption": captions, "error": errors}
+        return {"path": np.asarray(batch["path"], dtype=object),
+                "class_id": np.asarray(batch["class_id"], dtype=object), "caption": captions, "error": errors}
 
 
 def caption_messages(text: str) -> list[dict[str, Any]]:

@@ -47,7 +47,8 @@ def recover_images(transformer, vae, scheduler, images: torch.Tensor, dit_classe
     noise = image_noise(seeds, tuple(z_d.shape[1:])).to(device)
     labels = torch.as_tensor(np.asarray(dit_classes), dtype=torch.long, device=device)
     z0 = recover_latents(transformer, scheduler, z_d, labels, settings, noise=noise)
-    return decode_latents(vae, z0, size=(output_size, output_size) if output_size else tuple(images.shape[-2:]))
+    return decode_latents(vae, z0, size=(output_size,
+                                         output_size) if output_size else tuple(images.shape[-2:]))
 
 
 def variance_usable(model_dir: str | Path) -> tuple[bool | None, str]:
@@ -197,8 +198,8 @@ class DiTRecoverActor:
         from pipeline.core.batching import run_fixed
 
         def run(xs, cs, ss):
-            return recover_images(self.transformer, self.vae, self.scheduler, xs, list(cs), [int(v) for v in ss],
-                                  self.settings, self.resolution, self.output_size)
+            return recover_images(self.transformer, self.vae, self.scheduler, xs, list(cs),
+                                  [int(v) for v in ss], self.settings, self.resolution, self.output_size)
 
         # fixed-size micro-batches: the output does not depend on how Ray batched the rows
         out = run_fixed(run, [x, classes, np.asarray(batch["seed"]).astype(np.int64)], self.micro_batch)

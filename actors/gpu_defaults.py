@@ -58,7 +58,8 @@ def channels_last_on(setting: ChannelsLast, device: torch.device) -> bool:
     raise ValueError(f"models.channels_last must be auto, true or false, got {setting!r}")
 
 
-def apply_channels_last(module: torch.nn.Module, setting: ChannelsLast, device: torch.device) -> torch.nn.Module:
+def apply_channels_last(module: torch.nn.Module, setting: ChannelsLast,
+                        device: torch.device) -> torch.nn.Module:
     """``module`` with its 4-D weights in ``torch.channels_last`` when ``setting`` is on for ``device``."""
     if channels_last_on(setting, device):
         module.to(memory_format=torch.channels_last)

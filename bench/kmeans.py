@@ -63,7 +63,8 @@ def sklearn_round(xs: list[np.ndarray], k: int, n_init: int, seed: int, threads:
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=threads):
-        return [KMeans(n_clusters=k, n_init=n_init, max_iter=300, tol=1e-4, random_state=seed).fit(x.astype(np.float64))
+        return [KMeans(n_clusters=k, n_init=n_init, max_iter=300, tol=1e-4,
+                       random_state=seed).fit(x.astype(np.float64))
                 .cluster_centers_.astype(np.float32) for x in xs]
 
 
@@ -83,9 +84,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--k", type=int, default=10, help="clusters per class (= IPC)")
     p.add_argument("--n-init", type=int, default=10, help="sklearn n_init of both (edits.kmeans_nredo)")
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--cpus", type=int, default=0, help="cores for both sides (default: all of this machine's)")
+    p.add_argument("--cpus", type=int, default=0,
+                   help="cores for both sides (default: all of this machine's)")
     p.add_argument("--per-task", type=int, default=8, help="ray.cluster_classes_per_task")
-    p.add_argument("--round", type=int, default=0, help="classes per alternating round (default: 2 tasks per core)")
+    p.add_argument("--round", type=int, default=0,
+                   help="classes per alternating round (default: 2 tasks per core)")
     p.add_argument("--json-out", default=None, help="also write the result (and a 'cluster' cost for plan)")
     args = p.parse_args(argv)
 

@@ -52,7 +52,8 @@ def make_synthetic_dataset(root: str | Path, n_images: int, n_classes: int = 10,
         d.mkdir(parents=True, exist_ok=True)
         for i in range(per_class[c]):
             rng = np.random.default_rng([seed, c, i])
-            img = np.roll(pool[i % len(pool)].astype(np.int16), tuple(rng.integers(-2, 3, size=2)), axis=(0, 1))
+            img = np.roll(pool[i % len(pool)].astype(np.int16), tuple(rng.integers(-2, 3, size=2)),
+                          axis=(0, 1))
             img = np.clip(img + rng.integers(-24, 25, size=img.shape), 0, 255).astype(np.uint8)
             Image.fromarray(img).save(d / f"{i:06d}.png")
     return root
@@ -176,11 +177,13 @@ def measure(images: int, classes: int, keep: str | None = None, timeout_s: float
     try:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--images", str(images),
                "--classes", str(classes), "--workdir", str(work)]
-        env = {**os.environ, "SEMDISTILL_PROGRESS": "0", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+        env = {**os.environ, "SEMDISTILL_PROGRESS": "0", "HF_HUB_OFFLINE": "1",
+               "TOKENIZERS_PARALLELISM": "false"}
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env, cwd=str(REPO),
                            check=False)
         if r.returncode != 0:
-            raise RuntimeError(f"memory_scaling child for {images} images failed ({r.returncode}):\n{r.stderr[-3000:]}")
+            raise RuntimeError(f"memory_scaling child for {images} images failed "
+                               f"({r.returncode}):\n{r.stderr[-3000:]}")
         return json.loads(r.stdout.strip().splitlines()[-1])
     finally:
         if keep is None:

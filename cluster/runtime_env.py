@@ -51,7 +51,8 @@ def pip_requirements(job: JobConfig, pyproject: str | os.PathLike | None = None)
     reqs: list[str] = []
     for name in job.pip_extras:
         if name not in extras:
-            raise ConfigError(f"ray.job.pip_extras: unknown extra {name!r}; pyproject.toml has {sorted(extras)}")
+            raise ConfigError(f"ray.job.pip_extras: unknown extra {name!r}; pyproject.toml has "
+                              f"{sorted(extras)}")
         reqs.extend(extras[name])
     reqs.extend(job.pip)
     seen: set[str] = set()

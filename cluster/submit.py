@@ -127,7 +127,8 @@ def wait_for(client, sub_id: str, out=sys.stdout, poll_s: float = 1.0, timeout_s
     try:
         asyncio.run(_tail(client, sub_id, out))
     except Exception as err:  # noqa: BLE001 (websocket dropped, any cause: fall back to polling the status)
-        print(f"[submit] log stream ended early ({type(err).__name__}); polling the job status", file=sys.stderr)
+        print(f"[submit] log stream ended early ({type(err).__name__}); polling the job status",
+              file=sys.stderr)
     start = time.monotonic()
     while True:
         status = str(client.get_job_status(sub_id).value)

@@ -292,7 +292,8 @@ class DiverConfig(Section):
         hi, lo = self.fusion_window
         n = self.num_inference_steps
         if hi < lo:
-            raise ValueError(f"fusion_window must be [high, low] with high >= low, got {list(self.fusion_window)}")
+            raise ValueError(f"fusion_window must be [high, low] with high >= low, got "
+                             f"{list(self.fusion_window)}")
         if self.start_step >= n:
             raise ValueError(f"start_step ({self.start_step}) must be below num_inference_steps ({n})")
         first = n - 1 if self.reverse_start == "top" else self.start_step
@@ -445,14 +446,15 @@ class RayConfig(Section):
     # threads
     # (floor(actor_num_cpus), or the role's own torch_threads) beside the decode tasks, on GPUs one per
     # actor_num_gpus share (pipeline/core/actor_stage.py); a role missing from a given dict runs 1
-    pool_sizes: dict[str, Annotated[int, Field(ge=0)]] = {"caption": 0, "embed": 0, "vae": 0, "llm": 0, "generate": 0,
-                                                          "recover": 0}
+    pool_sizes: dict[str, Annotated[int, Field(ge=0)]] = {"caption": 0, "embed": 0, "vae": 0, "llm": 0,
+                                                          "generate": 0, "recover": 0}
     # a role left out: on GPU actors (with a micro-batch) what fits in free GPU memory
     # (pipeline/core/gpu_batch.py)
     batch_sizes: dict[str, int] = {"caption": 8, "embed": 32, "vae": 8, "llm": 8, "generate": 4, "recover": 8}
     # model batch inside an actor (pipeline/core/batching.py): fixed, so outputs are byte-identical
     # whatever batch_sizes / pool_sizes are; a role missing here runs its whole Ray batch at once
-    micro_batch_sizes: dict[str, int] = {"caption": 8, "embed": 32, "vae": 8, "llm": 8, "generate": 4, "recover": 8}
+    micro_batch_sizes: dict[str, int] = {"caption": 8, "embed": 32, "vae": 8, "llm": 8, "generate": 4,
+                                         "recover": 8}
     max_restarts: int = 2
     max_task_retries: int = 2
     # EDITS cluster stage: classes per Ray task (start-up paid once)
@@ -595,7 +597,8 @@ def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> Config:
 # directory once, before anything is dispatched: Ray Tune trials, Train workers and Ray tasks each run in
 # a working directory of their own, where a relative path means something else (or nothing).
 PATH_FIELDS = ("data.root", "data.val_root", "data.class_names", "models.zoo_dir", "edits.finetune.output",
-               "edits.finetune.storage_path", "diver.input", "diver.class_map", "output.dir", "debug.fault_dir")
+               "edits.finetune.storage_path", "diver.input", "diver.class_map", "output.dir",
+               "debug.fault_dir")
 # Model roles hold a hub id, ``zoo:<role>`` or a local folder; only the last is resolved.
 MODEL_ROLES = ("vlm", "clip", "vae", "dit", "sd", "llm")
 

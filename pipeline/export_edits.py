@@ -30,7 +30,8 @@ from pipeline.errors import ConfigError, DataError
 
 WHAT = ("captions", "prototypes")
 # the stages each export reads, in run order (the card lists their settings)
-STAGES = {"captions": ("caption", "embed", "cluster"), "prototypes": ("caption", "embed", "cluster", "prototype.text")}
+STAGES = {"captions": ("caption", "embed", "cluster"), "prototypes": ("caption", "embed", "cluster",
+                                                                      "prototype.text")}
 ROLE_OF_STAGE = {"caption": "models.vlm", "embed": "models.clip", "prototype.text": "models.llm"}
 
 
@@ -78,7 +79,8 @@ def _class_info(run: Any) -> dict[str, dict[str, Any]]:
 
     path = run.paths.clusters
     if not path.is_file():
-        raise DataError(f"{path} is missing: the run's cluster stage has not finished (`semdistill run CONFIG`)")
+        raise DataError(f"{path} is missing: the run's cluster stage has not finished (`semdistill run "
+                        f"CONFIG`)")
     return load_clusters(run)["classes"]
 
 
@@ -97,7 +99,8 @@ def caption_rows(run: Any, root: str | None) -> list[dict[str, Any]]:
         cols = read_parquet(path)
         for p, cap, kept, cl in zip(cols["path"], cols["caption"], cols["kept"], cols["cluster"]):
             cl = int(cl)
-            rows.append({"image_key": image_key(str(p), root), "class_id": class_id, "class_name": info["name"],
+            rows.append({"image_key": image_key(str(p), root), "class_id": class_id,
+                         "class_name": info["name"],
                          "label": int(info["label"]), "caption": str(cap), "kept": bool(kept),
                          "cluster": cl, "cluster_key": cluster_key(class_id, cl) if cl >= 0 else None})
     return sorted(rows, key=lambda r: (r["label"], r["image_key"]))
@@ -174,7 +177,8 @@ def dataset_card(what: str, run: Path, keys: dict[str, dict[str, Any]], rows: li
     """``README.md``: the Hub's YAML header and the models and settings the exported artefacts were made with."""
     import yaml
 
-    header = {"configs": [{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]}],
+    header = {"configs": [{"config_name": "default", "data_files": [{"split": "train",
+                                                                     "path": "data/train-*"}]}],
               "tags": ["dataset-distillation", "edits", f"semdistill-edits-{what}"]}
     classes = sorted({(r["label"], r["class_id"], r["class_name"]) for r in rows})
     models = {role: keys[stage].get(role) for stage, role in ROLE_OF_STAGE.items() if stage in keys}

@@ -34,7 +34,8 @@ def set_grid(set_dir: str | os.PathLike, per_class: int = 10, cell: int = 48,
     else:
         items = []
         for i, cls in enumerate(sorted(p.name for p in root.iterdir() if p.is_dir())):
-            items += [(i, cls, f) for f in sorted((root / cls).iterdir()) if f.suffix.lower() in (".png", ".jpg")]
+            items += [(i, cls,
+                       f) for f in sorted((root / cls).iterdir()) if f.suffix.lower() in (".png", ".jpg")]
     if not items:
         return None
     rows: dict[int, list[Path]] = {}
@@ -97,7 +98,8 @@ def _pivot_html(rows: list[dict[str, Any]]) -> str:
     head = "".join(f"<th>{html.escape(s)}{' †' if s in proxies else ''}</th>" for s in students)
     what = "mean over unseen architectures ± std over seeds" if proxies else "mean ± std over seeds"
     out = [f"<table class='pivot'><tr><th>dataset</th><th>IPC</th><th>method</th>{head}<th>{what}</th></tr>"]
-    for (ds, ipc, method), by in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], method_order(kv[0][2]))):
+    for (ds, ipc, method), by in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1],
+                                                                        method_order(kv[0][2]))):
         mean = headline_cell(list(by.values()))
         cells = "".join(
             f"<td>{by[s]['top1_mean']:.2f} ± {by[s]['top1_std']:.2f}</td>" if s in by else "<td>-</td>"
@@ -111,8 +113,8 @@ def _pivot_html(rows: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
-METHOD_ORDER = ("full_real", "random_real", "herding", "k_center", "dm", "diver_gamma0", "diver", "gm", "diver_gm",
-                "edits_no_text", "edits")
+METHOD_ORDER = ("full_real", "random_real", "herding", "k_center", "dm", "diver_gamma0", "diver", "gm",
+                "diver_gm", "edits_no_text", "edits")
 
 
 def method_order(method: str) -> tuple[int, str]:
@@ -247,13 +249,16 @@ def _protocol_html(rows: list[dict[str, Any]]) -> str:
 def _rows_html(rows: list[dict[str, Any]]) -> str:
     from tuning.evaluate import student_label
 
-    cols = ["dataset", "method", "ipc", "student", "preset", "protocol", "augment", "top1", "top-1 is", "best",
-            "repeats", "epochs", "seconds"]
+    cols = ["dataset", "method", "ipc", "student", "preset", "protocol", "augment", "top1", "top-1 is",
+            "best", "repeats", "epochs", "seconds"]
     out = ["<table><tr>" + "".join(f"<th>{c}</th>" for c in cols) + "</tr>"]
     for r in sorted(rows, key=lambda r: (r["dataset"], r["ipc"], r["method"], r["student"])):
-        vals = [r["dataset"], r["method"], r["ipc"], student_label(r), r.get("preset") or "", r.get("protocol", ""),
-                r.get("augment", ""), f"{r['top1_mean']:.2f} ± {r['top1_std']:.2f}", r.get("reported", "final"),
-                f"{r.get('best_mean', float('nan')):.2f}", r["repeats"], r.get("epochs", ""), r.get("seconds", "")]
+        vals = [r["dataset"], r["method"], r["ipc"], student_label(r), r.get("preset") or "",
+                r.get("protocol", ""),
+                r.get("augment", ""), f"{r['top1_mean']:.2f} ± {r['top1_std']:.2f}",
+                r.get("reported", "final"),
+                f"{r.get('best_mean', float('nan')):.2f}", r["repeats"], r.get("epochs", ""),
+                r.get("seconds", "")]
         out.append("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in vals) + "</tr>")
     out.append("</table>")
     return "\n".join(out)

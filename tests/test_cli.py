@@ -16,7 +16,8 @@ def test_help_lists_commands(capsys):
 
 
 def test_console_script_help_runs():
-    out = subprocess.run([sys.executable, "-m", "pipeline.cli", "--help"], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-m", "pipeline.cli", "--help"], capture_output=True, text=True,
+                         check=True)
     assert "semdistill" in out.stdout and "run" in out.stdout
 
 

@@ -47,7 +47,8 @@ def test_edits_counts_and_hand_computed_hours(tmp_path):
 def test_backend_choice_changes_the_cost_row():
     base = {"method": "edits", "data": {"root": NONE}}
     tf = make_plan(config_from_dict(base), 1, 1000, 10)
-    vl = make_plan(config_from_dict({**base, "models": {"vlm_backend": "vllm", "llm_backend": "openai"}}), 1, 1000, 10)
+    vl = make_plan(config_from_dict({**base, "models": {"vlm_backend": "vllm", "llm_backend": "openai"}}), 1,
+                   1000, 10)
     assert _by_stage(tf)["caption"].seconds_per_unit == COSTS["caption.transformers"].seconds
     assert _by_stage(vl)["caption"].seconds_per_unit == COSTS["caption.vllm"].seconds
     assert _by_stage(vl)["llm"].resource == "external" and _by_stage(vl)["llm"].gpu_hours == 0.0
@@ -73,7 +74,8 @@ def test_diver_steps_and_paper_cost():
 
 def test_measured_costs_replace_estimates(tmp_path):
     f = tmp_path / "gpu.json"
-    f.write_text(json.dumps({"device": "NVIDIA H200", "costs": {"recover.step": 0.01, "bogus": 3, "embed": -1}}))
+    f.write_text(json.dumps({"device": "NVIDIA H200", "costs": {"recover.step": 0.01, "bogus": 3,
+                                                                "embed": -1}}))
     table, used = load_measured([f])
     assert used == [str(f)]
     assert table["recover.step"].seconds == 0.01 and table["recover.step"].source == "measured"
@@ -91,7 +93,8 @@ def test_dataset_is_counted_when_readable(demo_root):
     assert (n, c) == (1438, 10) and "counted" in src
     n, c, src = dataset_size(config_from_dict({"data": {"root": NONE}}), None, None)
     assert (n, c) == (1_281_167, 1000) and "ImageNet-1K" in src
-    n, c, _ = dataset_size(config_from_dict({"data": {"root": NONE, "classes": ["a", "b"], "max_per_class": 7}}),
+    n, c, _ = dataset_size(config_from_dict({"data": {"root": NONE, "classes": ["a", "b"],
+                                                      "max_per_class": 7}}),
                            None, None)
     assert (n, c) == (14, 2)
 

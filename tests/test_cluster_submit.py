@@ -36,7 +36,8 @@ from pipeline.errors import ConfigError
 
 
 def _cfg(**over):
-    raw = {"method": "edits", "name": "t", "output": {"dir": "/shared/runs/t"}, "data": {"root": "/shared/data/train"}}
+    raw = {"method": "edits", "name": "t", "output": {"dir": "/shared/runs/t"},
+           "data": {"root": "/shared/data/train"}}
     raw.update(over)
     return config_from_dict(raw)
 
@@ -49,11 +50,13 @@ def _free_port() -> int:
 
 def test_address_precedence():
     cfg = _cfg(ray={"address": "10.0.0.5:8265"})
-    assert dashboard_address("http://head:8265", cfg, {"RAY_ADDRESS": "http://env:8265"}) == "http://head:8265"
+    assert dashboard_address("http://head:8265", cfg,
+                             {"RAY_ADDRESS": "http://env:8265"}) == "http://head:8265"
     assert dashboard_address(None, cfg, {"RAY_ADDRESS": "http://env:8265"}) == "http://env:8265"
     assert dashboard_address(None, cfg, {}) == "http://10.0.0.5:8265"
     # "auto" and ray:// client addresses are not dashboard addresses
-    assert dashboard_address(None, _cfg(ray={"address": "ray://h:10001"}), {"RAY_ADDRESS": "auto"}) == DEFAULT_ADDRESS
+    assert dashboard_address(None, _cfg(ray={"address": "ray://h:10001"}),
+                             {"RAY_ADDRESS": "auto"}) == DEFAULT_ADDRESS
 
 
 def test_job_request_carries_the_resolved_config_and_env(tmp_path):
@@ -111,7 +114,8 @@ def test_equivalent_command_is_a_valid_ray_job_submit():
 
 
 def test_relative_paths_warn():
-    ws = warnings_for(config_from_dict({"method": "diver", "output": {"dir": "runs/x"}, "data": {"root": "d"}}))
+    ws = warnings_for(config_from_dict({"method": "diver", "output": {"dir": "runs/x"},
+                                        "data": {"root": "d"}}))
     assert any("output.dir" in w for w in ws) and any("data.root" in w for w in ws)
     assert warnings_for(_cfg()) == []
 

@@ -23,7 +23,8 @@ def test_defaults_are_the_papers_read_values():
 def test_yaml_and_dotted_overrides(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text("method: edits\nedits:\n  ipc: 3\noutput:\n  dir: runs/a\n")
-    cfg = load_config(p, ["output.dir=runs/demo1", "edits.ipc=10", "edits.tau=0.05", "diver.fusion_window=[30,20]"])
+    cfg = load_config(p, ["output.dir=runs/demo1", "edits.ipc=10", "edits.tau=0.05",
+                          "diver.fusion_window=[30,20]"])
     # resolved against the cwd (test_config_paths.py)
     assert cfg.output.dir == str(Path.cwd() / "runs" / "demo1")
     assert cfg.edits.ipc == 10 and cfg.edits.tau == 0.05

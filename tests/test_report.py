@@ -14,7 +14,8 @@ def _set(path, classes=3, ipc=4, colour=0):
     w = DistilledSetWriter(path, "toy")
     for c in range(classes):
         for i in range(ipc):
-            w.add(f"c{c}_{i}", str(c), c, np.full((8, 8, 3), (c * 60 + i * 10 + colour) % 256, np.uint8), flush=False)
+            w.add(f"c{c}_{i}", str(c), c, np.full((8, 8, 3), (c * 60 + i * 10 + colour) % 256, np.uint8),
+                  flush=False)
     w.flush()
     return path
 
@@ -31,14 +32,16 @@ def test_grid_has_a_row_per_class(tmp_path):
 def test_report_html_and_markdown(tmp_path):
     rows = [{"dataset": "digits", "method": m, "ipc": 10, "student": s, "protocol": "hard", "top1_mean": v,
              "top1_std": 0.5, "repeats": 2, "best_mean": v + 1, "student_kwargs": kw}
-            for m, s, v, kw in [("random_real", "convnet", 80.0, {}), ("random_real", "resnet18", 70.0, {"width": 16}),
+            for m, s, v, kw in [("random_real", "convnet", 80.0, {}), ("random_real", "resnet18", 70.0,
+                                                                       {"width": 16}),
                                 ("diver", "convnet", 60.0, {})]]
     sweep = tmp_path / "sweep"
     sweep.mkdir()
     Image.new("RGB", (40, 30), (0, 0, 255)).save(sweep / "sweep.png")
     (sweep / "best.json").write_text(json.dumps({"params": {"diver.gamma": 0.1}, "mean_top1": 61.5}))
     (sweep / "sweep.md").write_text("# Sweep\n\n| trial | diver.gamma |\n")
-    paths = write_report(tmp_path, rows, sets={"random_real": _set(tmp_path / "a"), "diver": _set(tmp_path / "b")},
+    paths = write_report(tmp_path, rows, sets={"random_real": _set(tmp_path / "a"),
+                                               "diver": _set(tmp_path / "b")},
                          sweep_dir=sweep, notes=["a note"])
     html = Path(paths["report_html"]).read_text()
     assert html.count("data:image/png;base64,") == 3  # two grids + the sweep plot

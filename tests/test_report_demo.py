@@ -20,19 +20,21 @@ from pipeline.report import write_report
 
 def _row(method, student, v, in_mean=True, augment="dsa", std=0.5):
     return {"dataset": "digits", "method": method, "ipc": 10, "student": student, "protocol": "hard",
-            "augment": augment, "top1_mean": v, "top1_std": std, "repeats": 2, "best_mean": v, "student_kwargs": {},
-            "in_mean": in_mean}
+            "augment": augment, "top1_mean": v, "top1_std": std, "repeats": 2, "best_mean": v,
+            "student_kwargs": {}, "in_mean": in_mean}
 
 
 ROWS = [_row("random_real", "convnet", 80.0, False), _row("random_real", "resnet18", 70.0),
-        _row("random_real", "mobilenetv2", 60.0), _row("dm", "convnet", 75.0, False), _row("dm", "resnet18", 40.0),
-        _row("dm", "mobilenetv2", 30.0), _row("full_real", "convnet", 95.0, False), _row("full_real", "resnet18", 90.0),
-        _row("full_real", "mobilenetv2", 88.0)]
+        _row("random_real", "mobilenetv2", 60.0), _row("dm", "convnet", 75.0, False),
+        _row("dm", "resnet18", 40.0),
+        _row("dm", "mobilenetv2", 30.0), _row("full_real", "convnet", 95.0, False),
+        _row("full_real", "resnet18", 90.0), _row("full_real", "mobilenetv2", 88.0)]
 
 
 def _pivot_means(page: str) -> dict[str, str]:
     table = page.split("<table class='pivot'>")[1].split("</table>")[0]  # the first pivot
-    return {m: mean for m, mean in re.findall(r"<b>([a-z_]+)</b></td>.*?<td><b>([\d.]+)</b></td></tr>", table)}
+    return {m: mean for m, mean in re.findall(r"<b>([a-z_]+)</b></td>.*?<td><b>([\d.]+)</b></td></tr>",
+                                              table)}
 
 
 def test_pivot_mean_leaves_the_proxy_out_like_results_md(tmp_path):
@@ -94,7 +96,8 @@ def test_edits_members_generated_image_and_text_and_diver_panel(tmp_path):
     assert strip.size == (margin + 7 * (cell + pad), margin + cell + pad)
     px = np.asarray(strip)
     x = lambda col: margin + col * (cell + pad) + cell // 2
-    assert tuple(px[margin + cell // 2, x(4)]) == (160, 0, 0) and tuple(px[margin + cell // 2, x(6)]) == (200,) * 3
+    assert tuple(px[margin + cell // 2, x(4)]) == (160, 0,
+                                                   0) and tuple(px[margin + cell // 2, x(6)]) == (200,) * 3
 
 
 def _images_load(html_path: Path, tmp: Path) -> dict:
@@ -105,13 +108,16 @@ def _images_load(html_path: Path, tmp: Path) -> dict:
               "const p=document.createElement('pre');p.id='probe';p.textContent=JSON.stringify(r);"
               "document.body.appendChild(p);});</script>")
     probe.write_text(html_path.read_text().replace("</body>", script + "</body>"))
-    dom = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
-                          "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120, check=True).stdout
+    dom = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu",
+                          "--virtual-time-budget=5000",
+                          "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120,
+                          check=True).stdout
     return json.loads(re.search(r"<pre id=\"probe\">(.*?)</pre>", dom).group(1))
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium (apt-get install chromium)")
+@pytest.mark.skipif(shutil.which("chromium") is None,
+                    reason="needs Debian's chromium (apt-get install chromium)")
 def test_report_opens_in_headless_chromium(tmp_path):
     edits = _edits_set(tmp_path / "edits", tmp_path / "real")
     out = tmp_path / "rep"
@@ -121,7 +127,8 @@ def test_report_opens_in_headless_chromium(tmp_path):
     assert got["tables"] >= 3
     shot = tmp_path / "shot.png"
     subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}",
-                    "--window-size=1400,3000", (out / "report.html").as_uri()], capture_output=True, timeout=120,
+                    "--window-size=1400,3000", (out / "report.html").as_uri()], capture_output=True,
+                    timeout=120,
                    check=True)
     px = np.asarray(Image.open(shot).convert("L"))
     assert px.std() > 5  # not a blank page

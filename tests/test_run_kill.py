@@ -224,7 +224,8 @@ def test_sigkill_mid_stage_then_rerun(stage, zoo_dir, demo_root, stage1_pt, refs
     assert not [p for p in out.rglob("*.tmp")]
     if stage == "evaluation":
         def accs(o: Path) -> list:
-            return [{k: v for k, v in r.items() if "acc" in k} for r in json.loads((o / "results.json").read_text())]
+            return [{k: v for k,
+                     v in r.items() if "acc" in k} for r in json.loads((o / "results.json").read_text())]
         assert accs(out) == accs(ref)
     print(json.dumps({"stage": stage, "faults_injected": 1, "runs_resumed": 1, "files_compared": len(want),
                       "stage_files_kept": len(partial), "files_lost": len(set(want) - set(got))}))

@@ -63,7 +63,8 @@ def test_full_disk_mid_stage_leaves_no_partial_file_and_resumes_identically(stag
     mnt = small_fs(4096 * (pages(ref) // 2))  # room for about half the run's files
     out = mnt / "run"
     cfg = config_from_dict(diver_config(stage1_pt, zoo_dir, out))
-    with pytest.raises(DataError, match=rf"no space left on the device writing {mnt}/\S+: it needs \d+ bytes, "
+    with pytest.raises(DataError,
+                       match=rf"no space left on the device writing {mnt}/\S+: it needs \d+ bytes, "
                                         rf"\d+ are free in {mnt}"):
         run_diver(cfg)
     left = [p for p in mnt.rglob("*") if p.is_file()]

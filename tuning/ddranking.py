@@ -92,7 +92,8 @@ def scores(rows: list[dict[str, Any]], lam: float = 0.5) -> list[dict[str, Any]]
     per-seed scores over the seeds every row involved ran, their mean and std (``*_std``) and ``n``."""
     idx: dict[tuple, dict[str, Any]] = {}
     for r in rows:
-        idx[(r["dataset"], r["method"], r["ipc"], _student(r), r.get("protocol"), r.get("augment"), _recipe(r))] = r
+        idx[(r["dataset"], r["method"], r["ipc"], _student(r), r.get("protocol"), r.get("augment"),
+             _recipe(r))] = r
     full = {(r["dataset"], _student(r), r.get("augment"), _recipe(r)): r for r in rows
             if r["method"] == "full_real" and r.get("protocol", "hard") == "hard"}
     out = []
@@ -100,9 +101,10 @@ def scores(rows: list[dict[str, Any]], lam: float = 0.5) -> list[dict[str, Any]]
         if r["method"] in REFERENCE_METHODS or r.get("augment") == "none":
             continue
         ds, st, proto, aug, rec = r["dataset"], _student(r), r.get("protocol"), r.get("augment"), _recipe(r)
-        entry: dict[str, Any] = {"dataset": ds, "method": r["method"], "ipc": r["ipc"], "student": r["student"],
-                                 "student_kwargs": r.get("student_kwargs") or {}, "protocol": proto, "augment": aug,
-                                 "preset": rec[0], "reported": rec[1]}
+        entry: dict[str, Any] = {"dataset": ds, "method": r["method"], "ipc": r["ipc"],
+                                 "student": r["student"],
+                                 "student_kwargs": r.get("student_kwargs") or {}, "protocol": proto,
+                                 "augment": aug, "preset": rec[0], "reported": rec[1]}
         rnd = idx.get((ds, "random_real", r["ipc"], st, proto, aug, rec))
         hard = r if proto == "hard" else idx.get((ds, r["method"], r["ipc"], st, "hard", aug, rec))
         f = full.get((ds, st, aug, rec))
@@ -129,7 +131,8 @@ def differences(entries: list[dict[str, Any]]) -> str:
     seeds = sorted({e.get(k) for e in entries for k in ("n_lrs", "n_ars") if e.get(k) is not None})
     random = {("per seed",): "random real: a fresh draw per seed, as the package",
               ("one",): "random real: one draw for every seed (the package draws afresh per round)"}.get(
-        tuple(draws), "random real: a fresh draw per seed in some rows, one draw in others (column 'random real'; "
+        tuple(draws),
+        "random real: a fresh draw per seed in some rows, one draw in others (column 'random real'; "
                       "the package draws afresh per round)")
     return ("Inputs differ from the DD-Ranking package (" + PACKAGE + "): each score uses the rows' "
             f"top-1 = {', '.join(shown)} (the package: the best test top-1 of the last 20 % of the epochs, "

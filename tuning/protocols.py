@@ -112,12 +112,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     # (batchmean) of the T-softened outputs with no T^2 (validation/main.py lines 202-226).
     # The teacher is a pretrained ResNet-18 (eval.teacher_checkpoint, torchvision's / timm's layout accepted).
     "rded": {"protocol": "soft", "optimizer": "adamw", "lr": 0.001, "weight_decay": 0.01, "epochs": 300,
-             "lr_per_student": {"convnet": 0.001, "resnet": 0.001, "efficientnet": 0.002, "mobilenetv2": 0.0025,
-                                "vit": 0.0001},
+             "lr_per_student": {"convnet": 0.001, "resnet": 0.001, "efficientnet": 0.002,
+                                "mobilenetv2": 0.0025, "vit": 0.0001},
              "decay_params": "weights_2d", "kl_t_squared": False,
              "schedule": "half_cosine", "lr_step_unit": "epoch", "augment": "shuffle_patches+rrc+flip+cutmix",
              "rrc_scale": (0.5, 1.0), "shuffle_factor": 2, "mix_alpha": 1.0, "temperature": 20.0,
-             "batch_size": 100, "batch_by_ipc": {1: 10, 10: 50, 50: 100}, "batch_factor_by_classes": {100: 2, 1000: 2},
+             "batch_size": 100, "batch_by_ipc": {1: 10, 10: 50, 50: 100},
+             "batch_factor_by_classes": {100: 2, 1000: 2},
              "best_from": 0.8, "best_every": 10, "report": "best", "repeats": 3,
              "teacher": "resnet18_imagenet_bn", "teacher_required": True},
     # SRe2L (VILA-Lab/SRe2L SRe2L/validate/train_KD.py, commit d6a720e): AdamW 0.001, weight decay 0.01 on >=
@@ -129,8 +130,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # test every 10 epochs and the last, the best over all of them (train_KD.py: ``epoch % 10 == 0``).
     "sre2l": {"protocol": "soft", "optimizer": "adamw", "lr": 0.001, "weight_decay": 0.01, "epochs": 300,
               "decay_params": "weights_2d", "kl_t_squared": False,
-              "schedule": "cosine", "lr_step_unit": "epoch", "augment": "rrc+flip+cutmix", "rrc_scale": (0.08, 1.0),
-              "mix_alpha": 1.0, "temperature": 20.0, "batch_size": 1024,
+              "schedule": "cosine", "lr_step_unit": "epoch", "augment": "rrc+flip+cutmix",
+              "rrc_scale": (0.08, 1.0), "mix_alpha": 1.0, "temperature": 20.0, "batch_size": 1024,
               "eval_every": 10, "report": "best", "repeats": 3,
               "teacher": "resnet18_imagenet_bn", "teacher_required": True},
     # The laptop demo: short but the same recipe shape (DSA, SGD, cosine), 2 repeats.
@@ -139,7 +140,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 # An explicit key also switches off the preset's rules that would otherwise replace its value.
-_RULES_OF = {"lr": ("lr_per_student", "lr_from_set"), "epochs": ("epochs_by_ipc", "many_classes_epoch_factor"),
+_RULES_OF = {"lr": ("lr_per_student", "lr_from_set"), "epochs": ("epochs_by_ipc",
+                                                                 "many_classes_epoch_factor"),
              "batch_size": ("batch_by_classes", "batch_by_ipc", "batch_factor_by_classes")}
 # the recipe_above_classes entry an explicit key switches off
 _RECIPE_KEY_OF = {"lr": "lr", "weight_decay": "weight_decay", "batch_size": "min_batch"}
@@ -212,7 +214,8 @@ def run_batch_size(cfg: EvalConfig, ipc: int | None, num_classes: int | None) ->
     ``batch_factor_by_classes`` at that exact class count; at least ``recipe_above_classes``' ``min_batch``
     (IDC's ``max(128, batch_size)``); capped at IPC x classes."""
     bs = ((_bounded(cfg.batch_by_ipc, ipc) if ipc is not None else None)
-          or (_bounded(cfg.batch_by_classes, num_classes) if num_classes is not None else None) or cfg.batch_size)
+          or (_bounded(cfg.batch_by_classes,
+                       num_classes) if num_classes is not None else None) or cfg.batch_size)
     if num_classes is not None and num_classes in cfg.batch_factor_by_classes:
         bs = max(1, round(bs * cfg.batch_factor_by_classes[num_classes]))
     bs = max(bs, int(above_classes(cfg, num_classes).get("min_batch", 0)))
@@ -382,7 +385,8 @@ def lr_factor(kind: str, t: int, total: int, warmup_fraction: float = 0.5) -> fl
     raise ConfigError(f"unknown eval.schedule {kind!r} ({' | '.join(SCHEDULES)})")
 
 
-def _schedule(opt: torch.optim.Optimizer, spec: TrainSpec, steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+def _schedule(opt: torch.optim.Optimizer, spec: TrainSpec,
+              steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
     """Stepped once per optimizer step; with ``lr_step_unit: epoch`` the LR changes only between epochs."""
     lr_factor(spec.schedule, 0, 1, spec.warmup_fraction)  # a bad name fails before training
     if spec.lr_step_unit not in ("step", "epoch"):
@@ -391,7 +395,8 @@ def _schedule(opt: torch.optim.Optimizer, spec: TrainSpec, steps_per_epoch: int)
     total = spec.epochs if per_epoch else spec.epochs * steps_per_epoch
 
     def factor(step: int) -> float:
-        return lr_factor(spec.schedule, step // steps_per_epoch if per_epoch else step, total, spec.warmup_fraction)
+        return lr_factor(spec.schedule, step // steps_per_epoch if per_epoch else step, total,
+                         spec.warmup_fraction)
 
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
@@ -528,7 +533,8 @@ class TensorBatches:
             yield self.x[idx], self.y[idx]
 
 
-def epoch_batches(n: int, gen: torch.Generator, bs: int, rank: int = 0, world_size: int = 1) -> list[torch.Tensor]:
+def epoch_batches(n: int, gen: torch.Generator, bs: int, rank: int = 0,
+                  world_size: int = 1) -> list[torch.Tensor]:
     """This rank's batches of one epoch: a permutation of ``n`` drawn from ``gen``, sharded, cut into ``bs``;
     a trailing batch of one is dropped (it breaks batch norm) unless the shard has one image."""
     perm = torch.randperm(n, generator=gen)[rank::world_size]
@@ -582,7 +588,8 @@ def _setup(spec: TrainSpec, data: Any, num_classes: int, teacher: nn.Module | No
     """Seed everything from ``spec.seed``, build the student, optimizer, schedule and EMA; return the
     step state and the per-rank batch size."""
     torch.manual_seed(spec.seed)  # init and every global-RNG draw (dropout) follow the run's seed
-    model = build_student(spec.student, data.channels, num_classes, data.size, **spec.student_kwargs).to(device)
+    model = build_student(spec.student, data.channels, num_classes, data.size,
+                          **spec.student_kwargs).to(device)
     gen = torch.Generator().manual_seed(spec.seed)  # batches and augmentations
     rng = np.random.default_rng(spec.seed)  # mixing weights
     ema = _ema(model, spec)
@@ -658,8 +665,8 @@ def train_on(
         if on_epoch is not None:
             on_epoch(history[-1])
     lrs.append(float(step.opt.param_groups[0]["lr"]))
-    return {"student": spec.student, "seed": spec.seed, "final": final, "best": best, "best_epoch": best_epoch,
-            "reported": best if spec.report == "best" else final,
+    return {"student": spec.student, "seed": spec.seed, "final": final, "best": best,
+            "best_epoch": best_epoch, "reported": best if spec.report == "best" else final,
             "report": report_label(spec.report, spec.best_from, spec.best_every),
             "train_loss": loss_val, "history": history, "lr_per_epoch": lrs, "seconds": time.time() - t0,
             "epochs": spec.epochs, "batch_size": spec.batch_size, "lr": spec.lr,

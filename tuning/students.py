@@ -66,7 +66,8 @@ def _make_divisible(v: float, divisor: int = 8) -> int:
 
 class MobileNetV2(nn.Module):
     # expansion t, channels c, repeats n, ImageNet stride s
-    SETTINGS: ClassVar[list[tuple[int, int, int, int]]] = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
+    SETTINGS: ClassVar[list[tuple[int, int, int, int]]] = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2),
+                                                           (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
                 (6, 320, 1, 1)]
 
     def __init__(self, channels: int, num_classes: int, im_size: int, width_mult: float = 1.0,
@@ -156,7 +157,8 @@ class ShuffleNetV2(nn.Module):
                 cin = cout
         self.stages = nn.Sequential(*layers)
         last = stage_channels[4]
-        self.conv5 = nn.Sequential(nn.Conv2d(cin, last, 1, bias=False), nn.BatchNorm2d(last), nn.ReLU(inplace=True))
+        self.conv5 = nn.Sequential(nn.Conv2d(cin, last, 1, bias=False), nn.BatchNorm2d(last),
+                                   nn.ReLU(inplace=True))
         self.feature_dim = last
         self.fc = nn.Linear(last, num_classes)
 

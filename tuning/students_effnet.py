@@ -24,8 +24,10 @@ B0_STAGES: tuple[tuple[int, int, int, int, int], ...] = (
     (6, 5, 2, 192, 4), (6, 3, 1, 320, 1))
 
 
-def _conv_bn(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1, act: bool = True) -> nn.Sequential:
-    layers: list[nn.Module] = [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)]
+def _conv_bn(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1,
+             act: bool = True) -> nn.Sequential:
+    layers: list[nn.Module] = [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False),
+                               nn.BatchNorm2d(cout)]
     if act:
         layers.append(nn.SiLU(inplace=True))
     return nn.Sequential(*layers)
@@ -54,7 +56,8 @@ class MBConv(nn.Module):
         if not self.residual:
             return out
         if self.training and self.drop > 0:  # per-sample stochastic depth (torchvision's "row" mode)
-            keep = torch.empty(out.shape[0], 1, 1, 1, device=out.device, dtype=out.dtype).bernoulli_(1 - self.drop)
+            keep = torch.empty(out.shape[0], 1, 1, 1, device=out.device,
+                               dtype=out.dtype).bernoulli_(1 - self.drop)
             out = out * keep / (1 - self.drop)
         return out + x
 
@@ -71,7 +74,8 @@ class EfficientNetB0(nn.Module):
         cin, idx = 32, 0
         for expand, k, stride, cout, repeats in B0_STAGES:
             for r in range(repeats):
-                layers.append(MBConv(cin, cout, expand, k, stride if r == 0 else 1, stochastic_depth * idx / total))
+                layers.append(MBConv(cin, cout, expand, k, stride if r == 0 else 1,
+                                     stochastic_depth * idx / total))
                 cin, idx = cout, idx + 1
         layers.append(_conv_bn(cin, 1280, 1))
         self.features = nn.Sequential(*layers)

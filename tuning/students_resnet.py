@@ -105,8 +105,8 @@ class ResNet18(_Classifier):
             stem: list[nn.Module] = [nn.Conv2d(channels, width, 3, 1, 1, bias=False), norm2d(norm, width),
                                      nn.ReLU(inplace=True)]
         elif form == "imagenet":
-            stem = [nn.Conv2d(channels, width, 7, 2, 3, bias=False), norm2d(norm, width), nn.ReLU(inplace=True),
-                    nn.MaxPool2d(3, 2, 1)]
+            stem = [nn.Conv2d(channels, width, 7, 2, 3, bias=False), norm2d(norm, width),
+                    nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1)]
         else:
             raise ValueError(f"unknown ResNet-18 form {form!r} (cifar | imagenet)")
         self.form, self.im_size = form, im_size
@@ -139,7 +139,8 @@ class ResNetAP(_Classifier):
         self.fc = nn.Linear(self.feature_dim, num_classes)
         for m in self.modules():  # IDC's init (the fc keeps PyTorch's default, as in IDC)
             if isinstance(m, nn.Conv2d):
-                m.weight.data.normal_(0.0, math.sqrt(2.0 / (m.kernel_size[0] * m.kernel_size[1] * m.out_channels)))
+                m.weight.data.normal_(0.0,
+                                      math.sqrt(2.0 / (m.kernel_size[0] * m.kernel_size[1] * m.out_channels)))
             elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
                 m.weight.data.fill_(1.0)
                 m.bias.data.zero_()
@@ -157,8 +158,8 @@ class AdaptiveResNet(_Classifier):
         stem_down = max(0, k - 3)
         stem: list[nn.Module]
         if stem_down >= 2:
-            stem = [nn.Conv2d(channels, width, 7, 2, 3, bias=False), norm2d(norm, width), nn.ReLU(inplace=True),
-                    nn.MaxPool2d(3, 2, 1)]
+            stem = [nn.Conv2d(channels, width, 7, 2, 3, bias=False), norm2d(norm, width),
+                    nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1)]
         else:
             stem = [nn.Conv2d(channels, width, 3, 1 + stem_down, 1, bias=False), norm2d(norm, width),
                     nn.ReLU(inplace=True)]

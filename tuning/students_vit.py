@@ -67,11 +67,12 @@ class PReDDViT(nn.Module):
     """PReDD's ViT (patch 16, dim 512, depth 10, 8 heads, MLP 512, dropout 0.1), no LayerNorm by default."""
 
     def __init__(self, channels: int, num_classes: int, im_size: int, patch: int = 16, dim: int = 512,
-                 depth: int = 10, heads: int = 8, dim_head: int = 64, mlp_dim: int = 512, dropout: float = 0.1,
-                 emb_dropout: float = 0.1, layer_norm: bool = False) -> None:
+                 depth: int = 10, heads: int = 8, dim_head: int = 64, mlp_dim: int = 512,
+                 dropout: float = 0.1, emb_dropout: float = 0.1, layer_norm: bool = False) -> None:
         super().__init__()
         if im_size % patch:
-            raise ValueError(f"im_size {im_size} is not a multiple of the patch size {patch} (vit_predd: patch=...)")
+            raise ValueError(f"im_size {im_size} is not a multiple of the patch size {patch} (vit_predd: "
+                             f"patch=...)")
         self.patch = patch
         n_tokens = (im_size // patch) ** 2
         # = vit-pytorch's Linear over flattened patches
@@ -85,8 +86,8 @@ class PReDDViT(nn.Module):
 
         self.blocks = nn.ModuleList()
         for _ in range(depth):
-            ff = nn.Sequential(nn.Linear(dim, mlp_dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(mlp_dim, dim),
-                               nn.Dropout(dropout))
+            ff = nn.Sequential(nn.Linear(dim, mlp_dim), nn.GELU(), nn.Dropout(dropout),
+                               nn.Linear(mlp_dim, dim), nn.Dropout(dropout))
             self.blocks.append(nn.ModuleList([ln(), _Attention(dim, heads, dim_head, dropout), ln(), ff]))
         self.norm = ln()
         self.feature_dim = dim

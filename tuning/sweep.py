@@ -55,7 +55,8 @@ def search_space(sweep: SweepConfig) -> tuple[list[str], dict[str, Any]]:
     from ray import tune
 
     if not sweep.params:
-        raise ConfigError("sweep.params is empty: give at least one setting, e.g. diver.gamma: [0.0, 0.1, 0.3]")
+        raise ConfigError("sweep.params is empty: give at least one setting, e.g. diver.gamma: [0.0, 0.1, "
+                          "0.3]")
     names = list(sweep.params)
     space: dict[str, Any] = {}
     for i, name in enumerate(names):
@@ -71,7 +72,8 @@ def search_space(sweep: SweepConfig) -> tuple[list[str], dict[str, Any]]:
                                   "(grid takes lists)")
             space[f"p{i}"] = tune.choice(args) if kind == "choice" else getattr(tune, kind)(*args)
         else:
-            raise ConfigError(f"sweep.params.{name}: use a list of values or one of {{{', '.join(RANGE_KINDS)}: ...}}")
+            raise ConfigError(f"sweep.params.{name}: use a list of values or one of "
+                              f"{{{', '.join(RANGE_KINDS)}: ...}}")
     return names, space
 
 
@@ -191,7 +193,8 @@ def _plot(trials: list[dict[str, Any]], x_param: str, out: Path) -> Path | None:
     groups: dict[str, list[tuple[Any, float, float]]] = {}
     for t in pts:
         rest = ", ".join(f"{k}={v}" for k, v in sorted(t["params"].items()) if k != x_param)
-        groups.setdefault(rest, []).append((t["params"][x_param], t["mean_top1"], t.get("mean_top1_std") or 0.0))
+        groups.setdefault(rest, []).append((t["params"][x_param], t["mean_top1"],
+                                            t.get("mean_top1_std") or 0.0))
     fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=110)
     for label, xy in sorted(groups.items()):
         try:
@@ -199,7 +202,8 @@ def _plot(trials: list[dict[str, Any]], x_param: str, out: Path) -> Path | None:
         except (TypeError, ValueError):
             pass
         xs = [str(p[0]) if isinstance(p[0], (list, tuple)) else p[0] for p in xy]
-        ax.errorbar(xs, [p[1] for p in xy], yerr=[p[2] for p in xy], marker="o", capsize=3, label=label or None)
+        ax.errorbar(xs, [p[1] for p in xy], yerr=[p[2] for p in xy], marker="o", capsize=3,
+                    label=label or None)
     ax.set_xlabel(x_param)
     ax.set_ylabel("headline mean top-1 (%), std over seeds")
     ax.set_title("sweep: accuracy vs " + x_param.split(".")[-1])
@@ -305,7 +309,8 @@ def tuning_split(cfg: Config, out: Path) -> tuple[Config, str]:
                           "set data.root, or sweep.holdout_fraction=0 to score trials on data.val_root")
     from tuning.holdout import carve_holdout
 
-    train, holdout = carve_holdout(cfg.data.root, out, fraction, seed=cfg.sweep.seed, classes=cfg.data.classes)
+    train, holdout = carve_holdout(cfg.data.root, out, fraction, seed=cfg.sweep.seed,
+                                   classes=cfg.data.classes)
     trial_cfg = apply_params(cfg, {"data.root": str(train), "data.val_root": str(holdout)})
     return trial_cfg, (f"a holdout of {fraction:.0%} of each class of {cfg.data.root} (seed {cfg.sweep.seed}), "
                        "never the validation split the report uses")
@@ -365,7 +370,8 @@ def run_sweep(cfg: Config, run_method: RunMethod, log: Callable[[str], None] = n
     if sweep.classes is not None:
         base = apply_params(cfg, {"data.classes": sweep.classes})
     # fail on a misspelt key or an invalid value before any trial starts
-    apply_params(base, {n: (v[0] if isinstance(v, list) else next(iter(v.values()))[0]) for n, v in sweep.params.items()})
+    apply_params(base, {n: (v[0] if isinstance(v, list) else next(iter(v.values()))[0]) for n,
+                        v in sweep.params.items()})
     out = Path(cfg.output.dir).resolve() / "sweep"
     out.mkdir(parents=True, exist_ok=True)
     base, selected_on = tuning_split(base, out)
@@ -396,8 +402,8 @@ def run_sweep(cfg: Config, run_method: RunMethod, log: Callable[[str], None] = n
             scheduler = ASHAScheduler(time_attr="students_done", max_t=len(students), grace_period=1,
                                       reduction_factor=2)
         tuner = tune.Tuner(
-            tune.with_resources(tune.with_parameters(run_trial, base=base.model_dump(mode="json"), names=names,
-                                                     trials_dir=str(out / "trials"),
+            tune.with_resources(tune.with_parameters(run_trial, base=base.model_dump(mode="json"),
+                                                     names=names, trials_dir=str(out / "trials"),
                                                      run_method=run_method), resources),
             param_space=space,
             tune_config=tune.TuneConfig(metric=sweep.metric, mode="max", num_samples=sweep.num_samples,
@@ -416,7 +422,8 @@ def run_sweep(cfg: Config, run_method: RunMethod, log: Callable[[str], None] = n
                        else None, "mean_top1_std": m.get("mean_top1_std"), "seeds": m.get("seeds"),
                        "students_done": m.get("students_done"),
                        "per_student": {k.split("/", 1)[1]: v for k, v in m.items() if k.startswith("top1/")},
-                       "per_student_std": {k.split("/", 1)[1]: v for k, v in m.items() if k.startswith("std/")},
+                       "per_student_std": {k.split("/", 1)[1]: v for k,
+                                           v in m.items() if k.startswith("std/")},
                        "error": str(res.error) if res.error else None})
     done = [t for t in trials if t["mean_top1"] is not None and not math.isnan(t["mean_top1"])]
     if not done:
@@ -430,8 +437,10 @@ def run_sweep(cfg: Config, run_method: RunMethod, log: Callable[[str], None] = n
     best = max(done, key=lambda t: (t["students_done"] == len(students), t["mean_top1"]))
     best_cfg = apply_params(cfg, best["params"]).model_copy(update={"sweep": None})
     best = {**best, "selected_on": selected_on}
-    atomic_write_json(out / "sweep_results.json", {"metric": sweep.metric, "students": students, "params": names,
-                                                   "trials": trials, "best": best, "selected_on": selected_on})
+    atomic_write_json(out / "sweep_results.json", {"metric": sweep.metric, "students": students,
+                                                   "params": names,
+                                                   "trials": trials, "best": best,
+                                                   "selected_on": selected_on})
     atomic_write_json(out / "best.json", best)
     atomic_write_bytes(out / "best_config.yaml", dump_config(best_cfg).encode())
     table = _md(trials, names, best["trial_id"], students) + (

@@ -45,7 +45,8 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             state = state[key]
             break
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise DataError(f"eval.teacher_checkpoint {p}: expected a state dict of tensors, got {type(state).__name__}")
+        raise DataError(f"eval.teacher_checkpoint {p}: expected a state dict of tensors, got "
+                        f"{type(state).__name__}")
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 

@@ -36,7 +36,8 @@ def latent_noise(vae: Any, x: torch.Tensor, generator: torch.Generator) -> torch
     return torch.randn(shape, generator=generator)
 
 
-def vae_step(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+def vae_step(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor,
+             eps: torch.Tensor) -> torch.Tensor:
     """One optimiser step of ``model`` (an ``AutoencodeLoss``, maybe DDP-wrapped); returns the detached MSE."""
     loss, mse = model(x, eps)
     opt.zero_grad(set_to_none=True)

@@ -39,7 +39,8 @@ def paired_test(a: dict[int, float], b: dict[int, float]) -> dict[str, Any]:
     (``met`` / ``missed`` / ``not tested`` below ``MIN_SEEDS`` seeds)."""
     seeds = sorted(set(a) & set(b))
     d = np.asarray([a[s] - b[s] for s in seeds], dtype=np.float64)
-    out: dict[str, Any] = {"n": len(seeds), "seeds": seeds, "mean_diff": float(d.mean()) if len(d) else math.nan,
+    out: dict[str, Any] = {"n": len(seeds), "seeds": seeds,
+                           "mean_diff": float(d.mean()) if len(d) else math.nan,
                            "differences": [round(float(x), 4) for x in d]}
     if len(seeds) < MIN_SEEDS:
         out.update({"se": math.nan, "verdict": "not tested"})
@@ -49,7 +50,8 @@ def paired_test(a: dict[int, float], b: dict[int, float]) -> dict[str, Any]:
     return out
 
 
-def claim_results(rows: list[dict], claims: tuple[tuple[str, str, str], ...] = CLAIMS) -> list[dict[str, Any]]:
+def claim_results(rows: list[dict],
+                  claims: tuple[tuple[str, str, str], ...] = CLAIMS) -> list[dict[str, Any]]:
     """Every claim at every IPC where both of its sets have augmented rows: the paired test's numbers.
 
     Per IPC the rows are the report's first table group (one preset and reported accuracy, with

@@ -64,7 +64,8 @@ def demo(args: argparse.Namespace) -> int:
     result = run_demo(Path(args.out), quick=args.quick, full=getattr(args, "full", False),
                       verbose=getattr(args, "verbose", False))
     summary = Path(result["report_html"]).parent / "demo_summary.json"
-    print(f"summary: {summary}" if not getattr(args, "verbose", False) else json.dumps(result, indent=2, default=str))
+    print(f"summary: {summary}" if not getattr(args, "verbose",
+                                               False) else json.dumps(result, indent=2, default=str))
     return 0
 
 
@@ -97,7 +98,8 @@ def train_demo(args: argparse.Namespace) -> int:
     roles = list(args.roles or DEMO_ROLES)
     unknown = [r for r in roles if r not in DEMO_ROLES]
     if unknown:
-        print(f"semdistill zoo train-demo: unknown role(s) {', '.join(unknown)}; known: {', '.join(DEMO_ROLES)}")
+        print(f"semdistill zoo train-demo: unknown role(s) {', '.join(unknown)}; known: "
+              f"{', '.join(DEMO_ROLES)}")
         return 2
     weights_dir = Path(args.weights_dir) if args.weights_dir else shipped.WEIGHTS_DIR
     weights_dir.mkdir(parents=True, exist_ok=True)
@@ -106,7 +108,8 @@ def train_demo(args: argparse.Namespace) -> int:
             print(f"  {role}: shipped weights present in {weights_dir / role} (use --force to retrain)")
             continue
         if role == "demo_sd" and not (weights_dir / "demo_clip").is_dir():
-            print("semdistill zoo train-demo: demo_sd needs demo_clip's text encoder; train --roles demo_clip first")
+            print("semdistill zoo train-demo: demo_sd needs demo_clip's text encoder; train --roles "
+                  "demo_clip first")
             return 2
         train_demo_role(role, weights_dir, args.data)
         sums = shipped.write_sums(weights_dir)

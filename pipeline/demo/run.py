@@ -185,8 +185,8 @@ def demo_plan(quick: bool = False, full: bool = False) -> DemoPlan:
                         students=tuple(FULL_EVAL["students"]), baselines=("random_real",) + FULL_BASELINES,
                         stage1={"dm": FULL_IPCS, "gm": tuple(DEMO_TRIM["gm"]["ipcs"])}, ablations=True)
     return DemoPlan(ipcs=DEMO_IPCS, distill_seeds=(0,), eval_seeds=DEMO_EVAL["repeats"],
-                    students=tuple(DEMO_EVAL["students"]), baselines=("random_real",), stage1={"dm": DEMO_IPCS},
-                    ablations=False)
+                    students=tuple(DEMO_EVAL["students"]), baselines=("random_real",),
+                    stage1={"dm": DEMO_IPCS}, ablations=False)
 
 
 def eval_config(plan: DemoPlan, ipc: int | None, quick: bool = False) -> EvalConfig:
@@ -339,7 +339,8 @@ def gamma0_config(cfg: Config, dm_set: Path, out: Path, name: str = "diver_gamma
     return config_from_dict(raw, source="demo: diver gamma 0")
 
 
-def diver_seed_config(cfg: Config, out: Path, method: str, ipcs: tuple[int, ...], distill_seed: int) -> Config:
+def diver_seed_config(cfg: Config, out: Path, method: str, ipcs: tuple[int, ...],
+                      distill_seed: int) -> Config:
     """DIVER on the built-in stage-1 ``method`` (dm | gm) at ``ipcs`` with distillation seed ``d``: the stage-1
     seed and DIVER's seed both shifted by ``d``; output ``out/diver[_gm][_d<d>]``."""
     raw = cfg.model_dump(mode="json")
@@ -364,7 +365,8 @@ def _copy_artefacts(src: Path, dst: Path) -> None:
             shutil.copytree(src, tmp, dirs_exist_ok=True)
 
 
-def edits_seed_config(cfg: Config, out: Path, ipc: int, distill_seed: int, first: Config | None = None) -> Config:
+def edits_seed_config(cfg: Config, out: Path, ipc: int, distill_seed: int,
+                      first: Config | None = None) -> Config:
     """EDITS at ``ipc`` with distillation seed ``d`` (``edits.seed + d``) into ``out/edits_ipc<K>[_d<d>]``.
 
     Every run after ``first`` starts from a copy of its artefacts and shares its fine-tuned SD, so captions,
@@ -515,7 +517,8 @@ def _run_demo(out: Path, quick: bool, full: bool, logs: Path) -> dict[str, Any]:
     t0 = time.time()
     stage(f"[2/{n_steps}] baselines at IPC {ipc_text}: {', '.join(plan.baselines)}")
     for spec in (s for s in plan.sets() if s.method in plan.baselines):
-        res = build_baseline(spec.method, data / "train", out / spec.name, ipc=spec.ipc or 1, seed=spec.distill_seed)
+        res = build_baseline(spec.method, data / "train", out / spec.name, ipc=spec.ipc or 1,
+                             seed=spec.distill_seed)
         sets[spec.name], specs[spec.name] = Path(res["output"]), spec
     timings["baselines_s"] = round(time.time() - t0, 1)
 
@@ -549,7 +552,8 @@ def _run_demo(out: Path, quick: bool, full: bool, logs: Path) -> dict[str, Any]:
             rows = evaluate_demo(group, data, out, ev, base.ray, specs=specs)
             if plan.ablations:  # DD-Ranking's ARS: distillation seed 0 again without augmentation
                 plain = ev.model_copy(update={"augment": "none"})
-                ars = {n: d for n, d in ars_sets(group).items() if specs[n].distill_seed == plan.distill_seeds[0]}
+                ars = {n: d for n,
+                       d in ars_sets(group).items() if specs[n].distill_seed == plan.distill_seeds[0]}
                 if ars:
                     stage("      the same runs without augmentation (DD-Ranking ARS; distillation seed "
                           f"{plan.distill_seeds[0]}, not the full real set)")

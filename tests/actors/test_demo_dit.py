@@ -44,7 +44,8 @@ def test_tiny_recipe_saves_a_loadable_dit_pipeline_with_its_check(demo_root, tmp
     x = torch.rand(2, 3, 32, 32)
     assert vae.encode(x * 2 - 1).latent_dist.mode().shape == (2, 4, 16, 16)  # factor-2 VAE: 32 px -> 16x16x4
     settings = RecoverSettings(num_inference_steps=3, start_step=0, gamma=0.0)
-    z = plain_dit_latents(transformer, scheduler, image_noise([1, 2], (4, 16, 16)), torch.tensor([3, 7]), settings)
+    z = plain_dit_latents(transformer, scheduler, image_noise([1, 2], (4, 16, 16)), torch.tensor([3, 7]),
+                          settings)
     assert decode_latents(vae, z).shape == (2, 3, 32, 32)
 
 
@@ -168,7 +169,8 @@ def test_zoo_list_shows_the_recorded_checks(tmp_path, capsys):
     folder.mkdir()
     (folder / zoo_paths.MARKER).write_text(zoo_paths.TRAINED_HERE)
     (folder / "demo_dit.json").write_text(json.dumps({"sample_accuracy": 0.975, "recover_accuracy": 0.99,
-                                                      "recover_accuracy_per_class": {"0": 1.0}, "seconds": 3.0}))
+                                                      "recover_accuracy_per_class": {"0": 1.0},
+                                                      "seconds": 3.0}))
     assert main(["zoo", "list", "--dir", str(tmp_path)]) == 0
     line = next(ln for ln in capsys.readouterr().out.splitlines() if "demo_dit" in ln)
     assert "built" in line and "(sample_accuracy 97.5%, recover_accuracy 99.0%)" in line

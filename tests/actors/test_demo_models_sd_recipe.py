@@ -39,7 +39,8 @@ def test_demo_sd_unet_adds_the_pooled_prompt_to_the_timestep_embedding(zoo_unet_
 
 
 def test_demo_sd_unet_without_pooled_text_is_cross_attention_only(zoo_unet_config):
-    unet = demo_models.demo_sd_unet(zoo_unet_config, 16, replace(demo_models.DemoSDRecipe(), pooled_text_heads=0))
+    unet = demo_models.demo_sd_unet(zoo_unet_config, 16, replace(demo_models.DemoSDRecipe(),
+                                                                 pooled_text_heads=0))
     assert unet.config.addition_embed_type is None and getattr(unet, "add_embedding", None) is None
     assert unet.config.sample_size == 16
 

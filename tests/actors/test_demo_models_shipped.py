@@ -93,7 +93,8 @@ def test_clip_embedder_zero_shot_on_val_images(demo_zoo, demo_root):
     img = emb.image_features([Image.fromarray(x) for x in images])
     txt = emb.text_features([f"a {NAMES[str(c)]}" for c in range(10)])
     assert img.shape == (10, 32) and txt.shape == (10, 32)
-    img, txt = img / np.linalg.norm(img, axis=1, keepdims=True), txt / np.linalg.norm(txt, axis=1, keepdims=True)
+    img, txt = img / np.linalg.norm(img, axis=1,
+                                    keepdims=True), txt / np.linalg.norm(txt, axis=1, keepdims=True)
     assert ((img @ txt.T).argmax(1) == labels).mean() >= 0.5  # chance is 0.1
 
 

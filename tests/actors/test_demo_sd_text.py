@@ -57,14 +57,17 @@ def test_negative_text_uses_only_the_negative_prompts_words():
 
 def test_training_texts_follow_the_mix_and_the_dropout(demo_data):
     recipe = demo_models.DemoSDRecipe()
-    only_captions = demo_models.TrainingTexts(demo_data, replace(recipe, text_mix=(1, 0, 0, 0), caption_dropout=0), [])
+    only_captions = demo_models.TrainingTexts(demo_data, replace(recipe, text_mix=(1, 0, 0, 0),
+                                                                 caption_dropout=0), [])
     assert only_captions([0, 3]) == [only_captions.captions[0], only_captions.captions[3]]
-    dropped = demo_models.TrainingTexts(demo_data, replace(recipe, caption_dropout=1.0, negative_share=1.0), [])
+    dropped = demo_models.TrainingTexts(demo_data, replace(recipe, caption_dropout=1.0, negative_share=1.0),
+                                        [])
     assert all(set(t.split(", ")) <= {"cartoon", "anime", "painting"} for t in dropped(list(range(20))))
     empty = demo_models.TrainingTexts(demo_data, replace(recipe, caption_dropout=1.0, negative_share=0.0), [])
     assert empty([1, 2]) == ["", ""]
     summary = [{"members": [4], "text": "the cached summary"}]
-    llm = demo_models.TrainingTexts(demo_data, replace(recipe, text_mix=(0, 0, 0, 1), caption_dropout=0), summary)
+    llm = demo_models.TrainingTexts(demo_data, replace(recipe, text_mix=(0, 0, 0, 1), caption_dropout=0),
+                                    summary)
     out = llm([4, 5])
     # no summary of image 5: an LLM-style sentence
     assert out[0] == "the cached summary" and out[1].endswith(".")
@@ -90,7 +93,8 @@ def test_check_clusters_are_edits_lsa_on_raw_concat_gsq(demo_data):
     idx = np.flatnonzero(demo_data.train_labels == 3)
     img = emb.image_features([Image.fromarray(im) for im in demo_data.train_images[idx]]).astype(np.float64)
     txt = emb.text_features(demo_models.captions_for(demo_data.train_images[idx], demo_data.train_labels[idx],
-                                                     demo_data.names, demo_sd_check.CAPTION_LEAD)).astype(np.float64)
+                                                     demo_data.names,
+                                                     demo_sd_check.CAPTION_LEAD)).astype(np.float64)
     logits = img @ txt.T / 0.01
     w = np.exp(logits - logits.max(1, keepdims=True))
     w /= w.sum(1, keepdims=True)

@@ -147,7 +147,8 @@ def test_compiled_dit_forward_matches_eager(zoo_dir):
     eager, _, _ = load_dit("zoo:dit", device="cpu")
     compiled, _, _ = load_dit("zoo:dit", device="cpu", compile=True)
     c = eager.config
-    z = torch.randn(2, c.in_channels, c.sample_size, c.sample_size, generator=torch.Generator().manual_seed(0))
+    z = torch.randn(2, c.in_channels, c.sample_size, c.sample_size,
+                    generator=torch.Generator().manual_seed(0))
     t, y = torch.tensor([10, 500]), torch.tensor([1, 3])
     with torch.no_grad():
         a = eager(z, timestep=t, class_labels=y).sample

@@ -44,8 +44,8 @@ def test_clip_vae_sd_dit_llm_load_and_run_in_bfloat16_on_cpu(zoo_dir):
     sd = SDGenerator("zoo:sd", {"num_inference_steps": 2, "image_size": 16}, dtype="bfloat16", device="cpu")
     for part in (sd.pipe.unet, sd.pipe.vae, sd.pipe.text_encoder):
         assert _dtypes(part) == {BF16}
-    img = sd({"key": np.array(["k"], dtype=object), "latent": [lat[0]], "prompt": np.array(["a digit"], dtype=object),
-              "seed": np.array([1])})["image"]
+    img = sd({"key": np.array(["k"], dtype=object), "latent": [lat[0]],
+              "prompt": np.array(["a digit"], dtype=object), "seed": np.array([1])})["image"]
     assert img.dtype == np.uint8 and img.shape == (1, 16, 16, 3)
 
     transformer, dit_vae, _ = load_dit("zoo:dit", dtype="bfloat16", device="cpu")
@@ -83,8 +83,8 @@ def test_bfloat16_with_channels_last_runs_through_sd_vae_and_dit_actors(zoo_dir)
     sd = SDGenerator("zoo:sd", {"num_inference_steps": 2, "image_size": 16}, dtype="bfloat16", device="cpu",
                      channels_last=True)
     assert _channels_last(sd.pipe.unet) and _channels_last(sd.pipe.vae) and _dtypes(sd.pipe.unet) == {BF16}
-    img = sd({"key": np.array(["k"], dtype=object), "latent": [lat[0]], "prompt": np.array(["a digit"], dtype=object),
-              "seed": np.array([1])})["image"]
+    img = sd({"key": np.array(["k"], dtype=object), "latent": [lat[0]],
+              "prompt": np.array(["a digit"], dtype=object), "seed": np.array([1])})["image"]
     assert img.dtype == np.uint8 and img.shape == (1, 16, 16, 3) and img.std() > 0
 
     dit = DiTRecoverActor("zoo:dit", {"num_inference_steps": 4, "start_step": 2, "fusion_window": (3, 2)},

@@ -56,7 +56,8 @@ def test_vllm_cpu_site_lets_torchvision_import_without_its_ops(tmp_path):
         (pkg / name).write_text(src)
     code = "import torchvision, torch; print(torchvision.IMPORTED, torch.ops.torchvision.nms.default._schema)"
     runs = {}
-    for label, path in (("plain", [str(tmp_path)]), ("site", [str(REPO / "scripts" / "vllm_cpu_site"), str(tmp_path)])):
+    for label, path in (("plain", [str(tmp_path)]), ("site", [str(REPO / "scripts" / "vllm_cpu_site"),
+                                                              str(tmp_path)])):
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
         runs[label] = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                                      timeout=120, check=False)
@@ -110,7 +111,8 @@ def test_vllm_engine_and_processor_kwargs_reach_ray_data_llm(monkeypatch):
     seen: dict = {}
     monkeypatch.setitem(sys.modules, "vllm", types.ModuleType("vllm"))
     monkeypatch.setattr(rdl, "vLLMEngineProcessorConfig", lambda **kw: seen.update(kw) or kw)
-    monkeypatch.setattr(rdl, "build_processor", lambda cfg, preprocess, postprocess: (lambda ds: (cfg, preprocess)))
+    monkeypatch.setattr(rdl, "build_processor", lambda cfg, preprocess,
+                        postprocess: (lambda ds: (cfg, preprocess)))
     pg = {"bundles": [{"CPU": 1}]}
     _cfg, pre = summarize_with_vllm("ds", "m", max_tokens=9, engine_kwargs={"max_model_len": 2048},
                                    processor_kwargs={"placement_group_config": pg})
@@ -162,8 +164,10 @@ def test_vllm_caption_requests_carry_the_image_and_the_instruct_prompt(monkeypat
 
     seen = _fake_ray_data_llm(monkeypatch)
     names = {"3": "handwritten digit three"}
-    _cfg, pre, post = vllm_caption_dataset("ds", "zoo:llava", names, max_tokens=9, engine_kwargs={"dtype": "float32"},
-                                           processor_kwargs={"max_concurrent_batches": 1}, zoo_dir=str(zoo_dir))
+    _cfg, pre, post = vllm_caption_dataset("ds", "zoo:llava", names, max_tokens=9,
+                                           engine_kwargs={"dtype": "float32"},
+                                           processor_kwargs={"max_concurrent_batches": 1},
+                                           zoo_dir=str(zoo_dir))
     assert seen["model_source"] == str(zoo_path("llava", zoo_dir))
     assert seen["chat_template_stage"] is True and seen["tokenize_stage"] is False
     # Ray 2.60's imports vllm.entrypoints.chat_utils (gone in 0.32)
@@ -176,7 +180,8 @@ def test_vllm_caption_requests_carry_the_image_and_the_instruct_prompt(monkeypat
     assert (req["path"], req["class_id"], req["error"]) == ("/d/3/a.png", "3", "")
     assert req["sampling_params"] == {"temperature": 0.0, "max_tokens": 9}
     text = prompts.caption_instruction("handwritten digit three", 9)
-    assert req["messages"] == [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
+    assert req["messages"] == [{"role": "user", "content": [{"type": "image"},
+                                                            {"type": "text", "text": text}]}]
     # the decoded pixels, as a PIL image
     assert np.array_equal(np.asarray(req["multimodal_data"]["image"]), image)
     # the chat-template stage renders the model's template over these messages: the transformers prompt
@@ -189,7 +194,8 @@ def test_vllm_caption_requests_carry_the_image_and_the_instruct_prompt(monkeypat
     blank = np.asarray(bad["multimodal_data"]["image"])
     assert bad["error"] == "cannot decode: x" and blank.shape == (8, 8, 3) and (blank == 255).all()
 
-    out = {"path": "/d/3/a.png", "class_id": "3", "error": "", "generated_text": " a three", "prompt": "USER: ..."}
+    out = {"path": "/d/3/a.png", "class_id": "3", "error": "", "generated_text": " a three",
+           "prompt": "USER: ..."}
     assert post(out) == {"path": "/d/3/a.png", "class_id": "3", "error": "", "caption": " a three"}
     assert post({**out, "generated_text": None})["caption"] == ""
 
@@ -223,10 +229,12 @@ def _run(backend: str, key_extra: dict | None = None) -> dict:
            "input:vllm:vlm": [{"dtype": "float32"}, {}] if backend == "vllm" else None,
            "input:fingerprint": "f1", "input:class_names": {"0": "zero", "3": "three"}, **(key_extra or {})}
     run = {"backend": backend, "columns": ["caption", "key", "path"], "key": key,
-           "names": {"0": "zero", "3": "three"}, "classes": {"/d/0/a.png": "0", "/d/0/b.png": "0", "/d/3/c.png": "3"},
+           "names": {"0": "zero", "3": "three"}, "classes": {"/d/0/a.png": "0", "/d/0/b.png": "0",
+                                                             "/d/3/c.png": "3"},
            "info": {"per_class": {"0": 2, "3": 1}}, "seconds": 1.0}
     keys = vllm_vlm_check.expected_keys(run)
-    run["rows"] = [{"path": p, "key": keys[p], "caption": f"{backend} caption of {p}"} for p in sorted(run["classes"])]
+    run["rows"] = [{"path": p, "key": keys[p],
+                    "caption": f"{backend} caption of {p}"} for p in sorted(run["classes"])]
     return run
 
 
@@ -240,7 +248,8 @@ def test_compare_runs_accepts_the_same_rows_and_names_each_difference():
     assert ref["rows"][0]["key"] == ref["rows"][1]["key"] != got["rows"][0]["key"]
 
     fewer = {**got, "rows": got["rows"][:2], "info": {"per_class": {"0": 2, "3": 0}}}
-    assert [p.split(":")[0] for p in vllm_vlm_check.compare_runs(ref, fewer)] == ["images differ", "per-class counts {'0'"]
+    assert [p.split(":")[0] for p in vllm_vlm_check.compare_runs(ref,
+                                                                 fewer)] == ["images differ", "per-class counts {'0'"]
     assert vllm_vlm_check.compare_runs(ref, {**got, "columns": ["caption", "path"]}) == [
         "columns ['caption', 'path'] != ['caption', 'key', 'path']"]
     reused = {**got, "rows": [{**r, "key": k["key"]} for r, k in zip(got["rows"], ref["rows"])]}
@@ -263,8 +272,8 @@ def test_caption_stage_on_vllm_matches_the_transformers_rows(zoo_dir, demo_root,
     vlm, clip = resolve_model_ref("zoo:llava"), resolve_model_ref("zoo:clip")
     runs = {}
     for backend in ("transformers", "vllm"):
-        cfg = vllm_vlm_check.caption_config(str(demo_root / "train"), str(tmp_path / backend), vlm, clip, backend,
-                                            ["0", "7"], 2)
+        cfg = vllm_vlm_check.caption_config(str(demo_root / "train"), str(tmp_path / backend), vlm, clip,
+                                            backend, ["0", "7"], 2)
         runs[backend] = vllm_vlm_check.run_caption(cfg)
     assert len(runs["vllm"]["rows"]) == 4
     assert vllm_vlm_check.compare_runs(runs["transformers"], runs["vllm"]) == []

@@ -23,7 +23,8 @@ def test_clip_reload_and_features(zoo_dir):
     proc = load_pretrained("clip", "zoo:clip", AutoProcessor.from_pretrained)
     model = load_pretrained("clip", "zoo:clip", CLIPModel.from_pretrained).eval()
     img = Image.fromarray(np.full((32, 32, 3), 200, np.uint8))
-    inp = proc(images=[img, img], text=["a photo of digit seven", "digit one"], return_tensors="pt", padding=True)
+    inp = proc(images=[img, img], text=["a photo of digit seven", "digit one"], return_tensors="pt",
+               padding=True)
     with torch.no_grad():
         f = model.get_image_features(pixel_values=inp.pixel_values)
         f = getattr(f, "pooler_output", f)
@@ -80,7 +81,8 @@ def test_missing_local_path_names_role_and_says_no_download(tmp_path):
     import pytest
     from transformers import CLIPModel
 
-    with pytest.raises(ModelLoadError, match=r"models\.clip: local model path does not exist: .*nowhere.*no download"):
+    with pytest.raises(ModelLoadError,
+                       match=r"models\.clip: local model path does not exist: .*nowhere.*no download"):
         load_pretrained("clip", str(tmp_path / "nowhere"), CLIPModel.from_pretrained)
     with pytest.raises(ModelLoadError, match="unknown zoo role"):
         load_pretrained("clip", "zoo:nonsense", CLIPModel.from_pretrained)
@@ -90,5 +92,6 @@ def test_offline_hub_id_fails_clearly():
     import pytest
     from transformers import CLIPModel
 
-    with pytest.raises(ModelLoadError, match=r"models\.clip: could not load 'openai/clip-vit-large-patch14'.*HF_HUB_OFFLINE"):
+    with pytest.raises(ModelLoadError,
+                       match=r"models\.clip: could not load 'openai/clip-vit-large-patch14'.*HF_HUB_OFFLINE"):
         load_pretrained("clip", "openai/clip-vit-large-patch14", CLIPModel.from_pretrained)

@@ -22,8 +22,8 @@ import gpu_check
 def test_gpu_check_fails_clearly_without_cuda():
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
-    r = subprocess.run(["bash", str(REPO / "bench" / "gpu_check.sh")], capture_output=True, text=True, timeout=120,
-                       env={**os.environ, "PYTHON": sys.executable}, check=False)
+    r = subprocess.run(["bash", str(REPO / "bench" / "gpu_check.sh")], capture_output=True, text=True,
+                       timeout=120, env={**os.environ, "PYTHON": sys.executable}, check=False)
     assert r.returncode == 3
     assert "no CUDA GPU is visible" in r.stderr and "--cpu-smoke" in r.stderr
 
@@ -60,8 +60,8 @@ def test_gpu_check_cpu_smoke(tmp_path, capsys):
 def test_gpu_check_cpu_smoke_in_bfloat16_with_channels_last(tmp_path, capsys):
     """The GPU defaults' code path (bf16, SDPA, channels_last) of the GPU check, on the CPU."""
     out = tmp_path / "gc.json"
-    assert gpu_check.main(["--cpu-smoke", "--dtype", "bfloat16", "--channels-last", "true", "--batches", "1,2",
-                           "--sd-batches", "1", "--skip-fp32", "--out", str(out)]) == 0
+    assert gpu_check.main(["--cpu-smoke", "--dtype", "bfloat16", "--channels-last", "true", "--batches",
+                           "1,2", "--sd-batches", "1", "--skip-fp32", "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "dtype torch.bfloat16; channels_last True" in text and printed_ratio(text) > 0
     res = json.loads(out.read_text())

@@ -47,7 +47,8 @@ def test_data_check_lists_every_skip_and_counts(messy):
     got = {os.path.relpath(s["path"], messy): reason_kind(s["reason"]) for s in rep["skipped"]}
     assert got == {"bad/zero.png": "zero-byte file", "empty": "empty class folder",
                    "short/broken.jpg": "cannot decode", "short/notes.txt": "not an image file extension"}
-    assert rep["problems"] == ["class 'bad': no usable images (empty)", "class 'empty': no usable images (empty)",
+    assert rep["problems"] == ["class 'bad': no usable images (empty)",
+                               "class 'empty': no usable images (empty)",
                                "class 'short': 1 usable images, below ipc 2"]
     assert rep["usable"] == 4 and rep["ok"] is False
     fast = check_dataset(messy, ipc=1, decode=False)  # listing only: the bad files look usable
@@ -103,7 +104,8 @@ def test_skip_log_writes_sorted_jsonl_and_resumes(tmp_path):
     log.extend([{"path": "r/notes.txt", "reason": "not an image file extension"}], stage="scan")
     log.write()
     lines = [json.loads(x) for x in (tmp_path / "skipped.jsonl").read_text().splitlines()]
-    assert [(e["stage"], e["path"]) for e in lines] == [("decode", "m.jpg"), ("decode", "z.jpg"), ("scan", "r/notes.txt")]
+    assert [(e["stage"], e["path"]) for e in lines] == [("decode", "m.jpg"), ("decode", "z.jpg"),
+                                                        ("scan", "r/notes.txt")]
     assert log.summary() == {"skipped": 3, "by_reason": {"cannot decode": 1, "not an image file extension": 1,
                                                          "zero-byte file": 1},
                              "by_stage": {"decode": 2, "scan": 1}, "file": str(tmp_path / "skipped.jsonl")}
@@ -116,7 +118,8 @@ def test_skip_log_writes_sorted_jsonl_and_resumes(tmp_path):
 
 def test_skip_thresholds():
     check_skipped_fraction(5, 100, 0.05)  # exactly at the threshold: fine
-    with pytest.raises(DataError, match=r"6 of 100 images \(6.0%\) were skipped, above data.max_skipped_fraction=0.05"):
+    with pytest.raises(DataError,
+                       match=r"6 of 100 images \(6.0%\) were skipped, above data.max_skipped_fraction=0.05"):
         check_skipped_fraction(6, 100, 0.05, report="run/skipped.jsonl")
     with pytest.raises(DataError, match="all 3 images were skipped"):
         check_skipped_fraction(3, 0, 1.0)

@@ -45,7 +45,8 @@ def zoo_edits(data: Path, zoo: Path, out: Path) -> list[str]:
 
 def zoo_diver(stage1: Path, zoo: Path, out: Path, pool: int = 1, few_steps: bool = True) -> list[str]:
     """configs/diver_imagenet1k.yaml on a tiny stage-1 set, the zoo DiT, 32 px, 3 steps (else the config's 50)."""
-    steps = ["diver.num_inference_steps=3", "diver.start_step=1", "diver.fusion_window=[2, 1]"] if few_steps else []
+    steps = ["diver.num_inference_steps=3", "diver.start_step=1",
+             "diver.fusion_window=[2, 1]"] if few_steps else []
     return [f"diver.input={stage1}", "data.class_names=null", "data.val_root=null",
             "models.dit=zoo:dit", f"models.zoo_dir={zoo}", "models.dtype=float32", "diver.resolution=32",
             *steps, "diver.null_class=null", "diver.vae_source=auto", "diver.side_by_side=false", "eval=null",
@@ -57,8 +58,8 @@ def semdistill_run(config: str, overrides: list[str], env: dict, log: Path, time
     """``semdistill run CONFIG OVERRIDES`` in a subprocess; returns its output, fails with its tail."""
     cmd = [sys.executable, "-m", "pipeline.cli", "run", str(REPO / "configs" / config), *overrides]
     with open(log, "w") as f:
-        r = subprocess.run(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, timeout=timeout, cwd=str(log.parent),
-                           check=False)
+        r = subprocess.run(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, timeout=timeout,
+                           cwd=str(log.parent), check=False)
     text = log.read_text()
     assert r.returncode == 0, text[-4000:]
     return text
@@ -187,7 +188,8 @@ def test_ray_job_submit_as_in_the_readme(two_nodes, zoo_dir, demo_root, tmp_path
     argv = [a for a in argv if not a.startswith("output.dir=")] + overrides
     env = {**two_nodes["env"], "RAY_ADDRESS": two_nodes["address"], "SEMDISTILL_ZOO_DIR": str(zoo_dir),
            "HF_HUB_OFFLINE": "1", "SEMDISTILL_PROGRESS": "0"}
-    r = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=1500, cwd=str(REPO), check=False)
+    r = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=1500, cwd=str(REPO),
+                       check=False)
     text = r.stdout + r.stderr
     assert r.returncode == 0, text[-4000:]
     assert "succeeded" in text.lower() and f"done: {out / 'distilled'}" in text

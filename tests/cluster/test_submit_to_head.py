@@ -27,8 +27,10 @@ def test_submit_demo_edits_to_a_local_head(ray_head, zoo_dir, demo_root, tmp_pat
            f"data.class_names={demo_root / 'class_names.json'}", f"output.dir={out}", "data.max_per_class=12",
            "models.llm=zoo:llm", "edits.finetune.enabled=false", "edits.num_inference_steps=10",
            "--address", ray_head["address"]]
-    env = {**ray_head["env"], "SEMDISTILL_ZOO_DIR": str(zoo_dir), "HF_HUB_OFFLINE": "1", "SEMDISTILL_PROGRESS": "0"}
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1500, cwd=str(tmp_path), check=False)
+    env = {**ray_head["env"], "SEMDISTILL_ZOO_DIR": str(zoo_dir), "HF_HUB_OFFLINE": "1",
+           "SEMDISTILL_PROGRESS": "0"}
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1500, cwd=str(tmp_path),
+                       check=False)
     text = r.stdout + r.stderr
     assert r.returncode == 0, text[-4000:]
     assert "submitted job semdistill-demo_edits-edits-" in r.stdout

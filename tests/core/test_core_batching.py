@@ -68,7 +68,8 @@ def test_diver_recovery_is_batch_size_invariant(dit):
     assert whole.shape == (5, 3, 32, 32)
     assert torch.equal(whole, ray_batches([1, 1, 1, 1, 1]))
     assert torch.equal(whole, ray_batches([2, 3]))
-    other_seed = recover_images(transformer, vae, scheduler, images[:1], classes[:1], [seeds[0] + 1], settings, 32)
+    other_seed = recover_images(transformer, vae, scheduler, images[:1], classes[:1], [seeds[0] + 1],
+                                settings, 32)
     assert not torch.equal(whole[:1], other_seed)  # the seed matters: the test can fail
 
 

@@ -26,7 +26,8 @@ def test_enospc_is_found_in_wrapped_and_quoted_errors():
     except RuntimeError as outer:
         found = find_disk_full(outer, "/data/out/ckpt", 5000)
     assert isinstance(found, DiskFullError) and found.path == "/data/out/ckpt" and found.needed == 5000
-    assert str(found).startswith("no space left on the device writing /data/out/ckpt: it needs more than 5000 bytes")
+    assert str(found).startswith("no space left on the device writing /data/out/ckpt: it needs more than "
+                                 "5000 bytes")
     assert find_disk_full(ValueError("bad value")) is None
 
 
@@ -38,7 +39,8 @@ def test_a_workers_disk_full_error_reaches_the_driver_with_its_path():
 
     err = disk_full("/data/out/run/checkpoint_1/state.pt", 123456)
     assert pickle.loads(pickle.dumps(err)).needed == 123456  # the fields survive the trip
-    group = pickle.loads(pickle.dumps(WorkerGroupError("training failed", {0: UserExceptionWithTraceback(err, "tb")})))
+    group = pickle.loads(pickle.dumps(WorkerGroupError("training failed",
+                                                       {0: UserExceptionWithTraceback(err, "tb")})))
     found = find_disk_full(group, "/data/out/run")
     assert isinstance(found, DiskFullError) and found.path == "/data/out/run/checkpoint_1/state.pt"
     assert found.needed == 123456 and str(found) == str(err)

@@ -92,7 +92,8 @@ def _toy_actor_class():
             with torch.no_grad():
                 x = self.net(per_image_noise(seeds, (4, 8, 8)))
             out = dict(batch)
-            out["image"] = ((x.tanh() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+            out["image"] = ((x.tanh() + 1) * 127.5).round().clamp(0,
+                                                                  255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
             self.faults.maybe_fail(batch["key"])  # after the work: the fault hits mid-batch
             return out
 
@@ -123,7 +124,8 @@ def test_injected_faults_are_retried_and_do_not_change_outputs(ray_local, rows, 
         configure_data_context(RayConfig())
         clean = _run(rows, pool=2, batch=3)
         assert len(clean) == 12 and len(set(clean.values())) == 12
-        raised = _run(rows, pool=2, batch=3, faults={"every_n": 2, "state_dir": str(tmp_path / "r"), "mode": "raise"})
+        raised = _run(rows, pool=2, batch=3, faults={"every_n": 2, "state_dir": str(tmp_path / "r"),
+                                                     "mode": "raise"})
         assert len(injected_faults(tmp_path / "r")) >= 1
         assert raised == clean
         # actor deaths (fault_mode exit) and other pool sizes: tests/test_run_faults.py, on DIVER
@@ -133,7 +135,8 @@ def test_injected_faults_are_retried_and_do_not_change_outputs(ray_local, rows, 
             # no CPU held: Ray Data can leave a failed dataset's actor alive in the session's shared Ray, and
             # a
             # leaked 0.25 CPU starved the EDITS sweep test's decode tasks (a hang in the fresh-clone suite)
-            _run(rows, pool=1, batch=4, faults={"every_n": 1, "state_dir": str(tmp_path / "n"), "mode": "raise"},
+            _run(rows, pool=1, batch=4, faults={"every_n": 1, "state_dir": str(tmp_path / "n"),
+                                                "mode": "raise"},
                  num_cpus=0.0)
     finally:
         ctx.actor_task_retry_on_errors, ctx.max_errored_blocks = saved

@@ -35,7 +35,8 @@ def linked(tmp_path):
 
 def test_scan_counts_each_file_once_in_the_class_it_sits_under(linked):
     idx = scan_image_folder(linked)
-    got = {c: sorted(os.path.relpath(r.path, linked) for r in idx.records if r.class_id == c) for c in idx.classes}
+    got = {c: sorted(os.path.relpath(r.path,
+                                     linked) for r in idx.records if r.class_id == c) for c in idx.classes}
     assert got == {"a": ["a/a0.png", "a/a1.png"],
                    "b": ["b/b0.png", "b/b1.png", "b/b2.png", "b/outside_again.png"],
                    "c": ["c/c0.png"]}
@@ -47,10 +48,12 @@ def test_scan_counts_each_file_once_in_the_class_it_sits_under(linked):
             assert real.startswith(os.path.realpath(linked / r.class_id) + os.sep)
     reasons = {os.path.relpath(s["path"], linked): s["reason"] for s in idx.skipped}
     assert reasons == {
-        "a/all": f"aliased folder: link back into the dataset outside class 'a' (real path {os.path.realpath(linked)})",
+        "a/all": f"aliased folder: link back into the dataset outside class 'a' (real path "
+                 f"{os.path.realpath(linked)})",
         "a/b_link": f"aliased folder: link into class 'b' (real path {os.path.realpath(linked / 'b')})",
         "c/outside.png": f"aliased file: same file as {linked / 'b' / 'outside_again.png'}",
-        "c/stolen.png": f"aliased file: link into class 'b' (real path {os.path.realpath(linked / 'b' / 'b0.png')})",
+        "c/stolen.png": f"aliased file: link into class 'b' (real path "
+                        f"{os.path.realpath(linked / 'b' / 'b0.png')})",
     }
 
 
@@ -91,7 +94,8 @@ def holder(tmp_path):
 
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], stdout=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], stdout=subprocess.PIPE, text=True,
+                            env=env)
     assert proc.stdout.readline().strip() == "held"
     yield proc, out
     if proc.poll() is None:
@@ -202,7 +206,8 @@ def test_hostile_class_ids_stay_inside_the_output_folder_and_are_reported(tmp_pa
         assert p.parent.parent == out and p.resolve().is_relative_to(out.resolve())
         assert len(p.parent.name.encode()) <= 200 and "\n" not in p.parent.name and "\x00" not in p.parent.name
     assert len({p.parent for p in paths}) == len(HOSTILE)
-    assert sorted(os.listdir(tmp_path)) == ["nest", "set.pt"] and sorted(os.listdir(tmp_path / "nest")) == ["out"]
+    assert sorted(os.listdir(tmp_path)) == ["nest",
+                                            "set.pt"] and sorted(os.listdir(tmp_path / "nest")) == ["out"]
     renamed = read_manifest(out)["renamed_classes"]
     # con is a plain name on Linux
     assert sorted(renamed) == sorted(c for c in HOSTILE if c not in ("con", "ok id"))

@@ -52,7 +52,8 @@ def test_corrupt_and_truncated_jpeg(tmp_path):
     data = full.read_bytes()
     (tmp_path / "trunc.jpg").write_bytes(data[: len(data) // 2])
     (tmp_path / "corrupt.jpg").write_bytes(data[:200] + bytes(range(256)) * 4)
-    with pytest.raises(BadImageError, match="cannot decode: OSError: (image file is truncated|Truncated File Read)"):
+    with pytest.raises(BadImageError,
+                       match="cannot decode: OSError: (image file is truncated|Truncated File Read)"):
         load_rgb(str(tmp_path / "trunc.jpg"))
     with pytest.raises(BadImageError, match="cannot decode"):
         load_rgb(str(tmp_path / "corrupt.jpg"), size=16)
@@ -150,7 +151,8 @@ def test_uppercase_extensions_are_images(tmp_path):
     for name in ("A.JPG", "B.JPEG", "C.PNG", "d.Png", "e.WebP"):
         _img(tmp_path / "cls" / name, "red", (4, 4))
     idx = scan_image_folder(tmp_path)
-    assert sorted(os.path.basename(r.path) for r in idx.records) == ["A.JPG", "B.JPEG", "C.PNG", "d.Png", "e.WebP"]
+    assert sorted(os.path.basename(r.path) for r in idx.records) == ["A.JPG", "B.JPEG", "C.PNG", "d.Png",
+                                                                     "e.WebP"]
     assert all(load_rgb(r.path)[0, 0, 0] > 200 for r in idx.records)
 
 
@@ -219,7 +221,8 @@ def test_empty_class_and_class_of_only_bad_files(tmp_path):
     idx = scan_image_folder(tmp_path, allow_empty_classes=True)
     assert idx.classes == ["a"]
     assert {os.path.basename(s["path"]): s["reason"] for s in idx.skipped} == {
-        "empty": "empty class folder", "notes": "empty class folder", "readme.txt": "not an image file extension"}
+        "empty": "empty class folder", "notes": "empty class folder",
+        "readme.txt": "not an image file extension"}
     with pytest.raises(DataError, match=r"classes with no usable images: \['bad'\]"):
         check_class_counts({"a": 3, "bad": 0}, ipc=1, policy="shrink")
 
@@ -334,8 +337,10 @@ def test_data_root_and_class_names_faults(tmp_path):
         load_class_names(tmp_path / "names.json", ["a"])
     (tmp_path / "names.json").write_text(json.dumps({"a": "apple", "zz": "not in the data"}))
     assert load_class_names(tmp_path / "names.json", ["a", "b"]) == {"a": "apple", "b": "b"}
-    (tmp_path / "idx.json").write_text(json.dumps({"0": ["n01", "tench"], "1": ["n02", ["goldfish", "Carassius"]]}))
-    assert load_class_names(tmp_path / "idx.json", ["n01", "n02"]) == {"n01": "tench", "n02": "goldfish, Carassius"}
+    (tmp_path / "idx.json").write_text(json.dumps({"0": ["n01", "tench"],
+                                                   "1": ["n02", ["goldfish", "Carassius"]]}))
+    assert load_class_names(tmp_path / "idx.json", ["n01", "n02"]) == {"n01": "tench",
+                                                                       "n02": "goldfish, Carassius"}
     (tmp_path / "torn.json").write_text('{"a": "app')
     with pytest.raises(DataError, match="torn.json cannot be read"):
         load_class_names(tmp_path / "torn.json", ["a"])

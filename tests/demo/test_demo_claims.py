@@ -32,10 +32,12 @@ ROWS = [
 THREE = [
     _row("dm", "convnet", [99.0, 99.0, 99.0], ipc=1),
     _row("dm", "resnet18", [80.0, 82.0, 84.0], ipc=1), _row("dm", "mobilenetv2", [70.0, 74.0, 72.0], ipc=1),
-    _row("diver", "resnet18", [84.0, 86.0, 85.0], ipc=1), _row("diver", "mobilenetv2", [76.0, 78.0, 79.0], ipc=1),
+    _row("diver", "resnet18", [84.0, 86.0, 85.0], ipc=1), _row("diver", "mobilenetv2", [76.0, 78.0, 79.0],
+                                                               ipc=1),
     _row("random_real", "resnet18", [90.0, 90.0, 90.0], ipc=1),
     _row("random_real", "mobilenetv2", [88.0, 90.0, 92.0], ipc=1),
-    _row("edits", "resnet18", [93.0, 90.0, 92.0], ipc=1), _row("edits", "mobilenetv2", [91.0, 88.0, 92.0], ipc=1),
+    _row("edits", "resnet18", [93.0, 90.0, 92.0], ipc=1), _row("edits", "mobilenetv2", [91.0, 88.0, 92.0],
+                                                               ipc=1),
 ]
 
 

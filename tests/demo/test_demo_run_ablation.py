@@ -21,10 +21,12 @@ def test_gamma0_recovers_the_same_dm_set_with_the_same_seeds_and_only_gamma_diff
                   "gamma": 0.5, "sigma": "posterior", "torch_threads": 1,
                   "stage1": {"ipc": 1, "iterations": 3, "batch_real": 8, "net_width": 8, "max_per_class": 12,
                              "init": "noise"}},
-        "ray": {"num_cpus": 2, "actor_num_cpus": 0.5, "pool_sizes": {"recover": 1}, "batch_sizes": {"recover": 10}},
+        "ray": {"num_cpus": 2, "actor_num_cpus": 0.5, "pool_sizes": {"recover": 1},
+                "batch_sizes": {"recover": 10}},
         "output": {"dir": str(tmp_path / "diver")}})
     full = run_diver(cfg)["sets"]["ipc1"]
-    plain = next(iter(run_diver(gamma0_config(cfg, tmp_path / "diver" / "ipc1" / "stage1", tmp_path))["sets"].values()))
+    plain = next(iter(run_diver(gamma0_config(cfg, tmp_path / "diver" / "ipc1" / "stage1",
+                                              tmp_path))["sets"].values()))
     assert plain["recovered"] == str(tmp_path / "diver_gamma0" / "diver")
     m_full, m_plain = (json.loads((tmp_path / p / "manifest.json").read_text())
                        for p in (full["recovered"], plain["recovered"]))
@@ -48,8 +50,8 @@ def test_edits_without_text_prototypes_reuses_the_full_run_and_changes_only_the_
     from pipeline.edits.run import run_edits
     from tests.run_configs import tiny_edits_config
 
-    ft = {"enabled": True, "max_steps": 2, "vae_steps": 0, "batch_size": 4, "resolution": 32, "use_gpu": False,
-          "mixed_precision": "no", "cache_latents": True, "learning_rate": 1e-4}
+    ft = {"enabled": True, "max_steps": 2, "vae_steps": 0, "batch_size": 4, "resolution": 32,
+          "use_gpu": False, "mixed_precision": "no", "cache_latents": True, "learning_rate": 1e-4}
     cfg = config_from_dict(tiny_edits_config(demo_root, tmp_path / "edits", finetune=ft))
     run_edits(cfg, log=lambda _m: None)
     logs: list[str] = []

@@ -17,11 +17,13 @@ def test_edits_gets_the_headline_ipc_1_and_the_trims_merged_into_its_demo_config
     own = yaml.safe_load((REPO / "configs" / "demo_edits.yaml").read_text())
     cfg = method_config("edits", tmp_path / "out", tmp_path / "data", quick=False)
     assert cfg.method == "edits" and cfg.edits.ipc == HEADLINE_IPC == 1
-    assert method_config("edits", tmp_path / "out", tmp_path / "data", quick=False, ipcs=(10,)).edits.ipc == 10
+    assert method_config("edits", tmp_path / "out", tmp_path / "data", quick=False,
+                         ipcs=(10,)).edits.ipc == 10
     assert cfg.edits.num_inference_steps == DEMO_TRIM["edits"]["num_inference_steps"] == 25
     # the demo SD is pretrained
     assert cfg.edits.finetune.max_steps == 160 and cfg.edits.finetune.vae_steps == 0
-    assert (cfg.models.vlm, cfg.models.clip, cfg.models.sd) == ("zoo:demo_vlm", "zoo:demo_clip", "zoo:demo_sd")
+    assert (cfg.models.vlm, cfg.models.clip, cfg.models.sd) == ("zoo:demo_vlm", "zoo:demo_clip",
+                                                                "zoo:demo_sd")
     # merged, not replaced
     assert cfg.edits.finetune.learning_rate == own["edits"]["finetune"]["learning_rate"]
     assert cfg.ray.batch_sizes["llm"] == 20 and cfg.ray.batch_sizes["generate"] == own["ray"]["batch_sizes"]["generate"]
@@ -47,15 +49,18 @@ def test_quick_demo_writes_results_report_and_overview(tmp_path):
     import sys
 
     out = tmp_path / "demo"
-    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "demo", "--out", str(out), "--quick"], cwd=REPO,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=3600, check=False)
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "demo", "--out", str(out), "--quick"],
+                          cwd=REPO,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True,
+                          timeout=3600, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads((out / "results.json").read_text())
     assert {r["method"] for r in rows} == {"random_real", "dm", "diver", "edits"}
     assert {r["student"] for r in rows} == {"convnet", "resnet18", "mobilenetv2"}
     assert {r["student"] for r in rows if not r["in_mean"]} == {"convnet"}  # the DM proxy
     for r in rows:
-        assert {"dataset", "method", "ipc", "student", "top1_mean", "top1_std", "repeats", "distill_seed"} <= set(r)
+        assert {"dataset", "method", "ipc", "student", "top1_mean", "top1_std", "repeats",
+                "distill_seed"} <= set(r)
         assert r["ipc"] == 1 and r["distill_seed"] == 0 and 0.0 <= r["top1_mean"] <= 100.0
     assert (out / "results.md").is_file() and (out / "report.html").stat().st_size > 10_000
     assert (out / "report_files" / "overview.png").is_file()
@@ -110,7 +115,8 @@ def test_gamma0_ablation_is_the_same_dit_pass_without_guidance(tmp_path):
     cfg = method_config("diver", tmp_path / "out", tmp_path / "data", quick=False)
     g0 = gamma0_config(cfg, tmp_path / "dm", tmp_path / "out")
     assert g0.diver.gamma == 0.0 and g0.diver.stage1 is None and g0.diver.input == str(tmp_path / "dm")
-    same = {k: v for k, v in cfg.diver.model_dump().items() if k not in ("gamma", "stage1", "input", "input_format")}
+    same = {k: v for k,
+            v in cfg.diver.model_dump().items() if k not in ("gamma", "stage1", "input", "input_format")}
     assert same == {k: v for k, v in g0.diver.model_dump().items() if k in same}
     assert g0.output.dir == str(tmp_path / "out" / "diver_gamma0")
 
@@ -126,6 +132,7 @@ def test_demo_students_train_at_the_batch_chosen_on_the_holdout():
         ev = resolve_preset(eval_config(plan, 10))
         assert (ev.batch_size, ev.epochs, ev.augment, ev.schedule) == (16, 20, "dsa", "cosine")
         ev1 = resolve_preset(eval_config(plan, 1))
-        assert (ev1.batch_size, ev1.epochs) == (DEMO_EVAL_BY_IPC[1]["batch_size"], DEMO_EVAL_BY_IPC[1]["epochs"])
+        assert (ev1.batch_size, ev1.epochs) == (DEMO_EVAL_BY_IPC[1]["batch_size"],
+                                                DEMO_EVAL_BY_IPC[1]["epochs"])
         assert ev1.augment == "dsa" and ev1.repeats == ev.repeats == plan.eval_seeds
         assert resolve_preset(eval_config(plan, None)).epochs == 20  # the full real set: IPC 10's settings

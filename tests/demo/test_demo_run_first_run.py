@@ -60,8 +60,8 @@ print("after the block")
 
 def test_quiet_terminal_shows_stage_lines_and_bars_only(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-c", QUIET, str(tmp_path / "logs")], capture_output=True, text=True,
-                          env=env, timeout=120, check=True)
+    proc = subprocess.run([sys.executable, "-c", QUIET, str(tmp_path / "logs")], capture_output=True,
+                          text=True, env=env, timeout=120, check=True)
     term = proc.stdout + proc.stderr
     assert "[1/2] first stage" in term and "[2/2] second stage" in term and "after the block" in term
     assert "3/3" in term  # the tqdm bar of the stage

@@ -84,7 +84,8 @@ def test_distillation_seed_shifts_each_methods_own_seed(tmp_path):
     assert diver_seed_config(base, out, "dm", (1, 10), 0).output.dir == str(out / "diver")
     gm = diver_seed_config(base, out, "gm", (1,), 0)
     s1 = gm.diver.stage1
-    assert (s1.method, s1.ipcs, s1.init, s1.lr_img, s1.outer_loop, s1.inner_loop) == ("gm", [1], "noise", None,
+    assert (s1.method, s1.ipcs, s1.init, s1.lr_img, s1.outer_loop,
+            s1.inner_loop) == ("gm", [1], "noise", None,
                                                                                         None, None)
     assert (s1.net_width, s1.net_depth) == (64, 3) and gm.output.dir == str(out / "diver_gm")  # DM's proxy
 
@@ -102,19 +103,22 @@ def test_distillation_seed_shifts_each_methods_own_seed(tmp_path):
 def test_rows_are_keyed_by_distillation_seed_so_seeds_do_not_overwrite(monkeypatch, tmp_path):
     from pipeline.config import EvalConfig
 
-    specs = {s.name: s for s in (SetSpec("dm", 1, 0), SetSpec("dm", 1, 1), SetSpec("diver", 1, 1, stage1="dm"))}
+    specs = {s.name: s for s in (SetSpec("dm", 1, 0), SetSpec("dm", 1, 1),
+                                 SetSpec("diver", 1, 1, stage1="dm"))}
     sets = {n: tmp_path / n for n in specs}
     for d in sets.values():
         d.mkdir()
 
     def fake_eval(todo, val, ev, out, methods=None, **kw):
-        return [{"dataset": "digits", "method": methods[n], "ipc": 1, "student": "resnet18", "student_kwargs": {},
+        return [{"dataset": "digits", "method": methods[n], "ipc": 1, "student": "resnet18",
+                 "student_kwargs": {},
                  "protocol": "hard", "augment": ev.augment, "top1_mean": 50.0, "top1_std": 0.0, "repeats": 3,
                  "in_mean": True, "distilled": str(d), "runs": [{"seed": s, "final": 50.0} for s in range(3)]}
                 for n, d in todo.items()]
 
     monkeypatch.setattr(te, "evaluate_sets", fake_eval)
-    rows = evaluate_demo(sets, tmp_path, tmp_path, EvalConfig(students=["resnet18"], repeats=3), None, specs=specs)
+    rows = evaluate_demo(sets, tmp_path, tmp_path, EvalConfig(students=["resnet18"], repeats=3), None,
+                         specs=specs)
     got = sorted((r["method"], r["distill_seed"], r.get("stage1")) for r in rows)
     assert got == [("diver", 1, "dm"), ("dm", 0, None), ("dm", 1, None)]
     saved = json.loads((tmp_path / "results.json").read_text())
@@ -161,9 +165,11 @@ def _fake_pipeline(monkeypatch, tmp_path):
                         lambda name, real, out, ipc, seed=0, **kw: {"output": folder(Path(out))})
     monkeypatch.setattr(ray_setup, "ray_session", lambda cfg: contextlib.nullcontext())
     monkeypatch.setattr(diver_run, "run_diver", fake_diver)
-    monkeypatch.setattr(edits_run, "run_edits", lambda cfg, log=None: {"output": folder(Path(cfg.output.dir) / "d")})
+    monkeypatch.setattr(edits_run, "run_edits", lambda cfg,
+                        log=None: {"output": folder(Path(cfg.output.dir) / "d")})
     monkeypatch.setattr(te, "evaluate_sets", fake_eval)
-    monkeypatch.setattr(report, "write_report", lambda out, rows, **kw: {"report_html": str(out / "report.html")})
+    monkeypatch.setattr(report, "write_report", lambda out, rows,
+                        **kw: {"report_html": str(out / "report.html")})
     return asked
 
 
@@ -206,6 +212,6 @@ def test_the_demo_normalises_every_set_with_the_real_train_split(monkeypatch, tm
 
     monkeypatch.setattr(te, "evaluate_sets", fake_eval)
     (tmp_path / "dm").mkdir()
-    evaluate_demo({"dm": tmp_path / "dm"}, tmp_path / "data", tmp_path, EvalConfig(students=["resnet18"], repeats=1),
-                  None)
+    evaluate_demo({"dm": tmp_path / "dm"}, tmp_path / "data", tmp_path,
+                  EvalConfig(students=["resnet18"], repeats=1), None)
     assert seen["train_root"] == tmp_path / "data" / "train" and seen["val"] == tmp_path / "data" / "val"

@@ -81,7 +81,8 @@ def test_class_count_read_from_a_local_folder_and_a_hub_id_offline(zoo_dir, tmp_
 
     assert dit_num_classes(resolve_ref("dit", "zoo:dit")) == (1000, "")
     # a hub id whose config is not in the local cache: unknown, with the reason (no download)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "empty"), "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "empty"),
+           "PYTHONPATH": str(REPO)}
     code = "from actors.dit import dit_num_classes; import json; print(json.dumps(dit_num_classes('facebook/DiT-XL-2-256')))"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     n, why = json.loads(out.stdout.strip().splitlines()[-1])
@@ -107,7 +108,8 @@ def test_unknown_class_count_falls_back_to_the_table_and_the_actor_checks_it(zoo
     mapping, expected = class_settings(_set(TEN), d, None, (None, "not cached"), tensor_input=False)
     assert mapping == {w: imagenet1k_index()[w] for w in TEN} and expected == 1000
     with pytest.raises(ConfigError, match=r"diver.input_classes.*diver.class_map"):  # unnamed labels 0..9
-        class_settings(_set([str(i) for i in range(10)], named=False), d, None, (None, "?"), tensor_input=True)
+        class_settings(_set([str(i) for i in range(10)], named=False), d, None, (None, "?"),
+                       tensor_input=True)
     settings = {"num_inference_steps": 4, "start_step": 2, "fusion_window": (3, 2)}
     with pytest.raises(ValueError, match=r"assumed a DiT with 10 classes.*has 1000.*diver.class_map"):
         DiTRecoverActor("zoo:dit", settings, 32, dtype="float32", device="cpu", expected_classes=10)
@@ -121,7 +123,8 @@ def test_input_together_with_stage1_is_an_error_naming_both_keys(tmp_path, monke
     assert not any(tmp_path.iterdir())
     with pytest.raises(ConfigError, match=r"diver.input.*diver.stage1"):
         load_config(REPO / "configs" / "demo_diver.yaml", ["diver.input=X"])
-    assert load_config(REPO / "configs" / "demo_diver.yaml", ["diver.input=X", "diver.stage1=null"]).diver.input
+    assert load_config(REPO / "configs" / "demo_diver.yaml", ["diver.input=X",
+                                                              "diver.stage1=null"]).diver.input
 
 
 def test_images_best_holding_the_dc_dm_dict_is_read_by_its_content(tmp_path):
@@ -167,7 +170,8 @@ def test_wnid_folders_on_the_zoo_dit_record_imagenet_indices_and_a_new_map_never
     from pipeline.diver.run import run_diver
 
     inp = _wnid_folder(tmp_path / "in")
-    cfg = load_config(REPO / "configs" / "diver_imagenet1k.yaml", _imagenet1k_overrides(inp, zoo_dir, tmp_path / "r"))
+    cfg = load_config(REPO / "configs" / "diver_imagenet1k.yaml",
+                      _imagenet1k_overrides(inp, zoo_dir, tmp_path / "r"))
     assert cfg.diver.timestep_embedding == "dit" and cfg.diver.class_map is None
     run_diver(cfg)
     manifest = json.loads((tmp_path / "r" / "diver" / "manifest.json").read_text())

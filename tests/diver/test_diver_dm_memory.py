@@ -18,7 +18,8 @@ from tuning.augment import DSA
 from tuning.convnet import ConvNet
 
 
-def _real_set(classes: int, per_class: int = 5, size: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def _real_set(classes: int, per_class: int = 5, size: int = 16,
+              seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     x = torch.randint(0, 256, (classes * per_class, 3, size, size), generator=g, dtype=torch.uint8)
     return x, torch.arange(classes).repeat_interleave(per_class)

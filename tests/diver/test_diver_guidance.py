@@ -52,8 +52,8 @@ def reference_ddim(transformer, z: torch.Tensor, labels: torch.Tensor, first: in
 
 
 def settings(**kw) -> RecoverSettings:
-    base = {"num_inference_steps": STEPS, "start_step": 5, "fusion_window": (5, 2), "gamma": 0.1, "cfg_scale": 4.0,
-            "sigma": "posterior", "reverse_start": "start_step"}
+    base = {"num_inference_steps": STEPS, "start_step": 5, "fusion_window": (5, 2), "gamma": 0.1,
+            "cfg_scale": 4.0, "sigma": "posterior", "reverse_start": "start_step"}
     # posterior: the zoo DiT's variance channels are random; start_step: from t 999 the random zoo DiT's
     # x0 = (z - ...) / sqrt(ab) (1 / 0.006) blows float32 rounding up, which hides what these tests check
     return RecoverSettings(**{**base, **kw})
@@ -68,7 +68,8 @@ def test_inheritance_noise_level_matches_the_schedule(dit, inputs):
     ab = hand_alpha_bar()[t]
     assert float(scheduler.alphas_cumprod[t]) == pytest.approx(ab, rel=1e-5)
     got = inherit_noise(scheduler, z_d, noise, 25)
-    torch.testing.assert_close(got, (np.sqrt(ab) * z_d + np.sqrt(1 - ab) * noise).float(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got, (np.sqrt(ab) * z_d + np.sqrt(1 - ab) * noise).float(), rtol=1e-5,
+                               atol=1e-5)
     # on a zero latent the inherited noise has std sqrt(1 - alpha_bar_t) (~0.96 at t = 510)
     zero = inherit_noise(scheduler, torch.zeros(64, 4, 16, 16), torch.randn(64, 4, 16, 16,
                                                                               generator=torch.Generator().manual_seed(0)), 25)
@@ -93,9 +94,10 @@ def test_guidance_outside_the_fusion_window_is_a_noop(dit, inputs):
     z_d, labels, noise = inputs
     plain = recover_latents(transformer, scheduler, z_d, labels, settings(gamma=0.0), noise=noise)
     with pytest.raises(ValueError, match="fusion_window"):  # a window the run never reaches is an error
-        recover_latents(transformer, scheduler, z_d, labels, settings(gamma=0.5, fusion_window=(8, 6)), noise=noise)
-    only_last = recover_latents(transformer, scheduler, z_d, labels, settings(gamma=0.5, fusion_window=(0, 0)),
-                                noise=noise)
+        recover_latents(transformer, scheduler, z_d, labels, settings(gamma=0.5, fusion_window=(8, 6)),
+                        noise=noise)
+    only_last = recover_latents(transformer, scheduler, z_d, labels,
+                                settings(gamma=0.5, fusion_window=(0, 0)), noise=noise)
     assert (only_last - plain).abs().max() > 1e-3
 
 

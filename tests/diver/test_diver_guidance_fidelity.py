@@ -40,7 +40,8 @@ class Spy(torch.nn.Module):
 @pytest.fixture(scope="module")
 def inputs():
     g = torch.Generator().manual_seed(11)
-    return torch.randn(B, 4, 16, 16, generator=g), torch.tensor([3, 7]), torch.randn(B, 4, 16, 16, generator=g)
+    return torch.randn(B, 4, 16, 16, generator=g), torch.tensor([3,
+                                                                 7]), torch.randn(B, 4, 16, 16, generator=g)
 
 
 def ab_table() -> np.ndarray:
@@ -204,7 +205,8 @@ def test_sigma_learned_needs_variance_channels(inputs):
     with pytest.raises(ValueError, match="sigma=learned"):
         recover_latents(no_var, sched, z_d, labels, s, noise=noise)
     out = recover_latents(no_var, sched, z_d, labels, settings(num_inference_steps=4, start_step=2,
-                                                                fusion_window=(2, 1), sigma="posterior"), noise=noise)
+                                                                fusion_window=(2, 1), sigma="posterior"),
+                                                                noise=noise)
     assert torch.isfinite(out).all()
 
 

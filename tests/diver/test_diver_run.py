@@ -63,7 +63,8 @@ def test_dm_two_ipcs_recovered_with_manifest_side_by_side_and_resume(demo_root, 
     assert (run / "ipc2" / "diver" / "3" / "c3_i001.png").read_bytes() == first
 
 
-def test_pt_input_is_denormalised_before_the_vae_and_class_map_applies(zoo_dir, ray_local, tmp_path, demo_root):
+def test_pt_input_is_denormalised_before_the_vae_and_class_map_applies(zoo_dir, ray_local, tmp_path,
+                                                                       demo_root):
     from actors.dit import load_dit, recover_images
     from pipeline.diver.guidance import RecoverSettings
 

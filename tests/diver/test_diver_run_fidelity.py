@@ -16,11 +16,11 @@ from pipeline.diver.inputs import PRESETS, save_pt
 from pipeline.diver.run import run_diver
 from pipeline.errors import ConfigError
 
-FRUIT = ["n07753275", "n07753592", "n07745940", "n07747607", "n07749582", "n07768694", "n07753113", "n07720875",
-         "n07718472", "n07742313"]
+FRUIT = ["n07753275", "n07753592", "n07745940", "n07747607", "n07749582", "n07768694", "n07753113",
+         "n07720875", "n07718472", "n07742313"]
 FRUIT_DIT = [953, 954, 949, 950, 951, 957, 952, 945, 943, 948]
-FAST = {"resolution": 32, "num_inference_steps": 4, "start_step": 2, "fusion_window": [2, 1], "sigma": "posterior",
-        "torch_threads": 1}
+FAST = {"resolution": 32, "num_inference_steps": 4, "start_step": 2, "fusion_window": [2, 1],
+        "sigma": "posterior", "torch_threads": 1}
 RAY = {"num_cpus": 2, "actor_num_cpus": 0.5, "pool_sizes": {"recover": 1}, "batch_sizes": {"recover": 8}}
 
 
@@ -57,8 +57,8 @@ def test_models_vae_is_used_when_vae_source_is_models(zoo_dir):
     assert vae_ref_for(config_from_dict({"method": "diver", "models": {"dit": "zoo:dit"}})) is None
     hub = config_from_dict({"method": "diver", "models": {"dit": "facebook/DiT-XL-2-256"}})
     assert vae_ref_for(hub) == "stabilityai/sd-vae-ft-mse"  # auto on a real DiT: the paper's VAE
-    actor = DiTRecoverActor("zoo:dit", RecoverSettings().as_dict(), resolution=32, dtype="float32", device="cpu",
-                            vae_ref=zoo_vae)
+    actor = DiTRecoverActor("zoo:dit", RecoverSettings().as_dict(), resolution=32, dtype="float32",
+                            device="cpu", vae_ref=zoo_vae)
     from diffusers import AutoencoderKL
 
     ref = AutoencoderKL.from_pretrained(zoo_vae)
@@ -85,7 +85,8 @@ def _stand_in_mtt(root: Path, per_class: int = 1) -> tuple[Path, Path]:
 
 def _fruit_overrides(tmp_path, mtt, val, *extra):
     return [f"diver.input={mtt}", f"data.root={val}", f"data.val_root={val}", "models.dit=zoo:dit",
-            "models.vae=zoo:vae", "models.dtype=float32", *[f"diver.{k}={json.dumps(v)}" for k, v in FAST.items()],
+            "models.vae=zoo:vae", "models.dtype=float32", *[f"diver.{k}={json.dumps(v)}" for k,
+                                                            v in FAST.items()],
             "ray.num_cpus=2", "ray.actor_num_cpus=0.5", "ray.actor_num_gpus=0", "ray.pool_sizes={recover: 1}",
             "ray.batch_sizes={recover: 10}", "ray.micro_batch_sizes={recover: 10}", f"output.dir={tmp_path / 'run'}",
             *extra]
@@ -107,7 +108,8 @@ def test_imagefruit_config_end_to_end_on_a_stand_in_set(zoo_dir, ray_local, tmp_
     assert manifest["settings"]["vae"] == resolve_ref("vae", "zoo:vae")
     # the same tensor input without a class map would land on DiT classes 0..9: an error naming the fix
     bare = load_config("configs/diver_imagefruit.yaml",
-                       _fruit_overrides(tmp_path / "b", mtt, val, "diver.class_map=null", "diver.input_classes=null"))
+                       _fruit_overrides(tmp_path / "b", mtt, val, "diver.class_map=null",
+                                        "diver.input_classes=null"))
     with pytest.raises(ConfigError, match=r"diver.class_map.*|diver.input_classes"):
         run_diver(bare)
 
@@ -147,7 +149,8 @@ def test_sigma_learned_falls_back_once_where_the_variance_is_absent_or_untrained
     def folder(name: str, out_channels: int, report: dict | None = None) -> Path:
         p = tmp_path / name
         (p / "transformer").mkdir(parents=True)
-        (p / "transformer" / "config.json").write_text(json.dumps({"in_channels": 4, "out_channels": out_channels}))
+        (p / "transformer" / "config.json").write_text(json.dumps({"in_channels": 4,
+                                                                   "out_channels": out_channels}))
         if report is not None:
             (p / "demo_dit.json").write_text(json.dumps(report))
         return p

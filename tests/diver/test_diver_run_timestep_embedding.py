@@ -51,8 +51,10 @@ def test_the_patched_embedding_is_dits_formula_in_every_block(zoo_dir):
 
 def test_defaults_dit_for_real_dits_and_diffusers_for_the_zoo():
     base = {"method": "diver", "diver": {"input": "x"}}
-    assert resolve_timestep_embedding(config_from_dict({**base, "models": {"dit": "facebook/DiT-XL-2-256"}})) == "dit"
-    assert resolve_timestep_embedding(config_from_dict({**base, "models": {"dit": "zoo:demo_dit"}})) == "diffusers"
+    assert resolve_timestep_embedding(config_from_dict({**base,
+                                                        "models": {"dit": "facebook/DiT-XL-2-256"}})) == "dit"
+    assert resolve_timestep_embedding(config_from_dict({**base,
+                                                        "models": {"dit": "zoo:demo_dit"}})) == "diffusers"
     for name in ("diver_imagenet1k.yaml", "diver_imagefruit.yaml"):
         assert load_config(REPO / "configs" / name).diver.timestep_embedding == "dit"
     assert load_config(REPO / "configs" / "demo_diver.yaml").diver.timestep_embedding == "diffusers"

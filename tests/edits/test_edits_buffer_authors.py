@@ -46,7 +46,8 @@ def _authors_by_hand(img: np.ndarray, txt: np.ndarray, ipc: int, seed: int, tau:
         ranked = members[np.argsort(dist, kind="stable")]
         image.append(ranked[:k_image].tolist())
         text.append(ranked[:k_text].tolist())
-    return {"fused": fused, "labels": km.labels_, "centres": km.cluster_centers_, "image": image, "text": text}
+    return {"fused": fused, "labels": km.labels_, "centres": km.cluster_centers_, "image": image,
+            "text": text}
 
 
 @pytest.mark.parametrize("class_seed", [0, 1, 2])
@@ -66,7 +67,8 @@ def test_stage_defaults_equal_the_authors_formula(class_seed):
 
 def test_the_defaults_are_the_authors_settings():
     e = EditsConfig()
-    assert (e.fusion, e.feature_normalize, e.tau, e.feature_resample, e.clip_image_feature, e.resize_mode) == (
+    assert (e.fusion, e.feature_normalize, e.tau, e.feature_resample, e.clip_image_feature,
+            e.resize_mode) == (
         "concat", False, 0.01, "bilinear", "raw_cls", "squash")
     assert (e.contamination, e.lof_neighbors, e.kmeans_nredo, e.kmeans_init, e.k_image, e.k_text) == (
         0.0, 10, 10, "k-means++", 5, 5)

@@ -89,7 +89,8 @@ def test_clip_image_feature_is_the_projected_raw_cls_token_by_default(zoo_dir):
     batch = {"path": np.array(["a", "b"], dtype=object), "caption": np.array(["a", "b"], dtype=object),
              "image": _images(2), "error": np.array(["", ""], dtype=object)}
     got = emb(batch)["img_feat"]
-    px = emb.processor(images=[Image.fromarray(i) for i in batch["image"]], return_tensors="pt")["pixel_values"]
+    px = emb.processor(images=[Image.fromarray(i) for i in batch["image"]],
+                       return_tensors="pt")["pixel_values"]
     with torch.no_grad():
         hidden = emb.model.vision_model(pixel_values=px).last_hidden_state[:, 0]
         raw = emb.model.visual_projection(hidden).numpy()
@@ -193,5 +194,6 @@ def test_imagewoof_config_reads_the_imagenet_1k_subset():
                                 "n02096294", "n02099601", "n02105641", "n02111889", "n02115641"]
     assert cfg.data.max_per_class is None  # every train image of the 10 classes
     e = cfg.edits
-    assert (e.kmeans_init, e.kmeans_niter, e.resize_mode, e.clip_image_feature) == ("k-means++", 300, "squash",
+    assert (e.kmeans_init, e.kmeans_niter, e.resize_mode,
+            e.clip_image_feature) == ("k-means++", 300, "squash",
                                                                                      "raw_cls")

@@ -77,8 +77,10 @@ def test_openai_backend_posts_chat_completions_and_cleans(monkeypatch):
         monkeypatch.setenv("SEMDISTILL_TEST_KEY", "k123")
         actor = LLMActor("openai", "my-model", url=f"http://127.0.0.1:{server.server_port}/v1",
                          api_key_env="SEMDISTILL_TEST_KEY", max_tokens=12, temperature=0.0)
-        batch = {"key": np.array(["a_000", "a_001"], dtype=object), "system": np.array(["sys", "sys"], dtype=object),
-                 "user": np.array(["u1", "user two"], dtype=object), "class_name": np.array(["tench"] * 2, dtype=object),
+        batch = {"key": np.array(["a_000", "a_001"], dtype=object),
+                 "system": np.array(["sys", "sys"], dtype=object),
+                 "user": np.array(["u1", "user two"], dtype=object),
+                 "class_name": np.array(["tench"] * 2, dtype=object),
                  "fallback": np.array(["f", "f"], dtype=object), "seed": np.array([5, 6])}
         out = actor(batch)
     finally:
@@ -86,8 +88,10 @@ def test_openai_backend_posts_chat_completions_and_cleans(monkeypatch):
     assert out["text"].tolist() == ["A tench summary of 2 chars", "A tench summary of 8 chars"]
     req = _Handler.requests[-2:]
     assert all(r["path"] == "/v1/chat/completions" and r["model"] == "my-model" for r in req)
-    assert [r["seed"] for r in req] == [5, 6] and req[0]["max_tokens"] == 12 and req[0]["auth"] == "Bearer k123"
-    assert req[1]["messages"] == [{"role": "system", "content": "sys"}, {"role": "user", "content": "user two"}]
+    assert [r["seed"] for r in req] == [5,
+                                        6] and req[0]["max_tokens"] == 12 and req[0]["auth"] == "Bearer k123"
+    assert req[1]["messages"] == [{"role": "system", "content": "sys"},
+                                  {"role": "user", "content": "user two"}]
 
 
 def test_transformers_backend_with_the_tiny_llm(zoo_dir):
@@ -109,7 +113,8 @@ def test_transformers_backend_with_the_tiny_llm(zoo_dir):
 
 def _llm_rows(users: list[str]) -> dict[str, np.ndarray]:
     n = len(users)
-    return {"key": np.array([f"k{i}" for i in range(n)], dtype=object), "system": np.array(["s"] * n, dtype=object),
+    return {"key": np.array([f"k{i}" for i in range(n)], dtype=object),
+            "system": np.array(["s"] * n, dtype=object),
             "user": np.array(users, dtype=object), "class_name": np.array(["digit one"] * n, dtype=object),
             "fallback": np.array(["x"] * n, dtype=object), "seed": np.arange(n)}
 
@@ -118,7 +123,8 @@ def test_text_prototypes_do_not_depend_on_the_ray_batch(zoo_dir):
     """Fixed micro-batches + prompts left-padded to a fixed length: one call of 7 rows == 7 calls of 1."""
     from actors.llm import LLMActor
 
-    users = ["one", "a much longer request " * 6, "two words", "x " * 20, "digit", "describe it", "a b c d e f"]
+    users = ["one", "a much longer request " * 6, "two words", "x " * 20, "digit", "describe it",
+             "a b c d e f"]
     batch = _llm_rows(users)
     actor = LLMActor("transformers", "zoo:llm", max_tokens=6, micro_batch=3, pad_to=128)
     together = actor(batch)["raw"].tolist()

@@ -12,7 +12,8 @@ from pipeline.edits.prototype import _save_texts, load_texts
 def _run(tmp_path):
     d = tmp_path / "prototypes"
     d.mkdir()
-    return SimpleNamespace(paths=SimpleNamespace(texts=d / "texts.json", texts_journal=d / "texts.journal.jsonl"))
+    return SimpleNamespace(paths=SimpleNamespace(texts=d / "texts.json",
+                                                 texts_journal=d / "texts.journal.jsonl"))
 
 
 def test_killed_run_texts_journal_is_read_and_folded(tmp_path):
@@ -37,7 +38,8 @@ def test_skip_log_rewrites_only_after_new_entries(tmp_path):
     log.write()
     first = (tmp_path / "skipped.jsonl").stat().st_mtime_ns, (tmp_path / "skipped.jsonl").stat().st_ino
     log.write()  # a batch with no new skips: the file is not replaced
-    assert ((tmp_path / "skipped.jsonl").stat().st_mtime_ns, (tmp_path / "skipped.jsonl").stat().st_ino) == first
+    assert ((tmp_path / "skipped.jsonl").stat().st_mtime_ns,
+            (tmp_path / "skipped.jsonl").stat().st_ino) == first
     log.add("b.jpg", "zero-byte file", "caption")
     log.write()
     assert (tmp_path / "skipped.jsonl").stat().st_ino != first[1]

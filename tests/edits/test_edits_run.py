@@ -83,7 +83,8 @@ def test_edits_changed_settings_rerun_only_what_depends_on_them(tmp_path, demo_r
     assert any("caption: up to date" in line for line in logs) and any("embed: up to date" in line for line in logs)
     assert changed["stages"]["cluster"]["clustered_now"] == 3
     assert verify_set(out / "distilled", ipc=2)["ok"]
-    ft = {"enabled": True, "max_steps": 3, "vae_steps": 2, "batch_size": 4, "resolution": 32, "use_gpu": False,
+    ft = {"enabled": True, "max_steps": 3, "vae_steps": 2, "batch_size": 4, "resolution": 32,
+          "use_gpu": False,
           "mixed_precision": "no", "checkpoint_every_steps": 2, "cache_latents": True, "learning_rate": 1e-4}
     tuned = run_edits(_cfg(demo_root, out, tau=0.5, finetune=ft), log=lambda _m: None)
     assert tuned["stages"]["finetune"]["steps"] == 3

@@ -24,7 +24,8 @@ from pipeline.core.keys import settings_hash
 
 UNITS = ("caption", "embed", "cluster", "finetune", "prototype.image", "prototype.text", "generate")
 # who reads whose output (finetune's only reader is the generator, and only when it is enabled)
-READS = {"caption": ("embed", "finetune"), "embed": ("cluster",), "cluster": ("prototype.image", "prototype.text"),
+READS = {"caption": ("embed", "finetune"), "embed": ("cluster",),
+         "cluster": ("prototype.image", "prototype.text"),
          "prototype.image": ("generate",), "prototype.text": ("generate",), "finetune": (), "generate": ()}
 C, E, CL, FT, PI, PT, G = UNITS
 NONE: tuple[str, ...] = ()
@@ -50,11 +51,14 @@ CHANGES: dict[str, tuple[str, ...]] = {
     "models.dtype": (C, E, PI, PT, G),
     "models.channels_last": (PI, G),  # the prototype VAE, the UNet and its VAE: convolutions in NHWC
     "models.compile": (G,),  # the UNet and the VAE decoder (the prototype VAE only encodes)
-    "edits.ipc": (CL,), "edits.seed": (CL, PT, G), "edits.caption_prompt": (C,), "edits.caption_max_tokens": (C,),
-    "edits.feature_normalize": (CL,), "edits.feature_image_size": (E,), "edits.tau": (CL,), "edits.fusion": (CL,),
+    "edits.ipc": (CL,), "edits.seed": (CL, PT, G), "edits.caption_prompt": (C,),
+    "edits.caption_max_tokens": (C,),
+    "edits.feature_normalize": (CL,), "edits.feature_image_size": (E,), "edits.tau": (CL,),
+    "edits.fusion": (CL,),
     "edits.contamination": (CL,), "edits.small_class_policy": (CL,), "edits.kmeans_niter": (CL,),
     "edits.kmeans_nredo": (CL,), "edits.k_image": (CL,), "edits.k_text": (CL,), "edits.summary_prompt": (PT,),
-    "edits.max_tokens": (PT,), "edits.vae_resolution": (PI,), "edits.strength": (G,), "edits.guidance_scale": (G,),
+    "edits.max_tokens": (PT,), "edits.vae_resolution": (PI,), "edits.strength": (G,),
+    "edits.guidance_scale": (G,),
     "edits.negative_prompt": (G,), "edits.num_inference_steps": (G,), "edits.scheduler": (G,),
     "edits.caption_style": (C,), "edits.caption_prefix": (C,), "edits.require_class_name": (C, PT),
     "edits.lof_neighbors": (CL,), "edits.vae_source": (PI,), "edits.llm_temperature": (PT,),
@@ -69,9 +73,10 @@ CHANGES: dict[str, tuple[str, ...]] = {
     "edits.finetune.checkpoint_every_steps": NONE, "edits.finetune.log_every_steps": NONE,
     "edits.finetune.num_cpus_per_worker": NONE, "edits.finetune.torch_threads": NONE,
     **{f"edits.finetune.{f}": (FT,) for f in (
-        "learning_rate", "epochs", "batch_size", "gradient_accumulation_steps", "ema_decay", "mixed_precision",
-        "resolution", "num_workers", "use_gpu", "max_steps", "seed", "snr_gamma", "caption_dropout", "vae_steps",
-        "vae_learning_rate", "vae_kl_weight", "cache_latents", "max_grad_norm", "random_flip",
+        "learning_rate", "epochs", "batch_size", "gradient_accumulation_steps", "ema_decay",
+        "mixed_precision",
+        "resolution", "num_workers", "use_gpu", "max_steps", "seed", "snr_gamma", "caption_dropout",
+        "vae_steps", "vae_learning_rate", "vae_kl_weight", "cache_latents", "max_grad_norm", "random_flip",
         "shuffle_buffer_size")},
     "ray.address": NONE, "ray.num_cpus": NONE, "ray.object_store_memory_mb": NONE, "ray.actor_num_cpus": NONE,
     "ray.actor_num_gpus": (C, E, PI, PT, G),  # 0 -> >0: the actors run on a GPU (cluster tasks stay on CPU)
@@ -200,8 +205,8 @@ def values(world: Path, zoo_dir: Path) -> dict[str, typing.Any]:
     """Changed values the generic rule cannot pick (paths that must exist, ranges, the same zoo)."""
     return {"data.root": str(world / "train_copy"), "data.class_names": str(world / "names2.json"),
             "data.extensions": [".png"], "data.classes": ["a", "b"], "models.clip": str(world / "clip_copy"),
-            "models.sd": str(world / "sd_copy"), "models.zoo_dir": str(zoo_dir), "diver.inversion_cfg_scale": 2.0,
-            "diver.fusion_window": [40, 24], "eval.augment": "dsa+mixup",
+            "models.sd": str(world / "sd_copy"), "models.zoo_dir": str(zoo_dir),
+            "diver.inversion_cfg_scale": 2.0, "diver.fusion_window": [40, 24], "eval.augment": "dsa+mixup",
             "data.format": "imagefolder"}
 
 
@@ -282,7 +287,8 @@ def test_each_roles_micro_batch_invalidates_its_stage(world, role, units):
     raw = base_raw(world)
     micro = dict(config_from_dict(raw).ray.micro_batch_sizes)
     micro[role] = micro[role] + 1
-    got = changed_units(unit_hashes(config_from_dict(raw)), unit_hashes(with_value(raw, "ray.micro_batch_sizes", micro)))
+    got = changed_units(unit_hashes(config_from_dict(raw)),
+                        unit_hashes(with_value(raw, "ray.micro_batch_sizes", micro)))
     assert got == downstream(units)
 
 
@@ -300,17 +306,20 @@ def test_backend_only_settings(world):
     raw = base_raw(world)
     raw["models"]["llm_backend"] = "openai"
     cfg = config_from_dict(raw)
-    assert changed_units(unit_hashes(cfg), unit_hashes(with_value(raw, "models.llm_url", "http://h:1/v1"))) == {PT, G}
+    assert changed_units(unit_hashes(cfg), unit_hashes(with_value(raw, "models.llm_url",
+                                                                  "http://h:1/v1"))) == {PT, G}
     raw["models"]["vlm_backend"] = "vllm"
     cfg = config_from_dict(raw)
-    got = changed_units(unit_hashes(cfg), unit_hashes(with_value(raw, "models.vllm_engine_kwargs", {"seed": 1})))
+    got = changed_units(unit_hashes(cfg), unit_hashes(with_value(raw, "models.vllm_engine_kwargs",
+                                                                 {"seed": 1})))
     assert got == downstream((C, PT))
 
 
 def test_class_prompt_counts_only_in_the_ablation(world):
     raw = base_raw(world, text_prototype="class_prompt")
     cfg = config_from_dict(raw)
-    got = changed_units(unit_hashes(cfg), unit_hashes(with_value(raw, "edits.class_prompt", "a drawing of {class_name}")))
+    got = changed_units(unit_hashes(cfg), unit_hashes(with_value(raw, "edits.class_prompt",
+                                                                 "a drawing of {class_name}")))
     assert got == {PT, G}
 
 
@@ -338,7 +347,8 @@ def test_caption_key_names_the_counting_tokenizer_not_the_clip_model(world, zoo_
     (other / "tokenizer.json").write_text(json.dumps(spec))
     assert tokenizer_id(str(other), None) != same
     raw = base_raw(world)
-    assert C in changed_units(unit_hashes(config_from_dict(raw)), unit_hashes(with_value(raw, "models.clip", str(other))))
+    assert C in changed_units(unit_hashes(config_from_dict(raw)),
+                              unit_hashes(with_value(raw, "models.clip", str(other))))
     assert tokenizer_id("hub-owner/not-here", None) == {"ref": "hub-owner/not-here", "subfolder": None}
 
 
@@ -394,7 +404,8 @@ def recorded(world, monkeypatch, tmp_path):
 
 def test_output_changing_settings_rerun_their_stage(recorded):
     run, _ = recorded
-    assert run(**{"models.dtype": "float32"}) == ["caption", "embed", "cluster", "finetune", "prototype", "generate"]
+    assert run(**{"models.dtype": "float32"}) == ["caption", "embed", "cluster", "finetune", "prototype",
+                                                  "generate"]
     assert run(**{"ray.micro_batch_sizes": {"caption": 8, "embed": 32, "vae": 8, "llm": 4, "generate": 4}}) \
         == ["prototype", "generate"]
     assert run(**{"edits.llm_pad_tokens": 64}) == ["prototype", "generate"]

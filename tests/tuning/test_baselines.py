@@ -53,7 +53,8 @@ def test_full_real_and_wiring(demo_root, tmp_path):
     assert res["output"] == str(demo_root / "train") and res["images"] > 100
     ev = EvalConfig(baselines=["random_real", "k_center", "full_real"], image_size=32)
     sets, methods = baseline_sets(ev, demo_root / "train", tmp_path, ipc=2, log=lambda _m: None)
-    assert methods == {"random_real_ipc2": "random_real", "k_center_ipc2": "k_center", "full_real": "full_real"}
+    assert methods == {"random_real_ipc2": "random_real", "k_center_ipc2": "k_center",
+                       "full_real": "full_real"}
     assert set_ipc(sets["k_center_ipc2"]) == 2 and sets["full_real"] == str(demo_root / "train")
     with pytest.raises(ConfigError, match="data.root"):
         baseline_sets(ev, None, tmp_path, ipc=2)

@@ -61,7 +61,8 @@ def test_scores_from_table_rows():
 def test_scores_in_results_markdown():
     md = results_markdown(table())
     assert "DD-Ranking" in md
-    line = next(ln for ln in md.splitlines() if ln.startswith("| d | 10 | diver | resnet18_cifar_in | hard | dsa |"))
+    line = next(ln for ln in md.splitlines() if ln.startswith("| d | 10 | diver | resnet18_cifar_in | hard | "
+                                                              "dsa |"))
     assert line.endswith("| 30.00 | 20.00 | 24.82 | 32.56 |")
     assert "DD-Ranking" not in results_markdown([row("diver", 50.0)])  # no reference rows, no section
 
@@ -74,16 +75,20 @@ def seeded(method, finals, augment="dsa", preset="demo", **kw):
 
 
 def test_scores_are_per_seed_with_mean_and_std():
-    rows = [seeded("full_real", [80.0, 80.0]), seeded("diver", [50.0, 60.0]), seeded("random_real", [30.0, 30.0]),
-            seeded("diver", [40.0, 44.0], augment="none"), seeded("random_real", [35.0, 35.0], augment="none")]
+    rows = [seeded("full_real", [80.0, 80.0]), seeded("diver", [50.0, 60.0]),
+            seeded("random_real", [30.0, 30.0]),
+            seeded("diver", [40.0, 44.0], augment="none"), seeded("random_real", [35.0, 35.0],
+                                                                  augment="none")]
     e = scores(rows)[0]
     # seed 0: HLR 0.30, IOR 0.20 -> LRS 24.8192; seed 1: HLR 0.20, IOR 0.30, alpha 0.05 ->
     # (e^0.05 - e^-1) / (e - e^-1) = 29.0755; mean 26.9473, population std 2.1282 (the means would give 26.89)
-    assert e["n_lrs"] == 2 and e["lrs"] == pytest.approx(26.9473, abs=1e-3) and e["lrs_std"] == pytest.approx(2.1282,
+    assert e["n_lrs"] == 2 and e["lrs"] == pytest.approx(26.9473,
+                                                         abs=1e-3) and e["lrs_std"] == pytest.approx(2.1282,
                                                                                                             abs=1e-3)
     assert e["hlr"] == pytest.approx(25.0) and e["hlr_std"] == pytest.approx(5.0) and e["ior_std"] == pytest.approx(5.0)
     # ARS seed 0: beta = 0.5 * 0.20 + 0.5 * 0.05 -> 32.5591; seed 1: 0.5 * 0.30 + 0.5 * 0.09 -> 36.0547
-    assert e["n_ars"] == 2 and e["ars"] == pytest.approx(34.3069, abs=1e-3) and e["ars_std"] == pytest.approx(1.7478,
+    assert e["n_ars"] == 2 and e["ars"] == pytest.approx(34.3069,
+                                                         abs=1e-3) and e["ars_std"] == pytest.approx(1.7478,
                                                                                                            abs=1e-3)
     assert e["random_draws"] == "one"
     md = "\n".join(scores_markdown([e]))

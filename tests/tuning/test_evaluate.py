@@ -35,7 +35,8 @@ def test_random_real_baseline(rr_set, demo_root, tmp_path):
     assert src(rr_set) == src(tmp_path / "again") and src(rr_set) != src(tmp_path / "other")
     assert again["images"] == 100
     x, y, meta = load_distilled(rr_set, [str(c) for c in range(10)])
-    assert x.shape == (100, 32, 32, 3) and sorted(set(y.tolist())) == list(range(10)) and meta == {"method": "random_real", "ipc": 10, "image_size": 32}
+    assert x.shape == (100, 32, 32,
+                       3) and sorted(set(y.tolist())) == list(range(10)) and meta == {"method": "random_real", "ipc": 10, "image_size": 32}
     with pytest.raises(DataError, match="classes the real set lacks"):
         load_distilled(rr_set, [str(c) for c in range(5)])
 
@@ -127,7 +128,8 @@ def test_sets_from_run_summaries(tmp_path):
     (stage1 / "manifest.json").write_text(json.dumps({"method": "dm", "images": []}))
     diver = {"method": "diver", "output": str(tmp_path),
              "sets": {"ipc10": {"stage1": str(stage1), "recovered": str(tmp_path / "ipc10" / "diver")},
-                      "input": {"stage1": str(tmp_path / "external.pt"), "recovered": str(tmp_path / "diver")}}}
+                      "input": {"stage1": str(tmp_path / "external.pt"),
+                                "recovered": str(tmp_path / "diver")}}}
     sets, methods = sets_from_summary(diver)
     assert sets == {"dm_ipc10": str(stage1), "diver_ipc10": str(tmp_path / "ipc10" / "diver"),
                     "diver_input": str(tmp_path / "diver")}

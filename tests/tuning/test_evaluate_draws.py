@@ -20,8 +20,8 @@ def test_per_seed_draws_run_each_draw_at_its_own_seed_into_one_row():
     jobs = make_jobs(loaded, ev)
     assert [(j["set"], j["seed"]) for j in jobs] == [("dm", 3), ("dm", 4), ("random_real@seed3", 3),
                                                      ("random_real@seed4", 4)]
-    runs = [{"set": j["set"], "student": j["student"], "seed": j["seed"], "final": f, "best": f, "reported": f,
-             "best_epoch": 1, "seconds": 1.0} for j, f in zip(jobs, [50.0, 52.0, 30.0, 34.0])]
+    runs = [{"set": j["set"], "student": j["student"], "seed": j["seed"], "final": f, "best": f,
+             "reported": f, "best_epoch": 1, "seconds": 1.0} for j, f in zip(jobs, [50.0, 52.0, 30.0, 34.0])]
     rows = aggregate(runs, loaded, ev, "digits")
     rr = next(r for r in rows if r["method"] == "random_real")
     # (30 + 34) / 2, population std

@@ -10,7 +10,8 @@ SETS = {"dm_ipc10": {"method": "dm", "ipc": 10, "dir": "x", "n_images": 100}}
 
 
 def runs(acc: dict[str, float]):
-    return [{"set": "dm_ipc10", "student": s, "seed": 0, "final": a, "best": a, "best_epoch": 1, "seconds": 1.0}
+    return [{"set": "dm_ipc10", "student": s, "seed": 0, "final": a, "best": a, "best_epoch": 1,
+             "seconds": 1.0}
             for s, a in acc.items()]
 
 

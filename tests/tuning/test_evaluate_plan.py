@@ -19,7 +19,8 @@ def test_worker_threads_are_the_train_spec_threads():
 
 
 def test_the_plan_never_oversubscribes_the_cores():
-    for cpus, per_job, workers, n_jobs in itertools.product((1, 2, 3, 4, 8, 16, 64), (0.25, 0.5, 1.0, 1.5, 2.0, 4.0),
+    for cpus, per_job, workers, n_jobs in itertools.product((1, 2, 3, 4, 8, 16, 64),
+                                                            (0.25, 0.5, 1.0, 1.5, 2.0, 4.0),
                                                             (1, 2, 4), (1, 3, 7, 100)):
         cfg = EvalConfig(cpus_per_job=per_job, num_workers=workers)
         jobs = concurrent_jobs(n_jobs, cfg, float(cpus))
@@ -40,7 +41,8 @@ def test_the_plan_fills_the_cores():
 
 
 @pytest.mark.parametrize(("per_job", "workers", "peak"), [(0.5, 1, 2), (0.5, 2, 1), (1.0, 1, 2), (2.0, 1, 1)])
-def test_unpacked_runs_keep_in_flight_trainers_within_the_cores(monkeypatch, tmp_path: Path, per_job, workers, peak):
+def test_unpacked_runs_keep_in_flight_trainers_within_the_cores(monkeypatch, tmp_path: Path, per_job, workers,
+                                                                peak):
     """One TorchTrainer per run on 2 CPUs: at most cores / (workers x threads) trainers in flight
     (the old limit, CPUs / cpus_per_job, put 4 one-thread trainers on 2 cores at cpus_per_job 0.5)."""
     import ray
@@ -70,7 +72,8 @@ def test_unpacked_runs_keep_in_flight_trainers_within_the_cores(monkeypatch, tmp
 
     monkeypatch.setattr(ray, "remote", fake_remote)
     monkeypatch.setattr(ray, "wait", fake_wait)
-    monkeypatch.setattr(ray, "get", lambda ref: {"name": ref.job["name"], "final": 50.0, "best": 50.0, "seconds": 1})
+    monkeypatch.setattr(ray, "get", lambda ref: {"name": ref.job["name"], "final": 50.0, "best": 50.0,
+                                                 "seconds": 1})
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
     cfg = EvalConfig(cpus_per_job=per_job, num_workers=workers, pack_runs=False)
     jobs = [{"set": "s", "name": f"s-convnet-s{i}", "spec": {}} for i in range(6)]

@@ -20,7 +20,8 @@ ROWS = [_row("dm", "convnet", "dsa", 90.0, in_mean=False), _row("dm", "resnet18"
 
 def test_groups_put_the_augmented_runs_first_and_keep_one_group_when_all_share_them():
     groups = table_groups(ROWS[3:] + ROWS[:3])
-    assert [t for t, _ in groups] == ["protocol hard, augment dsa", "protocol hard, augment none (DD-Ranking ARS)"]
+    assert [t for t, _ in groups] == ["protocol hard, augment dsa",
+                                      "protocol hard, augment none (DD-Ranking ARS)"]
     assert [r["top1_mean"] for r in groups[0][1]] == [90.0, 80.0, 70.0]
     assert [r["top1_mean"] for r in headline_rows(ROWS[3:] + ROWS[:3])] == [90.0, 80.0, 70.0]
     assert table_groups(ROWS[:3]) == [("", ROWS[:3])]
@@ -54,8 +55,10 @@ def _seeded(method: str, student: str, finals: list[float], preset: str = "demo"
     return {"dataset": "digits", "method": method, "ipc": ipc, "student": student, "student_kwargs": {},
             "protocol": "hard", "augment": "dsa", "in_mean": in_mean, "preset": preset, "reported": reported,
             "top1_mean": float(np.mean(finals)), "top1_std": float(np.std(finals)), "best_mean": max(finals),
-            "repeats": len(finals), "epochs": 20 if ipc == 10 else 300, **({"recipe": recipe} if recipe else {}),
-            "runs": [{"seed": i, "final": f, "best": f, "reported": f, "lr": 0.01 if student != "convnet" else 0.001,
+            "repeats": len(finals), "epochs": 20 if ipc == 10 else 300,
+            **({"recipe": recipe} if recipe else {}),
+            "runs": [{"seed": i, "final": f, "best": f, "reported": f,
+                      "lr": 0.01 if student != "convnet" else 0.001,
                       "batch_size": 16} for i, f in enumerate(finals)]}
 
 
@@ -65,7 +68,8 @@ def test_two_presets_in_one_folder_keep_their_own_rows_and_tables(tmp_path):
     demo = [_seeded("dm", "resnet18", [80.0, 82.0]), _seeded("dm", "mobilenetv2", [70.0, 74.0])]
     diver = [_seeded("dm", "resnet18", [60.0, 60.0], preset="diver"),
              _seeded("dm", "mobilenetv2", [50.0, 50.0], preset="diver")]
-    best = [_seeded("dm", "resnet18", [90.0, 90.0], preset="diver", reported="best (selected on the test split)")]
+    best = [_seeded("dm", "resnet18", [90.0, 90.0], preset="diver",
+                    reported="best (selected on the test split)")]
     write_results(demo, tmp_path)
     write_results(diver, tmp_path)
     rows = write_results(best, tmp_path)
@@ -91,7 +95,8 @@ def test_results_md_opens_with_the_resolved_protocol_and_names_the_ipcs(tmp_path
     from tuning.protocols import resolve_preset
     from tuning.report_protocol import protocol_record
 
-    cfg = resolve_preset(EvalConfig(optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=5e-4, schedule="cosine",
+    cfg = resolve_preset(EvalConfig(optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=5e-4,
+                                    schedule="cosine",
                                     augment="dsa", repeats=2, seed=0, report="best", eval_every=10))
     recipe = protocol_record(cfg, 32, 797, None, "each set's own statistics")
     rows = [_seeded("dm", "convnet", [99.0, 99.0], in_mean=False, recipe=recipe, preset=None),
@@ -116,8 +121,10 @@ def test_results_md_opens_with_the_resolved_protocol_and_names_the_ipcs(tmp_path
 
 
 def test_report_html_says_final_or_best_per_table_and_charts_error_bars(tmp_path):
-    rows = [_seeded("dm", "resnet18", [80.0, 82.0], preset="edits", reported="best (selected on the test split)"),
-            _seeded("dm", "mobilenetv2", [70.0, 74.0], preset="edits", reported="best (selected on the test split)")]
+    rows = [_seeded("dm", "resnet18", [80.0, 82.0], preset="edits",
+                    reported="best (selected on the test split)"),
+            _seeded("dm", "mobilenetv2", [70.0, 74.0], preset="edits",
+                    reported="best (selected on the test split)")]
     write_report(tmp_path, rows, title="t")
     page = (tmp_path / "report.html").read_text()
     assert "Final accuracy" not in page and "Top-1 = best (selected on the test split)." in page

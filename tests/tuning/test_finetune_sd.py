@@ -8,7 +8,8 @@ import torch
 
 def _class_sorted_rows(classes: int = 4, per_class: int = 24) -> list[dict[str, str]]:
     """Rows as the scan lists them: class by class."""
-    return [{"path": f"{c}/{i:03d}.png", "caption": f"class {c}"} for c in range(classes) for i in range(per_class)]
+    return [{"path": f"{c}/{i:03d}.png",
+             "caption": f"class {c}"} for c in range(classes) for i in range(per_class)]
 
 
 def _epoch_rows(rows, epoch: int, seed: int = 0) -> list[list[str]]:
@@ -58,7 +59,8 @@ def test_random_flip_mirrors_a_known_image_in_some_epochs():
         assert torch.equal(out, img) or torch.equal(out, img.flip(-1))
         mirrored.append(bool(out[0, 0, 0, -1] == 1.0))
     assert 0 < sum(mirrored) < 8
-    again = [bool(apply_flip(img, flip_mask(1, data_generator(0, e), True))[0, 0, 0, -1] == 1.0) for e in range(8)]
+    again = [bool(apply_flip(img, flip_mask(1, data_generator(0, e),
+                                            True))[0, 0, 0, -1] == 1.0) for e in range(8)]
     assert again == mirrored
     assert not flip_mask(64, data_generator(0, 0), enabled=False).any()
 
@@ -120,8 +122,10 @@ def test_a_resumed_epoch_reads_the_batches_an_uninterrupted_one_would():
 
     g = torch.Generator().manual_seed(0)
     n = 10
-    cache = (torch.rand(2, n, 4, 2, 2, generator=g), torch.rand(2, n, 4, 2, 2, generator=g), [f"c{i}" for i in range(n)])
-    w = SimpleNamespace(config={"batch_size": 3, "seed": 5, "random_flip": True}, rank=0, device=torch.device("cpu"))
+    cache = (torch.rand(2, n, 4, 2, 2, generator=g), torch.rand(2, n, 4, 2, 2, generator=g),
+             [f"c{i}" for i in range(n)])
+    w = SimpleNamespace(config={"batch_size": 3, "seed": 5, "random_flip": True}, rank=0,
+                        device=torch.device("cpu"))
     full = list(epoch_posteriors(w, None, cache, epoch=2))
     assert len(full) == 4  # 3 + 3 + 3 + 1
     for skip in range(5):

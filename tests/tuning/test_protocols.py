@@ -43,7 +43,8 @@ def test_cutmix_lambda_is_the_kept_area():
             assert kept == pytest.approx(lam)
             checked += 1
     assert checked > 0 and 0.0 < lam < 1.0
-    mixed, perm2, lam2 = mix_batch(x, "mixup", 1.0, np.random.default_rng(0), torch.Generator().manual_seed(0))
+    mixed, perm2, lam2 = mix_batch(x, "mixup", 1.0, np.random.default_rng(0),
+                                   torch.Generator().manual_seed(0))
     assert torch.allclose(mixed, lam2 * x + (1 - lam2) * x[perm2])
 
 

@@ -66,7 +66,8 @@ def test_flip_jitter_lighting_and_shuffle_patches():
     sh = shuffle_patches(img, torch.Generator().manual_seed(0), 2)
     blocks = lambda t: sorted(t[0, 0, i:i + 2, k:k + 2].flatten().tolist() for i in (0, 2) for k in (0, 2))
     assert blocks(sh) == blocks(img)  # the four 2x2 patches, moved
-    assert any(not torch.equal(shuffle_patches(img, torch.Generator().manual_seed(s), 2), img) for s in range(8))
+    assert any(not torch.equal(shuffle_patches(img, torch.Generator().manual_seed(s), 2),
+                               img) for s in range(8))
 
 
 def test_val_at_224_is_resize_256_then_center_crop(tmp_path):
@@ -95,7 +96,8 @@ def test_teacher_checkpoint_is_a_state_dict_of_the_named_student(tmp_path):
     state = load_teacher_checkpoint(cfg, 10, 32)
     assert all(torch.equal(state["weights"][k], v) for k, v in net.state_dict().items())
     assert state["mean"].tolist() == pytest.approx([0.485, 0.456, 0.406])
-    with pytest.raises(DataError, match="teacher_checkpoint .* does not fit eval.teacher='convnet3' with 5 classes"):
+    with pytest.raises(DataError,
+                       match="teacher_checkpoint .* does not fit eval.teacher='convnet3' with 5 classes"):
         load_teacher_checkpoint(cfg, 5, 32)
     with pytest.raises(DataError, match="no such file"):
         load_teacher_checkpoint(cfg.model_copy(update={"teacher_checkpoint": str(tmp_path / "x.pt")}), 10, 32)
@@ -124,4 +126,5 @@ def test_dm_convnet_depth_follows_the_resolution():
     from tuning.convnet import ConvNet
 
     assert DMConfig().net_depth is None
-    assert [ConvNet(3, 10, width=8, depth=DMConfig().net_depth, im_size=s).depth for s in (32, 64, 128)] == [3, 4, 5]
+    assert [ConvNet(3, 10, width=8, depth=DMConfig().net_depth,
+                    im_size=s).depth for s in (32, 64, 128)] == [3, 4, 5]

@@ -24,7 +24,8 @@ from tuning.students import build_student
 
 def _spec(preset: str, student: str = "convnet", ipc: int | None = None, classes: int | None = None,
           **explicit) -> TrainSpec:
-    return TrainSpec.from_config(EvalConfig(preset=preset, **explicit), student, 0, ipc=ipc, num_classes=classes)
+    return TrainSpec.from_config(EvalConfig(preset=preset, **explicit), student, 0, ipc=ipc,
+                                 num_classes=classes)
 
 
 # ----------------------------------------------------------------------------- EDITS (IDC / Minimax)
@@ -62,7 +63,8 @@ def test_edits_imagewoof_config_trains_and_tests_edits_students_at_224():
     nets = [build_student(s, 3, 10, 224) for s in ev.students]
     assert nets[0].depth == 6 and nets[1].stem_size == "large"
     assert all(isinstance(m, torch.nn.GroupNorm) and m.num_groups == m.num_channels
-               for net in nets for m in net.modules() if isinstance(m, (torch.nn.GroupNorm, torch.nn.BatchNorm2d)))
+               for net in nets for m in net.modules() if isinstance(m, (torch.nn.GroupNorm,
+                                                                        torch.nn.BatchNorm2d)))
     text = (root / "configs" / "edits_imagewoof.yaml").read_text()
     assert "ConvNet-6" in text and "ResNet-AP-10" in text and "mixup" not in text
 
@@ -204,7 +206,8 @@ def _tiny_sets(root: Path, colours: dict[str, tuple[int, int, int]], classes=("a
         for c in classes:
             (root / name / c).mkdir(parents=True)
             for i in range(n):
-                Image.new("RGB", (size, size), tuple(min(255, v + 10 * i) for v in rgb)).save(root / name / c / f"{i}.png")
+                Image.new("RGB", (size, size), tuple(min(255,
+                                                         v + 10 * i) for v in rgb)).save(root / name / c / f"{i}.png")
         sets[name] = root / name
     return sets
 
@@ -223,7 +226,8 @@ def _fake_training(monkeypatch) -> list[dict]:
 
     def fake(spec, train_x, train_y, val_x, val_y, num_classes, teacher=None, device="cpu", norm=None, **_):
         seen.append({"spec": spec, "norm": norm, "train_x": train_x, "val_x": val_x, "teacher": teacher})
-        return {"student": spec["student"], "seed": spec["seed"], "final": 10.0, "best": 10.0, "best_epoch": 1,
+        return {"student": spec["student"], "seed": spec["seed"], "final": 10.0, "best": 10.0,
+                "best_epoch": 1,
                 "reported": 10.0, "report": "final", "train_loss": 1.0, "history": [], "lr_per_epoch": [],
                 "seconds": 0.0, "epochs": spec["epochs"], "batch_size": spec["batch_size"], "lr": spec["lr"],
                 "optimizer": "SGD"}

@@ -16,7 +16,8 @@ from tuning.protocols import TrainSpec, resolve_preset, train_student
 
 def _spec(preset: str, student: str = "convnet", ipc: int | None = None, classes: int | None = None,
           **explicit) -> TrainSpec:
-    return TrainSpec.from_config(EvalConfig(preset=preset, **explicit), student, 0, ipc=ipc, num_classes=classes)
+    return TrainSpec.from_config(EvalConfig(preset=preset, **explicit), student, 0, ipc=ipc,
+                                 num_classes=classes)
 
 
 def test_diver_preset_is_the_predd_mtt_cross_architecture_recipe():
@@ -109,7 +110,8 @@ def digits(demo_root):
             torch.from_numpy(vy[:100]), len(classes), (mean, std))
 
 
-EXPECTED_OPS = {"diver": {"dsa"}, "edits": {"random_resized_crop", "random_flip", "color_jitter", "pca_lighting"},
+EXPECTED_OPS = {"diver": {"dsa"}, "edits": {"random_resized_crop", "random_flip", "color_jitter",
+                                            "pca_lighting"},
                 "rded": {"shuffle_patches", "random_resized_crop", "random_flip"},
                 "sre2l": {"random_resized_crop", "random_flip"}}
 
@@ -118,17 +120,21 @@ EXPECTED_OPS = {"diver": {"dsa"}, "edits": {"random_resized_crop", "random_flip"
 def test_each_protocol_trains_on_the_demo_digits(preset, digits, monkeypatch):
     x, y, vx, vy, nc, norm = digits
     epochs = 10
-    spec = TrainSpec.from_config(EvalConfig(preset=preset, epochs=epochs, student_kwargs={"convnet": {"width": 8}}),
+    spec = TrainSpec.from_config(EvalConfig(preset=preset, epochs=epochs,
+                                            student_kwargs={"convnet": {"width": 8}}),
                                  "convnet", 0, ipc=4, num_classes=nc)
     called: set[str] = set()
     order: list[str] = []
-    for name in ("dsa", "random_resized_crop", "random_flip", "color_jitter", "pca_lighting", "shuffle_patches"):
+    for name in ("dsa", "random_resized_crop", "random_flip", "color_jitter", "pca_lighting",
+                 "shuffle_patches"):
         fn = getattr(protocols, name)
         monkeypatch.setattr(protocols, name,
-                            lambda *a, _f=fn, _n=name, **k: (called.add(_n), order.append(_n), _f(*a, **k))[2])
+                            lambda *a, _f=fn, _n=name, **k: (called.add(_n), order.append(_n),
+                                                             _f(*a, **k))[2])
     mixed: list[str] = []
     mix = protocols.mix_batch
-    monkeypatch.setattr(protocols, "mix_batch", lambda x_, kind, *a: (mixed.append(kind), mix(x_, kind, *a))[1])
+    monkeypatch.setattr(protocols, "mix_batch", lambda x_, kind, *a: (mixed.append(kind),
+                                                                      mix(x_, kind, *a))[1])
     teacher = None
     if spec.protocol == "soft":
         from tuning.students import build_student
@@ -143,8 +149,8 @@ def test_each_protocol_trains_on_the_demo_digits(preset, digits, monkeypatch):
     lr = res["lr_per_epoch"]  # at the start of each epoch, then after the last
     base = spec.lr
     assert res["optimizer"] == ("AdamW" if preset in ("rded", "sre2l") else "SGD")
-    want = {"diver": [1 / 5, 1.0, 0.0], "edits": [1.0, 1.0, 0.04], "rded": [1.0, 0.5 * (1 + math.cos(math.pi / 4)), 0.5],
-            "sre2l": [1.0, 0.5, 0.0]}[preset]
+    want = {"diver": [1 / 5, 1.0, 0.0], "edits": [1.0, 1.0, 0.04],
+            "rded": [1.0, 0.5 * (1 + math.cos(math.pi / 4)), 0.5], "sre2l": [1.0, 0.5, 0.0]}[preset]
     assert [lr[0] / base, lr[epochs // 2] / base, lr[epochs] / base] == pytest.approx(want, abs=1e-9)
     tested = [h["epoch"] for h in res["history"]]
     if preset == "diver":
@@ -159,7 +165,8 @@ def test_each_protocol_trains_on_the_demo_digits(preset, digits, monkeypatch):
         assert ("last 20%" in res["report"]) == (preset == "rded")
     assert 0.0 <= res["final"] <= 100.0 and math.isfinite(res["train_loss"])
     cfg = resolve_preset(EvalConfig(preset=preset, students=["convnet"], repeats=1))
-    row = aggregate([{**res, "set": "s"}], {"s": {"method": "m", "ipc": 4, "dir": "d", "n_images": len(y)}}, cfg, "digits")[0]
+    row = aggregate([{**res, "set": "s"}], {"s": {"method": "m", "ipc": 4, "dir": "d", "n_images": len(y)}},
+                    cfg, "digits")[0]
     assert row["top1_mean"] == round(res["reported"], 2) and row["final_mean"] == round(res["final"], 2)
     assert row["best_mean"] == round(res["best"], 2) and row["reported"] == res["report"]
     assert row["epochs"] == epochs

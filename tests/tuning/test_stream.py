@@ -101,6 +101,8 @@ def test_unreadable_files_are_left_out_of_the_stream(demo_root, tmp_path):
     x, _, _, _ = read.load_image_arrays(root, SIZE, skip_bad=True)
     np.testing.assert_array_equal(batches[0][0].numpy(), to_tensor(x[[5, 0]], data.mean, data.std).numpy())
     forked = scan_stream(root, SIZE, workers=1)  # decoding in a DataLoader worker process: the same batches
-    assert len(forked) == 6 and np.array_equal(forked.mean, data.mean) and np.array_equal(forked.std, data.std)
+    assert len(forked) == 6 and np.array_equal(forked.mean,
+                                               data.mean) and np.array_equal(forked.std, data.std)
     again = list(forked.batches([torch.tensor([5, 0]), torch.tensor([3])]))
-    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(again, batches, strict=True))
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a,
+               b in zip(again, batches, strict=True))

@@ -104,7 +104,8 @@ def _final_map(m: nn.Module, size: int) -> int:
 @pytest.mark.parametrize("size", SIZES)
 def test_resnet18_forms_do_not_depend_on_resolution(size):
     with torch.device("meta"):
-        cifar, imnet = build_student("resnet18_cifar_in", 3, K, size), build_student("resnet18_imagenet_bn", 3, K, size)
+        cifar, imnet = build_student("resnet18_cifar_in", 3, K,
+                                     size), build_student("resnet18_imagenet_bn", 3, K, size)
     assert cifar.stem[0].kernel_size == (3, 3) and cifar.stem[0].stride == (1, 1)
     assert not any(isinstance(x, nn.MaxPool2d) for x in cifar.modules())
     assert imnet.stem[0].kernel_size == (7, 7) and imnet.stem[0].stride == (2, 2)

@@ -45,11 +45,13 @@ def test_two_trial_sweep_picks_the_better_one(demo_root, ray_local, tmp_path):
 
 
 def test_search_space_and_param_errors(demo_root, tmp_path):
-    cfg = _cfg(demo_root, tmp_path, params={"diver.gamma": [0.0, 0.1], "edits.tau": {"loguniform": [0.001, 0.1]}},
+    cfg = _cfg(demo_root, tmp_path, params={"diver.gamma": [0.0, 0.1],
+                                            "edits.tau": {"loguniform": [0.001, 0.1]}},
                search="random", num_samples=3)
     names, space = search_space(cfg.sweep)
     assert names == ["diver.gamma", "edits.tau"] and set(space) == {"p0", "p1"}
-    assert apply_params(cfg, {"diver.gamma": 0.3, "diver.fusion_window": [45, 20]}).diver.fusion_window == (45, 20)
+    assert apply_params(cfg, {"diver.gamma": 0.3,
+                              "diver.fusion_window": [45, 20]}).diver.fusion_window == (45, 20)
     with pytest.raises(ConfigError, match="random"):
         search_space(_cfg(demo_root, tmp_path, params={"edits.tau": {"uniform": [0.0, 1.0]}}).sweep)
     with pytest.raises(ConfigError, match="empty"):
@@ -108,7 +110,8 @@ def test_diver_gamma_sweep_with_relative_paths_from_a_fresh_working_directory(de
         assert len(recovered) == 10, trial
 
 
-def _edits_sweep(demo_root, tmp_path, monkeypatch, trial_cpus: float = 1, finetune: dict | None = None) -> None:
+def _edits_sweep(demo_root, tmp_path, monkeypatch, trial_cpus: float = 1,
+                 finetune: dict | None = None) -> None:
     """Two EDITS trials (guidance 1 and 10) on three digit classes of the test zoo, from a fresh working
     directory with relative paths: each trial runs the whole pipeline in its own Tune working directory,
     evaluates its ``distilled/`` set, and one is picked."""
@@ -179,8 +182,8 @@ def test_a_trial_that_cannot_get_its_methods_cpus_fails_before_it_starts(demo_ro
     from tuning.sweep import check_trial_fits, method_cpus
 
     raw = {"method": "edits", "data": {"root": str(demo_root / "train"), "val_root": str(demo_root / "val")},
-           "edits": {"finetune": {"enabled": True}}, "sweep": {"params": {"edits.guidance_scale": [1.0, 10.0]}},
-           "output": {"dir": str(tmp_path)}}
+           "edits": {"finetune": {"enabled": True}},
+           "sweep": {"params": {"edits.guidance_scale": [1.0, 10.0]}}, "output": {"dir": str(tmp_path)}}
     cfg = config_from_dict(raw)
     assert method_cpus(cfg) == 1.5 and cfg.sweep.trial_cpus == 1
     with pytest.raises(ConfigError, match=r"needs 2.5 CPUs .* Ray has 2: lower sweep.trial_cpus"):
@@ -210,8 +213,8 @@ def test_the_commands_in_demo_sweep_yaml_run_as_written(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     for cmd in commands:
         t0 = time.time()
-        proc = subprocess.run([str(exe), *cmd.split()[1:]], cwd=tmp_path, env=env, capture_output=True, text=True,
-                              timeout=3600, check=False)
+        proc = subprocess.run([str(exe), *cmd.split()[1:]], cwd=tmp_path, env=env, capture_output=True,
+                              text=True, timeout=3600, check=False)
         print(f"{cmd}: {time.time() - t0:.0f} s")
         assert proc.returncode == 0, f"{cmd}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     sweep_dir = tmp_path / "runs" / "demo" / "sweep"
