@@ -115,7 +115,8 @@ def transformer_config(model_dir: str) -> tuple[dict[str, Any] | None, str]:
 
 
 def dit_num_classes(model_dir: str) -> tuple[int | None, str]:
-    """(the DiT's class count ``num_embeds_ada_norm``, why it is None) from its config (``transformer_config``)."""
+    """(the DiT's class count ``num_embeds_ada_norm``, why it is None) from its config
+    (``transformer_config``)."""
     cfg, why = transformer_config(model_dir)
     if cfg is None:
         return None, why

@@ -22,7 +22,8 @@ ChannelsLast = bool | str  # True | False | "auto"
 
 def with_sdpa(loader: Callable[..., Any]) -> Callable[..., Any]:
     """``loader`` (a transformers ``from_pretrained``) asking for SDPA attention, or the class's default
-    where the architecture has none (transformers raises ``ValueError`` naming scaled_dot_product_attention)."""
+    where the architecture has none (transformers raises ``ValueError`` naming
+    scaled_dot_product_attention)."""
 
     def load(ref: str, **kwargs: Any) -> Any:
         try:
@@ -76,7 +77,8 @@ def maybe_compile(module: torch.nn.Module, enabled: bool) -> torch.nn.Module:
 
 def set_sdpa(model: Any) -> str | None:
     """A loaded transformers model switched to SDPA attention where its class has it (quietly not where it
-    has none); returns the attention implementation in use (None for a model that is not a transformers one)."""
+    has none); returns the attention implementation in use (None for a model that is not a transformers
+    one)."""
     setter = getattr(model, "set_attn_implementation", None)
     if setter is not None:
         try:

@@ -206,7 +206,8 @@ def llava_tokenizer():
 
 
 def _to_llava_hub_layout(weights: Path) -> None:
-    """Rewrite a LLaVA checkpoint in ``llava-hf/llava-1.5-7b-hf``'s key layout (``vision_tower.vision_model.*``).
+    """Rewrite a LLaVA checkpoint in ``llava-hf/llava-1.5-7b-hf``'s key layout
+    (``vision_tower.vision_model.*``).
 
     transformers 5.24 saves the CLIP tower without its ``vision_model.`` level; transformers < 5.20 and
     vLLM's LLaVA read the hub's layout, which transformers 5.24 also loads (renaming on load).

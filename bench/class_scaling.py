@@ -43,7 +43,8 @@ SIZE = 16  # px of the generated real images (the models work at 32 px)
 
 
 def make_folder(root: Path, classes: int, per_class: int, seed: int = 0) -> Path:
-    """``root/<000..K-1>/<i>.png``: 16 px digits of class ``c % 10``, each shifted and noised with its own seed.
+    """``root/<000..K-1>/<i>.png``: 16 px digits of class ``c % 10``, each shifted and noised with its own
+    seed.
 
     Class ids are numbers, so DIVER maps them to DiT classes directly (zoo:dit has 1,000)."""
     from PIL import Image

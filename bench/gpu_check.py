@@ -195,7 +195,8 @@ def sweep(meter: Meter, make_fn, batches: list[int], repeats_b1: int, log) -> li
 
 def per_image_memory(results: dict) -> dict[str, dict]:
     """Measured GB each extra image adds (peak at the largest batch run less batch 1's, per image) next to the
-    estimate the pipeline sizes its Ray batches with (at real sizes only: the smoke's tiny models are not it)."""
+    estimate the pipeline sizes its Ray batches with (at real sizes only: the smoke's tiny models are not
+    it)."""
     out = {}
     for role, key in (("recover", "diver"), ("generate", "sd_img2img")):
         rows = [r for r in results.get(key, {}).get("rows", []) if r.get("peak_gb") is not None]

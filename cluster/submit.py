@@ -36,7 +36,8 @@ class ClusterError(SemdistillError):
 
 
 def dashboard_address(cli_address: str | None, cfg: Config, environ: dict[str, str] | None = None) -> str:
-    """``--address``, else ``$RAY_ADDRESS``, else an http ``ray.address`` of the config, else localhost:8265."""
+    """``--address``, else ``$RAY_ADDRESS``, else an http ``ray.address`` of the config, else
+    localhost:8265."""
     environ = os.environ if environ is None else environ
     for cand in (cli_address, environ.get("RAY_ADDRESS"), cfg.ray.address):
         if cand and cand != "auto" and not cand.startswith("ray://"):

@@ -551,7 +551,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def set_dotted(raw: dict[str, Any], key: str | list[str], value: Any, what: str = "key") -> None:
-    """Set ``raw[a][b][c] = value`` for the dotted ``key`` ``a.b.c`` in place; missing or null sections are created.
+    """Set ``raw[a][b][c] = value`` for the dotted ``key`` ``a.b.c`` in place; missing or null sections are
+    created.
 
     A part that holds a non-section value is a ``ConfigError`` starting with ``what`` (the key's origin).
     """

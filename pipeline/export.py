@@ -1,4 +1,5 @@
-"""``semdistill export DIR --to hf | webdataset | pt | imagefolder --out OUT``: a distilled set in other tools' layouts
+"""``semdistill export DIR --to hf | webdataset | pt | imagefolder --out OUT``: a distilled set in other
+tools' layouts
 (``--what captions | prototypes``: an EDITS run's artefacts instead, ``pipeline/export_edits.py``).
 
 ``DIR`` is a semdistill set (ImageFolder + ``manifest.json``). Every format keeps the image order of the
@@ -222,7 +223,8 @@ def export_norm(s: SetFiles, norm: str) -> tuple[list[float] | None, list[float]
 
 
 def write_pt(s: SetFiles, out: Path, norm: str) -> list[Path]:
-    """DC/MTT tensors: ``images_best.pt`` (normalised float32), ``labels_best.pt``, stats and classes beside."""
+    """DC/MTT tensors: ``images_best.pt`` (normalised float32), ``labels_best.pt``, stats and classes
+    beside."""
     import torch
     from PIL import Image
 
@@ -264,7 +266,8 @@ def write_imagefolder(s: SetFiles, out: Path) -> list[Path]:
 
 def export_set(src: str | Path, to: str, out: str | Path, norm: str = "auto", shard_size: int = 1000,
                overwrite: bool = False) -> list[Path]:
-    """Export the set at ``src`` as ``to`` into ``out`` (built aside and swapped in whole); returns the data files."""
+    """Export the set at ``src`` as ``to`` into ``out`` (built aside and swapped in whole); returns the data
+    files."""
     from pipeline.core.write import atomic_folder
 
     if to not in FORMATS:

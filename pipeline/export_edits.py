@@ -1,4 +1,5 @@
-"""``semdistill export RUN --what captions | prototypes --out OUT``: an EDITS run's intermediate artefacts as a
+"""``semdistill export RUN --what captions | prototypes --out OUT``: an EDITS run's intermediate artefacts as
+a
 Hugging Face dataset (what the peers' users ask for most: the captions and the prototypes behind a set).
 
 ``RUN`` is an EDITS ``output.dir`` (``artefacts/`` inside, see ``pipeline/edits/run.py``). ``OUT`` gets
@@ -174,7 +175,8 @@ def _settings_table(stage: str, key: dict[str, Any]) -> list[str]:
 
 def dataset_card(what: str, run: Path, keys: dict[str, dict[str, Any]], rows: list[dict[str, Any]],
                  config: dict[str, Any]) -> str:
-    """``README.md``: the Hub's YAML header and the models and settings the exported artefacts were made with."""
+    """``README.md``: the Hub's YAML header and the models and settings the exported artefacts were made
+    with."""
     import yaml
 
     header = {"configs": [{"config_name": "default", "data_files": [{"split": "train",

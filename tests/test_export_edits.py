@@ -41,7 +41,8 @@ KEYS = {
 
 @pytest.fixture
 def edits_run(tmp_path):
-    """An EDITS run after its prototype stage: 2 classes x 6 images, IPC 2, half the texts still in the journal."""
+    """An EDITS run after its prototype stage: 2 classes x 6 images, IPC 2, half the texts still in the
+    journal."""
     root = tmp_path / "data"
     out = tmp_path / "run"
     run = SimpleNamespace(paths=Artefacts(out), names=NAMES)

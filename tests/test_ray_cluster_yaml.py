@@ -1,4 +1,5 @@
-"""ray_cluster.yaml: a valid Ray cluster-launcher file (Ray's own schema), with the project's extras and token auth."""
+"""ray_cluster.yaml: a valid Ray cluster-launcher file (Ray's own schema), with the project's extras and token
+auth."""
 
 from __future__ import annotations
 

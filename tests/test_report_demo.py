@@ -101,7 +101,8 @@ def test_edits_members_generated_image_and_text_and_diver_panel(tmp_path):
 
 
 def _images_load(html_path: Path, tmp: Path) -> dict:
-    """Open the page in headless Chromium; an inline script reports every <img>'s natural size and the tables."""
+    """Open the page in headless Chromium; an inline script reports every <img>'s natural size and the
+    tables."""
     probe = tmp / "probe.html"
     script = ("<script>window.addEventListener('load',()=>{const r={imgs:[...document.images].map(i=>"
               "[i.naturalWidth,i.naturalHeight]),tables:document.querySelectorAll('table').length};"

@@ -252,7 +252,8 @@ def _shuffle_strips(img: torch.Tensor, factor: int, gen: torch.Generator) -> tor
 
 
 def shuffle_patches(x: torch.Tensor, gen: torch.Generator, factor: int = 2) -> torch.Tensor:
-    """RDED's ShufflePatches: permute ``factor`` vertical strips, then ``factor`` horizontal ones, per image."""
+    """RDED's ShufflePatches: permute ``factor`` vertical strips, then ``factor`` horizontal ones, per
+    image."""
     if factor <= 1:
         return x
     out = []

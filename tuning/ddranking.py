@@ -66,7 +66,8 @@ def _recipe(row: dict[str, Any]) -> tuple:
 
 
 def _per_seed(fn, rows: list[dict[str, Any]], lam: float) -> dict[str, Any]:
-    """``fn`` (a score of the rows' top-1s, in order) per seed that every row ran, then mean and population std
+    """``fn`` (a score of the rows' top-1s, in order) per seed that every row ran, then mean and population
+    std
     over those seeds (the package's ``np.mean`` / ``np.std`` over its ``num_eval`` rounds); rows that kept no
     runs give the score of their means, with ``n`` 0."""
     per_row = [seed_values(r) for r in rows]

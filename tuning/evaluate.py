@@ -300,7 +300,8 @@ def concurrent_jobs(n_jobs: int, cfg: EvalConfig, total_cpus: float,
 
 def packed_workers(n_jobs: int, cfg: EvalConfig, total_cpus: float) -> int:
     """Workers of the one packed TorchTrainer: ``max_concurrent``, else as many as the cluster's CPUs hold at
-    ``worker_threads`` torch threads each (``concurrent_jobs`` with one worker per job), at most one per run."""
+    ``worker_threads`` torch threads each (``concurrent_jobs`` with one worker per job), at most one per
+    run."""
     return concurrent_jobs(n_jobs, cfg, total_cpus, workers_per_job=1)
 
 
@@ -404,7 +405,8 @@ def aggregate(runs: list[dict[str, Any]], sets: dict[str, dict[str, Any]], cfg: 
 
 
 def set_parts(sets: dict[str, Any], cfg: EvalConfig) -> dict[str, tuple[str, Any, list[int] | None]]:
-    """``{job set key: (row name, folder, seeds or None)}``: a set given as a folder runs every seed; one given as
+    """``{job set key: (row name, folder, seeds or None)}``: a set given as a folder runs every seed; one
+    given as
     ``{seed: folder}`` (per-seed draws, e.g. random real drawn afresh per seed as DD-Ranking does) runs each
     draw at its own seed only, and its draws must be exactly the evaluation seeds."""
     out: dict[str, tuple[str, Any, list[int] | None]] = {}
@@ -556,7 +558,8 @@ def _teacher_normalised(arrays: dict[str, Any], teacher_state: dict[str, Any] | 
 
 
 def load_teacher_checkpoint(cfg: EvalConfig, num_classes: int, size: int) -> dict[str, Any]:
-    """The soft-label teacher from ``eval.teacher_checkpoint``: a state dict of ``build_student(eval.teacher)``
+    """The soft-label teacher from ``eval.teacher_checkpoint``: a state dict of
+    ``build_student(eval.teacher)``
     in our names or, for ``resnet18_imagenet_*``, torchvision's / timm's (``tuning.teacher_ckpt``; a
     ``module.``
     prefix from DDP is dropped); inputs use ``eval.teacher_mean`` / ``teacher_std``."""
@@ -761,19 +764,22 @@ def write_results(rows: list[dict[str, Any]], out_dir: str | os.PathLike,
 
 def in_mean(row: dict[str, Any]) -> bool:
     """Whether a row counts in the headline mean: its ``in_mean`` flag (from ``eval.exclude_from_mean``);
-    rows written before the flag existed count, as they did (the table's caption names the students averaged)."""
+    rows written before the flag existed count, as they did (the table's caption names the students
+    averaged)."""
     return bool(row.get("in_mean", True))
 
 
 def mean_top1(rows: list[dict[str, Any]]) -> float:
     """The headline mean (table and sweep): final top-1 averaged over the rows' students that are not in
-    ``eval.exclude_from_mean`` (DIVER's mean over unseen architectures); over all of them when none is left."""
+    ``eval.exclude_from_mean`` (DIVER's mean over unseen architectures); over all of them when none is
+    left."""
     vals = [r["top1_mean"] for r in rows if in_mean(r)] or [r["top1_mean"] for r in rows]
     return float(np.mean(vals)) if vals else math.nan
 
 
 def check_excluded(names: list[str]) -> None:
-    """``eval.exclude_from_mean`` names must be students (a typo would silently keep the proxy in the mean)."""
+    """``eval.exclude_from_mean`` names must be students (a typo would silently keep the proxy in the
+    mean)."""
     from pipeline.errors import ConfigError
     from tuning.students import STUDENTS
 
@@ -838,7 +844,8 @@ def random_real_draws(train_root: str | os.PathLike, out: Path, ipc: int, seeds:
 
 def baseline_sets(ev: EvalConfig, train_root: str | os.PathLike | None, out: Path, ipc: int,
                   classes: list[str] | None = None, log=print) -> tuple[dict[str, Any], dict[str, str]]:
-    """Build ``ev.baselines`` (tuning/baselines.py) from the real train split at ``ipc``; ``({name: folder}, {name:
+    """Build ``ev.baselines`` (tuning/baselines.py) from the real train split at ``ipc``; ``({name: folder},
+    {name:
     method})``. Random real is drawn afresh per evaluation seed (``{seed: folder}``), the others once."""
     from pipeline.errors import ConfigError
     from tuning.baselines import build_baseline

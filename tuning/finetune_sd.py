@@ -86,7 +86,8 @@ def train_vae_phase(vae: Any, shard: Any, config: dict[str, Any], device: Any, w
 
 
 def min_snr_weights(noise_sched: Any, t: Any, gamma: float) -> Any:
-    """Per-sample loss weights ``min(SNR(t), gamma) / SNR(t)`` (epsilon) or ``/ (SNR(t) + 1)`` (v-prediction)."""
+    """Per-sample loss weights ``min(SNR(t), gamma) / SNR(t)`` (epsilon) or ``/ (SNR(t) + 1)``
+    (v-prediction)."""
     import torch
 
     ab = noise_sched.alphas_cumprod.to(t.device)[t].double()  # 1 - ab near t=0 needs float64
@@ -139,7 +140,8 @@ def apply_flip(x: Any, mask: Any) -> Any:
 
 
 def clip_gradients(params: Any, opt: Any, scaler: Any, max_norm: float | None) -> float | None:
-    """Clip the gradients' global norm to ``max_norm`` (unscaled first under fp16); returns the norm before."""
+    """Clip the gradients' global norm to ``max_norm`` (unscaled first under fp16); returns the norm
+    before."""
     import torch
 
     if not max_norm:
@@ -240,7 +242,8 @@ def restore_checkpoint(w: Worker) -> None:
 
 
 def save_checkpoint(w: Worker, final: bool) -> None:
-    """Report the step and mean loss; rank 0 attaches the checkpoint (and, when final, the EMA UNet folder)."""
+    """Report the step and mean loss; rank 0 attaches the checkpoint (and, when final, the EMA UNet
+    folder)."""
     import ray.train
     import torch
     from diffusers import UNet2DConditionModel
@@ -285,7 +288,8 @@ def step_generator(seed: int, rank: int, step: int) -> Any:
 
 
 def vae_phase(w: Worker, shard: Any) -> None:
-    """Demo only (the zoo's VAE is random-init): train the VAE first and checkpoint it before the UNet phase."""
+    """Demo only (the zoo's VAE is random-init): train the VAE first and checkpoint it before the UNet
+    phase."""
     if w.vae_done:
         return
     t_vae = time.perf_counter()
@@ -310,7 +314,8 @@ def _encode(w: Worker, images: np.ndarray, flip: Any = None) -> tuple[Any, Any]:
 
 
 def cache_latents(w: Worker, shard: Any) -> tuple[Any, Any, list[str]] | None:
-    """Small sets: the posteriors of every image once, ``[2, N, ...]`` (as is, mirrored when ``random_flip``)."""
+    """Small sets: the posteriors of every image once, ``[2, N, ...]`` (as is, mirrored when
+    ``random_flip``)."""
     import torch
 
     if not w.config.get("cache_latents"):

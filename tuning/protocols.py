@@ -175,7 +175,8 @@ def _bounded(table: dict[int, int], value: int) -> int | None:
 
 
 def above_classes(cfg: EvalConfig, num_classes: int | None) -> dict[str, float]:
-    """The ``recipe_above_classes`` entry of the largest bound below ``num_classes`` ({} when none applies)."""
+    """The ``recipe_above_classes`` entry of the largest bound below ``num_classes`` ({} when none
+    applies)."""
     if num_classes is None:
         return {}
     bounds = [b for b in cfg.recipe_above_classes if num_classes > b]

@@ -111,7 +111,8 @@ class PReDDInvertedResidual(nn.Module):
 
 
 class PReDDMobileNetV2(nn.Module):
-    """PReDD's MobileNetV2 1.0x (module doc): no dropout, its init; the layout does not depend on ``im_size``."""
+    """PReDD's MobileNetV2 1.0x (module doc): no dropout, its init; the layout does not depend on
+    ``im_size``."""
 
     SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
                 (6, 320, 1, 1))

@@ -148,7 +148,8 @@ class ResNetAP(_Classifier):
 
 class AdaptiveResNet(_Classifier):
     """A ResNet whose stem follows the resolution (3x3 s1 at 32 px, 3x3 s2 at 64 px, ImageNet stem from
-    128 px), the students ``resnet18*``; not a published architecture: use the named forms for paper numbers."""
+    128 px), the students ``resnet18*``; not a published architecture: use the named forms for paper
+    numbers."""
 
     def __init__(self, blocks: list[int], channels: int, num_classes: int, im_size: int,
                  norm: str = "batchnorm", width: int = 64) -> None:

@@ -140,7 +140,8 @@ RunMethod = Callable[[Config], str]
 
 
 def generate(cfg: Config, trial_dir: Path, run_method: RunMethod) -> str:
-    """The trial's distilled set: the path ``run_method(cfg)`` returns (the config's method), or random real images
+    """The trial's distilled set: the path ``run_method(cfg)`` returns (the config's method), or random real
+    images
     for ``method: none``."""
     if cfg.method == "none":
         from tuning.baselines import random_real
@@ -181,7 +182,8 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], names: list[str], tr
 
 
 def _plot(trials: list[dict[str, Any]], x_param: str, out: Path) -> Path | None:
-    """Headline mean top-1 vs ``x_param`` with the seed std as error bars, one line per value of the other params."""
+    """Headline mean top-1 vs ``x_param`` with the seed std as error bars, one line per value of the other
+    params."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -78,7 +78,8 @@ def to_ours(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def load_into(net: torch.nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
     """Load ``state`` (our names, or torchvision's / timm's) into ``net``; batch-norm counters a file leaves
-    out keep their fresh value. Returns the keys filled that way; any other mismatch raises ``RuntimeError``."""
+    out keep their fresh value. Returns the keys filled that way; any other mismatch raises
+    ``RuntimeError``."""
     if is_library_layout(state):
         state = to_ours(state)
     own = net.state_dict()

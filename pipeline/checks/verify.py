@@ -76,7 +76,8 @@ def _check_file(root: Path, e: dict[str, Any], rel: str, decode: bool, t: _Tally
 
 
 def _check_entries(root: Path, images: list[Any], decode: bool, problems: list[str]) -> _Tally:
-    """Tally every manifest entry; entries that are malformed, outside DIR or in another folder are problems."""
+    """Tally every manifest entry; entries that are malformed, outside DIR or in another folder are
+    problems."""
     t = _Tally()
     for i, e in enumerate(images):
         if not isinstance(e, dict) or not all(k in e for k in ("key", "file", "class_id", "label")):

@@ -27,7 +27,8 @@ def zoo_build(args: argparse.Namespace) -> int:
 
 
 def recorded_checks(folder: Path, role: str) -> str:
-    """The accuracies a demo role's recipe recorded in ``<role>.json`` (e.g. ``sample_accuracy 97.5%``), or ''."""
+    """The accuracies a demo role's recipe recorded in ``<role>.json`` (e.g. ``sample_accuracy 97.5%``), or
+    ''."""
     report = folder / f"{role}.json"
     if not report.is_file():
         return ""
@@ -73,7 +74,8 @@ DEMO_ROLES = ("demo_vlm", "demo_clip", "demo_sd", "demo_dit")
 
 
 def train_demo_role(role: str, weights_dir: Path, data: str | None) -> dict:
-    """Train one shipped demo role from its recipe into ``weights_dir/<role>`` (demo_sd needs demo_clip there)."""
+    """Train one shipped demo role from its recipe into ``weights_dir/<role>`` (demo_sd needs demo_clip
+    there)."""
     from actors import demo_models
     from pipeline.core.write import atomic_folder
 
@@ -92,7 +94,8 @@ def train_demo_role(role: str, weights_dir: Path, data: str | None) -> dict:
 
 
 def train_demo(args: argparse.Namespace) -> int:
-    """``zoo train-demo``: train the demo roles from their recipes, ship them (SHA256SUMS), refresh the zoo."""
+    """``zoo train-demo``: train the demo roles from their recipes, ship them (SHA256SUMS), refresh the
+    zoo."""
     from actors import shipped
 
     roles = list(args.roles or DEMO_ROLES)

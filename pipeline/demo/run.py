@@ -190,7 +190,8 @@ def demo_plan(quick: bool = False, full: bool = False) -> DemoPlan:
 
 
 def eval_config(plan: DemoPlan, ipc: int | None, quick: bool = False) -> EvalConfig:
-    """The evaluation of the plan's sets at ``ipc`` (None: the full real set, at the largest IPC's settings)."""
+    """The evaluation of the plan's sets at ``ipc`` (None: the full real set, at the largest IPC's
+    settings)."""
     table = QUICK_EVAL if quick else {**DEMO_EVAL, **DEMO_EVAL_BY_IPC[ipc or max(DEMO_EVAL_BY_IPC)]}
     return EvalConfig.model_validate({**table, "students": list(plan.students), "repeats": plan.eval_seeds})
 
@@ -272,7 +273,8 @@ def ars_sets(sets: dict[str, Path]) -> dict[str, Path]:
 
 
 def tag_rows(rows: list[dict], sets: dict[str, Path], specs: dict[str, SetSpec]) -> list[dict]:
-    """Each row gains its set's ``distill_seed`` and, for a recovered set, ``stage1`` (found by its folder)."""
+    """Each row gains its set's ``distill_seed`` and, for a recovered set, ``stage1`` (found by its
+    folder)."""
     by_dir = {str(d): specs[n] for n, d in sets.items() if n in specs}
     for r in rows:
         spec = by_dir.get(str(r.get("distilled")))
@@ -341,7 +343,8 @@ def gamma0_config(cfg: Config, dm_set: Path, out: Path, name: str = "diver_gamma
 
 def diver_seed_config(cfg: Config, out: Path, method: str, ipcs: tuple[int, ...],
                       distill_seed: int) -> Config:
-    """DIVER on the built-in stage-1 ``method`` (dm | gm) at ``ipcs`` with distillation seed ``d``: the stage-1
+    """DIVER on the built-in stage-1 ``method`` (dm | gm) at ``ipcs`` with distillation seed ``d``: the
+    stage-1
     seed and DIVER's seed both shifted by ``d``; output ``out/diver[_gm][_d<d>]``."""
     raw = cfg.model_dump(mode="json")
     stage1 = raw["diver"]["stage1"]
@@ -468,7 +471,8 @@ def _run_diver_sets(plan: DemoPlan, base: Config, out: Path, sets: dict[str, Pat
 
 def _run_edits_sets(plan: DemoPlan, out: Path, data: Path, quick: bool, sets: dict[str, Path],
                     specs: dict[str, SetSpec], skipped: dict[str, str], logs: Path) -> Path | None:
-    """EDITS at each IPC and distillation seed (and without text prototypes); returns the headline set's folder."""
+    """EDITS at each IPC and distillation seed (and without text prototypes); returns the headline set's
+    folder."""
     from pipeline.core.console import stage
     from pipeline.edits.run import run_edits  # its model stack loads when this step runs
     first: Config | None = None

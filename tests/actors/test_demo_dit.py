@@ -56,7 +56,8 @@ def test_demo_dit_is_a_zoo_role():
 
 @pytest.mark.slow
 def test_full_recipe_makes_recognisable_digits(tmp_path):
-    """The acceptance check: >= 97% of plain DiT samples are classified as their conditioning class, and >= 97%
+    """The acceptance check: >= 97% of plain DiT samples are classified as their conditioning class, and >=
+    97%
     of real train digits keep their class through DIVER's inherit-and-recover."""
     env = {**os.environ, "SEMDISTILL_ZOO_DIR": str(tmp_path / "zoo")}
     t = time.time()
@@ -90,7 +91,8 @@ def test_demo_diver_config_end_to_end(tmp_path):
 
 @pytest.mark.parametrize("train_variance", [True, False])
 def test_the_hybrid_loss_trains_the_variance_channels(train_variance):
-    """DiT's final projection rows that output v move only under L_vlb (the epsilon loss never reaches them)."""
+    """DiT's final projection rows that output v move only under L_vlb (the epsilon loss never reaches
+    them)."""
     from actors.demo_dit import make_transformer, train_dit
 
     recipe = DemoDiTRecipe(dit_steps=3, dit_batch=4, dit_warmup=1, train_variance=train_variance, layers=1)
@@ -107,7 +109,8 @@ def test_the_hybrid_loss_trains_the_variance_channels(train_variance):
 
 
 def test_the_shipped_demo_dit_has_usable_variance_channels():
-    """The shipped demo DiT was trained with the hybrid loss, so DIVER's sigma: learned reads it (no fallback)."""
+    """The shipped demo DiT was trained with the hybrid loss, so DIVER's sigma: learned reads it (no
+    fallback)."""
     from actors.dit import variance_usable
     from actors.shipped import WEIGHTS_DIR
 
@@ -116,7 +119,8 @@ def test_the_shipped_demo_dit_has_usable_variance_channels():
 
 def test_the_shipped_demo_dit_passes_both_checks_on_the_methods_paths():
     """The shipped DiT's recorded checks, judged by a classifier trained on the real train digits: >= 97 % of
-    its samples (50 steps, CFG 4) and >= 97 % of real digits after DIVER's inherit-and-recover keep their class."""
+    its samples (50 steps, CFG 4) and >= 97 % of real digits after DIVER's inherit-and-recover keep their
+    class."""
     from actors.shipped import WEIGHTS_DIR
 
     report = json.loads((WEIGHTS_DIR / "demo_dit" / "demo_dit.json").read_text())
@@ -130,7 +134,8 @@ def test_the_shipped_demo_dit_passes_both_checks_on_the_methods_paths():
 
 
 def test_the_recover_check_runs_at_the_demo_configs_diver_settings():
-    """``recover_check`` uses ``RecoverSettings()``: the same knobs as configs/demo_diver.yaml's diver block."""
+    """``recover_check`` uses ``RecoverSettings()``: the same knobs as configs/demo_diver.yaml's diver
+    block."""
     from actors.demo_dit import DemoDiTRecipe as Recipe
     from pipeline.config import load_config
     from pipeline.diver.guidance import RecoverSettings
@@ -141,7 +146,8 @@ def test_the_recover_check_runs_at_the_demo_configs_diver_settings():
 
 
 def test_recover_check_recovers_real_digits_with_divers_seeds(demo_root):
-    """Real digits go through ``actors.dit.recover_images`` with DIVER's per-image seeds, per class in order."""
+    """Real digits go through ``actors.dit.recover_images`` with DIVER's per-image seeds, per class in
+    order."""
     from actors.demo_dit import make_scheduler, recover_check
     from actors.dit import load_dit, recover_images
     from actors.shipped import WEIGHTS_DIR

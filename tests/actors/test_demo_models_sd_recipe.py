@@ -1,4 +1,5 @@
-"""The demo SD recipe's pieces: its UNet (latent size, pooled text embedding, seeded) and the thread setting."""
+"""The demo SD recipe's pieces: its UNet (latent size, pooled text embedding, seeded) and the thread
+setting."""
 
 import tempfile
 from dataclasses import replace

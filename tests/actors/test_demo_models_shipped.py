@@ -1,4 +1,5 @@
-"""The shipped demo zoo: checkpoints match SHA256SUMS, load through the pipeline's actors, carry their checks."""
+"""The shipped demo zoo: checkpoints match SHA256SUMS, load through the pipeline's actors, carry their
+checks."""
 
 import argparse
 import json
@@ -166,7 +167,8 @@ def test_tokenizer_ids_of_the_original_words_are_unchanged():
 
 
 def test_a_zoo_copy_of_older_shipped_weights_is_rebuilt(tmp_path):
-    """A demo role copied before the weights were re-shipped (old marker) is stale: rebuilt from the shipped files."""
+    """A demo role copied before the weights were re-shipped (old marker) is stale: rebuilt from the shipped
+    files."""
     from actors import zoo_paths
 
     path, built = zoo.build_role("demo_sd", tmp_path)

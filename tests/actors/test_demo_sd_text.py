@@ -1,4 +1,5 @@
-"""The demo SD's training texts (varied phrasings, LLM-style sentences, the negative prompt) and its EDITS check."""
+"""The demo SD's training texts (varied phrasings, LLM-style sentences, the negative prompt) and its EDITS
+check."""
 
 from dataclasses import replace
 
@@ -81,7 +82,8 @@ def test_summary_groups_are_seeded_groups_of_one_class(demo_data):
 
 
 def test_check_clusters_are_edits_lsa_on_raw_concat_gsq(demo_data):
-    """IPC 1: the centre is the class mean of [I, softmax(I T^T / 0.01) T] (raw projections); its 5 nearest."""
+    """IPC 1: the centre is the class mean of [I, softmax(I T^T / 0.01) T] (raw projections); its 5
+    nearest."""
     from PIL import Image
 
     from actors.clip_embedder import ClipEmbedder

@@ -101,7 +101,8 @@ def test_text_prototypes_through_ray_data_llm(zoo_dir):
 
 
 def test_vllm_engine_and_processor_kwargs_reach_ray_data_llm(monkeypatch):
-    """models.vllm_processor_kwargs (e.g. a CPU placement group) and engine kwargs go into the processor config."""
+    """models.vllm_processor_kwargs (e.g. a CPU placement group) and engine kwargs go into the processor
+    config."""
     import types
 
     import ray.data.llm as rdl

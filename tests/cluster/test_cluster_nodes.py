@@ -44,7 +44,8 @@ def zoo_edits(data: Path, zoo: Path, out: Path) -> list[str]:
 
 
 def zoo_diver(stage1: Path, zoo: Path, out: Path, pool: int = 1, few_steps: bool = True) -> list[str]:
-    """configs/diver_imagenet1k.yaml on a tiny stage-1 set, the zoo DiT, 32 px, 3 steps (else the config's 50)."""
+    """configs/diver_imagenet1k.yaml on a tiny stage-1 set, the zoo DiT, 32 px, 3 steps (else the config's
+    50)."""
     steps = ["diver.num_inference_steps=3", "diver.start_step=1",
              "diver.fusion_window=[2, 1]"] if few_steps else []
     return [f"diver.input={stage1}", "data.class_names=null", "data.val_root=null",

@@ -1,4 +1,5 @@
-"""Small real sets in three layouts: the same demo digits as an ImageFolder, HF parquet shards and WebDataset tars."""
+"""Small real sets in three layouts: the same demo digits as an ImageFolder, HF parquet shards and WebDataset
+tars."""
 
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ def _folder(demo_root: Path, dst: Path, per_class: int) -> dict[str, list[Path]]
 
 def write_parquet_shards(files: dict[str, list[Path]], dst: Path, rows_per_shard: int,
                          bad: bytes | None = None, row_group_size: int = 2) -> dict[str, str]:
-    """HF layout: ``data/train-0000k-of-0000n.parquet`` (image struct, label, ClassLabel names); key -> file."""
+    """HF layout: ``data/train-0000k-of-0000n.parquet`` (image struct, label, ClassLabel names); key ->
+    file."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 

@@ -1,4 +1,5 @@
-"""ActorStage and pool_plan: blocks of one Ray batch, pools that fill the cores without oversubscribing them."""
+"""ActorStage and pool_plan: blocks of one Ray batch, pools that fill the cores without oversubscribing
+them."""
 
 from __future__ import annotations
 

@@ -17,7 +17,8 @@ from tests.image_files import write_image
 
 @pytest.fixture()
 def linked(tmp_path):
-    """a: 2 images + ``all -> ..`` (the root) + ``b_link -> ../b``; b: 3 images; c: 1 image + a file link into b."""
+    """a: 2 images + ``all -> ..`` (the root) + ``b_link -> ../b``; b: 3 images; c: 1 image + a file link into
+    b."""
     root = tmp_path / "data"
     for i in range(2):
         write_image(root / "a" / f"a{i}.png")

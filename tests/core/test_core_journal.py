@@ -1,4 +1,5 @@
-"""The manifest's append-only journal: a flush costs its batch, and a killed run's journal is folded on resume."""
+"""The manifest's append-only journal: a flush costs its batch, and a killed run's journal is folded on
+resume."""
 
 from __future__ import annotations
 

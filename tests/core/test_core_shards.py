@@ -1,4 +1,5 @@
-"""data.format: parquet (Hugging Face image layout) and WebDataset shards read as the ImageFolder of the same pictures."""
+"""data.format: parquet (Hugging Face image layout) and WebDataset shards read as the ImageFolder of the same
+pictures."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from tests.core.shard_sets import CLASSES, _folder, write_parquet_shards, write_
 
 @pytest.fixture(scope="module")
 def sets(tmp_path_factory, demo_root):
-    """The same 3 x 4 pictures as an ImageFolder, parquet shards and tar shards (one corrupt image in each)."""
+    """The same 3 x 4 pictures as an ImageFolder, parquet shards and tar shards (one corrupt image in
+    each)."""
     base = tmp_path_factory.mktemp("formats")
     files = _folder(demo_root, base / "folder", 4)
     bad = b"\x89PNG\r\n\x1a\n-truncated"
@@ -42,7 +44,8 @@ def test_detect_format_and_errors(sets, tmp_path):
 @pytest.mark.parametrize("fmt", ["parquet", "webdataset"])
 @pytest.mark.parametrize("uri", [False, True])
 def test_scan_and_decode_match_imagefolder(sets, ray_local, fmt, uri):
-    """Same class-id table, same per-class records, byte-identical decoded pixels; the corrupt one a named skip."""
+    """Same class-id table, same per-class records, byte-identical decoded pixels; the corrupt one a named
+    skip."""
     from pipeline.core.image_index import scan_image_folder
     from pipeline.core.read import decode_batch
     from pipeline.core.shards import scan_root
@@ -107,7 +110,8 @@ def test_parquet_row_groups_and_missing_bytes(tmp_path, demo_root, ray_local):
 
 
 def test_uri_imagefolder(sets, ray_local):
-    """An ImageFolder behind a URI (file:// here, s3:// / gs:// alike) lists once and decodes the same pixels."""
+    """An ImageFolder behind a URI (file:// here, s3:// / gs:// alike) lists once and decodes the same
+    pixels."""
     from pipeline.core.image_index import scan_image_folder
     from pipeline.core.read import load_rgb
     from pipeline.core.shards import scan_root

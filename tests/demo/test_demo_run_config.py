@@ -1,4 +1,5 @@
-"""`semdistill demo`: each method's settings are its demo config plus the demo's IPCs and trims; the plan of sets,
+"""`semdistill demo`: each method's settings are its demo config plus the demo's IPCs and trims; the plan of
+sets,
 IPCs, seeds and students that the quick, default and full demos run."""
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ def test_diver_gets_one_dm_set_per_demo_ipc_and_quick_shrinks_further(tmp_path):
 
 @pytest.mark.slow
 def test_quick_demo_writes_results_report_and_overview(tmp_path):
-    """`semdistill demo --quick`: every method and baseline evaluated, results.json rows complete, report written."""
+    """`semdistill demo --quick`: every method and baseline evaluated, results.json rows complete, report
+    written."""
     import json
     import os
     import subprocess
@@ -122,8 +124,10 @@ def test_gamma0_ablation_is_the_same_dit_pass_without_guidance(tmp_path):
 
 
 def test_demo_students_train_at_the_batch_chosen_on_the_holdout():
-    """IPC 10: batch 64 (2 SGD steps an epoch on 100 images) left MobileNetV2 at chance; 16 was chosen on a train
-    holdout. IPC 1: epochs and batch chosen on the same holdout (DEMO_EVAL_BY_IPC's comment has the numbers)."""
+    """IPC 10: batch 64 (2 SGD steps an epoch on 100 images) left MobileNetV2 at chance; 16 was chosen on a
+    train
+    holdout. IPC 1: epochs and batch chosen on the same holdout (DEMO_EVAL_BY_IPC's comment has the
+    numbers)."""
     from pipeline.demo.run import DEMO_EVAL_BY_IPC, demo_plan, eval_config
     from tuning.protocols import resolve_preset
 

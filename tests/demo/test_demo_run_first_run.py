@@ -1,4 +1,5 @@
-"""First runs and the terminal: a demo config writes its own data; only stage lines and bars reach the terminal."""
+"""First runs and the terminal: a demo config writes its own data; only stage lines and bars reach the
+terminal."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.mark.parametrize("method", ["edits", "diver"])
 def test_run_config_writes_the_demo_digits_before_the_runner(method, tmp_path, monkeypatch):
-    """`semdistill run configs/demo_<method>.yaml` on a fresh checkout: data/digits is written, then the run starts."""
+    """`semdistill run configs/demo_<method>.yaml` on a fresh checkout: data/digits is written, then the run
+    starts."""
     import pipeline.run as run_mod
 
     root = tmp_path / "fresh" / "data" / "digits"

@@ -35,7 +35,8 @@ def _names(plan) -> list[str]:
 
 
 def test_make_demo_runs_the_headline_ipc_1_with_three_evaluation_seeds():
-    """IPC 10 as well would not fit make demo's 12 minutes on 2 cores (DEMO_IPCS's estimate): it runs in --full."""
+    """IPC 10 as well would not fit make demo's 12 minutes on 2 cores (DEMO_IPCS's estimate): it runs in
+    --full."""
     plan = demo_plan()
     assert plan.ipcs == (1,) and plan.distill_seeds == (0,) and plan.eval_seeds >= 3
     assert plan.students == ("convnet", "resnet18", "mobilenetv2") and not plan.ablations
@@ -136,7 +137,8 @@ def test_tag_rows_matches_rows_to_sets_by_folder():
 
 
 def _fake_pipeline(monkeypatch, tmp_path):
-    """Every heavy step of the demo replaced by a fake that makes an empty folder; returns the evaluations asked."""
+    """Every heavy step of the demo replaced by a fake that makes an empty folder; returns the evaluations
+    asked."""
     asked: list[tuple[list[str], int, int, str]] = []
 
     def folder(p: Path) -> str:

@@ -26,7 +26,8 @@ def _real_set(classes: int, per_class: int = 5, size: int = 16,
 
 
 def _joint_backward_dm(images_u8, labels, num_classes, ipc, cfg, mean, std) -> torch.Tensor:
-    """The reference's order of draws and its one backward over the summed loss (the code before this change)."""
+    """The reference's order of draws and its one backward over the summed loss (the code before this
+    change)."""
     gen = torch.Generator().manual_seed(cfg.seed)
     by_class = [torch.nonzero(labels == c).flatten() for c in range(num_classes)]
     real = lambda idx: normalize(images_u8[idx].float() / 255.0, mean, std)

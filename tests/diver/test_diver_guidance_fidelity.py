@@ -155,7 +155,8 @@ def test_learned_sigma_and_guidance_target_on_the_last_step(dit, inputs, target)
 
 
 def test_learned_sigma_in_the_default_window_and_the_old_pull(dit, inputs):
-    """The posterior end of DiT's learned range in the window is 0.54 -> 0.43; sqrt(1 - ab) pulls ~2x harder."""
+    """The posterior end of DiT's learned range in the window is 0.54 -> 0.43; sqrt(1 - ab) pulls ~2x
+    harder."""
     ab_all, ts = ab_table(), hand_timesteps(50)
     lo = [float(hand_learned_sigma(torch.tensor(-1.0), 50, i)) for i in range(40, 24, -1)]
     hi = [float(hand_learned_sigma(torch.tensor(1.0), 50, i)) for i in range(40, 24, -1)]

@@ -1,4 +1,5 @@
-"""diver.timestep_embedding: DiT's own sinusoidal timestep embedding (10000^(-k/128), [cos, sin]) restored on a
+"""diver.timestep_embedding: DiT's own sinusoidal timestep embedding (10000^(-k/128), [cos, sin]) restored on
+a
 diffusers DiT, whose port uses 10000^(-k/127)."""
 
 from __future__ import annotations

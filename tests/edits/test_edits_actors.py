@@ -36,7 +36,8 @@ def test_captioner_names_the_class_and_respects_the_token_cap(zoo_dir):
 
 
 def test_captions_do_not_depend_on_the_ray_batch(zoo_dir):
-    """Fixed micro-batches + prompts padded to the longest class prompt: one call of 7 rows == 7 calls of 1."""
+    """Fixed micro-batches + prompts padded to the longest class prompt: one call of 7 rows == 7 calls of
+    1."""
     from actors.captioner import Captioner
 
     names = {"0": "zero", "1": "handwritten digit one with a long name"}

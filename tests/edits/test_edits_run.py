@@ -94,7 +94,8 @@ def test_edits_changed_settings_rerun_only_what_depends_on_them(tmp_path, demo_r
 
 
 def test_edits_without_text_prototypes_prompts_the_class_name(tmp_path, demo_root, zoo_dir, ray_local):
-    """The paper's ablation: the same clusters and image prototypes, the class prompt in place of the LLM's text."""
+    """The paper's ablation: the same clusters and image prototypes, the class prompt in place of the LLM's
+    text."""
     from pipeline.checks.verify import verify_set
     from pipeline.edits.run import run_edits
 

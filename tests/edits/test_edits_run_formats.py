@@ -1,4 +1,5 @@
-"""EDITS on parquet and WebDataset shards gives the captions, features and distilled images of the ImageFolder."""
+"""EDITS on parquet and WebDataset shards gives the captions, features and distilled images of the
+ImageFolder."""
 
 from __future__ import annotations
 

@@ -175,7 +175,8 @@ def changed_value(current: typing.Any, t: typing.Any) -> typing.Any:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, zoo_dir):
-    """Two copies of a tiny ImageFolder (png, jpg, a symlink to a file outside it), two name tables, copies of zoo CLIP and SD."""
+    """Two copies of a tiny ImageFolder (png, jpg, a symlink to a file outside it), two name tables, copies of
+    zoo CLIP and SD."""
     base = tmp_path_factory.mktemp("keys")
     root = base / "train"
     for cls in ("a", "b", "c"):
@@ -428,7 +429,8 @@ def test_switching_clip_does_not_recaption(recorded, world):
 
 
 def test_gpu_actors_key_the_bf16_default(world):
-    """``models.dtype: auto`` became bf16 on CUDA (it was fp16): GPU results made before must not be reused."""
+    """``models.dtype: auto`` became bf16 on CUDA (it was fp16): GPU results made before must not be
+    reused."""
     from pipeline.edits.run import prepare_run
     from pipeline.edits.state import run_input
 

@@ -1,4 +1,5 @@
-"""Coreset baselines (herding, k-center) and full_real: selection rules checked by hand, sets written, wired into eval."""
+"""Coreset baselines (herding, k-center) and full_real: selection rules checked by hand, sets written, wired
+into eval."""
 
 import json
 

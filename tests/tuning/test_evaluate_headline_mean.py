@@ -1,4 +1,5 @@
-"""The headline mean over students leaves out eval.exclude_from_mean (the stage-1 proxy), in the table and the sweep."""
+"""The headline mean over students leaves out eval.exclude_from_mean (the stage-1 proxy), in the table and the
+sweep."""
 
 import pytest
 

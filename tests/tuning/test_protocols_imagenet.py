@@ -74,7 +74,8 @@ def test_edits_imagewoof_config_trains_and_tests_edits_students_at_224():
                                                         (10, 100, 100), (50, 1000, 200), (10, 1000, 100),
                                                         (1, 5, 5)])
 def test_rded_batch_follows_ipc_and_class_count(ipc, classes, batch):
-    """LINs-lab/RDED argument.py lines 234-256: 10 / 50 / 100 by IPC, x2 at 100 or 1000 classes, <= IPC x classes."""
+    """LINs-lab/RDED argument.py lines 234-256: 10 / 50 / 100 by IPC, x2 at 100 or 1000 classes, <= IPC x
+    classes."""
     assert _spec("rded", ipc=ipc, classes=classes).batch_size == batch
 
 

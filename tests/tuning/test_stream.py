@@ -1,4 +1,5 @@
-"""The soft-label teacher streams the real train set: at most a batch of decoded images alive, same weights."""
+"""The soft-label teacher streams the real train set: at most a batch of decoded images alive, same
+weights."""
 
 from __future__ import annotations
 
@@ -40,7 +41,8 @@ def test_histogram_stats_equal_channel_stats():
 
 
 def test_teacher_never_holds_more_than_a_batch_of_decoded_images(demo_root, val, monkeypatch):
-    """Every decoded image is tracked until it is freed: the peak stays at one batch (the whole set before)."""
+    """Every decoded image is tracked until it is freed: the peak stays at one batch (the whole set
+    before)."""
     (vx, vy), classes = val
     n_train = len(image_index.scan_image_folder(demo_root / "train").records)
     assert n_train > 4 * BATCH
@@ -64,7 +66,8 @@ def test_teacher_never_holds_more_than_a_batch_of_decoded_images(demo_root, val,
 
 
 def test_streamed_teacher_has_the_in_memory_teachers_weights(demo_root, val):
-    """Same seed, same pixels: the streamed batches are the in-memory ones, so the weights are bit-identical."""
+    """Same seed, same pixels: the streamed batches are the in-memory ones, so the weights are
+    bit-identical."""
     from tuning.protocols import TEACHER_BATCH, TensorBatches, train_teacher
 
     assert TEACHER_BATCH == BATCH

@@ -1,4 +1,5 @@
-"""Students: every architecture trains (forward + backward) at 32 and 64 px, sized by classes and resolution."""
+"""Students: every architecture trains (forward + backward) at 32 and 64 px, sized by classes and
+resolution."""
 
 import pytest
 import torch

@@ -27,7 +27,8 @@ POOL = ["convnet5", "resnet18_cifar_in", "vit_predd", "efficientnet_b0_predd", "
 
 
 def shufflenet_predd_ref(classes: int) -> int:
-    """PReDD's ShuffleNetV2 1.0x: branch1 only at stride 2; branch2's 3x3 conv grouped in 2 (not depthwise)."""
+    """PReDD's ShuffleNetV2 1.0x: branch1 only at stride 2; branch2's 3x3 conv grouped in 2 (not
+    depthwise)."""
     total, cin = conv(3, 24, 3) + norm(24), 24
     for cout, n in zip((116, 232, 464), (4, 8, 4)):
         mid = cout // 2

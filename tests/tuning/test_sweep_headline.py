@@ -1,5 +1,6 @@
 """The sweep's score: ASHA rungs judged on the headline mean (never the proxy alone), soft-label trials given
-their train split, two seeds per trial by default with the std shown, and the demo sweep on the demo's protocol."""
+their train split, two seeds per trial by default with the std shown, and the demo sweep on the demo's
+protocol."""
 
 from __future__ import annotations
 
