@@ -185,8 +185,9 @@ class DiTRecoverActor:
         n = getattr(self.transformer.config, "num_embeds_ada_norm", None)
         self.num_classes = int(n) if n is not None else None
         if expected_classes is not None and self.num_classes != expected_classes:
-            raise ValueError(f"the class map assumed a DiT with {expected_classes} classes but {model_ref} has "
-                             f"{self.num_classes}: set diver.class_map (input class id -> DiT class index)")
+            raise ValueError(f"the class map assumed a DiT with {expected_classes} classes but {model_ref} "
+                             f"has {self.num_classes}: set diver.class_map (input class id -> DiT class "
+                             f"index)")
 
     @torch.no_grad()
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -245,8 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     name = "CPU (smoke)" if smoke else torch.cuda.get_device_name(device)
     log = lambda s: print(s, flush=True)
     t_start = time.perf_counter()
-    log(f"device: {name}; dtype {dtype}; channels_last {channels_last_on(layout, device)}; compile {args.compile}; "
-        f"SDPA attention; torch {torch.__version__}")
+    log(f"device: {name}; dtype {dtype}; channels_last {channels_last_on(layout, device)}; compile "
+        f"{args.compile}; SDPA attention; torch {torch.__version__}")
     from diffusers.utils import logging as dlogging
 
     dlogging.set_verbosity_error()  # "modules kept in float32" notes on every cast

@@ -103,9 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     ray_cfg = RayConfig(num_cpus=cpus, actor_num_cpus=1, cluster_classes_per_task=args.per_task,
                         object_store_memory_mb=1024)
     settings = ClusterSettings.from_edits(EditsConfig(ipc=args.k, kmeans_nredo=args.n_init, seed=args.seed))
-    print(f"k-means (sklearn KMeans), cluster stage vs a serial loop: {args.classes} classes x {args.per_class} x {args.dim}, k={args.k}, "
-          f"{args.n_init} starts; {cpus} cores for each side; {per_round} classes a round; "
-          f"load average {os.getloadavg()[0]:.2f}")
+    print(f"k-means (sklearn KMeans), cluster stage vs a serial loop: {args.classes} classes x "
+          f"{args.per_class} x {args.dim}, k={args.k}, {args.n_init} starts; {cpus} cores for each side; "
+          f"{per_round} classes a round; load average {os.getloadavg()[0]:.2f}")
     t0 = time.perf_counter()
     started = init_ray(ray_cfg)
     # warm the workers
@@ -129,8 +129,8 @@ def main(argv: list[str] | None = None) -> int:
             obj["sklearn"] += sum(inertia(x, c) for x, c in zip(xs, ref))
             obj["ours"] += sum(inertia(x, c) for x, c in zip(xs, ours))
             ratios.append(ts / to)
-            print(f"classes {ids[0]:>4}-{ids[-1]:<4} sklearn {ts:7.2f} s  ours {to:7.2f} s  ratio {ts / to:6.2f}  "
-                  f"load {os.getloadavg()[0]:.2f}")
+            print(f"classes {ids[0]:>4}-{ids[-1]:<4} sklearn {ts:7.2f} s  ours {to:7.2f} s  ratio "
+                  f"{ts / to:6.2f}  load {os.getloadavg()[0]:.2f}")
     finally:
         if started:
             ray.shutdown()

@@ -168,8 +168,8 @@ def format_plan(plan: Plan) -> str:
     ]
     for s in plan.stages:
         gpu = f"{s.gpu_hours:9.2f}" if s.resource == "gpu" else f"{'(' + s.resource + ')':>9}"
-        lines.append(f"{s.stage:<10} {s.items:>13,} {s.unit:<18} {s.seconds_per_unit:>8.4f} {s.device[:16]:<16} "
-                     f"{s.source:<9} {gpu} {hms(s.wall_seconds):>10}")
+        lines.append(f"{s.stage:<10} {s.items:>13,} {s.unit:<18} {s.seconds_per_unit:>8.4f} "
+                     f"{s.device[:16]:<16} {s.source:<9} {gpu} {hms(s.wall_seconds):>10}")
     lines.append(f"{'total':<10} {'':>13} {'':<18} {'':>8} {'':<16} {'':<9} {plan.gpu_hours:9.2f} "
                  f"{hms(plan.wall_seconds):>10}")
     lines += [

@@ -112,8 +112,8 @@ def _verify(args: argparse.Namespace) -> int | None:
 def _export(args: argparse.Namespace) -> int | None:
     """``export``: a distilled set (``--to``) or an EDITS run's artefacts (``--what``), never both."""
     if (args.to is None) == (args.what is None):
-        raise ConfigError("give either --to hf|webdataset|pt|imagefolder (DIR is a distilled set) or "
-                          "--what captions|prototypes (DIR is an EDITS run)" + (", not both" if args.what else ""))
+        raise ConfigError("give either --to hf|webdataset|pt|imagefolder (DIR is a distilled set) or --what "
+                          "captions|prototypes (DIR is an EDITS run)" + (", not both" if args.what else ""))
     if args.what:
         from pipeline.export_edits import main as export_edits_main
 
@@ -220,10 +220,10 @@ def build_parser() -> argparse.ArgumentParser:
     dm_.add_argument("--out", required=True, help="output folder")
     dm_.add_argument("--quick", action="store_true", help="smaller settings for a smoke run")
     dm_.add_argument("--full", action="store_true",
-                     help="add IPC 10, 5 evaluation seeds, 2 distillation seeds, gradient matching (DC/DSA) with "
-                          "DIVER on it, and every baseline and ablation (herding, k-center, full real, DIVER gamma 0, "
-                          "EDITS without text prototypes, ShuffleNetV2, runs without augmentation for DD-Ranking's "
-                          "ARS); hours on 2 cores")
+                     help="add IPC 10, 5 evaluation seeds, 2 distillation seeds, gradient matching (DC/DSA) "
+                          "with DIVER on it, and every baseline and ablation (herding, k-center, full real, "
+                          "DIVER gamma 0, EDITS without text prototypes, ShuffleNetV2, runs without "
+                          "augmentation for DD-Ranking's ARS); hours on 2 cores")
     dm_.add_argument("--verbose", action="store_true",
                      help="everything on the terminal (default: logs/run.log)")
     dm_.set_defaults(func=_demo)
@@ -313,8 +313,8 @@ examples:
                     help="an EDITS run's artefacts to export as a Hugging Face dataset (instead of --to)")
     ex.add_argument("--out", required=True, help="output folder (built aside, then swapped in whole)")
     ex.add_argument("--norm", default="auto", choices=["auto", "imagenet", "cifar10", "cifar100", "none"],
-                    help="pt only: normalisation of images_best.pt (auto: the stage-1 input's from the manifest, "
-                         "else imagenet; none: pixels in [0, 1])")
+                    help="pt only: normalisation of images_best.pt (auto: the stage-1 input's from the "
+                         "manifest, else imagenet; none: pixels in [0, 1])")
     ex.add_argument("--shard-size", type=int, default=1000,
                     help="hf/webdataset: images per shard (default 1000)")
     ex.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")

@@ -204,8 +204,9 @@ def bar_chart_svg(rows: list[dict[str, Any]], width: int = 900, height: int = 32
                      f"{html.escape(m)}</text>")
     for j, s in enumerate(students):
         x = left + j * 170
-        parts.append(f"<rect x='{x}' y='{height - 22}' width='10' height='10' fill='{PALETTE[j % len(PALETTE)]}'/>"
-                     f"<text x='{x + 14}' y='{height - 13}'>{html.escape(s)}</text>")
+        parts.append(f"<rect x='{x}' y='{height - 22}' width='10' height='10' "
+                     f"fill='{PALETTE[j % len(PALETTE)]}'/><text x='{x + 14}' "
+                     f"y='{height - 13}'>{html.escape(s)}</text>")
     parts.append("</svg>")
     return "".join(parts)
 
@@ -322,10 +323,10 @@ def write_report(out_dir: str | os.PathLike, rows: list[dict[str, Any]] | None =
         parts.append("<ul class='note'>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")
     parts.append("<h2>Cross-architecture top-1 on the real validation set (%)</h2>")
     if rows:
-        parts.append("<p class='note'>Each student trained from scratch on the set, tested on the real val set; "
-                     "mean ± std over seeds (population std); the last column averages the students outside "
-                     "eval.exclude_from_mean (all of them when none is left), as results.md does, with the std "
-                     "of that mean over seeds.</p>")
+        parts.append("<p class='note'>Each student trained from scratch on the set, tested on the real val "
+                     "set; mean ± std over seeds (population std); the last column averages the students "
+                     "outside eval.exclude_from_mean (all of them when none is left), as results.md does, "
+                     "with the std of that mean over seeds.</p>")
         for group_title, group in table_groups(rows):
             if group_title:
                 parts.append(f"<h3>{html.escape(group_title)}</h3>")

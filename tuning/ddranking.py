@@ -156,16 +156,17 @@ def scores_markdown(entries: list[dict[str, Any]]) -> list[str]:
         return f"{e[k]:.2f}" + (f" ± {e[k + '_std']:.2f}" if f"{k}_std" in e else "")
 
     note = ("DD-Ranking (Li et al. 2025), x 100: HLR = full - distilled (hard labels), IOR = distilled - "
-            "random real, LRS = label-robust score; ARS = augmentation-robust score (vs `augment: none` runs).")
+            "random real, LRS = label-robust score; ARS = augmentation-robust score (vs `augment: none` "
+            "runs).")
     lines = ["", note, "", differences(entries), "",
-             ("| dataset | IPC | method | student | protocol | augment | seeds (LRS / ARS) | random real | HLR | IOR "
-              "| LRS | ARS |"),
+             ("| dataset | IPC | method | student | protocol | augment | seeds (LRS / ARS) | random real | "
+              "HLR | IOR | LRS | ARS |"),
              "|---|---:|---|---|---|---|---|---|---:|---:|---:|---:|"]
     for e in sorted(entries, key=lambda e: (e["dataset"], e["ipc"], e["method"], e["student"])):
         kw = e["student_kwargs"]
         st = e["student"] + (" (" + ", ".join(f"{k}={v}" for k, v in sorted(kw.items())) + ")" if kw else "")
         n = f"{e.get('n_lrs', '-')} / {e.get('n_ars', '-')}"
-        lines.append(f"| {e['dataset']} | {e['ipc']} | {e['method']} | {st} | {e['protocol']} | {e['augment']} | "
-                     f"{n} | {e.get('random_draws', '-')} | {cell(e, 'hlr')} | {cell(e, 'ior')} | {cell(e, 'lrs')} "
-                     f"| {cell(e, 'ars')} |")
+        lines.append(f"| {e['dataset']} | {e['ipc']} | {e['method']} | {st} | {e['protocol']} | "
+                     f"{e['augment']} | {n} | {e.get('random_draws', '-')} | {cell(e, 'hlr')} | "
+                     f"{cell(e, 'ior')} | {cell(e, 'lrs')} | {cell(e, 'ars')} |")
     return lines

@@ -466,8 +466,8 @@ def evaluate_sets(sets: dict[str, Any], val_root: str | os.PathLike, cfg: EvalCo
         log(f"teacher {cfg.teacher}: loaded from {cfg.teacher_checkpoint}")
     elif cfg.protocol == "soft":
         if train_root is None:
-            raise DataError("eval.protocol=soft needs the real training set for the teacher (--train / data.root) "
-                            "or a pretrained one (eval.teacher_checkpoint)")
+            raise DataError("eval.protocol=soft needs the real training set for the teacher (--train / "
+                            "data.root) or a pretrained one (eval.teacher_checkpoint)")
         teacher_state = fit_teacher(train_root, classes, size, cfg, (val_x, val_y), log=log)
     recipe = protocol_record(cfg, size, len(val_y), val_resize_for(size, cfg.val_resize),
                              normalisation_label(teacher_state, norm))
@@ -722,15 +722,15 @@ def results_markdown(rows: list[dict[str, Any]], protocol: bool = True) -> str:
     if not rows:
         return "_no results_\n"
     head = protocol_markdown(rows) if protocol else []
-    lines = [("| dataset | method | IPC | student | protocol | augment | top-1 (%) | best (%) | repeats | top-1 is "
-             "| preset |"),
+    lines = [("| dataset | method | IPC | student | protocol | augment | top-1 (%) | best (%) | repeats | "
+             "top-1 is | preset |"),
              "|---|---|---:|---|---|---|---:|---:|---:|---|---|"]
     for r in sorted(rows, key=lambda r: (r["dataset"], r["ipc"], r["method"], r["student"],
                                          _group_key(r)[3] == "none", _group_key(r))):
-        lines.append(f"| {r['dataset']} | {r['method']} | {r['ipc']} | {student_label(r)} | {r.get('protocol', '')} "
-                     f"| {r.get('augment', '')} | {r['top1_mean']:.2f} ± {r['top1_std']:.2f} "
-                     f"| {r.get('best_mean', float('nan')):.2f} | {r['repeats']} | {r.get('reported', 'final')} "
-                     f"| {r.get('preset') or ''} |")
+        lines.append(f"| {r['dataset']} | {r['method']} | {r['ipc']} | {student_label(r)} | "
+                     f"{r.get('protocol', '')} | {r.get('augment', '')} | {r['top1_mean']:.2f} ± "
+                     f"{r['top1_std']:.2f} | {r.get('best_mean', float('nan')):.2f} | {r['repeats']} | "
+                     f"{r.get('reported', 'final')} | {r.get('preset') or ''} |")
     pivot = [line for title, group in table_groups(rows) for line in _pivot_markdown(group, title)]
     return "\n".join(head + lines + pivot + scores_markdown(scores(rows))) + "\n"
 

@@ -564,8 +564,8 @@ def _train_epoch(s: _Step, data: Any, bs: int, rank: int, world_size: int) -> fl
 
 def _check_protocol(spec: TrainSpec, teacher: nn.Module | None) -> None:
     if spec.protocol == "soft" and teacher is None:
-        raise ConfigError("the soft-label protocol needs a teacher (eval.protocol=soft: pass --train / data.root "
-                          "or eval.teacher_checkpoint)")
+        raise ConfigError("the soft-label protocol needs a teacher (eval.protocol=soft: pass --train / "
+                          "data.root or eval.teacher_checkpoint)")
     if spec.protocol not in ("hard", "soft"):
         raise ConfigError(f"unknown eval.protocol {spec.protocol!r} (hard | soft)")
     if spec.report not in ("final", "best"):

@@ -551,8 +551,9 @@ def _run_demo(out: Path, quick: bool, full: bool, logs: Path) -> dict[str, Any]:
             if not group:
                 continue
             ev = eval_config(plan, ipc, quick)
-            stage(f"[5/{n_steps}] evaluation at {f'IPC {ipc}' if ipc else 'the full real set'}: {len(group)} sets x "
-                  f"{len(ev.students)} students x {ev.repeats} seeds ({ev.epochs} epochs at batch {ev.batch_size})")
+            stage(f"[5/{n_steps}] evaluation at {f'IPC {ipc}' if ipc else 'the full real set'}: {len(group)} "
+                  f"sets x {len(ev.students)} students x {ev.repeats} seeds ({ev.epochs} epochs at batch "
+                  f"{ev.batch_size})")
             rows = evaluate_demo(group, data, out, ev, base.ray, specs=specs)
             if plan.ablations:  # DD-Ranking's ARS: distillation seed 0 again without augmentation
                 plain = ev.model_copy(update={"augment": "none"})
@@ -576,17 +577,19 @@ def _run_demo(out: Path, quick: bool, full: bool, logs: Path) -> dict[str, Any]:
                      f"{ev.repeats} evaluation seed(s) per set.")
     notes.append(f"dataset: sklearn digits as 32x32 RGB ({data}); distillation seed(s) "
                  f"{', '.join(map(str, plan.distill_seeds))}; ResNet-18 at width "
-                 f"{DEMO_EVAL['student_kwargs']['resnet18']['width']}; headline = mean over the unseen architectures "
-                 f"({', '.join(s for s in plan.students if s != 'convnet')}); the ConvNet is the stage-1 proxy.")
+                 f"{DEMO_EVAL['student_kwargs']['resnet18']['width']}; headline = mean over the unseen "
+                 f"architectures ({', '.join(s for s in plan.students if s != 'convnet')}); the ConvNet is "
+                 f"the stage-1 proxy.")
     records: dict[str, dict[str, float]] = {}
     for method, ipcs in plan.stage1.items():
         for ipc in ipcs:
             rec = stage1_record(rows, method, ipc)
             if rec:
                 records[f"{method}_ipc{ipc}"] = rec
-                notes.append(f"stage-1 {method.upper()} set at IPC {ipc} (from noise, distillation seed 0): proxy "
-                             f"ConvNet {rec['proxy']:.2f}%, unseen-architecture mean {rec['unseen_mean']:.2f}% "
-                             f"(gap {rec['proxy'] - rec['unseen_mean']:+.2f} points).")
+                notes.append(f"stage-1 {method.upper()} set at IPC {ipc} (from noise, distillation seed 0): "
+                             f"proxy ConvNet {rec['proxy']:.2f}%, unseen-architecture mean "
+                             f"{rec['unseen_mean']:.2f}% (gap {rec['proxy'] - rec['unseen_mean']:+.2f} "
+                             f"points).")
     notes += claim_lines(rows)
     notes.append("stage times (s): " + ", ".join(f"{k[:-2]} {v}" for k, v in timings.items()))
     notes += list(skipped.values())

@@ -45,8 +45,8 @@ def test_with_sdpa_asks_for_sdpa_and_falls_back_where_the_class_has_none():
     def loader(ref, **kw):
         calls.append(kw)
         if kw.get("attn_implementation") == "sdpa" and ref == "blip":
-            raise ValueError("BlipForConditionalGeneration does not support an attention implementation through "
-                             "torch.nn.functional.scaled_dot_product_attention yet.")
+            raise ValueError("BlipForConditionalGeneration does not support an attention implementation "
+                             "through torch.nn.functional.scaled_dot_product_attention yet.")
         return ref
 
     assert with_sdpa(loader)("clip", dtype=torch.bfloat16) == "clip"

@@ -124,8 +124,8 @@ def test_second_run_stops_naming_the_holder_and_a_dead_holder_is_taken_over(hold
             pass
         assert path.exists()
     started = notes[0].split("(started ")[1].split(")")[0]
-    assert notes == [(f"taking over the stale lock {out / LOCK_NAME} of host {socket.gethostname()} pid {proc.pid} "
-                      f"(started {started}): that process is dead")]
+    assert notes == [(f"taking over the stale lock {out / LOCK_NAME} of host {socket.gethostname()} pid "
+                      f"{proc.pid} (started {started}): that process is dead")]
     assert not (out / LOCK_NAME).exists()  # released and removed
 
 

@@ -62,10 +62,10 @@ def test_paired_test_against_hand_computed_standard_errors():
 def test_claim_lines_say_met_or_missed_with_the_numbers():
     lines = claim_lines(THREE)
     assert lines == [
-        ("IPC 1: EDITS above random real: missed (mean paired difference +1.00 points over n = 3 seeds, SE 1.15; "
-        "met when above 2 SE = 2.31)."),
-        ("IPC 1: DIVER above its stage-1 input (DM): met (mean paired difference +4.33 points over n = 3 seeds, "
-        "SE 0.33; met when above 2 SE = 0.67)."),
+        ("IPC 1: EDITS above random real: missed (mean paired difference +1.00 points over n = 3 seeds, SE "
+        "1.15; met when above 2 SE = 2.31)."),
+        ("IPC 1: DIVER above its stage-1 input (DM): met (mean paired difference +4.33 points over n = 3 "
+        "seeds, SE 0.33; met when above 2 SE = 0.67)."),
     ]
     # two seeds: no verdict, the difference still shown; edits (90 + 91) / 2 = 90.5 against 89.5 -> +1.00
     assert claim_lines(ROWS) == [

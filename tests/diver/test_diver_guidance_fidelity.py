@@ -161,8 +161,9 @@ def test_learned_sigma_in_the_default_window_and_the_old_pull(dit, inputs):
     lo = [float(hand_learned_sigma(torch.tensor(-1.0), 50, i)) for i in range(40, 24, -1)]
     hi = [float(hand_learned_sigma(torch.tensor(1.0), 50, i)) for i in range(40, 24, -1)]
     old = [float(np.sqrt(1 - ab_all[ts[i]])) for i in range(40, 24, -1)]
-    print(f"\nsigma in the window, posterior end {lo[0]:.3f} -> {lo[-1]:.3f}, beta end {hi[0]:.3f} -> {hi[-1]:.3f}; "
-          f"sum {sum(lo):.2f}..{sum(hi):.2f} vs sqrt(1 - ab) sum {sum(old):.2f} ({sum(old) / sum(hi):.2f}x)")
+    print(f"\nsigma in the window, posterior end {lo[0]:.3f} -> {lo[-1]:.3f}, beta end {hi[0]:.3f} -> "
+          f"{hi[-1]:.3f}; sum {sum(lo):.2f}..{sum(hi):.2f} vs sqrt(1 - ab) sum {sum(old):.2f} "
+          f"({sum(old) / sum(hi):.2f}x)")
     assert lo[0] == pytest.approx(0.538, abs=2e-3) and lo[-1] == pytest.approx(0.433, abs=2e-3)
     assert sum(old) / sum(hi) > 1.9
     from pipeline.diver.guidance import guidance_sigma, respaced_schedule  # the code's sigma, same numbers

@@ -147,8 +147,8 @@ def test_semdistill_sweep_prints_one_line_per_trial_and_logs_the_rest(demo_root,
     assert all(" mean top-1 " in ln and "+- 0.00 over 1 seed(s) (convnet " in ln for ln in trial_lines)
     saved = json.loads((tmp_path / "out" / "sweep" / "sweep_results.json").read_text())
     best = saved["best"]
-    assert text[4] == (f"best: eval.lr={best['params']['eval.lr']}, mean top-1 {best['mean_top1']:.2f} +- 0.00; "
-                       f"results: {tmp_path / 'out' / 'sweep' / 'sweep.md'}") and len(text) == 5, text
+    assert text[4] == (f"best: eval.lr={best['params']['eval.lr']}, mean top-1 {best['mean_top1']:.2f} +- "
+                       f"0.00; results: {tmp_path / 'out' / 'sweep' / 'sweep.md'}") and len(text) == 5, text
     assert proc.stderr.strip() == ""
     assert all(t["seeds"] == 1 and t["mean_top1_std"] == 0.0 for t in saved["trials"])
     log = (logs / "run.log").read_text()
