@@ -55,8 +55,9 @@ def test_ddranking_scores_and_the_bar_chart_are_in_the_report(tmp_path):
     page = (write_report(tmp_path, ROWS) and (tmp_path / "report.html").read_text())
     want = label_robust_score(90.0, 40.0, 40.0, 70.0)  # dm on resnet18: full 90, random 70
     table = page.split("<table class='ddranking'>")[1].split("</table>")[0]
-    assert f"<td>dm</td><td>10</td><td>resnet18</td><td>{want['hlr']:.2f}</td><td>{want['ior']:.2f}</td>" \
-           f"<td>{want['lrs']:.2f}</td>" in table
+    row = (f"<td>dm</td><td>10</td><td>resnet18</td><td>{want['hlr']:.2f}</td><td>{want['ior']:.2f}</td>"
+           f"<td>{want['lrs']:.2f}</td>")
+    assert row in table
     svg = bar_chart_svg(ROWS)
     assert svg.count("<title>") == len(ROWS)
     bars = dict(re.findall(r"height='([\d.]+)' fill='#[0-9a-f]+'><title>(\S+ / \S+):", svg)[i][::-1]

@@ -77,8 +77,8 @@ def test_two_class_folders_linked_to_one_real_folder(tmp_path):
     os.symlink(store, root / "y")
     idx = scan_image_folder(root, allow_empty_classes=True)
     assert idx.classes == ["x"] and len(idx.records) == 2
-    assert [(os.path.relpath(s["path"], root), s["reason"].split(":")[0]) for s in idx.skipped] == \
-        [("y", "aliased folder"), ("y", "empty class folder")]
+    assert [(os.path.relpath(s["path"], root), s["reason"].split(":")[0]) for s in idx.skipped] == (
+        [("y", "aliased folder"), ("y", "empty class folder")])
 
 
 # ---- item 2: two runs into one output folder ------------------------------------------------------

@@ -174,8 +174,8 @@ def test_learned_sigma_in_the_default_window_and_the_old_pull(dit, inputs):
         for v, want in ((-1.0, lo[k]), (1.0, hi[k])):
             got = guidance_sigma(settings(sigma="learned"), sched, i, torch.tensor(v), z)
             assert float(got) == pytest.approx(want, rel=1e-6)
-        assert float(guidance_sigma(settings(sigma="one_minus_alpha_bar"), sched, i, None, z)) == \
-            pytest.approx(old[k], rel=1e-6)
+        assert float(guidance_sigma(settings(sigma="one_minus_alpha_bar"), sched, i, None, z)) == (
+            pytest.approx(old[k], rel=1e-6))
 
 
 def test_sigma_posterior_and_one_minus_alpha_bar(dit, inputs):

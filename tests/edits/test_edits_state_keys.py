@@ -407,8 +407,8 @@ def test_output_changing_settings_rerun_their_stage(recorded):
     run, _ = recorded
     assert run(**{"models.dtype": "float32"}) == ["caption", "embed", "cluster", "finetune", "prototype",
                                                   "generate"]
-    assert run(**{"ray.micro_batch_sizes": {"caption": 8, "embed": 32, "vae": 8, "llm": 4, "generate": 4}}) \
-        == ["prototype", "generate"]
+    micro = {"caption": 8, "embed": 32, "vae": 8, "llm": 4, "generate": 4}
+    assert run(**{"ray.micro_batch_sizes": micro}) == ["prototype", "generate"]
     assert run(**{"edits.llm_pad_tokens": 64}) == ["prototype", "generate"]
     assert run() == []
 

@@ -47,8 +47,8 @@ def test_hard_label_run_on_ray_train_learns(rr_set, demo_root, ray_local, tmp_pa
     rows = evaluate_sets({"rr": rr_set}, demo_root / "val", cfg, tmp_path)
     assert len(rows) == 1
     row = rows[0]
-    assert {k: row[k] for k in ("dataset", "method", "ipc", "student", "repeats")} == \
-        {"dataset": demo_root.name, "method": "random_real", "ipc": 10, "student": "convnet", "repeats": 2}
+    assert {k: row[k] for k in ("dataset", "method", "ipc", "student", "repeats")} == (
+        {"dataset": demo_root.name, "method": "random_real", "ipc": 10, "student": "convnet", "repeats": 2})
     finals = [r["final"] for r in row["runs"]]
     assert row["top1_mean"] == pytest.approx(np.mean(finals), abs=0.01)
     assert row["top1_std"] == pytest.approx(np.std(finals), abs=0.01)
@@ -68,8 +68,8 @@ def test_unpacked_runs_get_one_trainer_each(rr_set, demo_root, ray_local, tmp_pa
                      student_kwargs={"convnet": {"width": 16}})
     rows = evaluate_sets({"rr": rr_set}, demo_root / "val", cfg, tmp_path)
     assert rows[0]["repeats"] == 2
-    assert sorted(p.name for p in (tmp_path / "ray_train").iterdir() if p.is_dir()) == \
-        ["rr-convnet-s0", "rr-convnet-s1"]
+    assert sorted(p.name for p in (tmp_path / "ray_train").iterdir() if p.is_dir()) == (
+        ["rr-convnet-s0", "rr-convnet-s1"])
 
 
 def test_packed_workers_fill_the_cores_once():
@@ -103,8 +103,8 @@ def test_results_merge_and_markdown(tmp_path):
            {**base, "method": "a", "student": "resnet18", "top1_mean": 40.0}]
     write_results(old, tmp_path)
     rows = write_results(new, tmp_path)
-    assert sorted((r["method"], r["student"], r["top1_mean"]) for r in rows) == \
-        [("a", "convnet", 30.0), ("a", "resnet18", 40.0), ("b", "convnet", 20.0)]
+    assert sorted((r["method"], r["student"], r["top1_mean"]) for r in rows) == (
+        [("a", "convnet", 30.0), ("a", "resnet18", 40.0), ("b", "convnet", 20.0)])
     assert merge_rows(old, []) == old
     md = results_markdown(rows)
     assert "| d | 10 | a | 30.00 ± 1.00 | 40.00 ± 1.00 | 35.00 |" in md  # pivot row, mean over students

@@ -41,11 +41,11 @@ def test_edits_preset_is_the_idc_minimax_train_py():
     assert tuple(s.rrc_scale) == (0.5, 1.0) and s.jitter == 0.4 and s.lighting == 0.1
     assert (s.schedule, s.lr_step_unit, s.eval_count, s.report) == ("multistep", "epoch", 100, "best")
     # IDC's ipc_epoch (argument.py lines 22-47): 3000 at IPC 1 ... 300 beyond 500
-    assert [_spec("edits", ipc=i, classes=10).epochs for i in (1, 2, 10, 11, 50, 51, 200, 201, 500, 501)] == \
-        [3000, 2000, 2000, 1500, 1500, 1000, 1000, 500, 500, 300]
+    assert [_spec("edits", ipc=i, classes=10).epochs for i in (1, 2, 10, 11, 50, 51, 200, 201, 500, 501)] == (
+        [3000, 2000, 2000, 1500, 1500, 1000, 1000, 500, 500, 300])
     # x2/3 floored to a multiple of 100, at exactly 100 classes only (1000 classes keep the table)
-    assert [_spec("edits", ipc=i, classes=100).epochs for i in (1, 10, 50, 200, 500, 1000)] == \
-        [2000, 1300, 1000, 600, 300, 200]
+    assert [_spec("edits", ipc=i, classes=100).epochs for i in (1, 10, 50, 200, 500, 1000)] == (
+        [2000, 1300, 1000, 600, 300, 200])
     assert [_spec("edits", ipc=i, classes=1000).epochs for i in (1, 10, 50)] == [3000, 2000, 1500]
     assert _spec("edits", ipc=10, classes=10, epochs=7).epochs == 7  # explicit epochs win over the IPC table
 
@@ -92,12 +92,12 @@ def test_schedule_shapes_at_0_half_and_end():
     lr_factor = protocols.lr_factor
     e = 300
     assert [lr_factor("cosine", t, e) for t in (0, e // 2, e)] == pytest.approx([1.0, 0.5, 0.0], abs=1e-12)
-    assert [lr_factor("half_cosine", t, e) for t in (0, e // 2, e)] == \
-        pytest.approx([1.0, 0.5 * (1 + math.cos(math.pi / 4)), 0.5])
-    assert [lr_factor("multistep", t, e) for t in (0, 199, 200, 249, 250, e)] == \
-        pytest.approx([1.0, 1.0, 0.2, 0.2, 0.04, 0.04])
-    assert [lr_factor("warmup_cosine", t, e) for t in (0, e // 4 - 1, e // 2, e)] == \
-        pytest.approx([1 / 150, 75 / 150, 1.0, 0.0], abs=1e-12)
+    assert [lr_factor("half_cosine", t, e) for t in (0, e // 2, e)] == (
+        pytest.approx([1.0, 0.5 * (1 + math.cos(math.pi / 4)), 0.5]))
+    assert [lr_factor("multistep", t, e) for t in (0, 199, 200, 249, 250, e)] == (
+        pytest.approx([1.0, 1.0, 0.2, 0.2, 0.04, 0.04]))
+    assert [lr_factor("warmup_cosine", t, e) for t in (0, e // 4 - 1, e // 2, e)] == (
+        pytest.approx([1 / 150, 75 / 150, 1.0, 0.0], abs=1e-12))
 
 
 @pytest.fixture(scope="module")

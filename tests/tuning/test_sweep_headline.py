@@ -142,8 +142,8 @@ def test_semdistill_sweep_prints_one_line_per_trial_and_logs_the_rest(demo_root,
                               "scored on a holdout of 10%")
     trial_lines = sorted(text[2:4])
     assert [ln.split(":")[0] for ln in trial_lines] == ["  trial 1/2 eval.lr=0.0",
-                                                        "  trial 2/2 eval.lr=0.02"] or \
-        [ln.split(":")[0] for ln in trial_lines] == ["  trial 1/2 eval.lr=0.02", "  trial 2/2 eval.lr=0.0"]
+                                                        "  trial 2/2 eval.lr=0.02"] or (
+        [ln.split(":")[0] for ln in trial_lines] == ["  trial 1/2 eval.lr=0.02", "  trial 2/2 eval.lr=0.0"])
     assert all(" mean top-1 " in ln and "+- 0.00 over 1 seed(s) (convnet " in ln for ln in trial_lines)
     saved = json.loads((tmp_path / "out" / "sweep" / "sweep_results.json").read_text())
     best = saved["best"]
@@ -170,6 +170,6 @@ def test_demo_sweep_evaluates_with_the_demo_protocol_and_the_demo_recovery():
     assert cfg.sweep.repeats == DEMO_EVAL["repeats"] and cfg.sweep.scheduler == "none"
     demo = load_config(REPO / "configs" / "demo_diver.yaml")
     skip = {"input", "stage1", "torch_threads"}
-    assert {k: v for k, v in cfg.diver.model_dump().items() if k not in skip} == \
-        {k: v for k, v in demo.diver.model_dump().items() if k not in skip}
+    assert {k: v for k, v in cfg.diver.model_dump().items() if k not in skip} == (
+        {k: v for k, v in demo.diver.model_dump().items() if k not in skip})
     assert cfg.models.dit == demo.models.dit
