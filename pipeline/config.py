@@ -282,9 +282,9 @@ class DiverConfig(Section):
     @model_validator(mode="after")
     def _check_input(self) -> DiverConfig:
         if self.input is not None and self.stage1 is not None:
-            raise ValueError(f"diver.input ({self.input}) and diver.stage1 are both set: DIVER recovers either a "
-                             "given set or the built-in DM's; drop one (e.g. diver.stage1=null to recover "
-                             "diver.input)")
+            raise ValueError(f"diver.input ({self.input}) and diver.stage1 are both set: DIVER recovers "
+                             f"either a given set or the built-in DM's; drop one (e.g. diver.stage1=null to "
+                             f"recover diver.input)")
         return self
 
     @model_validator(mode="after")

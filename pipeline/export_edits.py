@@ -51,8 +51,8 @@ def stage_keys(run: Path, stages: tuple[str, ...]) -> dict[str, dict[str, Any]]:
         try:
             state = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise DataError(f"{path} is missing: {run} is not an EDITS run whose {stage} stage ran (give the run's "
-                            "output.dir, or finish it with `semdistill run CONFIG`)") from None
+            raise DataError(f"{path} is missing: {run} is not an EDITS run whose {stage} stage ran (give the "
+                            f"run's output.dir, or finish it with `semdistill run CONFIG`)") from None
         except json.JSONDecodeError as err:
             raise DataError(f"{path} is not valid JSON ({err}): re-run the {stage} stage "
                             f"(`semdistill run CONFIG --from-stage {stage.split('.')[0]}`)") from None

@@ -131,9 +131,9 @@ def _ddranking_html(rows: list[dict[str, Any]]) -> str:
     entries = scores(rows)
     if not entries:
         return ""
-    out = [("<h3>DD-Ranking (x 100)</h3><p class='note'>HLR = full real - set (hard labels), IOR = set - random "
-            "real, LRS = label-robust score; ARS = augmentation-robust score (vs runs without augmentation); "
-            f"mean ± std over seeds. {html.escape(differences(entries))}</p>"),
+    out = [(f"<h3>DD-Ranking (x 100)</h3><p class='note'>HLR = full real - set (hard labels), IOR = set - "
+            f"random real, LRS = label-robust score; ARS = augmentation-robust score (vs runs without "
+            f"augmentation); mean ± std over seeds. {html.escape(differences(entries))}</p>"),
            ("<table class='ddranking'><tr><th>method</th><th>IPC</th><th>student</th><th>HLR</th><th>IOR</th>"
             "<th>LRS</th><th>ARS</th><th>seeds (LRS / ARS)</th><th>random real</th></tr>")]
 
@@ -183,8 +183,8 @@ def bar_chart_svg(rows: list[dict[str, Any]], width: int = 900, height: int = 32
     plot_w, plot_h = width - left - 10, height - bottom - top
     group = plot_w / max(1, len(methods))
     bar = group * 0.8 / max(1, len(students))
-    parts = [(f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' font-family='sans-serif' "
-              "font-size='11'><rect width='100%' height='100%' fill='white'/>")]
+    parts = [(f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' "
+              f"font-family='sans-serif' font-size='11'><rect width='100%' height='100%' fill='white'/>")]
     for pct in range(0, 101, 20):
         y = top + plot_h * (1 - pct / 100)
         parts.append(f"<line x1='{left}' x2='{width - 10}' y1='{y:.1f}' y2='{y:.1f}' stroke='#ddd'/>"

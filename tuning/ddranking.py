@@ -135,14 +135,15 @@ def differences(entries: list[dict[str, Any]]) -> str:
         tuple(draws),
         "random real: a fresh draw per seed in some rows, one draw in others (column 'random real'; "
                       "the package draws afresh per round)")
-    return ("Inputs differ from the DD-Ranking package (" + PACKAGE + "): each score uses the rows' "
-            f"top-1 = {', '.join(shown)} (the package: the best test top-1 of the last 20 % of the epochs, "
-            "tested every 10 (LRS) / 20 (ARS) epochs, i.e. selected on the test split); no lr search (the package "
-            "searches lr in {0.001, 0.005, 0.01, 0.05, 0.1} for random real and, without a given lr, for the "
-            "distilled set; here every set trains at the preset's lr); the full-data accuracy is our full_real row "
-            f"under the same preset (the package: its own real-data recipe or a cached value); {random}. "
-            f"Scores are per seed over n = {', '.join(map(str, seeds)) or '-'} seeds, mean ± population std "
-            "(as the package's np.std over its num_eval rounds); n 0: rows without per-seed runs, scored on their means.")
+    return ("Inputs differ from the DD-Ranking package (" + PACKAGE + f"): each score uses the rows' top-1 = "
+            f"{', '.join(shown)} (the package: the best test top-1 of the last 20 % of the epochs, tested "
+            f"every 10 (LRS) / 20 (ARS) epochs, i.e. selected on the test split); no lr search (the package "
+            f"searches lr in {{0.001, 0.005, 0.01, 0.05, 0.1}} for random real and, without a given lr, for "
+            f"the distilled set; here every set trains at the preset's lr); the full-data accuracy is our "
+            f"full_real row under the same preset (the package: its own real-data recipe or a cached value); "
+            f"{random}. Scores are per seed over n = {', '.join(map(str, seeds)) or '-'} seeds, mean ± "
+            f"population std (as the package's np.std over its num_eval rounds); n 0: rows without per-seed "
+            f"runs, scored on their means.")
 
 
 def scores_markdown(entries: list[dict[str, Any]]) -> list[str]:

@@ -546,8 +546,8 @@ def normalisation_label(teacher_state: dict[str, Any] | None, norm: dict[str, An
         return (f"the soft-label teacher's mean {np.round(np.asarray(teacher_state['mean']), 3).tolist()} and std "
                 f"{np.round(np.asarray(teacher_state['std']), 3).tolist()}, for every set and the real val set")
     mean, std = ([round(float(v), 3) for v in norm[k]] for k in ("mean", "std"))
-    return (f"the dataset's {norm['source']} statistics (mean {mean}, std {std}), the same for every set and the "
-            "real val set")
+    return (f"the dataset's {norm['source']} statistics (mean {mean}, std {std}), the same for every set and "
+            f"the real val set")
 
 
 def _teacher_normalised(arrays: dict[str, Any], teacher_state: dict[str, Any] | None) -> dict[str, Any]:

@@ -131,9 +131,9 @@ def check_teacher_data(cfg: Config) -> None:
     ev = resolve_preset(trial_eval(cfg))
     if ev.protocol == "soft" and not ev.teacher_checkpoint and not cfg.data.root:
         via = f" (from eval.preset {ev.preset})" if ev.preset else ""
-        raise ConfigError(f"eval.protocol soft{via} trains its teacher on data.root, which is not set: set data.root "
-                          "(the sweep carves its holdout from it) or give a pretrained teacher in "
-                          "eval.teacher_checkpoint")
+        raise ConfigError(f"eval.protocol soft{via} trains its teacher on data.root, which is not set: set "
+                          f"data.root (the sweep carves its holdout from it) or give a pretrained teacher in "
+                          f"eval.teacher_checkpoint")
 
 
 RunMethod = Callable[[Config], str]
@@ -314,8 +314,8 @@ def tuning_split(cfg: Config, out: Path) -> tuple[Config, str]:
     train, holdout = carve_holdout(cfg.data.root, out, fraction, seed=cfg.sweep.seed,
                                    classes=cfg.data.classes)
     trial_cfg = apply_params(cfg, {"data.root": str(train), "data.val_root": str(holdout)})
-    return trial_cfg, (f"a holdout of {fraction:.0%} of each class of {cfg.data.root} (seed {cfg.sweep.seed}), "
-                       "never the validation split the report uses")
+    return trial_cfg, (f"a holdout of {fraction:.0%} of each class of {cfg.data.root} (seed "
+                       f"{cfg.sweep.seed}), never the validation split the report uses")
 
 
 def method_cpus(cfg: Config) -> float:

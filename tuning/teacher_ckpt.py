@@ -32,8 +32,8 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     ``state_dict`` / ``model``) or ``.safetensors`` file; a DDP ``module.`` prefix is dropped."""
     p = Path(path)
     if not p.is_file():
-        raise DataError(f"eval.teacher_checkpoint {p}: no such file (a torchvision / timm ResNet-18 state dict, "
-                        "or `scratch` to train the teacher on the real train split)")
+        raise DataError(f"eval.teacher_checkpoint {p}: no such file (a torchvision / timm ResNet-18 state "
+                        f"dict, or `scratch` to train the teacher on the real train split)")
     if p.suffix == ".safetensors":
         from safetensors.torch import load_file
 

@@ -572,8 +572,8 @@ def _run_demo(out: Path, quick: bool, full: bool, logs: Path) -> dict[str, Any]:
     rows = planned_rows(rows, specs)
     for ipc in plan.ipcs:
         ev = eval_config(plan, ipc, quick)
-        notes.append(f"IPC {ipc}: students trained {ev.epochs} epochs at batch {ev.batch_size} ({ev.preset} preset: "
-                     "DSA, SGD, cosine; epochs and batch chosen on a holdout of the train split), "
+        notes.append(f"IPC {ipc}: students trained {ev.epochs} epochs at batch {ev.batch_size} ({ev.preset} "
+                     f"preset: DSA, SGD, cosine; epochs and batch chosen on a holdout of the train split), "
                      f"{ev.repeats} evaluation seed(s) per set.")
     notes.append(f"dataset: sklearn digits as 32x32 RGB ({data}); distillation seed(s) "
                  f"{', '.join(map(str, plan.distill_seeds))}; ResNet-18 at width "

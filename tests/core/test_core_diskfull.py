@@ -54,9 +54,9 @@ def test_the_message_says_what_to_free_when_the_size_is_known_and_when_it_is_not
 
     monkeypatch.setattr(df.os, "statvfs", lambda _p: Vfs)
     known = disk_full(tmp_path / "x.pt", 50000)
-    assert str(known) == (f"no space left on the device writing {tmp_path / 'x.pt'}: it needs 50000 bytes, 40960 are "
-                          f"free in {tmp_path}; free at least 9040 bytes (more for the files still to come) or choose "
-                          "another output.dir, then re-run: finished files are kept")
+    assert str(known) == (f"no space left on the device writing {tmp_path / 'x.pt'}: it needs 50000 bytes, "
+                          f"40960 are free in {tmp_path}; free at least 9040 bytes (more for the files still "
+                          f"to come) or choose another output.dir, then re-run: finished files are kept")
     assert (known.needed, known.free) == (50000, 40960)
     unknown = str(disk_full(tmp_path / "new" / "model", 10, at_least=True))  # the folder does not exist yet
     assert f"it needs more than 10 bytes, 40960 are free in {tmp_path}; free more space (its whole size" in unknown

@@ -85,8 +85,8 @@ def test_two_presets_in_one_folder_keep_their_own_rows_and_tables(tmp_path):
     # demo headlines are (80 + 70) / 2 = 75 and (82 + 74) / 2 = 78, population std 1.50
     assert "| digits | 10 | dm | 72.00 ± 2.00 | 81.00 ± 1.00 | 76.50 ± 1.50 |" in md
     assert "| digits | 10 | dm | 50.00 ± 0.00 | 60.00 ± 0.00 | 55.00 ± 0.00 |" in md
-    assert ("| digits | dm | 10 | resnet18 | hard | dsa | 90.00 ± 0.00 | 90.00 | 2 | best (selected on the test "
-            "split) | diver |") in md
+    assert ("| digits | dm | 10 | resnet18 | hard | dsa | 90.00 ± 0.00 | 90.00 | 2 | best (selected on the "
+            "test split) | diver |") in md
 
 
 def test_results_md_opens_with_the_resolved_protocol_and_names_the_ipcs(tmp_path):
