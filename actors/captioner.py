@@ -141,8 +141,8 @@ class Captioner:
                                                       fallback=prompts.primary_name(n),
                                                       require_class_name=self.require_class_name)
         self.faults.maybe_fail(batch["path"])
-        return {"path": np.asarray(batch["path"], dtype=object), "class_id": np.asarray(batch["class_id"], dtype=object),
-                "caption": captions, "error": errors}
+        return {"path": np.asarray(batch["path"], dtype=object),
+                "class_id": np.asarray(batch["class_id"], dtype=object), "caption": captions, "error": errors}
 
 
 def caption_messages(text: str) -> list[dict[str, Any]]:
@@ -194,7 +194,8 @@ def vllm_caption_dataset(ds: Any, model_ref: str, class_names: dict[str, str], m
     """
     if style == "prefix":
         raise ConfigError("edits.caption_style=prefix works only with models.vlm_backend=transformers: vLLM "
-                          "captions through the model's chat template (set edits.caption_style to auto or instruct)")
+                          "captions through the model's chat template (set edits.caption_style to auto or "
+                          "instruct)")
     try:
         import vllm  # noqa: F401
         from ray.data.llm import build_processor, vLLMEngineProcessorConfig

@@ -59,7 +59,8 @@ class ClipEmbedder:
         if image_feature not in IMAGE_FEATURES:
             from pipeline.errors import ConfigError
 
-            raise ConfigError(f"edits.clip_image_feature must be one of {IMAGE_FEATURES}, got {image_feature!r}")
+            raise ConfigError(f"edits.clip_image_feature must be one of {IMAGE_FEATURES}, got "
+                              f"{image_feature!r}")
         self.image_feature = image_feature
 
         self.micro_batch = micro_batch  # fixed model batch: features do not depend on the Ray batch
@@ -82,7 +83,8 @@ class ClipEmbedder:
     @torch.no_grad()
     def text_features(self, texts: list[str]) -> np.ndarray:
         tok = self.processor.tokenizer(list(texts), padding="max_length", truncation=True,  # row-independent
-                                       max_length=min(77, self.model.config.text_config.max_position_embeddings),
+                                       max_length=min(77,
+                                                      self.model.config.text_config.max_position_embeddings),
                                        return_tensors="pt")
         tok = {k: v.to(self.device) for k, v in tok.items()}
         return as_features(self.model.get_text_features(**tok)).float().cpu().numpy()
@@ -100,7 +102,8 @@ class ClipEmbedder:
             img[idx] = run_fixed(self.image_features,
                                  [[Image.fromarray(np.asarray(batch["image"][i], np.uint8)) for i in idx]],
                                  self.micro_batch)
-            txt[idx] = run_fixed(self.text_features, [[str(batch["caption"][i]) for i in idx]], self.micro_batch)
+            txt[idx] = run_fixed(self.text_features, [[str(batch["caption"][i]) for i in idx]],
+                                 self.micro_batch)
         self.faults.maybe_fail(batch["path"])
         out = {k: v for k, v in batch.items() if k != "image"}
         out.update({"img_feat": img, "txt_feat": txt, "error": errors})

@@ -47,7 +47,8 @@ def recover_images(transformer, vae, scheduler, images: torch.Tensor, dit_classe
     noise = image_noise(seeds, tuple(z_d.shape[1:])).to(device)
     labels = torch.as_tensor(np.asarray(dit_classes), dtype=torch.long, device=device)
     z0 = recover_latents(transformer, scheduler, z_d, labels, settings, noise=noise)
-    return decode_latents(vae, z0, size=(output_size, output_size) if output_size else tuple(images.shape[-2:]))
+    return decode_latents(vae, z0, size=(output_size,
+                                         output_size) if output_size else tuple(images.shape[-2:]))
 
 
 def variance_usable(model_dir: str | Path) -> tuple[bool | None, str]:
@@ -114,7 +115,8 @@ def transformer_config(model_dir: str) -> tuple[dict[str, Any] | None, str]:
 
 
 def dit_num_classes(model_dir: str) -> tuple[int | None, str]:
-    """(the DiT's class count ``num_embeds_ada_norm``, why it is None) from its config (``transformer_config``)."""
+    """(the DiT's class count ``num_embeds_ada_norm``, why it is None) from its config
+    (``transformer_config``)."""
     cfg, why = transformer_config(model_dir)
     if cfg is None:
         return None, why
@@ -156,9 +158,10 @@ class DiTRecoverActor:
 
     Input columns: ``image`` (``[B, H, W, 3]`` float in [0, 1] or uint8), ``dit_class``,
     ``seed``; everything else passes through. ``expected_classes``: the class count the driver's class map
-    assumed where it could not read the DiT's config (a hub id not cached there), checked on load. Adds ``recovered`` (uint8 ``[B, H, W, 3]``)
-    and drops ``image``. The model sees micro-batches of exactly ``micro_batch`` rows
-    (``ray.micro_batch_sizes.recover``), so results are byte-identical whatever the Ray batch.
+    assumed where it could not read the DiT's config (a hub id not cached there), checked on load. Adds
+    ``recovered`` (uint8 ``[B, H, W, 3]``) and drops ``image``. The model sees micro-batches of exactly
+    ``micro_batch`` rows (``ray.micro_batch_sizes.recover``), so results are byte-identical whatever the Ray
+    batch.
     """
 
     def __init__(self, model_ref: str, settings: dict[str, Any], resolution: int, zoo_dir: str | None = None,
@@ -182,8 +185,9 @@ class DiTRecoverActor:
         n = getattr(self.transformer.config, "num_embeds_ada_norm", None)
         self.num_classes = int(n) if n is not None else None
         if expected_classes is not None and self.num_classes != expected_classes:
-            raise ValueError(f"the class map assumed a DiT with {expected_classes} classes but {model_ref} has "
-                             f"{self.num_classes}: set diver.class_map (input class id -> DiT class index)")
+            raise ValueError(f"the class map assumed a DiT with {expected_classes} classes but {model_ref} "
+                             f"has {self.num_classes}: set diver.class_map (input class id -> DiT class "
+                             f"index)")
 
     @torch.no_grad()
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -196,8 +200,8 @@ class DiTRecoverActor:
         from pipeline.core.batching import run_fixed
 
         def run(xs, cs, ss):
-            return recover_images(self.transformer, self.vae, self.scheduler, xs, list(cs), [int(v) for v in ss],
-                                  self.settings, self.resolution, self.output_size)
+            return recover_images(self.transformer, self.vae, self.scheduler, xs, list(cs),
+                                  [int(v) for v in ss], self.settings, self.resolution, self.output_size)
 
         # fixed-size micro-batches: the output does not depend on how Ray batched the rows
         out = run_fixed(run, [x, classes, np.asarray(batch["seed"]).astype(np.int64)], self.micro_batch)

@@ -22,7 +22,8 @@ ChannelsLast = bool | str  # True | False | "auto"
 
 def with_sdpa(loader: Callable[..., Any]) -> Callable[..., Any]:
     """``loader`` (a transformers ``from_pretrained``) asking for SDPA attention, or the class's default
-    where the architecture has none (transformers raises ``ValueError`` naming scaled_dot_product_attention)."""
+    where the architecture has none (transformers raises ``ValueError`` naming
+    scaled_dot_product_attention)."""
 
     def load(ref: str, **kwargs: Any) -> Any:
         try:
@@ -58,7 +59,8 @@ def channels_last_on(setting: ChannelsLast, device: torch.device) -> bool:
     raise ValueError(f"models.channels_last must be auto, true or false, got {setting!r}")
 
 
-def apply_channels_last(module: torch.nn.Module, setting: ChannelsLast, device: torch.device) -> torch.nn.Module:
+def apply_channels_last(module: torch.nn.Module, setting: ChannelsLast,
+                        device: torch.device) -> torch.nn.Module:
     """``module`` with its 4-D weights in ``torch.channels_last`` when ``setting`` is on for ``device``."""
     if channels_last_on(setting, device):
         module.to(memory_format=torch.channels_last)
@@ -73,15 +75,10 @@ def maybe_compile(module: torch.nn.Module, enabled: bool) -> torch.nn.Module:
     return module
 
 
-def is_compiled(module: torch.nn.Module) -> bool:
-    """Whether calls to ``module`` run through ``torch.compile`` (in place or an ``OptimizedModule``)."""
-    return getattr(module, "_compiled_call_impl", None) is not None or isinstance(
-        module, torch._dynamo.eval_frame.OptimizedModule)
-
-
 def set_sdpa(model: Any) -> str | None:
     """A loaded transformers model switched to SDPA attention where its class has it (quietly not where it
-    has none); returns the attention implementation in use (None for a model that is not a transformers one)."""
+    has none); returns the attention implementation in use (None for a model that is not a transformers
+    one)."""
     setter = getattr(model, "set_attn_implementation", None)
     if setter is not None:
         try:

@@ -9,7 +9,8 @@ from pipeline.core.pixels import signed_to_unit, unit_to_signed
 
 
 def resized_unit_to_signed(images: torch.Tensor, resolution: int) -> torch.Tensor:
-    """Float ``[B, 3, H, W]`` in [0, 1] -> bicubic-resized to ``resolution`` (antialiased), clamped, in [-1, 1]."""
+    """Float ``[B, 3, H, W]`` in [0, 1] -> bicubic-resized to ``resolution`` (antialiased), clamped, in [-1,
+    1]."""
     x = images.float()
     if x.shape[-1] != resolution or x.shape[-2] != resolution:
         x = F.interpolate(x, size=(resolution, resolution), mode="bicubic", align_corners=False,

@@ -56,8 +56,8 @@ class TransformersChat:
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = load_pretrained("llm", model_ref, with_sdpa(AutoModelForCausalLM.from_pretrained), zoo_dir,
-                                     dtype=self.dtype).to(self.device).eval()
+        self.model = load_pretrained("llm", model_ref, with_sdpa(AutoModelForCausalLM.from_pretrained),
+                                     zoo_dir, dtype=self.dtype).to(self.device).eval()
 
     @torch.no_grad()
     def generate(self, batch: list[Messages], max_new_tokens: int, temperature: float = 0.0,
@@ -84,14 +84,16 @@ class TransformersChat:
             with torch.random.fork_rng(devices=devices):  # leaves the caller's RNG state untouched
                 torch.manual_seed(int(seed))
                 one = {k: v[i:i + 1] for k, v in enc.items()}
-                rows.append(self.model.generate(**one, do_sample=True, temperature=temperature, **kw)[0, n_in:])
+                rows.append(self.model.generate(**one, do_sample=True, temperature=temperature,
+                                                **kw)[0, n_in:])
         return [self.tokenizer.decode(r, skip_special_tokens=True) for r in rows]
 
 
 class OpenAIChat:
     """An OpenAI-compatible chat endpoint (``<url>/chat/completions``); one request per prompt."""
 
-    def __init__(self, url: str, model: str, api_key_env: str = "OPENAI_API_KEY", timeout_s: float = 120.0) -> None:
+    def __init__(self, url: str, model: str, api_key_env: str = "OPENAI_API_KEY",
+                 timeout_s: float = 120.0) -> None:
         if not url:
             raise ConfigError("models.llm_backend=openai needs models.llm_url (e.g. http://head:8000/v1)")
         base = url.rstrip("/")
@@ -120,8 +122,8 @@ class OpenAIChat:
                  seeds: list[int] | None = None) -> list[str]:
         out = []
         for i, messages in enumerate(batch):
-            payload: dict[str, Any] = {"model": self.model, "messages": messages, "max_tokens": max_new_tokens,
-                                       "temperature": temperature}
+            payload: dict[str, Any] = {"model": self.model, "messages": messages,
+                                       "max_tokens": max_new_tokens, "temperature": temperature}
             if seeds is not None:
                 payload["seed"] = int(seeds[i]) & 0x7FFFFFFF
             data = self._post(payload)
@@ -157,7 +159,8 @@ class LLMActor:
         from actors.captioner import load_count_tokenizer
         from actors.loading import set_torch_threads
 
-        set_torch_threads(torch_threads)  # edits.llm_torch_threads, else the pool's plan (its CPU reservation)
+        # edits.llm_torch_threads, else the pool's plan (its CPU reservation)
+        set_torch_threads(torch_threads)
         self.chat = chat or make_backend(backend, model_ref, zoo_dir, dtype, url, api_key_env, timeout_s,
                                          pad_to=pad_to)
         # fixed model batch (+ the transformers backend's fixed pad length): a text prototype does not depend
@@ -166,7 +169,8 @@ class LLMActor:
         self.max_tokens = max_tokens
         self.temperature = temperature
         self.require_class_name = require_class_name
-        self.count_tok = load_count_tokenizer(count_tokenizer_ref, zoo_dir, count_tokenizer_subfolder, role="sd")
+        self.count_tok = load_count_tokenizer(count_tokenizer_ref, zoo_dir, count_tokenizer_subfolder,
+                                              role="sd")
         self.faults = FaultInjector.from_kwargs(faults)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -203,8 +207,8 @@ def summarize_with_vllm(ds: Any, model_ref: str, max_tokens: int = 77, temperatu
     except ImportError as err:
         raise ConfigError(
             f"models.llm_backend=vllm needs vLLM installed (pip install 'semdistill[vllm]'): {err}") from None
-    config = vLLMEngineProcessorConfig(model_source=resolve_ref("llm", model_ref, zoo_dir), batch_size=batch_size,
-                                       concurrency=concurrency,
+    config = vLLMEngineProcessorConfig(model_source=resolve_ref("llm", model_ref, zoo_dir),
+                                       batch_size=batch_size, concurrency=concurrency,
                                        engine_kwargs={"max_model_len": 4096, **(engine_kwargs or {})},
                                        **(processor_kwargs or {}))
 
@@ -215,7 +219,8 @@ def summarize_with_vllm(ds: Any, model_ref: str, max_tokens: int = 77, temperatu
                                     "seed": int(row["seed"]) & 0x7FFFFFFF}}
 
     def post(row: dict[str, Any]) -> dict[str, Any]:
-        keep = {k: row[k] for k in ("key", "class_id", "class_name", "fallback", "system", "user", "seed") if k in row}
+        keep = {k: row[k] for k in ("key", "class_id", "class_name", "fallback", "system", "user",
+                                    "seed") if k in row}
         return {**keep, "raw": row.get("generated_text", "")}
 
     return build_processor(config, preprocess=pre, postprocess=post)(ds)

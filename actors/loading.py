@@ -52,8 +52,8 @@ def pick_device(prefer: str | None = None) -> torch.device:
         _warned_no_cuda = True
         warnings.warn(
             f"semdistill: Ray gave this worker GPU {gpus} (ray.actor_num_gpus) but torch {torch.__version__} "
-            f"sees no CUDA device (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}); the model "
-            "runs on CPU. Install a CUDA build of torch on GPU nodes, or set ray.actor_num_gpus=0.",
+            f"sees no CUDA device (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}); the "
+            f"model runs on CPU. Install a CUDA build of torch on GPU nodes, or set ray.actor_num_gpus=0.",
             NoCudaWarning, stacklevel=2)
     return torch.device("cpu")
 

@@ -53,7 +53,8 @@ def img2img(pipe: Any, latents: torch.Tensor, prompts: list[str], seeds: list[in
     dtype = getattr(getattr(pipe, "unet", None), "dtype", torch.float32)
     gens = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
     out = pipe(prompt=list(prompts), image=latents.to(device=device, dtype=dtype), strength=settings.strength,
-               guidance_scale=settings.guidance_scale, negative_prompt=[settings.negative_prompt] * len(prompts),
+               guidance_scale=settings.guidance_scale,
+               negative_prompt=[settings.negative_prompt] * len(prompts),
                num_inference_steps=settings.num_inference_steps, generator=gens, output_type="pil")
     return [resize_uint8(im, settings.image_size) for im in out.images]
 

@@ -35,7 +35,8 @@ def read_sums(weights_dir: Path = WEIGHTS_DIR) -> dict[str, str]:
     """``<role>/<path>`` -> sha256, from ``SHA256SUMS``."""
     sums = weights_dir / SUMS_FILE
     if not sums.is_file():
-        raise ModelLoadError(f"shipped demo weights: {sums} is missing; {_retrain_hint(' '.join(SHIPPED_ROLES))}")
+        raise ModelLoadError(f"shipped demo weights: {sums} is missing; "
+                             f"{_retrain_hint(' '.join(SHIPPED_ROLES))}")
     out = {}
     for line in sums.read_text().splitlines():
         if line.strip():

@@ -61,7 +61,8 @@ def build_tokenizer(max_length: int = 77):
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace(), pre_tokenizers.Digits(True)])
     bos, eos = vocab["<|startoftext|>"], vocab["<|endoftext|>"]
     tok.post_processor = processors.TemplateProcessing(
-        single="<|startoftext|> $A <|endoftext|>", special_tokens=[("<|startoftext|>", bos), ("<|endoftext|>", eos)]
+        single="<|startoftext|> $A <|endoftext|>", special_tokens=[("<|startoftext|>", bos),
+                                                                   ("<|endoftext|>", eos)]
     )
     from tokenizers import decoders
 
@@ -94,7 +95,8 @@ def tiny_vae(latent_channels: int = 4, channels: tuple[int, ...] = (32, 64), nor
     return AutoencoderKL(
         in_channels=3, out_channels=3, latent_channels=latent_channels,
         down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
-        block_out_channels=tuple(channels), layers_per_block=1, norm_num_groups=norm_groups, sample_size=sample_size,
+        block_out_channels=tuple(channels), layers_per_block=1, norm_num_groups=norm_groups,
+        sample_size=sample_size,
     )
 
 
@@ -122,8 +124,8 @@ def _build_clip(out: Path) -> None:
 
     _seeded(1)
     cfg = CLIPConfig(
-        text_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-                     **_text_ids(build_tokenizer())},
+        text_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                     "num_attention_heads": 2, **_text_ids(build_tokenizer())},
         vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
                        "num_attention_heads": 2, "image_size": 32, "patch_size": 8},
         projection_dim=32,
@@ -144,14 +146,16 @@ def _build_vlm(out: Path) -> None:
     cfg = BlipConfig(
         vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
                        "num_attention_heads": 2, "image_size": 32, "patch_size": 8},
-        text_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+        text_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                     "num_attention_heads": 2,
                      "vocab_size": len(tok), "max_position_embeddings": 77, "encoder_hidden_size": 32,
                      "bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id,
                      "pad_token_id": tok.pad_token_id, "sep_token_id": tok.eos_token_id},
         projection_dim=32,
     )
     BlipForConditionalGeneration(cfg).save_pretrained(out)
-    BlipProcessor(image_processor=BlipImageProcessor(size={"height": 32, "width": 32}), tokenizer=tok).save_pretrained(out)
+    BlipProcessor(image_processor=BlipImageProcessor(size={"height": 32, "width": 32}),
+                  tokenizer=tok).save_pretrained(out)
 
 
 def _build_llm(out: Path) -> None:
@@ -165,7 +169,8 @@ def _build_llm(out: Path) -> None:
     )
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                       num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                      pad_token_id=tok.pad_token_id)
     LlamaForCausalLM(cfg).save_pretrained(out)
     tok.save_pretrained(out)
 
@@ -201,7 +206,8 @@ def llava_tokenizer():
 
 
 def _to_llava_hub_layout(weights: Path) -> None:
-    """Rewrite a LLaVA checkpoint in ``llava-hf/llava-1.5-7b-hf``'s key layout (``vision_tower.vision_model.*``).
+    """Rewrite a LLaVA checkpoint in ``llava-hf/llava-1.5-7b-hf``'s key layout
+    (``vision_tower.vision_model.*``).
 
     transformers 5.24 saves the CLIP tower without its ``vision_model.`` level; transformers < 5.20 and
     vLLM's LLaVA read the hub's layout, which transformers 5.24 also loads (renaming on load).
@@ -235,11 +241,13 @@ def _build_llava(out: Path, image_size: int = 32, patch_size: int = 8) -> None:
     _seeded(7)
     tok = llava_tokenizer()
     image_token_id = tok.convert_tokens_to_ids(LLAVA_IMAGE_TOKEN)
-    vision = CLIPVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+    vision = CLIPVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                              num_attention_heads=2,
                               image_size=image_size, patch_size=patch_size, projection_dim=64)
     text = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=4096,
-                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                       pad_token_id=tok.pad_token_id)
     n_image = (image_size // patch_size) ** 2
     cfg = LlavaConfig(vision_config=vision, text_config=text, image_token_index=image_token_id,
                       projector_hidden_act="gelu", vision_feature_select_strategy="default",
@@ -278,7 +286,8 @@ def _build_sd(out: Path) -> None:
     tok = build_tokenizer()
     unet = UNet2DConditionModel(
         sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=32, attention_head_dim=4, norm_num_groups=16,
     )
     text = CLIPTextModel(CLIPTextConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,

@@ -43,7 +43,8 @@ SIZE = 16  # px of the generated real images (the models work at 32 px)
 
 
 def make_folder(root: Path, classes: int, per_class: int, seed: int = 0) -> Path:
-    """``root/<000..K-1>/<i>.png``: 16 px digits of class ``c % 10``, each shifted and noised with its own seed.
+    """``root/<000..K-1>/<i>.png``: 16 px digits of class ``c % 10``, each shifted and noised with its own
+    seed.
 
     Class ids are numbers, so DIVER maps them to DiT classes directly (zoo:dit has 1,000)."""
     from PIL import Image
@@ -57,8 +58,8 @@ def make_folder(root: Path, classes: int, per_class: int, seed: int = 0) -> Path
         d.mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
             rng = np.random.default_rng([seed, c, i])
-            img = np.roll(pool[(c // 10 + i) % len(pool)].astype(np.int16), tuple(rng.integers(-2, 3, size=2)),
-                          axis=(0, 1))
+            img = np.roll(pool[(c // 10 + i) % len(pool)].astype(np.int16),
+                          tuple(rng.integers(-2, 3, size=2)), axis=(0, 1))
             img = np.clip(img + rng.integers(-24, 25, size=img.shape), 0, 255).astype(np.uint8)
             Image.fromarray(img).save(d / f"{i:04d}.png")
     return root
@@ -73,8 +74,8 @@ def edits_config(data: Path, out: Path):
         "models": {"vlm": "zoo:vlm", "clip": "zoo:clip", "vae": "zoo:vae", "sd": "zoo:sd", "llm": "zoo:llm",
                    "dtype": "float32"},
         "edits": {"ipc": 1, "k_image": 1, "k_text": 1, "caption_image_size": 32, "caption_max_tokens": 8,
-                  "feature_image_size": 32, "vae_source": "sd", "vae_resolution": 32, "num_inference_steps": 2,
-                  "max_tokens": 12, "kmeans_nredo": 1},
+                  "feature_image_size": 32, "vae_source": "sd", "vae_resolution": 32,
+                  "num_inference_steps": 2, "max_tokens": 12, "kmeans_nredo": 1},
         "ray": {"num_cpus": 2, "actor_num_cpus": 0.5, "object_store_memory_mb": 512,
                 "batch_sizes": {"caption": 64, "embed": 64, "vae": 64, "llm": 32, "generate": 32}},
         "output": {"dir": str(out)},
@@ -91,7 +92,8 @@ def diver_config(data: Path, out: Path):
         "diver": {"stage1": {"ipc": 1, "iterations": 2, "batch_real": 2, "net_width": 8, "dsa": False},
                   "resolution": 32, "num_inference_steps": 2, "start_step": 1, "fusion_window": [1, 0],
                   "sigma": "posterior", "torch_threads": 1, "side_by_side": False},
-        "ray": {"num_cpus": 2, "actor_num_cpus": 0.5, "pool_sizes": {"recover": 1}, "batch_sizes": {"recover": 64}},
+        "ray": {"num_cpus": 2, "actor_num_cpus": 0.5, "pool_sizes": {"recover": 1},
+                "batch_sizes": {"recover": 64}},
         "output": {"dir": str(out)},
     })
 
@@ -136,8 +138,10 @@ def measure(classes: int, per_class: int, keep: str | None, timeout_s: float) ->
         make_folder(work / "data", classes, per_class)
         cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--large", str(classes),
                "--workdir", str(work)]
-        env = {**os.environ, "SEMDISTILL_PROGRESS": "0", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-        r = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=timeout_s, env=env, cwd=str(REPO))
+        env = {**os.environ, "SEMDISTILL_PROGRESS": "0", "HF_HUB_OFFLINE": "1",
+               "TOKENIZERS_PARALLELISM": "false"}
+        r = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=timeout_s, env=env,
+                           cwd=str(REPO))
         if r.returncode != 0:
             raise RuntimeError(f"class_scaling child for {classes} classes failed ({r.returncode}):\n"
                                f"{r.stderr[-4000:]}")

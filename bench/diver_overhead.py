@@ -5,8 +5,8 @@ same batch and decode with the same VAE:
 - plain: pure noise at ``timesteps[start_step]`` -> class-conditional DDIM with CFG -> decode;
 - DIVER: VAE-encode the input -> inherit (noise to ``start_step``) -> the same DDIM loop with
   semantic guidance in the fusion window -> decode.
-Runs alternate (plain, DIVER, DIVER, plain, ...) so machine noise and warm caches hit both alike; the ratio uses
-the fastest run of each (the least disturbed). Peak memory: ``torch.cuda.max_memory_allocated``
+Runs alternate (plain, DIVER, DIVER, plain, ...) so machine noise and warm caches hit both alike; the ratio
+uses the fastest run of each (the least disturbed). Peak memory: ``torch.cuda.max_memory_allocated``
 on GPU, else the peak process RSS above the pre-run level, sampled every millisecond.
 
     python bench/diver_overhead.py                      # zoo DiT, CPU
@@ -83,9 +83,11 @@ def measure(fn, device: torch.device) -> tuple[float, float]:
 
 def main(argv: list[str] | None = None) -> float:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="zoo:dit", help="DiT pipeline: zoo:dit, zoo:demo_dit, a folder or a hub id")
+    p.add_argument("--model", default="zoo:dit",
+                   help="DiT pipeline: zoo:dit, zoo:demo_dit, a folder or a hub id")
     p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--resolution", type=int, default=None, help="VAE input size (default: 2x/8x the latent size)")
+    p.add_argument("--resolution", type=int, default=None,
+                   help="VAE input size (default: 2x/8x the latent size)")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--start-step", type=int, default=25)
     p.add_argument("--gamma", type=float, default=0.1)

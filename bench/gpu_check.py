@@ -44,28 +44,36 @@ from pipeline.diver.guidance import RecoverSettings, plain_dit_latents
 
 # facebook/DiT-XL-2-256, transformer/config.json (written out: nothing is downloaded)
 DIT_XL_2_256 = {
-    "num_attention_heads": 16, "attention_head_dim": 72, "in_channels": 4, "out_channels": 8, "num_layers": 28, "dropout": 0.0,
-    "norm_num_groups": 32, "attention_bias": True, "sample_size": 32, "patch_size": 2, "activation_fn": "gelu-approximate",
-    "num_embeds_ada_norm": 1000, "upcast_attention": False, "norm_type": "ada_norm_zero", "norm_elementwise_affine": False,
-    "norm_eps": 1e-5,
+    "num_attention_heads": 16, "attention_head_dim": 72, "in_channels": 4, "out_channels": 8,
+    "num_layers": 28, "dropout": 0.0,
+    "norm_num_groups": 32, "attention_bias": True, "sample_size": 32, "patch_size": 2,
+    "activation_fn": "gelu-approximate",
+    "num_embeds_ada_norm": 1000, "upcast_attention": False, "norm_type": "ada_norm_zero",
+    "norm_elementwise_affine": False, "norm_eps": 1e-5,
 }
 # stabilityai/sd-vae-ft-mse (the VAE of DiT and of SD 1.5)
 SD_VAE = {
-    "in_channels": 3, "out_channels": 3, "latent_channels": 4, "layers_per_block": 2, "act_fn": "silu", "norm_num_groups": 32,
+    "in_channels": 3, "out_channels": 3, "latent_channels": 4, "layers_per_block": 2, "act_fn": "silu",
+    "norm_num_groups": 32,
     "down_block_types": ("DownEncoderBlock2D",) * 4, "up_block_types": ("UpDecoderBlock2D",) * 4,
     "block_out_channels": (128, 256, 512, 512), "sample_size": 256, "scaling_factor": 0.18215,
 }
 # stable-diffusion-v1-5, unet/config.json
 SD15_UNET = {
-    "sample_size": 64, "in_channels": 4, "out_channels": 4, "layers_per_block": 2, "block_out_channels": (320, 640, 1280, 1280),
-    "down_block_types": ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    "sample_size": 64, "in_channels": 4, "out_channels": 4, "layers_per_block": 2,
+    "block_out_channels": (320, 640, 1280, 1280),
+    "down_block_types": ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D",
+                         "DownBlock2D"),
     "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    "cross_attention_dim": 768, "attention_head_dim": 8, "norm_num_groups": 32, "act_fn": "silu", "flip_sin_to_cos": True,
-    "freq_shift": 0, "downsample_padding": 1, "mid_block_scale_factor": 1, "norm_eps": 1e-5, "center_input_sample": False,
+    "cross_attention_dim": 768, "attention_head_dim": 8, "norm_num_groups": 32, "act_fn": "silu",
+    "flip_sin_to_cos": True,
+    "freq_shift": 0, "downsample_padding": 1, "mid_block_scale_factor": 1, "norm_eps": 1e-5,
+    "center_input_sample": False,
 }
 # openai/clip-vit-large-patch14 text tower (SD 1.5's text encoder)
 CLIP_L_TEXT = {"vocab_size": 49408, "hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
-                   "num_attention_heads": 12, "max_position_embeddings": 77, "hidden_act": "quick_gelu", "projection_dim": 768}
+                   "num_attention_heads": 12, "max_position_embeddings": 77, "hidden_act": "quick_gelu",
+                   "projection_dim": 768}
 
 
 def tiny_models() -> dict:
@@ -74,11 +82,13 @@ def tiny_models() -> dict:
 
     return {
         "dit": {"tiny": tiny_dit_transformer}, "vae": {"tiny": tiny_vae},
-        "unet": {"sample_size": 16, "in_channels": 4, "out_channels": 4, "layers_per_block": 1, "block_out_channels": (32, 64),
+        "unet": {"sample_size": 16, "in_channels": 4, "out_channels": 4, "layers_per_block": 1,
+                 "block_out_channels": (32, 64),
                      "down_block_types": ("CrossAttnDownBlock2D", "DownBlock2D"),
                      "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D"), "cross_attention_dim": 32,
                      "attention_head_dim": 4, "norm_num_groups": 16},
-        "text": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2},
+        "text": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                 "num_attention_heads": 2},
     }
 
 
@@ -112,7 +122,8 @@ def is_oom(err: BaseException) -> bool:
     return isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in str(err).lower()
 
 
-def build_dit(device: torch.device, dtype: torch.dtype, smoke: bool, channels_last="auto", compile: bool = False):
+def build_dit(device: torch.device, dtype: torch.dtype, smoke: bool, channels_last="auto",
+              compile: bool = False):
     from diffusers import AutoencoderKL, DDIMScheduler, DiTTransformer2DModel
 
     torch.manual_seed(0)
@@ -129,7 +140,8 @@ def build_dit(device: torch.device, dtype: torch.dtype, smoke: bool, channels_la
     return transformer, vae, scheduler
 
 
-def build_sd(device: torch.device, dtype: torch.dtype, smoke: bool, channels_last="auto", compile: bool = False):
+def build_sd(device: torch.device, dtype: torch.dtype, smoke: bool, channels_last="auto",
+             compile: bool = False):
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionImg2ImgPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -145,13 +157,14 @@ def build_sd(device: torch.device, dtype: torch.dtype, smoke: bool, channels_las
         else:
             unet = UNet2DConditionModel(**SD15_UNET)
             vae = AutoencoderKL(**{**SD_VAE, "sample_size": 512})
-            ids = {k: v for k, v in _text_ids(tok).items() if k != "vocab_size" and k != "max_position_embeddings"}
+            ids = {k: v for k,
+                   v in _text_ids(tok).items() if k != "vocab_size" and k != "max_position_embeddings"}
             text = CLIPTextModel(CLIPTextConfig(**CLIP_L_TEXT, **ids))
     scheduler = DDIMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
                               beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False,
                               steps_offset=1)
-    pipe = StableDiffusionImg2ImgPipeline(vae=vae, text_encoder=text, tokenizer=tok, unet=unet, scheduler=scheduler,
-                                          safety_checker=None, feature_extractor=None,
+    pipe = StableDiffusionImg2ImgPipeline(vae=vae, text_encoder=text, tokenizer=tok, unet=unet,
+                                          scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                           requires_safety_checker=False)
     pipe = pipe.to(device=device, dtype=dtype)
     pipe.set_progress_bar_config(disable=True)
@@ -182,7 +195,8 @@ def sweep(meter: Meter, make_fn, batches: list[int], repeats_b1: int, log) -> li
 
 def per_image_memory(results: dict) -> dict[str, dict]:
     """Measured GB each extra image adds (peak at the largest batch run less batch 1's, per image) next to the
-    estimate the pipeline sizes its Ray batches with (at real sizes only: the smoke's tiny models are not it)."""
+    estimate the pipeline sizes its Ray batches with (at real sizes only: the smoke's tiny models are not
+    it)."""
     out = {}
     for role, key in (("recover", "diver"), ("generate", "sd_img2img")):
         rows = [r for r in results.get(key, {}).get("rows", []) if r.get("peak_gb") is not None]
@@ -199,16 +213,20 @@ def best(rows: list[dict]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="DIVER / plain DiT / SD img2img at real sizes on one GPU")
-    p.add_argument("--cpu-smoke", action="store_true", help="tiny models on the CPU (a dry run of this script)")
+    p.add_argument("--cpu-smoke", action="store_true",
+                   help="tiny models on the CPU (a dry run of this script)")
     p.add_argument("--batches", default=None, help="batch sizes to try, e.g. 1,8,32 (default 1,4,16,32,64)")
     p.add_argument("--sd-batches", default=None, help="SD img2img batch sizes (default 1,4,8,16)")
     p.add_argument("--dtype", choices=["auto", "float16", "bfloat16", "float32"], default="auto",
-                   help="auto: the pipeline's models.dtype auto (bf16 on CUDA, fp16 without bf16; fp32 on CPU)")
+                   help="auto: the pipeline's models.dtype auto (bf16 on CUDA, fp16 without bf16; fp32 on "
+                        "CPU)")
     p.add_argument("--channels-last", choices=["auto", "true", "false"], default="auto",
                    help="models.channels_last for the UNet and VAEs (auto: on CUDA)")
-    p.add_argument("--compile", action="store_true", help="models.compile: torch.compile UNet, DiT, VAE decoder")
+    p.add_argument("--compile", action="store_true",
+                   help="models.compile: torch.compile UNet, DiT, VAE decoder")
     p.add_argument("--skip-sd", action="store_true", help="skip the EDITS SD img2img part")
-    p.add_argument("--skip-fp32", action="store_true", help="skip DIVER fp32 at batch 1 (the paper's setting)")
+    p.add_argument("--skip-fp32", action="store_true",
+                   help="skip DIVER fp32 at batch 1 (the paper's setting)")
     p.add_argument("--out", default=None, help="JSON results (default bench/results/gpu_check.json on GPU)")
     args = p.parse_args(argv)
 
@@ -227,8 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     name = "CPU (smoke)" if smoke else torch.cuda.get_device_name(device)
     log = lambda s: print(s, flush=True)
     t_start = time.perf_counter()
-    log(f"device: {name}; dtype {dtype}; channels_last {channels_last_on(layout, device)}; compile {args.compile}; "
-        f"SDPA attention; torch {torch.__version__}")
+    log(f"device: {name}; dtype {dtype}; channels_last {channels_last_on(layout, device)}; compile "
+        f"{args.compile}; SDPA attention; torch {torch.__version__}")
     from diffusers.utils import logging as dlogging
 
     dlogging.set_verbosity_error()  # "modules kept in float32" notes on every cast
@@ -251,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def diver_fn(b: int, tr=transformer, va=vae):
         imgs = pool[:b]
-        return lambda: recover_images(tr, va, scheduler, imgs, list(range(b)), list(range(b)), settings, resolution)
+        return lambda: recover_images(tr, va, scheduler, imgs, list(range(b)), list(range(b)), settings,
+                                      resolution)
 
     latent_px = resolution // (2 if smoke else 8)
 

@@ -63,7 +63,8 @@ def sklearn_round(xs: list[np.ndarray], k: int, n_init: int, seed: int, threads:
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=threads):
-        return [KMeans(n_clusters=k, n_init=n_init, max_iter=300, tol=1e-4, random_state=seed).fit(x.astype(np.float64))
+        return [KMeans(n_clusters=k, n_init=n_init, max_iter=300, tol=1e-4,
+                       random_state=seed).fit(x.astype(np.float64))
                 .cluster_centers_.astype(np.float32) for x in xs]
 
 
@@ -77,15 +78,17 @@ def ours_round(ids: list[int], xs: list[np.ndarray], settings, ray_cfg) -> list[
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--classes", type=int, default=1000, help="classes (default 1000, the issue's size)")
+    p.add_argument("--classes", type=int, default=1000, help="classes (default 1000, ImageNet-1K's)")
     p.add_argument("--per-class", type=int, default=1300, help="features per class (ImageNet: ~1,300)")
     p.add_argument("--dim", type=int, default=768, help="feature size (CLIP ViT-L/14: 768)")
     p.add_argument("--k", type=int, default=10, help="clusters per class (= IPC)")
     p.add_argument("--n-init", type=int, default=10, help="sklearn n_init of both (edits.kmeans_nredo)")
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--cpus", type=int, default=0, help="cores for both sides (default: all of this machine's)")
+    p.add_argument("--cpus", type=int, default=0,
+                   help="cores for both sides (default: all of this machine's)")
     p.add_argument("--per-task", type=int, default=8, help="ray.cluster_classes_per_task")
-    p.add_argument("--round", type=int, default=0, help="classes per alternating round (default: 2 tasks per core)")
+    p.add_argument("--round", type=int, default=0,
+                   help="classes per alternating round (default: 2 tasks per core)")
     p.add_argument("--json-out", default=None, help="also write the result (and a 'cluster' cost for plan)")
     args = p.parse_args(argv)
 
@@ -100,12 +103,13 @@ def main(argv: list[str] | None = None) -> int:
     ray_cfg = RayConfig(num_cpus=cpus, actor_num_cpus=1, cluster_classes_per_task=args.per_task,
                         object_store_memory_mb=1024)
     settings = ClusterSettings.from_edits(EditsConfig(ipc=args.k, kmeans_nredo=args.n_init, seed=args.seed))
-    print(f"k-means (sklearn KMeans), cluster stage vs a serial loop: {args.classes} classes x {args.per_class} x {args.dim}, k={args.k}, "
-          f"{args.n_init} starts; {cpus} cores for each side; {per_round} classes a round; "
-          f"load average {os.getloadavg()[0]:.2f}")
+    print(f"k-means (sklearn KMeans), cluster stage vs a serial loop: {args.classes} classes x "
+          f"{args.per_class} x {args.dim}, k={args.k}, {args.n_init} starts; {cpus} cores for each side; "
+          f"{per_round} classes a round; load average {os.getloadavg()[0]:.2f}")
     t0 = time.perf_counter()
     started = init_ray(ray_cfg)
-    ours_round([0], [class_features(0, 64, args.dim, args.k, args.seed)], settings, ray_cfg)  # warm the workers
+    # warm the workers
+    ours_round([0], [class_features(0, 64, args.dim, args.k, args.seed)], settings, ray_cfg)
     startup = time.perf_counter() - t0
     sec = {"sklearn": 0.0, "ours": 0.0}
     obj = {"sklearn": 0.0, "ours": 0.0}
@@ -125,8 +129,8 @@ def main(argv: list[str] | None = None) -> int:
             obj["sklearn"] += sum(inertia(x, c) for x, c in zip(xs, ref))
             obj["ours"] += sum(inertia(x, c) for x, c in zip(xs, ours))
             ratios.append(ts / to)
-            print(f"classes {ids[0]:>4}-{ids[-1]:<4} sklearn {ts:7.2f} s  ours {to:7.2f} s  ratio {ts / to:6.2f}  "
-                  f"load {os.getloadavg()[0]:.2f}")
+            print(f"classes {ids[0]:>4}-{ids[-1]:<4} sklearn {ts:7.2f} s  ours {to:7.2f} s  ratio "
+                  f"{ts / to:6.2f}  load {os.getloadavg()[0]:.2f}")
     finally:
         if started:
             ray.shutdown()

@@ -52,7 +52,8 @@ def make_synthetic_dataset(root: str | Path, n_images: int, n_classes: int = 10,
         d.mkdir(parents=True, exist_ok=True)
         for i in range(per_class[c]):
             rng = np.random.default_rng([seed, c, i])
-            img = np.roll(pool[i % len(pool)].astype(np.int16), tuple(rng.integers(-2, 3, size=2)), axis=(0, 1))
+            img = np.roll(pool[i % len(pool)].astype(np.int16), tuple(rng.integers(-2, 3, size=2)),
+                          axis=(0, 1))
             img = np.clip(img + rng.integers(-24, 25, size=img.shape), 0, 255).astype(np.uint8)
             Image.fromarray(img).save(d / f"{i:06d}.png")
     return root
@@ -147,10 +148,6 @@ class RssSampler(threading.Thread):
         self.join(timeout=5)
         self.sample()
 
-    def self_peak(self) -> int:
-        """The sampled peak RSS of this process (the driver)."""
-        return self.peak_self
-
     def worker_peak(self) -> int:
         """The largest peak of one Ray worker/actor process (``ray::...``)."""
         peaks = [rss for name, rss in self.peak_by_pid.values() if name.startswith("ray::")]
@@ -180,11 +177,13 @@ def measure(images: int, classes: int, keep: str | None = None, timeout_s: float
     try:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--images", str(images),
                "--classes", str(classes), "--workdir", str(work)]
-        env = {**os.environ, "SEMDISTILL_PROGRESS": "0", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+        env = {**os.environ, "SEMDISTILL_PROGRESS": "0", "HF_HUB_OFFLINE": "1",
+               "TOKENIZERS_PARALLELISM": "false"}
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env, cwd=str(REPO),
                            check=False)
         if r.returncode != 0:
-            raise RuntimeError(f"memory_scaling child for {images} images failed ({r.returncode}):\n{r.stderr[-3000:]}")
+            raise RuntimeError(f"memory_scaling child for {images} images failed "
+                               f"({r.returncode}):\n{r.stderr[-3000:]}")
         return json.loads(r.stdout.strip().splitlines()[-1])
     finally:
         if keep is None:
@@ -220,11 +219,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'images':>8} {'wall s':>8} {'driver peak MB':>15} {'worker peak MB':>15} {'all Ray MB':>11} "
           f"{'img/s':>7}")
     for r in rows:
-        print(f"{r['images']:>8} {r['wall_s']:>8.1f} {r['driver_peak_mb']:>15.1f} {r['worker_peak_mb']:>15.1f} "
-              f"{r['ray_total_peak_mb']:>11.1f} {r['images'] / r['wall_s']:>7.1f}")
+        print(f"{r['images']:>8} {r['wall_s']:>8.1f} {r['driver_peak_mb']:>15.1f} "
+              f"{r['worker_peak_mb']:>15.1f} {r['ray_total_peak_mb']:>11.1f} "
+              f"{r['images'] / r['wall_s']:>7.1f}")
     ratios = compare(small, large)
-    print(f"peak ratio {args.factor}N / N: driver {ratios['driver']:.3f}, largest worker {ratios['worker']:.3f}, "
-          f"all Ray processes {ratios['ray_total']:.3f} (target <= 1.3)")
+    print(f"peak ratio {args.factor}N / N: driver {ratios['driver']:.3f}, largest worker "
+          f"{ratios['worker']:.3f}, all Ray processes {ratios['ray_total']:.3f} (target <= 1.3)")
     print(f"ratio: {max(ratios['driver'], ratios['worker']):.3f}")
     return 0
 

@@ -150,7 +150,8 @@ def edits_workloads(work: Path, images: int, clusters: int, cpus: int, overrides
 
         from pipeline.core.seeds import image_seed
 
-        vae_cfg = json.loads((Path(resolve_ref("sd", "zoo:sd", run.zoo_dir)) / "vae" / "config.json").read_text())
+        vae_cfg = json.loads((Path(resolve_ref("sd", "zoo:sd",
+                                               run.zoo_dir)) / "vae" / "config.json").read_text())
         side = SIZE // 2 ** (len(vae_cfg["block_out_channels"]) - 1)
         rng = np.random.default_rng(0)
         rows = [{"key": cl["key"], "class_id": cl["class_id"], "label": cl["label"], "cluster": cl["cluster"],
@@ -173,8 +174,8 @@ def recover_rows(n: int, seed: int = 0) -> list[dict[str, Any]]:
         img = images[i % len(images)].astype(np.float32) / 255.0
         img = np.clip(img + rng.normal(0, 0.15, img.shape), 0, 1).astype(np.float32)
         c = str(int(labels[i % len(labels)]))
-        rows.append({"key": f"c{c}_i{i:03d}", "class_id": c, "dit_class": int(c), "seed": image_seed(seed, c, i),
-                     "image": img})
+        rows.append({"key": f"c{c}_i{i:03d}", "class_id": c, "dit_class": int(c),
+                     "seed": image_seed(seed, c, i), "image": img})
     return rows
 
 
@@ -187,7 +188,8 @@ def diver_workload(work: Path, n: int, cpus: int, overrides: list[str]) -> Workl
     model_dir = resolve_ref("dit", cfg.models.dit, cfg.models.zoo_dir)
     settings = resolve_sigma(RecoverSettings.from_mapping(cfg.diver.model_dump(mode="python")), model_dir,
                              log=lambda _m: None)
-    return Workload("recover", recover_stage(cfg, model_dir, settings, vae_ref_for(cfg)), cfg, recover_rows(n))
+    return Workload("recover", recover_stage(cfg, model_dir, settings, vae_ref_for(cfg)), cfg,
+                    recover_rows(n))
 
 
 # ------------------------------------------------------------------ the two sides
@@ -279,9 +281,11 @@ def summarize(res: dict[str, Any]) -> dict[str, Any]:
             ratios.append(t.steady() / s_best)
     return {"serial": serial, "best": best, "ray": med(res["ray"], Timing.steady),
             "ratio": statistics.median(ratios) if ratios else None,
-            "serial_startup": med(res["serial"][best], Timing.startup), "ray_startup": med(res["ray"], Timing.startup),
+            "serial_startup": med(res["serial"][best], Timing.startup),
+            "ray_startup": med(res["ray"], Timing.startup),
             "rows": res["ray"][0].rows, "same": res["same"], "pool": res["pool"], "threads": res["threads"],
-            "serial_total": sum(t.total for t in res["serial"][best]), "ray_total": sum(t.total for t in res["ray"])}
+            "serial_total": sum(t.total for t in res["serial"][best]),
+            "ray_total": sum(t.total for t in res["ray"])}
 
 
 def fmt(v: float | None, spec: str = ".2f") -> str:
@@ -312,14 +316,18 @@ def report(summ: dict[str, dict[str, Any]], cpus: int, ray_init_s: float) -> flo
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Ray actor stages vs a serial loop, same tiny models, rows and cores")
+    p = argparse.ArgumentParser(description="Ray actor stages vs a serial loop, same tiny models, rows and "
+                                            "cores")
     p.add_argument("--stages", default=",".join(STAGES), help=f"comma list of {', '.join(STAGES)}")
     p.add_argument("--images", type=int, default=256, help="rows of the caption, embed and VAE stages")
-    p.add_argument("--clusters", type=int, default=None, help="rows of the LLM and generate stages (images / 8)")
+    p.add_argument("--clusters", type=int, default=None,
+                   help="rows of the LLM and generate stages (images / 8)")
     p.add_argument("--recover-images", type=int, default=32, help="images for DIVER recovery")
-    p.add_argument("--batch", type=int, default=None, help="one Ray batch size for every stage (default: config)")
+    p.add_argument("--batch", type=int, default=None,
+                   help="one Ray batch size for every stage (default: config)")
     p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--serial-threads", default=None, help="comma list of torch threads (default: 1 and all cores)")
+    p.add_argument("--serial-threads", default=None,
+                   help="comma list of torch threads (default: 1 and all cores)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     args = p.parse_args(argv)
     names = tuple(s for s in args.stages.split(",") if s)

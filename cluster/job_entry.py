@@ -23,7 +23,8 @@ from pipeline.errors import SemdistillError
 def main() -> int:
     text = os.environ.get(CONFIG_ENV)
     if not text:
-        print(f"semdistill job: ${CONFIG_ENV} is empty; submit with `semdistill submit CONFIG`", file=sys.stderr)
+        print(f"semdistill job: ${CONFIG_ENV} is empty; submit with `semdistill submit CONFIG`",
+              file=sys.stderr)
         return 2
     try:
         cfg = config_from_dict(yaml.safe_load(text), "<submitted config>")

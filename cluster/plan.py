@@ -113,8 +113,8 @@ def _stage(name: str, key: str, items: int, table: dict[str, Cost], gpus: int, l
     load = LOAD_SECONDS.get(load_key, 0.0)
     gpu_hours = (work + load * workers) / 3600 if cost.resource == "gpu" else 0.0
     wall = (load if items else 0.0) + work / max(1, workers)
-    return StagePlan(name, int(items), cost.unit, cost.seconds, cost.device, cost.source, cost.resource, workers,
-                     gpu_hours, wall, cost.note)
+    return StagePlan(name, int(items), cost.unit, cost.seconds, cost.device, cost.source, cost.resource,
+                     workers, gpu_hours, wall, cost.note)
 
 
 def make_plan(cfg: Config, gpus: int, images: int | None = None, classes: int | None = None,
@@ -141,7 +141,8 @@ def make_plan(cfg: Config, gpus: int, images: int | None = None, classes: int | 
         n_img, src = distilled_size(cfg, images, n_cls)
         d = cfg.diver
         if d.stage1 is not None:
-            stages.append(_stage("stage1_dm", "stage1_dm", d.stage1.iterations * n_cls, table, gpus, "stage1_dm"))
+            stages.append(_stage("stage1_dm", "stage1_dm", d.stage1.iterations * n_cls, table, gpus,
+                                 "stage1_dm"))
         steps = d.num_inference_steps - d.start_step
         if d.inheritance == "ddim_inversion":
             steps *= 2
@@ -167,8 +168,8 @@ def format_plan(plan: Plan) -> str:
     ]
     for s in plan.stages:
         gpu = f"{s.gpu_hours:9.2f}" if s.resource == "gpu" else f"{'(' + s.resource + ')':>9}"
-        lines.append(f"{s.stage:<10} {s.items:>13,} {s.unit:<18} {s.seconds_per_unit:>8.4f} {s.device[:16]:<16} "
-                     f"{s.source:<9} {gpu} {hms(s.wall_seconds):>10}")
+        lines.append(f"{s.stage:<10} {s.items:>13,} {s.unit:<18} {s.seconds_per_unit:>8.4f} "
+                     f"{s.device[:16]:<16} {s.source:<9} {gpu} {hms(s.wall_seconds):>10}")
     lines.append(f"{'total':<10} {'':>13} {'':<18} {'':>8} {'':<16} {'':<9} {plan.gpu_hours:9.2f} "
                  f"{hms(plan.wall_seconds):>10}")
     lines += [

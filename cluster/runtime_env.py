@@ -51,7 +51,8 @@ def pip_requirements(job: JobConfig, pyproject: str | os.PathLike | None = None)
     reqs: list[str] = []
     for name in job.pip_extras:
         if name not in extras:
-            raise ConfigError(f"ray.job.pip_extras: unknown extra {name!r}; pyproject.toml has {sorted(extras)}")
+            raise ConfigError(f"ray.job.pip_extras: unknown extra {name!r}; pyproject.toml has "
+                              f"{sorted(extras)}")
         reqs.extend(extras[name])
     reqs.extend(job.pip)
     seen: set[str] = set()
@@ -59,7 +60,8 @@ def pip_requirements(job: JobConfig, pyproject: str | os.PathLike | None = None)
 
 
 def job_env_vars(job: JobConfig, environ: dict[str, str] | None = None) -> dict[str, str]:
-    """Env vars of the job: built-ins, then forwarded ones from ``environ``, then ``hf_home``, then ``env_vars``."""
+    """Env vars of the job: built-ins, then forwarded ones from ``environ``, then ``hf_home``, then
+    ``env_vars``."""
     environ = dict(os.environ if environ is None else environ)
     env = dict(JOB_ENV)
     env.update({k: environ[k] for k in FORWARDED_ENV if environ.get(k)})

@@ -36,7 +36,8 @@ class ClusterError(SemdistillError):
 
 
 def dashboard_address(cli_address: str | None, cfg: Config, environ: dict[str, str] | None = None) -> str:
-    """``--address``, else ``$RAY_ADDRESS``, else an http ``ray.address`` of the config, else localhost:8265."""
+    """``--address``, else ``$RAY_ADDRESS``, else an http ``ray.address`` of the config, else
+    localhost:8265."""
     environ = os.environ if environ is None else environ
     for cand in (cli_address, environ.get("RAY_ADDRESS"), cfg.ray.address):
         if cand and cand != "auto" and not cand.startswith("ray://"):
@@ -127,7 +128,8 @@ def wait_for(client, sub_id: str, out=sys.stdout, poll_s: float = 1.0, timeout_s
     try:
         asyncio.run(_tail(client, sub_id, out))
     except Exception as err:  # noqa: BLE001 (websocket dropped, any cause: fall back to polling the status)
-        print(f"[submit] log stream ended early ({type(err).__name__}); polling the job status", file=sys.stderr)
+        print(f"[submit] log stream ended early ({type(err).__name__}); polling the job status",
+              file=sys.stderr)
     start = time.monotonic()
     while True:
         status = str(client.get_job_status(sub_id).value)
@@ -150,7 +152,8 @@ def summary_from_logs(logs: str) -> dict[str, Any] | None:
 
 
 def main(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config, getattr(args, "overrides", None) or [], resolve=False)  # paths: the job's working dir
+    # paths: the job's working dir
+    cfg = load_config(args.config, getattr(args, "overrides", None) or [], resolve=False)
     if cfg.method not in ("edits", "diver"):
         raise SemdistillError(f"method must be edits or diver to submit, got {cfg.method!r} ({args.config})")
     address = dashboard_address(getattr(args, "address", None), cfg)

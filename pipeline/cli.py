@@ -112,8 +112,8 @@ def _verify(args: argparse.Namespace) -> int | None:
 def _export(args: argparse.Namespace) -> int | None:
     """``export``: a distilled set (``--to``) or an EDITS run's artefacts (``--what``), never both."""
     if (args.to is None) == (args.what is None):
-        raise ConfigError("give either --to hf|webdataset|pt|imagefolder (DIR is a distilled set) or "
-                          "--what captions|prototypes (DIR is an EDITS run)" + (", not both" if args.what else ""))
+        raise ConfigError("give either --to hf|webdataset|pt|imagefolder (DIR is a distilled set) or --what "
+                          "captions|prototypes (DIR is an EDITS run)" + (", not both" if args.what else ""))
     if args.what:
         from pipeline.export_edits import main as export_edits_main
 
@@ -140,46 +140,58 @@ def build_parser() -> argparse.ArgumentParser:
     # data
     data = sub.add_parser("data", help="prepare or check datasets (demo digits, data check)")
     dsub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
-    d = dsub.add_parser("demo", help="write the embedded demo dataset (sklearn digits, 32x32 RGB ImageFolder)")
+    d = dsub.add_parser("demo",
+                        help="write the embedded demo dataset (sklearn digits, 32x32 RGB ImageFolder)")
     d.add_argument("--out", required=True, help="output folder (gets train/, val/, class_names.json)")
     d.add_argument("--size", type=int, default=32, help="image size in px (default 32)")
-    d.add_argument("--val-fraction", type=float, default=0.2, help="share of each class kept for val (default 0.2)")
+    d.add_argument("--val-fraction", type=float, default=0.2,
+                   help="share of each class kept for val (default 0.2)")
     d.add_argument("--seed", type=int, default=0, help="seed of the train/val split (default 0)")
     d.set_defaults(func=_data_demo)
-    c = dsub.add_parser("check", help="scan a dataset without models: list files it would skip, per-class counts")
-    c.add_argument("root", help="dataset root: ImageFolder, parquet or WebDataset shards; a path or s3://, gs://, file://")
+    c = dsub.add_parser("check",
+                        help="scan a dataset without models: list files it would skip, per-class counts")
+    c.add_argument("root",
+                   help="dataset root: ImageFolder, parquet or WebDataset shards; a path or s3://, gs://, "
+                        "file://")
     c.add_argument("--format", default="auto", choices=["auto", "imagefolder", "parquet", "webdataset"],
                    help="data.format (default auto: shards in ROOT or ROOT/data, else an ImageFolder)")
     c.add_argument("--ipc", type=int, default=1, help="fail when a class has fewer usable images (default 1)")
     c.add_argument("--json", dest="as_json", action="store_true", help="print the report as JSON")
-    c.add_argument("--class-names", default=None, help="id -> name table, to warn about duplicate class names")
+    c.add_argument("--class-names", default=None,
+                   help="id -> name table, to warn about duplicate class names")
     c.add_argument("--workers", type=int, default=1, help="decode with this many processes (default 1)")
     c.add_argument("--no-decode", action="store_true", help="only list files, do not decode them (fast)")
     c.set_defaults(func=_data_check)
 
     # zoo
-    zoo = sub.add_parser("zoo", help="the tiny local model zoo (random-init models saved with save_pretrained)")
+    zoo = sub.add_parser("zoo",
+                         help="the tiny local model zoo (random-init models saved with save_pretrained)")
     zsub = zoo.add_subparsers(dest="zoo_command", metavar="ACTION", required=True)
     zb = zsub.add_parser("build", help="build every zoo role that is missing (a second build is a no-op)")
-    zb.add_argument("--dir", default=None, help="zoo folder (default $SEMDISTILL_ZOO_DIR or the user cache dir)")
+    zb.add_argument("--dir", default=None,
+                    help="zoo folder (default $SEMDISTILL_ZOO_DIR or the user cache dir)")
     zb.add_argument("--force", action="store_true", help="rebuild even when present")
     zb.add_argument("--roles", nargs="*", default=None, help="only these roles")
     zb.set_defaults(func=_zoo_build)
     zl = zsub.add_parser("list", help="list the zoo roles and whether each is built")
     zl.add_argument("--dir", default=None)
     zl.set_defaults(func=_zoo_list)
-    zt = zsub.add_parser("train-demo-dit", help="train the tiny class-conditional DiT (+VAE) on the demo digits")
+    zt = zsub.add_parser("train-demo-dit",
+                         help="train the tiny class-conditional DiT (+VAE) on the demo digits")
     zt.add_argument("--data", default=None, help="demo dataset root (default: written to the zoo folder)")
     zt.add_argument("--dir", default=None, help="zoo folder")
     zt.add_argument("--steps", type=int, default=None, help="training steps (default: the recipe's)")
     zt.add_argument("--force", action="store_true", help="retrain even when present")
     zt.set_defaults(func=_zoo_train_demo_dit)
-    zd = zsub.add_parser("train-demo", help="train the demo zoo (captioner, CLIP, SD, DiT) on the demo digits and "
+    zd = zsub.add_parser("train-demo",
+                         help="train the demo zoo (captioner, CLIP, SD, DiT) on the demo digits and "
                                             "ship the checkpoints with their sha256 sums")
-    zd.add_argument("--roles", nargs="*", default=None, help="demo_vlm demo_clip demo_sd demo_dit (default: all)")
+    zd.add_argument("--roles", nargs="*", default=None,
+                    help="demo_vlm demo_clip demo_sd demo_dit (default: all)")
     zd.add_argument("--data", default=None, help="demo dataset root (default: written to a temp folder)")
     zd.add_argument("--dir", default=None, help="zoo folder (refreshed after training)")
-    zd.add_argument("--weights-dir", default=None, help="where the shipped weights go (default actors/demo_weights)")
+    zd.add_argument("--weights-dir", default=None,
+                    help="where the shipped weights go (default actors/demo_weights)")
     zd.add_argument("--force", action="store_true", help="retrain roles whose weights are present")
     zd.set_defaults(func=_zoo_train_demo)
 
@@ -203,7 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     dm.set_defaults(func=_dm)
 
     # demo
-    dm_ = sub.add_parser("demo", help="the whole thing offline on a laptop: data, zoo, methods, evaluation, report")
+    dm_ = sub.add_parser("demo",
+                         help="the whole thing offline on a laptop: data, zoo, methods, evaluation, report")
     dm_.add_argument("--out", required=True, help="output folder")
     dm_.add_argument("--quick", action="store_true", help="smaller settings for a smoke run")
     dm_.add_argument("--full", action="store_true",
@@ -244,7 +257,8 @@ examples:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("config", help="YAML config with a sweep section (e.g. configs/demo_sweep.yaml)")
     _add_overrides(s)
-    s.add_argument("--verbose", action="store_true", help="everything on the terminal (default: logs/run.log)")
+    s.add_argument("--verbose", action="store_true",
+                   help="everything on the terminal (default: logs/run.log)")
     s.set_defaults(func=_sweep)
 
     # submit / plan
@@ -259,16 +273,19 @@ examples:
     pl = sub.add_parser("plan", help="estimate wall time and GPU hours of a config on N GPUs")
     pl.add_argument("config")
     pl.add_argument("--gpus", type=int, default=8)
-    pl.add_argument("--images", type=int, default=None, help="real images (default: count data.root, else ImageNet-1K)")
+    pl.add_argument("--images", type=int, default=None,
+                    help="real images (default: count data.root, else ImageNet-1K)")
     pl.add_argument("--classes", type=int, default=None, help="classes (default: from data.root, else 1000)")
-    pl.add_argument("--costs", default=None, help="JSON of measured per-item costs (default: bench/results/*.json)")
+    pl.add_argument("--costs", default=None,
+                    help="JSON of measured per-item costs (default: bench/results/*.json)")
     pl.add_argument("--json", dest="as_json", action="store_true", help="print the plan as JSON")
     _add_overrides(pl)
     pl.set_defaults(func=_plan)
 
     # export
     ex = sub.add_parser(
-        "export", help="write a distilled set as Hugging Face parquet, WebDataset shards, DC/MTT tensors or an "
+        "export",
+        help="write a distilled set as Hugging Face parquet, WebDataset shards, DC/MTT tensors or an "
                        "ImageFolder; or an EDITS run's captions / prototypes as a Hugging Face dataset",
         description="Export a distilled set (ImageFolder + manifest.json) for other people's tools (--to), or an "
                     "EDITS run's intermediate artefacts as a Hugging Face dataset (--what).",
@@ -289,16 +306,18 @@ examples:
   semdistill export runs/edits/distilled --to pt --norm imagenet --out exports/edits_pt
   semdistill export runs/edits --what captions --out exports/edits_captions""",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    ex.add_argument("dir", help="distilled set folder (with manifest.json); with --what, the EDITS run folder")
+    ex.add_argument("dir",
+                    help="distilled set folder (with manifest.json); with --what, the EDITS run folder")
     ex.add_argument("--to", default=None, choices=["hf", "webdataset", "pt", "imagefolder"],
                     help="output layout of a distilled set")
     ex.add_argument("--what", default=None, choices=["captions", "prototypes"],
                     help="an EDITS run's artefacts to export as a Hugging Face dataset (instead of --to)")
     ex.add_argument("--out", required=True, help="output folder (built aside, then swapped in whole)")
     ex.add_argument("--norm", default="auto", choices=["auto", "imagenet", "cifar10", "cifar100", "none"],
-                    help="pt only: normalisation of images_best.pt (auto: the stage-1 input's from the manifest, "
-                         "else imagenet; none: pixels in [0, 1])")
-    ex.add_argument("--shard-size", type=int, default=1000, help="hf/webdataset: images per shard (default 1000)")
+                    help="pt only: normalisation of images_best.pt (auto: the stage-1 input's from the "
+                         "manifest, else imagenet; none: pixels in [0, 1])")
+    ex.add_argument("--shard-size", type=int, default=1000,
+                    help="hf/webdataset: images per shard (default 1000)")
     ex.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     ex.set_defaults(func=_export)
 

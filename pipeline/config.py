@@ -23,11 +23,14 @@ class Section(BaseModel):
 
 
 class DataConfig(Section):
-    root: str | None = None  # real training set: a local path or a URI (s3://, gs://, file://; pyarrow filesystems)
-    # imagefolder (root/<class_id>/<image>), parquet (Hugging Face image layout: image struct + integer label),
+    # real training set: a local path or a URI (s3://, gs://, file://; pyarrow filesystems)
+    root: str | None = None
+    # imagefolder (root/<class_id>/<image>), parquet (Hugging Face image layout: image struct + integer
+    # label),
     # webdataset (<key>.jpg|png + <key>.cls tar shards); auto: shards in root (or root/data) else imagefolder
     format: Literal["auto", "imagefolder", "parquet", "webdataset"] = "auto"
-    split: str | None = "train"  # where shards of several splits sit together (train-*, validation-*): this one
+    # where shards of several splits sit together (train-*, validation-*): this one
+    split: str | None = "train"
     val_root: str | None = None  # real validation set (evaluation)
     class_names: str | None = None  # id -> words table (json, or "wnid words" lines)
     image_size: int = Field(32, gt=0)  # resolution of the distilled set
@@ -57,9 +60,11 @@ class ModelsConfig(Section):
     zoo_dir: str | None = None  # where ``zoo:`` models live (default: user cache dir)
     # auto: bf16 on CUDA (fp16 where the GPU has no bf16), fp32 on CPU (actors/loading.py:pick_dtype)
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
-    # UNet and VAE weights in NHWC (cuDNN's fast convolution layout); auto: on CUDA only (actors/gpu_defaults.py)
+    # UNet and VAE weights in NHWC (cuDNN's fast convolution layout); auto: on CUDA only
+    # (actors/gpu_defaults.py)
     channels_last: Literal["auto", True, False] = "auto"
-    compile: bool = False  # torch.compile the UNet, the DiT transformer and the VAE decoder (first batch compiles)
+    # torch.compile the UNet, the DiT transformer and the VAE decoder (first batch compiles)
+    compile: bool = False
 
 
 class FinetuneConfig(Section):
@@ -86,12 +91,16 @@ class FinetuneConfig(Section):
     vae_learning_rate: float = Field(2e-3, gt=0)
     vae_kl_weight: float = Field(1e-6, ge=0)
     cache_latents: bool = False  # encode the set once per worker (small sets only: latents held in memory)
-    storage_path: str | None = None  # Ray Train checkpoints; multi-node: shared FS or s3:// (default: artefacts/)
+    # Ray Train checkpoints; multi-node: shared FS or s3:// (default: artefacts/)
+    storage_path: str | None = None
     # read: diffusers' train_text_to_image.py, which the authors used (--max_grad_norm 1.0, --random_flip; its
-    # DataLoader reshuffles every epoch: here the rows are shuffled with `seed`, then each epoch with seed + epoch)
-    max_grad_norm: float | None = Field(1.0, gt=0)  # clip the UNet's gradient norm before each step; None: off
+    # DataLoader reshuffles every epoch: here the rows are shuffled with `seed`, then each epoch with seed +
+    # epoch)
+    # clip the UNet's gradient norm before each step; None: off
+    max_grad_norm: float | None = Field(1.0, gt=0)
     random_flip: bool = True  # mirror each training image left-right with probability 1/2
-    shuffle_buffer_size: int = Field(256, ge=0)  # rows of the per-epoch local shuffle buffer per worker; 0: off
+    # rows of the per-epoch local shuffle buffer per worker; 0: off
+    shuffle_buffer_size: int = Field(256, ge=0)
 
 
 class EditsConfig(Section):
@@ -111,7 +120,8 @@ class EditsConfig(Section):
     resize_mode: Literal["squash", "crop"] = "squash"
     # CLIP input resize filter (read: the authors' loader, torchvision Resize((224, 224)), bilinear)
     feature_resample: Literal["bicubic", "bilinear", "lanczos"] = "bilinear"
-    vae_resample: Literal["bicubic", "bilinear", "lanczos"] = "lanczos"  # VAE prototypes at 512 (read: LANCZOS)
+    # VAE prototypes at 512 (read: LANCZOS)
+    vae_resample: Literal["bicubic", "bilinear", "lanczos"] = "lanczos"
     tau: float = Field(0.01, gt=0)
     fusion: Literal["sum", "concat"] = "concat"  # GSQ: [I, W.T] (read: prototype_kmeans_ours) or I + W.T
     contamination: float = Field(0.0, ge=0.0, lt=0.5)  # LocalOutlierFactor, 0 = off
@@ -140,7 +150,8 @@ class EditsConfig(Section):
     scheduler: Literal["ddim"] = "ddim"
     finetune: FinetuneConfig = FinetuneConfig()
     # --- inferred choices of our implementation (not fixed by the paper) ---
-    caption_style: Literal["auto", "instruct", "prefix"] = "auto"  # auto: instruct when the VLM has a chat template
+    # auto: instruct when the VLM has a chat template
+    caption_style: Literal["auto", "instruct", "prefix"] = "auto"
     caption_prefix: str = "a photo of {class_name},"  # prefix-style captioners (BLIP) continue this text
     require_class_name: bool = True  # prepend the class name to a caption / text prototype that lacks it
     lof_neighbors: int = Field(10, gt=0)  # LocalOutlierFactor n_neighbors (read: 10 in the authors' code)
@@ -220,29 +231,39 @@ class DiverConfig(Section):
     num_inference_steps: int = Field(50, ge=2)
     start_step: int = Field(25, ge=0)  # inherit: z_d noised to the level of this index (25: t 510, read)
     # inferred: top = run DDIM over all N steps from t 999 on the latent noised to start_step (our reading
-    # of the paper's phases 50 -> 40 -> 25 -> 1 and of the sibling code); start_step = run start_step .. 0 only
+    # of the paper's phases 50 -> 40 -> 25 -> 1 and of the sibling code); start_step = run start_step .. 0
+    # only
     reverse_start: Literal["top", "start_step"] = "top"
     inheritance: Literal["noise", "ddim_inversion"] = "noise"
     gamma: float = Field(0.1, ge=0.0)  # read-sibling (0.02 for NCFM inputs)
-    guidance_target: Literal["x0", "zt"] = "x0"  # x0: sibling code; zt: the paper's formula (latent before the update)
-    fusion_window: tuple[int, int] = (40, 25)  # [high, low] indices, guided when low <= i <= high (read-sibling)
+    # x0: sibling code; zt: the paper's formula (latent before the update)
+    guidance_target: Literal["x0", "zt"] = "x0"
+    # [high, low] indices, guided when low <= i <= high (read-sibling)
+    fusion_window: tuple[int, int] = (40, 25)
     # sigma_t of the pull: learned = DiT's learned-range std (read-sibling); posterior = sqrt of the posterior
-    # variance; one_minus_alpha_bar = sqrt(1 - alpha_bar_t). learned falls back to posterior (one logged warning,
+    # variance; one_minus_alpha_bar = sqrt(1 - alpha_bar_t). learned falls back to posterior (one logged
+    # warning,
     # inferred) where the DiT predicts no variance or its variance channels are untrained (a demo DiT
     # trained before the hybrid loss)
     sigma: Literal["learned", "posterior", "one_minus_alpha_bar"] = "learned"
     cfg_scale: float = Field(4.0, ge=1.0)
-    cfg_channels: Literal[3, "all"] = 3  # 3: CFG on latent channels 0..2 like DiT's forward_with_cfg (read); all
+    # 3: CFG on latent channels 0..2 like DiT's forward_with_cfg (read); all
+    cfg_channels: Literal[3, "all"] = 3
     null_class: int | None = None  # None: the DiT's num_embeds_ada_norm (1000 for DiT-XL/2)
-    # json file or inline: input class id -> DiT class index. None: wnids by the ImageNet-1K order (any subset),
-    # numeric ids as DiT indices, SRe2L's new<k> as class k; anything else asks for it (pipeline/diver/classes.py)
+    # json file or inline: input class id -> DiT class index. None: wnids by the ImageNet-1K order (any
+    # subset),
+    # numeric ids as DiT indices, SRe2L's new<k> as class k; anything else asks for it
+    # (pipeline/diver/classes.py)
     class_map: str | dict[str, int] | None = None
-    # the DiT's timestep embedding: dit = facebookresearch/DiT's 10000^(-k/128) (models.py, commit 4961bcb), what
+    # the DiT's timestep embedding: dit = facebookresearch/DiT's 10000^(-k/128) (models.py, commit 4961bcb),
+    # what
     # DiT-XL/2's converted weights were trained with; diffusers = its port's 10000^(-k/127); auto = diffusers
     # for zoo: DiTs (trained in diffusers), dit for hub ids and local folders
     timestep_embedding: Literal["auto", "diffusers", "dit"] = "auto"
-    # which VAE (inferred): models = models.vae (default sd-vae-ft-mse, the paper's, read); dit = the VAE in the
-    # DiT pipeline folder (facebook/DiT-XL-2-256 converts with sd-vae-ft-ema); auto = models for hub/local DiTs,
+    # which VAE (inferred): models = models.vae (default sd-vae-ft-mse, the paper's, read); dit = the VAE in
+    # the
+    # DiT pipeline folder (facebook/DiT-XL-2-256 converts with sd-vae-ft-ema); auto = models for hub/local
+    # DiTs,
     # dit for zoo: DiTs (the demo DiT was trained in its own VAE's latent space)
     vae_source: Literal["auto", "models", "dit"] = "auto"
     batch_size: int = Field(8, gt=0)  # used when ray.batch_sizes has no "recover" entry
@@ -261,9 +282,9 @@ class DiverConfig(Section):
     @model_validator(mode="after")
     def _check_input(self) -> DiverConfig:
         if self.input is not None and self.stage1 is not None:
-            raise ValueError(f"diver.input ({self.input}) and diver.stage1 are both set: DIVER recovers either a "
-                             "given set or the built-in DM's; drop one (e.g. diver.stage1=null to recover "
-                             "diver.input)")
+            raise ValueError(f"diver.input ({self.input}) and diver.stage1 are both set: DIVER recovers "
+                             f"either a given set or the built-in DM's; drop one (e.g. diver.stage1=null to "
+                             f"recover diver.input)")
         return self
 
     @model_validator(mode="after")
@@ -271,7 +292,8 @@ class DiverConfig(Section):
         hi, lo = self.fusion_window
         n = self.num_inference_steps
         if hi < lo:
-            raise ValueError(f"fusion_window must be [high, low] with high >= low, got {list(self.fusion_window)}")
+            raise ValueError(f"fusion_window must be [high, low] with high >= low, got "
+                             f"{list(self.fusion_window)}")
         if self.start_step >= n:
             raise ValueError(f"start_step ({self.start_step}) must be below num_inference_steps ({n})")
         first = n - 1 if self.reverse_start == "top" else self.start_step
@@ -294,7 +316,8 @@ class EvalConfig(Section):
 
     Student names (tuning/students.py): convnet, convnet3..6, resnet18_cifar_bn, resnet18_cifar_in,
     resnet18_imagenet_bn, resnet18_imagenet_in, resnet_ap10, mobilenetv2, shufflenetv2,
-    efficientnet_b0, shufflenetv2_predd, mobilenetv2_predd, efficientnet_b0_predd, vit_tiny, vit_predd; legacy resnet18 / resnet18_bn / resnet18_in (adaptive stem).
+    efficientnet_b0, shufflenetv2_predd, mobilenetv2_predd, efficientnet_b0_predd, vit_tiny, vit_predd;
+    resnet18 / resnet18_bn / resnet18_in (adaptive stem, not a published architecture).
     ``augment`` joins ops with ``+`` (applied in the order of ``AUGMENT_OPS``: ShufflePatches,
     RandomResizedCrop, flip, ColorJitter, PCA lighting, DSA, then one of mixup / CutMix), or ``none``.
     """
@@ -310,11 +333,13 @@ class EvalConfig(Section):
     preset: str | None = None  # edits | diver | mtt | sre2l | rded | demo; explicit fields win
     epochs: int = Field(300, gt=0)
     epochs_by_ipc: dict[int, int] = {}  # {max IPC: epochs}, smallest bound >= the set's IPC wins (edits)
-    many_classes_epoch_factor: float = Field(1.0, gt=0.0)  # epochs x this at exactly 100 classes, floored to 100s (edits: 2/3, IDC)
+    # epochs x this at exactly 100 classes, floored to 100s (edits: 2/3, IDC)
+    many_classes_epoch_factor: float = Field(1.0, gt=0.0)
     batch_size: int = Field(64, gt=0)
     batch_by_classes: dict[int, int] = {}  # {max classes: batch}, capped at IPC x classes
     batch_by_ipc: dict[int, int] = {}  # {max IPC: batch}, smallest bound >= the set's IPC wins (rded)
-    batch_factor_by_classes: dict[int, float] = {}  # {exact class count: batch factor} (rded: x2 at 100 and 1000)
+    # {exact class count: batch factor} (rded: x2 at 100 and 1000)
+    batch_factor_by_classes: dict[int, float] = {}
     # above N classes these replace lr / weight_decay and raise the batch to at least min_batch
     # (edits: {100: {lr: 0.1, weight_decay: 1e-4, min_batch: 128}}, IDC/Minimax argument.py)
     recipe_above_classes: dict[int, dict[Literal["lr", "weight_decay", "min_batch"], float]] = {}
@@ -341,7 +366,8 @@ class EvalConfig(Section):
     ema_warmup: bool = False  # decay min(ema_decay, 1 - 1/k) at the k-th update (ema-pytorch's, PReDD)
     eval_every: int = Field(0, ge=0)  # 0: test only after the last epoch ("best" = "final")
     eval_count: int = Field(0, ge=0)  # test every epochs / eval_count epochs (edits: 100)
-    best_from: float = Field(0.0, ge=0.0, lt=1.0)  # best over tests from this fraction of training on (rded: 0.8)
+    # best over tests from this fraction of training on (rded: 0.8)
+    best_from: float = Field(0.0, ge=0.0, lt=1.0)
     best_every: int = Field(1, gt=0)  # past best_from, test every this many epochs (and the last; rded: 10)
     report: Literal["final", "best"] = "final"  # the number in top1_mean; both are kept
     repeats: int = Field(3, gt=0)
@@ -350,14 +376,16 @@ class EvalConfig(Section):
     teacher: str = "convnet"  # soft labels: the teacher's architecture (rded / sre2l: resnet18_imagenet_bn)
     teacher_required: bool = False  # soft labels: stop unless teacher_checkpoint is set (rded / sre2l)
     teacher_epochs: int = Field(30, gt=0)
-    teacher_workers: int = Field(0, ge=0)  # DataLoader processes decoding the streamed real set (0: in-process)
+    # DataLoader processes decoding the streamed real set (0: in-process)
+    teacher_workers: int = Field(0, ge=0)
     # a state dict of `teacher` (ours, torchvision's or timm's ResNet-18 layout; .pt/.pth/.safetensors), or
     # "scratch": train the teacher on the real train split (None: scratch unless teacher_required)
     teacher_checkpoint: str | None = None
     teacher_mean: list[float] = [0.485, 0.456, 0.406]  # the checkpoint's input normalisation (ImageNet)
     teacher_std: list[float] = [0.229, 0.224, 0.225]
     image_size: int | None = Field(None, gt=0)  # None: the distilled images' size
-    # real val: short side to this, then center crop; None: 256 at 224 px; "size": Resize(size) (edits, IDC/Minimax)
+    # real val: short side to this, then center crop; None: 256 at 224 px; "size": Resize(size) (edits,
+    # IDC/Minimax)
     val_resize: int | Literal["size"] | None = None
     # inputs (every set and the real val) normalised with the dataset's statistics, the same for every method:
     # auto = ImageNet's for ImageNet class ids (wnids), else the real train split's, else the real val split's
@@ -399,7 +427,8 @@ class JobConfig(Section):
 
     working_dir: str | None = None  # None: the project root (the folder holding pyproject.toml)
     excludes: list[str] = []  # added to the built-in excludes (.venv, .git, .cache, runs, data, ...)
-    pip_extras: list[str] = []  # project extras installed per job, e.g. [gpu]; the nodes' setup installs the rest
+    # project extras installed per job, e.g. [gpu]; the nodes' setup installs the rest
+    pip_extras: list[str] = []
     pip: list[str] = []  # further pip requirements for the job's runtime env
     env_vars: dict[str, str] = {}  # e.g. {HF_HOME: /mnt/shared/hf}
     hf_home: str | None = None  # shared model cache on the nodes (sets HF_HOME)
@@ -413,19 +442,23 @@ class RayConfig(Section):
     object_store_memory_mb: int | None = 1024  # local only
     actor_num_cpus: float = Field(0.5, gt=0)
     actor_num_gpus: float = Field(0.0, ge=0)
-    # actors per stage; 0 or auto (the default): on CPUs as many as the cores hold at each actor's torch threads
+    # actors per stage; 0 or auto (the default): on CPUs as many as the cores hold at each actor's torch
+    # threads
     # (floor(actor_num_cpus), or the role's own torch_threads) beside the decode tasks, on GPUs one per
     # actor_num_gpus share (pipeline/core/actor_stage.py); a role missing from a given dict runs 1
-    pool_sizes: dict[str, Annotated[int, Field(ge=0)]] = {"caption": 0, "embed": 0, "vae": 0, "llm": 0, "generate": 0,
-                                                          "recover": 0}
-    # a role left out: on GPU actors (with a micro-batch) what fits in free GPU memory (pipeline/core/gpu_batch.py)
+    pool_sizes: dict[str, Annotated[int, Field(ge=0)]] = {"caption": 0, "embed": 0, "vae": 0, "llm": 0,
+                                                          "generate": 0, "recover": 0}
+    # a role left out: on GPU actors (with a micro-batch) what fits in free GPU memory
+    # (pipeline/core/gpu_batch.py)
     batch_sizes: dict[str, int] = {"caption": 8, "embed": 32, "vae": 8, "llm": 8, "generate": 4, "recover": 8}
-    # model batch inside an actor (pipeline/fixed_batches.py): fixed, so outputs are byte-identical
+    # model batch inside an actor (pipeline/core/batching.py): fixed, so outputs are byte-identical
     # whatever batch_sizes / pool_sizes are; a role missing here runs its whole Ray batch at once
-    micro_batch_sizes: dict[str, int] = {"caption": 8, "embed": 32, "vae": 8, "llm": 8, "generate": 4, "recover": 8}
+    micro_batch_sizes: dict[str, int] = {"caption": 8, "embed": 32, "vae": 8, "llm": 8, "generate": 4,
+                                         "recover": 8}
     max_restarts: int = 2
     max_task_retries: int = 2
-    cluster_classes_per_task: int = Field(8, gt=0)  # EDITS cluster stage: classes per Ray task (start-up paid once)
+    # EDITS cluster stage: classes per Ray task (start-up paid once)
+    cluster_classes_per_task: int = Field(8, gt=0)
     max_errored_blocks: int = 0
     # workers' stdout/stderr streamed to the driver's terminal; false: they stay in Ray's session logs
     # (``<logs_dir>/ray_session`` links to them when logs_dir is set; the demo sets both)
@@ -451,7 +484,8 @@ class DebugConfig(Section):
     fault_mode: Literal["raise", "exit"] = "raise"  # raise an exception, or kill the actor mid-batch
     fault_dir: str | None = None  # markers of injected faults (default <output.dir>/.faults)
     # the driver sleeps this long after each output file it writes, so a test's SIGKILL can land between two
-    # outputs of a stage that would otherwise write them within milliseconds (0: off; never part of a stage key)
+    # outputs of a stage that would otherwise write them within milliseconds (0: off; never part of a stage
+    # key)
     pause_after_write_s: float = Field(0.0, ge=0.0)
 
 
@@ -517,7 +551,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def set_dotted(raw: dict[str, Any], key: str | list[str], value: Any, what: str = "key") -> None:
-    """Set ``raw[a][b][c] = value`` for the dotted ``key`` ``a.b.c`` in place; missing or null sections are created.
+    """Set ``raw[a][b][c] = value`` for the dotted ``key`` ``a.b.c`` in place; missing or null sections are
+    created.
 
     A part that holds a non-section value is a ``ConfigError`` starting with ``what`` (the key's origin).
     """
@@ -563,7 +598,8 @@ def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> Config:
 # directory once, before anything is dispatched: Ray Tune trials, Train workers and Ray tasks each run in
 # a working directory of their own, where a relative path means something else (or nothing).
 PATH_FIELDS = ("data.root", "data.val_root", "data.class_names", "models.zoo_dir", "edits.finetune.output",
-               "edits.finetune.storage_path", "diver.input", "diver.class_map", "output.dir", "debug.fault_dir")
+               "edits.finetune.storage_path", "diver.input", "diver.class_map", "output.dir",
+               "debug.fault_dir")
 # Model roles hold a hub id, ``zoo:<role>`` or a local folder; only the last is resolved.
 MODEL_ROLES = ("vlm", "clip", "vae", "dit", "sd", "llm")
 

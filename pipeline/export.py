@@ -1,4 +1,5 @@
-"""``semdistill export DIR --to hf | webdataset | pt | imagefolder --out OUT``: a distilled set in other tools' layouts
+"""``semdistill export DIR --to hf | webdataset | pt | imagefolder --out OUT``: a distilled set in other
+tools' layouts
 (``--what captions | prototypes``: an EDITS run's artefacts instead, ``pipeline/export_edits.py``).
 
 ``DIR`` is a semdistill set (ImageFolder + ``manifest.json``). Every format keeps the image order of the
@@ -52,7 +53,8 @@ class SetFiles:
                             f"run `semdistill verify {self.root}`")
         data = path.read_bytes()
         if e.get("sha256") and hashlib.sha256(data).hexdigest() != e["sha256"]:
-            raise DataError(f"{path} does not match its manifest sha256 (corrupt?): run `semdistill verify {self.root}`")
+            raise DataError(f"{path} does not match its manifest sha256 (corrupt?): run `semdistill verify "
+                            f"{self.root}`")
         return data
 
 
@@ -77,7 +79,8 @@ def load_set(root: str | Path) -> SetFiles:
 
 def hf_features(classes: list[str], with_seed: bool) -> dict[str, Any]:
     """The ``datasets`` features of the exported table (``Image``, ``ClassLabel``, strings)."""
-    feats: dict[str, Any] = {"image": {"_type": "Image"}, "label": {"names": list(classes), "_type": "ClassLabel"},
+    feats: dict[str, Any] = {"image": {"_type": "Image"}, "label": {"names": list(classes),
+                                                                    "_type": "ClassLabel"},
                              "key": {"dtype": "string", "_type": "Value"},
                              "class_id": {"dtype": "string", "_type": "Value"}}
     if with_seed:
@@ -146,12 +149,14 @@ def dataset_card(s: SetFiles, n: int, with_seed: bool) -> str:
     cfg = _config_beside(s.root)
     source = settings.get("input") or (cfg.get("data") or {}).get("root") or "not recorded"
     features = [{"name": "image", "dtype": "image"},
-                {"name": "label", "dtype": {"class_label": {"names": {str(i): c for i, c in enumerate(s.classes)}}}},
+                {"name": "label", "dtype": {"class_label": {"names": {str(i): c for i,
+                                                                      c in enumerate(s.classes)}}}},
                 {"name": "key", "dtype": "string"}, {"name": "class_id", "dtype": "string"}]
     if with_seed:
         features.append({"name": "seed", "dtype": "int64"})
     header = {"dataset_info": {"features": features, "splits": [{"name": "train", "num_examples": n}]},
-              "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]}],
+              "configs": [{"config_name": "default", "data_files": [{"split": "train",
+                                                                     "path": "data/train-*"}]}],
               "tags": ["dataset-distillation", "synthetic", f"semdistill-{method}"]}
     counts = {c: s.labels.count(i) for i, c in enumerate(s.classes)}
     ipc = sorted(set(counts.values()))
@@ -180,7 +185,8 @@ def write_webdataset(s: SetFiles, out: Path, shard_size: int) -> list[Path]:
     """``shard-%06d.tar`` with ``<key>.<ext>``, ``<key>.cls`` and ``<key>.json`` per image."""
     keys = [_wds_key(e["key"]) for e in s.entries]
     if len(set(keys)) != len(keys):
-        raise DataError(f"{s.root}: two keys become the same WebDataset key after removing dots and separators")
+        raise DataError(f"{s.root}: two keys become the same WebDataset key after removing dots and "
+                        f"separators")
     paths = []
     for k in range(max(1, -(-len(keys) // shard_size))):
         path = out / f"shard-{k:06d}.tar"
@@ -190,7 +196,8 @@ def write_webdataset(s: SetFiles, out: Path, shard_size: int) -> list[Path]:
                 ext = Path(e["file"]).suffix.lstrip(".").lower() or "png"
                 meta = {"key": e["key"], "class_id": s.classes[s.labels[i]], "label": s.labels[i],
                         **({"seed": e["seed"]} if "seed" in e else {})}
-                for name, data in ((f"{keys[i]}.{ext}", s.read(i)), (f"{keys[i]}.cls", str(s.labels[i]).encode()),
+                for name, data in ((f"{keys[i]}.{ext}", s.read(i)), (f"{keys[i]}.cls",
+                                                                     str(s.labels[i]).encode()),
                                    (f"{keys[i]}.json", json.dumps(meta).encode())):
                     info = tarfile.TarInfo(name)
                     info.size, info.mtime, info.mode = len(data), 0, 0o644
@@ -216,7 +223,8 @@ def export_norm(s: SetFiles, norm: str) -> tuple[list[float] | None, list[float]
 
 
 def write_pt(s: SetFiles, out: Path, norm: str) -> list[Path]:
-    """DC/MTT tensors: ``images_best.pt`` (normalised float32), ``labels_best.pt``, stats and classes beside."""
+    """DC/MTT tensors: ``images_best.pt`` (normalised float32), ``labels_best.pt``, stats and classes
+    beside."""
     import torch
     from PIL import Image
 
@@ -225,10 +233,12 @@ def write_pt(s: SetFiles, out: Path, norm: str) -> list[Path]:
     from pipeline.core.write import atomic_torch_save
     from pipeline.diver.inputs import CLASSES_JSON, NORM_JSON
 
-    arrays = [np.asarray(to_rgb(Image.open(io.BytesIO(s.read(i)))), dtype=np.uint8) for i in range(len(s.entries))]
+    arrays = [np.asarray(to_rgb(Image.open(io.BytesIO(s.read(i)))),
+                         dtype=np.uint8) for i in range(len(s.entries))]
     shapes = sorted({a.shape for a in arrays})
     if len(shapes) > 1:
-        raise DataError(f"{s.root}: images of several sizes {shapes[:3]}; the pt layout needs one [N, 3, H, W] tensor")
+        raise DataError(f"{s.root}: images of several sizes {shapes[:3]}; the pt layout needs one [N, 3, H, "
+                        f"W] tensor")
     x = u8_hwc_to_unit_chw(np.stack(arrays))
     mean, std = export_norm(s, norm)
     if mean is not None:
@@ -256,7 +266,8 @@ def write_imagefolder(s: SetFiles, out: Path) -> list[Path]:
 
 def export_set(src: str | Path, to: str, out: str | Path, norm: str = "auto", shard_size: int = 1000,
                overwrite: bool = False) -> list[Path]:
-    """Export the set at ``src`` as ``to`` into ``out`` (built aside and swapped in whole); returns the data files."""
+    """Export the set at ``src`` as ``to`` into ``out`` (built aside and swapped in whole); returns the data
+    files."""
     from pipeline.core.write import atomic_folder
 
     if to not in FORMATS:

@@ -1,4 +1,5 @@
-"""``semdistill export RUN --what captions | prototypes --out OUT``: an EDITS run's intermediate artefacts as a
+"""``semdistill export RUN --what captions | prototypes --out OUT``: an EDITS run's intermediate artefacts as
+a
 Hugging Face dataset (what the peers' users ask for most: the captions and the prototypes behind a set).
 
 ``RUN`` is an EDITS ``output.dir`` (``artefacts/`` inside, see ``pipeline/edits/run.py``). ``OUT`` gets
@@ -30,7 +31,8 @@ from pipeline.errors import ConfigError, DataError
 
 WHAT = ("captions", "prototypes")
 # the stages each export reads, in run order (the card lists their settings)
-STAGES = {"captions": ("caption", "embed", "cluster"), "prototypes": ("caption", "embed", "cluster", "prototype.text")}
+STAGES = {"captions": ("caption", "embed", "cluster"), "prototypes": ("caption", "embed", "cluster",
+                                                                      "prototype.text")}
 ROLE_OF_STAGE = {"caption": "models.vlm", "embed": "models.clip", "prototype.text": "models.llm"}
 
 
@@ -49,8 +51,8 @@ def stage_keys(run: Path, stages: tuple[str, ...]) -> dict[str, dict[str, Any]]:
         try:
             state = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise DataError(f"{path} is missing: {run} is not an EDITS run whose {stage} stage ran (give the run's "
-                            "output.dir, or finish it with `semdistill run CONFIG`)") from None
+            raise DataError(f"{path} is missing: {run} is not an EDITS run whose {stage} stage ran (give the "
+                            f"run's output.dir, or finish it with `semdistill run CONFIG`)") from None
         except json.JSONDecodeError as err:
             raise DataError(f"{path} is not valid JSON ({err}): re-run the {stage} stage "
                             f"(`semdistill run CONFIG --from-stage {stage.split('.')[0]}`)") from None
@@ -78,7 +80,8 @@ def _class_info(run: Any) -> dict[str, dict[str, Any]]:
 
     path = run.paths.clusters
     if not path.is_file():
-        raise DataError(f"{path} is missing: the run's cluster stage has not finished (`semdistill run CONFIG`)")
+        raise DataError(f"{path} is missing: the run's cluster stage has not finished (`semdistill run "
+                        f"CONFIG`)")
     return load_clusters(run)["classes"]
 
 
@@ -97,7 +100,8 @@ def caption_rows(run: Any, root: str | None) -> list[dict[str, Any]]:
         cols = read_parquet(path)
         for p, cap, kept, cl in zip(cols["path"], cols["caption"], cols["kept"], cols["cluster"]):
             cl = int(cl)
-            rows.append({"image_key": image_key(str(p), root), "class_id": class_id, "class_name": info["name"],
+            rows.append({"image_key": image_key(str(p), root), "class_id": class_id,
+                         "class_name": info["name"],
                          "label": int(info["label"]), "caption": str(cap), "kept": bool(kept),
                          "cluster": cl, "cluster_key": cluster_key(class_id, cl) if cl >= 0 else None})
     return sorted(rows, key=lambda r: (r["label"], r["image_key"]))
@@ -171,10 +175,12 @@ def _settings_table(stage: str, key: dict[str, Any]) -> list[str]:
 
 def dataset_card(what: str, run: Path, keys: dict[str, dict[str, Any]], rows: list[dict[str, Any]],
                  config: dict[str, Any]) -> str:
-    """``README.md``: the Hub's YAML header and the models and settings the exported artefacts were made with."""
+    """``README.md``: the Hub's YAML header and the models and settings the exported artefacts were made
+    with."""
     import yaml
 
-    header = {"configs": [{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]}],
+    header = {"configs": [{"config_name": "default", "data_files": [{"split": "train",
+                                                                     "path": "data/train-*"}]}],
               "tags": ["dataset-distillation", "edits", f"semdistill-edits-{what}"]}
     classes = sorted({(r["label"], r["class_id"], r["class_name"]) for r in rows})
     models = {role: keys[stage].get(role) for stage, role in ROLE_OF_STAGE.items() if stage in keys}

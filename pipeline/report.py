@@ -34,7 +34,8 @@ def set_grid(set_dir: str | os.PathLike, per_class: int = 10, cell: int = 48,
     else:
         items = []
         for i, cls in enumerate(sorted(p.name for p in root.iterdir() if p.is_dir())):
-            items += [(i, cls, f) for f in sorted((root / cls).iterdir()) if f.suffix.lower() in (".png", ".jpg")]
+            items += [(i, cls,
+                       f) for f in sorted((root / cls).iterdir()) if f.suffix.lower() in (".png", ".jpg")]
     if not items:
         return None
     rows: dict[int, list[Path]] = {}
@@ -43,7 +44,8 @@ def set_grid(set_dir: str | os.PathLike, per_class: int = 10, cell: int = 48,
         if len(rows[label]) < per_class:
             rows[label].append(path)
     labels = sorted(rows)[:max_classes]
-    return paint_grid([rows[k] for k in labels], cell, margin=2, bad_tile=(255, 0, 0))  # unreadable: a red tile
+    # unreadable: a red tile
+    return paint_grid([rows[k] for k in labels], cell, margin=2, bad_tile=(255, 0, 0))
 
 
 def overview_image(grids: dict[str, Image.Image], rows: list[dict[str, Any]], gap: int = 12) -> Image.Image:
@@ -96,7 +98,8 @@ def _pivot_html(rows: list[dict[str, Any]]) -> str:
     head = "".join(f"<th>{html.escape(s)}{' †' if s in proxies else ''}</th>" for s in students)
     what = "mean over unseen architectures ± std over seeds" if proxies else "mean ± std over seeds"
     out = [f"<table class='pivot'><tr><th>dataset</th><th>IPC</th><th>method</th>{head}<th>{what}</th></tr>"]
-    for (ds, ipc, method), by in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], method_order(kv[0][2]))):
+    for (ds, ipc, method), by in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1],
+                                                                        method_order(kv[0][2]))):
         mean = headline_cell(list(by.values()))
         cells = "".join(
             f"<td>{by[s]['top1_mean']:.2f} ± {by[s]['top1_std']:.2f}</td>" if s in by else "<td>-</td>"
@@ -110,8 +113,8 @@ def _pivot_html(rows: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
-METHOD_ORDER = ("full_real", "random_real", "herding", "k_center", "dm", "diver_gamma0", "diver", "gm", "diver_gm",
-                "edits_no_text", "edits")
+METHOD_ORDER = ("full_real", "random_real", "herding", "k_center", "dm", "diver_gamma0", "diver", "gm",
+                "diver_gm", "edits_no_text", "edits")
 
 
 def method_order(method: str) -> tuple[int, str]:
@@ -128,9 +131,9 @@ def _ddranking_html(rows: list[dict[str, Any]]) -> str:
     entries = scores(rows)
     if not entries:
         return ""
-    out = [("<h3>DD-Ranking (x 100)</h3><p class='note'>HLR = full real - set (hard labels), IOR = set - random "
-            "real, LRS = label-robust score; ARS = augmentation-robust score (vs runs without augmentation); "
-            f"mean ± std over seeds. {html.escape(differences(entries))}</p>"),
+    out = [(f"<h3>DD-Ranking (x 100)</h3><p class='note'>HLR = full real - set (hard labels), IOR = set - "
+            f"random real, LRS = label-robust score; ARS = augmentation-robust score (vs runs without "
+            f"augmentation); mean ± std over seeds. {html.escape(differences(entries))}</p>"),
            ("<table class='ddranking'><tr><th>method</th><th>IPC</th><th>student</th><th>HLR</th><th>IOR</th>"
             "<th>LRS</th><th>ARS</th><th>seeds (LRS / ARS)</th><th>random real</th></tr>")]
 
@@ -180,8 +183,8 @@ def bar_chart_svg(rows: list[dict[str, Any]], width: int = 900, height: int = 32
     plot_w, plot_h = width - left - 10, height - bottom - top
     group = plot_w / max(1, len(methods))
     bar = group * 0.8 / max(1, len(students))
-    parts = [(f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' font-family='sans-serif' "
-              "font-size='11'><rect width='100%' height='100%' fill='white'/>")]
+    parts = [(f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' "
+              f"font-family='sans-serif' font-size='11'><rect width='100%' height='100%' fill='white'/>")]
     for pct in range(0, 101, 20):
         y = top + plot_h * (1 - pct / 100)
         parts.append(f"<line x1='{left}' x2='{width - 10}' y1='{y:.1f}' y2='{y:.1f}' stroke='#ddd'/>"
@@ -201,8 +204,9 @@ def bar_chart_svg(rows: list[dict[str, Any]], width: int = 900, height: int = 32
                      f"{html.escape(m)}</text>")
     for j, s in enumerate(students):
         x = left + j * 170
-        parts.append(f"<rect x='{x}' y='{height - 22}' width='10' height='10' fill='{PALETTE[j % len(PALETTE)]}'/>"
-                     f"<text x='{x + 14}' y='{height - 13}'>{html.escape(s)}</text>")
+        parts.append(f"<rect x='{x}' y='{height - 22}' width='10' height='10' "
+                     f"fill='{PALETTE[j % len(PALETTE)]}'/><text x='{x + 14}' "
+                     f"y='{height - 13}'>{html.escape(s)}</text>")
     parts.append("</svg>")
     return "".join(parts)
 
@@ -246,13 +250,16 @@ def _protocol_html(rows: list[dict[str, Any]]) -> str:
 def _rows_html(rows: list[dict[str, Any]]) -> str:
     from tuning.evaluate import student_label
 
-    cols = ["dataset", "method", "ipc", "student", "preset", "protocol", "augment", "top1", "top-1 is", "best",
-            "repeats", "epochs", "seconds"]
+    cols = ["dataset", "method", "ipc", "student", "preset", "protocol", "augment", "top1", "top-1 is",
+            "best", "repeats", "epochs", "seconds"]
     out = ["<table><tr>" + "".join(f"<th>{c}</th>" for c in cols) + "</tr>"]
     for r in sorted(rows, key=lambda r: (r["dataset"], r["ipc"], r["method"], r["student"])):
-        vals = [r["dataset"], r["method"], r["ipc"], student_label(r), r.get("preset") or "", r.get("protocol", ""),
-                r.get("augment", ""), f"{r['top1_mean']:.2f} ± {r['top1_std']:.2f}", r.get("reported", "final"),
-                f"{r.get('best_mean', float('nan')):.2f}", r["repeats"], r.get("epochs", ""), r.get("seconds", "")]
+        vals = [r["dataset"], r["method"], r["ipc"], student_label(r), r.get("preset") or "",
+                r.get("protocol", ""),
+                r.get("augment", ""), f"{r['top1_mean']:.2f} ± {r['top1_std']:.2f}",
+                r.get("reported", "final"),
+                f"{r.get('best_mean', float('nan')):.2f}", r["repeats"], r.get("epochs", ""),
+                r.get("seconds", "")]
         out.append("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in vals) + "</tr>")
     out.append("</table>")
     return "\n".join(out)
@@ -316,10 +323,10 @@ def write_report(out_dir: str | os.PathLike, rows: list[dict[str, Any]] | None =
         parts.append("<ul class='note'>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")
     parts.append("<h2>Cross-architecture top-1 on the real validation set (%)</h2>")
     if rows:
-        parts.append("<p class='note'>Each student trained from scratch on the set, tested on the real val set; "
-                     "mean ± std over seeds (population std); the last column averages the students outside "
-                     "eval.exclude_from_mean (all of them when none is left), as results.md does, with the std "
-                     "of that mean over seeds.</p>")
+        parts.append("<p class='note'>Each student trained from scratch on the set, tested on the real val "
+                     "set; mean ± std over seeds (population std); the last column averages the students "
+                     "outside eval.exclude_from_mean (all of them when none is left), as results.md does, "
+                     "with the std of that mean over seeds.</p>")
         for group_title, group in table_groups(rows):
             if group_title:
                 parts.append(f"<h3>{html.escape(group_title)}</h3>")

@@ -30,8 +30,8 @@ def tiny_edits_config(demo_root: Path, out: Path, **edits) -> dict:
         "models": {"vlm": "zoo:vlm", "clip": "zoo:clip", "vae": "zoo:vae", "sd": "zoo:sd", "llm": "zoo:llm",
                    "dtype": "float32"},
         "edits": {"ipc": 2, "k_image": 2, "k_text": 2, "caption_image_size": 32, "caption_max_tokens": 12,
-                  "feature_image_size": 32, "vae_source": "sd", "vae_resolution": 32, "num_inference_steps": 3,
-                  "max_tokens": 16, "kmeans_nredo": 2, **edits},
+                  "feature_image_size": 32, "vae_source": "sd", "vae_resolution": 32,
+                  "num_inference_steps": 3, "max_tokens": 16, "kmeans_nredo": 2, **edits},
         "ray": {"num_cpus": 2, "actor_num_cpus": 0.5,
                 "batch_sizes": {"caption": 8, "embed": 8, "vae": 8, "llm": 8, "generate": 8}},
         "output": {"dir": str(out)},
@@ -54,6 +54,7 @@ def edits_config(data: Path, zoo: Path, out: Path) -> dict:
                   "finetune": {"enabled": True, "max_steps": 4, "batch_size": 4, "resolution": 32,
                                "checkpoint_every_steps": 1}},
         # generate one image a batch: the manifest grows 1, 2, 3, 4 and a kill can land between two
-        "ray": {"num_cpus": 2, "actor_num_cpus": 0.5, "batch_sizes": {"caption": 4, "embed": 4, "generate": 1}},
+        "ray": {"num_cpus": 2, "actor_num_cpus": 0.5, "batch_sizes": {"caption": 4, "embed": 4,
+                                                                      "generate": 1}},
         "output": {"dir": str(out)},
     }

@@ -54,7 +54,8 @@ def test_a_sweep_trial_evaluates_the_recovered_set_not_the_run_root(tmp_path):
     summary = {"method": "diver", "output": str(tmp_path),
                "sets": {"stage1": {"recovered": str(tmp_path / "stage1" / "diver")}}}
     assert distilled_set(summary) == str(tmp_path / "stage1" / "diver")
-    assert distilled_set({"method": "edits", "output": str(tmp_path / "distilled")}) == str(tmp_path / "distilled")
+    assert distilled_set({"method": "edits",
+                          "output": str(tmp_path / "distilled")}) == str(tmp_path / "distilled")
     two = {"output": str(tmp_path), "sets": {"ipc1": {"recovered": "a"}, "ipc10": {"recovered": "b"}}}
     with pytest.raises(ConfigError, match="ipc1, ipc10"):
         distilled_set(two)

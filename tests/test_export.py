@@ -57,7 +57,8 @@ def test_hf_parquet_round_trip_and_card(distilled, tmp_path):
         assert CLASSES[r["label"]] == r["class_id"] and r["image"]["path"].startswith(r["class_id"] + "/")
     assert [r["seed"] for r in rows] == [1000, 1001, 1010, 1011, 1020, 1021]
     features = json.loads(pq.read_schema(files[0]).metadata[b"huggingface"])["info"]["features"]
-    assert features["label"] == {"names": CLASSES, "_type": "ClassLabel"} and features["image"]["_type"] == "Image"
+    assert features["label"] == {"names": CLASSES,
+                                 "_type": "ClassLabel"} and features["image"]["_type"] == "Image"
     card = (tmp_path / "hf" / "README.md").read_text()
     for text in ("method: `diver`", "source set: `/data/mtt/ipc2`", "run seed: `42`", "| `gamma` | `0.1` |",
                  "| diver | convnet | 31.5 +- 0.4 |", "path: data/train-*", "'2': n03000684"):
@@ -108,7 +109,8 @@ def test_pt_round_trip_through_our_reader(distilled, tmp_path):
     assert all(np.array_equal(got[i], pixels[k]) for i, k in enumerate(keys))
     # the DC/MTT evaluation code normalises its test set the same way: x_norm = (x - mean) / std
     x0 = torch.from_numpy(pixels[keys[0]]).permute(2, 0, 1).float() / 255.0
-    torch.testing.assert_close(raw[0], (x0 - torch.tensor(MEAN).view(3, 1, 1)) / torch.tensor(STD).view(3, 1, 1))
+    torch.testing.assert_close(raw[0], (x0 - torch.tensor(MEAN).view(3, 1,
+                                                                     1)) / torch.tensor(STD).view(3, 1, 1))
     export_set(root, "pt", tmp_path / "pt01", norm="none")
     plain = torch.load(tmp_path / "pt01" / "images_best.pt", weights_only=True)
     assert float(plain.min()) >= 0.0 and float(plain.max()) <= 1.0

@@ -30,7 +30,8 @@ PER_CLASS = 6
 KEYS = {
     "caption": {"input:data_root": None, "input:class_names": NAMES, "models.vlm": "zoo:vlm",
                 "edits.caption_max_tokens": 12, "edits.caption_style": "vlm"},
-    "embed": {"stage:caption": "abc", "models.clip": "openai/clip-vit-base-patch32", "edits.feature_image_size": 224},
+    "embed": {"stage:caption": "abc", "models.clip": "openai/clip-vit-base-patch32",
+              "edits.feature_image_size": 224},
     "cluster": {"stage:embed": "def", "edits.ipc": 2, "edits.tau": 0.01, "edits.fusion": "concat",
                 "edits.k_image": 2, "edits.k_text": 2},
     "prototype.text": {"stage:cluster": "ghi", "models.llm": "HuggingFaceTB/SmolLM2-360M-Instruct",
@@ -40,7 +41,8 @@ KEYS = {
 
 @pytest.fixture
 def edits_run(tmp_path):
-    """An EDITS run after its prototype stage: 2 classes x 6 images, IPC 2, half the texts still in the journal."""
+    """An EDITS run after its prototype stage: 2 classes x 6 images, IPC 2, half the texts still in the
+    journal."""
     root = tmp_path / "data"
     out = tmp_path / "run"
     run = SimpleNamespace(paths=Artefacts(out), names=NAMES)
@@ -54,8 +56,8 @@ def edits_run(tmp_path):
         img, txt = rng.normal(size=(PER_CLASS, 8)), rng.normal(size=(PER_CLASS, 8))
         feats = {"path": np.asarray(paths, dtype=object), "caption": np.asarray(caps, dtype=object),
                  "label": np.full(PER_CLASS, label, dtype=np.int64)}
-        merged[cid] = _save_class(run, feats, process_class(cid, img.astype(np.float32), txt.astype(np.float32),
-                                                            settings))
+        merged[cid] = _save_class(run, feats, process_class(cid, img.astype(np.float32),
+                                                            txt.astype(np.float32), settings))
     atomic_write_json(run.paths.clusters, {"settings": settings.as_dict(), "classes": merged})
     keys = json.loads(json.dumps(KEYS))
     keys["caption"]["input:data_root"] = str(root)
@@ -64,10 +66,12 @@ def edits_run(tmp_path):
     clusters = [cl for c in merged.values() for cl in c["clusters"]]
     texts = {cl["key"]: {"text": f"summary of {cl['key']}", "raw": f"Summary: {cl['key']}",
                          "class_id": cl["key"].rsplit("_", 1)[0], "caption_ids": cl["text_members"],
-                         "backend": "transformers", "model": KEYS["prototype.text"]["models.llm"]} for cl in clusters}
+                         "backend": "transformers",
+                         "model": KEYS["prototype.text"]["models.llm"]} for cl in clusters}
     first = sorted(texts)[:2]
     atomic_write_json(run.paths.texts, {k: texts[k] for k in first})
-    append_records(run.paths.texts_journal, [{"key": k, "value": v} for k, v in texts.items() if k not in first])
+    append_records(run.paths.texts_journal, [{"key": k, "value": v} for k,
+                                             v in texts.items() if k not in first])
     (out / "config.yaml").write_text(yaml.safe_dump({"name": "edits_tiny", "models": {"sd": "zoo:sd"}}))
     return {"out": out, "root": root, "merged": merged, "captions": captions, "texts": texts}
 
@@ -101,14 +105,15 @@ def test_captions_export_loads_with_datasets(edits_run, tmp_path):
 
 def test_prototypes_export_has_texts_and_member_keys(edits_run, tmp_path):
     export_edits(edits_run["out"], "prototypes", tmp_path / "protos")
-    ds = datasets.load_dataset("parquet", data_files=str(tmp_path / "protos" / "data" / "*.parquet"), split="train",
-                               cache_dir=str(tmp_path / "hf_cache"))
+    ds = datasets.load_dataset("parquet", data_files=str(tmp_path / "protos" / "data" / "*.parquet"),
+                               split="train", cache_dir=str(tmp_path / "hf_cache"))
     root = edits_run["root"]
     clusters = {cl["key"]: cl for c in edits_run["merged"].values() for cl in c["clusters"]}
     assert list(ds["cluster_key"]) == sorted(clusters) and len(ds) == 4  # IPC 2 x 2 classes, label order
     for r in ds:
         cl = clusters[r["cluster_key"]]
-        assert r["text_prototype"] == edits_run["texts"][r["cluster_key"]]["text"]  # texts.json and the journal
+        # texts.json and the journal
+        assert r["text_prototype"] == edits_run["texts"][r["cluster_key"]]["text"]
         assert r["llm_raw"] == f"Summary: {r['cluster_key']}" and r["text_model"] == KEYS["prototype.text"]["models.llm"]
         assert r["members"] == [_rel(p, root) for p in cl["members"]] and r["size"] == len(r["members"])
         assert r["member_distances"] == pytest.approx(cl["distances"])
@@ -163,7 +168,8 @@ def test_captions_of_a_run_not_yet_clustered_come_from_its_caption_cache(edits_r
     export_edits(edits_run["out"], "captions", tmp_path / "caps")
     ds = datasets.load_dataset(str(tmp_path / "caps"), split="train", cache_dir=str(tmp_path / "hf_cache"))
     root = edits_run["root"]
-    assert {r["image_key"]: r["caption"] for r in ds} == {_rel(p, root): c for p, c in edits_run["captions"].items()}
+    assert {r["image_key"]: r["caption"] for r in ds} == {_rel(p, root): c for p,
+                                                          c in edits_run["captions"].items()}
     assert [r["label"] for r in ds] == [0] * PER_CLASS + [1] * PER_CLASS
     assert all(r["cluster"] is None and r["cluster_key"] is None for r in ds)
     card = (tmp_path / "caps" / "README.md").read_text()

@@ -16,8 +16,8 @@ LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
 
 def lint_imports(root: Path) -> subprocess.CompletedProcess:
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(root)}
-    return subprocess.run([str(LINT_IMPORTS), "--no-cache"], check=False, cwd=root, env=env, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run([str(LINT_IMPORTS), "--no-cache"], check=False, cwd=root, env=env,
+                          capture_output=True, text=True, timeout=120)
 
 
 def copy_tree(tmp_path: Path) -> Path:

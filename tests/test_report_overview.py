@@ -1,4 +1,5 @@
-"""pipeline.report.overview_image: each set's grid under its own title, titles never running into each other."""
+"""pipeline.report.overview_image: each set's grid under its own title, titles never running into each
+other."""
 
 from PIL import Image, ImageDraw
 

@@ -145,7 +145,8 @@ def dsa(x: torch.Tensor, seed: int, strategy: str = DEFAULT_STRATEGY, siamese: b
 class DSA:
     """Callable wrapper: ``DSA(strategy)(x, seed)``; ``.seeds(base)`` yields fresh seeds."""
 
-    def __init__(self, strategy: str = DEFAULT_STRATEGY, single: bool = True, params: DSAParams = DSAParams()):
+    def __init__(self, strategy: str = DEFAULT_STRATEGY, single: bool = True,
+                 params: DSAParams = DSAParams()):
         parse_strategy(strategy)
         self.strategy, self.single, self.params = strategy, single, params
 
@@ -225,7 +226,8 @@ def color_jitter(x01: torch.Tensor, gen: torch.Generator, strength: float = 0.4)
             if op == 0:  # brightness: blend with black
                 y = x * f
             elif op == 1:  # contrast: blend with the mean grey level
-                y = (x - _gray(x).mean(dim=(1, 2, 3), keepdim=True)) * f + _gray(x).mean(dim=(1, 2, 3), keepdim=True)
+                y = (x - _gray(x).mean(dim=(1, 2, 3),
+                                       keepdim=True)) * f + _gray(x).mean(dim=(1, 2, 3), keepdim=True)
             else:  # saturation: blend with the greyscale image
                 y = (x - _gray(x)) * f + _gray(x)
             x = torch.where(sel, y.clamp(0, 1), x)
@@ -250,7 +252,8 @@ def _shuffle_strips(img: torch.Tensor, factor: int, gen: torch.Generator) -> tor
 
 
 def shuffle_patches(x: torch.Tensor, gen: torch.Generator, factor: int = 2) -> torch.Tensor:
-    """RDED's ShufflePatches: permute ``factor`` vertical strips, then ``factor`` horizontal ones, per image."""
+    """RDED's ShufflePatches: permute ``factor`` vertical strips, then ``factor`` horizontal ones, per
+    image."""
     if factor <= 1:
         return x
     out = []

@@ -44,8 +44,8 @@ def _by_class(index: ImageIndex) -> dict[str, list]:
     return by_class
 
 
-def _write(index: ImageIndex, picks: dict[str, list[tuple[Any, np.ndarray]]], out: str | os.PathLike, method: str,
-           ipc: int, settings: dict[str, Any]) -> dict[str, Any]:
+def _write(index: ImageIndex, picks: dict[str, list[tuple[Any, np.ndarray]]], out: str | os.PathLike,
+           method: str, ipc: int, settings: dict[str, Any]) -> dict[str, Any]:
     writer = DistilledSetWriter(out, method, {"ipc": ipc, **settings})
     for cls, items in picks.items():
         for kept, (rec, img) in enumerate(items):
@@ -97,7 +97,8 @@ def herding_select(feats: np.ndarray, k: int) -> list[int]:
 
 
 def k_center_select(feats: np.ndarray, k: int) -> list[int]:
-    """Greedy k-center: the row nearest the mean first, then each step the row farthest from all picked rows."""
+    """Greedy k-center: the row nearest the mean first, then each step the row farthest from all picked
+    rows."""
     f = feats.astype(np.float64)
     first = int(np.argmin(np.linalg.norm(f - f.mean(0)[None], axis=1)))
     chosen, nearest = [first], np.linalg.norm(f - f[first][None], axis=1)
@@ -121,7 +122,8 @@ def feature_extractor(channels: int, im_size: int, seed: int) -> ConvNet:
 
 def coreset(real_root: str | os.PathLike, out: str | os.PathLike, ipc: int, method: str, seed: int = 0,
             size: int | None = None, classes: list[str] | None = None, batch: int = 256) -> dict[str, Any]:
-    """Write a ``herding`` or ``k_center`` coreset of ``ipc`` images per class (features: see the module doc)."""
+    """Write a ``herding`` or ``k_center`` coreset of ``ipc`` images per class (features: see the module
+    doc)."""
     if method not in SELECTORS:
         raise ConfigError(f"unknown coreset {method!r}; choose from {', '.join(SELECTORS)}")
     index = scan_image_folder(real_root, classes=classes)
@@ -147,7 +149,8 @@ def coreset(real_root: str | os.PathLike, out: str | os.PathLike, ipc: int, meth
         with torch.no_grad():
             for s in range(0, len(x), batch):
                 t = torch.from_numpy(x[s:s + batch]).permute(0, 3, 1, 2).float().div_(255.0)
-                t = (t - torch.as_tensor(mean).view(1, -1, 1, 1).float()) / torch.as_tensor(std).view(1, -1, 1, 1).float()
+                t = (t - torch.as_tensor(mean).view(1, -1, 1,
+                                                    1).float()) / torch.as_tensor(std).view(1, -1, 1, 1).float()
                 feats.append(net.embed(t).numpy())
         order = SELECTORS[method](np.concatenate(feats), ipc)
         picks[cls] = [items[i] for i in order]

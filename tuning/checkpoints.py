@@ -22,7 +22,8 @@ from pipeline.core.write import atomic_folder
 
 
 def atomic_upload(checkpoint: Any, dir_name: str) -> Any:
-    """Ray Train's ``checkpoint_upload_fn``: copy ``checkpoint`` into the run's folder atomically (local storage)."""
+    """Ray Train's ``checkpoint_upload_fn``: copy ``checkpoint`` into the run's folder atomically (local
+    storage)."""
     import pyarrow.fs
     import ray.train
 

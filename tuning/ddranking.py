@@ -66,7 +66,8 @@ def _recipe(row: dict[str, Any]) -> tuple:
 
 
 def _per_seed(fn, rows: list[dict[str, Any]], lam: float) -> dict[str, Any]:
-    """``fn`` (a score of the rows' top-1s, in order) per seed that every row ran, then mean and population std
+    """``fn`` (a score of the rows' top-1s, in order) per seed that every row ran, then mean and population
+    std
     over those seeds (the package's ``np.mean`` / ``np.std`` over its ``num_eval`` rounds); rows that kept no
     runs give the score of their means, with ``n`` 0."""
     per_row = [seed_values(r) for r in rows]
@@ -92,7 +93,8 @@ def scores(rows: list[dict[str, Any]], lam: float = 0.5) -> list[dict[str, Any]]
     per-seed scores over the seeds every row involved ran, their mean and std (``*_std``) and ``n``."""
     idx: dict[tuple, dict[str, Any]] = {}
     for r in rows:
-        idx[(r["dataset"], r["method"], r["ipc"], _student(r), r.get("protocol"), r.get("augment"), _recipe(r))] = r
+        idx[(r["dataset"], r["method"], r["ipc"], _student(r), r.get("protocol"), r.get("augment"),
+             _recipe(r))] = r
     full = {(r["dataset"], _student(r), r.get("augment"), _recipe(r)): r for r in rows
             if r["method"] == "full_real" and r.get("protocol", "hard") == "hard"}
     out = []
@@ -100,9 +102,10 @@ def scores(rows: list[dict[str, Any]], lam: float = 0.5) -> list[dict[str, Any]]
         if r["method"] in REFERENCE_METHODS or r.get("augment") == "none":
             continue
         ds, st, proto, aug, rec = r["dataset"], _student(r), r.get("protocol"), r.get("augment"), _recipe(r)
-        entry: dict[str, Any] = {"dataset": ds, "method": r["method"], "ipc": r["ipc"], "student": r["student"],
-                                 "student_kwargs": r.get("student_kwargs") or {}, "protocol": proto, "augment": aug,
-                                 "preset": rec[0], "reported": rec[1]}
+        entry: dict[str, Any] = {"dataset": ds, "method": r["method"], "ipc": r["ipc"],
+                                 "student": r["student"],
+                                 "student_kwargs": r.get("student_kwargs") or {}, "protocol": proto,
+                                 "augment": aug, "preset": rec[0], "reported": rec[1]}
         rnd = idx.get((ds, "random_real", r["ipc"], st, proto, aug, rec))
         hard = r if proto == "hard" else idx.get((ds, r["method"], r["ipc"], st, "hard", aug, rec))
         f = full.get((ds, st, aug, rec))
@@ -129,16 +132,18 @@ def differences(entries: list[dict[str, Any]]) -> str:
     seeds = sorted({e.get(k) for e in entries for k in ("n_lrs", "n_ars") if e.get(k) is not None})
     random = {("per seed",): "random real: a fresh draw per seed, as the package",
               ("one",): "random real: one draw for every seed (the package draws afresh per round)"}.get(
-        tuple(draws), "random real: a fresh draw per seed in some rows, one draw in others (column 'random real'; "
+        tuple(draws),
+        "random real: a fresh draw per seed in some rows, one draw in others (column 'random real'; "
                       "the package draws afresh per round)")
-    return ("Inputs differ from the DD-Ranking package (" + PACKAGE + "): each score uses the rows' "
-            f"top-1 = {', '.join(shown)} (the package: the best test top-1 of the last 20 % of the epochs, "
-            "tested every 10 (LRS) / 20 (ARS) epochs, i.e. selected on the test split); no lr search (the package "
-            "searches lr in {0.001, 0.005, 0.01, 0.05, 0.1} for random real and, without a given lr, for the "
-            "distilled set; here every set trains at the preset's lr); the full-data accuracy is our full_real row "
-            f"under the same preset (the package: its own real-data recipe or a cached value); {random}. "
-            f"Scores are per seed over n = {', '.join(map(str, seeds)) or '-'} seeds, mean ± population std "
-            "(as the package's np.std over its num_eval rounds); n 0: rows without per-seed runs, scored on their means.")
+    return ("Inputs differ from the DD-Ranking package (" + PACKAGE + f"): each score uses the rows' top-1 = "
+            f"{', '.join(shown)} (the package: the best test top-1 of the last 20 % of the epochs, tested "
+            f"every 10 (LRS) / 20 (ARS) epochs, i.e. selected on the test split); no lr search (the package "
+            f"searches lr in {{0.001, 0.005, 0.01, 0.05, 0.1}} for random real and, without a given lr, for "
+            f"the distilled set; here every set trains at the preset's lr); the full-data accuracy is our "
+            f"full_real row under the same preset (the package: its own real-data recipe or a cached value); "
+            f"{random}. Scores are per seed over n = {', '.join(map(str, seeds)) or '-'} seeds, mean ± "
+            f"population std (as the package's np.std over its num_eval rounds); n 0: rows without per-seed "
+            f"runs, scored on their means.")
 
 
 def scores_markdown(entries: list[dict[str, Any]]) -> list[str]:
@@ -152,16 +157,17 @@ def scores_markdown(entries: list[dict[str, Any]]) -> list[str]:
         return f"{e[k]:.2f}" + (f" ± {e[k + '_std']:.2f}" if f"{k}_std" in e else "")
 
     note = ("DD-Ranking (Li et al. 2025), x 100: HLR = full - distilled (hard labels), IOR = distilled - "
-            "random real, LRS = label-robust score; ARS = augmentation-robust score (vs `augment: none` runs).")
+            "random real, LRS = label-robust score; ARS = augmentation-robust score (vs `augment: none` "
+            "runs).")
     lines = ["", note, "", differences(entries), "",
-             ("| dataset | IPC | method | student | protocol | augment | seeds (LRS / ARS) | random real | HLR | IOR "
-              "| LRS | ARS |"),
+             ("| dataset | IPC | method | student | protocol | augment | seeds (LRS / ARS) | random real | "
+              "HLR | IOR | LRS | ARS |"),
              "|---|---:|---|---|---|---|---|---|---:|---:|---:|---:|"]
     for e in sorted(entries, key=lambda e: (e["dataset"], e["ipc"], e["method"], e["student"])):
         kw = e["student_kwargs"]
         st = e["student"] + (" (" + ", ".join(f"{k}={v}" for k, v in sorted(kw.items())) + ")" if kw else "")
         n = f"{e.get('n_lrs', '-')} / {e.get('n_ars', '-')}"
-        lines.append(f"| {e['dataset']} | {e['ipc']} | {e['method']} | {st} | {e['protocol']} | {e['augment']} | "
-                     f"{n} | {e.get('random_draws', '-')} | {cell(e, 'hlr')} | {cell(e, 'ior')} | {cell(e, 'lrs')} "
-                     f"| {cell(e, 'ars')} |")
+        lines.append(f"| {e['dataset']} | {e['ipc']} | {e['method']} | {st} | {e['protocol']} | "
+                     f"{e['augment']} | {n} | {e.get('random_draws', '-')} | {cell(e, 'hlr')} | "
+                     f"{cell(e, 'ior')} | {cell(e, 'lrs')} | {cell(e, 'ars')} |")
     return lines

@@ -96,8 +96,8 @@ def fit_zca(train_x: torch.Tensor, eps: float) -> dict[str, torch.Tensor]:
     """ZCA of normalised ``[N, C, H, W]`` images: ``{"mean": [D], "matrix": [D, D]}`` (module doc)."""
     flat = train_x.reshape(train_x.shape[0], -1).double()
     if flat.shape[1] > ZCA_MAX_DIM:
-        raise ConfigError(f"eval.zca: {tuple(train_x.shape[1:])} images have {flat.shape[1]} values, more than "
-                          f"{ZCA_MAX_DIM} (64 x 64 RGB); ZCA is MTT's CIFAR option, set eval.zca=false")
+        raise ConfigError(f"eval.zca: {tuple(train_x.shape[1:])} images have {flat.shape[1]} values, more "
+                          f"than {ZCA_MAX_DIM} (64 x 64 RGB); ZCA is MTT's CIFAR option, set eval.zca=false")
     mean = flat.mean(0)
     centred = flat - mean
     cov = centred.T @ centred / max(1, flat.shape[0] - 1)

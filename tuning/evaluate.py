@@ -120,12 +120,14 @@ def _teacher_from(state: dict[str, Any] | None, device: Any) -> torch.nn.Module 
     return t.to(device).eval()
 
 
-def run_local_job(job: dict[str, Any], data: dict[str, np.ndarray], teacher_state: dict[str, Any] | None = None,
-                  device: str = "cpu") -> dict[str, Any]:
+def run_local_job(job: dict[str, Any], data: dict[str, np.ndarray],
+                  teacher_state: dict[str, Any] | None = None, device: str = "cpu") -> dict[str, Any]:
     """One (set, student, seed) run in this process (``eval.backend=local``)."""
     d = _job_payload(data)
-    res = train_student(job["spec"], d["train_x"], d["train_y"], d["val_x"], d["val_y"], int(data["num_classes"]),
-                        teacher=_teacher_from(teacher_state, device), device=device, norm=(data["mean"], data["std"]))
+    res = train_student(job["spec"], d["train_x"], d["train_y"], d["val_x"], d["val_y"],
+                        int(data["num_classes"]),
+                        teacher=_teacher_from(teacher_state, device), device=device,
+                        norm=(data["mean"], data["std"]))
     return {**{k: v for k, v in job.items() if k != "spec"}, **res}
 
 
@@ -142,10 +144,12 @@ def _train_loop_per_worker(config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device() if config["use_gpu"] else torch.device("cpu")
     d = _job_payload(data)
     wrap = ray.train.torch.prepare_model if world > 1 else None
-    res = train_student(config["spec"], d["train_x"], d["train_y"], d["val_x"], d["val_y"], int(data["num_classes"]),
-                        teacher=_teacher_from(teacher_state, device), device=device, rank=rank, world_size=world,
-                        wrap_model=wrap, norm=(data["mean"], data["std"]))
-    metrics = {k: res[k] for k in ("final", "best", "reported", "best_epoch", "train_loss", "seconds", "epochs")}
+    res = train_student(config["spec"], d["train_x"], d["train_y"], d["val_x"], d["val_y"],
+                        int(data["num_classes"]),
+                        teacher=_teacher_from(teacher_state, device), device=device, rank=rank,
+                        world_size=world, wrap_model=wrap, norm=(data["mean"], data["std"]))
+    metrics = {k: res[k] for k in ("final", "best", "reported", "best_epoch", "train_loss", "seconds",
+                                   "epochs")}
     if rank != 0:
         ray.train.report(metrics)
         return
@@ -250,8 +254,8 @@ def _packed_loop_per_worker(config: dict[str, Any]) -> None:
             cache[job["set"]] = (_job_payload(raw), raw)
         d, raw = cache[job["set"]]
         res = train_student(job["spec"], d["train_x"], d["train_y"], d["val_x"], d["val_y"],
-                            int(raw["num_classes"]), teacher=_teacher_from(teacher_state, "cpu"), device="cpu",
-                            norm=(raw["mean"], raw["std"]))
+                            int(raw["num_classes"]), teacher=_teacher_from(teacher_state, "cpu"),
+                            device="cpu", norm=(raw["mean"], raw["std"]))
         ray.get(queue.put.remote(i, {**{k: v for k, v in job.items() if k != "spec"}, **res}))
 
 
@@ -279,7 +283,8 @@ def worker_threads(cfg: EvalConfig) -> int:
     return max(1, math.floor(cfg.cpus_per_job))
 
 
-def concurrent_jobs(n_jobs: int, cfg: EvalConfig, total_cpus: float, workers_per_job: int | None = None) -> int:
+def concurrent_jobs(n_jobs: int, cfg: EvalConfig, total_cpus: float,
+                    workers_per_job: int | None = None) -> int:
     """How many jobs run at once: ``max_concurrent``, else as many as the cores hold, at most one per job.
 
     A job has ``workers_per_job`` workers (default ``num_workers``; DDP when > 1), each running
@@ -295,7 +300,8 @@ def concurrent_jobs(n_jobs: int, cfg: EvalConfig, total_cpus: float, workers_per
 
 def packed_workers(n_jobs: int, cfg: EvalConfig, total_cpus: float) -> int:
     """Workers of the one packed TorchTrainer: ``max_concurrent``, else as many as the cluster's CPUs hold at
-    ``worker_threads`` torch threads each (``concurrent_jobs`` with one worker per job), at most one per run."""
+    ``worker_threads`` torch threads each (``concurrent_jobs`` with one worker per job), at most one per
+    run."""
     return concurrent_jobs(n_jobs, cfg, total_cpus, workers_per_job=1)
 
 
@@ -312,7 +318,8 @@ def run_packed_jobs(jobs: list[dict[str, Any]], data_refs: dict[str, Any], cfg: 
     queue = ray.remote(num_cpus=0)(RunQueue).remote(len(jobs), longest_first(jobs))
     fit = ray.remote(num_cpus=0, max_retries=0)(_fit_packed)
     storage.mkdir(parents=True, exist_ok=True)
-    ref = fit.remote(jobs, {n: [r] for n, r in data_refs.items()}, [teacher_ref] if teacher_ref is not None else [],
+    ref = fit.remote(jobs, {n: [r] for n, r in data_refs.items()},
+                     [teacher_ref] if teacher_ref is not None else [],
                      [queue], workers, cfg.cpus_per_job, str(storage.resolve()), max_failures)
     log(f"  eval: {len(jobs)} runs in one TorchTrainer with {workers} worker(s) x {cfg.cpus_per_job} CPU")
     shown = 0
@@ -352,8 +359,10 @@ def make_jobs(sets: dict[str, dict[str, Any]], cfg: EvalConfig) -> list[dict[str
                 spec = TrainSpec.from_config(cfg, student, seed, ipc=info.get("ipc"),
                                              num_classes=info.get("num_classes"),
                                              set_lr=info.get("learned_lr")).to_dict()
-                jobs.append({"set": set_name, "row": info.get("row", set_name), "student": student, "seed": seed,
-                             "images": info.get("n_images"), "name": f"{set_name}-{student}-s{seed}", "spec": spec})
+                jobs.append({"set": set_name, "row": info.get("row", set_name), "student": student,
+                             "seed": seed,
+                             "images": info.get("n_images"), "name": f"{set_name}-{student}-s{seed}",
+                             "spec": spec})
     return jobs
 
 
@@ -377,8 +386,8 @@ def aggregate(runs: list[dict[str, Any]], sets: dict[str, dict[str, Any]], cfg: 
             rows.append({
                 "dataset": dataset, "method": info["method"], "ipc": info["ipc"], "student": student,
                 "student_kwargs": dict(cfg.student_kwargs.get(student, {})),
-                "protocol": cfg.protocol, "augment": cfg.augment, "in_mean": student not in cfg.exclude_from_mean,
-                "top1_mean": round(float(shown.mean()), 2),
+                "protocol": cfg.protocol, "augment": cfg.augment,
+                "in_mean": student not in cfg.exclude_from_mean, "top1_mean": round(float(shown.mean()), 2),
                 "top1_std": round(float(shown.std()), 2), "reported": mine[0].get("report", "final"),
                 "repeats": len(mine),
                 "best_mean": round(float(best.mean()), 2), "best_std": round(float(best.std()), 2),
@@ -398,7 +407,8 @@ def aggregate(runs: list[dict[str, Any]], sets: dict[str, dict[str, Any]], cfg: 
 
 
 def set_parts(sets: dict[str, Any], cfg: EvalConfig) -> dict[str, tuple[str, Any, list[int] | None]]:
-    """``{job set key: (row name, folder, seeds or None)}``: a set given as a folder runs every seed; one given as
+    """``{job set key: (row name, folder, seeds or None)}``: a set given as a folder runs every seed; one
+    given as
     ``{seed: folder}`` (per-seed draws, e.g. random real drawn afresh per seed as DD-Ranking does) runs each
     draw at its own seed only, and its draws must be exactly the evaluation seeds."""
     out: dict[str, tuple[str, Any, list[int] | None]] = {}
@@ -433,7 +443,8 @@ def evaluate_sets(sets: dict[str, Any], val_root: str | os.PathLike, cfg: EvalCo
     size = cfg.image_size or load_distilled_size(next(iter(parts.values()))[1])
     val_x, val_y, classes, _ = load_image_arrays(val_root, size, classes=classes, skip_bad=True,
                                                  resize=val_resize_for(size, cfg.val_resize))
-    norm = dataset_norm(cfg, classes, train_root, val_x, size, log=log)  # one for every set, never a set's own
+    # one for every set, never a set's own
+    norm = dataset_norm(cfg, classes, train_root, val_x, size, log=log)
     zca = fit_dataset_zca(cfg, train_root, classes, size, norm) if cfg.zca else None
     loaded: dict[str, dict[str, Any]] = {}
     arrays: dict[str, dict[str, Any]] = {}
@@ -442,7 +453,8 @@ def evaluate_sets(sets: dict[str, Any], val_root: str | os.PathLike, cfg: EvalCo
         method = (methods or {}).get(name, meta["method"])
         loaded[key] = {"method": method, "ipc": meta["ipc"], "dir": str(d), "n_images": len(y),
                        "num_classes": len(classes), "row": name, "normalization": norm["source"],
-                       "learned_lr": learned_lr(d) if cfg.lr_from_set else None, **({"seeds": seeds} if seeds else {})}
+                       "learned_lr": learned_lr(d) if cfg.lr_from_set else None,
+                       **({"seeds": seeds} if seeds else {})}
         arrays[key] = {"train_x": x, "train_y": y, "val_x": val_x, "val_y": val_y, "mean": norm["mean"],
                        "std": norm["std"], "num_classes": len(classes), "zca": zca}
         lr_note = f", learned lr {loaded[key]['learned_lr']:g}" if loaded[key]["learned_lr"] is not None else ""
@@ -456,8 +468,8 @@ def evaluate_sets(sets: dict[str, Any], val_root: str | os.PathLike, cfg: EvalCo
         log(f"teacher {cfg.teacher}: loaded from {cfg.teacher_checkpoint}")
     elif cfg.protocol == "soft":
         if train_root is None:
-            raise DataError("eval.protocol=soft needs the real training set for the teacher (--train / data.root) "
-                            "or a pretrained one (eval.teacher_checkpoint)")
+            raise DataError("eval.protocol=soft needs the real training set for the teacher (--train / "
+                            "data.root) or a pretrained one (eval.teacher_checkpoint)")
         teacher_state = fit_teacher(train_root, classes, size, cfg, (val_x, val_y), log=log)
     recipe = protocol_record(cfg, size, len(val_y), val_resize_for(size, cfg.val_resize),
                              normalisation_label(teacher_state, norm))
@@ -536,8 +548,8 @@ def normalisation_label(teacher_state: dict[str, Any] | None, norm: dict[str, An
         return (f"the soft-label teacher's mean {np.round(np.asarray(teacher_state['mean']), 3).tolist()} and std "
                 f"{np.round(np.asarray(teacher_state['std']), 3).tolist()}, for every set and the real val set")
     mean, std = ([round(float(v), 3) for v in norm[k]] for k in ("mean", "std"))
-    return (f"the dataset's {norm['source']} statistics (mean {mean}, std {std}), the same for every set and the "
-            "real val set")
+    return (f"the dataset's {norm['source']} statistics (mean {mean}, std {std}), the same for every set and "
+            f"the real val set")
 
 
 def _teacher_normalised(arrays: dict[str, Any], teacher_state: dict[str, Any] | None) -> dict[str, Any]:
@@ -548,8 +560,10 @@ def _teacher_normalised(arrays: dict[str, Any], teacher_state: dict[str, Any] | 
 
 
 def load_teacher_checkpoint(cfg: EvalConfig, num_classes: int, size: int) -> dict[str, Any]:
-    """The soft-label teacher from ``eval.teacher_checkpoint``: a state dict of ``build_student(eval.teacher)``
-    in our names or, for ``resnet18_imagenet_*``, torchvision's / timm's (``tuning.teacher_ckpt``; a ``module.``
+    """The soft-label teacher from ``eval.teacher_checkpoint``: a state dict of
+    ``build_student(eval.teacher)``
+    in our names or, for ``resnet18_imagenet_*``, torchvision's / timm's (``tuning.teacher_ckpt``; a
+    ``module.``
     prefix from DDP is dropped); inputs use ``eval.teacher_mean`` / ``teacher_std``."""
     path = Path(cfg.teacher_checkpoint or "")
     state = read_state_dict(path)
@@ -582,8 +596,8 @@ def fit_teacher(train_root: str | os.PathLike, classes: list[str], size: int, cf
     log(f"teacher {cfg.teacher}: {info['final']:.2f}% on real val after {cfg.teacher_epochs} epochs "
         f"({len(data)} images streamed from {train_root})")
     return {"arch": cfg.teacher, "channels": data.channels, "num_classes": len(classes), "im_size": size,
-            "weights": {k: v.cpu() for k, v in model.state_dict().items()}, "mean": data.mean, "std": data.std,
-            "top1": info["final"]}
+            "weights": {k: v.cpu() for k, v in model.state_dict().items()}, "mean": data.mean,
+            "std": data.std, "top1": info["final"]}
 
 
 # ----------------------------------------------------------------------------- results files
@@ -654,7 +668,8 @@ def headline_by_seed(rows: list[dict[str, Any]]) -> dict[tuple[int, int], float]
     by_seed: dict[tuple[int, int], list[float]] = {}
     for r in counted:
         for run in r.get("runs") or []:
-            by_seed.setdefault((int(r.get("distill_seed") or 0), int(run["seed"])), []).append(run_value(run, r))
+            by_seed.setdefault((int(r.get("distill_seed") or 0), int(run["seed"])),
+                               []).append(run_value(run, r))
     return {s: float(np.mean(v)) for s, v in sorted(by_seed.items()) if len(v) == len(students)}
 
 
@@ -693,7 +708,8 @@ def _pivot_markdown(rows: list[dict[str, Any]], title: str) -> list[str]:
              "|---|---:|---|" + "---:|" * (len(students) + 1)]
     groups: dict[tuple, dict[str, list[dict[str, Any]]]] = {}
     for r in rows:  # a set made with several distillation seeds: one cell over all of its runs
-        groups.setdefault((r["dataset"], r["ipc"], r["method"]), {}).setdefault(student_label(r), []).append(r)
+        groups.setdefault((r["dataset"], r["ipc"], r["method"]),
+                          {}).setdefault(student_label(r), []).append(r)
     for (ds, ipc, method), by in sorted(groups.items()):
         cells = [student_cell(by[s]) if s in by else "-" for s in students]
         mean = headline_cell([r for rs in by.values() for r in rs]) + ("" if counted else " †")
@@ -708,25 +724,27 @@ def results_markdown(rows: list[dict[str, Any]], protocol: bool = True) -> str:
     if not rows:
         return "_no results_\n"
     head = protocol_markdown(rows) if protocol else []
-    lines = [("| dataset | method | IPC | student | protocol | augment | top-1 (%) | best (%) | repeats | top-1 is "
-             "| preset |"),
+    lines = [("| dataset | method | IPC | student | protocol | augment | top-1 (%) | best (%) | repeats | "
+             "top-1 is | preset |"),
              "|---|---|---:|---|---|---|---:|---:|---:|---|---|"]
-    for r in sorted(rows, key=lambda r: (r["dataset"], r["ipc"], r["method"], r["student"], _group_key(r)[3] == "none",
-                                         _group_key(r))):
-        lines.append(f"| {r['dataset']} | {r['method']} | {r['ipc']} | {student_label(r)} | {r.get('protocol', '')} "
-                     f"| {r.get('augment', '')} | {r['top1_mean']:.2f} ± {r['top1_std']:.2f} "
-                     f"| {r.get('best_mean', float('nan')):.2f} | {r['repeats']} | {r.get('reported', 'final')} "
-                     f"| {r.get('preset') or ''} |")
+    for r in sorted(rows, key=lambda r: (r["dataset"], r["ipc"], r["method"], r["student"],
+                                         _group_key(r)[3] == "none", _group_key(r))):
+        lines.append(f"| {r['dataset']} | {r['method']} | {r['ipc']} | {student_label(r)} | "
+                     f"{r.get('protocol', '')} | {r.get('augment', '')} | {r['top1_mean']:.2f} ± "
+                     f"{r['top1_std']:.2f} | {r.get('best_mean', float('nan')):.2f} | {r['repeats']} | "
+                     f"{r.get('reported', 'final')} | {r.get('preset') or ''} |")
     pivot = [line for title, group in table_groups(rows) for line in _pivot_markdown(group, title)]
     return "\n".join(head + lines + pivot + scores_markdown(scores(rows))) + "\n"
 
 
-CSV_FIELDS = ["dataset", "method", "ipc", "student", "protocol", "augment", "top1_mean", "top1_std", "reported", "repeats",
+CSV_FIELDS = ["dataset", "method", "ipc", "student", "protocol", "augment", "top1_mean", "top1_std",
+              "reported", "repeats",
               "best_mean", "best_std", "final_mean", "final_std", "epochs", "preset", "images", "distilled",
               "distill_seed"]
 
 
-def write_results(rows: list[dict[str, Any]], out_dir: str | os.PathLike, merge: bool = True) -> list[dict[str, Any]]:
+def write_results(rows: list[dict[str, Any]], out_dir: str | os.PathLike,
+                  merge: bool = True) -> list[dict[str, Any]]:
     """Write ``results.json`` (list of rows), ``results.csv`` and ``results.md``; return all rows."""
     out = Path(out_dir)
     path = out / "results.json"
@@ -748,25 +766,29 @@ def write_results(rows: list[dict[str, Any]], out_dir: str | os.PathLike, merge:
 
 def in_mean(row: dict[str, Any]) -> bool:
     """Whether a row counts in the headline mean: its ``in_mean`` flag (from ``eval.exclude_from_mean``);
-    rows written before the flag existed count, as they did (the table's caption names the students averaged)."""
+    rows written before the flag existed count, as they did (the table's caption names the students
+    averaged)."""
     return bool(row.get("in_mean", True))
 
 
 def mean_top1(rows: list[dict[str, Any]]) -> float:
     """The headline mean (table and sweep): final top-1 averaged over the rows' students that are not in
-    ``eval.exclude_from_mean`` (DIVER's mean over unseen architectures); over all of them when none is left."""
+    ``eval.exclude_from_mean`` (DIVER's mean over unseen architectures); over all of them when none is
+    left."""
     vals = [r["top1_mean"] for r in rows if in_mean(r)] or [r["top1_mean"] for r in rows]
     return float(np.mean(vals)) if vals else math.nan
 
 
 def check_excluded(names: list[str]) -> None:
-    """``eval.exclude_from_mean`` names must be students (a typo would silently keep the proxy in the mean)."""
+    """``eval.exclude_from_mean`` names must be students (a typo would silently keep the proxy in the
+    mean)."""
     from pipeline.errors import ConfigError
     from tuning.students import STUDENTS
 
     bad = [n for n in names if n not in STUDENTS]
     if bad:
-        raise ConfigError(f"eval.exclude_from_mean: unknown student(s) {bad}; choose from {', '.join(STUDENTS)}")
+        raise ConfigError(f"eval.exclude_from_mean: unknown student(s) {bad}; choose from "
+                          f"{', '.join(STUDENTS)}")
 
 
 def stage1_images(entry: dict[str, Any]) -> Path | None:
@@ -824,7 +846,8 @@ def random_real_draws(train_root: str | os.PathLike, out: Path, ipc: int, seeds:
 
 def baseline_sets(ev: EvalConfig, train_root: str | os.PathLike | None, out: Path, ipc: int,
                   classes: list[str] | None = None, log=print) -> tuple[dict[str, Any], dict[str, str]]:
-    """Build ``ev.baselines`` (tuning/baselines.py) from the real train split at ``ipc``; ``({name: folder}, {name:
+    """Build ``ev.baselines`` (tuning/baselines.py) from the real train split at ``ipc``; ``({name: folder},
+    {name:
     method})``. Random real is drawn afresh per evaluation seed (``{seed: folder}``), the others once."""
     from pipeline.errors import ConfigError
     from tuning.baselines import build_baseline
@@ -839,7 +862,8 @@ def baseline_sets(ev: EvalConfig, train_root: str | os.PathLike | None, out: Pat
                                           size=ev.image_size, classes=classes)
             log(f"baseline {key}: one draw per seed {sorted(sets[key])}")
             continue
-        res = build_baseline(name, train_root, out / key, ipc, seed=ev.seed, size=ev.image_size, classes=classes)
+        res = build_baseline(name, train_root, out / key, ipc, seed=ev.seed, size=ev.image_size,
+                             classes=classes)
         sets[key] = res["output"]
         log(f"baseline {key}: {res['images']} images")
     return sets, {k: k.rsplit("_ipc", 1)[0] for k in sets}
@@ -858,5 +882,5 @@ def evaluate_run(cfg: Any, summary: dict[str, Any], log=print) -> list[dict[str,
                                            ev.baseline_ipc or set_ipc(next(iter(sets.values()))),
                                            classes=cfg.data.classes, log=log)
         sets, methods = {**sets, **more}, {**methods, **more_methods}
-    return evaluate_sets(sets, cfg.data.val_root, ev, cfg.output.dir, train_root=cfg.data.root, ray_cfg=cfg.ray,
-                         methods=methods, classes=cfg.data.classes, log=log)
+    return evaluate_sets(sets, cfg.data.val_root, ev, cfg.output.dir, train_root=cfg.data.root,
+                         ray_cfg=cfg.ray, methods=methods, classes=cfg.data.classes, log=log)

@@ -86,7 +86,8 @@ def train_vae_phase(vae: Any, shard: Any, config: dict[str, Any], device: Any, w
 
 
 def min_snr_weights(noise_sched: Any, t: Any, gamma: float) -> Any:
-    """Per-sample loss weights ``min(SNR(t), gamma) / SNR(t)`` (epsilon) or ``/ (SNR(t) + 1)`` (v-prediction)."""
+    """Per-sample loss weights ``min(SNR(t), gamma) / SNR(t)`` (epsilon) or ``/ (SNR(t) + 1)``
+    (v-prediction)."""
     import torch
 
     ab = noise_sched.alphas_cumprod.to(t.device)[t].double()  # 1 - ab near t=0 needs float64
@@ -139,7 +140,8 @@ def apply_flip(x: Any, mask: Any) -> Any:
 
 
 def clip_gradients(params: Any, opt: Any, scaler: Any, max_norm: float | None) -> float | None:
-    """Clip the gradients' global norm to ``max_norm`` (unscaled first under fp16); returns the norm before."""
+    """Clip the gradients' global norm to ``max_norm`` (unscaled first under fp16); returns the norm
+    before."""
     import torch
 
     if not max_norm:
@@ -203,7 +205,8 @@ def setup_worker(config: dict[str, Any]) -> Worker:
     ref = config["model"]
     kw = {"local_files_only": True} if config.get("offline") else {}
     tokenizer = AutoTokenizer.from_pretrained(ref, subfolder="tokenizer", **kw)
-    text_encoder = CLIPTextModel.from_pretrained(ref, subfolder="text_encoder", **kw).to(device, frozen_dtype).eval()
+    text_encoder = CLIPTextModel.from_pretrained(ref, subfolder="text_encoder",
+                                                 **kw).to(device, frozen_dtype).eval()
     vae = AutoencoderKL.from_pretrained(ref, subfolder="vae", **kw).to(device).eval()
     noise_sched = DDPMScheduler.from_pretrained(ref, subfolder="scheduler", **kw)
     unet = UNet2DConditionModel.from_pretrained(ref, subfolder="unet", **kw).to(device)
@@ -212,8 +215,8 @@ def setup_worker(config: dict[str, Any]) -> Worker:
     unet.train()
     ema = EMAModel(unet.parameters(), decay=float(config["ema_decay"]))
     opt = torch.optim.AdamW(unet.parameters(), lr=float(config["learning_rate"]))
-    return Worker(config, rank, world, device, amp_dtype, frozen_dtype, tokenizer, text_encoder, vae, noise_sched,
-                  unet, ema, opt, vae_done=int(config.get("vae_steps", 0)) == 0)
+    return Worker(config, rank, world, device, amp_dtype, frozen_dtype, tokenizer, text_encoder, vae,
+                  noise_sched, unet, ema, opt, vae_done=int(config.get("vae_steps", 0)) == 0)
 
 
 def restore_checkpoint(w: Worker) -> None:
@@ -239,7 +242,8 @@ def restore_checkpoint(w: Worker) -> None:
 
 
 def save_checkpoint(w: Worker, final: bool) -> None:
-    """Report the step and mean loss; rank 0 attaches the checkpoint (and, when final, the EMA UNet folder)."""
+    """Report the step and mean loss; rank 0 attaches the checkpoint (and, when final, the EMA UNet
+    folder)."""
     import ray.train
     import torch
     from diffusers import UNet2DConditionModel
@@ -251,8 +255,8 @@ def save_checkpoint(w: Worker, final: bool) -> None:
     with tempfile.TemporaryDirectory() as d:
         atomic_torch_save(Path(d) / "state.pt", {
             "unet": w.unet.state_dict(), "opt": w.opt.state_dict(), "ema": w.ema.state_dict(), "step": w.step,
-            "vae": w.vae.state_dict() if w.vae_trained else None, "vae_scaling": float(w.vae.config.scaling_factor),
-            **progress_state(w)})
+            "vae": w.vae.state_dict() if w.vae_trained else None,
+            "vae_scaling": float(w.vae.config.scaling_factor), **progress_state(w)})
         if final:  # the EMA weights as a diffusers UNet folder, for the driver to assemble the pipeline
             ema_unet = UNet2DConditionModel.from_config(w.unet.config)
             w.ema.copy_to(ema_unet.parameters())
@@ -279,11 +283,13 @@ def step_generator(seed: int, rank: int, step: int) -> Any:
 
     from pipeline.core.seeds import stage_seed
 
-    return torch.Generator(device="cpu").manual_seed(stage_seed(seed, f"finetune-step:{int(rank)}:{int(step)}"))
+    return torch.Generator(device="cpu").manual_seed(stage_seed(seed,
+                                                                f"finetune-step:{int(rank)}:{int(step)}"))
 
 
 def vae_phase(w: Worker, shard: Any) -> None:
-    """Demo only (the zoo's VAE is random-init): train the VAE first and checkpoint it before the UNet phase."""
+    """Demo only (the zoo's VAE is random-init): train the VAE first and checkpoint it before the UNet
+    phase."""
     if w.vae_done:
         return
     t_vae = time.perf_counter()
@@ -308,7 +314,8 @@ def _encode(w: Worker, images: np.ndarray, flip: Any = None) -> tuple[Any, Any]:
 
 
 def cache_latents(w: Worker, shard: Any) -> tuple[Any, Any, list[str]] | None:
-    """Small sets: the posteriors of every image once, ``[2, N, ...]`` (as is, mirrored when ``random_flip``)."""
+    """Small sets: the posteriors of every image once, ``[2, N, ...]`` (as is, mirrored when
+    ``random_flip``)."""
     import torch
 
     if not w.config.get("cache_latents"):
@@ -347,7 +354,8 @@ def epoch_posteriors(w: Worker, shard: Any, cache: Any, epoch: int, skip: int = 
             if k >= skip:
                 yield means[side, idx].to(w.device), stds[side, idx].to(w.device), [caps[j] for j in idx.tolist()]
         return
-    for k, batch in enumerate(epoch_batches(shard, bs, seed, epoch, int(w.config.get("shuffle_buffer_size", 0)))):
+    for k, batch in enumerate(epoch_batches(shard, bs, seed, epoch,
+                                            int(w.config.get("shuffle_buffer_size", 0)))):
         flip = flip_mask(len(batch["caption"]), dgen, flip_on)
         if k < skip:
             continue
@@ -368,11 +376,13 @@ def unet_loss(w: Worker, model: Any, mean: Any, std: Any, caps: list[str], gen: 
                       return_tensors="pt").input_ids.to(dev)
     with torch.no_grad():
         cond = w.text_encoder(ids)[0]
-    latents = (mean + std * torch.randn(mean.shape, generator=gen).to(dev)) * float(w.vae.config.scaling_factor)
+    latents = (mean + std * torch.randn(mean.shape,
+                                        generator=gen).to(dev)) * float(w.vae.config.scaling_factor)
     noise = torch.randn(latents.shape, generator=gen).to(dev)
     t = torch.randint(0, sched.config.num_train_timesteps, (len(latents),), generator=gen).to(dev)
     noisy = sched.add_noise(latents, noise, t)
-    target = sched.get_velocity(latents, noise, t) if sched.config.prediction_type == "v_prediction" else noise
+    target = sched.get_velocity(latents, noise,
+                                t) if sched.config.prediction_type == "v_prediction" else noise
     with torch.autocast(dev.type, dtype=w.amp_dtype, enabled=w.amp_dtype is not None):
         pred = model(noisy, t, cond.to(noisy.dtype) if w.amp_dtype is None else cond).sample
     snr_gamma = cfg.get("snr_gamma")
@@ -458,7 +468,8 @@ def train_loop(config: dict[str, Any]) -> None:
 
 def steps_per_epoch(n_images: int, ft: Any) -> int:
     """Optimizer steps in one pass over ``n_images`` (at least 1)."""
-    return max(1, math.ceil(n_images / (ft.batch_size * max(1, ft.num_workers))) // ft.gradient_accumulation_steps)
+    return max(1, math.ceil(n_images / (ft.batch_size * max(1,
+                                                            ft.num_workers))) // ft.gradient_accumulation_steps)
 
 
 def total_steps(n_images: int, ft: Any) -> int:

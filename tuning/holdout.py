@@ -21,7 +21,8 @@ from pipeline.errors import DataError
 
 
 def holdout_count(n: int, fraction: float) -> int:
-    """Images of a class of ``n`` that go to the holdout: ``ceil(n * fraction)``, leaving at least one to train on."""
+    """Images of a class of ``n`` that go to the holdout: ``ceil(n * fraction)``, leaving at least one to
+    train on."""
     if n < 2:
         return 0
     return min(n - 1, max(1, math.ceil(n * fraction)))

@@ -53,8 +53,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     # 3000 at IPC 1, 2000 at <= 10, 1500 at <= 50, 1000 at <= 200, 500 at <= 500, else 300; with exactly
     # 100 classes (``nclass == 100``; ImageNet-1K keeps the table) x2/3, floored to a multiple of 100
     # (2000 -> 1300, 1500 -> 1000, 1000 -> 600). See ``run_epochs``.
-    # Above 100 classes (``args.nclass > 100`` for ImageNet) IDC/Minimax/EDITS switch to lr 0.1, weight decay 1e-4
-    # and a batch of at least 128 (einsteinxia/EDITS evaluation/Minimax/argument.py lines 296-304, commit 42e7d0c;
+    # Above 100 classes (``args.nclass > 100`` for ImageNet) IDC/Minimax/EDITS switch to lr 0.1, weight decay
+    # 1e-4
+    # and a batch of at least 128 (einsteinxia/EDITS evaluation/Minimax/argument.py lines 296-304, commit
+    # 42e7d0c;
     # the same block in IDC's argument.py). The real val images are Resize(size) + CenterCrop(size) (EDITS
     # evaluation/Minimax/data.py lines 310-312 and 810-812, commit 42e7d0c), never Resize(256) at 224 px.
     "edits": {"protocol": "hard", "optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4,
@@ -69,11 +71,14 @@ PRESETS: dict[str, dict[str, Any]] = {
     # PReDD/MTT cross-architecture evaluation (what DIVER reports): per-student lr, batch 256, linear
     # warm-up over the first half then cosine, EMA 0.995 once per epoch with warm-up, DSA, 5 runs.
     # Read in Shuzhiyong13/PReDD utils_szy.py ``evaluate_synset`` (lines 457-518): SGD momentum 0.9, wd 5e-4
-    # (line 464); LinearLR from 1e-7 to 1 over E//2 epochs, then CosineAnnealingLR(T_max=E//2) (lines 466-468),
+    # (line 464); LinearLR from 1e-7 to 1 over E//2 epochs, then CosineAnnealingLR(T_max=E//2) (lines
+    # 466-468),
     # both stepped once per epoch (line 497, switched at ep == E//2, lines 498-499), hence lr_step_unit epoch;
     # ema-pytorch EMA(beta=0.995, power=1, update_after_step=0) (line 478) updated once per epoch after the
-    # training pass (line 496), the EMA model tested after the last epoch (line 502): see ``_ema`` for its ramp.
-    # Left as is: our warm-up starts at 1/W, not 1e-7, and reaches 1 one epoch earlier than PReDD's (which holds
+    # training pass (line 496), the EMA model tested after the last epoch (line 502): see ``_ema`` for its
+    # ramp.
+    # Left as is: our warm-up starts at 1/W, not 1e-7, and reaches 1 one epoch earlier than PReDD's (which
+    # holds
     # 1 for two epochs and so ends its cosine one epoch short of 0).
     "diver": {"protocol": "hard", "optimizer": "sgd", "epochs": 1000, "batch_size": 256, "lr": 0.01,
               "lr_per_student": {"convnet": 0.001, "resnet18": 0.001, "vit": 0.001, "mobilenetv2": 0.01,
@@ -83,19 +88,23 @@ PRESETS: dict[str, dict[str, Any]] = {
               "augment": "dsa", "dsa_strategy": DEFAULT_STRATEGY, "repeats": 5, "report": "final"},
     # MTT evaluate_synset: lr 0.01 decayed x0.1 at half, batch 256, DSA, 1000 epochs.
     # The lr is MTT's learned one (``args.lr_net = syn_lr.item()`` before ``evaluate_synset``,
-    # GeorgeCazenavette/mtt-distillation distill.py, commit 1a6f630) when a set carries it (``lr_best.pt`` beside
-    # images_best.pt, as MTT's descendants save it); without it the preset is DC's ``evaluate_synset`` with its
+    # GeorgeCazenavette/mtt-distillation distill.py, commit 1a6f630) when a set carries it (``lr_best.pt``
+    # beside
+    # images_best.pt, as MTT's descendants save it); without it the preset is DC's ``evaluate_synset`` with
+    # its
     # fixed lr 0.01. ``eval.zca`` whitens as MTT's CIFAR runs (``--zca``).
     "mtt": {"protocol": "hard", "epochs": 1000, "lr": 0.01, "batch_size": 256, "schedule": "step",
             "augment": "dsa", "momentum": 0.9, "weight_decay": 5e-4, "repeats": 5, "lr_from_set": True},
     # RDED: AdamW, half-cosine per epoch (ends at 0.5x), ShufflePatches + RRC + flip, CutMix relabelled
     # by the teacher, KL at T = 20 without a T^2 factor, best over the last 20% of training.
-    # Augmentation order and crop scale as LINs-lab/RDED validation/main.py lines 115-126: ShufflePatches(factor)
+    # Augmentation order and crop scale as LINs-lab/RDED validation/main.py lines 115-126:
+    # ShufflePatches(factor)
     # on the tensor first, then RandomResizedCrop with scale (1 / factor, max_scale_crops), then the flip;
     # factor 2 (argument.py lines 54-58, and every ImageNet script in scripts/) and max_scale_crops 1
     # (argument.py line 112) give scale (0.5, 1.0), not torchvision's (0.08, 1.0).
     # Read in LINs-lab/RDED at commit 3f6453d: the batch by IPC (argument.py lines 234-248: 10 / 50 / 100 at
-    # IPC 1 / 10 / 50, x2 at exactly 100 or 1000 classes, capped at IPC x classes, lines 254-256); the AdamW lr
+    # IPC 1 / 10 / 50, x2 at exactly 100 or 1000 classes, capped at IPC x classes, lines 254-256); the AdamW
+    # lr
     # per student (argument.py lines 269-299: conv* / resnet18* 0.001, efficientnet_b0 0.002, mobilenet_v2
     # 0.0025, vit_b_16 0.0001; keyed here by our student-name prefixes); weight decay 0.01 only on parameters
     # named "weight" with >= 2 dimensions (validation/utils.py ``get_parameters`` lines 67-84); a test after
@@ -103,23 +112,26 @@ PRESETS: dict[str, dict[str, Any]] = {
     # (batchmean) of the T-softened outputs with no T^2 (validation/main.py lines 202-226).
     # The teacher is a pretrained ResNet-18 (eval.teacher_checkpoint, torchvision's / timm's layout accepted).
     "rded": {"protocol": "soft", "optimizer": "adamw", "lr": 0.001, "weight_decay": 0.01, "epochs": 300,
-             "lr_per_student": {"convnet": 0.001, "resnet": 0.001, "efficientnet": 0.002, "mobilenetv2": 0.0025,
-                                "vit": 0.0001},
+             "lr_per_student": {"convnet": 0.001, "resnet": 0.001, "efficientnet": 0.002,
+                                "mobilenetv2": 0.0025, "vit": 0.0001},
              "decay_params": "weights_2d", "kl_t_squared": False,
              "schedule": "half_cosine", "lr_step_unit": "epoch", "augment": "shuffle_patches+rrc+flip+cutmix",
              "rrc_scale": (0.5, 1.0), "shuffle_factor": 2, "mix_alpha": 1.0, "temperature": 20.0,
-             "batch_size": 100, "batch_by_ipc": {1: 10, 10: 50, 50: 100}, "batch_factor_by_classes": {100: 2, 1000: 2},
+             "batch_size": 100, "batch_by_ipc": {1: 10, 10: 50, 50: 100},
+             "batch_factor_by_classes": {100: 2, 1000: 2},
              "best_from": 0.8, "best_every": 10, "report": "best", "repeats": 3,
              "teacher": "resnet18_imagenet_bn", "teacher_required": True},
-    # SRe2L (VILA-Lab/SRe2L SRe2L/validate/train_KD.py, commit d6a720e): AdamW 0.001, weight decay 0.01 on >= 2-D
+    # SRe2L (VILA-Lab/SRe2L SRe2L/validate/train_KD.py, commit d6a720e): AdamW 0.001, weight decay 0.01 on >=
+    # 2-D
     # weights (``get_parameters``), a full cosine to 0 per epoch, RRC(0.08-1) + flip, CutMix relabelled by the
-    # pretrained teacher, KL at T = 20 (train_KD.sh) with the T^2 line commented out, batch 1,024 (the default;
+    # pretrained teacher, KL at T = 20 (train_KD.sh) with the T^2 line commented out, batch 1,024 (the
+    # default;
     # train_KD.sh runs 512 x 2 gradient accumulation, the same effective batch), capped at IPC x classes; a
     # test every 10 epochs and the last, the best over all of them (train_KD.py: ``epoch % 10 == 0``).
     "sre2l": {"protocol": "soft", "optimizer": "adamw", "lr": 0.001, "weight_decay": 0.01, "epochs": 300,
               "decay_params": "weights_2d", "kl_t_squared": False,
-              "schedule": "cosine", "lr_step_unit": "epoch", "augment": "rrc+flip+cutmix", "rrc_scale": (0.08, 1.0),
-              "mix_alpha": 1.0, "temperature": 20.0, "batch_size": 1024,
+              "schedule": "cosine", "lr_step_unit": "epoch", "augment": "rrc+flip+cutmix",
+              "rrc_scale": (0.08, 1.0), "mix_alpha": 1.0, "temperature": 20.0, "batch_size": 1024,
               "eval_every": 10, "report": "best", "repeats": 3,
               "teacher": "resnet18_imagenet_bn", "teacher_required": True},
     # The laptop demo: short but the same recipe shape (DSA, SGD, cosine), 2 repeats.
@@ -128,7 +140,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 # An explicit key also switches off the preset's rules that would otherwise replace its value.
-_RULES_OF = {"lr": ("lr_per_student", "lr_from_set"), "epochs": ("epochs_by_ipc", "many_classes_epoch_factor"),
+_RULES_OF = {"lr": ("lr_per_student", "lr_from_set"), "epochs": ("epochs_by_ipc",
+                                                                 "many_classes_epoch_factor"),
              "batch_size": ("batch_by_classes", "batch_by_ipc", "batch_factor_by_classes")}
 # the recipe_above_classes entry an explicit key switches off
 _RECIPE_KEY_OF = {"lr": "lr", "weight_decay": "weight_decay", "batch_size": "min_batch"}
@@ -162,7 +175,8 @@ def _bounded(table: dict[int, int], value: int) -> int | None:
 
 
 def above_classes(cfg: EvalConfig, num_classes: int | None) -> dict[str, float]:
-    """The ``recipe_above_classes`` entry of the largest bound below ``num_classes`` ({} when none applies)."""
+    """The ``recipe_above_classes`` entry of the largest bound below ``num_classes`` ({} when none
+    applies)."""
     if num_classes is None:
         return {}
     bounds = [b for b in cfg.recipe_above_classes if num_classes > b]
@@ -201,7 +215,8 @@ def run_batch_size(cfg: EvalConfig, ipc: int | None, num_classes: int | None) ->
     ``batch_factor_by_classes`` at that exact class count; at least ``recipe_above_classes``' ``min_batch``
     (IDC's ``max(128, batch_size)``); capped at IPC x classes."""
     bs = ((_bounded(cfg.batch_by_ipc, ipc) if ipc is not None else None)
-          or (_bounded(cfg.batch_by_classes, num_classes) if num_classes is not None else None) or cfg.batch_size)
+          or (_bounded(cfg.batch_by_classes,
+                       num_classes) if num_classes is not None else None) or cfg.batch_size)
     if num_classes is not None and num_classes in cfg.batch_factor_by_classes:
         bs = max(1, round(bs * cfg.batch_factor_by_classes[num_classes]))
     bs = max(bs, int(above_classes(cfg, num_classes).get("min_batch", 0)))
@@ -389,7 +404,8 @@ def lr_factor(kind: str, t: int, total: int, warmup_fraction: float = 0.5) -> fl
     raise ConfigError(f"unknown eval.schedule {kind!r} ({' | '.join(SCHEDULES)})")
 
 
-def _schedule(opt: torch.optim.Optimizer, spec: TrainSpec, steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+def _schedule(opt: torch.optim.Optimizer, spec: TrainSpec,
+              steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
     """Stepped once per optimizer step; with ``lr_step_unit: epoch`` the LR changes only between epochs."""
     lr_factor(spec.schedule, 0, 1, spec.warmup_fraction)  # a bad name fails before training
     if spec.lr_step_unit not in ("step", "epoch"):
@@ -398,7 +414,8 @@ def _schedule(opt: torch.optim.Optimizer, spec: TrainSpec, steps_per_epoch: int)
     total = spec.epochs if per_epoch else spec.epochs * steps_per_epoch
 
     def factor(step: int) -> float:
-        return lr_factor(spec.schedule, step // steps_per_epoch if per_epoch else step, total, spec.warmup_fraction)
+        return lr_factor(spec.schedule, step // steps_per_epoch if per_epoch else step, total,
+                         spec.warmup_fraction)
 
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
@@ -437,8 +454,8 @@ def _ema(model: nn.Module, spec: TrainSpec) -> torch.optim.swa_utils.AveragedMod
     ``update()`` once per epoch after the training pass (line 496), testing the EMA model (line 502).
     ema-pytorch 0.7.7 (``ema_pytorch/ema_pytorch.py``, ``get_current_decay`` lines 260-267, ``update``
     lines 269-291) copies on the first call and then uses ``1 - (1 + e)^-power`` with ``e = k - 1``,
-    capped at ``beta``: ``min(0.995, 1 - 1/k)``. (An earlier reading here, ``min(d, (1 + n) / (10 + n))``,
-    was the TensorFlow ``num_updates`` ramp, not PReDD's.)
+    capped at ``beta``: ``min(0.995, 1 - 1/k)`` (not the TensorFlow ``num_updates`` ramp
+    ``min(d, (1 + n) / (10 + n))``, which PReDD does not use).
     """
     if not spec.ema_decay:
         return None
@@ -535,7 +552,8 @@ class TensorBatches:
             yield self.x[idx], self.y[idx]
 
 
-def epoch_batches(n: int, gen: torch.Generator, bs: int, rank: int = 0, world_size: int = 1) -> list[torch.Tensor]:
+def epoch_batches(n: int, gen: torch.Generator, bs: int, rank: int = 0,
+                  world_size: int = 1) -> list[torch.Tensor]:
     """This rank's batches of one epoch: a permutation of ``n`` drawn from ``gen``, sharded, cut into ``bs``;
     a trailing batch of one is dropped (it breaks batch norm) unless the shard has one image."""
     perm = torch.randperm(n, generator=gen)[rank::world_size]
@@ -564,8 +582,8 @@ def _train_epoch(s: _Step, data: Any, bs: int, rank: int, world_size: int) -> fl
 
 def _check_protocol(spec: TrainSpec, teacher: nn.Module | None) -> None:
     if spec.protocol == "soft" and teacher is None:
-        raise ConfigError("the soft-label protocol needs a teacher (eval.protocol=soft: pass --train / data.root "
-                          "or eval.teacher_checkpoint)")
+        raise ConfigError("the soft-label protocol needs a teacher (eval.protocol=soft: pass --train / "
+                          "data.root or eval.teacher_checkpoint)")
     if spec.protocol not in ("hard", "soft"):
         raise ConfigError(f"unknown eval.protocol {spec.protocol!r} (hard | soft)")
     if spec.report not in ("final", "best"):
@@ -589,7 +607,8 @@ def _setup(spec: TrainSpec, data: Any, num_classes: int, teacher: nn.Module | No
     """Seed everything from ``spec.seed``, build the student, optimizer, schedule and EMA; return the
     step state and the per-rank batch size."""
     torch.manual_seed(spec.seed)  # init and every global-RNG draw (dropout) follow the run's seed
-    model = build_student(spec.student, data.channels, num_classes, data.size, **spec.student_kwargs).to(device)
+    model = build_student(spec.student, data.channels, num_classes, data.size,
+                          **spec.student_kwargs).to(device)
     gen = torch.Generator().manual_seed(spec.seed)  # batches and augmentations
     rng = np.random.default_rng(spec.seed)  # mixing weights
     ema = _ema(model, spec)
@@ -614,12 +633,7 @@ def train_student(
     train_x: torch.Tensor, train_y: torch.Tensor,
     val_x: torch.Tensor, val_y: torch.Tensor,
     num_classes: int,
-    teacher: nn.Module | None = None,
-    device: torch.device | str = "cpu",
-    rank: int = 0, world_size: int = 1,
-    wrap_model: Callable[[nn.Module], nn.Module] | None = None,
-    on_epoch: Callable[[dict[str, Any]], None] | None = None,
-    norm: tuple[Any, Any] | None = None,
+    **options: Any,
 ) -> dict[str, Any]:
     """Train ``spec.student`` from scratch on ``train_x``/``train_y`` and test on the real val set.
 
@@ -629,10 +643,10 @@ def train_student(
     names, ``report`` says which), the epoch of the best, the last training loss, the evaluation
     history, the LR at the start of every epoch and after the last, and the wall time. With
     ``world_size > 1`` each rank trains on its shard of every shuffled epoch (DDP via ``wrap_model``).
+    ``options`` are ``train_on``'s keywords (``teacher``, ``device``, ``rank``, ``world_size``,
+    ``wrap_model``, ``on_epoch``, ``norm``).
     """
-    return train_on(spec, TensorBatches(train_x, train_y), val_x, val_y, num_classes, teacher=teacher,
-                    device=device, rank=rank, world_size=world_size, wrap_model=wrap_model, on_epoch=on_epoch,
-                    norm=norm)
+    return train_on(spec, TensorBatches(train_x, train_y), val_x, val_y, num_classes, **options)
 
 
 def train_on(

@@ -1,4 +1,5 @@
-"""A result row's per-seed numbers, as the row reports them (shared by the tables, DD-Ranking and the claims)."""
+"""A result row's per-seed numbers, as the row reports them (shared by the tables, DD-Ranking and the
+claims)."""
 
 from __future__ import annotations
 

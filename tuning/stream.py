@@ -82,7 +82,8 @@ class StreamedSet:
         yield from loader
 
 
-def _count(items: list[tuple[int, np.ndarray | None]], hist: np.ndarray | None, keep: list[int]) -> np.ndarray | None:
+def _count(items: list[tuple[int, np.ndarray | None]], hist: np.ndarray | None,
+           keep: list[int]) -> np.ndarray | None:
     """Add the readable images of one batch to ``hist`` and their indices to ``keep``."""
     for i, x in items:
         if x is not None:

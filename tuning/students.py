@@ -17,9 +17,8 @@
 - ``vit_tiny``: ViT-Ti (dim 192, 12 blocks, 3 heads), about 8 x 8 patches whatever the size;
   ``vit_predd``: PReDD's ViT (patch 16, dim 512, depth 10, 8 heads, MLP 512, dropout 0.1).
 
-Legacy names (kept so older configs run unchanged; not a published architecture):
-``resnet18`` = ``resnet18_bn`` and ``resnet18_in`` are the resolution-adaptive ResNet-18 they
-always were (3x3 stride-1 stem at 32 px, 3x3 stride-2 at 64 px, ImageNet stem from 128 px).
+``resnet18`` = ``resnet18_bn`` and ``resnet18_in``: a resolution-adaptive ResNet-18, not a published
+architecture (3x3 stride-1 stem at 32 px, 3x3 stride-2 at 64 px, ImageNet stem from 128 px).
 
 MobileNetV2 and ShuffleNetV2 keep small inputs at full resolution longer (CIFAR-style stems);
 the number of 2x reductions grows with ``im_size`` until the ImageNet layout is reached.
@@ -68,7 +67,8 @@ def _make_divisible(v: float, divisor: int = 8) -> int:
 
 class MobileNetV2(nn.Module):
     # expansion t, channels c, repeats n, ImageNet stride s
-    SETTINGS: ClassVar[list[tuple[int, int, int, int]]] = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
+    SETTINGS: ClassVar[list[tuple[int, int, int, int]]] = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2),
+                                                           (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
                 (6, 320, 1, 1)]
 
     def __init__(self, channels: int, num_classes: int, im_size: int, width_mult: float = 1.0,
@@ -158,7 +158,8 @@ class ShuffleNetV2(nn.Module):
                 cin = cout
         self.stages = nn.Sequential(*layers)
         last = stage_channels[4]
-        self.conv5 = nn.Sequential(nn.Conv2d(cin, last, 1, bias=False), nn.BatchNorm2d(last), nn.ReLU(inplace=True))
+        self.conv5 = nn.Sequential(nn.Conv2d(cin, last, 1, bias=False), nn.BatchNorm2d(last),
+                                   nn.ReLU(inplace=True))
         self.feature_dim = last
         self.fc = nn.Linear(last, num_classes)
 
@@ -212,10 +213,6 @@ STUDENTS: dict[str, Callable[..., nn.Module]] = {
 }
 
 LEGACY_STUDENTS = ("resnet18", "resnet18_bn", "resnet18_in")  # resolution-adaptive stems (see the module doc)
-
-
-def student_names() -> list[str]:
-    return list(STUDENTS)
 
 
 def check_students(names: list[str]) -> None:

@@ -6,7 +6,8 @@ channels, repeats) = (1,3,1,16,1) (6,3,2,24,2) (6,5,2,40,2) (6,3,2,80,3) (6,5,1,
 sigmoid); head 1x1 conv to 1280 + BN + SiLU, global pool, dropout 0.2, linear.
 Stochastic depth grows linearly to 0.2 over the blocks and the init is torchvision's
 (kaiming-normal fan-out convs, uniform(+-1/sqrt(classes)) linear; ``init="pytorch"`` keeps PyTorch's
-defaults, as PReDD's). 5,288,548 parameters at 1000 classes. The layout is the same at every resolution (total stride 32; 32 px ends at 1 x 1).
+defaults, as PReDD's). 5,288,548 parameters at 1000 classes. The layout is the same at every resolution (total
+stride 32; 32 px ends at 1 x 1).
 """
 
 from __future__ import annotations
@@ -23,8 +24,10 @@ B0_STAGES: tuple[tuple[int, int, int, int, int], ...] = (
     (6, 5, 2, 192, 4), (6, 3, 1, 320, 1))
 
 
-def _conv_bn(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1, act: bool = True) -> nn.Sequential:
-    layers: list[nn.Module] = [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)]
+def _conv_bn(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1,
+             act: bool = True) -> nn.Sequential:
+    layers: list[nn.Module] = [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False),
+                               nn.BatchNorm2d(cout)]
     if act:
         layers.append(nn.SiLU(inplace=True))
     return nn.Sequential(*layers)
@@ -53,7 +56,8 @@ class MBConv(nn.Module):
         if not self.residual:
             return out
         if self.training and self.drop > 0:  # per-sample stochastic depth (torchvision's "row" mode)
-            keep = torch.empty(out.shape[0], 1, 1, 1, device=out.device, dtype=out.dtype).bernoulli_(1 - self.drop)
+            keep = torch.empty(out.shape[0], 1, 1, 1, device=out.device,
+                               dtype=out.dtype).bernoulli_(1 - self.drop)
             out = out * keep / (1 - self.drop)
         return out + x
 
@@ -70,7 +74,8 @@ class EfficientNetB0(nn.Module):
         cin, idx = 32, 0
         for expand, k, stride, cout, repeats in B0_STAGES:
             for r in range(repeats):
-                layers.append(MBConv(cin, cout, expand, k, stride if r == 0 else 1, stochastic_depth * idx / total))
+                layers.append(MBConv(cin, cout, expand, k, stride if r == 0 else 1,
+                                     stochastic_depth * idx / total))
                 cin, idx = cout, idx + 1
         layers.append(_conv_bn(cin, 1280, 1))
         self.features = nn.Sequential(*layers)
@@ -78,7 +83,8 @@ class EfficientNetB0(nn.Module):
         self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(1280, num_classes))
         if init not in ("torchvision", "pytorch"):
             raise ValueError(f"unknown EfficientNet init {init!r} (torchvision | pytorch)")
-        for m in self.modules() if init == "torchvision" else ():  # torchvision's init; pytorch: the layers' own
+        # torchvision's init; pytorch: the layers' own
+        for m in self.modules() if init == "torchvision" else ():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out")
                 if m.bias is not None:

@@ -65,7 +65,8 @@ class PReDDShuffleNetV2(nn.Module):
     """PReDD's ShuffleNetV2 1.0x (module doc); the layout does not depend on ``im_size``."""
 
     def __init__(self, channels: int, num_classes: int, im_size: int, groups: int = 2,
-                 stage_channels: tuple[int, int, int] = (116, 232, 464), repeats: tuple[int, int, int] = (4, 8, 4)
+                 stage_channels: tuple[int, int, int] = (116, 232, 464),
+                 repeats: tuple[int, int, int] = (4, 8, 4)
                  ) -> None:
         super().__init__()
         self.im_size = im_size
@@ -78,7 +79,8 @@ class PReDDShuffleNetV2(nn.Module):
             layers += [PReDDShuffleUnit(cout, cout, 1, groups) for _ in range(n - 1)]
             cin = cout
         self.stages = nn.Sequential(*layers)
-        self.conv5 = nn.Sequential(nn.Conv2d(cin, 1024, 1, bias=False), nn.BatchNorm2d(1024), nn.ReLU(inplace=True))
+        self.conv5 = nn.Sequential(nn.Conv2d(cin, 1024, 1, bias=False), nn.BatchNorm2d(1024),
+                                   nn.ReLU(inplace=True))
         self.feature_dim = 1024
         self.fc = nn.Linear(1024, num_classes)
 
@@ -109,7 +111,8 @@ class PReDDInvertedResidual(nn.Module):
 
 
 class PReDDMobileNetV2(nn.Module):
-    """PReDD's MobileNetV2 1.0x (module doc): no dropout, its init; the layout does not depend on ``im_size``."""
+    """PReDD's MobileNetV2 1.0x (module doc): no dropout, its init; the layout does not depend on
+    ``im_size``."""
 
     SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
                 (6, 320, 1, 1))

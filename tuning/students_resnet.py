@@ -11,8 +11,8 @@
   after the 1x1 shortcut conv); the stem is 3x3 with no pool at <= 64 px, 3x3 + AvgPool(2) at
   <= 128 px, 7x7 (stride 1) + AvgPool(4) above; IDC's init (conv weights N(0, 2 / (k*k*C_out)),
   norm weight 1 / bias 0). Base width 64 (IDC's ImageNet branch); ``width=32`` gives IDC's CIFAR branch.
-- ``AdaptiveResNet``: the pre-issue-13 ResNet whose stem follows the resolution (legacy names
-  ``resnet18``, ``resnet18_bn``, ``resnet18_in`` keep meaning it; not a published architecture).
+- ``AdaptiveResNet``: a ResNet whose stem follows the resolution (the names ``resnet18``,
+  ``resnet18_bn``, ``resnet18_in``; not a published architecture).
 """
 
 from __future__ import annotations
@@ -105,8 +105,8 @@ class ResNet18(_Classifier):
             stem: list[nn.Module] = [nn.Conv2d(channels, width, 3, 1, 1, bias=False), norm2d(norm, width),
                                      nn.ReLU(inplace=True)]
         elif form == "imagenet":
-            stem = [nn.Conv2d(channels, width, 7, 2, 3, bias=False), norm2d(norm, width), nn.ReLU(inplace=True),
-                    nn.MaxPool2d(3, 2, 1)]
+            stem = [nn.Conv2d(channels, width, 7, 2, 3, bias=False), norm2d(norm, width),
+                    nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1)]
         else:
             raise ValueError(f"unknown ResNet-18 form {form!r} (cifar | imagenet)")
         self.form, self.im_size = form, im_size
@@ -139,15 +139,17 @@ class ResNetAP(_Classifier):
         self.fc = nn.Linear(self.feature_dim, num_classes)
         for m in self.modules():  # IDC's init (the fc keeps PyTorch's default, as in IDC)
             if isinstance(m, nn.Conv2d):
-                m.weight.data.normal_(0.0, math.sqrt(2.0 / (m.kernel_size[0] * m.kernel_size[1] * m.out_channels)))
+                m.weight.data.normal_(0.0,
+                                      math.sqrt(2.0 / (m.kernel_size[0] * m.kernel_size[1] * m.out_channels)))
             elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
                 m.weight.data.fill_(1.0)
                 m.bias.data.zero_()
 
 
 class AdaptiveResNet(_Classifier):
-    """Legacy: a ResNet whose stem follows the resolution (3x3 s1 at 32 px, 3x3 s2 at 64 px, ImageNet stem
-    from 128 px). Kept so the old names ``resnet18*`` keep their meaning; use the named forms for paper numbers."""
+    """A ResNet whose stem follows the resolution (3x3 s1 at 32 px, 3x3 s2 at 64 px, ImageNet stem from
+    128 px), the students ``resnet18*``; not a published architecture: use the named forms for paper
+    numbers."""
 
     def __init__(self, blocks: list[int], channels: int, num_classes: int, im_size: int,
                  norm: str = "batchnorm", width: int = 64) -> None:
@@ -157,8 +159,8 @@ class AdaptiveResNet(_Classifier):
         stem_down = max(0, k - 3)
         stem: list[nn.Module]
         if stem_down >= 2:
-            stem = [nn.Conv2d(channels, width, 7, 2, 3, bias=False), norm2d(norm, width), nn.ReLU(inplace=True),
-                    nn.MaxPool2d(3, 2, 1)]
+            stem = [nn.Conv2d(channels, width, 7, 2, 3, bias=False), norm2d(norm, width),
+                    nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1)]
         else:
             stem = [nn.Conv2d(channels, width, 3, 1 + stem_down, 1, bias=False), norm2d(norm, width),
                     nn.ReLU(inplace=True)]

@@ -58,7 +58,8 @@ class _Attention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, _ = x.shape
         q, k, v = (t.view(b, n, self.heads, -1).transpose(1, 2) for t in self.to_qkv(x).chunk(3, dim=-1))
-        out = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(dim_head)) v, no attention dropout
+        # softmax(q k^T / sqrt(dim_head)) v, no attention dropout
+        out = F.scaled_dot_product_attention(q, k, v)
         return self.to_out(out.transpose(1, 2).reshape(b, n, -1))
 
 
@@ -66,14 +67,16 @@ class PReDDViT(nn.Module):
     """PReDD's ViT (patch 16, dim 512, depth 10, 8 heads, MLP 512, dropout 0.1), no LayerNorm by default."""
 
     def __init__(self, channels: int, num_classes: int, im_size: int, patch: int = 16, dim: int = 512,
-                 depth: int = 10, heads: int = 8, dim_head: int = 64, mlp_dim: int = 512, dropout: float = 0.1,
-                 emb_dropout: float = 0.1, layer_norm: bool = False) -> None:
+                 depth: int = 10, heads: int = 8, dim_head: int = 64, mlp_dim: int = 512,
+                 dropout: float = 0.1, emb_dropout: float = 0.1, layer_norm: bool = False) -> None:
         super().__init__()
         if im_size % patch:
-            raise ValueError(f"im_size {im_size} is not a multiple of the patch size {patch} (vit_predd: patch=...)")
+            raise ValueError(f"im_size {im_size} is not a multiple of the patch size {patch} (vit_predd: "
+                             f"patch=...)")
         self.patch = patch
         n_tokens = (im_size // patch) ** 2
-        self.to_tokens = nn.Conv2d(channels, dim, patch, patch)  # = vit-pytorch's Linear over flattened patches
+        # = vit-pytorch's Linear over flattened patches
+        self.to_tokens = nn.Conv2d(channels, dim, patch, patch)
         self.pos = nn.Parameter(torch.randn(1, n_tokens + 1, dim))
         self.cls = nn.Parameter(torch.randn(1, 1, dim))
         self.drop = nn.Dropout(emb_dropout)
@@ -83,8 +86,8 @@ class PReDDViT(nn.Module):
 
         self.blocks = nn.ModuleList()
         for _ in range(depth):
-            ff = nn.Sequential(nn.Linear(dim, mlp_dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(mlp_dim, dim),
-                               nn.Dropout(dropout))
+            ff = nn.Sequential(nn.Linear(dim, mlp_dim), nn.GELU(), nn.Dropout(dropout),
+                               nn.Linear(mlp_dim, dim), nn.Dropout(dropout))
             self.blocks.append(nn.ModuleList([ln(), _Attention(dim, heads, dim_head, dropout), ln(), ff]))
         self.norm = ln()
         self.feature_dim = dim

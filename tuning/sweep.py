@@ -55,7 +55,8 @@ def search_space(sweep: SweepConfig) -> tuple[list[str], dict[str, Any]]:
     from ray import tune
 
     if not sweep.params:
-        raise ConfigError("sweep.params is empty: give at least one setting, e.g. diver.gamma: [0.0, 0.1, 0.3]")
+        raise ConfigError("sweep.params is empty: give at least one setting, e.g. diver.gamma: [0.0, 0.1, "
+                          "0.3]")
     names = list(sweep.params)
     space: dict[str, Any] = {}
     for i, name in enumerate(names):
@@ -71,7 +72,8 @@ def search_space(sweep: SweepConfig) -> tuple[list[str], dict[str, Any]]:
                                   "(grid takes lists)")
             space[f"p{i}"] = tune.choice(args) if kind == "choice" else getattr(tune, kind)(*args)
         else:
-            raise ConfigError(f"sweep.params.{name}: use a list of values or one of {{{', '.join(RANGE_KINDS)}: ...}}")
+            raise ConfigError(f"sweep.params.{name}: use a list of values or one of "
+                              f"{{{', '.join(RANGE_KINDS)}: ...}}")
     return names, space
 
 
@@ -129,16 +131,17 @@ def check_teacher_data(cfg: Config) -> None:
     ev = resolve_preset(trial_eval(cfg))
     if ev.protocol == "soft" and not ev.teacher_checkpoint and not cfg.data.root:
         via = f" (from eval.preset {ev.preset})" if ev.preset else ""
-        raise ConfigError(f"eval.protocol soft{via} trains its teacher on data.root, which is not set: set data.root "
-                          "(the sweep carves its holdout from it) or give a pretrained teacher in "
-                          "eval.teacher_checkpoint")
+        raise ConfigError(f"eval.protocol soft{via} trains its teacher on data.root, which is not set: set "
+                          f"data.root (the sweep carves its holdout from it) or give a pretrained teacher in "
+                          f"eval.teacher_checkpoint")
 
 
 RunMethod = Callable[[Config], str]
 
 
 def generate(cfg: Config, trial_dir: Path, run_method: RunMethod) -> str:
-    """The trial's distilled set: the path ``run_method(cfg)`` returns (the config's method), or random real images
+    """The trial's distilled set: the path ``run_method(cfg)`` returns (the config's method), or random real
+    images
     for ``method: none``."""
     if cfg.method == "none":
         from tuning.baselines import random_real
@@ -179,7 +182,8 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], names: list[str], tr
 
 
 def _plot(trials: list[dict[str, Any]], x_param: str, out: Path) -> Path | None:
-    """Headline mean top-1 vs ``x_param`` with the seed std as error bars, one line per value of the other params."""
+    """Headline mean top-1 vs ``x_param`` with the seed std as error bars, one line per value of the other
+    params."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -191,7 +195,8 @@ def _plot(trials: list[dict[str, Any]], x_param: str, out: Path) -> Path | None:
     groups: dict[str, list[tuple[Any, float, float]]] = {}
     for t in pts:
         rest = ", ".join(f"{k}={v}" for k, v in sorted(t["params"].items()) if k != x_param)
-        groups.setdefault(rest, []).append((t["params"][x_param], t["mean_top1"], t.get("mean_top1_std") or 0.0))
+        groups.setdefault(rest, []).append((t["params"][x_param], t["mean_top1"],
+                                            t.get("mean_top1_std") or 0.0))
     fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=110)
     for label, xy in sorted(groups.items()):
         try:
@@ -199,7 +204,8 @@ def _plot(trials: list[dict[str, Any]], x_param: str, out: Path) -> Path | None:
         except (TypeError, ValueError):
             pass
         xs = [str(p[0]) if isinstance(p[0], (list, tuple)) else p[0] for p in xy]
-        ax.errorbar(xs, [p[1] for p in xy], yerr=[p[2] for p in xy], marker="o", capsize=3, label=label or None)
+        ax.errorbar(xs, [p[1] for p in xy], yerr=[p[2] for p in xy], marker="o", capsize=3,
+                    label=label or None)
     ax.set_xlabel(x_param)
     ax.set_ylabel("headline mean top-1 (%), std over seeds")
     ax.set_title("sweep: accuracy vs " + x_param.split(".")[-1])
@@ -305,10 +311,11 @@ def tuning_split(cfg: Config, out: Path) -> tuple[Config, str]:
                           "set data.root, or sweep.holdout_fraction=0 to score trials on data.val_root")
     from tuning.holdout import carve_holdout
 
-    train, holdout = carve_holdout(cfg.data.root, out, fraction, seed=cfg.sweep.seed, classes=cfg.data.classes)
+    train, holdout = carve_holdout(cfg.data.root, out, fraction, seed=cfg.sweep.seed,
+                                   classes=cfg.data.classes)
     trial_cfg = apply_params(cfg, {"data.root": str(train), "data.val_root": str(holdout)})
-    return trial_cfg, (f"a holdout of {fraction:.0%} of each class of {cfg.data.root} (seed {cfg.sweep.seed}), "
-                       "never the validation split the report uses")
+    return trial_cfg, (f"a holdout of {fraction:.0%} of each class of {cfg.data.root} (seed "
+                       f"{cfg.sweep.seed}), never the validation split the report uses")
 
 
 def method_cpus(cfg: Config) -> float:
@@ -342,8 +349,8 @@ def run_sweep(cfg: Config, run_method: RunMethod, log: Callable[[str], None] = n
     ``log`` gets a header line, one line per finished trial and the best trial's line (a progress bar
     shows while a ``pipeline.core.console.quiet_terminal`` block is open).
 
-    ``run_method(cfg)`` distils one trial's set and returns its path (``pipeline.run.distil_one_set``; passed in so that
-    this layer does not import the methods above it).
+    ``run_method(cfg)`` distils one trial's set and returns its path (``pipeline.run.distil_one_set``; passed
+    in so that this layer does not import the methods above it).
     """
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -365,7 +372,8 @@ def run_sweep(cfg: Config, run_method: RunMethod, log: Callable[[str], None] = n
     if sweep.classes is not None:
         base = apply_params(cfg, {"data.classes": sweep.classes})
     # fail on a misspelt key or an invalid value before any trial starts
-    apply_params(base, {n: (v[0] if isinstance(v, list) else next(iter(v.values()))[0]) for n, v in sweep.params.items()})
+    apply_params(base, {n: (v[0] if isinstance(v, list) else next(iter(v.values()))[0]) for n,
+                        v in sweep.params.items()})
     out = Path(cfg.output.dir).resolve() / "sweep"
     out.mkdir(parents=True, exist_ok=True)
     base, selected_on = tuning_split(base, out)
@@ -396,8 +404,8 @@ def run_sweep(cfg: Config, run_method: RunMethod, log: Callable[[str], None] = n
             scheduler = ASHAScheduler(time_attr="students_done", max_t=len(students), grace_period=1,
                                       reduction_factor=2)
         tuner = tune.Tuner(
-            tune.with_resources(tune.with_parameters(run_trial, base=base.model_dump(mode="json"), names=names,
-                                                     trials_dir=str(out / "trials"),
+            tune.with_resources(tune.with_parameters(run_trial, base=base.model_dump(mode="json"),
+                                                     names=names, trials_dir=str(out / "trials"),
                                                      run_method=run_method), resources),
             param_space=space,
             tune_config=tune.TuneConfig(metric=sweep.metric, mode="max", num_samples=sweep.num_samples,
@@ -416,12 +424,14 @@ def run_sweep(cfg: Config, run_method: RunMethod, log: Callable[[str], None] = n
                        else None, "mean_top1_std": m.get("mean_top1_std"), "seeds": m.get("seeds"),
                        "students_done": m.get("students_done"),
                        "per_student": {k.split("/", 1)[1]: v for k, v in m.items() if k.startswith("top1/")},
-                       "per_student_std": {k.split("/", 1)[1]: v for k, v in m.items() if k.startswith("std/")},
+                       "per_student_std": {k.split("/", 1)[1]: v for k,
+                                           v in m.items() if k.startswith("std/")},
                        "error": str(res.error) if res.error else None})
     done = [t for t in trials if t["mean_top1"] is not None and not math.isnan(t["mean_top1"])]
     if not done:
         full = next((f for f in (find_disk_full(r.error) for r in grid if r.error is not None) if f), None)
-        if full is not None:  # the trials ran out of space: say so, not "every trial failed: <Ray's traceback>"
+        # the trials ran out of space: say so, not "every trial failed: <Ray's traceback>"
+        if full is not None:
             raise full
         errors = "; ".join(t["error"] or "no metric" for t in trials)
         raise ConfigError(f"every sweep trial failed: {errors[:2000]}")
@@ -429,8 +439,10 @@ def run_sweep(cfg: Config, run_method: RunMethod, log: Callable[[str], None] = n
     best = max(done, key=lambda t: (t["students_done"] == len(students), t["mean_top1"]))
     best_cfg = apply_params(cfg, best["params"]).model_copy(update={"sweep": None})
     best = {**best, "selected_on": selected_on}
-    atomic_write_json(out / "sweep_results.json", {"metric": sweep.metric, "students": students, "params": names,
-                                                   "trials": trials, "best": best, "selected_on": selected_on})
+    atomic_write_json(out / "sweep_results.json", {"metric": sweep.metric, "students": students,
+                                                   "params": names,
+                                                   "trials": trials, "best": best,
+                                                   "selected_on": selected_on})
     atomic_write_json(out / "best.json", best)
     atomic_write_bytes(out / "best_config.yaml", dump_config(best_cfg).encode())
     table = _md(trials, names, best["trial_id"], students) + (

@@ -32,8 +32,8 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     ``state_dict`` / ``model``) or ``.safetensors`` file; a DDP ``module.`` prefix is dropped."""
     p = Path(path)
     if not p.is_file():
-        raise DataError(f"eval.teacher_checkpoint {p}: no such file (a torchvision / timm ResNet-18 state dict, "
-                        "or `scratch` to train the teacher on the real train split)")
+        raise DataError(f"eval.teacher_checkpoint {p}: no such file (a torchvision / timm ResNet-18 state "
+                        f"dict, or `scratch` to train the teacher on the real train split)")
     if p.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -45,7 +45,8 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             state = state[key]
             break
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise DataError(f"eval.teacher_checkpoint {p}: expected a state dict of tensors, got {type(state).__name__}")
+        raise DataError(f"eval.teacher_checkpoint {p}: expected a state dict of tensors, got "
+                        f"{type(state).__name__}")
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
@@ -77,7 +78,8 @@ def to_ours(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def load_into(net: torch.nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
     """Load ``state`` (our names, or torchvision's / timm's) into ``net``; batch-norm counters a file leaves
-    out keep their fresh value. Returns the keys filled that way; any other mismatch raises ``RuntimeError``."""
+    out keep their fresh value. Returns the keys filled that way; any other mismatch raises
+    ``RuntimeError``."""
     if is_library_layout(state):
         state = to_ours(state)
     own = net.state_dict()

@@ -30,14 +30,17 @@ class AutoencodeLoss(torch.nn.Module):
 
 
 def latent_noise(vae: Any, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Standard normal noise of the latent shape of ``x`` (``[B, latent_channels, H / f, W / f]``), on the CPU."""
+    """Standard normal noise of the latent shape of ``x`` (``[B, latent_channels, H / f, W / f]``), on the
+    CPU."""
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
     shape = (x.shape[0], vae.config.latent_channels, x.shape[-2] // factor, x.shape[-1] // factor)
     return torch.randn(shape, generator=generator)
 
 
-def vae_step(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-    """One optimiser step of ``model`` (an ``AutoencodeLoss``, maybe DDP-wrapped); returns the detached MSE."""
+def vae_step(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor,
+             eps: torch.Tensor) -> torch.Tensor:
+    """One optimiser step of ``model`` (an ``AutoencodeLoss``, maybe DDP-wrapped); returns the detached
+    MSE."""
     loss, mse = model(x, eps)
     opt.zero_grad(set_to_none=True)
     loss.backward()

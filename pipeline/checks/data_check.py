@@ -42,7 +42,8 @@ def _probe_all(paths: list[str], size: int, workers: int) -> list[str]:
         return list(pool.map(probe_image, paths, [size] * len(paths), chunksize=64))
 
 
-def check_dataset(root: str | os.PathLike, ipc: int = 1, extensions: tuple[str, ...] | list[str] = DEFAULT_EXTENSIONS,
+def check_dataset(root: str | os.PathLike, ipc: int = 1,
+                  extensions: tuple[str, ...] | list[str] = DEFAULT_EXTENSIONS,
                   class_names: str | os.PathLike | None = None, decode: bool = True, workers: int = 1,
                   size: int = 32, follow_symlinks: bool = True, fmt: str = "auto") -> dict[str, Any]:
     """The data-check report as a dict (see the module docstring); ``ok`` is False on any problem.
@@ -80,7 +81,8 @@ def check_dataset(root: str | os.PathLike, ipc: int = 1, extensions: tuple[str, 
         for name, ids in duplicate_class_names(names).items():
             warnings.append(f"class name {name!r} is shared by {ids}: prompts will name them with their ids")
     aliases = [s for s in index.skipped if s["reason"].startswith(("aliased", "folder already scanned"))]
-    if aliases:  # the scan resolved real paths once: no file is counted twice or in a class it does not sit under
+    # the scan resolved real paths once: no file is counted twice or in a class it does not sit under
+    if aliases:
         warnings.append(f"{len(aliases)} aliased folder(s)/file(s) skipped (links to files used elsewhere)")
 
     return {
@@ -106,7 +108,8 @@ def format_report(rep: dict[str, Any]) -> str:
     if rep["skipped"]:
         lines.append("skipped (path: reason):")
         lines += [f"  {s['path']}: {s['reason']}" for s in rep["skipped"]]
-        lines.append("skipped by reason: " + ", ".join(f"{k} {v}" for k, v in rep["skipped_by_reason"].items()))
+        lines.append("skipped by reason: " + ", ".join(f"{k} {v}" for k,
+                                                       v in rep["skipped_by_reason"].items()))
     lines.append(f"usable images per class (ipc {rep['ipc']}):")
     width = max((len(c) for c in rep["counts"]), default=0)
     for cls, n in rep["counts"].items():

@@ -76,7 +76,8 @@ def _check_file(root: Path, e: dict[str, Any], rel: str, decode: bool, t: _Tally
 
 
 def _check_entries(root: Path, images: list[Any], decode: bool, problems: list[str]) -> _Tally:
-    """Tally every manifest entry; entries that are malformed, outside DIR or in another folder are problems."""
+    """Tally every manifest entry; entries that are malformed, outside DIR or in another folder are
+    problems."""
     t = _Tally()
     for i, e in enumerate(images):
         if not isinstance(e, dict) or not all(k in e for k in ("key", "file", "class_id", "label")):
@@ -106,8 +107,8 @@ def _tally_problems(t: _Tally) -> list[str]:
     problems += [f"file {f!r} is listed {n} times" for f, n in sorted(t.files.items()) if n > 1]
     problems += [f"class {c!r} has several labels {sorted(ls)}" for c, ls in sorted(t.labels_of.items())
                  if len(ls) > 1]
-    problems += [f"label {lb} is used by several classes {sorted(cs)}" for lb, cs in sorted(t.classes_of.items())
-                 if len(cs) > 1]
+    problems += [f"label {lb} is used by several classes {sorted(cs)}" for lb,
+                 cs in sorted(t.classes_of.items()) if len(cs) > 1]
     return problems
 
 
@@ -137,7 +138,8 @@ def _check_counts(man: dict[str, Any], settings: dict[str, Any], counts: Counter
     if expected is not None:
         for cls in sorted(set(expected) | set(counts)):
             if counts.get(cls, 0) != expected.get(cls, 0):
-                problems.append(f"class {cls!r}: {counts.get(cls, 0)} images, manifest expects {expected.get(cls, 0)}")
+                problems.append(f"class {cls!r}: {counts.get(cls, 0)} images, manifest expects "
+                                f"{expected.get(cls, 0)}")
     if want_ipc is not None:
         for cls in sorted(set(counts) | set(expected or {})):
             if counts.get(cls, 0) != int(want_ipc):
@@ -186,7 +188,8 @@ def format_report(rep: dict[str, Any]) -> str:
         lines.append(f"  {cls}: {n}" + (f" / {want}" if want is not None else ""))
     lines += [f"warning: {w}" for w in rep["warnings"]]
     lines += [f"problem: {p}" for p in rep["problems"]]
-    lines.append("OK: the set matches its manifest" if rep["ok"] else f"FAILED: {len(rep['problems'])} mismatch(es)")
+    failed = f"FAILED: {len(rep['problems'])} mismatch(es)"
+    lines.append("OK: the set matches its manifest" if rep["ok"] else failed)
     return "\n".join(lines)
 
 

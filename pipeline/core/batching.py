@@ -8,7 +8,7 @@ byte-reproducible across pool and batch sizes. Feeding the model chunks of exact
 ``size`` rows (the last one padded by repeating its last row, then trimmed) makes every
 image see the same shapes, whatever the Ray batch was. Rows do not interact inside a
 model batch (no batch norm in eval mode), so an image's result is the same whichever rows
-share its chunk: measured exact on the zoo DiT and VAE (tests/test_reliability_determinism.py).
+share its chunk: measured exact on the zoo DiT and VAE (tests/core/test_core_batching.py).
 
 Text generation also depends on padding length: pad prompts to a fixed length
 (``padding="max_length"``) as well, so a row's pad count depends only on itself.

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Mapping
 from typing import Any
 
 # chat-template / special tokens of common model families: <|im_start|>, <|eot_id|>, </s>, [INST], <<SYS>> ...
@@ -143,9 +142,4 @@ def truncate_tokens(text: str, max_tokens: int, tokenizer: Any | None = None) ->
         else:
             hi = mid - 1
     return " ".join(words[:lo]).rstrip(" ,;:-")
-
-
-def quote_all(values: Mapping[str, Any], max_chars: int = 300) -> dict[str, str]:
-    """``quote_for_prompt`` over a mapping (e.g. class id -> name)."""
-    return {k: quote_for_prompt(v, max_chars) for k, v in values.items()}
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 
 
@@ -42,7 +41,3 @@ def per_image_noise(seeds: Sequence[int], shape: tuple[int, ...], dtype: torch.d
     if len(seeds) == 0:
         return torch.empty((0, *shape), dtype=dtype)
     return torch.stack([torch.randn(shape, generator=generator(s), dtype=dtype) for s in seeds])
-
-
-def numpy_rng(seed: int) -> np.random.Generator:
-    return np.random.default_rng(int(seed))

@@ -59,14 +59,6 @@ class SkipLog:
             extra = {k: v for k, v in e.items() if k not in ("path", "reason", "stage")}
             self.add(e["path"], e["reason"], e.get("stage", stage), **extra)
 
-    def add_from_batch(self, batch: dict[str, Any], stage: str, error_col: str = "error") -> np.ndarray:
-        """Record rows whose ``error`` is non-empty; return the boolean mask of good rows."""
-        errors = np.asarray(batch.get(error_col, np.array([""] * len(batch["path"]))), dtype=object)
-        good = np.array([not e for e in errors], dtype=bool)
-        for p, e in zip(np.asarray(batch["path"])[~good], errors[~good]):
-            self.add(str(p), str(e), stage)
-        return good
-
     @property
     def entries(self) -> list[dict[str, Any]]:
         return [self._entries[k] for k in sorted(self._entries)]
@@ -144,15 +136,6 @@ def check_class_counts(counts: dict[str, int], ipc: int, policy: str = "error") 
             "Lower ipc, add images, or set edits.small_class_policy=shrink"
         )
     return {c: min(n, ipc) for c, n in sorted(counts.items())}
-
-
-def check_errored_blocks(n_errored: int, max_errored_blocks: int, stage: str = "") -> None:
-    """Fail when more Ray blocks errored than ``ray.max_errored_blocks`` allows (-1: unlimited)."""
-    if max_errored_blocks >= 0 and n_errored > max_errored_blocks:
-        raise DataError(
-            f"{n_errored} Ray blocks failed{' in ' + stage if stage else ''}, above ray.max_errored_blocks="
-            f"{max_errored_blocks}; see the Ray logs for the first error"
-        )
 
 
 def drop_bad_rows(batch: dict[str, Any], skip_dir: str, stage: str = "decode",

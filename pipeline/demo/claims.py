@@ -30,7 +30,8 @@ FULL_MIN_SEEDS = 5  # demo --full (2 distillation seeds x 3 evaluation seeds = 6
 
 
 def headline_by_seed(rows: list[dict], method: str, ipc: int | None = None) -> list[float]:
-    """Per seed (in seed order), ``method``'s headline at ``ipc`` (any IPC when None) on the augmented runs."""
+    """Per seed (in seed order), ``method``'s headline at ``ipc`` (any IPC when None) on the augmented
+    runs."""
     mine = [r for r in rows if r["method"] == method and r.get("augment") != "none"
             and (ipc is None or r["ipc"] == ipc)]
     return list(set_headlines(mine).values()) if mine else []

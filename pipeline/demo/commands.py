@@ -27,7 +27,8 @@ def zoo_build(args: argparse.Namespace) -> int:
 
 
 def recorded_checks(folder: Path, role: str) -> str:
-    """The accuracies a demo role's recipe recorded in ``<role>.json`` (e.g. ``sample_accuracy 97.5%``), or ''."""
+    """The accuracies a demo role's recipe recorded in ``<role>.json`` (e.g. ``sample_accuracy 97.5%``), or
+    ''."""
     report = folder / f"{role}.json"
     if not report.is_file():
         return ""
@@ -64,7 +65,8 @@ def demo(args: argparse.Namespace) -> int:
     result = run_demo(Path(args.out), quick=args.quick, full=getattr(args, "full", False),
                       verbose=getattr(args, "verbose", False), ablations=getattr(args, "ablations", False))
     summary = Path(result["report_html"]).parent / "demo_summary.json"
-    print(f"summary: {summary}" if not getattr(args, "verbose", False) else json.dumps(result, indent=2, default=str))
+    print(f"summary: {summary}" if not getattr(args, "verbose",
+                                               False) else json.dumps(result, indent=2, default=str))
     return 0
 
 
@@ -91,13 +93,15 @@ def train_demo_role(role: str, weights_dir: Path, data: str | None) -> dict:
 
 
 def train_demo(args: argparse.Namespace) -> int:
-    """``zoo train-demo``: train the demo roles from their recipes, ship them (SHA256SUMS), refresh the zoo."""
+    """``zoo train-demo``: train the demo roles from their recipes, ship them (SHA256SUMS), refresh the
+    zoo."""
     from actors import shipped
 
     roles = list(args.roles or DEMO_ROLES)
     unknown = [r for r in roles if r not in DEMO_ROLES]
     if unknown:
-        print(f"semdistill zoo train-demo: unknown role(s) {', '.join(unknown)}; known: {', '.join(DEMO_ROLES)}")
+        print(f"semdistill zoo train-demo: unknown role(s) {', '.join(unknown)}; known: "
+              f"{', '.join(DEMO_ROLES)}")
         return 2
     weights_dir = Path(args.weights_dir) if args.weights_dir else shipped.WEIGHTS_DIR
     weights_dir.mkdir(parents=True, exist_ok=True)
@@ -106,7 +110,8 @@ def train_demo(args: argparse.Namespace) -> int:
             print(f"  {role}: shipped weights present in {weights_dir / role} (use --force to retrain)")
             continue
         if role == "demo_sd" and not (weights_dir / "demo_clip").is_dir():
-            print("semdistill zoo train-demo: demo_sd needs demo_clip's text encoder; train --roles demo_clip first")
+            print("semdistill zoo train-demo: demo_sd needs demo_clip's text encoder; train --roles "
+                  "demo_clip first")
             return 2
         train_demo_role(role, weights_dir, args.data)
         sums = shipped.write_sums(weights_dir)

@@ -85,7 +85,8 @@ QUICK_EVAL = {**DEMO_EVAL, "epochs": 4, "repeats": 1, "eval_every": 0}
 # val: scripts/choose_demo_eval_batch.sh, random real at that IPC, top-1 on the holdout.
 # IPC 10 (2 seeds, 20 epochs): batch 64 left MobileNetV2 at chance (10.3%; ResNet-18 68.2, ConvNet 92.5),
 # 32 gave 76.7 (90.9, 92.3), 16 gave 90.1 (92.6, 92.5): batch 16, 140 SGD steps.
-# IPC 1 (3 seeds, final top-1; a batch is capped at the set's 10 images, so 10 is the full batch and 16 the same
+# IPC 1 (3 seeds, final top-1; a batch is capped at the set's 10 images, so 10 is the full batch and 16 the
+# same
 # run): 100 epochs gave ConvNet 74.3, ResNet-18 59.1, MobileNetV2 53.1 (unseen mean 56.1); 300 epochs gave
 # ConvNet 75.9, ResNet-18 65.5 (above 100 epochs at each of the 3 seeds); MobileNetV2 at 300 epochs was not
 # measured (the shared CPU ran out of time): 300 epochs, full batch, tests at 150 and 300 as IPC 10's halfway.
@@ -136,7 +137,8 @@ class DemoPlan:
         """Every set the plan evaluates, in the order they are made."""
         specs: list[SetSpec] = []
         for ipc in self.ipcs:
-            for d in self.distill_seeds:  # random real at every seed (the claims' reference); coresets at the first
+            # random real at every seed (the claims' reference); coresets at the first
+            for d in self.distill_seeds:
                 specs += [SetSpec(b, ipc, d) for b in self.baselines
                           if b == "random_real" or (b != "full_real" and d == self.distill_seeds[0])]
         if "full_real" in self.baselines:
@@ -189,12 +191,13 @@ def demo_plan(quick: bool = False, full: bool = False, ablations: bool = False) 
                         baselines=("random_real",) + (FULL_BASELINES if ablations else ()),
                         stage1={"dm": FULL_IPCS, "gm": tuple(DEMO_TRIM["gm"]["ipcs"])}, ablations=ablations)
     return DemoPlan(ipcs=DEMO_IPCS, distill_seeds=(0,), eval_seeds=DEMO_EVAL["repeats"],
-                    students=tuple(DEMO_EVAL["students"]), baselines=("random_real",), stage1={"dm": DEMO_IPCS},
-                    ablations=False)
+                    students=tuple(DEMO_EVAL["students"]), baselines=("random_real",),
+                    stage1={"dm": DEMO_IPCS}, ablations=False)
 
 
 def eval_config(plan: DemoPlan, ipc: int | None, quick: bool = False) -> EvalConfig:
-    """The evaluation of the plan's sets at ``ipc`` (None: the full real set, at the largest IPC's settings)."""
+    """The evaluation of the plan's sets at ``ipc`` (None: the full real set, at the largest IPC's
+    settings)."""
     table = QUICK_EVAL if quick else {**DEMO_EVAL, **DEMO_EVAL_BY_IPC[ipc or max(DEMO_EVAL_BY_IPC)]}
     return EvalConfig.model_validate({**table, "students": list(plan.students), "repeats": plan.eval_seeds})
 
@@ -276,7 +279,8 @@ def ars_sets(sets: dict[str, Path]) -> dict[str, Path]:
 
 
 def tag_rows(rows: list[dict], sets: dict[str, Path], specs: dict[str, SetSpec]) -> list[dict]:
-    """Each row gains its set's ``distill_seed`` and, for a recovered set, ``stage1`` (found by its folder)."""
+    """Each row gains its set's ``distill_seed`` and, for a recovered set, ``stage1`` (found by its
+    folder)."""
     by_dir = {str(d): specs[n] for n, d in sets.items() if n in specs}
     for r in rows:
         spec = by_dir.get(str(r.get("distilled")))
@@ -343,8 +347,10 @@ def gamma0_config(cfg: Config, dm_set: Path, out: Path, name: str = "diver_gamma
     return config_from_dict(raw, source="demo: diver gamma 0")
 
 
-def diver_seed_config(cfg: Config, out: Path, method: str, ipcs: tuple[int, ...], distill_seed: int) -> Config:
-    """DIVER on the built-in stage-1 ``method`` (dm | gm) at ``ipcs`` with distillation seed ``d``: the stage-1
+def diver_seed_config(cfg: Config, out: Path, method: str, ipcs: tuple[int, ...],
+                      distill_seed: int) -> Config:
+    """DIVER on the built-in stage-1 ``method`` (dm | gm) at ``ipcs`` with distillation seed ``d``: the
+    stage-1
     seed and DIVER's seed both shifted by ``d``; output ``out/diver[_gm][_d<d>]``."""
     raw = cfg.model_dump(mode="json")
     stage1 = raw["diver"]["stage1"]
@@ -368,7 +374,8 @@ def _copy_artefacts(src: Path, dst: Path) -> None:
             shutil.copytree(src, tmp, dirs_exist_ok=True)
 
 
-def edits_seed_config(cfg: Config, out: Path, ipc: int, distill_seed: int, first: Config | None = None) -> Config:
+def edits_seed_config(cfg: Config, out: Path, ipc: int, distill_seed: int,
+                      first: Config | None = None) -> Config:
     """EDITS at ``ipc`` with distillation seed ``d`` (``edits.seed + d``) into ``out/edits_ipc<K>[_d<d>]``.
 
     Every run after ``first`` starts from a copy of its artefacts and shares its fine-tuned SD, so captions,
@@ -471,7 +478,8 @@ def _run_diver_sets(plan: DemoPlan, base: Config, out: Path, sets: dict[str, Pat
 
 def _run_edits_sets(plan: DemoPlan, out: Path, data: Path, quick: bool, sets: dict[str, Path],
                     specs: dict[str, SetSpec], skipped: dict[str, str], logs: Path) -> Path | None:
-    """EDITS at each IPC and distillation seed (and without text prototypes); returns the headline set's folder."""
+    """EDITS at each IPC and distillation seed (and without text prototypes); returns the headline set's
+    folder."""
     from pipeline.core.console import stage
     from pipeline.edits.run import run_edits  # its model stack loads when this step runs
     first: Config | None = None
@@ -520,11 +528,13 @@ def _run_demo(out: Path, quick: bool, full: bool, logs: Path, ablations: bool = 
     t0 = time.time()
     stage(f"[2/{n_steps}] baselines at IPC {ipc_text}: {', '.join(plan.baselines)}")
     for spec in (s for s in plan.sets() if s.method in plan.baselines):
-        res = build_baseline(spec.method, data / "train", out / spec.name, ipc=spec.ipc or 1, seed=spec.distill_seed)
+        res = build_baseline(spec.method, data / "train", out / spec.name, ipc=spec.ipc or 1,
+                             seed=spec.distill_seed)
         sets[spec.name], specs[spec.name] = Path(res["output"]), spec
     timings["baselines_s"] = round(time.time() - t0, 1)
 
-    base = method_config("diver", out, data, quick, logs=logs, ipcs=plan.ipcs)  # its ray section runs the demo
+    # its ray section runs the demo
+    base = method_config("diver", out, data, quick, logs=logs, ipcs=plan.ipcs)
     panels: dict[str, Path] = {}
     with ray_session(base.ray):
         t0 = time.time()
@@ -548,12 +558,14 @@ def _run_demo(out: Path, quick: bool, full: bool, logs: Path, ablations: bool = 
             if not group:
                 continue
             ev = eval_config(plan, ipc, quick)
-            stage(f"[5/{n_steps}] evaluation at {f'IPC {ipc}' if ipc else 'the full real set'}: {len(group)} sets x "
-                  f"{len(ev.students)} students x {ev.repeats} seeds ({ev.epochs} epochs at batch {ev.batch_size})")
+            stage(f"[5/{n_steps}] evaluation at {f'IPC {ipc}' if ipc else 'the full real set'}: {len(group)} "
+                  f"sets x {len(ev.students)} students x {ev.repeats} seeds ({ev.epochs} epochs at batch "
+                  f"{ev.batch_size})")
             rows = evaluate_demo(group, data, out, ev, base.ray, specs=specs)
             if plan.ablations:  # DD-Ranking's ARS: distillation seed 0 again without augmentation
                 plain = ev.model_copy(update={"augment": "none"})
-                ars = {n: d for n, d in ars_sets(group).items() if specs[n].distill_seed == plan.distill_seeds[0]}
+                ars = {n: d for n,
+                       d in ars_sets(group).items() if specs[n].distill_seed == plan.distill_seeds[0]}
                 if ars:
                     stage("      the same runs without augmentation (DD-Ranking ARS; distillation seed "
                           f"{plan.distill_seeds[0]}, not the full real set)")
@@ -569,13 +581,14 @@ def _run_demo(out: Path, quick: bool, full: bool, logs: Path, ablations: bool = 
     rows = planned_rows(rows, specs)
     for ipc in plan.ipcs:
         ev = eval_config(plan, ipc, quick)
-        notes.append(f"IPC {ipc}: students trained {ev.epochs} epochs at batch {ev.batch_size} ({ev.preset} preset: "
-                     "DSA, SGD, cosine; epochs and batch chosen on a holdout of the train split), "
+        notes.append(f"IPC {ipc}: students trained {ev.epochs} epochs at batch {ev.batch_size} ({ev.preset} "
+                     f"preset: DSA, SGD, cosine; epochs and batch chosen on a holdout of the train split), "
                      f"{ev.repeats} evaluation seed(s) per set.")
     notes.append(f"dataset: sklearn digits as 32x32 RGB ({data}); distillation seed(s) "
                  f"{', '.join(map(str, plan.distill_seeds))}; ResNet-18 at width "
-                 f"{DEMO_EVAL['student_kwargs']['resnet18']['width']}; headline = mean over the unseen architectures "
-                 f"({', '.join(s for s in plan.students if s != 'convnet')}); the ConvNet is the stage-1 proxy.")
+                 f"{DEMO_EVAL['student_kwargs']['resnet18']['width']}; headline = mean over the unseen "
+                 f"architectures ({', '.join(s for s in plan.students if s != 'convnet')}); the ConvNet is "
+                 f"the stage-1 proxy.")
     records: dict[str, dict[str, float]] = {}
     for method, ipcs in plan.stage1.items():
         for ipc in ipcs:

@@ -25,7 +25,7 @@ with ``ab_{-1} = 1``. Guidance, gradient-free, after the update of a step in the
 ``log_var = frac * log(beta_i) + (1 - frac) * log(posterior_var_i)``, ``frac = (v + 1) / 2`` from
 the variance channels, on the respaced schedule (DiT's ``p_mean_variance``; about 0.54 -> 0.43
 in the default window); ``posterior`` sqrt of the respaced posterior variance; ``one_minus_alpha_bar``
-``sqrt(1 - ab_i)`` (our earlier reading, about 2x larger in the window).
+``sqrt(1 - ab_i)`` (about 2x larger than ``learned`` in the window; no released code uses it).
 
 CFG (``cfg_channels``): DiT's ``forward_with_cfg`` guides latent channels 0..2 only and keeps
 the conditional prediction for channel 3 and the variance (``3``, default); ``all`` guides all.

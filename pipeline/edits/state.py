@@ -147,7 +147,7 @@ class EditsRun:
 #   - ``"stage:<name>"``: the settings hash of an upstream stage whose outputs this stage reads;
 #   - ``"input:<name>"``: a value derived from the run or from several settings (``run_input``).
 # ``stage_keys`` assembles the keys from these declarations, in ``STAGES`` order (``pipeline.edits.run``). A setting that
-# is in no declaration changes no output (tests/edits/test_edits_stage_keys.py checks both ways).
+# is in no declaration changes no output (tests/edits/test_edits_state_keys.py checks both ways).
 
 
 @functools.lru_cache(maxsize=32)

@@ -7,10 +7,16 @@ import numpy as np
 import pytest
 import torch
 
-from actors.gpu_defaults import channels_last_on, is_compiled, use_sdpa_processors, with_sdpa
+from actors.gpu_defaults import channels_last_on, use_sdpa_processors, with_sdpa
 from actors.loading import pick_dtype
 
 CUDA, CPU = torch.device("cuda"), torch.device("cpu")
+
+
+def is_compiled(module: torch.nn.Module) -> bool:
+    """Whether calls to ``module`` run through ``torch.compile`` (in place or an ``OptimizedModule``)."""
+    return getattr(module, "_compiled_call_impl", None) is not None or isinstance(
+        module, torch._dynamo.eval_frame.OptimizedModule)
 
 
 def _convs(module: torch.nn.Module) -> list[torch.Tensor]:
@@ -39,8 +45,8 @@ def test_with_sdpa_asks_for_sdpa_and_falls_back_where_the_class_has_none():
     def loader(ref, **kw):
         calls.append(kw)
         if kw.get("attn_implementation") == "sdpa" and ref == "blip":
-            raise ValueError("BlipForConditionalGeneration does not support an attention implementation through "
-                             "torch.nn.functional.scaled_dot_product_attention yet.")
+            raise ValueError("BlipForConditionalGeneration does not support an attention implementation "
+                             "through torch.nn.functional.scaled_dot_product_attention yet.")
         return ref
 
     assert with_sdpa(loader)("clip", dtype=torch.bfloat16) == "clip"
@@ -141,7 +147,8 @@ def test_compiled_dit_forward_matches_eager(zoo_dir):
     eager, _, _ = load_dit("zoo:dit", device="cpu")
     compiled, _, _ = load_dit("zoo:dit", device="cpu", compile=True)
     c = eager.config
-    z = torch.randn(2, c.in_channels, c.sample_size, c.sample_size, generator=torch.Generator().manual_seed(0))
+    z = torch.randn(2, c.in_channels, c.sample_size, c.sample_size,
+                    generator=torch.Generator().manual_seed(0))
     t, y = torch.tensor([10, 500]), torch.tensor([1, 3])
     with torch.no_grad():
         a = eager(z, timestep=t, class_labels=y).sample

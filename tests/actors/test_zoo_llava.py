@@ -89,11 +89,12 @@ def test_llava_build_is_deterministic(zoo_dir, tmp_path):
 def test_transformers_captioner_runs_llava_instruct(zoo_dir):
     from actors.captioner import Captioner
 
-    cap = Captioner("zoo:llava", {"3": "handwritten digit three"}, max_tokens=12, count_tokenizer_ref="zoo:clip",
-                    micro_batch=2)
+    cap = Captioner("zoo:llava", {"3": "handwritten digit three"}, max_tokens=12,
+                    count_tokenizer_ref="zoo:clip", micro_batch=2)
     assert cap.style == "instruct"  # the LLaVA processor has a chat template
     images = np.random.default_rng(0).integers(0, 256, size=(3, 32, 32, 3), dtype=np.uint8)
-    out = cap({"path": np.array(["a", "b", "bad"], dtype=object), "class_id": np.array(["3"] * 3, dtype=object),
+    out = cap({"path": np.array(["a", "b", "bad"], dtype=object),
+               "class_id": np.array(["3"] * 3, dtype=object),
                "image": images, "error": np.array(["", "", "cannot decode: x"], dtype=object)})
     assert out["caption"][2] == "" and out["error"].tolist() == ["", "", "cannot decode: x"]
     for c in out["caption"][:2]:

@@ -70,7 +70,8 @@ def processes_with(marker: str) -> list:
 
 
 def ray_env() -> dict[str, str]:
-    """The environment of a private Ray: no inherited RAY_*, token auth with a fresh token, the repo importable."""
+    """The environment of a private Ray: no inherited RAY_*, token auth with a fresh token, the repo
+    importable."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.update({"PATH": f"{BINDIR}:{env.get('PATH', '')}", "RAY_AUTH_MODE": "token",
                 "RAY_AUTH_TOKEN": secrets.token_hex(16), "PYTHONPATH": str(REPO)})

@@ -44,8 +44,10 @@ def zoo_edits(data: Path, zoo: Path, out: Path) -> list[str]:
 
 
 def zoo_diver(stage1: Path, zoo: Path, out: Path, pool: int = 1, few_steps: bool = True) -> list[str]:
-    """configs/diver_imagenet1k.yaml on a tiny stage-1 set, the zoo DiT, 32 px, 3 steps (else the config's 50)."""
-    steps = ["diver.num_inference_steps=3", "diver.start_step=1", "diver.fusion_window=[2, 1]"] if few_steps else []
+    """configs/diver_imagenet1k.yaml on a tiny stage-1 set, the zoo DiT, 32 px, 3 steps (else the config's
+    50)."""
+    steps = ["diver.num_inference_steps=3", "diver.start_step=1",
+             "diver.fusion_window=[2, 1]"] if few_steps else []
     return [f"diver.input={stage1}", "data.class_names=null", "data.val_root=null",
             "models.dit=zoo:dit", f"models.zoo_dir={zoo}", "models.dtype=float32", "diver.resolution=32",
             *steps, "diver.null_class=null", "diver.vae_source=auto", "diver.side_by_side=false", "eval=null",
@@ -57,8 +59,8 @@ def semdistill_run(config: str, overrides: list[str], env: dict, log: Path, time
     """``semdistill run CONFIG OVERRIDES`` in a subprocess; returns its output, fails with its tail."""
     cmd = [sys.executable, "-m", "pipeline.cli", "run", str(REPO / "configs" / config), *overrides]
     with open(log, "w") as f:
-        r = subprocess.run(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, timeout=timeout, cwd=str(log.parent),
-                           check=False)
+        r = subprocess.run(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, timeout=timeout,
+                           cwd=str(log.parent), check=False)
     text = log.read_text()
     assert r.returncode == 0, text[-4000:]
     return text
@@ -127,7 +129,8 @@ def test_worker_node_lost_mid_recovery(two_nodes, zoo_dir, tmp_path):
     torch.save({"images": torch.rand(n, 3, 32, 32, generator=g), "labels": torch.arange(n) % 3,
                 "classes": ["3", "5", "7"]}, stage1)
     # CPU actors, restartable on the head; the config's own max_restarts 4 and max_task_retries -1 (with a
-    # bounded count, the retries are spent in the seconds before Ray declares the node dead, and the stage fails)
+    # bounded count, the retries are spent in the seconds before Ray declares the node dead, and the stage
+    # fails)
     cpu = ["ray.actor_num_gpus=0"]
     ref = zoo_diver(stage1, zoo_dir, tmp_path / "ref", pool=2, few_steps=False) + [*cpu, "ray.num_cpus=2"]
     semdistill_run("diver_imagenet1k.yaml", ref, local_env(), tmp_path / "ref.log")
@@ -186,7 +189,8 @@ def test_ray_job_submit_as_in_the_readme(two_nodes, zoo_dir, demo_root, tmp_path
     argv = [a for a in argv if not a.startswith("output.dir=")] + overrides
     env = {**two_nodes["env"], "RAY_ADDRESS": two_nodes["address"], "SEMDISTILL_ZOO_DIR": str(zoo_dir),
            "HF_HUB_OFFLINE": "1", "SEMDISTILL_PROGRESS": "0"}
-    r = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=1500, cwd=str(REPO), check=False)
+    r = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=1500, cwd=str(REPO),
+                       check=False)
     text = r.stdout + r.stderr
     assert r.returncode == 0, text[-4000:]
     assert "succeeded" in text.lower() and f"done: {out / 'distilled'}" in text

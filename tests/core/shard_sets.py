@@ -1,4 +1,5 @@
-"""Small real sets in three layouts: the same demo digits as an ImageFolder, HF parquet shards and WebDataset tars."""
+"""Small real sets in three layouts: the same demo digits as an ImageFolder, HF parquet shards and WebDataset
+tars."""
 
 from __future__ import annotations
 
@@ -22,9 +23,10 @@ def _folder(demo_root: Path, dst: Path, per_class: int) -> dict[str, list[Path]]
     return out
 
 
-def write_parquet_shards(files: dict[str, list[Path]], dst: Path, rows_per_shard: int, bad: bytes | None = None,
-                         row_group_size: int = 2) -> dict[str, str]:
-    """HF layout: ``data/train-0000k-of-0000n.parquet`` (image struct, label, ClassLabel names); key -> file."""
+def write_parquet_shards(files: dict[str, list[Path]], dst: Path, rows_per_shard: int,
+                         bad: bytes | None = None, row_group_size: int = 2) -> dict[str, str]:
+    """HF layout: ``data/train-0000k-of-0000n.parquet`` (image struct, label, ClassLabel names); key ->
+    file."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -43,9 +45,11 @@ def write_parquet_shards(files: dict[str, list[Path]], dst: Path, rows_per_shard
                    "path": "bad.png" if isinstance(f, bytes) else f.name} for f, _ in part]
         table = pa.table({"image": images, "label": pa.array([y for _, y in part], pa.int64())})
         pq.write_table(table.replace_schema_metadata(meta), shard, row_group_size=row_group_size)
-        keys.update({f"{shard}#{i:09d}": (str(f) if isinstance(f, Path) else "bad") for i, (f, _) in enumerate(part)})
+        keys.update({f"{shard}#{i:09d}": (str(f) if isinstance(f, Path) else "bad") for i,
+                     (f, _) in enumerate(part)})
     # another split beside it: data.split=train leaves it out
-    pq.write_table(pa.table({"image": [{"bytes": b"x", "path": "v.png"}], "label": [0]}).replace_schema_metadata(meta),
+    pq.write_table(pa.table({"image": [{"bytes": b"x", "path": "v.png"}],
+                             "label": [0]}).replace_schema_metadata(meta),
                    dst / "data" / "validation-00000-of-00001.parquet")
     return keys
 

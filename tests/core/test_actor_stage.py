@@ -1,4 +1,5 @@
-"""ActorStage and pool_plan: blocks of one Ray batch, pools that fill the cores without oversubscribing them."""
+"""ActorStage and pool_plan: blocks of one Ray batch, pools that fill the cores without oversubscribing
+them."""
 
 from __future__ import annotations
 
@@ -37,7 +38,8 @@ def test_auto_pool_fills_the_cores(cpus, actor_cpus, side, expected):
 
 
 def test_auto_pool_never_oversubscribes_cores_or_reservations():
-    for cpus, actor_cpus, side, threads in itertools.product((1, 2, 3, 4, 8, 16, 64), (0.25, 0.5, 1, 1.5, 2, 4, 8),
+    for cpus, actor_cpus, side, threads in itertools.product((1, 2, 3, 4, 8, 16, 64),
+                                                             (0.25, 0.5, 1, 1.5, 2, 4, 8),
                                                               (0.0, 0.5), (None, 1, 2, 4)):
         plan = pool_plan("auto", actor_cpus, threads=threads, side_cpus=side, cpus=cpus, gpus=0)
         assert plan.size >= 1
@@ -68,10 +70,12 @@ def test_pool_sizes_accept_auto_and_reject_other_words():
 def test_ray_batches_are_whole_micro_batches():
     assert [whole_micro_batches(b, 4) for b in (1, 4, 10, 12)] == [4, 4, 12, 12]
     assert whole_micro_batches(3, 8) == 8 and whole_micro_batches(10, None) == 10
-    cfg = Config.model_validate({"ray": {"batch_sizes": {"generate": 10}, "micro_batch_sizes": {"generate": 4},
+    cfg = Config.model_validate({"ray": {"batch_sizes": {"generate": 10},
+                                         "micro_batch_sizes": {"generate": 4},
                                          "pool_sizes": {"generate": 1}}})
     assert ActorStage("generate", object, {}).pool(cfg)["batch_size"] == 12
-    assert ActorStage("other", object, {}, default_batch=6).pool(cfg)["batch_size"] == 6  # no micro-batch: as set
+    # no micro-batch: as set
+    assert ActorStage("other", object, {}, default_batch=6).pool(cfg)["batch_size"] == 6
 
 
 def _probe_actor():
@@ -113,7 +117,8 @@ def test_stage_streams_one_block_per_batch_and_sets_the_threads(ray_local):
 
 
 def test_stage_pool_uses_the_role_threads_and_remote_overrides():
-    cfg = Config.model_validate({"ray": {"pool_sizes": {"llm": 1}, "actor_num_cpus": 0.5, "actor_num_gpus": 0.5}})
+    cfg = Config.model_validate({"ray": {"pool_sizes": {"llm": 1}, "actor_num_cpus": 0.5,
+                                         "actor_num_gpus": 0.5}})
     stage = ActorStage("llm", object, {"a": 1}, threads=2, remote={"num_cpus": 0.25, "num_gpus": None})
     kw = stage.pool(cfg)
     assert kw["fn_constructor_kwargs"] == {"a": 1, "torch_threads": 2}

@@ -46,7 +46,8 @@ def test_unit_to_uint8_rounds_half_up_and_clips():
     u8 = unit_chw_to_u8_hwc(x)
     assert u8.shape == (1, 1, 2, 3) and u8.dtype == np.uint8
     assert u8[0, 0, 0].tolist() == [0, 128, 255]  # 127.5 + 0.5 -> 128; 1.2 clipped to 255
-    assert unit_chw_to_u8_hwc(torch.full((3, 1, 1), 2 / 255))[0, 0].tolist() == [2, 2, 2]  # one image [C, H, W]
+    # one image [C, H, W]
+    assert unit_chw_to_u8_hwc(torch.full((3, 1, 1), 2 / 255))[0, 0].tolist() == [2, 2, 2]
 
 
 def test_normalize_per_channel():

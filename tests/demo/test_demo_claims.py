@@ -27,7 +27,8 @@ ROWS = [
     _row("dm", "resnet18", [80.0, 82.0]), _row("dm", "mobilenetv2", [70.0, 74.0]),
     _row("diver", "convnet", [10.0, 10.0]),
     _row("diver", "resnet18", [84.0, 86.0]), _row("diver", "mobilenetv2", [76.0, 78.0]),
-    _row("diver", "resnet18", [0.0, 0.0], augment="none"),  # DD-Ranking's no-augmentation runs: not the headline
+    # DD-Ranking's no-augmentation runs: not the headline
+    _row("diver", "resnet18", [0.0, 0.0], augment="none"),
     _row("random_real", "resnet18", [90.0, 90.0]), _row("random_real", "mobilenetv2", [88.0, 90.0]),
     _row("edits", "resnet18", [91.0, 93.0]), _row("edits", "mobilenetv2", [89.0, 89.0]),
 ]
@@ -38,10 +39,12 @@ ROWS = [
 THREE = [
     _row("dm", "convnet", [99.0, 99.0, 99.0], ipc=1),
     _row("dm", "resnet18", [80.0, 82.0, 84.0], ipc=1), _row("dm", "mobilenetv2", [70.0, 74.0, 72.0], ipc=1),
-    _row("diver", "resnet18", [84.0, 86.0, 85.0], ipc=1), _row("diver", "mobilenetv2", [76.0, 78.0, 79.0], ipc=1),
+    _row("diver", "resnet18", [84.0, 86.0, 85.0], ipc=1), _row("diver", "mobilenetv2", [76.0, 78.0, 79.0],
+                                                               ipc=1),
     _row("random_real", "resnet18", [90.0, 90.0, 90.0], ipc=1),
     _row("random_real", "mobilenetv2", [88.0, 90.0, 92.0], ipc=1),
-    _row("edits", "resnet18", [93.0, 90.0, 92.0], ipc=1), _row("edits", "mobilenetv2", [91.0, 88.0, 92.0], ipc=1),
+    _row("edits", "resnet18", [93.0, 90.0, 92.0], ipc=1), _row("edits", "mobilenetv2", [91.0, 88.0, 92.0],
+                                                               ipc=1),
 ]
 
 
@@ -55,7 +58,8 @@ def test_paired_test_against_hand_computed_standard_errors():
     met = paired_test({0: 80.0, 1: 82.0, 2: 82.0}, {0: 75.0, 1: 78.0, 2: 78.0})
     assert met["n"] == 3 and met["verdict"] == "met"
     assert met["mean_diff"] == pytest.approx(13 / 3) and met["se"] == pytest.approx(1 / 3)
-    missed = paired_test({0: 92.0, 1: 89.0, 2: 92.0, 7: 50.0}, {0: 89.0, 1: 90.0, 2: 91.0})  # seed 7: unpaired
+    # seed 7: unpaired
+    missed = paired_test({0: 92.0, 1: 89.0, 2: 92.0, 7: 50.0}, {0: 89.0, 1: 90.0, 2: 91.0})
     assert missed["n"] == 3 and missed["verdict"] == "missed"
     assert missed["mean_diff"] == pytest.approx(1.0) and missed["se"] == pytest.approx(2 / math.sqrt(3))
     two = paired_test({0: 90.0, 1: 91.0}, {0: 80.0, 1: 80.0})
@@ -65,10 +69,10 @@ def test_paired_test_against_hand_computed_standard_errors():
 def test_claim_lines_say_met_or_missed_with_the_numbers():
     lines = claim_lines(THREE)
     assert lines == [
-        ("IPC 1: EDITS above random real: missed (mean paired difference +1.00 points over n = 3 seeds, SE 1.15; "
-        "met when above 2 SE = 2.31)."),
-        ("IPC 1: DIVER above its stage-1 input (DM): met (mean paired difference +4.33 points over n = 3 seeds, "
-        "SE 0.33; met when above 2 SE = 0.67)."),
+        ("IPC 1: EDITS above random real: missed (mean paired difference +1.00 points over n = 3 seeds, SE "
+        "1.15; met when above 2 SE = 2.31)."),
+        ("IPC 1: DIVER above its stage-1 input (DM): met (mean paired difference +4.33 points over n = 3 "
+        "seeds, SE 0.33; met when above 2 SE = 0.67)."),
     ]
     # two seeds: no verdict, the difference still shown; edits (90 + 91) / 2 = 90.5 against 89.5 -> +1.00
     assert claim_lines(ROWS) == [

@@ -30,7 +30,8 @@ def test_tiny_recipe_saves_a_loadable_dit_pipeline_with_its_check(demo_root, tmp
     report = train_demo_dit(tmp_path / "demo_dit", data=demo_root, recipe=recipe, log=logs.append)
     assert report["train_images"] == 1438 and report["classes"] == [str(i) for i in range(10)]
     assert report["samples_checked"] == 10 and 0.0 <= report["sample_accuracy"] <= 1.0
-    assert report["classifier_val_accuracy"] > 0.5  # one epoch on real digits already beats chance (0.1) by far
+    # one epoch on real digits already beats chance (0.1) by far
+    assert report["classifier_val_accuracy"] > 0.5
     assert report["recovered_checked"] == 10 and 0.0 <= report["recover_accuracy"] <= 1.0
     assert sorted(report["recover_accuracy_per_class"]) == report["classes"]
     saved = json.loads((tmp_path / "demo_dit" / "demo_dit.json").read_text())
@@ -43,7 +44,8 @@ def test_tiny_recipe_saves_a_loadable_dit_pipeline_with_its_check(demo_root, tmp
     x = torch.rand(2, 3, 32, 32)
     assert vae.encode(x * 2 - 1).latent_dist.mode().shape == (2, 4, 16, 16)  # factor-2 VAE: 32 px -> 16x16x4
     settings = RecoverSettings(num_inference_steps=3, start_step=0, gamma=0.0)
-    z = plain_dit_latents(transformer, scheduler, image_noise([1, 2], (4, 16, 16)), torch.tensor([3, 7]), settings)
+    z = plain_dit_latents(transformer, scheduler, image_noise([1, 2], (4, 16, 16)), torch.tensor([3, 7]),
+                          settings)
     assert decode_latents(vae, z).shape == (2, 3, 32, 32)
 
 
@@ -54,7 +56,8 @@ def test_demo_dit_is_a_zoo_role():
 
 @pytest.mark.slow
 def test_full_recipe_makes_recognisable_digits(tmp_path):
-    """The acceptance check: >= 97% of plain DiT samples are classified as their conditioning class, and >= 97%
+    """The acceptance check: >= 97% of plain DiT samples are classified as their conditioning class, and >=
+    97%
     of real train digits keep their class through DIVER's inherit-and-recover."""
     env = {**os.environ, "SEMDISTILL_ZOO_DIR": str(tmp_path / "zoo")}
     t = time.time()
@@ -105,7 +108,8 @@ def test_the_hybrid_loss_trains_the_variance_channels(train_variance):
 
 
 def test_the_shipped_demo_dit_has_usable_variance_channels():
-    """The shipped demo DiT was trained with the hybrid loss, so DIVER's sigma: learned reads it (no fallback)."""
+    """The shipped demo DiT was trained with the hybrid loss, so DIVER's sigma: learned reads it (no
+    fallback)."""
     from actors.dit import variance_usable
     from actors.shipped import WEIGHTS_DIR
 
@@ -114,11 +118,13 @@ def test_the_shipped_demo_dit_has_usable_variance_channels():
 
 def test_the_shipped_demo_dit_passes_both_checks_on_the_methods_paths():
     """The shipped DiT's recorded checks, judged by a classifier trained on the real train digits: >= 97 % of
-    its samples (50 steps, CFG 4) and >= 97 % of real digits after DIVER's inherit-and-recover keep their class."""
+    its samples (50 steps, CFG 4) and >= 97 % of real digits after DIVER's inherit-and-recover keep their
+    class."""
     from actors.shipped import WEIGHTS_DIR
 
     report = json.loads((WEIGHTS_DIR / "demo_dit" / "demo_dit.json").read_text())
-    assert report["recipe"] == json.loads(json.dumps(asdict(DemoDiTRecipe())))  # the recipe's defaults made them
+    # the recipe's defaults made them
+    assert report["recipe"] == json.loads(json.dumps(asdict(DemoDiTRecipe())))
     assert report["samples_checked"] == 200 and report["recovered_checked"] == 600
     assert report["recipe"]["check_steps"] == 50 and report["recipe"]["check_cfg_scale"] == 4.0
     assert report["sample_accuracy"] >= 0.97 and report["recover_accuracy"] >= 0.97, report
@@ -166,7 +172,8 @@ def test_zoo_list_shows_the_recorded_checks(tmp_path, capsys):
     folder.mkdir()
     (folder / zoo_paths.MARKER).write_text(zoo_paths.TRAINED_HERE)
     (folder / "demo_dit.json").write_text(json.dumps({"sample_accuracy": 0.975, "recover_accuracy": 0.99,
-                                                      "recover_accuracy_per_class": {"0": 1.0}, "seconds": 3.0}))
+                                                      "recover_accuracy_per_class": {"0": 1.0},
+                                                      "seconds": 3.0}))
     assert main(["zoo", "list", "--dir", str(tmp_path)]) == 0
     line = next(ln for ln in capsys.readouterr().out.splitlines() if "demo_dit" in ln)
     assert "built" in line and "(sample_accuracy 97.5%, recover_accuracy 99.0%)" in line

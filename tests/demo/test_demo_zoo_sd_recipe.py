@@ -1,4 +1,5 @@
-"""The demo SD recipe's pieces: its UNet (latent size, pooled text embedding, seeded) and the thread setting."""
+"""The demo SD recipe's pieces: its UNet (latent size, pooled text embedding, seeded) and the thread
+setting."""
 
 import tempfile
 from dataclasses import replace
@@ -24,7 +25,8 @@ def test_demo_sd_unet_adds_the_pooled_prompt_to_the_timestep_embedding(zoo_unet_
     recipe = models.DemoSDRecipe()
     unet = models.demo_sd_unet(zoo_unet_config, 8, recipe)
     assert unet.config.sample_size == 8 and unet.config.addition_embed_type == "text"
-    assert list(unet.config.block_out_channels) == list(zoo_unet_config["block_out_channels"])  # the zoo's layout
+    # the zoo's layout
+    assert list(unet.config.block_out_channels) == list(zoo_unet_config["block_out_channels"])
     z, t = torch.zeros(2, 4, 8, 8), torch.tensor([500, 500])
     ctx = torch.randn(2, 77, unet.config.cross_attention_dim, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():

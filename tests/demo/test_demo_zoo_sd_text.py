@@ -1,4 +1,5 @@
-"""The demo SD's training texts (varied phrasings, LLM-style sentences, the negative prompt) and its EDITS check."""
+"""The demo SD's training texts (varied phrasings, LLM-style sentences, the negative prompt) and its EDITS
+check."""
 
 from dataclasses import replace
 
@@ -67,7 +68,8 @@ def test_training_texts_follow_the_mix_and_the_dropout(demo_data):
     summary = [{"members": [4], "text": "the cached summary"}]
     llm = models.TrainingTexts(demo_data, replace(recipe, text_mix=(0, 0, 0, 1), caption_dropout=0), summary)
     out = llm([4, 5])
-    assert out[0] == "the cached summary" and out[1].endswith(".")  # no summary of image 5: an LLM-style sentence
+    # no summary of image 5: an LLM-style sentence
+    assert out[0] == "the cached summary" and out[1].endswith(".")
 
 
 def test_summary_groups_are_seeded_groups_of_one_class(demo_data):
@@ -78,7 +80,8 @@ def test_summary_groups_are_seeded_groups_of_one_class(demo_data):
 
 
 def test_check_clusters_are_edits_lsa_on_raw_concat_gsq(demo_data):
-    """IPC 1: the centre is the class mean of [I, softmax(I T^T / 0.01) T] (raw projections); its 5 nearest."""
+    """IPC 1: the centre is the class mean of [I, softmax(I T^T / 0.01) T] (raw projections); its 5
+    nearest."""
     from PIL import Image
 
     from actors.clip_embedder import ClipEmbedder

@@ -26,13 +26,15 @@ def _case(t: int, n: int = 3, seed: int = 0):
 def test_the_true_noise_and_the_posterior_variance_give_zero_kl():
     x0, noise, xt, t = _case(500)
     v = -torch.ones_like(x0)  # frac 0: log variance = log posterior variance
-    assert torch.allclose(vlb_bits_per_dim(noise, v, x0, xt, t, AB), torch.zeros(3, dtype=torch.float64), atol=1e-9)
+    assert torch.allclose(vlb_bits_per_dim(noise, v, x0, xt, t, AB), torch.zeros(3, dtype=torch.float64),
+                          atol=1e-9)
 
 
 def test_the_beta_end_of_the_range_costs_the_kl_of_two_variances():
     x0, noise, xt, t = _case(500)
     _, _, beta, post = _posterior(500)
-    want = 0.5 * (math.log(beta) - math.log(post) - 1 + post / beta) / math.log(2)  # means equal: variances only
+    # means equal: variances only
+    want = 0.5 * (math.log(beta) - math.log(post) - 1 + post / beta) / math.log(2)
     got = vlb_bits_per_dim(noise, torch.ones_like(x0), x0, xt, t, AB)
     assert torch.allclose(got, torch.full((3,), want, dtype=torch.float64), rtol=1e-9)
     assert want > 0
@@ -75,5 +77,6 @@ def test_the_gradient_reaches_only_the_variance_when_the_mean_is_detached():
 def test_normal_kl_of_equal_gaussians_is_zero_and_matches_the_formula():
     m, lv = torch.tensor([0.3]), torch.tensor([-1.0])
     assert float(normal_kl(m, lv, m, lv)) == 0.0
-    got = float(normal_kl(torch.tensor([0.0]), torch.tensor([0.0]), torch.tensor([1.0]), torch.tensor([math.log(4)])))
+    got = float(normal_kl(torch.tensor([0.0]), torch.tensor([0.0]), torch.tensor([1.0]),
+                          torch.tensor([math.log(4)])))
     assert abs(got - (math.log(2) + (1 + 1) / 8 - 0.5)) < 1e-7

@@ -21,7 +21,8 @@ def test_convnet_shapes_and_depth_by_resolution():
     net = ConvNet(3, 10, width=16, depth=None, im_size=64)
     x = torch.randn(2, 3, 64, 64)
     assert net.depth == 4 and net.embed(x).shape == (2, 16 * 4 * 4) and net(x).shape == (2, 10)
-    assert ConvNet(1, 10, width=8, depth=3, im_size=28).embed(torch.randn(1, 1, 28, 28)).shape == (1, 8 * 4 * 4)
+    assert ConvNet(1, 10, width=8, depth=3,
+                   im_size=28).embed(torch.randn(1, 1, 28, 28)).shape == (1, 8 * 4 * 4)
     with pytest.raises(ValueError, match="too small"):
         ConvNet(3, 10, depth=6, im_size=32)
 
@@ -98,9 +99,10 @@ def test_cli_distill_dm(tmp_path):
     rng = np.random.default_rng(0)
     for c in ("a", "b", "c"):
         for i in range(4):
-            atomic_save_image(tmp_path / "real" / c / f"{i}.png", rng.integers(0, 255, (16, 16, 3), dtype=np.uint8))
-    rc = main(["distill", "dm", "--data", str(tmp_path / "real"), "--ipc", "2", "--out", str(tmp_path / "out"),
-               "--iterations", "2"])
+            atomic_save_image(tmp_path / "real" / c / f"{i}.png",
+                              rng.integers(0, 255, (16, 16, 3), dtype=np.uint8))
+    rc = main(["distill", "dm", "--data", str(tmp_path / "real"), "--ipc", "2", "--out",
+               str(tmp_path / "out"), "--iterations", "2"])
     assert rc == 0
     s = load_stage1(tmp_path / "out")
     assert s.images.shape == (6, 3, 16, 16) and s.classes == ["a", "b", "c"]

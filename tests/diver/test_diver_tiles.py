@@ -59,8 +59,8 @@ def test_tiled_input_recovers_each_tile_and_re_tiles(zoo_dir, ray_local, tmp_pat
     transformer, vae, scheduler = load_dit("zoo:dit", device="cpu", dtype="float32")
     settings = RecoverSettings.from_mapping(cfg.diver.model_dump())
     tiles = split_tiles(x[1], 2)
-    rec = recover_images(transformer, vae, scheduler, tiles, [5] * 4, [tile_seed(e["seed"], j) for j in range(4)],
-                         settings, 32, output_size=32)
+    rec = recover_images(transformer, vae, scheduler, tiles, [5] * 4,
+                         [tile_seed(e["seed"], j) for j in range(4)], settings, 32, output_size=32)
     u8 = (rec.permute(0, 2, 3, 1).numpy() * 255.0 + 0.5).clip(0, 255).astype(np.uint8)
     assert np.abs(got.astype(int) - join_tiles(u8, 2, (64, 64)).astype(int)).max() <= 1
     # the same file untiled is one 64 px image through the DiT: a different picture

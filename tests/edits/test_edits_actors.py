@@ -21,9 +21,11 @@ def _images(n: int, size: int = 32, seed: int = 0) -> np.ndarray:
 def test_captioner_names_the_class_and_respects_the_token_cap(zoo_dir):
     from actors.captioner import Captioner
 
-    cap = Captioner("zoo:vlm", {"3": "handwritten digit three"}, max_tokens=12, count_tokenizer_ref="zoo:clip")
+    cap = Captioner("zoo:vlm", {"3": "handwritten digit three"}, max_tokens=12,
+                    count_tokenizer_ref="zoo:clip")
     assert cap.style == "prefix"  # the zoo BLIP has no chat template
-    batch = {"path": np.array(["p0", "p1", "bad"], dtype=object), "class_id": np.array(["3", "3", "3"], dtype=object),
+    batch = {"path": np.array(["p0", "p1", "bad"], dtype=object),
+             "class_id": np.array(["3", "3", "3"], dtype=object),
              "image": _images(3), "error": np.array(["", "", "cannot decode: x"], dtype=object)}
     out = cap(batch)
     assert out["error"].tolist() == ["", "", "cannot decode: x"] and out["caption"][2] == ""
@@ -34,7 +36,8 @@ def test_captioner_names_the_class_and_respects_the_token_cap(zoo_dir):
 
 
 def test_captions_do_not_depend_on_the_ray_batch(zoo_dir):
-    """Fixed micro-batches + prompts padded to the longest class prompt: one call of 7 rows == 7 calls of 1."""
+    """Fixed micro-batches + prompts padded to the longest class prompt: one call of 7 rows == 7 calls of
+    1."""
     from actors.captioner import Captioner
 
     names = {"0": "zero", "1": "handwritten digit one with a long name"}
@@ -53,13 +56,17 @@ def test_captions_do_not_depend_on_the_ray_batch(zoo_dir):
 def test_clip_embedder_returns_projected_features(zoo_dir):
     from actors.clip_embedder import ClipEmbedder, as_features
 
-    emb = ClipEmbedder("zoo:clip", image_feature="pooled")  # the default, raw_cls: tests/edits/test_fidelity.py
-    batch = {"path": np.array(["a", "b"], dtype=object), "caption": np.array(["a digit", "two"], dtype=object),
-             "class_id": np.array(["0", "0"], dtype=object), "image": _images(2), "error": np.array(["", ""], dtype=object)}
+    # the default, raw_cls: tests/edits/test_edits_fidelity.py
+    emb = ClipEmbedder("zoo:clip", image_feature="pooled")
+    batch = {"path": np.array(["a", "b"], dtype=object),
+             "caption": np.array(["a digit", "two"], dtype=object),
+             "class_id": np.array(["0", "0"], dtype=object), "image": _images(2),
+             "error": np.array(["", ""], dtype=object)}
     out = emb(batch)
     assert out["img_feat"].shape == (2, 32) and out["txt_feat"].shape == (2, 32) and "image" not in out
     # the same numbers as CLIPModel's own projected embeddings
-    px = emb.processor(images=[Image.fromarray(i) for i in batch["image"]], return_tensors="pt")["pixel_values"]
+    px = emb.processor(images=[Image.fromarray(i) for i in batch["image"]],
+                       return_tensors="pt")["pixel_values"]
     with torch.no_grad():
         ref = emb.model.visual_projection(emb.model.vision_model(pixel_values=px).pooler_output)
     np.testing.assert_allclose(out["img_feat"], ref.numpy(), atol=1e-5)
@@ -74,7 +81,8 @@ def test_vae_latents_and_prototype_average(zoo_dir):
 
     enc = VaeEncoder("zoo:sd", subfolder="vae")
     imgs = _images(3)
-    out = enc({"path": np.array(["a", "b", "c"], dtype=object), "image": imgs, "error": np.array(["", "", ""], dtype=object)})
+    out = enc({"path": np.array(["a", "b", "c"], dtype=object), "image": imgs,
+               "error": np.array(["", "", ""], dtype=object)})
     lat = out["latent"]
     assert lat.shape == (3, 4, 16, 16)  # the zoo VAE downsamples by 2
     with torch.no_grad():

@@ -83,9 +83,11 @@ def test_lsa_ties_break_by_index_and_empty_cluster_borrows_nearest():
     ranked, d = rank_by_distance(x, np.zeros(2), np.array([2, 0, 1]))
     assert ranked.tolist() == [0, 1, 2] and d.tolist() == [1.0, 1.0, 1.0]
     assign = np.array([0, 0, 0, -1])  # row 3 is an outlier; cluster 1 got no members
-    sel = select(x, assign, np.array([[0.0, 0.0], [4.0, 4.0]]), k_image=2, k_text=1, candidates=np.array([0, 1, 2]))
+    sel = select(x, assign, np.array([[0.0, 0.0], [4.0, 4.0]]), k_image=2, k_text=1,
+                 candidates=np.array([0, 1, 2]))
     assert sel[1].empty and sel[1].members == []
-    assert sel[1].image_members == [0, 1] and sel[1].text_members == [0]  # nearest clustered rows, never the outlier
+    # nearest clustered rows, never the outlier
+    assert sel[1].image_members == [0, 1] and sel[1].text_members == [0]
 
 
 # ---- k-means, LOF, small classes ---------------------------------------------------------------
@@ -142,8 +144,8 @@ def test_cluster_settings_come_only_from_the_edits_section():
     with pytest.raises(TypeError):
         ClusterSettings(ipc=3)  # no defaults of its own: they would shadow the config's
     e = EditsConfig(ipc=7, seed=1, tau=0.5, fusion="concat", feature_normalize=False, contamination=0.1,
-                    lof_neighbors=9, small_class_policy="shrink", kmeans_niter=3, kmeans_nredo=4, kmeans_tol=1e-3,
-                    kmeans_init="random", k_image=2, k_text=6)
+                    lof_neighbors=9, small_class_policy="shrink", kmeans_niter=3, kmeans_nredo=4,
+                    kmeans_tol=1e-3, kmeans_init="random", k_image=2, k_text=6)
     assert ClusterSettings.from_edits(e).as_dict() == {
         "ipc": 7, "seed": 1, "tau": 0.5, "fusion": "concat", "normalize": False, "contamination": 0.1,
         "lof_neighbors": 9, "policy": "shrink", "niter": 3, "nredo": 4, "tol": 1e-3, "init": "random",
@@ -183,6 +185,7 @@ def test_min_snr_weights_match_the_formula():
     expected = np.minimum(snr, 5.0) / snr
     got = min_snr_weights(sched, t, 5.0).numpy()
     assert np.allclose(got, expected, rtol=1e-3)  # the scheduler keeps alphas_cumprod in float32
-    assert got[0] == pytest.approx(5.0 / snr[0], rel=1e-3) and got[2] == pytest.approx(1.0)  # clipped / not clipped
+    # clipped / not clipped
+    assert got[0] == pytest.approx(5.0 / snr[0], rel=1e-3) and got[2] == pytest.approx(1.0)
     v = DDPMScheduler(num_train_timesteps=1000, prediction_type="v_prediction")
     assert np.allclose(min_snr_weights(v, t, 5.0).numpy(), np.minimum(snr, 5.0) / (snr + 1), rtol=1e-3)

@@ -23,20 +23,22 @@ def test_caption_cache_appends_parts_and_reloads(tmp_path):
     cache.flush()
     again = CaptionCache(tmp_path / "captions")
     assert len(list((tmp_path / "captions").glob("part-*.parquet"))) == 2
-    assert again.get("/d/a.png", "k1") == "a photo of a tench" and again.get("/d/a.png", "k2").startswith("other")
+    assert again.get("/d/a.png",
+                     "k1") == "a photo of a tench" and again.get("/d/a.png", "k2").startswith("other")
     assert again.get("/d/c.png", "k1") is None and len(again) == 3
     key = {"input:fingerprint": "fp1", "input:data_root": "/d", "input:class_names": {"0": "zero"},
            "models.vlm": "zoo:vlm", "edits.caption_max_tokens": 77}
     # the cache key ignores which images there are (captions are per image) but not the captioner
-    assert cache_settings_hash(key) == cache_settings_hash({**key, "input:fingerprint": "fp2", "input:data_root": "/e"})
+    assert cache_settings_hash(key) == cache_settings_hash({**key, "input:fingerprint": "fp2",
+                                                            "input:data_root": "/e"})
     assert cache_settings_hash(key) != cache_settings_hash({**key, "models.vlm": "other"})
     assert row_key("h", "tench") != row_key("h", "dingo")
 
 
 def test_parquet_round_trip_keeps_feature_matrices(tmp_path):
     feats = np.arange(12, dtype=np.float32).reshape(3, 4)
-    write_parquet(tmp_path / "f.parquet", {"path": ["a", "b", "c"], "label": np.array([0, 1, 2]), "img": feats,
-                                           "kept": np.array([True, False, True])})
+    write_parquet(tmp_path / "f.parquet", {"path": ["a", "b", "c"], "label": np.array([0, 1, 2]),
+                                           "img": feats, "kept": np.array([True, False, True])})
     back = read_parquet(tmp_path / "f.parquet")
     np.testing.assert_array_equal(back["img"], feats)
     assert back["path"].tolist() == ["a", "b", "c"] and back["label"].tolist() == [0, 1, 2]
@@ -77,7 +79,8 @@ def test_stage_keys_chain_downstream(tmp_path):
 
     def keys(**edits):
         cfg = config_from_dict({"method": "edits", "edits": edits})
-        run = SimpleNamespace(cfg=cfg, fingerprint="fp", names={"0": "zero"}, index=SimpleNamespace(root=str(tmp_path)))
+        run = SimpleNamespace(cfg=cfg, fingerprint="fp", names={"0": "zero"},
+                              index=SimpleNamespace(root=str(tmp_path)))
         return run_stage_keys(run)
 
     base, tau, llm = keys(), keys(tau=0.5), keys(strength=0.5)

@@ -20,6 +20,7 @@ def test_a_soft_label_preset_from_the_config_gets_the_real_train_set(tmp_path, m
     monkeypatch.setattr(tuning.evaluate, "evaluate_sets", fake_evaluate_sets)
     monkeypatch.setattr(tuning.evaluate, "results_markdown", lambda rows: "")
     args = argparse.Namespace(config=str(cfg), overrides=[], students=eval_cmd.CLI_DEFAULT_STUDENTS,
-                              distilled=str(tmp_path / "set"), real=str(tmp_path / "val"), out=None, train=None)
+                              distilled=str(tmp_path / "set"), real=str(tmp_path / "val"), out=None,
+                              train=None)
     assert eval_cmd.main(args) == 0
     assert seen == {"protocol": "soft", "train_root": str(tmp_path / "train"), "optimizer": "adamw"}

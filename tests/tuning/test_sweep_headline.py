@@ -1,5 +1,6 @@
 """The sweep's score: ASHA rungs judged on the headline mean (never the proxy alone), soft-label trials given
-their train split, two seeds per trial by default with the std shown, and the demo sweep on the demo's protocol."""
+their train split, two seeds per trial by default with the std shown, and the demo sweep on the demo's
+protocol."""
 
 from __future__ import annotations
 
@@ -68,7 +69,8 @@ def _fake_trial(monkeypatch, tmp_path, scheduler: str, protocol: str = "hard") -
     monkeypatch.setattr(ray.tune, "get_context", lambda: Ctx())
     monkeypatch.setattr(tuning.evaluate, "evaluate_sets", fake_eval)
     base = config_from_dict({
-        "method": "diver", "data": {"root": str(tmp_path / "split" / "train"), "val_root": str(tmp_path / "held")},
+        "method": "diver", "data": {"root": str(tmp_path / "split" / "train"),
+                                    "val_root": str(tmp_path / "held")},
         "eval": {"students": ["convnet", "resnet18", "mobilenetv2"], "protocol": protocol, "batch_size": 16},
         "sweep": {"params": {"diver.gamma": [0.0, 0.1]}, "scheduler": scheduler},
         "output": {"dir": str(tmp_path)}})
@@ -128,8 +130,8 @@ def test_semdistill_sweep_prints_one_line_per_trial_and_logs_the_rest(demo_root,
     (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(_tiny(demo_root, tmp_path / "out")))
     exe = Path(sys.executable).parent / "semdistill"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([str(exe), "sweep", "sweep.yaml"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=900, check=False)
+    proc = subprocess.run([str(exe), "sweep", "sweep.yaml"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=900, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     print(proc.stdout)
     lines = [ln for ln in proc.stdout.replace("\r", "\n").splitlines() if ln.strip()]
@@ -139,13 +141,14 @@ def test_semdistill_sweep_prints_one_line_per_trial_and_logs_the_rest(demo_root,
     assert text[1].startswith("sweep t: 2 trial(s) of none over eval.lr, 1 student(s) x 1 seed(s) each, "
                               "scored on a holdout of 10%")
     trial_lines = sorted(text[2:4])
-    assert [ln.split(":")[0] for ln in trial_lines] == ["  trial 1/2 eval.lr=0.0", "  trial 2/2 eval.lr=0.02"] or \
-        [ln.split(":")[0] for ln in trial_lines] == ["  trial 1/2 eval.lr=0.02", "  trial 2/2 eval.lr=0.0"]
+    assert [ln.split(":")[0] for ln in trial_lines] == ["  trial 1/2 eval.lr=0.0",
+                                                        "  trial 2/2 eval.lr=0.02"] or (
+        [ln.split(":")[0] for ln in trial_lines] == ["  trial 1/2 eval.lr=0.02", "  trial 2/2 eval.lr=0.0"])
     assert all(" mean top-1 " in ln and "+- 0.00 over 1 seed(s) (convnet " in ln for ln in trial_lines)
     saved = json.loads((tmp_path / "out" / "sweep" / "sweep_results.json").read_text())
     best = saved["best"]
-    assert text[4] == (f"best: eval.lr={best['params']['eval.lr']}, mean top-1 {best['mean_top1']:.2f} +- 0.00; "
-                       f"results: {tmp_path / 'out' / 'sweep' / 'sweep.md'}") and len(text) == 5, text
+    assert text[4] == (f"best: eval.lr={best['params']['eval.lr']}, mean top-1 {best['mean_top1']:.2f} +- "
+                       f"0.00; results: {tmp_path / 'out' / 'sweep' / 'sweep.md'}") and len(text) == 5, text
     assert proc.stderr.strip() == ""
     assert all(t["seeds"] == 1 and t["mean_top1_std"] == 0.0 for t in saved["trials"])
     log = (logs / "run.log").read_text()
@@ -161,11 +164,12 @@ def test_demo_sweep_evaluates_with_the_demo_protocol_and_the_demo_recovery():
 
     raw = yaml.safe_load((REPO / "configs" / "demo_sweep.yaml").read_text())
     assert "ipc1/stage1" in raw["diver"]["input"]
-    assert raw["eval"] == {k: v for k, v in {**DEMO_EVAL, **DEMO_EVAL_BY_IPC[1]}.items() if k != "cpus_per_job"}
+    assert raw["eval"] == {k: v for k, v in {**DEMO_EVAL,
+                                             **DEMO_EVAL_BY_IPC[1]}.items() if k != "cpus_per_job"}
     cfg = load_config(REPO / "configs" / "demo_sweep.yaml")
     assert cfg.sweep.repeats == DEMO_EVAL["repeats"] and cfg.sweep.scheduler == "none"
     demo = load_config(REPO / "configs" / "demo_diver.yaml")
     skip = {"input", "stage1", "torch_threads"}
-    assert {k: v for k, v in cfg.diver.model_dump().items() if k not in skip} == \
-        {k: v for k, v in demo.diver.model_dump().items() if k not in skip}
+    assert {k: v for k, v in cfg.diver.model_dump().items() if k not in skip} == (
+        {k: v for k, v in demo.diver.model_dump().items() if k not in skip})
     assert cfg.models.dit == demo.models.dit

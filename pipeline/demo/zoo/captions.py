@@ -21,7 +21,7 @@ small size, centered, two closed loops``.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
@@ -132,10 +132,6 @@ def parse_levels(text: str) -> dict[str, int | None]:
         hits = [i for i, w in enumerate(WORDS[k]) if f" {w}" in low.replace(",", " ,")]
         out[k] = hits[0] if len(hits) == 1 else None
     return out
-
-
-def measures_dict(m: Measures) -> dict[str, float]:
-    return asdict(m)
 
 
 def captions_for(images: np.ndarray, labels: np.ndarray, names: list[str], lead: str) -> list[str]:
