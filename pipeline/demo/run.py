@@ -419,6 +419,7 @@ def run_demo(out: Path, quick: bool = False, full: bool = False, verbose: bool =
 
     from pipeline.core.console import quiet_terminal
 
+    demo_plan(quick, full, ablations)  # a bad combination of flags fails before anything is written
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     logs = out / "logs"

@@ -67,9 +67,12 @@ def test_full_demo_distils_every_method_twice_pairs_six_seeds_and_adds_gradient_
         ("gm", 1): 2, ("diver_gm", 1): 2}
 
 
-def test_ablations_need_full():
+def test_ablations_need_full(tmp_path):
     with pytest.raises(ConfigError, match="--ablations adds to --full"):
         demo_plan(ablations=True)
+    with pytest.raises(ConfigError, match="run `semdistill demo --full --ablations`"):
+        demo.run_demo(tmp_path / "out", ablations=True)
+    assert not (tmp_path / "out").exists()
 
 
 def test_full_demo_with_ablations_adds_the_coresets_full_real_and_the_ablations_at_seed_0():
