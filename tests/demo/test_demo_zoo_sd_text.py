@@ -148,3 +148,9 @@ def test_zoo_list_shows_the_shipped_demo_sds_checks(tmp_path, capsys):
     report = json.loads((shipped.WEIGHTS_DIR / "demo_sd" / "demo_sd.json").read_text())
     assert models.sd_checks_line(report) in capsys.readouterr().out
     assert "img2img + SmolLM2 prototypes" in models.sd_checks_line(report)
+
+
+def test_the_text_stage_needs_a_learning_rate_for_the_text_encoder_it_trains():
+    recipe = replace(models.DemoSDRecipe(), text_lr=0.0)
+    with pytest.raises(ValueError, match="text_lr must be > 0 .*stage 2 trains only the text encoder"):
+        models.train_text_stage(None, None, None, None, None, None, recipe, print)

@@ -105,13 +105,12 @@ class DemoSDRecipe:
     min_snr_gamma: float = 5.0
     stage1_caption_dropout: float = 0.1
     lead: str = LEAD
-    # stage 2 (the text stage) continues from stage 1's EMA UNet: the text encoder (demo CLIP's text tower)
-    # trains with the UNet at ``text_lr`` (0: frozen) on the texts of ``text_mix`` (shares of: the caption,
+    # stage 2 (the text stage) keeps stage 1's EMA UNet fixed and trains the text encoder (demo CLIP's text
+    # tower) against it at ``text_lr`` (> 0) on the texts of ``text_mix`` (shares of: the caption,
     # varied phrasings, SmolLM2-style sentences, cached SmolLM2 summaries; pipeline.demo.zoo.sd_text); a dropped
     # caption (``caption_dropout``) becomes "" or the negative prompt's words
     text_steps: int = 600
     text_warmup: int = 50
-    text_unet_lr: float = 1e-3
     caption_dropout: float = 0.15
     text_lr: float = 2e-4
     text_mix: tuple[float, ...] = (0.2, 0.4, 0.2, 0.2)
@@ -432,19 +431,19 @@ def _token_ids(tokenizer, texts: list[str]) -> torch.Tensor:
 
 def train_text_stage(unet, text_encoder, tokenizer, scheduler, latents: torch.Tensor, texts: TrainingTexts,
                      recipe: DemoSDRecipe, log: Log):
-    """Stage 2, from stage 1's EMA UNet: the same loss on varied prompts (``TrainingTexts``), the text encoder
-    trained alongside at ``text_lr``; returns the EMA UNet and text encoder."""
+    """Stage 2: the same loss on varied prompts (``TrainingTexts``), the text encoder trained at ``text_lr`` against
+    stage 1's EMA UNet, which stays fixed; returns that UNet and the text encoder's EMA."""
     from diffusers import DDPMScheduler
 
+    if recipe.text_lr <= 0:
+        raise ValueError(f"DemoSDRecipe.text_lr must be > 0 (got {recipe.text_lr}): stage 2 trains only the text "
+                         "encoder; set text_steps=0 to skip the stage")
     noise_sched = DDPMScheduler.from_config(scheduler.config)
     ab = noise_sched.alphas_cumprod.float()
-    ema, ema_text = Ema(unet, recipe.ema_decay), Ema(text_encoder, recipe.ema_decay)
-    train_text = recipe.text_lr > 0
-    text_encoder.requires_grad_(train_text).train(train_text)
-    bases = [recipe.text_unet_lr] + ([recipe.text_lr] if train_text else [])
-    opt = torch.optim.AdamW([{"params": list(unet.parameters()), "lr": bases[0]}]
-                            + ([{"params": list(text_encoder.parameters()), "lr": bases[1]}] if train_text else []),
-                            weight_decay=0.0)
+    unet.requires_grad_(False)
+    ema_text = Ema(text_encoder, recipe.ema_decay)
+    text_encoder.requires_grad_(True).train(True)
+    opt = torch.optim.AdamW([{"params": list(text_encoder.parameters()), "lr": recipe.text_lr}], weight_decay=0.0)
     gen = torch.Generator().manual_seed(recipe.seed + 4)
 
     def next_batch() -> tuple[torch.Tensor, ...]:
@@ -455,18 +454,16 @@ def train_text_stage(unet, text_encoder, tokenizer, scheduler, latents: torch.Te
 
     def loss_fn(batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
         z0, ids, t, noise = batch
-        with torch.set_grad_enabled(train_text):
-            ctx = text_encoder(ids)[0]
+        ctx = text_encoder(ids)[0]
         return _epsilon_loss(unet, ab, z0, ctx, t, noise, recipe.min_snr_gamma)
 
     def schedule(step: int) -> list[float]:
-        scale = lr_at(step, 1.0, recipe.text_warmup, recipe.text_steps)
-        return [base * scale for base in bases]
+        return [recipe.text_lr * lr_at(step, 1.0, recipe.text_warmup, recipe.text_steps)]
 
     unet.train()
     running = train_steps(next_batch, loss_fn, opt, recipe.text_steps, schedule=schedule, max_grad_norm=1.0,
-                          emas=[ema, ema_text] if train_text else [ema], progress=Progress(log, "text stage", 50))
-    return ema.model.eval(), ema_text.model.eval(), running
+                          emas=[ema_text], progress=Progress(log, "text stage", 50))
+    return unet.eval(), ema_text.model.eval(), running
 
 
 def demo_sd_unet(start_config: dict[str, Any], latent_size: int, recipe: DemoSDRecipe):
