@@ -134,6 +134,7 @@ def recover(cfg: Config, sets: Sequence[LoadedSet], recovery: Recovery) -> dict[
     writers = {s.set.name: open_writer(cfg, s) for s in sets}
     sizes: dict[tuple[str, str], tuple[int, int]] = {}
     rows = [row for s in sets for row in pending_rows(cfg, s, writers[s.set.name], sizes)]
+    tiles = TileBuffer(cfg.diver.input_tiles, sizes)
     if not rows:
         log("recover: every image is already in the manifests (resumed)")
         return {name: 0 for name in writers}
@@ -150,8 +151,7 @@ def recover(cfg: Config, sets: Sequence[LoadedSet], recovery: Recovery) -> dict[
             f"window {list(settings.fusion_window)}, gamma {settings.gamma}, sigma {settings.sigma}, "
             f"timestep embedding {settings.timestep_embedding}")
         # 3. The recovered images into each set's ImageFolder + manifest
-        written = write_batches(cfg, stage.dataset(cfg, rows), writers, len(rows),
-                                TileBuffer(cfg.diver.input_tiles, sizes))
+        written = write_batches(cfg, stage.dataset(cfg, rows), writers, len(rows), tiles)
     for w in writers.values():
         w.close()  # one manifest.json per set with every entry (the flushes above only appended)
     # 4. Every expected image came back
