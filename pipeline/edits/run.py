@@ -26,8 +26,8 @@ contact sheet at ``<output.dir>/contact_sheet.png``.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -92,16 +92,8 @@ def edits_stage(run: EditsRun, keys: dict[str, dict[str, Any]], name: str, skip:
         state.finish(info)
         run.skips.write()
 
-    return Stage(name, lambda force: STAGE_MODULES[name].run_stage(run, state, force), key=keys[name],
+    return Stage(name, partial(STAGE_MODULES[name].run_stage, run, state), key=keys[name],
                  reuse=reuse, record=record, skip=skip)
-
-
-@contextmanager
-def ray_for(cfg: Config) -> Iterator[None]:
-    """The Ray session (and Ray Data context) every stage runs in."""
-    with ray_session(cfg.ray):
-        configure_data_context(cfg.ray)
-        yield
 
 
 def write_summary(run: EditsRun, stages: StageRunner, started: float) -> dict[str, Any]:
@@ -128,7 +120,8 @@ def run_edits(cfg: Config, from_stage: str | None = None, log: Callable[[str], N
     run = prepare_run(cfg, log)  # scans the real set
     keys = run_stage_keys(run)  # every stage's settings key
     ft_off = None if cfg.edits.finetune.enabled else "edits.finetune.enabled is false"
-    with ray_for(cfg):
+    with ray_session(cfg.ray):  # every stage runs in one Ray session
+        configure_data_context(cfg.ray)
         # 1. Captioning: a VLM caption per real image
         stages(edits_stage(run, keys, "caption"))
         # 2. Features: CLIP image embedding and caption embedding per image
