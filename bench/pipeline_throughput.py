@@ -182,7 +182,8 @@ def recover_rows(n: int, seed: int = 0) -> list[dict[str, Any]]:
 def diver_workload(work: Path, n: int, cpus: int, overrides: list[str]) -> Workload:
     from actors.loading import resolve_ref
     from pipeline.diver.guidance import RecoverSettings
-    from pipeline.diver.run import recover_stage, resolve_sigma, vae_ref_for
+    from pipeline.diver.recover import recover_stage
+    from pipeline.diver.recovery import resolve_sigma, vae_ref_for
 
     cfg = base_config(work / "none", work / "diver", cpus, overrides, method="diver")
     model_dir = resolve_ref("dit", cfg.models.dit, cfg.models.zoo_dir)

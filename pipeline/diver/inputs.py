@@ -27,6 +27,7 @@ NCFM's 2x2 tiled images are read as they are; ``diver.input_tiles`` splits them 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
@@ -35,6 +36,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from pipeline.core.pixels import normalize, u8_hwc_to_unit_chw
@@ -88,6 +90,13 @@ class Stage1Set:
 
     def class_ids(self) -> list[str]:
         return [self.classes[int(i)] for i in self.labels]
+
+    def fingerprint(self) -> str:
+        """sha256 of the pixels, labels and class ids (what the images recovered from this set depend on)."""
+        h = hashlib.sha256(self.images.contiguous().numpy().tobytes())
+        h.update(self.labels.numpy().astype(np.int64).tobytes())
+        h.update(json.dumps(list(self.classes)).encode())
+        return h.hexdigest()
 
     def index_in_class(self) -> list[int]:
         """Position of each image among the images of its class (stable: input order)."""

@@ -26,14 +26,18 @@ contact sheet at ``<output.dir>/contact_sheet.png``.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from pipeline.config import Config
+from pipeline.core.faults import configure_data_context
 from pipeline.core.keys import stage_index
 from pipeline.core.lock import holds_output_lock
+from pipeline.core.ray_setup import ray_session
+from pipeline.core.stages import Stage, StageRunner
+from pipeline.core.write import atomic_write_json
 from pipeline.edits import buffer, caption, embed, finetune, generate, prototype
 from pipeline.edits.state import Artefacts, EditsRun, StageState, stage_keys
 from pipeline.errors import ConfigError
@@ -76,82 +80,59 @@ def prepare_run(cfg: Config, log: Callable[[str], None] = print) -> EditsRun:
     return EditsRun(cfg, index, names, paths, skips, index_fingerprint(index), log)
 
 
-class StageRunner:
-    """Runs EDITS stages in order: reuse a stage that is up to date, else run it and record its state and time."""
+def edits_stage(run: EditsRun, keys: dict[str, dict[str, Any]], name: str, skip: str | None = None) -> Stage:
+    """Stage ``name`` of ``run``: its module's ``run_stage``, reused while ``<name>.state.json`` records a
+    complete run with the same settings key (``keys[name]``); each run writes the skip log."""
+    state = StageState(run.paths.art, name, keys[name])
 
-    def __init__(self, cfg: Config, from_stage: str | None, log: Callable[[str], None]) -> None:
-        self.start_at = check_from_stage(from_stage)
-        self.run = prepare_run(cfg, log)
-        self.keys = run_stage_keys(self.run)
-        self.log = log
-        self.timings: dict[str, float] = {}
-        self.results: dict[str, Any] = {}
-        self._t_all = time.perf_counter()
+    def reuse() -> dict[str, Any] | None:
+        return (state.read() or {}).get("info", {}) if state.status() == "done" else None
 
-    @contextmanager
-    def ray(self) -> Iterator[None]:
-        """The Ray session (and Ray Data context) every stage runs in."""
-        from pipeline.core.faults import configure_data_context
-        from pipeline.core.ray_setup import ray_session
-
-        with ray_session(self.run.cfg.ray):
-            configure_data_context(self.run.cfg.ray)
-            yield
-
-    def __call__(self, name: str, runner: Callable[[EditsRun, StageState, bool], dict[str, Any]],
-                 skip: str | None = None) -> None:
-        """Stage ``name``: skipped when ``skip`` says why, reused when done, else run (forced from ``from_stage`` on)."""
-        if skip:
-            self.results[name] = {"skipped": skip}
-            return
-        state = StageState(self.run.paths.art, name, self.keys[name])
-        force = self.start_at is not None and STAGES.index(name) >= self.start_at
-        if state.status() == "done" and not force:
-            self.log(f"[edits] {name}: up to date, reusing artefacts")
-            self.results[name] = (state.read() or {}).get("info", {})
-            self.timings[name] = 0.0
-            return
-        t0 = time.perf_counter()
-        self.log(f"[edits] {name}: running")
-        info = runner(self.run, state, force)
-        self.timings[name] = round(time.perf_counter() - t0, 2)
+    def record(info: dict[str, Any]) -> None:
         state.finish(info)
-        self.results[name] = info
-        self.log(f"[edits] {name}: done in {self.timings[name]:.1f} s")
-        self.run.skips.write()
+        run.skips.write()
 
-    def summary(self) -> dict[str, Any]:
-        """The run's summary, also written to ``artefacts/summary.json``."""
-        from pipeline.core.write import atomic_write_json
+    return Stage(name, partial(STAGE_MODULES[name].run_stage, run, state), key=keys[name],
+                 reuse=reuse, record=record, skip=skip)
 
-        paths = self.run.paths
-        self.timings["total"] = round(time.perf_counter() - self._t_all, 2)
-        summary = {"method": "edits", "output": str(paths.distilled), "contact_sheet": str(paths.contact_sheet),
-                   "prototype_texts": str(paths.texts), "stages": self.results, "timings": self.timings,
-                   "skipped": self.run.skips.summary()}
-        atomic_write_json(paths.art / "summary.json", summary)
-        return summary
+
+def write_summary(run: EditsRun, stages: StageRunner, started: float) -> dict[str, Any]:
+    """The run's summary, also written to ``artefacts/summary.json``."""
+    paths = run.paths
+    timings = {name: round(s, 2) for name, s in stages.seconds.items()}
+    timings["total"] = round(time.perf_counter() - started, 2)
+    summary = {"method": "edits", "output": str(paths.distilled), "contact_sheet": str(paths.contact_sheet),
+               "prototype_texts": str(paths.texts), "stages": stages.results, "timings": timings,
+               "skipped": run.skips.summary()}
+    atomic_write_json(paths.art / "summary.json", summary)
+    return summary
 
 
 @holds_output_lock
 def run_edits(cfg: Config, from_stage: str | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run EDITS as configured; returns the summary (``output``, counts, ``timings`` per stage).
 
-    The steps are docs/METHODS.md's; a stage that holds several of them runs them in one pass.
+    The steps are docs/METHODS.md's, numbered here in the order they run (METHODS.md lists the optional
+    fine-tune last, as step 9); a stage that holds several of them runs them in one pass.
     """
-    stage = StageRunner(cfg, from_stage, log)  # scans the real set, derives every stage's settings key
+    started = time.perf_counter()
+    stages = StageRunner(STAGES, from_stage, say=lambda line: log(f"[edits] {line}"))
+    run = prepare_run(cfg, log)  # scans the real set
+    keys = run_stage_keys(run)  # every stage's settings key
     ft_off = None if cfg.edits.finetune.enabled else "edits.finetune.enabled is false"
-    with stage.ray():
+    with ray_session(cfg.ray):  # every stage runs in one Ray session
+        configure_data_context(cfg.ray)
         # 1. Captioning: a VLM caption per real image
-        stage("caption", caption.run_stage)
+        stages(edits_stage(run, keys, "caption"))
         # 2. Features: CLIP image embedding and caption embedding per image
-        stage("embed", embed.run_stage)
+        stages(edits_stage(run, keys, "embed"))
         # 3. Global Semantic Query, 4. prior clustered buffer (LOF, k-means, k = IPC), 5. LSA: one pass per class
-        stage("cluster", buffer.run_stage)
-        # 9. (optional; the authors ran it before generating) text-to-image fine-tune of SD on the captioned set
-        stage("finetune", finetune.run_stage, skip=ft_off)
-        # 6. image prototype (mean VAE latent), 7. text prototype (LLM summary) per cluster
-        stage("prototype", prototype.run_stage)
-        # 8. Dual Prototype Guidance: SD img2img from the image prototype with the text prototype as prompt
-        stage("generate", generate.run_stage)
-    return stage.summary()
+        stages(edits_stage(run, keys, "cluster"))
+        # 6. (METHODS.md 9; optional, the authors ran it before generating) text-to-image fine-tune of SD
+        #    on the captioned set
+        stages(edits_stage(run, keys, "finetune", skip=ft_off))
+        # 7. image prototype (mean VAE latent), 8. text prototype (LLM summary) per cluster
+        stages(edits_stage(run, keys, "prototype"))
+        # 9. Dual Prototype Guidance: SD img2img from the image prototype with the text prototype as prompt
+        stages(edits_stage(run, keys, "generate"))
+    return write_summary(run, stages, started)

@@ -102,7 +102,7 @@ def test_class_count_read_from_a_local_folder_and_a_hub_id_offline(zoo_dir, tmp_
 def test_unknown_class_count_falls_back_to_the_table_and_the_actor_checks_it(zoo_dir):
     from actors.dit import DiTRecoverActor
     from pipeline.config import config_from_dict
-    from pipeline.diver.run import class_settings
+    from pipeline.diver.load import class_settings
 
     d = config_from_dict({"method": "diver", "diver": {"input": "x"}}).diver
     mapping, expected = class_settings(_set(TEN), d, None, (None, "not cached"), tensor_input=False)

@@ -12,7 +12,7 @@ from pipeline.config import DMConfig, config_from_dict
 from pipeline.core.pixels import normalize
 from pipeline.diver.gm import DC_LOOPS, distill_gm, gm_loops, layer_distance, match_distance, run_gm
 from pipeline.diver.inputs import load_stage1
-from pipeline.diver.run import stage1_distiller
+from pipeline.diver.stage1 import stage1_distiller
 from pipeline.errors import ConfigError
 from tuning.convnet import ConvNet
 

@@ -105,14 +105,14 @@ def test_pt_input_is_denormalised_before_the_vae_and_class_map_applies(zoo_dir, 
 def test_images_lost_in_errored_blocks_fail_the_run_and_keep_the_rest(tmp_path):
     """With ray.max_errored_blocks > 0 Ray drops failed blocks silently: the driver must notice."""
     from pipeline.core.write import DistilledSetWriter
-    from pipeline.diver.run import check_recovered
+    from pipeline.diver.recover import check_recovered
 
     writer = DistilledSetWriter(tmp_path / "diver", "diver")
     keys = ["c0_i000", "c0_i001", "c1_i000"]
     writer.add(keys[0], "0", 0, np.zeros((8, 8, 3), np.uint8), {})
     writer.add(keys[2], "1", 1, np.zeros((8, 8, 3), np.uint8), {})
     with pytest.raises(DataError, match=r"1 images did not come back .*ipc1/c0_i001.*re-run to resume"):
-        check_recovered([{"name": "ipc1", "keys": keys}], {"ipc1": writer})
+        check_recovered({"ipc1": keys}, {"ipc1": writer})
     assert writer.done(keys[0]) and writer.done(keys[2])  # the finished ones stay
     writer.add(keys[1], "0", 0, np.zeros((8, 8, 3), np.uint8), {})
-    check_recovered([{"name": "ipc1", "keys": keys}], {"ipc1": writer})  # complete: no error
+    check_recovered({"ipc1": keys}, {"ipc1": writer})  # complete: no error

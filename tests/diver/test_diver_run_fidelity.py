@@ -47,7 +47,7 @@ def test_models_vae_is_used_when_vae_source_is_models(zoo_dir):
     from actors.dit import DiTRecoverActor
     from actors.loading import resolve_ref
     from pipeline.diver.guidance import RecoverSettings
-    from pipeline.diver.run import vae_ref_for
+    from pipeline.diver.recovery import vae_ref_for
 
     zoo_vae = resolve_ref("vae", "zoo:vae")
     cfg = config_from_dict({"method": "diver", "models": {"dit": "zoo:dit", "vae": "zoo:vae"},
@@ -144,7 +144,7 @@ def test_resume_refuses_a_folder_made_with_other_settings_or_input(zoo_dir, ray_
 def test_sigma_learned_falls_back_once_where_the_variance_is_absent_or_untrained(tmp_path):
     from actors.dit import variance_usable
     from pipeline.diver.guidance import RecoverSettings
-    from pipeline.diver.run import resolve_sigma
+    from pipeline.diver.recovery import resolve_sigma
 
     def folder(name: str, out_channels: int, report: dict | None = None) -> Path:
         p = tmp_path / name

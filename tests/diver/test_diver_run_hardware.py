@@ -6,7 +6,7 @@ from pipeline.config import Config
 
 
 def test_diver_manifest_names_the_hardware_settings_only_where_they_change_bits():
-    from pipeline.diver.run import hardware_settings
+    from pipeline.diver.recovery import hardware_settings
 
     def hw(**over):
         models = {k: over.pop(k) for k in ("channels_last", "compile") if k in over}

@@ -12,7 +12,7 @@ import torch
 
 from actors.dit import load_dit, set_timestep_embedding
 from pipeline.config import config_from_dict, load_config
-from pipeline.diver.run import resolve_timestep_embedding
+from pipeline.diver.recovery import resolve_timestep_embedding
 
 REPO = Path(__file__).resolve().parents[2]
 
