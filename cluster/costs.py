@@ -38,10 +38,10 @@ COSTS: dict[str, Cost] = {
                                  "LLaVA-1.5-7B fp16, transformers generate, batch 16"),
     "embed": Cost(0.004, "image", "A100-80GB", "estimate",
                   "CLIP ViT-L/14 fp16, image + caption, batch 256; JPEG decode on CPU is often the limit"),
-    "cluster": Cost(0.09, "class", "1 CPU core", "measured",
-                    "FAISS k-means, 1,300 x 768, k = IPC 10, niter 20, nredo 10: bench/kmeans.py --classes 20, "
-                    "one thread of the 2-core dev machine (sklearn n_init=10: 0.56 s); the full 1,000-class run on the "
-                    "same machine under load: FAISS 0.15 s, sklearn 0.90 s per class", resource="cpu"),
+    "cluster": Cost(0.56, "class", "1 CPU core", "measured",
+                    "sklearn KMeans(n_clusters=IPC, n_init=10) as EDITS's gen_prototype.py, 1,300 x 768, k = IPC 10: "
+                    "one thread of the 2-core dev machine; 0.90 s per class for the 1,000-class run under load",
+                    resource="cpu"),
     "vae": Cost(0.012, "image", "A100-80GB", "estimate", "SD VAE (ft-mse) encoder at 512 px, fp16, batch 32"),
     "llm.vllm": Cost(0.03, "prompt", "A100-80GB", "estimate",
                      "Qwen2.5-7B-Instruct on vLLM, <= 77 output tokens, continuous batching"),

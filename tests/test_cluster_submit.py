@@ -85,9 +85,9 @@ def test_pip_extras_come_from_pyproject(tmp_path):
     assert pip_requirements(job, pp) == ["faiss-gpu==1.2", "vllm", "einops"]
     with pytest.raises(ConfigError, match="unknown extra 'cuda'"):
         pip_requirements(JobConfig(pip_extras=["cuda"]), pp)
-    # the real pyproject's gpu extra reaches the runtime env
-    env = build_runtime_env(_cfg(ray={"job": {"pip_extras": ["gpu"]}}), environ={})
-    assert env["pip"] == project_extras()["gpu"]
+    # the real pyproject's vllm extra reaches the runtime env
+    env = build_runtime_env(_cfg(ray={"job": {"pip_extras": ["vllm"]}}), environ={})
+    assert env["pip"] == project_extras()["vllm"]
 
 
 def test_excludes_keep_the_upload_small(tmp_path):

@@ -20,12 +20,12 @@ def test_cluster_yaml_is_valid_for_the_launcher():
     assert full["head_node_type"] == "head" and "gpu_worker" in types
     assert types["head"]["resources"] == {"GPU": 0}
     assert types["gpu_worker"]["max_workers"] >= 1
-    # the nodes install the project with the gpu and vllm extras, which pyproject.toml defines
+    # the nodes install the project with the vllm extra, which pyproject.toml defines
     from cluster.runtime_env import project_extras
 
     install = [c for c in raw["setup_commands"] if "pip install -e" in c]
-    assert install and '".[gpu,vllm]"' in install[0]
-    assert {"gpu", "vllm"} <= set(project_extras())
+    assert install and '".[vllm]"' in install[0]
+    assert "vllm" in project_extras()
     # token auth on every node, the same way
     for key in ("head_start_ray_commands", "worker_start_ray_commands"):
         assert any("RAY_AUTH_MODE=token" in c and "HF_HOME=" in c for c in raw[key])
