@@ -42,8 +42,8 @@ def recover_images(transformer, vae, scheduler, images: torch.Tensor, dit_classe
     (or ``output_size`` square: tiles come back at the DiT resolution, see ``pipeline/diver/tiles.py``)."""
     device = next(transformer.parameters()).device
     sample_noise = (image_noise(latent_seeds(seeds), latent_shape(vae, resolution))
-                    if settings.latent_mode == "sample" else None)
-    z_d = encode_images(vae, images, resolution, settings.latent_mode, noise=sample_noise).to(device)
+                    if settings.diver.latent_mode == "sample" else None)
+    z_d = encode_images(vae, images, resolution, settings.diver.latent_mode, noise=sample_noise).to(device)
     noise = image_noise(seeds, tuple(z_d.shape[1:])).to(device)
     labels = torch.as_tensor(np.asarray(dit_classes), dtype=torch.long, device=device)
     z0 = recover_latents(transformer, scheduler, z_d, labels, settings, noise=noise)

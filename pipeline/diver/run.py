@@ -84,18 +84,16 @@ def load_format(s: dict[str, Any]) -> str:
 
 def resolve_sigma(settings, model_dir: str, log=_log):
     """``sigma: learned`` on a DiT without (trained) variance channels -> the fallback, with one warning."""
-    from dataclasses import replace
-
     from actors.dit import variance_usable
     from pipeline.diver.guidance import SIGMA_FALLBACK
 
-    if settings.sigma != "learned":
+    if settings.diver.sigma != "learned":
         return settings
     usable, why = variance_usable(model_dir)
     if usable is False:
         log(f"WARNING: diver.sigma=learned but {why}: using sigma={SIGMA_FALLBACK} instead "
             f"(set diver.sigma explicitly to silence this)")
-        return replace(settings, sigma=SIGMA_FALLBACK)
+        return settings.with_sigma(SIGMA_FALLBACK)
     return settings
 
 
@@ -278,8 +276,8 @@ def recover_sets(cfg: Config, sets: list[dict[str, Any]], redo: bool) -> dict[st
         pool_kw = stage.pool(cfg)
         _log(f"recover: {len(rows)} images, DiT {cfg.models.dit}, pool {pool_kw['compute'].max_size}, "
              f"batch {pool_kw['batch_size']}, steps {settings.first_index()}..0 "
-             f"(index {settings.num_inference_steps - 1} = t 999), "
-             f"window {list(settings.fusion_window)}, gamma {settings.gamma}, sigma {settings.sigma}, "
+             f"(index {d.num_inference_steps - 1} = t 999), "
+             f"window {list(d.fusion_window)}, gamma {d.gamma}, sigma {settings.diver.sigma}, "
              f"timestep embedding {settings.timestep_embedding}")
         ds = stage.dataset(cfg, rows)
         tiles = TileBuffer(d.input_tiles, sizes)
