@@ -34,8 +34,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from actors import zoo_paths
+from actors.latents import decode_latents
+from actors.zoo import tiny_vae
+from pipeline.core.digits import DIGIT_NAMES
 from pipeline.core.pixels import u8_hwc_to_signed_chw, u8_hwc_to_unit_chw, unit_to_signed
 from pipeline.core.read import load_image_arrays
+from pipeline.core.seeds import image_seed
+from pipeline.core.write import atomic_folder
+from tuning.convnet import ConvNet
 from tuning.demo_training import (
     clipped_step,
     ema_update,
@@ -44,6 +51,7 @@ from tuning.demo_training import (
     torch_threads,
     vlb_bits_per_dim,
 )
+from tuning.vae_loss import AutoencodeLoss, latent_noise, vae_step
 
 
 @dataclass
@@ -83,9 +91,6 @@ class DemoDiTRecipe:
 
 def train_vae(x: torch.Tensor, recipe: DemoDiTRecipe, log: Callable[[str], None]):
     """Train the demo's factor-2 VAE on ``x`` (``[N, 3, 32, 32]`` in [-1, 1]); scaling_factor = 1 / latent std."""
-    from actors.zoo import tiny_vae
-    from tuning.vae_loss import AutoencodeLoss, latent_noise, vae_step
-
     torch.manual_seed(recipe.seed)
     vae = tiny_vae(channels=recipe.vae_channels, norm_groups=8)
     model = AutoencodeLoss(vae, recipe.kl_weight)
@@ -113,6 +118,7 @@ def train_vae(x: torch.Tensor, recipe: DemoDiTRecipe, log: Callable[[str], None]
 
 
 def make_transformer(recipe: DemoDiTRecipe, sample_size: int = 16):
+    # heavy: diffusers (not loaded when this module is imported)
     from diffusers import DiTTransformer2DModel
 
     torch.manual_seed(recipe.seed + 1)
@@ -124,6 +130,7 @@ def make_transformer(recipe: DemoDiTRecipe, sample_size: int = 16):
 
 
 def make_scheduler():
+    # heavy: diffusers (not loaded when this module is imported)
     from diffusers import DDIMScheduler
 
     return DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=0.0001, beta_end=0.02,
@@ -168,8 +175,6 @@ def train_dit(latents: torch.Tensor, labels: torch.Tensor, recipe: DemoDiTRecipe
 
 def train_classifier(images: np.ndarray, labels: np.ndarray, epochs: int, seed: int = 0):
     """A small ConvNet on real digits (the judge of generated samples)."""
-    from tuning.convnet import ConvNet
-
     torch.manual_seed(seed)
     net = ConvNet(3, int(labels.max()) + 1, width=32, depth=3, im_size=images.shape[1])
     x, y = u8_hwc_to_signed_chw(images), torch.from_numpy(labels)
@@ -197,8 +202,7 @@ def classify(net, images01: torch.Tensor) -> torch.Tensor:
 def sample_check(transformer, vae, classes: list[int], per_class: int, steps: int, cfg_scale: float,
                  seed: int = 1234) -> tuple[torch.Tensor, torch.Tensor]:
     """Plain DiT samples (DDIM, CFG) for each class: images in [0, 1] and their conditioning labels."""
-    from actors.latents import decode_latents
-    from pipeline.core.seeds import image_seed
+    # start-up: pydantic, yaml (not loaded when this module is imported)
     from pipeline.diver.guidance import RecoverSettings, image_noise, plain_dit_latents
 
     settings = RecoverSettings.of(num_inference_steps=steps, cfg_scale=cfg_scale, gamma=0.0, start_step=0)
@@ -221,8 +225,8 @@ def recover_check(transformer, vae, images: np.ndarray, labels: np.ndarray, clas
     seeds ``image_seed(seed, class name, index in class)``. Returns the inputs and recovered images in [0, 1]
     and their labels.
     """
+    # start-up: pydantic, yaml (not loaded when this module is imported)
     from actors.dit import recover_images
-    from pipeline.core.seeds import image_seed
     from pipeline.diver.guidance import RecoverSettings
 
     settings = settings or RecoverSettings()
@@ -265,6 +269,7 @@ def run_checks(transformer, vae, images: np.ndarray, labels: np.ndarray, classes
 
 
 def save_pipeline(out: Path, transformer, vae, class_names: list[str]) -> None:
+    # heavy: diffusers (not loaded when this module is imported)
     from diffusers import DiTPipeline
 
     id2label = {i: f"class {i}" for i in range(transformer.config.num_embeds_ada_norm)}
@@ -300,7 +305,6 @@ def _train_demo_dit(out: Path, data: str | Path | None, recipe: DemoDiTRecipe, l
     t_vae = time.time() - t_start
     transformer = train_dit(latents, torch.from_numpy(labels), recipe, log)
     t_train = time.time() - t_start
-    from pipeline.core.digits import DIGIT_NAMES
 
     names = [f"handwritten digit {DIGIT_NAMES[int(c)]}" if c.isdigit() and int(c) < 10 else c for c in classes]
     out.mkdir(parents=True, exist_ok=True)
@@ -323,9 +327,6 @@ def build(out: Path) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from actors import zoo_paths
-    from pipeline.core.write import atomic_folder
-
     recipe = DemoDiTRecipe()
     if args.steps is not None:
         recipe.dit_steps = int(args.steps)

@@ -40,8 +40,16 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from actors import demo_captions, demo_sd_text
+from actors import demo_captions, demo_sd_check, demo_sd_text
+from actors.captioner import Captioner
+from actors.clip_embedder import ClipEmbedder, as_features
 from actors.demo_captions import captions_for
+from actors.demo_dit import DemoDiTRecipe, classify, train_classifier, train_vae
+from actors.sd import load_img2img_pipeline
+from actors.zoo import BUILDERS
+from pipeline.core.digits import write_demo_dataset
+from pipeline.core.read import load_image_arrays
+from pipeline.core.seeds import image_seed
 from pipeline.edits import prompts
 from tuning.demo_training import clipped_step, ema_update, lr_at, min_snr_epsilon_loss, set_lr, torch_threads
 
@@ -134,9 +142,6 @@ class DemoData:
 
 def load_demo_data(data: str | Path | None = None) -> DemoData:
     """The demo train/val splits (written to a temp folder when ``data`` is None) and class names."""
-    from pipeline.core.digits import write_demo_dataset
-    from pipeline.core.read import load_image_arrays
-
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(data) if data is not None else Path(tmp)
         if data is None:
@@ -150,8 +155,6 @@ def load_demo_data(data: str | Path | None = None) -> DemoData:
 
 def zoo_start(role: str, tmp: Path) -> Path:
     """The zoo's random-init model of ``role`` written to ``tmp`` (the starting point of training)."""
-    from actors.zoo import BUILDERS
-
     BUILDERS[role](tmp)
     return tmp
 
@@ -177,6 +180,7 @@ def _write_report(out: Path, role: str, report: dict[str, Any]) -> None:
 def train_demo_vlm(out: str | Path, data: str | Path | None = None, recipe: DemoVLMRecipe | None = None,
                    log: Log = print) -> dict[str, Any]:
     """Train the tiny BLIP to write the measured captions after the captioner's prefix; save and check."""
+    # heavy: transformers (not loaded when this module is imported)
     from transformers import BlipForConditionalGeneration, BlipProcessor
 
     recipe = recipe or DemoVLMRecipe()
@@ -219,8 +223,6 @@ def train_demo_vlm(out: str | Path, data: str | Path | None = None, recipe: Demo
 
 def check_vlm(model_dir: str | Path, d: DemoData, recipe: DemoVLMRecipe, batch: int = 64) -> dict[str, Any]:
     """Val captions from the captioner actor vs the measured attributes (share matched per attribute)."""
-    from actors.captioner import Captioner
-
     names = {str(c): n for c, n in enumerate(d.names)}
     cap = Captioner(str(model_dir), names, style="prefix", prefix=recipe.prefix,
                     max_tokens=recipe.check_max_tokens, device="cpu", dtype="float32")
@@ -255,8 +257,6 @@ def score_captions(captions: list[str], images: np.ndarray, labels: np.ndarray, 
 # --- CLIP ----------------------------------------------------------------------------------------
 
 def _clip_features(model, px: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor):
-    from actors.clip_embedder import as_features
-
     img = as_features(model.get_image_features(pixel_values=px))
     txt = as_features(model.get_text_features(input_ids=ids, attention_mask=mask))
     return F.normalize(img, dim=-1), F.normalize(txt, dim=-1)
@@ -265,6 +265,7 @@ def _clip_features(model, px: torch.Tensor, ids: torch.Tensor, mask: torch.Tenso
 def train_demo_clip(out: str | Path, data: str | Path | None = None, recipe: DemoCLIPRecipe | None = None,
                     log: Log = print) -> dict[str, Any]:
     """Contrastive training of the tiny CLIP on (image, measured caption) pairs; save and check."""
+    # heavy: transformers (not loaded when this module is imported)
     from transformers import CLIPModel, CLIPProcessor
 
     recipe = recipe or DemoCLIPRecipe()
@@ -310,8 +311,6 @@ def train_demo_clip(out: str | Path, data: str | Path | None = None, recipe: Dem
 
 def check_clip(model_dir: str | Path, d: DemoData, lead: str = demo_captions.LEAD) -> dict[str, Any]:
     """Zero-shot class accuracy and caption retrieval recall@5 on val, through the CLIP embedder actor."""
-    from actors.clip_embedder import ClipEmbedder
-
     emb = ClipEmbedder(str(model_dir), device="cpu", dtype="float32")
     pil = [Image.fromarray(im) for im in d.val_images]
     img = F.normalize(torch.from_numpy(emb.image_features(pil)), dim=-1)
@@ -336,6 +335,7 @@ def check_clip(model_dir: str | Path, d: DemoData, lead: str = demo_captions.LEA
 
 def text_encoder_from_clip(clip_dir: str | Path):
     """A ``CLIPTextModel`` holding the trained CLIP's text tower (SD's text encoder)."""
+    # heavy: transformers (not loaded when this module is imported)
     from transformers import CLIPModel, CLIPTextModel
 
     clip = CLIPModel.from_pretrained(clip_dir)
@@ -359,6 +359,7 @@ def train_unet_on_captions(unet, scheduler, latents: torch.Tensor, cond: torch.T
                recipe: DemoSDRecipe, log: Log):
     """Stage 1: epsilon loss (Min-SNR weighted) on the one-template captions (precomputed embeddings of the
     frozen text tower) with caption dropout to ""; returns the EMA UNet."""
+    # heavy: diffusers (not loaded when this module is imported)
     from diffusers import DDPMScheduler
 
     noise_sched = DDPMScheduler.from_config(scheduler.config)
@@ -430,6 +431,7 @@ def train_text_stage(unet, text_encoder, tokenizer, scheduler, latents: torch.Te
                      recipe: DemoSDRecipe, log: Log):
     """Stage 2, from stage 1's EMA UNet: the same loss on varied prompts (``TrainingTexts``), the text encoder
     trained alongside at ``text_lr``; returns the EMA UNet and text encoder."""
+    # heavy: diffusers (not loaded when this module is imported)
     from diffusers import DDPMScheduler
 
     noise_sched = DDPMScheduler.from_config(scheduler.config)
@@ -472,6 +474,7 @@ def train_text_stage(unet, text_encoder, tokenizer, scheduler, latents: torch.Te
 
 def demo_sd_unet(start_config: dict[str, Any], latent_size: int, recipe: DemoSDRecipe):
     """The zoo SD's UNet layout at ``latent_size``, with the recipe's pooled text embedding; seeded init."""
+    # heavy: diffusers (not loaded when this module is imported)
     from diffusers import UNet2DConditionModel
 
     config = {k: v for k, v in start_config.items() if not k.startswith("_")}
@@ -492,9 +495,8 @@ def train_demo_sd(out: str | Path, clip_dir: str | Path, data: str | Path | None
 
 def _train_demo_sd(out: Path, clip_dir: str | Path, data: str | Path | None, recipe: DemoSDRecipe,
                    log: Log) -> dict[str, Any]:
+    # heavy: diffusers (not loaded when this module is imported)
     from diffusers import StableDiffusionImg2ImgPipeline
-
-    from actors.demo_dit import DemoDiTRecipe, train_vae
 
     t0 = time.time()
     d = load_demo_data(data)
@@ -569,11 +571,8 @@ def check_sd(model_dir: str | Path, d: DemoData, recipe: DemoSDRecipe, clip_dir:
     from its image prototypes of train clusters (IPC 1 and 10), prompted with the cached SmolLM2 text
     prototypes and with the class-name prompt (``actors.demo_sd_check``).
     """
+    # heavy: diffusers (not loaded when this module is imported)
     from diffusers import StableDiffusionPipeline
-
-    from actors.demo_dit import classify, train_classifier
-    from actors.sd import load_img2img_pipeline
-    from pipeline.core.seeds import image_seed
 
     img2img = load_img2img_pipeline(str(model_dir), device="cpu", dtype="float32")
     t2i = StableDiffusionPipeline.from_pipe(img2img)
@@ -604,8 +603,6 @@ def check_sd(model_dir: str | Path, d: DemoData, recipe: DemoSDRecipe, clip_dir:
 def check_sd_img2img(model_dir: str | Path, d: DemoData, recipe: DemoSDRecipe, clip_dir: str | Path,
                      net: Any) -> dict[str, Any]:
     """EDITS's img2img check (``actors.demo_sd_check``) with both prompts; the json keys of each."""
-    from actors import demo_sd_check
-
     texts = demo_sd_text.load_check_texts()
     out: dict[str, Any] = {}
     for prompt, key in (("llm", "img2img_text_prototype"), ("class_prompt", "img2img_class_prompt")):

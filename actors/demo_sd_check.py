@@ -17,6 +17,7 @@ The SmolLM2 prototypes are written once (``write_check_texts``, minutes on a CPU
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +25,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from actors import demo_sd_text
+from actors.clip_embedder import ClipEmbedder
 from actors.demo_captions import captions_for
+from actors.demo_dit import classify
+from actors.llm import TransformersChat
+from actors.sd import GenerateSettings, img2img, load_img2img_pipeline
+from pipeline.core.seeds import image_seed
 from pipeline.edits import prompts
 from pipeline.edits.gsq import gsq_fuse
 from pipeline.edits.lsa import select
@@ -43,9 +50,9 @@ class Cluster:
 
 def clusters_of(d: Any, clip_dir: str, ipc: int, seed: int = 0, k: int = 5, tau: float = 0.01) -> list[Cluster]:
     """EDITS's clusters of every train class: GSQ concat of raw CLIP projections, KMeans, LSA's ``k`` nearest."""
+    # heavy: sklearn (not loaded when this module is imported)
     from sklearn.cluster import KMeans
 
-    from actors.clip_embedder import ClipEmbedder
     emb = ClipEmbedder(clip_dir, device="cpu", dtype="float32")
     img = emb.image_features([Image.fromarray(im) for im in d.train_images])
     txt = emb.text_features(captions_for(d.train_images, d.train_labels, d.names, CAPTION_LEAD))
@@ -74,10 +81,8 @@ def cluster_key(ipc: int, cl: Cluster) -> str:
 def write_check_texts(d: Any, clip_dir: str, sd_dir: str, ipcs: tuple[int, ...], seed: int = 0,
                       llm: str = "zoo:smollm2", log: Any = print) -> dict[str, dict[str, Any]]:
     """SmolLM2's text prototype of every check cluster (key -> members, text), as the prototype stage writes it."""
+    # heavy: transformers (not loaded when this module is imported)
     from transformers import AutoTokenizer
-
-    from actors import demo_sd_text
-    from actors.llm import TransformersChat
 
     chat = TransformersChat(llm, dtype="float32", device="cpu")
     tok = AutoTokenizer.from_pretrained(sd_dir, subfolder="tokenizer")
@@ -107,10 +112,6 @@ def check_img2img(model_dir: str, d: Any, clip_dir: str, ipcs: tuple[int, ...], 
     ``skip_uncached``: with ``prompt="llm"``, leave out the clusters ``texts`` has no prototype of
     (``checked`` says how many each IPC kept) instead of raising.
     """
-    from actors.demo_dit import classify
-    from actors.sd import GenerateSettings, img2img, load_img2img_pipeline
-    from pipeline.core.seeds import image_seed
-
     pipe = load_img2img_pipeline(model_dir, device="cpu", dtype="float32")
     settings = GenerateSettings()
     labels, images, by_ipc, checked = [], [], {}, {}
@@ -146,12 +147,8 @@ def check_img2img(model_dir: str, d: Any, clip_dir: str, ipcs: tuple[int, ...], 
 def write_summaries_file(d: Any, clip_dir: str, sd_dir: str, ipcs: tuple[int, ...] = (1, 10), seed: int = 0,
                          train_groups_per_class: int = 0, llm: str = "zoo:smollm2", log: Any = print) -> None:
     """Write ``demo_sd_summaries.json``: SmolLM2 prototypes of the check clusters and of random train groups."""
-    import json
-
+    # heavy: transformers (not loaded when this module is imported)
     from transformers import AutoTokenizer
-
-    from actors import demo_sd_text
-    from actors.llm import TransformersChat
 
     check = write_check_texts(d, clip_dir, sd_dir, ipcs, seed, llm, log)
     train: list[dict[str, Any]] = []

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from actors import demo_captions
+from pipeline.edits import prompts
 
 SUMMARIES_FILE = Path(__file__).with_name("demo_sd_summaries.json")
 
@@ -117,8 +118,6 @@ def summary_groups(labels: np.ndarray, per_class: int, group_size: int, seed: in
 def llm_summaries(groups: list[list[int]], captions: list[str], names: list[str], labels: np.ndarray,
                   chat: Any, tokenizer: Any, max_tokens: int = 77, batch: int = 10) -> list[str]:
     """One text prototype per group, as EDITS's prototype stage writes it (our prompt, greedy, cleaned)."""
-    from pipeline.edits import prompts
-
     out: list[str] = []
     for i in range(0, len(groups), batch):
         part = groups[i:i + batch]

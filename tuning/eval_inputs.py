@@ -69,6 +69,7 @@ def dataset_norm(cfg: EvalConfig, classes: list[str], train_root: str | os.PathL
 def learned_lr(set_dir: str | os.PathLike) -> float | None:
     """A set's learned lr: ``lr_best.pt`` in its folder (a float or a one-element tensor), else the manifest's
     ``learned_lr``; ``None`` when it has neither."""
+    # heavy: PIL (not loaded when this module is imported)
     from pipeline.core.write import MANIFEST
 
     root = Path(set_dir)

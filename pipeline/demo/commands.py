@@ -6,12 +6,12 @@ import argparse
 import json
 from pathlib import Path
 
-from actors import zoo
+from actors import shipped, zoo
+from pipeline.core.digits import write_demo_dataset
+from pipeline.core.write import atomic_folder
 
 
 def data_demo(args: argparse.Namespace) -> int:
-    from pipeline.core.digits import write_demo_dataset
-
     summary = write_demo_dataset(args.out, size=args.size, val_fraction=args.val_fraction, seed=args.seed)
     n_train, n_val = sum(summary["counts"]["train"].values()), sum(summary["counts"]["val"].values())
     print(f"wrote the demo digits to {args.out}: {n_train} train + {n_val} val images, 10 classes, "
@@ -49,7 +49,7 @@ def zoo_list(args: argparse.Namespace) -> int:
 
 def _print_sd_checks() -> None:
     """The shipped demo SD's check numbers (its ``demo_sd.json``) under its line."""
-    from actors import shipped
+    # heavy: scipy (not loaded when this module is imported)
     from actors.demo_models import sd_checks_line
 
     report = shipped.WEIGHTS_DIR / "demo_sd" / "demo_sd.json"
@@ -59,6 +59,7 @@ def _print_sd_checks() -> None:
 
 def demo(args: argparse.Namespace) -> int:
     """Prepare the demo data and zoo, then run every demo stage that is available."""
+    # start-up: pydantic, yaml (not loaded when this module is imported)
     from pipeline.demo.run import run_demo
 
     result = run_demo(Path(args.out), quick=args.quick, full=getattr(args, "full", False),
@@ -74,7 +75,6 @@ DEMO_ROLES = ("demo_vlm", "demo_clip", "demo_sd", "demo_dit")
 def train_demo_role(role: str, weights_dir: Path, data: str | None) -> dict:
     """Train one shipped demo role from its recipe into ``weights_dir/<role>`` (demo_sd needs demo_clip there)."""
     from actors import demo_models
-    from pipeline.core.write import atomic_folder
 
     with atomic_folder(weights_dir / role) as out:  # swapped in whole; a full disk raises DiskFullError
         if role == "demo_dit":
@@ -92,8 +92,6 @@ def train_demo_role(role: str, weights_dir: Path, data: str | None) -> dict:
 
 def train_demo(args: argparse.Namespace) -> int:
     """``zoo train-demo``: train the demo roles from their recipes, ship them (SHA256SUMS), refresh the zoo."""
-    from actors import shipped
-
     roles = list(args.roles or DEMO_ROLES)
     unknown = [r for r in roles if r not in DEMO_ROLES]
     if unknown:

@@ -15,6 +15,8 @@ Follows the authors' released code, einsteinxia/EDITS ``distillation/gen_prototy
 
 from __future__ import annotations
 
+import json
+import math
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
@@ -79,6 +81,7 @@ def lof_filter(x: np.ndarray, contamination: float, n_neighbors: int = 10, min_k
     keep = np.ones(n, dtype=bool)
     if contamination <= 0 or n < 3:
         return keep
+    # heavy: sklearn (not loaded when this module is imported)
     from sklearn.neighbors import LocalOutlierFactor
 
     lof = LocalOutlierFactor(n_neighbors=max(1, min(n_neighbors, n - 1)), contamination=contamination)
@@ -107,6 +110,7 @@ def kmeans(x: np.ndarray, k: int, seed: int, n_init: int = 10, max_iter: int = 3
         raise ValueError(f"k-means needs 1 <= k <= n points, got k={k}, n={len(x)}")
     if init not in ("k-means++", "random"):
         raise ValueError(f"edits.kmeans_init must be k-means++ or random, got {init!r}")
+    # heavy: sklearn (not loaded when this module is imported)
     from sklearn.cluster import KMeans  # heavy (scipy; seconds on a busy node): only where k-means runs
 
     with threadpool_limits(limits=1, user_api="openmp"):
@@ -142,6 +146,7 @@ def cluster_key(class_id: str, cluster: int) -> str:
 
 
 def _class_files(run: Any, class_id: str) -> tuple[Any, Any]:
+    # heavy: PIL (not loaded when this module is imported)
     from pipeline.core.write import component_name
 
     name = component_name(class_id)
@@ -175,8 +180,7 @@ def cluster_classes(items: Iterable[tuple[Any, tuple[Any, ...]]], settings: Clus
     k-means itself runs on one, see ``kmeans``), and as many tasks run as the cluster's CPUs hold (one more
     queued). Cluster tasks hold no GPU.
     """
-    import math
-
+    # heavy: ray (not loaded when this module is imported)
     import ray
 
     from pipeline.core.ray_setup import task_options
@@ -212,6 +216,7 @@ def cluster_classes(items: Iterable[tuple[Any, tuple[Any, ...]]], settings: Clus
 
 
 def _save_class(run: Any, feats: dict[str, np.ndarray], res: dict[str, Any]) -> dict[str, Any]:
+    # heavy: PIL (not loaded when this module is imported)
     from pipeline.core.write import atomic_write_json, write_parquet
 
     c = res["class_id"]
@@ -238,14 +243,11 @@ def _save_class(run: Any, feats: dict[str, np.ndarray], res: dict[str, Any]) -> 
 
 def load_clusters(run: Any) -> dict[str, Any]:
     """The merged ``clusters.json``: ``{"classes": {class_id: {..., "clusters": [...]}}}``."""
-    import json
-
     return json.loads(run.paths.clusters.read_text())
 
 
 def run_stage(run: Any, state: Any, force: bool) -> dict[str, Any]:
-    import json
-
+    # heavy: PIL, ray, torch (not loaded when this module is imported)
     from pipeline.core.write import atomic_write_json, remove
     from pipeline.edits.embed import load_features
 
