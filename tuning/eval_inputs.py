@@ -18,6 +18,7 @@ the val set (kornia's ``ZCAWhitening(eps=0.1)`` as MTT's ``utils.get_dataset``: 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -86,8 +87,6 @@ def learned_lr(set_dir: str | os.PathLike) -> float | None:
         return lr
     man = root / MANIFEST
     if man.is_file():
-        import json
-
         value = json.loads(man.read_text()).get("learned_lr")
         return float(value) if value is not None else None
     return None

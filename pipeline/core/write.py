@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -43,8 +44,6 @@ def set_pause_after_write(seconds: float) -> None:
 
 def _written() -> None:
     if _PAUSE_AFTER_WRITE_S[0]:
-        import time
-
         time.sleep(_PAUSE_AFTER_WRITE_S[0])
 _SAFE = re.compile(r"[^A-Za-z0-9._+-]")
 

@@ -45,6 +45,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import time
 import traceback
 from dataclasses import dataclass
@@ -353,8 +354,6 @@ def diver_seed_config(cfg: Config, out: Path, method: str, ipcs: tuple[int, ...]
 def _copy_artefacts(src: Path, dst: Path) -> None:
     """Start ``dst`` from a copy of ``src``'s EDITS artefacts: stage keys then reuse what is the same."""
     if src.is_dir() and not dst.exists():  # a re-run resumes from its own artefacts
-        import shutil
-
         with atomic_folder(dst) as tmp:
             shutil.copytree(src, tmp, dirs_exist_ok=True)
 
