@@ -35,7 +35,6 @@ from pipeline.core.pixels import normalize, u8_hwc_to_unit_chw
 from pipeline.core.read import load_image_arrays, load_rgb
 from pipeline.core.write import MANIFEST, atomic_write_bytes, atomic_write_json, read_manifest
 from pipeline.errors import ConfigError, DataError
-from tuning.baselines import build_baseline
 from tuning.checkpoints import fit_or_disk_full, report_checkpoint
 from tuning.ddranking import scores, scores_markdown
 from tuning.eval_inputs import apply_zca, dataset_norm, fit_zca, learned_lr
@@ -472,6 +471,7 @@ def evaluate_sets(sets: dict[str, Any], val_root: str | os.PathLike, cfg: EvalCo
         runs = [run_local_job(j, _teacher_normalised(arrays[j["set"]], teacher_state), teacher_state)
                 for j in jobs]
     else:
+        # imported when called: tests replace it on its module
         from pipeline.core.ray_setup import ray_session
 
         with ray_session(ray_cfg):
@@ -817,6 +817,9 @@ def random_real_draws(train_root: str | os.PathLike, out: Path, ipc: int, seeds:
                       size: int | None = None, classes: list[str] | None = None) -> dict[int, str]:
     """``{seed: folder}``: a random-real set drawn afresh per evaluation seed (DD-Ranking draws its random
     reference per evaluation round, ``_get_random_data_helper(eval_iter=i)`` in ddranking/metrics)."""
+    # imported when called: tests replace it on its module
+    from tuning.baselines import build_baseline
+
     return {s: build_baseline("random_real", train_root, out / f"seed{s}", ipc, seed=s, size=size,
                               classes=classes)["output"] for s in seeds}
 
@@ -825,6 +828,9 @@ def baseline_sets(ev: EvalConfig, train_root: str | os.PathLike | None, out: Pat
                   classes: list[str] | None = None, log=print) -> tuple[dict[str, Any], dict[str, str]]:
     """Build ``ev.baselines`` (tuning/baselines.py) from the real train split at ``ipc``; ``({name: folder}, {name:
     method})``. Random real is drawn afresh per evaluation seed (``{seed: folder}``), the others once."""
+    # imported when called: tests replace it on its module
+    from tuning.baselines import build_baseline
+
     if not train_root:
         raise ConfigError("eval.baselines needs the real training split (data.root)")
     sets: dict[str, Any] = {}

@@ -36,7 +36,6 @@ from ray.tune import Callback
 
 from pipeline.config import Config, EvalConfig, SweepConfig, config_from_dict, dump_config, set_dotted
 from pipeline.core.console import note, progress
-from pipeline.core.ray_setup import ray_session
 from pipeline.core.write import atomic_write_bytes, atomic_write_json, find_disk_full
 from pipeline.errors import ConfigError
 from tuning.holdout import carve_holdout
@@ -166,6 +165,7 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], names: list[str], tr
     # heavy: torch (not loaded when this module is imported)
     from ray import tune
 
+    # imported when called: tests replace it on its module
     from tuning.evaluate import evaluate_sets
 
     params = {name: config[f"p{i}"] for i, name in enumerate(names)}
@@ -355,6 +355,9 @@ def run_sweep(cfg: Config, run_method: RunMethod, log: Callable[[str], None] = n
     """
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
+
+    # imported when called: tests replace it on its module
+    from pipeline.core.ray_setup import ray_session
 
     if cfg.sweep is None:
         raise ConfigError("the config has no sweep section (see configs/demo_sweep.yaml)")

@@ -60,10 +60,7 @@ from pipeline.core.console import quiet_terminal, stage
 from pipeline.core.digits import write_demo_dataset
 from pipeline.core.write import JOURNAL, atomic_folder, atomic_write_json
 from pipeline.demo.claims import claim_lines
-from pipeline.diver.run import run_diver
-from pipeline.report import write_report
-from tuning.baselines import build_baseline
-from tuning.evaluate import evaluate_sets, in_mean, mean_top1, write_results
+from tuning.evaluate import in_mean, mean_top1
 
 REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 HEADLINE_IPC = 1
@@ -292,6 +289,9 @@ def evaluate_demo(sets: dict[str, Path], data: Path, out: Path, ev: EvalConfig, 
     record per evaluation, e.g. the no-augmentation runs); returns the rows of ``results.json``, earlier
     evaluations included (``shown``: only those whose method is a key of it). ``specs`` (set name ->
     ``SetSpec``) names each row's method and distillation seed."""
+    # imported when called: tests replace it on its module
+    from tuning.evaluate import evaluate_sets, write_results
+
     specs = specs or {}
     done_path = out / f"eval_done{tag}.json"
     done = json.loads(done_path.read_text()) if done_path.is_file() else {}
@@ -415,6 +415,7 @@ def _failed(skipped: dict[str, str], key: str, err: Exception, logs: Path) -> No
 def _run_diver_sets(plan: DemoPlan, base: Config, out: Path, sets: dict[str, Path], specs: dict[str, SetSpec],
                     panels: dict[str, Path], skipped: dict[str, str], logs: Path) -> None:
     """DIVER on each built-in stage-1 set of the plan, per distillation seed (and the gamma-0 ablation)."""
+    from pipeline.diver.run import run_diver  # its model stack loads when this step runs
     for method, ipcs in plan.stage1.items():
         recovered = "diver" if method == "dm" else f"diver_{method}"
         for d in plan.distill_seeds:
@@ -482,6 +483,7 @@ def _run_edits_sets(plan: DemoPlan, out: Path, data: Path, quick: bool, sets: di
 def _run_demo(out: Path, quick: bool, full: bool, logs: Path) -> dict[str, Any]:
     # heavy: ray (not loaded when this module is imported)
     from pipeline.core.ray_setup import ray_session
+    from tuning.baselines import build_baseline
 
     plan = demo_plan(quick, full)
     ipc_text = ", ".join(map(str, plan.ipcs))
@@ -539,6 +541,9 @@ def _run_demo(out: Path, quick: bool, full: bool, logs: Path) -> dict[str, Any]:
                           f"{plan.distill_seeds[0]}, not the full real set)")
                     rows = evaluate_demo(ars, data, out, plain, base.ray, tag="_noaug", specs=specs)
         timings["eval_s"] = round(time.time() - t0, 1)
+
+    # imported when called: tests replace it on its module
+    from pipeline.report import write_report
 
     stage(f"[6/{n_steps}] report")
     timings["total_s"] = round(time.time() - t_all, 1)
