@@ -35,6 +35,7 @@ def load_count_tokenizer(ref: str | None, zoo_dir: str | None = None, subfolder:
     """The tokenizer used to count a text's tokens (CLIP's: 77 incl. BOS/EOS); None when ``ref`` is None."""
     if not ref:
         return None
+    # heavy: transformers (not loaded when this module is imported)
     from transformers import AutoTokenizer
 
     kw = {"subfolder": subfolder} if subfolder else {}
@@ -60,6 +61,7 @@ class Captioner:
                  require_class_name: bool = True, count_tokenizer_ref: str | None = None,
                  faults: dict | None = None, device: str | None = None, micro_batch: int | None = None,
                  torch_threads: int | None = None) -> None:
+        # heavy: transformers (not loaded when this module is imported)
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
         set_torch_threads(torch_threads)

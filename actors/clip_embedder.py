@@ -52,6 +52,7 @@ class ClipEmbedder:
     def __init__(self, model_ref: str, zoo_dir: str | None = None, dtype: str = "auto",
                  faults: dict | None = None, device: str | None = None, micro_batch: int | None = None,
                  image_feature: str = "raw_cls", torch_threads: int | None = None) -> None:
+        # heavy: transformers (not loaded when this module is imported)
         from transformers import AutoProcessor, CLIPModel
 
         set_torch_threads(torch_threads)

@@ -13,7 +13,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from actors.gpu_defaults import prepare_dit
 from actors.latents import decode_latents, encode_images
+from actors.loading import load_pretrained, offline, pick_device, pick_dtype, set_torch_threads
+from pipeline.core.batching import run_fixed
+from pipeline.core.faults import FaultInjector
 from pipeline.core.seeds import image_seed
 from pipeline.diver.guidance import RecoverSettings, image_noise, recover_latents
 
@@ -42,8 +46,8 @@ def recover_images(transformer, vae, scheduler, images: torch.Tensor, dit_classe
     (or ``output_size`` square: tiles come back at the DiT resolution, see ``pipeline/diver/tiles.py``)."""
     device = next(transformer.parameters()).device
     sample_noise = (image_noise(latent_seeds(seeds), latent_shape(vae, resolution))
-                    if settings.latent_mode == "sample" else None)
-    z_d = encode_images(vae, images, resolution, settings.latent_mode, noise=sample_noise).to(device)
+                    if settings.diver.latent_mode == "sample" else None)
+    z_d = encode_images(vae, images, resolution, settings.diver.latent_mode, noise=sample_noise).to(device)
     noise = image_noise(seeds, tuple(z_d.shape[1:])).to(device)
     labels = torch.as_tensor(np.asarray(dit_classes), dtype=torch.long, device=device)
     z0 = recover_latents(transformer, scheduler, z_d, labels, settings, noise=noise)
@@ -76,6 +80,7 @@ def set_timestep_embedding(transformer, kind: str) -> int:
     DiT-XL/2's converted weights were trained with), ``diffusers`` = diffusers' port (what a DiT trained in
     diffusers, e.g. the demo DiT, saw). Sets ``downscale_freq_shift`` of every ``Timesteps`` module (one per
     block; the final layer reuses block 0's); returns how many were set."""
+    # heavy: diffusers (not loaded when this module is imported)
     from diffusers.models.embeddings import Timesteps
 
     if kind not in FREQ_SHIFT:
@@ -101,9 +106,8 @@ def transformer_config(model_dir: str) -> tuple[dict[str, Any] | None, str]:
         if not cfg_file.is_file():
             return None, f"{folder} has no transformer/config.json"
         return json.loads(cfg_file.read_text()), ""
+    # heavy: diffusers (not loaded when this module is imported)
     from diffusers import DiTTransformer2DModel
-
-    from actors.loading import offline
 
     try:
         return dict(DiTTransformer2DModel.load_config(model_dir, subfolder="transformer",
@@ -135,10 +139,8 @@ def load_dit(model_ref: str, zoo_dir: str | None = None, dtype: str = "auto", de
     embedding); ``compile`` on the transformer and the VAE decoder (actors/gpu_defaults.py).
     ``timestep_embedding``: ``diffusers`` (as loaded) or ``dit`` (``set_timestep_embedding``).
     """
+    # heavy: diffusers (not loaded when this module is imported)
     from diffusers import AutoencoderKL, DDIMScheduler, DiTPipeline
-
-    from actors.gpu_defaults import prepare_dit
-    from actors.loading import load_pretrained, pick_device, pick_dtype
 
     dev = pick_device(device)
     torch_dtype = pick_dtype(dtype, dev)
@@ -169,10 +171,7 @@ class DiTRecoverActor:
                  torch_threads: int | None = None, faults: dict | None = None, vae_ref: str | None = None,
                  output_size: int | None = None, channels_last: bool | str = "auto", compile: bool = False,
                  expected_classes: int | None = None) -> None:
-        from pipeline.core.faults import FaultInjector
-
         self.faults = FaultInjector.from_kwargs(faults)  # debug.fail_every_n_batches (tests)
-        from actors.loading import set_torch_threads
 
         set_torch_threads(torch_threads)
         self.micro_batch = micro_batch
@@ -197,7 +196,6 @@ class DiTRecoverActor:
         if self.num_classes is not None and ((classes < 0) | (classes >= self.num_classes)).any():
             bad = sorted(set(classes[(classes < 0) | (classes >= self.num_classes)].tolist()))
             raise ValueError(f"DiT class ids {bad} outside [0, {self.num_classes}); set diver.class_map")
-        from pipeline.core.batching import run_fixed
 
         def run(xs, cs, ss):
             return recover_images(self.transformer, self.vae, self.scheduler, xs, list(cs),

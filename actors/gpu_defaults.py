@@ -39,6 +39,7 @@ def with_sdpa(loader: Callable[..., Any]) -> Callable[..., Any]:
 def use_sdpa_processors(model: torch.nn.Module) -> int:
     """diffusers ``Attention`` modules on the eager ``AttnProcessor`` -> ``AttnProcessor2_0`` (SDPA);
     other processors (added-KV, IP-adapter, ...) are left alone. Returns how many modules now run SDPA."""
+    # heavy: diffusers (not loaded when this module is imported)
     from diffusers.models.attention_processor import Attention, AttnProcessor, AttnProcessor2_0
 
     n = 0

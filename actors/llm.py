@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from actors.gpu_defaults import with_sdpa
-from actors.loading import load_pretrained, pick_device, pick_dtype, resolve_ref
+from actors.loading import load_pretrained, pick_device, pick_dtype, resolve_ref, set_torch_threads
+from pipeline.core.batching import run_fixed
 from pipeline.core.faults import FaultInjector, TransientWorkerError
 from pipeline.edits import prompts
 from pipeline.errors import ConfigError, ModelLoadError
@@ -47,6 +48,7 @@ class TransformersChat:
 
     def __init__(self, model_ref: str, zoo_dir: str | None = None, dtype: str = "auto",
                  device: str | None = None, pad_to: int = 0) -> None:
+        # heavy: transformers (not loaded when this module is imported)
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.pad_to = pad_to  # left-pad every prompt to at least this many tokens (0: the batch's longest)
@@ -156,8 +158,8 @@ class LLMActor:
                  count_tokenizer_ref: str | None = None, count_tokenizer_subfolder: str | None = None,
                  faults: dict | None = None, chat: ChatBackend | None = None, micro_batch: int | None = None,
                  pad_to: int = 0, torch_threads: int | None = None) -> None:
+        # heavy: PIL (not loaded when this module is imported)
         from actors.captioner import load_count_tokenizer
-        from actors.loading import set_torch_threads
 
         # edits.llm_torch_threads, else the pool's plan (its CPU reservation)
         set_torch_threads(torch_threads)
@@ -176,7 +178,6 @@ class LLMActor:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         msgs = [[{"role": "system", "content": str(s)}, {"role": "user", "content": str(u)}]
                 for s, u in zip(batch["system"], batch["user"])]
-        from pipeline.core.batching import run_fixed
 
         seeds = [int(s) for s in batch["seed"]] if "seed" in batch else [0] * len(msgs)
         raw = run_fixed(lambda m, s: self.chat.generate(list(m), self.max_tokens, self.temperature, list(s)),

@@ -7,6 +7,7 @@ role and path named (and no download attempted), and device/dtype are chosen in 
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -28,8 +29,6 @@ _warned_no_cuda = False
 
 def assigned_gpus() -> list:
     """The GPU ids Ray gave this worker (``ray.actor_num_gpus``); empty outside Ray or without GPUs."""
-    import sys
-
     ray = sys.modules.get("ray")  # never import Ray just to ask
     if ray is None or not ray.is_initialized():
         return []
@@ -88,6 +87,7 @@ def looks_local(ref: str) -> bool:
 
 def resolve_ref(role: str, ref: str, zoo_dir: str | None = None) -> str:
     """``zoo:<role>`` -> the zoo folder; local paths are checked; hub ids pass through."""
+    # heavy: PIL, numpy (not loaded when this module is imported)
     from actors.zoo import resolve_model_ref
 
     if ref.startswith("zoo:"):

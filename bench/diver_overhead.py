@@ -104,8 +104,8 @@ def main(argv: list[str] | None = None) -> float:
     latent = transformer.config.sample_size
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
     res = args.resolution or latent * factor
-    settings = RecoverSettings(num_inference_steps=args.steps, start_step=args.start_step, gamma=args.gamma,
-                               fusion_window=(min(40, args.steps - 1), args.start_step))
+    settings = RecoverSettings.of(num_inference_steps=args.steps, start_step=args.start_step, gamma=args.gamma,
+                                  fusion_window=(min(40, args.steps - 1), args.start_step))
     g = torch.Generator().manual_seed(0)
     images = torch.rand(args.batch, 3, res, res, generator=g)
     labels = torch.arange(args.batch, device=device) % 10
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> float:
 
     def plain() -> None:
         noise = image_noise(seeds, shape).to(device)
-        scheduler.set_timesteps(settings.num_inference_steps)
+        scheduler.set_timesteps(settings.diver.num_inference_steps)
         z = sample_latents(transformer, scheduler, noise, labels, settings, z_d=None)
         decode_latents(vae, z, size=(res, res))
 

@@ -253,8 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     reps = 1 if smoke else 3
 
     steps = 6 if smoke else 50
-    settings = RecoverSettings(num_inference_steps=steps, start_step=steps // 2,
-                               fusion_window=(int(steps * 0.8), steps // 2), gamma=0.1, cfg_scale=4.0)
+    settings = RecoverSettings.of(num_inference_steps=steps, start_step=steps // 2,
+                                  fusion_window=(int(steps * 0.8), steps // 2), gamma=0.1, cfg_scale=4.0)
     resolution, in_px = (16, 8) if smoke else (256, 128)
     results: dict = {"device": name, "dtype": str(dtype).replace("torch.", ""), "smoke": smoke,
                      "channels_last": channels_last_on(layout, device), "compile": args.compile}
@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     transformer, vae, scheduler = build_dit(device, dtype, smoke, **fast)
     n_params = sum(p.numel() for p in transformer.parameters()) / 1e6
     log(f"DiT: {n_params:.0f} M parameters ({'tiny' if smoke else 'DiT-XL/2 256 px'}), latent "
-        f"{resolution // (2 if smoke else 8)} px; recovery runs steps {settings.start_step}..{steps - 1}")
+        f"{resolution // (2 if smoke else 8)} px; recovery runs steps {settings.diver.start_step}..{steps - 1}")
     meter = Meter(device)
     gen = torch.Generator().manual_seed(0)
     pool = torch.rand(max(batches), 3, in_px, in_px, generator=gen)
@@ -316,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
 
     d1, p1 = diver_rows[0], plain_rows[0]
     ratio = d1["s_per_image"] / p1["s_per_image"]
-    run_steps = steps - settings.start_step
+    run_steps = steps - settings.diver.start_step
     costs = {"recover.step": results["diver"]["best"]["s_per_image"] / run_steps,
              "plain_dit.step": results["plain_dit"]["best"]["s_per_image"] / steps}
     if "sd_img2img" in results:

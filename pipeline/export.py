@@ -60,6 +60,7 @@ class SetFiles:
 
 def load_set(root: str | Path) -> SetFiles:
     """Read ``manifest.json``; classes follow the manifest labels (a class id per label)."""
+    # heavy: PIL (not loaded when this module is imported)
     from pipeline.core.write import read_manifest
 
     root = Path(root)
@@ -90,6 +91,7 @@ def hf_features(classes: list[str], with_seed: bool) -> dict[str, Any]:
 
 def write_hf(s: SetFiles, out: Path, shard_size: int) -> list[Path]:
     """Parquet shards ``data/train-0000i-of-0000n.parquet`` and the dataset card; returns the shards."""
+    # heavy: pyarrow (not loaded when this module is imported)
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -120,6 +122,7 @@ def write_hf(s: SetFiles, out: Path, shard_size: int) -> list[Path]:
 
 def _config_beside(root: Path) -> dict[str, Any]:
     """The run's ``config.yaml`` (``semdistill run`` writes it in output.dir, one or two levels up)."""
+    # start-up: yaml (not loaded when this module is imported)
     import yaml
 
     for folder in (root, root.parent, root.parent.parent):
@@ -142,6 +145,7 @@ def _results_beside(root: Path) -> str | None:
 
 def dataset_card(s: SetFiles, n: int, with_seed: bool) -> str:
     """``README.md``: the Hub's YAML header (features, splits, data files) and what made the set."""
+    # start-up: yaml (not loaded when this module is imported)
     import yaml
 
     settings = s.manifest.get("settings") or {}
@@ -176,6 +180,7 @@ def dataset_card(s: SetFiles, n: int, with_seed: bool) -> str:
 
 
 def _wds_key(key: str) -> str:
+    # heavy: PIL (not loaded when this module is imported)
     from pipeline.core.write import safe_name
 
     return safe_name(key).replace(".", "_")  # WebDataset splits a member name at its first dot
@@ -209,6 +214,7 @@ def write_webdataset(s: SetFiles, out: Path, shard_size: int) -> list[Path]:
 
 def export_norm(s: SetFiles, norm: str) -> tuple[list[float] | None, list[float] | None]:
     """``--norm``: auto = the stage-1 input's normalisation recorded in the manifest, else ImageNet's."""
+    # heavy: PIL, torch (not loaded when this module is imported)
     from pipeline.diver.inputs import PRESETS
 
     if norm == "none":
@@ -225,6 +231,7 @@ def export_norm(s: SetFiles, norm: str) -> tuple[list[float] | None, list[float]
 def write_pt(s: SetFiles, out: Path, norm: str) -> list[Path]:
     """DC/MTT tensors: ``images_best.pt`` (normalised float32), ``labels_best.pt``, stats and classes
     beside."""
+    # heavy: PIL, torch (not loaded when this module is imported)
     import torch
     from PIL import Image
 
@@ -258,6 +265,7 @@ def write_imagefolder(s: SetFiles, out: Path) -> list[Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(s.read(i))
         paths.append(path)
+    # heavy: PIL (not loaded when this module is imported)
     from pipeline.core.write import atomic_write_json
 
     atomic_write_json(out / "manifest.json", s.manifest)  # with any journal entries folded in
@@ -268,6 +276,7 @@ def export_set(src: str | Path, to: str, out: str | Path, norm: str = "auto", sh
                overwrite: bool = False) -> list[Path]:
     """Export the set at ``src`` as ``to`` into ``out`` (built aside and swapped in whole); returns the data
     files."""
+    # heavy: PIL (not loaded when this module is imported)
     from pipeline.core.write import atomic_folder
 
     if to not in FORMATS:

@@ -38,6 +38,7 @@ ROLE_OF_STAGE = {"caption": "models.vlm", "embed": "models.clip", "prototype.tex
 
 def _run_view(run: Path) -> Any:
     """What the EDITS readers need of a run: its artefact paths."""
+    # start-up: pydantic, yaml (not loaded when this module is imported)
     from pipeline.edits.state import Artefacts
 
     return SimpleNamespace(paths=Artefacts(run))
@@ -76,6 +77,7 @@ def image_key(path: str, root: str | None) -> str:
 
 
 def _class_info(run: Any) -> dict[str, dict[str, Any]]:
+    # start-up: numpy, pydantic, threadpoolctl, yaml (not loaded when this module is imported)
     from pipeline.edits.buffer import load_clusters
 
     path = run.paths.clusters
@@ -87,6 +89,7 @@ def _class_info(run: Any) -> dict[str, dict[str, Any]]:
 
 def caption_rows(run: Any, root: str | None) -> list[dict[str, Any]]:
     """One row per image of the run's buffer, in label then key order."""
+    # heavy: PIL, numpy, pydantic, threadpoolctl and 1 more (not loaded when this module is imported)
     from pipeline.core.read import read_parquet
     from pipeline.core.write import component_name
     from pipeline.edits.buffer import cluster_key
@@ -110,6 +113,7 @@ def caption_rows(run: Any, root: str | None) -> list[dict[str, Any]]:
 def cached_caption_rows(run: Any, key: dict[str, Any], root: str | None) -> list[dict[str, Any]]:
     """Captions of a run whose cluster stage has not run: the caption cache's rows made with the run's
     caption settings (``key``) for images under its data root; no cluster columns."""
+    # heavy: PIL, ray, torch, numpy and 2 more (not loaded when this module is imported)
     from pipeline.edits.caption import CaptionCache, cache_settings_hash, row_key
 
     names = key.get("input:class_names") or {}
@@ -129,6 +133,7 @@ def cached_caption_rows(run: Any, key: dict[str, Any], root: str | None) -> list
 
 def prototype_rows(run: Any, root: str | None) -> list[dict[str, Any]]:
     """One row per cluster, in label then cluster order: its text prototype and its members' keys."""
+    # heavy: PIL, ray, torch, numpy and 2 more (not loaded when this module is imported)
     from pipeline.edits.prototype import load_texts
 
     texts = load_texts(run)
@@ -153,6 +158,7 @@ def prototype_rows(run: Any, root: str | None) -> list[dict[str, Any]]:
 
 
 def _write_parquet(rows: list[dict[str, Any]], path: Path) -> None:
+    # heavy: pyarrow (not loaded when this module is imported)
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -177,6 +183,7 @@ def dataset_card(what: str, run: Path, keys: dict[str, dict[str, Any]], rows: li
                  config: dict[str, Any]) -> str:
     """``README.md``: the Hub's YAML header and the models and settings the exported artefacts were made
     with."""
+    # start-up: yaml (not loaded when this module is imported)
     import yaml
 
     header = {"configs": [{"config_name": "default", "data_files": [{"split": "train",
@@ -212,6 +219,7 @@ def dataset_card(what: str, run: Path, keys: dict[str, dict[str, Any]], rows: li
 
 
 def _run_config(run: Path) -> dict[str, Any]:
+    # start-up: yaml (not loaded when this module is imported)
     import yaml
 
     path = run / "config.yaml"
@@ -225,6 +233,7 @@ def _run_config(run: Path) -> dict[str, Any]:
 
 def export_edits(run: str | Path, what: str, out: str | Path, overwrite: bool = False) -> list[Path]:
     """Export ``what`` of the EDITS run at ``run`` into ``out`` (built aside and swapped in whole)."""
+    # heavy: PIL, numpy (not loaded when this module is imported)
     from pipeline.core.write import atomic_folder
 
     if what not in WHAT:

@@ -21,6 +21,7 @@ from PIL import Image
 
 from pipeline.core.grids import paint_grid
 from pipeline.core.write import MANIFEST, atomic_save_image, atomic_write_bytes, read_manifest
+from tuning.ddranking import differences, scores
 
 
 def set_grid(set_dir: str | os.PathLike, per_class: int = 10, cell: int = 48,
@@ -50,6 +51,7 @@ def set_grid(set_dir: str | os.PathLike, per_class: int = 10, cell: int = 48,
 
 def overview_image(grids: dict[str, Image.Image], rows: list[dict[str, Any]], gap: int = 12) -> Image.Image:
     """The report at a glance: each set's grid side by side, titled with its mean top-1 over students."""
+    # heavy: torch, pydantic, yaml (not loaded when this module is imported)
     from PIL import ImageDraw
 
     from tuning.evaluate import headline_rows, mean_top1
@@ -87,6 +89,7 @@ def _png_b64(img: Image.Image) -> str:
 def _pivot_html(rows: list[dict[str, Any]]) -> str:
     """Method x student table; *mean* is ``tuning.evaluate.mean_top1`` (the proxy, marked †, left out), as in
     results.md."""
+    # heavy: torch, pydantic, yaml (not loaded when this module is imported)
     from tuning.evaluate import headline_cell, in_mean, student_label
 
     students = sorted({student_label(r) for r in rows}, key=lambda s: (not any(
@@ -126,8 +129,6 @@ def method_order(method: str) -> tuple[int, str]:
 
 def _ddranking_html(rows: list[dict[str, Any]]) -> str:
     """The DD-Ranking scores (tuning/ddranking.py) of every row that has its reference rows."""
-    from tuning.ddranking import differences, scores
-
     entries = scores(rows)
     if not entries:
         return ""
@@ -167,6 +168,7 @@ def _error_bar(x: float, value: float, std: float, top: float, plot_h: float, ha
 def bar_chart_svg(rows: list[dict[str, Any]], width: int = 900, height: int = 320) -> str:
     """Top-1 per architecture, one group of bars per method (per method and IPC when several IPCs ran: one
     IPC never hides another), each with its std over seeds as an error bar (an SVG document)."""
+    # heavy: torch, pydantic, yaml (not loaded when this module is imported)
     from tuning.evaluate import student_label
 
     ipcs = {r.get("ipc") for r in rows}
@@ -237,6 +239,7 @@ def edits_prototype_panel(edits_dir: str | os.PathLike, real_root: str | os.Path
 
 def _protocol_html(rows: list[dict[str, Any]]) -> str:
     """The evaluation protocol of every preset in ``rows`` (``tuning.report_protocol``), one table each."""
+    # start-up: pydantic, yaml (not loaded when this module is imported)
     from tuning.report_protocol import protocol_tables
 
     out = []
@@ -248,6 +251,7 @@ def _protocol_html(rows: list[dict[str, Any]]) -> str:
 
 
 def _rows_html(rows: list[dict[str, Any]]) -> str:
+    # heavy: torch, pydantic, yaml (not loaded when this module is imported)
     from tuning.evaluate import student_label
 
     cols = ["dataset", "method", "ipc", "student", "preset", "protocol", "augment", "top1", "top-1 is",
@@ -303,6 +307,7 @@ def write_report(out_dir: str | os.PathLike, rows: list[dict[str, Any]] | None =
     ``panels`` maps a caption to a picture shown as it is (DIVER's input | output per class); ``edits_dir``
     (an EDITS set) adds, per class, the prototype's member images beside the generated image and its text.
     """
+    # heavy: torch, pydantic, yaml (not loaded when this module is imported)
     from tuning.evaluate import headline_rows, ipc_label, results_markdown, table_groups
     from tuning.report_protocol import protocol_markdown
 

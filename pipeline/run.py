@@ -89,6 +89,7 @@ def sweep_main(args: argparse.Namespace) -> int:
     As the demo: one line per trial and one progress bar on the terminal; Ray's, Tune's and the trials'
     output in ``<output.dir>/logs/`` (``run.log``, ``ray_session``); ``--verbose`` shows everything.
     """
+    # heavy: ray (not loaded when this module is imported)
     from tuning.sweep import run_sweep  # Ray Tune: only the sweep command pays its import
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")

@@ -24,6 +24,7 @@ from pipeline.core.write import atomic_folder
 def atomic_upload(checkpoint: Any, dir_name: str) -> Any:
     """Ray Train's ``checkpoint_upload_fn``: copy ``checkpoint`` into the run's folder atomically (local
     storage)."""
+    # heavy: pyarrow, ray (not loaded when this module is imported)
     import pyarrow.fs
     import ray.train
 
@@ -57,6 +58,7 @@ def copy_files(src: Path, dst: Path) -> None:
 
 def report_checkpoint(metrics: dict[str, Any], folder: str | os.PathLike) -> None:
     """``ray.train.report`` with the checkpoint in ``folder``, uploaded by ``atomic_upload``."""
+    # heavy: ray (not loaded when this module is imported)
     import ray.train
 
     ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(folder)),

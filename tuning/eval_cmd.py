@@ -22,6 +22,7 @@ def eval_config_for(args: argparse.Namespace) -> tuple[EvalConfig, object]:
 
 
 def main(args: argparse.Namespace) -> int:
+    # heavy: PIL, torch, numpy (not loaded when this module is imported)
     from tuning.evaluate import evaluate_sets, results_markdown
     from tuning.protocols import resolve_preset
 

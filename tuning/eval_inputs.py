@@ -18,6 +18,7 @@ the val set (kornia's ``ZCAWhitening(eps=0.1)`` as MTT's ``utils.get_dataset``: 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -69,6 +70,7 @@ def dataset_norm(cfg: EvalConfig, classes: list[str], train_root: str | os.PathL
 def learned_lr(set_dir: str | os.PathLike) -> float | None:
     """A set's learned lr: ``lr_best.pt`` in its folder (a float or a one-element tensor), else the manifest's
     ``learned_lr``; ``None`` when it has neither."""
+    # heavy: PIL (not loaded when this module is imported)
     from pipeline.core.write import MANIFEST
 
     root = Path(set_dir)
@@ -85,8 +87,6 @@ def learned_lr(set_dir: str | os.PathLike) -> float | None:
         return lr
     man = root / MANIFEST
     if man.is_file():
-        import json
-
         value = json.loads(man.read_text()).get("learned_lr")
         return float(value) if value is not None else None
     return None

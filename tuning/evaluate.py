@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from pipeline.config import EvalConfig, RayConfig
+from pipeline.core.console import progress
 from pipeline.core.image_index import scan_image_folder
 from pipeline.core.pixels import normalize, u8_hwc_to_unit_chw
 from pipeline.core.read import load_image_arrays, load_rgb
@@ -41,7 +42,7 @@ from tuning.protocols import TrainSpec, resolve_preset, train_student, train_tea
 from tuning.report_protocol import protocol_markdown, protocol_record
 from tuning.row_values import run_value
 from tuning.stream import scan_stream
-from tuning.students import build_student, check_students
+from tuning.students import STUDENTS, build_student, check_students
 from tuning.teacher_ckpt import load_into, read_state_dict
 
 # A row is one (set, student) under one recipe: two presets, or a final and a best top-1, never share a row;
@@ -133,6 +134,7 @@ def run_local_job(job: dict[str, Any], data: dict[str, np.ndarray],
 
 def _train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train worker: train one student, report its metrics with a small checkpoint (result.json)."""
+    # heavy: ray (not loaded when this module is imported)
     import ray
     import ray.train
     import ray.train.torch
@@ -160,6 +162,7 @@ def _train_loop_per_worker(config: dict[str, Any]) -> None:
 
 def _fit_job(job: dict[str, Any], refs: list[Any], cfg: dict[str, Any], storage: str) -> dict[str, Any]:
     """Driver side of one job (runs as a Ray task): build the TorchTrainer, fit, read result.json."""
+    # heavy: ray (not loaded when this module is imported)
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -183,6 +186,7 @@ def _fit_job(job: dict[str, Any], refs: list[Any], cfg: dict[str, Any], storage:
 def run_ray_jobs(jobs: list[dict[str, Any]], data_refs: dict[str, Any], cfg: EvalConfig, storage: Path,
                  teacher_ref: Any = None, max_failures: int = 0, log=print) -> list[dict[str, Any]]:
     """Run ``jobs`` as TorchTrainer fits, at most ``max_concurrent`` at a time; results in job order."""
+    # heavy: ray (not loaded when this module is imported)
     import ray
 
     fit = ray.remote(num_cpus=0, max_retries=0)(_fit_job)
@@ -243,6 +247,7 @@ class RunQueue:
 def _packed_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train worker of a packed evaluation: take runs from the queue until it is empty (no DDP: each
     worker trains its own students, one at a time, with ``spec.threads`` torch threads)."""
+    # heavy: ray (not loaded when this module is imported)
     import ray
 
     queue, jobs, cache = config["queue"][0], config["jobs"], {}
@@ -262,6 +267,7 @@ def _packed_loop_per_worker(config: dict[str, Any]) -> None:
 def _fit_packed(jobs: list[dict[str, Any]], refs: dict[str, list[Any]], teacher: list[Any], queue: list[Any],
                 workers: int, cpus: float, storage: str, max_failures: int) -> str:
     """Driver side of a packed evaluation (a Ray task): one TorchTrainer with ``workers`` workers."""
+    # heavy: ray (not loaded when this module is imported)
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -308,9 +314,8 @@ def packed_workers(n_jobs: int, cfg: EvalConfig, total_cpus: float) -> int:
 def run_packed_jobs(jobs: list[dict[str, Any]], data_refs: dict[str, Any], cfg: EvalConfig, storage: Path,
                     teacher_ref: Any = None, max_failures: int = 0, log=print) -> list[dict[str, Any]]:
     """Every job in one TorchTrainer (start-up paid once); results in job order, a progress bar meanwhile."""
+    # heavy: ray (not loaded when this module is imported)
     import ray
-
-    from pipeline.core.console import progress
 
     if cfg.use_gpu:
         raise DataError("eval.pack_runs runs on CPU workers; set eval.pack_runs=false for eval.use_gpu")
@@ -480,6 +485,7 @@ def evaluate_sets(sets: dict[str, Any], val_root: str | os.PathLike, cfg: EvalCo
         runs = [run_local_job(j, _teacher_normalised(arrays[j["set"]], teacher_state), teacher_state)
                 for j in jobs]
     else:
+        # imported when called: tests replace it on its module
         from pipeline.core.ray_setup import ray_session
 
         with ray_session(ray_cfg):
@@ -782,9 +788,6 @@ def mean_top1(rows: list[dict[str, Any]]) -> float:
 def check_excluded(names: list[str]) -> None:
     """``eval.exclude_from_mean`` names must be students (a typo would silently keep the proxy in the
     mean)."""
-    from pipeline.errors import ConfigError
-    from tuning.students import STUDENTS
-
     bad = [n for n in names if n not in STUDENTS]
     if bad:
         raise ConfigError(f"eval.exclude_from_mean: unknown student(s) {bad}; choose from "
@@ -838,6 +841,7 @@ def random_real_draws(train_root: str | os.PathLike, out: Path, ipc: int, seeds:
                       size: int | None = None, classes: list[str] | None = None) -> dict[int, str]:
     """``{seed: folder}``: a random-real set drawn afresh per evaluation seed (DD-Ranking draws its random
     reference per evaluation round, ``_get_random_data_helper(eval_iter=i)`` in ddranking/metrics)."""
+    # imported when called: tests replace it on its module
     from tuning.baselines import build_baseline
 
     return {s: build_baseline("random_real", train_root, out / f"seed{s}", ipc, seed=s, size=size,
@@ -849,7 +853,7 @@ def baseline_sets(ev: EvalConfig, train_root: str | os.PathLike | None, out: Pat
     """Build ``ev.baselines`` (tuning/baselines.py) from the real train split at ``ipc``; ``({name: folder},
     {name:
     method})``. Random real is drawn afresh per evaluation seed (``{seed: folder}``), the others once."""
-    from pipeline.errors import ConfigError
+    # imported when called: tests replace it on its module
     from tuning.baselines import build_baseline
 
     if not train_root:
@@ -871,8 +875,6 @@ def baseline_sets(ev: EvalConfig, train_root: str | os.PathLike | None, out: Pat
 
 def evaluate_run(cfg: Any, summary: dict[str, Any], log=print) -> list[dict[str, Any]]:
     """``semdistill run`` with an ``eval`` section: evaluate what the run wrote, results in output.dir."""
-    from pipeline.errors import ConfigError
-
     if not cfg.data.val_root:
         raise ConfigError("the eval section needs data.val_root (the real validation set)")
     sets, methods = sets_from_summary(summary)

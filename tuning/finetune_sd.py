@@ -34,8 +34,10 @@ from typing import Any
 import numpy as np
 
 from pipeline.core.pixels import u8_hwc_to_signed_chw
+from pipeline.core.seeds import stage_seed
 from pipeline.core.write import atomic_torch_save
 from tuning.checkpoints import report_checkpoint
+from tuning.vae_loss import AutoencodeLoss, latent_noise, vae_step
 
 COMPLETE = ".complete"
 DATA_CPUS = 0.5  # Ray CPUs of each data task (decode, filter) feeding the fine-tune beside its Train workers
@@ -47,10 +49,9 @@ def train_vae_phase(vae: Any, shard: Any, config: dict[str, Any], device: Any, w
     Only for tiny demo models: SD's VAE is already trained and ``vae_steps`` is 0 there.
     The scaling factor is 1 / std of the training latents (averaged over workers).
     """
+    # heavy: ray (not loaded when this module is imported)
     import ray.train.torch
     import torch
-
-    from tuning.vae_loss import AutoencodeLoss, latent_noise, vae_step
 
     vae.requires_grad_(True)
     vae.train()
@@ -186,6 +187,7 @@ class Worker:
 
 def setup_worker(config: dict[str, Any]) -> Worker:
     """Seeds, threads, precision, and the frozen text encoder / VAE plus the trainable UNet, EMA and AdamW."""
+    # heavy: diffusers, ray, transformers (not loaded when this module is imported)
     import ray.train
     import ray.train.torch
     import torch
@@ -221,6 +223,7 @@ def setup_worker(config: dict[str, Any]) -> Worker:
 
 def restore_checkpoint(w: Worker) -> None:
     """Resume from Ray Train's latest checkpoint, if any: UNet, optimizer, EMA, step (and a trained VAE)."""
+    # heavy: ray (not loaded when this module is imported)
     import ray.train
     import torch
 
@@ -244,6 +247,7 @@ def restore_checkpoint(w: Worker) -> None:
 def save_checkpoint(w: Worker, final: bool) -> None:
     """Report the step and mean loss; rank 0 attaches the checkpoint (and, when final, the EMA UNet
     folder)."""
+    # heavy: diffusers, ray (not loaded when this module is imported)
     import ray.train
     import torch
     from diffusers import UNet2DConditionModel
@@ -280,8 +284,6 @@ def step_generator(seed: int, rank: int, step: int) -> Any:
     """The CPU generator of one optimizer step's draws on one worker (noise, timesteps, caption dropout):
     seeded by (seed, rank, step), so a resumed run draws what an uninterrupted one would."""
     import torch
-
-    from pipeline.core.seeds import stage_seed
 
     return torch.Generator(device="cpu").manual_seed(stage_seed(seed,
                                                                 f"finetune-step:{int(rank)}:{int(step)}"))
@@ -407,6 +409,7 @@ def optimizer_step(w: Worker, scaler: Any) -> None:
 
 def unet_phase(w: Worker, shard: Any) -> None:
     """Epochs of micro-batches until ``total_steps`` optimizer steps; logs and checkpoints on the way."""
+    # heavy: ray (not loaded when this module is imported)
     import ray.train.torch
 
     w.ema.to(w.device)
@@ -455,6 +458,7 @@ def start_stream(w: Worker) -> None:
 
 def train_loop(config: dict[str, Any]) -> None:
     """One Ray Train worker: the text-to-image loop (see the module docstring)."""
+    # heavy: ray (not loaded when this module is imported)
     import ray.train
 
     w = setup_worker(config)

@@ -22,8 +22,8 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -232,42 +232,12 @@ def report_label(report: str, best_from: float, best_every: int = 1) -> str:
     return f"best{window}{every} (selected on the test split)"
 
 
-@dataclass
-class TrainSpec:
-    """Everything one (student, seed) run needs; plain data so it travels to Ray workers."""
+class TrainSpec(EvalConfig):
+    """One (student, seed) run: the resolved ``eval`` section, ``EvalConfig`` being the one place for the
+    defaults and checks, with this run's values in place (``seed``; the ``epochs``, ``batch_size``, ``lr`` and
+    ``weight_decay`` the preset's rules give the set). ``to_dict`` is plain data, so it travels to Ray workers."""
 
     student: str
-    seed: int = 0
-    epochs: int = 300
-    batch_size: int = 64
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    decay_params: str = "all"
-    optimizer: str = "sgd"
-    schedule: str = "cosine"
-    warmup_fraction: float = 0.5
-    lr_step_unit: str = "step"
-    augment: str = "dsa"
-    dsa_strategy: str = DEFAULT_STRATEGY
-    mix_alpha: float = 1.0
-    rrc_scale: tuple[float, float] = (0.08, 1.0)
-    jitter: float = 0.4
-    lighting: float = 0.1
-    shuffle_factor: int = 2
-    ema_decay: float | None = None
-    ema_every: str = "step"
-    ema_warmup: bool = False
-    protocol: str = "hard"
-    temperature: float = 4.0
-    kl_t_squared: bool = False
-    eval_every: int = 0  # 0: evaluate only after the last epoch
-    eval_count: int = 0  # also every epochs // eval_count epochs
-    best_from: float = 0.0  # best over the tests after this fraction of the epochs
-    best_every: int = 1  # past best_from, tested every this many epochs
-    report: str = "final"
-    student_kwargs: dict[str, Any] = field(default_factory=dict)
-    threads: int = 1
 
     @classmethod
     def from_config(cls, cfg: EvalConfig, student: str, seed: int, ipc: int | None = None,
@@ -276,22 +246,22 @@ class TrainSpec:
         ``set_lr`` (a set's learned lr, MTT) replaces the lr when ``lr_from_set``."""
         cfg = resolve_preset(cfg)
         lr = set_lr if cfg.lr_from_set and set_lr is not None else student_lr(cfg, student, num_classes)
-        return cls(student=student, seed=seed, epochs=run_epochs(cfg, ipc, num_classes),
-                   batch_size=run_batch_size(cfg, ipc, num_classes), lr=lr,
-                   momentum=cfg.momentum, weight_decay=run_weight_decay(cfg, num_classes),
-                   decay_params=cfg.decay_params, optimizer=cfg.optimizer,
-                   schedule=cfg.schedule, warmup_fraction=cfg.warmup_fraction, lr_step_unit=cfg.lr_step_unit,
-                   augment=cfg.augment, dsa_strategy=cfg.dsa_strategy, mix_alpha=cfg.mix_alpha,
-                   rrc_scale=tuple(cfg.rrc_scale), jitter=cfg.jitter, lighting=cfg.lighting,
-                   shuffle_factor=cfg.shuffle_factor, ema_decay=cfg.ema_decay, ema_every=cfg.ema_every,
-                   ema_warmup=cfg.ema_warmup, protocol=cfg.protocol, temperature=cfg.temperature,
-                   kl_t_squared=cfg.kl_t_squared, eval_every=cfg.eval_every, eval_count=cfg.eval_count,
-                   best_from=cfg.best_from, best_every=cfg.best_every,
-                   report=cfg.report, student_kwargs=dict(cfg.student_kwargs.get(student, {})),
-                   threads=max(1, math.floor(cfg.cpus_per_job)))
+        return cls.model_validate({**cfg.model_dump(), "student": student, "seed": seed,
+                                   "epochs": run_epochs(cfg, ipc, num_classes),
+                                   "batch_size": run_batch_size(cfg, ipc, num_classes), "lr": lr,
+                                   "weight_decay": run_weight_decay(cfg, num_classes)})
+
+    @property
+    def threads(self) -> int:
+        """Torch threads of the run: ``floor(cpus_per_job)``, at least 1."""
+        return max(1, math.floor(self.cpus_per_job))
+
+    def student_args(self) -> dict[str, Any]:
+        """The keyword arguments of ``build_student`` for this run's student (``student_kwargs``' entry)."""
+        return dict(self.student_kwargs.get(self.student, {}))
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return self.model_dump()
 
 
 # ----------------------------------------------------------------------------- losses, mixing
@@ -332,13 +302,10 @@ def mix_batch(x: torch.Tensor, kind: str, alpha: float, rng: np.random.Generator
 
 
 def _parse_augment(augment: str) -> tuple[list[str], str | None]:
-    """The per-image ops in application order, and the batch mixing (mixup / cutmix / None)."""
+    """The per-image ops in application order, and the batch mixing (mixup / cutmix / None); ``EvalConfig``
+    has checked the string."""
     parts = [p for p in augment.split("+") if p and p != "none"]
-    bad = [p for p in parts if p not in AUGMENT_OPS]
     mixes = [p for p in parts if p in ("mixup", "cutmix")]
-    if bad or len(mixes) > 1:
-        raise ConfigError(f"eval.augment {augment!r}: join {', '.join(AUGMENT_OPS)} with '+' "
-                          "(at most one of mixup / cutmix), or 'none'")
     ops = [op for op in AUGMENT_OPS if op in parts and op not in ("mixup", "cutmix")]
     return ops, (mixes[0] if mixes else None)
 
@@ -407,9 +374,6 @@ def lr_factor(kind: str, t: int, total: int, warmup_fraction: float = 0.5) -> fl
 def _schedule(opt: torch.optim.Optimizer, spec: TrainSpec,
               steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
     """Stepped once per optimizer step; with ``lr_step_unit: epoch`` the LR changes only between epochs."""
-    lr_factor(spec.schedule, 0, 1, spec.warmup_fraction)  # a bad name fails before training
-    if spec.lr_step_unit not in ("step", "epoch"):
-        raise ConfigError(f"unknown eval.lr_step_unit {spec.lr_step_unit!r} (step | epoch)")
     per_epoch = spec.lr_step_unit == "epoch"
     total = spec.epochs if per_epoch else spec.epochs * steps_per_epoch
 
@@ -420,15 +384,14 @@ def _schedule(opt: torch.optim.Optimizer, spec: TrainSpec,
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
-def param_groups(net: nn.Module, decay_params: str, weight_decay: float) -> list[dict[str, Any]]:
+def param_groups(net: nn.Module, decay_params: Literal["all", "weights_2d"], weight_decay: float
+                 ) -> list[dict[str, Any]]:
     """``all``: one group with ``weight_decay``; ``weights_2d``: decay only parameters whose name holds
     ``weight`` and that have >= 2 dimensions (conv / linear kernels), the rest (biases, norm scales, class
     tokens, position embeddings) at 0, as RDED's / SRe2L's ``get_parameters`` (LINs-lab/RDED
     validation/utils.py lines 67-84, commit 3f6453d)."""
     if decay_params == "all":
         return [{"params": list(net.parameters()), "weight_decay": weight_decay}]
-    if decay_params != "weights_2d":
-        raise ConfigError(f"unknown eval.decay_params {decay_params!r} (all | weights_2d)")
     decay, rest = [], []
     for name, p in net.named_parameters():
         (decay if "weight" in name and p.ndim >= 2 else rest).append(p)
@@ -437,11 +400,9 @@ def param_groups(net: nn.Module, decay_params: str, weight_decay: float) -> list
 
 def _optimizer(net: nn.Module, spec: TrainSpec) -> torch.optim.Optimizer:
     groups = param_groups(net, spec.decay_params, spec.weight_decay)
-    if spec.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=spec.lr, momentum=spec.momentum)
     if spec.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=spec.lr)
-    raise ConfigError(f"unknown eval.optimizer {spec.optimizer!r} (sgd | adamw)")
+    return torch.optim.SGD(groups, lr=spec.lr, momentum=spec.momentum)
 
 
 def _ema(model: nn.Module, spec: TrainSpec) -> torch.optim.swa_utils.AveragedModel | None:
@@ -580,14 +541,10 @@ def _train_epoch(s: _Step, data: Any, bs: int, rank: int, world_size: int) -> fl
     return float(np.mean(losses)) if losses else float("nan")
 
 
-def _check_protocol(spec: TrainSpec, teacher: nn.Module | None) -> None:
+def _check_teacher(spec: TrainSpec, teacher: nn.Module | None) -> None:
     if spec.protocol == "soft" and teacher is None:
         raise ConfigError("the soft-label protocol needs a teacher (eval.protocol=soft: pass --train / "
                           "data.root or eval.teacher_checkpoint)")
-    if spec.protocol not in ("hard", "soft"):
-        raise ConfigError(f"unknown eval.protocol {spec.protocol!r} (hard | soft)")
-    if spec.report not in ("final", "best"):
-        raise ConfigError(f"unknown eval.report {spec.report!r} (final | best)")
 
 
 def tested_after(spec: TrainSpec, epoch: int) -> bool:
@@ -608,7 +565,7 @@ def _setup(spec: TrainSpec, data: Any, num_classes: int, teacher: nn.Module | No
     step state and the per-rank batch size."""
     torch.manual_seed(spec.seed)  # init and every global-RNG draw (dropout) follow the run's seed
     model = build_student(spec.student, data.channels, num_classes, data.size,
-                          **spec.student_kwargs).to(device)
+                          **spec.student_args()).to(device)
     gen = torch.Generator().manual_seed(spec.seed)  # batches and augmentations
     rng = np.random.default_rng(spec.seed)  # mixing weights
     ema = _ema(model, spec)
@@ -663,8 +620,8 @@ def train_on(
 ) -> dict[str, Any]:
     """``train_student`` on any batch source: ``TensorBatches`` or a streamed set (``tuning.stream``), which
     has ``len``, ``channels``, ``size``, ``dtype`` and ``batches(list of index tensors)``."""
-    spec = spec if isinstance(spec, TrainSpec) else TrainSpec(**spec)
-    _check_protocol(spec, teacher)
+    spec = TrainSpec.model_validate(spec)
+    _check_teacher(spec, teacher)
     torch.set_num_threads(max(1, spec.threads))
     t0 = time.time()
     step, bs = _setup(spec, data, num_classes, teacher, device, world_size, wrap_model, norm)
@@ -706,7 +663,7 @@ def train_teacher(arch: str, data: Any, num_classes: int, epochs: int, val: tupl
     ``data``: the real train set as a batch source, streamed from its files (``tuning.stream.scan_stream``) or
     ``TensorBatches``; the same seed gives the same batches either way."""
     spec = TrainSpec(student=arch, seed=seed, epochs=epochs, batch_size=TEACHER_BATCH, lr=0.01, augment="dsa",
-                     threads=threads, eval_every=0)
+                     cpus_per_job=threads, eval_every=0)
     holder: dict[str, nn.Module] = {}
 
     def keep(model: nn.Module) -> nn.Module:

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from pipeline.core import read
 from pipeline.core.pixels import normalize, pixel_histogram, stats_from_histogram, u8_hwc_to_unit_chw
+from pipeline.core.shards import scan_root
 from pipeline.errors import DataError
 
 STATS_BATCH = 128  # images per DataLoader batch in the statistics pass (no more than the teacher's batch)
@@ -97,8 +98,6 @@ def scan_stream(root: str | os.PathLike, size: int, classes: list[str] | None = 
                 workers: int = 0) -> StreamedSet:
     """Index ``root`` (any ``data.format``), drop unreadable files, and measure the channel statistics in one
     decoding pass that keeps no image. Labels follow the sorted class ids (as ``load_image_arrays``)."""
-    from pipeline.core.shards import scan_root
-
     index = scan_root(str(root), fmt, classes=classes)
     records = list(index.records)
     hist: np.ndarray | None = None

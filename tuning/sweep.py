@@ -38,6 +38,7 @@ from pipeline.config import Config, EvalConfig, SweepConfig, config_from_dict, d
 from pipeline.core.console import note, progress
 from pipeline.core.write import atomic_write_bytes, atomic_write_json, find_disk_full
 from pipeline.errors import ConfigError
+from tuning.holdout import carve_holdout
 
 RANGE_KINDS = ("uniform", "loguniform", "randint", "choice")
 
@@ -91,6 +92,7 @@ def headline_first(students: list[str], excluded: list[str]) -> list[str]:
 def seed_headlines(rows: list[dict[str, Any]]) -> dict[int, float]:
     """Per student seed, the headline mean of that seed's runs (each row's reported top-1: final or best)
     over the rows in the mean (all rows when every student is excluded, as ``mean_top1``)."""
+    # heavy: torch (not loaded when this module is imported)
     from tuning.evaluate import in_mean
 
     used = [r for r in rows if in_mean(r)] or rows
@@ -105,6 +107,7 @@ def seed_headlines(rows: list[dict[str, Any]]) -> dict[int, float]:
 def trial_metrics(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """What a trial reports after the students in ``rows``: the headline mean, its std over seeds
     (population std, the table's convention), the students done and each student's mean top-1."""
+    # heavy: torch (not loaded when this module is imported)
     from tuning.evaluate import mean_top1
 
     per_seed = seed_headlines(rows)
@@ -126,6 +129,7 @@ def trial_eval(cfg: Config) -> EvalConfig:
 def check_teacher_data(cfg: Config) -> None:
     """A soft-label evaluation without ``eval.teacher_checkpoint`` trains its teacher on ``data.root``
     (the trials' train split); stop before any trial when there is none."""
+    # heavy: torch (not loaded when this module is imported)
     from tuning.protocols import resolve_preset
 
     ev = resolve_preset(trial_eval(cfg))
@@ -161,8 +165,10 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], names: list[str], tr
     without it they train in one evaluation (a soft-label teacher is fitted once). Soft labels come from a
     teacher trained on ``data.root``, the trial's train split (the holdout scores the trial).
     """
+    # heavy: torch (not loaded when this module is imported)
     from ray import tune
 
+    # imported when called: tests replace it on its module
     from tuning.evaluate import evaluate_sets
 
     params = {name: config[f"p{i}"] for i, name in enumerate(names)}
@@ -184,9 +190,11 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], names: list[str], tr
 def _plot(trials: list[dict[str, Any]], x_param: str, out: Path) -> Path | None:
     """Headline mean top-1 vs ``x_param`` with the seed std as error bars, one line per value of the other
     params."""
+    # heavy: matplotlib (not loaded when this module is imported)
     import matplotlib
 
     matplotlib.use("Agg")
+    # heavy: matplotlib (not loaded when this module is imported)
     import matplotlib.pyplot as plt
 
     pts = [t for t in trials if t.get("mean_top1") is not None and x_param in t["params"]]
@@ -309,7 +317,6 @@ def tuning_split(cfg: Config, out: Path) -> tuple[Config, str]:
     if not cfg.data.root:
         raise ConfigError("sweep.holdout_fraction needs data.root (the holdout is carved from the train set); "
                           "set data.root, or sweep.holdout_fraction=0 to score trials on data.val_root")
-    from tuning.holdout import carve_holdout
 
     train, holdout = carve_holdout(cfg.data.root, out, fraction, seed=cfg.sweep.seed,
                                    classes=cfg.data.classes)
@@ -321,6 +328,7 @@ def tuning_split(cfg: Config, out: Path) -> tuple[Config, str]:
 def method_cpus(cfg: Config) -> float:
     """Ray CPUs a trial's method holds at once besides the trial itself: EDITS's fine-tune (its Train workers
     and one data task), else one method actor (``ray.actor_num_cpus``)."""
+    # heavy: torch (not loaded when this module is imported)
     from tuning.finetune_sd import DATA_CPUS
 
     actor = float(cfg.ray.actor_num_cpus) if cfg.method != "none" else 0.0
@@ -355,12 +363,14 @@ def run_sweep(cfg: Config, run_method: RunMethod, log: Callable[[str], None] = n
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
+    # imported when called: tests replace it on its module
     from pipeline.core.ray_setup import ray_session
 
     if cfg.sweep is None:
         raise ConfigError("the config has no sweep section (see configs/demo_sweep.yaml)")
     if not cfg.data.val_root and cfg.sweep.holdout_fraction <= 0:
         raise ConfigError("a sweep with holdout_fraction 0 scores trials on data.val_root: set it")
+    # heavy: torch (not loaded when this module is imported)
     from tuning.students import check_students
 
     excluded = (cfg.eval or EvalConfig()).exclude_from_mean

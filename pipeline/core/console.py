@@ -34,6 +34,7 @@ def progress(name: str, done: int, total: int) -> None:
     """Advance the bar ``name`` to ``done`` of ``total`` (a tqdm bar on the terminal; closed at ``total``)."""
     if _TERM is None or total <= 0:
         return
+    # start-up: tqdm (not loaded when this module is imported)
     from tqdm import tqdm
 
     bar = _BARS.get(name)
@@ -88,6 +89,7 @@ def note(msg: str) -> None:
     print(msg, flush=True)  # the log keeps the line too
     if _TERM is None:
         return
+    # start-up: tqdm (not loaded when this module is imported)
     from tqdm import tqdm
 
     tqdm.write(msg, file=_TERM)

@@ -24,6 +24,7 @@ DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "e
 
 def digits_arrays(size: int = 32) -> tuple[np.ndarray, np.ndarray]:
     """All digits as uint8 RGB ``[N, size, size, 3]`` and labels ``[N]``."""
+    # heavy: sklearn (not loaded when this module is imported)
     from sklearn.datasets import load_digits
 
     digits = load_digits()

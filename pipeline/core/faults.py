@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -131,8 +132,6 @@ def actor_remote_args(ray_cfg: Any) -> dict[str, Any]:
     Ray 2.60 has no named ``map_batches`` parameter for these yet, so they travel as
     ``**ray_remote_args``; its "ray_remote_args is deprecated" warning is silenced for them.
     """
-    import warnings
-
     warnings.filterwarnings("ignore", message=r"`ray_remote_args` is deprecated")
     return {"max_restarts": int(ray_cfg.max_restarts), "max_task_retries": int(ray_cfg.max_task_retries)}
 
@@ -140,6 +139,7 @@ def actor_remote_args(ray_cfg: Any) -> dict[str, Any]:
 def configure_data_context(ray_cfg: Any) -> Any:
     """Set this driver's Ray Data context: retry ``RETRIED_ERRORS`` in actor tasks, allow
     ``ray.max_errored_blocks`` failed blocks. Call once before executing a dataset."""
+    # heavy: ray (not loaded when this module is imported)
     import ray.data
 
     ctx = ray.data.DataContext.get_current()

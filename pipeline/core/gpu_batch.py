@@ -15,6 +15,7 @@ prints the measured peaks of the real-size SD and DiT next to these numbers to c
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any, NamedTuple
 
 GiB = 1024 ** 3
@@ -68,8 +69,7 @@ def free_gpu_bytes(actor_num_gpus: float, probe_timeout_s: float = 60.0) -> int 
     """Free memory of the GPU one actor holds, times the actor's share when actors split a GPU
     (``actor_num_gpus < 1``): one probe task on a Ray GPU node when Ray runs with GPUs (the driver opens
     no CUDA context), else ``torch.cuda.mem_get_info`` here. None when there is no GPU to ask."""
-    import sys
-
+    # heavy: torch (not loaded when this module is imported)
     import torch
 
     share = min(1.0, float(actor_num_gpus))
@@ -87,6 +87,7 @@ def free_gpu_bytes(actor_num_gpus: float, probe_timeout_s: float = 60.0) -> int 
 
 
 def _probe_free() -> int | None:
+    # heavy: torch (not loaded when this module is imported)
     import torch
 
     return int(torch.cuda.mem_get_info()[0]) if torch.cuda.is_available() else None

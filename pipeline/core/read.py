@@ -179,6 +179,7 @@ def decode_batch(batch: dict[str, np.ndarray], size: int, mode: str = "crop",
 
 def image_dataset(index: ImageIndex, size: int, batch_size: int = 64, num_blocks: int | None = None):
     """A Ray Dataset of decoded images: path, class_id, label, image, error."""
+    # heavy: ray (not loaded when this module is imported)
     import ray
 
     rows = index.rows()
@@ -192,6 +193,7 @@ def image_dataset(index: ImageIndex, size: int, batch_size: int = 64, num_blocks
 
 def read_parquet(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Columns as numpy arrays; fixed-size-list columns come back as 2-D float32 arrays."""
+    # heavy: pyarrow (not loaded when this module is imported)
     import pyarrow as pa
     import pyarrow.parquet as pq
 

@@ -17,6 +17,7 @@ by label, as ``semdistill export --to webdataset`` writes) beside the shards, el
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -56,6 +57,7 @@ _FS: dict[str, Any] = {}
 
 def filesystem(path: str) -> tuple[Any, str]:
     """The pyarrow filesystem and in-filesystem path of a local path or URI (cached per bucket)."""
+    # heavy: pyarrow (not loaded when this module is imported)
     import pyarrow.fs as pafs
 
     if not is_uri(path):
@@ -76,6 +78,7 @@ def _join(root: str, rel: str) -> str:
 
 def list_files(root: str, recursive: bool = True) -> list[str]:
     """Files under ``root`` (its own spelling: path or URI), sorted, hidden ones left out; one listing call."""
+    # heavy: pyarrow (not loaded when this module is imported)
     import pyarrow.fs as pafs
 
     fs, base = filesystem(root)
@@ -102,6 +105,7 @@ def detect_format(root: str, fmt: str = "auto") -> str:
         raise ConfigError(f"data.format must be one of {list(FORMATS)}, got {fmt!r}")
     if fmt != "auto":
         return fmt
+    # heavy: pyarrow (not loaded when this module is imported)
     import pyarrow.fs as pafs
 
     fs, base = filesystem(root)
@@ -161,6 +165,7 @@ def build_index(root: str, items: Iterable[tuple[str, str, int]], classes: list[
 
 def _hf_class_names(shard: str) -> list[str] | None:
     """The ``ClassLabel`` names of the ``label`` feature in a Hugging Face parquet shard's schema metadata."""
+    # heavy: pyarrow (not loaded when this module is imported)
     import pyarrow.parquet as pq
 
     fs, p = filesystem(shard)
@@ -193,8 +198,7 @@ def _class_id(label: int, names: list[str] | None) -> str:
 
 def _preserving_order():
     """A context in which Ray Data yields rows in file order (row numbers come from that order)."""
-    import contextlib
-
+    # heavy: ray (not loaded when this module is imported)
     import ray.data
 
     @contextlib.contextmanager
@@ -212,6 +216,7 @@ def _preserving_order():
 def scan_parquet(root: str, classes: list[str] | None = None, max_per_class: int | None = None,
                  split: str | None = "train", ray_cfg: Any = None):
     """Index Hugging Face image parquet shards: ``ray.data.read_parquet`` of the ``label`` column."""
+    # heavy: pyarrow, ray, pydantic, yaml (not loaded when this module is imported)
     import pyarrow.parquet as pq
     import ray.data
 
@@ -265,6 +270,7 @@ def _wds_summary(batch: dict[str, Any]) -> dict[str, Any]:
 def scan_webdataset(root: str, classes: list[str] | None = None, max_per_class: int | None = None,
                     split: str | None = "train", ray_cfg: Any = None):
     """Index WebDataset ``.tar`` shards: ``ray.data.read_webdataset`` (``__key__``, ``jpg``/``png``, ``cls``)."""
+    # heavy: ray, pydantic, yaml (not loaded when this module is imported)
     import ray.data
 
     from pipeline.core.ray_setup import ray_session
@@ -365,6 +371,7 @@ _TARS = _Lru(8)         # shard -> {key: {suffix: (offset, size)}}
 
 
 def _parquet_cell(shard: str, row: int) -> Any:
+    # heavy: pyarrow (not loaded when this module is imported)
     import pyarrow.parquet as pq
 
     fs, p = filesystem(shard)

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.core.faults import batch_id
 from pipeline.errors import DataError
 
 SKIPPED = "skipped.jsonl"
@@ -82,6 +83,7 @@ class SkipLog:
             return None
         if self._written_version == self._version and self.path.is_file():
             return self.path  # nothing added since the last write (stages call this once per batch)
+        # heavy: PIL (not loaded when this module is imported)
         from pipeline.core.write import atomic_write_bytes
 
         text = "".join(json.dumps(e, ensure_ascii=False, sort_keys=True) + "\n" for e in self.entries)
@@ -147,7 +149,7 @@ def drop_bad_rows(batch: dict[str, Any], skip_dir: str, stage: str = "decode",
     after the stage. Streams: nothing is materialised. ``skip_dir`` must be visible to the
     driver (the output folder; on a cluster, shared storage).
     """
-    from pipeline.core.faults import batch_id
+    # heavy: PIL (not loaded when this module is imported)
     from pipeline.core.write import atomic_write_bytes
 
     n = len(batch["path"])

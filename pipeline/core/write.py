@@ -14,11 +14,13 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import io
 import json
 import os
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -42,8 +44,6 @@ def set_pause_after_write(seconds: float) -> None:
 
 def _written() -> None:
     if _PAUSE_AFTER_WRITE_S[0]:
-        import time
-
         time.sleep(_PAUSE_AFTER_WRITE_S[0])
 _SAFE = re.compile(r"[^A-Za-z0-9._+-]")
 
@@ -150,8 +150,6 @@ def atomic_save_image(path: str | os.PathLike, image: np.ndarray | Image.Image) 
 
     Returns the sha256 of the bytes written (the manifest keeps it to detect corruption).
     """
-    import io
-
     im = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image, dtype=np.uint8))
     buf = io.BytesIO()
     fmt = "JPEG" if str(path).lower().endswith((".jpg", ".jpeg")) else "PNG"
@@ -319,6 +317,7 @@ def read_manifest(out_dir: str | os.PathLike) -> dict[str, Any]:
 
 def write_parquet(path: str | os.PathLike, columns: dict[str, Any]) -> None:
     """Write columns atomically; 2-D float arrays become fixed-size lists (read back by ``read_parquet``)."""
+    # heavy: pyarrow (not loaded when this module is imported)
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -433,6 +432,7 @@ def atomic_torch_save(path: str | os.PathLike, obj: Any) -> None:
     """``torch.save(obj, path)`` via a temp file and ``os.replace``: a crash leaves no partial ``.pt``, and a
     full disk (which torch reports as a stream-position ``RuntimeError``) removes the temp file and raises
     ``DiskFullError`` with the path and about the size the file needs."""
+    # heavy: torch (not loaded when this module is imported)
     import torch
 
     path = Path(path)

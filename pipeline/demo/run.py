@@ -41,9 +41,11 @@ still runs. A re-run reuses every finished stage and every evaluation whose set 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import shutil
 import time
 import traceback
 from dataclasses import asdict, dataclass
@@ -54,10 +56,13 @@ import yaml
 
 from actors import zoo
 from pipeline.config import Config, EvalConfig, config_from_dict
-from pipeline.core.write import atomic_write_json
+from pipeline.core.console import quiet_terminal, stage
+from pipeline.core.digits import write_demo_dataset
+from pipeline.core.write import JOURNAL, atomic_folder, atomic_write_json
 from pipeline.demo.claims import FULL_MIN_SEEDS, MIN_SEEDS, claim_lines
 from pipeline.demo.recognition import cached_judge, recognise, recognition_line
 from pipeline.errors import ConfigError
+from tuning.evaluate import in_mean, mean_top1
 
 REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 HEADLINE_IPC = 1
@@ -204,8 +209,6 @@ def eval_config(plan: DemoPlan, ipc: int | None, quick: bool = False) -> EvalCon
 
 def prepare_demo(out: Path) -> dict[str, Any]:
     """Demo digits under ``out/data`` and the local zoo; both are skipped when present."""
-    from pipeline.core.digits import write_demo_dataset
-
     data_dir = out / "data"
     if not (data_dir / "dataset.json").exists():
         write_demo_dataset(data_dir)
@@ -263,8 +266,6 @@ def method_config(method: str, out: Path, data: Path, quick: bool, logs: Path | 
 
 
 def _set_fingerprint(set_dir: Path, ev: EvalConfig) -> str:
-    from pipeline.core.write import JOURNAL
-
     man, journal = set_dir / "manifest.json", set_dir / JOURNAL
     h = hashlib.sha256(man.read_bytes() if man.is_file() else str(set_dir).encode())
     if journal.is_file():  # entries of an unfinished run not yet folded into manifest.json
@@ -298,6 +299,7 @@ def evaluate_demo(sets: dict[str, Path], data: Path, out: Path, ev: EvalConfig, 
     record per evaluation, e.g. the no-augmentation runs); returns the rows of ``results.json``, earlier
     evaluations included (``shown``: only those whose method is a key of it). ``specs`` (set name ->
     ``SetSpec``) names each row's method and distillation seed."""
+    # imported when called: tests replace it on its module
     from tuning.evaluate import evaluate_sets, write_results
 
     specs = specs or {}
@@ -329,8 +331,6 @@ def planned_rows(rows: list[dict], specs: dict[str, SetSpec]) -> list[dict]:
 def stage1_record(rows: list[dict], method: str = "dm", ipc: int | None = None) -> dict[str, float] | None:
     """A stage-1 set's proxy (ConvNet, out of the mean) vs unseen-architecture accuracy, from its rows
     (``ipc``: that IPC's rows only; distillation seed 0 when rows carry one)."""
-    from tuning.evaluate import in_mean, mean_top1
-
     mine = [r for r in rows if r["method"] == method and r.get("augment") != "none"
             and (ipc is None or r["ipc"] == ipc) and r.get("distill_seed", 0) == 0]
     proxy = [r["top1_mean"] for r in mine if not in_mean(r)]
@@ -365,11 +365,7 @@ def diver_seed_config(cfg: Config, out: Path, method: str, ipcs: tuple[int, ...]
 
 def _copy_artefacts(src: Path, dst: Path) -> None:
     """Start ``dst`` from a copy of ``src``'s EDITS artefacts: stage keys then reuse what is the same."""
-    from pipeline.core.write import atomic_folder
-
     if src.is_dir() and not dst.exists():  # a re-run resumes from its own artefacts
-        import shutil
-
         with atomic_folder(dst) as tmp:
             shutil.copytree(src, tmp, dirs_exist_ok=True)
 
@@ -415,10 +411,6 @@ def run_demo(out: Path, quick: bool = False, full: bool = False, verbose: bool =
     The terminal gets one line per stage and a bar per long stage; the rest goes to ``out/logs/run.log``
     (``verbose``: everything on the terminal, as before).
     """
-    import contextlib
-
-    from pipeline.core.console import quiet_terminal
-
     demo_plan(quick, full, ablations)  # a bad combination of flags fails before anything is written
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -430,8 +422,6 @@ def run_demo(out: Path, quick: bool = False, full: bool = False, verbose: bool =
 
 
 def _failed(skipped: dict[str, str], key: str, err: Exception, logs: Path) -> None:
-    from pipeline.core.console import stage
-
     skipped[key] = f"{key} failed: {type(err).__name__}: {err}"
     stage(f"      {skipped[key]} (traceback in {logs / 'run.log'})")
     print(traceback.format_exc())
@@ -440,7 +430,6 @@ def _failed(skipped: dict[str, str], key: str, err: Exception, logs: Path) -> No
 def _run_diver_sets(plan: DemoPlan, base: Config, out: Path, sets: dict[str, Path], specs: dict[str, SetSpec],
                     panels: dict[str, Path], skipped: dict[str, str], logs: Path) -> None:
     """DIVER on each built-in stage-1 set of the plan, per distillation seed (and the gamma-0 ablation)."""
-    from pipeline.core.console import stage
     from pipeline.diver.run import run_diver  # its model stack loads when this step runs
     for method, ipcs in plan.stage1.items():
         recovered = "diver" if method == "dm" else f"diver_{method}"
@@ -481,7 +470,7 @@ def _run_edits_sets(plan: DemoPlan, out: Path, data: Path, quick: bool, sets: di
                     specs: dict[str, SetSpec], skipped: dict[str, str], logs: Path) -> Path | None:
     """EDITS at each IPC and distillation seed (and without text prototypes); returns the headline set's
     folder."""
-    from pipeline.core.console import stage
+    # heavy: ray, threadpoolctl (not loaded when this module is imported)
     from pipeline.edits.run import run_edits  # its model stack loads when this step runs
     first: Config | None = None
     headline: Path | None = None
@@ -508,7 +497,7 @@ def _run_edits_sets(plan: DemoPlan, out: Path, data: Path, quick: bool, sets: di
 
 
 def _run_demo(out: Path, quick: bool, full: bool, logs: Path, ablations: bool = False) -> dict[str, Any]:
-    from pipeline.core.console import stage
+    # heavy: ray (not loaded when this module is imported)
     from pipeline.core.ray_setup import ray_session
     from tuning.baselines import build_baseline
 
@@ -573,6 +562,7 @@ def _run_demo(out: Path, quick: bool, full: bool, logs: Path, ablations: bool = 
                     rows = evaluate_demo(ars, data, out, plain, base.ray, tag="_noaug", specs=specs)
         timings["eval_s"] = round(time.time() - t0, 1)
 
+    # imported when called: tests replace it on its module
     from pipeline.report import write_report
 
     stage(f"[6/{n_steps}] report, with how a classifier of the real digits reads each set's images")
@@ -626,8 +616,6 @@ def _run_demo(out: Path, quick: bool, full: bool, logs: Path, ablations: bool = 
 
 def _edits_log(msg: str) -> None:
     """EDITS's stage lines ("[edits] caption: running") on the terminal, its other lines in the log."""
-    from pipeline.core.console import stage
-
     if msg.startswith("[edits]"):
         stage("      " + msg)
     else:

@@ -22,12 +22,16 @@ from typing import Any, NamedTuple
 
 import torch
 
+from actors.loading import pick_device
 from pipeline.config import DMConfig
 from pipeline.core.console import progress
 from pipeline.core.pixels import channel_stats, normalize, unit_chw_to_u8_hwc
 from pipeline.core.read import load_image_arrays
+from pipeline.core.write import DistilledSetWriter, atomic_write_json
 from pipeline.diver.inputs import IMAGES_PT, save_pt
 from pipeline.errors import DataError
+from tuning.augment import DSA
+from tuning.convnet import ConvNet
 
 DM_LR_IMG = 1.0  # the DM reference's lr_img (main_DM.py), used when diver.stage1.lr_img is None
 
@@ -97,8 +101,6 @@ def class_batches(start: SyntheticStart, c: int, idx: torch.Tensor, ipc: int, ba
 
 def seeded_convnet(gen: torch.Generator, channels: int, num_classes: int, cfg: DMConfig, size: int) -> torch.nn.Module:
     """A fresh ConvNet of the distiller's width and depth, initialised from a seed drawn from ``gen``."""
-    from tuning.convnet import ConvNet
-
     net_seed = int(torch.randint(2**31 - 1, (1,), generator=gen))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(net_seed)
@@ -115,8 +117,6 @@ def distill_dm(images_u8: torch.Tensor, labels: torch.Tensor, num_classes: int, 
     independent per-class terms (the ConvNet's instance norm is per image), so the accumulated gradient
     is the reference's single backward of the summed loss, while memory holds one class's graph, not all.
     """
-    from tuning.augment import DSA
-
     device = device or torch.device("cpu")
     gen = torch.Generator().manual_seed(cfg.seed)
     start = synthetic_start("DM", images_u8, labels, num_classes, ipc, cfg.init, mean, std, gen, device)
@@ -167,9 +167,6 @@ def run_distiller(distill: Distiller, method: str, data_root: str | Path, out_di
                   log: Callable[[str], None] = print) -> dict[str, Any]:
     """Distil ``data_root`` with ``distill`` into ``out_dir`` as set ``method`` (``images.pt`` + ImageFolder +
     manifest); a finished run with the same IPC and settings is reused."""
-    from actors.loading import pick_device
-    from pipeline.core.write import DistilledSetWriter, atomic_write_json
-
     ipc = ipc or cfg.ipc
     out = Path(out_dir)
     done_marker = out / f"{method}_done.json"

@@ -33,6 +33,7 @@ from pipeline.config import DMConfig
 from pipeline.core.console import progress
 from pipeline.diver.dm import class_batches, run_distiller, seeded_convnet, synthetic_start
 from pipeline.errors import ConfigError
+from tuning.augment import DSA
 
 GM_LR_IMG = 0.1  # DC main.py's lr_img, used when diver.stage1.lr_img is None
 # DC utils.py get_loops: IPC -> (outer_loop, inner_loop)
@@ -92,8 +93,6 @@ def distill_gm(images_u8: torch.Tensor, labels: torch.Tensor, num_classes: int, 
     """Run gradient matching; returns synthetic images in [0, 1] ``[num_classes * ipc, 3, H, W]``, their
     labels and stats (``loss_first`` / ``loss_last``: the matching distance of the first / last iteration,
     averaged over classes and outer loops as the reference logs it)."""
-    from tuning.augment import DSA
-
     device = device or torch.device("cpu")
     gen = torch.Generator().manual_seed(cfg.seed)
     outer, inner = gm_loops(ipc, cfg)

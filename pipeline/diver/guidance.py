@@ -37,85 +37,68 @@ images as 4 batches of 1 and a CPU run matches a GPU run's noise.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import torch
 
+from pipeline.config import DiverConfig
 from pipeline.core.seeds import per_image_noise
 
-SIGMAS = ("learned", "posterior", "one_minus_alpha_bar")
 SIGMA_FALLBACK = "posterior"  # inferred: DiT's range is [posterior, beta]; the lower end where v is unknown
+
+
+# The ``diver`` keys that act inside the reverse process, in the order each set's manifest records them (a
+# resumed run compares that record); with the resolved ``timestep_embedding`` they travel to the actors.
+RECOVER_KEYS = ("num_inference_steps", "start_step", "reverse_start", "inheritance", "gamma", "guidance_target",
+                "fusion_window", "sigma", "cfg_scale", "cfg_channels", "null_class", "inversion_cfg_scale",
+                "latent_mode")
 
 
 @dataclass(frozen=True)
 class RecoverSettings:
-    """The DIVER knobs that act inside the reverse process (see ``DiverConfig``)."""
+    """The reverse-process knobs of a validated ``diver`` section (``DiverConfig`` is the one place for their
+    defaults and checks; its other keys stay at their defaults, so two settings are equal when their images
+    would be), and ``diver.timestep_embedding`` resolved for the DiT at hand: ``diffusers`` (as loaded) or
+    ``dit``, applied by the actor on load (actors/dit.py); the maths here does not depend on it."""
 
-    num_inference_steps: int = 50
-    start_step: int = 25
-    reverse_start: str = "top"  # top | start_step
-    inheritance: str = "noise"  # noise | ddim_inversion
-    gamma: float = 0.1
-    guidance_target: str = "x0"  # x0 | zt
-    fusion_window: tuple[int, int] = (40, 25)
-    sigma: str = "learned"  # learned | posterior | one_minus_alpha_bar
-    cfg_scale: float = 4.0
-    cfg_channels: str = "3"  # 3 | all
-    null_class: int | None = None
-    inversion_cfg_scale: float = 1.0
-    latent_mode: str = "mode"  # mode | sample: how the VAE posterior gives z_d
-    # the DiT's sinusoidal timestep embedding, applied by the actor on load (actors/dit.py): diffusers | dit
-    # (auto: resolved by the driver from models.dit); the maths here does not depend on it
+    diver: DiverConfig = field(default_factory=DiverConfig)
     timestep_embedding: str = "diffusers"
 
     @classmethod
     def from_mapping(cls, values: dict[str, Any]) -> RecoverSettings:
-        keys = set(cls.__dataclass_fields__)
-        kw = {k: v for k, v in values.items() if k in keys}
-        if "fusion_window" in kw:
-            kw["fusion_window"] = tuple(int(v) for v in kw["fusion_window"])
-        if "cfg_channels" in kw:
-            kw["cfg_channels"] = str(kw["cfg_channels"])
-        return cls(**kw)
+        """From ``as_dict``'s record or a ``diver`` dump; keys other than the knobs are left out."""
+        knobs = DiverConfig.model_validate({k: values[k] for k in RECOVER_KEYS if k in values})
+        if "timestep_embedding" in values:
+            return cls(knobs, str(values["timestep_embedding"]))
+        return cls(knobs)
+
+    @classmethod
+    def of(cls, **knobs: Any) -> RecoverSettings:
+        """``from_mapping`` with the knobs as keywords."""
+        return cls.from_mapping(knobs)
 
     def as_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["fusion_window"] = list(self.fusion_window)
-        return d
+        """The record the actors and manifests get: ``fusion_window`` a list, ``cfg_channels`` ``"3"`` | ``"all"``."""
+        knobs = self.diver.model_dump(include=set(RECOVER_KEYS))
+        record = {k: knobs[k] for k in RECOVER_KEYS}
+        record["fusion_window"] = list(self.diver.fusion_window)
+        record["cfg_channels"] = str(self.diver.cfg_channels)
+        return {**record, "timestep_embedding": self.timestep_embedding}
+
+    def with_sigma(self, sigma: str) -> RecoverSettings:
+        """The same settings guided with ``sigma`` (one of ``DiverConfig.sigma``'s values)."""
+        return replace(self, diver=self.diver.model_copy(update={"sigma": sigma}))
 
     def in_window(self, step_index: int) -> bool:
-        hi, lo = self.fusion_window
+        hi, lo = self.diver.fusion_window
         return lo <= step_index <= hi
 
     def first_index(self) -> int:
         """The index the reverse process starts at (``N-1`` for ``top``, else ``start_step``)."""
-        return self.num_inference_steps - 1 if self.reverse_start == "top" else self.start_step
-
-    def validate(self) -> None:
-        """Raise ``ValueError`` for settings that would silently do something else."""
-        n = self.num_inference_steps
-        if n < 2:
-            raise ValueError(f"num_inference_steps must be >= 2 (DiT's respacing), got {n}")
-        if not 0 <= self.start_step < n:
-            raise ValueError(f"start_step {self.start_step} outside [0, {n})")
-        if self.reverse_start not in ("top", "start_step"):
-            raise ValueError(f"unknown reverse_start {self.reverse_start!r} (top | start_step)")
-        if self.sigma not in SIGMAS:
-            raise ValueError(f"unknown sigma {self.sigma!r} ({' | '.join(SIGMAS)})")
-        if self.cfg_channels not in ("3", "all"):
-            raise ValueError(f"unknown cfg_channels {self.cfg_channels!r} (3 | all)")
-        if self.timestep_embedding not in ("auto", "diffusers", "dit"):
-            raise ValueError(f"unknown timestep_embedding {self.timestep_embedding!r} (auto | diffusers | dit)")
-        hi, lo = self.fusion_window
-        first = self.first_index()
-        if self.gamma > 0 and not (0 <= lo <= hi <= first):
-            raise ValueError(
-                f"fusion_window {[hi, lo]} is not inside the steps that run ({first} .. 0, index {n - 1} = "
-                f"noisiest, reverse_start={self.reverse_start}); guidance would be (partly) off: "
-                "fix diver.fusion_window or diver.start_step / diver.reverse_start"
-            )
+        d = self.diver
+        return d.num_inference_steps - 1 if d.reverse_start == "top" else d.start_step
 
 
 @dataclass(frozen=True)
@@ -153,8 +136,8 @@ def image_noise(seeds: list[int] | np.ndarray, shape: tuple[int, ...]) -> torch.
 
 def null_class_of(transformer, settings: RecoverSettings) -> int:
     """The unconditional class id: the setting, else the DiT's ``num_embeds_ada_norm`` (1000 for DiT-XL/2)."""
-    if settings.null_class is not None:
-        return int(settings.null_class)
+    if settings.diver.null_class is not None:
+        return int(settings.diver.null_class)
     n = getattr(transformer.config, "num_embeds_ada_norm", None)
     if n is None:
         raise ValueError("the DiT has no num_embeds_ada_norm; set diver.null_class")
@@ -173,10 +156,10 @@ def alpha_bar(scheduler, t: int | torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def predict(transformer, z: torch.Tensor, t: int, labels: torch.Tensor, null_class: int, cfg_scale: float,
-            cfg_channels: str = "3") -> tuple[torch.Tensor, torch.Tensor | None]:
+            cfg_channels: int | str = 3) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(eps, v) at timestep ``t`` with class-label CFG; ``v`` is the conditional variance output (or None).
 
-    ``cfg_channels = "3"`` is DiT's ``forward_with_cfg``: channels 0..2 get CFG, channel 3 and
+    ``cfg_channels = 3`` is DiT's ``forward_with_cfg``: channels 0..2 get CFG, channel 3 and
     ``v`` keep the conditional prediction; ``"all"`` guides every latent channel.
     """
     dtype = next(transformer.parameters()).dtype
@@ -190,7 +173,7 @@ def predict(transformer, z: torch.Tensor, t: int, labels: torch.Tensor, null_cla
     out = transformer(inp.to(device=device, dtype=dtype), timestep=ts, class_labels=lab).sample.float()
     if use_cfg:
         cond, uncond = out.chunk(2)
-        k = 3 if cfg_channels == "3" else c
+        k = 3 if str(cfg_channels) == "3" else c
         eps = cond[:, :c].clone()
         eps[:, :k] = uncond[:, :k] + cfg_scale * (cond[:, :k] - uncond[:, :k])
     else:
@@ -200,18 +183,18 @@ def predict(transformer, z: torch.Tensor, t: int, labels: torch.Tensor, null_cla
 
 
 def predict_eps(transformer, z: torch.Tensor, t: int | torch.Tensor, labels: torch.Tensor, null_class: int,
-                cfg_scale: float, cfg_channels: str = "3") -> torch.Tensor:
+                cfg_scale: float, cfg_channels: int | str = 3) -> torch.Tensor:
     """Noise prediction with class-label CFG (float32); the variance output dropped."""
     return predict(transformer, z, int(t), labels, null_class, cfg_scale, cfg_channels)[0]
 
 
 def guidance_sigma(settings: RecoverSettings, sched: Schedule, i: int, v: torch.Tensor | None,
                    like: torch.Tensor) -> torch.Tensor:
-    """sigma_i of the guidance pull (broadcastable to ``like``), per ``settings.sigma``."""
-    if settings.sigma == "one_minus_alpha_bar":
+    """sigma_i of the guidance pull (broadcastable to ``like``), per ``settings.diver.sigma``."""
+    if settings.diver.sigma == "one_minus_alpha_bar":
         return torch.tensor(float(np.sqrt(1.0 - sched.alpha_bar[i])), device=like.device)
     lo = float(sched.log_posterior_var[i])
-    if settings.sigma == "posterior":
+    if settings.diver.sigma == "posterior":
         return torch.tensor(float(np.exp(0.5 * lo)), device=like.device)
     if v is None:
         raise ValueError("sigma=learned needs a DiT with variance output channels (learned sigma); "
@@ -233,12 +216,13 @@ def inherit_noise(scheduler, z_d: torch.Tensor, noise: torch.Tensor, start_step:
 def ddim_invert(transformer, scheduler, z_d: torch.Tensor, labels: torch.Tensor, settings: RecoverSettings,
                 null_class: int) -> torch.Tensor:
     """Deterministic DDIM inversion of ``z_d`` (taken at index 0) up to index ``start_step``."""
-    sched = respaced_schedule(scheduler, settings.num_inference_steps)
+    d = settings.diver
+    sched = respaced_schedule(scheduler, d.num_inference_steps)
     z = z_d.float()
-    for i in range(settings.start_step):
+    for i in range(d.start_step):
         ab, ab_next = float(sched.alpha_bar[i]), float(sched.alpha_bar[i + 1])
-        eps = predict_eps(transformer, z, sched.timesteps[i], labels, null_class, settings.inversion_cfg_scale,
-                          settings.cfg_channels)
+        eps = predict_eps(transformer, z, sched.timesteps[i], labels, null_class, d.inversion_cfg_scale,
+                          d.cfg_channels)
         x0 = (z - np.sqrt(1 - ab) * eps) / np.sqrt(ab)
         z = np.sqrt(ab_next) * x0 + np.sqrt(1 - ab_next) * eps
     return z
@@ -254,23 +238,23 @@ def sample_latents(transformer, scheduler, z_t: torch.Tensor, class_labels: torc
     otherwise this is plain class-conditional DiT sampling with CFG.
     """
     null = null_class_of(transformer, settings)
-    sched = respaced_schedule(scheduler, settings.num_inference_steps)
+    sched = respaced_schedule(scheduler, settings.diver.num_inference_steps)
     first = settings.first_index() if first_step is None else first_step
     z = z_t.float()
-    guided = z_d is not None and settings.gamma > 0
-    if guided and settings.sigma == "learned" and not has_variance_channels(transformer):
+    guided = z_d is not None and settings.diver.gamma > 0
+    if guided and settings.diver.sigma == "learned" and not has_variance_channels(transformer):
         raise ValueError("sigma=learned needs a DiT with variance output channels (out_channels = 2 x in); "
                          "set diver.sigma to posterior or one_minus_alpha_bar")
     for i in range(first, -1, -1):
-        eps, v = predict(transformer, z, sched.timesteps[i], class_labels, null, settings.cfg_scale,
-                         settings.cfg_channels)
+        eps, v = predict(transformer, z, sched.timesteps[i], class_labels, null, settings.diver.cfg_scale,
+                         settings.diver.cfg_channels)
         ab, ab_prev = float(sched.alpha_bar[i]), float(sched.alpha_bar_prev[i])
         x0 = (z - np.sqrt(1 - ab) * eps) / np.sqrt(ab)  # no clipping (DiT samples with clip_denoised=False)
         z_next = np.sqrt(ab_prev) * x0 + np.sqrt(1 - ab_prev) * eps
         if guided and settings.in_window(i):
             sigma = guidance_sigma(settings, sched, i, v, z)
-            ref = x0 if settings.guidance_target == "x0" else z
-            z_next = z_next - settings.gamma * sigma * (ref - z_d)
+            ref = x0 if settings.diver.guidance_target == "x0" else z
+            z_next = z_next - settings.diver.gamma * sigma * (ref - z_d)
         z = z_next
     return z
 
@@ -283,16 +267,13 @@ def recover_latents(transformer, scheduler, z_d: torch.Tensor, class_labels: tor
     ``noise`` (same shape as ``z_d``) is the inheritance noise; build it with ``image_noise``
     from per-image seeds.
     """
-    settings.validate()
-    z_d = z_d.float()
-    if settings.inheritance == "noise":
-        if noise is None:
-            raise ValueError("inheritance=noise needs the per-image noise")
-        z_t = inherit_noise(scheduler, z_d, noise, settings.start_step, settings.num_inference_steps)
-    elif settings.inheritance == "ddim_inversion":
+    z_d, d = z_d.float(), settings.diver
+    if d.inheritance == "ddim_inversion":
         z_t = ddim_invert(transformer, scheduler, z_d, class_labels, settings, null_class_of(transformer, settings))
+    elif noise is None:
+        raise ValueError("inheritance=noise needs the per-image noise")
     else:
-        raise ValueError(f"unknown inheritance {settings.inheritance!r} (noise | ddim_inversion)")
+        z_t = inherit_noise(scheduler, z_d, noise, d.start_step, d.num_inference_steps)
     return sample_latents(transformer, scheduler, z_t, class_labels, settings, z_d=z_d)
 
 
@@ -301,4 +282,4 @@ def plain_dit_latents(transformer, scheduler, noise: torch.Tensor, class_labels:
                       settings: RecoverSettings) -> torch.Tensor:
     """Plain DiT sampling from pure noise over all ``num_inference_steps`` (no inheritance, no guidance)."""
     return sample_latents(transformer, scheduler, noise, class_labels, settings, z_d=None,
-                          first_step=settings.num_inference_steps - 1)
+                          first_step=settings.diver.num_inference_steps - 1)

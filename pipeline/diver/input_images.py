@@ -7,6 +7,7 @@ the same keys and class ids as the recovered set, quantised to 8 bits like every
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from pipeline.core.pixels import unit_chw_to_u8_hwc
@@ -28,8 +29,6 @@ def write_input_images(data, keys: list[str], out_dir: Path, source: str, finger
         man = read_manifest(out_dir)
         if man.get("settings") == settings and {e["key"] for e in man["images"]} == set(keys):
             return out_dir
-        import shutil
-
         shutil.rmtree(out_dir)  # another input (or a partial write): write it again
     writer = DistilledSetWriter(out_dir, method, settings)
     arr = unit_chw_to_u8_hwc(data.images)

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from pipeline.core.pixels import normalize, u8_hwc_to_unit_chw
+from pipeline.core.read import load_image_arrays
 from pipeline.core.write import atomic_torch_save
 from pipeline.diver.classes import dit_class_map
 from pipeline.errors import DataError
@@ -337,8 +338,6 @@ def _read_json(path: Path):
 
 def read_imagefolder(root: str | os.PathLike, size: int | None = None) -> Stage1Set:
     """An ImageFolder; images keep their size (the smallest side when they differ) unless ``size``."""
-    from pipeline.core.read import load_image_arrays
-
     real = load_image_arrays(root, size)
     return Stage1Set(u8_hwc_to_unit_chw(real.images), torch.from_numpy(real.labels), real.classes, real.paths,
                      "imagefolder", layout="imagefolder")

@@ -147,8 +147,9 @@ def recover(cfg: Config, sets: Sequence[LoadedSet], recovery: Recovery) -> dict[
         pool_kw = stage.pool(cfg)
         log(f"recover: {len(rows)} images, DiT {cfg.models.dit}, pool {pool_kw['compute'].max_size}, "
             f"batch {pool_kw['batch_size']}, steps {settings.first_index()}..0 "
-            f"(index {settings.num_inference_steps - 1} = t 999), "
-            f"window {list(settings.fusion_window)}, gamma {settings.gamma}, sigma {settings.sigma}, "
+            f"(index {settings.diver.num_inference_steps - 1} = t 999), "
+            f"window {list(settings.diver.fusion_window)}, gamma {settings.diver.gamma}, "
+            f"sigma {settings.diver.sigma}, "
             f"timestep embedding {settings.timestep_embedding}")
         # 3. The recovered images into each set's ImageFolder + manifest
         written = write_batches(cfg, stage.dataset(cfg, rows), writers, len(rows), tiles)

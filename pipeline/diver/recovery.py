@@ -4,7 +4,7 @@ class map, and the manifest settings every recovered set shares."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from actors.dit import dit_num_classes, variance_usable
@@ -39,13 +39,13 @@ def resolve_timestep_embedding(cfg: Config) -> str:
 def resolve_sigma(settings: RecoverSettings, model_dir: str,
                   log: Callable[[str], None] = _log) -> RecoverSettings:
     """``sigma: learned`` on a DiT without (trained) variance channels -> the fallback, with one warning."""
-    if settings.sigma != "learned":
+    if settings.diver.sigma != "learned":
         return settings
     usable, why = variance_usable(model_dir)
     if usable is False:
         log(f"WARNING: diver.sigma=learned but {why}: using sigma={SIGMA_FALLBACK} instead "
             f"(set diver.sigma explicitly to silence this)")
-        return replace(settings, sigma=SIGMA_FALLBACK)
+        return settings.with_sigma(SIGMA_FALLBACK)
     return settings
 
 

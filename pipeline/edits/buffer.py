@@ -15,6 +15,8 @@ Follows the authors' released code, einsteinxia/EDITS ``distillation/gen_prototy
 
 from __future__ import annotations
 
+import json
+import math
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
@@ -23,49 +25,35 @@ from typing import Any
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from pipeline.config import EditsConfig
 from pipeline.edits.gsq import gsq_fuse
 from pipeline.edits.lsa import select
 from pipeline.errors import DataError
 
-# what the clusters depend on (see pipeline/edits/state.py): ClusterSettings' fields (CPU only: no device)
-DEPENDS_ON = ("stage:embed", "edits.ipc", "edits.seed", "edits.tau", "edits.fusion",
-              "edits.feature_normalize", "edits.contamination", "edits.lof_neighbors", "edits.small_class_policy",
-              "edits.kmeans_niter", "edits.kmeans_nredo", "edits.kmeans_tol", "edits.kmeans_init",
-              "edits.k_image", "edits.k_text")
+# The ``edits`` keys the clusters depend on (CPU only: no device), under the short names clusters.json records
+# them by; the stage key reads them as ``DEPENDS_ON`` (see pipeline/edits/state.py).
+RECORD_KEYS = {"ipc": "ipc", "seed": "seed", "tau": "tau", "fusion": "fusion", "normalize": "feature_normalize",
+               "contamination": "contamination", "lof_neighbors": "lof_neighbors", "policy": "small_class_policy",
+               "niter": "kmeans_niter", "nredo": "kmeans_nredo", "tol": "kmeans_tol", "init": "kmeans_init",
+               "k_image": "k_image", "k_text": "k_text"}
+DEPENDS_ON = ("stage:embed", *(f"edits.{key}" for key in RECORD_KEYS.values()))
 
 
 @dataclass(frozen=True)
 class ClusterSettings:
-    """What ``process_class`` needs from the ``edits`` section; no defaults of its own: build it with ``from_edits``.
+    """What ``process_class`` reads: the validated ``edits`` section, whose ``EditsConfig`` is the one place
+    for the defaults and checks (sklearn ``KMeans``' ``max_iter``, ``n_init``, ``tol``, ``init`` are its
+    ``kmeans_niter``, ``kmeans_nredo``, ``kmeans_tol``, ``kmeans_init``)."""
 
-    ``niter``, ``nredo``, ``tol``, ``init`` are sklearn ``KMeans``' ``max_iter``, ``n_init``, ``tol``, ``init``.
-    """
-
-    ipc: int
-    seed: int
-    tau: float
-    fusion: str
-    normalize: bool
-    contamination: float
-    lof_neighbors: int
-    policy: str
-    niter: int
-    nredo: int
-    tol: float
-    init: str
-    k_image: int
-    k_text: int
+    edits: EditsConfig
 
     @classmethod
-    def from_edits(cls, e: Any) -> ClusterSettings:
-        """The settings of ``cfg.edits`` (an ``EditsConfig``), under the names used in the stage key."""
-        return cls(ipc=e.ipc, seed=e.seed, tau=e.tau, fusion=e.fusion, normalize=e.feature_normalize,
-                   contamination=e.contamination, lof_neighbors=e.lof_neighbors, policy=e.small_class_policy,
-                   niter=e.kmeans_niter, nredo=e.kmeans_nredo, tol=e.kmeans_tol, init=e.kmeans_init,
-                   k_image=e.k_image, k_text=e.k_text)
+    def from_edits(cls, e: EditsConfig) -> ClusterSettings:
+        return cls(edits=e)
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The settings record of clusters.json, under its short names."""
+        return {short: getattr(self.edits, key) for short, key in RECORD_KEYS.items()}
 
 
 def clusters_for(n: int, ipc: int, policy: str, class_id: str = "") -> tuple[int, str | None]:
@@ -93,6 +81,7 @@ def lof_filter(x: np.ndarray, contamination: float, n_neighbors: int = 10, min_k
     keep = np.ones(n, dtype=bool)
     if contamination <= 0 or n < 3:
         return keep
+    # heavy: sklearn (not loaded when this module is imported)
     from sklearn.neighbors import LocalOutlierFactor
 
     lof = LocalOutlierFactor(n_neighbors=max(1, min(n_neighbors, n - 1)), contamination=contamination)
@@ -121,6 +110,7 @@ def kmeans(x: np.ndarray, k: int, seed: int, n_init: int = 10, max_iter: int = 3
         raise ValueError(f"k-means needs 1 <= k <= n points, got k={k}, n={len(x)}")
     if init not in ("k-means++", "random"):
         raise ValueError(f"edits.kmeans_init must be k-means++ or random, got {init!r}")
+    # heavy: sklearn (not loaded when this module is imported)
     from sklearn.cluster import KMeans  # heavy (scipy; seconds on a busy node): only where k-means runs
 
     with threadpool_limits(limits=1, user_api="openmp"):
@@ -130,15 +120,15 @@ def kmeans(x: np.ndarray, k: int, seed: int, n_init: int = 10, max_iter: int = 3
 
 def process_class(class_id: str, img: np.ndarray, txt: np.ndarray, settings: ClusterSettings) -> dict[str, Any]:
     """GSQ -> LOF -> k-means -> LSA for one class. Indices refer to the class's rows in order."""
-    s = settings
-    fused = gsq_fuse(img, txt, tau=s.tau, fusion=s.fusion, normalize=s.normalize)
-    k, warning = clusters_for(len(fused), s.ipc, s.policy, class_id)
-    keep = lof_filter(fused, s.contamination, s.lof_neighbors, min_keep=k)
+    e = settings.edits
+    fused = gsq_fuse(img, txt, tau=e.tau, fusion=e.fusion, normalize=e.feature_normalize)
+    k, warning = clusters_for(len(fused), e.ipc, e.small_class_policy, class_id)
+    keep = lof_filter(fused, e.contamination, e.lof_neighbors, min_keep=k)
     kept = np.flatnonzero(keep)
-    centroids, sub_assign = kmeans_class(class_id, fused[kept], s, k)
+    centroids, sub_assign = kmeans_class(class_id, fused[kept], settings, k)
     assign = np.full(len(fused), -1, dtype=np.int64)
     assign[kept] = sub_assign
-    sel = select(fused, assign, centroids, s.k_image, s.k_text, candidates=kept)
+    sel = select(fused, assign, centroids, e.k_image, e.k_text, candidates=kept)
     dist = np.full(len(fused), np.nan, dtype=np.float32)
     for c in sel:
         for i, d in zip(c.members, c.distances):
@@ -156,6 +146,7 @@ def cluster_key(class_id: str, cluster: int) -> str:
 
 
 def _class_files(run: Any, class_id: str) -> tuple[Any, Any]:
+    # heavy: PIL (not loaded when this module is imported)
     from pipeline.core.write import component_name
 
     name = component_name(class_id)
@@ -168,9 +159,10 @@ def kmeans_class(class_id: str, fused: np.ndarray, settings: ClusterSettings, k:
 
     ``class_id`` does not enter the seed: the authors seed every class's ``KMeans`` with the run's seed.
     """
-    s = settings
-    k = min(s.ipc, len(fused)) if k is None else k
-    return kmeans(fused, k, seed=s.seed, n_init=s.nredo, max_iter=s.niter, tol=s.tol, init=s.init)
+    e = settings.edits
+    k = min(e.ipc, len(fused)) if k is None else k
+    return kmeans(fused, k, seed=e.seed, n_init=e.kmeans_nredo, max_iter=e.kmeans_niter, tol=e.kmeans_tol,
+                  init=e.kmeans_init)
 
 
 def _run_many(fn: Callable[..., Any], items: list[tuple[Any, ...]], settings: ClusterSettings, threads: int) -> list[Any]:
@@ -188,8 +180,7 @@ def cluster_classes(items: Iterable[tuple[Any, tuple[Any, ...]]], settings: Clus
     k-means itself runs on one, see ``kmeans``), and as many tasks run as the cluster's CPUs hold (one more
     queued). Cluster tasks hold no GPU.
     """
-    import math
-
+    # heavy: ray (not loaded when this module is imported)
     import ray
 
     from pipeline.core.ray_setup import task_options
@@ -225,6 +216,7 @@ def cluster_classes(items: Iterable[tuple[Any, tuple[Any, ...]]], settings: Clus
 
 
 def _save_class(run: Any, feats: dict[str, np.ndarray], res: dict[str, Any]) -> dict[str, Any]:
+    # heavy: PIL (not loaded when this module is imported)
     from pipeline.core.write import atomic_write_json, write_parquet
 
     c = res["class_id"]
@@ -251,14 +243,11 @@ def _save_class(run: Any, feats: dict[str, np.ndarray], res: dict[str, Any]) -> 
 
 def load_clusters(run: Any) -> dict[str, Any]:
     """The merged ``clusters.json``: ``{"classes": {class_id: {..., "clusters": [...]}}}``."""
-    import json
-
     return json.loads(run.paths.clusters.read_text())
 
 
 def run_stage(run: Any, state: Any, force: bool) -> dict[str, Any]:
-    import json
-
+    # heavy: PIL, ray, torch (not loaded when this module is imported)
     from pipeline.core.write import atomic_write_json, remove
     from pipeline.edits.embed import load_features
 

@@ -16,10 +16,14 @@ from typing import Any
 
 import numpy as np
 
+from actors.captioner import Captioner
 from pipeline.core.actor_stage import ActorStage
+from pipeline.core.image_index import ImageIndex
 from pipeline.core.keys import settings_hash
 from pipeline.core.read import read_parquet
+from pipeline.core.skips import check_class_counts
 from pipeline.core.write import write_parquet
+from pipeline.edits import prompts
 from pipeline.edits.state import EditsRun, StageState, stage_keys
 
 # what a caption depends on (see pipeline/edits/state.py); the CLIP model only through the tokenizer that
@@ -95,8 +99,6 @@ def load_captions(run: EditsRun, key: dict[str, Any]) -> dict[str, str]:
 
 def caption_stage(run: EditsRun) -> ActorStage:
     """The captioner pool (transformers backend): decode tasks at ``edits.caption_image_size`` -> ``Captioner``."""
-    from actors.captioner import Captioner
-
     cfg, e = run.cfg, run.cfg.edits
     ctor = {"model_ref": cfg.models.vlm, "class_names": run.names, "zoo_dir": run.zoo_dir, "dtype": cfg.models.dtype,
             "style": e.caption_style, "max_tokens": e.caption_max_tokens, "instruction": e.caption_prompt,
@@ -108,8 +110,6 @@ def caption_stage(run: EditsRun) -> ActorStage:
 
 def _caption_dataset(run: EditsRun, todo: list[Any]) -> Any:
     """The Ray Dataset of captions for ``todo`` records (decode tasks -> captioner actors)."""
-    from pipeline.core.image_index import ImageIndex
-
     cfg, e = run.cfg, run.cfg.edits
     sub = ImageIndex(run.index.root, run.index.classes, todo)
     if cfg.models.vlm_backend == "vllm":
@@ -128,9 +128,6 @@ def _caption_dataset(run: EditsRun, todo: list[Any]) -> Any:
 
 
 def run_stage(run: EditsRun, state: StageState, force: bool) -> dict[str, Any]:
-    from pipeline.core.skips import check_class_counts
-    from pipeline.edits import prompts
-
     cfg, e = run.cfg, run.cfg.edits
     state.begin(lambda: None, force)  # the cache is never cleared: keys make stale entries unreachable
     cache = CaptionCache(run.paths.captions)

@@ -14,10 +14,12 @@ from typing import Any
 
 import numpy as np
 
+from actors.clip_embedder import ClipEmbedder
 from pipeline.core.actor_stage import ActorStage
 from pipeline.core.grouping import complete_groups
 from pipeline.core.read import read_parquet
 from pipeline.core.write import component_name, remove, write_parquet
+from pipeline.edits.caption import caption_key, load_captions
 from pipeline.edits.state import EditsRun, StageState
 
 # what the features depend on (see pipeline/edits/state.py)
@@ -52,8 +54,6 @@ def _write_class(run: EditsRun, class_id: str, rows: list[dict[str, Any]]) -> No
 
 def embed_stage(run: EditsRun) -> ActorStage:
     """The CLIP pool: decode tasks at ``edits.feature_image_size`` -> ``ClipEmbedder`` (rows carry the caption)."""
-    from actors.clip_embedder import ClipEmbedder
-
     cfg = run.cfg
     ctor = {"model_ref": cfg.models.clip, "zoo_dir": run.zoo_dir, "dtype": cfg.models.dtype, "faults": run.faults(),
             "image_feature": cfg.edits.clip_image_feature, "micro_batch": cfg.ray.micro_batch_sizes.get("embed")}
@@ -61,8 +61,6 @@ def embed_stage(run: EditsRun) -> ActorStage:
 
 
 def run_stage(run: EditsRun, state: StageState, force: bool) -> dict[str, Any]:
-    from pipeline.edits.caption import caption_key, load_captions
-
     cfg = run.cfg
     state.begin(lambda: remove(run.paths.features), force)
     captions = load_captions(run, caption_key(run))

@@ -13,7 +13,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.write import atomic_folder
+from actors.loading import load_pretrained, offline, resolve_ref
+from pipeline.core.read import decode_batch
+from pipeline.core.write import atomic_folder, remove
 from tuning.checkpoints import fit_or_disk_full
 from tuning.finetune_sd import COMPLETE, DATA_CPUS, shuffled_rows, steps_per_epoch, total_steps, train_loop
 
@@ -31,9 +33,8 @@ DEPENDS_ON = ("stage:caption", "models.sd", "edits.finetune.learning_rate", "edi
 def assemble_pipeline(base_ref: str, unet_dir: str | os.PathLike, out: str | os.PathLike, zoo_dir: str | None = None,
                       vae_dir: str | os.PathLike | None = None) -> Path:
     """Base SD pipeline with the fine-tuned UNet (and VAE, if trained), saved atomically as a diffusers folder."""
+    # heavy: diffusers (not loaded when this module is imported)
     from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
-
-    from actors.loading import load_pretrained
 
     out = Path(out)
     pipe = load_pretrained("sd", base_ref, StableDiffusionPipeline.from_pretrained, zoo_dir, safety_checker=None,
@@ -48,6 +49,7 @@ def assemble_pipeline(base_ref: str, unet_dir: str | os.PathLike, out: str | os.
 
 def ordered_ingest() -> Any:
     """Ray Train's ingest options with ``preserve_order``: the workers read the shuffled rows in one fixed order."""
+    # heavy: ray (not loaded when this module is imported)
     from ray.train import DataConfig
 
     opts = DataConfig.default_ingest_options()
@@ -57,14 +59,12 @@ def ordered_ingest() -> Any:
 
 def run_stage(run: Any, state: Any, force: bool) -> dict[str, Any]:
     """Fine-tune ``models.sd`` on the captioned real images; writes the diffusers folder."""
+    # heavy: ray, pydantic, yaml (not loaded when this module is imported)
     import ray.data
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from actors.loading import offline, resolve_ref
     from pipeline.core.ray_setup import block_count
-    from pipeline.core.read import decode_batch
-    from pipeline.core.write import remove
     from pipeline.edits.caption import caption_key, load_captions
 
     cfg, ft = run.cfg, run.cfg.edits.finetune

@@ -16,9 +16,12 @@ from typing import Any
 
 import numpy as np
 
+from actors.sd import SDGenerator, load_latent
 from pipeline.core.actor_stage import ActorStage
 from pipeline.core.grids import paint_grid
-from pipeline.core.write import remove
+from pipeline.core.seeds import image_seed
+from pipeline.core.write import DistilledSetWriter, atomic_save_image, remove
+from pipeline.edits.prototype import all_clusters, latent_file, load_texts
 from pipeline.edits.state import EditsRun, StageState
 
 # what the distilled set depends on (see pipeline/edits/state.py)
@@ -36,10 +39,6 @@ def generate_settings(run: EditsRun) -> dict[str, Any]:
 
 def build_rows(run: EditsRun, clusters: list[dict[str, Any]], texts: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """The generation request of every cluster: key, class, prototype latent, prompt, seed."""
-    from actors.sd import load_latent
-    from pipeline.core.seeds import image_seed
-    from pipeline.edits.prototype import latent_file
-
     rows = []
     for cl in clusters:
         rows.append({"key": cl["key"], "class_id": cl["class_id"], "label": int(cl["label"]),
@@ -58,7 +57,6 @@ def contact_sheet(entries: list[dict[str, Any]], root: Path, out: Path, names: d
     sheet = paint_grid([[root / e["file"] for e in items] for items in by_class.values()], cell,
                        label_width=label_width, labels=[names.get(cid, cid)[:26] for cid in by_class])
     out.parent.mkdir(parents=True, exist_ok=True)
-    from pipeline.core.write import atomic_save_image
 
     atomic_save_image(out, sheet)
     return out
@@ -66,8 +64,6 @@ def contact_sheet(entries: list[dict[str, Any]], root: Path, out: Path, names: d
 
 def generate_stage(run: EditsRun) -> ActorStage:
     """The SD img2img pool: ``SDGenerator`` over ``build_rows`` (latent, prompt, seed per cluster; no decode)."""
-    from actors.sd import SDGenerator
-
     cfg = run.cfg
     ctor = {"model_ref": run.generator_ref(), "settings": generate_settings(run), "zoo_dir": run.zoo_dir,
             "dtype": cfg.models.dtype, "channels_last": cfg.models.channels_last, "compile": cfg.models.compile,
@@ -76,9 +72,6 @@ def generate_stage(run: EditsRun) -> ActorStage:
 
 
 def run_stage(run: EditsRun, state: StageState, force: bool) -> dict[str, Any]:
-    from pipeline.core.write import DistilledSetWriter
-    from pipeline.edits.prototype import all_clusters, load_texts
-
     cfg = run.cfg
     state.begin(lambda: remove(run.paths.distilled, run.paths.contact_sheet), force)
     clusters = all_clusters(run)

@@ -25,11 +25,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from actors.captioner import load_count_tokenizer
+from actors.llm import LLMActor, summarize_with_vllm
+from actors.vae import VaeEncoder
 from pipeline.core.actor_stage import ActorStage
 from pipeline.core.batching import batch_blocks
 from pipeline.core.grouping import complete_groups
 from pipeline.core.journal import append_records, read_journal
+from pipeline.core.pools import role_plan
+from pipeline.core.seeds import stage_seed
 from pipeline.core.write import atomic_torch_save, atomic_write_json, component_name, remove
+from pipeline.edits import prompts
 from pipeline.edits.state import EditsRun, StageState
 
 # what each half depends on (see pipeline/edits/state.py); each half has its own state
@@ -62,6 +68,7 @@ def latent_file(run: EditsRun, key: str) -> Path:
 
 def all_clusters(run: EditsRun) -> list[dict[str, Any]]:
     """Every cluster of the run, in label order, with its class id and label."""
+    # start-up: threadpoolctl (not loaded when this module is imported)
     from pipeline.edits.buffer import load_clusters
 
     out = []
@@ -80,8 +87,6 @@ def _vae_ref(run: EditsRun) -> tuple[str, str | None]:
 
 def vae_stage(run: EditsRun) -> ActorStage:
     """The VAE pool: decode tasks at ``edits.feature_image_size`` -> ``VaeEncoder`` (rows: member path, cluster key)."""
-    from actors.vae import VaeEncoder
-
     cfg = run.cfg
     ref, sub = _vae_ref(run)
     ctor = {"model_ref": ref, "zoo_dir": run.zoo_dir, "subfolder": sub, "dtype": cfg.models.dtype,
@@ -135,9 +140,6 @@ def _save_texts(run: EditsRun, texts: dict[str, dict[str, Any]]) -> None:
 
 def text_rows(run: EditsRun, clusters: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One LLM request per cluster: our instruction over its ``k_text`` captions (quoted as data)."""
-    from pipeline.core.seeds import stage_seed
-    from pipeline.edits import prompts
-
     e = run.cfg.edits
     rows = []
     for cl in clusters:
@@ -152,8 +154,6 @@ def text_rows(run: EditsRun, clusters: list[dict[str, Any]]) -> list[dict[str, A
 
 def class_prompt_texts(run: EditsRun, todo: list[dict[str, Any]], texts: dict[str, dict[str, Any]]) -> int:
     """The ablation without text prototypes: every cluster's prompt is ``edits.class_prompt`` (no captions)."""
-    from pipeline.edits import prompts
-
     for cl in todo:
         texts[cl["key"]] = {"text": prompts.class_prompt(run.names[cl["class_id"]], run.cfg.edits.class_prompt),
                             "raw": "", "class_id": cl["class_id"], "caption_ids": [],
@@ -164,8 +164,6 @@ def class_prompt_texts(run: EditsRun, todo: list[dict[str, Any]], texts: dict[st
 
 def llm_stage(run: EditsRun) -> ActorStage:
     """The LLM pool (transformers or openai backend): ``LLMActor`` over ``text_rows`` (no decode)."""
-    from actors.llm import LLMActor
-
     cfg, e, m = run.cfg, run.cfg.edits, run.cfg.models
     ctor = {"backend": m.llm_backend, "model_ref": m.llm, "zoo_dir": run.zoo_dir, "dtype": m.dtype,
             "url": m.llm_url, "api_key_env": e.llm_api_key_env, "timeout_s": e.llm_timeout_s,
@@ -181,11 +179,6 @@ def llm_stage(run: EditsRun) -> ActorStage:
 def text_prototypes(run: EditsRun, clusters: list[dict[str, Any]]) -> int:
     """Fill ``texts.json`` for every cluster without a text prototype; returns how many were made."""
     import ray.data
-
-    from actors.captioner import load_count_tokenizer
-    from actors.llm import summarize_with_vllm
-    from pipeline.core.pools import role_plan
-    from pipeline.edits import prompts
 
     cfg, e, m = run.cfg, run.cfg.edits, run.cfg.models
     texts = load_texts(run)

@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import Config
+from pipeline.core.faults import fault_kwargs
 from pipeline.core.keys import settings_hash
+from pipeline.errors import ModelLoadError
 
 
 class StageState:
@@ -39,6 +41,7 @@ class StageState:
 
     def begin(self, clear: Callable[[], None], force: bool = False) -> str:
         """Clear stale/forced outputs, mark the stage started; returns the status it found."""
+        # heavy: PIL, numpy (not loaded when this module is imported)
         from pipeline.core.write import atomic_write_json
 
         st = self.status()
@@ -48,6 +51,7 @@ class StageState:
         return st
 
     def finish(self, info: dict[str, Any] | None = None) -> None:
+        # heavy: PIL, numpy (not loaded when this module is imported)
         from pipeline.core.write import atomic_write_json
 
         atomic_write_json(self.path, {"stage": self.stage, "hash": self.hash, "key": self.key, "complete": True,
@@ -133,8 +137,6 @@ class EditsRun:
         return self.cfg.models.sd
 
     def faults(self) -> dict | None:
-        from pipeline.core.faults import fault_kwargs
-
         return fault_kwargs(self.cfg)
 
 
@@ -158,8 +160,8 @@ def tokenizer_id(ref: str, zoo_dir: str | None, subfolder: str | None = None, ro
     When the tokenizer cannot be loaded here (no local copy), the reference itself stands in: a
     change of reference then counts as a change (never a stale reuse).
     """
+    # heavy: PIL, torch, numpy (not loaded when this module is imported)
     from actors.captioner import load_count_tokenizer
-    from pipeline.errors import ModelLoadError
 
     try:
         tok = load_count_tokenizer(ref, zoo_dir, subfolder, role=role)

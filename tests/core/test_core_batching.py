@@ -47,7 +47,7 @@ def test_diver_recovery_is_batch_size_invariant(dit):
     from pipeline.diver.guidance import RecoverSettings
 
     transformer, vae, scheduler = dit
-    settings = RecoverSettings(num_inference_steps=4, start_step=1, fusion_window=(3, 1), gamma=0.1)
+    settings = RecoverSettings.of(num_inference_steps=4, start_step=1, fusion_window=(3, 1), gamma=0.1)
     g = torch.Generator().manual_seed(0)
     images = torch.rand(5, 3, 32, 32, generator=g)
     classes = [3, 1, 4, 1, 5]

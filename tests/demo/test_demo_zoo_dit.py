@@ -43,7 +43,7 @@ def test_tiny_recipe_saves_a_loadable_dit_pipeline_with_its_check(demo_root, tmp
     assert vae.config.scaling_factor == pytest.approx(report["scaling_factor"]) and vae.config.scaling_factor != 0.18215
     x = torch.rand(2, 3, 32, 32)
     assert vae.encode(x * 2 - 1).latent_dist.mode().shape == (2, 4, 16, 16)  # factor-2 VAE: 32 px -> 16x16x4
-    settings = RecoverSettings(num_inference_steps=3, start_step=0, gamma=0.0)
+    settings = RecoverSettings.of(num_inference_steps=3, start_step=0, gamma=0.0)
     z = plain_dit_latents(transformer, scheduler, image_noise([1, 2], (4, 16, 16)), torch.tensor([3, 7]),
                           settings)
     assert decode_latents(vae, z).shape == (2, 3, 32, 32)
@@ -154,7 +154,7 @@ def test_recover_check_recovers_real_digits_with_divers_seeds(demo_root):
 
     transformer, vae, _ = load_dit(str(WEIGHTS_DIR / "demo_dit"), device="cpu", dtype="float32")
     data = load_image_arrays(Path(demo_root) / "train", 32)
-    settings = RecoverSettings(num_inference_steps=4, start_step=2, fusion_window=(3, 2))
+    settings = RecoverSettings.of(num_inference_steps=4, start_step=2, fusion_window=(3, 2))
     x, out, y = recover_check(transformer, vae, data.images, data.labels, data.classes, 2, 42, settings)
     assert x.shape == out.shape == (20, 3, 32, 32) and y.tolist() == [c for c in range(10) for _ in range(2)]
     first_threes = [i for i in range(len(data.labels)) if data.labels[i] == 3][:2]

@@ -56,7 +56,7 @@ def settings(**kw) -> RecoverSettings:
             "cfg_scale": 4.0, "sigma": "posterior", "reverse_start": "start_step"}
     # posterior: the zoo DiT's variance channels are random; start_step: from t 999 the random zoo DiT's
     # x0 = (z - ...) / sqrt(ab) (1 / 0.006) blows float32 rounding up, which hides what these tests check
-    return RecoverSettings(**{**base, **kw})
+    return RecoverSettings.from_mapping({**base, **kw})
 
 
 def test_inheritance_noise_level_matches_the_schedule(dit, inputs):

@@ -99,8 +99,8 @@ def test_a_window_outside_the_steps_that_run_is_an_error():
     DiverConfig(reverse_start="start_step", start_step=25, fusion_window=(24, 9))  # inside 25 .. 0: fine
     DiverConfig(num_inference_steps=30, fusion_window=(40, 25), gamma=0.0)  # no guidance: no window needed
     with pytest.raises(ValueError, match="fusion_window"):
-        RecoverSettings(num_inference_steps=10, reverse_start="start_step", start_step=3,
-                        fusion_window=(8, 5)).validate()
+        RecoverSettings.of(num_inference_steps=10, reverse_start="start_step", start_step=3,
+                           fusion_window=(8, 5))
 
 
 def test_ddim_update_uses_the_actual_next_respaced_timestep_without_clipping(dit, inputs):

@@ -163,8 +163,8 @@ def test_sigma_learned_falls_back_once_where_the_variance_is_absent_or_untrained
     assert variance_usable(tmp_path / "hub-id")[0] is None
     logs: list[str] = []
     s = RecoverSettings()
-    assert resolve_sigma(s, str(learned), logs.append).sigma == "learned" and not logs
-    assert resolve_sigma(s, str(demo), logs.append).sigma == "posterior"
+    assert resolve_sigma(s, str(learned), logs.append).diver.sigma == "learned" and not logs
+    assert resolve_sigma(s, str(demo), logs.append).diver.sigma == "posterior"
     assert len(logs) == 1 and "WARNING" in logs[0] and "variance" in logs[0]
-    kept = resolve_sigma(RecoverSettings(sigma="one_minus_alpha_bar"), str(no_var), logs.append)
-    assert kept.sigma == "one_minus_alpha_bar" and len(logs) == 1
+    s = RecoverSettings.of(sigma="one_minus_alpha_bar")
+    assert resolve_sigma(s, str(no_var), logs.append).diver.sigma == "one_minus_alpha_bar" and len(logs) == 1

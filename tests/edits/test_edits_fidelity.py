@@ -165,8 +165,8 @@ def test_kmeans_objective_is_no_worse_than_sklearn(seed):
     ours, theirs = _objective(x, c, a), _objective(x, ref.cluster_centers_, ref.labels_)
     assert ours <= theirs * (1 + 1e-6), (ours, theirs)  # random starts + 20 iterations: up to 20% worse here
     np.testing.assert_array_equal(a, np.argmin(((x[:, None] - c[None]) ** 2).sum(-1), 1))  # labels = nearest
-    s = ClusterSettings.from_edits(Config().edits)  # the stage runs the same defaults
-    assert (s.init, s.nredo, s.niter, s.tol, s.lof_neighbors) == ("k-means++", 10, 300, 1e-4, 10)
+    s = ClusterSettings.from_edits(Config().edits).as_dict()  # the stage runs the same defaults
+    assert (s["init"], s["nredo"], s["niter"], s["tol"], s["lof_neighbors"]) == ("k-means++", 10, 300, 1e-4, 10)
 
 
 def test_kmeans_is_seeded():

@@ -70,7 +70,7 @@ def test_training_is_seeded_and_learns_a_toy_task():
     x, y = _toy()
     vx, vy = _toy(seed=1)
     spec = TrainSpec(student="convnet3", seed=5, epochs=8, batch_size=16, lr=0.05, augment="none",
-                     student_kwargs={"width": 8, "depth": 2})
+                     student_kwargs={"convnet3": {"width": 8, "depth": 2}})
     a = train_student(spec, x, y, vx, vy, 4)
     b = train_student(spec, x, y, vx, vy, 4)
     assert a["final"] == b["final"] and a["train_loss"] == b["train_loss"]
@@ -81,7 +81,7 @@ def test_training_is_seeded_and_learns_a_toy_task():
 
 def test_augmented_ema_and_soft_paths_run():
     x, y = _toy(n=16)
-    base = {"student": "convnet3", "epochs": 2, "batch_size": 8, "student_kwargs": {"width": 8, "depth": 2},
+    base = {"student": "convnet3", "epochs": 2, "batch_size": 8, "student_kwargs": {"convnet3": {"width": 8, "depth": 2}},
             "eval_every": 1}
     r = train_student(TrainSpec(**base, augment="dsa+cutmix", ema_decay=0.9), x, y, x, y, 4)
     assert len(r["history"]) == 2 and math.isfinite(r["train_loss"])

@@ -24,7 +24,7 @@ def test_a_run_gives_the_same_accuracy_whatever_ran_before_it():
     """MobileNetV2 has dropout, which draws from the global RNG: the run must seed it."""
     x, y = _toy()
     a = TrainSpec(student="mobilenetv2", seed=3, epochs=1, batch_size=8, lr=0.05, augment="none",
-                  student_kwargs={"width_mult": 0.25, "dropout": 0.5})
+                  student_kwargs={"mobilenetv2": {"width_mult": 0.25, "dropout": 0.5}})
     b = TrainSpec(**{**a.to_dict(), "seed": 9, "lr": 0.1})
     first = train_student(a, x, y, x, y, 4)
     train_student(b, x, y, x, y, 4)
