@@ -190,7 +190,7 @@ def sample_check(transformer, vae, classes: list[int], per_class: int, steps: in
     from pipeline.core.seeds import image_seed
     from pipeline.diver.guidance import RecoverSettings, image_noise, plain_dit_latents
 
-    settings = RecoverSettings(num_inference_steps=steps, cfg_scale=cfg_scale, gamma=0.0, start_step=0)
+    settings = RecoverSettings.of(num_inference_steps=steps, cfg_scale=cfg_scale, gamma=0.0, start_step=0)
     labels = torch.tensor([c for c in classes for _ in range(per_class)])
     seeds = [image_seed(seed, str(c), i) for c in classes for i in range(per_class)]
     size = transformer.config.sample_size
