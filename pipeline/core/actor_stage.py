@@ -20,7 +20,7 @@ from typing import Any
 import ray.data
 
 from pipeline.core.batching import batch_blocks
-from pipeline.core.pools import pool_kwargs, role_plan
+from pipeline.core.pools import pool_kwargs, role_plan, whole_micro_batches
 from pipeline.core.read import decode_batch
 
 DECODE_CPUS = 0.5  # Ray CPUs of one decode task (PIL decode + resize of one Ray batch)
@@ -50,6 +50,7 @@ class ActorStage:
         plan = role_plan(cfg, self.role, self.threads, DECODE_CPUS if self.decode is not None else 0.0)
         kw = {**pool_kwargs(cfg, self.role, self.default_batch, plan), **self.remote}
         kw = {k: v for k, v in kw.items() if v is not None}
+        kw["batch_size"] = whole_micro_batches(kw["batch_size"], cfg.ray.micro_batch_sizes.get(self.role))
         kw["fn_constructor_kwargs"] = {**self.ctor, **({"torch_threads": plan.threads} if plan.threads else {})}
         return kw
 

@@ -103,11 +103,10 @@ def pool_kwargs(cfg: Config, role: str, default_batch: int = 8, plan: PoolPlan |
     """``map_batches`` kwargs for an actor pool of ``role`` (size, batch, resources, restarts).
 
     The batch is ``ray.batch_sizes[role]``, else (GPU actors) what fits in free GPU memory, else
-    ``default_batch`` (``pipeline.core.gpu_batch.pool_batch``), in whole micro-batches; the pool size ``plan.size``, else
+    ``default_batch`` (``pipeline.core.gpu_batch.pool_batch``); the pool size ``plan.size``, else
     ``role_plan``'s (``ray.pool_sizes[role]``, else 1).
     """
     plan = plan or role_plan(cfg, role)
     return {"compute": ray.data.ActorPoolStrategy(size=plan.size),
-            "batch_size": whole_micro_batches(pool_batch(cfg, role, default_batch),
-                                              cfg.ray.micro_batch_sizes.get(role)),
+            "batch_size": pool_batch(cfg, role, default_batch),
             **actor_resources(cfg.ray), **actor_remote_args(cfg.ray)}
