@@ -19,8 +19,8 @@ from typing import Any
 
 import ray.data
 
-from pipeline.core.batching import batch_blocks
-from pipeline.core.pools import pool_kwargs, role_plan, whole_micro_batches
+from pipeline.core.batching import batch_blocks, whole_micro_batches
+from pipeline.core.pools import pool_kwargs, role_plan
 from pipeline.core.read import decode_batch
 
 DECODE_CPUS = 0.5  # Ray CPUs of one decode task (PIL decode + resize of one Ray batch)
