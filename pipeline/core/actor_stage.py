@@ -19,8 +19,8 @@ from typing import Any
 
 import ray.data
 
-from pipeline.core.batching import batch_blocks
-from pipeline.core.pools import pool_kwargs, role_plan, whole_micro_batches
+from pipeline.core.batching import batch_blocks, whole_micro_batches
+from pipeline.core.pools import pool_kwargs, role_plan
 from pipeline.core.read import decode_batch
 
 DECODE_CPUS = 0.5  # Ray CPUs of one decode task (PIL decode + resize of one Ray batch)
@@ -56,9 +56,14 @@ class ActorStage:
 
     def dataset(self, cfg: Any, rows: list[dict[str, Any]]) -> Any:
         """The Ray Dataset: ``rows`` in blocks of one batch, decoded if needed, through the actor pool."""
+        return self.dataset_and_pool(cfg, rows)[0]
+
+    def dataset_and_pool(self, cfg: Any, rows: list[dict[str, Any]]) -> tuple[Any, dict[str, Any]]:
+        """``dataset`` and the pool it runs (``pool``'s kwargs), resolved once: a caller that logs the pool
+        size and batch logs the ones that run (free GPU memory is probed once)."""
         kw = self.pool(cfg)
         ds = ray.data.from_items(rows, override_num_blocks=batch_blocks(len(rows), kw["batch_size"], self.max_blocks))
         if self.decode is not None:
             ds = ds.map_batches(decode_batch, fn_kwargs=self.decode, batch_size=kw["batch_size"],
                                 num_cpus=DECODE_CPUS)
-        return ds.map_batches(self.actor, batch_format="numpy", **kw)
+        return ds.map_batches(self.actor, batch_format="numpy", **kw), kw

@@ -39,6 +39,13 @@ def batch_blocks(n_rows: int, batch_size: int, cap: int = 200) -> int:
     return max(1, min(cap, -(-n_rows // max(1, batch_size))))
 
 
+def whole_micro_batches(batch: int, micro: int | None) -> int:
+    """``batch`` rounded up to whole micro-batches: a Ray batch of 10 at micro-batch 4 ran 12 rows of model
+    work (the last micro-batch padded), one of 3 at 8 ran 8. Outputs do not change (the model sees the same
+    micro-batches); without a micro-batch the Ray batch is the model batch and stays as it is."""
+    return -(-batch // micro) * micro if micro else batch
+
+
 def pad_rows(x: Any, size: int) -> Any:
     """``x`` (tensor, array or list) extended to ``size`` rows by repeating its last row."""
     n = len(x)

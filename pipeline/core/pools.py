@@ -4,7 +4,8 @@
 - torch threads: a CPU actor runs the torch threads of its CPU reservation (``floor(actor_num_cpus)``,
   at least 1; Ray's own default for a fractional actor), set explicitly, so neither a shell's
   ``OMP_NUM_THREADS`` nor the pool size changes them;
-- the Ray batch is whole micro-batches (``whole_micro_batches``), so no model call is padding.
+- the Ray batch is whole micro-batches (``pipeline.core.batching.whole_micro_batches``, applied by
+  ``ActorStage.pool``), so no model call is padding.
 """
 
 from __future__ import annotations
@@ -84,13 +85,6 @@ def pool_plan(size: int | str, actor_num_cpus: float, actor_num_gpus: float = 0.
     by_cores = math.floor((cpus - math.ceil(side_cpus)) / (n_threads or 1) + 1e-9)
     by_reservation = math.floor((cpus - side_cpus) / actor_num_cpus + 1e-9)
     return PoolPlan(max(1, min(by_cores, by_reservation)), n_threads)
-
-
-def whole_micro_batches(batch: int, micro: int | None) -> int:
-    """``batch`` rounded up to whole micro-batches: a Ray batch of 10 at micro-batch 4 ran 12 rows of model
-    work (the last micro-batch padded), one of 3 at 8 ran 8. Outputs do not change (the model sees the same
-    micro-batches); without a micro-batch the Ray batch is the model batch and stays as it is."""
-    return -(-batch // micro) * micro if micro else batch
 
 
 def role_plan(cfg: Config, role: str, threads: int | None = None, side_cpus: float = 0.0) -> PoolPlan:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -60,39 +61,51 @@ def check_resumable(writer: DistilledSetWriter, settings: dict[str, Any], out_di
         )
 
 
-def open_writer(cfg: Config, s: LoadedSet) -> DistilledSetWriter:
+@dataclass(frozen=True)
+class WriteSettings:
+    """How recovered images are cut into rows and written, read from the config once per run."""
+
+    seed: int  # ``diver.seed``: each image's seed is derived from it (``image_seed``)
+    input_tiles: int  # ``diver.input_tiles``: rows per image side (1: the image is one row)
+    image_format: str  # ``output.image_format`` of the recovered ImageFolders
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> WriteSettings:
+        return cls(cfg.diver.seed, cfg.diver.input_tiles, cfg.output.image_format)
+
+
+def open_writer(s: LoadedSet, image_format: str) -> DistilledSetWriter:
     """The writer of ``s``'s recovered set, holding what an earlier run with the same settings wrote."""
     out_dir = s.set.recovered
-    writer = DistilledSetWriter(out_dir, "diver", s.settings, image_format=cfg.output.image_format)
+    writer = DistilledSetWriter(out_dir, "diver", s.settings, image_format=image_format)
     check_resumable(writer, s.settings, out_dir)
     return writer
 
 
-def pending_rows(cfg: Config, s: LoadedSet, writer: DistilledSetWriter,
+def pending_rows(s: LoadedSet, writer: DistilledSetWriter, ws: WriteSettings,
                  sizes: dict[tuple[str, str], tuple[int, int]]) -> Iterator[dict[str, Any]]:
     """One row per image of ``s`` not yet written (per tile when tiled: each tile's size goes in ``sizes``)."""
-    d, data = cfg.diver, s.data
+    data = s.data
     cids, idx = data.class_ids(), data.index_in_class()
     for i, key in enumerate(s.keys):
         if writer.done(key):
             continue
         row = {"set": s.set.name, "key": key, "class_id": cids[i], "label": int(data.labels[i]),
                "index": int(idx[i]), "source": data.sources[i], "dit_class": int(s.dit_classes[i]),
-               "seed": image_seed(d.seed, cids[i], idx[i])}
-        if d.input_tiles > 1:  # one row per tile; recovered at the DiT resolution, re-tiled when written
+               "seed": image_seed(ws.seed, cids[i], idx[i])}
+        if ws.input_tiles > 1:  # one row per tile; recovered at the DiT resolution, re-tiled when written
             sizes[(s.set.name, key)] = tuple(data.images.shape[-2:])
             yield from ({**row, "tile": j, "image_seed": row["seed"], "seed": tile_seed(row["seed"], j),
                          "image": t.permute(1, 2, 0).numpy().astype(np.float32)}
-                        for j, t in enumerate(split_tiles(data.images[i], d.input_tiles)))
+                        for j, t in enumerate(split_tiles(data.images[i], ws.input_tiles)))
         else:
             yield {**row, "image": data.images[i].permute(1, 2, 0).numpy().astype(np.float32)}
 
 
-def write_batches(cfg: Config, ds: Any, writers: Mapping[str, DistilledSetWriter], total: int,
-                  tiles: TileBuffer) -> dict[str, int]:
+def write_batches(ds: Any, writers: Mapping[str, DistilledSetWriter], total: int, tiles: TileBuffer) -> dict[str, int]:
     """Write what the pool returns into each set's writer (a tiled image once all its tiles are back);
     returns the images written per set."""
-    n_tiles = cfg.diver.input_tiles
+    n_tiles = tiles.n
     written = {name: 0 for name in writers}
     for out in ds.iter_batches(batch_size=None, batch_format="numpy"):
         for j in range(len(out["key"])):
@@ -130,11 +143,12 @@ def check_recovered(expected: Mapping[str, Sequence[str]], writers: Mapping[str,
 def recover(cfg: Config, sets: Sequence[LoadedSet], recovery: Recovery) -> dict[str, int]:
     """Recover the images of ``sets`` not yet in their manifests; returns the images written per set."""
     settings = recovery.settings
+    ws = WriteSettings.from_config(cfg)
     # 1. Each set's writer (refusing a manifest of other settings) and its rows still to recover
-    writers = {s.set.name: open_writer(cfg, s) for s in sets}
+    writers = {s.set.name: open_writer(s, ws.image_format) for s in sets}
     sizes: dict[tuple[str, str], tuple[int, int]] = {}
-    rows = [row for s in sets for row in pending_rows(cfg, s, writers[s.set.name], sizes)]
-    tiles = TileBuffer(cfg.diver.input_tiles, sizes)
+    rows = [row for s in sets for row in pending_rows(s, writers[s.set.name], ws, sizes)]
+    tiles = TileBuffer(ws.input_tiles, sizes)
     if not rows:
         log("recover: every image is already in the manifests (resumed)")
         return {name: 0 for name in writers}
@@ -144,7 +158,7 @@ def recover(cfg: Config, sets: Sequence[LoadedSet], recovery: Recovery) -> dict[
         # 2. The DiT actor pool over the rows
         faults = fault_kwargs(cfg)
         stage = recover_stage(cfg, recovery.model_dir, settings, recovery.vae_ref, faults, expected_classes)
-        pool_kw = stage.pool(cfg)
+        ds, pool_kw = stage.dataset_and_pool(cfg, rows)
         log(f"recover: {len(rows)} images, DiT {cfg.models.dit}, pool {pool_kw['compute'].max_size}, "
             f"batch {pool_kw['batch_size']}, steps {settings.first_index()}..0 "
             f"(index {settings.diver.num_inference_steps - 1} = t 999), "
@@ -152,7 +166,7 @@ def recover(cfg: Config, sets: Sequence[LoadedSet], recovery: Recovery) -> dict[
             f"sigma {settings.diver.sigma}, "
             f"timestep embedding {settings.timestep_embedding}")
         # 3. The recovered images into each set's ImageFolder + manifest
-        written = write_batches(cfg, stage.dataset(cfg, rows), writers, len(rows), tiles)
+        written = write_batches(ds, writers, len(rows), tiles)
     for w in writers.values():
         w.close()  # one manifest.json per set with every entry (the flushes above only appended)
     # 4. Every expected image came back

@@ -10,7 +10,8 @@ import pytest
 
 from pipeline.config import Config
 from pipeline.core.actor_stage import ActorStage
-from pipeline.core.pools import placement_group_cpus, pool_plan, reservation_threads, whole_micro_batches
+from pipeline.core.batching import whole_micro_batches
+from pipeline.core.pools import placement_group_cpus, pool_plan, reservation_threads
 
 
 def test_reservation_threads_are_whole_cpus_at_least_one():
