@@ -104,8 +104,8 @@ def main(argv: list[str] | None = None) -> float:
     latent = transformer.config.sample_size
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
     res = args.resolution or latent * factor
-    settings = RecoverSettings.of(num_inference_steps=args.steps, start_step=args.start_step, gamma=args.gamma,
-                                  fusion_window=(min(40, args.steps - 1), args.start_step))
+    settings = RecoverSettings.of(num_inference_steps=args.steps, start_step=args.start_step,
+                                  gamma=args.gamma, fusion_window=(min(40, args.steps - 1), args.start_step))
     g = torch.Generator().manual_seed(0)
     images = torch.rand(args.batch, 3, res, res, generator=g)
     labels = torch.arange(args.batch, device=device) % 10

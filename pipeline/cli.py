@@ -220,13 +220,15 @@ def build_parser() -> argparse.ArgumentParser:
     dm_.add_argument("--out", required=True, help="output folder")
     dm_.add_argument("--quick", action="store_true", help="smaller settings for a smoke run")
     dm_.add_argument("--full", action="store_true",
-                     help="add IPC 10, a second distillation seed for every set (each claim then pairs 6 seeds), and "
-                          "gradient matching (DC/DSA) with DIVER on it; under 45 minutes on 2 cores")
+                     help="add IPC 10, a second distillation seed for every set (each claim then pairs 6 "
+                          "seeds), and gradient matching (DC/DSA) with DIVER on it; under 45 minutes on 2 "
+                          "cores")
     dm_.add_argument("--ablations", action="store_true",
-                     help="with --full: also herding, k-center, the full real set, DIVER gamma 0, EDITS without "
-                          "text prototypes and the runs without augmentation for DD-Ranking's ARS (about an hour "
-                          "more)")
-    dm_.add_argument("--verbose", action="store_true", help="everything on the terminal (default: logs/run.log)")
+                     help="with --full: also herding, k-center, the full real set, DIVER gamma 0, EDITS "
+                          "without text prototypes and the runs without augmentation for DD-Ranking's ARS "
+                          "(about an hour more)")
+    dm_.add_argument("--verbose", action="store_true",
+                     help="everything on the terminal (default: logs/run.log)")
     dm_.set_defaults(func=_demo)
 
     # eval

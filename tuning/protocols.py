@@ -235,7 +235,8 @@ def report_label(report: str, best_from: float, best_every: int = 1) -> str:
 class TrainSpec(EvalConfig):
     """One (student, seed) run: the resolved ``eval`` section, ``EvalConfig`` being the one place for the
     defaults and checks, with this run's values in place (``seed``; the ``epochs``, ``batch_size``, ``lr`` and
-    ``weight_decay`` the preset's rules give the set). ``to_dict`` is plain data, so it travels to Ray workers."""
+    ``weight_decay`` the preset's rules give the set). ``to_dict`` is plain data, so it travels to Ray
+    workers."""
 
     student: str
 

@@ -42,7 +42,8 @@ def paired_test(a: dict[int, float], b: dict[int, float], min_seeds: int = MIN_S
     (``met`` / ``missed`` / ``not tested`` below ``min_seeds`` seeds)."""
     seeds = sorted(set(a) & set(b))
     d = np.asarray([a[s] - b[s] for s in seeds], dtype=np.float64)
-    out: dict[str, Any] = {"n": len(seeds), "seeds": seeds, "mean_diff": float(d.mean()) if len(d) else math.nan,
+    out: dict[str, Any] = {"n": len(seeds), "seeds": seeds,
+                           "mean_diff": float(d.mean()) if len(d) else math.nan,
                            "differences": [round(float(x), 4) for x in d], "min_seeds": min_seeds}
     if len(seeds) < min_seeds:
         out.update({"se": math.nan, "verdict": "not tested"})
@@ -118,6 +119,6 @@ def per_class_line(result: dict[str, Any], diff: list[float]) -> str:
     """The claim's per-class differences (unseen students, final top-1) and the classes that move most."""
     order = sorted(range(len(diff)), key=lambda c: diff[c])
     cells = ", ".join(f"{c} {d:+.1f}" for c, d in enumerate(diff))
-    return (f"IPC {result['ipc']}: {result['a']} - {result['b']} per class index (unseen students, final top-1, "
-            f"mean over seeds): {cells}; most lost in class {order[0]} ({diff[order[0]]:+.1f}), most gained in "
-            f"class {order[-1]} ({diff[order[-1]]:+.1f}).")
+    return (f"IPC {result['ipc']}: {result['a']} - {result['b']} per class index (unseen students, final "
+            f"top-1, mean over seeds): {cells}; most lost in class {order[0]} ({diff[order[0]]:+.1f}), most "
+            f"gained in class {order[-1]} ({diff[order[-1]]:+.1f}).")

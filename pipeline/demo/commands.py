@@ -74,7 +74,8 @@ DEMO_ROLES = ("demo_vlm", "demo_clip", "demo_sd", "demo_dit")
 
 
 def train_demo_role(role: str, weights_dir: Path, data: str | None) -> dict:
-    """Train one shipped demo role from its recipe into ``weights_dir/<role>`` (demo_sd needs demo_clip there)."""
+    """Train one shipped demo role from its recipe into ``weights_dir/<role>`` (demo_sd needs demo_clip
+    there)."""
     from pipeline.core.write import atomic_folder
     from pipeline.demo.zoo import models
 

@@ -1,10 +1,10 @@
 """How many of each demo set's images a classifier of real digits reads as their class.
 
-The judge is the classifier the demo generators' checks use (``pipeline.demo.zoo.dit.train_classifier``: a width-32,
-depth-3 ConvNet, Adam, trained on the real train digits only). A set's recognition is the share of its images
-the judge labels as their own class, overall and per class. It separates a set whose images lost their class
-(a generator's failure) from a set whose images are legible but teach the students less (a claim that misses
-for another reason): the report shows both beside the students' accuracies.
+The judge is the classifier the demo generators' checks use (``pipeline.demo.zoo.dit.train_classifier``: a
+width-32, depth-3 ConvNet, Adam, trained on the real train digits only). A set's recognition is the share of
+its images the judge labels as their own class, overall and per class. It separates a set whose images lost
+their class (a generator's failure) from a set whose images are legible but teach the students less (a claim
+that misses for another reason): the report shows both beside the students' accuracies.
 """
 
 from __future__ import annotations
@@ -60,7 +60,8 @@ def train_judge(data: Path, seed: int = 0, epochs: int = JUDGE_EPOCHS) -> Judge:
     va_x, va_y, va_classes, _ = load_image_arrays(data / "val", IMAGE_SIZE)
     net = train_classifier(tr_x, tr_y, epochs, seed)
     if va_classes != classes:
-        raise ValueError(f"{data}: the val split's classes {va_classes} differ from the train split's {classes}")
+        raise ValueError(f"{data}: the val split's classes {va_classes} differ from the train split's "
+                         f"{classes}")
     correct = (_probabilities(net, va_x).argmax(1) == torch.as_tensor(va_y)).float().mean().item()
     return Judge(net, classes, round(100.0 * correct, 2))
 

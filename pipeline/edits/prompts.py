@@ -110,7 +110,8 @@ def _mentions_one(text: str, name: str) -> bool:
     name = " ".join(name.lower().split())
     if not name:
         return True
-    return re.search(r"(?<!\w)" + re.escape(name).replace(r"\ ", r"\s+") + r"(?!\w)", text.lower()) is not None
+    return re.search(r"(?<!\w)" + re.escape(name).replace(r"\ ", r"\s+") + r"(?!\w)",
+                     text.lower()) is not None
 
 
 def mentions(text: str, class_name: str) -> bool:
@@ -119,7 +120,8 @@ def mentions(text: str, class_name: str) -> bool:
 
 
 def ensure_class_name(text: str, class_name: str) -> str:
-    """``text`` if it names the class, else ``"<first synonym>: <text>"`` (the class must be in every prompt)."""
+    """``text`` if it names the class, else ``"<first synonym>: <text>"`` (the class must be in every
+    prompt)."""
     if mentions(text, class_name):
         return text
     name = primary_name(class_name)

@@ -37,7 +37,8 @@ def test_the_judge_reads_real_digits_and_a_folder_of_the_wrong_digit_as_misread(
     hits = (pred == truth).float()
     assert rec.images == 8
     assert rec.recognised == pytest.approx(round(100 * hits.mean().item(), 1))
-    assert rec.per_class == {"0": round(100 * hits[:4].mean().item(), 1), "1": round(100 * hits[4:].mean().item(), 1)}
+    assert rec.per_class == {"0": round(100 * hits[:4].mean().item(), 1),
+                             "1": round(100 * hits[4:].mean().item(), 1)}
     assert rec.per_class["1"] < 50.0 < rec.per_class["0"]
     assert "1" in rec.misread_classes() and 0.0 <= rec.confidence <= 100.0
     assert 60.0 < judge.val_accuracy <= 100.0

@@ -190,7 +190,8 @@ def _fake_pipeline(monkeypatch, tmp_path):
     monkeypatch.setattr(edits_run, "run_edits", lambda cfg,
                         log=None: {"output": folder(Path(cfg.output.dir) / "d")})
     monkeypatch.setattr(te, "evaluate_sets", fake_eval)
-    monkeypatch.setattr(report, "write_report", lambda out, rows, **kw: {"report_html": str(out / "report.html")})
+    monkeypatch.setattr(report, "write_report", lambda out, rows,
+                        **kw: {"report_html": str(out / "report.html")})
     monkeypatch.setattr(demo, "cached_judge", lambda data, folder: Judge(None, ["0"], 99.0))
     monkeypatch.setattr(demo, "recognise", lambda judge, set_dir: Recognition(100.0, {"0": 100.0}, 99.5, 1))
     return asked
