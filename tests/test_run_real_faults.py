@@ -146,7 +146,8 @@ def test_full_disk_in_torch_save_names_path_and_leaves_no_partial_file(tmp_path,
 
 
 @pytest.mark.slow
-def test_full_disk_in_a_ray_train_checkpoint_names_it_leaves_no_partial_one_and_resumes(zoo_dir, demo_root, tmp_path,
+def test_full_disk_in_a_ray_train_checkpoint_names_it_leaves_no_partial_one_and_resumes(zoo_dir, demo_root,
+                                                                                        tmp_path,
                                                                                       ray_local, small_fs):
     """EDITS's fine-tune with its Ray Train storage (``edits.finetune.storage_path``) on a small tmpfs: the
     checkpoint does not fit. The run stops with DiskFullError naming the checkpoint (not Ray's

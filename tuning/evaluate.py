@@ -404,7 +404,8 @@ def aggregate(runs: list[dict[str, Any]], sets: dict[str, dict[str, Any]], cfg: 
                           "reported": round(float(r.get("reported", r["final"])), 2),
                           "best_epoch": r["best_epoch"], "epochs": r.get("epochs"), "lr": r.get("lr"),
                           "batch_size": r.get("batch_size"),
-                          "final_per_class": [None if a is None else round(a, 2) for a in r.get("final_per_class", [])]}
+                          "final_per_class": [None if a is None else round(a, 2)
+                                              for a in r.get("final_per_class", [])]}
                          for r in mine],
                 "recipe": recipe, **({"draws": draws} if draws else {}),
             })
@@ -462,7 +463,8 @@ def evaluate_sets(sets: dict[str, Any], val_root: str | os.PathLike, cfg: EvalCo
                        **({"seeds": seeds} if seeds else {})}
         arrays[key] = {"train_x": x, "train_y": y, "val_x": val_x, "val_y": val_y, "mean": norm["mean"],
                        "std": norm["std"], "num_classes": len(classes), "zca": zca}
-        lr_note = f", learned lr {loaded[key]['learned_lr']:g}" if loaded[key]["learned_lr"] is not None else ""
+        lr_note = (f", learned lr {loaded[key]['learned_lr']:g}" if loaded[key]["learned_lr"] is not None
+                   else "")
         if cfg.lr_from_set and not lr_note:
             lr_note = f", no learned lr beside the images: DC's evaluate_synset with its fixed lr {cfg.lr:g}"
         log(f"eval set {key}: {len(y)} images ({method}, IPC {meta['ipc']}{lr_note}) from {d}")
@@ -704,7 +706,8 @@ def _pivot_markdown(rows: list[dict[str, Any]], title: str) -> list[str]:
     students = sorted({student_label(r) for r in rows})
     counted = sorted({student_label(r) for r in rows if in_mean(r)})
     what = (f"mean over {', '.join(counted)} (eval.exclude_from_mean leaves out "
-            f"{', '.join(sorted({student_label(r) for r in rows if not in_mean(r)})) or 'none'})" if counted else
+            f"{', '.join(sorted({student_label(r) for r in rows if not in_mean(r)})) or 'none'})" if counted
+            else
             "mean over all students († every student is in eval.exclude_from_mean)")
     what += " ± the std over seeds of the per-seed mean (with two seeds or more)"
     shown = ", ".join(sorted({str(r.get("reported", "final")) for r in rows}))
@@ -815,7 +818,8 @@ def sets_from_summary(summary: dict[str, Any]) -> tuple[dict[str, str], dict[str
         for name, entry in summary["sets"].items():
             stage1 = stage1_images(entry)
             if stage1 is not None:  # DIVER's input (DM, an ImageFolder, a tensor set as images): its own row
-                method = (json.loads((stage1 / MANIFEST).read_text()).get("method") if (stage1 / MANIFEST).is_file()
+                method = (json.loads((stage1 / MANIFEST).read_text()).get("method")
+                          if (stage1 / MANIFEST).is_file()
                           else None) or "stage1"
                 sets[f"{method}_{name}"], methods[f"{method}_{name}"] = str(stage1), method
             sets[f"diver_{name}"], methods[f"diver_{name}"] = entry["recovered"], "diver"

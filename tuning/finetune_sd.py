@@ -354,7 +354,8 @@ def epoch_posteriors(w: Worker, shard: Any, cache: Any, epoch: int, skip: int = 
             idx = order[i:i + bs]
             side = flip_mask(len(idx), dgen, flip_on).long()  # row 1 of the cache holds the mirrored images
             if k >= skip:
-                yield means[side, idx].to(w.device), stds[side, idx].to(w.device), [caps[j] for j in idx.tolist()]
+                yield (means[side, idx].to(w.device), stds[side, idx].to(w.device),
+                       [caps[j] for j in idx.tolist()])
         return
     for k, batch in enumerate(epoch_batches(shard, bs, seed, epoch,
                                             int(w.config.get("shuffle_buffer_size", 0)))):

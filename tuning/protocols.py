@@ -556,7 +556,8 @@ def tested_after(spec: TrainSpec, epoch: int) -> bool:
         return True
     if spec.eval_count and epoch % max(1, spec.epochs // spec.eval_count) == 0:
         return True
-    return spec.best_from > 0 and epoch > spec.best_from * spec.epochs and epoch % max(1, spec.best_every) == 0
+    return (spec.best_from > 0 and epoch > spec.best_from * spec.epochs
+            and epoch % max(1, spec.best_every) == 0)
 
 
 def _setup(spec: TrainSpec, data: Any, num_classes: int, teacher: nn.Module | None,

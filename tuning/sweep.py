@@ -238,7 +238,8 @@ def _md(trials: list[dict[str, Any]], names: list[str], best_id: str | None, stu
         values = " | ".join(str(t["params"].get(n)) for n in names)
         m = t.get("mean_top1")
         if m is None:
-            lines.append(f"| {t['trial_id']} | {values} | failed | - | - | " + " | ".join("-" for _ in students)
+            lines.append(f"| {t['trial_id']} | {values} | failed | - | - | "
+                         + " | ".join("-" for _ in students)
                          + " | - |")
             continue
         mark = " **best**" if t["trial_id"] == best_id else ""

@@ -42,7 +42,8 @@ def zoo_list(args: argparse.Namespace) -> int:
         built = zoo.is_built(role, args.dir)
         folder = zoo.zoo_path(role, args.dir)
         checks = recorded_checks(folder, role) if built else ""
-        print(f"  {role:9s} {'built' if built else 'missing':8s} {folder}" + (f"  ({checks})" if checks else ""))
+        print(f"  {role:9s} {'built' if built else 'missing':8s} {folder}"
+              + (f"  ({checks})" if checks else ""))
         if role == "demo_sd":
             _print_sd_checks()
     return 0

@@ -385,7 +385,8 @@ def edits_seed_config(cfg: Config, out: Path, ipc: int, distill_seed: int,
     raw["output"]["dir"] = str(out / name)
     if first is not None:
         first_out = Path(first.output.dir)
-        raw["edits"]["finetune"]["output"] = str(Path(first.edits.finetune.output or first_out / "finetuned_sd"))
+        raw["edits"]["finetune"]["output"] = str(Path(first.edits.finetune.output
+                                                      or first_out / "finetuned_sd"))
         _copy_artefacts(first_out / "artefacts", out / name / "artefacts")
     return config_from_dict(raw, source=f"demo: edits at IPC {ipc}, distillation seed {distill_seed}")
 
@@ -463,7 +464,8 @@ def _run_diver_sets(plan: DemoPlan, base: Config, out: Path, sets: dict[str, Pat
                     g0 = SetSpec("diver_gamma0", ipc, d, stage1="dm")
                     try:
                         res0 = run_diver(gamma0_config(base, Path(entry["stage1"]), out, name=g0.name))
-                        sets[g0.name], specs[g0.name] = Path(next(iter(res0["sets"].values()))["recovered"]), g0
+                        sets[g0.name], specs[g0.name] = (Path(next(iter(res0["sets"].values()))["recovered"]),
+                                                         g0)
                     except Exception as err:  # noqa: BLE001
                         _failed(skipped, g0.name, err, logs)
 

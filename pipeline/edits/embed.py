@@ -69,7 +69,8 @@ def run_stage(run: EditsRun, state: StageState, force: bool) -> dict[str, Any]:
     cfg = run.cfg
     state.begin(lambda: remove(run.paths.features), force)
     captions = load_captions(run, caption_key(run))
-    todo = [r for r in run.index.records if r.path in captions and not features_file(run, r.class_id).exists()]
+    todo = [r for r in run.index.records if r.path in captions
+            and not features_file(run, r.class_id).exists()]
     expected: dict[str, int] = {}
     for r in todo:
         expected[r.class_id] = expected.get(r.class_id, 0) + 1

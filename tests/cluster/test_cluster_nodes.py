@@ -31,7 +31,8 @@ JOB_LINE = "ray job submit --working-dir . -- semdistill run configs/demo_edits.
 
 def zoo_edits(data: Path, zoo: Path, out: Path) -> list[str]:
     """configs/edits_imagenet1k.yaml on 2 demo digit classes, 6 images each, zoo models, 3 steps."""
-    return [f"data.root={data / 'train'}", "data.val_root=null", f"data.class_names={data / 'class_names.json'}",
+    return [f"data.root={data / 'train'}", "data.val_root=null",
+            f"data.class_names={data / 'class_names.json'}",
             "data.classes=['0','1']", "data.max_per_class=6", "data.image_size=32",
             *(f"models.{r}=zoo:{r}" for r in ("vlm", "clip", "vae", "sd", "llm")), f"models.zoo_dir={zoo}",
             "models.vlm_backend=transformers", "models.llm_backend=transformers", "models.dtype=float32",

@@ -205,7 +205,8 @@ def test_hostile_class_ids_stay_inside_the_output_folder_and_are_reported(tmp_pa
     w.finish()
     for p in paths:
         assert p.parent.parent == out and p.resolve().is_relative_to(out.resolve())
-        assert len(p.parent.name.encode()) <= 200 and "\n" not in p.parent.name and "\x00" not in p.parent.name
+        assert (len(p.parent.name.encode()) <= 200 and "\n" not in p.parent.name
+                and "\x00" not in p.parent.name)
     assert len({p.parent for p in paths}) == len(HOSTILE)
     assert sorted(os.listdir(tmp_path)) == ["nest",
                                             "set.pt"] and sorted(os.listdir(tmp_path / "nest")) == ["out"]

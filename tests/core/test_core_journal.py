@@ -96,7 +96,8 @@ def test_a_fold_cut_short_before_the_journal_is_removed_duplicates_nothing(tmp_p
     keys = [e["key"] for e in read_manifest(tmp_path)["images"]]
     assert sorted(keys) == sorted(_key(i) for i in range(6)) and len(keys) == 6
     DistilledSetWriter(tmp_path, "m")
-    assert len(json.loads((tmp_path / MANIFEST).read_text())["images"]) == 6 and not (tmp_path / JOURNAL).exists()
+    assert (len(json.loads((tmp_path / MANIFEST).read_text())["images"]) == 6
+            and not (tmp_path / JOURNAL).exists())
 
 
 def test_a_corrupt_confirmed_journal_line_is_refused_naming_the_file(tmp_path):

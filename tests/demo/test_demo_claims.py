@@ -155,7 +155,8 @@ def test_per_class_differences_average_the_unseen_students_runs_and_name_the_cla
     assert per_class_difference(rows, "diver", "dm", 1) == pytest.approx([5.0, -25.0, 5.0])
     lines = claim_lines(rows)
     per_class = [line for line in lines if "per class index" in line]
-    assert len(per_class) == 1 and "0 +5.0, 1 -25.0, 2 +5.0" in per_class[0] and "most lost in class 1 (-25.0)" in per_class[0]
+    assert (len(per_class) == 1 and "0 +5.0, 1 -25.0, 2 +5.0" in per_class[0]
+            and "most lost in class 1 (-25.0)" in per_class[0])
     assert per_class_difference(rows, "edits", "random_real", 1) is None  # no such rows
     old = [{**r, "runs": [{k: v for k,
                            v in run.items() if k != "final_per_class"} for run in r["runs"]]} for r in rows]

@@ -52,7 +52,8 @@ def test_a_class_the_judge_never_saw_is_an_error_naming_the_set(judge, demo_root
         recognise(judge, tmp_path / "set")
 
 
-def test_the_cached_judge_is_reused_with_the_same_weights_and_retrained_for_other_settings(demo_root, tmp_path,
+def test_the_cached_judge_is_reused_with_the_same_weights_and_retrained_for_other_settings(demo_root,
+                                                                                           tmp_path,
                                                                                         monkeypatch):
     first = cached_judge(demo_root, tmp_path / "judge", seed=0, epochs=1)
     assert (tmp_path / "judge" / "judge.pt").is_file() and (tmp_path / "judge" / "judge.json").is_file()

@@ -40,7 +40,8 @@ def test_tiny_recipe_saves_a_loadable_dit_pipeline_with_its_check(demo_root, tmp
     transformer, vae, scheduler = load_dit(str(tmp_path / "demo_dit"), device="cpu", dtype="float32")
     assert transformer.config.sample_size == 16 and transformer.config.in_channels == 4
     assert transformer.config.num_embeds_ada_norm == 1000 and transformer.config.out_channels == 8
-    assert vae.config.scaling_factor == pytest.approx(report["scaling_factor"]) and vae.config.scaling_factor != 0.18215
+    assert (vae.config.scaling_factor == pytest.approx(report["scaling_factor"])
+            and vae.config.scaling_factor != 0.18215)
     x = torch.rand(2, 3, 32, 32)
     assert vae.encode(x * 2 - 1).latent_dist.mode().shape == (2, 4, 16, 16)  # factor-2 VAE: 32 px -> 16x16x4
     settings = RecoverSettings.of(num_inference_steps=3, start_step=0, gamma=0.0)

@@ -51,7 +51,8 @@ def test_clean_output_drops_the_preamble_and_keeps_the_description(raw):
 
 def test_clean_output_keeps_names_that_look_like_fillers():
     assert clean_llm_output("Great Dane lying on a sofa") == "Great Dane lying on a sofa"
-    assert clean_llm_output("This is a beagle: small and tricolour") == "This is a beagle: small and tricolour"
+    assert (clean_llm_output("This is a beagle: small and tricolour")
+            == "This is a beagle: small and tricolour")
 
 
 # ---- 18. the LLM seeds every row with its own seed -------------------------------------------------

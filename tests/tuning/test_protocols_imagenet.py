@@ -208,7 +208,8 @@ def _tiny_sets(root: Path, colours: dict[str, tuple[int, int, int]], classes=("a
             (root / name / c).mkdir(parents=True)
             for i in range(n):
                 Image.new("RGB", (size, size), tuple(min(255,
-                                                         v + 10 * i) for v in rgb)).save(root / name / c / f"{i}.png")
+                                                         v + 10 * i) for v in rgb)).save(root / name / c
+                                                                                         / f"{i}.png")
         sets[name] = root / name
     return sets
 

@@ -184,7 +184,8 @@ def train_classifier(images: np.ndarray, labels: np.ndarray, epochs: int, seed: 
 @torch.no_grad()
 def classify(net, images01: torch.Tensor) -> torch.Tensor:
     """Predicted labels for images ``[B, 3, H, W]`` in [0, 1]."""
-    return torch.cat([net(unit_to_signed(images01[i:i + 256])).argmax(1) for i in range(0, len(images01), 256)])
+    return torch.cat([net(unit_to_signed(images01[i:i + 256])).argmax(1)
+                      for i in range(0, len(images01), 256)])
 
 
 @torch.no_grad()
@@ -248,7 +249,8 @@ def run_checks(transformer, vae, images: np.ndarray, labels: np.ndarray, classes
     val_acc = None
     if val is not None:
         val_acc = float((classify(net,
-                                  u8_hwc_to_unit_chw(val.images)) == torch.from_numpy(val.labels)).float().mean())
+                                  u8_hwc_to_unit_chw(val.images))
+                                  == torch.from_numpy(val.labels)).float().mean())
     samples, cond = sample_check(transformer, vae, list(range(len(classes))), recipe.check_per_class,
                                  recipe.check_steps, recipe.check_cfg_scale)
     acc, per_class = accuracy_by_class(classify(net, samples), cond, classes)
@@ -305,7 +307,8 @@ def _train_demo_dit(out: Path, data: str | Path | None, recipe: DemoDiTRecipe,
     t_train = time.time() - t_start
     from pipeline.core.digits import DIGIT_NAMES
 
-    names = [f"handwritten digit {DIGIT_NAMES[int(c)]}" if c.isdigit() and int(c) < 10 else c for c in classes]
+    names = [f"handwritten digit {DIGIT_NAMES[int(c)]}" if c.isdigit()
+             and int(c) < 10 else c for c in classes]
     out.mkdir(parents=True, exist_ok=True)
     save_pipeline(out, transformer, vae, names)
     checks = run_checks(transformer, vae, images, labels, classes, val, recipe, log)

@@ -319,7 +319,8 @@ def check_clip(model_dir: str | Path, d: DemoData, lead: str = LEAD) -> dict[str
     emb = ClipEmbedder(str(model_dir), device="cpu", dtype="float32")
     pil = [Image.fromarray(im) for im in d.val_images]
     img = F.normalize(torch.from_numpy(emb.image_features(pil)), dim=-1)
-    cls = F.normalize(torch.from_numpy(emb.text_features([ZERO_SHOT_PROMPT.format(class_name=n) for n in d.names])),
+    cls = F.normalize(torch.from_numpy(emb.text_features([ZERO_SHOT_PROMPT.format(class_name=n)
+                                                          for n in d.names])),
                       dim=-1)
     zero_shot = float(((img @ cls.T).argmax(1) == torch.from_numpy(d.val_labels)).float().mean())
     texts = captions_for(d.val_images, d.val_labels, d.names, lead)

@@ -66,7 +66,8 @@ def clusters_of(d: Any, clip_dir: str, ipc: int, seed: int = 0, k: int = 5,
 def image_prototypes(vae: Any, d: Any, clusters: list[Cluster]) -> torch.Tensor:
     """The mean scaled latent of each cluster's members ``[n, C, h, w]``."""
     x = torch.from_numpy(d.train_images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-    protos = [vae.encode(x[cl.members]).latent_dist.mode().mean(0) * vae.config.scaling_factor for cl in clusters]
+    protos = [vae.encode(x[cl.members]).latent_dist.mode().mean(0) * vae.config.scaling_factor
+              for cl in clusters]
     return torch.stack(protos)
 
 

@@ -135,7 +135,8 @@ def torch_threads(n: int) -> Iterator[None]:
 def normal_kl(mean1: torch.Tensor, logvar1: torch.Tensor, mean2: torch.Tensor,
               logvar2: torch.Tensor) -> torch.Tensor:
     """KL(N(mean1, e^logvar1) || N(mean2, e^logvar2)), elementwise, in nats."""
-    return 0.5 * (logvar2 - logvar1 - 1.0 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
+    return 0.5 * (logvar2 - logvar1 - 1.0 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2
+                  * torch.exp(-logvar2))
 
 
 def _std_normal_cdf(x: torch.Tensor) -> torch.Tensor:
