@@ -138,8 +138,10 @@ def main(argv: list[str] | None = None) -> float:
     med = {k: statistics.median(t for t, _ in v) for k, v in runs.items()}
     mem = {k: max(m for _, m in v) for k, v in runs.items()}
     per_img = {k: best[k] / args.batch for k in best}
-    print(f"{'time, fastest (s)':22s}{best['plain']:14.3f}{best['diver']:14.3f}{best['diver'] / best['plain']:14.3f}")
-    print(f"{'time, median (s)':22s}{med['plain']:14.3f}{med['diver']:14.3f}{med['diver'] / med['plain']:14.3f}")
+    print(f"{'time, fastest (s)':22s}{best['plain']:14.3f}{best['diver']:14.3f}"
+          f"{best['diver'] / best['plain']:14.3f}")
+    print(f"{'time, median (s)':22s}{med['plain']:14.3f}{med['diver']:14.3f}"
+          f"{med['diver'] / med['plain']:14.3f}")
     print(f"{'time per image (s)':22s}{per_img['plain']:14.4f}{per_img['diver']:14.4f}")
     mp, md = mem["plain"] / 2**20, mem["diver"] / 2**20
     print(f"{'peak memory (MiB)':22s}{mp:14.1f}{md:14.1f}{(md / mp if mp > 0 else float('nan')):14.3f}")

@@ -131,7 +131,8 @@ def _add_overrides(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="semdistill",
-        description="Distil image datasets into a few synthetic images per class with EDITS and DIVER on Ray.",
+        description="Distil image datasets into a few synthetic images per class with EDITS and DIVER on "
+                    "Ray.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version="semdistill 0.1.0")
@@ -245,10 +246,10 @@ def build_parser() -> argparse.ArgumentParser:
     # sweep
     s = sub.add_parser(
         "sweep", help="Ray Tune sweep over method settings (gamma, guidance_scale, ...)",
-        description="Each trial distils a set with one choice of the sweep's settings, trains the students on it "
-                    "(sweep.repeats seeds) and scores it on a holdout carved from data.root (never the val split): "
-                    "the headline mean top-1 over the students outside eval.exclude_from_mean, with its std over "
-                    "seeds. ASHA (sweep.scheduler: asha) judges every rung on that headline mean.",
+        description="Each trial distils a set with one choice of the sweep's settings, trains the students on "
+                    "it (sweep.repeats seeds) and scores it on a holdout carved from data.root (never the val "
+                    "split): the headline mean top-1 over the students outside eval.exclude_from_mean, with its "
+                    "std over seeds. ASHA (sweep.scheduler: asha) judges every rung on that headline mean.",
         epilog="""terminal: one line per trial and one progress bar; Ray's, Tune's and the trials' output go to
 <output.dir>/logs/ (run.log; ray_session links Ray's session logs). Results in <output.dir>/sweep/:
 sweep.md (each trial's mean +- std and per-student top-1), sweep_results.json, best.json,
@@ -289,8 +290,8 @@ examples:
         "export",
         help="write a distilled set as Hugging Face parquet, WebDataset shards, DC/MTT tensors or an "
                        "ImageFolder; or an EDITS run's captions / prototypes as a Hugging Face dataset",
-        description="Export a distilled set (ImageFolder + manifest.json) for other people's tools (--to), or an "
-                    "EDITS run's intermediate artefacts as a Hugging Face dataset (--what).",
+        description="Export a distilled set (ImageFolder + manifest.json) for other people's tools (--to), or "
+                    "an EDITS run's intermediate artefacts as a Hugging Face dataset (--what).",
         epilog="""formats (--to, DIR is a distilled set):
   hf           data/train-*.parquet (image struct bytes/path, label ClassLabel) + README.md dataset card;
                datasets.load_dataset("parquet", data_files="OUT/data/*.parquet"); push with huggingface_hub

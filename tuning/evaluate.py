@@ -517,8 +517,8 @@ def check_eval(cfg: EvalConfig) -> EvalConfig:
     if cfg.protocol == "soft" and cfg.teacher_required and not cfg.teacher_checkpoint:
         raise ConfigError(f"eval.preset {cfg.preset!r} relabels with a pretrained teacher: set "
                           f"eval.teacher_checkpoint to a ResNet-18 state dict (ours, torchvision's or timm's "
-                          f"layout) for eval.teacher={cfg.teacher!r}, or eval.teacher_checkpoint={SCRATCH} to "
-                          "train one on the real train split first (not the peers' protocol)")
+                          f"layout) for eval.teacher={cfg.teacher!r}, or eval.teacher_checkpoint={SCRATCH} "
+                          "to train one on the real train split first (not the peers' protocol)")
     ckpt = cfg.teacher_checkpoint
     if cfg.protocol == "soft" and ckpt and ckpt != SCRATCH and not Path(ckpt).is_file():
         raise DataError(f"eval.teacher_checkpoint {ckpt}: no such file (a ResNet-18 state dict, or "
@@ -553,8 +553,8 @@ def normalisation_label(teacher_state: dict[str, Any] | None, norm: dict[str, An
     """How ``evaluate_sets`` normalises each set's training images and the real val set (the protocol table's
     ``normalisation``; say here what the code there does)."""
     if teacher_state:
-        return (f"the soft-label teacher's mean {np.round(np.asarray(teacher_state['mean']), 3).tolist()} and std "
-                f"{np.round(np.asarray(teacher_state['std']), 3).tolist()}, for every set and the real val set")
+        mean, std = (np.round(np.asarray(teacher_state[k]), 3).tolist() for k in ("mean", "std"))
+        return f"the soft-label teacher's mean {mean} and std {std}, for every set and the real val set"
     mean, std = ([round(float(v), 3) for v in norm[k]] for k in ("mean", "std"))
     return (f"the dataset's {norm['source']} statistics (mean {mean}, std {std}), the same for every set and "
             f"the real val set")

@@ -473,8 +473,8 @@ def train_loop(config: dict[str, Any]) -> None:
 
 def steps_per_epoch(n_images: int, ft: Any) -> int:
     """Optimizer steps in one pass over ``n_images`` (at least 1)."""
-    return max(1, math.ceil(n_images / (ft.batch_size * max(1,
-                                                            ft.num_workers))) // ft.gradient_accumulation_steps)
+    per_step = ft.batch_size * max(1, ft.num_workers)
+    return max(1, math.ceil(n_images / per_step) // ft.gradient_accumulation_steps)
 
 
 def total_steps(n_images: int, ft: Any) -> int:

@@ -316,8 +316,8 @@ def tuning_split(cfg: Config, out: Path) -> tuple[Config, str]:
     if fraction <= 0:
         return cfg, f"the validation split {cfg.data.val_root} (the split the report uses)"
     if not cfg.data.root:
-        raise ConfigError("sweep.holdout_fraction needs data.root (the holdout is carved from the train set); "
-                          "set data.root, or sweep.holdout_fraction=0 to score trials on data.val_root")
+        raise ConfigError("sweep.holdout_fraction needs data.root (the holdout is carved from the train "
+                          "set); set data.root, or sweep.holdout_fraction=0 to score trials on data.val_root")
 
     train, holdout = carve_holdout(cfg.data.root, out, fraction, seed=cfg.sweep.seed,
                                    classes=cfg.data.classes)

@@ -460,7 +460,8 @@ def _run_diver_sets(plan: DemoPlan, base: Config, out: Path, sets: dict[str, Pat
                     panels[f"DIVER at IPC {ipc}: the {method.upper()} set (left) and its recovery (right), "
                            "one row per class"] = Path(entry["side_by_side"])
                 if plan.ablations and method == "dm" and d == plan.distill_seeds[0]:
-                    stage(f"      DIVER ablation at IPC {ipc}: the plain DiT pass (inheritance only, gamma 0)")
+                    stage(f"      DIVER ablation at IPC {ipc}: the plain DiT pass (inheritance only, "
+                          "gamma 0)")
                     g0 = SetSpec("diver_gamma0", ipc, d, stage1="dm")
                     try:
                         res0 = run_diver(gamma0_config(base, Path(entry["stage1"]), out, name=g0.name))

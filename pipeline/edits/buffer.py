@@ -65,7 +65,8 @@ def clusters_for(n: int, ipc: int, policy: str, class_id: str = "") -> tuple[int
     if n >= ipc:
         return ipc, None
     if policy == "shrink":
-        msg = f"class {class_id!r} has {n} usable images < ipc={ipc}: using {n} clusters (edits.small_class_policy=shrink)"
+        msg = (f"class {class_id!r} has {n} usable images < ipc={ipc}: using {n} clusters "
+               "(edits.small_class_policy=shrink)")
         warnings.warn(msg, stacklevel=2)
         return n, msg
     raise DataError(

@@ -95,7 +95,8 @@ def run_stage(run: EditsRun, state: StageState, force: bool) -> dict[str, Any]:
     writer.set_expected(counts)
     by_key = {cl["key"]: cl for cl in clusters}
     rows = [r for r in build_rows(run, clusters, texts) if not writer.done(r["key"])]
-    run.log(f"[edits] generate: {len(clusters) - len(rows)} images done, {len(rows)} to generate with {model}")
+    run.log(f"[edits] generate: {len(clusters) - len(rows)} images done, {len(rows)} to generate with "
+            f"{model}")
     if rows:
         ds = generate_stage(run).dataset(cfg, rows)
         row_of = {r["key"]: r for r in rows}

@@ -19,7 +19,8 @@ from pipeline.core.hygiene import clean_llm_output, fill_template, one_line, tru
 CAPTION_INSTRUCTION = (
     "Describe this image in one dense sentence of at most {max_words} words. "
     "The image shows an instance of the class named below (several comma-separated names are synonyms of "
-    "the same class); use one of these exact names in the sentence, never a more generic word for it. Cover the main subject (its type, colour, material, texture, size "
+    "the same class); use one of these exact names in the sentence, never a more generic word for it. "
+    "Cover the main subject (its type, colour, material, texture, size "
     "and condition), the setting (place, lighting, time of day, surroundings) and the subject's action or "
     "pose. Reply with the sentence only.\n"
     "Class name: {class_name}"

@@ -197,7 +197,8 @@ def start_worker(tmp_path: Path, head: RayNode, env: dict[str, str], num_gpus: i
             break
         time.sleep(1)
     node.stop()
-    raise TimeoutError(f"the {name} node never joined {head.extra['gcs']}; see {tmp_path / f'ray_{name}.log'}")
+    raise TimeoutError(f"the {name} node never joined {head.extra['gcs']}; "
+                       f"see {tmp_path / f'ray_{name}.log'}")
 
 
 @pytest.fixture

@@ -111,7 +111,8 @@ def test_second_run_stops_naming_the_holder_and_a_dead_holder_is_taken_over(hold
     from pipeline.core.lock import LOCK_NAME, OutputLockedError, output_lock
 
     proc, out = holder
-    want = rf"is in use by another run: host {socket.gethostname()} pid {proc.pid} \(started .+\), lock .*{LOCK_NAME}"
+    want = (rf"is in use by another run: host {socket.gethostname()} pid {proc.pid} \(started .+\), "
+            rf"lock .*{LOCK_NAME}")
     with pytest.raises(OutputLockedError, match=want), output_lock(out):
         pass
     os.kill(proc.pid, signal.SIGKILL)  # the holder dies without releasing: its file stays

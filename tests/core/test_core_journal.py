@@ -44,7 +44,8 @@ for i in range(100):
         w.flush()
         if (i + 1) // batch == batches:  # the next batch's images are written, never recorded
             for j in range(i + 1, i + 4):
-                w.add(f"c{j % 10}_i{j // 10:03d}", str(j % 10), j % 10, np.zeros((4, 4, 3), np.uint8), flush=False)
+                w.add(f"c{j % 10}_i{j // 10:03d}", str(j % 10), j % 10, np.zeros((4, 4, 3), np.uint8),
+                      flush=False)
             os.kill(os.getpid(), signal.SIGKILL)
 """
 

@@ -83,7 +83,8 @@ def test_class_count_read_from_a_local_folder_and_a_hub_id_offline(zoo_dir, tmp_
     # a hub id whose config is not in the local cache: unknown, with the reason (no download)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "empty"),
            "PYTHONPATH": str(REPO)}
-    code = "from actors.dit import dit_num_classes; import json; print(json.dumps(dit_num_classes('facebook/DiT-XL-2-256')))"
+    code = ("from actors.dit import dit_num_classes; import json; "
+            "print(json.dumps(dit_num_classes('facebook/DiT-XL-2-256')))")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     n, why = json.loads(out.stdout.strip().splitlines()[-1])
     assert n is None and "HF_HUB_OFFLINE" in why and "facebook/DiT-XL-2-256" in why

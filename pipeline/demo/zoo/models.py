@@ -546,8 +546,8 @@ def _train_demo_sd(out: Path, clip_dir: str | Path, data: str | Path | None, rec
               "seconds_stage1": round(t_stage1, 1),
               "seconds_train": round(t_train, 1), "seconds_total": round(time.time() - t0, 1)}
     _write_report(out, "demo_sd", report)
-    log(f"  demo SD check: {check['sample_accuracy']:.1%} of text-to-image samples recognised as the prompt's "
-        f"class ({check['samples_checked']} samples; {report['seconds_total']:.0f}s in all)")
+    log(f"  demo SD check: {check['sample_accuracy']:.1%} of text-to-image samples recognised as the "
+        f"prompt's class ({check['samples_checked']} samples; {report['seconds_total']:.0f}s in all)")
     return report
 
 

@@ -101,8 +101,9 @@ def write_check_texts(d: Any, clip_dir: str, sd_dir: str, ipcs: tuple[int, ...],
 def _cached_text(texts: dict[str, dict[str, Any]], ipc: int, cl: Cluster) -> str:
     key = cluster_key(ipc, cl)
     if key not in texts or texts[key]["members"] != cl.members:
-        raise KeyError(f"{SUMMARIES_NAME} has no SmolLM2 prototype of cluster {key} with members {cl.members} "
-                       "(the demo CLIP or data changed?); rewrite it with pipeline.demo.zoo.sd_check.write_summaries_file")
+        raise KeyError(f"{SUMMARIES_NAME} has no SmolLM2 prototype of cluster {key} with members "
+                       f"{cl.members} (the demo CLIP or data changed?); rewrite it with "
+                       "pipeline.demo.zoo.sd_check.write_summaries_file")
     return texts[key]["text"]
 
 
