@@ -246,12 +246,13 @@ def build_parser() -> argparse.ArgumentParser:
     # sweep
     s = sub.add_parser(
         "sweep", help="Ray Tune sweep over method settings (gamma, guidance_scale, ...)",
-        description="Each trial distils a set with one choice of the sweep's settings, trains the students on "
-                    "it (sweep.repeats seeds) and scores it on a holdout carved from data.root (never the val "
-                    "split): the headline mean top-1 over the students outside eval.exclude_from_mean, with its "
-                    "std over seeds. ASHA (sweep.scheduler: asha) judges every rung on that headline mean.",
-        epilog="""terminal: one line per trial and one progress bar; Ray's, Tune's and the trials' output go to
-<output.dir>/logs/ (run.log; ray_session links Ray's session logs). Results in <output.dir>/sweep/:
+        description="Each trial distils a set with one choice of the sweep's settings, trains the "
+                    "students on it (sweep.repeats seeds) and scores it on a holdout carved from data.root "
+                    "(never the val split): the headline mean top-1 over the students outside "
+                    "eval.exclude_from_mean, with its std over seeds. ASHA (sweep.scheduler: asha) judges "
+                    "every rung on that headline mean.",
+        epilog="""terminal: one line per trial and one progress bar; Ray's, Tune's and the trials' output go
+to <output.dir>/logs/ (run.log; ray_session links Ray's session logs). Results in <output.dir>/sweep/:
 sweep.md (each trial's mean +- std and per-student top-1), sweep_results.json, best.json,
 best_config.yaml, sweep.png.
 examples:
@@ -289,9 +290,9 @@ examples:
     ex = sub.add_parser(
         "export",
         help="write a distilled set as Hugging Face parquet, WebDataset shards, DC/MTT tensors or an "
-                       "ImageFolder; or an EDITS run's captions / prototypes as a Hugging Face dataset",
-        description="Export a distilled set (ImageFolder + manifest.json) for other people's tools (--to), or "
-                    "an EDITS run's intermediate artefacts as a Hugging Face dataset (--what).",
+             "ImageFolder; or an EDITS run's captions / prototypes as a Hugging Face dataset",
+        description="Export a distilled set (ImageFolder + manifest.json) for other people's tools "
+                    "(--to), or an EDITS run's intermediate artefacts as a Hugging Face dataset (--what).",
         epilog="""formats (--to, DIR is a distilled set):
   hf           data/train-*.parquet (image struct bytes/path, label ClassLabel) + README.md dataset card;
                datasets.load_dataset("parquet", data_files="OUT/data/*.parquet"); push with huggingface_hub

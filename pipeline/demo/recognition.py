@@ -110,4 +110,5 @@ def recognition_line(judge: Judge, judged: dict[str, Recognition]) -> str:
         where = f" (misread in class {', '.join(misread)})" if misread else ""
         parts.append(f"{name} {rec.recognised:.1f}%{where}, confidence {rec.confidence:.1f}%")
     return (f"images recognised as their class by a ConvNet trained on the real train digits "
-            f"({judge.val_accuracy:.1f}% on val; confidence: its mean probability of the true class): " + "; ".join(parts) + ".")
+            f"({judge.val_accuracy:.1f}% on val; confidence: its mean probability of the true class): "
+            + "; ".join(parts) + ".")

@@ -145,11 +145,10 @@ def test_worker_node_lost_mid_recovery(two_nodes, zoo_dir, tmp_path):
     try:
         deadline, on_worker, done = time.monotonic() + 1200, set(), 0
         while True:
-            assert proc.poll() is None, (f"the run ended before the worker node was killed ({done} images "
-                                         "done, actors "
-                                         f"{[(a['node_id'][:8], a['state']) for a in model_actors(two_nodes)]},"
-                                         f" worker {worker.extra['node_id'][:8]}):\n"
-                                         + (tmp_path / "run.log").read_text()[-3000:])
+            assert proc.poll() is None, (
+                f"the run ended before the worker node was killed ({done} images done, actors "
+                f"{[(a['node_id'][:8], a['state']) for a in model_actors(two_nodes)]}, worker "
+                f"{worker.extra['node_id'][:8]}):\n" + (tmp_path / "run.log").read_text()[-3000:])
             assert time.monotonic() < deadline, "the recovery never started on the worker node"
             if not on_worker:  # the pool spreads over the nodes: one actor must sit on the worker
                 time.sleep(0.5)
