@@ -706,9 +706,8 @@ def _pivot_markdown(rows: list[dict[str, Any]], title: str) -> list[str]:
     students = sorted({student_label(r) for r in rows})
     counted = sorted({student_label(r) for r in rows if in_mean(r)})
     what = (f"mean over {', '.join(counted)} (eval.exclude_from_mean leaves out "
-            f"{', '.join(sorted({student_label(r) for r in rows if not in_mean(r)})) or 'none'})" if counted
-            else
-            "mean over all students († every student is in eval.exclude_from_mean)")
+            f"{', '.join(sorted({student_label(r) for r in rows if not in_mean(r)})) or 'none'})"
+            if counted else "mean over all students († every student is in eval.exclude_from_mean)")
     what += " ± the std over seeds of the per-seed mean (with two seeds or more)"
     shown = ", ".join(sorted({str(r.get("reported", "final")) for r in rows}))
     pivot = ["", (f"**{title}.** " if title else "") + f"Top-1 (%) = {shown}, mean ± std over seeds; "

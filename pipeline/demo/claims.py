@@ -99,8 +99,8 @@ def per_class_accuracy(rows: list[dict], method: str, ipc: int) -> list[float] |
     """Per class index, ``method``'s final top-1 at ``ipc`` averaged over its unseen students' augmented runs
     (every distillation and evaluation seed); None when no run recorded it."""
     runs = [run["final_per_class"] for r in rows
-            if r["method"] == method and int(r["ipc"]) == ipc and r.get("augment") != "none"
-            and r.get("in_mean", True)
+            if r["method"] == method and int(r["ipc"]) == ipc
+            and r.get("augment") != "none" and r.get("in_mean", True)
             for run in r.get("runs", []) if run.get("final_per_class")]
     if not runs or len({len(x) for x in runs}) != 1:
         return None

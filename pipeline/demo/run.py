@@ -465,8 +465,8 @@ def _run_diver_sets(plan: DemoPlan, base: Config, out: Path, sets: dict[str, Pat
                     g0 = SetSpec("diver_gamma0", ipc, d, stage1="dm")
                     try:
                         res0 = run_diver(gamma0_config(base, Path(entry["stage1"]), out, name=g0.name))
-                        sets[g0.name], specs[g0.name] = (Path(next(iter(res0["sets"].values()))["recovered"]),
-                                                         g0)
+                        g0_path = next(iter(res0["sets"].values()))["recovered"]
+                        sets[g0.name], specs[g0.name] = Path(g0_path), g0
                     except Exception as err:  # noqa: BLE001
                         _failed(skipped, g0.name, err, logs)
 

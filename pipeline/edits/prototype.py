@@ -154,8 +154,8 @@ def text_rows(run: EditsRun, clusters: list[dict[str, Any]]) -> list[dict[str, A
         msgs = prompts.summary_messages(name, cl["text_captions"], e.max_tokens, e.summary_prompt)
         rows.append({"key": cl["key"], "class_id": cl["class_id"], "class_name": name,
                      "system": msgs[0]["content"], "user": msgs[1]["content"],
-                     "fallback": cl["text_captions"][0] if cl["text_captions"]
-                     else prompts.primary_name(name),
+                     "fallback": (cl["text_captions"][0] if cl["text_captions"]
+                                  else prompts.primary_name(name)),
                      "seed": stage_seed(e.seed, f"llm:{cl['key']}")})
     return rows
 

@@ -250,9 +250,8 @@ def test_compare_runs_accepts_the_same_rows_and_names_each_difference():
     assert ref["rows"][0]["key"] == ref["rows"][1]["key"] != got["rows"][0]["key"]
 
     fewer = {**got, "rows": got["rows"][:2], "info": {"per_class": {"0": 2, "3": 0}}}
-    assert [p.split(":")[0] for p in vllm_vlm_check.compare_runs(ref,
-                                                                 fewer)] == ["images differ",
-                                                                             "per-class counts {'0'"]
+    assert ([p.split(":")[0] for p in vllm_vlm_check.compare_runs(ref, fewer)]
+            == ["images differ", "per-class counts {'0'"])
     assert vllm_vlm_check.compare_runs(ref, {**got, "columns": ["caption", "path"]}) == [
         "columns ['caption', 'path'] != ['caption', 'key', 'path']"]
     reused = {**got, "rows": [{**r, "key": k["key"]} for r, k in zip(got["rows"], ref["rows"])]}

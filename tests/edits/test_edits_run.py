@@ -104,8 +104,8 @@ def test_edits_without_text_prototypes_prompts_the_class_name(tmp_path, demo_roo
     out = tmp_path / "run"
     # an LLM that cannot load: the ablation must never start it
     cfg = _cfg(demo_root, out, text_prototype="class_prompt", class_prompt="a clean photo of {class_name}")
-    cfg = cfg.model_copy(update={"models": cfg.models.model_copy(update={"llm": str(tmp_path
-                                                                                    / "no-such-llm")})})
+    models = cfg.models.model_copy(update={"llm": str(tmp_path / "no-such-llm")})
+    cfg = cfg.model_copy(update={"models": models})
     summary = run_edits(cfg, log=lambda _m: None)
     assert summary["stages"]["prototype"]["texts_now"] == 6
     assert verify_set(out / "distilled", ipc=2)["ok"]

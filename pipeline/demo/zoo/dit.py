@@ -307,8 +307,8 @@ def _train_demo_dit(out: Path, data: str | Path | None, recipe: DemoDiTRecipe,
     t_train = time.time() - t_start
     from pipeline.core.digits import DIGIT_NAMES
 
-    names = [f"handwritten digit {DIGIT_NAMES[int(c)]}" if c.isdigit()
-             and int(c) < 10 else c for c in classes]
+    names = [f"handwritten digit {DIGIT_NAMES[int(c)]}" if c.isdigit() and int(c) < 10 else c
+             for c in classes]
     out.mkdir(parents=True, exist_ok=True)
     save_pipeline(out, transformer, vae, names)
     checks = run_checks(transformer, vae, images, labels, classes, val, recipe, log)
