@@ -68,9 +68,9 @@ REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 HEADLINE_IPC = 1
 DEMO_IPCS = (HEADLINE_IPC,)  # make demo: IPC 10 too would not fit 12 minutes on 2 cores (estimate below)
 FULL_IPCS = (HEADLINE_IPC, 10)
-# make demo's time on a fresh clone, 2 idle cores, with MobileNetV2 as the second unseen student: DIVER 108 s,
-# EDITS 175 s, evaluation 957 s (run-seconds per set and 3 seeds: ConvNet ~79, ResNet-18 ~73, MobileNetV2
-# ~299).
+# make demo's time on a fresh clone, 2 idle cores, with MobileNetV2 as the second unseen student:
+# DIVER 108 s, EDITS 175 s, evaluation 957 s (run-seconds per set and 3 seeds: ConvNet ~79, ResNet-18 ~73,
+# MobileNetV2 ~299).
 # IPC 10 would add its DIVER, EDITS and evaluation: over the 12 minutes, so it runs in demo --full.
 DEMO_EVAL_SEEDS = 3
 # demo --full: every set distilled with 2 seeds and each evaluated with 3, so each claim pairs 6 seeds

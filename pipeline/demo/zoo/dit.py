@@ -209,8 +209,8 @@ def sample_check(transformer, vae, classes: list[int], per_class: int, steps: in
 
 @torch.no_grad()
 def recover_check(transformer, vae, images: np.ndarray, labels: np.ndarray, classes: list[str],
-                  per_class: int,
-                  seed: int, settings=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                  per_class: int, seed: int,
+                  settings=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """DIVER's inherit-and-recover on ``per_class`` real digits of each class (the first ones of the split).
 
     Runs ``actors.dit.recover_images`` (the recovery actor's own path) with ``settings``
@@ -248,9 +248,8 @@ def run_checks(transformer, vae, images: np.ndarray, labels: np.ndarray, classes
     net = train_classifier(images, labels, recipe.classifier_epochs, recipe.seed)
     val_acc = None
     if val is not None:
-        val_acc = float((classify(net,
-                                  u8_hwc_to_unit_chw(val.images))
-                                  == torch.from_numpy(val.labels)).float().mean())
+        predicted = classify(net, u8_hwc_to_unit_chw(val.images))
+        val_acc = float((predicted == torch.from_numpy(val.labels)).float().mean())
     samples, cond = sample_check(transformer, vae, list(range(len(classes))), recipe.check_per_class,
                                  recipe.check_steps, recipe.check_cfg_scale)
     acc, per_class = accuracy_by_class(classify(net, samples), cond, classes)

@@ -107,9 +107,8 @@ class DemoSDRecipe:
     lead: str = LEAD
     # stage 2 (the text stage) keeps stage 1's EMA UNet fixed and trains the text encoder (demo CLIP's text
     # tower) against it at ``text_lr`` (> 0) on the texts of ``text_mix`` (shares of: the caption,
-    # varied phrasings, SmolLM2-style sentences, cached SmolLM2 summaries; pipeline.demo.zoo.sd_text); a
-    # dropped
-    # caption (``caption_dropout``) becomes "" or the negative prompt's words
+    # varied phrasings, SmolLM2-style sentences, cached SmolLM2 summaries; pipeline.demo.zoo.sd_text);
+    # a dropped caption (``caption_dropout``) becomes "" or the negative prompt's words
     text_steps: int = 600
     text_warmup: int = 50
     caption_dropout: float = 0.15
@@ -381,9 +380,8 @@ def train_unet_on_captions(unet, scheduler, latents: torch.Tensor, cond: torch.T
 
     unet.train()
     running = train_steps(next_batch, lambda batch: _epsilon_loss(unet, ab, *batch, recipe.min_snr_gamma),
-                          opt,
-                          recipe.unet_steps, schedule=warmup_cosine(recipe.lr, recipe.warmup,
-                                                                    recipe.unet_steps),
+                          opt, recipe.unet_steps,
+                          schedule=warmup_cosine(recipe.lr, recipe.warmup, recipe.unet_steps),
                           max_grad_norm=1.0, emas=[ema], progress=Progress(log, "unet"))
     return ema.model.eval(), running
 
@@ -440,9 +438,8 @@ def _token_ids(tokenizer, texts: list[str]) -> torch.Tensor:
 
 def train_text_stage(unet, text_encoder, tokenizer, scheduler, latents: torch.Tensor, texts: TrainingTexts,
                      recipe: DemoSDRecipe, log: Log):
-    """Stage 2: the same loss on varied prompts (``TrainingTexts``), the text encoder trained at ``text_lr``
-    against
-    stage 1's EMA UNet, which stays fixed; returns that UNet and the text encoder's EMA."""
+    """Stage 2: the same loss on varied prompts (``TrainingTexts``), the text encoder trained
+    at ``text_lr`` against stage 1's EMA UNet, which stays fixed; returns that UNet and the text encoder's EMA."""
     from diffusers import DDPMScheduler
 
     if recipe.text_lr <= 0:

@@ -36,8 +36,8 @@ def warmup_cosine(base: float, warmup: int, total: int) -> Schedule:
 
 def min_snr_epsilon_loss(pred: torch.Tensor, noise: torch.Tensor, alpha_bar: torch.Tensor,
                          gamma: float) -> torch.Tensor:
-    """Mean epsilon MSE, each sample weighted by ``min(SNR, gamma) / SNR`` (Min-SNR, Hang et al. 2023; off at
-    0).
+    """Mean epsilon MSE, each sample weighted by ``min(SNR, gamma) / SNR`` (Min-SNR, Hang et al. 2023;
+    off at 0).
 
     ``alpha_bar``: the samples' cumulative alphas, shaped ``[B, 1, 1, 1]``.
     """
@@ -129,8 +129,8 @@ def torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-# --- learned variance: the L_vlb term of improved DDPM's hybrid loss (Nichol & Dhariwal 2021; DiT trains with
-# it) ---
+# --- learned variance: the L_vlb term of improved DDPM's hybrid loss
+# (Nichol & Dhariwal 2021; DiT trains with it) ---
 
 def normal_kl(mean1: torch.Tensor, logvar1: torch.Tensor, mean2: torch.Tensor,
               logvar2: torch.Tensor) -> torch.Tensor:
@@ -159,8 +159,8 @@ def discretized_gaussian_log_likelihood(x: torch.Tensor, mean: torch.Tensor,
 
 def vlb_bits_per_dim(eps: torch.Tensor, v: torch.Tensor, x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor,
                      alphas_cumprod: torch.Tensor) -> torch.Tensor:
-    """Per-sample L_t of the variational bound (bits per dim) for a model predicting ``eps`` and the learned
-    range ``v``.
+    """Per-sample L_t of the variational bound (bits per dim) for a model predicting ``eps`` and the
+    learned range ``v``.
 
     The model's reverse step has mean ``q_posterior_mean(x0_hat(eps), xt)`` and log variance
     ``frac * log(beta_t) + (1 - frac) * log(posterior_var_t)`` with ``frac = (v + 1) / 2``
