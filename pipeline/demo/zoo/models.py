@@ -438,8 +438,8 @@ def _token_ids(tokenizer, texts: list[str]) -> torch.Tensor:
 
 def train_text_stage(unet, text_encoder, tokenizer, scheduler, latents: torch.Tensor, texts: TrainingTexts,
                      recipe: DemoSDRecipe, log: Log):
-    """Stage 2: the same loss on varied prompts (``TrainingTexts``), the text encoder trained
-    at ``text_lr`` against stage 1's EMA UNet, which stays fixed; returns that UNet and the text encoder's EMA."""
+    """Stage 2: the same loss on varied prompts (``TrainingTexts``), the text encoder trained at ``text_lr``
+    against stage 1's EMA UNet, which stays fixed; returns that UNet and the text encoder's EMA."""
     from diffusers import DDPMScheduler
 
     if recipe.text_lr <= 0:
