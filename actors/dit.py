@@ -114,7 +114,8 @@ def transformer_config(model_dir: str) -> tuple[dict[str, Any] | None, str]:
                                                       local_files_only=offline())), ""
     except (OSError, ValueError) as err:
         reason = " ".join(str(err).split())[:300]
-        where = "HF_HUB_OFFLINE is set and the local cache has no copy" if offline() else "it could not be read"
+        where = ("HF_HUB_OFFLINE is set and the local cache has no copy" if offline()
+                 else "it could not be read")
         return None, f"the config of {model_dir} is unknown here ({where}: {reason})"
 
 
@@ -191,7 +192,8 @@ class DiTRecoverActor:
     @torch.no_grad()
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         img = np.asarray(batch["image"])
-        x = torch.from_numpy(img.astype(np.float32) / (255.0 if img.dtype == np.uint8 else 1.0)).permute(0, 3, 1, 2)
+        scale = 255.0 if img.dtype == np.uint8 else 1.0
+        x = torch.from_numpy(img.astype(np.float32) / scale).permute(0, 3, 1, 2)
         classes = np.asarray(batch["dit_class"]).astype(np.int64)
         if self.num_classes is not None and ((classes < 0) | (classes >= self.num_classes)).any():
             bad = sorted(set(classes[(classes < 0) | (classes >= self.num_classes)].tolist()))

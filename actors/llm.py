@@ -116,7 +116,8 @@ class OpenAIChat:
             body = err.read().decode("utf-8", "replace")[:300]
             if err.code in (429, 500, 502, 503, 504):
                 raise TransientWorkerError(f"LLM endpoint {self.endpoint}: HTTP {err.code} {body}") from None
-            raise ModelLoadError(f"models.llm: endpoint {self.endpoint} answered HTTP {err.code}: {body}") from None
+            raise ModelLoadError(f"models.llm: endpoint {self.endpoint} answered HTTP {err.code}: "
+                                 f"{body}") from None
         except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
             raise TransientWorkerError(f"LLM endpoint {self.endpoint} unreachable: {err}") from None
 

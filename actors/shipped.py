@@ -74,8 +74,8 @@ def verify_role(role: str, weights_dir: Path = WEIGHTS_DIR) -> list[str]:
             raise ModelLoadError(f"shipped demo weights: {path} is missing; {_retrain_hint(role)}")
         got = sha256_file(path)
         if got != want:
-            raise ModelLoadError(f"shipped demo weights: {path} has sha256 {got}, but {SUMS_FILE} says {want} "
-                                 f"(the file is damaged or was changed); {_retrain_hint(role)}")
+            raise ModelLoadError(f"shipped demo weights: {path} has sha256 {got}, but {SUMS_FILE} says "
+                                 f"{want} (the file is damaged or was changed); {_retrain_hint(role)}")
     return sorted(listed)
 
 

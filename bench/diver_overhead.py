@@ -104,8 +104,8 @@ def main(argv: list[str] | None = None) -> float:
     latent = transformer.config.sample_size
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
     res = args.resolution or latent * factor
-    settings = RecoverSettings.of(num_inference_steps=args.steps, start_step=args.start_step, gamma=args.gamma,
-                                  fusion_window=(min(40, args.steps - 1), args.start_step))
+    settings = RecoverSettings.of(num_inference_steps=args.steps, start_step=args.start_step,
+                                  gamma=args.gamma, fusion_window=(min(40, args.steps - 1), args.start_step))
     g = torch.Generator().manual_seed(0)
     images = torch.rand(args.batch, 3, res, res, generator=g)
     labels = torch.arange(args.batch, device=device) % 10
@@ -138,8 +138,10 @@ def main(argv: list[str] | None = None) -> float:
     med = {k: statistics.median(t for t, _ in v) for k, v in runs.items()}
     mem = {k: max(m for _, m in v) for k, v in runs.items()}
     per_img = {k: best[k] / args.batch for k in best}
-    print(f"{'time, fastest (s)':22s}{best['plain']:14.3f}{best['diver']:14.3f}{best['diver'] / best['plain']:14.3f}")
-    print(f"{'time, median (s)':22s}{med['plain']:14.3f}{med['diver']:14.3f}{med['diver'] / med['plain']:14.3f}")
+    print(f"{'time, fastest (s)':22s}{best['plain']:14.3f}{best['diver']:14.3f}"
+          f"{best['diver'] / best['plain']:14.3f}")
+    print(f"{'time, median (s)':22s}{med['plain']:14.3f}{med['diver']:14.3f}"
+          f"{med['diver'] / med['plain']:14.3f}")
     print(f"{'time per image (s)':22s}{per_img['plain']:14.4f}{per_img['diver']:14.4f}")
     mp, md = mem["plain"] / 2**20, mem["diver"] / 2**20
     print(f"{'peak memory (MiB)':22s}{mp:14.1f}{md:14.1f}{(md / mp if mp > 0 else float('nan')):14.3f}")

@@ -262,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     transformer, vae, scheduler = build_dit(device, dtype, smoke, **fast)
     n_params = sum(p.numel() for p in transformer.parameters()) / 1e6
     log(f"DiT: {n_params:.0f} M parameters ({'tiny' if smoke else 'DiT-XL/2 256 px'}), latent "
-        f"{resolution // (2 if smoke else 8)} px; recovery runs steps {settings.diver.start_step}..{steps - 1}")
+        f"{resolution // (2 if smoke else 8)} px; recovery runs steps "
+        f"{settings.diver.start_step}..{steps - 1}")
     meter = Meter(device)
     gen = torch.Generator().manual_seed(0)
     pool = torch.rand(max(batches), 3, in_px, in_px, generator=gen)

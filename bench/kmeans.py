@@ -149,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.json_out)
         out.parent.mkdir(parents=True, exist_ok=True)
         res.update({"device": f"{cpus} CPU cores", "costs": {"cluster": sec["ours"] / args.classes * cpus},
-                    "note": f"bench/kmeans.py {args.per_class}x{args.dim} k={args.k}, core-seconds per class"})
+                    "note": f"bench/kmeans.py {args.per_class}x{args.dim} k={args.k}, "
+                            "core-seconds per class"})
         out.write_text(json.dumps(res, indent=2))
     print(f"sklearn KMeans(n_init={args.n_init}) {sec['sklearn']:.2f} s vs ours {sec['ours']:.2f} s "
           f"(totals ratio {sec['sklearn'] / sec['ours']:.2f}); median of {len(ratios)} rounds below")

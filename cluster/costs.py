@@ -39,8 +39,9 @@ COSTS: dict[str, Cost] = {
     "embed": Cost(0.004, "image", "A100-80GB", "estimate",
                   "CLIP ViT-L/14 fp16, image + caption, batch 256; JPEG decode on CPU is often the limit"),
     "cluster": Cost(0.56, "class", "1 CPU core", "measured",
-                    "sklearn KMeans(n_clusters=IPC, n_init=10) as EDITS's gen_prototype.py, 1,300 x 768, k = IPC 10: "
-                    "one thread of the 2-core dev machine; 0.90 s per class for the 1,000-class run under load",
+                    "sklearn KMeans(n_clusters=IPC, n_init=10) as EDITS's gen_prototype.py, 1,300 x 768, k = "
+                    "IPC 10: one thread of the 2-core dev machine; 0.90 s per class for the 1,000-class run "
+                    "under load",
                     resource="cpu"),
     "vae": Cost(0.012, "image", "A100-80GB", "estimate", "SD VAE (ft-mse) encoder at 512 px, fp16, batch 32"),
     "llm.vllm": Cost(0.03, "prompt", "A100-80GB", "estimate",

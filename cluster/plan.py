@@ -77,7 +77,8 @@ def dataset_size(cfg: Config, images: int | None, classes: int | None) -> tuple[
                                   cfg.data.follow_symlinks, allow_empty_classes=True)
         return (images if images is not None else len(index.records),
                 classes if classes is not None else len(index.classes), f"counted under {root}")
-    n_cls = classes if classes is not None else (len(cfg.data.classes) if cfg.data.classes else IMAGENET_1K[1])
+    n_cls = (classes if classes is not None
+             else (len(cfg.data.classes) if cfg.data.classes else IMAGENET_1K[1]))
     if images is not None:
         n_img = images
     elif cfg.data.max_per_class:

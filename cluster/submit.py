@@ -96,8 +96,8 @@ def warnings_for(cfg: Config) -> list[str]:
         out.append(f"output.dir={cfg.output.dir!r} is relative: on the cluster it resolves inside the job's "
                    "temporary working dir; give an absolute path on shared storage")
     if cfg.data.root and not Path(cfg.data.root).is_absolute():
-        out.append(f"data.root={cfg.data.root!r} is relative: data/ is not uploaded with the job; give a path "
-                   "that exists on every node")
+        out.append(f"data.root={cfg.data.root!r} is relative: data/ is not uploaded with the job; give a "
+                   "path that exists on every node")
     return out
 
 
@@ -111,9 +111,9 @@ def make_client(address: str):
     except Exception as err:  # noqa: BLE001 (connection refused, auth, version mismatch: all become one clear error)
         reason = " ".join(str(err).split())[:400]
         raise ClusterError(
-            f"could not reach the Ray dashboard at {address}: {reason}. Is the cluster up (`ray start --head` "
-            "serves it on port 8265)? Pass --address http://HEAD:8265 or set RAY_ADDRESS; with token auth set "
-            "RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (or ~/.ray/auth_token)."
+            f"could not reach the Ray dashboard at {address}: {reason}. Is the cluster up (`ray start "
+            "--head` serves it on port 8265)? Pass --address http://HEAD:8265 or set RAY_ADDRESS; with token "
+            "auth set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (or ~/.ray/auth_token)."
         ) from None
 
 
@@ -167,7 +167,8 @@ def main(args: argparse.Namespace) -> int:
     try:
         sub_id = client.submit_job(**req)
     except Exception as err:  # noqa: BLE001 (any refusal of the Jobs API becomes one clear error)
-        raise ClusterError(f"the cluster at {address} refused the job: {' '.join(str(err).split())[:600]}") from None
+        raise ClusterError(f"the cluster at {address} refused the job: "
+                           f"{' '.join(str(err).split())[:600]}") from None
     print(f"submitted job {sub_id} to {address}")
     print(follow_hint(address, sub_id))
     sys.stdout.flush()

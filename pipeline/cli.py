@@ -131,7 +131,8 @@ def _add_overrides(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="semdistill",
-        description="Distil image datasets into a few synthetic images per class with EDITS and DIVER on Ray.",
+        description="Distil image datasets into a few synthetic images per class with EDITS and DIVER on "
+                    "Ray.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version="semdistill 0.1.0")
@@ -220,13 +221,15 @@ def build_parser() -> argparse.ArgumentParser:
     dm_.add_argument("--out", required=True, help="output folder")
     dm_.add_argument("--quick", action="store_true", help="smaller settings for a smoke run")
     dm_.add_argument("--full", action="store_true",
-                     help="add IPC 10, a second distillation seed for every set (each claim then pairs 6 seeds), and "
-                          "gradient matching (DC/DSA) with DIVER on it; under 45 minutes on 2 cores")
+                     help="add IPC 10, a second distillation seed for every set (each claim then pairs 6 "
+                          "seeds), and gradient matching (DC/DSA) with DIVER on it; under 45 minutes on 2 "
+                          "cores")
     dm_.add_argument("--ablations", action="store_true",
-                     help="with --full: also herding, k-center, the full real set, DIVER gamma 0, EDITS without "
-                          "text prototypes and the runs without augmentation for DD-Ranking's ARS (about an hour "
-                          "more)")
-    dm_.add_argument("--verbose", action="store_true", help="everything on the terminal (default: logs/run.log)")
+                     help="with --full: also herding, k-center, the full real set, DIVER gamma 0, EDITS "
+                          "without text prototypes and the runs without augmentation for DD-Ranking's ARS "
+                          "(about an hour more)")
+    dm_.add_argument("--verbose", action="store_true",
+                     help="everything on the terminal (default: logs/run.log)")
     dm_.set_defaults(func=_demo)
 
     # eval
@@ -243,12 +246,13 @@ def build_parser() -> argparse.ArgumentParser:
     # sweep
     s = sub.add_parser(
         "sweep", help="Ray Tune sweep over method settings (gamma, guidance_scale, ...)",
-        description="Each trial distils a set with one choice of the sweep's settings, trains the students on it "
-                    "(sweep.repeats seeds) and scores it on a holdout carved from data.root (never the val split): "
-                    "the headline mean top-1 over the students outside eval.exclude_from_mean, with its std over "
-                    "seeds. ASHA (sweep.scheduler: asha) judges every rung on that headline mean.",
-        epilog="""terminal: one line per trial and one progress bar; Ray's, Tune's and the trials' output go to
-<output.dir>/logs/ (run.log; ray_session links Ray's session logs). Results in <output.dir>/sweep/:
+        description="Each trial distils a set with one choice of the sweep's settings, trains the "
+                    "students on it (sweep.repeats seeds) and scores it on a holdout carved from data.root "
+                    "(never the val split): the headline mean top-1 over the students outside "
+                    "eval.exclude_from_mean, with its std over seeds. ASHA (sweep.scheduler: asha) judges "
+                    "every rung on that headline mean.",
+        epilog="""terminal: one line per trial and one progress bar; Ray's, Tune's and the trials' output go
+to <output.dir>/logs/ (run.log; ray_session links Ray's session logs). Results in <output.dir>/sweep/:
 sweep.md (each trial's mean +- std and per-student top-1), sweep_results.json, best.json,
 best_config.yaml, sweep.png.
 examples:
@@ -286,9 +290,9 @@ examples:
     ex = sub.add_parser(
         "export",
         help="write a distilled set as Hugging Face parquet, WebDataset shards, DC/MTT tensors or an "
-                       "ImageFolder; or an EDITS run's captions / prototypes as a Hugging Face dataset",
-        description="Export a distilled set (ImageFolder + manifest.json) for other people's tools (--to), or an "
-                    "EDITS run's intermediate artefacts as a Hugging Face dataset (--what).",
+             "ImageFolder; or an EDITS run's captions / prototypes as a Hugging Face dataset",
+        description="Export a distilled set (ImageFolder + manifest.json) for other people's tools "
+                    "(--to), or an EDITS run's intermediate artefacts as a Hugging Face dataset (--what).",
         epilog="""formats (--to, DIR is a distilled set):
   hf           data/train-*.parquet (image struct bytes/path, label ClassLabel) + README.md dataset card;
                datasets.load_dataset("parquet", data_files="OUT/data/*.parquet"); push with huggingface_hub

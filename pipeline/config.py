@@ -299,9 +299,9 @@ class DiverConfig(Section):
         first = n - 1 if self.reverse_start == "top" else self.start_step
         if self.gamma > 0 and not 0 <= lo <= hi <= first:
             raise ValueError(
-                f"diver.fusion_window {list(self.fusion_window)} is not inside the steps that run ({first} .. 0; "
-                f"index {n - 1} = noisiest, reverse_start={self.reverse_start}): guidance would be (partly) off; "
-                "fix diver.fusion_window, diver.start_step or diver.reverse_start"
+                f"diver.fusion_window {list(self.fusion_window)} is not inside the steps that run "
+                f"({first} .. 0; index {n - 1} = noisiest, reverse_start={self.reverse_start}): guidance "
+                "would be (partly) off; fix diver.fusion_window, diver.start_step or diver.reverse_start"
             )
         return self
 

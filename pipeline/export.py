@@ -164,7 +164,8 @@ def dataset_card(s: SetFiles, n: int, with_seed: bool) -> str:
               "tags": ["dataset-distillation", "synthetic", f"semdistill-{method}"]}
     counts = {c: s.labels.count(i) for i, c in enumerate(s.classes)}
     ipc = sorted(set(counts.values()))
-    title = f"# Distilled set: {method}, {n} images, {len(s.classes)} classes, {ipc[0] if len(ipc) == 1 else ipc} per class"
+    title = (f"# Distilled set: {method}, {n} images, {len(s.classes)} classes, "
+             f"{ipc[0] if len(ipc) == 1 else ipc} per class")
     seeds = f"- run seed: `{settings.get('seed', 'not recorded')}`" + (
         " (per-image seeds in the `seed` column)" if with_seed else "")
     lines = ["---", yaml.safe_dump(header, sort_keys=False).rstrip(), "---", "", title, "",

@@ -201,8 +201,8 @@ def dataset_card(what: str, run: Path, keys: dict[str, dict[str, Any]], rows: li
              + (f" (config name `{config['name']}`)" if config.get("name") else "") + ".",
              f"Image keys are paths relative to the run's data root `{root}`."]
     if what == "captions" and "cluster" not in keys:
-        lines.append("The run had not clustered when exported: these are the captions its caption cache holds "
-                     "for its settings and data root, and the cluster columns are empty.")
+        lines.append("The run had not clustered when exported: these are the captions its caption cache "
+                     "holds for its settings and data root, and the cluster columns are empty.")
     lines += ["", "## Models", ""]
     lines += [f"- `{role}`: `{ref}`" for role, ref in models.items()]
     lines += ["", "## Columns", ""]

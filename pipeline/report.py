@@ -111,8 +111,8 @@ def _pivot_html(rows: list[dict[str, Any]]) -> str:
                    f"{cells}<td><b>{mean}</b></td></tr>")
     out.append("</table>")
     if proxies:
-        out.append(f"<p class='note'>† {', '.join(sorted(proxies))}: the stage-1 proxy architecture, left out of "
-                   "the mean (eval.exclude_from_mean).</p>")
+        out.append(f"<p class='note'>† {', '.join(sorted(proxies))}: the stage-1 proxy architecture, left "
+                   "out of the mean (eval.exclude_from_mean).</p>")
     return "\n".join(out)
 
 
@@ -287,7 +287,8 @@ def _panels_html(panels: dict[str, str | os.PathLike], edits_dir: str | os.PathL
     strips = edits_prototype_panel(edits_dir) if edits_dir else []
     if strips:
         parts.append("<h2>EDITS: image prototype members | generated image, and the text prototype</h2>"
-                     "<table class='protos'><tr><th>class</th><th>members | generated</th><th>text prototype</th></tr>")
+                     "<table class='protos'><tr><th>class</th><th>members | generated</th>"
+                     "<th>text prototype</th></tr>")
         for strip, cid, text in strips:
             parts.append(f"<tr><td>{html.escape(cid)}</td><td><img alt='prototype {html.escape(cid)}' "
                          f"src='data:image/png;base64,{_png_b64(strip)}'></td><td>{html.escape(text)}</td></tr>")
@@ -357,7 +358,8 @@ def write_report(out_dir: str | os.PathLike, rows: list[dict[str, Any]] | None =
             grids[name] = grid
             atomic_save_image(grid_dir / f"grid_{name}.png", np.asarray(grid))
             parts.append(f"<figure><figcaption>{html.escape(name)}</figcaption>"
-                         f"<img alt='{html.escape(name)}' src='data:image/png;base64,{_png_b64(grid)}'></figure>")
+                         f"<img alt='{html.escape(name)}' "
+                         f"src='data:image/png;base64,{_png_b64(grid)}'></figure>")
         parts.append("</div>")
         md.append("\nImage grids: " + ", ".join(f"`report_files/grid_{n}.png`" for n in grids) + "\n")
         if grids:  # one picture of every set with its mean accuracy (the README shows the demo's)

@@ -42,7 +42,8 @@ def run_config(cfg: Config, from_stage: str | None = None) -> dict[str, Any]:
 
 
 def distilled_set(summary: dict[str, Any]) -> str:
-    """The one distilled set a run wrote: EDITS's ``distilled/``, or DIVER's recovered set (not the run root)."""
+    """The one distilled set a run wrote: EDITS's ``distilled/``, or DIVER's recovered set (not the run
+    root)."""
     sets = summary.get("sets")
     if not sets:
         return str(summary["output"])

@@ -89,7 +89,8 @@ def test_captions_export_loads_with_datasets(edits_run, tmp_path):
     root = edits_run["root"]
     want = {_rel(p, root): c for p, c in edits_run["captions"].items()}
     assert {r["image_key"]: r["caption"] for r in ds} == want
-    assert ds[0]["image_key"] == "n01440764/img_0.png" and ds[0]["class_name"] == "tench" and ds[0]["label"] == 0
+    assert (ds[0]["image_key"] == "n01440764/img_0.png" and ds[0]["class_name"] == "tench"
+            and ds[0]["label"] == 0)
     for r in ds:  # every image sits in the cluster whose member list names it
         cl = next(c for c in edits_run["merged"][r["class_id"]]["clusters"] if c["key"] == r["cluster_key"])
         assert r["image_key"] in [_rel(p, root) for p in cl["members"]] and r["kept"] is True
@@ -114,14 +115,16 @@ def test_prototypes_export_has_texts_and_member_keys(edits_run, tmp_path):
         cl = clusters[r["cluster_key"]]
         # texts.json and the journal
         assert r["text_prototype"] == edits_run["texts"][r["cluster_key"]]["text"]
-        assert r["llm_raw"] == f"Summary: {r['cluster_key']}" and r["text_model"] == KEYS["prototype.text"]["models.llm"]
+        assert (r["llm_raw"] == f"Summary: {r['cluster_key']}"
+                and r["text_model"] == KEYS["prototype.text"]["models.llm"])
         assert r["members"] == [_rel(p, root) for p in cl["members"]] and r["size"] == len(r["members"])
         assert r["member_distances"] == pytest.approx(cl["distances"])
         assert len(r["image_members"]) == 2 and set(r["image_members"]) <= set(r["members"])
         assert r["text_captions"] == cl["text_captions"] and len(r["text_members"]) == 2
     assert sorted(k for r in ds for k in r["members"]) == sorted(_rel(p, root) for p in edits_run["captions"])
     card = (tmp_path / "protos" / "README.md").read_text()
-    assert "- `models.llm`: `HuggingFaceTB/SmolLM2-360M-Instruct`" in card and "| `edits.max_tokens` | `77` |" in card
+    assert ("- `models.llm`: `HuggingFaceTB/SmolLM2-360M-Instruct`" in card
+            and "| `edits.max_tokens` | `77` |" in card)
     assert "# EDITS prototypes: 4 clusters, 2 classes" in card
 
 
@@ -173,6 +176,7 @@ def test_captions_of_a_run_not_yet_clustered_come_from_its_caption_cache(edits_r
     assert [r["label"] for r in ds] == [0] * PER_CLASS + [1] * PER_CLASS
     assert all(r["cluster"] is None and r["cluster_key"] is None for r in ds)
     card = (tmp_path / "caps" / "README.md").read_text()
-    assert "had not clustered" in card and "- `models.vlm`: `zoo:vlm`" in card and "Stage `cluster`" not in card
+    assert ("had not clustered" in card and "- `models.vlm`: `zoo:vlm`" in card
+            and "Stage `cluster`" not in card)
     with pytest.raises(DataError, match=r"embed.state.json is missing: .* whose embed stage ran"):
         export_edits(edits_run["out"], "prototypes", tmp_path / "protos")

@@ -49,10 +49,12 @@ def test_report_html_and_markdown(tmp_path):
     # random_real: mean over its two students (rows without in_mean count)
     assert "<td><b>75.00</b></td>" in html
     md = Path(paths["results_md"]).read_text()
-    assert "- a note" in md and "| digits | 10 | diver | 60.00 ± 0.50 | - | 60.00 |" in md and "## Sweep" in md
+    assert ("- a note" in md and "| digits | 10 | diver | 60.00 ± 0.50 | - | 60.00 |" in md
+            and "## Sweep" in md)
     assert (tmp_path / "report_files" / "grid_diver.png").is_file()
     overview = Image.open(tmp_path / "report_files" / "overview.png")
-    grid_a, grid_b = (Image.open(tmp_path / "report_files" / f"grid_{n}.png") for n in ("random_real", "diver"))
+    grid_a, grid_b = (Image.open(tmp_path / "report_files" / f"grid_{n}.png")
+                      for n in ("random_real", "diver"))
     assert overview.width == grid_a.width + grid_b.width + 3 * 12  # side by side with gaps
     assert overview.height == max(grid_a.height, grid_b.height) + 32 + 2 * 12  # a two-line title
     assert "report_files/overview.png" in md

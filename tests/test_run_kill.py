@@ -98,7 +98,8 @@ def _newer_than(folders: list[Path], ref: Path) -> bool:
     t = ref.stat().st_mtime_ns
     for p in (p for f in folders if f.is_dir() for p in f.rglob("*")):
         try:
-            if p.is_file() and not p.name.startswith(".") and not p.name.endswith(".tmp") and p.stat().st_mtime_ns > t:
+            if (p.is_file() and not p.name.startswith(".") and not p.name.endswith(".tmp")
+                    and p.stat().st_mtime_ns > t):
                 return True
         except FileNotFoundError:  # a temp file renamed meanwhile
             continue

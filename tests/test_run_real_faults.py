@@ -146,7 +146,8 @@ def test_full_disk_in_torch_save_names_path_and_leaves_no_partial_file(tmp_path,
 
 
 @pytest.mark.slow
-def test_full_disk_in_a_ray_train_checkpoint_names_it_leaves_no_partial_one_and_resumes(zoo_dir, demo_root, tmp_path,
+def test_full_disk_in_a_ray_train_checkpoint_names_it_leaves_no_partial_one_and_resumes(zoo_dir, demo_root,
+                                                                                        tmp_path,
                                                                                       ray_local, small_fs):
     """EDITS's fine-tune with its Ray Train storage (``edits.finetune.storage_path``) on a small tmpfs: the
     checkpoint does not fit. The run stops with DiskFullError naming the checkpoint (not Ray's
@@ -170,8 +171,8 @@ def test_full_disk_in_a_ray_train_checkpoint_names_it_leaves_no_partial_one_and_
     with pytest.raises(DiskFullError) as err:
         run_config(cfg_of(out, mnt))
     msg = str(err.value)
-    assert re.match(rf"no space left on the device writing {mnt}/finetune-\w+/checkpoint_\S+: it needs more than "
-                    rf"\d+ bytes, \d+ are free in {mnt}", msg), msg
+    assert re.match(rf"no space left on the device writing {mnt}/finetune-\w+/checkpoint_\S+: it needs more "
+                    rf"than \d+ bytes, \d+ are free in {mnt}", msg), msg
     assert err.value.needed > 256 << 10  # the checkpoint's size, more than the whole file system
     assert not list(mnt.glob("finetune-*/checkpoint_*")) and not list(mnt.glob("finetune-*/.checkpoint_*"))
     assert not (out / "finetuned_sd").exists() and not (out / "distilled").exists()

@@ -149,8 +149,8 @@ def coreset(real_root: str | os.PathLike, out: str | os.PathLike, ipc: int, meth
         with torch.no_grad():
             for s in range(0, len(x), batch):
                 t = torch.from_numpy(x[s:s + batch]).permute(0, 3, 1, 2).float().div_(255.0)
-                t = (t - torch.as_tensor(mean).view(1, -1, 1,
-                                                    1).float()) / torch.as_tensor(std).view(1, -1, 1, 1).float()
+                t = ((t - torch.as_tensor(mean).view(1, -1, 1, 1).float())
+                     / torch.as_tensor(std).view(1, -1, 1, 1).float())
                 feats.append(net.embed(t).numpy())
         order = SELECTORS[method](np.concatenate(feats), ipc)
         picks[cls] = [items[i] for i in order]

@@ -404,7 +404,8 @@ def aggregate(runs: list[dict[str, Any]], sets: dict[str, dict[str, Any]], cfg: 
                           "reported": round(float(r.get("reported", r["final"])), 2),
                           "best_epoch": r["best_epoch"], "epochs": r.get("epochs"), "lr": r.get("lr"),
                           "batch_size": r.get("batch_size"),
-                          "final_per_class": [None if a is None else round(a, 2) for a in r.get("final_per_class", [])]}
+                          "final_per_class": [None if a is None else round(a, 2)
+                                              for a in r.get("final_per_class", [])]}
                          for r in mine],
                 "recipe": recipe, **({"draws": draws} if draws else {}),
             })
@@ -462,7 +463,8 @@ def evaluate_sets(sets: dict[str, Any], val_root: str | os.PathLike, cfg: EvalCo
                        **({"seeds": seeds} if seeds else {})}
         arrays[key] = {"train_x": x, "train_y": y, "val_x": val_x, "val_y": val_y, "mean": norm["mean"],
                        "std": norm["std"], "num_classes": len(classes), "zca": zca}
-        lr_note = f", learned lr {loaded[key]['learned_lr']:g}" if loaded[key]["learned_lr"] is not None else ""
+        lr_note = (f", learned lr {loaded[key]['learned_lr']:g}" if loaded[key]["learned_lr"] is not None
+                   else "")
         if cfg.lr_from_set and not lr_note:
             lr_note = f", no learned lr beside the images: DC's evaluate_synset with its fixed lr {cfg.lr:g}"
         log(f"eval set {key}: {len(y)} images ({method}, IPC {meta['ipc']}{lr_note}) from {d}")
@@ -515,8 +517,8 @@ def check_eval(cfg: EvalConfig) -> EvalConfig:
     if cfg.protocol == "soft" and cfg.teacher_required and not cfg.teacher_checkpoint:
         raise ConfigError(f"eval.preset {cfg.preset!r} relabels with a pretrained teacher: set "
                           f"eval.teacher_checkpoint to a ResNet-18 state dict (ours, torchvision's or timm's "
-                          f"layout) for eval.teacher={cfg.teacher!r}, or eval.teacher_checkpoint={SCRATCH} to "
-                          "train one on the real train split first (not the peers' protocol)")
+                          f"layout) for eval.teacher={cfg.teacher!r}, or eval.teacher_checkpoint={SCRATCH} "
+                          "to train one on the real train split first (not the peers' protocol)")
     ckpt = cfg.teacher_checkpoint
     if cfg.protocol == "soft" and ckpt and ckpt != SCRATCH and not Path(ckpt).is_file():
         raise DataError(f"eval.teacher_checkpoint {ckpt}: no such file (a ResNet-18 state dict, or "
@@ -551,8 +553,8 @@ def normalisation_label(teacher_state: dict[str, Any] | None, norm: dict[str, An
     """How ``evaluate_sets`` normalises each set's training images and the real val set (the protocol table's
     ``normalisation``; say here what the code there does)."""
     if teacher_state:
-        return (f"the soft-label teacher's mean {np.round(np.asarray(teacher_state['mean']), 3).tolist()} and std "
-                f"{np.round(np.asarray(teacher_state['std']), 3).tolist()}, for every set and the real val set")
+        mean, std = (np.round(np.asarray(teacher_state[k]), 3).tolist() for k in ("mean", "std"))
+        return f"the soft-label teacher's mean {mean} and std {std}, for every set and the real val set"
     mean, std = ([round(float(v), 3) for v in norm[k]] for k in ("mean", "std"))
     return (f"the dataset's {norm['source']} statistics (mean {mean}, std {std}), the same for every set and "
             f"the real val set")
@@ -704,8 +706,8 @@ def _pivot_markdown(rows: list[dict[str, Any]], title: str) -> list[str]:
     students = sorted({student_label(r) for r in rows})
     counted = sorted({student_label(r) for r in rows if in_mean(r)})
     what = (f"mean over {', '.join(counted)} (eval.exclude_from_mean leaves out "
-            f"{', '.join(sorted({student_label(r) for r in rows if not in_mean(r)})) or 'none'})" if counted else
-            "mean over all students († every student is in eval.exclude_from_mean)")
+            f"{', '.join(sorted({student_label(r) for r in rows if not in_mean(r)})) or 'none'})"
+            if counted else "mean over all students († every student is in eval.exclude_from_mean)")
     what += " ± the std over seeds of the per-seed mean (with two seeds or more)"
     shown = ", ".join(sorted({str(r.get("reported", "final")) for r in rows}))
     pivot = ["", (f"**{title}.** " if title else "") + f"Top-1 (%) = {shown}, mean ± std over seeds; "
@@ -815,7 +817,8 @@ def sets_from_summary(summary: dict[str, Any]) -> tuple[dict[str, str], dict[str
         for name, entry in summary["sets"].items():
             stage1 = stage1_images(entry)
             if stage1 is not None:  # DIVER's input (DM, an ImageFolder, a tensor set as images): its own row
-                method = (json.loads((stage1 / MANIFEST).read_text()).get("method") if (stage1 / MANIFEST).is_file()
+                method = (json.loads((stage1 / MANIFEST).read_text()).get("method")
+                          if (stage1 / MANIFEST).is_file()
                           else None) or "stage1"
                 sets[f"{method}_{name}"], methods[f"{method}_{name}"] = str(stage1), method
             sets[f"diver_{name}"], methods[f"diver_{name}"] = entry["recovered"], "diver"

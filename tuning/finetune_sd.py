@@ -354,7 +354,8 @@ def epoch_posteriors(w: Worker, shard: Any, cache: Any, epoch: int, skip: int = 
             idx = order[i:i + bs]
             side = flip_mask(len(idx), dgen, flip_on).long()  # row 1 of the cache holds the mirrored images
             if k >= skip:
-                yield means[side, idx].to(w.device), stds[side, idx].to(w.device), [caps[j] for j in idx.tolist()]
+                yield (means[side, idx].to(w.device), stds[side, idx].to(w.device),
+                       [caps[j] for j in idx.tolist()])
         return
     for k, batch in enumerate(epoch_batches(shard, bs, seed, epoch,
                                             int(w.config.get("shuffle_buffer_size", 0)))):
@@ -472,8 +473,8 @@ def train_loop(config: dict[str, Any]) -> None:
 
 def steps_per_epoch(n_images: int, ft: Any) -> int:
     """Optimizer steps in one pass over ``n_images`` (at least 1)."""
-    return max(1, math.ceil(n_images / (ft.batch_size * max(1,
-                                                            ft.num_workers))) // ft.gradient_accumulation_steps)
+    per_step = ft.batch_size * max(1, ft.num_workers)
+    return max(1, math.ceil(n_images / per_step) // ft.gradient_accumulation_steps)
 
 
 def total_steps(n_images: int, ft: Any) -> int:

@@ -235,7 +235,8 @@ def report_label(report: str, best_from: float, best_every: int = 1) -> str:
 class TrainSpec(EvalConfig):
     """One (student, seed) run: the resolved ``eval`` section, ``EvalConfig`` being the one place for the
     defaults and checks, with this run's values in place (``seed``; the ``epochs``, ``batch_size``, ``lr`` and
-    ``weight_decay`` the preset's rules give the set). ``to_dict`` is plain data, so it travels to Ray workers."""
+    ``weight_decay`` the preset's rules give the set). ``to_dict`` is plain data, so it travels to Ray
+    workers."""
 
     student: str
 
@@ -555,7 +556,8 @@ def tested_after(spec: TrainSpec, epoch: int) -> bool:
         return True
     if spec.eval_count and epoch % max(1, spec.epochs // spec.eval_count) == 0:
         return True
-    return spec.best_from > 0 and epoch > spec.best_from * spec.epochs and epoch % max(1, spec.best_every) == 0
+    return (spec.best_from > 0 and epoch > spec.best_from * spec.epochs
+            and epoch % max(1, spec.best_every) == 0)
 
 
 def _setup(spec: TrainSpec, data: Any, num_classes: int, teacher: nn.Module | None,

@@ -13,7 +13,8 @@ from typing import Any
 
 from pipeline.config import EvalConfig
 
-STD_CONVENTION = "population std over the seeds (numpy ddof 0, as DC/MTT report); headline std over per-seed headlines"
+STD_CONVENTION = ("population std over the seeds (numpy ddof 0, as DC/MTT report); headline std over "
+                  "per-seed headlines")
 
 
 def _schedule(cfg: EvalConfig) -> str:

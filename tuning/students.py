@@ -12,8 +12,10 @@
   as IDC: no pool <= 64 px, AvgPool(2) <= 128 px, 7x7 + AvgPool(4) above), instance norm;
 - ``mobilenetv2``, ``shufflenetv2`` (1.0x); ``efficientnet_b0`` (torchvision's layout);
 - ``shufflenetv2_predd``, ``mobilenetv2_predd``, ``efficientnet_b0_predd``: PReDD's own definitions (grouped
-  3x3 convs in ShuffleNetV2; no dropout or stochastic depth), the pool DIVER reports (tuning/students_predd.py);
-- ``lenet``: LeNet-5 (tuning/students_lenet.py), the small unseen student of DC/DSA's cross-architecture tables;
+  3x3 convs in ShuffleNetV2; no dropout or stochastic depth), the pool DIVER reports
+  (tuning/students_predd.py);
+- ``lenet``: LeNet-5 (tuning/students_lenet.py), the small unseen student of DC/DSA's cross-architecture
+tables;
 - ``vit_tiny``: ViT-Ti (dim 192, 12 blocks, 3 heads), about 8 x 8 patches whatever the size;
   ``vit_predd``: PReDD's ViT (patch 16, dim 512, depth 10, 8 heads, MLP 512, dropout 0.1).
 

@@ -238,7 +238,8 @@ def _md(trials: list[dict[str, Any]], names: list[str], best_id: str | None, stu
         values = " | ".join(str(t["params"].get(n)) for n in names)
         m = t.get("mean_top1")
         if m is None:
-            lines.append(f"| {t['trial_id']} | {values} | failed | - | - | " + " | ".join("-" for _ in students)
+            lines.append(f"| {t['trial_id']} | {values} | failed | - | - | "
+                         + " | ".join("-" for _ in students)
                          + " | - |")
             continue
         mark = " **best**" if t["trial_id"] == best_id else ""
@@ -315,8 +316,8 @@ def tuning_split(cfg: Config, out: Path) -> tuple[Config, str]:
     if fraction <= 0:
         return cfg, f"the validation split {cfg.data.val_root} (the split the report uses)"
     if not cfg.data.root:
-        raise ConfigError("sweep.holdout_fraction needs data.root (the holdout is carved from the train set); "
-                          "set data.root, or sweep.holdout_fraction=0 to score trials on data.val_root")
+        raise ConfigError("sweep.holdout_fraction needs data.root (the holdout is carved from the train "
+                          "set); set data.root, or sweep.holdout_fraction=0 to score trials on data.val_root")
 
     train, holdout = carve_holdout(cfg.data.root, out, fraction, seed=cfg.sweep.seed,
                                    classes=cfg.data.classes)

@@ -42,7 +42,8 @@ def paired_test(a: dict[int, float], b: dict[int, float], min_seeds: int = MIN_S
     (``met`` / ``missed`` / ``not tested`` below ``min_seeds`` seeds)."""
     seeds = sorted(set(a) & set(b))
     d = np.asarray([a[s] - b[s] for s in seeds], dtype=np.float64)
-    out: dict[str, Any] = {"n": len(seeds), "seeds": seeds, "mean_diff": float(d.mean()) if len(d) else math.nan,
+    out: dict[str, Any] = {"n": len(seeds), "seeds": seeds,
+                           "mean_diff": float(d.mean()) if len(d) else math.nan,
                            "differences": [round(float(x), 4) for x in d], "min_seeds": min_seeds}
     if len(seeds) < min_seeds:
         out.update({"se": math.nan, "verdict": "not tested"})
@@ -98,7 +99,8 @@ def per_class_accuracy(rows: list[dict], method: str, ipc: int) -> list[float] |
     """Per class index, ``method``'s final top-1 at ``ipc`` averaged over its unseen students' augmented runs
     (every distillation and evaluation seed); None when no run recorded it."""
     runs = [run["final_per_class"] for r in rows
-            if r["method"] == method and int(r["ipc"]) == ipc and r.get("augment") != "none" and r.get("in_mean", True)
+            if r["method"] == method and int(r["ipc"]) == ipc
+            and r.get("augment") != "none" and r.get("in_mean", True)
             for run in r.get("runs", []) if run.get("final_per_class")]
     if not runs or len({len(x) for x in runs}) != 1:
         return None
@@ -118,6 +120,6 @@ def per_class_line(result: dict[str, Any], diff: list[float]) -> str:
     """The claim's per-class differences (unseen students, final top-1) and the classes that move most."""
     order = sorted(range(len(diff)), key=lambda c: diff[c])
     cells = ", ".join(f"{c} {d:+.1f}" for c, d in enumerate(diff))
-    return (f"IPC {result['ipc']}: {result['a']} - {result['b']} per class index (unseen students, final top-1, "
-            f"mean over seeds): {cells}; most lost in class {order[0]} ({diff[order[0]]:+.1f}), most gained in "
-            f"class {order[-1]} ({diff[order[-1]]:+.1f}).")
+    return (f"IPC {result['ipc']}: {result['a']} - {result['b']} per class index (unseen students, final "
+            f"top-1, mean over seeds): {cells}; most lost in class {order[0]} ({diff[order[0]]:+.1f}), most "
+            f"gained in class {order[-1]} ({diff[order[-1]]:+.1f}).")

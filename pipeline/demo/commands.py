@@ -42,7 +42,8 @@ def zoo_list(args: argparse.Namespace) -> int:
         built = zoo.is_built(role, args.dir)
         folder = zoo.zoo_path(role, args.dir)
         checks = recorded_checks(folder, role) if built else ""
-        print(f"  {role:9s} {'built' if built else 'missing':8s} {folder}" + (f"  ({checks})" if checks else ""))
+        print(f"  {role:9s} {'built' if built else 'missing':8s} {folder}"
+              + (f"  ({checks})" if checks else ""))
         if role == "demo_sd":
             _print_sd_checks()
     return 0
@@ -74,7 +75,8 @@ DEMO_ROLES = ("demo_vlm", "demo_clip", "demo_sd", "demo_dit")
 
 
 def train_demo_role(role: str, weights_dir: Path, data: str | None) -> dict:
-    """Train one shipped demo role from its recipe into ``weights_dir/<role>`` (demo_sd needs demo_clip there)."""
+    """Train one shipped demo role from its recipe into ``weights_dir/<role>`` (demo_sd needs demo_clip
+    there)."""
     from pipeline.core.write import atomic_folder
     from pipeline.demo.zoo import models
 

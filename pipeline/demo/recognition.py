@@ -1,10 +1,10 @@
 """How many of each demo set's images a classifier of real digits reads as their class.
 
-The judge is the classifier the demo generators' checks use (``pipeline.demo.zoo.dit.train_classifier``: a width-32,
-depth-3 ConvNet, Adam, trained on the real train digits only). A set's recognition is the share of its images
-the judge labels as their own class, overall and per class. It separates a set whose images lost their class
-(a generator's failure) from a set whose images are legible but teach the students less (a claim that misses
-for another reason): the report shows both beside the students' accuracies.
+The judge is the classifier the demo generators' checks use (``pipeline.demo.zoo.dit.train_classifier``: a
+width-32, depth-3 ConvNet, Adam, trained on the real train digits only). A set's recognition is the share of
+its images the judge labels as their own class, overall and per class. It separates a set whose images lost
+their class (a generator's failure) from a set whose images are legible but teach the students less (a claim
+that misses for another reason): the report shows both beside the students' accuracies.
 """
 
 from __future__ import annotations
@@ -60,7 +60,8 @@ def train_judge(data: Path, seed: int = 0, epochs: int = JUDGE_EPOCHS) -> Judge:
     va_x, va_y, va_classes, _ = load_image_arrays(data / "val", IMAGE_SIZE)
     net = train_classifier(tr_x, tr_y, epochs, seed)
     if va_classes != classes:
-        raise ValueError(f"{data}: the val split's classes {va_classes} differ from the train split's {classes}")
+        raise ValueError(f"{data}: the val split's classes {va_classes} differ from the train split's "
+                         f"{classes}")
     correct = (_probabilities(net, va_x).argmax(1) == torch.as_tensor(va_y)).float().mean().item()
     return Judge(net, classes, round(100.0 * correct, 2))
 
@@ -108,5 +109,6 @@ def recognition_line(judge: Judge, judged: dict[str, Recognition]) -> str:
         misread = rec.misread_classes()
         where = f" (misread in class {', '.join(misread)})" if misread else ""
         parts.append(f"{name} {rec.recognised:.1f}%{where}, confidence {rec.confidence:.1f}%")
-    return (f"images recognised as their class by a ConvNet trained on the real train digits ({judge.val_accuracy:.1f}% "
-            f"on val; confidence: its mean probability of the true class): " + "; ".join(parts) + ".")
+    return (f"images recognised as their class by a ConvNet trained on the real train digits "
+            f"({judge.val_accuracy:.1f}% on val; confidence: its mean probability of the true class): "
+            + "; ".join(parts) + ".")

@@ -18,9 +18,9 @@ would not fit its 12 minutes) and evaluates every set with ``DEMO_EVAL_SEEDS`` s
 (``semdistill demo --full``) adds IPC 10 (``FULL_IPCS``), distils every method's set and random real with each
 of ``FULL_DISTILL_SEEDS`` and evaluates each with ``FULL_EVAL_SEEDS`` seeds, and adds gradient matching
 (DC/DSA, pipeline/diver/gm.py) at IPC 1, a stage-1 set that overfits its ConvNet, with DIVER on it.
-``ablations=True`` (``--full --ablations``) adds the papers' baselines and ablations: herding, k-center and the
-full real set, DIVER's plain DiT pass (gamma 0), EDITS without text prototypes, and the no-augmentation runs
-DD-Ranking's ARS needs (every set but ``full_real``: ARS compares a set with random real images, with and
+``ablations=True`` (``--full --ablations``) adds the papers' baselines and ablations: herding, k-center and
+the full real set, DIVER's plain DiT pass (gamma 0), EDITS without text prototypes, and the no-augmentation
+runs DD-Ranking's ARS needs (every set but ``full_real``: ARS compares a set with random real images, with and
 without augmentation); these use distillation seed 0 only. The terminal shows one line per stage and one
 progress bar per long stage; everything else goes to ``out/logs/``.
 
@@ -68,8 +68,9 @@ REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 HEADLINE_IPC = 1
 DEMO_IPCS = (HEADLINE_IPC,)  # make demo: IPC 10 too would not fit 12 minutes on 2 cores (estimate below)
 FULL_IPCS = (HEADLINE_IPC, 10)
-# make demo's time on a fresh clone, 2 idle cores, with MobileNetV2 as the second unseen student: DIVER 108 s,
-# EDITS 175 s, evaluation 957 s (run-seconds per set and 3 seeds: ConvNet ~79, ResNet-18 ~73, MobileNetV2 ~299).
+# make demo's time on a fresh clone, 2 idle cores, with MobileNetV2 as the second unseen student:
+# DIVER 108 s, EDITS 175 s, evaluation 957 s (run-seconds per set and 3 seeds: ConvNet ~79, ResNet-18 ~73,
+# MobileNetV2 ~299).
 # IPC 10 would add its DIVER, EDITS and evaluation: over the 12 minutes, so it runs in demo --full.
 DEMO_EVAL_SEEDS = 3
 # demo --full: every set distilled with 2 seeds and each evaluated with 3, so each claim pairs 6 seeds
@@ -183,7 +184,8 @@ class SetSpec:
 
 def demo_plan(quick: bool = False, full: bool = False, ablations: bool = False) -> DemoPlan:
     """``quick``: a smoke run (headline IPC, one seed); default: ``make demo``; ``full``: ``demo --full``;
-    ``ablations`` (with ``full``): the coresets, the full real set, the ablations and DD-Ranking's runs too."""
+    ``ablations`` (with ``full``): the coresets, the full real set, the ablations and DD-Ranking's runs
+    too."""
     if ablations and not full:
         raise ConfigError("demo: --ablations adds to --full; run `semdistill demo --full --ablations`")
     if quick:
@@ -383,7 +385,8 @@ def edits_seed_config(cfg: Config, out: Path, ipc: int, distill_seed: int,
     raw["output"]["dir"] = str(out / name)
     if first is not None:
         first_out = Path(first.output.dir)
-        raw["edits"]["finetune"]["output"] = str(Path(first.edits.finetune.output or first_out / "finetuned_sd"))
+        raw["edits"]["finetune"]["output"] = str(Path(first.edits.finetune.output
+                                                      or first_out / "finetuned_sd"))
         _copy_artefacts(first_out / "artefacts", out / name / "artefacts")
     return config_from_dict(raw, source=f"demo: edits at IPC {ipc}, distillation seed {distill_seed}")
 
@@ -457,11 +460,13 @@ def _run_diver_sets(plan: DemoPlan, base: Config, out: Path, sets: dict[str, Pat
                     panels[f"DIVER at IPC {ipc}: the {method.upper()} set (left) and its recovery (right), "
                            "one row per class"] = Path(entry["side_by_side"])
                 if plan.ablations and method == "dm" and d == plan.distill_seeds[0]:
-                    stage(f"      DIVER ablation at IPC {ipc}: the plain DiT pass (inheritance only, gamma 0)")
+                    stage(f"      DIVER ablation at IPC {ipc}: the plain DiT pass (inheritance only, "
+                          "gamma 0)")
                     g0 = SetSpec("diver_gamma0", ipc, d, stage1="dm")
                     try:
                         res0 = run_diver(gamma0_config(base, Path(entry["stage1"]), out, name=g0.name))
-                        sets[g0.name], specs[g0.name] = Path(next(iter(res0["sets"].values()))["recovered"]), g0
+                        g0_path = next(iter(res0["sets"].values()))["recovered"]
+                        sets[g0.name], specs[g0.name] = Path(g0_path), g0
                     except Exception as err:  # noqa: BLE001
                         _failed(skipped, g0.name, err, logs)
 
@@ -586,9 +591,10 @@ def _run_demo(out: Path, quick: bool, full: bool, logs: Path, ablations: bool = 
             rec = stage1_record(rows, method, ipc)
             if rec:
                 records[f"{method}_ipc{ipc}"] = rec
-                notes.append(f"stage-1 {method.upper()} set at IPC {ipc} (from noise, distillation seed 0): proxy "
-                             f"ConvNet {rec['proxy']:.2f}%, unseen-architecture mean {rec['unseen_mean']:.2f}% "
-                             f"(gap {rec['proxy'] - rec['unseen_mean']:+.2f} points).")
+                notes.append(f"stage-1 {method.upper()} set at IPC {ipc} (from noise, distillation seed 0): "
+                             f"proxy ConvNet {rec['proxy']:.2f}%, unseen-architecture mean "
+                             f"{rec['unseen_mean']:.2f}% (gap {rec['proxy'] - rec['unseen_mean']:+.2f} "
+                             f"points).")
     notes += claim_lines(rows, min_seeds=FULL_MIN_SEEDS if full else MIN_SEEDS)
     notes.append(recognition_line(judge, judged))
     notes.append("stage times (s): " + ", ".join(f"{k[:-2]} {v}" for k, v in timings.items()))

@@ -32,8 +32,10 @@ from pipeline.errors import DataError
 
 # The ``edits`` keys the clusters depend on (CPU only: no device), under the short names clusters.json records
 # them by; the stage key reads them as ``DEPENDS_ON`` (see pipeline/edits/state.py).
-RECORD_KEYS = {"ipc": "ipc", "seed": "seed", "tau": "tau", "fusion": "fusion", "normalize": "feature_normalize",
-               "contamination": "contamination", "lof_neighbors": "lof_neighbors", "policy": "small_class_policy",
+RECORD_KEYS = {"ipc": "ipc", "seed": "seed", "tau": "tau", "fusion": "fusion",
+               "normalize": "feature_normalize",
+               "contamination": "contamination", "lof_neighbors": "lof_neighbors",
+               "policy": "small_class_policy",
                "niter": "kmeans_niter", "nredo": "kmeans_nredo", "tol": "kmeans_tol", "init": "kmeans_init",
                "k_image": "k_image", "k_text": "k_text"}
 DEPENDS_ON = ("stage:embed", *(f"edits.{key}" for key in RECORD_KEYS.values()))
@@ -63,7 +65,8 @@ def clusters_for(n: int, ipc: int, policy: str, class_id: str = "") -> tuple[int
     if n >= ipc:
         return ipc, None
     if policy == "shrink":
-        msg = f"class {class_id!r} has {n} usable images < ipc={ipc}: using {n} clusters (edits.small_class_policy=shrink)"
+        msg = (f"class {class_id!r} has {n} usable images < ipc={ipc}: using {n} clusters "
+               "(edits.small_class_policy=shrink)")
         warnings.warn(msg, stacklevel=2)
         return n, msg
     raise DataError(
@@ -114,11 +117,13 @@ def kmeans(x: np.ndarray, k: int, seed: int, n_init: int = 10, max_iter: int = 3
     from sklearn.cluster import KMeans  # heavy (scipy; seconds on a busy node): only where k-means runs
 
     with threadpool_limits(limits=1, user_api="openmp"):
-        km = KMeans(n_clusters=k, random_state=int(seed), n_init=n_init, max_iter=max_iter, tol=tol, init=init).fit(x)
+        km = KMeans(n_clusters=k, random_state=int(seed), n_init=n_init, max_iter=max_iter, tol=tol,
+                    init=init).fit(x)
     return km.cluster_centers_, km.labels_.astype(np.int64)
 
 
-def process_class(class_id: str, img: np.ndarray, txt: np.ndarray, settings: ClusterSettings) -> dict[str, Any]:
+def process_class(class_id: str, img: np.ndarray, txt: np.ndarray,
+                  settings: ClusterSettings) -> dict[str, Any]:
     """GSQ -> LOF -> k-means -> LSA for one class. Indices refer to the class's rows in order."""
     e = settings.edits
     fused = gsq_fuse(img, txt, tau=e.tau, fusion=e.fusion, normalize=e.feature_normalize)
@@ -165,7 +170,8 @@ def kmeans_class(class_id: str, fused: np.ndarray, settings: ClusterSettings, k:
                   init=e.kmeans_init)
 
 
-def _run_many(fn: Callable[..., Any], items: list[tuple[Any, ...]], settings: ClusterSettings, threads: int) -> list[Any]:
+def _run_many(fn: Callable[..., Any], items: list[tuple[Any, ...]], settings: ClusterSettings,
+              threads: int) -> list[Any]:
     """``fn(*item, settings)`` for each item, inside one task, with BLAS/OpenMP at ``threads`` threads."""
     with threadpool_limits(limits=threads):
         return [fn(*item, settings) for item in items]
@@ -223,7 +229,8 @@ def _save_class(run: Any, feats: dict[str, np.ndarray], res: dict[str, Any]) -> 
     buf_path, json_path = _class_files(run, c)
     paths = [str(p) for p in feats["path"]]
     caps = [str(x) for x in feats["caption"]]
-    write_parquet(buf_path, {"path": paths, "class_id": [c] * len(paths), "label": feats["label"].astype(np.int64),
+    write_parquet(buf_path, {"path": paths, "class_id": [c] * len(paths),
+                             "label": feats["label"].astype(np.int64),
                              "fused": res["fused"], "caption": caps, "kept": res["keep"],
                              "cluster": res["assign"], "distance": res["distance"]})
     clusters = []

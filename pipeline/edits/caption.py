@@ -30,7 +30,8 @@ from pipeline.edits.state import EditsRun, StageState, stage_keys
 # caps a caption at edits.caption_max_tokens, so switching CLIP checkpoints that share one keeps the captions
 DEPENDS_ON = ("input:fingerprint", "input:data_root", "input:class_names",
               "models.vlm", "models.vlm_backend", "input:vllm:vlm", "models.dtype", "input:device",
-              "input:model_batch:caption", "input:clip_tokenizer", "edits.caption_style", "edits.caption_prompt",
+              "input:model_batch:caption", "input:clip_tokenizer", "edits.caption_style",
+              "edits.caption_prompt",
               "edits.caption_prefix", "edits.caption_max_tokens", "edits.require_class_name",
               "edits.caption_image_size")
 # which images there are is not part of a cached caption's key (rows are keyed by path and class name)
@@ -98,9 +99,11 @@ def load_captions(run: EditsRun, key: dict[str, Any]) -> dict[str, str]:
 
 
 def caption_stage(run: EditsRun) -> ActorStage:
-    """The captioner pool (transformers backend): decode tasks at ``edits.caption_image_size`` -> ``Captioner``."""
+    """The captioner pool (transformers backend): decode tasks at ``edits.caption_image_size`` ->
+    ``Captioner``."""
     cfg, e = run.cfg, run.cfg.edits
-    ctor = {"model_ref": cfg.models.vlm, "class_names": run.names, "zoo_dir": run.zoo_dir, "dtype": cfg.models.dtype,
+    ctor = {"model_ref": cfg.models.vlm, "class_names": run.names, "zoo_dir": run.zoo_dir,
+            "dtype": cfg.models.dtype,
             "style": e.caption_style, "max_tokens": e.caption_max_tokens, "instruction": e.caption_prompt,
             "prefix": e.caption_prefix, "require_class_name": e.require_class_name,
             "count_tokenizer_ref": cfg.models.clip, "faults": run.faults(),

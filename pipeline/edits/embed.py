@@ -24,7 +24,8 @@ from pipeline.edits.state import EditsRun, StageState
 
 # what the features depend on (see pipeline/edits/state.py)
 DEPENDS_ON = ("stage:caption", "models.clip", "models.dtype", "input:device", "input:model_batch:embed",
-              "edits.feature_image_size", "edits.clip_image_feature", "edits.resize_mode", "edits.feature_resample")
+              "edits.feature_image_size", "edits.clip_image_feature", "edits.resize_mode",
+              "edits.feature_resample")
 
 
 def features_file(run: EditsRun, class_id: str) -> Path:
@@ -37,7 +38,8 @@ def load_features(run: EditsRun, class_id: str) -> dict[str, np.ndarray]:
 
 
 def decode_kwargs(e: Any) -> dict[str, Any]:
-    """How images are decoded for CLIP: ``edits.feature_image_size``, ``resize_mode``, ``feature_resample``."""
+    """How images are decoded for CLIP: ``edits.feature_image_size``, ``resize_mode``,
+    ``feature_resample``."""
     return {"size": e.feature_image_size, "mode": e.resize_mode, "resample": e.feature_resample}
 
 
@@ -53,10 +55,13 @@ def _write_class(run: EditsRun, class_id: str, rows: list[dict[str, Any]]) -> No
 
 
 def embed_stage(run: EditsRun) -> ActorStage:
-    """The CLIP pool: decode tasks at ``edits.feature_image_size`` -> ``ClipEmbedder`` (rows carry the caption)."""
+    """The CLIP pool: decode tasks at ``edits.feature_image_size`` -> ``ClipEmbedder`` (rows carry the
+    caption)."""
     cfg = run.cfg
-    ctor = {"model_ref": cfg.models.clip, "zoo_dir": run.zoo_dir, "dtype": cfg.models.dtype, "faults": run.faults(),
-            "image_feature": cfg.edits.clip_image_feature, "micro_batch": cfg.ray.micro_batch_sizes.get("embed")}
+    ctor = {"model_ref": cfg.models.clip, "zoo_dir": run.zoo_dir, "dtype": cfg.models.dtype,
+            "faults": run.faults(),
+            "image_feature": cfg.edits.clip_image_feature,
+            "micro_batch": cfg.ray.micro_batch_sizes.get("embed")}
     return ActorStage("embed", ClipEmbedder, ctor, decode=decode_kwargs(cfg.edits), default_batch=32)
 
 
@@ -64,14 +69,16 @@ def run_stage(run: EditsRun, state: StageState, force: bool) -> dict[str, Any]:
     cfg = run.cfg
     state.begin(lambda: remove(run.paths.features), force)
     captions = load_captions(run, caption_key(run))
-    todo = [r for r in run.index.records if r.path in captions and not features_file(run, r.class_id).exists()]
+    todo = [r for r in run.index.records if r.path in captions
+            and not features_file(run, r.class_id).exists()]
     expected: dict[str, int] = {}
     for r in todo:
         expected[r.class_id] = expected.get(r.class_id, 0) + 1
     done_before = sum(1 for c in run.index.classes if features_file(run, c).exists())
     run.log(f"[edits] embed: {done_before} classes cached, {len(expected)} to embed ({len(todo)} images)")
     if todo:
-        rows = [{"path": r.path, "class_id": r.class_id, "label": r.label, "caption": captions[r.path]} for r in todo]
+        rows = [{"path": r.path, "class_id": r.class_id, "label": r.label,
+                 "caption": captions[r.path]} for r in todo]
         ds = embed_stage(run).dataset(cfg, rows)
 
         def item(b: dict[str, np.ndarray], i: int) -> dict[str, Any]:

@@ -28,7 +28,8 @@ from pipeline.edits.state import EditsRun, StageState
 DEPENDS_ON = ("stage:prototype", "input:generator", "models.dtype", "models.channels_last", "models.compile",
               "input:device", "input:model_batch:generate",
               "edits.strength", "edits.guidance_scale", "edits.negative_prompt", "edits.num_inference_steps",
-              "edits.scheduler", "edits.seed", "data.image_size", "output.image_format", "edits.contact_sheet")
+              "edits.scheduler", "edits.seed", "data.image_size", "output.image_format",
+              "edits.contact_sheet")
 
 
 def generate_settings(run: EditsRun) -> dict[str, Any]:
@@ -37,12 +38,14 @@ def generate_settings(run: EditsRun) -> dict[str, Any]:
             "num_inference_steps": e.num_inference_steps, "image_size": run.cfg.data.image_size}
 
 
-def build_rows(run: EditsRun, clusters: list[dict[str, Any]], texts: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+def build_rows(run: EditsRun, clusters: list[dict[str, Any]],
+               texts: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """The generation request of every cluster: key, class, prototype latent, prompt, seed."""
     rows = []
     for cl in clusters:
         rows.append({"key": cl["key"], "class_id": cl["class_id"], "label": int(cl["label"]),
-                     "cluster": int(cl["cluster"]), "latent": load_latent(str(latent_file(run, cl["key"]))).numpy(),
+                     "cluster": int(cl["cluster"]),
+                     "latent": load_latent(str(latent_file(run, cl["key"]))).numpy(),
                      "prompt": texts[cl["key"]]["text"],
                      "seed": image_seed(run.cfg.edits.seed, cl["class_id"], int(cl["cluster"]))})
     return rows
@@ -63,10 +66,12 @@ def contact_sheet(entries: list[dict[str, Any]], root: Path, out: Path, names: d
 
 
 def generate_stage(run: EditsRun) -> ActorStage:
-    """The SD img2img pool: ``SDGenerator`` over ``build_rows`` (latent, prompt, seed per cluster; no decode)."""
+    """The SD img2img pool: ``SDGenerator`` over ``build_rows`` (latent, prompt, seed per cluster; no
+    decode)."""
     cfg = run.cfg
     ctor = {"model_ref": run.generator_ref(), "settings": generate_settings(run), "zoo_dir": run.zoo_dir,
-            "dtype": cfg.models.dtype, "channels_last": cfg.models.channels_last, "compile": cfg.models.compile,
+            "dtype": cfg.models.dtype, "channels_last": cfg.models.channels_last,
+            "compile": cfg.models.compile,
             "faults": run.faults(), "micro_batch": cfg.ray.micro_batch_sizes.get("generate")}
     return ActorStage("generate", SDGenerator, ctor)
 
@@ -78,8 +83,10 @@ def run_stage(run: EditsRun, state: StageState, force: bool) -> dict[str, Any]:
     texts = load_texts(run)
     model = run.generator_ref()
     settings = {**generate_settings(run), "seed": cfg.edits.seed, "scheduler": cfg.edits.scheduler,
-                "ipc": cfg.edits.ipc, "tau": cfg.edits.tau, "fusion": cfg.edits.fusion, "k_image": cfg.edits.k_image,
-                "k_text": cfg.edits.k_text, "text_prototype": cfg.edits.text_prototype, "generator": model, "finetuned": cfg.edits.finetune.enabled,
+                "ipc": cfg.edits.ipc, "tau": cfg.edits.tau, "fusion": cfg.edits.fusion,
+                "k_image": cfg.edits.k_image,
+                "k_text": cfg.edits.k_text, "text_prototype": cfg.edits.text_prototype, "generator": model,
+                "finetuned": cfg.edits.finetune.enabled,
                 "vlm": cfg.models.vlm, "clip": cfg.models.clip, "llm": cfg.models.llm}
     writer = DistilledSetWriter(run.paths.distilled, "edits", settings, image_format=cfg.output.image_format)
     counts: dict[str, int] = {}
@@ -88,7 +95,8 @@ def run_stage(run: EditsRun, state: StageState, force: bool) -> dict[str, Any]:
     writer.set_expected(counts)
     by_key = {cl["key"]: cl for cl in clusters}
     rows = [r for r in build_rows(run, clusters, texts) if not writer.done(r["key"])]
-    run.log(f"[edits] generate: {len(clusters) - len(rows)} images done, {len(rows)} to generate with {model}")
+    run.log(f"[edits] generate: {len(clusters) - len(rows)} images done, {len(rows)} to generate with "
+            f"{model}")
     if rows:
         ds = generate_stage(run).dataset(cfg, rows)
         row_of = {r["key"]: r for r in rows}
@@ -97,14 +105,16 @@ def run_stage(run: EditsRun, state: StageState, force: bool) -> dict[str, Any]:
                 r, cl = row_of[str(key)], by_key[str(key)]
                 writer.add(r["key"], r["class_id"], r["label"], np.asarray(image, dtype=np.uint8), meta={
                     "cluster": r["cluster"], "cluster_size": cl["size"], "members": cl["image_members"],
-                    "caption_ids": texts[r["key"]]["caption_ids"], "prototype_text": r["prompt"], "seed": r["seed"],
+                    "caption_ids": texts[r["key"]]["caption_ids"], "prototype_text": r["prompt"],
+                    "seed": r["seed"],
                 }, flush=False)
             writer.flush()
     missing = [cl["key"] for cl in clusters if not writer.done(cl["key"])]
     if missing:
         from pipeline.errors import DataError
 
-        raise DataError(f"generate: {len(missing)} images were not produced (first: {missing[:5]}); re-run to resume")
+        raise DataError(f"generate: {len(missing)} images were not produced (first: {missing[:5]}); re-run "
+                        f"to resume")
     writer.finish({"images": len(writer.entries), "classes": len(counts)})
     if cfg.edits.contact_sheet:
         contact_sheet(writer.entries, run.paths.distilled, run.paths.contact_sheet, run.names)

@@ -19,7 +19,8 @@ from pipeline.core.hygiene import clean_llm_output, fill_template, one_line, tru
 CAPTION_INSTRUCTION = (
     "Describe this image in one dense sentence of at most {max_words} words. "
     "The image shows an instance of the class named below (several comma-separated names are synonyms of "
-    "the same class); use one of these exact names in the sentence, never a more generic word for it. Cover the main subject (its type, colour, material, texture, size "
+    "the same class); use one of these exact names in the sentence, never a more generic word for it. "
+    "Cover the main subject (its type, colour, material, texture, size "
     "and condition), the setting (place, lighting, time of day, surroundings) and the subject's action or "
     "pose. Reply with the sentence only.\n"
     "Class name: {class_name}"
@@ -110,7 +111,8 @@ def _mentions_one(text: str, name: str) -> bool:
     name = " ".join(name.lower().split())
     if not name:
         return True
-    return re.search(r"(?<!\w)" + re.escape(name).replace(r"\ ", r"\s+") + r"(?!\w)", text.lower()) is not None
+    return re.search(r"(?<!\w)" + re.escape(name).replace(r"\ ", r"\s+") + r"(?!\w)",
+                     text.lower()) is not None
 
 
 def mentions(text: str, class_name: str) -> bool:
@@ -119,7 +121,8 @@ def mentions(text: str, class_name: str) -> bool:
 
 
 def ensure_class_name(text: str, class_name: str) -> str:
-    """``text`` if it names the class, else ``"<first synonym>: <text>"`` (the class must be in every prompt)."""
+    """``text`` if it names the class, else ``"<first synonym>: <text>"`` (the class must be in every
+    prompt)."""
     if mentions(text, class_name):
         return text
     name = primary_name(class_name)

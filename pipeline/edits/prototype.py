@@ -4,7 +4,8 @@
   ``edits.vae_resolution``, encoded by a VAE actor pool (``latent_dist.mode() *
   scaling_factor``) and averaged per cluster in the driver (``average_latents``, step 6)
   as they stream back; a cluster's ``latents/<key>.pt`` is written when its last member arrives.
-- Text prototype (``edits.text_prototype: llm``): the ``k_text`` members' captions go to the LLM (actor pool for the
+- Text prototype (``edits.text_prototype: llm``): the ``k_text`` members' captions go to the LLM (actor pool
+for the
   transformers / openai backends, ``ray.data.llm`` for vLLM) with our summary instruction;
   the answer is cleaned and capped at ``edits.max_tokens`` tokens of the generator's CLIP
   tokenizer, and falls back to the nearest caption when the LLM returns nothing usable.
@@ -40,10 +41,13 @@ from pipeline.edits.state import EditsRun, StageState
 
 # what each half depends on (see pipeline/edits/state.py); each half has its own state
 DEPENDS_ON = {
-    "image": ("stage:cluster", "input:prototype_vae", "edits.vae_source", "edits.vae_resolution", "models.dtype",
-              "models.channels_last", "input:device", "input:model_batch:vae", "edits.resize_mode", "edits.vae_resample"),
+    "image": ("stage:cluster", "input:prototype_vae", "edits.vae_source", "edits.vae_resolution",
+              "models.dtype",
+              "models.channels_last", "input:device", "input:model_batch:vae", "edits.resize_mode",
+              "edits.vae_resample"),
     "text": ("stage:cluster", "input:class_names", "models.llm", "models.llm_backend", "input:llm_endpoint",
-             "input:vllm:llm", "models.dtype", "input:device", "input:model_batch:llm", "edits.llm_pad_tokens",
+             "input:vllm:llm", "models.dtype", "input:device", "input:model_batch:llm",
+             "edits.llm_pad_tokens",
              "edits.summary_prompt", "edits.max_tokens", "edits.llm_temperature", "edits.seed",
              "edits.require_class_name", "input:sd_tokenizer", "input:text_source"),
 }
@@ -58,7 +62,8 @@ def average_latents(latents: list[np.ndarray] | np.ndarray) -> np.ndarray:
 
 
 def decode_kwargs(e: Any) -> dict[str, Any]:
-    """How member images are decoded for the VAE: ``edits.vae_resolution``, ``resize_mode``, ``vae_resample``."""
+    """How member images are decoded for the VAE: ``edits.vae_resolution``, ``resize_mode``,
+    ``vae_resample``."""
     return {"size": e.vae_resolution, "mode": e.resize_mode, "resample": e.vae_resample}
 
 
@@ -86,11 +91,13 @@ def _vae_ref(run: EditsRun) -> tuple[str, str | None]:
 
 
 def vae_stage(run: EditsRun) -> ActorStage:
-    """The VAE pool: decode tasks at ``edits.feature_image_size`` -> ``VaeEncoder`` (rows: member path, cluster key)."""
+    """The VAE pool: decode tasks at ``edits.feature_image_size`` -> ``VaeEncoder`` (rows: member path,
+    cluster key)."""
     cfg = run.cfg
     ref, sub = _vae_ref(run)
     ctor = {"model_ref": ref, "zoo_dir": run.zoo_dir, "subfolder": sub, "dtype": cfg.models.dtype,
-            "channels_last": cfg.models.channels_last, "faults": run.faults(), "micro_batch": cfg.ray.micro_batch_sizes.get("vae")}
+            "channels_last": cfg.models.channels_last, "faults": run.faults(),
+            "micro_batch": cfg.ray.micro_batch_sizes.get("vae")}
     return ActorStage("vae", VaeEncoder, ctor, decode=decode_kwargs(cfg.edits))
 
 
@@ -147,15 +154,18 @@ def text_rows(run: EditsRun, clusters: list[dict[str, Any]]) -> list[dict[str, A
         msgs = prompts.summary_messages(name, cl["text_captions"], e.max_tokens, e.summary_prompt)
         rows.append({"key": cl["key"], "class_id": cl["class_id"], "class_name": name,
                      "system": msgs[0]["content"], "user": msgs[1]["content"],
-                     "fallback": cl["text_captions"][0] if cl["text_captions"] else prompts.primary_name(name),
+                     "fallback": (cl["text_captions"][0] if cl["text_captions"]
+                                  else prompts.primary_name(name)),
                      "seed": stage_seed(e.seed, f"llm:{cl['key']}")})
     return rows
 
 
 def class_prompt_texts(run: EditsRun, todo: list[dict[str, Any]], texts: dict[str, dict[str, Any]]) -> int:
-    """The ablation without text prototypes: every cluster's prompt is ``edits.class_prompt`` (no captions)."""
+    """The ablation without text prototypes: every cluster's prompt is ``edits.class_prompt`` (no
+    captions)."""
     for cl in todo:
-        texts[cl["key"]] = {"text": prompts.class_prompt(run.names[cl["class_id"]], run.cfg.edits.class_prompt),
+        texts[cl["key"]] = {"text": prompts.class_prompt(run.names[cl["class_id"]],
+                                                         run.cfg.edits.class_prompt),
                             "raw": "", "class_id": cl["class_id"], "caption_ids": [],
                             "backend": "class_prompt", "model": None}
     _save_texts(run, texts)
@@ -172,7 +182,8 @@ def llm_stage(run: EditsRun) -> ActorStage:
             "count_tokenizer_subfolder": "tokenizer", "faults": run.faults(),
             "micro_batch": cfg.ray.micro_batch_sizes.get("llm"), "pad_to": e.llm_pad_tokens}
     # openai: an HTTP client, no model in the actor, little CPU
-    remote = ({"num_cpus": min(cfg.ray.actor_num_cpus, 0.25), "num_gpus": None} if m.llm_backend == "openai" else {})
+    remote = ({"num_cpus": min(cfg.ray.actor_num_cpus, 0.25),
+               "num_gpus": None} if m.llm_backend == "openai" else {})
     return ActorStage("llm", LLMActor, ctor, threads=e.llm_torch_threads, remote=remote)
 
 
@@ -210,12 +221,13 @@ def text_prototypes(run: EditsRun, clusters: list[dict[str, Any]]) -> int:
             k, raw = str(b["key"][i]), str(b["raw"][i])
             if count_tok is not None or "text" not in b:
                 text = prompts.clean_generated(raw, str(b["class_name"][i]), e.max_tokens, count_tok,
-                                               fallback=str(b["fallback"][i]), require_class_name=e.require_class_name)
+                                               fallback=str(b["fallback"][i]),
+                                               require_class_name=e.require_class_name)
             else:
                 text = str(b["text"][i])
             cl = by_key[k]
-            texts[k] = {"text": text, "raw": raw, "class_id": cl["class_id"], "caption_ids": cl["text_members"],
-                        "backend": m.llm_backend, "model": m.llm}
+            texts[k] = {"text": text, "raw": raw, "class_id": cl["class_id"],
+                        "caption_ids": cl["text_members"], "backend": m.llm_backend, "model": m.llm}
             batch.append({"key": k, "value": texts[k]})
             made += 1
         append_records(run.paths.texts_journal, batch)  # durable per batch, costs the batch, not every text

@@ -9,8 +9,8 @@ and returns a summary (output folder, counts, wall time per stage). Artefacts li
     buffer/<class>.parquet       GSQ-fused features, LOF flag, cluster, distance, caption
     clusters/<class>.json        k-means + LSA per class; clusters.json merges them
     prototypes/latents/<key>.pt  image prototypes (mean VAE latent per cluster)
-    prototypes/texts.json        text prototypes (LLM summaries) per cluster (+ texts.journal.jsonl while running)
-    <stage>.state.json           the settings hash a stage ran with and whether it completed
+    prototypes/texts.json        text prototypes (LLM summaries) per cluster (+ texts.journal.jsonl while
+    running) <stage>.state.json           the settings hash a stage ran with and whether it completed
 
 A stage's settings are what its module declares in ``DEPENDS_ON`` (``run_stage_keys``);
 a stage is skipped when its state says complete with the same settings (including every
@@ -70,7 +70,8 @@ def prepare_run(cfg: Config, log: Callable[[str], None] = print) -> EditsRun:
     from pipeline.core.skips import SkipLog
 
     if not cfg.data.root:
-        raise ConfigError("data.root is not set: EDITS needs the real training set (ImageFolder, parquet, WebDataset)")
+        raise ConfigError("data.root is not set: EDITS needs the real training set (ImageFolder, parquet, "
+                          "WebDataset)")
     index = scan_data(cfg.data, cfg.ray)  # any data.format; sharded sets are indexed by Ray Data's readers
     names = disambiguate_class_names(load_class_names(cfg.data.class_names, index.classes))
     paths = Artefacts(Path(cfg.output.dir))
@@ -109,7 +110,8 @@ def write_summary(run: EditsRun, stages: StageRunner, started: float) -> dict[st
 
 
 @holds_output_lock
-def run_edits(cfg: Config, from_stage: str | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+def run_edits(cfg: Config, from_stage: str | None = None,
+              log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run EDITS as configured; returns the summary (``output``, counts, ``timings`` per stage).
 
     The steps are docs/METHODS.md's, numbered here in the order they run (METHODS.md lists the optional
@@ -126,7 +128,8 @@ def run_edits(cfg: Config, from_stage: str | None = None, log: Callable[[str], N
         stages(edits_stage(run, keys, "caption"))
         # 2. Features: CLIP image embedding and caption embedding per image
         stages(edits_stage(run, keys, "embed"))
-        # 3. Global Semantic Query, 4. prior clustered buffer (LOF, k-means, k = IPC), 5. LSA: one pass per class
+        # 3. Global Semantic Query, 4. prior clustered buffer (LOF, k-means, k = IPC), 5. LSA: one pass per
+        # class
         stages(edits_stage(run, keys, "cluster"))
         # 6. (METHODS.md 9; optional, the authors ran it before generating) text-to-image fine-tune of SD
         #    on the captioned set

@@ -47,15 +47,16 @@ class StageState:
         st = self.status()
         if force or st in ("stale", "new"):
             clear()
-        atomic_write_json(self.path, {"stage": self.stage, "hash": self.hash, "key": self.key, "complete": False})
+        atomic_write_json(self.path, {"stage": self.stage, "hash": self.hash, "key": self.key,
+                                      "complete": False})
         return st
 
     def finish(self, info: dict[str, Any] | None = None) -> None:
         # heavy: PIL, numpy (not loaded when this module is imported)
         from pipeline.core.write import atomic_write_json
 
-        atomic_write_json(self.path, {"stage": self.stage, "hash": self.hash, "key": self.key, "complete": True,
-                                      "info": info or {}})
+        atomic_write_json(self.path, {"stage": self.stage, "hash": self.hash, "key": self.key,
+                                      "complete": True, "info": info or {}})
 
 
 @dataclass
@@ -148,7 +149,8 @@ class EditsRun:
 #   - a dotted config path: ``"edits.tau"``; a dict entry as ``"ray.micro_batch_sizes.caption"``;
 #   - ``"stage:<name>"``: the settings hash of an upstream stage whose outputs this stage reads;
 #   - ``"input:<name>"``: a value derived from the run or from several settings (``run_input``).
-# ``stage_keys`` assembles the keys from these declarations, in ``STAGES`` order (``pipeline.edits.run``). A setting that
+# ``stage_keys`` assembles the keys from these declarations, in ``STAGES`` order (``pipeline.edits.run``). A
+# setting that
 # is in no declaration changes no output (tests/edits/test_edits_state_keys.py checks both ways).
 
 

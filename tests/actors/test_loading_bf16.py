@@ -65,7 +65,8 @@ def test_clip_vae_sd_dit_llm_load_and_run_in_bfloat16_on_cpu(zoo_dir):
 def _channels_last(module: torch.nn.Module) -> bool:
     ws = [m.weight for m in module.modules() if isinstance(m, torch.nn.Conv2d) and m.weight.shape[1] > 1
           and m.weight.shape[2] * m.weight.shape[3] > 1]
-    return bool(ws) and all(w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous() for w in ws)
+    return (bool(ws)
+            and all(w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous() for w in ws))
 
 
 def test_bfloat16_with_channels_last_runs_through_sd_vae_and_dit_actors(zoo_dir):

@@ -32,7 +32,8 @@ def test_script_is_executable_and_parses():
     # the VLM step: the caption stage on both backends, the vLLM run checked against the transformers run
     assert '"$(zoo llava)"' in text and "scripts/vllm_vlm_check.py" in text
     assert "--backend transformers" in text and "--backend vllm" in text and "--reference" in text
-    assert 'PYTHONPATH="$PWD/scripts/vllm_cpu_site:$PWD"' in text and "uninstall -y -q torchaudio torchcodec" in text
+    assert ('PYTHONPATH="$PWD/scripts/vllm_cpu_site:$PWD"' in text
+            and "uninstall -y -q torchaudio torchcodec" in text)
 
 
 FAKE_TORCHVISION = {  # torchvision 0.28's import order where its CUDA-built ops did not load
@@ -249,8 +250,8 @@ def test_compare_runs_accepts_the_same_rows_and_names_each_difference():
     assert ref["rows"][0]["key"] == ref["rows"][1]["key"] != got["rows"][0]["key"]
 
     fewer = {**got, "rows": got["rows"][:2], "info": {"per_class": {"0": 2, "3": 0}}}
-    assert [p.split(":")[0] for p in vllm_vlm_check.compare_runs(ref,
-                                                                 fewer)] == ["images differ", "per-class counts {'0'"]
+    assert ([p.split(":")[0] for p in vllm_vlm_check.compare_runs(ref, fewer)]
+            == ["images differ", "per-class counts {'0'"])
     assert vllm_vlm_check.compare_runs(ref, {**got, "columns": ["caption", "path"]}) == [
         "columns ['caption', 'path'] != ['caption', 'key', 'path']"]
     reused = {**got, "rows": [{**r, "key": k["key"]} for r, k in zip(got["rows"], ref["rows"])]}

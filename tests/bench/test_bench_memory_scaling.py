@@ -26,7 +26,8 @@ def _parts(folder: Path) -> list[Path]:
 
 
 def _no_temp_files(out: Path) -> None:
-    leftovers = [p for p in out.rglob("*") if p.name.startswith(".") and (".tmp" in p.name or p.suffix == ".tmp")]
+    leftovers = [p for p in out.rglob("*") if p.name.startswith(".")
+                 and (".tmp" in p.name or p.suffix == ".tmp")]
     assert leftovers == [], leftovers
 
 

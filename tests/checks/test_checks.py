@@ -168,7 +168,8 @@ def test_verify_finds_each_kind_of_mismatch(tmp_path, capsys):
     rep = verify_set(out)
     probs = "\n".join(rep["problems"])
     assert rep["missing"] == [files[0]]
-    assert f"corrupt file: {files[1]}: sha256 differs" in probs and f"corrupt file: {files[2]}: sha256" in probs
+    assert (f"corrupt file: {files[1]}: sha256 differs" in probs
+            and f"corrupt file: {files[2]}: sha256" in probs)
     assert "extra file not in the manifest: n02/stray.png" in probs
     assert any("leftover temp file" in w for w in rep["warnings"])
     assert not rep["ok"]

@@ -186,7 +186,8 @@ def start_worker(tmp_path: Path, head: RayNode, env: dict[str, str], num_gpus: i
     while time.monotonic() < deadline:
         nodes = alive_nodes(head.extra["address"], env)
         heads = [n for n in nodes if n["is_head_node"]]
-        new = [n for n in nodes if not n["is_head_node"] and n["node_id"] not in head.extra.get("workers", ())]
+        new = [n for n in nodes if not n["is_head_node"]
+               and n["node_id"] not in head.extra.get("workers", ())]
         if heads and new:
             head.extra["node_id"] = heads[0]["node_id"]
             head.extra.setdefault("workers", []).append(new[0]["node_id"])
@@ -196,7 +197,8 @@ def start_worker(tmp_path: Path, head: RayNode, env: dict[str, str], num_gpus: i
             break
         time.sleep(1)
     node.stop()
-    raise TimeoutError(f"the {name} node never joined {head.extra['gcs']}; see {tmp_path / f'ray_{name}.log'}")
+    raise TimeoutError(f"the {name} node never joined {head.extra['gcs']}; "
+                       f"see {tmp_path / f'ray_{name}.log'}")
 
 
 @pytest.fixture

@@ -31,7 +31,8 @@ JOB_LINE = "ray job submit --working-dir . -- semdistill run configs/demo_edits.
 
 def zoo_edits(data: Path, zoo: Path, out: Path) -> list[str]:
     """configs/edits_imagenet1k.yaml on 2 demo digit classes, 6 images each, zoo models, 3 steps."""
-    return [f"data.root={data / 'train'}", "data.val_root=null", f"data.class_names={data / 'class_names.json'}",
+    return [f"data.root={data / 'train'}", "data.val_root=null",
+            f"data.class_names={data / 'class_names.json'}",
             "data.classes=['0','1']", "data.max_per_class=6", "data.image_size=32",
             *(f"models.{r}=zoo:{r}" for r in ("vlm", "clip", "vae", "sd", "llm")), f"models.zoo_dir={zoo}",
             "models.vlm_backend=transformers", "models.llm_backend=transformers", "models.dtype=float32",
@@ -144,10 +145,10 @@ def test_worker_node_lost_mid_recovery(two_nodes, zoo_dir, tmp_path):
     try:
         deadline, on_worker, done = time.monotonic() + 1200, set(), 0
         while True:
-            assert proc.poll() is None, (f"the run ended before the worker node was killed ({done} images done, "
-                                         f"actors {[(a['node_id'][:8], a['state']) for a in model_actors(two_nodes)]},"
-                                         f" worker {worker.extra['node_id'][:8]}):\n"
-                                         + (tmp_path / "run.log").read_text()[-3000:])
+            assert proc.poll() is None, (
+                f"the run ended before the worker node was killed ({done} images done, actors "
+                f"{[(a['node_id'][:8], a['state']) for a in model_actors(two_nodes)]}, worker "
+                f"{worker.extra['node_id'][:8]}):\n" + (tmp_path / "run.log").read_text()[-3000:])
             assert time.monotonic() < deadline, "the recovery never started on the worker node"
             if not on_worker:  # the pool spreads over the nodes: one actor must sit on the worker
                 time.sleep(0.5)

@@ -15,8 +15,10 @@ def test_enospc_is_found_in_wrapped_and_quoted_errors():
     bare = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/data/out/a.bin")
     assert is_enospc(bare) and is_enospc(OSError(errno.EDQUOT, "quota"))
     # safetensors and pyarrow quote the OS text in their own error types
-    assert is_enospc(RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)"))
-    assert not is_enospc(RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598"))
+    assert is_enospc(RuntimeError("Error while serializing: I/O error: No space left on device "
+                                  "(os error 28)"))
+    assert not is_enospc(RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 "
+                                      "vs 598"))
     assert not is_enospc(OSError(errno.EACCES, "Permission denied"))
     try:
         try:
@@ -59,4 +61,5 @@ def test_the_message_says_what_to_free_when_the_size_is_known_and_when_it_is_not
                           f"to come) or choose another output.dir, then re-run: finished files are kept")
     assert (known.needed, known.free) == (50000, 40960)
     unknown = str(disk_full(tmp_path / "new" / "model", 10, at_least=True))  # the folder does not exist yet
-    assert f"it needs more than 10 bytes, 40960 are free in {tmp_path}; free more space (its whole size" in unknown
+    assert (f"it needs more than 10 bytes, 40960 are free in {tmp_path}; free more space (its whole size"
+            in unknown)

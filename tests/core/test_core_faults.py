@@ -92,8 +92,8 @@ def _toy_actor_class():
             with torch.no_grad():
                 x = self.net(per_image_noise(seeds, (4, 8, 8)))
             out = dict(batch)
-            out["image"] = ((x.tanh() + 1) * 127.5).round().clamp(0,
-                                                                  255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+            pixels = ((x.tanh() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+            out["image"] = pixels.permute(0, 2, 3, 1).numpy()
             self.faults.maybe_fail(batch["key"])  # after the work: the fault hits mid-batch
             return out
 

@@ -111,7 +111,8 @@ def test_second_run_stops_naming_the_holder_and_a_dead_holder_is_taken_over(hold
     from pipeline.core.lock import LOCK_NAME, OutputLockedError, output_lock
 
     proc, out = holder
-    want = rf"is in use by another run: host {socket.gethostname()} pid {proc.pid} \(started .+\), lock .*{LOCK_NAME}"
+    want = (rf"is in use by another run: host {socket.gethostname()} pid {proc.pid} \(started .+\), "
+            rf"lock .*{LOCK_NAME}")
     with pytest.raises(OutputLockedError, match=want), output_lock(out):
         pass
     os.kill(proc.pid, signal.SIGKILL)  # the holder dies without releasing: its file stays
@@ -205,7 +206,8 @@ def test_hostile_class_ids_stay_inside_the_output_folder_and_are_reported(tmp_pa
     w.finish()
     for p in paths:
         assert p.parent.parent == out and p.resolve().is_relative_to(out.resolve())
-        assert len(p.parent.name.encode()) <= 200 and "\n" not in p.parent.name and "\x00" not in p.parent.name
+        assert (len(p.parent.name.encode()) <= 200 and "\n" not in p.parent.name
+                and "\x00" not in p.parent.name)
     assert len({p.parent for p in paths}) == len(HOSTILE)
     assert sorted(os.listdir(tmp_path)) == ["nest",
                                             "set.pt"] and sorted(os.listdir(tmp_path / "nest")) == ["out"]

@@ -44,7 +44,8 @@ for i in range(100):
         w.flush()
         if (i + 1) // batch == batches:  # the next batch's images are written, never recorded
             for j in range(i + 1, i + 4):
-                w.add(f"c{j % 10}_i{j // 10:03d}", str(j % 10), j % 10, np.zeros((4, 4, 3), np.uint8), flush=False)
+                w.add(f"c{j % 10}_i{j // 10:03d}", str(j % 10), j % 10, np.zeros((4, 4, 3), np.uint8),
+                      flush=False)
             os.kill(os.getpid(), signal.SIGKILL)
 """
 
@@ -96,7 +97,8 @@ def test_a_fold_cut_short_before_the_journal_is_removed_duplicates_nothing(tmp_p
     keys = [e["key"] for e in read_manifest(tmp_path)["images"]]
     assert sorted(keys) == sorted(_key(i) for i in range(6)) and len(keys) == 6
     DistilledSetWriter(tmp_path, "m")
-    assert len(json.loads((tmp_path / MANIFEST).read_text())["images"]) == 6 and not (tmp_path / JOURNAL).exists()
+    assert (len(json.loads((tmp_path / MANIFEST).read_text())["images"]) == 6
+            and not (tmp_path / JOURNAL).exists())
 
 
 def test_a_corrupt_confirmed_journal_line_is_refused_naming_the_file(tmp_path):

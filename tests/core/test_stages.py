@@ -1,4 +1,5 @@
-"""The stage runner both methods use: order, --from-stage forcing, reuse, skip, inputs checked, outputs cleared."""
+"""The stage runner both methods use: order, --from-stage forcing, reuse, skip, inputs checked, outputs
+cleared."""
 
 from __future__ import annotations
 

@@ -92,7 +92,8 @@ def test_claims_at_each_ipc_that_ran():
 def test_demo_full_needs_five_seeds_before_a_claim_is_tested():
     """THREE's DIVER claim is met at 3 seeds in make demo; demo --full asks for 5 paired seeds."""
     full = claim_results(THREE, min_seeds=5)
-    assert [(r["a"], r["n"], r["verdict"]) for r in full] == [("edits", 3, "not tested"), ("diver", 3, "not tested")]
+    assert [(r["a"], r["n"], r["verdict"]) for r in full] == [("edits", 3, "not tested"),
+                                                              ("diver", 3, "not tested")]
     assert "not tested: 3 seeds < 5" in claim_lines(THREE, min_seeds=5)[0]
 
 
@@ -135,7 +136,8 @@ def test_the_ars_pass_leaves_out_the_full_real_set_but_the_table_keeps_its_rows(
 
 def _per_class_row(method: str, student: str, per_class: list[list[float]], augment: str = "dsa") -> dict:
     return {**_row(method, student, [sum(p) / len(p) for p in per_class], augment=augment, ipc=1),
-            "runs": [{"seed": i, "final": sum(p) / len(p), "final_per_class": p} for i, p in enumerate(per_class)]}
+            "runs": [{"seed": i, "final": sum(p) / len(p), "final_per_class": p} for i,
+                     p in enumerate(per_class)]}
 
 
 def test_per_class_differences_average_the_unseen_students_runs_and_name_the_classes_that_move():
@@ -145,14 +147,18 @@ def test_per_class_differences_average_the_unseen_students_runs_and_name_the_cla
         _per_class_row("dm", "lenet", [[80.0, 70.0, 50.0], [80.0, 70.0, 50.0]]),
         _per_class_row("diver", "resnet18", [[95.0, 40.0, 70.0], [95.0, 40.0, 70.0]]),
         _per_class_row("diver", "lenet", [[85.0, 50.0, 60.0], [85.0, 50.0, 60.0]]),
-        _per_class_row("diver", "lenet", [[0.0, 0.0, 0.0], [0.0, 0.0, 0.0]], augment="none"),  # not the headline
+        # not the headline
+        _per_class_row("diver", "lenet", [[0.0, 0.0, 0.0], [0.0, 0.0, 0.0]], augment="none"),
     ]
     # dm per class: [85, 70, 60]; diver: [90, 45, 65] -> diver - dm = [+5, -25, +5]
     assert per_class_accuracy(rows, "dm", 1) == pytest.approx([85.0, 70.0, 60.0])
     assert per_class_difference(rows, "diver", "dm", 1) == pytest.approx([5.0, -25.0, 5.0])
     lines = claim_lines(rows)
     per_class = [line for line in lines if "per class index" in line]
-    assert len(per_class) == 1 and "0 +5.0, 1 -25.0, 2 +5.0" in per_class[0] and "most lost in class 1 (-25.0)" in per_class[0]
+    assert (len(per_class) == 1 and "0 +5.0, 1 -25.0, 2 +5.0" in per_class[0]
+            and "most lost in class 1 (-25.0)" in per_class[0])
     assert per_class_difference(rows, "edits", "random_real", 1) is None  # no such rows
-    old = [{**r, "runs": [{k: v for k, v in run.items() if k != "final_per_class"} for run in r["runs"]]} for r in rows]
-    assert per_class_accuracy(old, "dm", 1) is None and not any("per class" in line for line in claim_lines(old))
+    old = [{**r, "runs": [{k: v for k,
+                           v in run.items() if k != "final_per_class"} for run in r["runs"]]} for r in rows]
+    assert per_class_accuracy(old, "dm",
+                              1) is None and not any("per class" in line for line in claim_lines(old))

@@ -37,7 +37,8 @@ def test_the_judge_reads_real_digits_and_a_folder_of_the_wrong_digit_as_misread(
     hits = (pred == truth).float()
     assert rec.images == 8
     assert rec.recognised == pytest.approx(round(100 * hits.mean().item(), 1))
-    assert rec.per_class == {"0": round(100 * hits[:4].mean().item(), 1), "1": round(100 * hits[4:].mean().item(), 1)}
+    assert rec.per_class == {"0": round(100 * hits[:4].mean().item(), 1),
+                             "1": round(100 * hits[4:].mean().item(), 1)}
     assert rec.per_class["1"] < 50.0 < rec.per_class["0"]
     assert "1" in rec.misread_classes() and 0.0 <= rec.confidence <= 100.0
     assert 60.0 < judge.val_accuracy <= 100.0
@@ -51,7 +52,8 @@ def test_a_class_the_judge_never_saw_is_an_error_naming_the_set(judge, demo_root
         recognise(judge, tmp_path / "set")
 
 
-def test_the_cached_judge_is_reused_with_the_same_weights_and_retrained_for_other_settings(demo_root, tmp_path,
+def test_the_cached_judge_is_reused_with_the_same_weights_and_retrained_for_other_settings(demo_root,
+                                                                                           tmp_path,
                                                                                         monkeypatch):
     first = cached_judge(demo_root, tmp_path / "judge", seed=0, epochs=1)
     assert (tmp_path / "judge" / "judge.pt").is_file() and (tmp_path / "judge" / "judge.json").is_file()

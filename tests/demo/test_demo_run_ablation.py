@@ -12,7 +12,8 @@ from pipeline.demo.run import gamma0_config
 from pipeline.diver.run import run_diver
 
 
-def test_gamma0_recovers_the_same_dm_set_with_the_same_seeds_and_only_gamma_differs(demo_root, zoo_dir, ray_local,
+def test_gamma0_recovers_the_same_dm_set_with_the_same_seeds_and_only_gamma_differs(demo_root, zoo_dir,
+                                                                                    ray_local,
                                                                                     tmp_path):
     cfg = config_from_dict({
         "method": "diver", "name": "t", "data": {"root": str(demo_root / "train"), "image_size": 32},
@@ -63,7 +64,8 @@ def test_edits_without_text_prototypes_reuses_the_full_run_and_changes_only_the_
     assert res["stages"]["prototype"]["latents_now"] == 0 and res["stages"]["prototype"]["texts_now"] == 6
     m_full, m_abl = (json.loads((tmp_path / d / "distilled" / "manifest.json").read_text())
                      for d in ("edits", "edits_no_text"))
-    assert m_abl["settings"]["generator"] == m_full["settings"]["generator"] == str(tmp_path / "edits" / "finetuned_sd")
+    assert (m_abl["settings"]["generator"] == m_full["settings"]["generator"]
+            == str(tmp_path / "edits" / "finetuned_sd"))
     diff = {k for k in m_full["settings"] if m_full["settings"][k] != m_abl["settings"].get(k)}
     assert diff == {"text_prototype"}, diff
     full_by_key = {e["key"]: e for e in m_full["images"]}

@@ -27,8 +27,10 @@ def test_edits_gets_the_headline_ipc_1_and_the_trims_merged_into_its_demo_config
                                                                 "zoo:demo_sd")
     # merged, not replaced
     assert cfg.edits.finetune.learning_rate == own["edits"]["finetune"]["learning_rate"]
-    assert cfg.ray.batch_sizes["llm"] == 20 and cfg.ray.batch_sizes["generate"] == own["ray"]["batch_sizes"]["generate"]
-    assert cfg.data.root == str(tmp_path / "data" / "train") and cfg.output.dir == str(tmp_path / "out" / "edits")
+    assert (cfg.ray.batch_sizes["llm"] == 20
+            and cfg.ray.batch_sizes["generate"] == own["ray"]["batch_sizes"]["generate"])
+    assert (cfg.data.root == str(tmp_path / "data" / "train")
+            and cfg.output.dir == str(tmp_path / "out" / "edits"))
 
 
 def test_diver_gets_one_dm_set_per_demo_ipc_and_quick_shrinks_further(tmp_path):
@@ -108,7 +110,8 @@ def test_full_demo_adds_the_ablations_and_students():
 
     assert DEMO_EVAL["students"] == ["convnet", "resnet18", "lenet"] and DEMO_EVAL["repeats"] == 3
     assert FULL_EVAL["repeats"] == 3
-    assert FULL_EVAL["students"] == DEMO_EVAL["students"] and set(FULL_BASELINES) == {"herding", "k_center", "full_real"}
+    assert (FULL_EVAL["students"] == DEMO_EVAL["students"]
+            and set(FULL_BASELINES) == {"herding", "k_center", "full_real"})
 
 
 def test_gamma0_ablation_is_the_same_dit_pass_without_guidance(tmp_path):

@@ -59,7 +59,8 @@ def test_quick_demo_is_one_ipc_one_seed_of_each_method():
 
 def test_full_demo_distils_every_method_twice_pairs_six_seeds_and_adds_gradient_matching():
     plan = demo_plan(full=True)
-    assert plan.eval_seeds * len(plan.distill_seeds) >= 5 and len(plan.distill_seeds) >= 2 and plan.ipcs == (1, 10)
+    assert (plan.eval_seeds * len(plan.distill_seeds) >= 5 and len(plan.distill_seeds) >= 2
+            and plan.ipcs == (1, 10))
     assert plan.students == ("convnet", "resnet18", "lenet") and plan.stage1 == {"dm": (1, 10), "gm": (1,)}
     assert not plan.ablations and plan.baselines == ("random_real",)
     per = Counter((s.method, s.ipc) for s in plan.sets())
@@ -112,7 +113,8 @@ def test_distillation_seed_shifts_each_methods_own_seed(tmp_path):
 
     e_base = method_config("edits", out, data, quick=False)
     first = edits_seed_config(e_base, out, 1, 0)
-    assert first.edits.ipc == 1 and first.edits.seed == e_base.edits.seed and first.output.dir == str(out / "edits_ipc1")
+    assert (first.edits.ipc == 1 and first.edits.seed == e_base.edits.seed
+            and first.output.dir == str(out / "edits_ipc1"))
     (out / "edits_ipc1" / "artefacts" / "captions").mkdir(parents=True)
     later = edits_seed_config(e_base, out, 10, 1, first=first)
     assert later.edits.ipc == 10 and later.edits.seed == e_base.edits.seed + 1
@@ -190,7 +192,8 @@ def _fake_pipeline(monkeypatch, tmp_path):
     monkeypatch.setattr(edits_run, "run_edits", lambda cfg,
                         log=None: {"output": folder(Path(cfg.output.dir) / "d")})
     monkeypatch.setattr(te, "evaluate_sets", fake_eval)
-    monkeypatch.setattr(report, "write_report", lambda out, rows, **kw: {"report_html": str(out / "report.html")})
+    monkeypatch.setattr(report, "write_report", lambda out, rows,
+                        **kw: {"report_html": str(out / "report.html")})
     monkeypatch.setattr(demo, "cached_judge", lambda data, folder: Judge(None, ["0"], 99.0))
     monkeypatch.setattr(demo, "recognise", lambda judge, set_dir: Recognition(100.0, {"0": 100.0}, 99.5, 1))
     return asked

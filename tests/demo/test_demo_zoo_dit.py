@@ -40,7 +40,8 @@ def test_tiny_recipe_saves_a_loadable_dit_pipeline_with_its_check(demo_root, tmp
     transformer, vae, scheduler = load_dit(str(tmp_path / "demo_dit"), device="cpu", dtype="float32")
     assert transformer.config.sample_size == 16 and transformer.config.in_channels == 4
     assert transformer.config.num_embeds_ada_norm == 1000 and transformer.config.out_channels == 8
-    assert vae.config.scaling_factor == pytest.approx(report["scaling_factor"]) and vae.config.scaling_factor != 0.18215
+    assert (vae.config.scaling_factor == pytest.approx(report["scaling_factor"])
+            and vae.config.scaling_factor != 0.18215)
     x = torch.rand(2, 3, 32, 32)
     assert vae.encode(x * 2 - 1).latent_dist.mode().shape == (2, 4, 16, 16)  # factor-2 VAE: 32 px -> 16x16x4
     settings = RecoverSettings.of(num_inference_steps=3, start_step=0, gamma=0.0)
@@ -91,7 +92,8 @@ def test_demo_diver_config_end_to_end(tmp_path):
 
 @pytest.mark.parametrize("train_variance", [True, False])
 def test_the_hybrid_loss_trains_the_variance_channels(train_variance):
-    """DiT's final projection rows that output v move only under L_vlb (the epsilon loss never reaches them)."""
+    """DiT's final projection rows that output v move only under L_vlb (the epsilon loss never reaches
+    them)."""
     from pipeline.demo.zoo.dit import make_transformer, train_dit
 
     recipe = DemoDiTRecipe(dit_steps=3, dit_batch=4, dit_warmup=1, train_variance=train_variance, layers=1)
@@ -133,7 +135,8 @@ def test_the_shipped_demo_dit_passes_both_checks_on_the_methods_paths():
 
 
 def test_the_recover_check_runs_at_the_demo_configs_diver_settings():
-    """``recover_check`` uses ``RecoverSettings()``: the same knobs as configs/demo_diver.yaml's diver block."""
+    """``recover_check`` uses ``RecoverSettings()``: the same knobs as configs/demo_diver.yaml's diver
+    block."""
     from pipeline.config import load_config
     from pipeline.demo.zoo.dit import DemoDiTRecipe as Recipe
     from pipeline.diver.guidance import RecoverSettings
@@ -144,7 +147,8 @@ def test_the_recover_check_runs_at_the_demo_configs_diver_settings():
 
 
 def test_recover_check_recovers_real_digits_with_divers_seeds(demo_root):
-    """Real digits go through ``actors.dit.recover_images`` with DIVER's per-image seeds, per class in order."""
+    """Real digits go through ``actors.dit.recover_images`` with DIVER's per-image seeds, per class in
+    order."""
     from actors.dit import load_dit, recover_images
     from actors.shipped import WEIGHTS_DIR
     from pipeline.core.read import load_image_arrays

@@ -22,7 +22,8 @@ def test_demo_clip_retrains_to_its_threshold(tmp_path, demo_root):
 
 
 def test_demo_sd_retrains_to_its_threshold(tmp_path, demo_root):
-    """Text-to-image samples recognised as the prompt's class >= 80% (text tower from the shipped demo CLIP)."""
+    """Text-to-image samples recognised as the prompt's class >= 80% (text tower from the shipped demo
+    CLIP)."""
     r = models.train_demo_sd(tmp_path / "demo_sd", shipped.WEIGHTS_DIR / "demo_clip", demo_root)
     assert r["sample_accuracy"] >= r["recipe"]["min_sample_accuracy"] == 0.8
     assert r["img2img_class_prompt_accuracy"] >= r["recipe"]["min_img2img_class_prompt_accuracy"] == 0.95

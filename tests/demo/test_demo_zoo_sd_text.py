@@ -59,7 +59,8 @@ def test_negative_text_uses_only_the_negative_prompts_words():
 
 def test_training_texts_follow_the_mix_and_the_dropout(demo_data):
     recipe = models.DemoSDRecipe()
-    only_captions = models.TrainingTexts(demo_data, replace(recipe, text_mix=(1, 0, 0, 0), caption_dropout=0), [])
+    only_captions = models.TrainingTexts(demo_data, replace(recipe, text_mix=(1, 0, 0, 0), caption_dropout=0),
+                                         [])
     assert only_captions([0, 3]) == [only_captions.captions[0], only_captions.captions[3]]
     dropped = models.TrainingTexts(demo_data, replace(recipe, caption_dropout=1.0, negative_share=1.0), [])
     assert all(set(t.split(", ")) <= {"cartoon", "anime", "painting"} for t in dropped(list(range(20))))
@@ -93,7 +94,8 @@ def test_check_clusters_are_edits_lsa_on_raw_concat_gsq(demo_data):
     idx = np.flatnonzero(demo_data.train_labels == 3)
     img = emb.image_features([Image.fromarray(im) for im in demo_data.train_images[idx]]).astype(np.float64)
     txt = emb.text_features(models.captions_for(demo_data.train_images[idx], demo_data.train_labels[idx],
-                                                     demo_data.names, sd_check.CAPTION_LEAD)).astype(np.float64)
+                                                     demo_data.names,
+                                                     sd_check.CAPTION_LEAD)).astype(np.float64)
     logits = img @ txt.T / 0.01
     w = np.exp(logits - logits.max(1, keepdims=True))
     w /= w.sum(1, keepdims=True)
@@ -116,7 +118,8 @@ def test_image_prototype_is_the_mean_scaled_latent_of_the_members(demo_data):
 
 def test_cached_smollm2_prototypes_summarise_the_current_check_clusters(demo_data):
     texts = sd_text.load_check_texts()
-    assert {k for k in texts if k.startswith("ipc1/")} == {f"ipc1/{c}/0" for c in range(10)}  # every IPC 1 cluster
+    # every IPC 1 cluster
+    assert {k for k in texts if k.startswith("ipc1/")} == {f"ipc1/{c}/0" for c in range(10)}
     for ipc in (1, 10):
         for cl in sd_check.clusters_of(demo_data, str(shipped.WEIGHTS_DIR / "demo_clip"), ipc, seed=0):
             entry = texts.get(sd_check.cluster_key(ipc, cl))

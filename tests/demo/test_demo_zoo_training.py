@@ -26,12 +26,16 @@ RECORDED_ON = ("2.13.0+cpu", "AVX2")
 PINNED = {
     "dit_vae": ("9bf73d497c14b4307483778514ce639710eaa5be38a026d15e3bcc31e5e29286", 6483.0777253000015, None),
     "dit": ("d81588fcaa0ff50672c55d6f9b046b199e4055d1a2096f45db0bd15ba36275b9", 56939.918277772515, None),
-    "dit_no_variance": ("5fb93a9405023c9e47070c52e73f2ae70a0423940d22f6db11eb82d746c1cc50", 56937.599540469004, None),
-    "classifier": ("9dfc8e1838a311eb4058cb33df0f9607d6031c8b806f81f9f25b8aa14dd54491", 846.3642813067127, None),
-    "vlm": ("1e6e3487cbe62a36c8da9bd369d618aea49b63ffd2967e3c158049f8ed444361", 988.4976277479946, 5.06373538684845),
+    "dit_no_variance": ("5fb93a9405023c9e47070c52e73f2ae70a0423940d22f6db11eb82d746c1cc50",
+                        56937.599540469004, None),
+    "classifier": ("9dfc8e1838a311eb4058cb33df0f9607d6031c8b806f81f9f25b8aa14dd54491", 846.3642813067127,
+                   None),
+    "vlm": ("1e6e3487cbe62a36c8da9bd369d618aea49b63ffd2967e3c158049f8ed444361", 988.4976277479946,
+            5.06373538684845),
     "clip": ("7355e76ccbaf7373db687681624438cc8104eefd44dc9abb207475815989b12b", 3728.418585230018,
              2.1140825874328613),
-    "sd": ("5106a858e24a702e2dfd579481c1ed95bc412dce750eda7884694ee9c7553ec4", 49255.9378194312, 0.7935962466716766),
+    "sd": ("5106a858e24a702e2dfd579481c1ed95bc412dce750eda7884694ee9c7553ec4", 49255.9378194312,
+           0.7935962466716766),
 }
 
 
@@ -73,7 +77,8 @@ def test_train_steps_is_the_hand_written_loop(max_norm, ema_decay):
     running = train_steps(lambda: torch.randn(4, 3, generator=gen), lambda x: (model(x) ** 2).mean(), opt, 6,
                           schedule=schedule, max_grad_norm=max_norm, emas=emas)
     assert running == want_running
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), want_model.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
+                                                 want_model.state_dict().values()))
     if ema_decay:
         got, want = emas[0].model.state_dict().values(), want_ema.model.state_dict().values()
         assert all(torch.equal(a, b) for a, b in zip(got, want))
@@ -87,7 +92,8 @@ def test_clipping_bounds_the_gradient_norm_of_every_param_group():
     train_steps(lambda: None, lambda _: (a * 30).sum() + (b * 40).sum(), opt, 1, max_grad_norm=1.0)
     grad_norm = torch.cat([a.grad, b.grad]).norm()
     assert grad_norm == pytest.approx(1.0, rel=1e-5)
-    assert torch.allclose(torch.cat([a, b]).detach(), -torch.cat([a.grad, b.grad]))  # SGD, lr 1: minus the clipped grad
+    # SGD, lr 1: minus the clipped grad
+    assert torch.allclose(torch.cat([a, b]).detach(), -torch.cat([a.grad, b.grad]))
 
 
 def test_a_schedule_gives_one_lr_per_param_group():
@@ -129,7 +135,8 @@ def test_epoch_batches_permute_each_epoch_with_a_short_last_batch():
 # --- every recipe, pinned ---------------------------------------------------------------------
 
 def _weights_hash(state: dict[str, torch.Tensor]) -> tuple[str, float]:
-    """sha256 of the tensors (name, dtype, shape, bytes; sorted by name) and the sum of their absolute values."""
+    """sha256 of the tensors (name, dtype, shape, bytes; sorted by name) and the sum of their absolute
+    values."""
     h, total = hashlib.sha256(), 0.0
     for k in sorted(state):
         t = state[k].detach().contiguous().cpu()
@@ -181,7 +188,8 @@ def _run_every_recipe(data: Path, out: Path, monkeypatch) -> dict[str, tuple[str
     no_var = replace(recipe, train_variance=False, dit_steps=2)
     got["dit_no_variance"] = (*_weights_hash(dit.train_dit(latents, labels, no_var, log).state_dict()), None)
     torch.manual_seed(0)
-    got["classifier"] = (*_weights_hash(dit.train_classifier(d.train_images, d.train_labels, 2).state_dict()), None)
+    got["classifier"] = (*_weights_hash(dit.train_classifier(d.train_images, d.train_labels, 2).state_dict()),
+                         None)
     torch.manual_seed(0)
     r = models.train_demo_vlm(out / "vlm", data, models.DemoVLMRecipe(steps=3, batch=4, warmup=1), log)
     got["vlm"] = (*_folder_hash(out / "vlm"), r["final_loss"])
@@ -207,7 +215,8 @@ def test_every_recipe_trains_the_weights_of_its_old_hand_written_loop(tiny_digit
     for name, (sha, abs_sum, loss) in got.items():
         want_sha, want_abs_sum, want_loss = PINNED[name]
         if same_platform:
-            assert (sha, abs_sum, loss) == (want_sha, want_abs_sum, want_loss), f"{name}: not the recorded weights"
+            assert (sha, abs_sum, loss) == (want_sha, want_abs_sum,
+                                            want_loss), f"{name}: not the recorded weights"
         else:
             assert abs_sum == pytest.approx(want_abs_sum, rel=1e-4), name
             assert loss is None if want_loss is None else loss == pytest.approx(want_loss, rel=1e-4), name

@@ -62,7 +62,8 @@ def test_t0_is_the_discretised_decoder_nll():
     # the bin of width 2/255 around the mean, std sqrt(post1): its mass by the normal CDF
     z = (1 / 255) / math.sqrt(post1)
     mass = math.erf(z / math.sqrt(2))
-    assert abs(float(got[0]) - (-math.log(mass) / math.log(2))) < 0.01 * abs(math.log(mass) / math.log(2)) + 1e-3
+    assert (abs(float(got[0]) - (-math.log(mass) / math.log(2))) < 0.01 * abs(math.log(mass) / math.log(2))
+            + 1e-3)
 
 
 def test_the_gradient_reaches_only_the_variance_when_the_mean_is_detached():

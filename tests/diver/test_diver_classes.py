@@ -83,7 +83,8 @@ def test_class_count_read_from_a_local_folder_and_a_hub_id_offline(zoo_dir, tmp_
     # a hub id whose config is not in the local cache: unknown, with the reason (no download)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "empty"),
            "PYTHONPATH": str(REPO)}
-    code = "from actors.dit import dit_num_classes; import json; print(json.dumps(dit_num_classes('facebook/DiT-XL-2-256')))"
+    code = ("from actors.dit import dit_num_classes; import json; "
+            "print(json.dumps(dit_num_classes('facebook/DiT-XL-2-256')))")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     n, why = json.loads(out.stdout.strip().splitlines()[-1])
     assert n is None and "HF_HUB_OFFLINE" in why and "facebook/DiT-XL-2-256" in why
@@ -158,8 +159,10 @@ def _wnid_folder(root: Path) -> Path:
 def _imagenet1k_overrides(inp: Path, zoo: Path, out: Path, *extra: str) -> list[str]:
     """configs/diver_imagenet1k.yaml on the tiny zoo DiT (1000 classes), 32 px, 3 steps, on the CPU."""
     return [f"diver.input={inp}", "data.class_names=null", "data.val_root=null", "models.dit=zoo:dit",
-            f"models.zoo_dir={zoo}", "models.dtype=float32", "diver.resolution=32", "diver.num_inference_steps=3",
-            "diver.start_step=1", "diver.fusion_window=[2, 1]", "diver.null_class=null", "diver.vae_source=auto",
+            f"models.zoo_dir={zoo}", "models.dtype=float32", "diver.resolution=32",
+            "diver.num_inference_steps=3",
+            "diver.start_step=1", "diver.fusion_window=[2, 1]", "diver.null_class=null",
+            "diver.vae_source=auto",
             "diver.side_by_side=false", "eval=null", "ray.num_cpus=2", "ray.actor_num_cpus=0.5",
             "ray.actor_num_gpus=0", "ray.pool_sizes={recover: 1}", "ray.batch_sizes={recover: 6}",
             "ray.micro_batch_sizes={recover: 6}", f"output.dir={out}", *extra]

@@ -71,8 +71,8 @@ def test_inheritance_noise_level_matches_the_schedule(dit, inputs):
     torch.testing.assert_close(got, (np.sqrt(ab) * z_d + np.sqrt(1 - ab) * noise).float(), rtol=1e-5,
                                atol=1e-5)
     # on a zero latent the inherited noise has std sqrt(1 - alpha_bar_t) (~0.96 at t = 510)
-    zero = inherit_noise(scheduler, torch.zeros(64, 4, 16, 16), torch.randn(64, 4, 16, 16,
-                                                                              generator=torch.Generator().manual_seed(0)), 25)
+    zero = inherit_noise(scheduler, torch.zeros(64, 4, 16, 16),
+                         torch.randn(64, 4, 16, 16, generator=torch.Generator().manual_seed(0)), 25)
     assert float(zero.std()) == pytest.approx(np.sqrt(1 - ab), rel=0.02)
 
 

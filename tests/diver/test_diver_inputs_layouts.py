@@ -148,7 +148,8 @@ def test_unknown_layout_lists_the_known_ones(tmp_path):
         load_stage1(tmp_path / "odd.pt")
     for layout in LAYOUTS:
         assert layout in str(err.value)
-    assert "res_<method>_<dataset>_<model>_<ipc>ipc.pt" in str(err.value) and "images_best.pt" in str(err.value)
+    assert ("res_<method>_<dataset>_<model>_<ipc>ipc.pt" in str(err.value)
+            and "images_best.pt" in str(err.value))
     torch.save([torch.rand(2, 3, 8, 8)], tmp_path / "one.pt")
     with pytest.raises(DataError, match="Known layouts"):
         load_stage1(tmp_path / "one.pt")

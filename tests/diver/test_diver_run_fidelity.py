@@ -88,7 +88,8 @@ def _fruit_overrides(tmp_path, mtt, val, *extra):
             "models.vae=zoo:vae", "models.dtype=float32", *[f"diver.{k}={json.dumps(v)}" for k,
                                                             v in FAST.items()],
             "ray.num_cpus=2", "ray.actor_num_cpus=0.5", "ray.actor_num_gpus=0", "ray.pool_sizes={recover: 1}",
-            "ray.batch_sizes={recover: 10}", "ray.micro_batch_sizes={recover: 10}", f"output.dir={tmp_path / 'run'}",
+            "ray.batch_sizes={recover: 10}", "ray.micro_batch_sizes={recover: 10}",
+            f"output.dir={tmp_path / 'run'}",
             *extra]
 
 

@@ -67,7 +67,8 @@ def test_tiled_input_recovers_each_tile_and_re_tiles(zoo_dir, ray_local, tmp_pat
     run_diver(_cfg(tmp_path / "whole", tmp_path / "ncfm.pt"))
     whole = np.asarray(Image.open(tmp_path / "whole" / "diver" / e["file"]))
     assert np.abs(whole.astype(int) - got.astype(int)).mean() > 2.0
-    assert "input_tiles" not in json.loads((tmp_path / "whole" / "diver" / "manifest.json").read_text())["settings"]
+    whole_manifest = json.loads((tmp_path / "whole" / "diver" / "manifest.json").read_text())
+    assert "input_tiles" not in whole_manifest["settings"]
 
 
 def test_tiles_must_divide_the_image(tmp_path):

@@ -42,7 +42,8 @@ def test_instructions_say_that_one_of_the_names_is_enough():
     "Here is a representative description of the beagle:\n\nA beagle with a tricolour coat sniffs the grass.",
     "Sure! Here's a representative description: A beagle with a tricolour coat sniffs the grass.",
     "Certainly.\n\nA beagle with a tricolour coat sniffs the grass.",
-    "assistant: Sure, here is the description of \"beagle\":\n**A beagle with a tricolour coat sniffs the grass.**",
+    ("assistant: Sure, here is the description of \"beagle\":\n**A beagle with a tricolour coat sniffs the "
+     "grass.**"),
 ])
 def test_clean_output_drops_the_preamble_and_keeps_the_description(raw):
     assert clean_llm_output(raw) == "A beagle with a tricolour coat sniffs the grass."
@@ -50,7 +51,8 @@ def test_clean_output_drops_the_preamble_and_keeps_the_description(raw):
 
 def test_clean_output_keeps_names_that_look_like_fillers():
     assert clean_llm_output("Great Dane lying on a sofa") == "Great Dane lying on a sofa"
-    assert clean_llm_output("This is a beagle: small and tricolour") == "This is a beagle: small and tricolour"
+    assert (clean_llm_output("This is a beagle: small and tricolour")
+            == "This is a beagle: small and tricolour")
 
 
 # ---- 18. the LLM seeds every row with its own seed -------------------------------------------------
@@ -166,7 +168,8 @@ def test_kmeans_objective_is_no_worse_than_sklearn(seed):
     assert ours <= theirs * (1 + 1e-6), (ours, theirs)  # random starts + 20 iterations: up to 20% worse here
     np.testing.assert_array_equal(a, np.argmin(((x[:, None] - c[None]) ** 2).sum(-1), 1))  # labels = nearest
     s = ClusterSettings.from_edits(Config().edits).as_dict()  # the stage runs the same defaults
-    assert (s["init"], s["nredo"], s["niter"], s["tol"], s["lof_neighbors"]) == ("k-means++", 10, 300, 1e-4, 10)
+    assert (s["init"], s["nredo"], s["niter"], s["tol"],
+            s["lof_neighbors"]) == ("k-means++", 10, 300, 1e-4, 10)
 
 
 def test_kmeans_is_seeded():

@@ -43,4 +43,5 @@ def test_skip_log_rewrites_only_after_new_entries(tmp_path):
     log.add("b.jpg", "zero-byte file", "caption")
     log.write()
     assert (tmp_path / "skipped.jsonl").stat().st_ino != first[1]
-    assert [json.loads(x)["path"] for x in (tmp_path / "skipped.jsonl").read_text().splitlines()] == ["a.jpg", "b.jpg"]
+    assert ([json.loads(x)["path"] for x in (tmp_path / "skipped.jsonl").read_text().splitlines()]
+            == ["a.jpg", "b.jpg"])

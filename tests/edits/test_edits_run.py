@@ -48,7 +48,8 @@ def test_edits_end_to_end_resume_and_from_stage(tmp_path, demo_root, zoo_dir, ra
     buf = read_parquet(out / "artefacts/buffer/0.parquet")
     assert buf["fused"].shape == (5, 64) and set(buf["cluster"].tolist()) == {0, 1}
     assert sum(c["size"] for c in clusters["0"]["clusters"]) == 5
-    assert len(buf["caption"]) == 5 and all(c.startswith("a photo of handwritten digit zero") for c in buf["caption"])
+    assert (len(buf["caption"]) == 5
+            and all(c.startswith("a photo of handwritten digit zero") for c in buf["caption"]))
     timings = summary["timings"]
     assert set(timings) == {"caption", "embed", "cluster", "prototype", "generate", "total"}
     assert summary["stages"]["caption"]["captioned_now"] == 15
@@ -80,7 +81,8 @@ def test_edits_changed_settings_rerun_only_what_depends_on_them(tmp_path, demo_r
     run_edits(_cfg(demo_root, out), log=lambda _m: None)
     logs: list[str] = []
     changed = run_edits(_cfg(demo_root, out, tau=0.5), log=logs.append)
-    assert any("caption: up to date" in line for line in logs) and any("embed: up to date" in line for line in logs)
+    assert (any("caption: up to date" in line for line in logs)
+            and any("embed: up to date" in line for line in logs))
     assert changed["stages"]["cluster"]["clustered_now"] == 3
     assert verify_set(out / "distilled", ipc=2)["ok"]
     ft = {"enabled": True, "max_steps": 3, "vae_steps": 2, "batch_size": 4, "resolution": 32,
@@ -102,7 +104,8 @@ def test_edits_without_text_prototypes_prompts_the_class_name(tmp_path, demo_roo
     out = tmp_path / "run"
     # an LLM that cannot load: the ablation must never start it
     cfg = _cfg(demo_root, out, text_prototype="class_prompt", class_prompt="a clean photo of {class_name}")
-    cfg = cfg.model_copy(update={"models": cfg.models.model_copy(update={"llm": str(tmp_path / "no-such-llm")})})
+    models = cfg.models.model_copy(update={"llm": str(tmp_path / "no-such-llm")})
+    cfg = cfg.model_copy(update={"models": models})
     summary = run_edits(cfg, log=lambda _m: None)
     assert summary["stages"]["prototype"]["texts_now"] == 6
     assert verify_set(out / "distilled", ipc=2)["ok"]

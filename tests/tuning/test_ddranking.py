@@ -85,7 +85,8 @@ def test_scores_are_per_seed_with_mean_and_std():
     assert e["n_lrs"] == 2 and e["lrs"] == pytest.approx(26.9473,
                                                          abs=1e-3) and e["lrs_std"] == pytest.approx(2.1282,
                                                                                                             abs=1e-3)
-    assert e["hlr"] == pytest.approx(25.0) and e["hlr_std"] == pytest.approx(5.0) and e["ior_std"] == pytest.approx(5.0)
+    assert (e["hlr"] == pytest.approx(25.0) and e["hlr_std"] == pytest.approx(5.0)
+            and e["ior_std"] == pytest.approx(5.0))
     # ARS seed 0: beta = 0.5 * 0.20 + 0.5 * 0.05 -> 32.5591; seed 1: 0.5 * 0.30 + 0.5 * 0.09 -> 36.0547
     assert e["n_ars"] == 2 and e["ars"] == pytest.approx(34.3069,
                                                          abs=1e-3) and e["ars_std"] == pytest.approx(1.7478,

@@ -35,8 +35,8 @@ def test_random_real_baseline(rr_set, demo_root, tmp_path):
     assert src(rr_set) == src(tmp_path / "again") and src(rr_set) != src(tmp_path / "other")
     assert again["images"] == 100
     x, y, meta = load_distilled(rr_set, [str(c) for c in range(10)])
-    assert x.shape == (100, 32, 32,
-                       3) and sorted(set(y.tolist())) == list(range(10)) and meta == {"method": "random_real", "ipc": 10, "image_size": 32}
+    assert x.shape == (100, 32, 32, 3) and sorted(set(y.tolist())) == list(range(10))
+    assert meta == {"method": "random_real", "ipc": 10, "image_size": 32}
     with pytest.raises(DataError, match="classes the real set lacks"):
         load_distilled(rr_set, [str(c) for c in range(5)])
 
@@ -146,7 +146,8 @@ def test_run_ends_with_evaluation(rr_set, demo_root, tmp_path, monkeypatch):
                                                                               "output": str(rr_set)})
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"method: edits\ndata:\n  root: {demo_root / 'train'}\n  val_root: {demo_root / 'val'}\n"
-                   f"output:\n  dir: {tmp_path / 'out'}\neval:\n  students: [convnet]\n  epochs: 2\n  repeats: 1\n"
+                   f"output:\n  dir: {tmp_path / 'out'}\neval:\n  students: [convnet]\n  epochs: 2\n"
+                   "  repeats: 1\n"
                    "  backend: local\n  student_kwargs: {convnet: {width: 8}}\n")
     assert main(["run", str(cfg)]) == 0
     rows = json.loads((tmp_path / "out" / "results.json").read_text())

@@ -38,7 +38,8 @@ def test_baselines_draw_random_real_afresh_per_seed(demo_root, tmp_path):
     ev = EvalConfig(baselines=["random_real"], image_size=32, repeats=2, seed=0)
     sets, methods = baseline_sets(ev, demo_root / "train", tmp_path, ipc=2, log=lambda _m: None)
     assert methods == {"random_real_ipc2": "random_real"} and sorted(sets["random_real_ipc2"]) == [0, 1]
-    picks = [sorted(e["source"] for e in read_manifest(sets["random_real_ipc2"][s])["images"]) for s in (0, 1)]
+    picks = [sorted(e["source"] for e in read_manifest(sets["random_real_ipc2"][s])["images"])
+             for s in (0, 1)]
     assert len(picks[0]) == 20 and picks[0] != picks[1]  # two seeds, two draws of 2 images x 10 classes
 
 

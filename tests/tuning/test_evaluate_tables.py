@@ -112,7 +112,8 @@ def test_results_md_opens_with_the_resolved_protocol_and_names_the_ipcs(tmp_path
                  "| schedule | cosine to 0, stepped per step |",
                  "| augmentation | dsa (DSA color_crop_cutout_flip_scale_rotate) |",
                  "| teacher | none (hard labels) |",
-                 "| top-1 | best (selected on the test split); tested after the last epoch, every 10 epochs |",
+                 ("| top-1 | best (selected on the test split); tested after the last epoch, every 10 "
+                  "epochs |"),
                  "| seeds | 0, 1 |",
                  "| val | 797 real images at 32 px: bicubic resize of the short side to 32, center crop 32 |",
                  "| normalisation | each set's own statistics |"]:

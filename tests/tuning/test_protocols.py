@@ -81,8 +81,8 @@ def test_training_is_seeded_and_learns_a_toy_task():
 
 def test_augmented_ema_and_soft_paths_run():
     x, y = _toy(n=16)
-    base = {"student": "convnet3", "epochs": 2, "batch_size": 8, "student_kwargs": {"convnet3": {"width": 8, "depth": 2}},
-            "eval_every": 1}
+    base = {"student": "convnet3", "epochs": 2, "batch_size": 8,
+            "student_kwargs": {"convnet3": {"width": 8, "depth": 2}}, "eval_every": 1}
     r = train_student(TrainSpec(**base, augment="dsa+cutmix", ema_decay=0.9), x, y, x, y, 4)
     assert len(r["history"]) == 2 and math.isfinite(r["train_loss"])
     assert r["best"] == max(h["top1"] for h in r["history"])

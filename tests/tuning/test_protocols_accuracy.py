@@ -29,7 +29,8 @@ def test_a_trained_student_reports_per_class_top1_that_averages_to_its_final_top
     gen = torch.Generator().manual_seed(0)
     x, y = torch.randn(40, 3, 16, 16, generator=gen), torch.arange(40) % 4
     val_x, val_y = torch.randn(22, 3, 16, 16, generator=gen), torch.tensor([0] * 10 + [1] * 4 + [2] * 8)
-    spec = TrainSpec(student="convnet", seed=0, epochs=2, batch_size=20, lr=0.01, augment="none", eval_every=1)
+    spec = TrainSpec(student="convnet", seed=0, epochs=2, batch_size=20, lr=0.01, augment="none",
+                     eval_every=1)
     res = train_student(spec, x, y, val_x, val_y, 4)
     per = res["final_per_class"]
     assert len(per) == 4 and per[3] is None

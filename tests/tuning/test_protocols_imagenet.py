@@ -207,8 +207,8 @@ def _tiny_sets(root: Path, colours: dict[str, tuple[int, int, int]], classes=("a
         for c in classes:
             (root / name / c).mkdir(parents=True)
             for i in range(n):
-                Image.new("RGB", (size, size), tuple(min(255,
-                                                         v + 10 * i) for v in rgb)).save(root / name / c / f"{i}.png")
+                colour = tuple(min(255, v + 10 * i) for v in rgb)
+                Image.new("RGB", (size, size), colour).save(root / name / c / f"{i}.png")
         sets[name] = root / name
     return sets
 

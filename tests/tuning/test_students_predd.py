@@ -81,8 +81,8 @@ def test_predd_nets_have_no_dropout_or_stochastic_depth_and_grouped_shuffle_conv
         x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
         assert torch.equal(net(x), net(x)), name  # training mode is deterministic: nothing random inside
     shuffle = build_student("shufflenetv2_predd", 3, 10, 64)
-    grouped = [m for m in shuffle.modules() if isinstance(m,
-                                                          nn.Conv2d) and m.kernel_size == (3, 3) and m.groups == 2]
+    grouped = [m for m in shuffle.modules()
+               if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3) and m.groups == 2]
     assert len(grouped) == 16  # one per unit (4 + 8 + 4)
     ours = build_student("efficientnet_b0", 3, 10, 64)
     assert any(isinstance(m, nn.Dropout) and m.p == 0.2 for m in ours.modules())  # torchvision's keeps them

@@ -63,7 +63,8 @@ def vit_predd_ref(size: int, classes: int, patch: int = 16, dim: int = 512, dept
     """PReDD's vit-pytorch ViT (LayerNorms commented out): patch linear, cls + pos, blocks, head."""
     inner, tokens = heads * dim_head, (size // patch) ** 2
     block = dim * 3 * inner + (inner * dim + dim) + (dim * mlp + mlp) + (mlp * dim + dim)
-    return (3 * patch * patch * dim + dim) + (tokens + 1) * dim + dim + depth * block + dim * classes + classes
+    return ((3 * patch * patch * dim + dim) + (tokens + 1) * dim + dim + depth * block + dim * classes
+            + classes)
 
 
 def test_reference_arithmetic_matches_published_totals():
@@ -133,7 +134,8 @@ def test_resnet_ap10_uses_idc_init():
     w = m.layers[3].conv2.weight  # 512 x 512 x 3 x 3
     assert abs(w.std().item() / math.sqrt(2.0 / (9 * 512)) - 1) < 0.02
     gns = [x for x in m.modules() if isinstance(x, nn.GroupNorm)]
-    assert gns and all(g.num_groups == g.num_channels and (g.weight == 1).all() and (g.bias == 0).all() for g in gns)
+    assert gns and all(g.num_groups == g.num_channels and (g.weight == 1).all()
+                       and (g.bias == 0).all() for g in gns)
 
 
 def test_vit_predd_has_no_layernorm_unless_asked():

@@ -34,7 +34,8 @@ def test_two_trial_sweep_picks_the_better_one(demo_root, ray_local, tmp_path):
     sweep_dir = tmp_path / "sweep"
     saved = json.loads((sweep_dir / "sweep_results.json").read_text())
     assert saved["best"]["mean_top1"] == max(by_lr.values())
-    assert saved["selected_on"].startswith("a holdout of 10% of each class of") and "never the validation" in saved["selected_on"]
+    assert (saved["selected_on"].startswith("a holdout of 10% of each class of")
+            and "never the validation" in saved["selected_on"])
     best_cfg = load_config(sweep_dir / "best_config.yaml")
     assert best_cfg.eval.lr == 0.02 and best_cfg.sweep is None
     assert (sweep_dir / "sweep.png").stat().st_size > 1000
@@ -145,13 +146,15 @@ def _edits_sweep(demo_root, tmp_path, monkeypatch, trial_cpus: float = 1,
     sweep_dir = tmp_path / "runs" / "sweep_out" / "sweep"
     saved = json.loads((sweep_dir / "best.json").read_text())
     assert saved["trial_id"] == summary["best"]["trial_id"] and saved["params"] == summary["best"]["params"]
-    assert load_config(sweep_dir / "best_config.yaml").edits.guidance_scale == saved["params"]["edits.guidance_scale"]
+    assert (load_config(sweep_dir / "best_config.yaml").edits.guidance_scale
+            == saved["params"]["edits.guidance_scale"])
     shas = []
     for trial in sorted((sweep_dir / "trials").iterdir()):  # each trial generated IPC x classes images
         man = json.loads((trial / "distilled" / "manifest.json").read_text())
         assert sorted(e["class_id"] for e in man["images"]) == ["0", "0", "1", "1", "7", "7"], trial
         # distilled from the carved train part only (the holdout scores the trials)
-        assert all(m.startswith(str(sweep_dir / "split" / "train")) for e in man["images"] for m in e["members"])
+        assert all(m.startswith(str(sweep_dir / "split" / "train")) for e in man["images"]
+                   for m in e["members"])
         shas.append(sorted(e["sha256"] for e in man["images"]))
         if finetune:  # generated with the trial's fine-tuned SD
             assert (trial / "finetuned_sd" / "unet").is_dir()

@@ -28,7 +28,8 @@ from scipy import ndimage
 
 INK_THRESHOLD = 0.5  # ink share of a pixel (0 = paper, 1 = black) above which it counts as ink
 # (low, high) level thresholds: tertiles over all demo digits (sklearn digits at 32 px)
-THRESHOLDS = {"thickness": (4.23, 5.21), "slant": (-0.09, 0.01), "size": (0.594, 0.625), "position": (-0.24, 0.71)}
+THRESHOLDS = {"thickness": (4.23, 5.21), "slant": (-0.09, 0.01), "size": (0.594, 0.625),
+              "position": (-0.24, 0.71)}
 WORDS = {
     "thickness": ("thin strokes", "medium strokes", "thick strokes"),
     "slant": ("slanted left", "upright", "slanted right"),
@@ -112,7 +113,8 @@ def levels(m: Measures) -> dict[str, int]:
 
 
 def describe(m: Measures) -> str:
-    """The attribute words, comma separated: ``thick strokes, upright, small size, centered, no closed loop``."""
+    """The attribute words, comma separated: ``thick strokes, upright, small size, centered, no closed
+    loop``."""
     lv = levels(m)
     return ", ".join(WORDS[k][lv[k]] for k in ATTRIBUTES)
 

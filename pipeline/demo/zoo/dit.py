@@ -83,7 +83,8 @@ class DemoDiTRecipe:
 
 
 def train_vae(x: torch.Tensor, recipe: DemoDiTRecipe, log: Callable[[str], None]):
-    """Train the demo's factor-2 VAE on ``x`` (``[N, 3, 32, 32]`` in [-1, 1]); scaling_factor = 1 / latent std."""
+    """Train the demo's factor-2 VAE on ``x`` (``[N, 3, 32, 32]`` in [-1, 1]); scaling_factor = 1 / latent
+    std."""
     from actors.zoo import tiny_vae
     from tuning.vae_loss import AutoencodeLoss, latent_noise
 
@@ -99,15 +100,18 @@ def train_vae(x: torch.Tensor, recipe: DemoDiTRecipe, log: Callable[[str], None]
 
     vae.train()
     train_steps(next_batch, lambda b: model(*b)[0], opt, recipe.vae_steps,
-                schedule=warmup_cosine(recipe.vae_lr, 50, recipe.vae_steps), progress=Progress(log, "vae", 100))
+                schedule=warmup_cosine(recipe.vae_lr, 50, recipe.vae_steps),
+                progress=Progress(log, "vae", 100))
     vae.eval()
     with torch.no_grad():
         lat = torch.cat([vae.encode(x[i:i + 256]).latent_dist.mode() for i in range(0, len(x), 256)])
-        rec_mse = float(torch.cat([F.mse_loss(vae.decode(lat[i:i + 256]).sample, x[i:i + 256], reduction="none")
+        rec_mse = float(torch.cat([F.mse_loss(vae.decode(lat[i:i + 256]).sample, x[i:i + 256],
+                                              reduction="none")
                                    .mean(dim=(1, 2, 3)) for i in range(0, len(x), 256)]).mean())
     scale = float(1.0 / lat.std())
     vae.register_to_config(scaling_factor=scale)
-    log(f"  vae done: reconstruction mse {rec_mse:.4f}, latent std {lat.std():.3f} -> scaling_factor {scale:.4f}")
+    log(f"  vae done: reconstruction mse {rec_mse:.4f}, latent std {lat.std():.3f} -> scaling_factor "
+        f"{scale:.4f}")
     return vae, lat * scale, rec_mse
 
 
@@ -130,7 +134,8 @@ def make_scheduler():
 
 
 def train_dit(latents: torch.Tensor, labels: torch.Tensor, recipe: DemoDiTRecipe, log: Callable[[str], None]):
-    """Epsilon-prediction training with label dropout (+ L_vlb on the variance channels); returns the EMA transformer."""
+    """Epsilon-prediction training with label dropout (+ L_vlb on the variance channels); returns the EMA
+    transformer."""
     model = make_transformer(recipe, latents.shape[-1])
     ema = Ema(model, recipe.ema_decay)
     ab = make_scheduler().alphas_cumprod.float()
@@ -179,7 +184,8 @@ def train_classifier(images: np.ndarray, labels: np.ndarray, epochs: int, seed: 
 @torch.no_grad()
 def classify(net, images01: torch.Tensor) -> torch.Tensor:
     """Predicted labels for images ``[B, 3, H, W]`` in [0, 1]."""
-    return torch.cat([net(unit_to_signed(images01[i:i + 256])).argmax(1) for i in range(0, len(images01), 256)])
+    return torch.cat([net(unit_to_signed(images01[i:i + 256])).argmax(1)
+                      for i in range(0, len(images01), 256)])
 
 
 @torch.no_grad()
@@ -195,14 +201,16 @@ def sample_check(transformer, vae, classes: list[int], per_class: int, steps: in
     seeds = [image_seed(seed, str(c), i) for c in classes for i in range(per_class)]
     size = transformer.config.sample_size
     noise = image_noise(seeds, (transformer.config.in_channels, size, size))
-    z = torch.cat([plain_dit_latents(transformer, make_scheduler(), noise[i:i + 100], labels[i:i + 100], settings)
+    z = torch.cat([plain_dit_latents(transformer, make_scheduler(), noise[i:i + 100], labels[i:i + 100],
+                                     settings)
                    for i in range(0, len(labels), 100)])
     return decode_latents(vae, z), labels
 
 
 @torch.no_grad()
-def recover_check(transformer, vae, images: np.ndarray, labels: np.ndarray, classes: list[str], per_class: int,
-                  seed: int, settings=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def recover_check(transformer, vae, images: np.ndarray, labels: np.ndarray, classes: list[str],
+                  per_class: int, seed: int,
+                  settings=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """DIVER's inherit-and-recover on ``per_class`` real digits of each class (the first ones of the split).
 
     Runs ``actors.dit.recover_images`` (the recovery actor's own path) with ``settings``
@@ -225,20 +233,23 @@ def recover_check(transformer, vae, images: np.ndarray, labels: np.ndarray, clas
     return x, out, y
 
 
-def accuracy_by_class(pred: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> tuple[float, dict[str, float]]:
+def accuracy_by_class(pred: torch.Tensor, labels: torch.Tensor,
+                      classes: list[str]) -> tuple[float, dict[str, float]]:
     """The share of ``pred == labels`` overall and per class (keyed by class name)."""
     ok = (pred == labels).float()
     return float(ok.mean()), {classes[c]: float(ok[labels == c].mean()) for c in range(len(classes))}
 
 
-def run_checks(transformer, vae, images: np.ndarray, labels: np.ndarray, classes: list[str], val, recipe: DemoDiTRecipe,
-               log: Callable[[str], None] = print) -> dict:
-    """Both checks, judged by a ConvNet trained on the real train digits; ``val`` (or None) gives its accuracy."""
+def run_checks(transformer, vae, images: np.ndarray, labels: np.ndarray, classes: list[str], val,
+               recipe: DemoDiTRecipe, log: Callable[[str], None] = print) -> dict:
+    """Both checks, judged by a ConvNet trained on the real train digits; ``val`` (or None) gives its
+    accuracy."""
     log("  checking: classifier on the real train split vs plain DiT samples")
     net = train_classifier(images, labels, recipe.classifier_epochs, recipe.seed)
     val_acc = None
     if val is not None:
-        val_acc = float((classify(net, u8_hwc_to_unit_chw(val.images)) == torch.from_numpy(val.labels)).float().mean())
+        predicted = classify(net, u8_hwc_to_unit_chw(val.images))
+        val_acc = float((predicted == torch.from_numpy(val.labels)).float().mean())
     samples, cond = sample_check(transformer, vae, list(range(len(classes))), recipe.check_per_class,
                                  recipe.check_steps, recipe.check_cfg_scale)
     acc, per_class = accuracy_by_class(classify(net, samples), cond, classes)
@@ -247,10 +258,12 @@ def run_checks(transformer, vae, images: np.ndarray, labels: np.ndarray, classes
                                              recipe.recover_per_class, recipe.recover_seed)
     rec_acc, rec_per_class = accuracy_by_class(classify(net, recovered), rec_labels, classes)
     log(f"  classifier val accuracy {val_acc}; plain DiT samples recognised as their class: {acc:.1%} "
-        f"({len(cond)} samples); real digits recognised after DIVER's recovery: {rec_acc:.1%} ({len(rec_labels)})")
-    return {"classifier_val_accuracy": val_acc, "sample_accuracy": acc, "sample_accuracy_per_class": per_class,
-            "samples_checked": len(cond), "recover_accuracy": rec_acc, "recover_accuracy_per_class": rec_per_class,
-            "recovered_checked": len(rec_labels)}
+        f"({len(cond)} samples); real digits recognised after DIVER's recovery: {rec_acc:.1%} "
+        f"({len(rec_labels)})")
+    return {"classifier_val_accuracy": val_acc, "sample_accuracy": acc,
+            "sample_accuracy_per_class": per_class,
+            "samples_checked": len(cond), "recover_accuracy": rec_acc,
+            "recover_accuracy_per_class": rec_per_class, "recovered_checked": len(rec_labels)}
 
 
 def save_pipeline(out: Path, transformer, vae, class_names: list[str]) -> None:
@@ -259,7 +272,8 @@ def save_pipeline(out: Path, transformer, vae, class_names: list[str]) -> None:
     id2label = {i: f"class {i}" for i in range(transformer.config.num_embeds_ada_norm)}
     for i, name in enumerate(class_names):
         id2label[i] = name
-    DiTPipeline(transformer=transformer, vae=vae, scheduler=make_scheduler(), id2label=id2label).save_pretrained(out)
+    DiTPipeline(transformer=transformer, vae=vae, scheduler=make_scheduler(),
+                id2label=id2label).save_pretrained(out)
 
 
 def train_demo_dit(out: str | Path, data: str | Path | None = None, recipe: DemoDiTRecipe | None = None,
@@ -270,7 +284,8 @@ def train_demo_dit(out: str | Path, data: str | Path | None = None, recipe: Demo
         return _train_demo_dit(Path(out), data, recipe, log)
 
 
-def _train_demo_dit(out: Path, data: str | Path | None, recipe: DemoDiTRecipe, log: Callable[[str], None]) -> dict:
+def _train_demo_dit(out: Path, data: str | Path | None, recipe: DemoDiTRecipe,
+                    log: Callable[[str], None]) -> dict:
     t_start = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         if data is None:
@@ -291,7 +306,8 @@ def _train_demo_dit(out: Path, data: str | Path | None, recipe: DemoDiTRecipe, l
     t_train = time.time() - t_start
     from pipeline.core.digits import DIGIT_NAMES
 
-    names = [f"handwritten digit {DIGIT_NAMES[int(c)]}" if c.isdigit() and int(c) < 10 else c for c in classes]
+    names = [f"handwritten digit {DIGIT_NAMES[int(c)]}" if c.isdigit() and int(c) < 10 else c
+             for c in classes]
     out.mkdir(parents=True, exist_ok=True)
     save_pipeline(out, transformer, vae, names)
     checks = run_checks(transformer, vae, images, labels, classes, val, recipe, log)

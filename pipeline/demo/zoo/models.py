@@ -107,8 +107,8 @@ class DemoSDRecipe:
     lead: str = LEAD
     # stage 2 (the text stage) keeps stage 1's EMA UNet fixed and trains the text encoder (demo CLIP's text
     # tower) against it at ``text_lr`` (> 0) on the texts of ``text_mix`` (shares of: the caption,
-    # varied phrasings, SmolLM2-style sentences, cached SmolLM2 summaries; pipeline.demo.zoo.sd_text); a dropped
-    # caption (``caption_dropout``) becomes "" or the negative prompt's words
+    # varied phrasings, SmolLM2-style sentences, cached SmolLM2 summaries; pipeline.demo.zoo.sd_text);
+    # a dropped caption (``caption_dropout``) becomes "" or the negative prompt's words
     text_steps: int = 600
     text_warmup: int = 50
     caption_dropout: float = 0.15
@@ -228,14 +228,16 @@ def check_vlm(model_dir: str | Path, d: DemoData, recipe: DemoVLMRecipe, batch: 
                     max_tokens=recipe.check_max_tokens, device="cpu", dtype="float32")
     captions: list[str] = []
     for i in range(0, len(d.val_images), batch):
-        rows = {"path": np.array([f"val/{j}" for j in range(i, min(i + batch, len(d.val_images)))], dtype=object),
+        rows = {"path": np.array([f"val/{j}" for j in range(i, min(i + batch, len(d.val_images)))],
+                                 dtype=object),
                 "class_id": np.array([str(int(y)) for y in d.val_labels[i:i + batch]], dtype=object),
                 "image": d.val_images[i:i + batch]}
         captions += [str(c) for c in cap(rows)["caption"]]
     return score_captions(captions, d.val_images, d.val_labels, d.names)
 
 
-def score_captions(captions: list[str], images: np.ndarray, labels: np.ndarray, names: list[str]) -> dict[str, Any]:
+def score_captions(captions: list[str], images: np.ndarray, labels: np.ndarray,
+                   names: list[str]) -> dict[str, Any]:
     """Per-attribute share of captions stating the measured level; share naming only the right class."""
     hits = {k: 0 for k in ATTRIBUTES}
     named = 0
@@ -316,7 +318,8 @@ def check_clip(model_dir: str | Path, d: DemoData, lead: str = LEAD) -> dict[str
     emb = ClipEmbedder(str(model_dir), device="cpu", dtype="float32")
     pil = [Image.fromarray(im) for im in d.val_images]
     img = F.normalize(torch.from_numpy(emb.image_features(pil)), dim=-1)
-    cls = F.normalize(torch.from_numpy(emb.text_features([ZERO_SHOT_PROMPT.format(class_name=n) for n in d.names])),
+    cls = F.normalize(torch.from_numpy(emb.text_features([ZERO_SHOT_PROMPT.format(class_name=n)
+                                                          for n in d.names])),
                       dim=-1)
     zero_shot = float(((img @ cls.T).argmax(1) == torch.from_numpy(d.val_labels)).float().mean())
     texts = captions_for(d.val_images, d.val_labels, d.names, lead)
@@ -376,22 +379,25 @@ def train_unet_on_captions(unet, scheduler, latents: torch.Tensor, cond: torch.T
         return latents[b], ctx, t, torch.randn(latents[b].shape, generator=gen)
 
     unet.train()
-    running = train_steps(next_batch, lambda batch: _epsilon_loss(unet, ab, *batch, recipe.min_snr_gamma), opt,
-                          recipe.unet_steps, schedule=warmup_cosine(recipe.lr, recipe.warmup, recipe.unet_steps),
+    running = train_steps(next_batch, lambda batch: _epsilon_loss(unet, ab, *batch, recipe.min_snr_gamma),
+                          opt, recipe.unet_steps,
+                          schedule=warmup_cosine(recipe.lr, recipe.warmup, recipe.unet_steps),
                           max_grad_norm=1.0, emas=[ema], progress=Progress(log, "unet"))
     return ema.model.eval(), running
 
 
-def _epsilon_loss(unet, ab: torch.Tensor, z0: torch.Tensor, ctx: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
-                  gamma: float) -> torch.Tensor:
-    """The UNet's Min-SNR-weighted epsilon loss on ``z0`` noised to ``t`` with ``noise``, prompted by ``ctx``."""
+def _epsilon_loss(unet, ab: torch.Tensor, z0: torch.Tensor, ctx: torch.Tensor, t: torch.Tensor,
+                  noise: torch.Tensor, gamma: float) -> torch.Tensor:
+    """The UNet's Min-SNR-weighted epsilon loss on ``z0`` noised to ``t`` with ``noise``, prompted by
+    ``ctx``."""
     a = ab[t].view(-1, 1, 1, 1)
     pred = unet(a.sqrt() * z0 + (1 - a).sqrt() * noise, t, encoder_hidden_states=ctx).sample
     return min_snr_epsilon_loss(pred, noise, a, gamma)
 
 
 class TrainingTexts:
-    """Each step's prompt for each image: ``recipe.text_mix`` of caption kinds, dropout to ""/negative prompt."""
+    """Each step's prompt for each image: ``recipe.text_mix`` of caption kinds, dropout to ""/negative
+    prompt."""
 
     def __init__(self, d: DemoData, recipe: DemoSDRecipe, summaries: list[dict[str, Any]]) -> None:
         self.d, self.recipe = d, recipe
@@ -407,7 +413,8 @@ class TrainingTexts:
         mix = np.asarray(r.text_mix, dtype=np.float64)
         for i in indices:
             if rng.random() < r.caption_dropout:
-                out.append(sd_text.negative_text(r.negative_prompt, rng) if rng.random() < r.negative_share else "")
+                out.append(sd_text.negative_text(r.negative_prompt,
+                                                 rng) if rng.random() < r.negative_share else "")
                 continue
             kind = int(rng.choice(len(mix), p=mix / mix.sum()))
             if kind == 3 and i not in self.summaries_of:
@@ -431,19 +438,20 @@ def _token_ids(tokenizer, texts: list[str]) -> torch.Tensor:
 
 def train_text_stage(unet, text_encoder, tokenizer, scheduler, latents: torch.Tensor, texts: TrainingTexts,
                      recipe: DemoSDRecipe, log: Log):
-    """Stage 2: the same loss on varied prompts (``TrainingTexts``), the text encoder trained at ``text_lr`` against
-    stage 1's EMA UNet, which stays fixed; returns that UNet and the text encoder's EMA."""
+    """Stage 2: the same loss on varied prompts (``TrainingTexts``), the text encoder trained at ``text_lr``
+    against stage 1's EMA UNet, which stays fixed; returns that UNet and the text encoder's EMA."""
     from diffusers import DDPMScheduler
 
     if recipe.text_lr <= 0:
-        raise ValueError(f"DemoSDRecipe.text_lr must be > 0 (got {recipe.text_lr}): stage 2 trains only the text "
-                         "encoder; set text_steps=0 to skip the stage")
+        raise ValueError(f"DemoSDRecipe.text_lr must be > 0 (got {recipe.text_lr}): stage 2 trains only the "
+                         f"text encoder; set text_steps=0 to skip the stage")
     noise_sched = DDPMScheduler.from_config(scheduler.config)
     ab = noise_sched.alphas_cumprod.float()
     unet.requires_grad_(False)
     ema_text = Ema(text_encoder, recipe.ema_decay)
     text_encoder.requires_grad_(True).train(True)
-    opt = torch.optim.AdamW([{"params": list(text_encoder.parameters()), "lr": recipe.text_lr}], weight_decay=0.0)
+    opt = torch.optim.AdamW([{"params": list(text_encoder.parameters()), "lr": recipe.text_lr}],
+                            weight_decay=0.0)
     gen = torch.Generator().manual_seed(recipe.seed + 4)
 
     def next_batch() -> tuple[torch.Tensor, ...]:
@@ -480,7 +488,8 @@ def demo_sd_unet(start_config: dict[str, Any], latent_size: int, recipe: DemoSDR
 
 def train_demo_sd(out: str | Path, clip_dir: str | Path, data: str | Path | None = None,
                   recipe: DemoSDRecipe | None = None, log: Log = print) -> dict[str, Any]:
-    """Train the VAE and the UNet of a tiny SD (text tower from ``clip_dir``) on the captions; save and check."""
+    """Train the VAE and the UNet of a tiny SD (text tower from ``clip_dir``) on the captions; save and
+    check."""
     recipe = recipe or DemoSDRecipe()
     with torch_threads(recipe.torch_threads):
         return _train_demo_sd(Path(out), clip_dir, data, recipe, log)
@@ -515,12 +524,13 @@ def _train_demo_sd(out: Path, clip_dir: str | Path, data: str | Path | None, rec
     summaries = sd_text.load_summaries()
     texts = TrainingTexts(d, recipe, summaries)
     log(f"demo SD text stage: {len(summaries)} cached SmolLM2 summaries; e.g. {texts([0, 1, 2])}")
-    unet, text_encoder, final_loss = train_text_stage(unet, text_encoder, pipe.tokenizer, pipe.scheduler, latents,
-                                                      texts, recipe, log)
+    unet, text_encoder, final_loss = train_text_stage(unet, text_encoder, pipe.tokenizer, pipe.scheduler,
+                                                      latents, texts, recipe, log)
     t_train = time.time() - t0
-    trained = StableDiffusionImg2ImgPipeline(vae=vae, text_encoder=text_encoder, tokenizer=pipe.tokenizer, unet=unet,
-                                             scheduler=pipe.scheduler, safety_checker=None, feature_extractor=None,
-                                             requires_safety_checker=False)
+    trained = StableDiffusionImg2ImgPipeline(vae=vae, text_encoder=text_encoder, tokenizer=pipe.tokenizer,
+                                             unet=unet,
+                                             scheduler=pipe.scheduler, safety_checker=None,
+                                             feature_extractor=None, requires_safety_checker=False)
     out.mkdir(parents=True, exist_ok=True)
     trained.save_pretrained(out)
     check = check_sd(out, d, recipe, clip_dir)
@@ -529,20 +539,23 @@ def _train_demo_sd(out: Path, clip_dir: str | Path, data: str | Path | None, rec
               "latent_shape": list(latents.shape[1:]), "scaling_factor": float(vae.config.scaling_factor),
               "stage1_loss": stage1_loss, "final_loss": final_loss,
               "text_encoder_from": "demo_clip (text stage: trained further)", **check,
-              "torch_threads": torch.get_num_threads(), "seconds_vae": round(t_vae, 1), "seconds_stage1": round(t_stage1, 1),
+              "torch_threads": torch.get_num_threads(), "seconds_vae": round(t_vae, 1),
+              "seconds_stage1": round(t_stage1, 1),
               "seconds_train": round(t_train, 1), "seconds_total": round(time.time() - t0, 1)}
     _write_report(out, "demo_sd", report)
-    log(f"  demo SD check: {check['sample_accuracy']:.1%} of text-to-image samples recognised as the prompt's "
-        f"class ({check['samples_checked']} samples; {report['seconds_total']:.0f}s in all)")
+    log(f"  demo SD check: {check['sample_accuracy']:.1%} of text-to-image samples recognised as the "
+        f"prompt's class ({check['samples_checked']} samples; {report['seconds_total']:.0f}s in all)")
     return report
 
 
-SD_CHECK_KEYS = (("text-to-image", "sample_accuracy"), ("img2img + SmolLM2 prototypes", "img2img_text_prototype_accuracy"),
+SD_CHECK_KEYS = (("text-to-image", "sample_accuracy"), ("img2img + SmolLM2 prototypes",
+                                                        "img2img_text_prototype_accuracy"),
                  ("img2img + class prompt", "img2img_class_prompt_accuracy"))
 
 
 def sd_checks_line(report: dict[str, Any]) -> str:
-    """The demo SD's check numbers in one line (``semdistill zoo list``); checks not in ``report`` left out."""
+    """The demo SD's check numbers in one line (``semdistill zoo list``); checks not in ``report`` left
+    out."""
     parts = [f"{name} {report[key]:.1%}" for name, key in SD_CHECK_KEYS if key in report]
     return "checks: " + ", ".join(parts) + " recognised" if parts else "checks: none recorded"
 
@@ -580,7 +593,8 @@ def check_sd(model_dir: str | Path, d: DemoData, recipe: DemoSDRecipe, clip_dir:
     for i in range(0, len(texts), batch):
         gens = [torch.Generator().manual_seed(image_seed(recipe.seed, "demo_sd", j))
                 for j in range(i, min(i + batch, len(texts)))]
-        images.append(t2i(prompt=texts[i:i + batch], height=size, width=size, num_inference_steps=recipe.check_steps,
+        images.append(t2i(prompt=texts[i:i + batch], height=size, width=size,
+                          num_inference_steps=recipe.check_steps,
                           guidance_scale=recipe.check_cfg_scale, generator=gens, output_type="pt").images)
     samples = torch.cat(images).float().clamp(0, 1)
     net = train_classifier(d.train_images, d.train_labels, recipe.classifier_epochs, recipe.seed)
@@ -588,7 +602,8 @@ def check_sd(model_dir: str | Path, d: DemoData, recipe: DemoSDRecipe, clip_dir:
     val_acc = float((classify(net, val_x) == torch.from_numpy(d.val_labels)).float().mean())
     pred = classify(net, samples)
     acc = float((pred == labels).float().mean())
-    per_class = {d.names[c]: round(float((pred[labels == c] == c).float().mean()), 4) for c in range(len(d.names))}
+    per_class = {d.names[c]: round(float((pred[labels == c] == c).float().mean()),
+                                   4) for c in range(len(d.names))}
     report = {"classifier_val_accuracy": round(val_acc, 4), "sample_accuracy": round(acc, 4),
               "sample_accuracy_per_class": per_class, "samples_checked": len(texts),
               "check_prompts_example": texts[:3]}

@@ -41,8 +41,10 @@ class Cluster:
     members: list[int]  # train indices of the k nearest members (image and text prototype)
 
 
-def clusters_of(d: Any, clip_dir: str, ipc: int, seed: int = 0, k: int = 5, tau: float = 0.01) -> list[Cluster]:
-    """EDITS's clusters of every train class: GSQ concat of raw CLIP projections, KMeans, LSA's ``k`` nearest."""
+def clusters_of(d: Any, clip_dir: str, ipc: int, seed: int = 0, k: int = 5,
+                tau: float = 0.01) -> list[Cluster]:
+    """EDITS's clusters of every train class: GSQ concat of raw CLIP projections, KMeans, LSA's ``k``
+    nearest."""
     from sklearn.cluster import KMeans
 
     from actors.clip_embedder import ClipEmbedder
@@ -55,7 +57,8 @@ def clusters_of(d: Any, clip_dir: str, ipc: int, seed: int = 0, k: int = 5, tau:
         fused = gsq_fuse(img[idx], txt[idx], tau=tau, fusion="concat", normalize=False)
         km = KMeans(n_clusters=ipc, random_state=seed, n_init=10).fit(fused)
         for sel in select(fused, km.labels_, km.cluster_centers_, k, k):
-            out.append(Cluster(label=c, cluster=sel.cluster, members=[int(idx[i]) for i in sel.image_members]))
+            out.append(Cluster(label=c, cluster=sel.cluster,
+                               members=[int(idx[i]) for i in sel.image_members]))
     return out
 
 
@@ -63,7 +66,8 @@ def clusters_of(d: Any, clip_dir: str, ipc: int, seed: int = 0, k: int = 5, tau:
 def image_prototypes(vae: Any, d: Any, clusters: list[Cluster]) -> torch.Tensor:
     """The mean scaled latent of each cluster's members ``[n, C, h, w]``."""
     x = torch.from_numpy(d.train_images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-    protos = [vae.encode(x[cl.members]).latent_dist.mode().mean(0) * vae.config.scaling_factor for cl in clusters]
+    protos = [vae.encode(x[cl.members]).latent_dist.mode().mean(0) * vae.config.scaling_factor
+              for cl in clusters]
     return torch.stack(protos)
 
 
@@ -73,7 +77,8 @@ def cluster_key(ipc: int, cl: Cluster) -> str:
 
 def write_check_texts(d: Any, clip_dir: str, sd_dir: str, ipcs: tuple[int, ...], seed: int = 0,
                       llm: str = "zoo:smollm2", log: Any = print) -> dict[str, dict[str, Any]]:
-    """SmolLM2's text prototype of every check cluster (key -> members, text), as the prototype stage writes it."""
+    """SmolLM2's text prototype of every check cluster (key -> members, text), as the prototype stage writes
+    it."""
     from transformers import AutoTokenizer
 
     from actors.llm import TransformersChat
@@ -85,7 +90,8 @@ def write_check_texts(d: Any, clip_dir: str, sd_dir: str, ipcs: tuple[int, ...],
     out: dict[str, dict[str, Any]] = {}
     for ipc in ipcs:
         cls = clusters_of(d, clip_dir, ipc, seed)
-        texts = sd_text.llm_summaries([cl.members for cl in cls], captions, d.names, d.train_labels, chat, tok)
+        texts = sd_text.llm_summaries([cl.members for cl in cls], captions, d.names, d.train_labels, chat,
+                                      tok)
         for cl, text in zip(cls, texts):
             out[cluster_key(ipc, cl)] = {"members": cl.members, "text": text}
         log(f"  SmolLM2 prototypes of the IPC {ipc} clusters: {len(cls)}, e.g. {texts[0]!r}")
@@ -95,13 +101,16 @@ def write_check_texts(d: Any, clip_dir: str, sd_dir: str, ipcs: tuple[int, ...],
 def _cached_text(texts: dict[str, dict[str, Any]], ipc: int, cl: Cluster) -> str:
     key = cluster_key(ipc, cl)
     if key not in texts or texts[key]["members"] != cl.members:
-        raise KeyError(f"{SUMMARIES_NAME} has no SmolLM2 prototype of cluster {key} with members {cl.members} "
-                       "(the demo CLIP or data changed?); rewrite it with pipeline.demo.zoo.sd_check.write_summaries_file")
+        raise KeyError(f"{SUMMARIES_NAME} has no SmolLM2 prototype of cluster {key} with members "
+                       f"{cl.members} (the demo CLIP or data changed?); rewrite it with "
+                       "pipeline.demo.zoo.sd_check.write_summaries_file")
     return texts[key]["text"]
 
 
-def check_img2img(model_dir: str, d: Any, clip_dir: str, ipcs: tuple[int, ...], texts: dict[str, dict[str, Any]],
-                  net: Any, seed: int = 0, prompt: str = "llm", skip_uncached: bool = False) -> dict[str, Any]:
+def check_img2img(model_dir: str, d: Any, clip_dir: str, ipcs: tuple[int, ...],
+                  texts: dict[str, dict[str, Any]],
+                  net: Any, seed: int = 0, prompt: str = "llm",
+                  skip_uncached: bool = False) -> dict[str, Any]:
     """Share of EDITS img2img images recognised as their cluster's class (overall, per class, per IPC).
 
     ``skip_uncached``: with ``prompt="llm"``, leave out the clusters ``texts`` has no prototype of
@@ -138,9 +147,10 @@ def check_img2img(model_dir: str, d: Any, clip_dir: str, ipcs: tuple[int, ...], 
         images.append(x)
     lab, x = torch.cat(labels), torch.cat(images)
     pred = classify(net, x)
-    per_class = {d.names[c]: round(float((pred[lab == c] == c).float().mean()), 4) for c in range(len(d.names))}
-    return {"accuracy": round(float((pred == lab).float().mean()), 4), "per_ipc": by_ipc, "per_class": per_class,
-            "checked": checked, "images": x, "labels": lab}
+    per_class = {d.names[c]: round(float((pred[lab == c] == c).float().mean()),
+                                   4) for c in range(len(d.names))}
+    return {"accuracy": round(float((pred == lab).float().mean()), 4), "per_ipc": by_ipc,
+            "per_class": per_class, "checked": checked, "images": x, "labels": lab}
 
 
 def write_summaries_file(d: Any, clip_dir: str, sd_dir: str, ipcs: tuple[int, ...] = (1, 10), seed: int = 0,

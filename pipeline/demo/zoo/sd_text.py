@@ -52,7 +52,8 @@ SYNONYMS: dict[str, tuple[tuple[str, ...], ...]] = {
 LEADS = ("a {name},", "a photo of {name},", "{name},", "an image of {name},", "a picture of a {name} with",
          "{name}:", "this image shows a {name},", "a scanned {name},", "a {name} on white paper,",
          "a simple {name} drawn with", "{name} -", "a low resolution photo of a {name},")
-LLM_LEADS = ('The class is named "{title}" and is depicted as a', 'The class is named "{title}" and is depicted as',
+LLM_LEADS = ('The class is named "{title}" and is depicted as a',
+             'The class is named "{title}" and is depicted as',
              "The {name} is depicted as a", "A representative {name} is", "This class, {name}, shows a",
              '"{title}" is a', "The image shows a {name} with")
 CONNECTORS = (", ", ", ", " and ", " with ", "; ", " ")
@@ -110,7 +111,8 @@ def summary_groups(labels: np.ndarray, per_class: int, group_size: int, seed: in
     groups = []
     for c in np.unique(labels):
         idx = np.flatnonzero(labels == c)
-        groups += [sorted(int(i) for i in rng.choice(idx, size=group_size, replace=False)) for _ in range(per_class)]
+        groups += [sorted(int(i) for i in rng.choice(idx, size=group_size, replace=False))
+                   for _ in range(per_class)]
     return groups
 
 
@@ -125,7 +127,8 @@ def llm_summaries(groups: list[list[int]], captions: list[str], names: list[str]
         msgs = [prompts.summary_messages(names[int(labels[g[0]])], [captions[j] for j in g], max_tokens)
                 for g in part]
         raw = chat.generate(msgs, max_tokens, 0.0, list(range(i, i + len(part))))
-        out += [prompts.clean_generated(r, names[int(labels[g[0]])], max_tokens, tokenizer, fallback=captions[g[0]])
+        out += [prompts.clean_generated(r, names[int(labels[g[0]])], max_tokens, tokenizer,
+                                        fallback=captions[g[0]])
                 for r, g in zip(raw, part)]
     return out
 

@@ -34,8 +34,10 @@ def warmup_cosine(base: float, warmup: int, total: int) -> Schedule:
     return lambda step: [lr_at(step, base, warmup, total)]
 
 
-def min_snr_epsilon_loss(pred: torch.Tensor, noise: torch.Tensor, alpha_bar: torch.Tensor, gamma: float) -> torch.Tensor:
-    """Mean epsilon MSE, each sample weighted by ``min(SNR, gamma) / SNR`` (Min-SNR, Hang et al. 2023; off at 0).
+def min_snr_epsilon_loss(pred: torch.Tensor, noise: torch.Tensor, alpha_bar: torch.Tensor,
+                         gamma: float) -> torch.Tensor:
+    """Mean epsilon MSE, each sample weighted by ``min(SNR, gamma) / SNR`` (Min-SNR, Hang et al. 2023;
+    off at 0).
 
     ``alpha_bar``: the samples' cumulative alphas, shaped ``[B, 1, 1, 1]``.
     """
@@ -127,11 +129,14 @@ def torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-# --- learned variance: the L_vlb term of improved DDPM's hybrid loss (Nichol & Dhariwal 2021; DiT trains with it) ---
+# --- learned variance: the L_vlb term of improved DDPM's hybrid loss
+# (Nichol & Dhariwal 2021; DiT trains with it) ---
 
-def normal_kl(mean1: torch.Tensor, logvar1: torch.Tensor, mean2: torch.Tensor, logvar2: torch.Tensor) -> torch.Tensor:
+def normal_kl(mean1: torch.Tensor, logvar1: torch.Tensor, mean2: torch.Tensor,
+              logvar2: torch.Tensor) -> torch.Tensor:
     """KL(N(mean1, e^logvar1) || N(mean2, e^logvar2)), elementwise, in nats."""
-    return 0.5 * (logvar2 - logvar1 - 1.0 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
+    return 0.5 * (logvar2 - logvar1 - 1.0 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2
+                  * torch.exp(-logvar2))
 
 
 def _std_normal_cdf(x: torch.Tensor) -> torch.Tensor:
@@ -139,8 +144,10 @@ def _std_normal_cdf(x: torch.Tensor) -> torch.Tensor:
     return 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x.pow(3))))
 
 
-def discretized_gaussian_log_likelihood(x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
-    """log P(x) of the 256-bin discretisation of N(mean, e^(2 log_scale)) on [-1, 1] (edge bins open), elementwise."""
+def discretized_gaussian_log_likelihood(x: torch.Tensor, mean: torch.Tensor,
+                                        log_scale: torch.Tensor) -> torch.Tensor:
+    """log P(x) of the 256-bin discretisation of N(mean, e^(2 log_scale)) on [-1, 1] (edge bins open),
+    elementwise."""
     inv_std = torch.exp(-log_scale)
     upper = _std_normal_cdf(inv_std * (x - mean + 1.0 / 255))
     lower = _std_normal_cdf(inv_std * (x - mean - 1.0 / 255))
@@ -152,7 +159,8 @@ def discretized_gaussian_log_likelihood(x: torch.Tensor, mean: torch.Tensor, log
 
 def vlb_bits_per_dim(eps: torch.Tensor, v: torch.Tensor, x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor,
                      alphas_cumprod: torch.Tensor) -> torch.Tensor:
-    """Per-sample L_t of the variational bound (bits per dim) for a model predicting ``eps`` and the learned range ``v``.
+    """Per-sample L_t of the variational bound (bits per dim) for a model predicting ``eps`` and the
+    learned range ``v``.
 
     The model's reverse step has mean ``q_posterior_mean(x0_hat(eps), xt)`` and log variance
     ``frac * log(beta_t) + (1 - frac) * log(posterior_var_t)`` with ``frac = (v + 1) / 2``
@@ -179,6 +187,8 @@ def vlb_bits_per_dim(eps: torch.Tensor, v: torch.Tensor, x0: torch.Tensor, xt: t
     frac = (v + 1.0) / 2.0
     model_logvar = frac * torch.log(beta) + (1.0 - frac) * true_logvar
     dims = tuple(range(1, x0.dim()))
-    kl = normal_kl(true_mean, true_logvar.expand_as(x0), model_mean, model_logvar).mean(dim=dims) / math.log(2.0)
-    nll = -discretized_gaussian_log_likelihood(x0, model_mean, 0.5 * model_logvar).mean(dim=dims) / math.log(2.0)
+    kl = normal_kl(true_mean, true_logvar.expand_as(x0), model_mean,
+                   model_logvar).mean(dim=dims) / math.log(2.0)
+    nll = -discretized_gaussian_log_likelihood(x0, model_mean,
+                                               0.5 * model_logvar).mean(dim=dims) / math.log(2.0)
     return torch.where(t.to(x0.device) == 0, nll, kl)
