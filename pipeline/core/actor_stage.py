@@ -46,12 +46,14 @@ class ActorStage:
     max_blocks: int = 4096
 
     def pool(self, cfg: Any) -> dict[str, Any]:
-        """``map_batches`` kwargs of the pool (``pool_kwargs``) plus ``fn_constructor_kwargs`` with the threads."""
+        """``map_batches`` kwargs of the pool (``pool_kwargs``) plus ``fn_constructor_kwargs`` with the
+        threads."""
         plan = role_plan(cfg, self.role, self.threads, DECODE_CPUS if self.decode is not None else 0.0)
         kw = {**pool_kwargs(cfg, self.role, self.default_batch, plan), **self.remote}
         kw = {k: v for k, v in kw.items() if v is not None}
         kw["batch_size"] = whole_micro_batches(kw["batch_size"], cfg.ray.micro_batch_sizes.get(self.role))
-        kw["fn_constructor_kwargs"] = {**self.ctor, **({"torch_threads": plan.threads} if plan.threads else {})}
+        kw["fn_constructor_kwargs"] = {**self.ctor,
+                                       **({"torch_threads": plan.threads} if plan.threads else {})}
         return kw
 
     def dataset(self, cfg: Any, rows: list[dict[str, Any]]) -> Any:
@@ -62,7 +64,8 @@ class ActorStage:
         """``dataset`` and the pool it runs (``pool``'s kwargs), resolved once: a caller that logs the pool
         size and batch logs the ones that run (free GPU memory is probed once)."""
         kw = self.pool(cfg)
-        ds = ray.data.from_items(rows, override_num_blocks=batch_blocks(len(rows), kw["batch_size"], self.max_blocks))
+        ds = ray.data.from_items(rows, override_num_blocks=batch_blocks(len(rows), kw["batch_size"],
+                                                                        self.max_blocks))
         if self.decode is not None:
             ds = ds.map_batches(decode_batch, fn_kwargs=self.decode, batch_size=kw["batch_size"],
                                 num_cpus=DECODE_CPUS)

@@ -54,7 +54,8 @@ def write_demo_dataset(out: str | Path, size: int = 32, val_fraction: float = 0.
             for i in sorted(part):
                 atomic_save_image(out / split / str(cls) / f"digit_{i:04d}.png", images[i])
             counts[split][str(cls)] = len(part)
-    atomic_write_json(out / "class_names.json", {str(c): f"handwritten digit {DIGIT_NAMES[c]}" for c in range(10)})
+    atomic_write_json(out / "class_names.json",
+                      {str(c): f"handwritten digit {DIGIT_NAMES[c]}" for c in range(10)})
     summary = {"root": str(out), "size": size, "seed": seed, "val_fraction": val_fraction, "counts": counts}
     atomic_write_json(out / "dataset.json", summary)
     return summary
@@ -65,7 +66,8 @@ DEMO_ROLES = {"diver": ("dit",), "edits": ("vlm", "clip", "vae", "sd")}
 
 
 def is_demo_config(cfg: Config) -> bool:
-    """A demo config: its method's models come from the local zoo and ``data.root`` is a ``.../train`` split."""
+    """A demo config: its method's models come from the local zoo and ``data.root`` is a ``.../train``
+    split."""
     root = cfg.data.root
     roles = DEMO_ROLES.get(str(cfg.method), ())
     return (root is not None and Path(root).name == "train" and bool(roles)

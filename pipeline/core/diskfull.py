@@ -48,18 +48,20 @@ def disk_full(path: str | os.PathLike, needed: int, at_least: bool = False) -> D
     hint = (f"free at least {short} bytes (more for the files still to come)" if short > 0
             else "free more space (its whole size is not known before it is written)")
     return DiskFullError(
-        f"no space left on the device writing {path}: it needs {'more than ' if at_least else ''}{needed} bytes, "
-        f"{max(free, 0)} are free in {folder}; {hint} or choose another output.dir, then re-run: "
-        "finished files are kept",
+        f"no space left on the device writing {path}: it needs {'more than ' if at_least else ''}{needed} "
+        f"bytes, {max(free, 0)} are free in {folder}; {hint} or choose another output.dir, then re-run: "
+        f"finished files are kept",
         str(path), int(needed), int(free))
 
 
 def _linked(err: BaseException) -> list[BaseException]:
-    """The exceptions ``err`` wraps: its cause/context, Ray's per-worker failures, controller and task causes."""
+    """The exceptions ``err`` wraps: its cause/context, Ray's per-worker failures, controller and task
+    causes."""
     out = [e for e in (err.__cause__, err.__context__) if e is not None]
     out += [e for e in (getattr(err, "worker_failures", None) or {}).values() if isinstance(e, BaseException)]
     out += [e for e in (getattr(err, a, None) for a in ("controller_failure", "cause", "_base_exc"))
-            if isinstance(e, BaseException)]  # Ray Train's controller error, RayTaskError, a worker's user error
+            # Ray Train's controller error, RayTaskError, a worker's user error
+            if isinstance(e, BaseException)]
     return out
 
 

@@ -52,7 +52,8 @@ def batch_id(keys: Iterable[Any]) -> str:
 
 
 class FaultInjector:
-    """Fails every ``every_n``-th new batch once (see the module docstring); a no-op when ``every_n`` is falsy."""
+    """Fails every ``every_n``-th new batch once (see the module docstring); a no-op when ``every_n`` is
+    falsy."""
 
     def __init__(self, every_n: int | None = None, state_dir: str | os.PathLike | None = None,
                  mode: str = "raise") -> None:

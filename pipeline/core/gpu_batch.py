@@ -55,7 +55,8 @@ ROLE_MEMORY: dict[str, RoleMemory] = {
 
 def batch_from_free_memory(free_bytes: float, per_image_bytes: float, micro: int | None, cap: int) -> int:
     """Rows of a Ray batch: whole micro-batches of ``micro`` rows (1 when None) that fit in ``free_bytes`` at
-    ``per_image_bytes`` each, at least one micro-batch, at most ``cap`` rows (rounded down to whole micro-batches,
+    ``per_image_bytes`` each, at least one micro-batch, at most ``cap`` rows (rounded down to whole
+    micro-batches,
     never below one)."""
     if per_image_bytes <= 0:
         raise ValueError(f"per_image_bytes must be positive, got {per_image_bytes}")
@@ -76,7 +77,8 @@ def free_gpu_bytes(actor_num_gpus: float, probe_timeout_s: float = 60.0) -> int 
     ray = sys.modules.get("ray")  # never import Ray just to ask
     if ray is not None and ray.is_initialized() and ray.cluster_resources().get("GPU"):
         try:
-            free = ray.get(ray.remote(num_gpus=share, num_cpus=0)(_probe_free).remote(), timeout=probe_timeout_s)
+            free = ray.get(ray.remote(num_gpus=share, num_cpus=0)(_probe_free).remote(),
+                           timeout=probe_timeout_s)
         except ray.exceptions.GetTimeoutError:  # every GPU busy: keep the default batch
             return None
     elif torch.cuda.is_available():

@@ -14,7 +14,8 @@ from PIL import Image, ImageDraw
 Tile = Image.Image | np.ndarray | str | os.PathLike | None
 
 
-def _tile(t: Tile, size: tuple[int, int], resample: int, bad_tile: tuple[int, int, int] | None) -> Image.Image | None:
+def _tile(t: Tile, size: tuple[int, int], resample: int,
+          bad_tile: tuple[int, int, int] | None) -> Image.Image | None:
     if t is None:
         return None
     if isinstance(t, np.ndarray):

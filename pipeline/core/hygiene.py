@@ -7,7 +7,8 @@
   It never calls ``str.format`` on text that contains user data, so braces in a caption
   are inert and ``{0.__class__}``-style lookups are impossible.
 - ``clean_llm_output``: strip template tokens, role labels, chatty preambles ("Here is a
-  description of the beagle:"), markdown and wrapping quotes, keep the first answer line, cap it by tokens (with the tokenizer that will consume it) and characters.
+  description of the beagle:"), markdown and wrapping quotes, keep the first answer line, cap it by tokens
+  (with the tokenizer that will consume it) and characters.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ _SPECIAL = re.compile(
     r"<\|[^|<>]{0,40}\|>|</?s>|<unk>|<pad>|\[/?INST\]|<</?SYS>>|<start_of_turn>|<end_of_turn>|<image>",
     re.IGNORECASE,
 )
-_ROLE = re.compile(r"^\s*(?:assistant|system|user|answer|output|description|caption|text prototype)\s*(?:[:\-]\s*|$)",
+_ROLE = re.compile(r"^\s*(?:assistant|system|user|answer|output|description|caption|text "
+                   r"prototype)\s*(?:[:\-]\s*|$)",
                    re.IGNORECASE)
 # a chatty lead-in before the answer: "Here is a representative description of the beagle:", "Sure! ..."
 _PREAMBLE = re.compile(
@@ -69,7 +71,8 @@ def quote_for_prompt(text: str, max_chars: int = 300) -> str:
 
     Double quotes inside become single quotes, so the literal cannot be closed early.
     """
-    body = truncate_words(one_line(text).replace('"', "'").replace("\u201c", "'").replace("\u201d", "'"), max_chars)
+    body = truncate_words(one_line(text).replace('"', "'").replace("\u201c", "'").replace("\u201d", "'"),
+                          max_chars)
     return f'"{body}"'
 
 
@@ -121,7 +124,8 @@ def clean_llm_output(text: str, max_tokens: int | None = None, max_chars: int | 
 
 
 def strip_preamble(line: str) -> str:
-    """``line`` without a lead-in such as "Sure! Here is a description of the beagle:" (empty if only that)."""
+    """``line`` without a lead-in such as "Sure! Here is a description of the beagle:" (empty if only
+    that)."""
     out = _PREAMBLE.sub("", line, count=1).strip()
     return _ROLE.sub("", out).strip()
 

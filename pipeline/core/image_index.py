@@ -103,7 +103,8 @@ def check_requested_classes(classes: list[str], available, where: str) -> None:
 def _class_folders(root_p: Path, classes: list[str] | None) -> list[str]:
     """The sorted class ids to scan: every visible folder under ``root_p``, or the requested ``classes``."""
     if not root_p.exists():
-        raise DataError(f"dataset root not found: {root_p} (expected an ImageFolder: {root_p}/<class_id>/<image>)")
+        raise DataError(f"dataset root not found: {root_p} (expected an ImageFolder: "
+                        f"{root_p}/<class_id>/<image>)")
     if not root_p.is_dir():
         raise DataError(f"dataset root is not a folder: {root_p}")
     found = sorted(p.name for p in root_p.iterdir() if p.is_dir() and not p.name.startswith("."))

@@ -58,6 +58,7 @@ def read_journal(path: str | os.PathLike) -> list[dict[str, Any]]:
             raise DataError(f"{path} line {n} is not valid JSON ({err}); the set cannot be trusted, "
                             "re-run into a new folder") from None
         if not isinstance(rec, dict):
-            raise DataError(f"{path} line {n} is not a JSON object; the set cannot be trusted, re-run into a new folder")
+            raise DataError(f"{path} line {n} is not a JSON object; the set cannot be trusted, re-run into a "
+                            f"new folder")
         records.append(rec)
     return records

@@ -111,7 +111,8 @@ def _acquire(path: Path, log: Callable[[str], None]) -> int:
                 raise disk_full(path, len(data)) from None
             raise
         return fd
-    raise OutputLockedError(f"could not take the lock {path}: it kept being replaced; is another run starting?")
+    raise OutputLockedError(f"could not take the lock {path}: it kept being replaced; is another run "
+                            f"starting?")
 
 
 @contextlib.contextmanager

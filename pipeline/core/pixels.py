@@ -16,7 +16,8 @@ import torch
 def _u8_chw(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     if isinstance(images, torch.Tensor):
         return images.permute(0, 3, 1, 2)
-    return torch.from_numpy(np.require(images, np.uint8, ["C", "W"])).permute(0, 3, 1, 2)  # Ray's may be read-only
+    # Ray's may be read-only
+    return torch.from_numpy(np.require(images, np.uint8, ["C", "W"])).permute(0, 3, 1, 2)
 
 
 def u8_hwc_to_unit_chw(images: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -78,7 +79,8 @@ def stats_from_histogram(hist: np.ndarray, min_std: float = 1e-3) -> tuple[np.nd
     return mean.astype(np.float32), np.maximum(std, min_std).astype(np.float32)
 
 
-def channel_stats(images_u8: np.ndarray, chunk: int = 1024, min_std: float = 1e-3) -> tuple[np.ndarray, np.ndarray]:
+def channel_stats(images_u8: np.ndarray, chunk: int = 1024,
+                  min_std: float = 1e-3) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel mean and population std of [0, 1] pixels of uint8 ``[N, H, W, C]`` images.
 
     Computed in float64, ``chunk`` images at a time (two passes, no full-size float copy);

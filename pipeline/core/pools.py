@@ -24,7 +24,8 @@ from pipeline.core.ray_setup import actor_resources
 
 
 class PoolPlan(NamedTuple):
-    """How many actors a stage's pool runs and the torch threads of each (``None``: Ray's default, GPU actors)."""
+    """How many actors a stage's pool runs and the torch threads of each (``None``: Ray's default, GPU
+    actors)."""
 
     size: int
     threads: int | None
@@ -67,8 +68,8 @@ def pool_plan(size: int | str, actor_num_cpus: float, actor_num_gpus: float = 0.
     actors otherwise run ``reservation_threads``. ``auto`` on GPUs is one actor per
     ``actor_num_gpus`` share; on CPUs it is as many actors as the cores hold at ``threads`` each beside
     whole cores for the decode tasks (``size * threads <= cpus - ceil(side_cpus)``, never oversubscribed)
-    and as Ray's CPU accounting allows beside ``side_cpus`` for them. ``cpus`` / ``gpus`` default to the running cluster's, less the CPUs
-    its placement groups hold (``cluster_totals``).
+    and as Ray's CPU accounting allows beside ``side_cpus`` for them. ``cpus`` / ``gpus`` default to the
+    running cluster's, less the CPUs its placement groups hold (``cluster_totals``).
     """
     if cpus is None or gpus is None:
         c, g = cluster_totals()
@@ -88,12 +89,14 @@ def pool_plan(size: int | str, actor_num_cpus: float, actor_num_gpus: float = 0.
 
 
 def role_plan(cfg: Config, role: str, threads: int | None = None, side_cpus: float = 0.0) -> PoolPlan:
-    """The ``PoolPlan`` of ``role``: ``ray.pool_sizes[role]`` (else 1; ``auto`` fills the cluster) and its threads."""
+    """The ``PoolPlan`` of ``role``: ``ray.pool_sizes[role]`` (else 1; ``auto`` fills the cluster) and its
+    threads."""
     return pool_plan(cfg.ray.pool_sizes.get(role, 1), cfg.ray.actor_num_cpus, cfg.ray.actor_num_gpus,
                      threads=threads, side_cpus=side_cpus)
 
 
-def pool_kwargs(cfg: Config, role: str, default_batch: int = 8, plan: PoolPlan | None = None) -> dict[str, Any]:
+def pool_kwargs(cfg: Config, role: str, default_batch: int = 8,
+                plan: PoolPlan | None = None) -> dict[str, Any]:
     """``map_batches`` kwargs for an actor pool of ``role`` (size, batch, resources, restarts).
 
     The batch is ``ray.batch_sizes[role]``, else (GPU actors) what fits in free GPU memory, else

@@ -44,7 +44,8 @@ def init_ray(cfg: RayConfig | None = None) -> bool:
 
 
 def link_session_logs(logs_dir: str | os.PathLike) -> str | None:
-    """``<logs_dir>/ray_session`` -> this Ray session's log folder (workers' output, raylet, Train); its path."""
+    """``<logs_dir>/ray_session`` -> this Ray session's log folder (workers' output, raylet, Train); its
+    path."""
     try:
         session = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs"
     except AttributeError:  # not a local node (a cluster driver): the logs live on the head node

@@ -60,7 +60,8 @@ def load_rgb(path: str, size: int | None = None, mode: str = "crop", resample: s
     except BadImageError:
         raise
     except FileNotFoundError as err:
-        raise BadImageError(f"file not found ({err.args[0] if len(err.args) == 1 else 'broken symlink?'})") from None
+        missing = err.args[0] if len(err.args) == 1 else "broken symlink?"
+        raise BadImageError(f"file not found ({missing})") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise BadImageError(f"too large: {err}") from None
     except Exception as err:  # noqa: BLE001  (PIL raises many types for corrupt data)
@@ -104,7 +105,8 @@ def load_image_arrays(root: str | os.PathLike, size: int | None = None, classes:
         except BadImageError as err:
             if skip_bad:
                 continue
-            raise DataError(f"cannot read {r.path}: {err} (remove the file or run `semdistill data check`)") from None
+            raise DataError(f"cannot read {r.path}: {err} (remove the file or run "
+                            "`semdistill data check`)") from None
         labels.append(r.label)
         paths.append(r.path)
     if not arrays:
@@ -143,7 +145,8 @@ def squash_resize(im: Image.Image, size: int, resample: int = Image.BICUBIC) -> 
 
 def center_resize(im: Image.Image, size: int, resample: int = Image.BICUBIC, resize: int | None = None
                   ) -> Image.Image:
-    """Resize the shorter side to ``resize`` (default ``size``; bicubic by default) and center-crop a ``size`` square."""
+    """Resize the shorter side to ``resize`` (default ``size``; bicubic by default) and center-crop a ``size``
+    square."""
     w, h = im.size
     short = max(size, resize or size)
     scale = short / min(w, h)

@@ -36,7 +36,8 @@ def generators(seeds: Sequence[int]) -> list[torch.Generator]:
     return [generator(s) for s in seeds]
 
 
-def per_image_noise(seeds: Sequence[int], shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def per_image_noise(seeds: Sequence[int], shape: tuple[int, ...],
+                    dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Standard normal ``[len(seeds), *shape]`` on the CPU, row ``i`` drawn from ``seeds[i]`` alone."""
     if len(seeds) == 0:
         return torch.empty((0, *shape), dtype=dtype)

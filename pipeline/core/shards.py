@@ -69,7 +69,8 @@ def filesystem(path: str) -> tuple[Any, str]:
             _FS[head] = pafs.FileSystem.from_uri(str(path))[0]
         except Exception as err:  # noqa: BLE001  (pyarrow raises several types for unknown schemes)
             raise ConfigError(f"data.root {path}: no pyarrow filesystem for it ({err})") from None
-    return _FS[head], rest if scheme in ("file", "s3", "gs", "gcs") else pafs.FileSystem.from_uri(str(path))[1]
+    return _FS[head], rest if scheme in ("file", "s3", "gs",
+                                         "gcs") else pafs.FileSystem.from_uri(str(path))[1]
 
 
 def _join(root: str, rel: str) -> str:
@@ -77,7 +78,8 @@ def _join(root: str, rel: str) -> str:
 
 
 def list_files(root: str, recursive: bool = True) -> list[str]:
-    """Files under ``root`` (its own spelling: path or URI), sorted, hidden ones left out; one listing call."""
+    """Files under ``root`` (its own spelling: path or URI), sorted, hidden ones left out; one listing
+    call."""
     # heavy: pyarrow (not loaded when this module is imported)
     import pyarrow.fs as pafs
 
@@ -96,7 +98,8 @@ def list_files(root: str, recursive: bool = True) -> list[str]:
 
 
 def detect_format(root: str, fmt: str = "auto") -> str:
-    """``fmt`` unless ``auto``: parquet / webdataset for shards in ``root`` (or ``root/data``), else imagefolder.
+    """``fmt`` unless ``auto``: parquet / webdataset for shards in ``root`` (or ``root/data``), else
+    imagefolder.
 
     Shards beside folders other than ``data`` are ambiguous (an ImageFolder with a stray tar?): a
     ``ConfigError`` asks for ``data.format``.
@@ -121,7 +124,8 @@ def detect_format(root: str, fmt: str = "auto") -> str:
     names = [f.path for f in entries if f.type == pafs.FileType.File]
     if "data" in dirs and not any(n.endswith((".parquet", ".tar")) for n in names):
         sub = fs.get_file_info(pafs.FileSelector(base.rstrip("/") + "/data"))
-        if any(f.path.endswith(".parquet") for f in sub):  # the Hugging Face repo layout: data/train-*.parquet
+        # the Hugging Face repo layout: data/train-*.parquet
+        if any(f.path.endswith(".parquet") for f in sub):
             return "parquet"
     for ext, name in ((".parquet", "parquet"), (".tar", "webdataset")):
         if any(n.endswith(ext) for n in names):
@@ -133,7 +137,8 @@ def detect_format(root: str, fmt: str = "auto") -> str:
 
 
 def list_shards(root: str, ext: str, split: str | None = "train") -> list[str]:
-    """The ``*.<ext>`` shards under ``root``; where shards of several splits sit together, only ``split``'s."""
+    """The ``*.<ext>`` shards under ``root``; where shards of several splits sit together, only
+    ``split``'s."""
     shards = [f for f in list_files(root) if f.endswith(ext)]
     if not shards:
         raise DataError(f"no *{ext} shards under {root}")
@@ -143,8 +148,10 @@ def list_shards(root: str, ext: str, split: str | None = "train") -> list[str]:
     return shards
 
 
-def build_index(root: str, items: Iterable[tuple[str, str, int]], classes: list[str] | None, max_per_class: int | None, skipped: list[dict[str, str]]):
-    """The ``ImageIndex`` of ``(key, class id, dataset label)`` items: classes in label order, labels 0..K-1."""
+def build_index(root: str, items: Iterable[tuple[str, str, int]], classes: list[str] | None,
+                max_per_class: int | None, skipped: list[dict[str, str]]):
+    """The ``ImageIndex`` of ``(key, class id, dataset label)`` items: classes in label order, labels
+    0..K-1."""
     by_class: dict[str, list[str]] = {}
     order: dict[str, int] = {}
     for key, cid, label in items:
@@ -269,7 +276,8 @@ def _wds_summary(batch: dict[str, Any]) -> dict[str, Any]:
 
 def scan_webdataset(root: str, classes: list[str] | None = None, max_per_class: int | None = None,
                     split: str | None = "train", ray_cfg: Any = None):
-    """Index WebDataset ``.tar`` shards: ``ray.data.read_webdataset`` (``__key__``, ``jpg``/``png``, ``cls``)."""
+    """Index WebDataset ``.tar`` shards: ``ray.data.read_webdataset`` (``__key__``, ``jpg``/``png``,
+    ``cls``)."""
     # heavy: ray, pydantic, yaml (not loaded when this module is imported)
     import ray.data
 
@@ -289,8 +297,8 @@ def scan_webdataset(root: str, classes: list[str] | None = None, max_per_class: 
                 shard = uri_of.get(str(p), str(p))
                 key = f"{shard}#{k}"
                 if not s:
-                    skipped.append({"path": key, "reason": f"no image ({'/'.join(IMAGE_SUFFIXES)}) for key {k} "
-                                                           f"in shard {shard}"})
+                    skipped.append({"path": key, "reason": f"no image ({'/'.join(IMAGE_SUFFIXES)}) for key "
+                                                           f"{k} in shard {shard}"})
                 elif not c:
                     skipped.append({"path": key, "reason": f"no cls for key {k} in shard {shard}"})
                 else:
@@ -329,7 +337,8 @@ def scan_uri_folder(root: str, extensions: tuple[str, ...], classes: list[str] |
 
 
 def scan_root(root: str, fmt: str = "auto", extensions: tuple[str, ...] | list[str] | None = None,
-              classes: list[str] | None = None, max_per_class: int | None = None, follow_symlinks: bool = True,
+              classes: list[str] | None = None, max_per_class: int | None = None,
+              follow_symlinks: bool = True,
               allow_empty_classes: bool = False, split: str | None = "train", ray_cfg: Any = None):
     """Scan a real set in any ``data.format`` (``auto`` detects it) from a local path or URI."""
     root = str(root)

@@ -24,7 +24,8 @@ SKIPPED = "skipped.jsonl"
 
 
 def reason_kind(reason: str) -> str:
-    """The reason's category (text before the first colon): ``cannot decode: OSError: ...`` -> ``cannot decode``."""
+    """The reason's category (text before the first colon): ``cannot decode: OSError: ...`` -> ``cannot
+    decode``."""
     return str(reason).split(":", 1)[0].strip() or "unknown"
 
 
@@ -39,7 +40,8 @@ class SkipLog:
     def __init__(self, path: str | os.PathLike | None = None, resume: bool = True) -> None:
         self.path = Path(path) if path is not None else None
         self._entries: dict[tuple[str, str], dict[str, Any]] = {}
-        self._version, self._written_version = 0, -1  # adds so far / at the last write: unchanged -> no rewrite
+        # adds so far / at the last write: unchanged -> no rewrite
+        self._version, self._written_version = 0, -1
         if resume and self.path is not None and self.path.is_file():
             for line in self.path.read_text(encoding="utf-8").splitlines():
                 if line.strip():

@@ -24,12 +24,15 @@ class Stage:
     """One stage: what it is called, what its outputs depend on, what it reads and writes, how it resumes."""
 
     name: str  # as ``--from-stage`` names it
-    run: Callable[[bool], Any]  # does the stage's work; its argument says the run is forced; returns its result
+    # does the stage's work; its argument says the run is forced; returns its result
+    run: Callable[[bool], Any]
     key: Mapping[str, Any] | None = None  # the settings its outputs depend on (recorded by ``record``)
-    inputs: Mapping[str, Path] = field(default_factory=dict)  # what must exist before it runs, by the setting naming it
+    # what must exist before it runs, by the setting naming it
+    inputs: Mapping[str, Path] = field(default_factory=dict)
     outputs: Sequence[Path] = ()  # removed before a forced run (a stage that keeps caches clears its own)
     reuse: Callable[[], Any] | None = None  # an earlier run's result when that run is up to date, else None
-    record: Callable[[Any], None] | None = None  # records a finished run, so that ``reuse`` finds it next time
+    # records a finished run, so that ``reuse`` finds it next time
+    record: Callable[[Any], None] | None = None
     skip: str | None = None  # why the stage does not run this time, if it does not
 
 

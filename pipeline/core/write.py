@@ -38,7 +38,8 @@ _PAUSE_AFTER_WRITE_S = [0.0]  # debug.pause_after_write_s of this driver (set_pa
 
 
 def set_pause_after_write(seconds: float) -> None:
-    """``debug.pause_after_write_s``: sleep this long after each file the writers below finish (tests only)."""
+    """``debug.pause_after_write_s``: sleep this long after each file the writers below finish (tests
+    only)."""
     _PAUSE_AFTER_WRITE_S[0] = max(0.0, float(seconds))
 
 
@@ -136,7 +137,8 @@ def _temp_file_beside(path: Path, need_bytes: Callable[[], int]) -> tuple[int, s
 
 
 def _publish(tmp: str, path: Path) -> None:
-    """Give the finished temp file a plain ``open``'s mode (not ``mkstemp``'s 0600) and rename it over ``path``."""
+    """Give the finished temp file a plain ``open``'s mode (not ``mkstemp``'s 0600) and rename it over
+    ``path``."""
     os.chmod(tmp, 0o666 & ~_umask())
     os.replace(tmp, path)
 
@@ -181,9 +183,9 @@ class DistilledSetWriter:
         if self.manifest_path.exists():
             self.manifest = read_manifest(self.out_dir)
             if self.manifest.get("method") != method:
-                    raise DataError(
-                    f"{self.manifest_path} belongs to method {self.manifest.get('method')!r}, not {method!r}; "
-                    "choose another output.dir"
+                raise DataError(
+                    f"{self.manifest_path} belongs to method {self.manifest.get('method')!r}, "
+                    f"not {method!r}; choose another output.dir"
                 )
         else:
             self.manifest = {"method": method, "settings": settings or {}, "images": []}
@@ -206,7 +208,8 @@ class DistilledSetWriter:
         self.flush()
 
     def finish(self, summary: dict[str, Any] | None = None) -> None:
-        """Mark the set complete (optionally with a run summary) and fold everything into ``manifest.json``."""
+        """Mark the set complete (optionally with a run summary) and fold everything into
+        ``manifest.json``."""
         self.manifest["complete"] = True
         if summary is not None:
             self.manifest["summary"] = summary
@@ -238,7 +241,8 @@ class DistilledSetWriter:
         if self._files.get(rel.as_posix(), key) != key:
             raise DataError(f"keys {self._files[rel.as_posix()]!r} and {key!r} map to the same file {rel}")
         digest = atomic_save_image(self.out_dir / rel, image)
-        entry = {"key": key, "file": rel.as_posix(), "class_id": class_id, "label": int(label), "sha256": digest}
+        entry = {"key": key, "file": rel.as_posix(), "class_id": class_id, "label": int(label),
+                 "sha256": digest}
         entry.update(meta or {})
         self.manifest["images"].append(entry)
         self._pending.append(entry)
@@ -307,7 +311,8 @@ def read_manifest(out_dir: str | os.PathLike) -> dict[str, Any]:
         man = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise DataError(
-            f"{path} is not valid JSON ({err}); the set cannot be trusted, re-run into a new folder") from None
+            f"{path} is not valid JSON ({err}); the set cannot be trusted, re-run into a new folder"
+        ) from None
     if not isinstance(man, dict) or not isinstance(man.get("images"), list):
         raise DataError(f"{path} has no 'images' list: not a semdistill manifest")
     journal = Path(out_dir) / JOURNAL
@@ -349,7 +354,8 @@ def remove(*paths: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_folder(target: str | os.PathLike, marker: str | None = None, marker_text: str = "") -> Iterator[Path]:
+def atomic_folder(target: str | os.PathLike, marker: str | None = None,
+                  marker_text: str = "") -> Iterator[Path]:
     """Build a folder in a temporary sibling and swap it in whole when the block succeeds.
 
     Yields the temporary folder; on success writes ``marker`` (if given) inside it, replaces
@@ -394,7 +400,8 @@ def _under(path: str, tmp: Path, target: Path) -> Path:
 
 
 def _tensor_bytes(obj: Any) -> int:
-    """The bytes of the tensors and arrays in ``obj`` (dicts, lists, tuples walked): torch.save's size, about."""
+    """The bytes of the tensors and arrays in ``obj`` (dicts, lists, tuples walked): torch.save's size,
+    about."""
     if hasattr(obj, "element_size") and hasattr(obj, "nelement"):
         return int(obj.element_size() * obj.nelement())
     if isinstance(obj, np.ndarray):
@@ -449,6 +456,7 @@ def atomic_torch_save(path: str | os.PathLike, obj: Any) -> None:
             os.unlink(tmp)
         if isinstance(err, Exception) and (is_enospc(err) or (sink is not None and sink.error is not None
                                                               and is_enospc(sink.error))):
-            raise disk_full(path, max(_tensor_bytes(obj), sink.written if sink else 0), at_least=True) from None
+            raise disk_full(path, max(_tensor_bytes(obj), sink.written if sink else 0),
+                            at_least=True) from None
         raise
     _written()

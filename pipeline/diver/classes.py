@@ -8,7 +8,8 @@ package data, its sources named in its header). Rules, in order (``dit_class_map
 3. SRe2L/RDED folders ``new042``: ImageNet-1K class 42;
 4. numeric ids (``"7"``): DiT indices themselves, when the DiT has that many classes (every id below its
    class count; unknown count: checked by the actors on load);
-5. anything else (other names, a mix of kinds, unknown wnids) is ambiguous: an error naming ``diver.class_map``.
+5. anything else (other names, a mix of kinds, unknown wnids) is ambiguous: an error naming
+``diver.class_map``.
 """
 
 from __future__ import annotations
@@ -30,9 +31,11 @@ SRE2L_CLASS = re.compile(r"^new(\d{3,4})$")  # SRe2L/RDED folder of ImageNet cla
 def imagenet1k_wnids() -> tuple[str, ...]:
     """The 1,000 ImageNet-1K wnids in class-index order (index = position), read from the package data."""
     text = resources.files("pipeline.diver").joinpath(IMAGENET1K_FILE).read_text(encoding="utf-8")
-    wnids = tuple(line.split("\t")[0] for line in text.splitlines() if line.strip() and not line.startswith("#"))
+    wnids = tuple(line.split("\t")[0] for line in text.splitlines() if line.strip()
+                  and not line.startswith("#"))
     if len(wnids) != IMAGENET1K_CLASSES or list(wnids) != sorted(set(wnids)):
-        raise DataError(f"{IMAGENET1K_FILE} is damaged: expected 1000 sorted unique wnids, found {len(wnids)}")
+        raise DataError(f"{IMAGENET1K_FILE} is damaged: expected 1000 sorted unique wnids, "
+                        f"found {len(wnids)}")
     return wnids
 
 
@@ -55,8 +58,9 @@ def _check_range(mapping: dict[str, int], num_classes: int | None, how: str) -> 
     if bad:
         shown = ", ".join(f"{c} -> {v}" for c, v in list(bad.items())[:5])
         limit = f"[0, {num_classes})" if num_classes is not None else "[0, ...)"
-        raise DataError(f"{how} gives DiT class ids outside {limit} of the DiT ({shown}); set diver.class_map "
-                        "(input class id -> DiT class index) or models.dit to a DiT with those classes")
+        raise DataError(f"{how} gives DiT class ids outside {limit} of the DiT ({shown}); set "
+                        "diver.class_map (input class id -> DiT class index) or models.dit to a DiT with "
+                        "those classes")
 
 
 def dit_class_map(class_ids: Sequence[str], class_map: dict[str, int] | None,
@@ -78,11 +82,12 @@ def dit_class_map(class_ids: Sequence[str], class_map: dict[str, int] | None,
         index = imagenet1k_index()
         unknown = [c for c in ids if c not in index]
         if unknown:
-            raise DataError(f"class ids {unknown[:5]} are wnids outside ImageNet-1K, so they have no DiT-XL/2 "
-                            "class index: set diver.class_map (wnid -> DiT class index)")
+            raise DataError(f"class ids {unknown[:5]} are wnids outside ImageNet-1K, so they have no "
+                            "DiT-XL/2 class index: set diver.class_map (wnid -> DiT class index)")
         if num_classes is not None and num_classes != IMAGENET1K_CLASSES:
-            raise DataError(f"the input's class ids are ImageNet wnids ({ids[:3]}...) but the DiT has {num_classes} "
-                            "classes, not ImageNet-1K's 1000: set diver.class_map (wnid -> DiT class index)")
+            raise DataError(f"the input's class ids are ImageNet wnids ({ids[:3]}...) but the DiT has "
+                            f"{num_classes} classes, not ImageNet-1K's 1000: set diver.class_map (wnid -> "
+                            "DiT class index)")
         return {c: index[c] for c in ids}, "imagenet1k"
     if kind == "sre2l":
         out = {c: int(SRE2L_CLASS.match(c)[1]) for c in ids}

@@ -64,7 +64,8 @@ class SyntheticStart(NamedTuple):
 def synthetic_start(method: str, images_u8: torch.Tensor, labels: torch.Tensor, num_classes: int, ipc: int,
                     init: str, mean: list[float], std: list[float], gen: torch.Generator,
                     device: torch.device) -> SyntheticStart:
-    """The DC/DM reference start: ``init`` real (each class's first ``ipc`` images of a shuffle, cycled when a class
+    """The DC/DM reference start: ``init`` real (each class's first ``ipc`` images of a shuffle, cycled when a
+    class
     has fewer) or noise (standard normal), every draw from ``gen`` in that order."""
     by_class = [torch.nonzero(labels == c).flatten() for c in range(num_classes)]
     empty = [c for c, idx in enumerate(by_class) if len(idx) == 0]
@@ -89,7 +90,8 @@ def synthetic_start(method: str, images_u8: torch.Tensor, labels: torch.Tensor, 
 
 def class_batches(start: SyntheticStart, c: int, idx: torch.Tensor, ipc: int, batch_real: int,
                   gen: torch.Generator, dsa: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Class ``c``'s real batch (``batch_real`` of its images ``idx``, drawn from ``gen``) and its synthetic images,
+    """Class ``c``'s real batch (``batch_real`` of its images ``idx``, drawn from ``gen``) and its synthetic
+    images,
     both augmented with one DSA seed drawn next (the DC/DSA reference's siamese augmentation)."""
     take = idx[torch.randperm(len(idx), generator=gen)[:batch_real]]
     r, s = start.real_norm(take).to(device), start.syn[c * ipc:(c + 1) * ipc]
@@ -99,12 +101,28 @@ def class_batches(start: SyntheticStart, c: int, idx: torch.Tensor, ipc: int, ba
     return r, s
 
 
-def seeded_convnet(gen: torch.Generator, channels: int, num_classes: int, cfg: DMConfig, size: int) -> torch.nn.Module:
+def seeded_convnet(gen: torch.Generator, channels: int, num_classes: int, cfg: DMConfig,
+                   size: int) -> torch.nn.Module:
     """A fresh ConvNet of the distiller's width and depth, initialised from a seed drawn from ``gen``."""
     net_seed = int(torch.randint(2**31 - 1, (1,), generator=gen))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(net_seed)
         return ConvNet(channels, num_classes, width=cfg.net_width, depth=cfg.net_depth, im_size=size)
+
+
+def report_iteration(method: str, ipc: int, it: int, iterations: int, loss: str, t0: float,
+                     log: Callable[[str], None]) -> None:
+    """The stage-1 distiller's progress bar, and a log line at every fifth of the run and the last."""
+    progress(f"{method.upper()} ipc {ipc}", it + 1, iterations)
+    if it % max(1, iterations // 5) == 0 or it == iterations - 1:
+        log(f"  {method} ipc {ipc} iter {it:5d}  loss {loss}  ({time.time() - t0:.0f}s)")
+
+
+def unit_images(syn: torch.Tensor, mean: list[float], std: list[float]) -> torch.Tensor:
+    """The synthetic images back from the normalised space the distiller optimised in: [0, 1], on the CPU."""
+    m = torch.as_tensor(mean).view(1, -1, 1, 1)
+    s = torch.as_tensor(std).view(1, -1, 1, 1)
+    return (syn.detach().cpu() * s + m).clamp(0, 1)
 
 
 def distill_dm(images_u8: torch.Tensor, labels: torch.Tensor, num_classes: int, ipc: int, cfg: DMConfig,
@@ -139,13 +157,9 @@ def distill_dm(images_u8: torch.Tensor, labels: torch.Tensor, num_classes: int, 
             loss += float(term.detach())
         opt.step()
         losses.append(loss)
-        progress(f"DM ipc {ipc}", it + 1, cfg.iterations)
-        if it % max(1, cfg.iterations // 5) == 0 or it == cfg.iterations - 1:
-            log(f"  dm ipc {ipc} iter {it:5d}  loss {losses[-1]:.3f}  ({time.time() - t0:.0f}s)")
-    m = torch.as_tensor(mean).view(1, -1, 1, 1)
-    s_ = torch.as_tensor(std).view(1, -1, 1, 1)
-    out01 = (syn.detach().cpu() * s_ + m).clamp(0, 1)
-    return out01, syn_labels, {"loss_first": losses[0], "loss_last": losses[-1], "seconds": time.time() - t0}
+        report_iteration("dm", ipc, it, cfg.iterations, f"{losses[-1]:.3f}", t0, log)
+    stats = {"loss_first": losses[0], "loss_last": losses[-1], "seconds": time.time() - t0}
+    return unit_images(syn, mean, std), syn_labels, stats
 
 
 # a built-in stage-1 distiller: (real uint8 images, labels, classes, ipc, cfg, mean, std, device, log)
@@ -156,7 +170,8 @@ Distiller = Callable[..., tuple[torch.Tensor, torch.Tensor, dict[str, Any]]]
 def run_dm(data_root: str | Path, out_dir: str | Path, cfg: DMConfig, ipc: int | None = None,
            image_size: int | None = None, max_per_class: int | None = None, classes: list[str] | None = None,
            device: str | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """DM-distil ``data_root`` into ``out_dir`` (``images.pt`` + ImageFolder + manifest); resumes when done."""
+    """DM-distil ``data_root`` into ``out_dir`` (``images.pt`` + ImageFolder + manifest); resumes when
+    done."""
     return run_distiller(distill_dm, "dm", data_root, out_dir, cfg, ipc, image_size, max_per_class, classes,
                          device, log)
 
@@ -202,6 +217,6 @@ def main(args: argparse.Namespace) -> int:
         overrides["iterations"] = args.iterations
     cfg = DMConfig(**overrides)
     info = run_dm(args.data, args.out, cfg)
-    print(f"wrote {info['images']} DM images ({len(info['classes'])} classes x ipc {info['ipc']}) to {args.out}; "
-          f"loss {info['loss_first']:.3f} -> {info['loss_last']:.3f} in {info['seconds']:.0f}s")
+    print(f"wrote {info['images']} DM images ({len(info['classes'])} classes x ipc {info['ipc']}) to "
+          f"{args.out}; loss {info['loss_first']:.3f} -> {info['loss_last']:.3f} in {info['seconds']:.0f}s")
     return 0

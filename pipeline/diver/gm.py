@@ -1,4 +1,5 @@
-"""Gradient matching (DC, Zhao et al. 2021; with DSA, Zhao & Bilen 2021): a stage-1 distiller that overfits its net.
+"""Gradient matching (DC, Zhao et al. 2021; with DSA, Zhao & Bilen 2021): a stage-1 distiller that overfits
+its net.
 
 Synthetic images per class are optimised so that a ConvNet's loss gradient on them matches its gradient on
 a real batch of the class. Each iteration draws a fresh ConvNet; ``outer_loop`` times it updates the images
@@ -30,8 +31,14 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.config import DMConfig
-from pipeline.core.console import progress
-from pipeline.diver.dm import class_batches, run_distiller, seeded_convnet, synthetic_start
+from pipeline.diver.dm import (
+    class_batches,
+    report_iteration,
+    run_distiller,
+    seeded_convnet,
+    synthetic_start,
+    unit_images,
+)
 from pipeline.errors import ConfigError
 from tuning.augment import DSA
 
@@ -123,14 +130,10 @@ def distill_gm(images_u8: torch.Tensor, labels: torch.Tensor, num_classes: int, 
             if ol < outer - 1 and inner > 0:
                 _train_net(net, syn, syn_labels.to(device), inner, cfg, gen, dsa)
         losses.append(total / (num_classes * outer))
-        progress(f"GM ipc {ipc}", it + 1, cfg.iterations)
-        if it % max(1, cfg.iterations // 5) == 0 or it == cfg.iterations - 1:
-            log(f"  gm ipc {ipc} iter {it:5d}  loss {losses[-1]:.4f}  ({time.time() - t0:.0f}s)")
-    m = torch.as_tensor(mean).view(1, -1, 1, 1)
-    s_ = torch.as_tensor(std).view(1, -1, 1, 1)
-    out01 = (syn.detach().cpu() * s_ + m).clamp(0, 1)
-    return out01, syn_labels, {"loss_first": losses[0], "loss_last": losses[-1], "seconds": time.time() - t0,
-                               "outer_loop": outer, "inner_loop": inner}
+        report_iteration("gm", ipc, it, cfg.iterations, f"{losses[-1]:.4f}", t0, log)
+    stats = {"loss_first": losses[0], "loss_last": losses[-1], "seconds": time.time() - t0,
+             "outer_loop": outer, "inner_loop": inner}
+    return unit_images(syn, mean, std), syn_labels, stats
 
 
 def run_gm(data_root: str | Path, out_dir: str | Path, cfg: DMConfig, ipc: int | None = None,

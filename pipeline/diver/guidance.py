@@ -51,7 +51,8 @@ SIGMA_FALLBACK = "posterior"  # inferred: DiT's range is [posterior, beta]; the 
 
 # The ``diver`` keys that act inside the reverse process, in the order each set's manifest records them (a
 # resumed run compares that record); with the resolved ``timestep_embedding`` they travel to the actors.
-RECOVER_KEYS = ("num_inference_steps", "start_step", "reverse_start", "inheritance", "gamma", "guidance_target",
+RECOVER_KEYS = ("num_inference_steps", "start_step", "reverse_start", "inheritance", "gamma",
+                "guidance_target",
                 "fusion_window", "sigma", "cfg_scale", "cfg_channels", "null_class", "inversion_cfg_scale",
                 "latent_mode")
 
@@ -80,7 +81,8 @@ class RecoverSettings:
         return cls.from_mapping(knobs)
 
     def as_dict(self) -> dict[str, Any]:
-        """The record the actors and manifests get: ``fusion_window`` a list, ``cfg_channels`` ``"3"`` | ``"all"``."""
+        """The record the actors and manifests get: ``fusion_window`` a list, ``cfg_channels`` ``"3"`` |
+        ``"all"``."""
         knobs = self.diver.model_dump(include=set(RECOVER_KEYS))
         record = {k: knobs[k] for k in RECOVER_KEYS}
         record["fusion_window"] = list(self.diver.fusion_window)
@@ -269,7 +271,8 @@ def recover_latents(transformer, scheduler, z_d: torch.Tensor, class_labels: tor
     """
     z_d, d = z_d.float(), settings.diver
     if d.inheritance == "ddim_inversion":
-        z_t = ddim_invert(transformer, scheduler, z_d, class_labels, settings, null_class_of(transformer, settings))
+        z_t = ddim_invert(transformer, scheduler, z_d, class_labels, settings,
+                          null_class_of(transformer, settings))
     elif noise is None:
         raise ValueError("inheritance=noise needs the per-image noise")
     else:

@@ -1,4 +1,5 @@
-"""A tensor stage-1 set (MTT ``images_best.pt``, an NCFM or DC/DM ``.pt``) written as images, so the evaluation
+"""A tensor stage-1 set (MTT ``images_best.pt``, an NCFM or DC/DM ``.pt``) written as images, so the
+evaluation
 can train on DIVER's input beside DIVER's output: "DIVER vs its input" is DIVER's central comparison.
 
 The images are exactly the pixels DIVER recovered from (``Stage1Set.images``, de-normalised to [0, 1]), under
@@ -34,7 +35,8 @@ def write_input_images(data, keys: list[str], out_dir: Path, source: str, finger
     arr = unit_chw_to_u8_hwc(data.images)
     cids, idx = data.class_ids(), data.index_in_class()
     for i, key in enumerate(keys):
-        writer.add(key, cids[i], int(data.labels[i]), arr[i], {"index": int(idx[i]), "source": data.sources[i]},
+        writer.add(key, cids[i], int(data.labels[i]), arr[i], {"index": int(idx[i]),
+                                                               "source": data.sources[i]},
                    flush=False)
     writer.finish()
     return out_dir

@@ -1,6 +1,7 @@
 """Read a classical distilled set (stage-1 input of DIVER) and undo its normalisation.
 
-Formats (``diver.input_format``) and the layouts each accepts (``LAYOUTS``; ``pt`` files are told apart by content):
+Formats (``diver.input_format``) and the layouts each accepts (``LAYOUTS``; ``pt`` files are told apart by
+content):
 - ``imagefolder``: ``root/<class_id>/<image>`` at any size (pixels, so no normalisation to undo), e.g. the
   224 px sets of SRe2L/RDED/Minimax; SRe2L's ``new<k>`` folders (``new042``) name ImageNet class ``k``;
 - ``pt``: one ``torch.save`` file holding
@@ -83,7 +84,8 @@ class Stage1Set:
     sources: list[str]  # per image: file path or "<file>#<index>"
     fmt: str = "imagefolder"
     normalization: dict[str, list[float]] | None = field(default=None)
-    named: bool = True  # False: tensor labels without class ids (file or diver.input_classes), e.g. MTT's 0..9
+    # False: tensor labels without class ids (file or diver.input_classes), e.g. MTT's 0..9
+    named: bool = True
     layout: str = ""  # which entry of LAYOUTS the file had (pt: dict | dc_reference | data_pairs | list)
 
     def __len__(self) -> int:
@@ -126,7 +128,8 @@ def detect_format(path: str | os.PathLike) -> str:
     raise DataError(f"cannot tell the format of {p}: give a folder, a .pt file or images_best.pt")
 
 
-def denormalize(images: torch.Tensor, mean: Sequence[float] | None, std: Sequence[float] | None) -> torch.Tensor:
+def denormalize(images: torch.Tensor, mean: Sequence[float] | None,
+                std: Sequence[float] | None) -> torch.Tensor:
     """``x * std + mean`` per channel (no-op without mean/std)."""
     if mean is None and std is None:
         return images
@@ -153,9 +156,9 @@ def _to_pixels(images: torch.Tensor, mean, std, source: str) -> torch.Tensor:
             x = denormalize(x, mean, std)
         elif x.numel() and (float(x.min()) < -0.05 or float(x.max()) > 1.05):
             raise DataError(
-                f"{source}: values span [{float(x.min()):.2f}, {float(x.max()):.2f}], so the set looks normalised "
-                "but no mean/std was given; set diver.input_mean and diver.input_std (ImageNet subsets: "
-                f"{PRESETS['imagenet'][0]} / {PRESETS['imagenet'][1]})"
+                f"{source}: values span [{float(x.min()):.2f}, {float(x.max()):.2f}], so the set looks "
+                f"normalised but no mean/std was given; set diver.input_mean and diver.input_std (ImageNet "
+                f"subsets: {PRESETS['imagenet'][0]} / {PRESETS['imagenet'][1]})"
             )
     if x.shape[1] == 1:
         x = x.repeat(1, 3, 1, 1)
@@ -213,9 +216,9 @@ def _load(path: Path):
     except pickle.UnpicklingError as err:  # weights_only refuses pickled code and arbitrary objects
         lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()] or [type(err).__name__]
         first = next((ln for ln in lines if "GLOBAL" in ln or "Unsupported" in ln), lines[0])[:300]
-        raise DataError(f"refused to load {path}: it holds pickled objects or code, not only tensors, lists and "
-                        f"dicts (loaded with weights_only=True: {first}); re-save it with plain tensors "
-                        "(torch.save({'images': x, 'labels': y}, path))") from None
+        raise DataError(f"refused to load {path}: it holds pickled objects or code, not only tensors, lists "
+                        f"and dicts (loaded with weights_only=True: {first}); re-save it with plain tensors "
+                        f"(torch.save({{'images': x, 'labels': y}}, path))") from None
     except Exception as err:  # noqa: BLE001 - any unreadable file becomes one clear DataError
         raise DataError(f"cannot read {path}: {type(err).__name__}: {err}") from None
 
@@ -245,7 +248,8 @@ def _pick_experiment(pairs: Sequence, experiment: int, p: Path):
 
 
 def _unpack(obj, p: Path, experiment: int) -> tuple[object, object, dict, str]:
-    """(images, labels, extra keys, layout) of whatever a ``.pt`` file holds; unknown layouts list the known."""
+    """(images, labels, extra keys, layout) of whatever a ``.pt`` file holds; unknown layouts list the
+    known."""
     if isinstance(obj, dict):
         data = obj.get("data")
         if _is_pair(data):  # {'data': [images, labels]}: one experiment without the outer list
@@ -271,7 +275,8 @@ def _unpack(obj, p: Path, experiment: int) -> tuple[object, object, dict, str]:
 
 
 def reference_norm(p: Path) -> tuple[list[float], list[float]] | None:
-    """The DC/DSA/DM reference code's normalisation for ``res_<method>_<dataset>_..ipc.pt`` (None: unknown)."""
+    """The DC/DSA/DM reference code's normalisation for ``res_<method>_<dataset>_..ipc.pt`` (None:
+    unknown)."""
     m = REF_FILE.match(p.name)
     return REF_NORMS.get(m["dataset"]) if m else None
 
@@ -313,8 +318,8 @@ def read_mtt(path: str | os.PathLike, mean=None, std=None, classes: Sequence[str
         s = _pt_set(loaded, img_file, mean, std, experiment)
         return _named(s, classes) if classes is not None else s
     if not lab_file.is_file():
-        raise DataError(f"MTT/EDF set needs {lab_file.name} in {folder} (beside {img_file.name}, a bare image "
-                        "tensor)")
+        raise DataError(f"MTT/EDF set needs {lab_file.name} in {folder} (beside {img_file.name}, a bare "
+                        "image tensor)")
     stats, names = folder / NORM_JSON, folder / CLASSES_JSON  # written by `semdistill export --to pt`
     if mean is None and std is None and stats.is_file():
         saved = _read_json(stats)
@@ -325,8 +330,8 @@ def read_mtt(path: str | os.PathLike, mean=None, std=None, classes: Sequence[str
     x = _to_pixels(images, _plain(mean), _plain(std), str(img_file))
     y, cls = _classes_for(_labels_1d(_load(lab_file), x.shape[0], str(lab_file)), classes)
     norm = {"mean": _plain(mean), "std": _plain(std)} if mean is not None or std is not None else None
-    return Stage1Set(x, y, cls, [f"{img_file}#{i}" for i in range(len(y))], "mtt", norm, named=classes is not None,
-                     layout="mtt")
+    return Stage1Set(x, y, cls, [f"{img_file}#{i}" for i in range(len(y))], "mtt", norm,
+                     named=classes is not None, layout="mtt")
 
 
 def _read_json(path: Path):
@@ -401,7 +406,8 @@ def load_class_map(spec: str | dict | None) -> dict[str, int] | None:
     return {str(k): int(v) for k, v in json.loads(p.read_text()).items()}
 
 
-def dit_classes(s: Stage1Set, class_map: dict[str, int] | None, num_dit_classes: int | None = None) -> list[int]:
+def dit_classes(s: Stage1Set, class_map: dict[str, int] | None,
+                num_dit_classes: int | None = None) -> list[int]:
     """DiT class index per image, by the rules of ``pipeline/diver/classes.py`` (``dit_class_map``)."""
     mapping, _ = dit_class_map(s.classes, class_map, num_dit_classes)
     return [mapping[c] for c in s.class_ids()]

@@ -13,7 +13,8 @@ from pipeline.errors import ConfigError
 
 
 def class_settings(data: Stage1Set, d: DiverConfig, class_map: dict[str, int] | None,
-                   dit_classes: tuple[int | None, str], tensor_input: bool) -> tuple[dict[str, int], int | None]:
+                   dit_classes: tuple[int | None, str],
+                   tensor_input: bool) -> tuple[dict[str, int], int | None]:
     """(input class id -> DiT class index, the class count the actors must find) for one set; refuses what
     is ambiguous. ``dit_classes``: the DiT's class count and why it is unknown (``dit_num_classes``).
 
@@ -25,9 +26,9 @@ def class_settings(data: Stage1Set, d: DiverConfig, class_map: dict[str, int] | 
                                                                    or len(data.classes) != num_classes):
         raise ConfigError(
             f"{d.input}: a tensor input ({data.fmt}) has only label indices {data.classes[:3]}...; without "
-            "diver.class_map they would land on DiT classes 0..K-1. Set diver.input_classes (the class ids in "
-            "label order, e.g. wnids: then they map by the ImageNet-1K order) or diver.class_map (class id -> "
-            "DiT class index)"
+            f"diver.class_map they would land on DiT classes 0..K-1. Set diver.input_classes (the class ids "
+            f"in label order, e.g. wnids: then they map by the ImageNet-1K order) or diver.class_map (class "
+            f"id -> DiT class index)"
         )
     mapping, how = dit_class_map(data.classes, class_map, num_classes)
     if num_classes is not None:

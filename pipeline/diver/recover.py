@@ -37,7 +37,8 @@ def recover_stage(cfg: Config, model_dir: str, settings: RecoverSettings, vae_re
     """The DiT pool: ``DiTRecoverActor`` over rows that carry their image (``pending_rows``), no decode."""
     d = cfg.diver
     ctor = {"model_ref": model_dir, "settings": settings.as_dict(), "resolution": d.resolution,
-            "dtype": cfg.models.dtype, "channels_last": cfg.models.channels_last, "compile": cfg.models.compile,
+            "dtype": cfg.models.dtype, "channels_last": cfg.models.channels_last,
+            "compile": cfg.models.compile,
             "micro_batch": cfg.ray.micro_batch_sizes.get("recover"), "faults": faults,
             "vae_ref": vae_ref, "expected_classes": expected_classes,
             **({"output_size": d.resolution} if d.input_tiles > 1 else {})}
@@ -56,8 +57,8 @@ def check_resumable(writer: DistilledSetWriter, settings: dict[str, Any], out_di
     if diff:
         shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:4])
         raise ConfigError(
-            f"{out_dir} holds {len(writer.entries)} images made with other settings or another input ({shown}); "
-            "pick another output.dir, or pass output.overwrite=true to recompute them"
+            f"{out_dir} holds {len(writer.entries)} images made with other settings or another input "
+            f"({shown}); pick another output.dir, or pass output.overwrite=true to recompute them"
         )
 
 
@@ -84,7 +85,8 @@ def open_writer(s: LoadedSet, image_format: str) -> DistilledSetWriter:
 
 def pending_rows(s: LoadedSet, writer: DistilledSetWriter, ws: WriteSettings,
                  sizes: dict[tuple[str, str], tuple[int, int]]) -> Iterator[dict[str, Any]]:
-    """One row per image of ``s`` not yet written (per tile when tiled: each tile's size goes in ``sizes``)."""
+    """One row per image of ``s`` not yet written (per tile when tiled: each tile's size goes in
+    ``sizes``)."""
     data = s.data
     cids, idx = data.class_ids(), data.index_in_class()
     for i, key in enumerate(s.keys):
@@ -102,7 +104,8 @@ def pending_rows(s: LoadedSet, writer: DistilledSetWriter, ws: WriteSettings,
             yield {**row, "image": data.images[i].permute(1, 2, 0).numpy().astype(np.float32)}
 
 
-def write_batches(ds: Any, writers: Mapping[str, DistilledSetWriter], total: int, tiles: TileBuffer) -> dict[str, int]:
+def write_batches(ds: Any, writers: Mapping[str, DistilledSetWriter], total: int,
+                  tiles: TileBuffer) -> dict[str, int]:
     """Write what the pool returns into each set's writer (a tiled image once all its tiles are back);
     returns the images written per set."""
     n_tiles = tiles.n
@@ -136,8 +139,9 @@ def check_recovered(expected: Mapping[str, Sequence[str]], writers: Mapping[str,
     lost = [f"{name}/{k}" for name, keys in expected.items()
             for k in missing_keys(keys, [k for k in keys if writers[name].done(k)])]
     if lost:
-        raise DataError(f"recover: {len(lost)} images did not come back from the DiT actors (first: {lost[:5]}); "
-                        "the finished ones are kept: re-run to resume, and see the Ray logs for the failed blocks")
+        raise DataError(f"recover: {len(lost)} images did not come back from the DiT actors (first: "
+                        f"{lost[:5]}); the finished ones are kept: re-run to resume, and see the Ray logs "
+                        "for the failed blocks")
 
 
 def recover(cfg: Config, sets: Sequence[LoadedSet], recovery: Recovery) -> dict[str, int]:

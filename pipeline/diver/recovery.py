@@ -50,7 +50,8 @@ def resolve_sigma(settings: RecoverSettings, model_dir: str,
 
 
 def vae_ref_for(cfg: Config) -> str | None:
-    """The VAE DIVER uses (``diver.vae_source``): ``models.vae`` resolved, or None for the DiT folder's own."""
+    """The VAE DIVER uses (``diver.vae_source``): ``models.vae`` resolved, or None for the DiT folder's
+    own."""
     src = cfg.diver.vae_source
     if src == "auto":
         src = "dit" if cfg.models.dit.startswith("zoo:") else "models"

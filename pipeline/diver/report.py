@@ -47,8 +47,8 @@ def report_set(cfg: Config, s: LoadedSet, recovered_now: int) -> dict[str, Any]:
                              "images": len(s.keys), "recovered_now": recovered_now, "ipc": s.set.ipc,
                              "input_format": s.data.fmt}
     if not s.set.built_in and s.data.fmt != "imagefolder":  # a tensor input: evaluated beside DIVER's output
-        entry["input_images"] = str(write_input_images(s.data, s.keys, base / "input_images", str(s.set.input),
-                                                       s.fingerprint))
+        entry["input_images"] = str(write_input_images(s.data, s.keys, base / "input_images",
+                                                       str(s.set.input), s.fingerprint))
     if cfg.diver.side_by_side:
         entry["side_by_side"] = str(side_by_side(s, base / "side_by_side.png"))
     log(f"diver {s.set.name}: {entry['images']} images -> {entry['recovered']}")

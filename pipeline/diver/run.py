@@ -54,6 +54,7 @@ def run_diver(cfg: Config, from_stage: str | None = None) -> dict[str, Any]:
                            outputs=[s.recovered for s in sets]))
     # 6. Report: a tensor input as images, side-by-side sheets, then summary.json
     entries = stages(Stage("report", lambda _force: report(cfg, loaded, written)))
-    timings = {"stage1_s": round(stages.seconds["stage1"], 1), "recover_s": round(stages.seconds["recover"], 1),
+    timings = {"stage1_s": round(stages.seconds["stage1"], 1),
+               "recover_s": round(stages.seconds["recover"], 1),
                "total_s": round(time.perf_counter() - t0, 1)}
     return write_summary(cfg, out, entries, timings)

@@ -50,7 +50,8 @@ class LoadedSet:
 
 
 def plan_sets(cfg: Config, out: Path) -> list[DiverSet]:
-    """The sets of this run under ``out``; a config with neither a stage-1 distiller nor an input is an error."""
+    """The sets of this run under ``out``; a config with neither a stage-1 distiller nor an input is an
+    error."""
     d = cfg.diver
     if d.stage1 is not None:
         if not cfg.data.root:

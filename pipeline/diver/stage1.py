@@ -14,7 +14,8 @@ from pipeline.diver.sets import DiverSet, log
 
 
 def stage1_distiller(method: str) -> Callable[..., dict[str, Any]]:
-    """The built-in stage-1 distiller ``diver.stage1.method`` names: DM (dm.py) or gradient matching (gm.py)."""
+    """The built-in stage-1 distiller ``diver.stage1.method`` names: DM (dm.py) or gradient matching
+    (gm.py)."""
     return run_gm if method == "gm" else run_dm
 
 
@@ -28,7 +29,9 @@ def distil(cfg: Config, sets: list[DiverSet]) -> None:
 
 
 def stage1(cfg: Config, sets: list[DiverSet]) -> Stage:
-    """The stage: a forced run distils the built-in sets afresh; ``diver.input`` (a set not built in) must exist."""
+    """The stage: a forced run distils the built-in sets afresh; ``diver.input`` (a set not built in) must
+    exist."""
     given = [s.input for s in sets if not s.built_in]
-    return Stage("stage1", lambda _force: distil(cfg, sets), inputs={"diver.input": given[0]} if given else {},
+    return Stage("stage1", lambda _force: distil(cfg, sets),
+                 inputs={"diver.input": given[0]} if given else {},
                  outputs=[s.input for s in sets if s.built_in])

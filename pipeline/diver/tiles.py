@@ -19,19 +19,21 @@ def check_tiles(images: torch.Tensor, n: int, source: str) -> None:
     """Fail when the images cannot be cut into ``n x n`` equal tiles."""
     h, w = images.shape[-2:]
     if n > 1 and (h % n or w % n):
-        raise DataError(f"{source}: diver.input_tiles={n} but the images are {h}x{w} px, not divisible by {n}; "
-                        "set diver.input_tiles=1 for untiled sets")
+        raise DataError(f"{source}: diver.input_tiles={n} but the images are {h}x{w} px, not divisible by "
+                        f"{n}; set diver.input_tiles=1 for untiled sets")
 
 
 def split_tiles(image: torch.Tensor, n: int) -> torch.Tensor:
-    """``[3, H, W]`` -> ``[n * n, 3, H / n, W / n]``, row-major (tile ``j`` is row ``j // n``, column ``j % n``)."""
+    """``[3, H, W]`` -> ``[n * n, 3, H / n, W / n]``, row-major (tile ``j`` is row ``j // n``, column ``j %
+    n``)."""
     c, h, w = image.shape
     th, tw = h // n, w // n
     return image.reshape(c, n, th, n, tw).permute(1, 3, 0, 2, 4).reshape(n * n, c, th, tw)
 
 
 def join_tiles(tiles_u8: np.ndarray, n: int, size: tuple[int, int]) -> np.ndarray:
-    """Recovered tiles ``[n * n, s, s, 3]`` uint8 -> one mosaic resized to ``size`` (H, W), uint8 ``[H, W, 3]``.
+    """Recovered tiles ``[n * n, s, s, 3]`` uint8 -> one mosaic resized to ``size`` (H, W), uint8 ``[H, W,
+    3]``.
 
     The mosaic is resized as a whole (bicubic, antialiased, like the untiled path's resize back)."""
     t = torch.from_numpy(np.ascontiguousarray(tiles_u8)).float().div(255.0)  # [n*n, s, s, 3]
