@@ -68,10 +68,10 @@ REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 HEADLINE_IPC = 1
 DEMO_IPCS = (HEADLINE_IPC,)  # make demo: IPC 10 too would not fit 12 minutes on 2 cores (estimate below)
 FULL_IPCS = (HEADLINE_IPC, 10)
-# make demo's time on a fresh clone, 2 idle cores, with MobileNetV2 as the second unseen student:
-# DIVER 108 s, EDITS 175 s, evaluation 957 s (run-seconds per set and 3 seeds: ConvNet ~79, ResNet-18 ~73,
-# MobileNetV2 ~299).
-# IPC 10 would add its DIVER, EDITS and evaluation: over the 12 minutes, so it runs in demo --full.
+# make demo's time on a fresh clone, 2 cores: 9 min 55 s with LeNet (DM 73 s, EDITS 156 s, evaluation 312 s);
+# 20 min 56 s with MobileNetV2 as the second unseen student (evaluation 957 s; run-seconds per set and 3 seeds:
+# ConvNet ~79, ResNet-18 ~73, MobileNetV2 ~299). IPC 10 would add its DIVER, EDITS and evaluation: it runs in
+# demo --full.
 DEMO_EVAL_SEEDS = 3
 # demo --full: every set distilled with 2 seeds and each evaluated with 3, so each claim pairs 6 seeds
 FULL_EVAL_SEEDS = 3
@@ -92,10 +92,10 @@ QUICK_EVAL = {**DEMO_EVAL, "epochs": 4, "repeats": 1, "eval_every": 0}
 # IPC 10 (2 seeds, 20 epochs): batch 64 left MobileNetV2 at chance (10.3%; ResNet-18 68.2, ConvNet 92.5),
 # 32 gave 76.7 (90.9, 92.3), 16 gave 90.1 (92.6, 92.5): batch 16, 140 SGD steps.
 # IPC 1 (3 seeds, final top-1; a batch is capped at the set's 10 images, so 10 is the full batch and 16 the
-# same
-# run): 100 epochs gave ConvNet 74.3, ResNet-18 59.1, MobileNetV2 53.1 (unseen mean 56.1); 300 epochs gave
-# ConvNet 75.9, ResNet-18 65.5 (above 100 epochs at each of the 3 seeds); MobileNetV2 at 300 epochs was not
-# measured (the shared CPU ran out of time): 300 epochs, full batch, tests at 150 and 300 as IPC 10's halfway.
+# same run): 100 epochs gave ConvNet 74.3, ResNet-18 59.1, MobileNetV2 53.1, LeNet 61.30; 300 epochs gave
+# ConvNet 75.9, ResNet-18 65.5 (above 100 epochs at each of the 3 seeds), LeNet 68.61: 300 epochs, full batch,
+# tests at 150 and 300 as IPC 10's halfway. LeNet at IPC 10 (20 epochs, 2 seeds): batch 32 gave 28.08, 16 gave
+# 79.97, so batch 16 stays.
 DEMO_EVAL_BY_IPC = {1: {"epochs": 300, "batch_size": 10, "eval_every": 150},
                     10: {"epochs": 20, "batch_size": 16, "eval_every": 10}}
 FULL_BASELINES = ("herding", "k_center", "full_real")
