@@ -69,9 +69,9 @@ HEADLINE_IPC = 1
 DEMO_IPCS = (HEADLINE_IPC,)  # make demo: IPC 10 too would not fit 12 minutes on 2 cores (estimate below)
 FULL_IPCS = (HEADLINE_IPC, 10)
 # make demo's time on a fresh clone, 2 cores: 9 min 55 s with LeNet (DM 73 s, EDITS 156 s, evaluation
-# 312 s); 20 min 56 s with MobileNetV2 as the second unseen student (evaluation 957 s; run-seconds per set and 3 seeds:
-# ConvNet ~79, ResNet-18 ~73, MobileNetV2 ~299). IPC 10 would add its DIVER, EDITS and evaluation: it runs in
-# demo --full.
+# 312 s); 20 min 56 s with MobileNetV2 as the second unseen student (evaluation 957 s; run-seconds per set
+# and 3 seeds: ConvNet ~79, ResNet-18 ~73, MobileNetV2 ~299). IPC 10 would add its DIVER, EDITS and
+# evaluation: it runs in demo --full.
 DEMO_EVAL_SEEDS = 3
 # demo --full: every set distilled with 2 seeds and each evaluated with 3, so each claim pairs 6 seeds
 FULL_EVAL_SEEDS = 3
