@@ -180,15 +180,16 @@ def recover_rows(n: int, seed: int = 0) -> list[dict[str, Any]]:
 
 
 def diver_workload(work: Path, n: int, cpus: int, overrides: list[str]) -> Workload:
+    from actors.dit import variance_usable
     from actors.loading import resolve_ref
     from pipeline.diver.guidance import RecoverSettings
     from pipeline.diver.recover import recover_stage
-    from pipeline.diver.recovery import resolve_sigma, vae_ref_for
+    from pipeline.diver.recovery import vae_ref_for
 
     cfg = base_config(work / "none", work / "diver", cpus, overrides, method="diver")
     model_dir = resolve_ref("dit", cfg.models.dit, cfg.models.zoo_dir)
-    settings = resolve_sigma(RecoverSettings.from_mapping(cfg.diver.model_dump(mode="python")), model_dir,
-                             log=lambda _m: None)
+    settings = RecoverSettings.from_mapping(cfg.diver.model_dump(mode="python"))
+    settings = settings.for_variance(*variance_usable(model_dir), warn=lambda _m: None)
     return Workload("recover", recover_stage(cfg, model_dir, settings, vae_ref_for(cfg)), cfg,
                     recover_rows(n))
 

@@ -37,6 +37,7 @@ images as 4 batches of 1 and a CPU run matches a GPU run's noise.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -92,6 +93,16 @@ class RecoverSettings:
     def with_sigma(self, sigma: str) -> RecoverSettings:
         """The same settings guided with ``sigma`` (one of ``DiverConfig.sigma``'s values)."""
         return replace(self, diver=self.diver.model_copy(update={"sigma": sigma}))
+
+    def for_variance(self, usable: bool | None, why: str, warn: Callable[[str], None]) -> RecoverSettings:
+        """``sigma: learned`` on a DiT without (trained) variance channels -> ``SIGMA_FALLBACK``, with one
+        warning; ``usable`` and ``why`` are what ``actors.dit.variance_usable`` says of the DiT (None:
+        unknown, e.g. a hub id, and kept)."""
+        if self.diver.sigma != "learned" or usable is not False:
+            return self
+        warn(f"WARNING: diver.sigma=learned but {why}: using sigma={SIGMA_FALLBACK} instead "
+             f"(set diver.sigma explicitly to silence this)")
+        return self.with_sigma(SIGMA_FALLBACK)
 
     def in_window(self, step_index: int) -> bool:
         hi, lo = self.diver.fusion_window

@@ -43,7 +43,6 @@ import torch
 from pipeline.core.pixels import normalize, u8_hwc_to_unit_chw
 from pipeline.core.read import load_image_arrays
 from pipeline.core.write import atomic_torch_save
-from pipeline.diver.classes import dit_class_map
 from pipeline.errors import DataError
 
 IMAGES_PT = "images.pt"
@@ -392,22 +391,3 @@ def save_pt(path: str | os.PathLike, images01: torch.Tensor, labels: torch.Tenso
     obj = {"images": x.contiguous(), "labels": labels.long(), "classes": list(classes),
            "mean": _plain(mean), "std": _plain(std)}
     atomic_torch_save(path, obj)  # no partial file after a crash or a full disk (DiskFullError)
-
-
-def load_class_map(spec: str | dict | None) -> dict[str, int] | None:
-    """``diver.class_map``: a JSON file or an inline mapping input class id -> DiT class index."""
-    if spec is None:
-        return None
-    if isinstance(spec, dict):
-        return {str(k): int(v) for k, v in spec.items()}
-    p = Path(spec)
-    if not p.is_file():
-        raise DataError(f"diver.class_map file not found: {p}")
-    return {str(k): int(v) for k, v in json.loads(p.read_text()).items()}
-
-
-def dit_classes(s: Stage1Set, class_map: dict[str, int] | None,
-                num_dit_classes: int | None = None) -> list[int]:
-    """DiT class index per image, by the rules of ``pipeline/diver/classes.py`` (``dit_class_map``)."""
-    mapping, _ = dit_class_map(s.classes, class_map, num_dit_classes)
-    return [mapping[c] for c in s.class_ids()]

@@ -4,38 +4,12 @@ image keys, and the manifest settings that decide its recovered images."""
 from __future__ import annotations
 
 from pipeline.config import Config, DiverConfig
-from pipeline.diver.classes import IMAGENET1K_CLASSES, dit_class_map
+from pipeline.diver.classes import class_settings
 from pipeline.diver.inputs import Stage1Set, detect_format, load_stage1
 from pipeline.diver.recovery import Recovery
-from pipeline.diver.sets import DiverSet, LoadedSet, log
+from pipeline.diver.sets import DiverSet, LoadedSet
 from pipeline.diver.tiles import check_tiles
 from pipeline.errors import ConfigError
-
-
-def class_settings(data: Stage1Set, d: DiverConfig, class_map: dict[str, int] | None,
-                   dit_classes: tuple[int | None, str],
-                   tensor_input: bool) -> tuple[dict[str, int], int | None]:
-    """(input class id -> DiT class index, the class count the actors must find) for one set; refuses what
-    is ambiguous. ``dit_classes``: the DiT's class count and why it is unknown (``dit_num_classes``).
-
-    Unnamed tensor labels (``0..K-1`` without ``diver.input_classes``) are DiT indices only when the set
-    has exactly the DiT's classes: MTT's ImageFruit labels 0..9 are not tench .. great white shark.
-    """
-    num_classes, why = dit_classes
-    if tensor_input and not data.named and class_map is None and (num_classes is None
-                                                                   or len(data.classes) != num_classes):
-        raise ConfigError(
-            f"{d.input}: a tensor input ({data.fmt}) has only label indices {data.classes[:3]}...; without "
-            f"diver.class_map they would land on DiT classes 0..K-1. Set diver.input_classes (the class ids "
-            f"in label order, e.g. wnids: then they map by the ImageNet-1K order) or diver.class_map (class "
-            f"id -> DiT class index)"
-        )
-    mapping, how = dit_class_map(data.classes, class_map, num_classes)
-    if num_classes is not None:
-        return mapping, None
-    log(f"WARNING: {why}; {d.input or 'stage 1'}: class ids mapped by {how} without the DiT's class count "
-        "(the recovery actors check it when they load the DiT)")
-    return mapping, IMAGENET1K_CLASSES if how == "imagenet1k" else None
 
 
 def read_set(d: DiverConfig, s: DiverSet) -> Stage1Set:

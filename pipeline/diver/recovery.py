@@ -3,16 +3,17 @@ class map, and the manifest settings every recovered set shares."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from actors.dit import dit_num_classes, variance_usable
 from actors.loading import resolve_ref
 from pipeline.config import Config
-from pipeline.diver.guidance import SIGMA_FALLBACK, RecoverSettings
-from pipeline.diver.inputs import load_class_map
-from pipeline.diver.sets import log as _log
+from pipeline.diver.guidance import RecoverSettings
+from pipeline.diver.sets import log
+from pipeline.errors import DataError
 
 
 @dataclass(frozen=True)
@@ -36,17 +37,16 @@ def resolve_timestep_embedding(cfg: Config) -> str:
     return kind
 
 
-def resolve_sigma(settings: RecoverSettings, model_dir: str,
-                  log: Callable[[str], None] = _log) -> RecoverSettings:
-    """``sigma: learned`` on a DiT without (trained) variance channels -> the fallback, with one warning."""
-    if settings.diver.sigma != "learned":
-        return settings
-    usable, why = variance_usable(model_dir)
-    if usable is False:
-        log(f"WARNING: diver.sigma=learned but {why}: using sigma={SIGMA_FALLBACK} instead "
-            f"(set diver.sigma explicitly to silence this)")
-        return settings.with_sigma(SIGMA_FALLBACK)
-    return settings
+def load_class_map(spec: str | dict | None) -> dict[str, int] | None:
+    """``diver.class_map``: a JSON file or an inline mapping input class id -> DiT class index."""
+    if spec is None:
+        return None
+    if isinstance(spec, dict):
+        return {str(k): int(v) for k, v in spec.items()}
+    p = Path(spec)
+    if not p.is_file():
+        raise DataError(f"diver.class_map file not found: {p}")
+    return {str(k): int(v) for k, v in json.loads(p.read_text()).items()}
 
 
 def vae_ref_for(cfg: Config) -> str | None:
@@ -72,15 +72,15 @@ def hardware_settings(cfg: Config) -> dict[str, Any]:
 
 
 def resolve_recovery(cfg: Config) -> Recovery:
-    """The run's ``Recovery``: settings checked, the DiT resolved (and built, for ``zoo:``), sigma and VAE
-    settled, the class map read."""
+    """The run's ``Recovery``: the class map read, the VAE and the DiT resolved (``zoo:`` models are built
+    here, once), the settings taken from ``diver`` with sigma settled for the DiT at hand."""
     d = cfg.diver
     embedding, hardware = resolve_timestep_embedding(cfg), hardware_settings(cfg)
-    settings = RecoverSettings.from_mapping({**d.model_dump(mode="python"), "timestep_embedding": embedding})
-    model_dir = resolve_ref("dit", cfg.models.dit, cfg.models.zoo_dir)  # zoo models are built here, once
-    settings = resolve_sigma(settings, model_dir)
+    class_map = load_class_map(d.class_map)
     vae_ref = vae_ref_for(cfg)
+    model_dir = resolve_ref("dit", cfg.models.dit, cfg.models.zoo_dir)
+    settings = RecoverSettings.from_mapping({**d.model_dump(mode="python"), "timestep_embedding": embedding})
+    settings = settings.for_variance(*variance_usable(model_dir), warn=log)
     manifest = {**settings.as_dict(), "seed": d.seed, "resolution": d.resolution, "dit": cfg.models.dit,
                 "vae": vae_ref or "dit", "dtype": cfg.models.dtype, **hardware}
-    return Recovery(settings, model_dir, vae_ref, load_class_map(d.class_map), dit_num_classes(model_dir),
-                    manifest)
+    return Recovery(settings, model_dir, vae_ref, class_map, dit_num_classes(model_dir), manifest)

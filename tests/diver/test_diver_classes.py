@@ -17,8 +17,9 @@ from PIL import Image
 from pipeline.cli import main
 from pipeline.config import load_config
 from pipeline.diver.classes import IMAGENET1K_FILE, dit_class_map, imagenet1k_index, imagenet1k_wnids
-from pipeline.diver.inputs import Stage1Set, dit_classes
+from pipeline.diver.inputs import Stage1Set
 from pipeline.errors import ConfigError, DataError
+from tests.dit_classes import dit_classes
 
 REPO = Path(__file__).resolve().parents[2]
 # ImageFruit's wnids and their ImageNet-1K indices (the map configs/diver_imagefruit.yaml spelled out by hand)
@@ -26,6 +27,7 @@ FRUIT = {"n07753275": 953, "n07753592": 954, "n07745940": 949, "n07747607": 950,
          "n07768694": 957, "n07753113": 952, "n07720875": 945, "n07718472": 943, "n07742313": 948}
 TEN = ["n01440764", "n01443537", "n01484850", "n02102040", "n02979186", "n03000684", "n03028079", "n03394916",
        "n03417042", "n03425413"]  # Imagenette's wnids: tench .. golf ball
+
 
 
 def _set(classes: list[str], per_class: int = 1, named: bool = True) -> Stage1Set:
@@ -103,7 +105,7 @@ def test_class_count_read_from_a_local_folder_and_a_hub_id_offline(zoo_dir, tmp_
 def test_unknown_class_count_falls_back_to_the_table_and_the_actor_checks_it(zoo_dir):
     from actors.dit import DiTRecoverActor
     from pipeline.config import config_from_dict
-    from pipeline.diver.load import class_settings
+    from pipeline.diver.classes import class_settings
 
     d = config_from_dict({"method": "diver", "diver": {"input": "x"}}).diver
     mapping, expected = class_settings(_set(TEN), d, None, (None, "not cached"), tensor_input=False)

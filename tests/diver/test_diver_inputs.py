@@ -9,15 +9,16 @@ from pipeline.core.write import DistilledSetWriter
 from pipeline.diver.inputs import (
     PRESETS,
     detect_format,
-    dit_classes,
-    load_class_map,
     load_stage1,
     normalize,
     save_pt,
 )
+from pipeline.diver.recovery import load_class_map
 from pipeline.errors import DataError
+from tests.dit_classes import dit_classes
 
 MEAN, STD = PRESETS["imagenet"]
+
 
 
 def _images(n: int = 6, size: int = 8, seed: int = 0) -> torch.Tensor:

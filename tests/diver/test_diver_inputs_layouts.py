@@ -17,11 +17,11 @@ from pipeline.diver.inputs import (
     PRESETS,
     REF_NORMS,
     detect_format,
-    dit_classes,
     load_stage1,
     normalize,
 )
 from pipeline.errors import DataError
+from tests.dit_classes import dit_classes
 
 CIFAR_MEAN, CIFAR_STD = PRESETS["cifar10"]
 

@@ -145,7 +145,6 @@ def test_resume_refuses_a_folder_made_with_other_settings_or_input(zoo_dir, ray_
 def test_sigma_learned_falls_back_once_where_the_variance_is_absent_or_untrained(tmp_path):
     from actors.dit import variance_usable
     from pipeline.diver.guidance import RecoverSettings
-    from pipeline.diver.recovery import resolve_sigma
 
     def folder(name: str, out_channels: int, report: dict | None = None) -> Path:
         p = tmp_path / name
@@ -164,8 +163,9 @@ def test_sigma_learned_falls_back_once_where_the_variance_is_absent_or_untrained
     assert variance_usable(tmp_path / "hub-id")[0] is None
     logs: list[str] = []
     s = RecoverSettings()
-    assert resolve_sigma(s, str(learned), logs.append).diver.sigma == "learned" and not logs
-    assert resolve_sigma(s, str(demo), logs.append).diver.sigma == "posterior"
+    assert s.for_variance(*variance_usable(learned), logs.append).diver.sigma == "learned" and not logs
+    assert s.for_variance(*variance_usable(demo), logs.append).diver.sigma == "posterior"
     assert len(logs) == 1 and "WARNING" in logs[0] and "variance" in logs[0]
     s = RecoverSettings.of(sigma="one_minus_alpha_bar")
-    assert resolve_sigma(s, str(no_var), logs.append).diver.sigma == "one_minus_alpha_bar" and len(logs) == 1
+    kept = s.for_variance(*variance_usable(no_var), logs.append)
+    assert kept.diver.sigma == "one_minus_alpha_bar" and len(logs) == 1
