@@ -7,6 +7,7 @@ Tune sweep can change it without editing code.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -403,6 +404,12 @@ class EvalConfig(Section):
     # start-up is paid once); false: one TorchTrainer per run. DDP jobs (num_workers > 1) are never packed
     pack_runs: bool = True
     seed: int = 0
+
+    @property
+    def threads(self) -> int:
+        """Torch threads of one evaluation worker (and of each run it trains): ``floor(cpus_per_job)``, at
+        least 1, so a fractional ``cpus_per_job`` still runs a whole thread."""
+        return max(1, math.floor(self.cpus_per_job))
 
     @field_validator("val_resize")
     @classmethod

@@ -284,29 +284,24 @@ def _fit_packed(jobs: list[dict[str, Any]], refs: dict[str, list[Any]], teacher:
     return str(result.path)
 
 
-def worker_threads(cfg: EvalConfig) -> int:
-    """Torch threads of one evaluation worker: ``floor(cpus_per_job)``, at least 1 (``TrainSpec.threads``)."""
-    return max(1, math.floor(cfg.cpus_per_job))
-
-
 def concurrent_jobs(n_jobs: int, cfg: EvalConfig, total_cpus: float,
                     workers_per_job: int | None = None) -> int:
     """How many jobs run at once: ``max_concurrent``, else as many as the cores hold, at most one per job.
 
     A job has ``workers_per_job`` workers (default ``num_workers``; DDP when > 1), each running
-    ``worker_threads`` torch threads and holding at least ``cpus_per_job`` Ray CPUs, so without
+    ``cfg.threads`` torch threads and holding at least ``cpus_per_job`` Ray CPUs, so without
     ``max_concurrent`` ``jobs x workers x threads <= total_cpus``: the CPU is never oversubscribed
     (a fractional ``cpus_per_job`` still runs a whole thread). At least one job always runs.
     """
     workers = cfg.num_workers if workers_per_job is None else workers_per_job
-    per_job = max(cfg.cpus_per_job, worker_threads(cfg)) * workers
+    per_job = max(cfg.cpus_per_job, cfg.threads) * workers
     slots = cfg.max_concurrent or max(1, int(total_cpus // per_job + 1e-9))
     return max(1, min(n_jobs, slots))
 
 
 def packed_workers(n_jobs: int, cfg: EvalConfig, total_cpus: float) -> int:
     """Workers of the one packed TorchTrainer: ``max_concurrent``, else as many as the cluster's CPUs hold at
-    ``worker_threads`` torch threads each (``concurrent_jobs`` with one worker per job), at most one per
+    ``cfg.threads`` torch threads each (``concurrent_jobs`` with one worker per job), at most one per
     run."""
     return concurrent_jobs(n_jobs, cfg, total_cpus, workers_per_job=1)
 

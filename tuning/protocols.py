@@ -252,11 +252,6 @@ class TrainSpec(EvalConfig):
                                    "batch_size": run_batch_size(cfg, ipc, num_classes), "lr": lr,
                                    "weight_decay": run_weight_decay(cfg, num_classes)})
 
-    @property
-    def threads(self) -> int:
-        """Torch threads of the run: ``floor(cpus_per_job)``, at least 1."""
-        return max(1, math.floor(self.cpus_per_job))
-
     def student_args(self) -> dict[str, Any]:
         """The keyword arguments of ``build_student`` for this run's student (``student_kwargs``' entry)."""
         return dict(self.student_kwargs.get(self.student, {}))

@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import EvalConfig
-from tuning.evaluate import concurrent_jobs, packed_workers, run_ray_jobs, worker_threads
+from tuning.evaluate import concurrent_jobs, packed_workers, run_ray_jobs
 from tuning.protocols import TrainSpec
 
 
 def test_worker_threads_are_the_train_spec_threads():
-    for c in (0.25, 0.5, 1.0, 1.5, 2.0, 3.0):
+    for c, want in ((0.25, 1), (0.5, 1), (1.0, 1), (1.5, 1), (2.0, 2), (3.0, 3)):
         cfg = EvalConfig(cpus_per_job=c)
-        assert worker_threads(cfg) == TrainSpec.from_config(cfg, "convnet", 0).threads
+        assert cfg.threads == TrainSpec.from_config(cfg, "convnet", 0).threads == want
 
 
 def test_the_plan_never_oversubscribes_the_cores():
@@ -26,10 +26,10 @@ def test_the_plan_never_oversubscribes_the_cores():
         jobs = concurrent_jobs(n_jobs, cfg, float(cpus))
         assert 1 <= jobs <= n_jobs
         if jobs > 1:  # one job always runs, even when it alone is bigger than the machine
-            assert jobs * workers * worker_threads(cfg) <= cpus, (cpus, per_job, workers, n_jobs, jobs)
+            assert jobs * workers * cfg.threads <= cpus, (cpus, per_job, workers, n_jobs, jobs)
             assert jobs * workers * per_job <= cpus + 1e-9
         packed = packed_workers(n_jobs, cfg, float(cpus))
-        assert 1 <= packed <= n_jobs and (packed == 1 or packed * worker_threads(cfg) <= cpus)
+        assert 1 <= packed <= n_jobs and (packed == 1 or packed * cfg.threads <= cpus)
 
 
 def test_the_plan_fills_the_cores():
@@ -80,7 +80,7 @@ def test_unpacked_runs_keep_in_flight_trainers_within_the_cores(monkeypatch, tmp
     out = run_ray_jobs(jobs, {"s": object()}, cfg, tmp_path / "ray_train", log=lambda _m: None)
     assert [r["name"] for r in out] == [j["name"] for j in jobs]
     assert seen["peak"] == peak
-    assert seen["peak"] * workers * worker_threads(cfg) <= 2
+    assert seen["peak"] * workers * cfg.threads <= 2
 
 
 def _makespan(order: list[int], seconds: list[float], workers: int) -> float:
