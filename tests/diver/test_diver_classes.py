@@ -29,7 +29,6 @@ TEN = ["n01440764", "n01443537", "n01484850", "n02102040", "n02979186", "n030006
        "n03417042", "n03425413"]  # Imagenette's wnids: tench .. golf ball
 
 
-
 def _set(classes: list[str], per_class: int = 1, named: bool = True) -> Stage1Set:
     n = len(classes) * per_class
     labels = torch.arange(len(classes)).repeat_interleave(per_class)

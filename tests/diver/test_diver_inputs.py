@@ -20,7 +20,6 @@ from tests.dit_classes import dit_classes
 MEAN, STD = PRESETS["imagenet"]
 
 
-
 def _images(n: int = 6, size: int = 8, seed: int = 0) -> torch.Tensor:
     return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
