@@ -43,7 +43,8 @@ for ep in $EPOCHS; do
     "$PY" -m pipeline.cli eval --distilled "$W/random_real" --real "$(cat "$W/holdout_path")" \
       --students $STUDENTS --out "$W/e${ep}_b$bs" eval.preset=demo eval.dataset=digits \
       eval.repeats="$REPEATS" eval.epochs="$ep" eval.eval_every="$every" \
-      'eval.student_kwargs={resnet18: {width: 16}}' eval.cpus_per_job=1.0 eval.batch_size="$bs" \
+      'eval.student_kwargs={convnet: {width: 64}, resnet18: {width: 16}}' 'eval.channels_last=[resnet18]' \
+      eval.cpus_per_job=1.0 eval.batch_size="$bs" \
       ${EVAL_ARGS:-} > "$W/e${ep}_b$bs.log" 2>&1
     echo "epochs $ep, batch $bs:"; grep -E "^\| digits \| $IPC \|" "$W/e${ep}_b$bs/results.md" || true
   done

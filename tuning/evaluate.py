@@ -508,6 +508,7 @@ def check_eval(cfg: EvalConfig) -> EvalConfig:
     headline's exclusions, and the pretrained teacher a preset requires (rded / sre2l)."""
     cfg = resolve_preset(cfg)
     check_students(cfg.students)
+    check_students(cfg.channels_last, key="eval.channels_last")
     check_excluded(cfg.exclude_from_mean)
     if cfg.protocol == "soft" and cfg.teacher_required and not cfg.teacher_checkpoint:
         raise ConfigError(f"eval.preset {cfg.preset!r} relabels with a pretrained teacher: set "

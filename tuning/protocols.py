@@ -308,12 +308,13 @@ def _parse_augment(augment: str) -> tuple[list[str], str | None]:
 
 # ----------------------------------------------------------------------------- training
 @torch.no_grad()
-def predictions(model: nn.Module, x: torch.Tensor, batch_size: int = 256,
-                device: torch.device | str = "cpu") -> torch.Tensor:
-    """The predicted class of every row of ``x`` (eval mode), on the CPU."""
+def predictions(model: nn.Module, x: torch.Tensor, batch_size: int = 256, device: torch.device | str = "cpu",
+                layout: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
+    """The predicted class of every row of ``x`` (eval mode, inputs in ``layout``), on the CPU."""
     was_training = model.training
     model.eval()
-    out = [model(x[i:i + batch_size].to(device)).argmax(1).cpu() for i in range(0, x.shape[0], batch_size)]
+    out = [model(x[i:i + batch_size].to(device, memory_format=layout)).argmax(1).cpu()
+           for i in range(0, x.shape[0], batch_size)]
     model.train(was_training)
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
 
@@ -443,6 +444,7 @@ class _Step:
     rng: np.random.Generator
     device: torch.device | str
     stats: tuple[torch.Tensor, torch.Tensor] | None = None  # input normalisation (mean, std), [1, C, 1, 1]
+    memory_format: torch.memory_format = torch.contiguous_format  # the student's and its inputs' layout
 
 
 def _pixel_op(s: _Step, xb: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
@@ -481,7 +483,7 @@ def _batch_loss(s: _Step, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
     lam, partner = 1.0, None
     if s.mixing:
         xb, partner, lam = mix_batch(xb, s.mixing, spec.mix_alpha, s.rng, s.gen)
-    xb, yb = xb.to(s.device), yb.to(s.device)
+    xb, yb = xb.to(s.device, memory_format=s.memory_format), yb.to(s.device)
     logits = s.net(xb)
     if spec.protocol == "soft":
         with torch.no_grad():
@@ -561,8 +563,9 @@ def _setup(spec: TrainSpec, data: Any, num_classes: int, teacher: nn.Module | No
     """Seed everything from ``spec.seed``, build the student, optimizer, schedule and EMA; return the
     step state and the per-rank batch size."""
     torch.manual_seed(spec.seed)  # init and every global-RNG draw (dropout) follow the run's seed
+    layout = memory_format(spec)
     model = build_student(spec.student, data.channels, num_classes, data.size,
-                          **spec.student_args()).to(device)
+                          **spec.student_args()).to(device, memory_format=layout)
     gen = torch.Generator().manual_seed(spec.seed)  # batches and augmentations
     rng = np.random.default_rng(spec.seed)  # mixing weights
     ema = _ema(model, spec)
@@ -579,7 +582,12 @@ def _setup(spec: TrainSpec, data: Any, num_classes: int, teacher: nn.Module | No
         stats = (torch.as_tensor(np.asarray(norm[0]), dtype=data.dtype).view(shape),
                  torch.as_tensor(np.asarray(norm[1]), dtype=data.dtype).view(shape))
     ops, mixing = _parse_augment(spec.augment)
-    return _Step(spec, net, model, teacher, opt, sched, ema, ops, mixing, gen, rng, device, stats), bs
+    return _Step(spec, net, model, teacher, opt, sched, ema, ops, mixing, gen, rng, device, stats, layout), bs
+
+
+def memory_format(spec: TrainSpec) -> torch.memory_format:
+    """Channels-last for the students ``eval.channels_last`` names (4-D inputs only), else the default."""
+    return torch.channels_last if spec.student in spec.channels_last else torch.contiguous_format
 
 
 def train_student(
@@ -631,7 +639,8 @@ def train_on(
         loss_val = _train_epoch(step, data, bs, rank, world_size)
         if not tested_after(spec, epoch):
             continue
-        pred = predictions(step.ema.module if step.ema is not None else step.model, val_x, device=device)
+        pred = predictions(step.ema.module if step.ema is not None else step.model, val_x, device=device,
+                           layout=step.memory_format)
         acc, final_per_class = top1(pred, val_y), per_class_top1(pred, val_y, num_classes)
         history.append({"epoch": epoch, "top1": acc, "loss": loss_val})
         if acc > best and epoch > spec.best_from * spec.epochs:

@@ -217,11 +217,12 @@ STUDENTS: dict[str, Callable[..., nn.Module]] = {
 LEGACY_STUDENTS = ("resnet18", "resnet18_bn", "resnet18_in")  # resolution-adaptive stems (see the module doc)
 
 
-def check_students(names: list[str]) -> None:
-    """Raise ``ConfigError`` naming any unknown student (before any job starts)."""
+def check_students(names: list[str], key: str = "eval.students") -> None:
+    """Raise ``ConfigError`` naming any unknown student and the ``key`` that lists it (before any job
+    starts)."""
     bad = [n for n in names if n not in STUDENTS]
     if bad:
-        raise ConfigError(f"unknown student(s) {bad}; choose from {', '.join(STUDENTS)}")
+        raise ConfigError(f"{key}: unknown student(s) {bad}; choose from {', '.join(STUDENTS)}")
 
 
 def build_student(name: str, channels: int, num_classes: int, im_size: int, **kwargs) -> nn.Module:

@@ -42,6 +42,7 @@ still runs. A re-run reuses every finished stage and every evaluation whose set 
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import os
@@ -57,7 +58,7 @@ import yaml
 from actors import zoo
 from pipeline.config import Config, EvalConfig, config_from_dict
 from pipeline.core.console import quiet_terminal, stage
-from pipeline.core.digits import write_demo_dataset
+from pipeline.core.digits import DIGIT_NAMES, write_demo_dataset
 from pipeline.core.write import JOURNAL, atomic_folder, atomic_write_json
 from pipeline.demo.claims import FULL_MIN_SEEDS, MIN_SEEDS, claim_lines
 from pipeline.demo.recognition import cached_judge, recognise, recognition_line
@@ -73,18 +74,23 @@ FULL_IPCS = (HEADLINE_IPC, 10)
 # and 3 seeds: ConvNet ~79, ResNet-18 ~73, MobileNetV2 ~299). IPC 10 would add its DIVER, EDITS and
 # evaluation: it runs in demo --full.
 DEMO_EVAL_SEEDS = 3
+DEMO_PROXY_WIDTH = 64  # the stage-1 ConvNet's width (diver.stage1.net_width in configs/demo_diver.yaml)
 # demo --full: every set distilled with 2 seeds and each evaluated with 3, so each claim pairs 6 seeds
 FULL_EVAL_SEEDS = 3
 FULL_DISTILL_SEEDS = (0, 1)
-# The demo's evaluation: the "demo" preset (DSA, SGD, cosine) with a narrower ResNet-18; the ConvNet is
-# the stage-1 proxy (out of the headline mean), ResNet-18 and LeNet (DC/DSA's cross-architecture students) are
-# unseen. MobileNetV2 left the demo for its cost: one SGD step at batch 10 takes 261 ms on one thread against
-# LeNet's 3.5 (ConvNet 90, ResNet-18 w16 72); at IPC 1 it was 1,197 of the 1,807 run-seconds of make demo's
-# evaluation on a fresh clone. One CPU and one torch thread per Ray Train worker, so the two cores are
-# never oversubscribed. Epochs and batch per IPC below.
+# The demo's evaluation: the "demo" preset (DSA, SGD, cosine) with a narrower ResNet-18. The ConvNet is the
+# stage-1 proxy (out of the headline mean): the very network DM and GM match in stage 1 (width 64, depth 3;
+# diver.stage1.net_width in configs/demo_diver.yaml), as DC/DM evaluate on their distillation ConvNet.
+# ResNet-18 and LeNet (DC/DSA's cross-architecture students) are unseen. MobileNetV2 left the demo for its
+# cost: one SGD step at batch 10 takes 261 ms on one thread against LeNet's 3.5 (ConvNet 90 at width 128,
+# ResNet-18 w16 72); at IPC 1 it was 1,197 of the 1,807 run-seconds of make demo's evaluation on a fresh
+# clone. One CPU and one torch thread per Ray Train worker, so the two cores are never oversubscribed.
+# ResNet-18 trains channels-last (the same math; its steps ~1.3-1.6x faster on one thread,
+# bench/channels_last.py). Epochs and batch per IPC below.
 DEMO_EVAL = {"students": ["convnet", "resnet18", "lenet"], "preset": "demo", "dataset": "digits",
              "epochs": 20, "batch_size": 16, "repeats": DEMO_EVAL_SEEDS, "eval_every": 10,
-             "student_kwargs": {"resnet18": {"width": 16}}, "cpus_per_job": 1.0}
+             "student_kwargs": {"convnet": {"width": DEMO_PROXY_WIDTH}, "resnet18": {"width": 16}},
+             "channels_last": ["resnet18"], "cpus_per_job": 1.0}
 FULL_EVAL = {**DEMO_EVAL, "repeats": FULL_EVAL_SEEDS}
 QUICK_EVAL = {**DEMO_EVAL, "epochs": 4, "repeats": 1, "eval_every": 0}
 # Epochs and batch per IPC, chosen on a holdout carved from the train split (20% per class, seed 0), never on
@@ -95,7 +101,8 @@ QUICK_EVAL = {**DEMO_EVAL, "epochs": 4, "repeats": 1, "eval_every": 0}
 # same run): 100 epochs gave ConvNet 74.3, ResNet-18 59.1, MobileNetV2 53.1, LeNet 61.30; 300 epochs gave
 # ConvNet 75.9, ResNet-18 65.5 (above 100 epochs at each of the 3 seeds), LeNet 68.61: 300 epochs, full batch,
 # tests at 150 and 300 as IPC 10's halfway. LeNet at IPC 10 (20 epochs, 2 seeds): batch 32 gave 28.08, 16 gave
-# 79.97, so batch 16 stays.
+# 79.97, so batch 16 stays. The ConvNet at the stage-1 width (64, was 128) on the same holdout and seeds gave
+# the same choices: IPC 1, 100 epochs 73.63, 300 epochs 76.03; IPC 10, batch 32 92.29, 16 92.81.
 DEMO_EVAL_BY_IPC = {1: {"epochs": 300, "batch_size": 10, "eval_every": 150},
                     10: {"epochs": 20, "batch_size": 16, "eval_every": 10}}
 FULL_BASELINES = ("herding", "k_center", "full_real")
@@ -108,7 +115,7 @@ NOT_IN_ARS = ("full_real",)
 DEMO_TRIM = {
     "edits": {"num_inference_steps": 25, "max_tokens": 40, "finetune": {"max_steps": 160, "vae_steps": 0},
               "llm_pad_tokens": 384},  # the demo's prompts are about 320 SmolLM2 tokens
-    "ray": {"batch_sizes": {"llm": 20}, "micro_batch_sizes": {"llm": 20}},
+    "ray": {"batch_sizes": {"llm": 20}, "micro_batch_sizes": {"llm": 20}},  # at most; see method_config
     # DM from noise (not the reference's real init): its images end abstract, fitted to the proxy ConvNet,
     # which is the kind of set DIVER recovers; 400 iterations at 32 real images per class fit 2 cores
     "diver": {"stage1": {"iterations": 400, "init": "noise", "batch_real": 32}},
@@ -221,12 +228,13 @@ def prepare_demo(out: Path) -> dict[str, Any]:
 
 
 def _merge(into: dict[str, Any], extra: dict[str, Any]) -> None:
-    """Deep-merge ``extra`` into ``into`` (nested dicts merged, other values replaced)."""
+    """Deep-merge ``extra`` into ``into`` (nested dicts merged, other values replaced by copies: ``into``
+    never shares a dict with ``extra``)."""
     for k, v in extra.items():
         if isinstance(v, dict) and isinstance(into.get(k), dict):
             _merge(into[k], v)
         else:
-            into[k] = v
+            into[k] = copy.deepcopy(v)
 
 
 def method_config(method: str, out: Path, data: Path, quick: bool, logs: Path | None = None,
@@ -249,6 +257,10 @@ def method_config(method: str, out: Path, data: Path, quick: bool, logs: Path | 
         raw.setdefault("edits", {})["ipc"] = ipcs[0]
         if not quick:
             _merge(raw, {"edits": DEMO_TRIM["edits"], "ray": DEMO_TRIM["ray"]})
+            # one text prototype per cluster: below a full model call the call holds them all (at IPC 1 a
+            # call of 20 would pad the 10 prompts with 10 repeats)
+            calls = raw["ray"]["micro_batch_sizes"]
+            calls["llm"] = raw["ray"]["batch_sizes"]["llm"] = min(calls["llm"], len(DIGIT_NAMES) * ipcs[0])
         if quick:
             raw["edits"]["num_inference_steps"] = min(int(raw["edits"].get("num_inference_steps", 50)), 10)
             ft = raw["edits"].setdefault("finetune", {})
@@ -581,7 +593,8 @@ def _run_demo(out: Path, quick: bool, full: bool, logs: Path, ablations: bool = 
                      f"preset: DSA, SGD, cosine; epochs and batch chosen on a holdout of the train split), "
                      f"{ev.repeats} evaluation seed(s) per set.")
     notes.append(f"dataset: sklearn digits as 32x32 RGB ({data}); distillation seed(s) "
-                 f"{', '.join(map(str, plan.distill_seeds))}; ResNet-18 at width "
+                 f"{', '.join(map(str, plan.distill_seeds))}; the ConvNet at the stage-1 width "
+                 f"{DEMO_PROXY_WIDTH}, ResNet-18 at width "
                  f"{DEMO_EVAL['student_kwargs']['resnet18']['width']}; headline = mean over the unseen "
                  f"architectures ({', '.join(s for s in plan.students if s != 'convnet')}); the ConvNet is "
                  f"the stage-1 proxy.")

@@ -27,8 +27,11 @@ def test_edits_gets_the_headline_ipc_1_and_the_trims_merged_into_its_demo_config
                                                                 "zoo:demo_sd")
     # merged, not replaced
     assert cfg.edits.finetune.learning_rate == own["edits"]["finetune"]["learning_rate"]
-    assert (cfg.ray.batch_sizes["llm"] == 20
-            and cfg.ray.batch_sizes["generate"] == own["ray"]["batch_sizes"]["generate"])
+    assert cfg.ray.batch_sizes["generate"] == own["ray"]["batch_sizes"]["generate"]
+    # SmolLM2 calls: IPC 1's 10 prompts in one call of 10 (not padded to 20); IPC 10's 100 in calls of 20
+    assert cfg.ray.batch_sizes["llm"] == cfg.ray.micro_batch_sizes["llm"] == 10
+    ipc10 = method_config("edits", tmp_path / "out", tmp_path / "data", quick=False, ipcs=(10,))
+    assert ipc10.ray.batch_sizes["llm"] == ipc10.ray.micro_batch_sizes["llm"] == 20
     assert (cfg.data.root == str(tmp_path / "data" / "train")
             and cfg.output.dir == str(tmp_path / "out" / "edits"))
 
@@ -60,7 +63,7 @@ def test_quick_demo_writes_results_report_and_overview(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads((out / "results.json").read_text())
     assert {r["method"] for r in rows} == {"random_real", "dm", "diver", "edits"}
-    assert {r["student"] for r in rows} == {"convnet", "resnet18", "mobilenetv2"}
+    assert {r["student"] for r in rows} == {"convnet", "resnet18", "lenet"}
     assert {r["student"] for r in rows if not r["in_mean"]} == {"convnet"}  # the DM proxy
     for r in rows:
         assert {"dataset", "method", "ipc", "student", "top1_mean", "top1_std", "repeats",
@@ -73,7 +76,8 @@ def test_quick_demo_writes_results_report_and_overview(tmp_path):
 def test_batch_blocks_hold_one_ray_batch_each(tmp_path):
     from pipeline.core.batching import batch_blocks
 
-    bs = method_config("edits", tmp_path / "out", tmp_path / "data", quick=False).ray.batch_sizes["llm"]  # 20
+    bs = method_config("edits", tmp_path / "out", tmp_path / "data", quick=False,
+                       ipcs=(10,)).ray.batch_sizes["llm"]  # 20
     assert batch_blocks(100, bs) == 5 and batch_blocks(101, bs) == 6 and batch_blocks(3, bs) == 1
     assert batch_blocks(10_000, bs, cap=50) == 50 and batch_blocks(0, bs) == 1
 
@@ -143,3 +147,16 @@ def test_demo_students_train_at_the_batch_chosen_on_the_holdout():
                                                 DEMO_EVAL_BY_IPC[1]["epochs"])
         assert ev1.augment == "dsa" and ev1.repeats == ev.repeats == plan.eval_seeds
         assert resolve_preset(eval_config(plan, None)).epochs == 20  # the full real set: IPC 10's settings
+
+
+def test_the_proxy_convnet_is_the_stage1_network(tmp_path):
+    """The ConvNet column is the network DM and GM match (its width and depth), and ResNet-18 trains
+    channels-last."""
+    from pipeline.demo.run import DEMO_EVAL, DEMO_PROXY_WIDTH, demo_plan, eval_config
+    from tuning.convnet import depth_for_resolution
+
+    s1 = method_config("diver", tmp_path / "out", tmp_path / "data", quick=False).diver.stage1
+    assert DEMO_EVAL["student_kwargs"]["convnet"] == {"width": s1.net_width} and DEMO_PROXY_WIDTH == 64
+    assert s1.net_depth == depth_for_resolution(32) == 3  # the "convnet" student's depth at 32 px
+    ev = eval_config(demo_plan(full=True), 10)
+    assert ev.student_kwargs["convnet"] == {"width": 64} and ev.channels_last == ["resnet18"]
