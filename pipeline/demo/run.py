@@ -67,12 +67,12 @@ from tuning.evaluate import in_mean, mean_top1
 
 REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 HEADLINE_IPC = 1
-DEMO_IPCS = (HEADLINE_IPC,)  # make demo: IPC 10 too would not fit 12 minutes on 2 cores (estimate below)
+DEMO_IPCS = (HEADLINE_IPC,)  # make demo: IPC 10 too would not fit 12 minutes on 2 cores (measured below)
 FULL_IPCS = (HEADLINE_IPC, 10)
-# make demo's time on a fresh clone, 2 cores: 9 min 55 s with LeNet (DM 73 s, EDITS 156 s, evaluation
-# 312 s); 20 min 56 s with MobileNetV2 as the second unseen student (evaluation 957 s; run-seconds per set
-# and 3 seeds: ConvNet ~79, ResNet-18 ~73, MobileNetV2 ~299). IPC 10 would add its DIVER, EDITS and
-# evaluation: it runs in demo --full.
+# make demo on a fresh clone, 2 idle cores: 5 min 30 s (DM and its recovery 64 s, EDITS 87 s, evaluation 133 s
+# for 36 runs). IPC 10 would add, by demo --full's stages on the same machine, about 76 s of DM and recovery,
+# 165 s of EDITS (its SmolLM2 text prototypes alone 138 s) and 157 s for 36 more runs: about 12 min 10 s in
+# all, so it runs in demo --full (27 min 45 s).
 DEMO_EVAL_SEEDS = 3
 DEMO_PROXY_WIDTH = 64  # the stage-1 ConvNet's width (diver.stage1.net_width in configs/demo_diver.yaml)
 # demo --full: every set distilled with 2 seeds and each evaluated with 3, so each claim pairs 6 seeds
