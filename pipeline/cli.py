@@ -202,6 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_overrides(r)
     r.add_argument("--from-stage", default=None, help="re-run from this stage, reusing earlier artefacts")
     r.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    r.add_argument("--verbose", action="store_true",
+                   help="everything on the terminal (default: one line per stage and a progress bar; Ray's "
+                        "and the libraries' output in <output.dir>/logs/run.log)")
     r.set_defaults(func=_run)
 
     # distill (classical stage-1)

@@ -33,12 +33,38 @@ def method_runner(method: str) -> Callable[..., dict[str, Any]]:
     raise ConfigError(f"method must be one of {sorted(METHODS)} to run, got {method!r}")
 
 
-def run_config(cfg: Config, from_stage: str | None = None) -> dict[str, Any]:
-    """Run ``cfg.method`` and return its summary (paths, counts, timings)."""
+def run_config(cfg: Config, from_stage: str | None = None,
+               log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run ``cfg.method`` and return its summary (paths, counts, timings); ``log``: EDITS's lines (default
+    print)."""
     runner = method_runner(cfg.method)
     ensure_demo_data(cfg)  # a demo config on a fresh checkout writes its digits first
     set_pause_after_write(cfg.debug.pause_after_write_s)
+    if log is not None and cfg.method == "edits":
+        return runner(cfg, from_stage=from_stage, log=log)
     return runner(cfg, from_stage=from_stage)
+
+
+def quiet_ray(cfg: Config, logs: Path) -> Config:
+    """``cfg`` with the Ray workers' output kept in Ray's session logs (linked from ``logs``), off the
+    terminal; Ray Data's own progress lines off too (they would fill the log)."""
+    os.environ.setdefault("SEMDISTILL_PROGRESS", "0")
+    return cfg.model_copy(update={"ray": cfg.ray.model_copy(update={"log_to_driver": False,
+                                                                    "logs_dir": str(logs)})})
+
+
+def edits_line(msg: str) -> None:
+    """EDITS's stage lines ("[edits] caption: done in 9.1 s") on the terminal, its other lines in the log."""
+    if msg.startswith("[edits]"):
+        note(msg)
+    else:
+        print(msg, flush=True)
+
+
+def set_lines(summary: dict[str, Any]) -> list[str]:
+    """One line per set a DIVER run wrote (its images and folder); none for EDITS (its lines said it)."""
+    return [f"{summary.get('method', 'diver')} {name}: {entry.get('images', '?')} images -> "
+            f"{entry.get('recovered')}" for name, entry in (summary.get("sets") or {}).items()]
 
 
 def distilled_set(summary: dict[str, Any]) -> str:
@@ -72,15 +98,24 @@ def main(args: argparse.Namespace) -> int:
 
         check_eval(cfg.eval)
     out = Path(cfg.output.dir)
+    verbose = getattr(args, "verbose", False)
+    logs = out.resolve() / "logs"
     with output_lock(out):  # a second run into this folder stops here, before it writes anything
         atomic_write_bytes(out / "config.yaml", dump_config(cfg).encode())
-        summary = run_config(cfg, from_stage=args.from_stage)
-        print(f"done: {summary.get('output', out)}")
-        if cfg.eval is not None:  # the last stage: cross-architecture evaluation (tuning/evaluate.py)
-            from tuning.evaluate import evaluate_run  # torch and Ray Train: only a run that evaluates pays
+        run_cfg = cfg if verbose else quiet_ray(cfg, logs)
+        with contextlib.nullcontext() if verbose else quiet_terminal(logs):
+            if not verbose:
+                note(f"logs: {logs}")
+            summary = run_config(run_cfg, from_stage=args.from_stage, log=None if verbose else edits_line)
+            for line in set_lines(summary) if not verbose else []:
+                note(line)
+            note(f"done: {summary.get('output', out)}")
+            if cfg.eval is not None:  # the last stage: cross-architecture evaluation (tuning/evaluate.py)
+                # heavy: torch, Ray Train (only a run that evaluates pays)
+                from tuning.evaluate import evaluate_run
 
-            evaluate_run(cfg, summary)
-            print(f"evaluation: {out / 'results.md'}")
+                evaluate_run(run_cfg, summary)
+                note(f"evaluation: {out / 'results.md'}")
     return 0
 
 
@@ -98,9 +133,7 @@ def sweep_main(args: argparse.Namespace) -> int:
     logs = Path(cfg.output.dir).resolve() / "logs"
     verbose = getattr(args, "verbose", False)
     if not verbose:  # workers' output stays in Ray's session logs, linked from logs/
-        cfg = cfg.model_copy(update={"ray": cfg.ray.model_copy(update={"log_to_driver": False,
-                                                                        "logs_dir": str(logs)})})
-        os.environ.setdefault("SEMDISTILL_PROGRESS", "0")  # Ray Data's bars would fill the log
+        cfg = quiet_ray(cfg, logs)
     with contextlib.nullcontext() if verbose else quiet_terminal(logs):
         if not verbose:
             note(f"logs: {logs}")

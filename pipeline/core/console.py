@@ -1,9 +1,9 @@
 """What a long run shows on the terminal: one line per stage and one progress bar per long stage.
 
 ``with quiet_terminal(log_dir):`` points the process's stdout and stderr (file descriptors 1 and 2,
-so child processes such as Ray's raylet too) at ``log_dir/run.log``; only :func:`stage` lines and
-:func:`progress` bars reach the terminal. Outside such a block both print as usual (stage lines to
-stdout, no bars), so ``semdistill run`` keeps its plain output.
+so child processes such as Ray's raylet too) at ``log_dir/run.log``; only :func:`stage` and :func:`note`
+lines and :func:`progress` bars reach the terminal. Outside such a block both print as usual (stage lines
+to stdout, no bars): ``semdistill run --verbose``, and a runner called from Python.
 """
 
 from __future__ import annotations

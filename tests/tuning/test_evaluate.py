@@ -142,8 +142,8 @@ def test_run_ends_with_evaluation(rr_set, demo_root, tmp_path, monkeypatch):
     """`semdistill run` with an eval section evaluates what the method wrote, into output.dir."""
     import pipeline.run as run_mod
 
-    monkeypatch.setattr(run_mod, "run_config", lambda cfg, from_stage=None: {"method": "edits",
-                                                                              "output": str(rr_set)})
+    monkeypatch.setattr(run_mod, "run_config",
+                        lambda cfg, from_stage=None, log=None: {"method": "edits", "output": str(rr_set)})
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"method: edits\ndata:\n  root: {demo_root / 'train'}\n  val_root: {demo_root / 'val'}\n"
                    f"output:\n  dir: {tmp_path / 'out'}\neval:\n  students: [convnet]\n  epochs: 2\n"
