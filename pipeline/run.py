@@ -107,8 +107,9 @@ def main(args: argparse.Namespace) -> int:
             if not verbose:
                 note(f"logs: {logs}")
             summary = run_config(run_cfg, from_stage=args.from_stage, log=None if verbose else edits_line)
-            for line in set_lines(summary) if not verbose else []:
-                note(line)
+            if not verbose:  # the sets' own lines went to the log
+                for line in set_lines(summary):
+                    note(line)
             note(f"done: {summary.get('output', out)}")
             if cfg.eval is not None:  # the last stage: cross-architecture evaluation (tuning/evaluate.py)
                 # heavy: torch, Ray Train (only a run that evaluates pays)
