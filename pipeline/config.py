@@ -330,8 +330,8 @@ class EvalConfig(Section):
     baselines: list[Literal["random_real", "herding", "k_center", "full_real"]] = []
     baseline_ipc: int | None = Field(None, gt=0)  # None: the IPC of the run's distilled sets
     student_kwargs: dict[str, dict[str, Any]] = {}  # per student, e.g. {resnet18: {width: 32}}
-    # students trained in channels-last memory format: the same math, other kernels (on one CPU thread
-    # ResNet-18 w16 steps 1.1-1.6x faster, the ConvNet no faster: bench/channels_last.py)
+    # students trained in channels-last memory format: the same math, other kernels (on one idle CPU thread
+    # ResNet-18 w16 steps 1.15x faster, the ConvNet no faster: bench/channels_last.py)
     channels_last: list[str] = []
     protocol: Literal["hard", "soft"] = "hard"
     preset: str | None = None  # edits | diver | mtt | sre2l | rded | demo; explicit fields win

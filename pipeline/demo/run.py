@@ -85,7 +85,7 @@ FULL_DISTILL_SEEDS = (0, 1)
 # cost: one SGD step at batch 10 takes 261 ms on one thread against LeNet's 3.5 (ConvNet 90 at width 128,
 # ResNet-18 w16 72); at IPC 1 it was 1,197 of the 1,807 run-seconds of make demo's evaluation on a fresh
 # clone. One CPU and one torch thread per Ray Train worker, so the two cores are never oversubscribed.
-# ResNet-18 trains channels-last (the same math; its steps 1.1-1.6x faster on one thread,
+# ResNet-18 trains channels-last (the same math; its steps 1.15x faster on one idle thread,
 # bench/channels_last.py). Epochs and batch per IPC below.
 DEMO_EVAL = {"students": ["convnet", "resnet18", "lenet"], "preset": "demo", "dataset": "digits",
              "epochs": 20, "batch_size": 16, "repeats": DEMO_EVAL_SEEDS, "eval_every": 10,
