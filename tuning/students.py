@@ -227,7 +227,7 @@ def check_students(names: list[str], key: str = "eval.students") -> None:
 
 def build_student(name: str, channels: int, num_classes: int, im_size: int, **kwargs) -> nn.Module:
     """A freshly initialised student ``name`` for ``channels`` x ``im_size`` x ``im_size`` inputs."""
-    check_students([name])
+    check_students([name], key=f"student {name!r}")
     if num_classes < 1 or channels < 1 or im_size < 8:
         raise ConfigError(f"student {name}: need channels >= 1, num_classes >= 1, im_size >= 8 "
                           f"(got {channels}, {num_classes}, {im_size})")
