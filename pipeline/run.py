@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import Config, dump_config, load_config
-from pipeline.core.console import note, quiet_terminal
+from pipeline.core.console import note, quiet_terminal, tagged_lines
 from pipeline.core.digits import ensure_demo_data
 from pipeline.core.lock import output_lock
 from pipeline.core.write import atomic_write_bytes, set_pause_after_write
@@ -53,12 +53,8 @@ def quiet_ray(cfg: Config, logs: Path) -> Config:
                                                                     "logs_dir": str(logs)})})
 
 
-def edits_line(msg: str) -> None:
-    """EDITS's stage lines ("[edits] caption: done in 9.1 s") on the terminal, its other lines in the log."""
-    if msg.startswith("[edits]"):
-        note(msg)
-    else:
-        print(msg, flush=True)
+# EDITS's stage lines ("[edits] caption: done in 9.1 s") on the terminal, its other lines in the log
+EDITS_LINES = tagged_lines("[edits]", note)
 
 
 def set_lines(summary: dict[str, Any]) -> list[str]:
@@ -106,7 +102,7 @@ def main(args: argparse.Namespace) -> int:
         with contextlib.nullcontext() if verbose else quiet_terminal(logs):
             if not verbose:
                 note(f"logs: {logs}")
-            summary = run_config(run_cfg, from_stage=args.from_stage, log=None if verbose else edits_line)
+            summary = run_config(run_cfg, from_stage=args.from_stage, log=None if verbose else EDITS_LINES)
             if not verbose:  # the sets' own lines went to the log
                 for line in set_lines(summary):
                     note(line)

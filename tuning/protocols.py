@@ -444,7 +444,6 @@ class _Step:
     rng: np.random.Generator
     device: torch.device | str
     stats: tuple[torch.Tensor, torch.Tensor] | None = None  # input normalisation (mean, std), [1, C, 1, 1]
-    memory_format: torch.memory_format = torch.contiguous_format  # the student's and its inputs' layout
 
 
 def _pixel_op(s: _Step, xb: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
@@ -483,7 +482,7 @@ def _batch_loss(s: _Step, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
     lam, partner = 1.0, None
     if s.mixing:
         xb, partner, lam = mix_batch(xb, s.mixing, spec.mix_alpha, s.rng, s.gen)
-    xb, yb = xb.to(s.device, memory_format=s.memory_format), yb.to(s.device)
+    xb, yb = xb.to(s.device, memory_format=memory_format(spec)), yb.to(s.device)
     logits = s.net(xb)
     if spec.protocol == "soft":
         with torch.no_grad():
@@ -563,9 +562,8 @@ def _setup(spec: TrainSpec, data: Any, num_classes: int, teacher: nn.Module | No
     """Seed everything from ``spec.seed``, build the student, optimizer, schedule and EMA; return the
     step state and the per-rank batch size."""
     torch.manual_seed(spec.seed)  # init and every global-RNG draw (dropout) follow the run's seed
-    layout = memory_format(spec)
     model = build_student(spec.student, data.channels, num_classes, data.size,
-                          **spec.student_args()).to(device, memory_format=layout)
+                          **spec.student_args()).to(device, memory_format=memory_format(spec))
     gen = torch.Generator().manual_seed(spec.seed)  # batches and augmentations
     rng = np.random.default_rng(spec.seed)  # mixing weights
     ema = _ema(model, spec)
@@ -582,7 +580,7 @@ def _setup(spec: TrainSpec, data: Any, num_classes: int, teacher: nn.Module | No
         stats = (torch.as_tensor(np.asarray(norm[0]), dtype=data.dtype).view(shape),
                  torch.as_tensor(np.asarray(norm[1]), dtype=data.dtype).view(shape))
     ops, mixing = _parse_augment(spec.augment)
-    return _Step(spec, net, model, teacher, opt, sched, ema, ops, mixing, gen, rng, device, stats, layout), bs
+    return _Step(spec, net, model, teacher, opt, sched, ema, ops, mixing, gen, rng, device, stats), bs
 
 
 def memory_format(spec: TrainSpec) -> torch.memory_format:
@@ -640,7 +638,7 @@ def train_on(
         if not tested_after(spec, epoch):
             continue
         pred = predictions(step.ema.module if step.ema is not None else step.model, val_x, device=device,
-                           layout=step.memory_format)
+                           layout=memory_format(spec))
         acc, final_per_class = top1(pred, val_y), per_class_top1(pred, val_y, num_classes)
         history.append({"epoch": epoch, "top1": acc, "loss": loss_val})
         if acc > best and epoch > spec.best_from * spec.epochs:

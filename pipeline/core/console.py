@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -94,3 +94,17 @@ def note(msg: str) -> None:
 
     tqdm.write(msg, file=_TERM)
     _TERM.flush()
+
+
+def tagged_lines(tag: str, show: Callable[[str], None]) -> Callable[[str], None]:
+    """A method's ``log``: its lines that start with ``tag`` (EDITS's "[edits] caption: done in 9.1 s") go
+    to ``show`` (``stage`` or ``note``: the terminal), the others are printed (the log inside
+    ``quiet_terminal``)."""
+
+    def log(msg: str) -> None:
+        if msg.startswith(tag):
+            show(msg)
+        else:
+            print(msg, flush=True)
+
+    return log

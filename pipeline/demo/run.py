@@ -57,7 +57,7 @@ import yaml
 
 from actors import zoo
 from pipeline.config import Config, EvalConfig, config_from_dict
-from pipeline.core.console import quiet_terminal, stage
+from pipeline.core.console import quiet_terminal, stage, tagged_lines
 from pipeline.core.digits import DIGIT_NAMES, write_demo_dataset
 from pipeline.core.write import JOURNAL, atomic_folder, atomic_write_json
 from pipeline.demo.claims import FULL_MIN_SEEDS, MIN_SEEDS, claim_lines
@@ -124,6 +124,8 @@ DEMO_TRIM = {
     "gm": {"method": "gm", "ipcs": [1], "iterations": 200, "init": "noise", "batch_real": 32, "lr_img": None,
            "outer_loop": None, "inner_loop": None},
 }
+# EDITS's stage lines ("[edits] caption: running") on the terminal under the demo's own, the rest in the log
+EDITS_LINES = tagged_lines("[edits]", lambda msg: stage("      " + msg))
 # the set each recovered set starts from (claims: DIVER against its stage-1 input at the same seeds)
 STAGE1_OF = {"diver": "dm", "diver_gm": "gm", "diver_gamma0": "dm"}
 FALLBACK = {"name": "demo", "data": {"image_size": 32},
@@ -498,7 +500,7 @@ def _run_edits_sets(plan: DemoPlan, out: Path, data: Path, quick: bool, sets: di
             try:
                 base = method_config("edits", out, data, quick, logs=logs, ipcs=(ipc,))
                 cfg = edits_seed_config(base, out, ipc, d, first)
-                sets[spec.name] = Path(run_edits(cfg, log=_edits_log)["output"])
+                sets[spec.name] = Path(run_edits(cfg, log=EDITS_LINES)["output"])
                 specs[spec.name] = spec
                 first = first or cfg
                 headline = headline or sets[spec.name]
@@ -506,7 +508,7 @@ def _run_edits_sets(plan: DemoPlan, out: Path, data: Path, quick: bool, sets: di
                     stage(f"      EDITS ablation at IPC {ipc}: without text prototypes (the class prompt for "
                           "every image)")
                     nt = SetSpec("edits_no_text", ipc, d)
-                    res_nt = run_edits(no_text_config(cfg, out, name=nt.name), log=_edits_log)
+                    res_nt = run_edits(no_text_config(cfg, out, name=nt.name), log=EDITS_LINES)
                     sets[nt.name], specs[nt.name] = Path(res_nt["output"]), nt
             except Exception as err:  # noqa: BLE001 - one failing method must not sink the demo
                 _failed(skipped, spec.name, err, logs)
@@ -631,11 +633,3 @@ def _run_demo(out: Path, quick: bool, full: bool, logs: Path, ablations: bool = 
     atomic_write_json(out / "demo_summary.json", summary)
     stage(f"done in {timings['total_s'] / 60:.1f} min: {paths['report_html']}")
     return summary
-
-
-def _edits_log(msg: str) -> None:
-    """EDITS's stage lines ("[edits] caption: running") on the terminal, its other lines in the log."""
-    if msg.startswith("[edits]"):
-        stage("      " + msg)
-    else:
-        print(msg, flush=True)
