@@ -143,7 +143,9 @@ def test_recorded_checks_have_their_shape_and_pass_their_thresholds():
     assert set(sd["img2img_class_prompt_accuracy_per_class"]) == set(NAMES.values())
     # SmolLM2's prompts
     assert sd["img2img_text_prototype_accuracy"] >= sd_min.min_img2img_text_prototype_accuracy
-    assert sd["img2img_text_prototype_clusters_checked"]["1"] == 10
+    assert sd["img2img_text_prototype_clusters_checked"] == {"1": 10, "10": 100}  # every check cluster
+    assert sd["img2img_class_prompt_clusters_checked"] == {"1": 10, "10": 100}
+    assert sd["llm_summaries"] == 200  # the text stage saw SmolLM2's summaries of train caption groups
 
 
 def test_train_demo_skips_present_weights_and_rejects_unknown_roles(tmp_path, capsys):

@@ -116,6 +116,33 @@ def test_image_prototype_is_the_mean_scaled_latent_of_the_members(demo_data):
     assert torch.allclose(proto[0], torch.stack(lat).mean(0) * vae.config.scaling_factor, atol=1e-5)
 
 
+def test_summaries_written_for_another_train_split_are_refused_with_the_fix(demo_data, tmp_path):
+    import json
+
+    x, y = demo_data.train_images, demo_data.train_labels
+    path = tmp_path / "sd_summaries.json"
+    entry = [{"members": [0, 1, 2, 3, 4], "text": "x"}]
+    path.write_text(json.dumps({"train_fingerprint": sd_text.train_fingerprint(x, y), "summaries": entry}))
+    assert sd_text.load_summaries(sd_text.train_fingerprint(x, y), path) == (entry, "")
+    other = x.copy()
+    other[0, 0, 0, 0] ^= 1  # one pixel of one image
+    got, why = sd_text.load_summaries(sd_text.train_fingerprint(other, y), path)
+    assert got == [] and "another train split" in why and "write_summaries_file" in why
+    assert sd_text.load_summaries(sd_text.train_fingerprint(x[:-1], y[:-1]), path)[0] == []
+    assert sd_text.load_summaries("f", tmp_path / "absent.json") == ([], "absent.json is absent")
+
+
+def test_the_shipped_summaries_are_smollm2s_of_one_class_groups_of_the_demo_train_split(demo_data):
+    fingerprint = sd_text.train_fingerprint(demo_data.train_images, demo_data.train_labels)
+    summaries, why = sd_text.load_summaries(fingerprint)
+    assert why == "" and len(summaries) == 200  # 20 groups of 5 per class
+    y = demo_data.train_labels
+    assert [s["members"] for s in summaries] == sd_text.summary_groups(y, 20, 5, seed=100)
+    named = [demo_data.names[int(y[s["members"][0]])].lower() in s["text"].lower() for s in summaries]
+    assert sum(named) >= 190  # SmolLM2's texts name the group's class (cleaning puts it back if not)
+    assert len({s["text"] for s in summaries}) > 150  # free-form texts, not a template
+
+
 def test_cached_smollm2_prototypes_summarise_the_current_check_clusters(demo_data):
     texts = sd_text.load_check_texts()
     # every IPC 1 cluster

@@ -521,9 +521,10 @@ def _train_demo_sd(out: Path, clip_dir: str | Path, data: str | Path | None, rec
     unet = demo_sd_unet(dict(pipe.unet.config), latents.shape[-1], recipe)
     unet, stage1_loss = train_unet_on_captions(unet, pipe.scheduler, latents, cond, uncond, recipe, log)
     t_stage1 = time.time() - t0
-    summaries = sd_text.load_summaries()
+    summaries, why_none = sd_text.load_summaries(sd_text.train_fingerprint(d.train_images, d.train_labels))
     texts = TrainingTexts(d, recipe, summaries)
-    log(f"demo SD text stage: {len(summaries)} cached SmolLM2 summaries; e.g. {texts([0, 1, 2])}")
+    why = f" ({why_none})" if why_none else ""
+    log(f"demo SD text stage: {len(summaries)} cached SmolLM2 summaries{why}; e.g. {texts([0, 1, 2])}")
     unet, text_encoder, final_loss = train_text_stage(unet, text_encoder, pipe.tokenizer, pipe.scheduler,
                                                       latents, texts, recipe, log)
     t_train = time.time() - t0
@@ -625,5 +626,5 @@ def check_sd_img2img(model_dir: str | Path, d: DemoData, recipe: DemoSDRecipe, c
         r = sd_check.check_img2img(str(model_dir), d, str(clip_dir), recipe.check_ipcs, texts, net,
                                         recipe.seed, prompt)
         out.update({f"{key}_accuracy": r["accuracy"], f"{key}_accuracy_per_ipc": r["per_ipc"],
-                    f"{key}_accuracy_per_class": r["per_class"]})
+                    f"{key}_accuracy_per_class": r["per_class"], f"{key}_clusters_checked": r["checked"]})
     return out

@@ -154,8 +154,10 @@ def check_img2img(model_dir: str, d: Any, clip_dir: str, ipcs: tuple[int, ...],
 
 
 def write_summaries_file(d: Any, clip_dir: str, sd_dir: str, ipcs: tuple[int, ...] = (1, 10), seed: int = 0,
-                         train_groups_per_class: int = 0, llm: str = "zoo:smollm2", log: Any = print) -> None:
-    """Write ``sd_summaries.json``: SmolLM2 prototypes of the check clusters and of random train groups."""
+                         train_groups_per_class: int = 20, llm: str = "zoo:smollm2",
+                         log: Any = print) -> None:
+    """Write ``sd_summaries.json``: SmolLM2 prototypes of the check clusters and of ``train_groups_per_class``
+    random groups of 5 train images of each class (the demo SD's text stage; the shipped file: 20)."""
     import json
 
     from transformers import AutoTokenizer
@@ -174,4 +176,5 @@ def write_summaries_file(d: Any, clip_dir: str, sd_dir: str, ipcs: tuple[int, ..
         train = [{"members": g, "text": t} for g, t in zip(groups, texts)]
     sd_text.SUMMARIES_FILE.write_text(json.dumps(
         {"llm": llm, "prompt": "pipeline.edits.prompts.summary_messages (greedy, 77 tokens)", "seed": seed,
+         "train_fingerprint": sd_text.train_fingerprint(d.train_images, d.train_labels),
          "check": check, "summaries": train}, indent=1))

@@ -21,6 +21,7 @@ Randomness only through the ``numpy.random.Generator`` passed in.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -138,8 +139,24 @@ def load_check_texts(path: Path = SUMMARIES_FILE) -> dict[str, dict[str, Any]]:
     return json.loads(path.read_text()).get("check", {}) if path.is_file() else {}
 
 
-def load_summaries(path: Path = SUMMARIES_FILE) -> list[dict[str, Any]]:
-    """The cached SmolLM2 summaries: ``[{"members": [train indices], "text": ...}, ...]`` (empty if none)."""
+def train_fingerprint(images: np.ndarray, labels: np.ndarray) -> str:
+    """sha256 of a train split's images and labels: the summaries' member indices mean these images only."""
+    h = hashlib.sha256()
+    for a in (np.ascontiguousarray(images, dtype=np.uint8), np.ascontiguousarray(labels, dtype=np.int64)):
+        h.update(str(a.shape).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def load_summaries(fingerprint: str, path: Path = SUMMARIES_FILE) -> tuple[list[dict[str, Any]], str]:
+    """The cached SmolLM2 summaries ``[{"members": [train indices], "text": ...}, ...]`` written for the train
+    split of ``fingerprint`` (``train_fingerprint``), and why none when the list is empty."""
     if not path.is_file():
-        return []
-    return json.loads(path.read_text())["summaries"]
+        return [], f"{path.name} is absent"
+    cached = json.loads(path.read_text())
+    if not cached.get("summaries"):
+        return [], f"{path.name} holds none"
+    if cached.get("train_fingerprint") != fingerprint:
+        return [], (f"{path.name} was written for another train split (its members would name other images);"
+                    " rewrite it with pipeline.demo.zoo.sd_check.write_summaries_file")
+    return cached["summaries"], ""
