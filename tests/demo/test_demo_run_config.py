@@ -36,6 +36,15 @@ def test_edits_gets_the_headline_ipc_1_and_the_trims_merged_into_its_demo_config
             and cfg.output.dir == str(tmp_path / "out" / "edits"))
 
 
+def test_the_demo_fine_tune_does_not_mirror_digits_while_the_real_configs_keep_the_authors_flip(tmp_path):
+    from pipeline.config import load_config
+
+    cfg = method_config("edits", tmp_path / "out", tmp_path / "data", quick=False)
+    assert cfg.edits.finetune.random_flip is False
+    for name in ("edits_imagenet1k.yaml", "edits_imagewoof.yaml"):
+        assert load_config(REPO / "configs" / name, resolve=False).edits.finetune.random_flip is True, name
+
+
 def test_diver_gets_one_dm_set_per_demo_ipc_and_quick_shrinks_further(tmp_path):
     cfg = method_config("diver", tmp_path / "out", tmp_path / "data", quick=False, ipcs=(1, 10))
     assert cfg.diver.stage1.ipcs == [1, 10] and cfg.diver.stage1.iterations == 400
