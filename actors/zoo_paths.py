@@ -42,6 +42,14 @@ def marker_text(role: str) -> str:
     return ZOO_VERSION
 
 
+def zoo_weights_identity(ref: str) -> str | None:
+    """What a ``zoo:<role>`` reference loads, as a stage key records it: the zoo version and, for a shipped
+    demo role, the digest of its shipped weights (so retrained demo weights redo the stages that used
+    them, where the reference alone would not change); None for hub ids and local paths."""
+    role = ref[len("zoo:"):] if ref.startswith("zoo:") else None
+    return marker_text(role) if role in ROLES else None
+
+
 def is_built(role: str, zoo_dir: str | os.PathLike | None = None) -> bool:
     """The role's folder is complete and current (a shipped role: a copy of the weights shipped now)."""
     from actors import shipped

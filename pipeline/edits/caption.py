@@ -29,7 +29,8 @@ from pipeline.edits.state import EditsRun, StageState, stage_keys
 # what a caption depends on (see pipeline/edits/state.py); the CLIP model only through the tokenizer that
 # caps a caption at edits.caption_max_tokens, so switching CLIP checkpoints that share one keeps the captions
 DEPENDS_ON = ("input:fingerprint", "input:data_root", "input:class_names",
-              "models.vlm", "models.vlm_backend", "input:vllm:vlm", "models.dtype", "input:device",
+              "models.vlm", "input:weights:vlm", "models.vlm_backend", "input:vllm:vlm", "models.dtype",
+              "input:device",
               "input:model_batch:caption", "input:clip_tokenizer", "edits.caption_style",
               "edits.caption_prompt",
               "edits.caption_prefix", "edits.caption_max_tokens", "edits.require_class_name",

@@ -23,7 +23,8 @@ from pipeline.edits.caption import caption_key, load_captions
 from pipeline.edits.state import EditsRun, StageState
 
 # what the features depend on (see pipeline/edits/state.py)
-DEPENDS_ON = ("stage:caption", "models.clip", "models.dtype", "input:device", "input:model_batch:embed",
+DEPENDS_ON = ("stage:caption", "models.clip", "input:weights:clip", "models.dtype", "input:device",
+              "input:model_batch:embed",
               "edits.feature_image_size", "edits.clip_image_feature", "edits.resize_mode",
               "edits.feature_resample")
 

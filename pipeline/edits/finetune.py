@@ -21,7 +21,8 @@ from tuning.finetune_sd import COMPLETE, DATA_CPUS, shuffled_rows, steps_per_epo
 
 # what the fine-tuned model depends on (see pipeline/edits/state.py); not the logging / checkpoint
 # interval, the CPUs or threads per worker, nor where the model and checkpoints are stored
-DEPENDS_ON = ("stage:caption", "models.sd", "edits.finetune.learning_rate", "edits.finetune.epochs",
+DEPENDS_ON = ("stage:caption", "models.sd", "input:weights:sd", "edits.finetune.learning_rate",
+              "edits.finetune.epochs",
               "edits.finetune.batch_size", "edits.finetune.gradient_accumulation_steps",
               "edits.finetune.ema_decay",
               "edits.finetune.mixed_precision", "edits.finetune.resolution", "edits.finetune.num_workers",

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from actors.zoo_paths import zoo_weights_identity
 from pipeline.config import Config
 from pipeline.core.faults import fault_kwargs
 from pipeline.core.keys import settings_hash
@@ -217,10 +218,10 @@ def run_input(run: EditsRun, name: str, keys: dict[str, Any]) -> Any:
         return tokenizer_id(m.clip, m.zoo_dir)
     if kind == "sd_tokenizer":  # counts the text prototype's tokens (a fine-tune keeps the base's)
         return tokenizer_id(m.sd, m.zoo_dir, "tokenizer", role="sd")
-    if kind == "generator":  # the SD pipeline generate (and vae_source=sd) loads
-        return {"finetuned": settings_hash(keys["finetune"])} if e.finetune.enabled else {"sd": m.sd}
-    if kind == "prototype_vae":
-        return run_input(run, "generator", keys) if e.vae_source == "sd" else {"vae": m.vae}
+    if kind == "weights":  # a zoo model's version and shipped-weights digest (models.<arg> is only its name)
+        return zoo_weights_identity(getattr(m, arg))
+    if kind in ("generator", "prototype_vae"):
+        return _loaded_model(run, kind, keys)
     if kind == "text_source":  # the LLM, or the ablation's class prompt (its template matters only then)
         return "llm" if e.text_prototype == "llm" else {"class_prompt": e.class_prompt}
     if kind == "llm_endpoint":  # only the openai backend talks to an endpoint
@@ -229,6 +230,16 @@ def run_input(run: EditsRun, name: str, keys: dict[str, Any]) -> Any:
         backend = {"vlm": m.vlm_backend, "llm": m.llm_backend}[arg]
         return [m.vllm_engine_kwargs, m.vllm_processor_kwargs] if backend == "vllm" else None
     raise KeyError(f"unknown stage input {'input:' + name!r}; fix the stage's DEPENDS_ON")
+
+
+def _loaded_model(run: EditsRun, kind: str, keys: dict[str, Any]) -> dict[str, Any]:
+    """The SD pipeline generate (and vae_source=sd) loads, or the VAE of the image prototypes."""
+    e, m = run.cfg.edits, run.cfg.models
+    if kind == "prototype_vae" and e.vae_source != "sd":
+        return {"vae": m.vae, "weights": zoo_weights_identity(m.vae)}
+    if e.finetune.enabled:
+        return {"finetuned": settings_hash(keys["finetune"])}
+    return {"sd": m.sd, "weights": zoo_weights_identity(m.sd)}
 
 
 def _key(run: EditsRun, deps: tuple[str, ...], keys: dict[str, Any]) -> dict[str, Any]:

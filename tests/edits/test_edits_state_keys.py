@@ -334,6 +334,33 @@ def test_finetuned_generator_invalidates_what_reads_it(world):
     assert changed_units(base, unit_hashes(with_value(raw, "models.vae", "zoo:other"))) == set()  # sd's VAE
 
 
+@pytest.mark.parametrize("role", ["vlm", "clip", "sd"])
+def test_retrained_shipped_weights_redo_what_a_change_of_model_redoes(world, monkeypatch, role):
+    """``zoo:demo_sd`` names the same model after ``zoo train-demo`` retrains it: the key holds its digest."""
+    from actors import shipped
+
+    raw = base_raw(world)
+    raw["models"].update({r: f"zoo:demo_{r}" for r in ("vlm", "clip", "sd")})
+    cfg = config_from_dict(raw)
+    before = unit_hashes(cfg)
+    digest = shipped.role_digest
+    monkeypatch.setattr(shipped, "role_digest",
+                        lambda r, *a: "retrained" if r == f"demo_{role}" else digest(r, *a))
+    assert changed_units(before, unit_hashes(cfg)) == downstream(CHANGES[f"models.{role}"])
+
+
+def test_a_retrained_sd_redoes_the_fine_tune_and_what_reads_it(world, monkeypatch):
+    from actors import shipped
+
+    raw = base_raw(world, finetune={"enabled": True}, vae_source="sd")
+    raw["models"]["sd"] = "zoo:demo_sd"
+    cfg = config_from_dict(raw)
+    before = unit_hashes(cfg)
+    digest = shipped.role_digest
+    monkeypatch.setattr(shipped, "role_digest", lambda r, *a: "retrained" if r == "demo_sd" else digest(r, *a))
+    assert changed_units(before, unit_hashes(cfg)) == {FT, PI, G}
+
+
 def test_caption_key_names_the_counting_tokenizer_not_the_clip_model(world, zoo_dir, tmp_path):
     from pipeline.edits.state import tokenizer_id
 
