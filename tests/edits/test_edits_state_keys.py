@@ -357,7 +357,8 @@ def test_a_retrained_sd_redoes_the_fine_tune_and_what_reads_it(world, monkeypatc
     cfg = config_from_dict(raw)
     before = unit_hashes(cfg)
     digest = shipped.role_digest
-    monkeypatch.setattr(shipped, "role_digest", lambda r, *a: "retrained" if r == "demo_sd" else digest(r, *a))
+    monkeypatch.setattr(shipped, "role_digest",
+                        lambda r, *a: "retrained" if r == "demo_sd" else digest(r, *a))
     assert changed_units(before, unit_hashes(cfg)) == {FT, PI, G}
 
 
