@@ -184,3 +184,14 @@ def test_the_text_stage_needs_a_learning_rate_for_the_text_encoder_it_trains():
     recipe = replace(models.DemoSDRecipe(), text_lr=0.0)
     with pytest.raises(ValueError, match="text_lr must be > 0 .*stage 2 trains only the text encoder"):
         models.train_text_stage(None, None, None, None, None, None, recipe, print)
+
+
+@pytest.mark.slow
+def test_write_summaries_file_reproduces_the_shipped_file(demo_data, tmp_path):
+    """SmolLM2 (greedy) over the 110 check clusters and the 200 train groups: about 7 min on 2 cores."""
+    import json
+
+    out = tmp_path / "sd_summaries.json"
+    sd_check.write_summaries_file(demo_data, str(shipped.WEIGHTS_DIR / "demo_clip"),
+                                  str(shipped.WEIGHTS_DIR / "demo_sd"), log=lambda _m: None, path=out)
+    assert json.loads(out.read_text()) == json.loads(sd_text.SUMMARIES_FILE.read_text())

@@ -17,7 +17,9 @@ The SmolLM2 prototypes are written once (``write_check_texts``, minutes on a CPU
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -75,10 +77,10 @@ def cluster_key(ipc: int, cl: Cluster) -> str:
     return f"ipc{ipc}/{cl.label}/{cl.cluster}"
 
 
-def write_check_texts(d: Any, clip_dir: str, sd_dir: str, ipcs: tuple[int, ...], seed: int = 0,
-                      llm: str = "zoo:smollm2", log: Any = print) -> dict[str, dict[str, Any]]:
-    """SmolLM2's text prototype of every check cluster (key -> members, text), as the prototype stage writes
-    it."""
+def smollm2_summariser(d: Any, sd_dir: str,
+                       llm: str = "zoo:smollm2") -> Callable[[list[list[int]]], list[str]]:
+    """SmolLM2, loaded once: groups of train indices -> one text prototype each, as the prototype stage writes
+    it (``sd_text.llm_summaries`` over the captions the demo captioner is trained to write)."""
     from transformers import AutoTokenizer
 
     from actors.llm import TransformersChat
@@ -87,11 +89,17 @@ def write_check_texts(d: Any, clip_dir: str, sd_dir: str, ipcs: tuple[int, ...],
     chat = TransformersChat(llm, dtype="float32", device="cpu")
     tok = AutoTokenizer.from_pretrained(sd_dir, subfolder="tokenizer")
     captions = captions_for(d.train_images, d.train_labels, d.names, CAPTION_LEAD)
+    return lambda groups: sd_text.llm_summaries(groups, captions, d.names, d.train_labels, chat, tok)
+
+
+def write_check_texts(d: Any, clip_dir: str, ipcs: tuple[int, ...],
+                      summarise: Callable[[list[list[int]]], list[str]], seed: int = 0,
+                      log: Any = print) -> dict[str, dict[str, Any]]:
+    """SmolLM2's text prototype of every check cluster (key -> members, text)."""
     out: dict[str, dict[str, Any]] = {}
     for ipc in ipcs:
         cls = clusters_of(d, clip_dir, ipc, seed)
-        texts = sd_text.llm_summaries([cl.members for cl in cls], captions, d.names, d.train_labels, chat,
-                                      tok)
+        texts = summarise([cl.members for cl in cls])
         for cl, text in zip(cls, texts):
             out[cluster_key(ipc, cl)] = {"members": cl.members, "text": text}
         log(f"  SmolLM2 prototypes of the IPC {ipc} clusters: {len(cls)}, e.g. {texts[0]!r}")
@@ -154,27 +162,21 @@ def check_img2img(model_dir: str, d: Any, clip_dir: str, ipcs: tuple[int, ...],
 
 
 def write_summaries_file(d: Any, clip_dir: str, sd_dir: str, ipcs: tuple[int, ...] = (1, 10), seed: int = 0,
-                         train_groups_per_class: int = 20, llm: str = "zoo:smollm2",
-                         log: Any = print) -> None:
-    """Write ``sd_summaries.json``: SmolLM2 prototypes of the check clusters and of ``train_groups_per_class``
-    random groups of 5 train images of each class (the demo SD's text stage; the shipped file: 20)."""
+                         train_groups_per_class: int = 20, llm: str = "zoo:smollm2", log: Any = print,
+                         path: Path | None = None) -> None:
+    """Write ``sd_summaries.json`` (or ``path``): SmolLM2 prototypes of the check clusters and of
+    ``train_groups_per_class`` random groups of 5 train images of each class (the demo SD's text stage; the
+    shipped file: 20)."""
     import json
 
-    from transformers import AutoTokenizer
-
-    from actors.llm import TransformersChat
     from pipeline.demo.zoo import sd_text
 
-    check = write_check_texts(d, clip_dir, sd_dir, ipcs, seed, llm, log)
-    train: list[dict[str, Any]] = []
-    if train_groups_per_class:
-        chat = TransformersChat(llm, dtype="float32", device="cpu")
-        tok = AutoTokenizer.from_pretrained(sd_dir, subfolder="tokenizer")
-        captions = captions_for(d.train_images, d.train_labels, d.names, CAPTION_LEAD)
-        groups = sd_text.summary_groups(d.train_labels, train_groups_per_class, 5, seed + 100)
-        texts = sd_text.llm_summaries(groups, captions, d.names, d.train_labels, chat, tok)
-        train = [{"members": g, "text": t} for g, t in zip(groups, texts)]
-    sd_text.SUMMARIES_FILE.write_text(json.dumps(
-        {"llm": llm, "prompt": "pipeline.edits.prompts.summary_messages (greedy, 77 tokens)", "seed": seed,
+    summarise = smollm2_summariser(d, sd_dir, llm)
+    check = write_check_texts(d, clip_dir, ipcs, summarise, seed, log)
+    groups = sd_text.summary_groups(d.train_labels, train_groups_per_class, 5, seed + 100)
+    train = [{"members": g, "text": t} for g, t in zip(groups, summarise(groups))]
+    (path or sd_text.SUMMARIES_FILE).write_text(json.dumps(
+        {"llm": llm, "prompt": "pipeline.edits.prompts.summary_messages (greedy, 77 tokens), cleaned by "
+                               "prompts.clean_generated", "seed": seed,
          "train_fingerprint": sd_text.train_fingerprint(d.train_images, d.train_labels),
          "check": check, "summaries": train}, indent=1))
